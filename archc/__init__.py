@@ -1,0 +1,46 @@
+"""archc: a graph-based compiler and simulator for convolutional neural networks.
+
+>>> import archc
+>>> g = archc.load("specs/lenet5.yaml")
+>>> g.output_shapes()
+{'fc3': (10,)}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from archc.errors import Loc, SpecError
+from archc.ir import Graph, Node, verify
+from archc.shapes import infer_shapes
+from archc.spec import load_spec
+
+__version__ = "0.1.0"
+
+
+def load(spec: str | Path, *, text: str | None = None, **variables: Any) -> Graph:
+    """Load a spec, override variables, infer and check every shape.
+
+    Parameters
+    ----------
+    spec : path of a YAML spec (or a name for ``text``).
+    text : the spec's text, when it does not come from a file.
+    **variables : overrides for the spec's variables, as ``--set`` does.
+
+    Returns
+    -------
+    Graph
+        Shapes inferred and the IR verified.
+
+    Raises
+    ------
+    SpecError
+        For any mistake in the spec, located at file:line:column.
+    """
+    graph = infer_shapes(load_spec(spec, variables, text=text))
+    verify(graph, require_shapes=True)
+    return graph
+
+
+__all__ = ["Graph", "Loc", "Node", "SpecError", "infer_shapes", "load", "load_spec", "verify"]

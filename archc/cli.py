@@ -1,0 +1,119 @@
+"""The ``archc`` command line: a thin layer that calls the pipeline stages and prints.
+
+Exit codes: 0 success; 2 a problem with the user's input (printed as
+``FILE:LINE:COL: error: MESSAGE``); 1 an internal error (a bug: one line, no traceback
+unless ``ARCHC_DEBUG=1``); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+from archc.errors import SpecError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with a one-line reason (plus usage) on bad flags."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"archc: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="path of the network's YAML spec")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+        help="override a variable of the spec (repeatable), e.g. --set width=32",
+    )
+
+
+def _load(args: argparse.Namespace):
+    from archc import infer_shapes, verify
+    from archc.spec import load_spec, parse_overrides
+
+    graph = infer_shapes(load_spec(args.spec, parse_overrides(args.overrides)))
+    verify(graph, require_shapes=True)
+    return graph
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from archc.layers import fmt_shape
+
+    graph = _load(args)
+    ins = {name: graph[name].shape for name in graph.inputs}
+    outs = graph.output_shapes()
+    if args.json:
+        print(json.dumps({
+            "spec": args.spec, "name": graph.name, "ok": True, "nodes": len(graph),
+            "inputs": {k: list(v) for k, v in ins.items()},
+            "outputs": {k: list(v) for k, v in outs.items()},
+        }))
+        return EXIT_OK
+    in_text = ", ".join(f"{k} {fmt_shape(v)}" for k, v in ins.items())
+    out_text = ", ".join(f"{k} {fmt_shape(v)}" for k, v in outs.items())
+    print(f"{args.spec}: ok: {graph.name}, {len(graph)} nodes, {in_text} -> {out_text}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+
+def _setup_check(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+COMMANDS["check"] = (
+    "parse a spec and check every shape; print the input and output shapes",
+    _setup_check,
+    _cmd_check,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from archc import __version__
+
+    parser = _Parser(
+        prog="archc",
+        description="archc: compile, check, analyse and run convolutional networks written in YAML.",
+    )
+    parser.add_argument("--version", action="version", version=f"archc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (help_text, setup, _) in COMMANDS.items():
+        setup(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command][2](args)
+    except SpecError as exc:
+        print(exc.format(), file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("archc: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an archc bug: one line, not a traceback
+        if os.environ.get("ARCHC_DEBUG"):
+            raise
+        print(
+            f"archc: internal error: {type(exc).__name__}: {exc} "
+            "(this is a bug in archc; rerun with ARCHC_DEBUG=1 for the traceback and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The layer registry: one :class:`LayerType` per op, looked up by its YAML name.
+
+Adding a layer type means adding one entry in the family module it belongs to
+(``conv.py``, ``pool.py``, ...) and listing it in that module's ``LAYERS``.
+
+Examples
+--------
+>>> get_layer("conv2d").family
+'conv'
+>>> get_layer("swish").op
+'silu'
+"""
+
+from __future__ import annotations
+
+from archc.layers import activation, conv, graph_io, linear, merge, norm, pool, resample, reshape
+from archc.layers.base import (
+    Attr,
+    AttrError,
+    LayerType,
+    Shape,
+    ShapeError,
+    fmt_shape,
+)
+
+_MODULES = (graph_io, conv, pool, resample, norm, activation, linear, merge, reshape)
+
+REGISTRY: dict[str, LayerType] = {}
+ALIASES: dict[str, str] = {}
+
+for _module in _MODULES:
+    for _layer in _module.LAYERS:
+        if _layer.op in REGISTRY:
+            raise RuntimeError(f"layer type '{_layer.op}' is registered twice")
+        REGISTRY[_layer.op] = _layer
+        for _alias in _layer.aliases:
+            ALIASES[_alias] = _layer.op
+
+
+def get_layer(op: str) -> LayerType:
+    """The registry entry for ``op`` or one of its aliases; KeyError if unknown."""
+    return REGISTRY[ALIASES.get(op, op)]
+
+
+def is_layer(op: str) -> bool:
+    return op in REGISTRY or op in ALIASES
+
+
+def user_layer_names() -> list[str]:
+    """Every name a spec may use as a layer type (aliases included)."""
+    names = [op for op, layer in REGISTRY.items() if not layer.internal]
+    return sorted(names + list(ALIASES))
+
+
+__all__ = [
+    "ALIASES",
+    "REGISTRY",
+    "Attr",
+    "AttrError",
+    "LayerType",
+    "Shape",
+    "ShapeError",
+    "fmt_shape",
+    "get_layer",
+    "is_layer",
+    "user_layer_names",
+]

@@ -1,0 +1,233 @@
+"""Convolutions: ``conv2d`` and ``conv_transpose2d``, with the standard size formulas.
+
+Output size of a convolution along one axis (PyTorch ``Conv2d`` documentation;
+Dumoulin and Visin, "A guide to convolution arithmetic", 2016)::
+
+    out = floor((in + pad_before + pad_after - dilation * (kernel - 1) - 1) / stride) + 1
+
+and of a transposed convolution::
+
+    out = (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+"""
+
+from __future__ import annotations
+
+import math
+
+from archc.layers.base import (
+    Attr,
+    AttrError,
+    Bool,
+    Int,
+    LayerType,
+    Optional,
+    Padding,
+    Pair,
+    ShapeError,
+    fmt_shape,
+    need_rank,
+)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    """One axis of a convolution or pooling window's output (floor mode).
+
+    Examples
+    --------
+    >>> conv_output_size(32, 5, 1, 4, 1)  # 32x32, 5x5 filter, pad 2: '32x32x10' in the notes
+    32
+    >>> conv_output_size(224, 7, 2, 6, 1)
+    112
+    """
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def resolve_padding(
+    padding: tuple[int, int] | str,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    in_hw: tuple[int, int],
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Padding as ((top, bottom), (left, right)) for an explicit pair or a mode.
+
+    - ``valid``: no padding.
+    - ``full``: ``dilation * (kernel - 1)`` on each side (every partial overlap is an output).
+    - ``same``: output size ``ceil(in / stride)``; the total padding is split with the
+      extra pixel after (TensorFlow's rule; for stride 1 it equals PyTorch's ``'same'``).
+
+    Examples
+    --------
+    >>> resolve_padding("same", (3, 3), (1, 1), (1, 1), (8, 8))
+    ((1, 1), (1, 1))
+    >>> resolve_padding("same", (3, 3), (2, 2), (1, 1), (8, 8))
+    ((0, 1), (0, 1))
+    """
+    if isinstance(padding, tuple):
+        return (padding[0], padding[0]), (padding[1], padding[1])
+    sides = []
+    for k, s, d, n in zip(kernel, stride, dilation, in_hw):
+        span = d * (k - 1)
+        if padding == "valid":
+            sides.append((0, 0))
+        elif padding == "full":
+            sides.append((span, span))
+        else:
+            total = max((math.ceil(n / s) - 1) * s + span + 1 - n, 0)
+            sides.append((total // 2, total - total // 2))
+    return sides[0], sides[1]
+
+
+def _check_groups(attrs: dict, in_channels: int) -> None:
+    groups = attrs["groups"]
+    if in_channels % groups:
+        raise ShapeError(
+            f"input has {in_channels} channels, which {groups} groups do not divide",
+            input_index=0,
+            hint="groups must divide both in and out channels; for a depthwise conv "
+            "set groups to the number of input channels",
+        )
+
+
+def _check_in_channels(attrs: dict, key: str, actual: int, what: str = "channels") -> None:
+    expected = attrs.get(key)
+    if expected is not None and expected != actual:
+        raise ShapeError(
+            f"{key} is {expected} but the input has {actual} {what}", input_index=0
+        )
+
+
+def _validate_conv(attrs: dict) -> None:
+    if attrs["out_channels"] % attrs["groups"]:
+        raise AttrError(
+            f"out_channels {attrs['out_channels']} is not divisible by groups {attrs['groups']}",
+            attr="groups",
+        )
+
+
+def _conv2d_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
+    (shape,) = inputs
+    need_rank(shape, 3, "conv2d", hint="conv2d works on feature maps; is there a flatten before it?")
+    c, h, w = shape
+    _check_in_channels(attrs, "in_channels", c)
+    _check_groups(attrs, c)
+    k, s, d = attrs["kernel_size"], attrs["stride"], attrs["dilation"]
+    pads = resolve_padding(attrs["padding"], k, s, d, (h, w))
+    out = tuple(
+        conv_output_size(n, k[i], s[i], sum(pads[i]), d[i]) for i, n in enumerate((h, w))
+    )
+    if min(out) < 1:
+        span = tuple(d[i] * (k[i] - 1) + 1 for i in range(2))
+        raise ShapeError(
+            f"the {span[0]}x{span[1]} window (kernel {k[0]}x{k[1]}, dilation {d[0]}) does not fit "
+            f"in the {h}x{w} input with padding {pads[0][0]}x{pads[1][0]}: output would be "
+            f"{out[0]}x{out[1]}",
+            input_index=0,
+            hint="use a larger input, padding, or a smaller kernel",
+        )
+    return (attrs["out_channels"], out[0], out[1])
+
+
+def _conv2d_params(attrs: dict, inputs: list) -> dict:
+    c = inputs[0][0]
+    k = attrs["kernel_size"]
+    params = {"weight": (attrs["out_channels"], c // attrs["groups"], k[0], k[1])}
+    if attrs["bias"]:
+        params["bias"] = (attrs["out_channels"],)
+    return params
+
+
+_CONV_ATTRS = (
+    Attr("out_channels", Int(minimum=1), doc="number of filters (output channels)"),
+    Attr("kernel_size", Pair(), doc="filter size k or [kh, kw]"),
+    Attr("stride", Pair(), (1, 1), "step between windows"),
+)
+
+CONV2D = LayerType(
+    op="conv2d",
+    family="conv",
+    doc="2-D convolution (cross-correlation, as in PyTorch) over NCHW feature maps. "
+    "`groups` splits channels into independent groups; `groups` equal to the input "
+    "channels makes it depthwise. Padding is a number, `[ph, pw]`, `valid`, `same` "
+    "(output `ceil(H/stride)`) or `full` (every partial overlap).",
+    attrs=_CONV_ATTRS
+    + (
+        Attr("padding", Padding(), (0, 0), "zeros added on each side, or valid | same | full"),
+        Attr("dilation", Pair(), (1, 1), "spacing between filter taps (atrous convolution)"),
+        Attr("groups", Int(minimum=1), 1, "channel groups; = input channels for depthwise"),
+        Attr("bias", Bool(), True, "add a learned bias per output channel"),
+        Attr("in_channels", Optional(Int(minimum=1)), None, "optional check of the input channels"),
+    ),
+    infer_shape=_conv2d_shape,
+    example="- conv2d: {out_channels: 64, kernel_size: 3, stride: 1, padding: same}",
+    positional=("out_channels", "kernel_size", "stride", "padding"),
+    validate=_validate_conv,
+    parameters=_conv2d_params,
+)
+
+
+def _validate_transpose(attrs: dict) -> None:
+    _validate_conv(attrs)
+    for i, axis in enumerate(("height", "width")):
+        op_, s, d = attrs["output_padding"][i], attrs["stride"][i], attrs["dilation"][i]
+        if op_ >= max(s, d):
+            raise AttrError(
+                f"output_padding {op_} along {axis} must be smaller than stride ({s}) "
+                f"or dilation ({d})",
+                attr="output_padding",
+            )
+
+
+def _transpose_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
+    (shape,) = inputs
+    need_rank(shape, 3, "conv_transpose2d")
+    c, h, w = shape
+    _check_in_channels(attrs, "in_channels", c)
+    _check_groups(attrs, c)
+    k, s, d = attrs["kernel_size"], attrs["stride"], attrs["dilation"]
+    p, op_ = attrs["padding"], attrs["output_padding"]
+    out = tuple(
+        (n - 1) * s[i] - 2 * p[i] + d[i] * (k[i] - 1) + op_[i] + 1 for i, n in enumerate((h, w))
+    )
+    if min(out) < 1:
+        raise ShapeError(
+            f"padding {p[0]}x{p[1]} removes more than the {h}x{w} input gives: output would be "
+            f"{fmt_shape(out)}",
+            input_index=0,
+        )
+    return (attrs["out_channels"], out[0], out[1])
+
+
+def _transpose_params(attrs: dict, inputs: list) -> dict:
+    c = inputs[0][0]
+    k = attrs["kernel_size"]
+    # PyTorch lays out transposed-conv weights as (in, out / groups, kh, kw).
+    params = {"weight": (c, attrs["out_channels"] // attrs["groups"], k[0], k[1])}
+    if attrs["bias"]:
+        params["bias"] = (attrs["out_channels"],)
+    return params
+
+
+CONV_TRANSPOSE2D = LayerType(
+    op="conv_transpose2d",
+    family="conv",
+    doc="Transposed 2-D convolution ('deconvolution'): each input pixel scatters a weighted "
+    "copy of the filter into the output; with stride s the map grows about s times. "
+    "Output: `(H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1`.",
+    attrs=_CONV_ATTRS
+    + (
+        Attr("padding", Pair(minimum=0), (0, 0), "implicit zero padding removed from the output"),
+        Attr("output_padding", Pair(minimum=0), (0, 0), "extra rows/columns added on one side"),
+        Attr("dilation", Pair(), (1, 1), "spacing between filter taps"),
+        Attr("groups", Int(minimum=1), 1, "channel groups"),
+        Attr("bias", Bool(), True, "add a learned bias per output channel"),
+        Attr("in_channels", Optional(Int(minimum=1)), None, "optional check of the input channels"),
+    ),
+    infer_shape=_transpose_shape,
+    example="- conv_transpose2d: {out_channels: 64, kernel_size: 2, stride: 2}",
+    positional=("out_channels", "kernel_size", "stride", "padding"),
+    validate=_validate_transpose,
+    parameters=_transpose_params,
+)
+
+LAYERS = (CONV2D, CONV_TRANSPOSE2D)

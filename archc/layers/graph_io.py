@@ -1,0 +1,26 @@
+"""The graph input: a node with no inputs whose shape is declared in the spec."""
+
+from __future__ import annotations
+
+from archc.layers.base import Attr, Ints, LayerType, ShapeError
+
+
+def _input_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+    shape = attrs["shape"]
+    if len(shape) not in (1, 3):
+        raise ShapeError(f"an input is [channels, height, width] or [features], got {list(shape)}")
+    return shape
+
+
+INPUT = LayerType(
+    op="input",
+    family="io",
+    doc="A graph input (batch dimension implicit). Declared under `input:` or `inputs:`.",
+    attrs=(Attr("shape", Ints(minimum=1), doc="[channels, height, width] or [features]"),),
+    infer_shape=_input_shape,
+    example="input: {channels: 3, height: 224, width: 224}",
+    arity=(0, 0),
+    internal=True,
+)
+
+LAYERS = (INPUT,)

@@ -1,0 +1,110 @@
+"""Merge nodes: several inputs, one output (residual add, concatenation, gating)."""
+
+from __future__ import annotations
+
+from archc.layers.base import Attr, Int, LayerType, ShapeError, fmt_shape
+
+
+def _add_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+    first = tuple(inputs[0])
+    for i, shape in enumerate(inputs[1:], start=1):
+        if tuple(shape) != first:
+            raise ShapeError(
+                f"shape {fmt_shape(shape)} does not match {fmt_shape(first)} of the first input",
+                input_index=i,
+                hint="add needs equal shapes; a residual shortcut that changes channels or "
+                "size needs a 1x1 conv (stride 2 when the size halves)",
+            )
+    return first
+
+
+def broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    """NumPy broadcasting of two shapes of equal rank; None if they do not broadcast."""
+    if len(a) != len(b):
+        return None
+    out = []
+    for x, y in zip(a, b):
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(max(x, y))
+    return tuple(out)
+
+
+def _multiply_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+    out = tuple(inputs[0])
+    for i, shape in enumerate(inputs[1:], start=1):
+        merged = broadcast(out, tuple(shape))
+        if merged is None:
+            raise ShapeError(
+                f"shape {fmt_shape(shape)} does not broadcast with {fmt_shape(out)}",
+                input_index=i,
+                hint="each dimension must be equal or 1 (e.g. Cx1x1 gates CxHxW in "
+                "squeeze-excitation)",
+            )
+        out = merged
+    return out
+
+
+def _concat_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+    dim = attrs["dim"]
+    first = tuple(inputs[0])
+    if not 1 <= dim <= len(first):
+        raise ShapeError(
+            f"dim {dim} does not exist in N x {fmt_shape(first)} (dim 0 is the batch)",
+            input_index=0,
+        )
+    axis = dim - 1
+    total = 0
+    for i, shape in enumerate(inputs):
+        shape = tuple(shape)
+        rest = shape[:axis] + shape[axis + 1 :]
+        if len(shape) != len(first) or rest != first[:axis] + first[axis + 1 :]:
+            expected = list(first)
+            expected[axis] = "*"
+            raise ShapeError(
+                f"shape {fmt_shape(shape)} cannot be concatenated along dim {dim} with "
+                f"{fmt_shape(first)}: expected {'x'.join(map(str, expected))}",
+                input_index=i,
+                hint="all inputs of a concat must agree on every dimension except the "
+                "concatenated one",
+            )
+        total += shape[axis]
+    out = list(first)
+    out[axis] = total
+    return tuple(out)
+
+
+ADD = LayerType(
+    op="add",
+    family="merge",
+    doc="Element-wise sum of two or more inputs of the same shape (residual connections). "
+    "A list value gives the inputs: `add: [-1, shortcut]`.",
+    attrs=(),
+    infer_shape=_add_shape,
+    example="- add: [-1, shortcut]",
+    arity=(2, None),
+)
+
+MULTIPLY = LayerType(
+    op="multiply",
+    family="merge",
+    doc="Element-wise product with broadcasting (a Cx1x1 gate scales a CxHxW map, as in "
+    "squeeze-excitation).",
+    attrs=(),
+    infer_shape=_multiply_shape,
+    example="- multiply: [features, gate]",
+    arity=(2, None),
+)
+
+CONCAT = LayerType(
+    op="concat",
+    family="merge",
+    doc="Concatenate inputs along `dim` (1 = channels, the batch is 0), as Inception "
+    "modules, DenseNet and U-Net skips do.",
+    attrs=(Attr("dim", Int(), 1, "the axis to join along (0 is the batch)"),),
+    infer_shape=_concat_shape,
+    example="- concat: [branch1, branch2, branch3]",
+    arity=(2, None),
+)
+
+LAYERS = (ADD, MULTIPLY, CONCAT)

@@ -1,0 +1,139 @@
+"""Normalisation: batch norm, layer norm over channels, local response norm; layer scale."""
+
+from __future__ import annotations
+
+from archc.layers.base import (
+    Attr,
+    Bool,
+    Float,
+    Int,
+    LayerType,
+    Optional,
+    ShapeError,
+    need_rank,
+)
+
+
+def _same_shape_rank(op: str, rank: int, count_key: str | None = None):
+    def rule(attrs: dict, inputs: list) -> tuple[int, ...]:
+        (x,) = inputs
+        need_rank(x, rank, op)
+        if count_key and attrs.get(count_key) is not None and attrs[count_key] != x[0]:
+            raise ShapeError(
+                f"{count_key} is {attrs[count_key]} but the input has {x[0]} "
+                f"{'channels' if rank == 3 else 'features'}",
+                input_index=0,
+            )
+        return tuple(x)
+
+    return rule
+
+
+def _affine_params(key: str):
+    def rule(attrs: dict, inputs: list) -> dict:
+        if not attrs[key]:
+            return {}
+        c = inputs[0][0]
+        return {"weight": (c,), "bias": (c,)}
+
+    return rule
+
+
+def _bn_buffers(attrs: dict, inputs: list) -> dict:
+    if not attrs["track_running_stats"]:
+        return {}
+    c = inputs[0][0]
+    return {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+
+
+_BN_ATTRS = (
+    Attr("eps", Float(minimum=0.0), 1e-5, "added to the variance for stability"),
+    Attr("momentum", Float(minimum=0.0, maximum=1.0), 0.1, "running statistics update rate"),
+    Attr("affine", Bool(), True, "learn a per-channel scale (weight) and shift (bias)"),
+    Attr("track_running_stats", Bool(), True, "keep running mean/variance for inference"),
+    Attr("num_features", Optional(Int(minimum=1)), None, "optional check of the channel count"),
+)
+
+BATCHNORM2D = LayerType(
+    op="batchnorm2d",
+    family="norm",
+    doc="Batch normalisation per channel over (N, H, W): `(x - mean) / sqrt(var + eps) * "
+    "weight + bias`; batch statistics in training, running statistics in inference.",
+    attrs=_BN_ATTRS,
+    infer_shape=_same_shape_rank("batchnorm2d", 3, "num_features"),
+    example="- batchnorm2d",
+    parameters=_affine_params("affine"),
+    buffers=_bn_buffers,
+)
+
+BATCHNORM1D = LayerType(
+    op="batchnorm1d",
+    family="norm",
+    doc="Batch normalisation of a flat feature vector, per feature over the batch.",
+    attrs=_BN_ATTRS,
+    infer_shape=_same_shape_rank("batchnorm1d", 1, "num_features"),
+    example="- batchnorm1d",
+    parameters=_affine_params("affine"),
+    buffers=_bn_buffers,
+)
+
+_LN_ATTRS = (
+    Attr("eps", Float(minimum=0.0), 1e-5, "added to the variance for stability"),
+    Attr("elementwise_affine", Bool(), True, "learn a per-channel scale and shift"),
+)
+
+LAYERNORM2D = LayerType(
+    op="layernorm2d",
+    family="norm",
+    doc="Layer normalisation over the channels at each pixel of a CxHxW map (ConvNeXt's "
+    "LayerNorm2d, i.e. LayerNorm(C) applied channels-last).",
+    attrs=_LN_ATTRS,
+    infer_shape=_same_shape_rank("layernorm2d", 3),
+    example="- layernorm2d: {eps: 1.0e-6}",
+    parameters=_affine_params("elementwise_affine"),
+)
+
+LAYERNORM = LayerType(
+    op="layernorm",
+    family="norm",
+    doc="Layer normalisation of a flat feature vector (PyTorch LayerNorm over the features).",
+    attrs=_LN_ATTRS,
+    infer_shape=_same_shape_rank("layernorm", 1),
+    example="- layernorm",
+    parameters=_affine_params("elementwise_affine"),
+)
+
+LOCAL_RESPONSE_NORM = LayerType(
+    op="local_response_norm",
+    family="norm",
+    doc="Local response normalisation across `size` neighbouring channels (AlexNet): "
+    "`x / (k + alpha / size * sum(x^2)) ^ beta`.",
+    attrs=(
+        Attr("size", Int(minimum=1), doc="number of neighbouring channels"),
+        Attr("alpha", Float(), 1e-4, "scale"),
+        Attr("beta", Float(), 0.75, "exponent"),
+        Attr("k", Float(), 1.0, "additive constant"),
+    ),
+    infer_shape=_same_shape_rank("local_response_norm", 3),
+    example="- local_response_norm: {size: 5, alpha: 1.0e-4, beta: 0.75, k: 2.0}",
+    positional=("size",),
+)
+
+
+def _layer_scale_params(attrs: dict, inputs: list) -> dict:
+    return {"weight": (inputs[0][0], 1, 1)}
+
+
+LAYER_SCALE = LayerType(
+    op="layer_scale",
+    family="norm",
+    doc="A learned per-channel scale, initialised to `init_value` (ConvNeXt's layer scale; "
+    "torchvision stores it as a (C, 1, 1) parameter).",
+    attrs=(Attr("init_value", Float(), 1e-6, "initial value of every scale"),),
+    infer_shape=_same_shape_rank("layer_scale", 3),
+    example="- layer_scale: {init_value: 1.0e-6}",
+    positional=("init_value",),
+    parameters=_layer_scale_params,
+)
+
+LAYERS = (BATCHNORM2D, BATCHNORM1D, LAYERNORM2D, LAYERNORM, LOCAL_RESPONSE_NORM, LAYER_SCALE)

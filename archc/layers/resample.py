@@ -1,0 +1,123 @@
+"""Growing feature maps without learned weights: unpooling and upsampling."""
+
+from __future__ import annotations
+
+import math
+
+from archc.layers.base import (
+    Attr,
+    AttrError,
+    Bool,
+    Choice,
+    FloatPair,
+    LayerType,
+    Optional,
+    Pair,
+    ShapeError,
+    fmt_shape,
+    need_rank,
+)
+
+
+def _max_unpool_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
+    x, pooled = inputs
+    need_rank(x, 3, "max_unpool2d")
+    if tuple(x) != tuple(pooled):
+        raise ShapeError(
+            f"the values to unpool have shape {fmt_shape(x)} but the max_pool2d whose "
+            f"positions they use produced {fmt_shape(pooled)}; they must match",
+            input_index=0,
+        )
+    if attrs["output_size"] is not None:
+        return (x[0],) + tuple(attrs["output_size"])
+    k, p = attrs["kernel_size"], attrs["padding"]
+    s = attrs["stride"] if attrs["stride"] is not None else k
+    out = tuple((n - 1) * s[i] - 2 * p[i] + k[i] for i, n in enumerate(x[1:]))
+    if min(out) < 1:
+        raise ShapeError(f"output would be {fmt_shape(out)}", input_index=0)
+    return (x[0], out[0], out[1])
+
+
+MAX_UNPOOL2D = LayerType(
+    op="max_unpool2d",
+    family="resample",
+    doc="Max unpooling: puts each value back at the position its `max_pool2d` took it from "
+    "and zeros elsewhere. Inputs: the values, then the `max_pool2d` node whose positions "
+    "to use. Output `(H - 1) * stride - 2 * padding + kernel`, or `output_size`.",
+    attrs=(
+        Attr("kernel_size", Pair(), doc="the pooling window"),
+        Attr("stride", Optional(Pair()), None, "the pooling stride (default: kernel_size)"),
+        Attr("padding", Pair(minimum=0), (0, 0), "the pooling padding"),
+        Attr("output_size", Optional(Pair()), None, "exact output size (e.g. the pool's input)"),
+    ),
+    infer_shape=_max_unpool_shape,
+    example="- max_unpool2d: {kernel_size: 2}\n  inputs: [-1, pool1]",
+    positional=("kernel_size", "stride", "padding"),
+    arity=(2, 2),
+    input_ops=((1, ("max_pool2d",)),),
+)
+
+
+def _unpool_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
+    (x,) = inputs
+    need_rank(x, 3, "unpool2d")
+    k = attrs["kernel_size"]
+    return (x[0], x[1] * k[0], x[2] * k[1])
+
+
+UNPOOL2D = LayerType(
+    op="unpool2d",
+    family="resample",
+    doc="Fixed unpooling by a factor k: `nearest` copies each value into its k x k cell; "
+    "`bed_of_nails` puts it in the cell's top-left corner and zeros elsewhere.",
+    attrs=(
+        Attr("kernel_size", Pair(), doc="growth factor k or [kh, kw]"),
+        Attr("mode", Choice(("nearest", "bed_of_nails")), "nearest", "how a cell is filled"),
+    ),
+    infer_shape=_unpool_shape,
+    example="- unpool2d: {kernel_size: 2, mode: bed_of_nails}",
+    positional=("kernel_size", "mode"),
+)
+
+
+def _validate_upsample(attrs: dict) -> None:
+    if (attrs["size"] is None) == (attrs["scale_factor"] is None):
+        raise AttrError(
+            "upsample needs exactly one of 'size' or 'scale_factor'",
+            hint="e.g. upsample: {scale_factor: 2} or upsample: {size: [56, 56]}",
+        )
+    if attrs["align_corners"] and attrs["mode"] != "bilinear":
+        raise AttrError("align_corners applies to bilinear mode only", attr="align_corners")
+
+
+def _upsample_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
+    (x,) = inputs
+    need_rank(x, 3, "upsample")
+    if attrs["size"] is not None:
+        return (x[0],) + tuple(attrs["size"])
+    sh, sw = attrs["scale_factor"]
+    out = (math.floor(x[1] * sh), math.floor(x[2] * sw))
+    if min(out) < 1:
+        raise ShapeError(f"scale_factor shrinks {x[1]}x{x[2]} to {fmt_shape(out)}", input_index=0)
+    return (x[0], out[0], out[1])
+
+
+UPSAMPLE = LayerType(
+    op="upsample",
+    family="resample",
+    doc="Resize by `scale_factor` (output `floor(H * s)`) or to a fixed `size`, with "
+    "`nearest` (nearest-neighbour unpooling) or `bilinear` interpolation (PyTorch "
+    "`F.interpolate` semantics).",
+    attrs=(
+        Attr("scale_factor", Optional(FloatPair()), None, "growth factor s or [sh, sw]"),
+        Attr("size", Optional(Pair()), None, "output size s or [h, w]"),
+        Attr("mode", Choice(("nearest", "bilinear")), "nearest", "interpolation"),
+        Attr("align_corners", Bool(), False, "bilinear: align corner pixel centres"),
+    ),
+    infer_shape=_upsample_shape,
+    example="- upsample: {scale_factor: 2, mode: bilinear}",
+    positional=("scale_factor",),
+    validate=_validate_upsample,
+)
+
+LAYERS = (MAX_UNPOOL2D, UNPOOL2D, UPSAMPLE)

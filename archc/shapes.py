@@ -1,0 +1,55 @@
+"""Shape inference: run every node's registry shape rule in topological order.
+
+The rules live with their layer types in :mod:`archc.layers`; this driver feeds them the
+input shapes and turns a rule's complaint into a :class:`SpecError` at the node's spec
+location, naming the node, the input at fault and both shapes.
+"""
+
+from __future__ import annotations
+
+from archc.errors import SpecError
+from archc.ir import Graph
+from archc.layers import ShapeError, fmt_shape, get_layer
+
+
+def infer_shapes(graph: Graph) -> Graph:
+    """Fill in ``node.shape`` for every node of ``graph`` (in place) and return it.
+
+    Raises
+    ------
+    SpecError
+        When a layer cannot take the shapes it is given, or an output dimension drops
+        below 1.
+
+    Examples
+    --------
+    >>> from archc.spec import load_spec
+    >>> text = "input: {channels: 3, height: 32, width: 32}\\nlayers: [{conv2d: [10, 5, 1, 2]}]"
+    >>> infer_shapes(load_spec("demo.yaml", text=text))["conv2d"].shape
+    (10, 32, 32)
+    """
+    for node in graph:
+        layer = get_layer(node.op)
+        in_shapes = [graph[name].shape for name in node.inputs]
+        try:
+            shape = tuple(layer.infer_shape(node.attrs, in_shapes))
+        except ShapeError as exc:
+            raise _shape_error(graph, node, exc) from None
+        if any(d < 1 for d in shape):
+            raise _shape_error(
+                graph, node,
+                ShapeError(f"output shape would be {fmt_shape(shape)}: a dimension below 1"),
+            )
+        node.shape = shape
+    return graph
+
+
+def _shape_error(graph: Graph, node, exc: ShapeError) -> SpecError:
+    message = f"layer '{node.name}' ({node.op})"
+    if exc.input_index is not None and exc.input_index < len(node.inputs):
+        source = graph[node.inputs[exc.input_index]]
+        position = (f"input {exc.input_index + 1} of {len(node.inputs)}"
+                    if len(node.inputs) > 1 else "input")
+        message += f", {position} '{source.name}' ({fmt_shape(source.shape)})"
+    message += f": {exc.message}"
+    return SpecError(message, node.loc, exc.hint, notes=list(node.trace))

@@ -1,0 +1,6 @@
+"""archc's runtime: executes lowered programs (kernels, memory plans, training).
+
+The boundary is fixed: the runtime receives a lowered program and parameters from the
+compiler and never imports the compiler (``archc``), its YAML front end or networkx.
+``tests/test_boundaries.py`` enforces this.
+"""
