@@ -552,10 +552,12 @@ class _Expander:
         given, locs = self._call_values(entry, names, f"block '{block}'")
         for key in given:
             if key not in declared:
+                where = (entry["value"].key_loc(key) if entry["form"] == "mapping"
+                         else locs.get(key, entry["loc"]))
                 raise SpecError(
                     f"block '{block}' has no argument '{key}' (its arguments: "
                     f"{', '.join(names) or 'none'})",
-                    locs.get(key, entry["loc"]),
+                    where,
                     did_you_mean(key, names),
                 )
         values: dict[str, Any] = {}
@@ -605,8 +607,8 @@ class _Expander:
             return layer.normalize(raw)
         except AttrError as exc:
             where = locs.get(exc.attr) if exc.attr else None
-            if exc.attr in locs and entry["form"] == "mapping":
-                where = entry["value"].key_loc(exc.attr) if exc.attr not in raw else where
+            if entry["form"] == "mapping" and exc.attr in given and exc.attr not in layer.attr_names:
+                where = entry["value"].key_loc(exc.attr)
             hint = exc.hint
             if hint is None and exc.attr in given and isinstance(given[exc.attr], str):
                 hint = did_you_mean(given[exc.attr], list(env))

@@ -111,7 +111,13 @@ def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
                 "(not '- relu') above 'name: ...'; a value containing ': ' must be quoted")
     elif "found character '\\t'" in problem or "\t" in problem:
         hint = "YAML indentation uses spaces, not tabs"
-    return SpecError(f"YAML syntax error: {problem}{context}", _loc(file, mark), hint)
+    notes = []
+    if exc.context_mark is not None and exc.problem_mark is not None and (
+        exc.context_mark.line != exc.problem_mark.line
+    ):
+        notes.append(f"the {exc.context.replace('while parsing ', '') if exc.context else 'construct'} "
+                     f"started at {_loc(file, exc.context_mark)}")
+    return SpecError(f"YAML syntax error: {problem}{context}", _loc(file, mark), hint, notes)
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], file: str) -> int:
@@ -140,6 +146,9 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int], file: str) -> int:
     return size
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:omap")
+
+
 class _Builder:
     def __init__(self, file: str) -> None:
         self.file = file
@@ -147,6 +156,12 @@ class _Builder:
 
     def build(self, node: yaml.Node) -> Any:
         loc = _loc(self.file, node.start_mark)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+            raise SpecError(
+                f"cannot read value: the tag '{node.tag}' is not allowed",
+                loc,
+                hint="archc specs use plain YAML values only (no '!!python/...' tags)",
+            )
         if isinstance(node, yaml.MappingNode):
             self.constructor.flatten_mapping(node)  # YAML merge keys ('<<: *base')
             out = SpecMap()

@@ -1,0 +1,27 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+settings.register_profile(
+    "archc", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "archc"))
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """Write spec text to a file and return its path."""
+
+    def write(text: str, name: str = "net.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write

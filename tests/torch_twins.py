@@ -1,0 +1,151 @@
+"""PyTorch twins of archc layers, built from torch.nn primitives: the test oracle.
+
+``build(op, attrs, in_shapes)`` returns a callable taking input tensors (with batch) and a
+torch module (or None) whose parameters/buffers should match archc's registry.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """ConvNeXt's LayerNorm over channels of an NCHW map (torchvision's definition)."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, channels: int, init_value: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels, 1, 1), init_value))
+
+    def forward(self, x):
+        return x * self.weight
+
+
+def _conv_padding(attrs):
+    p = attrs["padding"]
+    if p == "full":
+        d, k = attrs["dilation"], attrs["kernel_size"]
+        return (d[0] * (k[0] - 1), d[1] * (k[1] - 1))
+    return p
+
+
+ACTIVATIONS = {
+    "relu": lambda a: nn.ReLU(),
+    "relu6": lambda a: nn.ReLU6(),
+    "leaky_relu": lambda a: nn.LeakyReLU(a["negative_slope"]),
+    "gelu": lambda a: nn.GELU(approximate=a["approximate"]),
+    "silu": lambda a: nn.SiLU(),
+    "hardswish": lambda a: nn.Hardswish(),
+    "hardsigmoid": lambda a: nn.Hardsigmoid(),
+    "sigmoid": lambda a: nn.Sigmoid(),
+    "tanh": lambda a: nn.Tanh(),
+    "softmax": lambda a: nn.Softmax(dim=a["dim"]),
+    "identity": lambda a: nn.Identity(),
+    "dropout": lambda a: nn.Dropout(a["p"]),
+    "stochastic_depth": lambda a: nn.Identity(),
+}
+
+
+def module(op: str, attrs: dict, in_shapes: list) -> nn.Module | None:
+    """The torch.nn module equivalent to one archc layer (None for plain tensor ops)."""
+    c = in_shapes[0][0] if in_shapes else None
+    if op in ACTIVATIONS:
+        return ACTIVATIONS[op](attrs)
+    if op == "conv2d":
+        return nn.Conv2d(c, attrs["out_channels"], attrs["kernel_size"], attrs["stride"],
+                         _conv_padding(attrs), attrs["dilation"], attrs["groups"], attrs["bias"])
+    if op == "conv_transpose2d":
+        return nn.ConvTranspose2d(c, attrs["out_channels"], attrs["kernel_size"], attrs["stride"],
+                                  attrs["padding"], attrs["output_padding"], attrs["groups"],
+                                  attrs["bias"], attrs["dilation"])
+    if op == "max_pool2d":
+        return nn.MaxPool2d(attrs["kernel_size"], attrs["stride"], attrs["padding"],
+                            attrs["dilation"], ceil_mode=attrs["ceil_mode"])
+    if op == "avg_pool2d":
+        return nn.AvgPool2d(attrs["kernel_size"], attrs["stride"], attrs["padding"],
+                            attrs["ceil_mode"], attrs["count_include_pad"])
+    if op == "global_avg_pool2d":
+        return nn.AdaptiveAvgPool2d(1)
+    if op == "global_max_pool2d":
+        return nn.AdaptiveMaxPool2d(1)
+    if op == "adaptive_avg_pool2d":
+        return nn.AdaptiveAvgPool2d(attrs["output_size"])
+    if op == "adaptive_max_pool2d":
+        return nn.AdaptiveMaxPool2d(attrs["output_size"])
+    if op == "unpool2d":
+        return nn.Upsample(scale_factor=attrs["kernel_size"], mode="nearest")
+    if op == "upsample":
+        kw = {"align_corners": attrs["align_corners"]} if attrs["mode"] == "bilinear" else {}
+        size = attrs["size"]
+        return nn.Upsample(size=size, scale_factor=None if size else attrs["scale_factor"],
+                           mode=attrs["mode"], **kw)
+    if op in ("batchnorm2d", "batchnorm1d"):
+        cls = nn.BatchNorm2d if op == "batchnorm2d" else nn.BatchNorm1d
+        return cls(c, attrs["eps"], attrs["momentum"], attrs["affine"],
+                   attrs["track_running_stats"])
+    if op == "layernorm2d":
+        return LayerNorm2d(c, attrs["eps"], attrs["elementwise_affine"])
+    if op == "layernorm":
+        return nn.LayerNorm(c, attrs["eps"], attrs["elementwise_affine"])
+    if op == "local_response_norm":
+        return nn.LocalResponseNorm(attrs["size"], attrs["alpha"], attrs["beta"], attrs["k"])
+    if op == "layer_scale":
+        return LayerScale(c, attrs["init_value"])
+    if op == "linear":
+        return nn.Linear(c, attrs["out_features"], attrs["bias"])
+    if op == "flatten":
+        return nn.Flatten(attrs["start_dim"])
+    if op == "channel_shuffle":
+        return nn.ChannelShuffle(attrs["groups"])
+    return None
+
+
+def run(op: str, attrs: dict, in_shapes: list, batch: int = 2) -> tuple[int, ...]:
+    """Output shape (without batch) PyTorch gives; raises what PyTorch raises."""
+    xs = [torch.zeros((batch,) + tuple(s)) for s in in_shapes]
+    mod = module(op, attrs, in_shapes)
+    with torch.no_grad():
+        if mod is not None:
+            mod.eval()
+            y = mod(*xs)
+        elif op == "add":
+            y = xs[0]
+            for x in xs[1:]:
+                if x.shape != y.shape:
+                    raise ValueError("add needs equal shapes")
+                y = y + x
+        elif op == "multiply":
+            y = xs[0]
+            for x in xs[1:]:
+                y = y * x
+        elif op == "concat":
+            y = torch.cat(xs, dim=attrs["dim"])
+        elif op == "reshape":
+            y = xs[0].reshape((batch,) + tuple(attrs["shape"]))
+        elif op == "permute":
+            y = xs[0].permute(*attrs["dims"])
+        elif op == "max_unpool2d":
+            k, s, p = attrs["kernel_size"], attrs["stride"], attrs["padding"]
+            pool = nn.MaxPool2d(k, s, p, return_indices=True)
+            _, idx = pool(torch.zeros((batch,) + tuple(attrs["_pool_input"])))
+            out_size = attrs["output_size"]
+            y = F.max_unpool2d(xs[0], idx, k, s, p,
+                               output_size=None if out_size is None else list(out_size))
+        else:
+            raise KeyError(op)
+    return tuple(y.shape[1:])
+
+
+def parameter_shapes(op: str, attrs: dict, in_shapes: list) -> tuple[dict, dict]:
+    mod = module(op, attrs, in_shapes)
+    if mod is None:
+        return {}, {}
+    params = {n: tuple(p.shape) for n, p in mod.named_parameters()}
+    buffers = {n: tuple(b.shape) for n, b in mod.named_buffers()}
+    return params, buffers
