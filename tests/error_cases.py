@@ -27,7 +27,7 @@ class ErrorCase:
 CASES = [
     ErrorCase("yaml-syntax", "YAML syntax error",
               HEAD + "  - conv2d: {out_channels: 8, kernel_size: 3\n  - relu\n",
-              5, 1, "YAML syntax error: expected ',' or '}'"),
+              5, 1, "YAML syntax error: expected ',' or '}'", hint=None),
     ErrorCase("yaml-colon", "A layer with a name but no colon after its type",
               HEAD + "  - relu\n    name: act\n", 4, 9, "mapping values are not allowed",
               hint="'- relu:'"),
@@ -114,7 +114,7 @@ CASES = [
               "block 'unit' has no argument 'stirde'"),
     ErrorCase("channel-mismatch-add", "Adding tensors with different channels",
               HEAD + "  - conv2d: [8, 3, 1, 1]\n  - conv2d: [16, 3, 1, 1]\n  - add: [-1, -2]\n",
-              5, 5, "input 2 of 2 'conv2d' (8x32x32): shape 8x32x32 does not match 16x32x32"),
+              5, 5, "input 2 of 2 'conv2d' (8x32x32): expected 16x32x32 (the shape of input 1), got 8x32x32"),
     ErrorCase("channel-mismatch-concat", "Concatenating maps of different sizes",
               HEAD + "  - conv2d: [8, 3, 1, 1]\n    name: a\n  - max_pool2d: 2\n"
               "  - concat: [a, -1]\n", 6, 5, "cannot be concatenated along dim 1"),

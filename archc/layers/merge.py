@@ -10,7 +10,7 @@ def _add_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
     for i, shape in enumerate(inputs[1:], start=1):
         if tuple(shape) != first:
             raise ShapeError(
-                f"shape {fmt_shape(shape)} does not match {fmt_shape(first)} of the first input",
+                f"expected {fmt_shape(first)} (the shape of input 1), got {fmt_shape(shape)}",
                 input_index=i,
                 hint="add needs equal shapes; a residual shortcut that changes channels or "
                 "size needs a 1x1 conv (stride 2 when the size halves)",

@@ -97,11 +97,26 @@ def _check_structure(text: str, file: str) -> None:
                     )
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
-    except yaml.MarkedYAMLError as exc:
-        raise _yaml_error(exc, file) from None
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, file, text) from None
 
 
-def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
+def _reader_error(exc: yaml.reader.ReaderError, file: str, text: str) -> SpecError:
+    before = text[: exc.position]
+    line = before.count("\n") + 1
+    column = exc.position - (before.rfind("\n") + 1) + 1
+    return SpecError(
+        f"the file contains the control character {exc.character!r}, which YAML does not allow",
+        Loc(file, line, column),
+        hint="remove it; specs are plain text",
+    )
+
+
+def _yaml_error(exc: yaml.YAMLError, file: str, text: str) -> SpecError:
+    if isinstance(exc, yaml.reader.ReaderError):
+        return _reader_error(exc, file, text)
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return SpecError(f"YAML error: {exc}", Loc(file))
     mark = exc.problem_mark or exc.context_mark
     problem = exc.problem or "invalid YAML"
     context = f" ({exc.context})" if exc.context else ""
@@ -115,8 +130,8 @@ def _yaml_error(exc: yaml.MarkedYAMLError, file: str) -> SpecError:
     if exc.context_mark is not None and exc.problem_mark is not None and (
         exc.context_mark.line != exc.problem_mark.line
     ):
-        notes.append(f"the {exc.context.replace('while parsing ', '') if exc.context else 'construct'} "
-                     f"started at {_loc(file, exc.context_mark)}")
+        what = exc.context.replace("while parsing ", "") if exc.context else "construct"
+        notes.append(f"{what} started at {_loc(file, exc.context_mark)}")
     return SpecError(f"YAML syntax error: {problem}{context}", _loc(file, mark), hint, notes)
 
 
@@ -163,10 +178,13 @@ class _Builder:
                 hint="archc specs use plain YAML values only (no '!!python/...' tags)",
             )
         if isinstance(node, yaml.MappingNode):
-            self.constructor.flatten_mapping(node)  # YAML merge keys ('<<: *base')
+            explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+            self.constructor.flatten_mapping(node)  # YAML merge keys ('<<: *base') go first
+            merged = len(node.value) - explicit
             out = SpecMap()
             out.loc, out.key_locs, out.value_locs = loc, {}, {}
-            for key_node, value_node in node.value:
+            explicit_keys: set = set()
+            for index, (key_node, value_node) in enumerate(node.value):
                 key = self.build(key_node)
                 key_loc = _loc(self.file, key_node.start_mark)
                 if not isinstance(key, str):
@@ -175,7 +193,12 @@ class _Builder:
                         key_loc,
                         hint="quote the key if it is meant as text",
                     )
-                if key in out:
+                if index >= merged:
+                    duplicate = key in explicit_keys
+                    explicit_keys.add(key)
+                else:
+                    duplicate = False  # keys from '<<' merges may be overridden
+                if duplicate:
                     raise SpecError(
                         f"duplicate key '{key}' (first given at line {out.key_locs[key].line})",
                         key_loc,
@@ -225,10 +248,8 @@ def load_yaml(source: str | bytes, file: str = "<spec>") -> Any:
             node = loader.get_single_node()
         finally:
             loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        raise _yaml_error(exc, file) from None
-    except yaml.YAMLError as exc:  # unmarked reader errors (e.g. control characters)
-        raise SpecError(f"YAML error: {exc}", Loc(file)) from None
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, file, text) from None
     if node is None:
         return None
     _expanded_size(node, {}, file)

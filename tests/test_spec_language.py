@@ -1,0 +1,282 @@
+"""Every feature of the spec language, each on a small real spec."""
+
+from __future__ import annotations
+
+import pytest
+
+import archc
+from archc.errors import SpecError
+
+
+def load(text: str, **variables):
+    return archc.load("net.yaml", text=text, **variables)
+
+
+def shapes(graph):
+    return {n.name: n.shape for n in graph}
+
+
+def test_sequential_chaining_and_automatic_names():
+    g = load("""
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - conv2d: [4, 3]    # out_channels, kernel_size
+  - relu
+  - conv2d: {out_channels: 6, kernel_size: 3, padding: same}
+  - relu
+""")
+    assert [n.name for n in g] == ["input", "conv2d", "relu", "conv2d_1", "relu_1"]
+    assert g["conv2d_1"].inputs == ["relu"]
+    assert g.output_shapes() == {"relu_1": (6, 6, 6)}
+
+
+def test_names_relative_indices_and_merges():
+    g = load("""
+input: {channels: 8, height: 8, width: 8}
+layers:
+  - conv2d: {out_channels: 8, kernel_size: 3, padding: 1}
+    name: a
+  - relu
+  - conv2d: {out_channels: 8, kernel_size: 1}
+  - add: [-1, a, input]          # by index, by name, the input
+  - concat: [-1, -2, a]
+""")
+    assert g["add"].inputs == ["conv2d", "a", "input"]
+    assert g["concat"].inputs == ["add", "conv2d", "a"]
+    assert g["concat"].shape == (24, 8, 8)
+
+
+def test_squeeze_excitation_from_primitives_broadcasts():
+    g = load("""
+input: {channels: 16, height: 7, width: 7}
+layers:
+  - identity:
+    name: features
+  - global_avg_pool2d
+  - conv2d: [4, 1]
+  - relu
+  - conv2d: [16, 1]
+  - sigmoid:
+    name: gate
+  - multiply: [features, gate]
+""")
+    assert g["gate"].shape == (16, 1, 1)
+    assert g["multiply"].shape == (16, 7, 7)
+
+
+def test_repeat_names_index_and_groups():
+    g = load("""
+input: {channels: 4, height: 16, width: 16}
+layers:
+  - conv2d: {out_channels: 4 * (i + 1), kernel_size: 3, padding: 1}
+    name: stage
+    repeat: 3
+  - sequential:
+      - conv2d: {out_channels: 8, kernel_size: 3, stride: 2 if j == 0 else 1, padding: 1}
+      - relu
+    name: down
+    repeat: {count: 2, index: j}
+""")
+    assert [g[f"stage.{k}"].shape[0] for k in range(3)] == [4, 8, 12]
+    assert g["down.0.0"].shape == (8, 8, 8) and g["down.1.0"].shape == (8, 8, 8)
+    assert g.blocks["stage"].count == 3 and g.blocks["down"].count == 2
+    assert g["down.1.1"].scope == ("down", "down.1")
+
+
+def test_blocks_with_arguments_defaults_nesting_and_positional_call():
+    g = load("""
+variables: {width: 8}
+input: {channels: 3, height: 16, width: 16}
+blocks:
+  conv_bn:
+    args: {out: ~, k: 3, stride: 1}
+    layers:
+      - conv2d: {out_channels: out, kernel_size: k, stride: stride, padding: k // 2, bias: false}
+        name: conv
+      - batchnorm2d:
+        name: bn
+  double:
+    args: [out]
+    layers:
+      - conv_bn: {out: out, stride: 2}
+        name: first
+      - conv_bn: [out, 1]
+        name: second
+layers:
+  - double: width * 2
+    name: d
+""")
+    assert g["d.first.conv"].attrs["stride"] == (2, 2)
+    assert g["d.second.conv"].attrs["kernel_size"] == (1, 1)
+    assert g["d.second.bn"].shape == (16, 8, 8)
+    assert g["d.first.bn"].scope == ("d", "d.first")
+    assert g.blocks["d"].block == "double" and dict(g.blocks["d"].args) == {"out": 16}
+
+
+def test_multi_input_block_and_block_output():
+    g = load("""
+input: {channels: 4, height: 16, width: 16}
+blocks:
+  up:
+    inputs: [x, skip]
+    args: {out: ~}
+    output: fused
+    layers:
+      - conv_transpose2d: {out_channels: out, kernel_size: 2, stride: 2}
+      - concat: [-1, skip]
+        name: fused
+      - relu:
+        name: unused_tail
+layers:
+  - conv2d: [8, 3, 1, 1]
+    name: enc
+  - max_pool2d: 2
+  - up: {out: 8}
+    inputs: [-1, enc]
+""")
+    assert g["up.fused"].shape == (16, 16, 16)
+    assert g.output_shapes() == {"up.fused": (16, 16, 16)}
+
+
+def test_variables_expressions_tables_and_overrides():
+    text = """
+variables:
+  variant: b0
+  table: {b0: [1.0, 224], b2: [1.1, 260]}
+  width_mult: table[variant][0]
+  resolution: table[variant][1]
+  stem: make_divisible(32 * width_mult)
+input: {channels: 3, height: resolution, width: resolution}
+layers:
+  - conv2d: {out_channels: stem, kernel_size: 3, stride: 2, padding: 1}
+"""
+    assert load(text).output_shapes() == {"conv2d": (32, 112, 112)}
+    assert load(text, variant="b2").output_shapes() == {"conv2d": (32, 130, 130)}
+    assert load(text, stem=48).output_shapes() == {"conv2d": (48, 112, 112)}
+    assert load(text, variant="b2").variables["width_mult"] == 1.1
+
+
+def test_several_outputs():
+    g = load("""
+input: {channels: 3, height: 32, width: 32}
+layers:
+  - conv2d: [8, 3, 2, 1]
+    name: p3
+  - conv2d: [8, 3, 2, 1]
+    name: p4
+  - conv2d: [8, 3, 2, 1]
+    name: p5
+outputs: [p3, p4, p5]
+""")
+    assert g.output_shapes() == {"p3": (8, 16, 16), "p4": (8, 8, 8), "p5": (8, 4, 4)}
+
+
+def test_several_inputs():
+    g = load("""
+inputs:
+  image: {channels: 3, height: 8, width: 8}
+  mask: {channels: 1, height: 8, width: 8}
+  meta: {features: 5}
+layers:
+  - concat: [image, mask]
+  - conv2d: [4, 1]
+""")
+    assert g.inputs == ["image", "mask", "meta"]
+    assert g["concat"].shape == (4, 8, 8)
+
+
+def test_when_leaves_an_entry_out_as_identity():
+    text = """
+variables: {project: false}
+input: {channels: 4, height: 8, width: 8}
+layers:
+  - conv2d: [4, 3, 1, 1]
+    name: body
+  - conv2d: [4, 1]
+    name: shortcut
+    input: input
+    when: project
+  - add: [body, shortcut]
+"""
+    g = load(text)
+    assert "shortcut" not in g and g["add"].inputs == ["body", "input"]
+    g = load(text, project=True)
+    assert g["add"].inputs == ["body", "shortcut"]
+
+
+def test_dotted_reference_into_a_block_instance():
+    g = load("""
+input: {channels: 3, height: 16, width: 16}
+blocks:
+  enc:
+    layers:
+      - conv2d: [8, 3, 1, 1]
+        name: conv
+      - max_pool2d: 2
+layers:
+  - enc:
+    name: e1
+  - upsample: 2
+  - concat: [-1, e1.conv]
+""")
+    assert g["concat"].inputs == ["upsample", "e1.conv"]
+
+
+def test_variable_names_the_layer_type_and_trainable_flag():
+    g = load("""
+variables: {act: relu6}
+input: {channels: 3, height: 8, width: 8}
+blocks:
+  unit:
+    args: {act: relu}
+    layers: [{conv2d: [4, 3]}, act]
+layers:
+  - unit: {act: act}
+    trainable: false
+  - act
+""")
+    assert g["unit.relu6"].op == "relu6" and g["relu6"].op == "relu6"
+    assert not g["unit.conv2d"].trainable and g["relu6"].trainable
+
+
+def test_aliases_and_sequential_numeric_names():
+    g = load("""
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - sequential: [{conv2d: [4, 3]}, swish, {dropout: 0.2}]
+    name: features
+""")
+    assert [n.name for n in g][1:] == ["features.0", "features.1", "features.2"]
+    assert g["features.1"].op == "silu"
+
+
+def test_max_unpool_takes_positions_from_a_max_pool():
+    g = load("""
+input: {channels: 2, height: 8, width: 8}
+layers:
+  - max_pool2d: 2
+    name: pool
+  - relu
+  - max_unpool2d: 2
+    inputs: [-1, pool]
+""")
+    assert g["max_unpool2d"].shape == (2, 8, 8)
+    with pytest.raises(SpecError, match="must be a max_pool2d"):
+        load("""
+input: {channels: 2, height: 8, width: 8}
+layers:
+  - avg_pool2d: 2
+  - max_unpool2d: 2
+    inputs: [-1, -1]
+""")
+
+
+def test_nodes_remember_their_source_location():
+    g = load("""input: {channels: 1, height: 4, width: 4}
+layers:
+  - relu
+  - sigmoid:
+    name: s
+""")
+    assert (g["relu"].loc.line, g["relu"].loc.column) == (3, 5)
+    assert (g["s"].loc.line, g["s"].loc.column) == (4, 5)

@@ -1,0 +1,89 @@
+"""The specs in specs/: each checks, and matches its PyTorch twin shape for shape and
+parameter for parameter (names and layouts as torchvision's state_dict)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import archc
+import torch_models
+from archc.layers import get_layer
+from conftest import SPECS
+
+
+def registry_state(graph) -> dict[str, tuple]:
+    """name -> shape of every parameter and buffer, as a state_dict would name them."""
+    out = {}
+    for node in graph:
+        layer = get_layer(node.op)
+        in_shapes = [graph[i].shape for i in node.inputs]
+        for kind in (layer.parameters, layer.buffers):
+            for key, shape in kind(node.attrs, in_shapes).items():
+                out[f"{node.name}.{key}"] = tuple(shape)
+    return out
+
+
+def parameter_count(graph) -> int:
+    total = 0
+    for node in graph:
+        layer = get_layer(node.op)
+        shapes = layer.parameters(node.attrs, [graph[i].shape for i in node.inputs])
+        total += sum(math.prod(s) for s in shapes.values())
+    return total
+
+
+def module_output_shapes(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple]:
+    shapes = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            shapes.setdefault(name, tuple(output.shape[1:]))  # first call (relu is reused)
+
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if name]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return shapes
+
+
+@pytest.mark.parametrize("path", sorted(SPECS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_spec_checks(path):
+    graph = archc.load(path)
+    assert all(node.shape for node in graph)
+
+
+@pytest.mark.parametrize("spec, twin, size, params, blocks", [
+    ("lenet5", torch_models.LeNet5, 32, 61_706, None),
+    ("resnet18", lambda: torch_models.ResNet((2, 2, 2, 2)), 224, 11_689_512, None),
+    ("resnet18", lambda: torch_models.ResNet((3, 4, 6, 3)), 224, 21_797_672, [3, 4, 6, 3]),
+])
+def test_spec_equals_its_pytorch_twin(spec, twin, size, params, blocks):
+    variables = {"blocks": blocks} if blocks else {}
+    graph = archc.load(SPECS / f"{spec}.yaml", **variables)
+    model = twin()
+    # Parameters: the published count, and every name and layout of the state_dict.
+    assert parameter_count(graph) == params == sum(p.numel() for p in model.parameters())
+    assert registry_state(graph) == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # Shapes: every module PyTorch runs has a node of the same name and output shape.
+    channels = graph[graph.inputs[0]].shape[0]
+    torch_shapes = module_output_shapes(model, torch.zeros(1, channels, size, size))
+    compared = 0
+    for name, shape in torch_shapes.items():
+        if name in graph:
+            assert graph[name].shape == shape, name
+            compared += 1
+    assert compared >= len(torch_shapes) * 0.6
+
+
+def test_resnet18_check_and_set_on_the_command_line():
+    graph = archc.load(SPECS / "resnet18.yaml")
+    assert graph.output_shapes() == {"fc": (1000,)}
+    small = archc.load(SPECS / "resnet18.yaml", num_classes=10, resolution=64)
+    assert small.output_shapes() == {"fc": (10,)}
+    assert small["layer4.1.relu_1"].shape == (512, 2, 2)
