@@ -55,7 +55,7 @@ LAYERS = (
     _activation("hardswish", "Hard swish: `x * relu6(x + 3) / 6` (MobileNetV3)."),
     _activation("hardsigmoid", "Hard sigmoid: `relu6(x + 3) / 6`."),
     _activation("sigmoid", "Logistic sigmoid: `1 / (1 + exp(-x))`."),
-    _activation("tanh", "Hyperbolic tangent."),
+    _activation("tanh", "Hyperbolic tangent: `(e^x - e^-x) / (e^x + e^-x)`, in (-1, 1)."),
     LayerType(
         op="softmax",
         family="activation",

@@ -67,7 +67,7 @@ RESHAPE = LayerType(
     doc="Reshape each sample to `shape` (the batch dimension is kept; one entry may be -1).",
     attrs=(Attr("shape", Ints(), doc="target shape without the batch dimension"),),
     infer_shape=_reshape_shape,
-    example="- reshape: [7, 7, 30]",
+    example="- reshape: [-1, 8, 8]",
     positional=("shape",),
     validate=_validate_reshape,
 )

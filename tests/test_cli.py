@@ -1,0 +1,68 @@
+"""The installed ``archc`` command, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SPECS
+
+ARCHC = shutil.which("archc", path=str(Path(sys.executable).parent)) or "archc"
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([ARCHC, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_check_resnet18_prints_one_line_with_the_output_shape():
+    out = run("check", "specs/resnet18.yaml")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\n") == 1
+    assert "input 3x224x224 -> fc 1000" in out.stdout and "70 nodes" in out.stdout
+
+
+def test_set_overrides_change_the_result():
+    out = run("check", "specs/resnet18.yaml", "--set", "num_classes=10", "--set", "resolution=64",
+              "--json")
+    data = json.loads(out.stdout)
+    assert data["outputs"] == {"fc": [10]} and data["inputs"] == {"input": [3, 64, 64]}
+    deeper = json.loads(run("check", "specs/resnet18.yaml", "--set", "blocks=[3, 4, 6, 3]",
+                            "--json").stdout)
+    assert deeper["nodes"] > data["nodes"]
+
+
+def test_user_error_exit_code_and_format(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("input: {channels: 3, height: 8, width: 8}\nlayers:\n  - reul\n")
+    out = run("check", str(spec))
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"{spec}:3:5: error: unknown layer type 'reul'", "hint: did you mean 'relu'?"]
+
+
+@pytest.mark.parametrize("args", [[], ["check"], ["check", "--bogus", "x.yaml"], ["frobnicate"]])
+def test_bad_command_lines_exit_2_with_a_reason(args):
+    out = run(*args)
+    assert out.returncode == 2
+    assert "archc: error:" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["check", "--help"]])
+def test_help_everywhere(args):
+    out = run(*args)
+    assert out.returncode == 0 and "usage: archc" in out.stdout
+
+
+def test_version():
+    assert run("--version").stdout.startswith("archc ")
+
+
+def test_python_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "archc", "check", str(SPECS / "lenet5.yaml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "fc3 10" in out.stdout
