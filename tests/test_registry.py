@@ -51,7 +51,7 @@ def test_documented_example_builds(op):
     rank1 = op in ("linear", "batchnorm1d", "layernorm")
     head = ("input: {features: 32}\n" if rank1 else "input: {channels: 8, height: 16, width: 16}\n")
     prelude = {
-        "max_unpool2d": "  - max_pool2d: 2\n    name: pool1\n  - relu\n",
+        "max_unpool2d": "  - max_pool2d: 2\n    name: pool1\n  - relu\n",  # -3 is the input
         "add": "  - identity:\n    name: shortcut\n",
         "multiply": "  - identity:\n    name: features\n  - global_avg_pool2d:\n    name: gate\n",
         "concat": "".join(f"  - identity:\n    name: branch{i}\n" for i in (1, 2, 3)),

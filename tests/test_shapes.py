@@ -66,10 +66,17 @@ def draw_case(draw, op: str) -> tuple[dict, list]:
         pooled = (pool_in[0],) + tuple((n + 2 * p[i] - k[i]) // ss[i] + 1
                                        for i, n in enumerate(pool_in[1:]))
         assume(min(pooled) >= 1)
-        exact = draw(st.booleans())
+        exact = draw(st.sampled_from(["output_size", "like", "formula"]))
+        if exact == "formula":
+            # Without a target size, a pool input larger than the formula's output leaves
+            # positions the unpooled map cannot hold; PyTorch finds that only while running
+            # (an index error), so it is no shape rule. The 'like' input is archc's answer.
+            formula = tuple((n - 1) * ss[i] - 2 * p[i] + k[i] for i, n in enumerate(pooled[1:]))
+            assume(all(f >= n for f, n in zip(formula, pool_in[1:])))
         return ({"kernel_size": k, "stride": s, "padding": p,
-                 "output_size": tuple(pool_in[1:]) if exact else None, "_pool_input": pool_in},
-                [pooled, pooled])
+                 "output_size": tuple(pool_in[1:]) if exact == "output_size" else None,
+                 "_pool_input": pool_in},
+                [pooled, pooled] + ([pool_in] if exact == "like" else []))
     if op == "unpool2d":
         return {"kernel_size": draw(pair), "mode": "nearest"}, [fmap(draw)]
     if op == "upsample":

@@ -135,6 +135,8 @@ def run(op: str, attrs: dict, in_shapes: list, batch: int = 2) -> tuple[int, ...
             pool = nn.MaxPool2d(k, s, p, return_indices=True)
             _, idx = pool(torch.zeros((batch,) + tuple(attrs["_pool_input"])))
             out_size = attrs["output_size"]
+            if len(xs) == 3:
+                out_size = tuple(xs[2].shape[2:])
             y = F.max_unpool2d(xs[0], idx, k, s, p,
                                output_size=None if out_size is None else list(out_size))
         else:

@@ -20,7 +20,7 @@ from archc.layers.base import (
 
 
 def _max_unpool_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
-    x, pooled = inputs
+    x, pooled = inputs[:2]
     need_rank(x, 3, "max_unpool2d")
     if tuple(x) != tuple(pooled):
         raise ShapeError(
@@ -28,6 +28,16 @@ def _max_unpool_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
             f"positions they use produced {fmt_shape(pooled)}; they must match",
             input_index=0,
         )
+    if len(inputs) == 3:
+        like = inputs[2]
+        need_rank(like, 3, "max_unpool2d", index=2)
+        if attrs["output_size"] is not None and tuple(attrs["output_size"]) != tuple(like[1:]):
+            raise ShapeError(
+                f"output_size {list(attrs['output_size'])} disagrees with the size "
+                f"{like[1]}x{like[2]} of the third input",
+                input_index=2,
+            )
+        return (x[0], like[1], like[2])
     if attrs["output_size"] is not None:
         return (x[0],) + tuple(attrs["output_size"])
     k, p = attrs["kernel_size"], attrs["padding"]
@@ -42,8 +52,10 @@ MAX_UNPOOL2D = LayerType(
     op="max_unpool2d",
     family="resample",
     doc="Max unpooling: puts each value back at the position its `max_pool2d` took it from "
-    "and zeros elsewhere. Inputs: the values, then the `max_pool2d` node whose positions "
-    "to use. Output `(H - 1) * stride - 2 * padding + kernel`, or `output_size`.",
+    "and zeros elsewhere. Inputs: the values, the `max_pool2d` node whose positions to "
+    "use, and optionally a third tensor whose height and width the output takes (give the "
+    "pool's input, as SegNet does, so odd sizes come back exactly). Otherwise the output is "
+    "`output_size`, or `(H - 1) * stride - 2 * padding + kernel`.",
     attrs=(
         Attr("kernel_size", Pair(), doc="the pooling window"),
         Attr("stride", Optional(Pair()), None, "the pooling stride (default: kernel_size)"),
@@ -51,9 +63,9 @@ MAX_UNPOOL2D = LayerType(
         Attr("output_size", Optional(Pair()), None, "exact output size (e.g. the pool's input)"),
     ),
     infer_shape=_max_unpool_shape,
-    example="- max_unpool2d: {kernel_size: 2}\n  inputs: [-1, pool1]",
+    example="- max_unpool2d: {kernel_size: 2}\n  inputs: [-1, pool1, -3]",
     positional=("kernel_size", "stride", "padding"),
-    arity=(2, 2),
+    arity=(2, 3),
     input_ops=((1, ("max_pool2d",)),),
 )
 
