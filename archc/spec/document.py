@@ -1,0 +1,144 @@
+"""The top level of a spec: its name, variables (with ``--set`` overrides), blocks,
+inputs and outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from archc.errors import Loc, SpecError, did_you_mean
+from archc.layers import AttrError, get_layer, is_layer
+from archc.spec.entry import NAME_PATTERN, check_keys, expect
+from archc.spec.loader import SpecList, SpecMap, make_map
+from archc.spec.scope import Env, evaluate_value
+
+TOP_KEYS = ("name", "description", "variables", "input", "inputs", "blocks", "layers",
+            "output", "outputs")
+BLOCK_KEYS = ("args", "inputs", "layers", "output", "description")
+INPUT_KEYS = ("channels", "height", "width", "features", "shape")
+
+
+def read_name(doc: SpecMap, file: str) -> str:
+    check_keys(doc, TOP_KEYS, "the spec (top level)")
+    name = doc.get("name", Path(file).stem)
+    if not isinstance(name, str):
+        raise SpecError("'name' must be text", doc.value_loc("name"))
+    return name
+
+
+def read_variables(doc: SpecMap, overrides: dict[str, Any], file: str) -> Env:
+    """Evaluate the variables in order, each seeing the ones before it; an override from
+    ``--set`` replaces a variable's written value before it is evaluated."""
+    raw = doc.get("variables", None)
+    if raw is None:
+        raw = make_map({}, doc.loc)
+    expect(raw, dict, doc.value_loc("variables"), "'variables'", "variables: {width: 64}")
+    for key in overrides:
+        if key not in raw:
+            known = ", ".join(raw) or "none: this spec declares no variables"
+            raise SpecError(
+                f"--set {key}: the spec has no variable '{key}'",
+                Loc(file),
+                did_you_mean(key, raw) or f"variables you can set: {known}",
+            )
+    env = Env({})
+    for key, value in raw.items():
+        if not NAME_PATTERN.match(key) or key[0].isdigit() or "-" in key:
+            raise SpecError(f"'{key}' is not a valid variable name", raw.key_loc(key),
+                            "use letters, digits and _, starting with a letter")
+        where = f"variable '{key}'"
+        if key in overrides:
+            value, where = overrides[key], f"variable '{key}' (set with --set)"
+        env.values[key] = evaluate_value(value, env, raw.value_loc(key), where)
+    return env
+
+
+def read_blocks(doc: SpecMap) -> dict[str, SpecMap]:
+    raw = doc.get("blocks", None)
+    if raw is None:
+        return {}
+    expect(raw, dict, doc.value_loc("blocks"), "'blocks'", "blocks: {my_block: {...}}")
+    blocks = {}
+    for name, body in raw.items():
+        loc = raw.key_loc(name)
+        if is_layer(name) or name == "sequential":
+            raise SpecError(f"block name '{name}' is already a layer type", loc,
+                            "choose another name for the block")
+        if not NAME_PATTERN.match(name):
+            raise SpecError(f"'{name}' is not a valid block name", loc)
+        expect(body, dict, raw.value_loc(name), f"block '{name}'", "{args: {out: ~}, layers: [...]}")
+        check_keys(body, BLOCK_KEYS, f"block '{name}'")
+        if "layers" not in body:
+            raise SpecError(f"block '{name}' has no 'layers' list", body.loc)
+        blocks[name] = body
+    return blocks
+
+
+def read_inputs(doc: SpecMap, env: Env) -> list[tuple[str, dict, Loc]]:
+    """(name, normalised input attributes, location) of each declared input."""
+    if "input" in doc and "inputs" in doc:
+        raise SpecError("give either 'input' or 'inputs', not both", doc.key_loc("inputs"))
+    if "input" in doc:
+        declared = make_map({"input": doc["input"]}, doc.loc)
+        declared.value_locs["input"] = doc.value_loc("input")
+    elif "inputs" in doc:
+        declared = doc["inputs"]
+        expect(declared, dict, doc.value_loc("inputs"), "'inputs'",
+               "inputs: {image: {channels: 3, height: 64, width: 64}}")
+        if not declared:
+            raise SpecError("'inputs' is empty", doc.value_loc("inputs"))
+    else:
+        raise SpecError("the spec does not declare its input", doc.loc,
+                        "add e.g. 'input: {channels: 3, height: 224, width: 224}'")
+    out = []
+    for name, spec in declared.items():
+        loc = declared.value_loc(name)
+        if not NAME_PATTERN.match(name):
+            raise SpecError(f"'{name}' is not a valid input name", declared.key_loc(name))
+        expect(spec, dict, loc, f"input '{name}'", "{channels: 3, height: 32, width: 32}")
+        check_keys(spec, INPUT_KEYS, f"input '{name}'")
+        values = {k: evaluate_value(v, env, spec.value_loc(k), f"input '{name}' {k}")
+                  for k, v in spec.items()}
+        if "shape" in values or "features" in values:
+            key = "shape" if "shape" in values else "features"
+            if len(values) > 1:
+                raise SpecError(f"give '{key}' alone, or channels/height/width", loc)
+            shape = values["shape"] if key == "shape" else [values["features"]]
+        else:
+            missing = [k for k in ("channels", "height", "width") if k not in values]
+            if missing:
+                raise SpecError(f"input '{name}' is missing {', '.join(missing)}", loc,
+                                "e.g. {channels: 3, height: 224, width: 224}")
+            shape = [values["channels"], values["height"], values["width"]]
+        try:
+            attrs = get_layer("input").normalize({"shape": shape})
+        except AttrError as exc:
+            raise SpecError(f"input '{name}': {exc.message}", loc, exc.hint) from None
+        out.append((name, attrs, loc))
+    return out
+
+
+def read_outputs(doc: SpecMap) -> list[tuple[Any, Loc]] | None:
+    """The output references with their locations, or None for 'the last entry'."""
+    if "output" in doc and "outputs" in doc:
+        raise SpecError("give either 'output' or 'outputs', not both", doc.key_loc("outputs"))
+    key = "outputs" if "outputs" in doc else "output" if "output" in doc else None
+    if key is None:
+        return None
+    raw = doc[key]
+    if isinstance(raw, SpecList):
+        if not raw:
+            raise SpecError(f"'{key}' is empty", doc.value_loc(key))
+        return list(zip(raw, raw.item_locs))
+    return [(raw, doc.value_loc(key))]
+
+
+def read_layers(doc: SpecMap) -> SpecList:
+    if "layers" not in doc:
+        raise SpecError("the spec has no 'layers' list", doc.loc,
+                        "add 'layers:' with one entry per layer, e.g. '- conv2d: [16, 3]'")
+    layers = doc["layers"]
+    expect(layers, list, doc.value_loc("layers"), "'layers'", "layers: [relu]")
+    if not layers:
+        raise SpecError("'layers' is empty", doc.value_loc("layers"))
+    return layers
