@@ -338,6 +338,18 @@ class LayerType:
         return out
 
 
+def weight_and_bias(weight: Shape, out: int, bias: bool) -> dict:
+    """The parameters of a conv or linear layer, PyTorch-named."""
+    return {"weight": tuple(weight), "bias": (out,)} if bias else {"weight": tuple(weight)}
+
+
+def check_declared(attrs: dict, key: str, actual: int, what: str) -> None:
+    """Raise ShapeError when an optional declared size (``in_channels``) disagrees."""
+    declared = attrs.get(key)
+    if declared is not None and declared != actual:
+        raise ShapeError(f"{key} is {declared} but the input has {actual} {what}", input_index=0)
+
+
 def need_rank(shape: Shape, rank: int, op: str, index: int = 0, hint: str | None = None) -> None:
     """Raise ShapeError unless the input has the given rank (without batch)."""
     if len(shape) != rank:

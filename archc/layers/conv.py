@@ -24,8 +24,10 @@ from archc.layers.base import (
     Padding,
     Pair,
     ShapeError,
+    check_declared,
     fmt_shape,
     need_rank,
+    weight_and_bias,
 )
 
 
@@ -89,14 +91,6 @@ def _check_groups(attrs: dict, in_channels: int) -> None:
         )
 
 
-def _check_in_channels(attrs: dict, key: str, actual: int, what: str = "channels") -> None:
-    expected = attrs.get(key)
-    if expected is not None and expected != actual:
-        raise ShapeError(
-            f"{key} is {expected} but the input has {actual} {what}", input_index=0
-        )
-
-
 def _validate_conv(attrs: dict) -> None:
     if attrs["out_channels"] % attrs["groups"]:
         raise AttrError(
@@ -109,7 +103,7 @@ def _conv2d_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
     (shape,) = inputs
     need_rank(shape, 3, "conv2d", hint="conv2d works on feature maps; is there a flatten before it?")
     c, h, w = shape
-    _check_in_channels(attrs, "in_channels", c)
+    check_declared(attrs, "in_channels", c, "channels")
     _check_groups(attrs, c)
     k, s, d = attrs["kernel_size"], attrs["stride"], attrs["dilation"]
     pads = resolve_padding(attrs["padding"], k, s, d, (h, w))
@@ -130,17 +124,20 @@ def _conv2d_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
 
 def _conv2d_params(attrs: dict, inputs: list) -> dict:
     c = inputs[0][0]
-    k = attrs["kernel_size"]
-    params = {"weight": (attrs["out_channels"], c // attrs["groups"], k[0], k[1])}
-    if attrs["bias"]:
-        params["bias"] = (attrs["out_channels"],)
-    return params
+    k, out = attrs["kernel_size"], attrs["out_channels"]
+    return weight_and_bias((out, c // attrs["groups"], k[0], k[1]), out, attrs["bias"])
 
 
-_CONV_ATTRS = (
+_CONV_HEAD = (
     Attr("out_channels", Int(minimum=1), doc="number of filters (output channels)"),
     Attr("kernel_size", Pair(), doc="filter size k or [kh, kw]"),
     Attr("stride", Pair(), (1, 1), "step between windows"),
+)
+_CONV_TAIL = (
+    Attr("dilation", Pair(), (1, 1), "spacing between filter taps (atrous convolution)"),
+    Attr("groups", Int(minimum=1), 1, "channel groups; = input channels for depthwise"),
+    Attr("bias", Bool(), True, "add a learned bias per output channel"),
+    Attr("in_channels", Optional(Int(minimum=1)), None, "optional check of the input channels"),
 )
 
 CONV2D = LayerType(
@@ -150,14 +147,9 @@ CONV2D = LayerType(
     "`groups` splits channels into independent groups; `groups` equal to the input "
     "channels makes it depthwise. Padding is a number, `[ph, pw]`, `valid`, `same` "
     "(output `ceil(H/stride)`) or `full` (every partial overlap).",
-    attrs=_CONV_ATTRS
-    + (
-        Attr("padding", Padding(), (0, 0), "zeros added on each side, or valid | same | full"),
-        Attr("dilation", Pair(), (1, 1), "spacing between filter taps (atrous convolution)"),
-        Attr("groups", Int(minimum=1), 1, "channel groups; = input channels for depthwise"),
-        Attr("bias", Bool(), True, "add a learned bias per output channel"),
-        Attr("in_channels", Optional(Int(minimum=1)), None, "optional check of the input channels"),
-    ),
+    attrs=_CONV_HEAD
+    + (Attr("padding", Padding(), (0, 0), "zeros added on each side, or valid | same | full"),)
+    + _CONV_TAIL,
     infer_shape=_conv2d_shape,
     example="- conv2d: {out_channels: 64, kernel_size: 3, stride: 1, padding: same}",
     positional=("out_channels", "kernel_size", "stride", "padding"),
@@ -182,7 +174,7 @@ def _transpose_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
     (shape,) = inputs
     need_rank(shape, 3, "conv_transpose2d")
     c, h, w = shape
-    _check_in_channels(attrs, "in_channels", c)
+    check_declared(attrs, "in_channels", c, "channels")
     _check_groups(attrs, c)
     k, s, d = attrs["kernel_size"], attrs["stride"], attrs["dilation"]
     p, op_ = attrs["padding"], attrs["output_padding"]
@@ -200,12 +192,9 @@ def _transpose_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
 
 def _transpose_params(attrs: dict, inputs: list) -> dict:
     c = inputs[0][0]
-    k = attrs["kernel_size"]
+    k, out = attrs["kernel_size"], attrs["out_channels"]
     # PyTorch lays out transposed-conv weights as (in, out / groups, kh, kw).
-    params = {"weight": (c, attrs["out_channels"] // attrs["groups"], k[0], k[1])}
-    if attrs["bias"]:
-        params["bias"] = (attrs["out_channels"],)
-    return params
+    return weight_and_bias((c, out // attrs["groups"], k[0], k[1]), out, attrs["bias"])
 
 
 CONV_TRANSPOSE2D = LayerType(
@@ -214,15 +203,12 @@ CONV_TRANSPOSE2D = LayerType(
     doc="Transposed 2-D convolution ('deconvolution'): each input pixel scatters a weighted "
     "copy of the filter into the output; with stride s the map grows about s times. "
     "Output: `(H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1`.",
-    attrs=_CONV_ATTRS
+    attrs=_CONV_HEAD
     + (
         Attr("padding", Pair(minimum=0), (0, 0), "implicit zero padding removed from the output"),
         Attr("output_padding", Pair(minimum=0), (0, 0), "extra rows/columns added on one side"),
-        Attr("dilation", Pair(), (1, 1), "spacing between filter taps"),
-        Attr("groups", Int(minimum=1), 1, "channel groups"),
-        Attr("bias", Bool(), True, "add a learned bias per output channel"),
-        Attr("in_channels", Optional(Int(minimum=1)), None, "optional check of the input channels"),
-    ),
+    )
+    + _CONV_TAIL,
     infer_shape=_transpose_shape,
     example="- conv_transpose2d: {out_channels: 64, kernel_size: 2, stride: 2}",
     positional=("out_channels", "kernel_size", "stride", "padding"),

@@ -11,27 +11,22 @@ from archc.layers.base import (
     Int,
     LayerType,
     Optional,
-    ShapeError,
+    check_declared,
     need_rank,
+    weight_and_bias,
 )
 
 
 def _linear_shape(attrs: dict, inputs: list) -> tuple[int]:
     (x,) = inputs
     need_rank(x, 1, "linear", hint="add a 'flatten' (or global pooling + flatten) before it")
-    if attrs["in_features"] is not None and attrs["in_features"] != x[0]:
-        raise ShapeError(
-            f"in_features is {attrs['in_features']} but the input has {x[0]} features",
-            input_index=0,
-        )
+    check_declared(attrs, "in_features", x[0], "features")
     return (attrs["out_features"],)
 
 
 def _linear_params(attrs: dict, inputs: list) -> dict:
-    params = {"weight": (attrs["out_features"], inputs[0][0])}
-    if attrs["bias"]:
-        params["bias"] = (attrs["out_features"],)
-    return params
+    out = attrs["out_features"]
+    return weight_and_bias((out, inputs[0][0]), out, attrs["bias"])
 
 
 LINEAR = LayerType(

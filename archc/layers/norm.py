@@ -9,7 +9,7 @@ from archc.layers.base import (
     Int,
     LayerType,
     Optional,
-    ShapeError,
+    check_declared,
     need_rank,
 )
 
@@ -18,12 +18,8 @@ def _same_shape_rank(op: str, rank: int, count_key: str | None = None):
     def rule(attrs: dict, inputs: list) -> tuple[int, ...]:
         (x,) = inputs
         need_rank(x, rank, op)
-        if count_key and attrs.get(count_key) is not None and attrs[count_key] != x[0]:
-            raise ShapeError(
-                f"{count_key} is {attrs[count_key]} but the input has {x[0]} "
-                f"{'channels' if rank == 3 else 'features'}",
-                input_index=0,
-            )
+        if count_key:
+            check_declared(attrs, count_key, x[0], "channels" if rank == 3 else "features")
         return tuple(x)
 
     return rule
