@@ -27,7 +27,7 @@ class ErrorCase:
 CASES = [
     ErrorCase("yaml-syntax", "YAML syntax error",
               HEAD + "  - conv2d: {out_channels: 8, kernel_size: 3\n  - relu\n",
-              5, 1, "YAML syntax error: expected ',' or '}'", hint=None),
+              5, 1, "expected ',' or '}'"),
     ErrorCase("yaml-colon", "A layer with a name but no colon after its type",
               HEAD + "  - relu\n    name: act\n", 4, 9, "mapping values are not allowed",
               hint="'- relu:'"),

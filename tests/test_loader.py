@@ -43,3 +43,11 @@ def test_refused(text, message):
 def test_nul_byte_refused():
     with pytest.raises(SpecError, match="NUL"):
         load_yaml(b"a: 1\x00\n", "f.yaml")
+
+
+@pytest.mark.parametrize("text", ["a: \ud800\n", "a: b\x00\n", "a: \x07\n", "a: \x85b\n"])
+def test_odd_characters_give_spec_errors(text):
+    try:
+        load_yaml(text, "f.yaml")
+    except SpecError as exc:
+        assert exc.loc is not None and exc.loc.line >= 1

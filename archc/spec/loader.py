@@ -19,6 +19,9 @@ MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_EXPANDED_NODES = 200_000
 
+# libyaml's parser when PyYAML was built with it (about 10x faster); same events and marks.
+_PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class SpecMap(dict):
     """A mapping from a spec with the location of itself, each key and each value."""
@@ -76,17 +79,31 @@ def _decode(data: bytes, file: str) -> str:
             Loc(file, line, column),
             hint="save the spec as UTF-8 text",
         ) from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise SpecError("file contains a NUL byte; is it a binary file?", Loc(file, line, 1))
+    _check_text(text, file)
     return text
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    before = text[:index]
+    return before.count("\n") + 1, index - (before.rfind("\n") + 1) + 1
+
+
+def _check_text(text: str, file: str) -> None:
+    if "\x00" in text:
+        raise SpecError("file contains a NUL byte; is it a binary file?",
+                        Loc(file, *_position(text, text.index("\x00"))))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SpecError("the text contains an unpaired surrogate character, which is not "
+                        "Unicode text", Loc(file, *_position(text, exc.start))) from None
 
 
 def _check_structure(text: str, file: str) -> None:
     """Walk the event stream (no recursion) to refuse deep nesting before composing."""
     depth = 0
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_PARSER):
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:
@@ -102,12 +119,9 @@ def _check_structure(text: str, file: str) -> None:
 
 
 def _reader_error(exc: yaml.reader.ReaderError, file: str, text: str) -> SpecError:
-    before = text[: exc.position]
-    line = before.count("\n") + 1
-    column = exc.position - (before.rfind("\n") + 1) + 1
     return SpecError(
         f"the file contains the control character {exc.character!r}, which YAML does not allow",
-        Loc(file, line, column),
+        Loc(file, *_position(text, exc.position)),
         hint="remove it; specs are plain text",
     )
 
@@ -124,14 +138,14 @@ def _yaml_error(exc: yaml.YAMLError, file: str, text: str) -> SpecError:
     if "mapping values are not allowed" in problem:
         hint = ("a layer with other keys needs a colon after its type: write '- relu:' "
                 "(not '- relu') above 'name: ...'; a value containing ': ' must be quoted")
-    elif "found character '\\t'" in problem or "\t" in problem:
+    elif mark is not None and text[mark.index : mark.index + 1] == "\t":
         hint = "YAML indentation uses spaces, not tabs"
     notes = []
     if exc.context_mark is not None and exc.problem_mark is not None and (
         exc.context_mark.line != exc.problem_mark.line
     ):
-        what = exc.context.replace("while parsing ", "") if exc.context else "construct"
-        notes.append(f"{what} started at {_loc(file, exc.context_mark)}")
+        notes.append(f"{exc.context or 'in a construct'} that started at "
+                     f"{_loc(file, exc.context_mark)}")
     return SpecError(f"YAML syntax error: {problem}{context}", _loc(file, mark), hint, notes)
 
 
@@ -238,12 +252,16 @@ def load_yaml(source: str | bytes, file: str = "<spec>") -> Any:
     >>> doc["b"], str(doc.value_loc("b"))
     (['x', 'y'], 'net.yaml:2:4')
     """
-    text = _decode(source, file) if isinstance(source, bytes) else source
-    if len(text) > MAX_FILE_BYTES:
-        raise SpecError(f"spec text is longer than {MAX_FILE_BYTES:,} characters", Loc(file))
+    if isinstance(source, bytes):
+        text = _decode(source, file)
+    else:
+        text = source
+        if len(text) > MAX_FILE_BYTES:
+            raise SpecError(f"spec text is longer than {MAX_FILE_BYTES:,} characters", Loc(file))
+        _check_text(text, file)
     _check_structure(text, file)
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _PARSER(text)
         try:
             node = loader.get_single_node()
         finally:
