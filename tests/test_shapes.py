@@ -214,3 +214,16 @@ def test_every_user_layer_has_a_shape_strategy():
     for op in SHAPED_OPS:
         if op not in special:
             assert REGISTRY[op].infer_shape is same_shape, op
+
+
+@given(h=st.integers(1, 64), k=st.integers(1, 7), s=st.integers(1, 4), p=st.integers(0, 3))
+def test_transposed_conv_with_output_padding_undoes_a_conv(h, k, s, p):
+    """Dumoulin and Visin: output_padding a = (H + 2p - k) mod s restores the input size."""
+    assume(h + 2 * p >= k)
+    conv = get_layer("conv2d").normalize({"out_channels": 1, "kernel_size": k, "stride": s,
+                                          "padding": p})
+    (_, h2, _) = get_layer("conv2d").infer_shape(conv, [(1, h, h)])
+    a = (h + 2 * p - k) % s
+    tconv = get_layer("conv_transpose2d").normalize(
+        {"out_channels": 1, "kernel_size": k, "stride": s, "padding": p, "output_padding": a})
+    assert get_layer("conv_transpose2d").infer_shape(tconv, [(1, h2, h2)]) == (1, h, h)
