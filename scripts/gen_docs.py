@@ -2,7 +2,8 @@
 
 - docs/layers.md: the layer reference, from the layer registry;
 - docs/errors.md: every error kind with the exact text ``archc check`` prints, from the
-  cases in tests/error_cases.py.
+  cases in tests/error_cases.py;
+- docs/cli.md: the command-line reference, from the argument parser.
 
 Run ``make docs`` (or ``python scripts/gen_docs.py``); ``tests/test_docs.py`` fails when
 a generated file is out of date.
@@ -136,7 +137,38 @@ def errors_markdown() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-GENERATED = {"docs/layers.md": layers_markdown, "docs/errors.md": errors_markdown}
+def cli_markdown() -> str:
+    from archc.cli import COMMANDS, build_parser
+
+    os.environ["COLUMNS"] = "100"  # argparse wraps help to the terminal width
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")  # the subcommand table
+    lines = [
+        "# Command-line reference",
+        "",
+        "Generated from `archc --help` by `scripts/gen_docs.py`; do not edit by hand.",
+        "",
+        "Exit codes: 0 success; 2 a mistake in the input (spec, variable override, flag), "
+        "reported as `FILE:LINE:COL: error: MESSAGE` with `note:` and `hint:` lines "
+        "(see [errors.md](errors.md)); 1 an internal error (a bug in archc, reported in one "
+        "line; `ARCHC_DEBUG=1` shows the traceback); 130 interrupted.",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+        "",
+    ]
+    for name in COMMANDS:
+        lines += [f"## archc {name}", "", "```text", sub.choices[name].format_help().rstrip(),
+                  "```", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+GENERATED = {
+    "docs/layers.md": layers_markdown,
+    "docs/errors.md": errors_markdown,
+    "docs/cli.md": cli_markdown,
+}
 
 
 def main_generate() -> None:
