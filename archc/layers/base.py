@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from archc.errors import did_you_mean
+
 Shape = tuple[int, ...]
 """A tensor shape without the batch dimension: (C, H, W) or (F,)."""
 
@@ -128,8 +130,6 @@ class Choice(AttrType):
 
     def coerce(self, value: Any) -> str:
         if not isinstance(value, str) or value not in self.choices:
-            from archc.errors import did_you_mean
-
             hint = did_you_mean(value, self.choices) if isinstance(value, str) else None
             raise AttrError(
                 f"expected one of {', '.join(self.choices)}; got {_describe(value)}",
@@ -304,8 +304,6 @@ class LayerType:
 
     def normalize(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Check ``raw`` attribute values and fill in defaults; raises AttrError."""
-        from archc.errors import did_you_mean
-
         by_name = {a.name: a for a in self.attrs}
         for key in raw:
             if key not in by_name:

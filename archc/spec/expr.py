@@ -14,6 +14,8 @@ import math
 import operator
 from typing import Any, Callable, Mapping
 
+from archc.errors import did_you_mean
+
 MAX_EXPR_CHARS = 1000
 MAX_EXPR_NODES = 400
 MAX_INT = 2**63
@@ -110,7 +112,7 @@ def parse_expression(text: str) -> ast.expr:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) or isinstance(x, bool)
+    return isinstance(x, (int, float))  # bool is an int, as in Python
 
 
 def _check_number(x: Any, text: str) -> Any:
@@ -242,8 +244,6 @@ class _Evaluator:
     def _Call(self, node: ast.Call) -> Any:
         if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
             name = ast.unparse(node.func)
-            from archc.errors import did_you_mean
-
             raise ExprError(
                 f"unknown function '{name}' in '{self.text}'",
                 hint=did_you_mean(name, FUNCTIONS)
