@@ -66,6 +66,41 @@ def _cmd_check(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from archc.analysis import analyse, format_summary, get_device
+
+    graph = _load(args)
+    device = get_device(args.device) if args.device else None
+    report = analyse(graph, batch=args.batch, device=device)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(format_summary(report, depth=args.depth))
+    return EXIT_OK
+
+
+def _setup_summary(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    p.add_argument("--batch", type=_positive, default=1, metavar="N",
+                   help="batch size for memory, FLOPs and latency (default 1)")
+    p.add_argument("--depth", type=_positive, default=None, metavar="D",
+                   help="show blocks nested deeper than D as one row (default: all)")
+    p.add_argument("--device", metavar="NAME",
+                   help="add a roofline latency estimate: cpu (measured here once, cached), "
+                   "h100 or h200")
+    p.add_argument("--json", action="store_true", help="print the analysis as one JSON object")
+
+
 def _setup_check(p: argparse.ArgumentParser) -> None:
     _add_spec_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -75,6 +110,13 @@ COMMANDS["check"] = (
     "parse a spec and check every shape; print the input and output shapes",
     _setup_check,
     _cmd_check,
+)
+
+
+COMMANDS["summary"] = (
+    "analyse a spec: parameters, MACs/FLOPs, memory, receptive fields, per layer and in total",
+    _setup_summary,
+    _cmd_summary,
 )
 
 

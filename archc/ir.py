@@ -124,6 +124,15 @@ class Graph:
     def output_shapes(self) -> dict[str, Shape | None]:
         return {key: self[name].shape for key, name in self.outputs.items()}
 
+    def summary(self, batch: int = 1, device: str | None = None):
+        """The analysis of this graph (:func:`archc.analysis.analyse`) as plain data.
+
+        ``device`` names a roofline profile (``cpu``, ``h100``, ``h200``).
+        """
+        from archc.analysis import analyse, get_device
+
+        return analyse(self, batch, get_device(device) if device else None)
+
     def copy(self) -> "Graph":
         """A deep copy: passes return new graphs and never mutate their input."""
         return copy.deepcopy(self)

@@ -281,6 +281,10 @@ class LayerType:
     internal : not written as a layer entry (graph inputs).
     input_ops : ``((position, allowed_ops), ...)``: inputs that must come from given ops
         (``max_unpool2d`` takes positions from a ``max_pool2d``).
+    cost : MACs, element-wise FLOPs and bytes saved for backward (see ``costs.Cost``).
+    receptive_field : ``(attrs, input_shapes) -> RFStep | None`` (None: the whole input).
+    rf_inputs : the inputs whose receptive fields the output unites (None: all of them).
+    view : the output can share its input's memory (flatten, reshape, identity).
     """
 
     op: str
@@ -297,6 +301,10 @@ class LayerType:
     aliases: tuple[str, ...] = ()
     internal: bool = False
     input_ops: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    cost: Any = None
+    receptive_field: Callable[[dict, list], Any] | None = None
+    rf_inputs: tuple[int, ...] | None = None
+    view: bool = False
 
     @property
     def attr_names(self) -> list[str]:

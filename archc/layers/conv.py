@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+from archc.layers.costs import Cost, RFStep, numel, saves_inputs, window_rf
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -122,6 +123,36 @@ def _conv2d_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
     return (attrs["out_channels"], out[0], out[1])
 
 
+def _conv2d_macs(attrs: dict, inputs: list, out: tuple) -> int:
+    k = attrs["kernel_size"]
+    return numel(out) * (inputs[0][0] // attrs["groups"]) * k[0] * k[1]
+
+
+def _transpose_macs(attrs: dict, inputs: list, out: tuple) -> int:
+    k = attrs["kernel_size"]  # every input element scatters a (C_out / groups) x k x k block
+    return numel(inputs[0]) * (attrs["out_channels"] // attrs["groups"]) * k[0] * k[1]
+
+
+def _bias_adds(attrs: dict, inputs: list, out: tuple) -> int:
+    return numel(out) if attrs["bias"] else 0
+
+
+def _conv2d_rf(attrs: dict, inputs: list) -> RFStep:
+    k, s, d = attrs["kernel_size"], attrs["stride"], attrs["dilation"]
+    (top, _), (left, _) = resolve_padding(attrs["padding"], k, s, d, tuple(inputs[0][1:]))
+    return window_rf(k, s, d, (top, left))
+
+
+def _transpose_rf(attrs: dict, inputs: list) -> RFStep:
+    # Output pixel o reads the inputs i with i * s - p + t * d = o for a tap t < k: at most
+    # ceil(span / s) of them, centred on (o + p - (span - 1) / 2) / s.
+    k, s, d, p = attrs["kernel_size"], attrs["stride"], attrs["dilation"], attrs["padding"]
+    spans = [d[i] * (k[i] - 1) + 1 for i in range(2)]
+    return RFStep(tuple(math.ceil(spans[i] / s[i]) for i in range(2)),
+                  tuple(1 / s[i] for i in range(2)),
+                  tuple((p[i] - (spans[i] - 1) / 2) / s[i] for i in range(2)))
+
+
 def _conv2d_params(attrs: dict, inputs: list) -> dict:
     c = inputs[0][0]
     k, out = attrs["kernel_size"], attrs["out_channels"]
@@ -155,6 +186,14 @@ CONV2D = LayerType(
     positional=("out_channels", "kernel_size", "stride", "padding"),
     validate=_validate_conv,
     parameters=_conv2d_params,
+    cost=Cost(
+        macs=_conv2d_macs,
+        flops=_bias_adds,
+        saved=saves_inputs(0),
+        doc="MACs: C_in / groups x kh x kw per output element. Element-wise: one add per "
+        "output element for the bias (none without bias). Saves its input.",
+    ),
+    receptive_field=_conv2d_rf,
 )
 
 
@@ -214,6 +253,15 @@ CONV_TRANSPOSE2D = LayerType(
     positional=("out_channels", "kernel_size", "stride", "padding"),
     validate=_validate_transpose,
     parameters=_transpose_params,
+    cost=Cost(
+        macs=_transpose_macs,
+        flops=_bias_adds,
+        saved=saves_inputs(0),
+        doc="MACs: C_out / groups x kh x kw per input element (each input pixel scatters a "
+        "filter-sized block). Element-wise: one add per output element for the bias. "
+        "Saves its input.",
+    ),
+    receptive_field=_transpose_rf,
 )
 
 LAYERS = (CONV2D, CONV_TRANSPOSE2D)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from archc.layers.base import Attr, Ints, LayerType, ShapeError
+from archc.layers.costs import Cost, pointwise_rf, zero
 
 
 def _input_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
@@ -21,6 +22,8 @@ INPUT = LayerType(
     example="input: {channels: 3, height: 224, width: 224}",
     arity=(0, 0),
     internal=True,
+    cost=Cost(zero, zero, "The data fed in: no computation."),
+    receptive_field=pointwise_rf,
 )
 
 LAYERS = (INPUT,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from archc.layers.activation import same_shape
+from archc.layers.costs import Cost, numel, pointwise_rf, saves_inputs, whole_input_rf, zero
 from archc.layers.base import (
     Attr,
     Bool,
@@ -43,6 +44,14 @@ LINEAR = LayerType(
     example="- linear: 10",
     positional=("out_features",),
     parameters=_linear_params,
+    cost=Cost(
+        macs=lambda a, i, o: i[0][0] * a["out_features"],
+        flops=lambda a, i, o: a["out_features"] if a["bias"] else 0,
+        saved=saves_inputs(0),
+        doc="MACs: in_features x out_features. Element-wise: one add per output for the "
+        "bias. Saves its input.",
+    ),
+    receptive_field=whole_input_rf,
 )
 
 DROPOUT = LayerType(
@@ -54,6 +63,11 @@ DROPOUT = LayerType(
     infer_shape=same_shape,
     example="- dropout: 0.5",
     positional=("p",),
+    cost=Cost(zero, lambda a, i, o: numel(o),
+              "Inference: the identity, 0 FLOPs (training: a comparison and a multiply per "
+              "element). Saves its mask in training, 1 byte per element."),
+    receptive_field=pointwise_rf,
+    view=True,
 )
 
 STOCHASTIC_DEPTH = LayerType(
@@ -69,6 +83,11 @@ STOCHASTIC_DEPTH = LayerType(
     infer_shape=same_shape,
     example="- stochastic_depth: {p: 0.1}",
     positional=("p",),
+    cost=Cost(zero, lambda a, i, o: 1,
+              "Inference: the identity, 0 FLOPs (training: one multiply per element). Saves "
+              "one byte per sample (which samples were dropped)."),
+    receptive_field=pointwise_rf,
+    view=True,
 )
 
 LAYERS = (LINEAR, DROPOUT, STOCHASTIC_DEPTH)

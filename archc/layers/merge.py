@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from archc.layers.base import Attr, Int, LayerType, ShapeError, fmt_shape
+from archc.layers.costs import Cost, numel, pointwise_rf, saves_inputs, zero
+
+
+def _merge_flops(attrs: dict, inputs: list, out: tuple) -> int:
+    return (len(inputs) - 1) * numel(out)
 
 
 def _add_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
@@ -83,6 +88,8 @@ ADD = LayerType(
     infer_shape=_add_shape,
     example="- add: [-1, shortcut]",
     arity=(2, None),
+    cost=Cost(_merge_flops, zero, "inputs - 1 adds per output element. Saves nothing."),
+    receptive_field=pointwise_rf,
 )
 
 MULTIPLY = LayerType(
@@ -94,6 +101,9 @@ MULTIPLY = LayerType(
     infer_shape=_multiply_shape,
     example="- multiply: [features, gate]",
     arity=(2, None),
+    cost=Cost(_merge_flops, lambda a, i, o: saves_inputs(*range(len(i)))(a, i, o),
+              "inputs - 1 multiplies per output element. Saves its inputs."),
+    receptive_field=pointwise_rf,
 )
 
 CONCAT = LayerType(
@@ -105,6 +115,8 @@ CONCAT = LayerType(
     infer_shape=_concat_shape,
     example="- concat: [branch1, branch2, branch3]",
     arity=(2, None),
+    cost=Cost(zero, zero, "Copies its inputs side by side: 0 FLOPs. Saves nothing."),
+    receptive_field=pointwise_rf,
 )
 
 LAYERS = (ADD, MULTIPLY, CONCAT)

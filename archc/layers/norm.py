@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from archc.layers.costs import (
+    FLOAT_BYTES,
+    Cost,
+    numel,
+    per_output,
+    pointwise_rf,
+    saves_inputs,
+)
 from archc.layers.base import (
     Attr,
     Bool,
@@ -42,6 +50,35 @@ def _bn_buffers(attrs: dict, inputs: list) -> dict:
     return {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
 
 
+def _bn_saved(attrs: dict, inputs: list, out: tuple) -> int:
+    return FLOAT_BYTES * (numel(inputs[0]) + 2 * inputs[0][0])  # input, mean and 1/std
+
+
+def _ln_saved(attrs: dict, inputs: list, out: tuple) -> int:
+    positions = numel(inputs[0]) // inputs[0][0]
+    return FLOAT_BYTES * (numel(inputs[0]) + 2 * positions)
+
+
+def _ln_flops(attrs: dict, inputs: list, out: tuple) -> int:
+    return (8 if attrs["elementwise_affine"] else 6) * numel(out)
+
+
+_BN_COST = Cost(
+    flops=lambda a, i, o: (2 if a["affine"] or a["track_running_stats"] else 5) * numel(o),
+    saved=_bn_saved,
+    doc="Inference: a multiply and an add per element (scale and shift precomputed per "
+    "channel from the running statistics); without running statistics, 5 per element "
+    "(mean, variance and normalisation from the batch). Saves its input and the per-channel "
+    "mean and 1/std.",
+)
+_LN_COST = Cost(
+    flops=_ln_flops,
+    saved=_ln_saved,
+    doc="Per element: 1 add for the mean, 3 for the variance, 2 to normalise, 2 for the "
+    "affine scale and shift (6 without). Saves its input and the mean and 1/std of each "
+    "normalised vector.",
+)
+
 _BN_ATTRS = (
     Attr("eps", Float(minimum=0.0), 1e-5, "added to the variance for stability"),
     Attr("momentum", Float(minimum=0.0, maximum=1.0), 0.1, "running statistics update rate"),
@@ -60,6 +97,8 @@ BATCHNORM2D = LayerType(
     example="- batchnorm2d",
     parameters=_affine_params("affine"),
     buffers=_bn_buffers,
+    cost=_BN_COST,
+    receptive_field=pointwise_rf,
 )
 
 BATCHNORM1D = LayerType(
@@ -71,6 +110,8 @@ BATCHNORM1D = LayerType(
     example="- batchnorm1d",
     parameters=_affine_params("affine"),
     buffers=_bn_buffers,
+    cost=_BN_COST,
+    receptive_field=pointwise_rf,
 )
 
 _LN_ATTRS = (
@@ -87,6 +128,8 @@ LAYERNORM2D = LayerType(
     infer_shape=_same_shape_rank("layernorm2d", 3),
     example="- layernorm2d: {eps: 1.0e-6}",
     parameters=_affine_params("elementwise_affine"),
+    cost=_LN_COST,
+    receptive_field=pointwise_rf,
 )
 
 LAYERNORM = LayerType(
@@ -97,6 +140,8 @@ LAYERNORM = LayerType(
     infer_shape=_same_shape_rank("layernorm", 1),
     example="- layernorm",
     parameters=_affine_params("elementwise_affine"),
+    cost=_LN_COST,
+    receptive_field=pointwise_rf,
 )
 
 LOCAL_RESPONSE_NORM = LayerType(
@@ -113,6 +158,13 @@ LOCAL_RESPONSE_NORM = LayerType(
     infer_shape=_same_shape_rank("local_response_norm", 3),
     example="- local_response_norm: {size: 5, alpha: 1.0e-4, beta: 0.75, k: 2.0}",
     positional=("size",),
+    cost=Cost(
+        flops=lambda a, i, o: (a["size"] + 5) * numel(o),
+        saved=lambda a, i, o: 2 * saves_inputs(0)(a, i, o),
+        doc="Per element: a square, size adds over neighbouring channels, then scale, add k, "
+        "power and divide (size + 5). Saves its input and the normaliser.",
+    ),
+    receptive_field=pointwise_rf,
 )
 
 
@@ -130,6 +182,8 @@ LAYER_SCALE = LayerType(
     example="- layer_scale: {init_value: 1.0e-6}",
     positional=("init_value",),
     parameters=_layer_scale_params,
+    cost=Cost(per_output(1), saves_inputs(0), "One multiply per element. Saves its input."),
+    receptive_field=pointwise_rf,
 )
 
 LAYERS = (BATCHNORM2D, BATCHNORM1D, LAYERNORM2D, LAYERNORM, LOCAL_RESPONSE_NORM, LAYER_SCALE)

@@ -7,6 +7,16 @@ up, but a window that would start entirely in the right/bottom padding is droppe
 
 from __future__ import annotations
 
+from archc.layers.costs import (
+    INDEX_BYTES,
+    Cost,
+    RFStep,
+    numel,
+    saves_inputs,
+    whole_input_rf,
+    window_rf,
+    zero,
+)
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -77,6 +87,23 @@ def _window_shape(op: str):
     return rule
 
 
+def _window_area(attrs: dict) -> int:
+    return attrs["kernel_size"][0] * attrs["kernel_size"][1]
+
+
+def _pool_rf(attrs: dict, inputs: list) -> RFStep:
+    return window_rf(attrs["kernel_size"], _stride(attrs), attrs.get("dilation", (1, 1)),
+                     attrs["padding"])
+
+
+def _max_saved(attrs: dict, inputs: list, out: tuple) -> int:
+    return saves_inputs(0)(attrs, inputs, out) + INDEX_BYTES * numel(out)
+
+
+def _indices_saved(attrs: dict, inputs: list, out: tuple) -> int:
+    return INDEX_BYTES * numel(out)
+
+
 _WINDOW_ATTRS = (
     Attr("kernel_size", Pair(), doc="window size k or [kh, kw]"),
     Attr("stride", Optional(Pair()), None, "step between windows (default: kernel_size)"),
@@ -96,6 +123,13 @@ MAX_POOL2D = LayerType(
     example="- max_pool2d: {kernel_size: 3, stride: 2, padding: 1}",
     positional=("kernel_size", "stride", "padding"),
     validate=_validate_window,
+    cost=Cost(
+        flops=lambda a, i, o: numel(o) * (_window_area(a) - 1),
+        saved=_max_saved,
+        doc="kh x kw - 1 comparisons per output element. Saves its input and the position "
+        "of each maximum (int64).",
+    ),
+    receptive_field=_pool_rf,
 )
 
 AVG_POOL2D = LayerType(
@@ -111,6 +145,13 @@ AVG_POOL2D = LayerType(
     example="- avg_pool2d: {kernel_size: 2, stride: 2}",
     positional=("kernel_size", "stride", "padding"),
     validate=_validate_window,
+    cost=Cost(
+        flops=lambda a, i, o: numel(o) * _window_area(a),
+        saved=zero,
+        doc="kh x kw - 1 adds and one divide per output element. Saves nothing (backward "
+        "needs only shapes).",
+    ),
+    receptive_field=_pool_rf,
 )
 
 
@@ -130,6 +171,12 @@ GLOBAL_AVG_POOL2D = LayerType(
     attrs=(),
     infer_shape=_global_shape("global_avg_pool2d"),
     example="- global_avg_pool2d",
+    cost=Cost(
+        flops=lambda a, i, o: numel(i[0]),
+        saved=zero,
+        doc="H x W - 1 adds and one divide per channel. Saves nothing.",
+    ),
+    receptive_field=whole_input_rf,
 )
 
 GLOBAL_MAX_POOL2D = LayerType(
@@ -139,6 +186,12 @@ GLOBAL_MAX_POOL2D = LayerType(
     attrs=(),
     infer_shape=_global_shape("global_max_pool2d"),
     example="- global_max_pool2d",
+    cost=Cost(
+        flops=lambda a, i, o: numel(i[0]) - numel(o),
+        saved=_indices_saved,
+        doc="H x W - 1 comparisons per channel. Saves the position of each maximum (int64).",
+    ),
+    receptive_field=whole_input_rf,
 )
 
 
@@ -152,6 +205,36 @@ def _adaptive_shape(op: str):
     return rule
 
 
+def adaptive_bins(size: int, out: int) -> list[tuple[int, int]]:
+    """[start, end) of each adaptive-pooling bin along one axis (PyTorch's rule).
+
+    Examples
+    --------
+    >>> adaptive_bins(5, 3)
+    [(0, 2), (1, 4), (3, 5)]
+    """
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+def _adaptive_reads(inputs: list, out: tuple) -> int:
+    """Input elements read over all bins (bins may overlap)."""
+    c, h, w = inputs[0]
+    rows = sum(e - b for b, e in adaptive_bins(h, out[1]))
+    cols = sum(e - b for b, e in adaptive_bins(w, out[2]))
+    return c * rows * cols
+
+
+def _adaptive_rf(attrs: dict, inputs: list) -> RFStep | None:
+    sizes, outs = inputs[0][1:], attrs["output_size"]
+    if tuple(outs) == (1, 1):
+        return None
+    # Bins of equal size when the output divides the input; otherwise the largest bin,
+    # stepping n / out input pixels on average.
+    spans = tuple(max(e - b for b, e in adaptive_bins(n, o)) for n, o in zip(sizes, outs))
+    return RFStep(spans, tuple(n / o for n, o in zip(sizes, outs)),
+                  tuple((k - 1) / 2 for k in spans))
+
+
 ADAPTIVE_AVG_POOL2D = LayerType(
     op="adaptive_avg_pool2d",
     family="pool",
@@ -161,6 +244,12 @@ ADAPTIVE_AVG_POOL2D = LayerType(
     infer_shape=_adaptive_shape("adaptive_avg_pool2d"),
     example="- adaptive_avg_pool2d: [7, 7]",
     positional=("output_size",),
+    cost=Cost(
+        flops=lambda a, i, o: _adaptive_reads(i, o),
+        saved=zero,
+        doc="Per output element, bin size - 1 adds and one divide. Saves nothing.",
+    ),
+    receptive_field=_adaptive_rf,
 )
 
 ADAPTIVE_MAX_POOL2D = LayerType(
@@ -171,6 +260,13 @@ ADAPTIVE_MAX_POOL2D = LayerType(
     infer_shape=_adaptive_shape("adaptive_max_pool2d"),
     example="- adaptive_max_pool2d: 1",
     positional=("output_size",),
+    cost=Cost(
+        flops=lambda a, i, o: _adaptive_reads(i, o) - numel(o),
+        saved=_indices_saved,
+        doc="Per output element, bin size - 1 comparisons. Saves the position of each "
+        "maximum (int64).",
+    ),
+    receptive_field=_adaptive_rf,
 )
 
 LAYERS = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from archc.layers.costs import Cost, numel, upsampling_rf, zero
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -67,6 +68,11 @@ MAX_UNPOOL2D = LayerType(
     positional=("kernel_size", "stride", "padding"),
     arity=(2, 3),
     input_ops=((1, ("max_pool2d",)),),
+    cost=Cost(zero, zero, "A scatter: data movement only, 0 FLOPs. Saves nothing (the "
+              "positions are the max_pool2d's)."),
+    receptive_field=lambda a, i: upsampling_rf(
+        tuple(o / n for o, n in zip(_max_unpool_shape(a, i)[1:], i[0][1:])), 1),
+    rf_inputs=(0,),
 )
 
 
@@ -89,6 +95,9 @@ UNPOOL2D = LayerType(
     infer_shape=_unpool_shape,
     example="- unpool2d: {kernel_size: 2, mode: bed_of_nails}",
     positional=("kernel_size", "mode"),
+    cost=Cost(zero, zero, "Copies (nearest) or places (bed of nails) values: 0 FLOPs. Saves "
+              "nothing."),
+    receptive_field=lambda a, i: upsampling_rf(a["kernel_size"], 1),
 )
 
 
@@ -130,6 +139,15 @@ UPSAMPLE = LayerType(
     example="- upsample: {scale_factor: 2, mode: bilinear}",
     positional=("scale_factor",),
     validate=_validate_upsample,
+    cost=Cost(
+        flops=lambda a, i, o: 0 if a["mode"] == "nearest" else 7 * numel(o),
+        saved=zero,
+        doc="nearest: copies, 0 FLOPs; bilinear: 4 multiplies and 3 adds per output "
+        "element. Saves nothing.",
+    ),
+    receptive_field=lambda a, i: upsampling_rf(
+        tuple(o / n for o, n in zip(_upsample_shape(a, i)[1:], i[0][1:])),
+        1 if a["mode"] == "nearest" else 2),
 )
 
 LAYERS = (MAX_UNPOOL2D, UNPOOL2D, UPSAMPLE)

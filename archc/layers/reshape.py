@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from archc.layers.activation import same_shape
+from archc.layers.costs import Cost, pointwise_rf, whole_input_rf, zero
 from archc.layers.base import Attr, AttrError, Int, Ints, LayerType, ShapeError, fmt_shape, need_rank
 
 
@@ -28,6 +29,9 @@ FLATTEN = LayerType(
     infer_shape=_flatten_shape,
     example="- flatten",
     positional=("start_dim",),
+    cost=Cost(zero, zero, "A view of its input: 0 FLOPs, no memory of its own."),
+    receptive_field=whole_input_rf,
+    view=True,
 )
 
 
@@ -70,6 +74,9 @@ RESHAPE = LayerType(
     example="- reshape: [-1, 8, 8]",
     positional=("shape",),
     validate=_validate_reshape,
+    cost=Cost(zero, zero, "A view of its input: 0 FLOPs, no memory of its own."),
+    receptive_field=whole_input_rf,
+    view=True,
 )
 
 
@@ -106,6 +113,8 @@ PERMUTE = LayerType(
     example="- permute: [0, 2, 3, 1]",
     positional=("dims",),
     validate=_validate_permute,
+    cost=Cost(zero, zero, "Moves data: 0 FLOPs, one copy. Saves nothing."),
+    receptive_field=whole_input_rf,
 )
 
 
@@ -128,6 +137,8 @@ CHANNEL_SHUFFLE = LayerType(
     infer_shape=_shuffle_shape,
     example="- channel_shuffle: 2",
     positional=("groups",),
+    cost=Cost(zero, zero, "Moves channels: 0 FLOPs, one copy. Saves nothing."),
+    receptive_field=pointwise_rf,
 )
 
 IDENTITY = LayerType(
@@ -137,6 +148,9 @@ IDENTITY = LayerType(
     attrs=(),
     infer_shape=same_shape,
     example="- identity",
+    cost=Cost(zero, zero, "Its input itself: 0 FLOPs, no memory of its own."),
+    receptive_field=pointwise_rf,
+    view=True,
 )
 
 LAYERS = (FLATTEN, RESHAPE, PERMUTE, CHANNEL_SHUFFLE, IDENTITY)

@@ -1,0 +1,138 @@
+"""The analysis as a table for a terminal (like torchinfo): rows for nodes and blocks,
+block rows carrying their totals, collapsible to a block depth, totals at the bottom."""
+
+from __future__ import annotations
+
+import textwrap
+
+from archc.analysis.report import BlockReport, NodeReport, Report
+from archc.layers import fmt_shape
+
+
+def human(n: float, unit: str = "", sep: str = "") -> str:
+    """1234567 -> '1.23M' (SI prefixes, three significant digits).
+
+    Examples
+    --------
+    >>> human(1_814_073_344), human(950), human(61706)
+    ('1.81G', '950', '61.7K')
+    """
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= factor:
+            value = n / factor
+            digits = 2 if value < 10 else 1 if value < 100 else 0
+            return f"{value:.{digits}f}{sep}{prefix}{unit}"
+    return f"{n:g}{sep}{unit}" if isinstance(n, float) else f"{n}{sep}{unit}"
+
+
+def human_bytes(n: float) -> str:
+    """Bytes in binary units: ``human_bytes(44.6 * 2**20) == '44.6 MiB'``."""
+    for factor, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if n >= factor:
+            return f"{n / factor:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+WIDTH = 100
+COLUMNS = (("Layer", 33), ("Type", 19), ("Output", 13), ("Params", 11), ("MACs", 8), ("RF", 8))
+
+
+def _row(cells: list[str]) -> str:
+    out = []
+    for (title, width), cell in zip(COLUMNS, cells):
+        if title in ("Layer", "Type"):
+            cell = cell if len(cell) <= width else cell[: width - 1] + "~"
+            out.append(cell.ljust(width))
+        else:
+            out.append(cell.rjust(width))
+    return " ".join(out).rstrip()
+
+
+def _local(name: str, parent: str | None) -> str:
+    return name[len(parent) + 1:] if parent and name.startswith(parent + ".") else name
+
+
+def table_rows(report: Report, depth: int | None = None) -> list[str]:
+    """One line per shown node or block; ``depth`` hides what is nested deeper than it."""
+    blocks = {b.path: b for b in report.blocks}
+    shown_blocks: set[str] = set()
+    lines = []
+    for node in report.nodes:
+        if node.op == "input":
+            continue
+        for level, path in enumerate(node.scope):
+            if depth is not None and level >= depth:
+                break
+            if path not in shown_blocks:
+                shown_blocks.add(path)
+                lines.append(_block_row(blocks[path], node.scope[level - 1] if level else None))
+        if depth is not None and len(node.scope) >= depth:
+            continue
+        lines.append(_node_row(node))
+    return lines
+
+
+def _block_row(block: BlockReport, parent: str | None) -> str:
+    name = "  " * block.level + _local(block.path, parent)
+    return _row([name, block.label, fmt_shape(block.output_shape), f"{block.params:,}",
+                 human(block.macs), block.receptive_field.describe()])
+
+
+def _node_row(node: NodeReport) -> str:
+    parent = node.scope[-1] if node.scope else None
+    name = "  " * len(node.scope) + _local(node.name, parent)
+    return _row([name, node.op, fmt_shape(node.output_shape), f"{node.params:,}" if node.params else "-",
+                 human(node.macs) if node.macs else "-", node.receptive_field.describe()])
+
+
+def format_summary(report: Report, depth: int | None = None) -> str:
+    """The summary table and totals as text, at most 100 columns wide."""
+    t = report.totals
+    header = _row([title for title, _ in COLUMNS])
+    rule = "-" * len(header)
+    inputs = ", ".join(f"{k} {fmt_shape(v)}" for k, v in report.inputs.items())
+    rows = table_rows(report, depth)
+    lines = []
+    frozen = f", {t['frozen_params']:,} frozen" if t["frozen_params"] else ""
+    lines.append(f"Parameters: {t['params']:,} ({t['trainable_params']:,} trainable{frozen}); "
+                 f"buffers: {t['buffer_elements']:,} values")
+    lines.append(f"MACs: {human(t['macs'])} (multiply-accumulates of conv and linear layers)")
+    lines.append(f"FLOPs: {human(t['flops'])} = 2 x MACs + {human(t['elementwise_flops'])} "
+                 "element-wise (activations, norms, pools, adds, biases)")
+    opt = t["optimizer_state_bytes"]
+    lines.append(f"Inference memory: weights {human_bytes(t['param_bytes'])}, activations "
+                 f"{human_bytes(t['inference_peak_bytes'])} at the peak")
+    lines.append(f"Training memory: {human_bytes(t['training_saved_bytes'])} saved for backward, "
+                 f"gradients {human_bytes(t['gradient_bytes'])}, optimizer state "
+                 f"{human_bytes(opt['sgd_momentum'])} (SGD momentum) or "
+                 f"{human_bytes(opt['adam'])} (Adam)")
+    for key, out in report.outputs.items():
+        rf = out["receptive_field"]
+        if rf.get("whole"):
+            where = "the whole input"
+            last = out.get("last_spatial")
+            if last:
+                where += (f" (largest spatial field before it: {_fmt_rf(last['size'])} px, "
+                          f"stride {_fmt_rf(last['stride'])}, at {last['node']})")
+        else:
+            where = f"{_fmt_rf(rf['size'])} px, stride {_fmt_rf(rf['stride'])}"
+            where += "" if rf["aligned"] else " (paths disagree on stride or alignment)"
+        lines.append(f"Output {key} {fmt_shape(out['shape'])}: receptive field {where}")
+    if report.device is not None:
+        d = report.device
+        lines.append(f"Roofline estimate on {d.name} ({human(d.peak_flops, 'FLOP/s', ' ')}, "
+                     f"{human(d.bandwidth, 'B/s', ' ')}): {t['latency_s'] * 1e3:.3g} ms; "
+                     f"{_plural(t['compute_bound_nodes'], 'node')} compute-bound, "
+                     f"{t['memory_bound_nodes']} memory-bound")
+    wrapped = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines]
+    title = f"{report.name}: {inputs}, batch {report.batch}"
+    return "\n".join([title, rule, header, rule, *rows, rule, *wrapped])
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _fmt_rf(values: list) -> str:
+    a, b = values
+    return str(a) if a == b else f"{a}x{b}"
