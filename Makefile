@@ -30,6 +30,7 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc check specs/lenet5.yaml
 	$(BIN)/archc check specs/resnet18.yaml
 	$(BIN)/archc check specs/resnet18.yaml --set "blocks=[3, 4, 6, 3]" --set num_classes=10
+	$(BIN)/archc summary specs/resnet18.yaml --depth 1 --device cpu
 
 test: graphviz $(TEST_STAMP)
 	$(BIN)/python -m pytest -q

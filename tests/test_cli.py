@@ -66,3 +66,20 @@ def test_python_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "archc", "check", str(SPECS / "lenet5.yaml")],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "fc3 10" in out.stdout
+
+
+def test_summary_table_json_depth_batch_and_device(tmp_path):
+    out = run("summary", "specs/resnet18.yaml", "--depth", "1")
+    assert out.returncode == 0, out.stderr
+    assert "11,689,512" in out.stdout and "layer4" in out.stdout and "layer4.0" not in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 100
+    one = json.loads(run("summary", "specs/lenet5.yaml", "--json").stdout)
+    eight = json.loads(run("summary", "specs/lenet5.yaml", "--json", "--batch", "8").stdout)
+    assert eight["totals"]["macs"] == 8 * one["totals"]["macs"]
+    assert one["device"] is None and one["nodes"][1]["latency_s"] is None
+    gpu = json.loads(run("summary", "specs/lenet5.yaml", "--json", "--device", "h200").stdout)
+    assert gpu["device"]["name"] == "h200" and gpu["totals"]["latency_s"] > 0
+    bad = run("summary", "specs/lenet5.yaml", "--device", "tpu")
+    assert bad.returncode == 2 and "unknown device 'tpu'" in bad.stderr
+    assert run("summary", "specs/lenet5.yaml", "--batch", "0").returncode == 2
+    assert run("summary", "specs/resnet18.yaml", "--set", "num_classes=7", "--json").returncode == 0

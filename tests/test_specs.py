@@ -62,6 +62,9 @@ def test_every_spec_checks(path):
     ("lenet5", torch_models.LeNet5, 32, 61_706, None),
     ("resnet18", lambda: torch_models.ResNet((2, 2, 2, 2)), 224, 11_689_512, None),
     ("resnet18", lambda: torch_models.ResNet((3, 4, 6, 3)), 224, 21_797_672, [3, 4, 6, 3]),
+    ("resnet50", torch_models.ResNet50, 224, 25_557_032, None),
+    ("alexnet", torch_models.AlexNet, 224, 61_100_840, None),
+    ("vgg16", torch_models.VGG16, 224, 138_357_544, None),
 ])
 def test_spec_equals_its_pytorch_twin(spec, twin, size, params, blocks):
     variables = {"blocks": blocks} if blocks else {}

@@ -27,6 +27,18 @@ class LayerScale(nn.Module):
         return x * self.weight
 
 
+class SameConv2d(nn.Conv2d):
+    """TensorFlow-style 'same' padding for strided convolutions (PyTorch allows 'same' only
+    with stride 1): pad asymmetrically as archc does, then convolve."""
+
+    def forward(self, x):
+        from archc.layers.conv import resolve_padding
+
+        (top, bottom), (left, right) = resolve_padding(
+            "same", self.kernel_size, self.stride, self.dilation, tuple(x.shape[2:]))
+        return super().forward(F.pad(x, (left, right, top, bottom)))
+
+
 def _conv_padding(attrs):
     p = attrs["padding"]
     if p == "full":
@@ -57,6 +69,9 @@ def module(op: str, attrs: dict, in_shapes: list) -> nn.Module | None:
     c = in_shapes[0][0] if in_shapes else None
     if op in ACTIVATIONS:
         return ACTIVATIONS[op](attrs)
+    if op == "conv2d" and attrs["padding"] == "same" and attrs["stride"] != (1, 1):
+        return SameConv2d(c, attrs["out_channels"], attrs["kernel_size"], attrs["stride"], 0,
+                          attrs["dilation"], attrs["groups"], attrs["bias"])
     if op == "conv2d":
         return nn.Conv2d(c, attrs["out_channels"], attrs["kernel_size"], attrs["stride"],
                          _conv_padding(attrs), attrs["dilation"], attrs["groups"], attrs["bias"])
@@ -106,31 +121,36 @@ def module(op: str, attrs: dict, in_shapes: list) -> nn.Module | None:
     return None
 
 
+def apply(op: str, attrs: dict, mod, xs: list):
+    """Run one layer on torch tensors (``mod`` from :func:`module`, or None)."""
+    if mod is not None:
+        return mod(*xs)
+    if op == "add":
+        y = xs[0]
+        for x in xs[1:]:
+            if x.shape != y.shape:
+                raise ValueError("add needs equal shapes")
+            y = y + x
+        return y
+    if op == "multiply":
+        y = xs[0]
+        for x in xs[1:]:
+            y = y * x
+        return y
+    if op == "concat":
+        return torch.cat(xs, dim=attrs["dim"])
+    if op == "reshape":
+        return xs[0].reshape((xs[0].shape[0],) + tuple(attrs["shape"]))
+    if op == "permute":
+        return xs[0].permute(*attrs["dims"])
+    raise KeyError(op)
+
+
 def run(op: str, attrs: dict, in_shapes: list, batch: int = 2) -> tuple[int, ...]:
     """Output shape (without batch) PyTorch gives; raises what PyTorch raises."""
     xs = [torch.zeros((batch,) + tuple(s)) for s in in_shapes]
-    mod = module(op, attrs, in_shapes)
     with torch.no_grad():
-        if mod is not None:
-            mod.eval()
-            y = mod(*xs)
-        elif op == "add":
-            y = xs[0]
-            for x in xs[1:]:
-                if x.shape != y.shape:
-                    raise ValueError("add needs equal shapes")
-                y = y + x
-        elif op == "multiply":
-            y = xs[0]
-            for x in xs[1:]:
-                y = y * x
-        elif op == "concat":
-            y = torch.cat(xs, dim=attrs["dim"])
-        elif op == "reshape":
-            y = xs[0].reshape((batch,) + tuple(attrs["shape"]))
-        elif op == "permute":
-            y = xs[0].permute(*attrs["dims"])
-        elif op == "max_unpool2d":
+        if op == "max_unpool2d":
             k, s, p = attrs["kernel_size"], attrs["stride"], attrs["padding"]
             pool = nn.MaxPool2d(k, s, p, return_indices=True)
             _, idx = pool(torch.zeros((batch,) + tuple(attrs["_pool_input"])))
@@ -140,8 +160,36 @@ def run(op: str, attrs: dict, in_shapes: list, batch: int = 2) -> tuple[int, ...
             y = F.max_unpool2d(xs[0], idx, k, s, p,
                                output_size=None if out_size is None else list(out_size))
         else:
-            raise KeyError(op)
+            mod = module(op, attrs, in_shapes)
+            if mod is not None:
+                mod.eval()
+            y = apply(op, attrs, mod, xs)
     return tuple(y.shape[1:])
+
+
+class TorchGraph(nn.Module):
+    """A PyTorch twin of a whole archc graph: one torch module or op per node, run in
+    the graph's order (max_unpool2d aside)."""
+
+    def __init__(self, graph):
+        super().__init__()
+        self.graph = graph
+        self.layers = nn.ModuleDict()
+        for node in graph:
+            if node.op == "input":
+                continue
+            mod = module(node.op, node.attrs, [graph[i].shape for i in node.inputs])
+            if mod is not None:
+                self.layers[node.name.replace(".", "/")] = mod
+
+    def forward(self, *inputs):
+        values = dict(zip(self.graph.inputs, inputs))
+        for node in self.graph:
+            if node.op == "input":
+                continue
+            mod = self.layers[node.name.replace(".", "/")] if node.name.replace(".", "/") in self.layers else None
+            values[node.name] = apply(node.op, node.attrs, mod, [values[i] for i in node.inputs])
+        return values
 
 
 def parameter_shapes(op: str, attrs: dict, in_shapes: list) -> tuple[dict, dict]:

@@ -121,12 +121,21 @@ def format_summary(report: Report, depth: int | None = None) -> str:
     if report.device is not None:
         d = report.device
         lines.append(f"Roofline estimate on {d.name} ({human(d.peak_flops, 'FLOP/s', ' ')}, "
-                     f"{human(d.bandwidth, 'B/s', ' ')}): {t['latency_s'] * 1e3:.3g} ms; "
+                     f"{human(d.bandwidth, 'B/s', ' ')}): {seconds(t['latency_s'])}; "
                      f"{_plural(t['compute_bound_nodes'], 'node')} compute-bound, "
                      f"{t['memory_bound_nodes']} memory-bound")
-    wrapped = [textwrap.fill(line, WIDTH, subsequent_indent="  ") for line in lines]
+    wrapped = [textwrap.fill(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
+               for line in lines]
     title = f"{report.name}: {inputs}, batch {report.batch}"
     return "\n".join([title, rule, header, rule, *rows, rule, *wrapped])
+
+
+def seconds(t: float) -> str:
+    """A duration in s, ms or us with three significant digits."""
+    for factor, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
+        if t >= factor:
+            return f"{t / factor:.3g} {unit}"
+    return f"{t / 1e-9:.3g} ns"
 
 
 def _plural(n: int, word: str) -> str:
