@@ -58,7 +58,8 @@ class NodeReport:
         return {
             "name": self.name, "op": self.op, "scope": list(self.scope),
             "output_shape": list(self.output_shape), "params": self.params,
-            "trainable_params": self.trainable_params, "macs": self.macs, "flops": self.flops,
+            "trainable_params": self.trainable_params, "param_bytes": FLOAT_BYTES * self.params,
+            "macs": self.macs, "flops": self.flops,
             "elementwise_flops": self.elementwise_flops,
             "activation_bytes": self.activation_bytes, "saved_bytes": self.saved_bytes,
             "bytes_moved": self.bytes_moved,

@@ -126,8 +126,23 @@ def format_summary(report: Report, depth: int | None = None) -> str:
                      f"{t['memory_bound_nodes']} memory-bound")
     wrapped = [textwrap.fill(line, WIDTH, subsequent_indent="  ", break_on_hyphens=False)
                for line in lines]
+    if report.device is not None:
+        wrapped += slowest_nodes(report)
     title = f"{report.name}: {inputs}, batch {report.batch}"
     return "\n".join([title, rule, header, rule, *rows, rule, *wrapped])
+
+
+def slowest_nodes(report: Report, count: int = 8) -> list[str]:
+    """The nodes the roofline estimate spends most time in, with what bounds them."""
+    ranked = sorted((n for n in report.nodes if n.latency_s), key=lambda n: -n.latency_s)
+    total = report.totals["latency_s"] or 1.0
+    lines = [f"Slowest layers on {report.device.name}:",
+             f"  {'layer':<40} {'type':<19} {'time':>9} {'share':>6} {'FLOP/B':>7}  bound"]
+    for n in ranked[:count]:
+        name = n.name if len(n.name) <= 40 else n.name[:39] + "~"
+        lines.append(f"  {name:<40} {n.op:<19} {seconds(n.latency_s):>9} "
+                     f"{n.latency_s / total:>6.1%} {n.intensity:>7.1f}  {n.bound}")
+    return lines
 
 
 def seconds(t: float) -> str:
