@@ -9,6 +9,8 @@ from torch import nn
 class BasicBlock(nn.Module):
     """torchvision.models.resnet.BasicBlock."""
 
+    expansion = 1
+
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -29,22 +31,24 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision.models.resnet.ResNet with basic blocks (resnet18: [2, 2, 2, 2])."""
+    """torchvision.models.resnet.ResNet: resnet18 is (BasicBlock, [2, 2, 2, 2]),
+    resnet50 (Bottleneck, [3, 4, 6, 3])."""
 
-    def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 1000):
+    def __init__(self, layers=(2, 2, 2, 2), num_classes: int = 1000, block=None):
         super().__init__()
+        block = block or BasicBlock
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = 64
-        for index, (count, cout) in enumerate(zip(layers, (64, 128, 256, 512)), start=1):
-            stride = 1 if index == 1 else 2
-            blocks = [BasicBlock(cin, cout, stride)] + [BasicBlock(cout, cout) for _ in range(count - 1)]
+        for index, (count, planes) in enumerate(zip(layers, (64, 128, 256, 512)), start=1):
+            blocks = [block(cin, planes, 1 if index == 1 else 2)]
+            cin = planes * block.expansion
+            blocks += [block(cin, planes) for _ in range(count - 1)]
             setattr(self, f"layer{index}", nn.Sequential(*blocks))
-            cin = cout
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
 
     def forward(self, x):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -98,22 +102,8 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet50(ResNet):
-    def __init__(self, layers=(3, 4, 6, 3), num_classes: int = 1000):
-        nn.Module.__init__(self)
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for index, (count, planes) in enumerate(zip(layers, (64, 128, 256, 512)), start=1):
-            stride = 1 if index == 1 else 2
-            blocks = [Bottleneck(cin, planes, stride)]
-            cin = planes * 4
-            blocks += [Bottleneck(cin, planes) for _ in range(count - 1)]
-            setattr(self, f"layer{index}", nn.Sequential(*blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2048, num_classes)
+def ResNet50(num_classes: int = 1000) -> ResNet:  # noqa: N802 (named like the class it builds)
+    return ResNet((3, 4, 6, 3), num_classes, Bottleneck)
 
 
 class AlexNet(nn.Module):
