@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test check graphviz clean docs
+.PHONY: demo test check graphviz clean docs images
 
 # Graphviz's `dot` renders diagrams; install Debian's package when it is missing.
 graphviz:
@@ -31,12 +31,18 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc check specs/resnet18.yaml
 	$(BIN)/archc check specs/resnet18.yaml --set "blocks=[3, 4, 6, 3]" --set num_classes=10
 	$(BIN)/archc summary specs/resnet18.yaml --depth 1 --device cpu
+	@mkdir -p out
+	$(BIN)/archc render specs/lenet5.yaml -o out/lenet5.svg --rankdir LR
+	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser)."
 
 test: graphviz $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
+
+images: graphviz $(STAMP)
+	$(BIN)/python scripts/gen_images.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,6 +19,14 @@ from archc.spec import load_spec
 __version__ = "0.1.0"
 
 
+def diagram(graph: Graph, **options: Any):
+    """The graph as a ``graphviz.Digraph`` (see :func:`archc.render.diagram` for options);
+    notebooks display it inline, ``archc.render.write_diagram`` writes it to a file."""
+    from archc.render import diagram as draw
+
+    return draw(graph, **options)
+
+
 def load(spec: str | Path, *, text: str | None = None, **variables: Any) -> Graph:
     """Load a spec, override variables, infer and check every shape.
 
@@ -43,4 +51,5 @@ def load(spec: str | Path, *, text: str | None = None, **variables: Any) -> Grap
     return graph
 
 
-__all__ = ["Graph", "Loc", "Node", "SpecError", "infer_shapes", "load", "load_spec", "verify"]
+__all__ = ["Graph", "Loc", "Node", "SpecError", "diagram", "infer_shapes", "load", "load_spec",
+           "verify"]

@@ -120,6 +120,46 @@ COMMANDS["summary"] = (
 )
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    from archc.render import diagram, write_diagram
+
+    graph = _load(args)
+    annotate = [a.strip() for a in args.annotate.split(",") if a.strip()] if args.annotate else []
+    collapse = args.collapse
+    if collapse is not None:
+        collapse = int(collapse) if collapse.isdigit() else [c for c in collapse.split(",") if c]
+    dot = diagram(graph, rankdir=args.rankdir, collapse=collapse, detail=args.detail,
+                  annotate=annotate)
+    path = write_diagram(dot, args.output, args.format)
+    print(f"wrote {path} ({len(graph)} layers)")
+    return EXIT_OK
+
+
+def _setup_render(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="where to write the diagram; the extension picks the format")
+    p.add_argument("--format", choices=["svg", "png", "pdf", "dot"],
+                   help="svg, png, pdf or dot (default: from the file extension)")
+    p.add_argument("--rankdir", choices=["TB", "LR"], default="TB",
+                   help="top to bottom (TB, default) or left to right (LR)")
+    p.add_argument("--collapse", metavar="DEPTH|BLOCKS",
+                   help="draw blocks as single nodes: those at a nesting depth (1: top level), "
+                   "or every instance of the named blocks (comma-separated)")
+    p.add_argument("--detail", choices=["low", "normal", "high"], default="normal",
+                   help="low: layer kinds; normal: names and key attributes; high: also "
+                   "shapes and parameters")
+    p.add_argument("--annotate", metavar="LIST",
+                   help="comma-separated extras under each node: params, macs, rf")
+
+
+COMMANDS["render"] = (
+    "draw a spec as a diagram (svg, png, pdf or dot) with Graphviz",
+    _setup_render,
+    _cmd_render,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from archc import __version__
 

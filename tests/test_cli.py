@@ -83,3 +83,17 @@ def test_summary_table_json_depth_batch_and_device(tmp_path):
     assert bad.returncode == 2 and "unknown device 'tpu'" in bad.stderr
     assert run("summary", "specs/lenet5.yaml", "--batch", "0").returncode == 2
     assert run("summary", "specs/resnet18.yaml", "--set", "num_classes=7", "--json").returncode == 0
+
+
+def test_render_writes_each_format(tmp_path):
+    for ext in ("svg", "png", "pdf", "dot"):
+        target = tmp_path / f"lenet5.{ext}"
+        out = run("render", "specs/lenet5.yaml", "-o", str(target))
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == f"wrote {target} (13 layers)\n" and target.stat().st_size > 500
+    out = run("render", "specs/resnet18.yaml", "-o", str(tmp_path / "r"), "--format", "svg",
+              "--collapse", "1", "--rankdir", "LR", "--detail", "high", "--annotate", "params,rf")
+    assert out.returncode == 0 and (tmp_path / "r").read_text().startswith("<?xml")
+    bad = run("render", "specs/lenet5.yaml", "-o", str(tmp_path / "x.bmp"))
+    assert bad.returncode == 2 and "unknown diagram format 'bmp'" in bad.stderr
+    assert run("render", "specs/lenet5.yaml").returncode == 2  # -o is required

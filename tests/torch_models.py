@@ -3,6 +3,7 @@ torch 2.13 here), with torchvision's module names so state_dict keys line up."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -147,3 +148,104 @@ class VGG16(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+class BasicConv2d(nn.Module):
+    def __init__(self, cin: int, cout: int, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x)))
+
+
+class Inception(nn.Module):
+    def __init__(self, cin, ch1, ch3r, ch3, ch5r, ch5, proj):
+        super().__init__()
+        self.branch1 = BasicConv2d(cin, ch1, kernel_size=1)
+        self.branch2 = nn.Sequential(BasicConv2d(cin, ch3r, kernel_size=1),
+                                     BasicConv2d(ch3r, ch3, kernel_size=3, padding=1))
+        self.branch3 = nn.Sequential(BasicConv2d(cin, ch5r, kernel_size=1),
+                                     BasicConv2d(ch5r, ch5, kernel_size=3, padding=1))
+        self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True),
+                                     BasicConv2d(cin, proj, kernel_size=1))
+
+    def forward(self, x):
+        return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+class GoogLeNet(nn.Module):
+    """torchvision.models.googlenet(aux_logits=False, init_weights=False)."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = BasicConv2d(64, 64, kernel_size=1)
+        self.conv3 = BasicConv2d(64, 192, kernel_size=3, padding=1)
+        self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
+        self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
+        self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
+        self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
+        self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
+        self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
+        self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
+        self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
+        self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(1024, num_classes)
+
+    def forward(self, x):
+        for name in ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a",
+                     "inception3b", "maxpool3", "inception4a", "inception4b", "inception4c",
+                     "inception4d", "inception4e", "maxpool4", "inception5a", "inception5b",
+                     "avgpool"):
+            x = getattr(self, name)(x)
+        return self.fc(self.dropout(x.flatten(1)))
+
+
+class DoubleConv(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))))
+
+
+class Up(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.upconv = nn.ConvTranspose2d(cin, cout, 2, 2)
+        self.conv = DoubleConv(2 * cout, cout)
+
+    def forward(self, x, skip):
+        return self.conv(torch.cat([skip, self.upconv(x)], 1))
+
+
+class UNet(nn.Module):
+    """The 'same'-padding U-Net of specs/unet.yaml, with its names."""
+
+    def __init__(self, cin=1, classes=2, base=64):
+        super().__init__()
+        self.enc1, self.enc2 = DoubleConv(cin, base), DoubleConv(base, 2 * base)
+        self.enc3, self.enc4 = DoubleConv(2 * base, 4 * base), DoubleConv(4 * base, 8 * base)
+        self.bottleneck = DoubleConv(8 * base, 16 * base)
+        self.dec4, self.dec3 = Up(16 * base, 8 * base), Up(8 * base, 4 * base)
+        self.dec2, self.dec1 = Up(4 * base, 2 * base), Up(2 * base, base)
+        self.head = nn.Conv2d(base, classes, 1)
+
+    def forward(self, x):
+        pool = nn.functional.max_pool2d
+        e1 = self.enc1(x)
+        e2 = self.enc2(pool(e1, 2))
+        e3 = self.enc3(pool(e2, 2))
+        e4 = self.enc4(pool(e3, 2))
+        b = self.bottleneck(pool(e4, 2))
+        return self.head(self.dec1(self.dec2(self.dec3(self.dec4(b, e4), e3), e2), e1))

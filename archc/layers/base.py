@@ -285,6 +285,7 @@ class LayerType:
     receptive_field : ``(attrs, input_shapes) -> RFStep | None`` (None: the whole input).
     rf_inputs : the inputs whose receptive fields the output unites (None: all of them).
     view : the output can share its input's memory (flatten, reshape, identity).
+    label : ``attrs -> str``, the short text diagrams show (``conv 3x3/2, 64``); None: the op.
     """
 
     op: str
@@ -305,6 +306,10 @@ class LayerType:
     receptive_field: Callable[[dict, list], Any] | None = None
     rf_inputs: tuple[int, ...] | None = None
     view: bool = False
+    label: Callable[[dict], str] | None = None
+
+    def short_label(self, attrs: dict) -> str:
+        return self.label(attrs) if self.label is not None else self.op
 
     @property
     def attr_names(self) -> list[str]:

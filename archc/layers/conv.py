@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from archc.layers.costs import Cost, RFStep, numel, saves_inputs, window_rf
+from archc.layers.labels import conv_label
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -173,6 +174,7 @@ _CONV_TAIL = (
 
 CONV2D = LayerType(
     op="conv2d",
+    label=conv_label("conv"),
     family="conv",
     doc="2-D convolution (cross-correlation, as in PyTorch) over NCHW feature maps. "
     "`groups` splits channels into independent groups; `groups` equal to the input "
@@ -238,6 +240,7 @@ def _transpose_params(attrs: dict, inputs: list) -> dict:
 
 CONV_TRANSPOSE2D = LayerType(
     op="conv_transpose2d",
+    label=conv_label("deconv"),
     family="conv",
     doc="Transposed 2-D convolution ('deconvolution'): each input pixel scatters a weighted "
     "copy of the filter into the output; with stride s the map grows about s times. "

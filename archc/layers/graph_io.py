@@ -15,6 +15,7 @@ def _input_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
 
 INPUT = LayerType(
     op="input",
+    label=lambda a: "input " + "x".join(map(str, a["shape"])),
     family="io",
     doc="A graph input (batch dimension implicit). Declared under `input:` or `inputs:`.",
     attrs=(Attr("shape", Ints(minimum=1), doc="[channels, height, width] or [features]"),),

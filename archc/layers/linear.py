@@ -32,6 +32,7 @@ def _linear_params(attrs: dict, inputs: list) -> dict:
 
 LINEAR = LayerType(
     op="linear",
+    label=lambda a: f"linear {a['out_features']}",
     family="linear",
     doc="Fully connected layer: `y = W x + b` on a flat feature vector; weight laid out "
     "(out_features, in_features) as in PyTorch.",
@@ -56,6 +57,7 @@ LINEAR = LayerType(
 
 DROPOUT = LayerType(
     op="dropout",
+    label=lambda a: f"dropout {a['p']:g}",
     family="regularize",
     doc="Dropout: in training, zero each element with probability `p` and scale the rest "
     "by `1 / (1 - p)`; identity in inference.",
@@ -72,6 +74,7 @@ DROPOUT = LayerType(
 
 STOCHASTIC_DEPTH = LayerType(
     op="stochastic_depth",
+    label=lambda a: f"drop path {a['p']:g}",
     family="regularize",
     doc="Stochastic depth (drop path): in training, zero a whole sample's residual branch with "
     "probability `p` (`mode: row`) or the whole batch's (`mode: batch`), scaling survivors "

@@ -81,6 +81,7 @@ def _concat_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
 
 ADD = LayerType(
     op="add",
+    label=lambda a: "+",
     family="merge",
     doc="Element-wise sum of two or more inputs of the same shape (residual connections). "
     "A list value gives the inputs: `add: [-1, shortcut]`.",
@@ -94,6 +95,7 @@ ADD = LayerType(
 
 MULTIPLY = LayerType(
     op="multiply",
+    label=lambda a: "\u00d7",
     family="merge",
     doc="Element-wise product with broadcasting (a Cx1x1 gate scales a CxHxW map, as in "
     "squeeze-excitation).",
@@ -108,6 +110,7 @@ MULTIPLY = LayerType(
 
 CONCAT = LayerType(
     op="concat",
+    label=lambda a: "concat" if a["dim"] == 1 else f"concat dim {a['dim']}",
     family="merge",
     doc="Concatenate inputs along `dim` (1 = channels, the batch is 0), as Inception "
     "modules, DenseNet and U-Net skips do.",

@@ -89,6 +89,7 @@ _BN_ATTRS = (
 
 BATCHNORM2D = LayerType(
     op="batchnorm2d",
+    label=lambda a: "batchnorm",
     family="norm",
     doc="Batch normalisation per channel over (N, H, W): `(x - mean) / sqrt(var + eps) * "
     "weight + bias`; batch statistics in training, running statistics in inference.",
@@ -103,6 +104,7 @@ BATCHNORM2D = LayerType(
 
 BATCHNORM1D = LayerType(
     op="batchnorm1d",
+    label=lambda a: "batchnorm",
     family="norm",
     doc="Batch normalisation of a flat feature vector, per feature over the batch.",
     attrs=_BN_ATTRS,
@@ -121,6 +123,7 @@ _LN_ATTRS = (
 
 LAYERNORM2D = LayerType(
     op="layernorm2d",
+    label=lambda a: "layernorm",
     family="norm",
     doc="Layer normalisation over the channels at each pixel of a CxHxW map (ConvNeXt's "
     "LayerNorm2d, i.e. LayerNorm(C) applied channels-last).",
@@ -134,6 +137,7 @@ LAYERNORM2D = LayerType(
 
 LAYERNORM = LayerType(
     op="layernorm",
+    label=lambda a: "layernorm",
     family="norm",
     doc="Layer normalisation of a flat feature vector (PyTorch LayerNorm over the features).",
     attrs=_LN_ATTRS,
@@ -146,6 +150,7 @@ LAYERNORM = LayerType(
 
 LOCAL_RESPONSE_NORM = LayerType(
     op="local_response_norm",
+    label=lambda a: f"LRN {a['size']}",
     family="norm",
     doc="Local response normalisation across `size` neighbouring channels (AlexNet): "
     "`x / (k + alpha / size * sum(x^2)) ^ beta`.",
@@ -174,6 +179,7 @@ def _layer_scale_params(attrs: dict, inputs: list) -> dict:
 
 LAYER_SCALE = LayerType(
     op="layer_scale",
+    label=lambda a: "layer scale",
     family="norm",
     doc="A learned per-channel scale, initialised to `init_value` (ConvNeXt's layer scale; "
     "torchvision stores it as a (C, 1, 1) parameter).",

@@ -17,6 +17,7 @@ from archc.layers.costs import (
     window_rf,
     zero,
 )
+from archc.layers.labels import window_label, pair_text
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -112,6 +113,7 @@ _WINDOW_ATTRS = (
 
 MAX_POOL2D = LayerType(
     op="max_pool2d",
+    label=window_label("maxpool"),
     family="pool",
     doc="Max pooling: the largest value in each window. Padding counts as minus infinity.",
     attrs=_WINDOW_ATTRS
@@ -134,6 +136,7 @@ MAX_POOL2D = LayerType(
 
 AVG_POOL2D = LayerType(
     op="avg_pool2d",
+    label=window_label("avgpool"),
     family="pool",
     doc="Average pooling: the mean of each window.",
     attrs=_WINDOW_ATTRS
@@ -166,6 +169,7 @@ def _global_shape(op: str):
 
 GLOBAL_AVG_POOL2D = LayerType(
     op="global_avg_pool2d",
+    label=lambda a: "global avgpool",
     family="pool",
     doc="Global average pooling: one mean per channel, CxHxW -> Cx1x1.",
     attrs=(),
@@ -181,6 +185,7 @@ GLOBAL_AVG_POOL2D = LayerType(
 
 GLOBAL_MAX_POOL2D = LayerType(
     op="global_max_pool2d",
+    label=lambda a: "global maxpool",
     family="pool",
     doc="Global max pooling: one maximum per channel, CxHxW -> Cx1x1.",
     attrs=(),
@@ -237,6 +242,7 @@ def _adaptive_rf(attrs: dict, inputs: list) -> RFStep | None:
 
 ADAPTIVE_AVG_POOL2D = LayerType(
     op="adaptive_avg_pool2d",
+    label=lambda a: "adaptive avgpool " + pair_text(a["output_size"]),
     family="pool",
     doc="Adaptive average pooling to a fixed output size; bin i along an axis of length n "
     "covers [floor(i*n/out), ceil((i+1)*n/out)).",
@@ -254,6 +260,7 @@ ADAPTIVE_AVG_POOL2D = LayerType(
 
 ADAPTIVE_MAX_POOL2D = LayerType(
     op="adaptive_max_pool2d",
+    label=lambda a: "adaptive maxpool " + pair_text(a["output_size"]),
     family="pool",
     doc="Adaptive max pooling to a fixed output size (bins as adaptive_avg_pool2d).",
     attrs=(Attr("output_size", Pair(), doc="output size s or [h, w]"),),

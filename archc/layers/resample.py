@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from archc.layers.costs import Cost, numel, upsampling_rf, zero
+from archc.layers.labels import window_label, pair_text
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -51,6 +52,7 @@ def _max_unpool_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
 
 MAX_UNPOOL2D = LayerType(
     op="max_unpool2d",
+    label=window_label("max unpool"),
     family="resample",
     doc="Max unpooling: puts each value back at the position its `max_pool2d` took it from "
     "and zeros elsewhere. Inputs: the values, the `max_pool2d` node whose positions to "
@@ -85,6 +87,7 @@ def _unpool_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
 
 UNPOOL2D = LayerType(
     op="unpool2d",
+    label=lambda a: f"unpool x{pair_text(a['kernel_size'])} " + a["mode"].replace("_", " "),
     family="resample",
     doc="Fixed unpooling by a factor k: `nearest` copies each value into its k x k cell; "
     "`bed_of_nails` puts it in the cell's top-left corner and zeros elsewhere.",
@@ -125,6 +128,7 @@ def _upsample_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
 
 UPSAMPLE = LayerType(
     op="upsample",
+    label=lambda a: "upsample " + (pair_text(a["size"]) if a["size"] else "x" + pair_text(a["scale_factor"])) + ("" if a["mode"] == "nearest" else " bilinear"),
     family="resample",
     doc="Resize by `scale_factor` (output `floor(H * s)`) or to a fixed `size`, with "
     "`nearest` (nearest-neighbour unpooling) or `bilinear` interpolation (PyTorch "

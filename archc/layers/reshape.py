@@ -23,6 +23,7 @@ def _flatten_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
 
 FLATTEN = LayerType(
     op="flatten",
+    label=lambda a: "flatten",
     family="reshape",
     doc="Flatten every dimension from `start_dim` on into one (default: all but the batch).",
     attrs=(Attr("start_dim", Int(minimum=1), 1, "first dimension to merge (0 is the batch)"),),
@@ -67,6 +68,7 @@ def _reshape_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
 
 RESHAPE = LayerType(
     op="reshape",
+    label=lambda a: "reshape " + "x".join(map(str, a["shape"])),
     family="reshape",
     doc="Reshape each sample to `shape` (the batch dimension is kept; one entry may be -1).",
     attrs=(Attr("shape", Ints(), doc="target shape without the batch dimension"),),
@@ -105,6 +107,7 @@ def _permute_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
 
 PERMUTE = LayerType(
     op="permute",
+    label=lambda a: "permute " + ",".join(map(str, a["dims"])),
     family="reshape",
     doc="Reorder dimensions, PyTorch style with the batch as dim 0 (which must stay first), "
     "e.g. `[0, 2, 3, 1]` for channels-last.",
@@ -130,6 +133,7 @@ def _shuffle_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
 
 CHANNEL_SHUFFLE = LayerType(
     op="channel_shuffle",
+    label=lambda a: f"shuffle g={a['groups']}",
     family="reshape",
     doc="Channel shuffle (ShuffleNet): view the channels as (groups, C/groups), transpose, "
     "flatten back, so that grouped convolutions exchange information.",
@@ -143,6 +147,7 @@ CHANNEL_SHUFFLE = LayerType(
 
 IDENTITY = LayerType(
     op="identity",
+    label=lambda a: "identity",
     family="reshape",
     doc="Pass the input through unchanged (a named tap point, or a no-op branch).",
     attrs=(),
