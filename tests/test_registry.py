@@ -60,7 +60,9 @@ def test_documented_example_builds(op):
     example = "\n".join("  " + line for line in layer.example.splitlines()) + "\n"
     text = head + "layers:\n" + prelude + example
     graph = archc.load("example.yaml", text=text)
-    assert graph.nodes[-1].op == op
+    node = graph.nodes[-1]
+    assert node.op == op
+    assert layer.short_label(node.attrs).strip()  # what diagrams print
 
 
 def test_aliases_resolve():
