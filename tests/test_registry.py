@@ -56,6 +56,7 @@ def test_documented_example_builds(op):
         "multiply": "  - identity:\n    name: features\n  - global_avg_pool2d:\n    name: gate\n",
         "concat": "".join(f"  - identity:\n    name: branch{i}\n" for i in (1, 2, 3)),
         "reshape": "  - flatten\n",
+        "center_crop": "  - identity:\n    name: enc\n  - conv2d: [8, 3]\n",
     }.get(op, "")
     example = "\n".join("  " + line for line in layer.example.splitlines()) + "\n"
     text = head + "layers:\n" + prelude + example

@@ -79,6 +79,20 @@ def draw_case(draw, op: str) -> tuple[dict, list]:
                 [pooled, pooled] + ([pool_in] if exact == "like" else []))
     if op == "unpool2d":
         return {"kernel_size": draw(pair), "mode": "nearest"}, [fmap(draw)]
+    if op == "slice":
+        shape = fmap(draw)
+        dim = draw(st.integers(1, 3))
+        n = shape[dim - 1]
+        return ({"start": draw(st.integers(-n - 1, n + 1)),
+                 "end": draw(st.one_of(st.none(), st.integers(-n - 1, n + 1))), "dim": dim},
+                [shape])
+    if op == "center_crop":
+        return {}, [fmap(draw), fmap(draw)]
+    if op == "upsample" and draw(st.booleans()):
+        mode = draw(st.sampled_from(["nearest", "bilinear"]))
+        return ({"scale_factor": None, "size": None, "mode": mode,
+                 "align_corners": mode == "bilinear" and draw(st.booleans())},
+                [fmap(draw), fmap(draw)])
     if op == "upsample":
         mode = draw(st.sampled_from(["nearest", "bilinear"]))
         by_size = draw(st.booleans())
@@ -210,6 +224,7 @@ def test_every_user_layer_has_a_shape_strategy():
                "adaptive_max_pool2d", "max_unpool2d", "unpool2d", "upsample", "batchnorm2d",
                "batchnorm1d", "layernorm2d", "layernorm", "local_response_norm", "layer_scale",
                "linear", "flatten", "reshape", "permute", "channel_shuffle", "add", "multiply",
+               "slice", "center_crop",
                "concat", "softmax", "global_avg_pool2d", "global_max_pool2d"}
     for op in SHAPED_OPS:
         if op not in special:

@@ -95,6 +95,8 @@ def module(op: str, attrs: dict, in_shapes: list) -> nn.Module | None:
         return nn.AdaptiveMaxPool2d(attrs["output_size"])
     if op == "unpool2d":
         return nn.Upsample(scale_factor=attrs["kernel_size"], mode="nearest")
+    if op == "upsample" and len(in_shapes) == 2:
+        return None  # size from the second input: see apply()
     if op == "upsample":
         kw = {"align_corners": attrs["align_corners"]} if attrs["mode"] == "bilinear" else {}
         size = attrs["size"]
@@ -143,6 +145,23 @@ def apply(op: str, attrs: dict, mod, xs: list):
         return xs[0].reshape((xs[0].shape[0],) + tuple(attrs["shape"]))
     if op == "permute":
         return xs[0].permute(*attrs["dims"])
+    if op == "slice":
+        index = [slice(None)] * xs[0].dim()
+        index[attrs["dim"]] = slice(attrs["start"], attrs["end"])
+        y = xs[0][tuple(index)]
+        if 0 in y.shape:
+            raise ValueError("empty slice")
+        return y
+    if op == "center_crop":
+        x, like = xs
+        (h, w), (th, tw) = x.shape[2:], like.shape[2:]
+        if th > h or tw > w:
+            raise ValueError("crop larger than input")
+        top, left = (h - th) // 2, (w - tw) // 2
+        return x[:, :, top:top + th, left:left + tw]
+    if op == "upsample":
+        kw = {"align_corners": attrs["align_corners"]} if attrs["mode"] == "bilinear" else {}
+        return F.interpolate(xs[0], size=tuple(xs[1].shape[2:]), mode=attrs["mode"], **kw)
     raise KeyError(op)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from archc.layers.costs import Cost, numel, upsampling_rf, zero
+from archc.layers.costs import Cost, RFStep, numel, upsampling_rf, zero
 from archc.layers.labels import window_label, pair_text
 from archc.layers.base import (
     Attr,
@@ -105,9 +105,9 @@ UNPOOL2D = LayerType(
 
 
 def _validate_upsample(attrs: dict) -> None:
-    if (attrs["size"] is None) == (attrs["scale_factor"] is None):
+    if attrs["size"] is not None and attrs["scale_factor"] is not None:
         raise AttrError(
-            "upsample needs exactly one of 'size' or 'scale_factor'",
+            "upsample takes 'size' or 'scale_factor', not both",
             hint="e.g. upsample: {scale_factor: 2} or upsample: {size: [56, 56]}",
         )
     if attrs["align_corners"] and attrs["mode"] != "bilinear":
@@ -115,8 +115,20 @@ def _validate_upsample(attrs: dict) -> None:
 
 
 def _upsample_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
-    (x,) = inputs
+    x = inputs[0]
     need_rank(x, 3, "upsample")
+    if len(inputs) == 2:
+        need_rank(inputs[1], 3, "upsample", index=1)
+        if attrs["size"] is not None or attrs["scale_factor"] is not None:
+            raise ShapeError("with a second input to match, give neither size nor scale_factor",
+                             input_index=1)
+        return (x[0],) + tuple(inputs[1][1:])
+    if attrs["size"] is None and attrs["scale_factor"] is None:
+        raise ShapeError(
+            "upsample needs a size, a scale_factor or a second input whose size to match",
+            hint="e.g. 'upsample: 2', 'upsample: {size: [56, 56]}' or "
+            "'upsample: {mode: bilinear}' with 'inputs: [-1, input]'",
+        )
     if attrs["size"] is not None:
         return (x[0],) + tuple(attrs["size"])
     sh, sw = attrs["scale_factor"]
@@ -130,8 +142,9 @@ UPSAMPLE = LayerType(
     op="upsample",
     label=lambda a: "upsample " + (pair_text(a["size"]) if a["size"] else "x" + pair_text(a["scale_factor"])) + ("" if a["mode"] == "nearest" else " bilinear"),
     family="resample",
-    doc="Resize by `scale_factor` (output `floor(H * s)`) or to a fixed `size`, with "
-    "`nearest` (nearest-neighbour unpooling) or `bilinear` interpolation (PyTorch "
+    doc="Resize by `scale_factor` (output `floor(H * s)`), to a fixed `size`, or to the size "
+    "of a second input (`inputs: [-1, input]`, as FCN and DeepLab upsample to the image), "
+    "with `nearest` (nearest-neighbour unpooling) or `bilinear` interpolation (PyTorch "
     "`F.interpolate` semantics).",
     attrs=(
         Attr("scale_factor", Optional(FloatPair()), None, "growth factor s or [sh, sw]"),
@@ -142,6 +155,7 @@ UPSAMPLE = LayerType(
     infer_shape=_upsample_shape,
     example="- upsample: {scale_factor: 2, mode: bilinear}",
     positional=("scale_factor",),
+    arity=(1, 2),
     validate=_validate_upsample,
     cost=Cost(
         flops=lambda a, i, o: 0 if a["mode"] == "nearest" else 7 * numel(o),
@@ -152,6 +166,40 @@ UPSAMPLE = LayerType(
     receptive_field=lambda a, i: upsampling_rf(
         tuple(o / n for o, n in zip(_upsample_shape(a, i)[1:], i[0][1:])),
         1 if a["mode"] == "nearest" else 2),
+    rf_inputs=(0,),
 )
 
-LAYERS = (MAX_UNPOOL2D, UNPOOL2D, UPSAMPLE)
+def _crop_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
+    x, like = inputs
+    need_rank(x, 3, "center_crop")
+    need_rank(like, 3, "center_crop", index=1)
+    if like[1] > x[1] or like[2] > x[2]:
+        raise ShapeError(
+            f"cannot crop {x[1]}x{x[2]} to the larger {like[1]}x{like[2]}", input_index=0,
+            hint="the first input is cropped to the second input's size",
+        )
+    return (x[0], like[1], like[2])
+
+
+def _crop_rf(attrs: dict, inputs: list) -> RFStep:
+    x, like = inputs
+    return RFStep((1, 1), (1, 1), tuple(float((x[i] - like[i]) // 2) for i in (1, 2)))
+
+
+CENTER_CROP = LayerType(
+    op="center_crop",
+    family="resample",
+    label=lambda a: "center crop",
+    doc="Crop the first input's centre to the height and width of the second input (the "
+    "original U-Net crops its unpadded encoder maps so before concatenating them). An odd "
+    "difference leaves the extra row or column on the bottom/right.",
+    attrs=(),
+    infer_shape=_crop_shape,
+    example="- center_crop: [enc, -1]",
+    arity=(2, 2),
+    cost=Cost(zero, zero, "Copies a window: 0 FLOPs. Saves nothing."),
+    receptive_field=_crop_rf,
+    rf_inputs=(0,),
+)
+
+LAYERS = (MAX_UNPOOL2D, UNPOOL2D, UPSAMPLE, CENTER_CROP)

@@ -6,7 +6,17 @@ import math
 
 from archc.layers.activation import same_shape
 from archc.layers.costs import Cost, pointwise_rf, whole_input_rf, zero
-from archc.layers.base import Attr, AttrError, Int, Ints, LayerType, ShapeError, fmt_shape, need_rank
+from archc.layers.base import (
+    Attr,
+    AttrError,
+    Int,
+    Ints,
+    LayerType,
+    Optional,
+    ShapeError,
+    fmt_shape,
+    need_rank,
+)
 
 
 def _flatten_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
@@ -145,6 +155,49 @@ CHANNEL_SHUFFLE = LayerType(
     receptive_field=pointwise_rf,
 )
 
+def _slice_bounds(attrs: dict, size: int) -> tuple[int, int]:
+    start, end = attrs["start"], attrs["end"]
+    end = size if end is None else end
+    start, end = (v + size if v < 0 else v for v in (start, end))
+    return max(0, min(start, size)), max(0, min(end, size))
+
+
+def _slice_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+    (x,) = inputs
+    dim = attrs["dim"]
+    if not 1 <= dim <= len(x):
+        raise ShapeError(f"dim {dim} does not exist in N x {fmt_shape(x)} (dim 0 is the batch)",
+                         input_index=0)
+    start, end = _slice_bounds(attrs, x[dim - 1])
+    if end <= start:
+        raise ShapeError(
+            f"slice [{attrs['start']}:{attrs['end']}] of a dimension of size {x[dim - 1]} is empty",
+            input_index=0,
+        )
+    out = list(x)
+    out[dim - 1] = end - start
+    return tuple(out)
+
+
+SLICE = LayerType(
+    op="slice",
+    family="reshape",
+    label=lambda a: f"slice [{a['start']}:{'' if a['end'] is None else a['end']}]"
+    + ("" if a["dim"] == 1 else f" dim {a['dim']}"),
+    doc="Keep the indices `start` to `end` (exclusive; negative counts from the end, as in "
+    "Python) along `dim` (1 = channels): ShuffleNet's channel split is two slices.",
+    attrs=(
+        Attr("start", Int(), 0, "first index kept"),
+        Attr("end", Optional(Int()), None, "index after the last one kept (null: to the end)"),
+        Attr("dim", Int(minimum=1), 1, "the dimension to slice (0 is the batch)"),
+    ),
+    infer_shape=_slice_shape,
+    example="- slice: {start: 0, end: 4}",
+    positional=("start", "end", "dim"),
+    cost=Cost(zero, zero, "Selects a range: 0 FLOPs, one copy. Saves nothing."),
+    receptive_field=lambda a, i: pointwise_rf(a, i) if a["dim"] == 1 else whole_input_rf(a, i),
+)
+
 IDENTITY = LayerType(
     op="identity",
     label=lambda a: "identity",
@@ -158,4 +211,4 @@ IDENTITY = LayerType(
     view=True,
 )
 
-LAYERS = (FLATTEN, RESHAPE, PERMUTE, CHANNEL_SHUFFLE, IDENTITY)
+LAYERS = (FLATTEN, RESHAPE, PERMUTE, CHANNEL_SHUFFLE, SLICE, IDENTITY)

@@ -9,13 +9,67 @@ from typing import Any
 from archc.errors import Loc, SpecError, did_you_mean
 from archc.layers import AttrError, get_layer, is_layer
 from archc.spec.entry import NAME_PATTERN, check_keys, expect
-from archc.spec.loader import SpecList, SpecMap, make_map
+from archc.spec.loader import SpecList, SpecMap, load_yaml_file, make_map
 from archc.spec.scope import Env, evaluate_value
 
-TOP_KEYS = ("name", "description", "variables", "input", "inputs", "blocks", "layers",
-            "output", "outputs")
+TOP_KEYS = ("name", "description", "extends", "variables", "input", "inputs", "blocks",
+            "layers", "output", "outputs")
+MAX_EXTENDS = 8
 BLOCK_KEYS = ("args", "inputs", "layers", "output", "description")
 INPUT_KEYS = ("channels", "height", "width", "features", "shape")
+
+
+def resolve_extends(doc: SpecMap, file: str, chain: tuple[str, ...] = ()) -> SpecMap:
+    """Apply ``extends: base.yaml``: the base spec's keys, with this spec's keys replacing
+    them, except ``variables`` and ``blocks``, which are merged name by name (so a variant
+    spec only states what differs). Paths are relative to the extending spec's folder."""
+    if "extends" not in doc:
+        return doc
+    raw, loc = doc["extends"], doc.value_loc("extends")
+    if not isinstance(raw, str) or not raw.strip():
+        raise SpecError("'extends' must name a spec file", loc, "e.g. extends: resnet18.yaml")
+    base_path = (Path(file).parent / raw).resolve()
+    here = str(Path(file).resolve())
+    if str(base_path) in chain + (here,):
+        names = " -> ".join(Path(p).name for p in chain + (here, str(base_path)))
+        raise SpecError(f"specs extend each other in a circle ({names})", loc)
+    if len(chain) >= MAX_EXTENDS:
+        raise SpecError(f"'extends' is chained more than {MAX_EXTENDS} deep", loc)
+    try:
+        base = load_yaml_file(base_path)
+    except SpecError as exc:
+        if exc.loc is None:
+            raise SpecError(f"extends: {exc.message}", loc, exc.hint) from None
+        raise
+    if not isinstance(base, dict):
+        raise SpecError(f"{raw} is not a spec (a mapping of keys)", loc)
+    check_keys(base, TOP_KEYS, f"the spec {raw}")
+    base = resolve_extends(base, str(base_path), chain + (here,))
+    merged = make_map(dict(base), base.loc)
+    merged.key_locs, merged.value_locs = dict(base.key_locs), dict(base.value_locs)
+    for key, value in doc.items():
+        if key == "extends":
+            continue
+        if key in ("variables", "blocks") and isinstance(value, dict) and isinstance(base.get(key), dict):
+            value = _merge_maps(base[key], value)
+        if key in ("input", "inputs"):
+            for other in ("input", "inputs"):
+                merged.pop(other, None)
+        if key in ("output", "outputs"):
+            for other in ("output", "outputs"):
+                merged.pop(other, None)
+        merged[key] = value
+        merged.key_locs[key], merged.value_locs[key] = doc.key_loc(key), doc.value_loc(key)
+    return merged
+
+
+def _merge_maps(base: SpecMap, over: SpecMap) -> SpecMap:
+    out = make_map(dict(base), base.loc)
+    out.key_locs, out.value_locs = dict(base.key_locs), dict(base.value_locs)
+    for key, value in over.items():
+        out[key] = value
+        out.key_locs[key], out.value_locs[key] = over.key_loc(key), over.value_loc(key)
+    return out
 
 
 def read_name(doc: SpecMap, file: str) -> str:

@@ -73,13 +73,20 @@ class _Expander:
                     )
                 frame.pending[entry.name] = entry.name_loc
         counters: dict[str, int] = {}
-        for index, entry in enumerate(entries):
+        kept = 0  # entries left out by 'when' take no number, as in a conditionally built nn.Sequential
+        for entry in entries:
             kind, what = self._resolve_op(entry, frame)
-            if entry.name is None:
-                entry.name = self._auto_name(kind, what, index, frame, counters, sequential)
-            frame.pending.pop(entry.name, None)
-            output = self._expand_entry(entry, kind, what, frame)
-            frame.names[entry.name] = output
+            inputs = self._entry_inputs(entry, kind, what, frame)
+            if not self._kept(entry, frame):
+                output = inputs[0]  # a left-out entry passes its input through
+            else:
+                if entry.name is None:
+                    entry.name = self._auto_name(kind, what, kept, frame, counters, sequential)
+                kept += 1
+                output = self._expand_entry(entry, kind, what, frame, inputs)
+            if entry.name is not None:
+                frame.pending.pop(entry.name, None)
+                frame.names[entry.name] = output
             frame.items.append(output)
 
     @staticmethod
@@ -123,15 +130,18 @@ class _Expander:
             or "see docs/layers.md for the layer types",
         )
 
-    def _expand_entry(self, entry: Entry, kind: str, what: Any, frame: Frame) -> str:
-        inputs = self._entry_inputs(entry, kind, what, frame)
-        if entry.has_when:
-            keep = evaluate_value(entry.when, frame.env, entry.when_loc, "when")
-            if not isinstance(keep, bool):
-                raise SpecError(f"'when' must be true or false, got {keep!r}", entry.when_loc,
-                                "e.g. when: stride != 1")
-            if not keep:
-                return inputs[0]  # a left-out entry passes its input through
+    @staticmethod
+    def _kept(entry: Entry, frame: Frame) -> bool:
+        if not entry.has_when:
+            return True
+        keep = evaluate_value(entry.when, frame.env, entry.when_loc, "when")
+        if not isinstance(keep, bool):
+            raise SpecError(f"'when' must be true or false, got {keep!r}", entry.when_loc,
+                            "e.g. when: stride != 1")
+        return keep
+
+    def _expand_entry(self, entry: Entry, kind: str, what: Any, frame: Frame,
+                      inputs: list[str]) -> str:
         trainable = frame.trainable if entry.trainable is None else entry.trainable
         repeat = self._repeat(entry, frame)
         if repeat is None:
@@ -180,17 +190,20 @@ class _Expander:
     # ------------------------------------------------------------------ inputs
     def _entry_inputs(self, entry: Entry, kind: str, what: Any, frame: Frame) -> list[str]:
         refs, locs = entry.inputs, entry.inputs_locs
-        variadic = kind == "layer" and what.arity[1] is None
-        if variadic and entry.form == "list":  # 'add: [a, b]': the value lists the inputs
+        several = kind == "layer" and (what.arity[1] is None or what.arity[1] > 1)
+        if several and not what.positional and entry.form == "list":
+            # 'add: [a, b]': for a layer without attributes to list, the value lists its inputs
             if refs is not None:
                 raise SpecError(f"'{entry.op}' is given its inputs twice: as its value and in "
                                 "'inputs'", entry.inputs_loc)
             refs, locs = list(entry.value), entry.value.item_locs
             entry.form, entry.value = "none", None
         if refs is None:
-            if variadic:
-                raise SpecError(f"'{entry.op}' merges several inputs: list them", entry.op_loc,
-                                f"e.g. '- {entry.op}: [-1, shortcut]'")
+            if kind == "layer" and what.arity[0] >= 2:
+                what_it_does = ("merges several inputs" if what.arity[1] is None
+                                else f"takes {what.arity[0]} inputs")
+                raise SpecError(f"'{entry.op}' {what_it_does}: list them", entry.op_loc,
+                                f"e.g. '- {entry.op}: [-1, {'shortcut' if what.arity[1] is None else 'other'}]'")
             return [frame.items[-1]]
         if not refs:
             raise SpecError("'inputs' is empty", entry.inputs_loc)
@@ -425,6 +438,8 @@ def build_graph(doc: Any, file: str = "<spec>", overrides: dict[str, Any] | None
     if not isinstance(doc, dict):
         raise SpecError(f"a spec is a mapping of keys (input, layers, ...), got {type_name(doc)}",
                         getattr(doc, "loc", Loc(file, 1, 1)))
+    document.check_keys(doc, document.TOP_KEYS, "the spec (top level)")
+    doc = document.resolve_extends(doc, file)
     return _Expander(doc, file, overrides or {}).run()
 
 
