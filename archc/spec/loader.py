@@ -138,6 +138,9 @@ def _yaml_error(exc: yaml.YAMLError, file: str, text: str) -> SpecError:
     if "mapping values are not allowed" in problem:
         hint = ("a layer with other keys needs a colon after its type: write '- relu:' "
                 "(not '- relu') above 'name: ...'; a value containing ': ' must be quoted")
+    elif exc.context and "flow" in exc.context:
+        hint = ("inside { } or [ ], a value containing [ ] { } or a comma must be quoted "
+                "(\"stages[0][1] * 2\"), or write the mapping one key per line")
     elif mark is not None and text[mark.index : mark.index + 1] == "\t":
         hint = "YAML indentation uses spaces, not tabs"
     notes = []
