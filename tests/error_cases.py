@@ -129,6 +129,10 @@ CASES = [
               hint="add a 'flatten'"),
     ErrorCase("merge-without-inputs", "A merge layer with no inputs listed",
               HEAD + "  - add\n", 3, 5, "'add' merges several inputs: list them"),
+    ErrorCase("comma-in-flow-mapping", "An unquoted comma inside { } splitting an expression",
+              "blocks:\n  unit:\n    args: {c: ~, width: max(c, 8)}\n    layers: [{conv2d: [width, 1]}]\n"
+              + HEAD + "  - unit: {c: 4}\n", 3, 32, "block 'unit' argument '8)' is not a name",
+              hint="quote an expression"),
     ErrorCase("absurd-repeat", "A repeat count far beyond any real network",
               HEAD + "  - relu:\n    repeat: 1000000000\n", 4, 13,
               "repeat 1,000,000,000 would build more than 100,000 layers"),

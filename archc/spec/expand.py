@@ -20,6 +20,8 @@ from archc.spec.loader import SpecMap, load_yaml, load_yaml_file, make_map
 from archc.spec.scope import Env, Frame, evaluate_value
 
 MAX_NODES = 100_000
+COMMA_HINT = ("inside { }, a comma ends a value: quote an expression that contains one "
+              "(\"make_divisible(c * 1.5, 8)\") or write the mapping one key per line")
 MAX_BLOCK_DEPTH = 32
 
 
@@ -324,6 +326,10 @@ class _Expander:
             declared = make_map({k: None for k in declared}, body.value_loc("args"))
         expect(declared, dict, body.value_loc("args"), f"block '{block}' args",
                "args: {out: ~, stride: 1}")
+        for key in declared:
+            if not NAME_PATTERN.match(key) or key[0].isdigit():
+                raise SpecError(f"block '{block}' argument '{key}' is not a name",
+                                declared.key_loc(key), COMMA_HINT)
         names = list(declared)
         given, locs, key_locs = call_values(entry, names, f"block '{block}'")
         for key in given:
@@ -361,6 +367,8 @@ class _Expander:
             else:
                 where = locs.get(exc.attr, entry.loc) if exc.attr else entry.loc
             hint = exc.hint
+            if exc.attr in given and not NAME_PATTERN.match(str(exc.attr)):
+                hint = COMMA_HINT
             if hint is None and isinstance(given.get(exc.attr), str):
                 near = did_you_mean(given[exc.attr], list(env))
                 hint = near and near.replace("did you mean", "did you mean the variable")
