@@ -68,7 +68,7 @@ def test_every_spec_checks(path):
     ("alexnet", torch_models.AlexNet, 224, 61_100_840, {}),
     ("vgg16", torch_models.VGG16, 224, 138_357_544, {}),
     ("googlenet", torch_models.GoogLeNet, 224, 6_624_904, {}),
-    ("unet", torch_models.UNet, 64, 31_030_658, {"resolution": 64}),
+    ("unet", torch_models.UNet, 64, 31_030_658, {"resolution": 64, "padding": 1}),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_spec_equals_its_pytorch_twin(spec, twin, size, params, variables):
     graph = archc.load(SPECS / f"{spec}.yaml", **variables)

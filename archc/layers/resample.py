@@ -140,7 +140,9 @@ def _upsample_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
 
 UPSAMPLE = LayerType(
     op="upsample",
-    label=lambda a: "upsample " + (pair_text(a["size"]) if a["size"] else "x" + pair_text(a["scale_factor"])) + ("" if a["mode"] == "nearest" else " bilinear"),
+    label=lambda a: "upsample " + (pair_text(a["size"]) if a["size"] else
+                                   "x" + pair_text(a["scale_factor"]) if a["scale_factor"]
+                                   else "to size") + ("" if a["mode"] == "nearest" else " bilinear"),
     family="resample",
     doc="Resize by `scale_factor` (output `floor(H * s)`), to a fixed `size`, or to the size "
     "of a second input (`inputs: [-1, input]`, as FCN and DeepLab upsample to the image), "

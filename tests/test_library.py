@@ -1,0 +1,130 @@
+"""The architecture library: every spec checks, analyses and draws, and matches the
+published numbers of the network it describes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import archc
+from archc.analysis import analyse, format_summary
+from archc.render import diagram
+from conftest import SPECS
+
+ALL_SPECS = sorted(p.stem for p in SPECS.glob("*.yaml"))
+
+# torchvision's model documentation: parameters exact, GFLOPS (= GMACs) within 1%.
+TORCHVISION = [
+    ("alexnet", {}, 61_100_840, 0.71),
+    ("vgg16", {}, 138_357_544, 15.47),
+    ("vgg16_bn", {}, 138_365_992, 15.47),
+    ("googlenet", {}, 6_624_904, 1.50),
+    ("resnet18", {}, 11_689_512, 1.81),
+    ("resnet34", {}, 21_797_672, 3.66),
+    ("resnet50", {}, 25_557_032, 4.09),
+    ("densenet121", {}, 7_978_856, 2.83),
+    ("squeezenet1_0", {}, 1_248_424, 0.82),
+    ("squeezenet1_1", {}, 1_235_496, 0.35),
+    ("mobilenet_v2", {}, 3_504_872, 0.30),
+    ("efficientnet", {"variant": "b0"}, 5_288_548, 0.39),
+    ("efficientnet", {"variant": "b1"}, 7_794_184, 0.69),
+    ("efficientnet", {"variant": "b2"}, 9_109_994, None),
+    ("efficientnet", {"variant": "b3"}, 12_233_232, 1.83),
+    ("efficientnet", {"variant": "b4"}, 19_341_616, 4.39),
+    ("efficientnet", {"variant": "b5"}, 30_389_784, 10.27),
+    ("efficientnet", {"variant": "b6"}, 43_040_704, 19.07),
+    ("efficientnet", {"variant": "b7"}, 66_347_960, 37.75),
+    ("convnext_tiny", {}, 28_589_128, 4.46),
+    ("shufflenet_v2", {}, 2_278_604, 0.14),
+    ("fcn", {}, 32_957_013, None),
+    ("deeplab", {}, 39_638_869, None),
+]
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_every_spec_checks_analyses_and_draws(spec):
+    graph = archc.load(SPECS / f"{spec}.yaml")
+    report = analyse(graph)
+    text = format_summary(report, depth=1)
+    assert report.totals["params"] > 0 and "Parameters:" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    dot = diagram(graph, collapse=1)
+    assert "->" in dot.source and graph.name in dot.source
+
+
+@pytest.mark.parametrize("spec, variables, params, gmacs", TORCHVISION,
+                         ids=[f"{s}-{v.get('variant', '')}" for s, v, _, _ in TORCHVISION])
+def test_torchvision_numbers(spec, variables, params, gmacs):
+    totals = analyse(archc.load(SPECS / f"{spec}.yaml", **variables)).totals
+    assert totals["params"] == params
+    if gmacs is not None:  # published to two decimals
+        ours = totals["macs"] / 1e9
+        assert round(ours, 2) == gmacs or abs(ours - gmacs) / gmacs < 0.01
+
+
+def test_mobilenet_v1_matches_the_paper():
+    """Howard et al. 2017, Table 8: 1.0 MobileNet-224 has 4.2 M parameters, 569 M mult-adds."""
+    totals = analyse(archc.load(SPECS / "mobilenet_v1.yaml")).totals
+    assert round(totals["params"] / 1e6, 1) == 4.2
+    assert abs(totals["macs"] / 569e6 - 1) < 0.01
+    half = analyse(archc.load(SPECS / "mobilenet_v1.yaml", alpha=0.5)).totals
+    assert round(half["params"] / 1e6, 1) == 1.3  # Table 6: 0.50 MobileNet-224, 1.3 M
+    assert abs(half["macs"] / 149e6 - 1) < 0.01  # and 149 M mult-adds
+
+
+def test_siamese_matches_the_paper_arithmetic():
+    """Koch et al. 2015, Figure 4, layer by layer (without the L1 distance layer)."""
+    convs = [(1, 64, 10), (64, 128, 7), (128, 128, 4), (128, 256, 4)]
+    expected = sum(o * (i * k * k + 1) for i, o, k in convs) + 6 * 6 * 256 * 4096 + 4096
+    graph = archc.load(SPECS / "siamese.yaml")
+    assert analyse(graph).totals["params"] == expected == 38_947_648
+    assert graph.output_shapes() == {"embedding": (4096,)}
+
+
+def test_nin_is_four_mlpconv_blocks():
+    blocks = [(3, 96, 11), (96, 256, 5), (256, 384, 3), (384, 1000, 3)]
+    expected = sum(o * (i * k * k + 1) + 2 * o * (o + 1) for i, o, k in blocks)
+    graph = archc.load(SPECS / "nin.yaml")
+    assert analyse(graph).totals["params"] == expected
+    assert not any(n.op == "linear" for n in graph)
+
+
+def test_yolo_grid_and_layers():
+    graph = archc.load(SPECS / "yolo.yaml")
+    assert graph.output_shapes() == {"detections": (7, 7, 30)}
+    assert sum(n.op == "conv2d" for n in graph) == 24
+    assert sum(n.op == "linear" for n in graph) == 2
+    coco = archc.load(SPECS / "yolo.yaml", S=13, B=3, C=80)
+    assert coco.output_shapes() == {"detections": (13, 13, 95)}
+
+
+def test_unet_paper_tile_and_same_variant():
+    """Ronneberger et al. 2015, Figure 1: a 572x572 tile gives a 388x388 segmentation map."""
+    assert archc.load(SPECS / "unet.yaml").output_shapes() == {"head": (2, 388, 388)}
+    same = archc.load(SPECS / "unet.yaml", padding=1, resolution=256)
+    assert same.output_shapes() == {"head": (2, 256, 256)}
+
+
+def test_segmentation_outputs_have_the_input_size():
+    for spec in ("fcn", "deeplab"):
+        graph = archc.load(SPECS / f"{spec}.yaml", resolution=224)
+        (shape,) = graph.output_shapes().values()
+        assert shape == (21, 224, 224)
+    transposed = archc.load(SPECS / "fcn.yaml", upsampling="transposed", resolution=224)
+    assert transposed.output_shapes() == {"upscore": (21, 224, 224)}
+
+
+def test_every_spec_has_a_header_with_its_source():
+    for spec in ALL_SPECS:
+        header = (SPECS / f"{spec}.yaml").read_text().split("\nname:")[0]
+        assert header.startswith("#") and len(header) > 120, spec
+        assert re.search(r"\b(19|20)\d\d\b", header), f"{spec}: cite the source and year"
+
+
+def test_variants_are_not_copies():
+    """Variants extend the spec they vary instead of repeating it."""
+    for variant, base in (("resnet34", "resnet18"), ("vgg16_bn", "vgg16"),
+                          ("squeezenet1_1", "squeezenet1_0"), ("fcn", "resnet50"),
+                          ("deeplab", "fcn")):
+        assert f"extends: {base}.yaml" in (SPECS / f"{variant}.yaml").read_text()
