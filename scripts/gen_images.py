@@ -25,11 +25,16 @@ IMAGES = {
 
 def main() -> None:
     out = ROOT / "docs" / "images"
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "library").mkdir(parents=True, exist_ok=True)
     for filename, (spec, options) in IMAGES.items():
         graph = load(ROOT / "specs" / f"{spec}.yaml")
         write_diagram(diagram(graph, **options), out / filename)
         print(f"wrote docs/images/{filename}")
+    # One diagram per library spec, top-level blocks collapsed, for docs/architectures.md.
+    for path in sorted((ROOT / "specs").glob("*.yaml")):
+        graph = load(path)
+        write_diagram(diagram(graph, collapse=1), out / "library" / f"{path.stem}.svg")
+    print("wrote docs/images/library/*.svg")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ published numbers of the network it describes."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 
 import archc
 from archc.analysis import analyse, format_summary
-from archc.render import diagram
-from conftest import SPECS
+from archc.render import diagram, write_diagram
+from conftest import ROOT, SPECS
 
 ALL_SPECS = sorted(p.stem for p in SPECS.glob("*.yaml"))
 
@@ -43,7 +44,7 @@ TORCHVISION = [
 
 
 @pytest.mark.parametrize("spec", ALL_SPECS)
-def test_every_spec_checks_analyses_and_draws(spec):
+def test_every_spec_checks_analyses_and_draws(spec, tmp_path):
     graph = archc.load(SPECS / f"{spec}.yaml")
     report = analyse(graph)
     text = format_summary(report, depth=1)
@@ -51,6 +52,10 @@ def test_every_spec_checks_analyses_and_draws(spec):
     assert max(len(line) for line in text.splitlines()) <= 100
     dot = diagram(graph, collapse=1)
     assert "->" in dot.source and graph.name in dot.source
+    if shutil.which("dot"):
+        svg = write_diagram(diagram(graph), tmp_path / f"{spec}.svg").read_text()
+        assert svg.count('class="node"') == len(graph)
+    assert (ROOT / "docs" / "images" / "library" / f"{spec}.svg").is_file(), "run make images"
 
 
 @pytest.mark.parametrize("spec, variables, params, gmacs", TORCHVISION,
