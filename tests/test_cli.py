@@ -97,3 +97,16 @@ def test_render_writes_each_format(tmp_path):
     bad = run("render", "specs/lenet5.yaml", "-o", str(tmp_path / "x.bmp"))
     assert bad.returncode == 2 and "unknown diagram format 'bmp'" in bad.stderr
     assert run("render", "specs/lenet5.yaml").returncode == 2  # -o is required
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in SPECS.glob("*.yaml")))
+def test_every_library_spec_through_check_summary_and_render(spec, tmp_path, capsys,
+                                                             monkeypatch):
+    from archc.cli import main
+
+    monkeypatch.chdir(ROOT)
+    assert main(["check", f"specs/{spec}"]) == 0
+    assert main(["summary", f"specs/{spec}", "--depth", "1", "--json"]) == 0
+    assert main(["render", f"specs/{spec}", "-o", str(tmp_path / "d.dot"), "--collapse", "1"]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and "ok" in out.out
