@@ -87,66 +87,57 @@ _BN_ATTRS = (
     Attr("num_features", Optional(Int(minimum=1)), None, "optional check of the channel count"),
 )
 
-BATCHNORM2D = LayerType(
-    op="batchnorm2d",
-    label=lambda a: "batchnorm",
-    family="norm",
-    doc="Batch normalisation per channel over (N, H, W): `(x - mean) / sqrt(var + eps) * "
-    "weight + bias`; batch statistics in training, running statistics in inference.",
-    attrs=_BN_ATTRS,
-    infer_shape=_same_shape_rank("batchnorm2d", 3, "num_features"),
-    example="- batchnorm2d",
-    parameters=_affine_params("affine"),
-    buffers=_bn_buffers,
-    cost=_BN_COST,
-    receptive_field=pointwise_rf,
-)
+def _batchnorm(op: str, rank: int, doc: str) -> LayerType:
+    return LayerType(
+        op=op,
+        label=lambda a: "batchnorm",
+        family="norm",
+        doc=doc,
+        attrs=_BN_ATTRS,
+        infer_shape=_same_shape_rank(op, rank, "num_features"),
+        example=f"- {op}",
+        parameters=_affine_params("affine"),
+        buffers=_bn_buffers,
+        cost=_BN_COST,
+        receptive_field=pointwise_rf,
+    )
 
-BATCHNORM1D = LayerType(
-    op="batchnorm1d",
-    label=lambda a: "batchnorm",
-    family="norm",
-    doc="Batch normalisation of a flat feature vector, per feature over the batch.",
-    attrs=_BN_ATTRS,
-    infer_shape=_same_shape_rank("batchnorm1d", 1, "num_features"),
-    example="- batchnorm1d",
-    parameters=_affine_params("affine"),
-    buffers=_bn_buffers,
-    cost=_BN_COST,
-    receptive_field=pointwise_rf,
-)
+
+def _layernorm(op: str, rank: int, doc: str, example: str) -> LayerType:
+    return LayerType(
+        op=op,
+        label=lambda a: "layernorm",
+        family="norm",
+        doc=doc,
+        attrs=_LN_ATTRS,
+        infer_shape=_same_shape_rank(op, rank),
+        example=example,
+        parameters=_affine_params("elementwise_affine"),
+        cost=_LN_COST,
+        receptive_field=pointwise_rf,
+    )
+
 
 _LN_ATTRS = (
     Attr("eps", Float(minimum=0.0), 1e-5, "added to the variance for stability"),
     Attr("elementwise_affine", Bool(), True, "learn a per-channel scale and shift"),
 )
 
-LAYERNORM2D = LayerType(
-    op="layernorm2d",
-    label=lambda a: "layernorm",
-    family="norm",
-    doc="Layer normalisation over the channels at each pixel of a CxHxW map (ConvNeXt's "
+BATCHNORM2D = _batchnorm(
+    "batchnorm2d", 3,
+    "Batch normalisation per channel over (N, H, W): `(x - mean) / sqrt(var + eps) * "
+    "weight + bias`; batch statistics in training, running statistics in inference.")
+BATCHNORM1D = _batchnorm(
+    "batchnorm1d", 1, "Batch normalisation of a flat feature vector, per feature over the batch.")
+LAYERNORM2D = _layernorm(
+    "layernorm2d", 3,
+    "Layer normalisation over the channels at each pixel of a CxHxW map (ConvNeXt's "
     "LayerNorm2d, i.e. LayerNorm(C) applied channels-last).",
-    attrs=_LN_ATTRS,
-    infer_shape=_same_shape_rank("layernorm2d", 3),
-    example="- layernorm2d: {eps: 1.0e-6}",
-    parameters=_affine_params("elementwise_affine"),
-    cost=_LN_COST,
-    receptive_field=pointwise_rf,
-)
-
-LAYERNORM = LayerType(
-    op="layernorm",
-    label=lambda a: "layernorm",
-    family="norm",
-    doc="Layer normalisation of a flat feature vector (PyTorch LayerNorm over the features).",
-    attrs=_LN_ATTRS,
-    infer_shape=_same_shape_rank("layernorm", 1),
-    example="- layernorm",
-    parameters=_affine_params("elementwise_affine"),
-    cost=_LN_COST,
-    receptive_field=pointwise_rf,
-)
+    "- layernorm2d: {eps: 1.0e-6}")
+LAYERNORM = _layernorm(
+    "layernorm", 1,
+    "Layer normalisation of a flat feature vector (PyTorch LayerNorm over the features).",
+    "- layernorm")
 
 LOCAL_RESPONSE_NORM = LayerType(
     op="local_response_norm",
