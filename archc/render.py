@@ -111,6 +111,28 @@ def diagram(
     >>> sum(1 for line in dot.body if "->" in line)  # one edge per graph edge
     12
     """
+    collapse = _check_options(graph, rankdir, collapse, detail, annotate)
+    dot = graphviz.Digraph(graph.name, graph_attr={
+        "rankdir": rankdir, "fontname": "Helvetica", "fontsize": "11", "nodesep": "0.25",
+        "ranksep": "0.3", "newrank": "true", "labeljust": "l", "tooltip": graph.name,
+    }, node_attr={
+        "fontname": "Helvetica", "fontsize": "10", "shape": "box", "style": "rounded,filled",
+        "margin": "0.08,0.03", "height": "0.3", "penwidth": "0.8",
+    }, edge_attr={
+        "fontname": "Helvetica", "fontsize": "8", "color": "#555555", "fontcolor": "#333333",
+        "arrowsize": "0.6", "penwidth": "0.8",
+    })
+    drawing = _Drawing(graph, report or analyse(graph), detail, tuple(annotate),
+                       _collapsed_heads(graph, _levels(graph), collapse))
+    drawing.emit(dot, None)
+    drawing.edges(dot)
+    # The legend is the graph's label: outside the layout, so it never pushes nodes around.
+    dot.attr(label=_legend(graph.name, drawing.families), labelloc="b", labeljust="r")
+    return dot
+
+
+def _check_options(graph: Graph, rankdir: str, collapse, detail: str, annotate):
+    """Refuse unknown options with a hint; returns ``collapse`` normalised."""
     if rankdir not in ("TB", "LR"):
         raise SpecError(f"rankdir must be TB or LR, got '{rankdir}'")
     if detail not in DETAILS:
@@ -131,38 +153,67 @@ def diagram(
                 raise SpecError(f"--collapse {name}: the network has no block '{name}'", None,
                                 did_you_mean(name, kinds) or
                                 f"its blocks: {', '.join(kinds) or 'none'}")
-    report = report or analyse(graph)
-    stats = {n.name: n for n in report.nodes}
-    block_stats = {b.path: b for b in report.blocks}
-    levels = _levels(graph)
+    return collapse
 
-    dot = graphviz.Digraph(graph.name, graph_attr={
-        "rankdir": rankdir, "fontname": "Helvetica", "fontsize": "11", "nodesep": "0.25",
-        "ranksep": "0.3", "newrank": "true", "labeljust": "l", "tooltip": graph.name,
-    }, node_attr={
-        "fontname": "Helvetica", "fontsize": "10", "shape": "box", "style": "rounded,filled",
-        "margin": "0.08,0.03", "height": "0.3", "penwidth": "0.8",
-    }, edge_attr={
-        "fontname": "Helvetica", "fontsize": "8", "color": "#555555", "fontcolor": "#333333",
-        "arrowsize": "0.6", "penwidth": "0.8",
-    })
 
-    heads = _collapsed_heads(graph, levels, collapse)
-    collapsed = _collapsed_blocks(graph, heads)
-    rep = {}  # node name -> id of the diagram node that stands for it
-    for node in graph:
-        holder = next((c for c in collapsed.values() if set(node.scope) & set(c.paths)), None)
-        rep[node.name] = holder.id if holder else _node_id(node.name)
+class _Drawing:
+    """Which diagram node stands for each layer, and the cluster tree to emit, in spec order."""
 
-    families: set[str] = set()
-    outputs = set(graph.outputs.values())
+    def __init__(self, graph: Graph, report: Report, detail: str, annotate: tuple,
+                 heads: set[str]):
+        self.graph, self.detail, self.annotate, self.heads = graph, detail, annotate, heads
+        self.stats = {n.name: n for n in report.nodes}
+        self.block_stats = {b.path: b for b in report.blocks}
+        self.outputs = set(graph.outputs.values())
+        self.families: set[str] = set()
+        self.collapsed = _collapsed_blocks(graph, heads)
+        self.rep = {}  # layer name -> id of the diagram node that stands for it
+        for node in graph:
+            holder = next((c for c in self.collapsed.values() if set(node.scope) & set(c.paths)),
+                          None)
+            self.rep[node.name] = holder.id if holder else _node_id(node.name)
+        open_blocks = {p for p in graph.blocks
+                       if p not in heads and not set(_scope_of(graph, p)) & heads}
+        self.children: dict[str | None, list] = {}  # open block (None: top level) -> items
+        placed: set[str] = set()
 
-    def emit_node(container, node: Node) -> None:
+        def place(parent: str | None, kind: str, item, key: str) -> None:
+            if key not in placed:
+                placed.add(key)
+                self.children.setdefault(parent, []).append((kind, item))
+
+        for node in graph:
+            opened = [p for p in node.scope if p in open_blocks]
+            for depth, path in enumerate(opened):
+                place(opened[depth - 1] if depth else None, "block", path, "block:" + path)
+            parent = opened[-1] if opened else None
+            if self.rep[node.name] != _node_id(node.name):
+                item = self.collapsed[self.rep[node.name]]
+                place(parent, "collapsed", item, item.id)
+            else:
+                place(parent, "node", node, node.name)
+
+    def emit(self, container, key: str | None) -> None:
+        for kind, item in self.children.get(key, []):
+            if kind == "node":
+                self.layer_node(container, item)
+            elif kind == "collapsed":
+                self.block_node(container, item, key)
+            else:
+                inst = self.graph.blocks[item]
+                title = inst.block + (f" x{inst.count}" if inst.count else "")
+                shown = item[len(key) + 1:] if key and item.startswith(key + ".") else item
+                with container.subgraph(name="cluster_" + item) as sub:
+                    sub.attr(label=f"{shown}: {title}", style="rounded,dashed", color="#7a7a7a",
+                             fontsize="10", fontcolor="#333333", tooltip=f"{item}: {title}")
+                    self.emit(sub, item)
+
+    def layer_node(self, container, node: Node) -> None:
         layer = get_layer(node.op)
-        families.add(layer.family)
+        self.families.add(layer.family)
         attrs = {"fillcolor": FAMILY_COLOURS.get(layer.family, "#ffffff"),
                  "tooltip": f"{node.name} ({node.op}): {fmt_shape(node.shape)}"}
-        lines = _node_lines(node, detail, annotate, stats[node.name])
+        lines = _node_lines(node, self.detail, self.annotate, self.stats[node.name])
         if node.op in MERGE_SHAPES:
             attrs.update(shape=MERGE_SHAPES[node.op], style="filled,bold", penwidth="1.4")
             if node.op != "concat":
@@ -170,83 +221,38 @@ def diagram(
                 lines = [layer.short_label(node.attrs)]
         if node.op == "input":
             attrs.update(shape="invhouse")
-        if node.name in outputs:
+        if node.name in self.outputs:
             attrs.update(peripheries="2", penwidth="1.4")
             lines.append("<i>output</i>")
         container.node(_node_id(node.name), "<" + "<br/>".join(lines) + ">", **attrs)
 
-    def emit_collapsed(container, item: _Collapsed, parent: str | None) -> None:
-        families.add("block")
-        total_params = sum(block_stats[p].params for p in item.paths)
-        total_macs = sum(block_stats[p].macs for p in item.paths)
+    def block_node(self, container, item: _Collapsed, parent: str | None) -> None:
+        self.families.add("block")
+        params = sum(self.block_stats[p].params for p in item.paths)
+        macs = sum(self.block_stats[p].macs for p in item.paths)
         first, last = (p[len(parent) + 1:] if parent and p.startswith(parent + ".") else p
                        for p in (item.paths[0], item.paths[-1]))
         name = first if len(item.paths) == 1 else f"{first} .. {last}"
         title = item.block + (f" x{item.count}" if item.count > 1 else "")
-        shape = fmt_shape(graph[item.output].shape)
+        shape = fmt_shape(self.graph[item.output].shape)
         lines = [f"<b>{_escape(name)}</b>", _escape(title),
-                 f'<font point-size="8">{shape}  |  {total_params:,} params  |  '
-                 f"{human(total_macs)} MACs</font>"]
-        if item.output in outputs:
+                 f'<font point-size="8">{shape}  |  {params:,} params  |  {human(macs)} MACs</font>']
+        if item.output in self.outputs:
             lines.append("<i>output</i>")
         container.node(item.id, "<" + "<br/>".join(lines) + ">", shape="box3d",
                        style="filled", fillcolor=FAMILY_COLOURS["block"], margin="0.15,0.1",
                        tooltip=f"{name}: {title}, {shape}")
 
-    # Clusters for the blocks that stay open, nested as the scopes are.
-    open_blocks = [p for p in graph.blocks
-                   if p not in heads and not set(_scope_of(graph, p)) & heads]
-    # Children of each open block (None: the top level), in spec order.
-    children: dict[str | None, list] = {}
-    placed: set[str] = set()
-
-    def place(parent: str | None, kind: str, item, key: str) -> None:
-        if key not in placed:
-            placed.add(key)
-            children.setdefault(parent, []).append((kind, item))
-
-    for node in graph:
-        opened = [p for p in node.scope if p in open_blocks]
-        for depth, path in enumerate(opened):
-            place(opened[depth - 1] if depth else None, "block", path, "block:" + path)
-        parent = opened[-1] if opened else None
-        if rep[node.name] != _node_id(node.name):
-            item = next(c for c in collapsed.values() if c.id == rep[node.name])
-            place(parent, "collapsed", item, item.id)
-        else:
-            place(parent, "node", node, node.name)
-
-    def emit(container, key: str | None) -> None:
-        for kind, item in children.get(key, []):
-            if kind == "node":
-                emit_node(container, item)
-            elif kind == "collapsed":
-                emit_collapsed(container, item, key)
-            else:
-                inst = graph.blocks[item]
-                title = inst.block + (f" x{inst.count}" if inst.count else "")
-                shown = item[len(key) + 1:] if key and item.startswith(key + ".") else item
-                with container.subgraph(name="cluster_" + item) as sub:
-                    sub.attr(label=f"{shown}: {title}", style="rounded,dashed", color="#7a7a7a",
-                             fontsize="10", fontcolor="#333333", tooltip=f"{item}: {title}")
-                    emit(sub, item)
-
-    emit(dot, None)
-
-    seen_pairs: set[tuple[str, str]] = set()
-    for node in graph:
-        for source in node.inputs:
-            u, v = rep[source], rep[node.name]
-            if u == v:
-                continue
-            if heads:
-                if (u, v) in seen_pairs:
+    def edges(self, dot) -> None:
+        """One edge per graph edge; between collapsed blocks, one per pair of diagram nodes."""
+        seen: set[tuple[str, str]] = set()
+        for node in self.graph:
+            for source in node.inputs:
+                u, v = self.rep[source], self.rep[node.name]
+                if u == v or (self.heads and (u, v) in seen):
                     continue
-                seen_pairs.add((u, v))
-            dot.edge(u, v, label=fmt_shape(graph[source].shape))
-    # The legend is the graph's label: outside the layout, so it never pushes nodes around.
-    dot.attr(label=_legend(graph.name, families), labelloc="b", labeljust="r")
-    return dot
+                seen.add((u, v))
+                dot.edge(u, v, label=fmt_shape(self.graph[source].shape))
 
 
 def _scope_of(graph: Graph, path: str) -> tuple[str, ...]:
