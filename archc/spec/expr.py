@@ -10,6 +10,7 @@ integer result (so ``10 ** 10 ** 10`` is refused instead of hanging).
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 from typing import Any, Callable, Mapping
@@ -96,8 +97,13 @@ _SYMBOL = {
 }
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_expression(text: str) -> ast.expr:
-    """Parse ``text`` as one expression, or raise :class:`ExprError`."""
+    """Parse ``text`` as one expression, or raise :class:`ExprError`.
+
+    Cached: specs repeat the same expressions in every block instance and repeat, and
+    the evaluator only reads the tree.
+    """
     if len(text) > MAX_EXPR_CHARS:
         raise ExprError(f"expression is longer than {MAX_EXPR_CHARS} characters")
     try:
