@@ -19,6 +19,23 @@ from archc.spec import load_spec
 __version__ = "0.1.0"
 
 
+def compile(graph: Graph, backend: str = "reference", seed: int = 0, dtype: str = "float32"):
+    """Lower ``graph`` and return a runnable ``runtime.model.Model`` with parameters
+    initialised as PyTorch initialises the same layers (reproducible from ``seed``).
+
+    Examples
+    --------
+    >>> import numpy as np, archc
+    >>> model = archc.compile(archc.load("specs/lenet5.yaml"))
+    >>> model(np.zeros((2, 1, 32, 32), np.float32)).shape
+    (2, 10)
+    """
+    from archc.lower import lower
+    from runtime.model import Model
+
+    return Model(lower(graph), backend=backend, seed=seed, dtype=dtype)
+
+
 def diagram(graph: Graph, **options: Any):
     """The graph as a ``graphviz.Digraph`` (see :func:`archc.render.diagram` for options);
     notebooks display it inline, ``archc.render.write_diagram`` writes it to a file."""
@@ -51,5 +68,5 @@ def load(spec: str | Path, *, text: str | None = None, **variables: Any) -> Grap
     return graph
 
 
-__all__ = ["Graph", "Loc", "Node", "SpecError", "diagram", "infer_shapes", "load", "load_spec",
+__all__ = ["Graph", "Loc", "Node", "SpecError", "compile", "diagram", "infer_shapes", "load", "load_spec",
            "verify"]

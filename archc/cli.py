@@ -14,6 +14,8 @@ import sys
 from typing import Callable
 
 from archc.errors import SpecError
+from runtime.model import InputError
+from runtime.params import WeightsError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
@@ -160,6 +162,69 @@ COMMANDS["render"] = (
 )
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from archc import compile as compile_graph
+    from archc.layers import fmt_shape
+
+    graph = _load(args)
+    model = compile_graph(graph, backend=args.backend, seed=args.seed)
+    if args.weights:
+        model.load(args.weights)
+    if args.input:
+        try:
+            x = np.load(args.input, allow_pickle=False)
+        except FileNotFoundError:
+            raise SpecError(f"no such input file: {args.input}") from None
+        except (ValueError, OSError) as exc:
+            raise SpecError(f"{args.input} is not a readable .npy array ({exc})") from None
+    else:
+        shapes = model.program.inputs
+        rng = np.random.default_rng(args.seed)
+        x = {name: rng.standard_normal((args.batch,) + shape).astype(np.float32)
+             for name, shape in shapes.items()}
+        if len(x) == 1:
+            x = next(iter(x.values()))
+    start = time.perf_counter()
+    y = model(x)
+    elapsed = time.perf_counter() - start
+    outputs = y if isinstance(y, dict) else {next(iter(graph.outputs)): y}
+    for key, value in outputs.items():
+        print(f"{key}: {value.shape[0]} x {fmt_shape(value.shape[1:])}")
+    print(f"forward pass on {args.backend}: {elapsed * 1e3:.1f} ms")
+    if args.output:
+        if len(outputs) == 1:
+            np.save(args.output, next(iter(outputs.values())), allow_pickle=False)
+        else:
+            np.savez(args.output, **outputs)
+        print(f"wrote {args.output}")
+    return EXIT_OK
+
+
+def _setup_run(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    p.add_argument("--input", metavar="X.npy", help="input batch, NCHW float32 (default: random)")
+    p.add_argument("--batch", type=_positive, default=1, metavar="N",
+                   help="batch size of the random input (default 1)")
+    p.add_argument("--weights", metavar="W.npz",
+                   help="parameters (.npz with PyTorch state_dict names; default: initialised)")
+    p.add_argument("--backend", choices=["reference"], default="reference",
+                   help="reference: plain NumPy, the definition the fast backends are tested "
+                   "against")
+    p.add_argument("--seed", type=int, default=0, help="seed for initial weights and random input")
+    p.add_argument("-o", "--output", metavar="Y.npy", help="save the output (.npz for several)")
+
+
+COMMANDS["run"] = (
+    "run a spec's forward pass on an input (or a random batch) and print the output shape",
+    _setup_run,
+    _cmd_run,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from archc import __version__
 
@@ -182,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][2](args)
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
+        return EXIT_USER
+    except (WeightsError, InputError) as exc:  # the runtime's user errors
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("archc: interrupted", file=sys.stderr)

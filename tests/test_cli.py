@@ -110,3 +110,38 @@ def test_every_library_spec_through_check_summary_and_render(spec, tmp_path, cap
     assert main(["render", f"specs/{spec}", "-o", str(tmp_path / "d.dot"), "--collapse", "1"]) == 0
     out = capsys.readouterr()
     assert out.err == "" and "ok" in out.out
+
+
+def test_run_random_input_weights_and_output(tmp_path):
+    import numpy as np
+
+    out = run("run", "specs/lenet5.yaml", "--batch", "3", "-o", str(tmp_path / "y.npy"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("fc3: 3 x 10\nforward pass on reference:")
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (3, 10) and np.isfinite(y).all()
+    # the same input and weights give the same output
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    import archc
+
+    model = archc.compile(archc.load(SPECS / "lenet5.yaml"), seed=7)
+    model.save(tmp_path / "w.npz")
+    out = run("run", "specs/lenet5.yaml", "--input", str(tmp_path / "x.npy"), "--weights",
+              str(tmp_path / "w.npz"), "-o", str(tmp_path / "y2.npy"))
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "y2.npy"), model(x), rtol=1e-6)
+
+
+def test_run_bad_inputs_are_user_errors(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((2, 3, 32, 32), np.float32))
+    out = run("run", "specs/lenet5.yaml", "--input", str(tmp_path / "x.npy"))
+    assert out.returncode == 2 and "must have shape (N, 1, 32, 32)" in out.stderr
+    (tmp_path / "bad.npy").write_bytes(b"garbage")
+    out = run("run", "specs/lenet5.yaml", "--input", str(tmp_path / "bad.npy"))
+    assert out.returncode == 2 and "not a readable .npy" in out.stderr
+    out = run("run", "specs/lenet5.yaml", "--weights", str(tmp_path / "none.npz"))
+    assert out.returncode == 2 and "no such weights file" in out.stderr
+    assert "Traceback" not in out.stderr

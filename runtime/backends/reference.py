@@ -1,0 +1,356 @@
+"""The reference backend: every op's forward pass in plain NumPy, written for clarity.
+
+The living definition of what each op computes (tinygrad's ``ops_python``; ONNX's
+reference ops): fast CPU and CUDA kernels are tested against it, and it is tested
+against PyTorch. NCHW throughout; works in the dtype of its inputs (float32, or float64
+for gradient checks).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+from runtime.program import Op
+
+Kernel = Callable[[Op, list, dict, dict], np.ndarray]
+KERNELS: dict[str, Kernel] = {}
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def kernel(*kinds: str):
+    def register(fn: Kernel) -> Kernel:
+        for kind in kinds:
+            KERNELS[kind] = fn
+        return fn
+    return register
+
+
+def _taps(xp: np.ndarray, k, s, d, out_hw) -> np.ndarray:
+    """Stack the kh x kw strided views of a padded map: (N, C, kh, kw, Ho, Wo)."""
+    (kh, kw), (sh, sw), (dh, dw), (ho, wo) = k, s, d, out_hw
+    rows = []
+    for i in range(kh):
+        cols = [xp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh,
+                   j * dw: j * dw + sw * (wo - 1) + 1: sw] for j in range(kw)]
+        rows.append(np.stack(cols, axis=2))
+    return np.stack(rows, axis=2)
+
+
+def _pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, value: float = 0.0):
+    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
+
+
+@kernel("conv2d")
+def conv2d(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    w = p["weight"]
+    n, c = x.shape[:2]
+    (pt, pb), (pl, pr) = a["pads"]
+    ho, wo = op.out_shape[1:]
+    g = a["groups"]
+    cols = _taps(_pad(x, pt, pb, pl, pr), a["kernel_size"], a["stride"], a["dilation"], (ho, wo))
+    cols = cols.reshape(n, g, c // g, *a["kernel_size"], ho, wo)
+    wg = w.reshape(g, w.shape[0] // g, *w.shape[1:])
+    y = np.einsum("ngcijyx,gocij->ngoyx", cols, wg).reshape(n, w.shape[0], ho, wo)
+    return y + p["bias"].reshape(1, -1, 1, 1) if "bias" in p else y
+
+
+@kernel("conv_transpose2d")
+def conv_transpose2d(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    w = p["weight"]  # (in, out / groups, kh, kw)
+    n, c, h, wd = x.shape
+    g = a["groups"]
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel_size"], a["stride"], a["dilation"]
+    (ph, pw), (oph, opw) = a["padding"], a["output_padding"]
+    og = w.shape[1]
+    full = np.zeros((n, g, og, (h - 1) * sh + dh * (kh - 1) + 1 + oph,
+                     (wd - 1) * sw + dw * (kw - 1) + 1 + opw), dtype=x.dtype)
+    xg = x.reshape(n, g, c // g, h, wd)
+    wg = w.reshape(g, c // g, og, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            full[:, :, :, i * dh: i * dh + sh * (h - 1) + 1: sh,
+                 j * dw: j * dw + sw * (wd - 1) + 1: sw] += np.einsum(
+                "ngchw,gco->ngohw", xg, wg[:, :, :, i, j])
+    ho, wo = op.out_shape[1:]
+    y = full.reshape(n, g * og, *full.shape[3:])[:, :, ph: ph + ho, pw: pw + wo]
+    return y + p["bias"].reshape(1, -1, 1, 1) if "bias" in p else y
+
+
+def _window_pads(a, in_hw, out_hw):
+    """(top, bottom, left, right): the declared padding, plus what ceil_mode needs."""
+    k, s, d, pad = a["kernel_size"], a["stride"], a.get("dilation", (1, 1)), a["padding"]
+    extra = [max((o - 1) * st + dl * (kk - 1) + 1 - n - 2 * pp, 0)
+             for o, st, dl, kk, n, pp in zip(out_hw, s, d, k, in_hw, pad)]
+    return pad[0], pad[0] + extra[0], pad[1], pad[1] + extra[1]
+
+
+@kernel("max_pool2d")
+def max_pool2d(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    h, w = x.shape[2:]
+    out_hw = op.out_shape[1:]
+    top, bottom, left, right = _window_pads(a, (h, w), out_hw)
+    taps = _taps(_pad(x, top, bottom, left, right, -np.inf), a["kernel_size"], a["stride"],
+                 a["dilation"], out_hw)
+    n, c, kh, kw, ho, wo = taps.shape
+    flat = taps.reshape(n, c, kh * kw, ho, wo)
+    best = flat.argmax(axis=2)
+    # positions as PyTorch returns them: row * W + column in the unpadded input
+    ti, tj = best // kw, best % kw
+    rows = np.arange(ho).reshape(-1, 1) * a["stride"][0] - top + ti * a["dilation"][0]
+    cols = np.arange(wo).reshape(1, -1) * a["stride"][1] - left + tj * a["dilation"][1]
+    ctx.setdefault("indices", {})[op.output] = rows * w + cols
+    return np.take_along_axis(flat, best[:, :, None], axis=2)[:, :, 0]
+
+
+@kernel("avg_pool2d")
+def avg_pool2d(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    h, w = x.shape[2:]
+    out_hw = op.out_shape[1:]
+    top, bottom, left, right = _window_pads(a, (h, w), out_hw)
+    k, s = a["kernel_size"], a["stride"]
+    total = _taps(_pad(x, top, bottom, left, right), k, s, (1, 1), out_hw).sum(axis=(2, 3))
+    # divisor: window cells inside the input, plus the declared padding if counted
+    ones = np.ones((1, 1, h, w), dtype=x.dtype)
+    pt, pl = a["padding"]
+    if a["count_include_pad"]:
+        ones = _pad(ones, pt, pt, pl, pl, 1.0)
+        ones = _pad(ones, 0, bottom - pt, 0, right - pl)
+    else:
+        ones = _pad(ones, top, bottom, left, right)
+    divisor = _taps(ones, k, s, (1, 1), out_hw).sum(axis=(2, 3))
+    return total / divisor
+
+
+def _bins(size: int, out: int):
+    return [((i * size) // out, -((-(i + 1) * size) // out)) for i in range(out)]
+
+
+@kernel("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d", "global_max_pool2d")
+def adaptive_pool(op, xs, p, ctx):
+    (x,) = xs
+    reduce = np.mean if "avg" in op.kind else np.max
+    ho, wo = op.out_shape[1:]
+    y = np.empty(x.shape[:2] + (ho, wo), dtype=x.dtype)
+    for i, (r0, r1) in enumerate(_bins(x.shape[2], ho)):
+        for j, (c0, c1) in enumerate(_bins(x.shape[3], wo)):
+            y[:, :, i, j] = reduce(x[:, :, r0:r1, c0:c1], axis=(2, 3))
+    return y
+
+
+@kernel("max_unpool2d")
+def max_unpool2d(op, xs, p, ctx):
+    x = xs[0]
+    n, c = x.shape[:2]
+    ho, wo = op.attrs["out_size"]
+    y = np.zeros((n, c, ho * wo), dtype=x.dtype)
+    idx = ctx["indices"][op.inputs[1]].reshape(n, c, -1)
+    np.put_along_axis(y, idx, x.reshape(n, c, -1), axis=2)
+    return y.reshape(n, c, ho, wo)
+
+
+@kernel("unpool2d")
+def unpool2d(op, xs, p, ctx):
+    (x,), (kh, kw) = xs, op.attrs["kernel_size"]
+    if op.attrs["mode"] == "nearest":
+        return x.repeat(kh, axis=2).repeat(kw, axis=3)
+    y = np.zeros(x.shape[:2] + (x.shape[2] * kh, x.shape[3] * kw), dtype=x.dtype)
+    y[:, :, ::kh, ::kw] = x
+    return y
+
+
+def _source(out: int, size: int, scale_factor, align: bool, nearest: bool) -> np.ndarray:
+    """Input coordinates of each output row (PyTorch's area_pixel_compute_source_index)."""
+    dst = np.arange(out, dtype=np.float64)
+    if align:
+        return dst * ((size - 1) / (out - 1) if out > 1 else 0.0)
+    scale = 1.0 / scale_factor if scale_factor else size / out
+    if nearest:
+        return np.minimum(np.floor(dst * scale), size - 1)
+    return np.maximum((dst + 0.5) * scale - 0.5, 0.0)
+
+
+@kernel("upsample")
+def upsample(op, xs, p, ctx):
+    x, a = xs[0], op.attrs
+    (ho, wo), (h, w) = a["out_size"], x.shape[2:]
+    sf = a["scale_factor"] or (None, None)
+    nearest = a["mode"] == "nearest"
+    rows = _source(ho, h, sf[0], a["align_corners"], nearest)
+    cols = _source(wo, w, sf[1], a["align_corners"], nearest)
+    if nearest:
+        return x[:, :, rows.astype(int)][:, :, :, cols.astype(int)]
+    r0 = np.floor(rows).astype(int)
+    c0 = np.floor(cols).astype(int)
+    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
+    lr = (rows - r0).astype(x.dtype).reshape(-1, 1)
+    lc = (cols - c0).astype(x.dtype).reshape(1, -1)
+    top = x[:, :, r0][:, :, :, c0] * (1 - lc) + x[:, :, r0][:, :, :, c1] * lc
+    bottom = x[:, :, r1][:, :, :, c0] * (1 - lc) + x[:, :, r1][:, :, :, c1] * lc
+    return top * (1 - lr) + bottom * lr
+
+
+@kernel("center_crop")
+def center_crop(op, xs, p, ctx):
+    x = xs[0]
+    ho, wo = op.attrs["out_size"]
+    top, left = (x.shape[2] - ho) // 2, (x.shape[3] - wo) // 2
+    return x[:, :, top: top + ho, left: left + wo]
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+@kernel("batchnorm2d", "batchnorm1d")
+def batchnorm(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    axes = (0,) + tuple(range(2, x.ndim))
+    if ctx["train"] or not a["track_running_stats"]:
+        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        if ctx["train"] and a["track_running_stats"]:
+            count = x.size // x.shape[1]
+            m = a["momentum"]
+            p["running_mean"][...] = (1 - m) * p["running_mean"] + m * mean
+            p["running_var"][...] = (1 - m) * p["running_var"] + m * var * count / max(count - 1, 1)
+            p["num_batches_tracked"][...] += 1
+    else:
+        mean, var = p["running_mean"], p["running_var"]
+    y = (x - _per_channel(mean, x.ndim)) / np.sqrt(_per_channel(var, x.ndim) + a["eps"])
+    if a["affine"]:
+        y = y * _per_channel(p["weight"], x.ndim) + _per_channel(p["bias"], x.ndim)
+    return y.astype(x.dtype)
+
+
+@kernel("layernorm2d", "layernorm")
+def layernorm(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    mean = x.mean(axis=1, keepdims=True)
+    var = x.var(axis=1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + a["eps"])
+    if a["elementwise_affine"]:
+        y = y * _per_channel(p["weight"], x.ndim) + _per_channel(p["bias"], x.ndim)
+    return y
+
+
+@kernel("local_response_norm")
+def local_response_norm(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    size = a["size"]
+    sq = np.pad(x * x, ((0, 0), (size // 2, (size - 1) // 2), (0, 0), (0, 0)))
+    window = sum(sq[:, i: i + x.shape[1]] for i in range(size)) / size
+    return x / (window * a["alpha"] + a["k"]) ** a["beta"]
+
+
+@kernel("layer_scale")
+def layer_scale(op, xs, p, ctx):
+    return xs[0] * p["weight"][None]
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+ACTIVATIONS = {
+    "relu": lambda x, a: np.maximum(x, 0),
+    "relu6": lambda x, a: np.clip(x, 0, 6),
+    "leaky_relu": lambda x, a: np.where(x > 0, x, a["negative_slope"] * x),
+    "gelu": lambda x, a: (0.5 * x * (1 + _erf(x / math.sqrt(2)))) if a["approximate"] == "none"
+    else 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
+    "silu": lambda x, a: x * _sigmoid(x),
+    "hardswish": lambda x, a: x * np.clip(x + 3, 0, 6) / 6,
+    "hardsigmoid": lambda x, a: np.clip(x + 3, 0, 6) / 6,
+    "sigmoid": lambda x, a: _sigmoid(x),
+    "tanh": lambda x, a: np.tanh(x),
+}
+
+
+@kernel(*ACTIVATIONS)
+def activation(op, xs, p, ctx):
+    return ACTIVATIONS[op.kind](xs[0], op.attrs).astype(xs[0].dtype)
+
+
+@kernel("softmax")
+def softmax(op, xs, p, ctx):
+    x, dim = xs[0], op.attrs["dim"]
+    e = np.exp(x - x.max(axis=dim, keepdims=True))
+    return e / e.sum(axis=dim, keepdims=True)
+
+
+@kernel("dropout")
+def dropout(op, xs, p, ctx):
+    x, rate = xs[0], op.attrs["p"]
+    if not ctx["train"] or rate == 0:
+        return x
+    keep = ctx["rng"].random(x.shape) >= rate
+    return x * keep / (1 - rate)
+
+
+@kernel("stochastic_depth")
+def stochastic_depth(op, xs, p, ctx):
+    x, rate = xs[0], op.attrs["p"]
+    if not ctx["train"] or rate == 0:
+        return x
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1) if op.attrs["mode"] == "row" else (1,) * x.ndim
+    keep = ctx["rng"].random(shape) >= rate
+    return x * keep / (1 - rate)
+
+
+@kernel("linear")
+def linear(op, xs, p, ctx):
+    y = xs[0] @ p["weight"].T
+    return y + p["bias"] if "bias" in p else y
+
+
+@kernel("flatten", "reshape")
+def reshape(op, xs, p, ctx):
+    return xs[0].reshape((xs[0].shape[0],) + tuple(op.out_shape))
+
+
+@kernel("permute")
+def permute(op, xs, p, ctx):
+    return xs[0].transpose(op.attrs["dims"])
+
+
+@kernel("channel_shuffle")
+def channel_shuffle(op, xs, p, ctx):
+    x, g = xs[0], op.attrs["groups"]
+    n, c = x.shape[:2]
+    return x.reshape(n, g, c // g, *x.shape[2:]).swapaxes(1, 2).reshape(x.shape)
+
+
+@kernel("slice")
+def slice_(op, xs, p, ctx):
+    index = [slice(None)] * xs[0].ndim
+    index[op.attrs["dim"]] = slice(op.attrs["start"], op.attrs["end"])
+    return xs[0][tuple(index)]
+
+
+@kernel("identity")
+def identity(op, xs, p, ctx):
+    return xs[0]
+
+
+@kernel("add")
+def add(op, xs, p, ctx):
+    return sum(xs[1:], xs[0])
+
+
+@kernel("multiply")
+def multiply(op, xs, p, ctx):
+    y = xs[0]
+    for x in xs[1:]:
+        y = y * x
+    return y
+
+
+@kernel("concat")
+def concat(op, xs, p, ctx):
+    return np.concatenate(xs, axis=op.attrs["dim"])

@@ -1,0 +1,82 @@
+"""A program with its parameters, runnable: ``model(x)``, ``model.train()``, ``model.eval()``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.reference import KERNELS
+from runtime.params import init_params, load_params, save_params
+from runtime.program import Program
+
+BACKENDS = {"reference": KERNELS}
+
+
+class InputError(Exception):
+    """Data given to a model does not fit its inputs."""
+
+
+class Model:
+    """Run a :class:`Program` on a backend (forward pass; ``reference`` is plain NumPy)."""
+
+    def __init__(self, program: Program, backend: str = "reference", seed: int = 0,
+                 dtype=np.float32):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
+        self.program = program
+        self.kernels = BACKENDS[backend]
+        self.dtype = np.dtype(dtype)
+        self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
+                       for k, v in init_params(program, seed).items()}
+        self.training = False
+        self.rng = np.random.default_rng(seed)
+
+    def train(self) -> "Model":
+        self.training = True
+        return self
+
+    def eval(self) -> "Model":
+        self.training = False
+        return self
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Name -> array, PyTorch names and layouts (buffers included, as in a state_dict)."""
+        return self.params
+
+    def load(self, path: str | Path) -> None:
+        loaded = load_params(path, self.program)
+        self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
+                       for k, v in loaded.items()}
+
+    def save(self, path: str | Path) -> Path:
+        return save_params(path, self.params)
+
+    def _inputs(self, x) -> dict[str, np.ndarray]:
+        names = list(self.program.inputs)
+        given = x if isinstance(x, dict) else {names[0]: x} if len(names) == 1 else None
+        if given is None:
+            raise InputError(f"this network has inputs {names}: pass a dict of arrays")
+        out = {}
+        for name in names:
+            if name not in given:
+                raise InputError(f"input '{name}' is missing")
+            arr = np.asarray(given[name], dtype=self.dtype)
+            want = self.program.inputs[name]
+            if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+                raise InputError(f"input '{name}' must have shape (N, {', '.join(map(str, want))}),"
+                                 f" got {arr.shape}")
+            out[name] = arr
+        return out
+
+    def __call__(self, x):
+        """Forward pass: one array in (or a dict for several inputs), one array out (or a
+        dict keyed by output name for several outputs)."""
+        values = self._inputs(x)
+        ctx = {"train": self.training, "rng": self.rng}
+        for op in self.program.ops:
+            params = {role: self.params[full] for role, full in op.params.items()}
+            values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
+                                                      params, ctx)
+        outs = {key: values[name] for key, name in self.program.outputs.items()}
+        return next(iter(outs.values())) if len(outs) == 1 else outs

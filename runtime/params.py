@@ -1,0 +1,86 @@
+"""Parameters: PyTorch's initialisation, and ``.npz`` files that never hold pickles.
+
+Initialisation follows each torch.nn layer's ``reset_parameters``: conv and linear
+weights Kaiming-uniform with ``a = sqrt(5)`` (bound ``1 / sqrt(fan_in)``), biases uniform
+in ``+-1 / sqrt(fan_in)``, normalisation scales 1 and shifts 0, running variance 1, layer
+scale its ``init_value``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from runtime.program import Program
+
+
+class WeightsError(Exception):
+    """A weights file does not fit the program (missing, extra or mis-shaped arrays)."""
+
+
+def _fan_in(kind: str, weight_shape: tuple[int, ...]) -> int:
+    if kind == "conv_transpose2d":  # PyTorch computes it from dim 1: (in, out/groups, kh, kw)
+        return weight_shape[1] * math.prod(weight_shape[2:])
+    return math.prod(weight_shape[1:])
+
+
+def init_params(program: Program, seed: int = 0) -> dict[str, np.ndarray]:
+    """Fresh parameters and buffers for ``program``, reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    values: dict[str, np.ndarray] = {}
+    for op in program.ops:
+        weight_shape = program.params[op.params["weight"]].shape if "weight" in op.params else None
+        for role, full in op.params.items():
+            spec = program.params[full]
+            if role == "num_batches_tracked":
+                values[full] = np.zeros(spec.shape, dtype=np.int64)
+            elif op.kind in ("conv2d", "conv_transpose2d", "linear"):
+                bound = 1.0 / math.sqrt(_fan_in(op.kind, weight_shape))
+                values[full] = rng.uniform(-bound, bound, spec.shape).astype(np.float32)
+            elif op.kind == "layer_scale":
+                values[full] = np.full(spec.shape, op.attrs["init_value"], dtype=np.float32)
+            elif role in ("weight", "running_var"):
+                values[full] = np.ones(spec.shape, dtype=np.float32)
+            else:
+                values[full] = np.zeros(spec.shape, dtype=np.float32)
+    return values
+
+
+def save_params(path: str | Path, params: dict[str, np.ndarray]) -> Path:
+    """Write ``params`` to an ``.npz`` file atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **params)
+    os.replace(tmp, path)
+    return path
+
+
+def load_params(path: str | Path, program: Program) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` of parameters for ``program``, refusing pickles and any array that is
+    missing, unexpected or of the wrong shape (all of them listed)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except FileNotFoundError:
+        raise WeightsError(f"no such weights file: {path}") from None
+    except (ValueError, OSError) as exc:
+        raise WeightsError(f"{path} is not a readable .npz weights file ({exc})") from None
+    missing = sorted(set(program.params) - set(arrays))
+    extra = sorted(set(arrays) - set(program.params))
+    wrong = sorted(f"{k} {tuple(arrays[k].shape)} (expected {program.params[k].shape})"
+                   for k in set(arrays) & set(program.params)
+                   if tuple(arrays[k].shape) != program.params[k].shape)
+    problems = []
+    if missing:
+        problems.append("missing: " + ", ".join(missing))
+    if extra:
+        problems.append("unexpected: " + ", ".join(extra))
+    if wrong:
+        problems.append("wrong shape: " + "; ".join(wrong))
+    if problems:
+        raise WeightsError(f"{path} does not fit {program.name}: " + " | ".join(problems))
+    return {k: (v.astype(np.int64) if program.params[k].dtype == "int64" else v.astype(np.float32))
+            for k, v in arrays.items()}

@@ -1,0 +1,52 @@
+"""The lowered program: the only thing the runtime receives from the compiler.
+
+Plain data (no networkx, no YAML): an ordered list of :class:`Op` over named values, and
+the parameters and buffers the ops use, with PyTorch names and layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel invocation.
+
+    ``kind`` is the layer type (``conv2d``), ``attrs`` its attributes as plain values
+    with everything resolved (e.g. ``pads = ((top, bottom), (left, right))``), ``inputs``
+    the names of the values it reads, ``output`` the value it writes (its node's name),
+    ``params`` maps a role (``weight``, ``running_mean``) to the full parameter name.
+    Shapes leave out the batch dimension.
+    """
+
+    name: str
+    kind: str
+    attrs: dict[str, Any]
+    inputs: tuple[str, ...]
+    output: str
+    params: dict[str, str]
+    in_shapes: tuple[tuple[int, ...], ...]
+    out_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter or buffer: its shape, whether it is a buffer, whether it trains."""
+
+    shape: tuple[int, ...]
+    buffer: bool = False
+    trainable: bool = True
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Program:
+    """A network ready to run: inputs, ops in execution order, outputs, parameters."""
+
+    name: str
+    inputs: dict[str, tuple[int, ...]]
+    ops: tuple[Op, ...]
+    outputs: dict[str, str]
+    params: dict[str, ParamSpec] = field(default_factory=dict)

@@ -1,0 +1,193 @@
+"""The reference backend (plain NumPy) against PyTorch: every op on hypothesis-drawn shapes
+and attributes, in float64 so that any difference is a semantic one, and whole networks
+against their PyTorch twins with the same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import archc
+import torch_models
+import torch_twins
+from archc.layers import REGISTRY, get_layer
+from archc.lower import _resolved_attrs
+from conftest import SPECS
+from runtime.backends.reference import KERNELS
+from runtime.params import WeightsError, init_params
+from runtime.program import Op, ParamSpec, Program
+from test_shapes import archc_shape, draw_case
+
+OPS = sorted(op for op, layer in REGISTRY.items() if not layer.internal and op != "max_unpool2d")
+
+
+def one_op(op: str, attrs: dict, in_shapes: list):
+    layer = get_layer(op)
+    clean = layer.normalize({k: v for k, v in attrs.items() if not k.startswith("_")})
+    out_shape = tuple(layer.infer_shape(clean, in_shapes))
+    roles = {**layer.parameters(clean, in_shapes), **layer.buffers(clean, in_shapes)}
+    specs = {r: ParamSpec(tuple(s), dtype="int64" if r == "num_batches_tracked" else "float32")
+             for r, s in roles.items()}
+    prog_op = Op(op, op, _resolved_attrs(op, clean, in_shapes, out_shape),
+                 tuple(f"x{i}" for i in range(len(in_shapes))), "y", {r: r for r in roles},
+                 tuple(map(tuple, in_shapes)), out_shape)
+    return prog_op, Program(op, {}, (prog_op,), {"y": "y"}, specs)
+
+
+@pytest.mark.parametrize("op", OPS)
+@settings(max_examples=25)
+@given(data=st.data())
+def test_op_forward_matches_pytorch(op, data):
+    attrs, in_shapes = draw_case(data.draw, op)
+    assume(archc_shape(op, attrs, in_shapes) is not None)
+    prog_op, program = one_op(op, attrs, in_shapes)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    params = init_params(program, seed=1)
+    for key, value in params.items():  # random scales, shifts and statistics too
+        if value.dtype != np.int64:
+            params[key] = rng.uniform(0.5, 1.5, value.shape) if "var" in key else \
+                rng.standard_normal(value.shape)
+    # wide enough to reach every saturation point (relu6 at 6, hardswish at +-3)
+    xs = [4 * rng.standard_normal((2,) + tuple(s)) for s in in_shapes]
+    ours = KERNELS[op](prog_op, xs, params, {"train": False, "rng": rng})
+
+    mod = torch_twins.module(op, attrs, in_shapes)
+    with torch.no_grad():
+        if mod is not None:
+            mod = mod.double().eval()
+            state = mod.state_dict()
+            for key in state:
+                state[key].copy_(torch.as_tensor(params[key]))
+        theirs = torch_twins.apply(op, attrs, mod, [torch.as_tensor(x) for x in xs]).numpy()
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-9)
+
+
+def test_max_unpool_puts_values_back_where_the_pool_found_them():
+    text = """input: {channels: 2, height: 7, width: 7}
+layers:
+  - max_pool2d: {kernel_size: 2, stride: 2}
+    name: pool
+  - max_unpool2d: 2
+    inputs: [-1, pool, input]
+"""
+    model = archc.compile(archc.load("u.yaml", text=text), dtype="float64")
+    x = np.random.default_rng(0).standard_normal((3, 2, 7, 7))
+    pooled, idx = torch.nn.functional.max_pool2d(torch.as_tensor(x), 2, 2, return_indices=True)
+    expected = torch.nn.functional.max_unpool2d(pooled, idx, 2, 2, output_size=[7, 7])
+    np.testing.assert_allclose(model(x), expected.numpy())
+
+
+def test_batchnorm_train_mode_matches_pytorch_and_updates_running_stats():
+    graph = archc.load("bn.yaml", text="input: {channels: 3, height: 4, width: 5}\n"
+                       "layers: [{batchnorm2d: {momentum: 0.2}}]\n")
+    model = archc.compile(graph, dtype="float64").train()
+    twin = torch.nn.BatchNorm2d(3, momentum=0.2).double().train()
+    x = np.random.default_rng(1).standard_normal((6, 3, 4, 5)) * 3 + 1
+    for _ in range(2):
+        ours = model(x)
+        theirs = twin(torch.as_tensor(x)).detach().numpy()
+        np.testing.assert_allclose(ours, theirs, atol=1e-10)
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_allclose(model.parameters()[f"batchnorm2d.{key}"],
+                                   getattr(twin, key).numpy(), atol=1e-12)
+
+
+def test_dropout_in_training_and_inference():
+    graph = archc.load("d.yaml", text="input: {features: 20000}\nlayers: [{dropout: 0.3}]\n")
+    model = archc.compile(graph, seed=3)
+    x = np.ones((2, 20000), np.float32)
+    assert np.array_equal(model.eval()(x), x)
+    y = model.train()(x)
+    assert abs((y == 0).mean() - 0.3) < 0.02
+    assert np.allclose(y[y != 0], 1 / 0.7) and abs(y.mean() - 1) < 0.03
+
+
+def copy_into(twin: torch.nn.Module, params: dict) -> None:
+    state = twin.state_dict()
+    assert set(state) == set(params)
+    with torch.no_grad():
+        for key, tensor in state.items():
+            tensor.copy_(torch.as_tensor(params[key]))
+
+
+@pytest.mark.parametrize("spec, twin, variables, size", [
+    ("lenet5", torch_models.LeNet5, {}, 32),
+    ("resnet18", torch_models.ResNet, {"resolution": 64}, 64),
+    ("googlenet", torch_models.GoogLeNet, {"resolution": 64}, 64),
+    ("unet", torch_models.UNet, {"resolution": 64, "padding": 1}, 64),
+])
+def test_network_matches_its_hand_written_pytorch_twin(spec, twin, variables, size):
+    """Independent structure: the twins are written from torchvision's code, and the
+    parameters move across by name (state_dict keys)."""
+    model = archc.compile(archc.load(SPECS / f"{spec}.yaml", **variables), seed=0)
+    torch_model = twin().eval()
+    copy_into(torch_model, model.parameters())
+    channels = next(iter(model.program.inputs.values()))[0]
+    x = np.random.default_rng(0).standard_normal((2, channels, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = torch_model(torch.as_tensor(x)).numpy()
+    ours = model(x)
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("spec, variables", [
+    ("mobilenet_v2", {"resolution": 64}),
+    ("efficientnet", {"resolution": 64}),
+    ("convnext_tiny", {"resolution": 64}),
+    ("shufflenet_v2", {"resolution": 64}),
+    ("densenet121", {"resolution": 64}),
+    ("squeezenet1_1", {"resolution": 64}),
+    ("deeplab", {"resolution": 64}),
+    ("yolo", {"S": 2}),
+])
+def test_network_matches_a_pytorch_twin_of_its_graph(spec, variables):
+    graph = archc.load(SPECS / f"{spec}.yaml", **variables)
+    model = archc.compile(graph, seed=0)
+    twin = torch_twins.TorchGraph(graph).eval()
+    state = twin.state_dict()  # keys "layers.<node name with / for .>.<role>"
+    with torch.no_grad():
+        for key, tensor in state.items():
+            layer, role = key.split(".", 1)[1].rsplit(".", 1)
+            tensor.copy_(torch.as_tensor(model.parameters()[layer.replace("/", ".") + "." + role]))
+    assert len(state) == len(model.parameters())
+    shape = next(iter(model.program.inputs.values()))
+    x = np.random.default_rng(1).standard_normal((2,) + shape).astype(np.float32)
+    with torch.no_grad():
+        values = twin(torch.as_tensor(x))
+    (name,) = graph.outputs.values()
+    expected = values[name].numpy()
+    np.testing.assert_allclose(model(x), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
+
+
+def test_weights_round_trip_and_errors(tmp_path):
+    model = archc.compile(archc.load(SPECS / "lenet5.yaml"), seed=5)
+    path = model.save(tmp_path / "w.npz")
+    other = archc.compile(archc.load(SPECS / "lenet5.yaml"), seed=6)
+    other.load(path)
+    x = np.ones((1, 1, 32, 32), np.float32)
+    assert np.array_equal(model(x), other(x))
+    bigger = archc.compile(archc.load(SPECS / "lenet5.yaml", num_classes=12))
+    with pytest.raises(WeightsError, match=r"wrong shape: fc3.bias \(10,\) \(expected \(12,\)\)"):
+        bigger.load(path)
+    np.savez(tmp_path / "bad.npz", nope=np.zeros(3))
+    with pytest.raises(WeightsError, match="missing: c1.bias"):
+        model.load(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(WeightsError, match="not a readable"):
+        model.load(tmp_path / "junk.npz")
+
+
+def test_initialisation_follows_pytorch():
+    model = archc.compile(archc.load(SPECS / "resnet18.yaml"), seed=0)
+    p = model.parameters()
+    bound = 1 / np.sqrt(3 * 7 * 7)
+    w = p["conv1.weight"]
+    assert w.dtype == np.float32 and np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+    assert np.all(p["bn1.weight"] == 1) and np.all(p["bn1.bias"] == 0)
+    assert np.all(p["bn1.running_var"] == 1) and p["bn1.num_batches_tracked"].dtype == np.int64
+    again = archc.compile(archc.load(SPECS / "resnet18.yaml"), seed=0).parameters()
+    assert all(np.array_equal(p[k], again[k]) for k in p)
