@@ -146,7 +146,7 @@ class _Evaluator:
         self.text = text
         self.scope = scope
 
-    def eval(self, node: ast.expr) -> Any:
+    def visit(self, node: ast.expr) -> Any:
         method = getattr(self, "_" + type(node).__name__, None)
         if method is None:
             raise ExprError(
@@ -169,12 +169,12 @@ class _Evaluator:
         raise ExprError(f"undefined name '{node.id}' in '{self.text}'", name=node.id)
 
     def _List(self, node: ast.List) -> Any:
-        return [self.eval(e) for e in node.elts]
+        return [self.visit(e) for e in node.elts]
 
     _Tuple = _List
 
     def _UnaryOp(self, node: ast.UnaryOp) -> Any:
-        value = self.eval(node.operand)
+        value = self.visit(node.operand)
         if isinstance(node.op, ast.Not):
             return not value
         if not _is_number(value):
@@ -182,7 +182,7 @@ class _Evaluator:
         return -value if isinstance(node.op, ast.USub) else +value
 
     def _BinOp(self, node: ast.BinOp) -> Any:
-        left, right = self.eval(node.left), self.eval(node.right)
+        left, right = self.visit(node.left), self.visit(node.right)
         op_type = type(node.op)
         if op_type not in _BINARY:
             raise ExprError(f"operator in '{ast.unparse(node)}' is not allowed in a spec")
@@ -202,21 +202,21 @@ class _Evaluator:
         if isinstance(node.op, ast.And):
             result: Any = True
             for v in node.values:
-                result = self.eval(v)
+                result = self.visit(v)
                 if not result:
                     return result
             return result
         result = False
         for v in node.values:
-            result = self.eval(v)
+            result = self.visit(v)
             if result:
                 return result
         return result
 
     def _Compare(self, node: ast.Compare) -> Any:
-        left = self.eval(node.left)
+        left = self.visit(node.left)
         for op, comp in zip(node.ops, node.comparators):
-            right = self.eval(comp)
+            right = self.visit(comp)
             try:
                 ok = _COMPARE[type(op)](left, right)
             except TypeError:
@@ -227,11 +227,11 @@ class _Evaluator:
         return True
 
     def _IfExp(self, node: ast.IfExp) -> Any:
-        return self.eval(node.body) if self.eval(node.test) else self.eval(node.orelse)
+        return self.visit(node.body) if self.visit(node.test) else self.visit(node.orelse)
 
     def _Subscript(self, node: ast.Subscript) -> Any:
-        container = self.eval(node.value)
-        key = self.eval(node.slice)
+        container = self.visit(node.value)
+        key = self.visit(node.slice)
         if not isinstance(container, (list, tuple, dict)):
             raise ExprError(f"'{ast.unparse(node.value)}' is {container!r}, which cannot be indexed")
         try:
@@ -255,12 +255,12 @@ class _Evaluator:
                 hint=did_you_mean(name, FUNCTIONS)
                 or "available functions: " + ", ".join(FUNCTIONS),
             )
-        args = [self.eval(a) for a in node.args]
+        args = [self.visit(a) for a in node.args]
         kwargs = {}
         for kw in node.keywords:
             if kw.arg is None:
                 raise ExprError(f"'**' is not allowed in '{self.text}'")
-            kwargs[kw.arg] = self.eval(kw.value)
+            kwargs[kw.arg] = self.visit(kw.value)
         try:
             result = FUNCTIONS[node.func.id](*args, **kwargs)
         except ExprError:
@@ -285,7 +285,7 @@ def evaluate(text: str, scope: Mapping[str, Any]) -> Any:
     >>> evaluate("2 if i == 0 else 1", {"i": 3})
     1
     """
-    return _Evaluator(text, scope).eval(parse_expression(text))
+    return _Evaluator(text, scope).visit(parse_expression(text))
 
 
 def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
@@ -312,4 +312,4 @@ def resolve(value: Any, scope: Mapping[str, Any]) -> Any:
         return value
     if isinstance(tree, ast.Constant) and isinstance(tree.value, str):
         return tree.value
-    return _Evaluator(value, scope).eval(tree)
+    return _Evaluator(value, scope).visit(tree)
