@@ -7,14 +7,29 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends.reference import KERNELS
+from runtime.backends.reference_backward import BACKWARD
 from runtime.params import init_params, load_params, save_params
 from runtime.program import Program
 
-BACKENDS = {"reference": KERNELS}
+BACKENDS = {"reference": (KERNELS, BACKWARD)}
 
 
 class InputError(Exception):
     """Data given to a model does not fit its inputs."""
+
+
+class Gradients:
+    """``params``: name -> gradient of every trainable parameter; ``inputs``: name ->
+    gradient of every network input."""
+
+    def __init__(self, params: dict[str, np.ndarray], inputs: dict[str, np.ndarray]):
+        self.params, self.inputs = params, inputs
+
+    @property
+    def input(self) -> np.ndarray:
+        """The input gradient of a single-input network."""
+        (value,) = self.inputs.values()
+        return value
 
 
 class Model:
@@ -25,12 +40,13 @@ class Model:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
         self.program = program
-        self.kernels = BACKENDS[backend]
+        self.kernels, self.backward_kernels = BACKENDS[backend]
         self.dtype = np.dtype(dtype)
         self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
                        for k, v in init_params(program, seed).items()}
         self.training = False
         self.rng = np.random.default_rng(seed)
+        self._tape: tuple[dict, dict] | None = None
 
     def train(self) -> "Model":
         self.training = True
@@ -78,5 +94,37 @@ class Model:
             params = {role: self.params[full] for role, full in op.params.items()}
             values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                       params, ctx)
+        self._tape = (values, ctx)  # what backward() needs
         outs = {key: values[name] for key, name in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def backward(self, grad_output) -> "Gradients":
+        """Gradients of the last forward pass, given the gradient of its output (an array,
+        or a dict keyed by output name): every trainable parameter's and every input's.
+        Where a value feeds several layers, their gradients add up."""
+        if self._tape is None:
+            raise RuntimeError("backward() needs a forward pass first: call model(x)")
+        values, ctx = self._tape
+        outputs = self.program.outputs
+        given = grad_output if isinstance(grad_output, dict) else {next(iter(outputs)): grad_output}
+        grads: dict[str, np.ndarray] = {}
+        for key, g in given.items():
+            name = outputs[key]
+            grads[name] = grads.get(name, 0) + np.asarray(g, dtype=values[name].dtype)
+        param_grads: dict[str, np.ndarray] = {}
+        for op in reversed(self.program.ops):
+            gy = grads.pop(op.output, None)
+            if gy is None:
+                continue
+            params = {role: self.params[full] for role, full in op.params.items()}
+            gxs, gps = self.backward_kernels[op.kind](
+                op, [values[i] for i in op.inputs], values[op.output], gy, params, ctx)
+            for name, g in zip(op.inputs, gxs):
+                if g is not None:
+                    grads[name] = grads[name] + g if name in grads else g
+            for role, g in gps.items():
+                full = op.params[role]
+                if self.program.params[full].trainable:
+                    param_grads[full] = param_grads.get(full, 0) + g
+        inputs = {name: grads.get(name, np.zeros_like(values[name])) for name in self.program.inputs}
+        return Gradients(param_grads, inputs)

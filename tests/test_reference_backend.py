@@ -191,3 +191,151 @@ def test_initialisation_follows_pytorch():
     assert np.all(p["bn1.running_var"] == 1) and p["bn1.num_batches_tracked"].dtype == np.int64
     again = archc.compile(archc.load(SPECS / "resnet18.yaml"), seed=0).parameters()
     assert all(np.array_equal(p[k], again[k]) for k in p)
+
+
+# ----------------------------------------------------------------------------- backward
+@pytest.mark.parametrize("op", OPS)
+@settings(max_examples=20)
+@given(data=st.data())
+def test_op_gradients_match_pytorch_autograd(op, data):
+    from runtime.backends.reference_backward import BACKWARD
+
+    attrs, in_shapes = draw_case(data.draw, op)
+    assume(archc_shape(op, attrs, in_shapes) is not None)
+    train = data.draw(st.booleans()) and op in ("batchnorm2d", "batchnorm1d")
+    assume(not (train and op == "batchnorm1d"))  # 1-d batch norm needs a batch > 1: fine, 2
+    prog_op, program = one_op(op, attrs, in_shapes)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    params = init_params(program, seed=1)
+    for key, value in params.items():
+        if value.dtype != np.int64:
+            params[key] = rng.uniform(0.5, 1.5, value.shape) if "var" in key else \
+                rng.standard_normal(value.shape)
+    xs = [4 * rng.standard_normal((3,) + tuple(s)) for s in in_shapes]
+    ctx = {"train": train, "rng": rng}
+    y = KERNELS[op](prog_op, xs, {k: v.copy() for k, v in params.items()}, ctx)
+    gy = rng.standard_normal(y.shape)
+    gxs, gps = BACKWARD[op](prog_op, xs, y, gy, params, ctx)
+
+    mod = torch_twins.module(op, attrs, in_shapes)
+    txs = [torch.tensor(x, requires_grad=True) for x in xs]
+    if mod is not None:
+        mod = mod.double().train(train)
+        with torch.no_grad():
+            state = mod.state_dict()
+            for key in state:
+                state[key].copy_(torch.as_tensor(params[key]))
+    out = torch_twins.apply(op, attrs, mod, txs)
+    out.backward(torch.as_tensor(gy))
+    for ours, theirs in zip(gxs, txs):
+        if ours is not None:
+            expected = theirs.grad if theirs.grad is not None else torch.zeros_like(theirs)
+            np.testing.assert_allclose(ours, expected.numpy(), rtol=1e-7, atol=1e-7)
+    if mod is not None:
+        for name, param in mod.named_parameters():
+            np.testing.assert_allclose(gps[name], param.grad.numpy(), rtol=1e-7, atol=1e-7)
+
+
+def test_max_unpool_and_pool_gradients():
+    text = """input: {channels: 2, height: 7, width: 7}
+layers:
+  - max_pool2d: {kernel_size: 3, stride: 2, padding: 1}
+    name: pool
+  - max_unpool2d: {kernel_size: 3, stride: 2, padding: 1}
+    inputs: [-1, pool, input]
+"""
+    model = archc.compile(archc.load("u.yaml", text=text), dtype="float64")
+    x = np.random.default_rng(0).standard_normal((2, 2, 7, 7))
+    y = model(x)
+    gy = np.random.default_rng(1).standard_normal(y.shape)
+    grads = model.backward(gy)
+    tx = torch.tensor(x, requires_grad=True)
+    pooled, idx = torch.nn.functional.max_pool2d(tx, 3, 2, 1, return_indices=True)
+    out = torch.nn.functional.max_unpool2d(pooled, idx, 3, 2, 1, output_size=[7, 7])
+    out.backward(torch.as_tensor(gy))
+    np.testing.assert_allclose(grads.input, tx.grad.numpy())
+
+
+def test_finite_differences_through_a_branching_network():
+    """Autograd over the program: fan-out accumulates, train-mode batch norm, frozen layers."""
+    text = """input: {channels: 2, height: 6, width: 6}
+layers:
+  - conv2d: [3, 3, 1, 1]
+    name: a
+  - batchnorm2d
+  - gelu
+  - conv2d: [3, 1]
+    input: a
+    name: b
+  - add: [-1, -2, a]
+  - avg_pool2d: 2
+  - flatten
+  - linear: 4
+    trainable: false
+  - softmax
+"""
+    model = archc.compile(archc.load("g.yaml", text=text), dtype="float64", seed=2).train()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 2, 6, 6))
+    gy = rng.standard_normal((3, 4))
+
+    def loss(xv, params=None):
+        saved = {k: v.copy() for k, v in model.params.items()}
+        if params:
+            model.params.update(params)
+        value = float((model(xv) * gy).sum())
+        model.params = saved
+        return value
+
+    model(x)
+    grads = model.backward(gy)
+    assert "linear.weight" not in grads.params  # frozen
+    eps = 1e-6
+    for _ in range(6):  # random input coordinates
+        idx = tuple(rng.integers(0, s) for s in x.shape)
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        numeric = (loss(xp) - loss(xm)) / (2 * eps)
+        assert abs(numeric - grads.input[idx]) < 1e-6 * max(1, abs(numeric))
+    for name in ("a.weight", "b.bias", "batchnorm2d.weight"):
+        value = model.params[name]
+        idx = tuple(rng.integers(0, s) for s in value.shape)
+        plus, minus = value.copy(), value.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        numeric = (loss(x, {name: plus}) - loss(x, {name: minus})) / (2 * eps)
+        assert abs(numeric - grads.params[name][idx]) < 1e-6 * max(1, abs(numeric)), name
+
+
+@pytest.mark.parametrize("spec, twin, variables, size", [
+    ("lenet5", torch_models.LeNet5, {}, 32),
+    ("resnet18", torch_models.ResNet, {"resolution": 64}, 64),
+])
+def test_network_gradients_match_pytorch(spec, twin, variables, size):
+    model = archc.compile(archc.load(SPECS / f"{spec}.yaml", **variables), seed=0).train()
+    torch_model = twin().train()
+    copy_into(torch_model, model.parameters())
+    x = np.random.default_rng(0).standard_normal((2, torch_model_channels(model), size, size))
+    x = x.astype(np.float32)
+    y = model(x)
+    gy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+    grads = model.backward(gy)
+    tx = torch.tensor(x, requires_grad=True)
+    torch_model(tx).backward(torch.as_tensor(gy))
+    scale = np.abs(tx.grad.numpy()).max()
+    np.testing.assert_allclose(grads.input, tx.grad.numpy(), atol=1e-4 * scale, rtol=1e-3)
+    for name, param in torch_model.named_parameters():
+        ref = param.grad.numpy()
+        np.testing.assert_allclose(grads.params[name], ref, rtol=1e-3,
+                                   atol=1e-4 * np.abs(ref).max() + 1e-7, err_msg=name)
+
+
+def torch_model_channels(model) -> int:
+    return next(iter(model.program.inputs.values()))[0]
+
+
+def test_backward_needs_a_forward_pass():
+    model = archc.compile(archc.load(SPECS / "lenet5.yaml"))
+    with pytest.raises(RuntimeError, match="forward pass first"):
+        model.backward(np.ones((1, 10)))

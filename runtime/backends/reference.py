@@ -215,6 +215,7 @@ def batchnorm(op, xs, p, ctx):
     axes = (0,) + tuple(range(2, x.ndim))
     if ctx["train"] or not a["track_running_stats"]:
         mean, var = x.mean(axis=axes), x.var(axis=axes)
+        ctx.setdefault("saved", {})[op.output] = "batch"  # backward through the statistics
         if ctx["train"] and a["track_running_stats"]:
             count = x.size // x.shape[1]
             m = a["momentum"]
@@ -290,6 +291,7 @@ def dropout(op, xs, p, ctx):
     if not ctx["train"] or rate == 0:
         return x
     keep = ctx["rng"].random(x.shape) >= rate
+    ctx.setdefault("saved", {})[op.output] = keep / (1 - rate)
     return x * keep / (1 - rate)
 
 
@@ -300,6 +302,7 @@ def stochastic_depth(op, xs, p, ctx):
         return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1) if op.attrs["mode"] == "row" else (1,) * x.ndim
     keep = ctx["rng"].random(shape) >= rate
+    ctx.setdefault("saved", {})[op.output] = keep / (1 - rate)
     return x * keep / (1 - rate)
 
 
