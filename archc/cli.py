@@ -195,6 +195,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for key, value in outputs.items():
         print(f"{key}: {value.shape[0]} x {fmt_shape(value.shape[1:])}")
     print(f"forward pass on {args.backend}: {elapsed * 1e3:.1f} ms")
+    batch = next(iter(outputs.values())).shape[0]
+    plan = model.memory_plan(batch)
+    print(f"activation memory: {plan.arena_bytes / 2**20:.1f} MiB planned "
+          f"(peak {plan.peak_bytes / 2**20:.1f} MiB alive at once, "
+          f"{plan.naive_bytes / 2**20:.1f} MiB without reuse)")
     if args.output:
         if len(outputs) == 1:
             np.save(args.output, next(iter(outputs.values())), allow_pickle=False)

@@ -53,6 +53,6 @@ def lower(graph: Graph) -> Program:
                     dtype="int64" if role == "num_batches_tracked" else "float32")
         ops.append(Op(node.name, node.op, _resolved_attrs(node.op, node.attrs, in_shapes, node.shape),
                       tuple(node.inputs), node.name, roles,
-                      tuple(tuple(s) for s in in_shapes), tuple(node.shape)))
+                      tuple(tuple(s) for s in in_shapes), tuple(node.shape), layer.view))
     return Program(graph.name, {n: tuple(graph[n].shape) for n in graph.inputs}, tuple(ops),
                    dict(graph.outputs), params)

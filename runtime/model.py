@@ -8,6 +8,7 @@ import numpy as np
 
 from runtime.backends.reference import KERNELS
 from runtime.backends.reference_backward import BACKWARD
+from runtime.memory import MemoryPlan, plan_memory
 from runtime.params import init_params, load_params, save_params
 from runtime.program import Program
 
@@ -59,6 +60,10 @@ class Model:
     def parameters(self) -> dict[str, np.ndarray]:
         """Name -> array, PyTorch names and layouts (buffers included, as in a state_dict)."""
         return self.params
+
+    def memory_plan(self, batch: int = 1) -> MemoryPlan:
+        """The inference buffer plan (arena size, peak and naive bytes) for a batch."""
+        return plan_memory(self.program, batch)
 
     def load(self, path: str | Path) -> None:
         loaded = load_params(path, self.program)

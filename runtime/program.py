@@ -29,6 +29,7 @@ class Op:
     params: dict[str, str]
     in_shapes: tuple[tuple[int, ...], ...]
     out_shape: tuple[int, ...]
+    view: bool = False  # the output may share its input's memory (flatten, reshape, ...)
 
 
 @dataclass(frozen=True)
