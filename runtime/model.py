@@ -12,7 +12,17 @@ from runtime.memory import MemoryPlan, plan_memory
 from runtime.params import init_params, load_params, save_params
 from runtime.program import Program
 
-BACKENDS = {"reference": (KERNELS, BACKWARD)}
+def _backend(name: str):
+    if name == "reference":
+        return KERNELS, BACKWARD
+    if name == "cpu":
+        from runtime.backends import cpu  # compiles (or loads cached) Numba kernels
+
+        return cpu.KERNELS, cpu.BACKWARD
+    raise ValueError(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
+
+
+BACKENDS = ("cpu", "reference")
 
 
 class InputError(Exception):
@@ -38,10 +48,8 @@ class Model:
 
     def __init__(self, program: Program, backend: str = "reference", seed: int = 0,
                  dtype=np.float32):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
         self.program = program
-        self.kernels, self.backward_kernels = BACKENDS[backend]
+        self.kernels, self.backward_kernels = _backend(backend)
         self.dtype = np.dtype(dtype)
         self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
                        for k, v in init_params(program, seed).items()}

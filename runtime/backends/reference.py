@@ -105,8 +105,11 @@ def max_pool2d(op, xs, p, ctx):
     ti, tj = best // kw, best % kw
     rows = np.arange(ho).reshape(-1, 1) * a["stride"][0] - top + ti * a["dilation"][0]
     cols = np.arange(wo).reshape(1, -1) * a["stride"][1] - left + tj * a["dilation"][1]
-    ctx.setdefault("indices", {})[op.output] = rows * w + cols
-    return np.take_along_axis(flat, best[:, :, None], axis=2)[:, :, 0]
+    y = np.take_along_axis(flat, best[:, :, None], axis=2)[:, :, 0]
+    # a window lying wholly in the padding gives -inf (as PyTorch) and position -1: nothing
+    # flows back through it
+    ctx.setdefault("indices", {})[op.output] = np.where(np.isneginf(y), -1, rows * w + cols)
+    return y
 
 
 @kernel("avg_pool2d")
@@ -150,10 +153,10 @@ def max_unpool2d(op, xs, p, ctx):
     x = xs[0]
     n, c = x.shape[:2]
     ho, wo = op.attrs["out_size"]
-    y = np.zeros((n, c, ho * wo), dtype=x.dtype)
+    y = np.zeros((n, c, ho * wo + 1), dtype=x.dtype)  # a last slot for position -1
     idx = ctx["indices"][op.inputs[1]].reshape(n, c, -1)
-    np.put_along_axis(y, idx, x.reshape(n, c, -1), axis=2)
-    return y.reshape(n, c, ho, wo)
+    np.put_along_axis(y, np.where(idx < 0, ho * wo, idx), x.reshape(n, c, -1), axis=2)
+    return y[:, :, :-1].reshape(n, c, ho, wo)
 
 
 @kernel("unpool2d")

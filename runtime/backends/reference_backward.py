@@ -85,12 +85,13 @@ def conv_transpose2d(op, xs, y, gy, p, ctx):
 def max_pool2d(op, xs, y, gy, p, ctx):
     (x,) = xs
     n, c, h, w = x.shape
-    gx = np.zeros((n, c, h * w), dtype=gy.dtype)
+    gx = np.zeros((n, c, h * w + 1), dtype=gy.dtype)  # the last slot takes position -1
     idx = ctx["indices"][op.output].reshape(n, c, -1)
+    idx = np.where(idx < 0, h * w, idx)
     for i in range(n):  # np.add.at: windows may overlap
         for j in range(c):
             np.add.at(gx[i, j], idx[i, j], gy[i, j].ravel())
-    return [gx.reshape(x.shape)], {}
+    return [gx[:, :, :-1].reshape(x.shape)], {}
 
 
 @backward("avg_pool2d")
@@ -136,7 +137,9 @@ def max_unpool2d(op, xs, y, gy, p, ctx):
     x = xs[0]
     n, c = x.shape[:2]
     idx = ctx["indices"][op.inputs[1]].reshape(n, c, -1)
-    gx = np.take_along_axis(gy.reshape(n, c, -1), idx, axis=2).reshape(x.shape)
+    flat = np.concatenate([gy.reshape(n, c, -1), np.zeros((n, c, 1), gy.dtype)], axis=2)
+    gx = np.take_along_axis(flat, np.where(idx < 0, flat.shape[2] - 1, idx), axis=2)
+    gx = gx.reshape(x.shape)
     return [gx] + [None] * (len(xs) - 1), {}
 
 

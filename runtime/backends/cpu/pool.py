@@ -1,0 +1,67 @@
+"""Max pooling on the CPU: one pass per (sample, channel) plane, remembering where each
+maximum came from (max unpooling and the backward pass use the positions)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.config import PARALLEL
+from runtime.backends.reference import _window_pads
+
+
+@njit(**PARALLEL)
+def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
+    n, c, h, w = x.shape
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    idx = np.empty((n, c, ho, wo), dtype=np.int64)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for yy in range(ho):
+            for xx in range(wo):
+                best = -np.inf
+                where = -1  # stays -1 for a window wholly in the padding
+                for i in range(kh):
+                    sy = yy * sh + i * dh - pt
+                    if sy < 0 or sy >= h:
+                        continue
+                    for j in range(kw):
+                        sx = xx * sw + j * dw - pl
+                        if 0 <= sx < w and x[b, ch, sy, sx] > best:
+                            best = x[b, ch, sy, sx]
+                            where = sy * w + sx
+                y[b, ch, yy, xx] = best
+                idx[b, ch, yy, xx] = where
+    return y, idx
+
+
+@njit(**PARALLEL)
+def max_pool_backward_kernel(gy, idx, h, w):
+    n, c, ho, wo = gy.shape
+    gx = np.zeros((n, c, h * w), dtype=gy.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for yy in range(ho):
+            for xx in range(wo):
+                if idx[b, ch, yy, xx] >= 0:
+                    gx[b, ch, idx[b, ch, yy, xx]] += gy[b, ch, yy, xx]
+    return gx.reshape(n, c, h, w)
+
+
+def max_pool_forward(op, xs, p, ctx):
+    (x,), a = xs, op.attrs
+    ho, wo = op.out_shape[1:]
+    top, _, left, _ = _window_pads(a, x.shape[2:], (ho, wo))
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel_size"], a["stride"], a["dilation"]
+    y, idx = max_pool_forward_kernel(np.ascontiguousarray(x), kh, kw, sh, sw, dh, dw, top, left,
+                                     ho, wo)
+    ctx.setdefault("indices", {})[op.output] = idx
+    return y
+
+
+def max_pool_backward(op, xs, y, gy, p, ctx):
+    x = xs[0]
+    return [max_pool_backward_kernel(np.ascontiguousarray(gy), ctx["indices"][op.output],
+                                     x.shape[2], x.shape[3])], {}

@@ -1,0 +1,72 @@
+"""The Numba CPU backend against the reference backend: every ported op, forward and
+backward, on hypothesis-drawn cases; and whole networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import archc
+from conftest import SPECS
+from runtime.backends import cpu
+from runtime.backends.reference import KERNELS as REF
+from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD
+from runtime.params import init_params
+from test_reference_backend import one_op
+from test_shapes import archc_shape, draw_case
+
+
+@pytest.mark.parametrize("op", cpu.NUMBA_OPS)
+@settings(max_examples=30)
+@given(data=st.data())
+def test_numba_op_matches_reference(op, data):
+    attrs, in_shapes = draw_case(data.draw, op)
+    assume(archc_shape(op, attrs, in_shapes) is not None)
+    prog_op, program = one_op(op, attrs, in_shapes)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    params = {k: v.astype(np.float32) if v.dtype != np.int64 else v
+              for k, v in init_params(program, seed=2).items()}
+    xs = [(4 * rng.standard_normal((3,) + tuple(s))).astype(np.float32) for s in in_shapes]
+    ctx_ref, ctx_cpu = {"train": False, "rng": rng}, {"train": False, "rng": rng}
+    expected = REF[op](prog_op, xs, params, ctx_ref)
+    got = cpu.KERNELS[op](prog_op, xs, params, ctx_cpu)
+    scale = max(np.abs(expected).max(), 1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+    gy = rng.standard_normal(expected.shape).astype(np.float32)
+    ref_gx, ref_gp = REF_BACKWARD[op](prog_op, xs, expected, gy, params, ctx_ref)
+    cpu_gx, cpu_gp = cpu.BACKWARD[op](prog_op, xs, got, gy, params, ctx_cpu)
+    for a, b in zip(cpu_gx, ref_gx):  # float32: absolute error relative to gy's scale
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(np.abs(b).max(), 1.0))
+    for key in ref_gp:
+        b = ref_gp[key]
+        np.testing.assert_allclose(cpu_gp[key], b, rtol=1e-4, atol=1e-5 * max(np.abs(b).max(), 1e-6))
+
+
+@pytest.mark.parametrize("spec, variables", [
+    ("resnet18", {"resolution": 64}),
+    ("mobilenet_v2", {"resolution": 64}),
+    ("googlenet", {"resolution": 64}),
+])
+def test_networks_forward_and_backward_match_reference(spec, variables):
+    # float64, so that what is compared is what the kernels compute, not float32 rounding
+    # (train-mode batch norm over tiny maps amplifies it, and a ReLU can flip at zero)
+    graph = archc.load(SPECS / f"{spec}.yaml", **variables)
+    ref = archc.compile(graph, backend="reference", seed=1, dtype="float64").train()
+    fast = archc.compile(graph, backend="cpu", seed=1, dtype="float64").train()
+    shape = next(iter(ref.program.inputs.values()))
+    x = np.random.default_rng(0).standard_normal((2,) + shape)
+    a, b = ref(x), fast(x)
+    np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-9 * np.abs(a).max())
+    gy = np.random.default_rng(1).standard_normal(a.shape)
+    ga, gb = ref.backward(gy), fast.backward(gy)
+    np.testing.assert_allclose(gb.input, ga.input, rtol=1e-8, atol=1e-9 * np.abs(ga.input).max())
+    for name, value in ga.params.items():
+        np.testing.assert_allclose(gb.params[name], value, rtol=1e-8,
+                                   atol=1e-9 * np.abs(value).max() + 1e-12, err_msg=name)
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        archc.compile(archc.load(SPECS / "lenet5.yaml"), backend="gpu")
