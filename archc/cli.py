@@ -216,9 +216,9 @@ def _setup_run(p: argparse.ArgumentParser) -> None:
                    help="batch size of the random input (default 1)")
     p.add_argument("--weights", metavar="W.npz",
                    help="parameters (.npz with PyTorch state_dict names; default: initialised)")
-    p.add_argument("--backend", choices=["reference"], default="reference",
-                   help="reference: plain NumPy, the definition the fast backends are tested "
-                   "against")
+    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu",
+                   help="cpu: Numba kernels (default); reference: plain NumPy, the definition "
+                   "the fast backends are tested against")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and random input")
     p.add_argument("-o", "--output", metavar="Y.npy", help="save the output (.npz for several)")
 

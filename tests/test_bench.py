@@ -13,3 +13,12 @@ def test_bench_check_prints_a_ratio_per_network():
                          capture_output=True, text=True, timeout=300, check=True).stdout
     rows = [line for line in out.splitlines() if line.rstrip().endswith("x")]
     assert [r.split()[0] for r in rows] == ["lenet5", "resnet18", "resnet34"]
+
+
+def test_bench_runtime_quick_prints_ratios():
+    out = subprocess.run([sys.executable, "bench/bench_runtime.py", "--quick", "--repeat", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
+    assert "BLAS:" in out and "sgemm" in out
+    rows = [line for line in out.splitlines() if line.startswith("lenet5")]
+    assert [r.split()[2] for r in rows] == ["forward", "fwd+bwd"]
+    assert all(r.split()[5].endswith("x") for r in rows)

@@ -5,7 +5,7 @@ reference backend."""
 
 from __future__ import annotations
 
-from runtime.backends.cpu import conv, elementwise, pool
+from runtime.backends.cpu import conv, elementwise, norm, pool
 from runtime.backends.reference import KERNELS as REFERENCE_FORWARD
 from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
 
@@ -14,8 +14,9 @@ BACKWARD = dict(REFERENCE_BACKWARD)
 
 KERNELS["conv2d"], BACKWARD["conv2d"] = conv.conv2d_forward, conv.conv2d_backward
 KERNELS["max_pool2d"], BACKWARD["max_pool2d"] = pool.max_pool_forward, pool.max_pool_backward
+KERNELS["batchnorm2d"] = norm.batchnorm_forward  # inference pass; training: the reference
 for _kind in elementwise.CODES:
     KERNELS[_kind] = elementwise.activation_forward
     BACKWARD[_kind] = elementwise.activation_backward
 
-NUMBA_OPS = ("conv2d", "max_pool2d") + tuple(elementwise.CODES)
+NUMBA_OPS = ("conv2d", "max_pool2d", "batchnorm2d") + tuple(elementwise.CODES)
