@@ -117,7 +117,7 @@ def test_run_random_input_weights_and_output(tmp_path):
 
     out = run("run", "specs/lenet5.yaml", "--batch", "3", "-o", str(tmp_path / "y.npy"))
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("fc3: 3 x 10\nforward pass on reference:")
+    assert out.stdout.startswith("fc3: 3 x 10\nforward pass on cpu:")
     y = np.load(tmp_path / "y.npy")
     assert y.shape == (3, 10) and np.isfinite(y).all()
     # the same input and weights give the same output
