@@ -29,9 +29,13 @@ def test_numba_op_matches_reference(op, data):
     params = {k: v.astype(np.float32) if v.dtype != np.int64 else v
               for k, v in init_params(program, seed=2).items()}
     xs = [(4 * rng.standard_normal((3,) + tuple(s))).astype(np.float32) for s in in_shapes]
-    ctx_ref, ctx_cpu = {"train": False, "rng": rng}, {"train": False, "rng": rng}
+    train = op == "batchnorm2d" and data.draw(st.booleans())
+    ctx_ref, ctx_cpu = {"train": train, "rng": rng}, {"train": train, "rng": rng}
+    params_cpu = {k: v.copy() for k, v in params.items()}
     expected = REF[op](prog_op, xs, params, ctx_ref)
-    got = cpu.KERNELS[op](prog_op, xs, params, ctx_cpu)
+    got = cpu.KERNELS[op](prog_op, xs, params_cpu, ctx_cpu)
+    for key in params:  # running statistics move the same way
+        np.testing.assert_allclose(params_cpu[key], params[key], rtol=1e-5, atol=1e-6)
     scale = max(np.abs(expected).max(), 1e-6)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
     gy = rng.standard_normal(expected.shape).astype(np.float32)

@@ -14,9 +14,10 @@ BACKWARD = dict(REFERENCE_BACKWARD)
 
 KERNELS["conv2d"], BACKWARD["conv2d"] = conv.conv2d_forward, conv.conv2d_backward
 KERNELS["max_pool2d"], BACKWARD["max_pool2d"] = pool.max_pool_forward, pool.max_pool_backward
-KERNELS["batchnorm2d"] = norm.batchnorm_forward  # inference pass; training: the reference
+KERNELS["avg_pool2d"], BACKWARD["avg_pool2d"] = pool.avg_pool_forward, pool.avg_pool_backward
+KERNELS["batchnorm2d"], BACKWARD["batchnorm2d"] = norm.batchnorm_forward, norm.batchnorm_backward
 for _kind in elementwise.CODES:
     KERNELS[_kind] = elementwise.activation_forward
     BACKWARD[_kind] = elementwise.activation_backward
 
-NUMBA_OPS = ("conv2d", "max_pool2d", "batchnorm2d") + tuple(elementwise.CODES)
+NUMBA_OPS = ("conv2d", "max_pool2d", "avg_pool2d", "batchnorm2d") + tuple(elementwise.CODES)

@@ -1,5 +1,6 @@
-"""Max pooling on the CPU: one pass per (sample, channel) plane, remembering where each
-maximum came from (max unpooling and the backward pass use the positions)."""
+"""Window pooling on the CPU: one pass per (sample, channel) plane. Max pooling remembers
+where each maximum came from (max unpooling and the backward pass use the positions);
+average pooling divides as PyTorch does."""
 
 from __future__ import annotations
 
@@ -65,3 +66,70 @@ def max_pool_backward(op, xs, y, gy, p, ctx):
     x = xs[0]
     return [max_pool_backward_kernel(np.ascontiguousarray(gy), ctx["indices"][op.output],
                                      x.shape[2], x.shape[3])], {}
+
+
+@njit(**PARALLEL)
+def avg_pool_forward_kernel(x, kh, kw, sh, sw, pt, pl, ho, wo, count_pad):
+    """PyTorch's avg_pool2d: the divisor counts the declared padding (count_pad) but never
+    the cells ceil_mode adds past it."""
+    n, c, h, w = x.shape
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for yy in range(ho):
+            h0 = yy * sh - pt
+            h1 = min(h0 + kh, h + pt)
+            for xx in range(wo):
+                w0 = xx * sw - pl
+                w1 = min(w0 + kw, w + pl)
+                size = (h1 - h0) * (w1 - w0)
+                a0, a1, b0, b1 = max(h0, 0), min(h1, h), max(w0, 0), min(w1, w)
+                acc = 0.0
+                for i in range(a0, a1):
+                    for j in range(b0, b1):
+                        acc += x[b, ch, i, j]
+                y[b, ch, yy, xx] = acc / (size if count_pad else (a1 - a0) * (b1 - b0))
+    return y
+
+
+@njit(**PARALLEL)
+def avg_pool_backward_kernel(gy, h, w, kh, kw, sh, sw, pt, pl, count_pad):
+    n, c, ho, wo = gy.shape
+    gx = np.zeros((n, c, h, w), dtype=gy.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for yy in range(ho):
+            h0 = yy * sh - pt
+            h1 = min(h0 + kh, h + pt)
+            for xx in range(wo):
+                w0 = xx * sw - pl
+                w1 = min(w0 + kw, w + pl)
+                size = (h1 - h0) * (w1 - w0)
+                a0, a1, b0, b1 = max(h0, 0), min(h1, h), max(w0, 0), min(w1, w)
+                share = gy[b, ch, yy, xx] / (size if count_pad else (a1 - a0) * (b1 - b0))
+                for i in range(a0, a1):
+                    for j in range(b0, b1):
+                        gx[b, ch, i, j] += share
+    return gx
+
+
+def _avg_geometry(op):
+    a = op.attrs
+    (kh, kw), (sh, sw), (pt, pl) = a["kernel_size"], a["stride"], a["padding"]
+    return kh, kw, sh, sw, pt, pl
+
+
+def avg_pool_forward(op, xs, p, ctx):
+    kh, kw, sh, sw, pt, pl = _avg_geometry(op)
+    ho, wo = op.out_shape[1:]
+    return avg_pool_forward_kernel(np.ascontiguousarray(xs[0]), kh, kw, sh, sw, pt, pl, ho, wo,
+                                   op.attrs["count_include_pad"])
+
+
+def avg_pool_backward(op, xs, y, gy, p, ctx):
+    kh, kw, sh, sw, pt, pl = _avg_geometry(op)
+    h, w = xs[0].shape[2:]
+    return [avg_pool_backward_kernel(np.ascontiguousarray(gy), h, w, kh, kw, sh, sw, pt, pl,
+                                     op.attrs["count_include_pad"])], {}
