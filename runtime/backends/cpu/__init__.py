@@ -1,7 +1,7 @@
-"""The CPU backend: Numba kernels (``@njit(cache=True)``, parallel with ``prange``) for the
-ops that dominate time, and the reference implementation for the rest until they are
-ported. ``NUMBA_OPS`` says which is which; tests hold every op of this backend to the
-reference backend."""
+"""The CPU backend: Numba kernels (``@njit(cache=True)``, parallel with ``prange``) where
+they pay, NumPy's vectorised code where it is faster (measured), and the reference
+implementation for the ops not ported yet. ``NUMBA_OPS`` names the ops with a Numba
+kernel in either direction; tests hold every one of them to the reference backend."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ KERNELS["conv2d"], BACKWARD["conv2d"] = conv.conv2d_forward, conv.conv2d_backwar
 KERNELS["max_pool2d"], BACKWARD["max_pool2d"] = pool.max_pool_forward, pool.max_pool_backward
 KERNELS["avg_pool2d"], BACKWARD["avg_pool2d"] = pool.avg_pool_forward, pool.avg_pool_backward
 KERNELS["batchnorm2d"], BACKWARD["batchnorm2d"] = norm.batchnorm_forward, norm.batchnorm_backward
-for _kind in elementwise.CODES:
-    KERNELS[_kind] = elementwise.activation_forward
+# Activations, chosen by measurement (docs/performance.md): NumPy's SIMD ufuncs win every
+# forward pass and the backward of relu, relu6 and silu; the one-pass Numba loop wins the
+# backward of the others (the NumPy expressions make several passes and temporaries).
+for _kind in ("leaky_relu", "sigmoid", "tanh", "hardswish", "hardsigmoid"):
     BACKWARD[_kind] = elementwise.activation_backward
 
-NUMBA_OPS = ("conv2d", "max_pool2d", "avg_pool2d", "batchnorm2d") + tuple(elementwise.CODES)
+NUMBA_OPS = ("conv2d", "max_pool2d", "avg_pool2d", "batchnorm2d", "leaky_relu", "sigmoid",
+             "tanh", "hardswish", "hardsigmoid")

@@ -1,6 +1,7 @@
-"""Element-wise kernels for the CPU: activations forward and backward, one parallel loop
-over the flattened tensor, the activation chosen by a small integer code (a kernel takes
-arrays and scalars only)."""
+"""Activation gradients on the CPU: one parallel pass over the flattened tensor, the
+activation chosen by a small integer code (a kernel takes arrays and scalars only). Used
+where it beats NumPy's multi-pass expressions (runtime/backends/cpu/__init__.py); the
+forward passes stay NumPy's SIMD ufuncs, which a branching Numba loop does not match."""
 
 from __future__ import annotations
 
@@ -13,32 +14,6 @@ from runtime.config import PARALLEL
 
 CODES = {"relu": 0, "relu6": 1, "leaky_relu": 2, "silu": 3, "sigmoid": 4, "tanh": 5,
          "hardswish": 6, "hardsigmoid": 7}
-
-
-@njit(**PARALLEL)
-def activation_forward_kernel(x, code, slope):
-    flat = x.ravel()
-    y = np.empty_like(flat)
-    for i in prange(flat.size):
-        v = flat[i]
-        if code == 0:
-            r = v if v > 0 else 0.0
-        elif code == 1:
-            r = min(max(v, 0.0), 6.0)
-        elif code == 2:
-            r = v if v > 0 else slope * v
-        elif code == 3:
-            r = v * (0.5 * (1.0 + math.tanh(0.5 * v)))
-        elif code == 4:
-            r = 0.5 * (1.0 + math.tanh(0.5 * v))
-        elif code == 5:
-            r = math.tanh(v)
-        elif code == 6:
-            r = v * min(max(v + 3.0, 0.0), 6.0) / 6.0
-        else:
-            r = min(max(v + 3.0, 0.0), 6.0) / 6.0
-        y[i] = r
-    return y.reshape(x.shape)
 
 
 @njit(**PARALLEL)
@@ -66,11 +41,6 @@ def activation_backward_kernel(x, y, gy, code, slope):
             d = 1.0 / 6.0 if -3 < v < 3 else 0.0
         gx[i] = fg[i] * d
     return gx.reshape(gy.shape)
-
-
-def activation_forward(op, xs, p, ctx):
-    slope = op.attrs.get("negative_slope", 0.0)
-    return activation_forward_kernel(np.ascontiguousarray(xs[0]), CODES[op.kind], slope)
 
 
 def activation_backward(op, xs, y, gy, p, ctx):
