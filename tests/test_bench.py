@@ -22,3 +22,11 @@ def test_bench_runtime_quick_prints_ratios():
     rows = [line for line in out.splitlines() if line.startswith("lenet5")]
     assert [r.split()[2] for r in rows] == ["forward", "fwd+bwd"]
     assert all(r.split()[5].endswith("x") for r in rows)
+
+
+def test_bench_activations_names_the_faster_choice():
+    out = subprocess.run([sys.executable, "bench/bench_activations.py", "--repeat", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert {r[0] for r in rows} >= {"relu", "tanh", "hardswish"}
+    assert all(r[-1] in ("numba", "numpy") for r in rows)
