@@ -278,7 +278,7 @@ ACTIVATIONS = {
 
 @kernel(*ACTIVATIONS)
 def activation(op, xs, p, ctx):
-    return ACTIVATIONS[op.kind](xs[0], op.attrs).astype(xs[0].dtype)
+    return ACTIVATIONS[op.kind](xs[0], op.attrs).astype(xs[0].dtype, copy=False)
 
 
 @kernel("softmax")

@@ -121,6 +121,17 @@ def _geometry(op):
     return kh, kw, sh, sw, dh, dw, pt, pl, ho, wo
 
 
+def _is_pointwise(op) -> bool:
+    """A 1x1 conv without padding is a GEMM per sample on the map as it lies: no im2col."""
+    a = op.attrs
+    return tuple(a["kernel_size"]) == (1, 1) and a["pads"] == ((0, 0), (0, 0))
+
+
+def _pointwise_input(op, x):
+    sh, sw = op.attrs["stride"]
+    return np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
+
+
 def _is_depthwise(op, x) -> bool:
     g = op.attrs["groups"]
     return g > 1 and g == x.shape[1]
@@ -131,7 +142,13 @@ def conv2d_forward(op, xs, p, ctx):
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     x = np.ascontiguousarray(x)
-    if _is_depthwise(op, x):
+    if _is_pointwise(op) and not _is_depthwise(op, x):
+        xs_ = _pointwise_input(op, x)
+        n, c = xs_.shape[:2]
+        g = op.attrs["groups"]
+        wg = w.reshape(g, w.shape[0] // g, c // g)
+        y = np.matmul(wg[None], xs_.reshape(n, g, c // g, ho * wo)).reshape(n, w.shape[0], ho, wo)
+    elif _is_depthwise(op, x):
         y = depthwise_forward_kernel(x, np.ascontiguousarray(w), kh, kw, sh, sw, dh, dw, pt, pl,
                                      ho, wo, w.shape[0] // x.shape[1])
     else:
@@ -157,6 +174,22 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
     grads = {}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
+    if _is_pointwise(op) and not _is_depthwise(op, x):
+        xs_ = _pointwise_input(op, x)
+        n, c = xs_.shape[:2]
+        g = op.attrs["groups"]
+        og = w.shape[0] // g
+        xg = xs_.reshape(n, g, c // g, ho * wo)
+        gyg = gy.reshape(n, g, og, ho * wo)
+        wg = w.reshape(g, og, c // g)
+        grads["weight"] = np.matmul(gyg, xg.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
+        gsub = np.matmul(wg.transpose(0, 2, 1)[None], gyg).reshape(n, c, ho, wo)
+        sh, sw = op.attrs["stride"]
+        if (sh, sw) == (1, 1):
+            return [gsub], grads
+        gx = np.zeros_like(x)
+        gx[:, :, ::sh, ::sw] = gsub
+        return [gx], grads
     if _is_depthwise(op, x):
         gx, gw = depthwise_backward_kernel(x, np.ascontiguousarray(w), gy, kh, kw, sh, sw, dh, dw,
                                            pt, pl, w.shape[0] // x.shape[1])
