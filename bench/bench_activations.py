@@ -8,30 +8,22 @@ what runtime/backends/cpu uses.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runtime.backends.cpu import BACKWARD as CPU_BACKWARD  # noqa: E402
+from timing import median_time  # noqa: E402
 from runtime.backends.cpu.elementwise import CODES, activation_backward_kernel  # noqa: E402
 from runtime.backends.reference import ACTIVATIONS  # noqa: E402
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD  # noqa: E402
 from runtime.backends.reference_backward import DERIVATIVES  # noqa: E402
 
 
-def median(fn, repeat):
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -46,8 +38,8 @@ def main() -> None:
     print(f"{'activation':<12} {'numba ms':>9} {'numpy ms':>9} {'ratio':>6}  used")
     for name, code in CODES.items():
         y = ACTIVATIONS[name](x, attrs).astype(np.float32)
-        numba = median(lambda: activation_backward_kernel(x, y, gy, code, 0.01), args.repeat)
-        numpy = median(lambda: gy * DERIVATIVES[name](x, y, attrs).astype(np.float32), args.repeat)
+        numba = median_time(lambda: activation_backward_kernel(x, y, gy, code, 0.01), args.repeat)
+        numpy = median_time(lambda: gy * DERIVATIVES[name](x, y, attrs).astype(np.float32), args.repeat)
         used = "numba" if CPU_BACKWARD[name] is not REF_BACKWARD[name] else "numpy"
         print(f"{name:<12} {numba * 1e3:>9.1f} {numpy * 1e3:>9.1f} {numba / numpy:>5.2f}x  {used}")
 

@@ -9,17 +9,17 @@ Same process, median of repeated runs, ratios printed. Run:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import archc  # noqa: E402
+from timing import median_time  # noqa: E402
 import torch_models  # noqa: E402
 
 CASES = [
@@ -29,16 +29,6 @@ CASES = [
     ("resnet34", ROOT / "specs/resnet18.yaml", {"blocks": [3, 4, 6, 3]},
      lambda: torch_models.ResNet((3, 4, 6, 3)), (3, 224, 224)),
 ]
-
-
-def median_seconds(fn, repeat: int) -> float:
-    fn()  # warm up (imports, caches)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def torch_shapes(make, shape):
@@ -57,8 +47,8 @@ def main() -> None:
           f"{'ratio':>7}")
     for name, path, variables, make, shape in CASES:
         nodes = len(archc.load(path, **variables))
-        ours = median_seconds(lambda: archc.load(path, **variables), args.repeat)
-        theirs = median_seconds(lambda: torch_shapes(make, shape), args.repeat)
+        ours = median_time(lambda: archc.load(path, **variables), args.repeat)
+        theirs = median_time(lambda: torch_shapes(make, shape), args.repeat)
         print(f"{name:<10} {nodes:>6} {ours * 1e3:>15.2f} {theirs * 1e3:>20.2f} "
               f"{ours / theirs:>6.2f}x")
 

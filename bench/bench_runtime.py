@@ -8,7 +8,6 @@ GFLOP/s next to the sgemm rate measured in the same run, the BLAS kernel that ra
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import archc  # noqa: E402
+from timing import median_time  # noqa: E402
 import torch_twins  # noqa: E402
 from archc.analysis import analyse  # noqa: E402
 
@@ -27,13 +28,6 @@ ROWS = [("lenet5", {}, 256), ("resnet18", {}, 8), ("mobilenet_v2", {}, 8)]
 QUICK = [("lenet5", {}, 8)]
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def sgemm_rate(n: int = 1024) -> float:
@@ -93,8 +87,6 @@ def main() -> None:
         rows = [("forward", lambda: model(x), torch_forward, flops),
                 ("fwd+bwd", archc_both, torch_both, 3 * flops)]
         for label, ours, theirs, work in rows:
-            ours()
-            theirs()
             a = median_time(ours, args.repeat)
             b = median_time(theirs, args.repeat)
             print(f"{spec:<13} {batch:>5} {label:<8} {a * 1e3:>9.1f} {b * 1e3:>9.1f} "

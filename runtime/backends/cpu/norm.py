@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.backends.reference import KERNELS as REFERENCE
+from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
 from runtime.config import PARALLEL
 
 
@@ -111,11 +112,9 @@ def batchnorm_train_forward(op, xs, p, ctx):
 
 
 def batchnorm_backward(op, xs, y, gy, p, ctx):
-    from runtime.backends.reference_backward import BACKWARD
-
     a = op.attrs
     if ctx.get("saved", {}).get(op.output) != "batch":
-        return BACKWARD[op.kind](op, xs, y, gy, p, ctx)  # inference statistics: one multiply
+        return REFERENCE_BACKWARD[op.kind](op, xs, y, gy, p, ctx)  # inference: one multiply
     x = np.ascontiguousarray(xs[0])
     mean, var = batch_stats_kernel(x)
     invstd = 1.0 / np.sqrt(var + a["eps"])
