@@ -31,6 +31,7 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc check specs/resnet18.yaml
 	$(BIN)/archc check specs/resnet18.yaml --set "blocks=[3, 4, 6, 3]" --set num_classes=10
 	$(BIN)/archc summary specs/resnet18.yaml --depth 1 --device cpu
+	$(BIN)/archc run specs/lenet5.yaml --batch 4
 	@mkdir -p out
 	$(BIN)/archc render specs/lenet5.yaml -o out/lenet5.svg --rankdir LR
 	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser)."
