@@ -25,6 +25,29 @@ import torch_twins  # noqa: E402
 from archc.analysis import analyse  # noqa: E402
 
 ROWS = [("lenet5", {}, 256), ("resnet18", {}, 8), ("mobilenet_v2", {}, 8)]
+START = """
+import time, numpy as np
+start = time.perf_counter()
+import archc
+model = archc.compile(archc.load({spec!r}), backend="cpu")
+model(np.zeros((1,) + next(iter(model.program.inputs.values())), np.float32))
+print(time.perf_counter() - start)
+"""
+
+
+def start_times(spec: str) -> tuple[float, float]:
+    """Seconds from `import archc` to the first result in a fresh process: with an empty
+    Numba cache (everything compiles) and then with the cache that run left."""
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        code = START.format(spec=str(ROOT / "specs" / f"{spec}.yaml"))
+        runs = [float(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                     capture_output=True, text=True).stdout) for _ in range(2)]
+    return runs[0], runs[1]
 QUICK = [("lenet5", {}, 8)]
 
 
@@ -51,6 +74,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--backend", default="cpu", choices=["cpu", "reference"])
     parser.add_argument("--quick", action="store_true", help="one tiny row (a smoke test)")
+    parser.add_argument("--start", action="store_true",
+                        help="also time a fresh process to resnet18's first result, with the "
+                        "Numba cache cold and warm")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), archc "
@@ -92,6 +118,10 @@ def main() -> None:
             print(f"{spec:<13} {batch:>5} {label:<8} {a * 1e3:>9.1f} {b * 1e3:>9.1f} "
                   f"{a / b:>5.2f}x {work / a / 1e9:>14.1f}")
         print(f"{'':<13} {'':>5} first call (compile, or load the Numba cache): {first:.2f} s")
+    if args.start:
+        cold, warm = start_times("resnet18")
+        print(f"fresh process to resnet18's first result: {cold:.1f} s with the Numba cache "
+              f"cold, {warm:.1f} s warm")
 
 
 if __name__ == "__main__":

@@ -30,3 +30,11 @@ def test_bench_activations_names_the_faster_choice():
     rows = [line.split() for line in out.splitlines()[2:]]
     assert {r[0] for r in rows} >= {"relu", "tanh", "hardswish"}
     assert all(r[-1] in ("numba", "numpy") for r in rows)
+
+
+def test_bench_runtime_start_times_cold_then_warm():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_runtime
+
+    cold, warm = bench_runtime.start_times("lenet5")
+    assert 0 < warm < cold  # the second fresh process finds the kernels compiled on disk
