@@ -180,24 +180,37 @@ def _source(out: int, size: int, scale_factor, align: bool, nearest: bool) -> np
     return np.maximum((dst + 0.5) * scale - 0.5, 0.0)
 
 
-@kernel("upsample")
-def upsample(op, xs, p, ctx):
-    x, a = xs[0], op.attrs
-    (ho, wo), (h, w) = a["out_size"], x.shape[2:]
+def _interp_matrix(src: np.ndarray, size: int, nearest: bool, dtype) -> np.ndarray:
+    """(input, output) weights along one axis: a one-hot column for nearest, the two
+    linear-interpolation weights otherwise."""
+    m = np.zeros((size, len(src)), dtype=dtype)
+    cols = np.arange(len(src))
+    i0 = np.floor(src).astype(int)
+    if nearest:
+        m[i0, cols] = 1
+        return m
+    lam = src - i0
+    np.add.at(m, (i0, cols), 1 - lam)
+    np.add.at(m, (np.minimum(i0 + 1, size - 1), cols), lam)
+    return m
+
+
+def resize_matrices(op: Op, in_hw, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column weights of an upsample: y = R^T x C, so its gradient is R gy C^T."""
+    a = op.attrs
+    (ho, wo), (h, w) = a["out_size"], in_hw
     sf = a["scale_factor"] or (None, None)
     nearest = a["mode"] == "nearest"
     rows = _source(ho, h, sf[0], a["align_corners"], nearest)
     cols = _source(wo, w, sf[1], a["align_corners"], nearest)
-    if nearest:
-        return x[:, :, rows.astype(int)][:, :, :, cols.astype(int)]
-    r0 = np.floor(rows).astype(int)
-    c0 = np.floor(cols).astype(int)
-    r1, c1 = np.minimum(r0 + 1, h - 1), np.minimum(c0 + 1, w - 1)
-    lr = (rows - r0).astype(x.dtype).reshape(-1, 1)
-    lc = (cols - c0).astype(x.dtype).reshape(1, -1)
-    top = x[:, :, r0][:, :, :, c0] * (1 - lc) + x[:, :, r0][:, :, :, c1] * lc
-    bottom = x[:, :, r1][:, :, :, c0] * (1 - lc) + x[:, :, r1][:, :, :, c1] * lc
-    return top * (1 - lr) + bottom * lr
+    return (_interp_matrix(rows, h, nearest, dtype), _interp_matrix(cols, w, nearest, dtype))
+
+
+@kernel("upsample")
+def upsample(op, xs, p, ctx):
+    x = xs[0]
+    rmat, cmat = resize_matrices(op, x.shape[2:], x.dtype)
+    return rmat.T @ (x @ cmat)  # two matrix products, one per axis
 
 
 @kernel("center_crop")

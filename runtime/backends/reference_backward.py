@@ -13,7 +13,15 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.backends.reference import _bins, _erf, _pad, _sigmoid, _source, _taps, _window_pads
+from runtime.backends.reference import (
+    _bins,
+    _erf,
+    _pad,
+    _sigmoid,
+    _taps,
+    _window_pads,
+    resize_matrices,
+)
 
 BACKWARD: dict[str, Callable] = {}
 
@@ -154,33 +162,9 @@ def unpool2d(op, xs, y, gy, p, ctx):
 
 @backward("upsample")
 def upsample(op, xs, y, gy, p, ctx):
-    x, a = xs[0], op.attrs
-    (ho, wo), (h, w) = a["out_size"], x.shape[2:]
-    sf = a["scale_factor"] or (None, None)
-    nearest = a["mode"] == "nearest"
-    rows = _source(ho, h, sf[0], a["align_corners"], nearest)
-    cols = _source(wo, w, sf[1], a["align_corners"], nearest)
-    if nearest:
-        rmat = np.zeros((h, ho), dtype=gy.dtype)
-        rmat[rows.astype(int), np.arange(ho)] = 1
-        cmat = np.zeros((w, wo), dtype=gy.dtype)
-        cmat[cols.astype(int), np.arange(wo)] = 1
-    else:
-        rmat, cmat = _interp_matrix(rows, h, gy.dtype), _interp_matrix(cols, w, gy.dtype)
-    gx = np.einsum("ncyx,hy,wx->nchw", gy, rmat, cmat)
+    rmat, cmat = resize_matrices(op, xs[0].shape[2:], gy.dtype)
+    gx = rmat @ (gy @ cmat.T)
     return [gx] + [None] * (len(xs) - 1), {}
-
-
-def _interp_matrix(src: np.ndarray, size: int, dtype) -> np.ndarray:
-    """(input, output) weights of linear interpolation along one axis."""
-    m = np.zeros((size, len(src)), dtype=dtype)
-    i0 = np.floor(src).astype(int)
-    i1 = np.minimum(i0 + 1, size - 1)
-    lam = src - i0
-    cols = np.arange(len(src))
-    np.add.at(m, (i0, cols), 1 - lam)
-    np.add.at(m, (i1, cols), lam)
-    return m
 
 
 @backward("center_crop")

@@ -15,7 +15,7 @@ from numba import njit, prange
 from runtime.config import PARALLEL
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """cols (C*kh*kw, N*ho*wo) of a batch x (N, C, H, W), zero outside the input: the whole
     batch in one matrix, so each group is a single large GEMM."""
@@ -41,7 +41,7 @@ def im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     return cols
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def col2im_kernel(cols, n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """The adjoint of im2col: add each column entry back onto its input pixel."""
     gx = np.zeros((n, c, h, w), dtype=cols.dtype)
@@ -63,7 +63,7 @@ def col2im_kernel(cols, n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     return gx
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def depthwise_forward_kernel(xp, w, kh, kw, sh, sw, dh, dw, ho, wo, mult):
     """y[n, c*mult + m] = sum_ij w[c*mult + m, 0, i, j] * xp[n, c, ...] on the zero-padded
     input xp: one filter per channel, taps outermost so the inner loop runs along a row
@@ -84,7 +84,7 @@ def depthwise_forward_kernel(xp, w, kh, kw, sh, sw, dh, dw, ho, wo, mult):
     return y
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def depthwise_backward_kernel(xp, w, gy, kh, kw, sh, sw, dh, dw, mult):
     """Gradients on the padded input and per-sample filter gradients (summed after)."""
     n, c = xp.shape[0], xp.shape[1]

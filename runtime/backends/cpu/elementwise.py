@@ -16,7 +16,7 @@ CODES = {"relu": 0, "relu6": 1, "leaky_relu": 2, "silu": 3, "sigmoid": 4, "tanh"
          "hardswish": 6, "hardsigmoid": 7}
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def activation_backward_kernel(x, y, gy, code, slope):
     fx, fy, fg = x.ravel(), y.ravel(), gy.ravel()
     gx = np.empty_like(fg)

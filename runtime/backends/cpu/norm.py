@@ -13,7 +13,7 @@ from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
 from runtime.config import PARALLEL
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def scale_shift_kernel(x, scale, shift):
     n, c = x.shape[0], x.shape[1]
     flat = x.reshape(n, c, -1)
@@ -41,7 +41,7 @@ def batchnorm_forward(op, xs, p, ctx):
     return scale_shift_kernel(x, scale.astype(x.dtype), shift.astype(x.dtype))
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def batch_stats_kernel(x):
     """Per-channel mean and (biased) variance over (N, H, W), two-pass for accuracy."""
     n, c = x.shape[0], x.shape[1]
@@ -65,7 +65,7 @@ def batch_stats_kernel(x):
     return mean, var
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def batchnorm_backward_kernel(x, gy, mean, invstd, weight):
     """Gradients of batch norm with batch statistics: input, weight, bias."""
     n, c = x.shape[0], x.shape[1]

@@ -11,7 +11,7 @@ from runtime.config import PARALLEL
 from runtime.backends.reference import _window_pads
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     n, c, h, w = x.shape
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
@@ -37,7 +37,7 @@ def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     return y, idx
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def max_pool_backward_kernel(gy, idx, h, w):
     n, c, ho, wo = gy.shape
     gx = np.zeros((n, c, h * w), dtype=gy.dtype)
@@ -68,32 +68,39 @@ def max_pool_backward(op, xs, y, gy, p, ctx):
                                      x.shape[2], x.shape[3])], {}
 
 
-@njit(**PARALLEL)
+@njit(cache=True)
+def avg_window(yy, xx, h, w, kh, kw, sh, sw, pt, pl, count_pad):
+    """Rows [a0, a1) and columns [b0, b1) of output (yy, xx)'s window inside the input, and
+    its divisor: PyTorch counts the declared padding (count_pad) but never the cells
+    ceil_mode adds past it."""
+    h0, w0 = yy * sh - pt, xx * sw - pl
+    h1, w1 = min(h0 + kh, h + pt), min(w0 + kw, w + pl)
+    a0, a1, b0, b1 = max(h0, 0), min(h1, h), max(w0, 0), min(w1, w)
+    divisor = (h1 - h0) * (w1 - w0) if count_pad else (a1 - a0) * (b1 - b0)
+    return a0, a1, b0, b1, divisor
+
+
+@njit(cache=True, **PARALLEL)
 def avg_pool_forward_kernel(x, kh, kw, sh, sw, pt, pl, ho, wo, count_pad):
-    """PyTorch's avg_pool2d: the divisor counts the declared padding (count_pad) but never
-    the cells ceil_mode adds past it."""
+    """PyTorch's avg_pool2d (windows and divisors from avg_window)."""
     n, c, h, w = x.shape
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
     for job in prange(n * c):
         b = job // c
         ch = job % c
         for yy in range(ho):
-            h0 = yy * sh - pt
-            h1 = min(h0 + kh, h + pt)
             for xx in range(wo):
-                w0 = xx * sw - pl
-                w1 = min(w0 + kw, w + pl)
-                size = (h1 - h0) * (w1 - w0)
-                a0, a1, b0, b1 = max(h0, 0), min(h1, h), max(w0, 0), min(w1, w)
+                a0, a1, b0, b1, divisor = avg_window(yy, xx, h, w, kh, kw, sh, sw, pt, pl,
+                                                     count_pad)
                 acc = 0.0
                 for i in range(a0, a1):
                     for j in range(b0, b1):
                         acc += x[b, ch, i, j]
-                y[b, ch, yy, xx] = acc / (size if count_pad else (a1 - a0) * (b1 - b0))
+                y[b, ch, yy, xx] = acc / divisor
     return y
 
 
-@njit(**PARALLEL)
+@njit(cache=True, **PARALLEL)
 def avg_pool_backward_kernel(gy, h, w, kh, kw, sh, sw, pt, pl, count_pad):
     n, c, ho, wo = gy.shape
     gx = np.zeros((n, c, h, w), dtype=gy.dtype)
@@ -101,14 +108,10 @@ def avg_pool_backward_kernel(gy, h, w, kh, kw, sh, sw, pt, pl, count_pad):
         b = job // c
         ch = job % c
         for yy in range(ho):
-            h0 = yy * sh - pt
-            h1 = min(h0 + kh, h + pt)
             for xx in range(wo):
-                w0 = xx * sw - pl
-                w1 = min(w0 + kw, w + pl)
-                size = (h1 - h0) * (w1 - w0)
-                a0, a1, b0, b1 = max(h0, 0), min(h1, h), max(w0, 0), min(w1, w)
-                share = gy[b, ch, yy, xx] / (size if count_pad else (a1 - a0) * (b1 - b0))
+                a0, a1, b0, b1, divisor = avg_window(yy, xx, h, w, kh, kw, sh, sw, pt, pl,
+                                                     count_pad)
+                share = gy[b, ch, yy, xx] / divisor
                 for i in range(a0, a1):
                     for j in range(b0, b1):
                         gx[b, ch, i, j] += share
