@@ -51,8 +51,6 @@ def start_times(spec: str) -> tuple[float, float]:
 QUICK = [("lenet5", {}, 8)]
 
 
-
-
 def sgemm_rate(n: int = 1024) -> float:
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     a @ a
@@ -74,6 +72,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--backend", default="cpu", choices=["cpu", "reference"])
     parser.add_argument("--quick", action="store_true", help="one tiny row (a smoke test)")
+    parser.add_argument("--only", nargs="+", metavar="NETWORK", help="run these rows only")
     parser.add_argument("--start", action="store_true",
                         help="also time a fresh process to resnet18's first result, with the "
                         "Numba cache cold and warm")
@@ -84,7 +83,13 @@ def main() -> None:
           f"sgemm {sgemm_rate():.0f} GFLOP/s; median of {args.repeat}")
     print(f"{'network':<13} {'batch':>5} {'pass':<8} {'archc ms':>9} {'torch ms':>9} "
           f"{'ratio':>6} {'archc GFLOP/s':>14}")
-    for spec, variables, batch in (QUICK if args.quick else ROWS):
+    rows = QUICK if args.quick else ROWS
+    if args.only:
+        unknown = set(args.only) - {spec for spec, _, _ in rows}
+        if unknown:
+            parser.error(f"no row named {', '.join(sorted(unknown))}")
+        rows = [row for row in rows if row[0] in args.only]
+    for spec, variables, batch in rows:
         graph = archc.load(ROOT / "specs" / f"{spec}.yaml", **variables)
         flops = analyse(graph, batch=batch).totals["flops"]
         start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,13 @@ from runtime.params import init_params, load_params, save_params
 from runtime.program import Program
 
 def _backend(name: str):
+    """(forward kernels, backward kernels, a context the kernels run in)."""
     if name == "reference":
-        return KERNELS, BACKWARD
+        return KERNELS, BACKWARD, contextlib.nullcontext
     if name == "cpu":
         from runtime.backends import cpu  # compiles (or loads cached) Numba kernels
 
-        return cpu.KERNELS, cpu.BACKWARD
+        return cpu.KERNELS, cpu.BACKWARD, cpu.scope
     raise ValueError(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
 
 
@@ -49,7 +51,7 @@ class Model:
     def __init__(self, program: Program, backend: str = "reference", seed: int = 0,
                  dtype=np.float32):
         self.program = program
-        self.kernels, self.backward_kernels = _backend(backend)
+        self.kernels, self.backward_kernels, self._scope = _backend(backend)
         self.dtype = np.dtype(dtype)
         self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
                        for k, v in init_params(program, seed).items()}
@@ -103,10 +105,11 @@ class Model:
         dict keyed by output name for several outputs)."""
         values = self._inputs(x)
         ctx = {"train": self.training, "rng": self.rng}
-        for op in self.program.ops:
-            params = {role: self.params[full] for role, full in op.params.items()}
-            values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
-                                                      params, ctx)
+        with self._scope():
+            for op in self.program.ops:
+                params = {role: self.params[full] for role, full in op.params.items()}
+                values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
+                                                          params, ctx)
         self._tape = (values, ctx)  # what backward() needs
         outs = {key: values[name] for key, name in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
@@ -125,6 +128,12 @@ class Model:
             name = outputs[key]
             grads[name] = grads.get(name, 0) + np.asarray(g, dtype=values[name].dtype)
         param_grads: dict[str, np.ndarray] = {}
+        with self._scope():
+            self._backward(values, ctx, grads, param_grads)
+        inputs = {name: grads.get(name, np.zeros_like(values[name])) for name in self.program.inputs}
+        return Gradients(param_grads, inputs)
+
+    def _backward(self, values, ctx, grads, param_grads) -> None:
         for op in reversed(self.program.ops):
             gy = grads.pop(op.output, None)
             if gy is None:
@@ -139,5 +148,3 @@ class Model:
                 full = op.params[role]
                 if self.program.params[full].trainable:
                     param_grads[full] = param_grads.get(full, 0) + g
-        inputs = {name: grads.get(name, np.zeros_like(values[name])) for name in self.program.inputs}
-        return Gradients(param_grads, inputs)

@@ -125,7 +125,7 @@ def test_run_random_input_weights_and_output(tmp_path):
     np.save(tmp_path / "x.npy", x)
     import archc
 
-    model = archc.compile(archc.load(SPECS / "lenet5.yaml"), seed=7)
+    model = archc.compile(archc.load(SPECS / "lenet5.yaml"), backend="cpu", seed=7)
     model.save(tmp_path / "w.npz")
     out = run("run", "specs/lenet5.yaml", "--input", str(tmp_path / "x.npy"), "--weights",
               str(tmp_path / "w.npz"), "-o", str(tmp_path / "y2.npy"))

@@ -1,17 +1,29 @@
-"""Convolution kernels for the CPU: im2col + BLAS GEMM for dense convs, a direct loop for
-depthwise ones (one filter per channel: a GEMM would be C tiny products).
+"""Convolution kernels for the CPU, the algorithm chosen per case (measurements in
+docs/performance.md):
 
-Layout: per sample, ``cols[(c, i, j), (y, x)] = x_padded[c, y*s + i*d, x*s + j*d]``, so
-the output of group g is ``W_g (O_g, C_g*kh*kw) @ cols_g (C_g*kh*kw, Ho*Wo)`` and the
-weight gradient ``gy_g @ cols_g.T``; the input gradient is the transpose scattered back
-(col2im).
+- stride 1 (any kernel size, dilation, groups): one GEMM per filter tap on a padded
+  "grid" layout, no im2col. The input is copied once into ``grid (C, N*Hp*Wp + tail)``:
+  channel-major, each sample's padded map flattened. Output position p of the grid sees
+  tap (i, j) at column ``p + i*dh*Wp + j*dw``, so ``out_grid (O, N*Hp*Wp) = sum_t W_t @
+  grid[:, off_t : off_t + L]``: kh*kw GEMMs accumulating in place (beta = 1) on column
+  slices, every one a large matrix product. Grid positions past the output's width or
+  height are computed and dropped (a few percent at 56x56). The input gradient is the
+  adjoint (``W_t.T @ gy_grid`` added at the shifted columns) and the weight gradient per
+  tap ``gy_grid @ grid[:, off_t : off_t + L].T`` (a GEMM with a long inner dimension).
+- strided: im2col of the whole batch + one GEMM per group;
+  ``cols[(c, i, j), (n, y, x)] = x_padded[n, c, y*s + i*d, x*s + j*d]``, input gradient by
+  col2im.
+- unpadded 1x1: a GEMM per sample on the map as it lies.
+- depthwise: a direct loop (one filter per channel: a GEMM would be C tiny products).
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+from runtime.backends.cpu.blas import gemm
 from runtime.config import PARALLEL
 
 
@@ -61,6 +73,158 @@ def col2im_kernel(cols, n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
                         if 0 <= src_x < w:
                             gx[b, ch, src_y, src_x] += cols[row, b * hw + yy * wo + xx]
     return gx
+
+
+@njit(cache=True, **PARALLEL)
+def to_grid(x, top, left, hp, wp, tail):
+    """x (N, C, H, W) -> grid (C, N*hp*wp + tail): sample b's map placed at (top, left) of
+    its hp x wp block, zeros around it and in the tail."""
+    n, c, h, w = x.shape
+    plane = hp * wp
+    grid = np.empty((c, n * plane + tail), dtype=x.dtype)
+    for job in prange(c * n):
+        ch = job // n
+        b = job % n
+        base = b * plane
+        for yy in range(hp):
+            row = base + yy * wp
+            src_y = yy - top
+            if src_y < 0 or src_y >= h:
+                for xx in range(wp):
+                    grid[ch, row + xx] = 0.0
+                continue
+            for xx in range(left):
+                grid[ch, row + xx] = 0.0
+            for xx in range(w):
+                grid[ch, row + left + xx] = x[b, ch, src_y, xx]
+            for xx in range(left + w, wp):
+                grid[ch, row + xx] = 0.0
+        if b == n - 1:
+            for t in range(tail):
+                grid[ch, n * plane + t] = 0.0
+    return grid
+
+
+@njit(cache=True, **PARALLEL)
+def from_grid(grid, n, top, left, h, w, hp, wp, bias):
+    """The (N, C, h, w) window at (top, left) of each sample's block of a grid, plus a
+    per-channel bias (an empty bias adds nothing)."""
+    c = grid.shape[0]
+    plane = hp * wp
+    y = np.empty((n, c, h, w), dtype=grid.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        add = bias[ch] if bias.size else 0.0
+        for yy in range(h):
+            row = b * plane + (yy + top) * wp + left
+            for xx in range(w):
+                y[b, ch, yy, xx] = grid[ch, row + xx] + add
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def grid_conv_kernel(grid, taps, offsets, groups, length, block):
+    """out (O, length) = sum over taps t of taps[t] @ grid[:, off_t : off_t + length], per
+    group. The threads share column blocks of the output (``block`` wide, an output block
+    stays in cache while every tap adds to it); each block's GEMMs are single-threaded."""
+    o, cg = taps.shape[1], taps.shape[2]
+    og = o // groups
+    out = np.empty((o, length), dtype=grid.dtype)
+    blocks = (length + block - 1) // block
+    for job in prange(groups * blocks):
+        g = job // blocks
+        s = (job % blocks) * block
+        e = min(length, s + block)
+        for t in range(offsets.size):
+            off = offsets[t]
+            gemm(taps[t, g * og:(g + 1) * og], grid[g * cg:(g + 1) * cg, s + off:e + off],
+                 out[g * og:(g + 1) * og, s:e], 0.0 if t == 0 else 1.0, False, False)
+    return out
+
+
+@njit(cache=True, **PARALLEL)
+def grid_conv_input_grad_kernel(taps, offsets, groups, gy_grid, width, block):
+    """The input gradient on the grid (C, width): column q gathers taps[t].T @ gy_grid[:,
+    q - off_t] over the taps that reach it; the threads share column blocks."""
+    o, cg = taps.shape[1], taps.shape[2]
+    og = o // groups
+    length = gy_grid.shape[1]
+    g_grid = np.zeros((cg * groups, width), dtype=gy_grid.dtype)
+    blocks = (width + block - 1) // block
+    for job in prange(groups * blocks):
+        g = job // blocks
+        s = (job % blocks) * block
+        e = min(width, s + block)
+        for t in range(offsets.size):
+            off = offsets[t]
+            lo, hi = max(s, off), min(e, length + off)
+            if lo < hi:
+                gemm(taps[t, g * og:(g + 1) * og], gy_grid[g * og:(g + 1) * og, lo - off:hi - off],
+                     g_grid[g * cg:(g + 1) * cg, lo:hi], 1.0, True, False)
+    return g_grid
+
+
+@njit(cache=True, **PARALLEL)
+def grid_conv_weight_grad_kernel(grid, offsets, groups, gy_grid, cg, splits):
+    """Per-tap weight gradients (taps, O, C/g): gy_grid @ grid[:, off_t : off_t + L].T, the
+    long inner dimension L cut into ``splits`` parts summed at the end."""
+    o, length = gy_grid.shape
+    og = o // groups
+    taps = offsets.size
+    part = (length + splits - 1) // splits
+    partial = np.empty((splits, taps, o, cg), dtype=gy_grid.dtype)
+    for job in prange(splits * taps * groups):
+        k = job // (taps * groups)
+        t = (job // groups) % taps
+        g = job % groups
+        s = k * part
+        e = min(length, s + part)
+        off = offsets[t]
+        gemm(gy_grid[g * og:(g + 1) * og, s:e], grid[g * cg:(g + 1) * cg, s + off:e + off],
+             partial[k, t, g * og:(g + 1) * og], 0.0, False, True)
+    return partial.sum(axis=0)
+
+
+@njit(cache=True, **PARALLEL)
+def pointwise_kernel(x, w, groups, transpose, bias, block):
+    """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
+    HW), w (O, C/g)), or W_g.T @ x[b] when ``transpose`` (the input gradient); threads take
+    (sample, group, column block) jobs. An empty bias adds nothing."""
+    n, hw = x.shape[0], x.shape[2]
+    og, cg = w.shape[0] // groups, w.shape[1]
+    rows_in, rows_out = (og, cg) if transpose else (cg, og)
+    y = np.empty((n, rows_out * groups, hw), dtype=x.dtype)
+    blocks = (hw + block - 1) // block
+    for job in prange(n * groups * blocks):
+        b = job // (groups * blocks)
+        g = (job // blocks) % groups
+        s = (job % blocks) * block
+        e = min(hw, s + block)
+        out = y[b, g * rows_out:(g + 1) * rows_out, s:e]
+        gemm(w[g * og:(g + 1) * og], x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0,
+             transpose, False)
+        if bias.size:
+            for r in range(rows_out):
+                out[r] += bias[g * rows_out + r]
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def pointwise_weight_grad_kernel(x, gy, groups, splits):
+    """(O, C/g) = sum over samples of gy[b] @ x[b].T per group; the samples are dealt out
+    to ``splits`` partial sums."""
+    n, c, hw = x.shape
+    o = gy.shape[1]
+    og, cg = o // groups, c // groups
+    partial = np.zeros((splits, o, cg), dtype=x.dtype)
+    for job in prange(splits * groups):
+        k = job // groups
+        g = job % groups
+        for b in range(k, n, splits):
+            gemm(gy[b, g * og:(g + 1) * og], x[b, g * cg:(g + 1) * cg],
+                 partial[k, g * og:(g + 1) * og], 1.0, False, True)
+    return partial.sum(axis=0)
 
 
 @njit(cache=True, **PARALLEL)
@@ -140,32 +304,91 @@ def _is_depthwise(op, x) -> bool:
     return g > 1 and g == x.shape[1]
 
 
+class _Grid:
+    """Where a stride-1 conv's input sits in the grid layout (see the module docstring)."""
+
+    def __init__(self, op, x):
+        a = op.attrs
+        (kh, kw), (dh, dw) = a["kernel_size"], a["dilation"]
+        (self.top, bottom), (self.left, right) = a["pads"]
+        self.n, _, self.h, self.w = x.shape
+        self.hp, self.wp = self.h + self.top + bottom, self.w + self.left + right
+        self.offsets = np.array([i * dh * self.wp + j * dw for i in range(kh) for j in range(kw)],
+                                dtype=np.int64)
+        self.tail = int(self.offsets[-1])
+        self.length = self.n * self.hp * self.wp
+
+    def grid(self, x):
+        return to_grid(x, self.top, self.left, self.hp, self.wp, self.tail)
+
+
+def _taps(w):
+    """(O, C/g, kh, kw) -> (kh*kw, O, C/g): one contiguous matrix per filter tap."""
+    o, cg, kh, kw = w.shape
+    return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(kh * kw, o, cg))
+
+
+def _block(rows: int) -> int:
+    """Output columns per thread job: about 256 KB of output block, so it stays in L2 while
+    every tap adds to it."""
+    return max(256, min(8192, (65536 // max(rows, 1)) // 64 * 64))
+
+
+def _grid_forward(op, x, w, bias):
+    layout = _Grid(op, x)
+    out = grid_conv_kernel(layout.grid(x), _taps(w), layout.offsets, op.attrs["groups"],
+                           layout.length, _block(w.shape[0] // op.attrs["groups"]))
+    ho, wo = op.out_shape[1:]
+    return from_grid(out, layout.n, 0, 0, ho, wo, layout.hp, layout.wp, bias)
+
+
+def _grid_backward(op, x, w, gy):
+    layout = _Grid(op, x)
+    groups = op.attrs["groups"]
+    gy_grid = to_grid(gy, 0, 0, layout.hp, layout.wp, 0)
+    taps = _taps(w)
+    g_grid = grid_conv_input_grad_kernel(taps, layout.offsets, groups, gy_grid,
+                                         layout.length + layout.tail, _block(w.shape[1]))
+    gx = from_grid(g_grid, layout.n, layout.top, layout.left, layout.h, layout.w, layout.hp,
+                   layout.wp, np.empty(0, dtype=x.dtype))
+    g_taps = grid_conv_weight_grad_kernel(layout.grid(x), layout.offsets, groups, gy_grid,
+                                          w.shape[1], numba.get_num_threads())
+    kh, kw = op.attrs["kernel_size"]
+    gw = g_taps.reshape(kh, kw, *w.shape[:2]).transpose(2, 3, 0, 1)
+    return gx, np.ascontiguousarray(gw)
+
+
+def _bias(p, x):
+    return p["bias"] if "bias" in p else np.empty(0, dtype=x.dtype)
+
+
 def conv2d_forward(op, xs, p, ctx):
     (x,) = xs
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     x = np.ascontiguousarray(x)
-    if _is_pointwise(op) and not _is_depthwise(op, x):
-        xs_ = _pointwise_input(op, x)
-        n, c = xs_.shape[:2]
-        g = op.attrs["groups"]
-        wg = w.reshape(g, w.shape[0] // g, c // g)
-        y = np.matmul(wg[None], xs_.reshape(n, g, c // g, ho * wo)).reshape(n, w.shape[0], ho, wo)
-    elif _is_depthwise(op, x):
+    groups = op.attrs["groups"]
+    if _is_depthwise(op, x):
         y = depthwise_forward_kernel(_padded(x, op), np.ascontiguousarray(w), kh, kw, sh, sw,
                                      dh, dw, ho, wo, w.shape[0] // x.shape[1])
-    else:
-        n, c = x.shape[:2]
-        g = op.attrs["groups"]
-        og, k = w.shape[0] // g, (c // g) * kh * kw
-        wmat = np.ascontiguousarray(w.reshape(g, og, k))
-        cols = im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-        y = np.concatenate([wmat[gi] @ cols[gi * k:(gi + 1) * k] for gi in range(g)])
-        # (O, N*HW) -> (N, O, H, W)
-        y = np.ascontiguousarray(y.reshape(w.shape[0], n, ho, wo).transpose(1, 0, 2, 3))
-    if "bias" in p:
-        y += p["bias"].reshape(1, -1, 1, 1)
-    return y
+        if "bias" in p:
+            y += p["bias"].reshape(1, -1, 1, 1)
+        return y
+    if _is_pointwise(op):
+        xs_ = _pointwise_input(op, x)
+        n, c = xs_.shape[:2]
+        w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+        y = pointwise_kernel(xs_.reshape(n, c, ho * wo), w2, groups, False, _bias(p, x),
+                             _block(w.shape[0] // groups))
+        return y.reshape(n, w.shape[0], ho, wo)
+    if (sh, sw) == (1, 1):
+        return _grid_forward(op, x, w, _bias(p, x))
+    # strided: the im2col matrix is a grid with one tap (hp, wp = ho, wo)
+    cols = im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
+    taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))
+    out = grid_conv_kernel(cols, taps, np.zeros(1, np.int64), groups, cols.shape[1],
+                           _block(w.shape[0] // groups))
+    return from_grid(out, x.shape[0], 0, 0, ho, wo, ho, wo, _bias(p, x))
 
 
 def conv2d_backward(op, xs, y, gy, p, ctx):
@@ -174,43 +397,42 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(gy)
+    groups = op.attrs["groups"]
     grads = {}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
-    if _is_pointwise(op) and not _is_depthwise(op, x):
-        xs_ = _pointwise_input(op, x)
-        n, c = xs_.shape[:2]
-        g = op.attrs["groups"]
-        og = w.shape[0] // g
-        xg = xs_.reshape(n, g, c // g, ho * wo)
-        gyg = gy.reshape(n, g, og, ho * wo)
-        wg = w.reshape(g, og, c // g)
-        grads["weight"] = np.matmul(gyg, xg.transpose(0, 1, 3, 2)).sum(axis=0).reshape(w.shape)
-        gsub = np.matmul(wg.transpose(0, 2, 1)[None], gyg).reshape(n, c, ho, wo)
-        sh, sw = op.attrs["stride"]
-        if (sh, sw) == (1, 1):
-            return [gsub], grads
-        gx = np.zeros_like(x)
-        gx[:, :, ::sh, ::sw] = gsub
-        return [gx], grads
     if _is_depthwise(op, x):
         gxp, gw = depthwise_backward_kernel(_padded(x, op), np.ascontiguousarray(w), gy, kh, kw,
                                             sh, sw, dh, dw, w.shape[0] // x.shape[1])
         grads["weight"] = gw
         h, wd = x.shape[2:]
         return [np.ascontiguousarray(gxp[:, :, pt:pt + h, pl:pl + wd])], grads
+    if _is_pointwise(op):
+        xs_ = _pointwise_input(op, x)
+        n, c = xs_.shape[:2]
+        x3, gy3 = xs_.reshape(n, c, ho * wo), gy.reshape(n, w.shape[0], ho * wo)
+        w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+        gsub = pointwise_kernel(gy3, w2, groups, True, np.empty(0, x.dtype),
+                                _block(c // groups)).reshape(n, c, ho, wo)
+        grads["weight"] = pointwise_weight_grad_kernel(
+            x3, gy3, groups, min(n, numba.get_num_threads())).reshape(w.shape)
+        if (sh, sw) == (1, 1):
+            return [gsub], grads
+        gx = np.zeros_like(x)
+        gx[:, :, ::sh, ::sw] = gsub
+        return [gx], grads
+    if (sh, sw) == (1, 1):
+        gx, grads["weight"] = _grid_backward(op, x, w, gy)
+        return [gx], grads
     n, c, h, wd = x.shape
-    g = op.attrs["groups"]
-    og, k = w.shape[0] // g, (c // g) * kh * kw
-    wmat = np.ascontiguousarray(w.reshape(g, og, k))
     cols = im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    gyt = np.ascontiguousarray(gy.transpose(1, 0, 2, 3).reshape(w.shape[0], n * ho * wo))
-    gw = np.empty((g, og, k), dtype=x.dtype)
-    gcols = np.empty_like(cols)
-    for gi in range(g):
-        part = gyt[gi * og:(gi + 1) * og]
-        gw[gi] = part @ cols[gi * k:(gi + 1) * k].T
-        gcols[gi * k:(gi + 1) * k] = wmat[gi].T @ part
+    taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))
+    zero = np.zeros(1, np.int64)
+    gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
+    gcols = grid_conv_input_grad_kernel(taps, zero, groups, gy_grid, cols.shape[1],
+                                        _block(taps.shape[2]))
     gx = col2im_kernel(gcols, n, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    grads["weight"] = gw.reshape(w.shape)
+    g_taps = grid_conv_weight_grad_kernel(cols, zero, groups, gy_grid, taps.shape[2],
+                                          numba.get_num_threads())
+    grads["weight"] = g_taps.reshape(w.shape)
     return [gx], grads
