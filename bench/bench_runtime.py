@@ -24,7 +24,7 @@ from timing import median_time  # noqa: E402
 import torch_twins  # noqa: E402
 from archc.analysis import analyse  # noqa: E402
 
-ROWS = [("lenet5", {}, 256), ("resnet18", {}, 8), ("mobilenet_v2", {}, 8)]
+ROWS = [("lenet5", {}, 256), ("resnet20", {}, 128), ("resnet18", {}, 8), ("mobilenet_v2", {}, 8)]
 START = """
 import time, numpy as np
 start = time.perf_counter()

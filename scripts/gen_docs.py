@@ -287,6 +287,7 @@ def architectures_markdown() -> str:
     lines += ["", "Variants by variables: `archc summary specs/efficientnet.yaml --set variant=b4`,",
               "`--set width_mult=0.5` for MobileNetV2, `--set alpha=0.5` for MobileNet v1,",
               "`--set \"blocks=[3, 8, 36, 3]\"` for ResNet-152 from `resnet50.yaml`,",
+              "`--set depth=110` for the CIFAR ResNet-110 from `resnet20.yaml`,",
               "`--set padding=1 --set resolution=256` for the 'same' U-Net,",
               "`--set upsampling=transposed` for FCN with learned upsampling,",
               "`--set S=13 --set B=3 --set C=80` for a 13x13 YOLO grid.", ""]

@@ -68,6 +68,17 @@ def test_torchvision_numbers(spec, variables, params, gmacs):
         assert round(ours, 2) == gmacs or abs(ours - gmacs) / gmacs < 0.01
 
 
+@pytest.mark.parametrize("depth, millions", [(20, 0.27), (32, 0.46), (44, 0.66), (56, 0.85),
+                                             (110, 1.7)])
+def test_cifar_resnets_match_the_paper(depth, millions):
+    # He et al. 2016, table 6 (option A shortcuts; option B's projections add 2,752)
+    graph = archc.load(SPECS / "resnet20.yaml", depth=depth)
+    params = analyse(graph).totals["params"]
+    assert abs(params / 1e6 - millions) / millions < 0.02
+    assert sum(1 for node in graph if node.op in ("conv2d", "linear")
+               and "downsample" not in node.name) == depth
+
+
 def test_mobilenet_v1_matches_the_paper():
     """Howard et al. 2017, Table 8: 1.0 MobileNet-224 has 4.2 M parameters, 569 M mult-adds."""
     totals = analyse(archc.load(SPECS / "mobilenet_v1.yaml")).totals

@@ -65,6 +65,8 @@ def test_every_spec_checks(path):
     ("resnet18", lambda: torch_models.ResNet((3, 4, 6, 3)), 224, 21_797_672,
      {"blocks": [3, 4, 6, 3]}),
     ("resnet50", torch_models.ResNet50, 224, 25_557_032, {}),
+    ("resnet20", torch_models.CifarResNet, 32, 272_474, {}),
+    ("resnet20", lambda: torch_models.CifarResNet(n=18), 32, 1_730_714, {"depth": 110}),
     ("alexnet", torch_models.AlexNet, 224, 61_100_840, {}),
     ("vgg16", torch_models.VGG16, 224, 138_357_544, {}),
     ("googlenet", torch_models.GoogLeNet, 224, 6_624_904, {}),

@@ -57,6 +57,29 @@ class ResNet(nn.Module):
         return self.fc(self.avgpool(x).flatten(1))
 
 
+class CifarResNet(nn.Module):
+    """He et al.'s CIFAR-10 ResNet (6n + 2 layers) with projection shortcuts (option B)."""
+
+    def __init__(self, n: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        cin = 16
+        for index, planes in enumerate((16, 32, 64), start=1):
+            blocks = [BasicBlock(cin, planes, 1 if index == 1 else 2)]
+            blocks += [BasicBlock(planes, planes) for _ in range(n - 1)]
+            cin = planes
+            setattr(self, f"layer{index}", nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
 class LeNet5(nn.Module):
     def __init__(self):
         super().__init__()
