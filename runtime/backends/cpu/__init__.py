@@ -5,7 +5,7 @@ kernel in either direction; tests hold every one of them to the reference backen
 
 from __future__ import annotations
 
-from runtime.backends.cpu import conv, elementwise, norm, pool
+from runtime.backends.cpu import conv, elementwise, linear, norm, pool, resample
 from runtime.backends.cpu.blas import single_threaded_blas as scope
 from runtime.backends.reference import KERNELS as REFERENCE_FORWARD
 from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
@@ -14,8 +14,18 @@ KERNELS = dict(REFERENCE_FORWARD)
 BACKWARD = dict(REFERENCE_BACKWARD)
 
 KERNELS["conv2d"], BACKWARD["conv2d"] = conv.conv2d_forward, conv.conv2d_backward
+KERNELS["conv_transpose2d"] = conv.conv_transpose2d_forward
+BACKWARD["conv_transpose2d"] = conv.conv_transpose2d_backward
+KERNELS["linear"], BACKWARD["linear"] = linear.linear_forward, linear.linear_backward
 KERNELS["max_pool2d"], BACKWARD["max_pool2d"] = pool.max_pool_forward, pool.max_pool_backward
 KERNELS["avg_pool2d"], BACKWARD["avg_pool2d"] = pool.avg_pool_forward, pool.avg_pool_backward
+for _kind in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
+              "global_max_pool2d"):
+    KERNELS[_kind], BACKWARD[_kind] = pool.adaptive_pool_forward, pool.adaptive_pool_backward
+KERNELS["unpool2d"], BACKWARD["unpool2d"] = pool.unpool_forward, pool.unpool_backward
+KERNELS["max_unpool2d"] = pool.max_unpool_forward
+BACKWARD["max_unpool2d"] = pool.max_unpool_backward
+KERNELS["upsample"], BACKWARD["upsample"] = resample.upsample_forward, resample.upsample_backward
 KERNELS["batchnorm2d"], BACKWARD["batchnorm2d"] = norm.batchnorm_forward, norm.batchnorm_backward
 # Activations, chosen by measurement (docs/performance.md): NumPy's SIMD ufuncs win every
 # forward pass and the backward of relu, relu6 and silu; the one-pass Numba loop wins the
@@ -23,5 +33,7 @@ KERNELS["batchnorm2d"], BACKWARD["batchnorm2d"] = norm.batchnorm_forward, norm.b
 for _kind in ("leaky_relu", "sigmoid", "tanh", "hardswish", "hardsigmoid"):
     BACKWARD[_kind] = elementwise.activation_backward
 
-NUMBA_OPS = ("conv2d", "max_pool2d", "avg_pool2d", "batchnorm2d", "leaky_relu", "sigmoid",
+NUMBA_OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
+             "adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
+             "global_max_pool2d", "unpool2d", "max_unpool2d", "upsample", "batchnorm2d", "leaky_relu", "sigmoid",
              "tanh", "hardswish", "hardsigmoid")

@@ -10,10 +10,13 @@ the on-disk cache).
 
 from __future__ import annotations
 
+import numba
 import numba.np.linalg as _numba_linalg
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from threadpoolctl import ThreadpoolController
+
+from runtime.config import PARALLEL
 
 _numba_linalg.ensure_blas()  # imports scipy.linalg.cython_blas, or says scipy is missing
 
@@ -53,6 +56,30 @@ def gemm(a, b, c, beta, trans_a, trans_b):
                      a.ctypes, lda, scalars[1:].ctypes, c.ctypes, ldc)
     if status != 0:
         raise RuntimeError("gemm: SciPy's BLAS could not be called")
+
+
+@njit(cache=True, **PARALLEL)
+def parallel_gemm(a, b, c, beta, trans_a, trans_b, parts):
+    """gemm with c's columns dealt out to ``parts`` thread jobs, each a single-threaded
+    BLAS call on its column block."""
+    n = c.shape[1]
+    block = (n + parts - 1) // parts
+    for job in prange(parts):
+        s = job * block
+        e = min(n, s + block)
+        if s < e:
+            part = b[s:e] if trans_b else b[:, s:e]
+            gemm(a, part, c[:, s:e], beta, trans_a, trans_b)
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) as a new C-contiguous array, on every Numba thread."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    c = np.empty((m, n), dtype=a.dtype)
+    parallel_gemm(np.ascontiguousarray(a), np.ascontiguousarray(b), c, 0.0, trans_a, trans_b,
+                  numba.get_num_threads())
+    return c
 
 
 _controller: ThreadpoolController | None = None

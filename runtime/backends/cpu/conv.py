@@ -436,3 +436,50 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
                                           numba.get_num_threads())
     grads["weight"] = g_taps.reshape(w.shape)
     return [gx], grads
+
+
+def _transposed_geometry(op, x):
+    a = op.attrs
+    (kh, kw), (sh, sw), (dh, dw) = a["kernel_size"], a["stride"], a["dilation"]
+    (ph, pw) = a["padding"]
+    return kh, kw, sh, sw, dh, dw, ph, pw
+
+
+def conv_transpose2d_forward(op, xs, p, ctx):
+    """The adjoint of a conv: every input pixel's column W_g.T @ x (one GEMM for the
+    batch, the im2col layout) added back onto the output by col2im."""
+    x = np.ascontiguousarray(xs[0])
+    w = p["weight"]  # (in, out / groups, kh, kw)
+    n, c, h, wd = x.shape
+    kh, kw, sh, sw, dh, dw, ph, pw = _transposed_geometry(op, x)
+    groups = op.attrs["groups"]
+    taps = np.ascontiguousarray(w.reshape(1, c, -1))
+    cols = grid_conv_input_grad_kernel(taps, np.zeros(1, np.int64), groups,
+                                       to_grid(x, 0, 0, h, wd, 0), n * h * wd,
+                                       _block(taps.shape[2]))
+    ho, wo = op.out_shape[1:]
+    y = col2im_kernel(cols, n, w.shape[1] * groups, ho, wo, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
+    if "bias" in p:
+        y += p["bias"].reshape(1, -1, 1, 1)
+    return y
+
+
+def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
+    """The input gradient is a conv of gy (im2col + GEMM), the weight gradient x's grid
+    times gy's im2col matrix."""
+    x = np.ascontiguousarray(xs[0])
+    w = p["weight"]
+    n, c, h, wd = x.shape
+    kh, kw, sh, sw, dh, dw, ph, pw = _transposed_geometry(op, x)
+    groups = op.attrs["groups"]
+    taps = np.ascontiguousarray(w.reshape(1, c, -1))
+    zero = np.zeros(1, np.int64)
+    cols = im2col_kernel(np.ascontiguousarray(gy), kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
+    gx_grid = grid_conv_kernel(cols, taps, zero, groups, n * h * wd, _block(c // groups))
+    gx = from_grid(gx_grid, n, 0, 0, h, wd, h, wd, np.empty(0, dtype=x.dtype))
+    g_taps = grid_conv_weight_grad_kernel(cols, zero, groups, to_grid(x, 0, 0, h, wd, 0),
+                                          taps.shape[2], numba.get_num_threads())
+    grads = {"weight": g_taps.reshape(w.shape)}
+    if "bias" in p:
+        grads["bias"] = gy.sum(axis=(0, 2, 3))
+    return [gx], grads

@@ -136,3 +136,189 @@ def avg_pool_backward(op, xs, y, gy, p, ctx):
     h, w = xs[0].shape[2:]
     return [avg_pool_backward_kernel(np.ascontiguousarray(gy), h, w, kh, kw, sh, sw, pt, pl,
                                      op.attrs["count_include_pad"])], {}
+
+
+# ----------------------------------------------------------------- adaptive and global
+@njit(cache=True, **PARALLEL)
+def adaptive_pool_forward_kernel(x, rows, cols, is_max):
+    """Pooling over bins: output (i, j) reduces x[rows[i, 0]:rows[i, 1], cols[j, 0]:cols[j,
+    1]] (a global pool is one bin). Max pooling also returns each maximum's position
+    (row * W + column, the first maximum in row-major order)."""
+    n, c, h, w = x.shape
+    ho, wo = rows.shape[0], cols.shape[0]
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    idx = np.zeros((n, c, ho, wo), dtype=np.int64)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for i in range(ho):
+            for j in range(wo):
+                if is_max:
+                    best = -np.inf
+                    at = rows[i, 0] * w + cols[j, 0]
+                    for r in range(rows[i, 0], rows[i, 1]):
+                        for q in range(cols[j, 0], cols[j, 1]):
+                            v = x[b, ch, r, q]
+                            if v > best or np.isnan(v):
+                                best = v
+                                at = r * w + q
+                                if np.isnan(v):
+                                    break
+                    y[b, ch, i, j] = best
+                    idx[b, ch, i, j] = at
+                else:
+                    total = 0.0
+                    for r in range(rows[i, 0], rows[i, 1]):
+                        for q in range(cols[j, 0], cols[j, 1]):
+                            total += x[b, ch, r, q]
+                    y[b, ch, i, j] = total / ((rows[i, 1] - rows[i, 0]) * (cols[j, 1] - cols[j, 0]))
+    return y, idx
+
+
+@njit(cache=True, **PARALLEL)
+def adaptive_pool_backward_kernel(gy, idx, rows, cols, h, w, is_max):
+    n, c, ho, wo = gy.shape
+    gx = np.zeros((n, c, h, w), dtype=gy.dtype)
+    for job in prange(n * c):  # each thread owns one (sample, channel) plane
+        b = job // c
+        ch = job % c
+        for i in range(ho):
+            for j in range(wo):
+                g = gy[b, ch, i, j]
+                if is_max:
+                    at = idx[b, ch, i, j]
+                    gx[b, ch, at // w, at % w] += g
+                else:
+                    share = g / ((rows[i, 1] - rows[i, 0]) * (cols[j, 1] - cols[j, 0]))
+                    for r in range(rows[i, 0], rows[i, 1]):
+                        for q in range(cols[j, 0], cols[j, 1]):
+                            gx[b, ch, r, q] += share
+    return gx
+
+
+def _bin_arrays(op, x):
+    from runtime.backends.reference import _bins
+
+    ho, wo = op.out_shape[1:]
+    return (np.array(_bins(x.shape[2], ho), dtype=np.int64),
+            np.array(_bins(x.shape[3], wo), dtype=np.int64))
+
+
+def adaptive_pool_forward(op, xs, p, ctx):
+    x = np.ascontiguousarray(xs[0])
+    rows, cols = _bin_arrays(op, x)
+    y, idx = adaptive_pool_forward_kernel(x, rows, cols, "max" in op.kind)
+    if "max" in op.kind:
+        ctx.setdefault("saved", {})[op.output] = idx
+    return y
+
+
+def adaptive_pool_backward(op, xs, y, gy, p, ctx):
+    x = xs[0]
+    rows, cols = _bin_arrays(op, x)
+    idx = ctx["saved"][op.output] if "max" in op.kind else np.zeros((1, 1, 1, 1), np.int64)
+    return [adaptive_pool_backward_kernel(np.ascontiguousarray(gy), idx, rows, cols,
+                                          x.shape[2], x.shape[3], "max" in op.kind)], {}
+
+
+# ----------------------------------------------------------------------------- unpooling
+@njit(cache=True, **PARALLEL)
+def unpool_forward_kernel(x, kh, kw, nearest):
+    """Nearest: every value fills its kh x kw block; bed of nails: it goes to the block's
+    top-left corner, zeros elsewhere."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, h * kh, w * kw), dtype=x.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for r in range(h):
+            for q in range(w):
+                v = x[b, ch, r, q]
+                if nearest:
+                    for i in range(kh):
+                        for j in range(kw):
+                            y[b, ch, r * kh + i, q * kw + j] = v
+                else:
+                    y[b, ch, r * kh, q * kw] = v
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def unpool_backward_kernel(gy, kh, kw, nearest):
+    n, c, ho, wo = gy.shape
+    h, w = ho // kh, wo // kw
+    gx = np.empty((n, c, h, w), dtype=gy.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for r in range(h):
+            for q in range(w):
+                if nearest:
+                    total = 0.0
+                    for i in range(kh):
+                        for j in range(kw):
+                            total += gy[b, ch, r * kh + i, q * kw + j]
+                    gx[b, ch, r, q] = total
+                else:
+                    gx[b, ch, r, q] = gy[b, ch, r * kh, q * kw]
+    return gx
+
+
+def unpool_forward(op, xs, p, ctx):
+    kh, kw = op.attrs["kernel_size"]
+    return unpool_forward_kernel(np.ascontiguousarray(xs[0]), kh, kw,
+                                 op.attrs["mode"] == "nearest")
+
+
+def unpool_backward(op, xs, y, gy, p, ctx):
+    kh, kw = op.attrs["kernel_size"]
+    return [unpool_backward_kernel(np.ascontiguousarray(gy), kh, kw,
+                                   op.attrs["mode"] == "nearest")], {}
+
+
+@njit(cache=True, **PARALLEL)
+def max_unpool_forward_kernel(x, idx, ho, wo):
+    """Each value back at the position its max pool took it from (-1: nowhere)."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, ho * wo), dtype=x.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for r in range(h):
+            for q in range(w):
+                at = idx[b, ch, r, q]
+                if at >= 0:
+                    y[b, ch, at] = x[b, ch, r, q]
+    return y.reshape(n, c, ho, wo)
+
+
+@njit(cache=True, **PARALLEL)
+def max_unpool_backward_kernel(gy, idx):
+    n, c, h, w = idx.shape
+    flat = gy.reshape(n, c, -1)
+    gx = np.zeros((n, c, h, w), dtype=gy.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for r in range(h):
+            for q in range(w):
+                at = idx[b, ch, r, q]
+                if at >= 0:
+                    gx[b, ch, r, q] = flat[b, ch, at]
+    return gx
+
+
+def _unpool_positions(op, ctx, x):
+    return np.ascontiguousarray(ctx["indices"][op.inputs[1]].reshape(x.shape))
+
+
+def max_unpool_forward(op, xs, p, ctx):
+    x = np.ascontiguousarray(xs[0])
+    ho, wo = op.attrs["out_size"]
+    return max_unpool_forward_kernel(x, _unpool_positions(op, ctx, x), ho, wo)
+
+
+def max_unpool_backward(op, xs, y, gy, p, ctx):
+    x = xs[0]
+    gx = max_unpool_backward_kernel(np.ascontiguousarray(gy), _unpool_positions(op, ctx, x))
+    return [gx] + [None] * (len(xs) - 1), {}
