@@ -5,7 +5,7 @@ kernel in either direction; tests hold every one of them to the reference backen
 
 from __future__ import annotations
 
-from runtime.backends.cpu import conv, elementwise, linear, norm, pool, resample
+from runtime.backends.cpu import conv, elementwise, linear, norm, pool, resample, tensor
 from runtime.backends.cpu.blas import single_threaded_blas as scope
 from runtime.backends.reference import KERNELS as REFERENCE_FORWARD
 from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
@@ -26,7 +26,21 @@ KERNELS["unpool2d"], BACKWARD["unpool2d"] = pool.unpool_forward, pool.unpool_bac
 KERNELS["max_unpool2d"] = pool.max_unpool_forward
 BACKWARD["max_unpool2d"] = pool.max_unpool_backward
 KERNELS["upsample"], BACKWARD["upsample"] = resample.upsample_forward, resample.upsample_backward
-KERNELS["batchnorm2d"], BACKWARD["batchnorm2d"] = norm.batchnorm_forward, norm.batchnorm_backward
+KERNELS["add"] = tensor.add_forward
+KERNELS["multiply"], BACKWARD["multiply"] = tensor.multiply_forward, tensor.multiply_backward
+KERNELS["concat"] = tensor.concat_forward
+KERNELS["channel_shuffle"] = tensor.channel_shuffle_forward
+BACKWARD["channel_shuffle"] = tensor.channel_shuffle_backward
+KERNELS["softmax"], BACKWARD["softmax"] = tensor.softmax_forward, tensor.softmax_backward
+for _kind in ("dropout", "stochastic_depth"):
+    KERNELS[_kind], BACKWARD[_kind] = tensor.dropout_forward, tensor.dropout_backward
+for _kind in ("batchnorm2d", "batchnorm1d"):
+    KERNELS[_kind], BACKWARD[_kind] = norm.batchnorm_forward, norm.batchnorm_backward
+for _kind in ("layernorm", "layernorm2d"):
+    KERNELS[_kind], BACKWARD[_kind] = norm.layernorm_forward, norm.layernorm_backward
+KERNELS["local_response_norm"] = norm.lrn_forward
+BACKWARD["local_response_norm"] = norm.lrn_backward
+KERNELS["layer_scale"], BACKWARD["layer_scale"] = norm.layer_scale_forward, norm.layer_scale_backward
 # Activations, chosen by measurement (docs/performance.md): NumPy's SIMD ufuncs win every
 # forward pass and the backward of relu, relu6 and silu; the one-pass Numba loop wins the
 # backward of the others (the NumPy expressions make several passes and temporaries).
@@ -35,5 +49,8 @@ for _kind in ("leaky_relu", "sigmoid", "tanh", "hardswish", "hardsigmoid"):
 
 NUMBA_OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
              "adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
-             "global_max_pool2d", "unpool2d", "max_unpool2d", "upsample", "batchnorm2d", "leaky_relu", "sigmoid",
+             "global_max_pool2d", "unpool2d", "max_unpool2d", "upsample", "add", "multiply",
+             "concat", "channel_shuffle", "softmax", "dropout", "stochastic_depth", "batchnorm2d",
+             "batchnorm1d", "layernorm", "layernorm2d", "local_response_norm", "layer_scale",
+             "leaky_relu", "sigmoid",
              "tanh", "hardswish", "hardsigmoid")

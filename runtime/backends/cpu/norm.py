@@ -8,8 +8,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from runtime.backends.reference import KERNELS as REFERENCE
-from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
 from runtime.config import PARALLEL
 
 
@@ -29,8 +27,6 @@ def scale_shift_kernel(x, scale, shift):
 
 def batchnorm_forward(op, xs, p, ctx):
     a = op.attrs
-    if xs[0].ndim != 4:
-        return REFERENCE[op.kind](op, xs, p, ctx)
     if ctx["train"] or not a["track_running_stats"]:
         return batchnorm_train_forward(op, xs, p, ctx)
     x = np.ascontiguousarray(xs[0])
@@ -113,12 +109,215 @@ def batchnorm_train_forward(op, xs, p, ctx):
 
 def batchnorm_backward(op, xs, y, gy, p, ctx):
     a = op.attrs
-    if ctx.get("saved", {}).get(op.output) != "batch":
-        return REFERENCE_BACKWARD[op.kind](op, xs, y, gy, p, ctx)  # inference: one multiply
     x = np.ascontiguousarray(xs[0])
+    if ctx.get("saved", {}).get(op.output) != "batch":  # running statistics: constants
+        invstd = 1.0 / np.sqrt(p["running_var"].astype(np.float64) + a["eps"])
+        weight = p["weight"].astype(np.float64) if a["affine"] else np.ones_like(invstd)
+        gy = np.ascontiguousarray(gy)
+        gx = scale_shift_kernel(gy, (weight * invstd).astype(x.dtype), np.zeros(x.shape[1], x.dtype))
+        gw, gb = channel_sums_kernel(x, gy, p["running_mean"].astype(np.float64), invstd)
+        grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
+        return [gx], grads
     mean, var = batch_stats_kernel(x)
     invstd = 1.0 / np.sqrt(var + a["eps"])
     weight = p["weight"].astype(np.float64) if a["affine"] else np.ones_like(invstd)
     gx, gw, gb = batchnorm_backward_kernel(x, np.ascontiguousarray(gy), mean, invstd, weight)
     grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
     return [gx.astype(x.dtype)], grads
+
+
+@njit(cache=True, **PARALLEL)
+def channel_sums_kernel(x, gy, center, scale):
+    """Per channel: sum of gy * (x - center) * scale, and sum of gy (the weight and bias
+    gradients of a per-channel affine map of a normalised x)."""
+    n, c = x.shape[0], x.shape[1]
+    fx, fg = x.reshape(n, c, -1), gy.reshape(n, c, -1)
+    gw = np.empty(c, dtype=np.float64)
+    gb = np.empty(c, dtype=np.float64)
+    for ch in prange(c):
+        sw = 0.0
+        sb = 0.0
+        for b in range(n):
+            for i in range(fx.shape[2]):
+                g = fg[b, ch, i]
+                sw += g * (fx[b, ch, i] - center[ch]) * scale[ch]
+                sb += g
+        gw[ch] = sw
+        gb[ch] = sb
+    return gw, gb
+
+
+# ------------------------------------------------------------------ layer scale (ConvNeXt)
+def layer_scale_forward(op, xs, p, ctx):
+    x = np.ascontiguousarray(xs[0])
+    w = p["weight"].reshape(-1).astype(x.dtype)
+    return scale_shift_kernel(x, w, np.zeros_like(w))
+
+
+def layer_scale_backward(op, xs, y, gy, p, ctx):
+    x, gy = np.ascontiguousarray(xs[0]), np.ascontiguousarray(gy)
+    w = p["weight"].reshape(-1).astype(x.dtype)
+    zero = np.zeros(x.shape[1], dtype=np.float64)
+    gw, _ = channel_sums_kernel(x, gy, zero, np.ones_like(zero))
+    return [scale_shift_kernel(gy, w, np.zeros_like(w))], \
+        {"weight": gw.astype(x.dtype).reshape(p["weight"].shape)}
+
+
+# ------------------------------------------------------------- layer norm over channels
+@njit(cache=True, **PARALLEL)
+def layernorm_forward_kernel(x, weight, bias, eps, affine):
+    """x (N, C, S): every position normalised over the channels; one sample per job, the
+    statistics accumulated along contiguous rows. Returns y, the means and 1/std."""
+    n, c, s = x.shape
+    y = np.empty_like(x)
+    mean = np.empty((n, s), dtype=np.float64)
+    invstd = np.empty((n, s), dtype=np.float64)
+    for b in prange(n):
+        acc = np.zeros(s, dtype=np.float64)
+        for ch in range(c):
+            for q in range(s):
+                acc[q] += x[b, ch, q]
+        mu = acc / c
+        acc[:] = 0.0
+        for ch in range(c):
+            for q in range(s):
+                d = x[b, ch, q] - mu[q]
+                acc[q] += d * d
+        inv = 1.0 / np.sqrt(acc / c + eps)
+        mean[b] = mu
+        invstd[b] = inv
+        for ch in range(c):
+            wt = weight[ch] if affine else 1.0
+            bs = bias[ch] if affine else 0.0
+            for q in range(s):
+                y[b, ch, q] = (x[b, ch, q] - mu[q]) * inv[q] * wt + bs
+    return y, mean, invstd
+
+
+@njit(cache=True, **PARALLEL)
+def layernorm_backward_kernel(x, gy, mean, invstd, weight, affine):
+    n, c, s = x.shape
+    gx = np.empty_like(x)
+    for b in prange(n):
+        sum_g = np.zeros(s, dtype=np.float64)
+        sum_gx = np.zeros(s, dtype=np.float64)
+        for ch in range(c):
+            wt = weight[ch] if affine else 1.0
+            for q in range(s):
+                g = gy[b, ch, q] * wt
+                sum_g[q] += g
+                sum_gx[q] += g * (x[b, ch, q] - mean[b, q]) * invstd[b, q]
+        for ch in range(c):
+            wt = weight[ch] if affine else 1.0
+            for q in range(s):
+                xhat = (x[b, ch, q] - mean[b, q]) * invstd[b, q]
+                gx[b, ch, q] = invstd[b, q] / c * (c * gy[b, ch, q] * wt - sum_g[q]
+                                                   - xhat * sum_gx[q])
+    return gx
+
+
+@njit(cache=True, **PARALLEL)
+def layernorm_param_grad_kernel(x, gy, mean, invstd):
+    n, c, s = x.shape
+    gw = np.zeros(c, dtype=np.float64)
+    gb = np.zeros(c, dtype=np.float64)
+    for ch in prange(c):
+        for b in range(n):
+            for q in range(s):
+                g = gy[b, ch, q]
+                gw[ch] += g * (x[b, ch, q] - mean[b, q]) * invstd[b, q]
+                gb[ch] += g
+    return gw, gb
+
+
+def _layernorm_args(op, x, p):
+    affine = op.attrs["elementwise_affine"]
+    c = x.shape[1]
+    weight = p["weight"].astype(np.float64) if affine else np.ones(c)
+    bias = p["bias"].astype(np.float64) if affine else np.zeros(c)
+    return np.ascontiguousarray(x).reshape(x.shape[0], c, -1), weight, bias, affine
+
+
+def layernorm_forward(op, xs, p, ctx):
+    x3, weight, bias, affine = _layernorm_args(op, xs[0], p)
+    y, _, _ = layernorm_forward_kernel(x3, weight, bias, op.attrs["eps"], affine)
+    return y.reshape(xs[0].shape)
+
+
+def layernorm_backward(op, xs, y, gy, p, ctx):
+    x3, weight, bias, affine = _layernorm_args(op, xs[0], p)
+    _, mean, invstd = layernorm_forward_kernel(x3, weight, bias, op.attrs["eps"], affine)
+    gy3 = np.ascontiguousarray(gy).reshape(x3.shape)
+    gx = layernorm_backward_kernel(x3, gy3, mean, invstd, weight, affine).reshape(xs[0].shape)
+    if not affine:
+        return [gx], {}
+    gw, gb = layernorm_param_grad_kernel(x3, gy3, mean, invstd)
+    return [gx], {"weight": gw.astype(gx.dtype), "bias": gb.astype(gx.dtype)}
+
+
+# -------------------------------------------------------------- local response norm
+@njit(cache=True, **PARALLEL)
+def lrn_denominator_kernel(x, size, alpha, k):
+    """d[c] = k + alpha / size * sum of x[j]^2 over j in [c - size//2, c + (size-1)//2]."""
+    n, c, s = x.shape
+    d = np.empty(x.shape, dtype=np.float64)
+    for b in prange(n):
+        for ch in range(c):
+            lo, hi = max(0, ch - size // 2), min(c, ch + (size - 1) // 2 + 1)
+            for q in range(s):
+                acc = 0.0
+                for j in range(lo, hi):
+                    acc += x[b, j, q] * x[b, j, q]
+                d[b, ch, q] = k + alpha / size * acc
+    return d
+
+
+@njit(cache=True, **PARALLEL)
+def lrn_backward_kernel(x, gy, d, size, alpha, beta):
+    n, c, s = x.shape
+    t = np.empty(x.shape, dtype=np.float64)
+    gx = np.empty_like(x)
+    for b in prange(n):
+        for ch in range(c):
+            for q in range(s):
+                t[b, ch, q] = gy[b, ch, q] * x[b, ch, q] * d[b, ch, q] ** (-beta - 1.0)
+        for ch in range(c):
+            lo, hi = max(0, ch - (size - 1) // 2), min(c, ch + size // 2 + 1)
+            for q in range(s):
+                back = 0.0
+                for j in range(lo, hi):
+                    back += t[b, j, q]
+                gx[b, ch, q] = gy[b, ch, q] * d[b, ch, q] ** (-beta) \
+                    - 2.0 * alpha * beta / size * x[b, ch, q] * back
+    return gx
+
+
+def _lrn(op, x):
+    a = op.attrs
+    x3 = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+    return x3, lrn_denominator_kernel(x3, a["size"], a["alpha"], a["k"])
+
+
+@njit(cache=True, **PARALLEL)
+def lrn_forward_kernel(x, d, beta):
+    n, c, s = x.shape
+    y = np.empty_like(x)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        for q in range(s):
+            y[b, ch, q] = x[b, ch, q] * d[b, ch, q] ** (-beta)
+    return y
+
+
+def lrn_forward(op, xs, p, ctx):
+    x3, d = _lrn(op, xs[0])
+    return lrn_forward_kernel(x3, d, op.attrs["beta"]).reshape(xs[0].shape)
+
+
+def lrn_backward(op, xs, y, gy, p, ctx):
+    a = op.attrs
+    x3, d = _lrn(op, xs[0])
+    gy3 = np.ascontiguousarray(gy).reshape(x3.shape)
+    return [lrn_backward_kernel(x3, gy3, d, a["size"], a["alpha"], a["beta"]).reshape(
+        xs[0].shape)], {}

@@ -1,0 +1,201 @@
+"""Merges, channel shuffles, softmax and dropout on the CPU, one parallel pass each.
+
+Element-wise merges broadcast as NumPy does (squeeze-excitation multiplies a map by a
+(N, C, 1, 1) gate): operands are viewed as 4-d arrays broadcast to the output's shape
+(stride 0 along the broadcast axes), so one kernel serves every case. Dropout draws its
+mask from the model's NumPy generator, exactly as the reference backend does (the same
+seed gives the same mask on both), and applies it with the multiply kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.backends.reference_backward import _unbroadcast
+from runtime.config import PARALLEL
+
+
+@njit(cache=True, **PARALLEL)
+def combine_kernel(a, b, multiply):
+    """a + b or a * b on 4-d arrays of one shape (either may be a broadcast view)."""
+    n, c, h, w = a.shape
+    y = np.empty((n, c, h, w), dtype=a.dtype)
+    for job in prange(n * c):
+        i = job // c
+        j = job % c
+        for r in range(h):
+            if multiply:
+                for q in range(w):
+                    y[i, j, r, q] = a[i, j, r, q] * b[i, j, r, q]
+            else:
+                for q in range(w):
+                    y[i, j, r, q] = a[i, j, r, q] + b[i, j, r, q]
+    return y
+
+
+def _as4d(x: np.ndarray, shape: tuple) -> np.ndarray:
+    """x broadcast to ``shape``, both padded to 4 axes with trailing ones."""
+    pad = (1,) * (4 - len(shape))
+    x = x.reshape(x.shape + (1,) * (len(shape) - x.ndim))
+    return np.broadcast_to(x.reshape(x.shape + pad), shape + pad)
+
+
+def _combine(xs, multiply: bool) -> np.ndarray:
+    shape = np.broadcast_shapes(*(x.shape for x in xs))
+    y = _as4d(xs[0], shape)
+    for x in xs[1:]:
+        y = combine_kernel(y, _as4d(x, shape), multiply)
+    if len(xs) == 1:
+        y = np.array(y)
+    return y.reshape(shape)
+
+
+def add_forward(op, xs, p, ctx):
+    return _combine(xs, multiply=False)
+
+
+def multiply_forward(op, xs, p, ctx):
+    return _combine(xs, multiply=True)
+
+
+def multiply_backward(op, xs, y, gy, p, ctx):
+    grads = []
+    for i, x in enumerate(xs):
+        others = [gy] + [other for j, other in enumerate(xs) if j != i]
+        grads.append(_unbroadcast(_combine(others, multiply=True), x.shape))
+    return grads, {}
+
+
+# ---------------------------------------------------------------------- concat, shuffle
+@njit(cache=True, **PARALLEL)
+def copy_rows_kernel(y, x, offset):
+    """y[a, offset + i, :] = x[a, i, :] for 3-d (outer, channels, inner) views."""
+    outer, rows = x.shape[0], x.shape[1]
+    for job in prange(outer * rows):
+        a = job // rows
+        i = job % rows
+        for k in range(x.shape[2]):
+            y[a, offset + i, k] = x[a, i, k]
+
+
+def _three_axes(shape, dim):
+    dim %= len(shape)
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def concat_forward(op, xs, p, ctx):
+    dim = op.attrs["dim"] % xs[0].ndim
+    shape = list(xs[0].shape)
+    shape[dim] = sum(x.shape[dim] for x in xs)
+    y = np.empty(shape, dtype=xs[0].dtype)
+    y3 = y.reshape(_three_axes(y.shape, dim))
+    offset = 0
+    for x in xs:
+        copy_rows_kernel(y3, np.ascontiguousarray(x).reshape(_three_axes(x.shape, dim)), offset)
+        offset += x.shape[dim]
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def shuffle_kernel(x, groups):
+    """Channel k = j * groups + i of the output is channel i * (C / groups) + j of x."""
+    n, c, s = x.shape
+    per = c // groups
+    y = np.empty_like(x)
+    for job in prange(n * c):
+        b = job // c
+        k = job % c
+        src = (k % groups) * per + k // groups
+        for q in range(s):
+            y[b, k, q] = x[b, src, q]
+    return y
+
+
+def _shuffle(x, groups):
+    x3 = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+    return shuffle_kernel(x3, groups).reshape(x.shape)
+
+
+def channel_shuffle_forward(op, xs, p, ctx):
+    return _shuffle(xs[0], op.attrs["groups"])
+
+
+def channel_shuffle_backward(op, xs, y, gy, p, ctx):
+    return [_shuffle(gy, gy.shape[1] // op.attrs["groups"])], {}
+
+
+# ----------------------------------------------------------------------------- softmax
+@njit(cache=True, **PARALLEL)
+def softmax_kernel(x):
+    """Softmax along the middle axis of (outer, C, inner), max-subtracted."""
+    outer, c, inner = x.shape
+    y = np.empty_like(x)
+    for job in prange(outer * inner):
+        a = job // inner
+        k = job % inner
+        top = x[a, 0, k]
+        for i in range(1, c):
+            top = max(top, x[a, i, k])
+        total = 0.0
+        for i in range(c):
+            e = math.exp(x[a, i, k] - top)
+            y[a, i, k] = e
+            total += e
+        for i in range(c):
+            y[a, i, k] /= total
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def softmax_backward_kernel(y, gy):
+    outer, c, inner = y.shape
+    gx = np.empty_like(y)
+    for job in prange(outer * inner):
+        a = job // inner
+        k = job % inner
+        dot = 0.0
+        for i in range(c):
+            dot += gy[a, i, k] * y[a, i, k]
+        for i in range(c):
+            gx[a, i, k] = y[a, i, k] * (gy[a, i, k] - dot)
+    return gx
+
+
+def softmax_forward(op, xs, p, ctx):
+    x = np.ascontiguousarray(xs[0])
+    return softmax_kernel(x.reshape(_three_axes(x.shape, op.attrs["dim"]))).reshape(x.shape)
+
+
+def softmax_backward(op, xs, y, gy, p, ctx):
+    axes = _three_axes(y.shape, op.attrs["dim"])
+    gx = softmax_backward_kernel(np.ascontiguousarray(y).reshape(axes),
+                                 np.ascontiguousarray(gy).reshape(axes))
+    return [gx.reshape(y.shape)], {}
+
+
+# ----------------------------------------------------------------------------- dropout
+def dropout_forward(op, xs, p, ctx):
+    """The reference draws the mask (same generator, same stream); the multiply runs here."""
+    if not ctx["train"] or op.attrs["p"] == 0:
+        return xs[0]
+    return _combine([xs[0], _draw_scale(op, xs[0], ctx)], multiply=True)
+
+
+def _draw_scale(op, x, ctx):
+    rate = op.attrs["p"]
+    if op.kind == "dropout":
+        shape = x.shape
+    else:  # stochastic depth: a whole sample (row) or the whole batch at once
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1) if op.attrs["mode"] == "row" else (1,) * x.ndim
+    keep = ctx["rng"].random(shape) >= rate
+    scale = (keep / (1 - rate)).astype(x.dtype)
+    ctx.setdefault("saved", {})[op.output] = scale
+    return scale
+
+
+def dropout_backward(op, xs, y, gy, p, ctx):
+    scale = ctx.get("saved", {}).get(op.output)
+    return [gy if scale is None else _combine([gy, scale], multiply=True)], {}
