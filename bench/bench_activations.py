@@ -1,6 +1,6 @@
-"""Activation gradients on the CPU: the one-pass Numba kernel against NumPy's expression
-(the reference backward), per activation, on a MobileNet-sized tensor; the faster one is
-what runtime/backends/cpu uses.
+"""Activations on the CPU, forward and backward: the Numba kernels against NumPy's
+expressions (the reference backend), per activation, on a MobileNet-sized tensor. The
+faster one is what runtime/backends/cpu uses; the ``used`` column says which it uses.
 
     .venv/bin/python bench/bench_activations.py [--repeat N]
 """
@@ -17,13 +17,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runtime.backends.cpu import BACKWARD as CPU_BACKWARD  # noqa: E402
-from timing import median_time  # noqa: E402
-from runtime.backends.cpu.elementwise import CODES, activation_backward_kernel  # noqa: E402
-from runtime.backends.reference import ACTIVATIONS  # noqa: E402
+from runtime.backends.cpu import KERNELS as CPU_FORWARD  # noqa: E402
+from runtime.backends.cpu.elementwise import CODES  # noqa: E402
+from runtime.backends.cpu.elementwise import activation_backward, activation_forward  # noqa: E402
+from runtime.backends.reference import KERNELS as REF_FORWARD  # noqa: E402
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD  # noqa: E402
-from runtime.backends.reference_backward import DERIVATIVES  # noqa: E402
-
-
+from runtime.program import Op  # noqa: E402
+from timing import median_time  # noqa: E402
 
 
 def main() -> None:
@@ -33,15 +33,25 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 192, 56, 56)).astype(np.float32)
     gy = rng.standard_normal(x.shape).astype(np.float32)
-    attrs = {"negative_slope": 0.01, "approximate": "none"}
     print(f"tensor 8x192x56x56 float32, median of {args.repeat}")
-    print(f"{'activation':<12} {'numba ms':>9} {'numpy ms':>9} {'ratio':>6}  used")
-    for name, code in CODES.items():
-        y = ACTIVATIONS[name](x, attrs).astype(np.float32)
-        numba = median_time(lambda: activation_backward_kernel(x, y, gy, code, 0.01), args.repeat)
-        numpy = median_time(lambda: gy * DERIVATIVES[name](x, y, attrs).astype(np.float32), args.repeat)
-        used = "numba" if CPU_BACKWARD[name] is not REF_BACKWARD[name] else "numpy"
-        print(f"{name:<12} {numba * 1e3:>9.1f} {numpy * 1e3:>9.1f} {numba / numpy:>5.2f}x  {used}")
+    print(f"{'activation':<12} {'pass':<8} {'numba ms':>9} {'numpy ms':>9} {'ratio':>6}  used")
+    for name in CODES:
+        kind = "gelu" if name.startswith("gelu") else name
+        attrs = {"negative_slope": 0.01, "approximate": "tanh" if name == "gelu_tanh" else "none"}
+        op = Op(name="y", kind=kind, attrs=attrs, inputs=("x",), output="y", params={},
+                in_shapes=(x.shape[1:],),
+                out_shape=x.shape[1:])
+        y = REF_FORWARD[kind](op, [x], {}, {})
+        cases = [("forward", lambda: activation_forward(op, [x], {}, {}),
+                  lambda: REF_FORWARD[kind](op, [x], {}, {}), CPU_FORWARD, REF_FORWARD),
+                 ("backward", lambda: activation_backward(op, [x], y, gy, {}, {}),
+                  lambda: REF_BACKWARD[kind](op, [x], y, gy, {}, {}), CPU_BACKWARD,
+                  REF_BACKWARD)]
+        for label, ours, numpy_, table, reference in cases:
+            a = median_time(ours, args.repeat)
+            b = median_time(numpy_, 1 if name.startswith("gelu") else args.repeat)
+            used = "numpy" if table[kind] is reference[kind] else "numba"
+            print(f"{name:<12} {label:<8} {a * 1e3:>9.1f} {b * 1e3:>9.1f} {a / b:>5.2f}x  {used}")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 import archc
 from conftest import SPECS
 from runtime.backends import cpu
+from runtime.backends.cpu import elementwise
 from runtime.backends.reference import KERNELS as REF
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD
 from runtime.params import init_params
+from runtime.program import Op
 from test_reference_backend import one_op
 from test_shapes import archc_shape, draw_case
 
@@ -95,3 +97,20 @@ def test_networks_forward_and_backward_match_reference(spec, variables):
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'gpu'"):
         archc.compile(archc.load(SPECS / "lenet5.yaml"), backend="gpu")
+
+
+@pytest.mark.parametrize("name", sorted(elementwise.CODES))
+def test_every_activation_kernel_matches_the_reference(name):
+    # including the forward kernels that lose to NumPy and are kept for the benchmark
+    kind = "gelu" if name.startswith("gelu") else name
+    attrs = {"negative_slope": 0.2, "approximate": "tanh" if name == "gelu_tanh" else "none"}
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 7)) * 5
+    x[0, 0, 0, :3] = [-3.0, 3.0, 6.0]  # the kinks
+    op = Op(name="y", kind=kind, attrs=attrs, inputs=("x",), output="y", params={},
+            in_shapes=(x.shape[1:],), out_shape=x.shape[1:])
+    y = elementwise.activation_forward(op, [x], {}, {})
+    np.testing.assert_allclose(y, REF[kind](op, [x], {}, {}), rtol=1e-12, atol=1e-12)
+    gy = np.random.default_rng(4).standard_normal(x.shape)
+    (gx,), _ = elementwise.activation_backward(op, [x], y, gy, {}, {})
+    (expected,), _ = REF_BACKWARD[kind](op, [x], y, gy, {}, {})
+    np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)

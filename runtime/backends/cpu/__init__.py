@@ -41,10 +41,13 @@ for _kind in ("layernorm", "layernorm2d"):
 KERNELS["local_response_norm"] = norm.lrn_forward
 BACKWARD["local_response_norm"] = norm.lrn_backward
 KERNELS["layer_scale"], BACKWARD["layer_scale"] = norm.layer_scale_forward, norm.layer_scale_backward
-# Activations, chosen by measurement (docs/performance.md): NumPy's SIMD ufuncs win every
-# forward pass and the backward of relu, relu6 and silu; the one-pass Numba loop wins the
-# backward of the others (the NumPy expressions make several passes and temporaries).
-for _kind in ("leaky_relu", "sigmoid", "tanh", "hardswish", "hardsigmoid"):
+# Activations: the Numba kernels, except the forward passes of sigmoid, tanh and silu,
+# where NumPy's SIMD tanh beats Numba's scalar calls to libm's exp and tanh by 4-36x
+# (bench/bench_activations.py, docs/performance.md).
+for _kind in ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
+              "hardsigmoid"):
+    if _kind not in ("sigmoid", "tanh", "silu"):
+        KERNELS[_kind] = elementwise.activation_forward
     BACKWARD[_kind] = elementwise.activation_backward
 
 NUMBA_OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
@@ -52,5 +55,5 @@ NUMBA_OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
              "global_max_pool2d", "unpool2d", "max_unpool2d", "upsample", "add", "multiply",
              "concat", "channel_shuffle", "softmax", "dropout", "stochastic_depth", "batchnorm2d",
              "batchnorm1d", "layernorm", "layernorm2d", "local_response_norm", "layer_scale",
-             "leaky_relu", "sigmoid",
-             "tanh", "hardswish", "hardsigmoid")
+             "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
+             "hardsigmoid")
