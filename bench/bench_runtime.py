@@ -78,6 +78,8 @@ def main() -> None:
                         "Numba cache cold and warm")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.backend == "cpu":
+        import runtime.backends.cpu  # noqa: F401  (loads the BLAS its kernels call, to report it)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), archc "
           f"{archc.__version__} backend {args.backend}; BLAS: {blas_kernel()}; "
           f"sgemm {sgemm_rate():.0f} GFLOP/s; median of {args.repeat}")

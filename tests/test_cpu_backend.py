@@ -3,6 +3,8 @@ backward, on hypothesis-drawn cases; and whole networks."""
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 import archc
 from conftest import SPECS
 from runtime.backends import cpu
-from runtime.backends.cpu import elementwise
+from runtime.backends.cpu import conv, elementwise
 from runtime.backends.reference import KERNELS as REF
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD
 from runtime.params import init_params
@@ -52,15 +54,17 @@ def test_numba_op_matches_reference(op, data):
     params = {k: v.astype(np.float64) if v.dtype == np.float32 else v for k, v in params.items()}
     xs64 = [x.astype(np.float64) for x in xs]
     expected = REF[op](prog_op, xs64, params, ctx_ref)
-    got = cpu.KERNELS[op](prog_op, xs, params_cpu, ctx_cpu)
+    gy = rng.standard_normal(expected.shape).astype(np.float32)
+    # stride-1 convs run either algorithm (bench/bench_conv.py times both)
+    with patch.object(conv, "GRID_AT_STRIDE_1", data.draw(st.booleans())):
+        got = cpu.KERNELS[op](prog_op, xs, params_cpu, ctx_cpu)
+        cpu_gx, cpu_gp = cpu.BACKWARD[op](prog_op, xs, got, gy, params_cpu, ctx_cpu)
     for key in params:  # running statistics move the same way
         np.testing.assert_allclose(params_cpu[key], params[key], rtol=1e-5, atol=1e-6)
     scale = max(np.abs(expected).max(), 1e-6)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
-    gy = rng.standard_normal(expected.shape).astype(np.float32)
     ref_gx, ref_gp = REF_BACKWARD[op](prog_op, xs64, expected, gy.astype(np.float64), params,
                                       ctx_ref)
-    cpu_gx, cpu_gp = cpu.BACKWARD[op](prog_op, xs, got, gy, params_cpu, ctx_cpu)
     for a, b in zip(cpu_gx, ref_gx):  # float32: absolute error relative to gy's scale
         if b is None:  # positions or a size reference: no gradient
             assert a is None

@@ -39,25 +39,26 @@ def batchnorm_forward(op, xs, p, ctx):
 
 @njit(cache=True, **PARALLEL)
 def batch_stats_kernel(x):
-    """Per-channel mean and (biased) variance over (N, H, W), two-pass for accuracy."""
+    """Per-channel mean and (biased) variance over (N, H, W) in one pass: float64 sums of
+    x - x0 and its square, shifted by the channel's first value so that a large mean
+    does not cancel the variance's digits."""
     n, c = x.shape[0], x.shape[1]
     flat = x.reshape(n, c, -1)
     m = flat.shape[2]
     mean = np.empty(c, dtype=np.float64)
     var = np.empty(c, dtype=np.float64)
     for ch in prange(c):
+        shift = np.float64(flat[0, ch, 0])
         s = 0.0
-        for b in range(n):
-            for i in range(m):
-                s += flat[b, ch, i]
-        mu = s / (n * m)
         q = 0.0
         for b in range(n):
             for i in range(m):
-                d = flat[b, ch, i] - mu
+                d = flat[b, ch, i] - shift
+                s += d
                 q += d * d
-        mean[ch] = mu
-        var[ch] = q / (n * m)
+        mu = s / (n * m)
+        mean[ch] = shift + mu
+        var[ch] = max(q / (n * m) - mu * mu, 0.0)
     return mean, var
 
 
@@ -94,6 +95,7 @@ def batchnorm_train_forward(op, xs, p, ctx):
     x = np.ascontiguousarray(xs[0])
     mean, var = batch_stats_kernel(x)
     ctx.setdefault("saved", {})[op.output] = "batch"
+    ctx.setdefault("batch_stats", {})[op.output] = (mean, var)  # for the backward pass
     if a["track_running_stats"]:
         count = x.size // x.shape[1]
         m = a["momentum"]
@@ -118,7 +120,7 @@ def batchnorm_backward(op, xs, y, gy, p, ctx):
         gw, gb = channel_sums_kernel(x, gy, p["running_mean"].astype(np.float64), invstd)
         grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
         return [gx], grads
-    mean, var = batch_stats_kernel(x)
+    mean, var = ctx["batch_stats"][op.output]
     invstd = 1.0 / np.sqrt(var + a["eps"])
     weight = p["weight"].astype(np.float64) if a["affine"] else np.ones_like(invstd)
     gx, gw, gb = batchnorm_backward_kernel(x, np.ascontiguousarray(gy), mean, invstd, weight)

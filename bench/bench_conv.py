@@ -1,0 +1,92 @@
+"""Convolution algorithms on the CPU, per layer shape: archc's choice (a GEMM per filter
+tap on the grid layout at stride 1; im2col + GEMM when strided; a GEMM on the map as it
+lies for unpadded 1x1; a direct loop for depthwise), the im2col alternative at stride 1,
+and PyTorch, forward and forward+backward, same process, median of repeated runs.
+
+    .venv/bin/python bench/bench_conv.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import archc  # noqa: E402
+from runtime.backends.cpu import conv  # noqa: E402
+from timing import median_time  # noqa: E402
+
+# (where it occurs, batch, in channels, out channels, size, kernel, stride, groups)
+SHAPES = [
+    ("resnet18 layer1", 8, 64, 64, 56, 3, 1, 1),
+    ("resnet18 layer2", 8, 128, 128, 28, 3, 1, 1),
+    ("resnet18 layer3", 8, 256, 256, 14, 3, 1, 1),
+    ("resnet18 layer4", 8, 512, 512, 7, 3, 1, 1),
+    ("resnet18 layer2.0", 8, 64, 128, 56, 3, 2, 1),
+    ("resnet20 layer1", 128, 16, 16, 32, 3, 1, 1),
+    ("resnet20 layer3", 128, 64, 64, 8, 3, 1, 1),
+    ("mobilenet_v2 1x1", 8, 32, 192, 56, 1, 1, 1),
+    ("mobilenet_v2 dw", 8, 144, 144, 56, 3, 1, 144),
+]
+
+
+def one_conv(batch, cin, cout, size, k, stride, groups):
+    text = (f"input: {{channels: {cin}, height: {size}, width: {size}}}\nlayers:\n"
+            f"  - conv2d: {{out_channels: {cout}, kernel_size: {k}, stride: {stride}, "
+            f"padding: {k // 2}, groups: {groups}, bias: false}}\n")
+    model = archc.compile(archc.load("conv.yaml", text=text), backend="cpu").train()
+    x = np.random.default_rng(0).standard_normal((batch, cin, size, size)).astype(np.float32)
+    return model, x
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="the first shape only")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); median of "
+          f"{args.repeat}; ms, and the ratio archc / torch")
+    print(f"{'layer':<18} {'shape':<22} {'pass':<8} {'archc':>7} {'im2col':>7} {'torch':>7} "
+          f"{'ratio':>6} {'GFLOP/s':>8}")
+    for name, batch, cin, cout, size, k, stride, groups in SHAPES[:1] if args.quick else SHAPES:
+        model, x = one_conv(batch, cin, cout, size, k, stride, groups)
+        y = model(x)
+        gy = np.ones_like(y)
+        weight = torch.randn(cout, cin // groups, k, k, requires_grad=True)
+        tx = torch.from_numpy(x).requires_grad_(True)
+
+        def torch_forward():
+            with torch.no_grad():
+                torch.nn.functional.conv2d(tx, weight, None, stride, k // 2, 1, groups)
+
+        def torch_both():
+            out = torch.nn.functional.conv2d(tx, weight, None, stride, k // 2, 1, groups)
+            torch.autograd.grad(out, (tx, weight), torch.ones_like(out))
+
+        flops = 2 * y.size * (cin // groups) * k * k
+        shape = f"{batch}x{cin}x{size}x{size} k{k}s{stride}" + (f"g{groups}" if groups > 1 else "")
+        stride1_dense = stride == 1 and k > 1 and groups < cin
+        for label, ours, theirs, work in (
+                ("forward", lambda: model(x), torch_forward, flops),
+                ("fwd+bwd", lambda: (model(x), model.backward(gy)), torch_both, 3 * flops)):
+            a = median_time(ours, args.repeat)
+            alt = "-"
+            if stride1_dense:
+                conv.GRID_AT_STRIDE_1 = False
+                alt = f"{median_time(ours, args.repeat) * 1e3:.1f}"
+                conv.GRID_AT_STRIDE_1 = True
+            b = median_time(theirs, args.repeat)
+            print(f"{name:<18} {shape:<22} {label:<8} {a * 1e3:>7.1f} {alt:>7} {b * 1e3:>7.1f} "
+                  f"{a / b:>5.2f}x {work / a / 1e9:>8.1f}")
+
+
+if __name__ == "__main__":
+    main()
