@@ -38,3 +38,12 @@ def test_bench_runtime_start_times_cold_then_warm():
 
     cold, warm = bench_runtime.start_times("lenet5")
     assert 0 < warm < cold  # the second fresh process finds the kernels compiled on disk
+
+
+def test_bench_conv_times_both_stride_1_algorithms():
+    out = subprocess.run([sys.executable, "bench/bench_conv.py", "--quick", "--repeat", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [line.split() for line in out.splitlines() if line.startswith("resnet18 layer1")]
+    assert [r[4] for r in rows] == ["forward", "fwd+bwd"]
+    for r in rows:  # archc, grid, im2col and torch times, then the ratio
+        assert all(float(v) > 0 for v in r[5:9]) and r[9].endswith("x")
