@@ -173,23 +173,25 @@ def grid_conv_input_grad_kernel(taps, offsets, groups, gy_grid, width, block):
 
 
 @njit(cache=True, **PARALLEL)
-def grid_conv_weight_grad_kernel(grid, offsets, groups, gy_grid, cg, splits):
-    """Per-tap weight gradients (taps, O, C/g): gy_grid @ grid[:, off_t : off_t + L].T, the
-    long inner dimension L cut into ``splits`` parts summed at the end."""
+def grid_conv_weight_grad_kernel(grid, offsets, groups, gy_grid, cg, splits, block):
+    """Per-tap weight gradients (taps, O, C/g): gy_grid @ grid[:, off_t : off_t + L].T. The
+    long inner dimension L is cut into ``splits`` parts (one per thread, summed at the end),
+    each walked in blocks of ``block`` columns with every tap applied to a block while it is
+    in cache (tap by tap over the whole of L read everything once per tap)."""
     o, length = gy_grid.shape
     og = o // groups
     taps = offsets.size
     part = (length + splits - 1) // splits
-    partial = np.empty((splits, taps, o, cg), dtype=gy_grid.dtype)
-    for job in prange(splits * taps * groups):
-        k = job // (taps * groups)
-        t = (job // groups) % taps
-        g = job % groups
-        s = k * part
-        e = min(length, s + part)
-        off = offsets[t]
-        gemm(gy_grid[g * og:(g + 1) * og, s:e], grid[g * cg:(g + 1) * cg, s + off:e + off],
-             partial[k, t, g * og:(g + 1) * og], 0.0, False, True)
+    partial = np.zeros((splits, taps, o, cg), dtype=gy_grid.dtype)
+    for k in prange(splits):
+        for s in range(k * part, min(length, (k + 1) * part), block):
+            e = min(length, (k + 1) * part, s + block)
+            for g in range(groups):
+                for t in range(taps):
+                    off = offsets[t]
+                    gemm(gy_grid[g * og:(g + 1) * og, s:e],
+                         grid[g * cg:(g + 1) * cg, s + off:e + off],
+                         partial[k, t, g * og:(g + 1) * og], 1.0, False, True)
     return partial.sum(axis=0)
 
 
@@ -415,7 +417,7 @@ def _grid_backward(op, x, w, gy):
     gx = from_grid(g_grid, layout.n, layout.top, layout.left, layout.h, layout.w, layout.hp,
                    layout.wp, np.empty(0, dtype=x.dtype))
     g_taps = grid_conv_weight_grad_kernel(layout.grid(x), layout.offsets, groups, gy_grid,
-                                          w.shape[1], numba.get_num_threads())
+                                          w.shape[1], numba.get_num_threads(), _block(w.shape[0]))
     kh, kw = op.attrs["kernel_size"]
     gw = g_taps.reshape(kh, kw, *w.shape[:2]).transpose(2, 3, 0, 1)
     return gx, np.ascontiguousarray(gw)
@@ -523,7 +525,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
                                         _block(taps.shape[2]))
     gx = col2im_kernel(gcols, n, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
     g_taps = grid_conv_weight_grad_kernel(cols, zero, groups, gy_grid, taps.shape[2],
-                                          numba.get_num_threads())
+                                          numba.get_num_threads(), _block(w.shape[0]))
     grads["weight"] = g_taps.reshape(w.shape)
     return [gx], grads
 
@@ -568,7 +570,7 @@ def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
     gx_grid = grid_conv_kernel(cols, taps, zero, groups, n * h * wd, _block(c // groups))
     gx = from_grid(gx_grid, n, 0, 0, h, wd, h, wd, np.empty(0, dtype=x.dtype))
     g_taps = grid_conv_weight_grad_kernel(cols, zero, groups, to_grid(x, 0, 0, h, wd, 0),
-                                          taps.shape[2], numba.get_num_threads())
+                                          taps.shape[2], numba.get_num_threads(), _block(c))
     grads = {"weight": g_taps.reshape(w.shape)}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
