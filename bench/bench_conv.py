@@ -24,24 +24,27 @@ import archc  # noqa: E402
 from runtime.backends.cpu import conv  # noqa: E402
 from timing import median_time  # noqa: E402
 
-# (where it occurs, batch, in channels, out channels, size, kernel, stride, groups)
+# (where it occurs, batch, in channels, out channels, size, kernel, stride, groups, padding)
 SHAPES = [
-    ("resnet18 layer1", 8, 64, 64, 56, 3, 1, 1),
-    ("resnet18 layer2", 8, 128, 128, 28, 3, 1, 1),
-    ("resnet18 layer3", 8, 256, 256, 14, 3, 1, 1),
-    ("resnet18 layer4", 8, 512, 512, 7, 3, 1, 1),
-    ("resnet18 layer2.0", 8, 64, 128, 56, 3, 2, 1),
-    ("resnet20 layer1", 128, 16, 16, 32, 3, 1, 1),
-    ("resnet20 layer3", 128, 64, 64, 8, 3, 1, 1),
-    ("mobilenet_v2 1x1", 8, 32, 192, 56, 1, 1, 1),
-    ("mobilenet_v2 dw", 8, 144, 144, 56, 3, 1, 144),
+    ("resnet18 layer1", 8, 64, 64, 56, 3, 1, 1, 1),
+    ("resnet18 layer2", 8, 128, 128, 28, 3, 1, 1, 1),
+    ("resnet18 layer3", 8, 256, 256, 14, 3, 1, 1, 1),
+    ("resnet18 layer4", 8, 512, 512, 7, 3, 1, 1, 1),
+    ("resnet18 layer2.0", 8, 64, 128, 56, 3, 2, 1, 1),
+    ("resnet18 conv1", 8, 3, 64, 224, 7, 2, 1, 3),
+    ("resnet20 layer1", 128, 16, 16, 32, 3, 1, 1, 1),
+    ("resnet20 layer3", 128, 64, 64, 8, 3, 1, 1, 1),
+    ("lenet5 c1", 256, 1, 6, 32, 5, 1, 1, 0),
+    ("lenet5 c3", 256, 6, 16, 14, 5, 1, 1, 0),
+    ("mobilenet_v2 1x1", 8, 32, 192, 56, 1, 1, 1, 0),
+    ("mobilenet_v2 dw", 8, 144, 144, 56, 3, 1, 144, 1),
 ]
 
 
-def one_conv(batch, cin, cout, size, k, stride, groups):
+def one_conv(batch, cin, cout, size, k, stride, groups, pad):
     text = (f"input: {{channels: {cin}, height: {size}, width: {size}}}\nlayers:\n"
             f"  - conv2d: {{out_channels: {cout}, kernel_size: {k}, stride: {stride}, "
-            f"padding: {k // 2}, groups: {groups}, bias: false}}\n")
+            f"padding: {pad}, groups: {groups}, bias: false}}\n")
     model = archc.compile(archc.load("conv.yaml", text=text), backend="cpu").train()
     x = np.random.default_rng(0).standard_normal((batch, cin, size, size)).astype(np.float32)
     return model, x
@@ -57,8 +60,9 @@ def main() -> None:
           f"{args.repeat}; ms, and the ratio archc / torch")
     print(f"{'layer':<18} {'shape':<22} {'pass':<8} {'archc':>7} {'grid':>7} {'im2col':>7} "
           f"{'torch':>7} {'ratio':>6} {'GFLOP/s':>8}")
-    for name, batch, cin, cout, size, k, stride, groups in SHAPES[:1] if args.quick else SHAPES:
-        model, x = one_conv(batch, cin, cout, size, k, stride, groups)
+    for name, batch, cin, cout, size, k, stride, groups, pad in (
+            SHAPES[:1] if args.quick else SHAPES):
+        model, x = one_conv(batch, cin, cout, size, k, stride, groups, pad)
         y = model(x)
         gy = np.ones_like(y)
         weight = torch.randn(cout, cin // groups, k, k, requires_grad=True)
@@ -66,10 +70,10 @@ def main() -> None:
 
         def torch_forward():
             with torch.no_grad():
-                torch.nn.functional.conv2d(tx, weight, None, stride, k // 2, 1, groups)
+                torch.nn.functional.conv2d(tx, weight, None, stride, pad, 1, groups)
 
         def torch_both():
-            out = torch.nn.functional.conv2d(tx, weight, None, stride, k // 2, 1, groups)
+            out = torch.nn.functional.conv2d(tx, weight, None, stride, pad, 1, groups)
             torch.autograd.grad(out, (tx, weight), torch.ones_like(out))
 
         flops = 2 * y.size * (cin // groups) * k * k

@@ -58,7 +58,8 @@ def test_numba_op_matches_reference(op, data):
     # stride-1 convs run either algorithm (bench/bench_conv.py times both)
     grid = data.draw(st.booleans())
     with patch.object(conv, "GRID_AT_STRIDE_1", grid), \
-            patch.object(conv, "GRID_WASTE_LIMIT", float("inf") if grid else 0.0):
+            patch.object(conv, "GRID_WASTE_LIMIT", float("inf") if grid else 0.0), \
+            patch.object(conv, "GRID_FEW_CHANNELS", 1 << 30 if grid else 0):
         got = cpu.KERNELS[op](prog_op, xs, params_cpu, ctx_cpu)
         cpu_gx, cpu_gp = cpu.BACKWARD[op](prog_op, xs, got, gy, params_cpu, ctx_cpu)
     for key in params:  # running statistics move the same way

@@ -30,7 +30,8 @@ from runtime.config import PARALLEL
 @njit(cache=True, **PARALLEL)
 def im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """cols (C*kh*kw, N*ho*wo) of a batch x (N, C, H, W), zero outside the input: the whole
-    batch in one matrix, so each group is a single large GEMM."""
+    batch in one matrix, so each group is a single large GEMM. Each output row's span
+    inside the input is computed once, so the copy loop has no border tests."""
     n, c, h, w = x.shape
     hw = ho * wo
     cols = np.empty((c * kh * kw, n * hw), dtype=x.dtype)
@@ -40,17 +41,102 @@ def im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
         ch = row // (kh * kw)
         i = (row // kw) % kh
         j = row % kw
-        base = b * hw
+        # output columns xx whose source column xx*sw + j*dw - pl lies in [0, w)
+        shift = j * dw - pl
+        x0 = min(wo, max(0, (-shift + sw - 1) // sw))
+        x1 = min(wo, max(x0, (w - 1 - shift) // sw + 1)) if w - 1 - shift >= 0 else x0
+        out = cols[row]
         for yy in range(ho):
+            base = b * hw + yy * wo
             src_y = yy * sh + i * dh - pt
-            inside_y = 0 <= src_y < h
-            for xx in range(wo):
-                src_x = xx * sw + j * dw - pl
-                if inside_y and 0 <= src_x < w:
-                    cols[row, base + yy * wo + xx] = x[b, ch, src_y, src_x]
-                else:
-                    cols[row, base + yy * wo + xx] = 0.0
+            if src_y < 0 or src_y >= h:
+                for xx in range(wo):
+                    out[base + xx] = 0.0
+                continue
+            src = x[b, ch, src_y]
+            for xx in range(x0):
+                out[base + xx] = 0.0
+            if sw == 1:
+                for xx in range(x0, x1):
+                    out[base + xx] = src[xx + shift]
+            else:
+                for xx in range(x0, x1):
+                    out[base + xx] = src[xx * sw + shift]
+            for xx in range(x1, wo):
+                out[base + xx] = 0.0
     return cols
+
+
+@njit(cache=True)
+def im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e):
+    """Columns s..e-1 of group g's im2col matrix (the whole batch's output positions in
+    order) into panel (cg*kh*kw, >= e - s)."""
+    h, w = x.shape[2], x.shape[3]
+    hw = ho * wo
+    for r in range(cg * kh * kw):
+        ch = g * cg + r // (kh * kw)
+        i = (r // kw) % kh
+        j = r % kw
+        b, rest = s // hw, s % hw
+        yy, xx = rest // wo, rest % wo
+        row = panel[r]
+        for q in range(e - s):
+            src_y = yy * sh + i * dh - pt
+            src_x = xx * sw + j * dw - pl
+            if 0 <= src_y < h and 0 <= src_x < w:
+                row[q] = x[b, ch, src_y, src_x]
+            else:
+                row[q] = 0.0
+            xx += 1
+            if xx == wo:
+                xx = 0
+                yy += 1
+                if yy == ho:
+                    yy = 0
+                    b += 1
+
+
+@njit(cache=True, **PARALLEL)
+def im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, block):
+    """out (O, N*ho*wo) = W_g (O/g, C/g*kh*kw) @ im2col, the im2col matrix never built
+    whole: each thread job fills a panel of ``block`` columns (sized to stay in L2) and
+    multiplies it at once."""
+    n, c = x.shape[0], x.shape[1]
+    o = wmat.shape[0]
+    og, cg = o // groups, c // groups
+    length = n * ho * wo
+    out = np.empty((o, length), dtype=x.dtype)
+    blocks = (length + block - 1) // block
+    for job in prange(groups * blocks):
+        g = job // blocks
+        s = (job % blocks) * block
+        e = min(length, s + block)
+        panel = np.empty((cg * kh * kw, e - s), dtype=x.dtype)
+        im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e)
+        gemm(wmat[g * og:(g + 1) * og], panel, out[g * og:(g + 1) * og, s:e], 0.0, False, False)
+    return out
+
+
+@njit(cache=True, **PARALLEL)
+def im2col_weight_grad_kernel(x, gy_grid, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                              splits, block):
+    """(O, C/g*kh*kw) = gy_grid @ im2col.T, from panels as in im2col_gemm_kernel; the
+    positions are cut into ``splits`` parts (one per thread, summed at the end)."""
+    n, c = x.shape[0], x.shape[1]
+    o, length = gy_grid.shape
+    og, cg = o // groups, c // groups
+    k = cg * kh * kw
+    part = (length + splits - 1) // splits
+    partial = np.zeros((splits, o, k), dtype=x.dtype)
+    for sp in prange(splits):
+        panel = np.empty((k, block), dtype=x.dtype)
+        for s in range(sp * part, min(length, (sp + 1) * part), block):
+            e = min(length, (sp + 1) * part, s + block)
+            for g in range(groups):
+                im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e)
+                gemm(gy_grid[g * og:(g + 1) * og, s:e], panel[:, :e - s],
+                     partial[sp, g * og:(g + 1) * og], 1.0, False, True)
+    return partial.sum(axis=0)
 
 
 @njit(cache=True, **PARALLEL)
@@ -399,6 +485,11 @@ def _block(rows: int) -> int:
     return max(256, min(8192, (65536 // max(rows, 1)) // 64 * 64))
 
 
+def _panel(rows: int) -> int:
+    """im2col columns per panel: about 512 KB of panel, so it stays in L2 for its GEMM."""
+    return max(64, min(8192, (131072 // max(rows, 1)) // 16 * 16))
+
+
 def _grid_forward(op, x, w, bias):
     layout = _Grid(op, x)
     out = grid_conv_kernel(layout.grid(x), _taps(w), layout.offsets, op.attrs["groups"],
@@ -424,11 +515,13 @@ def _grid_backward(op, x, w, gy):
 
 
 # Stride-1 convs on the grid (a GEMM per tap) rather than through im2col, unless the grid
-# is mostly padding: bench/bench_conv.py, which times both on the same shapes (the switch
-# is for it), measured the grid 1.1-3.6x faster down to 8x8 maps (a grid 1.56x the map)
-# and im2col 1.5x faster at 7x7 with padding 1 (1.65x).
+# is mostly padding and the channels many: bench/bench_conv.py, which times both on the
+# same shapes (the switches are for it), measured the grid 1.1-3.6x faster down to 8x8
+# maps (a grid 1.56x the map) and at LeNet's 6 channels even with a grid 1.96x the map,
+# and im2col 1.4x faster at 7x7 with 512 channels (a grid 1.65x the map).
 GRID_AT_STRIDE_1 = True
 GRID_WASTE_LIMIT = 1.6
+GRID_FEW_CHANNELS = 128  # below this many input channels per group, the grid regardless
 
 
 def _use_grid(op, x) -> bool:
@@ -436,7 +529,9 @@ def _use_grid(op, x) -> bool:
     h, w = x.shape[2:]
     ho, wo = op.out_shape[1:]
     waste = (h + pt + pb) * (w + pl + pr) / (ho * wo)
-    return GRID_AT_STRIDE_1 and tuple(op.attrs["stride"]) == (1, 1) and waste <= GRID_WASTE_LIMIT
+    few = x.shape[1] // op.attrs["groups"] < GRID_FEW_CHANNELS
+    return GRID_AT_STRIDE_1 and tuple(op.attrs["stride"]) == (1, 1) and (
+        waste <= GRID_WASTE_LIMIT or few)
 
 
 def _bias(p, x):
@@ -464,11 +559,10 @@ def conv2d_forward(op, xs, p, ctx):
         return y.reshape(n, w.shape[0], ho, wo)
     if _use_grid(op, x):
         return _grid_forward(op, x, w, _bias(p, x))
-    # strided: the im2col matrix is a grid with one tap (hp, wp = ho, wo)
-    cols = im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))
-    out = grid_conv_kernel(cols, taps, np.zeros(1, np.int64), groups, cols.shape[1],
-                           _block(w.shape[0] // groups))
+    # otherwise im2col + GEMM, panel by panel; the output is a grid with hp, wp = ho, wo
+    wmat = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+    out = im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                             _panel(wmat.shape[1]))
     return from_grid(out, x.shape[0], 0, 0, ho, wo, ho, wo, _bias(p, x))
 
 
@@ -517,16 +611,14 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
         gx, grads["weight"] = _grid_backward(op, x, w, gy)
         return [gx], grads
     n, c, h, wd = x.shape
-    cols = im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
     taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))
-    zero = np.zeros(1, np.int64)
     gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
-    gcols = grid_conv_input_grad_kernel(taps, zero, groups, gy_grid, cols.shape[1],
-                                        _block(taps.shape[2]))
+    gcols = grid_conv_input_grad_kernel(taps, np.zeros(1, np.int64), groups, gy_grid,
+                                        gy_grid.shape[1], _block(taps.shape[2]))
     gx = col2im_kernel(gcols, n, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    g_taps = grid_conv_weight_grad_kernel(cols, zero, groups, gy_grid, taps.shape[2],
-                                          numba.get_num_threads(), _block(w.shape[0]))
-    grads["weight"] = g_taps.reshape(w.shape)
+    gw = im2col_weight_grad_kernel(x, gy_grid, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                                   numba.get_num_threads(), _panel(taps.shape[2]))
+    grads["weight"] = gw.reshape(w.shape)
     return [gx], grads
 
 
