@@ -62,7 +62,7 @@ def blas_kernel() -> str:
         from threadpoolctl import threadpool_info
     except ImportError:
         return "unknown (threadpoolctl not installed)"
-    info = [f"{i['internal_api']} {i.get('architecture', '?')} x{i['num_threads']}"
+    info = [f"{Path(i['filepath']).name} ({i['internal_api']} {i.get('architecture', '?')})"
             for i in threadpool_info() if i["user_api"] == "blas"]
     return ", ".join(info) or "none found"
 

@@ -516,7 +516,7 @@ def _grid_backward(op, x, w, gy):
 
 # Stride-1 convs on the grid (a GEMM per tap) rather than through im2col, unless the grid
 # is mostly padding and the channels many: bench/bench_conv.py, which times both on the
-# same shapes (the switches are for it), measured the grid 1.1-3.6x faster down to 8x8
+# same shapes (the switches are for it), measured the grid 1.03-3.7x faster down to 8x8
 # maps (a grid 1.56x the map) and at LeNet's 6 channels even with a grid 1.96x the map,
 # and im2col 1.4x faster at 7x7 with 512 channels (a grid 1.65x the map).
 GRID_AT_STRIDE_1 = True
