@@ -38,17 +38,25 @@ def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
 
 
 @njit(cache=True, **PARALLEL)
-def max_pool_backward_kernel(gy, idx, h, w):
-    n, c, ho, wo = gy.shape
-    gx = np.zeros((n, c, h * w), dtype=gy.dtype)
+def scatter_kernel(values, idx, h, w, accumulate):
+    """out (N, C, h, w) with values[b, c, i, j] placed at position idx[b, c, i, j] (row * w
+    + column; -1: nowhere) of its plane, added up where positions repeat (the gradient of
+    a max pool, whose overlapping windows can pick one input twice) or written over (max
+    unpooling, as PyTorch does)."""
+    n, c, ho, wo = values.shape
+    out = np.zeros((n, c, h * w), dtype=values.dtype)
     for job in prange(n * c):
         b = job // c
         ch = job % c
         for yy in range(ho):
             for xx in range(wo):
-                if idx[b, ch, yy, xx] >= 0:
-                    gx[b, ch, idx[b, ch, yy, xx]] += gy[b, ch, yy, xx]
-    return gx.reshape(n, c, h, w)
+                at = idx[b, ch, yy, xx]
+                if at >= 0:
+                    if accumulate:
+                        out[b, ch, at] += values[b, ch, yy, xx]
+                    else:
+                        out[b, ch, at] = values[b, ch, yy, xx]
+    return out.reshape(n, c, h, w)
 
 
 def max_pool_forward(op, xs, p, ctx):
@@ -64,8 +72,8 @@ def max_pool_forward(op, xs, p, ctx):
 
 def max_pool_backward(op, xs, y, gy, p, ctx):
     x = xs[0]
-    return [max_pool_backward_kernel(np.ascontiguousarray(gy), ctx["indices"][op.output],
-                                     x.shape[2], x.shape[3])], {}
+    return [scatter_kernel(np.ascontiguousarray(gy), ctx["indices"][op.output], x.shape[2],
+                           x.shape[3], True)], {}
 
 
 @njit(cache=True)
@@ -176,7 +184,7 @@ def adaptive_pool_forward_kernel(x, rows, cols, is_max):
 
 
 @njit(cache=True, **PARALLEL)
-def adaptive_pool_backward_kernel(gy, idx, rows, cols, h, w, is_max):
+def adaptive_avg_backward_kernel(gy, rows, cols, h, w):
     n, c, ho, wo = gy.shape
     gx = np.zeros((n, c, h, w), dtype=gy.dtype)
     for job in prange(n * c):  # each thread owns one (sample, channel) plane
@@ -184,15 +192,10 @@ def adaptive_pool_backward_kernel(gy, idx, rows, cols, h, w, is_max):
         ch = job % c
         for i in range(ho):
             for j in range(wo):
-                g = gy[b, ch, i, j]
-                if is_max:
-                    at = idx[b, ch, i, j]
-                    gx[b, ch, at // w, at % w] += g
-                else:
-                    share = g / ((rows[i, 1] - rows[i, 0]) * (cols[j, 1] - cols[j, 0]))
-                    for r in range(rows[i, 0], rows[i, 1]):
-                        for q in range(cols[j, 0], cols[j, 1]):
-                            gx[b, ch, r, q] += share
+                share = gy[b, ch, i, j] / ((rows[i, 1] - rows[i, 0]) * (cols[j, 1] - cols[j, 0]))
+                for r in range(rows[i, 0], rows[i, 1]):
+                    for q in range(cols[j, 0], cols[j, 1]):
+                        gx[b, ch, r, q] += share
     return gx
 
 
@@ -214,11 +217,11 @@ def adaptive_pool_forward(op, xs, p, ctx):
 
 
 def adaptive_pool_backward(op, xs, y, gy, p, ctx):
-    x = xs[0]
+    x, gy = xs[0], np.ascontiguousarray(gy)
+    if "max" in op.kind:
+        return [scatter_kernel(gy, ctx["saved"][op.output], x.shape[2], x.shape[3], True)], {}
     rows, cols = _bin_arrays(op, x)
-    idx = ctx["saved"][op.output] if "max" in op.kind else np.zeros((1, 1, 1, 1), np.int64)
-    return [adaptive_pool_backward_kernel(np.ascontiguousarray(gy), idx, rows, cols,
-                                          x.shape[2], x.shape[3], "max" in op.kind)], {}
+    return [adaptive_avg_backward_kernel(gy, rows, cols, x.shape[2], x.shape[3])], {}
 
 
 # ----------------------------------------------------------------------------- unpooling
@@ -277,23 +280,8 @@ def unpool_backward(op, xs, y, gy, p, ctx):
 
 
 @njit(cache=True, **PARALLEL)
-def max_unpool_forward_kernel(x, idx, ho, wo):
-    """Each value back at the position its max pool took it from (-1: nowhere)."""
-    n, c, h, w = x.shape
-    y = np.zeros((n, c, ho * wo), dtype=x.dtype)
-    for job in prange(n * c):
-        b = job // c
-        ch = job % c
-        for r in range(h):
-            for q in range(w):
-                at = idx[b, ch, r, q]
-                if at >= 0:
-                    y[b, ch, at] = x[b, ch, r, q]
-    return y.reshape(n, c, ho, wo)
-
-
-@njit(cache=True, **PARALLEL)
 def max_unpool_backward_kernel(gy, idx):
+    """Each value's gradient read back from the position it was put at."""
     n, c, h, w = idx.shape
     flat = gy.reshape(n, c, -1)
     gx = np.zeros((n, c, h, w), dtype=gy.dtype)
@@ -315,7 +303,7 @@ def _unpool_positions(op, ctx, x):
 def max_unpool_forward(op, xs, p, ctx):
     x = np.ascontiguousarray(xs[0])
     ho, wo = op.attrs["out_size"]
-    return max_unpool_forward_kernel(x, _unpool_positions(op, ctx, x), ho, wo)
+    return scatter_kernel(x, _unpool_positions(op, ctx, x), ho, wo, False)
 
 
 def max_unpool_backward(op, xs, y, gy, p, ctx):
