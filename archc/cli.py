@@ -189,10 +189,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if len(x) == 1:
             x = next(iter(x.values()))
     start = time.perf_counter()
-    y = model(x)
+    y = model.predict(x)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    y = model(x)  # again, without compiling or loading kernels
+    y = model.predict(x)  # again, without compiling or loading kernels
     elapsed = time.perf_counter() - start
     outputs = y if isinstance(y, dict) else {next(iter(graph.outputs)): y}
     for key, value in outputs.items():
@@ -203,7 +203,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = model.memory_plan(batch)
     print(f"activation memory: {plan.arena_bytes / 2**20:.1f} MiB planned "
           f"(peak {plan.peak_bytes / 2**20:.1f} MiB alive at once, "
-          f"{plan.naive_bytes / 2**20:.1f} MiB without reuse)")
+          f"{plan.naive_bytes / 2**20:.1f} MiB without reuse); "
+          f"{model.last_peak_bytes / 2**20:.1f} MiB alive at most in this run")
     if args.output:
         if len(outputs) == 1:
             np.save(args.output, next(iter(outputs.values())), allow_pickle=False)

@@ -27,6 +27,16 @@ def _backend(name: str):
 BACKENDS = ("cpu", "reference")
 
 
+def _bytes_alive(arrays) -> int:
+    """Bytes of the distinct memory blocks behind some arrays (views count once)."""
+    roots = {}
+    for array in arrays:
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        roots[id(array)] = array.nbytes
+    return sum(roots.values())
+
+
 class InputError(Exception):
     """Data given to a model does not fit its inputs."""
 
@@ -114,12 +124,46 @@ class Model:
         outs = {key: values[name] for key, name in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
 
+    def predict(self, x):
+        """A forward pass that keeps nothing for backward(): each value is dropped after
+        the last op that reads it (the liveness of the memory plan), so its memory goes
+        back for the next ones. ``last_peak_bytes`` is then the most activation memory
+        that was alive at once, measured on the arrays themselves (inputs included)."""
+        values = self._inputs(x)
+        last = self._last_uses()
+        ctx = {"train": self.training, "rng": self.rng}
+        peak = 0
+        with self._scope():
+            for step, op in enumerate(self.program.ops):
+                params = {role: self.params[full] for role, full in op.params.items()}
+                values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
+                                                          params, ctx)
+                peak = max(peak, _bytes_alive(values.values()))
+                for name in [n for n in values if last.get(n) == step]:
+                    del values[name]
+        self._tape = None
+        self.last_peak_bytes = peak
+        outs = {key: values[name] for key, name in self.program.outputs.items()}
+        return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def _last_uses(self) -> dict[str, int]:
+        """Value name -> the step of the last op that reads it (outputs: never freed)."""
+        last: dict[str, int] = {}
+        for step, op in enumerate(self.program.ops):
+            last.setdefault(op.output, step)  # read by nothing: dropped at once
+            for name in op.inputs:
+                last[name] = step
+        for name in self.program.outputs.values():
+            last.pop(name, None)
+        return last
+
     def backward(self, grad_output) -> "Gradients":
         """Gradients of the last forward pass, given the gradient of its output (an array,
         or a dict keyed by output name): every trainable parameter's and every input's.
         Where a value feeds several layers, their gradients add up."""
         if self._tape is None:
-            raise RuntimeError("backward() needs a forward pass first: call model(x)")
+            raise RuntimeError("backward() needs a forward pass first: call model(x) "
+                               "(predict() keeps nothing for it)")
         values, ctx = self._tape
         outputs = self.program.outputs
         given = grad_output if isinstance(grad_output, dict) else {next(iter(outputs)): grad_output}

@@ -42,3 +42,27 @@ def test_chains_reuse_two_buffers_and_views_share():
     assert plan.arena_bytes == plan.peak_bytes == 2 * 400
     assert plan.offsets["identity"] == plan.offsets["relu"]
     assert plan.naive_bytes == 6 * 400
+
+
+@pytest.mark.parametrize("spec, variables", [
+    ("lenet5", {}),
+    ("resnet18", {"resolution": 64}),
+    ("mobilenet_v2", {"resolution": 64}),
+    ("googlenet", {"resolution": 64}),
+    ("unet", {"resolution": 64, "padding": 1}),
+])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_predict_frees_by_liveness_and_peaks_where_the_plan_says(spec, variables, backend):
+    import numpy as np
+
+    graph = archc.load(SPECS / f"{spec}.yaml", **variables)
+    model = archc.compile(graph, backend=backend)
+    shape = next(iter(model.program.inputs.values()))
+    x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
+    y = model.predict(x)
+    np.testing.assert_array_equal(y, model(x))
+    # measured on the arrays the kernels returned: the plan's peak, to the byte
+    assert model.last_peak_bytes == model.memory_plan(2).peak_bytes
+    with pytest.raises(RuntimeError, match="predict"):
+        model.predict(x)
+        model.backward(np.ones_like(y))
