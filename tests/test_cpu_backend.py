@@ -79,9 +79,13 @@ def test_numba_op_matches_reference(op, data):
 
 
 @pytest.mark.parametrize("spec, variables", [
+    ("lenet5", {}),
     ("resnet18", {"resolution": 64}),
     ("mobilenet_v2", {"resolution": 64}),
     ("googlenet", {"resolution": 64}),
+    ("unet", {"resolution": 64, "padding": 1}),
+    ("convnext_tiny", {"resolution": 64}),
+    ("shufflenet_v2", {"resolution": 64}),
 ])
 def test_networks_forward_and_backward_match_reference(spec, variables):
     # float64, so that what is compared is what the kernels compute, not float32 rounding
