@@ -1,0 +1,166 @@
+"""Optimisers, learning-rate schedules and gradient clipping, with PyTorch's update rules
+(torch.optim.SGD, Adam, AdamW; torch.optim.lr_scheduler; torch.nn.utils.clip_grad_norm_).
+
+Parameters and gradients are name -> array mappings (a model's ``parameters()`` and a
+``Gradients.params``); the update happens in place, one fused Numba pass per tensor.
+Optimiser state is a flat name -> array mapping too (``state_dict()``), so that it goes
+into a checkpoint as ``.npz`` next to the weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.config import PARALLEL
+
+
+@njit(cache=True, **PARALLEL)
+def sgd_kernel(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    """torch.optim.SGD's single-tensor step on flattened arrays (buf unused without
+    momentum; on the first step it starts as the gradient)."""
+    for i in prange(p.size):
+        d = g[i] + weight_decay * p[i]
+        if momentum != 0.0:
+            b = d if first else momentum * buf[i] + (1.0 - dampening) * d
+            buf[i] = b
+            d = d + momentum * b if nesterov else b
+        p[i] -= lr * d
+
+
+@njit(cache=True, **PARALLEL)
+def adam_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+    """torch.optim.Adam's (decoupled: AdamW's) single-tensor step on flattened arrays."""
+    c1 = 1.0 - beta1 ** step
+    c2 = math.sqrt(1.0 - beta2 ** step)
+    for i in prange(p.size):
+        d = g[i]
+        if decoupled:
+            p[i] *= 1.0 - lr * weight_decay
+        elif weight_decay != 0.0:
+            d = d + weight_decay * p[i]
+        m[i] += (1.0 - beta1) * (d - m[i])
+        v[i] = beta2 * v[i] + (1.0 - beta2) * d * d
+        p[i] -= lr / c1 * m[i] / (math.sqrt(v[i]) / c2 + eps)
+
+
+class Optimizer:
+    """Shared by the optimisers: the learning rate (set by a schedule), the step count,
+    and state arrays per parameter, created on the first step."""
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, params: dict[str, np.ndarray], lr: float):
+        if lr < 0:
+            raise ValueError(f"the learning rate must be positive, got {lr}")
+        self.params, self.lr, self.steps = params, float(lr), 0
+        self.state: dict[str, np.ndarray] = {}
+
+    def _slot(self, name: str, slot: str) -> np.ndarray:
+        key = f"{name}.{slot}"
+        if key not in self.state:
+            self.state[key] = np.zeros_like(self.params[name])
+        return self.state[key]
+
+    def step(self, grads: dict[str, np.ndarray]) -> None:
+        """One update of every parameter that has a gradient, in place."""
+        self.steps += 1
+        for name, grad in grads.items():
+            param = self.params[name]
+            if not param.flags.c_contiguous:
+                raise ValueError(f"parameter '{name}' must be a contiguous array")
+            self._update(name, param.reshape(-1),
+                         np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1))
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Name -> array: the per-parameter state plus ``step`` and ``lr``."""
+        return {**self.state, "step": np.array(self.steps), "lr": np.array(self.lr)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.steps, self.lr = int(state["step"]), float(state["lr"])
+        self.state = {k: np.array(v) for k, v in state.items() if k not in ("step", "lr")}
+
+
+class SGD(Optimizer):
+    def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum needs a momentum and no dampening")
+        self.momentum, self.dampening = momentum, dampening
+        self.weight_decay, self.nesterov = weight_decay, nesterov
+
+    def _update(self, name, p, g):
+        first = f"{name}.momentum_buffer" not in self.state
+        buf = self._slot(name, "momentum_buffer").reshape(-1) if self.momentum else p[:0]
+        sgd_kernel(p, g, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
+                   self.nesterov, first)
+
+
+class Adam(Optimizer):
+    decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        self.beta1, self.beta2 = betas
+        self.eps, self.weight_decay = eps, weight_decay
+
+    def _update(self, name, p, g):
+        m = self._slot(name, "exp_avg").reshape(-1)
+        v = self._slot(name, "exp_avg_sq").reshape(-1)
+        adam_kernel(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+                    self.decoupled, self.steps)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (PyTorch's default decay 0.01)."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        super().__init__(params, lr, betas, eps, weight_decay)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
+
+
+# ------------------------------------------------------------------------- schedules
+def schedule_factor(kind: str, epoch: int, *, step_size: int = 30, gamma: float = 0.1,
+                    milestones=(), total: int = 1, eta_min_factor: float = 0.0,
+                    warmup: int = 0, warmup_start: float = 1 / 3) -> float:
+    """The multiplier of the base learning rate at ``epoch`` (0-based), in closed form:
+    ``step`` (StepLR), ``multistep`` (MultiStepLR), ``cosine`` (CosineAnnealingLR over
+    ``total`` epochs down to ``eta_min_factor``, held there afterwards where PyTorch's
+    would rise again), ``constant``; a linear warm-up (LinearLR from ``warmup_start``)
+    over the first ``warmup`` epochs multiplies any of them."""
+    if kind == "step":
+        factor = gamma ** (epoch // step_size)
+    elif kind == "multistep":
+        factor = gamma ** sum(1 for m in milestones if epoch >= m)
+    elif kind == "cosine":
+        t = min(epoch, total)
+        factor = eta_min_factor + (1 - eta_min_factor) * (1 + math.cos(math.pi * t / total)) / 2
+    elif kind == "constant":
+        factor = 1.0
+    else:
+        raise ValueError(f"unknown schedule '{kind}' (step, multistep, cosine, constant)")
+    if warmup and epoch < warmup:
+        factor *= warmup_start + (1 - warmup_start) * epoch / warmup
+    return factor
+
+
+def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+    """Scale every gradient in place so that their joint L2 norm is at most ``max_norm``
+    (as torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), capped at
+    1); returns the norm before clipping."""
+    total = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel()))
+                          for g in grads.values()))
+    coef = min(max_norm / (total + 1e-6), 1.0)
+    if coef < 1.0:
+        for g in grads.values():
+            g *= g.dtype.type(coef)
+    return total
