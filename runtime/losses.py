@@ -1,0 +1,149 @@
+"""Loss functions: each returns the mean loss and its gradient with respect to the
+network's output (what ``Model.backward`` takes), with PyTorch's definitions
+(torch.nn.functional.cross_entropy, binary_cross_entropy_with_logits, mse_loss,
+triplet_margin_loss; torchvision.ops.sigmoid_focal_loss). Computed in float64 and handed
+back in the output's dtype.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def cross_entropy(logits: np.ndarray, target: np.ndarray, *, label_smoothing: float = 0.0,
+                  ignore_index: int = -100, weight: np.ndarray | None = None):
+    """Softmax cross-entropy over the class axis 1: logits (N, C) with target (N,), or per
+    pixel, logits (N, C, H, W) with target (N, H, W). Targets equal to ``ignore_index``
+    count for nothing; class weights scale each target's term and the mean divides by
+    their sum (as PyTorch); label smoothing mixes in the mean over all classes."""
+    z = logits.astype(np.float64)
+    c = z.shape[1]
+    target = np.asarray(target)
+    if target.shape != (z.shape[0],) + z.shape[2:]:
+        raise ValueError(f"targets of shape {target.shape} do not fit logits of shape "
+                         f"{logits.shape}: expected {(z.shape[0],) + z.shape[2:]}")
+    keep = target != ignore_index
+    labels = np.where(keep, target, 0)
+    if keep.any() and (labels.min() < 0 or labels.max() >= c):
+        raise ValueError(f"class labels must lie in 0..{c - 1} (or be the ignore index "
+                         f"{ignore_index}); got {labels.min()}..{labels.max()}")
+    w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
+    logp = _log_softmax(z)
+    # classes to axis 1 -> one row per sample (or pixel): (M, C)
+    rows = np.moveaxis(logp, 1, -1).reshape(-1, c)
+    flat_labels, flat_keep = labels.reshape(-1), keep.reshape(-1)
+    w_target = w[flat_labels] * flat_keep
+    denom = w_target.sum()
+    if denom == 0:
+        return 0.0, np.zeros_like(logits)
+    nll = -(w_target * rows[np.arange(len(rows)), flat_labels]).sum() / denom
+    smooth = -((rows * w).sum(axis=1) * flat_keep).sum() / denom
+    loss = (1 - label_smoothing) * nll + label_smoothing / c * smooth
+    p = np.exp(rows)
+    onehot = np.zeros_like(rows)
+    onehot[np.arange(len(rows)), flat_labels] = 1
+    grad = ((1 - label_smoothing) * w_target[:, None] * (p - onehot)
+            + label_smoothing / c * flat_keep[:, None] * (p * w.sum() - w)) / denom
+    grad = np.moveaxis(grad.reshape(np.moveaxis(logp, 1, -1).shape), -1, 1)
+    return float(loss), grad.astype(logits.dtype)
+
+
+def _softplus_neg(x):
+    """log(1 + exp(-x)), stable."""
+    return np.logaddexp(0.0, -x)
+
+
+def _sigmoid(x):
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def bce_with_logits(logits: np.ndarray, target: np.ndarray, *, pos_weight=None):
+    """Mean binary cross-entropy of sigmoid(logits) against targets in [0, 1]; a positive
+    weight scales the positive term (per class, broadcast along the last axes)."""
+    x, t = logits.astype(np.float64), np.asarray(target, dtype=np.float64)
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    per = pw * t * _softplus_neg(x) + (1 - t) * _softplus_neg(-x)
+    grad = (_sigmoid(x) * (pw * t + 1 - t) - pw * t) / x.size
+    return float(per.mean()), grad.astype(logits.dtype)
+
+
+def focal_loss(logits: np.ndarray, target: np.ndarray, *, alpha: float = 0.25,
+               gamma: float = 2.0):
+    """Sigmoid focal loss (Lin et al. 2017, as torchvision's sigmoid_focal_loss), mean:
+    the binary cross-entropy scaled by (1 - p_t)^gamma, and by alpha for positives and
+    1 - alpha for negatives (alpha < 0: no weighting)."""
+    x, t = logits.astype(np.float64), np.asarray(target, dtype=np.float64)
+    p = _sigmoid(x)
+    ce = t * _softplus_neg(x) + (1 - t) * _softplus_neg(-x)
+    p_t = p * t + (1 - p) * (1 - t)
+    q = 1 - p_t
+    mod = q ** gamma
+    # d/dx of (1 - p_t)^gamma, zero where 1 - p_t is 0 (gamma >= 1)
+    dmod = -gamma * np.where(q > 0, q ** (gamma - 1), 0.0) * p * (1 - p) * (2 * t - 1)
+    a_t = alpha * t + (1 - alpha) * (1 - t) if alpha >= 0 else np.ones_like(t)
+    loss = a_t * ce * mod
+    grad = a_t * ((p - t) * mod + ce * dmod) / x.size
+    return float(loss.mean()), grad.astype(logits.dtype)
+
+
+def mse(output: np.ndarray, target: np.ndarray):
+    """Mean squared error."""
+    d = output.astype(np.float64) - np.asarray(target, dtype=np.float64)
+    return float((d * d).mean()), (2 * d / d.size).astype(output.dtype)
+
+
+def _distance(a, b, eps):
+    """PyTorch's pairwise_distance: ||a - b + eps||, with its gradient direction."""
+    diff = a - b + eps
+    norm = np.sqrt((diff * diff).sum(axis=1))
+    return norm, diff / np.maximum(norm, 1e-30)[:, None]
+
+
+def triplet_loss(anchor: np.ndarray, positive: np.ndarray, negative: np.ndarray, *,
+                 margin: float = 1.0, eps: float = 1e-6):
+    """mean(max(d(a, p) - d(a, n) + margin, 0)) with Euclidean distances, and the
+    gradients of anchor, positive and negative."""
+    a, p, n = (v.astype(np.float64) for v in (anchor, positive, negative))
+    dap, uap = _distance(a, p, eps)
+    dan, uan = _distance(a, n, eps)
+    active = ((dap - dan + margin) > 0)[:, None] / len(a)
+    loss = np.maximum(dap - dan + margin, 0).mean()
+    ga, gp, gn = active * (uap - uan), -active * uap, active * uan
+    return float(loss), tuple(g.astype(anchor.dtype) for g in (ga, gp, gn))
+
+
+def batch_hard_triplet_loss(embeddings: np.ndarray, labels: np.ndarray, *,
+                            margin: float = 1.0, eps: float = 1e-6):
+    """Batch-hard mining (Hermans, Beyer and Leibe 2017): every sample is an anchor, with
+    the farthest sample of its label as positive and the nearest of another label as
+    negative; anchors without both are left out. Returns the loss and the gradient of the
+    embeddings."""
+    e = embeddings.astype(np.float64)
+    labels = np.asarray(labels)
+    diff = e[:, None, :] - e[None, :, :] + eps
+    dist = np.sqrt((diff * diff).sum(axis=2))
+    same = labels[:, None] == labels[None, :]
+    np.fill_diagonal(same, False)
+    other = labels[:, None] != labels[None, :]
+    usable = same.any(axis=1) & other.any(axis=1)
+    if not usable.any():
+        raise ValueError("batch-hard mining needs, for some sample, another of its label and "
+                         "one of a different label in the same batch")
+    anchors = np.nonzero(usable)[0]
+    pos = np.where(same, dist, -np.inf)[anchors].argmax(axis=1)
+    neg = np.where(other, dist, np.inf)[anchors].argmin(axis=1)
+    loss, (ga, gp, gn) = triplet_loss(e[anchors], e[pos], e[neg], margin=margin, eps=eps)
+    grad = np.zeros_like(e)
+    np.add.at(grad, anchors, ga)
+    np.add.at(grad, pos, gp)
+    np.add.at(grad, neg, gn)
+    return loss, grad.astype(embeddings.dtype)
+
+
+LOSSES = {"cross_entropy": cross_entropy, "bce_with_logits": bce_with_logits,
+          "focal": focal_loss, "mse": mse}
