@@ -1,0 +1,283 @@
+"""Datasets and batches for training: NCHW float32 images with integer labels.
+
+Sources (``--data`` on the command line): ``digits`` (scikit-learn's bundled handwritten
+digits: 1,797 real 8x8 scans, offline), ``mnist:DIR`` and ``fashion-mnist:DIR`` (the
+standard IDX files, gzipped or not), ``cifar10:DIR`` (the binary version's
+``data_batch_*.bin`` / ``test_batch.bin``), ``folder:DIR`` (one sub-folder of images per
+class, read with Pillow) and ``npz:FILE`` (arrays ``x``, ``y``, optionally ``x_test``,
+``y_test``). Images are fitted to the network's input: resized (bilinear) to its height and
+width, and grey images repeated to three channels when it takes colour. Every problem with
+the files is a :class:`DataError` that says what was expected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class DataError(Exception):
+    """A data set that cannot be read or does not fit the network."""
+
+
+@dataclass
+class Dataset:
+    """Images (N, C, H, W) float32 and labels (N,) int64; ``classes`` names each label."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: list[str]
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise DataError(f"{len(self.x)} images but {len(self.y)} labels: they must pair up")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class Split:
+    train: Dataset
+    test: Dataset
+
+
+# ----------------------------------------------------------------------------- fitting
+def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of (N, C, H, W) (half-pixel centres, as PyTorch with
+    align_corners=False)."""
+    n, c, h, w = images.shape
+    if (h, w) == (height, width):
+        return images
+
+    def weights(size, out):
+        src = np.maximum((np.arange(out) + 0.5) * size / out - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), size - 1)
+        hi = np.minimum(lo + 1, size - 1)
+        m = np.zeros((out, size))
+        np.add.at(m, (np.arange(out), lo), 1 - (src - lo))
+        np.add.at(m, (np.arange(out), hi), src - lo)
+        return m
+
+    rows, cols = weights(h, height), weights(w, width)
+    return np.einsum("yh,nchw,xw->ncyx", rows, images, cols).astype(np.float32)
+
+
+def fit(images: np.ndarray, shape: tuple[int, int, int], source: str) -> np.ndarray:
+    """Fit images (N, C, H, W) to a network input (C, H, W): resize, and repeat a grey
+    channel to three; any other channel mismatch is an error."""
+    c, h, w = shape
+    if images.shape[1] != c:
+        if images.shape[1] == 1:
+            images = np.repeat(images, c, axis=1)
+        else:
+            raise DataError(f"{source} has {images.shape[1]}-channel images but the network "
+                            f"takes {c} channels")
+    return np.ascontiguousarray(resize(images.astype(np.float32), h, w))
+
+
+def standardize(split: Split) -> Split:
+    """Zero mean and unit variance per channel, with the training set's statistics."""
+    mean = split.train.x.mean(axis=(0, 2, 3), keepdims=True)
+    std = split.train.x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    for part in (split.train, split.test):
+        part.x = ((part.x - mean) / std).astype(np.float32)
+    return split
+
+
+def _holdout(x, y, classes, test_fraction, seed) -> Split:
+    order = np.random.default_rng(seed).permutation(len(y))
+    cut = int(round(len(y) * (1 - test_fraction)))
+    train, test = order[:cut], order[cut:]
+    return Split(Dataset(x[train], y[train], classes), Dataset(x[test], y[test], classes))
+
+
+# ----------------------------------------------------------------------------- sources
+def digits(shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """scikit-learn's handwritten digits, a seeded held-out split."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = fit(bunch.images[:, None].astype(np.float32) / 16.0, shape, "digits")
+    return _holdout(x, bunch.target.astype(np.int64), [str(d) for d in range(10)],
+                    test_fraction, seed)
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format): magic 0x0000 08 D, then D big-endian sizes, then
+    unsigned bytes."""
+    with _open(path) as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+            raise DataError(f"{path} is not an IDX file of unsigned bytes (it should start "
+                            f"with 00 00 08 and the number of dimensions)")
+        dims = struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} declares {'x'.join(map(str, dims))} values but holds "
+                        f"{data.size}: the file is cut short or padded")
+    return data.reshape(dims)
+
+
+def _find(directory: Path, names: list[str], what: str) -> Path:
+    for name in names:
+        for candidate in (directory / name, directory / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise DataError(f"no {what} in {directory}: expected one of "
+                    f"{', '.join(names)} (optionally .gz)")
+
+
+def mnist(directory: str | Path, shape, kind: str = "mnist") -> Split:
+    """MNIST or Fashion-MNIST from the four standard IDX files."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{kind} directory {directory} does not exist")
+    parts = {}
+    for part, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_find(directory, [f"{prefix}-images-idx3-ubyte",
+                                            f"{prefix}-images.idx3-ubyte"], f"{part} images"))
+        labels = read_idx(_find(directory, [f"{prefix}-labels-idx1-ubyte",
+                                            f"{prefix}-labels.idx1-ubyte"], f"{part} labels"))
+        if images.ndim != 3 or labels.ndim != 1:
+            raise DataError(f"{kind} {part}: images must be N x H x W and labels N, got "
+                            f"{images.shape} and {labels.shape}")
+        x = fit(images[:, None].astype(np.float32) / 255.0, shape, kind)
+        parts[part] = Dataset(x, labels.astype(np.int64), [str(d) for d in range(10)])
+    return Split(parts["train"], parts["test"])
+
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck"]
+
+
+def _cifar_file(path: Path):
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % 3073:
+        raise DataError(f"{path} is not a CIFAR-10 binary batch: its size ({raw.size} bytes) "
+                        f"is not a multiple of 3073 (1 label byte + 3x32x32 pixels)")
+    records = raw.reshape(-1, 3073)
+    if records[:, 0].max(initial=0) > 9:
+        raise DataError(f"{path}: labels must be 0..9, found {records[:, 0].max()}")
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+def cifar10(directory: str | Path, shape) -> Split:
+    directory = Path(directory)
+    train_files = sorted(directory.glob("data_batch_*.bin"))
+    test_file = directory / "test_batch.bin"
+    if not train_files or not test_file.is_file():
+        raise DataError(f"no CIFAR-10 binary batches in {directory}: expected "
+                        f"data_batch_1.bin ... and test_batch.bin")
+    xs, ys = zip(*(_cifar_file(f) for f in train_files))
+    tx, ty = _cifar_file(test_file)
+    return Split(Dataset(fit(np.concatenate(xs) / 255.0, shape, "cifar10"), np.concatenate(ys),
+                         CIFAR10_CLASSES),
+                 Dataset(fit(tx / 255.0, shape, "cifar10"), ty, CIFAR10_CLASSES))
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def folder(directory: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """One sub-folder per class (sorted names are the labels), images of any size."""
+    from PIL import Image
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"image folder {directory} does not exist")
+    classes = sorted(p.name for p in directory.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{directory} has no sub-folders: put each class's images in a "
+                        f"folder named after the class")
+    c, h, w = shape
+    mode = {1: "L", 3: "RGB"}.get(c)
+    if mode is None:
+        raise DataError(f"image folders give 1- or 3-channel images; the network takes {c}")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (directory / name).iterdir()
+                       if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"class folder {directory / name} holds no images "
+                            f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        for path in files:
+            try:
+                with Image.open(path) as im:
+                    pixels = np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR))
+            except OSError as exc:
+                raise DataError(f"cannot read image {path}: {exc}") from None
+            images.append(pixels.reshape(h, w, c).transpose(2, 0, 1))
+            labels.append(label)
+    x = np.stack(images).astype(np.float32) / 255.0
+    return _holdout(x, np.array(labels, dtype=np.int64), classes, test_fraction, seed)
+
+
+def npz(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,); ``x_test``/``y_test`` if
+    given, else a seeded held-out split."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist")
+    try:
+        arrays = dict(np.load(path, allow_pickle=False))
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path} is not a readable .npz of plain arrays: {exc}") from None
+    missing = {"x", "y"} - set(arrays)
+    if missing:
+        raise DataError(f"{path} lacks the array(s) {', '.join(sorted(missing))}: it needs "
+                        f"x (N, C, H, W) and y (N,)")
+
+    def images(a, name):
+        if a.ndim == 3:
+            a = a[:, None]
+        if a.ndim != 4:
+            raise DataError(f"{path}: {name} must be N x C x H x W (or N x H x W), got {a.shape}")
+        return fit(a.astype(np.float32), shape, str(path))
+
+    x, y = images(arrays["x"], "x"), arrays["y"].astype(np.int64)
+    classes = [str(k) for k in range(int(y.max(initial=-1)) + 1)]
+    if "x_test" in arrays and "y_test" in arrays:
+        return Split(Dataset(x, y, classes),
+                     Dataset(images(arrays["x_test"], "x_test"),
+                             arrays["y_test"].astype(np.int64), classes))
+    return _holdout(x, y, classes, test_fraction, seed)
+
+
+def load(spec: str, shape, seed: int = 0) -> Split:
+    """A ``--data`` value -> the standardized train/test split fitted to ``shape``."""
+    kind, _, where = spec.partition(":")
+    sources = {"mnist": lambda: mnist(where, shape),
+               "fashion-mnist": lambda: mnist(where, shape, "fashion-mnist"),
+               "cifar10": lambda: cifar10(where, shape),
+               "folder": lambda: folder(where, shape, seed=seed),
+               "npz": lambda: npz(where, shape, seed=seed)}
+    if kind == "digits" and not where:
+        return standardize(digits(shape, seed=seed))
+    if kind not in sources or not where:
+        raise DataError(f"unknown data '{spec}': use digits, mnist:DIR, fashion-mnist:DIR, "
+                        f"cifar10:DIR, folder:DIR or npz:FILE")
+    return standardize(sources[kind]())
+
+
+# ----------------------------------------------------------------------------- batches
+def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+            epoch: int = 0, drop_last: bool = False):
+    """Yield (x, y) batches; the order is a permutation drawn from (seed, epoch) alone, so
+    a resumed run sees the same batches as an uninterrupted one."""
+    if batch_size < 1:
+        raise DataError(f"the batch size must be at least 1, got {batch_size}")
+    n = len(dataset)
+    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        index = order[start:start + batch_size]
+        yield dataset.x[index], dataset.y[index]
