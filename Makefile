@@ -34,7 +34,10 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc run specs/lenet5.yaml --batch 4
 	@mkdir -p out
 	$(BIN)/archc render specs/lenet5.yaml -o out/lenet5.svg --rankdir LR
-	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser)."
+	$(BIN)/archc train specs/lenet5.yaml --data digits --epochs 12 --out out/lenet5-digits
+	$(BIN)/archc eval specs/lenet5.yaml --data digits --weights out/lenet5-digits
+	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser);"
+	@echo "its training run (log, checkpoints) is in out/lenet5-digits/."
 
 test: graphviz $(TEST_STAMP)
 	$(BIN)/python -m pytest -q

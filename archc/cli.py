@@ -13,7 +13,9 @@ import os
 import sys
 from typing import Callable
 
+from archc.data import DataError
 from archc.errors import SpecError
+from archc.train import TrainingError
 from runtime.model import InputError
 from runtime.params import WeightsError
 
@@ -235,6 +237,98 @@ COMMANDS["run"] = (
 )
 
 
+def _compile_for_data(args):
+    from archc import compile as compile_graph
+
+    graph = _load(args)
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise SpecError(f"training needs a network with one input and one output; "
+                        f"{graph.name} has {len(graph.inputs)} and {len(graph.outputs)}")
+    return compile_graph(graph, backend=args.backend, seed=args.seed)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from archc import data
+    from archc.train import TrainConfig, best_weights, fit
+
+    model = _compile_for_data(args)
+    shape = next(iter(model.program.inputs.values()))
+    split = data.load(args.data, shape, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                         nesterov=args.nesterov, weight_decay=args.weight_decay,
+                         schedule=args.schedule, warmup=args.warmup,
+                         label_smoothing=args.label_smoothing, clip=args.clip, seed=args.seed)
+    run = Path(args.resume or args.out)
+    print(f"training {model.program.name} on {args.data}: {len(split.train)} images, "
+          f"{len(split.test)} held out; run directory {run}")
+    history = fit(model, split, config, run, resume=bool(args.resume))
+    if history:
+        best = max(h["test_accuracy"] for h in history)
+        print(f"done: best test accuracy {best:.4f}; weights: {best_weights(run)} "
+              f"(log: {run / 'log.jsonl'})")
+    return EXIT_OK
+
+
+def _setup_train(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    p.add_argument("--data", required=True, metavar="SOURCE",
+                   help="digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR or npz:FILE")
+    p.add_argument("--epochs", type=_positive, default=10)
+    p.add_argument("--batch-size", type=_positive, default=32)
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
+    p.add_argument("--lr", type=float, default=0.05, help="base learning rate (default 0.05)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=["cosine", "step", "multistep", "constant"],
+                   default="cosine", help="learning-rate schedule over the epochs")
+    p.add_argument("--warmup", type=int, default=0, metavar="EPOCHS",
+                   help="linear learning-rate warm-up epochs")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--clip", type=float, metavar="NORM", help="clip gradients to this L2 norm")
+    p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
+                   help="run directory: log and checkpoints (default runs/latest)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, split and batches")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from archc import data
+    from archc.train import evaluate
+
+    from archc.train import best_weights
+
+    model = _compile_for_data(args)
+    model.load(best_weights(args.weights))
+    shape = next(iter(model.program.inputs.values()))
+    split = data.load(args.data, shape, seed=args.seed)
+    result = evaluate(model, split.test)
+    print(f"{model.program.name} on {args.data} ({len(split.test)} held-out images): "
+          f"test accuracy {result['accuracy']:.4f}  top-5 {result['top5']:.4f}  "
+          f"loss {result['loss']:.4f}")
+    return EXIT_OK
+
+
+def _setup_eval(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    p.add_argument("--weights", required=True, metavar="W.npz|RUN_DIR",
+                   help="trained parameters, or a run directory (its best checkpoint)")
+    p.add_argument("--data", required=True, metavar="SOURCE", help="as for archc train")
+    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the seed the run was trained with (it fixes the held-out split)")
+
+
+COMMANDS["train"] = ("train a spec on a data set, with a log and checkpoints",
+                     _setup_train, _cmd_train)
+COMMANDS["eval"] = ("evaluate trained weights on a data set's held-out images",
+                    _setup_eval, _cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from archc import __version__
 
@@ -258,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
         return EXIT_USER
-    except (WeightsError, InputError) as exc:  # the runtime's user errors
+    except (WeightsError, InputError, DataError, TrainingError) as exc:  # the user's data
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:

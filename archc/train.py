@@ -1,0 +1,210 @@
+"""Training and evaluation: epochs of seeded batches through a compiled model, an
+optimiser and a schedule from runtime/, a JSON-lines log, and checkpoints that a crash
+cannot corrupt.
+
+A run directory holds ``log.jsonl`` (one line of metrics per epoch), checkpoint folders
+``ckpt-EPOCH/`` (``weights.npz`` with PyTorch names, ``optimizer.npz``, ``state.json``:
+epoch, RNG state, best metric) and ``last.json`` / ``best.json`` naming the newest and the
+best checkpoint. A checkpoint folder is complete (every file written and fsynced) before
+the pointer file is replaced atomically, so a process killed at any moment leaves the
+previous checkpoint in force; ``resume`` continues from it, and since the batch order
+depends only on (seed, epoch), a resumed run ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from archc.data import Dataset, Split, batches
+from runtime import losses, metrics, optim
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a diverged loss, an unusable checkpoint)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup: int = 0
+    label_smoothing: float = 0.0
+    clip: float | None = None
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def make_optimizer(self, params):
+        if self.optimizer == "sgd":
+            return optim.SGD(params, self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                             weight_decay=self.weight_decay)
+        if self.optimizer in ("adam", "adamw"):
+            return optim.OPTIMIZERS[self.optimizer](params, self.lr,
+                                                    weight_decay=self.weight_decay)
+        raise TrainingError(f"unknown optimizer '{self.optimizer}' (sgd, adam, adamw)")
+
+
+def evaluate(model, dataset: Dataset, batch_size: int = 256) -> dict:
+    """Mean cross-entropy and accuracy over a data set, in inference mode."""
+    was_training = model.training
+    model.eval()
+    total, scores = 0.0, []
+    for x, y in batches(dataset, batch_size, shuffle=False):
+        out = model.predict(x)
+        total += losses.cross_entropy(out, y)[0] * len(y)
+        scores.append(out)
+    if was_training:
+        model.train()
+    scores = np.concatenate(scores)
+    return {"loss": total / len(dataset), "accuracy": metrics.accuracy(scores, dataset.y),
+            "top5": metrics.top_k_accuracy(scores, dataset.y, 5)}
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _point(run: Path, name: str, folder: str) -> None:
+    """Make ``name`` (last.json, best.json) point at a checkpoint folder, atomically."""
+    tmp = run / f".{name}.tmp"
+    _fsync_write(tmp, json.dumps({"checkpoint": folder}).encode())
+    os.replace(tmp, run / name)
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run: Path, model, optimizer, state: dict) -> str:
+    folder = f"ckpt-{state['epoch']:04d}"
+    path = run / folder
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    _save_npz(path / "weights.npz", model.parameters())
+    _save_npz(path / "optimizer.npz", optimizer.state_dict())
+    _fsync_write(path / "state.json", json.dumps(state).encode())
+    return folder
+
+
+def best_weights(path: str | Path) -> Path:
+    """A weights file as given, or a run directory's best (else last) checkpoint's."""
+    path = Path(path)
+    if path.is_dir():
+        for pointer in ("best.json", "last.json"):
+            if (path / pointer).is_file():
+                return path / json.loads((path / pointer).read_text())["checkpoint"] / \
+                    "weights.npz"
+        raise TrainingError(f"{path} is not a run directory with a checkpoint (no best.json)")
+    return path
+
+
+def load_checkpoint(run: Path, model, optimizer, which: str = "last.json") -> dict:
+    pointer = run / which
+    if not pointer.is_file():
+        raise TrainingError(f"{run} has no checkpoint to resume from ({which} is missing)")
+    path = run / json.loads(pointer.read_text())["checkpoint"]
+    model.load(path / "weights.npz")
+    with np.load(path / "optimizer.npz", allow_pickle=False) as saved:
+        optimizer.load_state_dict(dict(saved))
+    return json.loads((path / "state.json").read_text())
+
+
+def _prune(run: Path, keep: set[str]) -> None:
+    for path in run.glob("ckpt-*"):
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
+        resume: bool = False, report=print) -> list[dict]:
+    """Train ``model`` (a compiled archc model) on ``split.train``; after every epoch,
+    evaluate on ``split.test``, log, and checkpoint into ``run`` (if given). Returns the
+    epochs' metrics."""
+    trainable = {k: model.params[k] for k, spec in model.program.params.items()
+                 if spec.trainable and not spec.buffer}
+    opt = config.make_optimizer(trainable)
+    start, best, history = 0, -math.inf, []
+    if run is not None:
+        run = Path(run)
+        run.mkdir(parents=True, exist_ok=True)
+        if resume:
+            state = load_checkpoint(run, model, opt)
+            trainable = {k: model.params[k] for k in trainable}
+            opt.params = trainable
+            start, best = state["epoch"] + 1, state["best"]
+            model.rng.bit_generator.state = state["rng"]
+            history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+                       if line.strip()][:start]
+        _fsync_write(run / "config.json", json.dumps(asdict(config), indent=1).encode())
+    base_lr = config.lr
+    for epoch in range(start, config.epochs):
+        opt.lr = base_lr * optim.schedule_factor(
+            config.schedule, epoch, total=config.epochs, warmup=config.warmup)
+        model.train()
+        began, seen, total, correct = time.perf_counter(), 0, 0.0, 0
+        for step, (x, y) in enumerate(batches(split.train, config.batch_size, seed=config.seed,
+                                              epoch=epoch)):
+            out = model(x)
+            loss, grad = losses.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+            if not math.isfinite(loss):
+                raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, step "
+                                    f"{step + 1}: training stopped; the last good checkpoint "
+                                    f"is kept" + (f" in {run}" if run else ""))
+            grads = model.backward(grad).params
+            if config.clip:
+                optim.clip_grad_norm(grads, config.clip)
+            opt.step({k: g for k, g in grads.items() if k in trainable})
+            seen += len(y)
+            total += loss * len(y)
+            correct += int((out.argmax(axis=1) == y).sum())
+        elapsed = time.perf_counter() - began
+        test = evaluate(model, split.test, max(config.batch_size, 256))
+        row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total / seen,
+               "train_accuracy": correct / seen, "test_loss": test["loss"],
+               "test_accuracy": test["accuracy"], "images_per_s": seen / elapsed,
+               "seconds": elapsed}
+        history.append(row)
+        if run is not None:
+            with open(run / "log.jsonl", "w") as f:
+                f.writelines(json.dumps(h) + "\n" for h in history)
+            improved = row["test_accuracy"] > best
+            best = max(best, row["test_accuracy"])
+            folder = save_checkpoint(run, model, opt, {
+                "epoch": epoch, "best": best, "rng": model.rng.bit_generator.state})
+            _point(run, "last.json", folder)
+            if improved:
+                _point(run, "best.json", folder)
+            pointers = {json.loads((run / n).read_text())["checkpoint"]
+                        for n in ("last.json", "best.json") if (run / n).is_file()}
+            _prune(run, pointers)
+        report(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
+               f"train acc {row['train_accuracy']:.3f}  test acc {row['test_accuracy']:.3f}  "
+               f"{row['images_per_s']:.0f} img/s")
+    return history

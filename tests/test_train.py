@@ -1,0 +1,90 @@
+"""Training: LeNet-5 learns the digits, checkpoints resume bit for bit, a diverging loss
+stops with a clear message, and the CLI trains and evaluates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import archc
+from archc import data
+from archc.cli import main
+from archc.train import TrainConfig, TrainingError, evaluate, fit
+from conftest import SPECS
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("digits", (1, 32, 32), seed=0)
+
+
+def lenet():
+    return archc.compile(archc.load(SPECS / "lenet5.yaml"), backend="cpu", seed=0)
+
+
+def test_lenet5_learns_the_digits(digits, tmp_path):
+    model = lenet()
+    history = fit(model, digits, TrainConfig(epochs=8, batch_size=32, lr=0.05), tmp_path,
+                  report=lambda line: None)
+    assert history[-1]["test_accuracy"] >= 0.97
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 5
+    logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in logged] == list(range(1, 9))
+    best = json.loads((tmp_path / "best.json").read_text())["checkpoint"]
+    last = json.loads((tmp_path / "last.json").read_text())["checkpoint"]
+    assert last == "ckpt-0007" and sorted(p.name for p in tmp_path.glob("ckpt-*")) == \
+        sorted({best, last})
+    again = lenet()
+    again.load(tmp_path / last / "weights.npz")
+    assert evaluate(again, digits.test)["accuracy"] == history[-1]["test_accuracy"]
+
+
+def test_a_resumed_run_ends_with_the_same_weights(digits, tmp_path):
+    config = TrainConfig(epochs=4, batch_size=64, optimizer="adam", lr=2e-3)
+    straight = lenet()
+    fit(straight, digits, config, tmp_path / "straight", report=lambda line: None)
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(line):
+        if line.startswith("epoch 2/"):
+            raise Stop  # as if the process were killed once epoch 2's checkpoint is in place
+
+    with pytest.raises(Stop):
+        fit(lenet(), digits, config, tmp_path / "resumed", report=stop_after_two)
+    resumed = lenet()  # a fresh process: new model, state from the run directory only
+    fit(resumed, digits, config, tmp_path / "resumed", resume=True, report=lambda line: None)
+    for name, value in straight.parameters().items():
+        np.testing.assert_array_equal(resumed.parameters()[name], value, err_msg=name)
+    log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
+
+
+def test_a_diverging_loss_stops_training(digits, tmp_path):
+    model = lenet()
+    with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at epoch 1, step \d+"):
+        fit(model, digits, TrainConfig(epochs=2, lr=1e30, momentum=0.0), tmp_path,
+            report=lambda line: None)
+    with pytest.raises(TrainingError, match="no checkpoint to resume"):
+        fit(lenet(), digits, TrainConfig(epochs=1), tmp_path, resume=True)
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(SPECS / "lenet5.yaml"), "--data", "digits", "--epochs", "3",
+                 "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 3/3" in out and str(run) in out
+    weights = run / json.loads((run / "best.json").read_text())["checkpoint"] / "weights.npz"
+    for given in (weights, run):  # a weights file, or the run directory (its best)
+        assert main(["eval", str(SPECS / "lenet5.yaml"), "--weights", str(given),
+                     "--data", "digits"]) == 0
+        line = capsys.readouterr().out
+        assert "test accuracy" in line and float(line.split("test accuracy")[1].split()[0]) > 0.9
+    assert main(["eval", str(SPECS / "lenet5.yaml"), "--weights", str(tmp_path),
+                 "--data", "digits"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert main(["train", str(SPECS / "lenet5.yaml"), "--data", "imagenet"]) == 2
+    assert "unknown data 'imagenet'" in capsys.readouterr().err
