@@ -192,8 +192,9 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
                "seconds": elapsed}
         history.append(row)
         if run is not None:
-            with open(run / "log.jsonl", "w") as f:
-                f.writelines(json.dumps(h) + "\n" for h in history)
+            tmp = run / ".log.jsonl.tmp"
+            _fsync_write(tmp, "".join(json.dumps(h) + "\n" for h in history).encode())
+            os.replace(tmp, run / "log.jsonl")
             improved = row["test_accuracy"] > best
             best = max(best, row["test_accuracy"])
             folder = save_checkpoint(run, model, opt, {

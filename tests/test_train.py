@@ -88,3 +88,44 @@ def test_cli_train_then_eval(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     assert main(["train", str(SPECS / "lenet5.yaml"), "--data", "imagenet"]) == 2
     assert "unknown data 'imagenet'" in capsys.readouterr().err
+
+
+def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(run, resume):
+        args = [sys.executable, "-m", "archc", "train", str(SPECS / "lenet5.yaml"), "--data",
+                "digits", "--epochs", "6", "--batch-size", "64"]
+        return args + (["--resume", str(run)] if resume else ["--out", str(run)])
+
+    straight = tmp_path / "straight"
+    subprocess.run(command(straight, False), check=True, capture_output=True, timeout=300)
+    run = tmp_path / "killed"
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(8):  # kill at random moments, including during checkpoint writes
+        proc = subprocess.Popen(command(run, (run / "last.json").is_file()),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 3.0))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    subprocess.run(command(run, (run / "last.json").is_file()), check=True, capture_output=True,
+                   timeout=300)
+    assert kills >= 1
+    last = json.loads((run / "last.json").read_text())["checkpoint"]
+    assert last == "ckpt-0005"
+    with np.load(run / last / "weights.npz") as ours, \
+            np.load(straight / json.loads((straight / "last.json").read_text())["checkpoint"]
+                    / "weights.npz") as theirs:
+        assert set(ours) == set(theirs)
+        for name in theirs:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    log = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4, 5, 6]
