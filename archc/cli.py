@@ -260,7 +260,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                          nesterov=args.nesterov, weight_decay=args.weight_decay,
                          schedule=args.schedule, warmup=args.warmup,
-                         label_smoothing=args.label_smoothing, clip=args.clip, seed=args.seed)
+                         label_smoothing=args.label_smoothing, clip=args.clip,
+                         augment=args.augment, seed=args.seed)
     run = Path(args.resume or args.out)
     print(f"training {model.program.name} on {args.data}: {len(split.train)} images, "
           f"{len(split.test)} held out; run directory {run}")
@@ -289,6 +290,9 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
                    help="linear learning-rate warm-up epochs")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--clip", type=float, metavar="NORM", help="clip gradients to this L2 norm")
+    p.add_argument("--augment", metavar="LIST",
+                   help="augmentations per batch, in order: crop, flip, jitter, rotate, "
+                   "cutout, mixup, cutmix, randaugment (e.g. crop,flip)")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
                    help="run directory: log and checkpoints (default runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")

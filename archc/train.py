@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from archc.augment import pipeline
 from archc.data import Dataset, Split, batches
 from runtime import losses, metrics, optim
 
@@ -45,6 +46,7 @@ class TrainConfig:
     warmup: int = 0
     label_smoothing: float = 0.0
     clip: float | None = None
+    augment: str | None = None  # e.g. "crop,flip,mixup" (archc/augment.py)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -164,13 +166,18 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
                        if line.strip()][:start]
         _fsync_write(run / "config.json", json.dumps(asdict(config), indent=1).encode())
     base_lr = config.lr
+    augment = pipeline(config.augment, len(split.train.classes))
     for epoch in range(start, config.epochs):
+        # augmentation draws from its own stream, fixed by (seed, epoch) like the batches
+        aug_rng = np.random.default_rng([config.seed, epoch, 1])
         opt.lr = base_lr * optim.schedule_factor(
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         model.train()
         began, seen, total, correct = time.perf_counter(), 0, 0.0, 0
         for step, (x, y) in enumerate(batches(split.train, config.batch_size, seed=config.seed,
                                               epoch=epoch)):
+            if augment is not None:
+                x, y = augment(x, y, aug_rng)
             out = model(x)
             loss, grad = losses.cross_entropy(out, y, label_smoothing=config.label_smoothing)
             if not math.isfinite(loss):
@@ -183,7 +190,8 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             opt.step({k: g for k, g in grads.items() if k in trainable})
             seen += len(y)
             total += loss * len(y)
-            correct += int((out.argmax(axis=1) == y).sum())
+            labels = y.argmax(axis=1) if y.ndim == 2 else y  # soft targets: their top class
+            correct += int((out.argmax(axis=1) == labels).sum())
         elapsed = time.perf_counter() - began
         test = evaluate(model, split.test, max(config.batch_size, 256))
         row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total / seen,

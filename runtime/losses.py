@@ -20,10 +20,13 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, *, label_smoothing: fl
     """Softmax cross-entropy over the class axis 1: logits (N, C) with target (N,), or per
     pixel, logits (N, C, H, W) with target (N, H, W). Targets equal to ``ignore_index``
     count for nothing; class weights scale each target's term and the mean divides by
-    their sum (as PyTorch); label smoothing mixes in the mean over all classes."""
+    their sum (as PyTorch); label smoothing mixes in the mean over all classes. Targets
+    shaped like the logits, of floats, are class probabilities (mixup, cutmix)."""
     z = logits.astype(np.float64)
     c = z.shape[1]
     target = np.asarray(target)
+    if target.shape == z.shape and np.issubdtype(target.dtype, np.floating):
+        return _soft_cross_entropy(logits, target, label_smoothing, weight)
     if target.shape != (z.shape[0],) + z.shape[2:]:
         raise ValueError(f"targets of shape {target.shape} do not fit logits of shape "
                          f"{logits.shape}: expected {(z.shape[0],) + z.shape[2:]}")
@@ -50,6 +53,21 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, *, label_smoothing: fl
     grad = ((1 - label_smoothing) * w_target[:, None] * (p - onehot)
             + label_smoothing / c * flat_keep[:, None] * (p * w.sum() - w)) / denom
     grad = np.moveaxis(grad.reshape(np.moveaxis(logp, 1, -1).shape), -1, 1)
+    return float(loss), grad.astype(logits.dtype)
+
+
+def _soft_cross_entropy(logits, target, label_smoothing, weight):
+    """Cross-entropy against class probabilities (mixup, cutmix), as PyTorch: the mean
+    over samples (and pixels) of -sum_c w_c t_c log p_c."""
+    c = logits.shape[1]
+    t = target.astype(np.float64) * (1 - label_smoothing) + label_smoothing / c
+    w = (np.ones(c) if weight is None else np.asarray(weight, np.float64)).reshape(
+        (1, c) + (1,) * (logits.ndim - 2))
+    logp = _log_softmax(logits.astype(np.float64))
+    count = logits.size // c
+    wt = w * t
+    loss = -(wt * logp).sum() / count
+    grad = (np.exp(logp) * wt.sum(axis=1, keepdims=True) - wt) / count
     return float(loss), grad.astype(logits.dtype)
 
 

@@ -120,3 +120,19 @@ def test_batch_hard_triplet_loss_matches_a_torch_version():
     np.testing.assert_allclose(grad, tgrad, rtol=1e-8, atol=1e-14)
     with pytest.raises(ValueError, match="batch-hard mining needs"):
         losses.batch_hard_triplet_loss(e[:3], np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("spatial", [(), (3, 2)])
+@pytest.mark.parametrize("smoothing, weighted", [(0.0, False), (0.1, False), (0.2, True)])
+def test_cross_entropy_with_class_probabilities_matches_torch(spatial, smoothing, weighted):
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4, 5) + spatial) * 2
+    probs = rng.dirichlet(np.ones(5), (4,) + spatial)
+    probs = np.moveaxis(probs, -1, 1)
+    weight = rng.uniform(0.5, 2, 5) if weighted else None
+    loss, grad = losses.cross_entropy(logits, probs, label_smoothing=smoothing, weight=weight)
+    expected, (tgrad,) = grad_of(lambda z: F.cross_entropy(
+        z, torch.tensor(probs), label_smoothing=smoothing,
+        weight=None if weight is None else torch.tensor(weight)), logits)
+    assert loss == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(grad, tgrad, rtol=1e-8, atol=1e-14)

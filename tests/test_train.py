@@ -129,3 +129,14 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
     log = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert log == [1, 2, 3, 4, 5, 6]
+
+
+def test_resnet20_trains_on_three_channel_digits_with_augmentation(tmp_path):
+    split = data.load("digits", (3, 32, 32), seed=0)
+    model = archc.compile(archc.load(SPECS / "resnet20.yaml"), backend="cpu", seed=0)
+    history = fit(model, split, TrainConfig(epochs=3, batch_size=64, lr=0.05,
+                                            augment="crop,flip,mixup"), tmp_path,
+                  report=lambda line: None)
+    losses_ = [h["train_loss"] for h in history]
+    assert losses_[-1] < losses_[0] * 0.8, losses_
+    assert history[-1]["test_accuracy"] > 0.5
