@@ -254,6 +254,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from archc.train import TrainConfig, best_weights, fit
 
     model = _compile_for_data(args)
+    if args.init:
+        kept = model.load_matching(best_weights(args.init))
+        print(f"started from {args.init}" + (f"; initialised afresh: {', '.join(kept)}"
+                                             if kept else ""))
     shape = next(iter(model.program.inputs.values()))
     split = data.load(args.data, shape, seed=args.seed)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
@@ -261,7 +265,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          nesterov=args.nesterov, weight_decay=args.weight_decay,
                          schedule=args.schedule, warmup=args.warmup,
                          label_smoothing=args.label_smoothing, clip=args.clip,
-                         augment=args.augment, seed=args.seed)
+                         augment=args.augment, freeze=tuple(args.freeze),
+                         patience=args.patience, seed=args.seed)
     run = Path(args.resume or args.out)
     print(f"training {model.program.name} on {args.data}: {len(split.train)} images, "
           f"{len(split.test)} held out; run directory {run}")
@@ -293,6 +298,14 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", metavar="LIST",
                    help="augmentations per batch, in order: crop, flip, jitter, rotate, "
                    "cutout, mixup, cutmix, randaugment (e.g. crop,flip)")
+    p.add_argument("--init", metavar="W.npz|RUN_DIR",
+                   help="start from these weights where names and shapes fit (transfer "
+                   "learning: a head with another number of classes starts afresh)")
+    p.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
+                   help="parameters whose names match do not train (repeatable), e.g. "
+                   "'layer1.*'")
+    p.add_argument("--patience", type=_positive, metavar="EPOCHS",
+                   help="stop early after this many epochs without a better test accuracy")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
                    help="run directory: log and checkpoints (default runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")

@@ -14,6 +14,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -47,6 +48,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     clip: float | None = None
     augment: str | None = None  # e.g. "crop,flip,mixup" (archc/augment.py)
+    freeze: tuple[str, ...] = ()  # parameter name patterns that do not train ("layer1.*")
+    patience: int | None = None  # stop after this many epochs without a better test accuracy
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -149,8 +152,16 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
     """Train ``model`` (a compiled archc model) on ``split.train``; after every epoch,
     evaluate on ``split.test``, log, and checkpoint into ``run`` (if given). Returns the
     epochs' metrics."""
+    frozen = {k for k in model.program.params
+              if any(fnmatch.fnmatchcase(k, pattern) for pattern in config.freeze)}
+    unmatched = [p for p in config.freeze
+                 if not any(fnmatch.fnmatchcase(k, p) for k in model.program.params)]
+    if unmatched:
+        raise TrainingError(f"--freeze {', '.join(unmatched)} matches no parameter of "
+                            f"{model.program.name} (names as in its state_dict, e.g. "
+                            f"{next(iter(model.program.params))})")
     trainable = {k: model.params[k] for k, spec in model.program.params.items()
-                 if spec.trainable and not spec.buffer}
+                 if spec.trainable and not spec.buffer and k not in frozen}
     opt = config.make_optimizer(trainable)
     start, best, history = 0, -math.inf, []
     if run is not None:
@@ -216,4 +227,11 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         report(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                f"train acc {row['train_accuracy']:.3f}  test acc {row['test_accuracy']:.3f}  "
                f"{row['images_per_s']:.0f} img/s")
+        if config.patience is not None:
+            best_at = max(range(len(history)), key=lambda i: history[i]["test_accuracy"])
+            if len(history) - 1 - best_at >= config.patience:
+                report(f"early stop: no better test accuracy for {config.patience} epochs "
+                       f"(best {history[best_at]['test_accuracy']:.4f} at epoch "
+                       f"{best_at + 1})")
+                break
     return history

@@ -10,7 +10,7 @@ import numpy as np
 from runtime.backends.reference import KERNELS
 from runtime.backends.reference_backward import BACKWARD
 from runtime.memory import MemoryPlan, plan_memory
-from runtime.params import init_params, load_params, save_params
+from runtime.params import init_params, load_matching, load_params, save_params
 from runtime.program import Program
 
 def _backend(name: str):
@@ -89,6 +89,15 @@ class Model:
         loaded = load_params(path, self.program)
         self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
                        for k, v in loaded.items()}
+
+    def load_matching(self, path: str | Path) -> list[str]:
+        """Take the parameters of an ``.npz`` that fit by name and shape (transfer
+        learning: a head with a new number of classes keeps its initialisation); returns
+        the names left as they were."""
+        loaded, skipped = load_matching(path, self.program)
+        for k, v in loaded.items():
+            self.params[k] = v if v.dtype == np.int64 else v.astype(self.dtype)
+        return skipped
 
     def save(self, path: str | Path) -> Path:
         return save_params(path, self.params)

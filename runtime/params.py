@@ -58,16 +58,34 @@ def save_params(path: str | Path, params: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def load_params(path: str | Path, program: Program) -> dict[str, np.ndarray]:
-    """Read an ``.npz`` of parameters for ``program``, refusing pickles and any array that is
-    missing, unexpected or of the wrong shape (all of them listed)."""
+def _read(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except FileNotFoundError:
         raise WeightsError(f"no such weights file: {path}") from None
     except (ValueError, OSError) as exc:
         raise WeightsError(f"{path} is not a readable .npz weights file ({exc})") from None
+
+
+def load_matching(path: str | Path, program: Program) -> tuple[dict[str, np.ndarray], list[str]]:
+    """For transfer learning: the arrays of an ``.npz`` whose name and shape fit
+    ``program`` (a replaced head keeps its fresh initialisation), and the names of the
+    program's parameters left out."""
+    arrays = _read(path)
+    fits = {k: v for k, v in arrays.items()
+            if k in program.params and tuple(v.shape) == program.params[k].shape}
+    if not fits:
+        raise WeightsError(f"no array of {path} fits {program.name} by name and shape")
+    return ({k: (v.astype(np.int64) if program.params[k].dtype == "int64"
+                 else v.astype(np.float32)) for k, v in fits.items()},
+            sorted(set(program.params) - set(fits)))
+
+
+def load_params(path: str | Path, program: Program) -> dict[str, np.ndarray]:
+    """Read an ``.npz`` of parameters for ``program``, refusing pickles and any array that is
+    missing, unexpected or of the wrong shape (all of them listed)."""
+    arrays = _read(path)
     missing = sorted(set(program.params) - set(arrays))
     extra = sorted(set(arrays) - set(program.params))
     wrong = sorted(f"{k} {tuple(arrays[k].shape)} (expected {program.params[k].shape})"

@@ -140,3 +140,41 @@ def test_resnet20_trains_on_three_channel_digits_with_augmentation(tmp_path):
     losses_ = [h["train_loss"] for h in history]
     assert losses_[-1] < losses_[0] * 0.8, losses_
     assert history[-1]["test_accuracy"] > 0.5
+
+
+def test_transfer_learning_replaces_the_head_and_freezes_the_rest(tmp_path, capsys):
+    # train on digits 0-9, then start a 5-class network (the digits mod 5) from those
+    # weights: the head (fc3) starts afresh, the frozen convolutions stay as trained
+    first = tmp_path / "ten"
+    assert main(["train", str(SPECS / "lenet5.yaml"), "--data", "digits", "--epochs", "3",
+                 "--out", str(first)]) == 0
+    digits = data.digits((1, 32, 32))
+    x = np.concatenate([digits.train.x, digits.test.x])
+    y = np.concatenate([digits.train.y, digits.test.y]) % 5
+    np.savez(tmp_path / "five.npz", x=x, y=y)
+    second = tmp_path / "five"
+    assert main(["train", str(SPECS / "lenet5.yaml"), "--set", "num_classes=5", "--data",
+                 f"npz:{tmp_path / 'five.npz'}", "--epochs", "3", "--init", str(first),
+                 "--freeze", "c1.*", "--freeze", "c3.*", "--out", str(second)]) == 0
+    out = capsys.readouterr().out
+    assert "initialised afresh: fc3.bias, fc3.weight" in out
+    trained = np.load(first / json.loads((first / "best.json").read_text())["checkpoint"]
+                      / "weights.npz")
+    retrained = np.load(second / json.loads((second / "last.json").read_text())["checkpoint"]
+                        / "weights.npz")
+    np.testing.assert_array_equal(retrained["c1.weight"], trained["c1.weight"])  # frozen
+    assert not np.array_equal(retrained["fc1.weight"], trained["fc1.weight"])  # trained on
+    assert retrained["fc3.weight"].shape == (5, 84)
+    assert json.loads((second / "log.jsonl").read_text().splitlines()[-1])["test_accuracy"] > 0.8
+    assert main(["train", str(SPECS / "lenet5.yaml"), "--data", "digits", "--freeze",
+                 "conv9.*", "--out", str(tmp_path / "x")]) == 2
+    assert "--freeze conv9.* matches no parameter" in capsys.readouterr().err
+
+
+def test_early_stopping(digits, tmp_path):
+    lines = []
+    history = fit(lenet(), digits, TrainConfig(epochs=30, lr=0.05, patience=2), tmp_path,
+                  report=lines.append)
+    assert len(history) < 30 and lines[-1].startswith("early stop: no better test accuracy")
+    best = max(h["test_accuracy"] for h in history)
+    assert all(h["test_accuracy"] <= best for h in history[-2:])
