@@ -270,7 +270,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     run = Path(args.resume or args.out)
     print(f"training {model.program.name} on {args.data}: {len(split.train)} images, "
           f"{len(split.test)} held out; run directory {run}")
-    history = fit(model, split, config, run, resume=bool(args.resume))
+    history = fit(model, split, config, run, resume=bool(args.resume),
+                  progress=sys.stderr.isatty())
     if history:
         best = max(h["test_accuracy"] for h in history)
         print(f"done: best test accuracy {best:.4f}; weights: {best_weights(run)} "

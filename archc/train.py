@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from archc.augment import pipeline
 from archc.data import Dataset, Split, batches
@@ -148,10 +149,11 @@ def _prune(run: Path, keep: set[str]) -> None:
 
 
 def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
-        resume: bool = False, report=print) -> list[dict]:
+        resume: bool = False, report=print, progress: bool = False) -> list[dict]:
     """Train ``model`` (a compiled archc model) on ``split.train``; after every epoch,
-    evaluate on ``split.test``, log, and checkpoint into ``run`` (if given). Returns the
-    epochs' metrics."""
+    evaluate on ``split.test``, log, and checkpoint into ``run`` (if given). With
+    ``progress``, a tqdm bar per epoch shows loss, accuracy, images/s and the time left.
+    Returns the epochs' metrics."""
     frozen = {k for k in model.program.params
               if any(fnmatch.fnmatchcase(k, pattern) for pattern in config.freeze)}
     unmatched = [p for p in config.freeze
@@ -185,6 +187,8 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         model.train()
         began, seen, total, correct = time.perf_counter(), 0, 0.0, 0
+        bar = tqdm(total=len(split.train), unit="img", leave=False, disable=not progress,
+                   desc=f"epoch {epoch + 1}/{config.epochs}")
         for step, (x, y) in enumerate(batches(split.train, config.batch_size, seed=config.seed,
                                               epoch=epoch)):
             if augment is not None:
@@ -203,6 +207,10 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             total += loss * len(y)
             labels = y.argmax(axis=1) if y.ndim == 2 else y  # soft targets: their top class
             correct += int((out.argmax(axis=1) == labels).sum())
+            bar.update(len(y))
+            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}",
+                            refresh=False)
+        bar.close()
         elapsed = time.perf_counter() - began
         test = evaluate(model, split.test, max(config.batch_size, 256))
         row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total / seen,

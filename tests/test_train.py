@@ -178,3 +178,9 @@ def test_early_stopping(digits, tmp_path):
     assert len(history) < 30 and lines[-1].startswith("early stop: no better test accuracy")
     best = max(h["test_accuracy"] for h in history)
     assert all(h["test_accuracy"] <= best for h in history[-2:])
+
+
+def test_progress_bar_shows_loss_accuracy_and_throughput(digits, capsys):
+    fit(lenet(), digits, TrainConfig(epochs=1), None, report=lambda line: None, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch 1/1" in err and "img/s" in err and "loss=" in err and "acc=" in err
