@@ -279,10 +279,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _setup_train(p: argparse.ArgumentParser) -> None:
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The spec, the data set, the backend and the seed: shared by train and eval."""
     _add_spec_arguments(p)
     p.add_argument("--data", required=True, metavar="SOURCE",
                    help="digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR or npz:FILE")
+    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for weights, the held-out split and batches (eval: the one the "
+                   "run was trained with)")
+
+
+def _setup_train(p: argparse.ArgumentParser) -> None:
+    _add_data_arguments(p)
     p.add_argument("--epochs", type=_positive, default=10)
     p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
@@ -310,8 +319,6 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
                    help="run directory: log and checkpoints (default runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, split and batches")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -332,13 +339,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _setup_eval(p: argparse.ArgumentParser) -> None:
-    _add_spec_arguments(p)
+    _add_data_arguments(p)
     p.add_argument("--weights", required=True, metavar="W.npz|RUN_DIR",
                    help="trained parameters, or a run directory (its best checkpoint)")
-    p.add_argument("--data", required=True, metavar="SOURCE", help="as for archc train")
-    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu")
-    p.add_argument("--seed", type=int, default=0,
-                   help="the seed the run was trained with (it fixes the held-out split)")
 
 
 COMMANDS["train"] = ("train a spec on a data set, with a log and checkpoints",

@@ -9,6 +9,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# small inputs of networks that cover every kind of layer between them, for whole-network
+# runtime tests
+SMALL_NETWORKS = [
+    ("lenet5", {}),
+    ("resnet18", {"resolution": 64}),
+    ("mobilenet_v2", {"resolution": 64}),
+    ("googlenet", {"resolution": 64}),
+    ("unet", {"resolution": 64, "padding": 1}),
+]
+
 settings.register_profile(
     "archc", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

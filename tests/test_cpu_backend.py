@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import archc
-from conftest import SPECS
+from conftest import SMALL_NETWORKS, SPECS
 from runtime.backends import cpu
 from runtime.backends.cpu import conv, elementwise
 from runtime.backends.reference import KERNELS as REF
@@ -78,12 +78,7 @@ def test_numba_op_matches_reference(op, data):
         np.testing.assert_allclose(cpu_gp[key], b, rtol=1e-4, atol=1e-5 * max(np.abs(b).max(), 1e-6))
 
 
-@pytest.mark.parametrize("spec, variables", [
-    ("lenet5", {}),
-    ("resnet18", {"resolution": 64}),
-    ("mobilenet_v2", {"resolution": 64}),
-    ("googlenet", {"resolution": 64}),
-    ("unet", {"resolution": 64, "padding": 1}),
+@pytest.mark.parametrize("spec, variables", SMALL_NETWORKS + [
     ("convnext_tiny", {"resolution": 64}),
     ("shufflenet_v2", {"resolution": 64}),
 ])

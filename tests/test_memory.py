@@ -7,7 +7,7 @@ import pytest
 import archc
 from archc.analysis import analyse
 from archc.lower import lower
-from conftest import SPECS
+from conftest import SMALL_NETWORKS, SPECS
 from runtime.memory import plan_memory
 
 
@@ -44,13 +44,7 @@ def test_chains_reuse_two_buffers_and_views_share():
     assert plan.naive_bytes == 6 * 400
 
 
-@pytest.mark.parametrize("spec, variables", [
-    ("lenet5", {}),
-    ("resnet18", {"resolution": 64}),
-    ("mobilenet_v2", {"resolution": 64}),
-    ("googlenet", {"resolution": 64}),
-    ("unet", {"resolution": 64, "padding": 1}),
-])
+@pytest.mark.parametrize("spec, variables", SMALL_NETWORKS)
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 def test_predict_frees_by_liveness_and_peaks_where_the_plan_says(spec, variables, backend):
     import numpy as np
