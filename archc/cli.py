@@ -266,6 +266,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          schedule=args.schedule, warmup=args.warmup,
                          label_smoothing=args.label_smoothing, clip=args.clip,
                          augment=args.augment, freeze=tuple(args.freeze),
+                         unfreeze=tuple(args.unfreeze),
                          patience=args.patience, seed=args.seed)
     run = Path(args.resume or args.out)
     print(f"training {model.program.name} on {args.data}: {len(split.train)} images, "
@@ -277,6 +278,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"done: best test accuracy {best:.4f}; weights: {best_weights(run)} "
               f"(log: {run / 'log.jsonl'})")
     return EXIT_OK
+
+
+def _epoch_pattern(text: str) -> tuple[int, str]:
+    epoch, sep, pattern = text.partition(":")
+    if not sep or not epoch.isdigit() or int(epoch) < 1 or not pattern:
+        raise argparse.ArgumentTypeError(f"'{text}' is not EPOCH:PATTERN (e.g. 3:'layer4.*')")
+    return int(epoch), pattern
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -314,6 +322,10 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
                    help="parameters whose names match do not train (repeatable), e.g. "
                    "'layer1.*'")
+    p.add_argument("--unfreeze", action="append", default=[], type=_epoch_pattern,
+                   metavar="EPOCH:PATTERN",
+                   help="progressive unfreezing: frozen parameters matching PATTERN train "
+                   "from epoch EPOCH (1-based) on (repeatable), e.g. 3:'c3.*'")
     p.add_argument("--patience", type=_positive, metavar="EPOCHS",
                    help="stop early after this many epochs without a better test accuracy")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",

@@ -50,6 +50,7 @@ class TrainConfig:
     clip: float | None = None
     augment: str | None = None  # e.g. "crop,flip,mixup" (archc/augment.py)
     freeze: tuple[str, ...] = ()  # parameter name patterns that do not train ("layer1.*")
+    unfreeze: tuple[tuple[int, str], ...] = ()  # (epoch, pattern): frozen ones thaw then
     patience: int | None = None  # stop after this many epochs without a better test accuracy
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -154,16 +155,26 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
     evaluate on ``split.test``, log, and checkpoint into ``run`` (if given). With
     ``progress``, a tqdm bar per epoch shows loss, accuracy, images/s and the time left.
     Returns the epochs' metrics."""
-    frozen = {k for k in model.program.params
-              if any(fnmatch.fnmatchcase(k, pattern) for pattern in config.freeze)}
-    unmatched = [p for p in config.freeze
-                 if not any(fnmatch.fnmatchcase(k, p) for k in model.program.params)]
-    if unmatched:
-        raise TrainingError(f"--freeze {', '.join(unmatched)} matches no parameter of "
-                            f"{model.program.name} (names as in its state_dict, e.g. "
-                            f"{next(iter(model.program.params))})")
-    trainable = {k: model.params[k] for k, spec in model.program.params.items()
-                 if spec.trainable and not spec.buffer and k not in frozen}
+    def matching(pattern: str, flag: str) -> set[str]:
+        names = {k for k in model.program.params if fnmatch.fnmatchcase(k, pattern)}
+        if not names:
+            raise TrainingError(f"{flag} {pattern} matches no parameter of "
+                                f"{model.program.name} (names as in its state_dict, e.g. "
+                                f"{next(iter(model.program.params))})")
+        return names
+
+    frozen = set().union(*(matching(p, "--freeze") for p in config.freeze))
+    thaws = [(int(at), matching(pattern, "--unfreeze")) for at, pattern in config.unfreeze]
+    learnable = [k for k, spec in model.program.params.items()
+                 if spec.trainable and not spec.buffer]
+
+    def trainable_at(epoch: int) -> dict:
+        """The parameters that train in ``epoch`` (0-based): all but the frozen ones not
+        yet thawed (progressive unfreezing)."""
+        thawed = set().union(*(names for at, names in thaws if epoch + 1 >= at))
+        return {k: model.params[k] for k in learnable if k not in frozen - thawed}
+
+    trainable = trainable_at(0)
     opt = config.make_optimizer(trainable)
     start, best, history = 0, -math.inf, []
     if run is not None:
@@ -171,8 +182,6 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         run.mkdir(parents=True, exist_ok=True)
         if resume:
             state = load_checkpoint(run, model, opt)
-            trainable = {k: model.params[k] for k in trainable}
-            opt.params = trainable
             start, best = state["epoch"] + 1, state["best"]
             model.rng.bit_generator.state = state["rng"]
             history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
@@ -185,6 +194,7 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         aug_rng = np.random.default_rng([config.seed, epoch, 1])
         opt.lr = base_lr * optim.schedule_factor(
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
+        trainable = opt.params = trainable_at(epoch)
         model.train()
         began, seen, total, correct = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(total=len(split.train), unit="img", leave=False, disable=not progress,

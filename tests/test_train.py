@@ -184,3 +184,25 @@ def test_progress_bar_shows_loss_accuracy_and_throughput(digits, capsys):
     fit(lenet(), digits, TrainConfig(epochs=1), None, report=lambda line: None, progress=True)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err and "img/s" in err and "loss=" in err and "acc=" in err
+
+
+def test_progressive_unfreezing(digits, tmp_path):
+    model = lenet()
+    start = {k: v.copy() for k, v in model.parameters().items()}
+    snapshots = []
+    fit(model, digits, TrainConfig(epochs=3, freeze=("c1.*", "c3.*"), unfreeze=((3, "c3.*"),)),
+        tmp_path, report=lambda line: snapshots.append(
+            {k: v.copy() for k, v in model.parameters().items()}))
+    # c3 stays frozen for epochs 1-2 and trains in epoch 3; c1 never trains
+    np.testing.assert_array_equal(snapshots[1]["c3.weight"], start["c3.weight"])
+    assert not np.array_equal(snapshots[2]["c3.weight"], start["c3.weight"])
+    np.testing.assert_array_equal(snapshots[2]["c1.weight"], start["c1.weight"])
+    with pytest.raises(TrainingError, match="--unfreeze fc9.* matches no parameter"):
+        fit(lenet(), digits, TrainConfig(epochs=1, unfreeze=((2, "fc9.*"),)), None)
+
+
+def test_cli_refuses_a_malformed_unfreeze(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", str(SPECS / "lenet5.yaml"), "--data", "digits", "--unfreeze", "c3.*"])
+    assert stop.value.code == 2
+    assert "is not EPOCH:PATTERN" in capsys.readouterr().err
