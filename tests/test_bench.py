@@ -47,3 +47,11 @@ def test_bench_conv_times_both_stride_1_algorithms():
     assert [r[4] for r in rows] == ["forward", "fwd+bwd"]
     for r in rows:  # archc, grid, im2col and torch times, then the ratio
         assert all(float(v) > 0 for v in r[5:9]) and r[9].endswith("x")
+
+
+def test_bench_train_reports_both_runs():
+    out = subprocess.run([sys.executable, "bench/bench_train.py", "--epochs", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines()
+            if line.startswith(("archc", "torch "))}
+    assert {"archc", "torch"} <= set(rows) and "ratio archc / torch" in out
