@@ -237,14 +237,38 @@ COMMANDS["run"] = (
 )
 
 
-def _compile_for_data(args):
+# archc train's settings: flag name -> TrainConfig field (the same name, dashes aside)
+TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
+               "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",
+               "freeze", "unfreeze", "patience", "seed")
+
+
+def _compile_for_data(graph, args, seed: int):
     from archc import compile as compile_graph
 
-    graph = _load(args)
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise SpecError(f"training needs a network with one input and one output; "
                         f"{graph.name} has {len(graph.inputs)} and {len(graph.outputs)}")
-    return compile_graph(graph, backend=args.backend, seed=args.seed)
+    return compile_graph(graph, backend=args.backend, seed=seed)
+
+
+def _settings(args, graph) -> dict:
+    """The spec's training: section, then the flags given on the command line over it."""
+    settings = dict(graph.training)
+    for key in TRAIN_FLAGS + ("data",):
+        value = getattr(args, key, None)
+        if value is not None and value != []:
+            settings[key] = value
+    if isinstance(settings.get("unfreeze"), list):
+        try:
+            settings["unfreeze"] = [u if isinstance(u, tuple) else _epoch_pattern(u)
+                                    for u in settings["unfreeze"]]
+        except argparse.ArgumentTypeError as exc:
+            raise SpecError(f"training setting 'unfreeze': {exc}") from None
+    if "data" not in settings:
+        raise SpecError("no data to train on: give --data (digits, mnist:DIR, ...) or "
+                        "'data:' in the spec's training section")
+    return settings
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -253,23 +277,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from archc import data
     from archc.train import TrainConfig, best_weights, fit
 
-    model = _compile_for_data(args)
+    graph = _load(args)
+    settings = _settings(args, graph)
+    seed = settings.get("seed", 0)
+    model = _compile_for_data(graph, args, seed)
     if args.init:
         kept = model.load_matching(best_weights(args.init))
         print(f"started from {args.init}" + (f"; initialised afresh: {', '.join(kept)}"
                                              if kept else ""))
     shape = next(iter(model.program.inputs.values()))
-    split = data.load(args.data, shape, seed=args.seed)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
-                         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-                         nesterov=args.nesterov, weight_decay=args.weight_decay,
-                         schedule=args.schedule, warmup=args.warmup,
-                         label_smoothing=args.label_smoothing, clip=args.clip,
-                         augment=args.augment, freeze=tuple(args.freeze),
-                         unfreeze=tuple(args.unfreeze),
-                         patience=args.patience, seed=args.seed)
+    split = data.load(settings["data"], shape, seed=seed)
+    config = TrainConfig(**{k: tuple(tuple(u) if isinstance(u, list) else u for u in v)
+                            if k in ("freeze", "unfreeze") else v
+                            for k, v in settings.items() if k != "data"})
     run = Path(args.resume or args.out)
-    print(f"training {model.program.name} on {args.data}: {len(split.train)} images, "
+    print(f"training {model.program.name} on {settings['data']}: {len(split.train)} images, "
           f"{len(split.test)} held out; run directory {run}")
     history = fit(model, split, config, run, resume=bool(args.resume),
                   progress=sys.stderr.isatty())
@@ -290,28 +312,30 @@ def _epoch_pattern(text: str) -> tuple[int, str]:
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The spec, the data set, the backend and the seed: shared by train and eval."""
     _add_spec_arguments(p)
-    p.add_argument("--data", required=True, metavar="SOURCE",
-                   help="digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR or npz:FILE")
+    p.add_argument("--data", metavar="SOURCE",
+                   help="digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR or "
+                   "npz:FILE (default: the spec's training section)")
     p.add_argument("--backend", choices=["cpu", "reference"], default="cpu")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed for weights, the held-out split and batches (eval: the one the "
-                   "run was trained with)")
+    p.add_argument("--seed", type=int,
+                   help="seed for weights, the held-out split and batches (default 0; eval: "
+                   "the one the run was trained with)")
 
 
 def _setup_train(p: argparse.ArgumentParser) -> None:
     _add_data_arguments(p)
-    p.add_argument("--epochs", type=_positive, default=10)
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd")
-    p.add_argument("--lr", type=float, default=0.05, help="base learning rate (default 0.05)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--epochs", type=_positive, help="default 10")
+    p.add_argument("--batch-size", type=_positive, help="default 32")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd")
+    p.add_argument("--lr", type=float, help="base learning rate (default 0.05)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    p.add_argument("--nesterov", action="store_true", default=None,
+                   help="Nesterov momentum (SGD)")
+    p.add_argument("--weight-decay", type=float, help="default 5e-4")
     p.add_argument("--schedule", choices=["cosine", "step", "multistep", "constant"],
-                   default="cosine", help="learning-rate schedule over the epochs")
-    p.add_argument("--warmup", type=int, default=0, metavar="EPOCHS",
+                   help="learning-rate schedule over the epochs (default cosine)")
+    p.add_argument("--warmup", type=int, metavar="EPOCHS",
                    help="linear learning-rate warm-up epochs")
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--label-smoothing", type=float, help="default 0")
     p.add_argument("--clip", type=float, metavar="NORM", help="clip gradients to this L2 norm")
     p.add_argument("--augment", metavar="LIST",
                    help="augmentations per batch, in order: crop, flip, jitter, rotate, "
@@ -339,12 +363,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from archc.train import best_weights
 
-    model = _compile_for_data(args)
+    graph = _load(args)
+    settings = _settings(args, graph)
+    model = _compile_for_data(graph, args, settings.get("seed", 0))
     model.load(best_weights(args.weights))
     shape = next(iter(model.program.inputs.values()))
-    split = data.load(args.data, shape, seed=args.seed)
+    split = data.load(settings["data"], shape, seed=settings.get("seed", 0))
     result = evaluate(model, split.test)
-    print(f"{model.program.name} on {args.data} ({len(split.test)} held-out images): "
+    print(f"{model.program.name} on {settings['data']} ({len(split.test)} held-out images): "
           f"test accuracy {result['accuracy']:.4f}  top-5 {result['top5']:.4f}  "
           f"loss {result['loss']:.4f}")
     return EXIT_OK

@@ -86,6 +86,7 @@ class Graph:
     outputs: dict[str, str] = field(default_factory=dict)
     blocks: dict[str, BlockInstance] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # the spec's training: section
     nx: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
 
     def add(self, node: Node) -> None:

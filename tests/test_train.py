@@ -206,3 +206,43 @@ def test_cli_refuses_a_malformed_unfreeze(capsys):
         main(["train", str(SPECS / "lenet5.yaml"), "--data", "digits", "--unfreeze", "c3.*"])
     assert stop.value.code == 2
     assert "is not EPOCH:PATTERN" in capsys.readouterr().err
+
+
+def test_a_spec_training_section_sets_the_run_and_flags_override_it(tmp_path, capsys):
+    spec = tmp_path / "net.yaml"
+    spec.write_text((SPECS / "lenet5.yaml").read_text().replace(
+        "variables:\n", "training:\n  data: digits\n  epochs: 2 * rounds\n"
+        "  lr: 0.05\n  freeze: 'c1.*'\n  unfreeze: ['2:c1.*']\n"
+        "variables:\n  rounds: 1\n", 1))
+    run = tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(run)]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 2 and config["freeze"] == ["c1.*"]
+    assert config["unfreeze"] == [[2, "c1.*"]]
+    assert main(["train", str(spec), "--set", "rounds=2", "--lr", "0.01", "--out",
+                 str(run)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["epochs"] == 4 and config["lr"] == 0.01
+    assert main(["eval", str(spec), "--weights", str(run)]) == 0  # its data from the spec
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("section, message", [
+    ("training:\n  epoch: 3\n", "unknown key 'epoch' in the training section"),
+    ("training:\n  epochs: fast\n", "training setting 'epochs'"),
+    ("training:\n  lr: [1]\n", "training setting 'lr' must be float"),
+    ("training: 5\n", "'training' must be a mapping"),
+])
+def test_training_section_errors_are_located(tmp_path, capsys, section, message):
+    spec = tmp_path / "net.yaml"
+    spec.write_text(section + "input: {channels: 1, height: 8, width: 8}\nlayers:\n"
+                    "  - flatten:\n  - linear: 3\n")
+    assert main(["train", str(spec), "--data", "digits", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "net.yaml:" in err
+
+
+def test_training_needs_data_from_somewhere(capsys):
+    assert main(["train", str(SPECS / "lenet5.yaml")]) == 2
+    assert "no data to train on" in capsys.readouterr().err

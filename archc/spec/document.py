@@ -13,7 +13,12 @@ from archc.spec.loader import SpecList, SpecMap, load_yaml_file, make_map
 from archc.spec.scope import Env, evaluate_value
 
 TOP_KEYS = ("name", "description", "extends", "variables", "input", "inputs", "blocks",
-            "layers", "output", "outputs")
+            "layers", "output", "outputs", "training")
+# the settings a spec's ``training:`` section may give (archc train's flags) and their types
+TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
+                 "momentum": float, "nesterov": bool, "weight_decay": float, "schedule": str,
+                 "warmup": int, "label_smoothing": float, "clip": float, "augment": str,
+                 "freeze": list, "unfreeze": list, "patience": int, "seed": int}
 MAX_EXTENDS = 8
 BLOCK_KEYS = ("args", "inputs", "layers", "output", "description")
 INPUT_KEYS = ("channels", "height", "width", "features", "shape")
@@ -69,6 +74,33 @@ def _merge_maps(base: SpecMap, over: SpecMap) -> SpecMap:
     for key, value in over.items():
         out[key] = value
         out.key_locs[key], out.value_locs[key] = over.key_loc(key), over.value_loc(key)
+    return out
+
+
+def read_training(doc: SpecMap, env: Env) -> dict[str, Any]:
+    """The ``training:`` section: archc train's settings, numbers as expressions of the
+    variables (so ``--set`` reaches them), each checked against the type the flag takes."""
+    raw = doc.get("training")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SpecError("'training' must be a mapping of settings", doc.value_loc("training"),
+                        "e.g. training: {epochs: 12, lr: 0.05, data: digits}")
+    check_keys(raw, tuple(TRAINING_KEYS), "the training section")
+    out = {}
+    for key, value in raw.items():
+        loc = raw.value_loc(key)
+        want = TRAINING_KEYS[key]
+        if want in (int, float, bool):  # numbers may be expressions; names stay text
+            value = evaluate_value(value, env, loc, f"training setting '{key}'")
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if want is list and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise SpecError(f"training setting '{key}' must be {want.__name__}, got "
+                            f"{type(value).__name__} {value!r}", loc)
+        out[key] = value
     return out
 
 

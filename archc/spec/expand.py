@@ -38,6 +38,7 @@ class _Expander:
         self.graph.name = document.read_name(doc, self.file)
         env = document.read_variables(doc, self.overrides, self.file)
         self.graph.variables = dict(env.values)
+        self.graph.training = document.read_training(doc, env)
         self.blocks = document.read_blocks(doc)
         top = Frame(prefix="", env=env, scope=(), trace=(), block_stack=(), trainable=True,
                     items=[])
