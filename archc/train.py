@@ -223,7 +223,7 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         bar.close()
         elapsed = time.perf_counter() - began
         test = evaluate(model, split.test, max(config.batch_size, 256))
-        row = {"epoch": epoch + 1, "lr": opt.lr, "train_loss": total / seen,
+        row = {"epoch": epoch + 1, "steps": opt.steps, "lr": opt.lr, "train_loss": total / seen,
                "train_accuracy": correct / seen, "test_loss": test["loss"],
                "test_accuracy": test["accuracy"], "images_per_s": seen / elapsed,
                "seconds": elapsed}

@@ -62,10 +62,18 @@ def test_a_resumed_run_ends_with_the_same_weights(digits, tmp_path):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
 
 
-def test_a_diverging_loss_stops_training(digits, tmp_path):
-    model = lenet()
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+    fit(lenet(), digits, TrainConfig(epochs=1), tmp_path, report=lambda line: None)
+    good = (tmp_path / "last.json").read_text()
+    with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at epoch 2, step \d+: "
+                       r"training stopped; the last good checkpoint is kept"):
+        fit(lenet(), digits, TrainConfig(epochs=3, lr=1e30, momentum=0.0), tmp_path,
+            resume=True, report=lambda line: None)
+    assert (tmp_path / "last.json").read_text() == good
+    assert json.loads((tmp_path / "log.jsonl").read_text())["steps"] == 45  # 1438 / 32
+    tmp_path = tmp_path / "fresh"
     with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at epoch 1, step \d+"):
-        fit(model, digits, TrainConfig(epochs=2, lr=1e30, momentum=0.0), tmp_path,
+        fit(lenet(), digits, TrainConfig(epochs=2, lr=1e30, momentum=0.0), tmp_path,
             report=lambda line: None)
     with pytest.raises(TrainingError, match="no checkpoint to resume"):
         fit(lenet(), digits, TrainConfig(epochs=1), tmp_path, resume=True)
