@@ -287,9 +287,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                              if kept else ""))
     shape = next(iter(model.program.inputs.values()))
     split = data.load(settings["data"], shape, seed=seed)
-    config = TrainConfig(**{k: tuple(tuple(u) if isinstance(u, list) else u for u in v)
-                            if k in ("freeze", "unfreeze") else v
-                            for k, v in settings.items() if k != "data"})
+    settings["freeze"] = tuple(settings.get("freeze", ()))
+    settings["unfreeze"] = tuple(settings.get("unfreeze", ()))
+    config = TrainConfig(**{k: v for k, v in settings.items() if k != "data"})
     run = Path(args.resume or args.out)
     print(f"training {model.program.name} on {settings['data']}: {len(split.train)} images, "
           f"{len(split.test)} held out; run directory {run}")
