@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,6 @@ class TrainConfig:
     unfreeze: tuple[tuple[int, str], ...] = ()  # (epoch, pattern): frozen ones thaw then
     patience: int | None = None  # stop after this many epochs without a better test accuracy
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def make_optimizer(self, params):
         if self.optimizer == "sgd":

@@ -122,7 +122,7 @@ def im2col_weight_grad_kernel(x, gy_grid, groups, kh, kw, sh, sw, dh, dw, pt, pl
                               splits, block):
     """(O, C/g*kh*kw) = gy_grid @ im2col.T, from panels as in im2col_gemm_kernel; the
     positions are cut into ``splits`` parts (one per thread, summed at the end)."""
-    n, c = x.shape[0], x.shape[1]
+    c = x.shape[1]
     o, length = gy_grid.shape
     og, cg = o // groups, c // groups
     k = cg * kh * kw

@@ -3,8 +3,6 @@ blocks (y = x @ W.T + b; the gradients gy @ W and gy.T @ x)."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from runtime.backends.cpu.blas import matmul
 
 
