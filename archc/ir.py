@@ -33,6 +33,7 @@ class Node:
     trainable : False when the spec froze it (``trainable: false``).
     shape : output shape without the batch dimension, once inferred.
     trace : notes on how it was reached (block instantiations), for error messages.
+    fused : the layers an optimisation pass merged into this one, as ``name (op)``.
     """
 
     name: str
@@ -44,6 +45,7 @@ class Node:
     trainable: bool = True
     shape: Shape | None = None
     trace: tuple[str, ...] = ()
+    fused: tuple[str, ...] = ()
 
     def describe(self) -> str:
         shape = fmt_shape(self.shape) if self.shape is not None else "?"

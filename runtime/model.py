@@ -123,7 +123,7 @@ class Model:
         """Forward pass: one array in (or a dict for several inputs), one array out (or a
         dict keyed by output name for several outputs)."""
         values = self._inputs(x)
-        ctx = {"train": self.training, "rng": self.rng}
+        ctx = {"train": self.training, "rng": self.rng, "keep": True}  # keep: for backward()
         with self._scope():
             for op in self.program.ops:
                 params = {role: self.params[full] for role, full in op.params.items()}
@@ -140,7 +140,7 @@ class Model:
         that was alive at once, measured on the arrays themselves (inputs included)."""
         values = self._inputs(x)
         last = self._last_uses()
-        ctx = {"train": self.training, "rng": self.rng}
+        ctx = {"train": self.training, "rng": self.rng, "keep": False}
         peak = 0
         with self._scope():
             for step, op in enumerate(self.program.ops):

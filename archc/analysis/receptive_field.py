@@ -121,8 +121,9 @@ def receptive_fields(graph: Graph) -> dict[str, ReceptiveField]:
         if step is None or len(node.shape) != 3:
             fields[node.name] = WHOLE
             continue
+        steps = step if isinstance(step, list) else [step] * len(sources)  # per input
         mapped = []
-        for field in sources:
+        for field, step in zip(sources, steps):
             if field.whole:
                 mapped.append(WHOLE)
                 continue

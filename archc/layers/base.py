@@ -224,6 +224,45 @@ class Optional(AttrType):
         return None if value is None else self.inner.coerce(value)
 
 
+FUSABLE_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh",
+                       "hardswish", "hardsigmoid")
+"""The activations a conv or linear layer can apply to its output in the same kernel."""
+
+
+@dataclass(frozen=True)
+class Activation(AttrType):
+    """An activation fused into a layer's output: its name (``relu``), or a one-key mapping
+    giving its attributes (``{leaky_relu: 0.2}``, ``{gelu: {approximate: tanh}}``).
+    Normalised to ``(name, ((attribute, value), ...))`` with the activation's own schema
+    (the registry entry of that activation), defaults filled in."""
+
+    name = "activation name or {name: attributes}"
+
+    def coerce(self, value: Any) -> tuple[str, tuple]:
+        from archc.layers import ALIASES, REGISTRY  # the registry imports this module
+
+        args: Any = {}
+        if isinstance(value, dict) and len(value) == 1:
+            ((value, args),) = value.items()
+        if not isinstance(value, str):
+            raise AttrError(f"expected an activation name such as relu, got {_describe(value)}",
+                            hint="e.g. activation: relu, or activation: {leaky_relu: 0.2}")
+        op = ALIASES.get(value, value)
+        if op not in FUSABLE_ACTIVATIONS:
+            raise AttrError(f"'{value}' is not an activation a layer can fuse (those are "
+                            f"{', '.join(FUSABLE_ACTIVATIONS)})",
+                            hint=did_you_mean(value, FUSABLE_ACTIVATIONS))
+        layer = REGISTRY[op]
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            if not layer.positional:
+                raise AttrError(f"'{op}' takes no attributes, got {_describe(args)}")
+            args = {layer.positional[0]: args}
+        normal = layer.normalize(args)
+        return op, tuple(normal.items())
+
+
 REQUIRED = object()
 
 

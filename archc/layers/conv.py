@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import math
 
-from archc.layers.costs import Cost, RFStep, numel, saves_inputs, window_rf
+from archc.layers.costs import IDENTITY_STEP, Cost, RFStep, numel, saves_inputs, window_rf
+from archc.layers.epilogue import (
+    ACTIVATION_ATTR,
+    check_residual,
+    epilogue_flops,
+    epilogue_label,
+    epilogue_saved,
+)
 from archc.layers.labels import conv_label
 from archc.layers.base import (
     Attr,
@@ -102,7 +109,7 @@ def _validate_conv(attrs: dict) -> None:
 
 
 def _conv2d_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
-    (shape,) = inputs
+    shape = inputs[0]
     need_rank(shape, 3, "conv2d", hint="conv2d works on feature maps; is there a flatten before it?")
     c, h, w = shape
     check_declared(attrs, "in_channels", c, "channels")
@@ -121,7 +128,9 @@ def _conv2d_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
             input_index=0,
             hint="use a larger input, padding, or a smaller kernel",
         )
-    return (attrs["out_channels"], out[0], out[1])
+    result = (attrs["out_channels"], out[0], out[1])
+    check_residual(inputs, result, "conv2d")
+    return result
 
 
 def _conv2d_macs(attrs: dict, inputs: list, out: tuple) -> int:
@@ -138,10 +147,19 @@ def _bias_adds(attrs: dict, inputs: list, out: tuple) -> int:
     return numel(out) if attrs["bias"] else 0
 
 
-def _conv2d_rf(attrs: dict, inputs: list) -> RFStep:
+def _conv2d_flops(attrs: dict, inputs: list, out: tuple) -> int:
+    return _bias_adds(attrs, inputs, out) + epilogue_flops(attrs, inputs, out)
+
+
+def _conv2d_saved(attrs: dict, inputs: list, out: tuple) -> int:
+    return saves_inputs(0)(attrs, inputs, out) + epilogue_saved(attrs, inputs, out)
+
+
+def _conv2d_rf(attrs: dict, inputs: list) -> RFStep | list:
     k, s, d = attrs["kernel_size"], attrs["stride"], attrs["dilation"]
     (top, _), (left, _) = resolve_padding(attrs["padding"], k, s, d, tuple(inputs[0][1:]))
-    return window_rf(k, s, d, (top, left))
+    step = window_rf(k, s, d, (top, left))
+    return [step, IDENTITY_STEP] if len(inputs) > 1 else step  # a residual: pixel to pixel
 
 
 def _transpose_rf(attrs: dict, inputs: list) -> RFStep:
@@ -172,28 +190,36 @@ _CONV_TAIL = (
     Attr("in_channels", Optional(Int(minimum=1)), None, "optional check of the input channels"),
 )
 
+_CONV_LABEL = conv_label("conv")
+
 CONV2D = LayerType(
     op="conv2d",
-    label=conv_label("conv"),
+    label=lambda a: _CONV_LABEL(a) + epilogue_label(a),
     family="conv",
     doc="2-D convolution (cross-correlation, as in PyTorch) over NCHW feature maps. "
     "`groups` splits channels into independent groups; `groups` equal to the input "
     "channels makes it depthwise. Padding is a number, `[ph, pw]`, `valid`, `same` "
-    "(output `ceil(H/stride)`) or `full` (every partial overlap).",
+    "(output `ceil(H/stride)`) or `full` (every partial overlap). Fused epilogue: an "
+    "optional second input is added to the result (a residual connection) and `activation` "
+    "applied to it, in the same kernel: `activation(conv(x) + bias + residual)`; the "
+    "optimisation passes write these, a spec may too.",
     attrs=_CONV_HEAD
     + (Attr("padding", Padding(), (0, 0), "zeros added on each side, or valid | same | full"),)
-    + _CONV_TAIL,
+    + _CONV_TAIL + (ACTIVATION_ATTR,),
     infer_shape=_conv2d_shape,
     example="- conv2d: {out_channels: 64, kernel_size: 3, stride: 1, padding: same}",
     positional=("out_channels", "kernel_size", "stride", "padding"),
+    arity=(1, 2),
     validate=_validate_conv,
     parameters=_conv2d_params,
     cost=Cost(
         macs=_conv2d_macs,
-        flops=_bias_adds,
-        saved=saves_inputs(0),
+        flops=_conv2d_flops,
+        saved=_conv2d_saved,
         doc="MACs: C_in / groups x kh x kw per output element. Element-wise: one add per "
-        "output element for the bias (none without bias). Saves its input.",
+        "output element for the bias (none without bias), one for a residual input, plus "
+        "a fused activation's own count. Saves its input (and, with a fused activation, "
+        "the value before it).",
     ),
     receptive_field=_conv2d_rf,
 )

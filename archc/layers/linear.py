@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from archc.layers.activation import same_shape
 from archc.layers.costs import Cost, numel, pointwise_rf, saves_inputs, whole_input_rf, zero
+from archc.layers.epilogue import ACTIVATION_ATTR, epilogue_flops, epilogue_label, epilogue_saved
 from archc.layers.base import (
     Attr,
     Bool,
@@ -32,14 +33,16 @@ def _linear_params(attrs: dict, inputs: list) -> dict:
 
 LINEAR = LayerType(
     op="linear",
-    label=lambda a: f"linear {a['out_features']}",
+    label=lambda a: f"linear {a['out_features']}" + epilogue_label(a),
     family="linear",
     doc="Fully connected layer: `y = W x + b` on a flat feature vector; weight laid out "
-    "(out_features, in_features) as in PyTorch.",
+    "(out_features, in_features) as in PyTorch. `activation` applies an activation to the "
+    "output in the same kernel (fused).",
     attrs=(
         Attr("out_features", Int(minimum=1), doc="number of outputs"),
         Attr("bias", Bool(), True, "add a learned bias"),
         Attr("in_features", Optional(Int(minimum=1)), None, "optional check of the input size"),
+        ACTIVATION_ATTR,
     ),
     infer_shape=_linear_shape,
     example="- linear: 10",
@@ -47,10 +50,11 @@ LINEAR = LayerType(
     parameters=_linear_params,
     cost=Cost(
         macs=lambda a, i, o: i[0][0] * a["out_features"],
-        flops=lambda a, i, o: a["out_features"] if a["bias"] else 0,
-        saved=saves_inputs(0),
+        flops=lambda a, i, o: (a["out_features"] if a["bias"] else 0) + epilogue_flops(a, i, o),
+        saved=lambda a, i, o: saves_inputs(0)(a, i, o) + epilogue_saved(a, i, o),
         doc="MACs: in_features x out_features. Element-wise: one add per output for the "
-        "bias. Saves its input.",
+        "bias, plus a fused activation's own count. Saves its input (and, with a fused "
+        "activation, the value before it).",
     ),
     receptive_field=whole_input_rf,
 )

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from runtime.backends.epilogue import activation_of, keep_pre_activation
 from runtime.program import Op
 
 Kernel = Callable[[Op, list, dict, dict], np.ndarray]
@@ -44,9 +45,20 @@ def _pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, value: flo
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
+def _epilogue(op, y: np.ndarray, xs: list, ctx: dict) -> np.ndarray:
+    """A fused residual (second input) and activation (see runtime/backends/epilogue.py)."""
+    if len(xs) > 1:
+        y = y + xs[1]
+    act = activation_of(op)
+    if act is None:
+        return y
+    keep_pre_activation(op, y, ctx)
+    return ACTIVATIONS[act[0]](y, act[1]).astype(y.dtype, copy=False)
+
+
 @kernel("conv2d")
 def conv2d(op, xs, p, ctx):
-    (x,), a = xs, op.attrs
+    x, a = xs[0], op.attrs
     w = p["weight"]
     n, c = x.shape[:2]
     (pt, pb), (pl, pr) = a["pads"]
@@ -56,7 +68,7 @@ def conv2d(op, xs, p, ctx):
     cols = cols.reshape(n, g, c // g, *a["kernel_size"], ho, wo)
     wg = w.reshape(g, w.shape[0] // g, *w.shape[1:])
     y = np.einsum("ngcijyx,gocij->ngoyx", cols, wg).reshape(n, w.shape[0], ho, wo)
-    return y + p["bias"].reshape(1, -1, 1, 1) if "bias" in p else y
+    return _epilogue(op, y + p["bias"].reshape(1, -1, 1, 1) if "bias" in p else y, xs, ctx)
 
 
 @kernel("conv_transpose2d")
@@ -325,7 +337,7 @@ def stochastic_depth(op, xs, p, ctx):
 @kernel("linear")
 def linear(op, xs, p, ctx):
     y = xs[0] @ p["weight"].T
-    return y + p["bias"] if "bias" in p else y
+    return _epilogue(op, y + p["bias"] if "bias" in p else y, xs, ctx)
 
 
 @kernel("flatten", "reshape")

@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import (
     _bins,
     _erf,
@@ -347,3 +348,12 @@ def concat(op, xs, y, gy, p, ctx):
     dim = op.attrs["dim"]
     edges = np.cumsum([x.shape[dim] for x in xs])[:-1]
     return list(np.split(gy, edges, axis=dim)), {}
+
+
+def activation_grad(name: str, attrs: dict, pre, y, gy):
+    """The gradient before a fused activation (conv and linear epilogues)."""
+    return gy * DERIVATIVES[name](pre, y, attrs).astype(gy.dtype)
+
+
+for _kind in ("conv2d", "linear"):
+    BACKWARD[_kind] = fused_backward(BACKWARD[_kind], activation_grad)

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 from runtime.backends.cpu import conv, elementwise, linear, norm, pool, resample, tensor
 from runtime.backends.cpu.blas import single_threaded_blas as scope  # noqa: F401 (Model runs kernels in it)
+from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import KERNELS as REFERENCE_FORWARD
 from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
 
 KERNELS = dict(REFERENCE_FORWARD)
 BACKWARD = dict(REFERENCE_BACKWARD)
 
-KERNELS["conv2d"], BACKWARD["conv2d"] = conv.conv2d_forward, conv.conv2d_backward
+KERNELS["conv2d"] = conv.conv2d_forward
+BACKWARD["conv2d"] = fused_backward(conv.conv2d_backward, elementwise.activation_grad)
 KERNELS["conv_transpose2d"] = conv.conv_transpose2d_forward
 BACKWARD["conv_transpose2d"] = conv.conv_transpose2d_backward
-KERNELS["linear"], BACKWARD["linear"] = linear.linear_forward, linear.linear_backward
+KERNELS["linear"] = linear.linear_forward
+BACKWARD["linear"] = fused_backward(linear.linear_backward, elementwise.activation_grad)
 KERNELS["max_pool2d"], BACKWARD["max_pool2d"] = pool.max_pool_forward, pool.max_pool_backward
 KERNELS["avg_pool2d"], BACKWARD["avg_pool2d"] = pool.avg_pool_forward, pool.avg_pool_backward
 for _kind in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",

@@ -24,6 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.backends.cpu.blas import gemm
+from runtime.backends.cpu.elementwise import NO_ACTIVATION, activate_inplace, fused_forward
 from runtime.config import PARALLEL
 
 
@@ -192,9 +193,10 @@ def to_grid(x, top, left, hp, wp, tail):
 
 
 @njit(cache=True, **PARALLEL)
-def from_grid(grid, n, top, left, h, w, hp, wp, bias):
+def from_grid(grid, n, top, left, h, w, hp, wp, bias, residual, code, slope):
     """The (N, C, h, w) window at (top, left) of each sample's block of a grid, plus a
-    per-channel bias (an empty bias adds nothing)."""
+    per-channel bias and a residual (empty arrays add nothing), then activation ``code``
+    (negative: none), row by row while the row is in cache: the fused epilogue."""
     c = grid.shape[0]
     plane = hp * wp
     y = np.empty((n, c, h, w), dtype=grid.dtype)
@@ -204,8 +206,14 @@ def from_grid(grid, n, top, left, h, w, hp, wp, bias):
         add = bias[ch] if bias.size else 0.0
         for yy in range(h):
             row = b * plane + (yy + top) * wp + left
+            out = y[b, ch, yy]
             for xx in range(w):
-                y[b, ch, yy, xx] = grid[ch, row + xx] + add
+                out[xx] = grid[ch, row + xx] + add
+            if residual.shape[0]:
+                res = residual[b, ch, yy]
+                for xx in range(w):
+                    out[xx] += res[xx]
+            activate_inplace(out, code, slope)
     return y
 
 
@@ -282,10 +290,12 @@ def grid_conv_weight_grad_kernel(grid, offsets, groups, gy_grid, cg, splits, blo
 
 
 @njit(cache=True, **PARALLEL)
-def pointwise_kernel(x, w, groups, transpose, bias, block):
+def pointwise_kernel(x, w, groups, transpose, bias, block, residual, code, slope):
     """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
     HW), w (O, C/g)), or W_g.T @ x[b] when ``transpose`` (the input gradient); threads take
-    (sample, group, column block) jobs. An empty bias adds nothing."""
+    (sample, group, column block) jobs. The epilogue (bias, residual (N, O, HW), activation
+    ``code``) runs on each block right after its GEMM; empty arrays and a negative code
+    add nothing."""
     n, hw = x.shape[0], x.shape[2]
     og, cg = w.shape[0] // groups, w.shape[1]
     rows_in, rows_out = (og, cg) if transpose else (cg, og)
@@ -299,9 +309,12 @@ def pointwise_kernel(x, w, groups, transpose, bias, block):
         out = y[b, g * rows_out:(g + 1) * rows_out, s:e]
         gemm(w[g * og:(g + 1) * og], x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0,
              transpose, False)
-        if bias.size:
-            for r in range(rows_out):
+        for r in range(rows_out):
+            if bias.size:
                 out[r] += bias[g * rows_out + r]
+            if residual.shape[0]:
+                out[r] += residual[b, g * rows_out + r, s:e]
+            activate_inplace(out[r], code, slope)
     return y
 
 
@@ -322,13 +335,29 @@ def pointwise_weight_grad_kernel(x, gy, groups, splits):
     return partial.sum(axis=0)
 
 
+@njit(cache=True)
+def _finish_row(acc, bias, residual, b, o, yy, code, slope):
+    """A depthwise output row's epilogue: bias, residual, activation (empty: nothing)."""
+    if bias.size:
+        add = bias[o]
+        for xx in range(acc.size):
+            acc[xx] += add
+    if residual.shape[0]:
+        res = residual[b, o, yy]
+        for xx in range(acc.size):
+            acc[xx] += res[xx]
+    activate_inplace(acc, code, slope)
+
+
 @njit(cache=True, **PARALLEL)
-def depthwise_forward_kernel(xp, w, kh, kw, sh, sw, dh, dw, ho, wo, mult):
+def depthwise_forward_kernel(xp, w, kh, kw, sh, sw, dh, dw, ho, wo, mult, bias, residual,
+                             code, slope):
     """y[n, c*mult + m] = sum_ij w[c*mult + m, 0, i, j] * xp[n, c, ...] on the zero-padded
     input xp (no border tests). Each output row is summed in a small local buffer and
     written once: the taps' loops then vectorise (adding into the output array in place
     did not, Numba cannot rule out that it overlaps the input: 10x slower). 3x3 filters,
-    the MobileNet case, take all nine taps in one pass over the row."""
+    the MobileNet case, take all nine taps in one pass over the row. Each row gets the
+    epilogue (bias, residual, activation) before it is written."""
     n, c = xp.shape[0], xp.shape[1]
     y = np.empty((n, c * mult, ho, wo), dtype=xp.dtype)
     for job in prange(n * c * mult):
@@ -355,6 +384,7 @@ def depthwise_forward_kernel(xp, w, kh, kw, sh, sw, dh, dw, ho, wo, mult):
                         acc[xx] = (w00 * r0[q] + w01 * r0[q + dw] + w02 * r0[q + 2 * dw]
                                    + w10 * r1[q] + w11 * r1[q + dw] + w12 * r1[q + 2 * dw]
                                    + w20 * r2[q] + w21 * r2[q + dw] + w22 * r2[q + 2 * dw])
+                _finish_row(acc, bias, residual, b, o, yy, code, slope)
                 y[b, o, yy, :] = acc
             continue
         for yy in range(ho):
@@ -370,6 +400,7 @@ def depthwise_forward_kernel(xp, w, kh, kw, sh, sw, dh, dw, ho, wo, mult):
                     else:
                         for xx in range(wo):
                             acc[xx] += wt * src[start + xx * sw]
+            _finish_row(acc, bias, residual, b, o, yy, code, slope)
             y[b, o, yy, :] = acc
     return y
 
@@ -490,12 +521,13 @@ def _panel(rows: int) -> int:
     return max(64, min(8192, (131072 // max(rows, 1)) // 16 * 16))
 
 
-def _grid_forward(op, x, w, bias):
+def _grid_forward(op, x, w, bias, residual, code, slope):
     layout = _Grid(op, x)
     out = grid_conv_kernel(layout.grid(x), _taps(w), layout.offsets, op.attrs["groups"],
                            layout.length, _block(w.shape[0] // op.attrs["groups"]))
     ho, wo = op.out_shape[1:]
-    return from_grid(out, layout.n, 0, 0, ho, wo, layout.hp, layout.wp, bias)
+    return from_grid(out, layout.n, 0, 0, ho, wo, layout.hp, layout.wp, bias, residual, code,
+                     slope)
 
 
 def _grid_backward(op, x, w, gy):
@@ -506,7 +538,7 @@ def _grid_backward(op, x, w, gy):
     g_grid = grid_conv_input_grad_kernel(taps, layout.offsets, groups, gy_grid,
                                          layout.length + layout.tail, _block(w.shape[1]))
     gx = from_grid(g_grid, layout.n, layout.top, layout.left, layout.h, layout.w, layout.hp,
-                   layout.wp, np.empty(0, dtype=x.dtype))
+                   layout.wp, *_no_epilogue(x))
     g_taps = grid_conv_weight_grad_kernel(layout.grid(x), layout.offsets, groups, gy_grid,
                                           w.shape[1], numba.get_num_threads(), _block(w.shape[0]))
     kh, kw = op.attrs["kernel_size"]
@@ -538,32 +570,44 @@ def _bias(p, x):
     return p["bias"] if "bias" in p else np.empty(0, dtype=x.dtype)
 
 
-def conv2d_forward(op, xs, p, ctx):
-    (x,) = xs
+def _no_residual(x, rank: int = 4):
+    return np.empty((0,) * rank, dtype=x.dtype)
+
+
+def _no_epilogue(x, rank: int = 4):
+    """Epilogue arguments that do nothing: (bias, residual, activation code, slope)."""
+    return np.empty(0, dtype=x.dtype), _no_residual(x, rank), NO_ACTIVATION, 0.0
+
+
+def _conv2d(op, xs, p, code, slope):
+    """The conv and its epilogue: bias, residual (a second input), activation ``code``."""
+    x = np.ascontiguousarray(xs[0])
+    residual = np.ascontiguousarray(xs[1]) if len(xs) > 1 else _no_residual(x)
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
-    x = np.ascontiguousarray(x)
     groups = op.attrs["groups"]
     if _is_depthwise(op, x):
-        y = depthwise_forward_kernel(_padded(x, op), np.ascontiguousarray(w), kh, kw, sh, sw,
-                                     dh, dw, ho, wo, w.shape[0] // x.shape[1])
-        if "bias" in p:
-            y += p["bias"].reshape(1, -1, 1, 1)
-        return y
+        return depthwise_forward_kernel(_padded(x, op), np.ascontiguousarray(w), kh, kw, sh, sw,
+                                        dh, dw, ho, wo, w.shape[0] // x.shape[1], _bias(p, x),
+                                        residual, code, slope)
     if _is_pointwise(op):
         xs_ = _pointwise_input(op, x)
         n, c = xs_.shape[:2]
         w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+        res3 = residual.reshape(n, w.shape[0], ho * wo) if residual.size else _no_residual(x, 3)
         y = pointwise_kernel(xs_.reshape(n, c, ho * wo), w2, groups, False, _bias(p, x),
-                             _block(w.shape[0] // groups))
+                             _block(w.shape[0] // groups), res3, code, slope)
         return y.reshape(n, w.shape[0], ho, wo)
     if _use_grid(op, x):
-        return _grid_forward(op, x, w, _bias(p, x))
+        return _grid_forward(op, x, w, _bias(p, x), residual, code, slope)
     # otherwise im2col + GEMM, panel by panel; the output is a grid with hp, wp = ho, wo
     wmat = np.ascontiguousarray(w.reshape(w.shape[0], -1))
     out = im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
                              _panel(wmat.shape[1]))
-    return from_grid(out, x.shape[0], 0, 0, ho, wo, ho, wo, _bias(p, x))
+    return from_grid(out, x.shape[0], 0, 0, ho, wo, ho, wo, _bias(p, x), residual, code, slope)
+
+
+conv2d_forward = fused_forward(_conv2d)
 
 
 def conv2d_backward(op, xs, y, gy, p, ctx):
@@ -587,7 +631,8 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
             eh, ew = (kh - 1) * dh, (kw - 1) * dw
             gyp = np.pad(gy, ((0, 0), (0, 0), (eh, eh), (ew, ew)))
             flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
-            gxp = depthwise_forward_kernel(gyp, flipped, kh, kw, 1, 1, dh, dw, hp, wp, 1)
+            gxp = depthwise_forward_kernel(gyp, flipped, kh, kw, 1, 1, dh, dw, hp, wp, 1,
+                                           *_no_epilogue(gy))
         else:
             gxp = depthwise_input_grad_kernel(gy, np.ascontiguousarray(w), hp, wp, kh, kw, sh,
                                               sw, dh, dw, mult)
@@ -598,8 +643,9 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
         n, c = xs_.shape[:2]
         x3, gy3 = xs_.reshape(n, c, ho * wo), gy.reshape(n, w.shape[0], ho * wo)
         w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
-        gsub = pointwise_kernel(gy3, w2, groups, True, np.empty(0, x.dtype),
-                                _block(c // groups)).reshape(n, c, ho, wo)
+        bias, residual, code, slope = _no_epilogue(x, rank=3)
+        gsub = pointwise_kernel(gy3, w2, groups, True, bias, _block(c // groups), residual, code,
+                                slope).reshape(n, c, ho, wo)
         grads["weight"] = pointwise_weight_grad_kernel(
             x3, gy3, groups, min(n, numba.get_num_threads())).reshape(w.shape)
         if (sh, sw) == (1, 1):
@@ -660,7 +706,7 @@ def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
     zero = np.zeros(1, np.int64)
     cols = im2col_kernel(np.ascontiguousarray(gy), kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
     gx_grid = grid_conv_kernel(cols, taps, zero, groups, n * h * wd, _block(c // groups))
-    gx = from_grid(gx_grid, n, 0, 0, h, wd, h, wd, np.empty(0, dtype=x.dtype))
+    gx = from_grid(gx_grid, n, 0, 0, h, wd, h, wd, *_no_epilogue(x))
     g_taps = grid_conv_weight_grad_kernel(cols, zero, groups, to_grid(x, 0, 0, h, wd, 0),
                                           taps.shape[2], numba.get_num_threads(), _block(c))
     grads = {"weight": g_taps.reshape(w.shape)}

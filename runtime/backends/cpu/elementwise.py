@@ -12,6 +12,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from runtime.backends.epilogue import activation_of, keep_pre_activation
 from runtime.config import PARALLEL
 
 CODES = {"relu": 0, "relu6": 1, "leaky_relu": 2, "silu": 3, "sigmoid": 4, "tanh": 5,
@@ -37,41 +38,56 @@ def _gelu_tanh_inner(v):
     return math.tanh(_TANH_C * (v + 0.044715 * v * v * v))
 
 
+NO_ACTIVATION = -1  # the code of a fused epilogue without an activation
+
+
+@njit(cache=True)
+def activate_inplace(v, code, slope):
+    """Apply activation ``code`` to a 1-D array in place (the branch is taken once, so
+    each loop is branch-free and vectorises). Conv and linear kernels call it on their
+    output rows while they are in cache: the fused epilogue. NO_ACTIVATION does nothing."""
+    n = v.size
+    if code == 0:
+        for i in range(n):
+            v[i] = max(v[i], 0.0)
+    elif code == 1:
+        for i in range(n):
+            v[i] = min(max(v[i], 0.0), 6.0)
+    elif code == 2:
+        for i in range(n):
+            v[i] = v[i] if v[i] > 0 else slope * v[i]
+    elif code == 3:
+        for i in range(n):
+            v[i] = v[i] * _sigmoid(v[i])
+    elif code == 4:
+        for i in range(n):
+            v[i] = _sigmoid(v[i])
+    elif code == 5:
+        for i in range(n):
+            v[i] = math.tanh(v[i])
+    elif code == 6:
+        for i in range(n):
+            v[i] = v[i] * _hard(v[i])
+    elif code == 7:
+        for i in range(n):
+            v[i] = _hard(v[i])
+    elif code == 8:
+        for i in range(n):
+            v[i] = 0.5 * v[i] * (1.0 + math.erf(v[i] * _SQRT_HALF))
+    elif code == 9:
+        for i in range(n):
+            v[i] = 0.5 * v[i] * (1.0 + _gelu_tanh_inner(v[i]))
+
+
+CHUNK = 16384  # elements per thread job of the element-wise kernels
+
+
 @njit(cache=True, **PARALLEL)
 def activation_forward_kernel(x, code, slope):
-    f = x.ravel()
-    y = np.empty_like(f)
-    n = f.size
-    if code == 0:
-        for i in prange(n):
-            y[i] = max(f[i], 0.0)
-    elif code == 1:
-        for i in prange(n):
-            y[i] = min(max(f[i], 0.0), 6.0)
-    elif code == 2:
-        for i in prange(n):
-            y[i] = f[i] if f[i] > 0 else slope * f[i]
-    elif code == 3:
-        for i in prange(n):
-            y[i] = f[i] * _sigmoid(f[i])
-    elif code == 4:
-        for i in prange(n):
-            y[i] = _sigmoid(f[i])
-    elif code == 5:
-        for i in prange(n):
-            y[i] = math.tanh(f[i])
-    elif code == 6:
-        for i in prange(n):
-            y[i] = f[i] * _hard(f[i])
-    elif code == 7:
-        for i in prange(n):
-            y[i] = _hard(f[i])
-    elif code == 8:
-        for i in prange(n):
-            y[i] = 0.5 * f[i] * (1.0 + math.erf(f[i] * _SQRT_HALF))
-    else:
-        for i in prange(n):
-            y[i] = 0.5 * f[i] * (1.0 + _gelu_tanh_inner(f[i]))
+    y = x.copy().ravel()
+    n = y.size
+    for job in prange((n + CHUNK - 1) // CHUNK):
+        activate_inplace(y[job * CHUNK:min(n, (job + 1) * CHUNK)], code, slope)
     return y.reshape(x.shape)
 
 
@@ -121,18 +137,44 @@ def activation_backward_kernel(x, y, gy, code, slope):
     return gx.reshape(gy.shape)
 
 
-def code_of(op) -> int:
-    if op.kind == "gelu" and op.attrs["approximate"] != "none":
-        return CODES["gelu_tanh"]
-    return CODES[op.kind]
+def activation_code(name: str, attrs: dict) -> tuple[int, float]:
+    """(kernel code, negative slope) of an activation and its attributes."""
+    if name == "gelu" and attrs["approximate"] != "none":
+        return CODES["gelu_tanh"], 0.0
+    return CODES[name], float(attrs.get("negative_slope", 0.0))
 
 
 def activation_forward(op, xs, p, ctx):
-    x = np.ascontiguousarray(xs[0])
-    return activation_forward_kernel(x, code_of(op), op.attrs.get("negative_slope", 0.0))
+    code, slope = activation_code(op.kind, op.attrs)
+    return activation_forward_kernel(np.ascontiguousarray(xs[0]), code, slope)
+
+
+def activation_grad(name: str, attrs: dict, x, y, gy):
+    """gy * f'(x) for activation ``name`` (also the backward of fused epilogues)."""
+    code, slope = activation_code(name, attrs)
+    return activation_backward_kernel(np.ascontiguousarray(x), np.ascontiguousarray(y),
+                                      np.ascontiguousarray(gy), code, slope)
 
 
 def activation_backward(op, xs, y, gy, p, ctx):
-    slope = op.attrs.get("negative_slope", 0.0)
-    return [activation_backward_kernel(np.ascontiguousarray(xs[0]), np.ascontiguousarray(y),
-                                       np.ascontiguousarray(gy), code_of(op), slope)], {}
+    return [activation_grad(op.kind, op.attrs, xs[0], y, gy)], {}
+
+
+def fused_forward(core):
+    """The forward kernel of a conv or linear op with a fused epilogue, from ``core(op, xs,
+    p, code, slope)``, which applies the residual and activation ``code`` in its own loops.
+    When the pass keeps a tape for backward, the value before the activation is kept too
+    (the activation then runs as a pass of its own; the fused path is for inference)."""
+
+    def forward(op, xs, p, ctx):
+        act = activation_of(op)
+        if act is None:
+            return core(op, xs, p, NO_ACTIVATION, 0.0)
+        code, slope = activation_code(*act)
+        if not ctx.get("keep"):
+            return core(op, xs, p, code, slope)
+        pre = core(op, xs, p, NO_ACTIVATION, 0.0)
+        keep_pre_activation(op, pre, ctx)
+        return activation_forward_kernel(pre, code, slope)
+
+    return forward
