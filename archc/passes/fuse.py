@@ -1,0 +1,84 @@
+"""Fusion passes: an activation, and a residual add, carried out in the epilogue of the
+conv or linear layer before them (``archc/layers/epilogue.py``) instead of in passes of
+their own over memory. Exact: the fused kernel computes the same sums in the same order."""
+
+from __future__ import annotations
+
+from archc.ir import Graph
+from archc.layers.base import FUSABLE_ACTIVATIONS
+from archc.passes.manager import Params, Pass, PassResult, register
+from archc.passes.rewrite import absorb, set_inputs, sole_user
+
+CARRIERS = ("conv2d", "linear")  # layer types with an epilogue
+
+
+def _free_epilogue(graph: Graph, name: str, ops: tuple[str, ...]) -> bool:
+    """A layer of one of ``ops`` with no fused activation or residual yet."""
+    node = graph[name]
+    return node.op in ops and node.attrs.get("activation") is None and len(node.inputs) == 1
+
+
+def _fusable_activation(graph: Graph, name: str) -> str | None:
+    """The activation node that is the only reader of ``name``, if there is one."""
+    user = sole_user(graph, name)
+    return user if user is not None and graph[user].op in FUSABLE_ACTIVATIONS else None
+
+
+def _activation_value(node) -> tuple:
+    return node.op, tuple(node.attrs.items())
+
+
+def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
+    """Fuse ``add(conv(x), r)`` (and an activation right after it) into the conv: the conv
+    takes ``r`` as its residual input. Both operands must have the same shape, and the conv
+    must feed nothing else. When both operands qualify, the later one in spec order (the
+    main branch of a residual block) takes the other as its residual."""
+    out = graph.copy()
+    result = PassResult(out, params)
+    for add in list(out):
+        if add.name not in out or add.op != "add" or len(add.inputs) != 2 \
+                or len(set(add.inputs)) != 2 \
+                or any(out[i].shape != add.shape for i in add.inputs):
+            continue
+        candidates = [i for i in add.inputs if _free_epilogue(out, i, ("conv2d",))
+                      and sole_user(out, i) == add.name]
+        if not candidates:
+            continue
+        conv = max(candidates, key=lambda n: out.nx.nodes[n]["order"])
+        residual = next(i for i in add.inputs if i != conv)
+        absorbed = [add.name]
+        act = _fusable_activation(out, add.name)
+        node = out[conv]
+        if act is not None:
+            node.attrs = {**node.attrs, "activation": _activation_value(out[act])}
+            absorbed.append(act)
+        set_inputs(out, conv, [node.inputs[0], residual])
+        absorb(out, conv, absorbed)
+        result.changes.append(f"fused {' + '.join(absorbed)} into {conv} (residual {residual})")
+        result.groups.append((conv, *absorbed))
+    return result
+
+
+def fuse_activation(graph: Graph, params: Params | None, options: dict) -> PassResult:
+    """Fuse an activation (relu, relu6, leaky_relu, gelu, silu, sigmoid, tanh, hardswish,
+    hardsigmoid) into the conv or linear layer before it, when that layer feeds nothing
+    else."""
+    out = graph.copy()
+    result = PassResult(out, params)
+    for act in list(out):
+        if act.name not in out or act.op not in FUSABLE_ACTIVATIONS:
+            continue
+        source = act.inputs[0]
+        if out[source].op not in CARRIERS or out[source].attrs.get("activation") is not None \
+                or sole_user(out, source) != act.name:
+            continue
+        node = out[source]
+        node.attrs = {**node.attrs, "activation": _activation_value(act)}
+        absorb(out, source, [act.name])
+        result.changes.append(f"fused {act.name} ({act.op}) into {source}")
+        result.groups.append((source, act.name))
+    return result
+
+
+register(Pass("fuse_add", fuse_add, fuse_add.__doc__, 2, True))
+register(Pass("fuse_activation", fuse_activation, fuse_activation.__doc__, 2, True))
