@@ -31,8 +31,8 @@ def _activation_value(node) -> tuple:
 def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
     """Fuse ``add(conv(x), r)`` (and an activation right after it) into the conv: the conv
     takes ``r`` as its residual input. Both operands must have the same shape, and the conv
-    must feed nothing else. When both operands qualify, the later one in spec order (the
-    main branch of a residual block) takes the other as its residual."""
+    must feed nothing else. When both operands qualify, the later one in spec order takes
+    the other as its residual."""
     out = graph.copy()
     result = PassResult(out, params)
     for add in list(out):

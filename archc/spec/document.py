@@ -204,19 +204,29 @@ def read_inputs(doc: SpecMap, env: Env) -> list[tuple[str, dict, Loc]]:
     return out
 
 
-def read_outputs(doc: SpecMap) -> list[tuple[Any, Loc]] | None:
-    """The output references with their locations, or None for 'the last entry'."""
+def read_outputs(doc: SpecMap) -> list[tuple[str | None, Any, Loc]] | None:
+    """(key, reference, location) of each output, or None for 'the last entry'. A list
+    names outputs by their references; a mapping gives each a key of its own
+    (``outputs: {boxes: head.box, classes: head.cls}``)."""
     if "output" in doc and "outputs" in doc:
         raise SpecError("give either 'output' or 'outputs', not both", doc.key_loc("outputs"))
     key = "outputs" if "outputs" in doc else "output" if "output" in doc else None
     if key is None:
         return None
     raw = doc[key]
+    if isinstance(raw, SpecMap):
+        if not raw:
+            raise SpecError(f"'{key}' is empty", doc.value_loc(key))
+        for name in raw:
+            if not NAME_PATTERN.match(str(name)):
+                raise SpecError(f"'{name}' is not a valid output name", raw.key_loc(name),
+                                "output names use letters, digits, _ and -")
+        return [(str(name), raw[name], raw.value_loc(name)) for name in raw]
     if isinstance(raw, SpecList):
         if not raw:
             raise SpecError(f"'{key}' is empty", doc.value_loc(key))
-        return list(zip(raw, raw.item_locs))
-    return [(raw, doc.value_loc(key))]
+        return [(None, ref, loc) for ref, loc in zip(raw, raw.item_locs)]
+    return [(None, raw, doc.value_loc(key))]
 
 
 def read_layers(doc: SpecMap) -> SpecList:

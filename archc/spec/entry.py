@@ -12,6 +12,9 @@ from archc.spec.loader import SpecList, SpecMap
 
 ENTRY_KEYS = ("name", "input", "inputs", "repeat", "trainable", "when")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+# A layer's name may be a dotted path (``layer1.0.conv1``): specs archc writes keep each
+# layer's full name, so that its parameters keep theirs.
+LAYER_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_][A-Za-z0-9_\-]*)*$")
 _UNSET = object()
 
 
@@ -118,9 +121,9 @@ def parse_entry(item: Any, loc: Loc, is_op: Callable[[str], bool]) -> Entry:
         name = item["name"]
         if isinstance(name, int) and not isinstance(name, bool):
             name = str(name)
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not LAYER_NAME_PATTERN.match(name):
             raise SpecError(f"invalid layer name {name!r}", item.value_loc("name"),
-                            "names use letters, digits, _ and -; dots are reserved for block paths")
+                            "names use letters, digits, _ and -, in parts joined by dots")
         entry.name, entry.name_loc = name, item.value_loc("name")
     if "repeat" in item:
         entry.repeat, entry.repeat_loc = item["repeat"], item.value_loc("repeat")

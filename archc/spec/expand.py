@@ -51,9 +51,9 @@ class _Expander:
         outputs = document.read_outputs(doc)
         if outputs is None:
             self.graph.outputs = {top.items[-1]: top.items[-1]}
-        for ref, loc in outputs or ():
+        for key, ref, loc in outputs or ():
             target = self._resolve_ref(ref, top, loc, None)
-            self.graph.outputs[ref if isinstance(ref, str) else target] = target
+            self.graph.outputs[key or (ref if isinstance(ref, str) else target)] = target
         return self.graph
 
     # ------------------------------------------------------------------ lists of entries
