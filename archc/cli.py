@@ -40,12 +40,39 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace):
+    """The spec's graph; for commands with --passes/-O, its optimised view (structure
+    only: no weights are needed to see what the passes do to the graph)."""
     from archc import infer_shapes, verify
     from archc.spec import load_spec, parse_overrides
 
     graph = infer_shapes(load_spec(args.spec, parse_overrides(args.overrides)))
     verify(graph, require_shapes=True)
+    pipeline = _pipeline(args) if args.command in ("summary", "render") else None
+    if pipeline:
+        from archc.passes import run_passes
+
+        graph, _, _ = run_passes(graph, None, pipeline)
     return graph
+
+
+def _add_pass_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], metavar="LEVEL",
+                       help="-O0: no passes; -O1: clean-ups and batch-norm folding; -O2: "
+                       f"also fusions ({default})")
+    group.add_argument("--passes", metavar="LIST",
+                       help="the passes to run, in order, comma-separated, each with "
+                       ":key=value options, e.g. fold_bn,fuse_activation or "
+                       "separable:match='conv*'")
+
+
+def _pipeline(args: argparse.Namespace) -> list | None:
+    from archc.passes import parse_pipeline, preset
+
+    if args.passes:
+        return parse_pipeline(args.passes)
+    level = args.opt_level if args.opt_level is not None else getattr(args, "default_level", None)
+    return preset(level) if level else None
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -95,6 +122,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _setup_summary(p: argparse.ArgumentParser) -> None:
     _add_spec_arguments(p)
+    _add_pass_arguments(p, "default: -O0, the network as written")
     p.add_argument("--batch", type=_positive, default=1, metavar="N",
                    help="batch size for memory, FLOPs and latency (default 1)")
     p.add_argument("--depth", type=_positive, default=None, metavar="D",
@@ -141,6 +169,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _setup_render(p: argparse.ArgumentParser) -> None:
     _add_spec_arguments(p)
+    _add_pass_arguments(p, "default: -O0; fused layers show as one node listing what they hold")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="where to write the diagram; the extension picks the format")
     p.add_argument("--format", choices=["svg", "png", "pdf", "dot"],
@@ -161,6 +190,103 @@ COMMANDS["render"] = (
     "draw a spec as a diagram (svg, png, pdf or dot) with Graphviz",
     _setup_render,
     _cmd_render,
+)
+
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from archc.optimize import initial_params, optimize
+    from archc.passes.check import EXACT_TOLERANCE
+    from runtime.params import save_params
+
+    graph = _load(args)
+    pipeline = _pipeline(args) or []
+    params = initial_params(graph, args.weights, args.seed)
+    result = optimize(graph, pipeline, params, verify=args.verify, data=args.data,
+                      batch=args.batch, seed=args.seed)
+    if args.output:
+        from archc.spec.writer import write_spec
+
+        names = ", ".join(name for name, _ in pipeline) or "none"
+        header = (f"{graph.name}: {args.spec} optimised by archc (passes: {names}).\n"
+                  "Written by archc optimize; archc reads it back to the same graph.")
+        with open(args.output, "w") as f:
+            f.write(write_spec(result.graph, header))
+    if args.weights_out:
+        save_params(args.weights_out, result.params)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(_format_optimised(result, args))
+    if result.verified is False:
+        print(f"archc: internal error: the exact passes changed the outputs by more than "
+              f"{EXACT_TOLERANCE:g} (a bug in archc; please report it with this spec)",
+              file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_OK
+
+
+def _format_optimised(result, args) -> str:
+    from archc.analysis.table import human
+
+    def span(pair, fmt=lambda v: human(v)):
+        return f"{fmt(pair[0])} -> {fmt(pair[1])}" if pair[0] != pair[1] else fmt(pair[0])
+
+    lines = [f"{result.graph.name}: {len(result.original)} -> {len(result.graph)} layers"]
+    rows = [("pass", "layers", "params", "MACs", "FLOPs", "rewrites")]
+    for r in result.reports:
+        rows.append((r.name + ("" if r.exact else " (approx.)"), span(r.nodes, str),
+                     span(r.params), span(r.macs), span(r.flops), str(len(r.changes))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    for r in result.reports:
+        shown = r.changes if args.verbose else r.changes[:3]
+        for change in shown:
+            lines.append(f"  {r.name}: {change}")
+        if len(r.changes) > len(shown):
+            lines.append(f"  {r.name}: ... {len(r.changes) - len(shown)} more (-v lists them)")
+        for note in r.notes:
+            lines.append(f"  {r.name}: {note}")
+    for name, diff in result.differences.items():
+        verdict = ("" if not result.exact else
+                   "  ok" if diff < 1e-5 else "  FAILED (exact passes must stay below 1e-05)")
+        lines.append(f"verify on {name} inputs ({args.batch} images): max relative output "
+                     f"difference {diff:.2e}{verdict}")
+    if args.output:
+        lines.append(f"wrote {args.output}")
+    if args.weights_out:
+        lines.append(f"wrote {args.weights_out}")
+    return "\n".join(lines)
+
+
+def _setup_optimize(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    _add_pass_arguments(p, "default: -O2")
+    p.set_defaults(default_level=2)
+    p.add_argument("--weights", metavar="W.npz|RUN_DIR",
+                   help="trained parameters to rewrite (default: a seeded initialisation with "
+                   "random batch-norm statistics)")
+    p.add_argument("--verify", action="store_true",
+                   help="run the network before and after on random and real inputs and print "
+                   "the largest relative output difference (exact passes: below 1e-5)")
+    p.add_argument("--data", default="digits", metavar="SOURCE",
+                   help="real inputs for --verify and for passes that measure their error "
+                   "(default digits; as archc train's --data)")
+    p.add_argument("--batch", type=_positive, default=4, metavar="N",
+                   help="inputs per verification batch (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights and random inputs")
+    p.add_argument("-o", "--output", metavar="OUT.yaml",
+                   help="write the optimised network as a spec")
+    p.add_argument("--weights-out", metavar="W2.npz",
+                   help="write the rewritten parameters (names fit the written spec)")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every rewrite")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+COMMANDS["optimize"] = (
+    "optimise a spec (fusion, batch-norm folding, factorisation) and report what changed",
+    _setup_optimize,
+    _cmd_optimize,
 )
 
 

@@ -275,6 +275,9 @@ def _node_lines(node: Node, detail: str, annotate, stats) -> list[str]:
     lines = [label]
     if detail != "low" and not _is_automatic(local, node.op):
         lines.insert(0, f'<font point-size="8" color="#444444">{_escape(local)}</font>')
+    if node.fused and detail != "low":
+        merged = ", ".join(_local(f, node.scope) for f in node.fused)
+        lines.append(f'<font point-size="8" color="#7a4b00">{_escape("fused: " + merged)}</font>')
     if detail == "high" and node.op != "input":
         extra = fmt_shape(node.shape)
         if stats.params:

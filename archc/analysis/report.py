@@ -25,6 +25,7 @@ from archc.analysis.roofline import Device
 from archc.ir import Graph
 from archc.layers import get_layer
 from archc.layers.costs import FLOAT_BYTES
+from archc.layers.epilogue import epilogue_label
 
 
 @dataclass
@@ -45,6 +46,13 @@ class NodeReport:
     view: bool
     latency_s: float | None = None
     bound: str | None = None
+    fused: tuple[str, ...] = ()  # the layers an optimisation pass merged into this one
+    epilogue: str = ""  # what its kernel does after the product: "+add +relu"
+
+    @property
+    def kind(self) -> str:
+        """The op with its fused epilogue, as the table shows it: ``conv2d+add+relu``."""
+        return self.op + self.epilogue.replace(" ", "")
 
     @property
     def flops(self) -> int:
@@ -66,6 +74,7 @@ class NodeReport:
             "arithmetic_intensity": None if self.intensity is None else round(self.intensity, 4),
             "receptive_field": self.receptive_field.to_dict(),
             "latency_s": self.latency_s, "bound": self.bound,
+            "fused": list(self.fused), "epilogue": self.epilogue,
         }
 
 
@@ -164,7 +173,9 @@ def analyse(graph: Graph, batch: int = 1, device: Device | None = None) -> Repor
             macs=batch * layer.cost.macs(node.attrs, in_shapes, node.shape),
             elementwise_flops=batch * layer.cost.flops(node.attrs, in_shapes, node.shape),
             activation_bytes=out_bytes, saved_bytes=saved[node.name], bytes_moved=moved,
-            receptive_field=fields[node.name], view=is_view,
+            receptive_field=fields[node.name], view=is_view, fused=node.fused,
+            epilogue=(" +add" if len(node.inputs) > 1 and "activation" in node.attrs else "")
+            + epilogue_label(node.attrs),
         ))
     if device is not None:
         for n in nodes:

@@ -48,3 +48,14 @@ def compare(graph: Graph, params: Params, optimised: Graph, optimised_params: Pa
         y = model.eval().predict(x)
         outputs.append(y if isinstance(y, dict) else {"": y})
     return max(relative_difference(outputs[0][k], outputs[1][k]) for k in outputs[0])
+
+
+EXACT_TOLERANCE = 1e-5  # the largest relative difference an exact pipeline may show
+
+
+def verify_pipeline(graph: Graph, params: Params, optimised: Graph, optimised_params: Params,
+                    batches: dict[str, np.ndarray], backend: str = "cpu") -> dict[str, float]:
+    """The largest relative output difference per named batch of inputs (``random``, the
+    name of a data set, ...)."""
+    return {name: compare(graph, params, optimised, optimised_params, x, backend)
+            for name, x in batches.items()}

@@ -5,6 +5,7 @@ their own over memory. Exact: the fused kernel computes the same sums in the sam
 from __future__ import annotations
 
 from archc.ir import Graph
+from archc.layers import get_layer
 from archc.layers.base import FUSABLE_ACTIVATIONS
 from archc.passes.manager import Params, Pass, PassResult, register
 from archc.passes.rewrite import absorb, set_inputs, sole_user
@@ -24,6 +25,12 @@ def _fusable_activation(graph: Graph, name: str) -> str | None:
     return user if user is not None and graph[user].op in FUSABLE_ACTIVATIONS else None
 
 
+def _macs(graph: Graph, name: str) -> int:
+    node = graph[name]
+    return get_layer(node.op).cost.macs(node.attrs, [graph[i].shape for i in node.inputs],
+                                        node.shape)
+
+
 def _activation_value(node) -> tuple:
     return node.op, tuple(node.attrs.items())
 
@@ -31,8 +38,8 @@ def _activation_value(node) -> tuple:
 def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
     """Fuse ``add(conv(x), r)`` (and an activation right after it) into the conv: the conv
     takes ``r`` as its residual input. Both operands must have the same shape, and the conv
-    must feed nothing else. When both operands qualify, the later one in spec order takes
-    the other as its residual."""
+    must feed nothing else. When both operands qualify, the one with more MACs (a residual
+    block's main branch, not its 1x1 shortcut) takes the other as its residual."""
     out = graph.copy()
     result = PassResult(out, params)
     for add in list(out):
@@ -44,7 +51,7 @@ def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
                       and sole_user(out, i) == add.name]
         if not candidates:
             continue
-        conv = max(candidates, key=lambda n: out.nx.nodes[n]["order"])
+        conv = max(candidates, key=lambda n: (_macs(out, n), out.nx.nodes[n]["order"]))
         residual = next(i for i in add.inputs if i != conv)
         absorbed = [add.name]
         act = _fusable_activation(out, add.name)
