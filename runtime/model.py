@@ -133,6 +133,12 @@ class Model:
         outs = {key: values[name] for key, name in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
 
+    def intermediates(self, x) -> dict[str, np.ndarray]:
+        """Every value a forward pass computes, by name (inputs included): what a layer
+        receives and what it gives, for looking inside a network or calibrating a pass."""
+        self(x)
+        return dict(self._tape[0])
+
     def predict(self, x):
         """A forward pass that keeps nothing for backward(): each value is dropped after
         the last op that reads it (the liveness of the memory plan), so its memory goes

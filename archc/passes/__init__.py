@@ -6,7 +6,7 @@ Importing this package registers every pass, in the order presets run them.
 
 from __future__ import annotations
 
-from archc.passes import cleanup, fold_bn, fuse  # noqa: F401 (registration order matters)
+from archc.passes import cleanup, fold_bn, fuse, separable  # noqa: F401 (registration order matters)
 from archc.passes.manager import (
     OPT_LEVELS,
     PASSES,
