@@ -198,8 +198,14 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from archc.passes.check import EXACT_TOLERANCE
     from runtime.params import save_params
 
+    from archc.passes import PASSES
+
     graph = _load(args)
     pipeline = _pipeline(args) or []
+    for name, _ in pipeline:
+        if PASSES[name].needs_params and not args.weights:
+            raise SpecError(f"pass '{name}' works on trained weights: give them with --weights "
+                            "(a .npz or a run directory of archc train)")
     params = initial_params(graph, args.weights, args.seed)
     result = optimize(graph, pipeline, params, verify=args.verify, data=args.data,
                       batch=args.batch, seed=args.seed)

@@ -145,3 +145,64 @@ def test_run_bad_inputs_are_user_errors(tmp_path):
     out = run("run", "specs/lenet5.yaml", "--weights", str(tmp_path / "none.npz"))
     assert out.returncode == 2 and "no such weights file" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_optimize_verify_write_and_read_back(tmp_path):
+    out = run("optimize", "specs/resnet18.yaml", "--set", "resolution=64", "-O2", "--verify",
+              "-o", str(tmp_path / "r18.yaml"), "--weights-out", str(tmp_path / "r18.npz"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("resnet18: 70 -> 25 layers\n")
+    assert "fold_bn             70 -> 50" in out.stdout
+    assert "fuse_add: fused layer1.0.add + layer1.0.relu_1 into layer1.0.conv2 (residual " \
+           "maxpool)" in out.stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("verify on")]
+    assert len(lines) == 2 and all(line.endswith("  ok") for line in lines)
+    assert "verify on digits inputs (4 images)" in out.stdout
+    # the written spec and weights run, and give what the original gives
+    ran = run("run", str(tmp_path / "r18.yaml"), "--weights", str(tmp_path / "r18.npz"))
+    assert ran.returncode == 0, ran.stderr
+    data = json.loads(run("optimize", "specs/resnet18.yaml", "--set", "resolution=64",
+                          "--passes", "fold_bn", "--json", "--verify", "--data", "").stdout)
+    assert [p["name"] for p in data["passes"]] == ["fold_bn"]
+    assert data["passes"][0]["nodes_after"] == 50 and data["verify"]["ok"] is True
+    assert list(data["verify"]["max_relative_difference"]) == ["random"]
+
+
+def test_optimize_a_trained_network_and_evaluate_it(tmp_path):
+    trained = tmp_path / "run"
+    assert run("train", "specs/lenet5.yaml", "--data", "digits", "--epochs", "2",
+               "--out", str(trained)).returncode == 0
+    out = run("optimize", "specs/lenet5.yaml", "--weights", str(trained), "--passes",
+              "low_rank:mode=channel:budget=0.1", "--verify", "-o", str(tmp_path / "lr.yaml"),
+              "--weights-out", str(tmp_path / "lr.npz"))
+    assert out.returncode == 0, out.stderr
+    assert "low_rank (approx.)" in out.stdout and "relative error" in out.stdout
+    assert "ok" not in out.stdout  # approximate: the difference is reported, not judged
+    ev = run("eval", str(tmp_path / "lr.yaml"), "--data", "digits", "--weights",
+             str(tmp_path / "lr.npz"))
+    assert ev.returncode == 0 and "test accuracy" in ev.stdout, ev.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--passes", "fuse_everything"], "unknown pass 'fuse_everything'"),
+    (["--passes", "low_rank"], "works on trained weights"),
+    (["--passes", "separable:size=3"], "has no option 'size'"),
+    (["-O2", "--passes", "fold_bn"], "not allowed with argument"),
+    (["--weights", "missing.npz"], "missing.npz"),
+])
+def test_optimize_bad_input_is_a_user_error(args, message):
+    out = run("optimize", "specs/lenet5.yaml", *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_summary_and_render_show_the_optimised_view(tmp_path):
+    out = run("summary", "specs/resnet18.yaml", "-O2", "--json")
+    data = json.loads(out.stdout)
+    conv2 = next(n for n in data["nodes"] if n["name"] == "layer1.0.conv2")
+    assert conv2["epilogue"] == " +add +relu" and conv2["fused"][1] == "layer1.0.add (add)"
+    assert len(data["nodes"]) == 25
+    table = run("summary", "specs/resnet18.yaml", "--passes", "fold_bn,fuse_activation").stdout
+    assert "conv2d+relu" in table and "batchnorm2d" not in table
+    assert run("render", "specs/resnet18.yaml", "-O2", "-o", str(tmp_path / "r.dot")).returncode == 0
+    dot = (tmp_path / "r.dot").read_text()
+    assert "fused: bn2 (batchnorm2d), add (add), relu_1 (relu)" in dot

@@ -120,3 +120,91 @@ def test_every_activation_kernel_matches_the_reference(name):
     (gx,), _ = elementwise.activation_backward(op, [x], y, gy, {}, {})
     (expected,), _ = REF_BACKWARD[kind](op, [x], y, gy, {}, {})
     np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)
+
+
+FUSED_CONVS = {  # one per CPU algorithm: the epilogue lives in each one's own loops
+    "grid": {"out_channels": 6, "kernel_size": 3, "padding": 1},
+    "im2col": {"out_channels": 6, "kernel_size": 3, "padding": 1, "stride": 2},
+    "pointwise": {"out_channels": 6, "kernel_size": 1},
+    "pointwise_strided": {"out_channels": 6, "kernel_size": 1, "stride": 2},
+    "depthwise": {"out_channels": 4, "kernel_size": 3, "padding": 1, "groups": 4},
+    "depthwise_5x5": {"out_channels": 4, "kernel_size": 5, "padding": 2, "groups": 4},
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(FUSED_CONVS))
+@pytest.mark.parametrize("activation", [None, "relu", {"leaky_relu": 0.2}, "silu",
+                                        {"gelu": "tanh"}, "hardswish", "sigmoid"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_fused_conv_epilogue_matches_reference(algorithm, activation, residual):
+    attrs = dict(FUSED_CONVS[algorithm], activation=activation)
+    layer = archc.layers.get_layer("conv2d").normalize(attrs)
+    out_shape = archc.infer_shapes(_one_conv(layer))["conv"].shape
+    graph = _one_conv(layer)
+    graph.add(archc.Node("skip", "input", {"shape": out_shape}, []))
+    graph.inputs.append("skip")
+    if residual:
+        graph.nx.add_edge("skip", "conv", key=1)
+        graph["conv"].inputs.append("skip")
+    archc.infer_shapes(graph)
+    archc.verify(graph, require_shapes=True)
+    ref = archc.compile(graph, backend="reference", seed=3, dtype="float64")
+    fast = archc.compile(graph, backend="cpu", seed=3)
+    fast.params = {k: v.astype(np.float32) for k, v in ref.params.items()}
+    rng = np.random.default_rng(5)
+    x = {"input": rng.standard_normal((2, 4, 9, 9)) * 2, "skip": rng.standard_normal((2,) + out_shape)}
+    x32 = {k: v.astype(np.float32) for k, v in x.items()}
+    expected = ref(x)
+    for got in (fast.predict(x32), fast(x32)):  # the fused kernels, and with a tape kept
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    gy = rng.standard_normal(expected.shape)
+    ga, gb = ref.backward(gy), fast.backward(gy.astype(np.float32))
+    for name in ga.inputs:
+        if name == "skip" and not residual:
+            continue
+        np.testing.assert_allclose(gb.inputs[name], ga.inputs[name], rtol=1e-4,
+                                   atol=1e-5 * np.abs(ga.inputs[name]).max())
+    for name, value in ga.params.items():
+        np.testing.assert_allclose(gb.params[name], value, rtol=1e-4,
+                                   atol=1e-5 * np.abs(value).max(), err_msg=name)
+
+
+def _one_conv(attrs):
+    graph = archc.Graph(name="probe")
+    graph.add(archc.Node("input", "input", {"shape": (4, 9, 9)}, []))
+    graph.add(archc.Node("conv", "conv2d", attrs, ["input"]))
+    graph.inputs, graph.outputs = ["input"], {"conv": "conv"}
+    return graph
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "tanh", {"gelu": "none"}])
+def test_fused_linear_epilogue_matches_reference(activation):
+    text = f"""input: {{features: 12}}
+layers:
+  - linear: {{out_features: 7, activation: {activation if isinstance(activation, str) else
+                                            activation and '{gelu: none}' or 'null'}}}
+"""
+    graph = archc.load("lin.yaml", text=text)
+    ref = archc.compile(graph, backend="reference", seed=1, dtype="float64")
+    fast = archc.compile(graph, backend="cpu", seed=1)
+    fast.params = {k: v.astype(np.float32) for k, v in ref.params.items()}
+    x = np.random.default_rng(0).standard_normal((5, 12)) * 3
+    expected = ref(x)
+    for got in (fast.predict(x.astype(np.float32)), fast(x.astype(np.float32))):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    gy = np.random.default_rng(1).standard_normal(expected.shape)
+    ga, gb = ref.backward(gy), fast.backward(gy.astype(np.float32))
+    np.testing.assert_allclose(gb.input, ga.input, rtol=1e-4, atol=1e-5)
+
+
+def test_backward_through_a_fused_activation_needs_a_tape():
+    graph = archc.load("c.yaml", text="input: {features: 3}\nlayers: [{linear: {out_features: 2, "
+                       "activation: silu}}]")
+    model = archc.compile(graph, backend="cpu")
+    model.predict(np.ones((1, 3), np.float32))
+    with pytest.raises(RuntimeError, match="predict\\(\\) keeps nothing"):
+        model.backward(np.ones((1, 2), np.float32))
+    (op,) = model.program.ops  # a kernel run without a tape kept no pre-activation either
+    x, y = np.ones((1, 3), np.float32), np.ones((1, 2), np.float32)
+    with pytest.raises(RuntimeError, match="kept no tape"):
+        cpu.BACKWARD["linear"](op, [x], y, y, model.params, {"keep": False})
