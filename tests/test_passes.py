@@ -332,6 +332,7 @@ def test_low_rank_stays_within_its_budget(tmp_path):
     assert report.layers and all(row["error"] <= 0.2 and row["macs_after"] < row["macs_before"]
                                  and row["measured_on"] == "outputs" for row in report.layers)
     assert report.macs[1] < report.macs[0]
+    assert all(v.flags.c_contiguous for v in result.params.values())  # trainable as they are
     assert result.verified is None and result.differences["digits"] > 0  # approximate
     strict = optimize(graph, parse_pipeline("low_rank:budget=0.0001"), params, data="digits")
     assert not strict.reports[0].layers and "left alone" in strict.reports[0].notes[0]

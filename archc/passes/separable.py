@@ -150,8 +150,8 @@ def spatial_factors(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarr
     root = np.sqrt(s[:rank])
     vertical = (u[:, :rank] * root).T.reshape(rank, c, kh, 1)
     horizontal = (root[:, None] * vt[:rank]).reshape(rank, o, kw).transpose(1, 0, 2)
-    return (vertical.astype(weight.dtype),
-            horizontal.reshape(o, rank, 1, kw).astype(weight.dtype))
+    return (np.ascontiguousarray(vertical, dtype=weight.dtype),
+            np.ascontiguousarray(horizontal.reshape(o, rank, 1, kw), dtype=weight.dtype))
 
 
 def channel_factors(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +164,8 @@ def channel_factors(weight: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarr
     expand = u[:, :rank] * root
     if weight.ndim == 4:
         expand = expand.reshape(o, rank, 1, 1)
-    return reduce.astype(weight.dtype), expand.astype(weight.dtype)
+    return (np.ascontiguousarray(reduce, dtype=weight.dtype),
+            np.ascontiguousarray(expand, dtype=weight.dtype))
 
 
 def _max_rank(node: Node, c: int, mode: str) -> int:
