@@ -55,3 +55,13 @@ def test_bench_train_reports_both_runs():
     rows = {line.split()[0]: line.split() for line in out.splitlines()
             if line.startswith(("archc", "torch "))}
     assert {"archc", "torch"} <= set(rows) and "ratio archc / torch" in out
+
+
+def test_bench_passes_quick_prints_both_tables():
+    out = subprocess.run([sys.executable, "bench/bench_passes.py", "--quick", "--repeat", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
+    lines = out.splitlines()
+    (row,) = [line for line in lines if line.startswith("lenet5")]
+    assert row.split()[2] == "13->9" and row.split()[5].endswith("x")
+    variants = [line for line in lines if line.startswith(("original", "separable", "low_rank"))]
+    assert len(variants) == 4 and all("0." in v.split()[-2] for v in variants)
