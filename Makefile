@@ -36,8 +36,14 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc render specs/lenet5.yaml -o out/lenet5.svg --rankdir LR
 	$(BIN)/archc train specs/lenet5.yaml --data digits --epochs 12 --out out/lenet5-digits
 	$(BIN)/archc eval specs/lenet5.yaml --data digits --weights out/lenet5-digits
+	$(BIN)/archc optimize specs/resnet18.yaml -O2 --verify -o out/resnet18-O2.yaml
+	$(BIN)/archc optimize specs/lenet5.yaml --weights out/lenet5-digits \
+	  --passes low_rank:mode=channel:budget=0.1 --verify \
+	  -o out/lenet5-lowrank.yaml --weights-out out/lenet5-lowrank.npz
+	$(BIN)/archc eval out/lenet5-lowrank.yaml --data digits --weights out/lenet5-lowrank.npz
 	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser);"
-	@echo "its training run (log, checkpoints) is in out/lenet5-digits/."
+	@echo "its training run (log, checkpoints) is in out/lenet5-digits/;"
+	@echo "optimised specs: out/resnet18-O2.yaml, out/lenet5-lowrank.yaml (+ .npz weights)."
 
 test: graphviz $(TEST_STAMP)
 	$(BIN)/python -m pytest -q

@@ -212,6 +212,10 @@ LIBRARY = sorted(p.stem for p in Path("specs").glob("*.yaml"))
 def test_exact_passes_keep_every_library_network(spec):
     graph = archc.load(f"specs/{spec}.yaml", **SMALL.get(spec, {}))
     params = params_for(graph)
+    # the fusions also on their own, where batch norms stay between convs and activations
+    unfolded, unfolded_params, _ = run_passes(graph, params,
+                                              parse_pipeline("fuse_add,fuse_activation"))
+    assert outputs_match(graph, params, unfolded, unfolded_params, batch=1) < EXACT_TOLERANCE
     optimised, new_params, reports = run_passes(graph, params, preset(2))
     assert outputs_match(graph, params, optimised, new_params, batch=2) < EXACT_TOLERANCE
     assert set(optimised.outputs) == set(graph.outputs)
