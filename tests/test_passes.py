@@ -340,3 +340,20 @@ def test_low_rank_stays_within_its_budget(tmp_path):
     assert result.verified is None and result.differences["digits"] > 0  # approximate
     strict = optimize(graph, parse_pipeline("low_rank:budget=0.0001"), params, data="digits")
     assert not strict.reports[0].layers and "left alone" in strict.reports[0].notes[0]
+
+
+def test_low_rank_without_data_measures_the_weights():
+    graph = archc.load("specs/lenet5.yaml")
+    params = initial_params(graph, None)
+    optimised, new_params, report = run_pass(graph, params, "low_rank",
+                                             {"mode": "channel", "budget": "0.5"})
+    assert report.notes[0].startswith("no data given")
+    assert report.layers and all(r["measured_on"] == "weights" and r["error"] <= 0.5
+                                 for r in report.layers)
+    for row in report.layers:  # the error the pass reports is the weights' own
+        name = row["layer"]
+        added = next(g[0] for g in report.groups if g[1] == name)
+        w, a, b = params[f"{name}.weight"], new_params[f"{added}.weight"], new_params[f"{name}.weight"]
+        approx = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
+        measured = np.linalg.norm(approx - w.reshape(w.shape[0], -1)) / np.linalg.norm(w)
+        assert measured == pytest.approx(row["error"], abs=1e-5)

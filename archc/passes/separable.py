@@ -132,11 +132,9 @@ def separable(graph: Graph, params: Params | None, options: dict) -> PassResult:
             d, p, err = depthwise_separable_weights(params[f"{node.name}.weight"])
             params[f"{added}.weight"], params[f"{node.name}.weight"] = d, p
             figures["weight_error"] = round(err, 6)
-        result.layers.append(figures)
-        result.groups.append((added, node.name))
-        result.changes.append(
-            f"{node.name}: {kh}x{kw} conv {c}->{o} as depthwise {added} + pointwise 1x1: MACs "
-            f"x{figures['macs_ratio']:.4f} (1/C_out + 1/k^2 = {factor:.4f})")
+        _record(result, figures, added, node,
+                f"{kh}x{kw} conv {c}->{o} as depthwise {added} + pointwise 1x1: MACs "
+                f"x{figures['macs_ratio']:.4f} (1/C_out + 1/k^2 = {factor:.4f})")
     return result
 
 
@@ -223,6 +221,70 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b)) / norm if norm else float(np.linalg.norm(b))
 
 
+def _eligible(node: Node, mode: str) -> bool:
+    if node.op == "linear":
+        return mode == "channel"
+    return node.op == "conv2d" and node.attrs["groups"] == 1 and (
+        mode == "channel" or min(node.attrs["kernel_size"]) > 1)
+
+
+class _Layer:
+    """One candidate layer of ``low_rank``: its weights, the factoriser, and how to
+    measure a rank's error (on the layer's output for a batch of its inputs, else on the
+    weights)."""
+
+    def __init__(self, graph: Graph, node: Node, params: Params, mode: str, x):
+        self.node, self.mode = node, mode
+        self.in_shape = graph[node.inputs[0]].shape
+        self.weight = params[f"{node.name}.weight"]
+        self.bias = params.get(f"{node.name}.bias")
+        self.factor = spatial_factors if mode == "spatial" and node.op == "conv2d" \
+            else channel_factors
+        self.full_rank = _max_rank(node, self.in_shape[0], mode)
+        self.x = x
+        self.reference = None if x is None else _core_output(
+            node, self.in_shape, x, [self.weight], self.bias, [_user_attrs(node)])
+
+    def error(self, rank: int, plan) -> float:
+        first, second = self.factor(self.weight, rank)
+        if self.reference is None:  # no data: the error of the weights themselves
+            approx = (_spatial_product(first, second) if self.factor is spatial_factors
+                      else second.reshape(-1, rank) @ first.reshape(rank, -1))
+            return _relative(self.weight.reshape(-1), approx.reshape(-1))
+        return _relative(self.reference, _core_output(self.node, self.in_shape, self.x,
+                                                      [first, second], self.bias,
+                                                      [plan[0][1], plan[1]]))
+
+    def choose_rank(self, graph: Graph, budget: float, macs: int, count: int):
+        """(rank, error, plan) of the smallest rank within budget that saves MACs (binary
+        search: the error falls and the cost grows with the rank), None if there is
+        none, or the string 'asymmetric' when no per-axis pair can express the padding."""
+        best, low, high = None, 1, self.full_rank
+        while low <= high:
+            rank = (low + high) // 2
+            plan = _plan(graph, graph[self.node.name], self.mode, rank)
+            if plan is None:
+                return "asymmetric"
+            probe = graph.copy()
+            added = _split(probe, probe[self.node.name], *plan)
+            infer_shapes(probe)
+            if _figures(probe, probe[self.node.name], added, macs, count)["macs_after"] >= macs:
+                high = rank - 1
+                continue
+            err = self.error(rank, plan)
+            if err <= budget:
+                best, high = (rank, err, plan), rank - 1
+            else:
+                low = rank + 1
+        return best
+
+
+def _record(result: PassResult, figures: dict, added: str, node: Node, change: str) -> None:
+    result.layers.append(figures)
+    result.groups.append((added, node.name))
+    result.changes.append(f"{node.name}: {change}")
+
+
 def low_rank(graph: Graph, params: Params | None, options: dict) -> PassResult:
     """Approximate trained convs (mode ``spatial``: k x 1 then 1 x k; ``channel``: k x k to
     r channels then 1 x 1, also for linear layers) by the smallest SVD rank whose relative
@@ -232,79 +294,36 @@ def low_rank(graph: Graph, params: Params | None, options: dict) -> PassResult:
     params = dict(params)
     result = PassResult(out, params)
     mode, budget = options["mode"], options["budget"]
-    data = options.get("data")
     values = {}
-    if data is not None:
+    if options.get("data") is not None:
         from archc import compile as compile_graph
 
         model = compile_graph(graph, backend="cpu")
         model.params = {k: np.asarray(v) for k, v in params.items()}
-        values = model.eval().intermediates(data)
+        values = model.eval().intermediates(options["data"])
     else:
         result.notes.append("no data given: errors are measured on the weights, not outputs")
     for node in list(out):
-        eligible = node.op == "linear" and mode == "channel" or (
-            node.op == "conv2d" and node.attrs["groups"] == 1
-            and (mode == "channel" or min(node.attrs["kernel_size"]) > 1))
-        if not eligible or not matches(node.name, options["match"]):
+        if not _eligible(node, mode) or not matches(node.name, options["match"]):
             continue
-        in_shape = out[node.inputs[0]].shape
-        weight, bias = params[f"{node.name}.weight"], params.get(f"{node.name}.bias")
-        factor = spatial_factors if mode == "spatial" and node.op == "conv2d" else channel_factors
         macs, count = _macs(out, node), _params_of(out, node)
-        x = values.get(node.inputs[0])
-        reference = None if x is None else _core_output(node, in_shape, x, [weight], bias,
-                                                        [_user_attrs(node)])
-
-        def error(rank: int, plan) -> float:
-            first, second = factor(weight, rank)
-            if reference is None:  # no data: the error of the weights themselves
-                approx = (_spatial_product(first, second) if factor is spatial_factors
-                          else second.reshape(-1, rank) @ first.reshape(rank, -1))
-                return _relative(weight.reshape(-1), approx.reshape(-1))
-            return _relative(reference, _core_output(node, in_shape, x, [first, second], bias,
-                                                     [plan[0][1], plan[1]]))
-
-        trial = out.copy()
-        best = None
-        full_rank = _max_rank(node, in_shape[0], mode)
-        low, high = 1, full_rank
-        while low <= high:  # the smallest rank within budget that still saves MACs
-            rank = (low + high) // 2
-            plan = _plan(trial, trial[node.name], mode, rank)
-            if plan is None:
-                break
-            probe = trial.copy()
-            added = _split(probe, probe[node.name], *plan)
-            infer_shapes(probe)
-            saves = _figures(probe, probe[node.name], added, macs, count)["macs_after"] < macs
-            if not saves:
-                high = rank - 1
-                continue
-            err = error(rank, plan)
-            if err <= budget:
-                best, high = (rank, err, plan), rank - 1
-            else:
-                low = rank + 1
-        if best is None:
-            result.notes.append(f"{node.name}: left alone, no rank within the error budget "
-                                f"{budget:g} saves MACs" if plan is not None else
-                                f"{node.name}: left alone, its 'same' padding is asymmetric")
+        layer = _Layer(out, node, params, mode, values.get(node.inputs[0]))
+        chosen = layer.choose_rank(out.copy(), budget, macs, count)
+        if not isinstance(chosen, tuple):
+            result.notes.append(f"{node.name}: left alone, " + (
+                "its 'same' padding is asymmetric" if chosen == "asymmetric" else
+                f"no rank within the error budget {budget:g} saves MACs"))
             continue
-        rank, err, plan = best
+        rank, err, plan = chosen
         added = _split(out, node, *plan)
         infer_shapes(out)
-        first, second = factor(weight, rank)
-        params[f"{added}.weight"], params[f"{node.name}.weight"] = first, second
+        params[f"{added}.weight"], params[f"{node.name}.weight"] = layer.factor(layer.weight, rank)
+        measured = "outputs" if layer.reference is not None else "weights"
         figures = _figures(out, node, added, macs, count, mode=mode, rank=rank,
-                           full_rank=full_rank,
-                           error=round(err, 6),
-                           measured_on="outputs" if reference is not None else "weights")
-        result.layers.append(figures)
-        result.groups.append((added, node.name))
-        result.changes.append(
-            f"{node.name}: rank {rank} of {figures['full_rank']} ({mode}), relative error "
-            f"{err:.4f} on its {figures['measured_on']}, MACs x{figures['macs_ratio']:.4f}")
+                           full_rank=layer.full_rank, error=round(err, 6), measured_on=measured)
+        _record(result, figures, added, node,
+                f"rank {rank} of {layer.full_rank} ({mode}), relative error {err:.4f} on its "
+                f"{measured}, MACs x{figures['macs_ratio']:.4f}")
     return result
 
 
