@@ -47,7 +47,7 @@ def _load(args: argparse.Namespace):
 
     graph = infer_shapes(load_spec(args.spec, parse_overrides(args.overrides)))
     verify(graph, require_shapes=True)
-    pipeline = _pipeline(args) if args.command in ("summary", "render") else None
+    pipeline = _pipeline(args) if getattr(args, "view_passes", False) else None
     if pipeline:
         from archc.passes import run_passes
 
@@ -123,6 +123,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _setup_summary(p: argparse.ArgumentParser) -> None:
     _add_spec_arguments(p)
     _add_pass_arguments(p, "default: -O0, the network as written")
+    p.set_defaults(view_passes=True)
     p.add_argument("--batch", type=_positive, default=1, metavar="N",
                    help="batch size for memory, FLOPs and latency (default 1)")
     p.add_argument("--depth", type=_positive, default=None, metavar="D",
@@ -170,6 +171,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _setup_render(p: argparse.ArgumentParser) -> None:
     _add_spec_arguments(p)
     _add_pass_arguments(p, "default: -O0; fused layers show as one node listing what they hold")
+    p.set_defaults(view_passes=True)
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="where to write the diagram; the extension picks the format")
     p.add_argument("--format", choices=["svg", "png", "pdf", "dot"],

@@ -91,12 +91,13 @@ def optimize(graph: Graph, pipeline: list[tuple[str, dict]], params: dict | None
     (13, 9, True)
     """
     params = initial_params(graph, None, seed) if params is None else params
-    batches = sample_inputs(graph, batch, seed, data) if verify or data else {}
+    exact = all(PASSES[name].exact for name, _ in pipeline)
+    # inputs: to verify on, and for approximate passes to measure their error on
+    batches = sample_inputs(graph, batch, seed, data) if verify or not exact else {}
     calibration = next((x for name, x in batches.items() if name != "random"),
                        batches.get("random"))
     optimised, new_params, reports = run_passes(graph, params, pipeline,
                                                 {"data": calibration, "seed": seed})
-    exact = all(PASSES[name].exact for name, _ in pipeline)
     result = Optimised(graph, optimised, new_params, reports, exact)
     if verify:
         result.differences = verify_pipeline(graph, params, optimised, new_params, batches)

@@ -31,7 +31,7 @@ def fold_weights(op: str, groups: int, weight: np.ndarray, bias: np.ndarray | No
     ...     "running_var": np.array([4., 1.]), "weight": np.array([2., 1.]),
     ...     "bias": np.array([0., 3.])}, 0.0)
     >>> w.tolist(), b.tolist()
-    [[1.0, 0.0], [0.0, 1.0]], [-1.0, 3.0]
+    ([[1.0, 0.0], [0.0, 1.0]], [-1.0, 3.0])
     """
     mean = bn["running_mean"].astype(np.float64)
     gamma = bn.get("weight", np.ones_like(mean)).astype(np.float64)

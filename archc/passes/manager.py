@@ -174,14 +174,16 @@ def _measure(graph: Graph) -> tuple[int, int, int, int]:
 
 
 def run_pass(graph: Graph, params: Params | None, name: str, options: dict | None = None,
-             context: dict | None = None) -> tuple[Graph, Params | None, PassReport]:
+             context: dict | None = None, before: tuple | None = None
+             ) -> tuple[Graph, Params | None, PassReport]:
     """Run one pass and report what it changed. ``context`` carries what approximate
-    passes may measure on (``data``: a batch of inputs)."""
+    passes may measure on (``data``: a batch of inputs); ``before`` is the graph's
+    measurement when the caller has it (a pipeline: the previous pass's "after")."""
     p = PASSES[name]
     values = _options(p, options or {})
     if p.needs_params and params is None:
         raise SpecError(f"pass '{name}' works on trained weights: give them with --weights", None)
-    before = _measure(graph)
+    before = before or _measure(graph)
     result = p.run(graph, params, {**values, **(context or {})})
     out = result.graph
     prune_blocks(out)
@@ -207,12 +209,14 @@ def run_passes(graph: Graph, params: Params | None, pipeline: list[tuple[str, di
     >>> g = archc.load("specs/resnet18.yaml")
     >>> opt, _, reports = run_passes(g, None, preset(2))
     >>> len(g), len(opt), [r.name for r in reports if r.changes]
-    (71, 31, ['fold_bn', 'fuse_add', 'fuse_activation'])
+    (70, 25, ['fold_bn', 'fuse_add', 'fuse_activation'])
     """
-    reports = []
+    reports: list[PassReport] = []
     for name, options in pipeline:
+        last = reports[-1] if reports else None
+        before = last and (last.nodes[1], last.params[1], last.macs[1], last.flops[1])
         try:
-            graph, params, report = run_pass(graph, params, name, options, context)
+            graph, params, report = run_pass(graph, params, name, options, context, before)
         except GraphInvalid as exc:
             done = [r.name for r in reports]
             raise GraphInvalid(f"{exc} (after: {', '.join(done) or 'nothing'})") from exc
