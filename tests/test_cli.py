@@ -187,6 +187,8 @@ def test_optimize_a_trained_network_and_evaluate_it(tmp_path):
     (["--passes", "fuse_everything"], "unknown pass 'fuse_everything'"),
     (["--passes", "low_rank"], "works on trained weights"),
     (["--passes", "separable:size=3"], "has no option 'size'"),
+    (["--passes", "low_rank:budget=abc", "--weights", "x.npz"],
+     "option 'budget': expected a relative error between 0 and 1, got 'abc'"),
     (["-O2", "--passes", "fold_bn"], "not allowed with argument"),
     (["--weights", "missing.npz"], "missing.npz"),
 ])

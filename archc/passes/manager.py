@@ -145,6 +145,7 @@ def parse_pipeline(text: str) -> list[tuple[str, dict]]:
                 raise SpecError(f"pass option '{pair}' of '{name}' is not KEY=VALUE", None,
                                 f"e.g. {name}:{next(iter(PASSES[name].options), 'key')}=...")
             options[key] = value
+        _options(PASSES[name], options)  # refuse a bad option now, before any work
         pipeline.append((name, options))
     if not pipeline:
         raise SpecError("--passes names no pass", None, f"passes: {', '.join(PASSES)}")

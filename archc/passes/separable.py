@@ -333,7 +333,10 @@ def _spatial_product(vertical: np.ndarray, horizontal: np.ndarray) -> np.ndarray
 
 
 def _budget(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a relative error between 0 and 1, got '{text}'") from None
     if not 0 < value < 1:
         raise ValueError(f"expected a relative error between 0 and 1, got {text}")
     return value
