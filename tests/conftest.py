@@ -2,6 +2,11 @@ import os
 import sys
 from pathlib import Path
 
+# CUDA kernels run under Numba's simulator unless a real GPU run is asked for
+# (ARCHC_CUDA=real); the variable must be set before numba is first imported.
+if os.environ.get("ARCHC_CUDA") != "real":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
 import pytest
 from hypothesis import HealthCheck, settings
 

@@ -12,11 +12,15 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from runtime.backends.epilogue import activation_of, keep_pre_activation
+from runtime.backends.epilogue import (  # noqa: F401 (CODES: the kernels' codes, re-exported)
+    CODES,
+    NO_ACTIVATION,
+    activation_code,
+    activation_of,
+    keep_pre_activation,
+)
 from runtime.config import PARALLEL
 
-CODES = {"relu": 0, "relu6": 1, "leaky_relu": 2, "silu": 3, "sigmoid": 4, "tanh": 5,
-         "hardswish": 6, "hardsigmoid": 7, "gelu": 8, "gelu_tanh": 9}
 
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -36,9 +40,6 @@ def _hard(v):
 @njit(cache=True, inline="always")
 def _gelu_tanh_inner(v):
     return math.tanh(_TANH_C * (v + 0.044715 * v * v * v))
-
-
-NO_ACTIVATION = -1  # the code of a fused epilogue without an activation
 
 
 @njit(cache=True)
@@ -135,13 +136,6 @@ def activation_backward_kernel(x, y, gy, code, slope):
             gx[i] = fg[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _TANH_C
                              * (1.0 + 3.0 * 0.044715 * v * v))
     return gx.reshape(gy.shape)
-
-
-def activation_code(name: str, attrs: dict) -> tuple[int, float]:
-    """(kernel code, negative slope) of an activation and its attributes."""
-    if name == "gelu" and attrs["approximate"] != "none":
-        return CODES["gelu_tanh"], 0.0
-    return CODES[name], float(attrs.get("negative_slope", 0.0))
 
 
 def activation_forward(op, xs, p, ctx):

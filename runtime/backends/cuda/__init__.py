@@ -1,0 +1,45 @@
+"""The CUDA backend, written with ``numba.cuda`` (PyPI package ``numba-cuda``).
+
+Imported lazily: archc works on machines without a GPU or without the package, and
+nothing here is imported until a CUDA kernel is asked for. Tests run the kernels under
+Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba is first imported).
+
+Where it stands: the kernel layer (``kernels.py``: a tiled, register-blocked GEMM with the
+fused epilogue, activations forward and backward, element-wise add), each tested against
+NumPy under the simulator. The backend that runs whole programs with parameters and
+activation buffers resident on the device is still to come (issue 10).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+
+def numba_cuda():
+    """``numba.cuda``, imported on first use. numba-cuda 0.30 still refers to
+    ``np.row_stack``, which NumPy 2.5 removed (it was an alias of ``np.vstack``): the alias
+    is restored before the import when it is missing."""
+    if not hasattr(np, "row_stack"):
+        np.row_stack = np.vstack
+    try:
+        return importlib.import_module("numba.cuda")
+    except ImportError as exc:  # numba-cuda not installed
+        raise CudaUnavailable(f"the CUDA backend needs the numba-cuda package ({exc}); "
+                              "pip install numba-cuda") from None
+
+
+class CudaUnavailable(Exception):
+    """No CUDA device (or no numba-cuda) on this machine: one line says which."""
+
+
+def unavailable_reason() -> str | None:
+    """Why CUDA cannot run here, or None when it can (a GPU, or the simulator)."""
+    try:
+        cuda = numba_cuda()
+    except CudaUnavailable as exc:
+        return str(exc)
+    if not cuda.is_available():
+        return "no CUDA GPU is available on this machine (numba.cuda found no device)"
+    return None

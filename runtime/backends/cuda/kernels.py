@@ -1,0 +1,347 @@
+"""CUDA kernels (``numba.cuda``) and the thin host functions that launch them.
+
+- ``gemm_kernel``: ``C = op(A) @ op(B)``, then the epilogue (a bias per row or per column,
+  an activation) before C is written. Tiled and register-blocked: a block of 16 x 16
+  threads computes a 64 x 64 tile of C, each thread a 4 x 4 register tile (rows
+  ``ty + 16 i``, columns ``tx + 16 j``, so a warp's stores are contiguous); the 64 x 16
+  and 16 x 64 panels of A and B go through shared memory, every element loaded once per
+  block. Conv layers use it on im2col matrices (``out (O, N*HW) = W (O, K) @ cols``, bias
+  per row) and linear layers directly (``y = x @ W.T``, bias per column).
+- ``activation_forward_kernel`` / ``activation_backward_kernel``: grid-stride loops over
+  the flattened tensor; the activation codes are the CPU kernels'
+  (``runtime/backends/epilogue.py``), so one code means one function everywhere.
+- ``add_kernel``: element-wise sum of two same-shape tensors.
+
+float32 throughout; every kernel is tested against NumPy under the CUDA simulator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import float32
+
+from runtime.backends.cuda import numba_cuda
+from runtime.backends.epilogue import NO_ACTIVATION, activation_code
+
+cuda = numba_cuda()
+
+TILE = 64  # rows and columns of C per block
+ELEMENTWISE_BLOCK = 256  # threads per block of the element-wise kernels and reductions
+TILE_K = 16  # depth of the shared-memory panels
+THREADS = 16  # threads per block along each axis (16 x 16 = 256)
+PER_THREAD = TILE // THREADS  # 4 x 4 outputs per thread
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_TANH_C = math.sqrt(2.0 / math.pi)
+
+
+@cuda.jit(device=True, inline=True)
+def _sigmoid(v):
+    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+
+
+@cuda.jit(device=True, inline=True)
+def activate(v, code, slope):
+    """Activation ``code`` of one value (negative: the identity)."""
+    if code == 0:
+        return max(v, 0.0)
+    if code == 1:
+        return min(max(v, 0.0), 6.0)
+    if code == 2:
+        return v if v > 0 else slope * v
+    if code == 3:
+        return v * _sigmoid(v)
+    if code == 4:
+        return _sigmoid(v)
+    if code == 5:
+        return math.tanh(v)
+    if code == 6:
+        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+    if code == 7:
+        return min(max(v + 3.0, 0.0), 6.0) / 6.0
+    if code == 8:
+        return 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
+    if code == 9:
+        return 0.5 * v * (1.0 + math.tanh(_TANH_C * (v + 0.044715 * v * v * v)))
+    return v
+
+
+@cuda.jit(device=True, inline=True)
+def derivative(x, y, code, slope):
+    """f'(x) for activation ``code``, from its input x or its output y where that is
+    simpler (as the CPU kernels do)."""
+    if code == 0:
+        return 1.0 if x > 0 else 0.0
+    if code == 1:
+        return 1.0 if 0 < x < 6 else 0.0
+    if code == 2:
+        return 1.0 if x > 0 else slope
+    if code == 3:
+        s = _sigmoid(x)
+        return s * (1.0 + x * (1.0 - s))
+    if code == 4:
+        return y * (1.0 - y)
+    if code == 5:
+        return 1.0 - y * y
+    if code == 6:
+        return 0.0 if x < -3 else (1.0 if x > 3 else (2.0 * x + 3.0) / 6.0)
+    if code == 7:
+        return 1.0 / 6.0 if -3 < x < 3 else 0.0
+    if code == 8:
+        return 0.5 * (1.0 + math.erf(x * _SQRT_HALF)) + x * math.exp(-0.5 * x * x) * _INV_SQRT_2PI
+    t = math.tanh(_TANH_C * (x + 0.044715 * x * x * x))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_C * (1.0 + 3.0 * 0.044715 * x * x)
+
+
+@cuda.jit(cache=True)
+def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
+    """c (M, N) = op(a) @ op(b), plus bias (mode 1: per row, 2: per column, 0: none), then
+    activation ``code``; launched on a (ceil(N / 64), ceil(M / 64)) grid of 16 x 16
+    blocks."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    sa = cuda.shared.array((TILE, TILE_K), float32)
+    sb = cuda.shared.array((TILE_K, TILE), float32)
+    acc = cuda.local.array((PER_THREAD, PER_THREAD), float32)
+    av = cuda.local.array(PER_THREAD, float32)
+    bv = cuda.local.array(PER_THREAD, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * THREADS + tx
+    row0, col0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
+    for i in range(PER_THREAD):
+        for j in range(PER_THREAD):
+            acc[i, j] = 0.0
+    for k0 in range(0, k, TILE_K):
+        for step in range(TILE * TILE_K // (THREADS * THREADS)):  # 4 loads per thread
+            idx = tid + step * THREADS * THREADS
+            r, q = idx // TILE_K, idx % TILE_K  # the A panel, row-major
+            gr, gk = row0 + r, k0 + q
+            if gr < m and gk < k:
+                sa[r, q] = a[gk, gr] if trans_a else a[gr, gk]
+            else:
+                sa[r, q] = 0.0
+            r, q = idx // TILE, idx % TILE  # the B panel
+            gk, gc = k0 + r, col0 + q
+            if gk < k and gc < n:
+                sb[r, q] = b[gc, gk] if trans_b else b[gk, gc]
+            else:
+                sb[r, q] = 0.0
+        cuda.syncthreads()
+        for kk in range(TILE_K):
+            for i in range(PER_THREAD):
+                av[i] = sa[ty + THREADS * i, kk]
+            for j in range(PER_THREAD):
+                bv[j] = sb[kk, tx + THREADS * j]
+            for i in range(PER_THREAD):
+                for j in range(PER_THREAD):
+                    acc[i, j] += av[i] * bv[j]
+        cuda.syncthreads()
+    for i in range(PER_THREAD):
+        r = row0 + ty + THREADS * i
+        if r >= m:
+            continue
+        for j in range(PER_THREAD):
+            q = col0 + tx + THREADS * j
+            if q < n:
+                v = acc[i, j]
+                if bias_mode == 1:
+                    v += bias[r]
+                elif bias_mode == 2:
+                    v += bias[q]
+                c[r, q] = activate(v, code, slope)
+
+
+@cuda.jit(cache=True)
+def activation_forward_kernel(x, y, code, slope):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, x.size, stride):
+        y[i] = activate(x[i], code, slope)
+
+
+@cuda.jit(cache=True)
+def activation_backward_kernel(x, y, gy, gx, code, slope):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, x.size, stride):
+        gx[i] = gy[i] * derivative(x[i], y[i], code, slope)
+
+
+@cuda.jit(cache=True)
+def add_kernel(a, b, out):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, a.size, stride):
+        out[i] = a[i] + b[i]
+
+
+# --------------------------------------------------------------------------- launches
+ELEMENTWISE_THREADS = ELEMENTWISE_BLOCK
+
+
+def _blocks(size: int) -> int:
+    """Enough blocks of 256 threads for ``size`` elements, capped (the loops stride)."""
+    return max(1, min(4096, (size + ELEMENTWISE_THREADS - 1) // ELEMENTWISE_THREADS))
+
+
+def _codes(activation) -> tuple[int, float]:
+    return activation_code(*activation) if activation is not None else (NO_ACTIVATION, 0.0)
+
+
+def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_mode: int = 0,
+         activation: tuple[str, dict] | None = None):
+    """op(a) @ op(b) on the device, with the epilogue; a, b (and bias) device arrays."""
+    m = a.shape[1] if trans_a else a.shape[0]
+    n = b.shape[0] if trans_b else b.shape[1]
+    k_a = a.shape[0] if trans_a else a.shape[1]
+    k_b = b.shape[1] if trans_b else b.shape[0]
+    if k_a != k_b:
+        raise ValueError(f"gemm: inner dimensions differ ({k_a} and {k_b})")
+    c = cuda.device_array((m, n), dtype=np.float32)
+    if bias is None:
+        bias, bias_mode = cuda.device_array(1, dtype=np.float32), 0
+    code, slope = _codes(activation)
+    grid = ((n + TILE - 1) // TILE, (m + TILE - 1) // TILE)
+    gemm_kernel[grid, (THREADS, THREADS)](a, b, c, trans_a, trans_b, bias, bias_mode, code,
+                                          slope)
+    return c
+
+
+def activation_forward(x, name: str, attrs: dict):
+    code, slope = activation_code(name, attrs)
+    flat = x.reshape(x.size)
+    y = cuda.device_array(x.size, dtype=np.float32)
+    activation_forward_kernel[_blocks(x.size), ELEMENTWISE_THREADS](flat, y, code, slope)
+    return y.reshape(x.shape)
+
+
+def activation_backward(x, y, gy, name: str, attrs: dict):
+    code, slope = activation_code(name, attrs)
+    gx = cuda.device_array(x.size, dtype=np.float32)
+    activation_backward_kernel[_blocks(x.size), ELEMENTWISE_THREADS](
+        x.reshape(x.size), y.reshape(y.size), gy.reshape(gy.size), gx, code, slope)
+    return gx.reshape(x.shape)
+
+
+def add(a, b):
+    if a.shape != b.shape:
+        raise ValueError(f"add: shapes differ ({a.shape} and {b.shape})")
+    out = cuda.device_array(a.size, dtype=np.float32)
+    add_kernel[_blocks(a.size), ELEMENTWISE_THREADS](a.reshape(a.size), b.reshape(b.size), out)
+    return out.reshape(a.shape)
+
+
+# --------------------------------------------------------------------------- convolution
+@cuda.jit(cache=True)
+def im2col_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
+    """cols[(c, i, j), (n, y, x)] = x[n, c, y*sh + i*dh - pt, x*sw + j*dw - pl] (0 outside):
+    one thread per element of cols, consecutive threads along a row (coalesced writes)."""
+    n, c, h, w = x.shape
+    width = n * ho * wo
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, cols.shape[0] * width, stride):
+        row, col = e // width, e % width
+        ch, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+        b, rest = col // (ho * wo), col % (ho * wo)
+        sy = (rest // wo) * sh + i * dh - pt
+        sx = (rest % wo) * sw + j * dw - pl
+        cols[row, col] = x[b, ch, sy, sx] if 0 <= sy < h and 0 <= sx < w else 0.0
+
+
+@cuda.jit(cache=True)
+def col2im_kernel(cols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
+    """The adjoint of im2col: each input pixel gathers the column entries that read it
+    (one thread per pixel: no atomics)."""
+    n, c, h, w = gx.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, gx.size, stride):
+        b, ch = e // (c * h * w), (e // (h * w)) % c
+        y, x = (e // w) % h, e % w
+        total = 0.0
+        for i in range(kh):
+            ty = y + pt - i * dh
+            if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+                continue
+            for j in range(kw):
+                tx = x + pl - j * dw
+                if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+                    continue
+                total += cols[(ch * kh + i) * kw + j, (b * ho + ty // sh) * wo + tx // sw]
+        gx[b, ch, y, x] = total
+
+
+@cuda.jit(cache=True)
+def rows_to_nchw_kernel(rows, out):
+    """rows (C, N*HW) -> out (N, C, H, W), and its inverse when ``out`` is given as rows'
+    shape by the caller (see nchw_to_rows)."""
+    n, c, h, w = out.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, out.size, stride):
+        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
+        out[b, ch, p // w, p % w] = rows[ch, b * h * w + p]
+
+
+@cuda.jit(cache=True)
+def nchw_to_rows_kernel(x, rows):
+    n, c, h, w = x.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, x.size, stride):
+        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
+        rows[ch, b * h * w + p] = x[b, ch, p // w, p % w]
+
+
+@cuda.jit(cache=True)
+def row_sum_kernel(a, out):
+    """out[r] = sum of row r: one block per row, a shared-memory tree reduction."""
+    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    r, t = cuda.blockIdx.x, cuda.threadIdx.x
+    total = 0.0
+    for q in range(t, a.shape[1], ELEMENTWISE_BLOCK):
+        total += a[r, q]
+    partial[t] = total
+    cuda.syncthreads()
+    step = ELEMENTWISE_BLOCK // 2
+    while step > 0:
+        if t < step:
+            partial[t] += partial[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        out[r] = partial[0]
+
+
+def _launch(kernel, size: int, *args) -> None:
+    kernel[_blocks(size), ELEMENTWISE_THREADS](*args)
+
+
+def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, activation=None):
+    """A dense conv (groups 1) on the device: im2col, then one GEMM with the bias and the
+    activation in its epilogue, then the rows back to NCHW. Returns (y, cols); backward
+    reuses cols."""
+    n, c = x.shape[:2]
+    o, _, kh, kw = w.shape
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
+    cols = cuda.device_array((c * kh * kw, n * ho * wo), dtype=np.float32)
+    _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
+    rows = gemm(w.reshape(o, c * kh * kw), cols, bias=bias, bias_mode=1 if bias is not None else 0,
+                activation=activation)
+    y = cuda.device_array((n, o, ho, wo), dtype=np.float32)
+    _launch(rows_to_nchw_kernel, y.size, rows, y)
+    return y, cols
+
+
+def conv2d_backward(x_shape, w, cols, gy, *, stride, dilation, pads):
+    """(gx, gw, gbias) of a dense conv from its output gradient and the forward's cols:
+    gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx = col2im(gcols)."""
+    n, c, h, wd = x_shape
+    o, _, kh, kw = w.shape
+    ho, wo = gy.shape[2:]
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
+    gy_rows = cuda.device_array((o, n * ho * wo), dtype=np.float32)
+    _launch(nchw_to_rows_kernel, gy.size, gy, gy_rows)
+    gw = gemm(gy_rows, cols, trans_b=True).reshape(w.shape)
+    gcols = gemm(w.reshape(o, c * kh * kw), gy_rows, trans_a=True)
+    gx = cuda.device_array((n, c, h, wd), dtype=np.float32)
+    _launch(col2im_kernel, gx.size, gcols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
+    gbias = cuda.device_array(o, dtype=np.float32)
+    row_sum_kernel[o, ELEMENTWISE_BLOCK](gy_rows, gbias)
+    return gx, gw, gbias
