@@ -16,6 +16,7 @@ from typing import Callable
 from archc.data import DataError
 from archc.errors import SpecError
 from archc.train import TrainingError
+from runtime.backends.cuda import CudaUnavailable
 from runtime.model import InputError
 from runtime.params import WeightsError
 
@@ -335,6 +336,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{key}: {value.shape[0]} x {fmt_shape(value.shape[1:])}")
     print(f"forward pass on {args.backend}: {elapsed * 1e3:.1f} ms "
           f"(first call {first * 1e3:.1f} ms, with kernel compilation or cache loading)")
+    if args.backend == "cuda":
+        ops = model.program.ops
+        print(f"{sum(map(model.backend.on_device, ops))} of {len(ops)} layers on the device "
+              "(the others through the host)")
     batch = next(iter(outputs.values())).shape[0]
     plan = model.memory_plan(batch)
     print(f"activation memory: {plan.arena_bytes / 2**20:.1f} MiB planned "
@@ -357,9 +362,10 @@ def _setup_run(p: argparse.ArgumentParser) -> None:
                    help="batch size of the random input (default 1)")
     p.add_argument("--weights", metavar="W.npz",
                    help="parameters (.npz with PyTorch state_dict names; default: initialised)")
-    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu",
+    p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
                    help="cpu: Numba kernels (default); reference: plain NumPy, the definition "
-                   "the fast backends are tested against")
+                   "the fast backends are tested against; cuda: an NVIDIA GPU (numba.cuda; "
+                   "layers without a device kernel yet run on the host)")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights and random input")
     p.add_argument("-o", "--output", metavar="Y.npy", help="save the output (.npz for several)")
 
@@ -545,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
         return EXIT_USER
-    except (WeightsError, InputError, DataError, TrainingError) as exc:  # the user's data
+    except (WeightsError, InputError, DataError, TrainingError, CudaUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:

@@ -7,31 +7,40 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backends.base import Backend
 from runtime.backends.reference import KERNELS
 from runtime.backends.reference_backward import BACKWARD
 from runtime.memory import MemoryPlan, plan_memory
 from runtime.params import init_params, load_matching, load_params, save_params
 from runtime.program import Program
 
-def _backend(name: str):
-    """(forward kernels, backward kernels, a context the kernels run in)."""
+def _backend(name: str) -> Backend:
     if name == "reference":
-        return KERNELS, BACKWARD, contextlib.nullcontext
+        return Backend("reference", KERNELS, BACKWARD)
     if name == "cpu":
         from runtime.backends import cpu  # compiles (or loads cached) Numba kernels
 
-        return cpu.KERNELS, cpu.BACKWARD, cpu.scope
+        return Backend("cpu", cpu.KERNELS, cpu.BACKWARD, cpu.scope)
+    if name == "cuda":
+        from runtime.backends.cuda import CudaUnavailable, unavailable_reason
+
+        reason = unavailable_reason()
+        if reason is not None:
+            raise CudaUnavailable(reason)
+        from runtime.backends.cuda.backend import BACKEND
+
+        return BACKEND
     raise ValueError(f"unknown backend '{name}' (available: {', '.join(BACKENDS)})")
 
 
-BACKENDS = ("cpu", "reference")
+BACKENDS = ("cpu", "reference", "cuda")
 
 
 def _bytes_alive(arrays) -> int:
     """Bytes of the distinct memory blocks behind some arrays (views count once)."""
     roots = {}
     for array in arrays:
-        while isinstance(array.base, np.ndarray):
+        while isinstance(getattr(array, "base", None), np.ndarray):
             array = array.base
         roots[id(array)] = array.nbytes
     return sum(roots.values())
@@ -61,13 +70,39 @@ class Model:
     def __init__(self, program: Program, backend: str = "reference", seed: int = 0,
                  dtype=np.float32):
         self.program = program
-        self.kernels, self.backward_kernels, self._scope = _backend(backend)
+        self.backend = _backend(backend)
+        self.kernels, self.backward_kernels = self.backend.kernels, self.backend.backward
+        self._scope = self.backend.scope
         self.dtype = np.dtype(dtype)
         self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
                        for k, v in init_params(program, seed).items()}
         self.training = False
         self.rng = np.random.default_rng(seed)
         self._tape: tuple[dict, dict] | None = None
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Name -> host array, PyTorch names and layouts. On a device backend the arrays
+        are uploaded at the next forward pass after they are replaced (assigning
+        ``params``, ``load``, ``load_matching``); after changing one in place, call
+        ``sync()``."""
+        return self._params
+
+    @params.setter
+    def params(self, value: dict[str, np.ndarray]) -> None:
+        self._params = value
+        self._device_params = None
+
+    def sync(self) -> None:
+        """Upload the parameters to the device again at the next pass."""
+        self._device_params = None
+
+    def _params_on_device(self) -> dict:
+        if self.backend.to_device is self.backend.to_host:  # the host is the device
+            return self._params
+        if self._device_params is None:
+            self._device_params = {k: self.backend.to_device(v) for k, v in self._params.items()}
+        return self._device_params
 
     def train(self) -> "Model":
         self.training = True
@@ -97,6 +132,7 @@ class Model:
         loaded, skipped = load_matching(path, self.program)
         for k, v in loaded.items():
             self.params[k] = v if v.dtype == np.int64 else v.astype(self.dtype)
+        self.sync()
         return skipped
 
     def save(self, path: str | Path) -> Path:
@@ -116,28 +152,40 @@ class Model:
             if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
                 raise InputError(f"input '{name}' must have shape (N, {', '.join(map(str, want))}),"
                                  f" got {arr.shape}")
-            out[name] = arr
+            out[name] = self.backend.to_device(arr)
         return out
+
+    def _context(self, keep: bool) -> dict:
+        if self.training and self.backend.name == "cuda":
+            raise RuntimeError("training on the cuda backend is not built yet (its optimiser "
+                               "and batch-norm statistics kernels are still to come): train "
+                               "with backend='cpu'")
+        return {"train": self.training, "rng": self.rng, "keep": keep}
+
+    def _outputs(self, values: dict):
+        outs = {key: self.backend.to_host(values[name])
+                for key, name in self.program.outputs.items()}
+        return next(iter(outs.values())) if len(outs) == 1 else outs
 
     def __call__(self, x):
         """Forward pass: one array in (or a dict for several inputs), one array out (or a
         dict keyed by output name for several outputs)."""
         values = self._inputs(x)
-        ctx = {"train": self.training, "rng": self.rng, "keep": True}  # keep: for backward()
+        ctx = self._context(keep=True)  # keep: what backward() needs
+        device = self._params_on_device()
         with self._scope():
             for op in self.program.ops:
-                params = {role: self.params[full] for role, full in op.params.items()}
+                params = {role: device[full] for role, full in op.params.items()}
                 values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                           params, ctx)
-        self._tape = (values, ctx)  # what backward() needs
-        outs = {key: values[name] for key, name in self.program.outputs.items()}
-        return next(iter(outs.values())) if len(outs) == 1 else outs
+        self._tape = (values, ctx)
+        return self._outputs(values)
 
     def intermediates(self, x) -> dict[str, np.ndarray]:
         """Every value a forward pass computes, by name (inputs included): what a layer
         receives and what it gives, for looking inside a network or calibrating a pass."""
         self(x)
-        return dict(self._tape[0])
+        return {k: self.backend.to_host(v) for k, v in self._tape[0].items()}
 
     def predict(self, x):
         """A forward pass that keeps nothing for backward(): each value is dropped after
@@ -146,11 +194,12 @@ class Model:
         that was alive at once, measured on the arrays themselves (inputs included)."""
         values = self._inputs(x)
         last = self._last_uses()
-        ctx = {"train": self.training, "rng": self.rng, "keep": False}
+        ctx = self._context(keep=False)
+        device = self._params_on_device()
         peak = 0
         with self._scope():
             for step, op in enumerate(self.program.ops):
-                params = {role: self.params[full] for role, full in op.params.items()}
+                params = {role: device[full] for role, full in op.params.items()}
                 values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                           params, ctx)
                 peak = max(peak, _bytes_alive(values.values()))
@@ -158,8 +207,7 @@ class Model:
                     del values[name]
         self._tape = None
         self.last_peak_bytes = peak
-        outs = {key: values[name] for key, name in self.program.outputs.items()}
-        return next(iter(outs.values())) if len(outs) == 1 else outs
+        return self._outputs(values)
 
     def _last_uses(self) -> dict[str, int]:
         """Value name -> the step of the last op that reads it (outputs: never freed)."""
@@ -180,30 +228,35 @@ class Model:
             raise RuntimeError("backward() needs a forward pass first: call model(x) "
                                "(predict() keeps nothing for it)")
         values, ctx = self._tape
-        outputs = self.program.outputs
+        outputs, add = self.program.outputs, self.backend.add
         given = grad_output if isinstance(grad_output, dict) else {next(iter(outputs)): grad_output}
-        grads: dict[str, np.ndarray] = {}
+        grads: dict = {}
         for key, g in given.items():
             name = outputs[key]
-            grads[name] = grads.get(name, 0) + np.asarray(g, dtype=values[name].dtype)
-        param_grads: dict[str, np.ndarray] = {}
+            g = self.backend.to_device(np.asarray(g, dtype=self.dtype))
+            grads[name] = add(grads[name], g) if name in grads else g
+        param_grads: dict = {}
         with self._scope():
             self._backward(values, ctx, grads, param_grads)
-        inputs = {name: grads.get(name, np.zeros_like(values[name])) for name in self.program.inputs}
-        return Gradients(param_grads, inputs)
+        host = self.backend.to_host
+        inputs = {name: host(grads[name]) if name in grads else np.zeros(values[name].shape,
+                                                                         self.dtype)
+                  for name in self.program.inputs}
+        return Gradients({k: host(v) for k, v in param_grads.items()}, inputs)
 
     def _backward(self, values, ctx, grads, param_grads) -> None:
+        device, add = self._params_on_device(), self.backend.add
         for op in reversed(self.program.ops):
             gy = grads.pop(op.output, None)
             if gy is None:
                 continue
-            params = {role: self.params[full] for role, full in op.params.items()}
+            params = {role: device[full] for role, full in op.params.items()}
             gxs, gps = self.backward_kernels[op.kind](
                 op, [values[i] for i in op.inputs], values[op.output], gy, params, ctx)
             for name, g in zip(op.inputs, gxs):
                 if g is not None:
-                    grads[name] = grads[name] + g if name in grads else g
+                    grads[name] = add(grads[name], g) if name in grads else g
             for role, g in gps.items():
                 full = op.params[role]
                 if self.program.params[full].trainable:
-                    param_grads[full] = param_grads.get(full, 0) + g
+                    param_grads[full] = add(param_grads[full], g) if full in param_grads else g

@@ -132,3 +132,109 @@ def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, pa
     np.testing.assert_allclose(gx.copy_to_host(), gx_ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(gw.copy_to_host(), grads["weight"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(gb.copy_to_host(), grads["bias"], rtol=1e-4, atol=1e-5)
+
+
+TINY = """
+input: {channels: 2, height: 6, width: 6}
+layers:
+  - name: c1
+    conv2d: {out_channels: 3, kernel_size: 3, padding: 1, activation: relu}
+  - name: c2
+    conv2d: {out_channels: 3, kernel_size: 3, padding: 1}
+  - add: [-1, c1]
+  - tanh
+  - layernorm2d
+  - avg_pool2d: 2
+  - dropout: 0.2
+  - flatten
+  - linear: {out_features: 4, activation: silu}
+  - linear: 3
+"""
+
+
+def test_a_network_runs_forward_and_backward_on_the_device():
+    import archc
+
+    graph = archc.load("tiny.yaml", text=TINY)
+    gpu = archc.compile(graph, backend="cuda", seed=2)
+    host = archc.compile(graph, backend="cpu", seed=2)
+    on_device = [op.kind for op in gpu.program.ops if gpu.backend.on_device(op)]
+    assert on_device == ["conv2d", "conv2d", "add", "tanh", "avg_pool2d", "dropout", "flatten",
+                         "linear", "linear"]  # layernorm2d goes through the host fallback
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    expected = host(x)
+    np.testing.assert_allclose(gpu.predict(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
+    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
+    a, b = host.backward(gy), gpu.backward(gy)
+    np.testing.assert_allclose(b.input, a.input, rtol=1e-4, atol=1e-6)
+    assert set(b.params) == set(a.params)
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)
+    # new parameters reach the device at the next pass
+    gpu.params = {k: v * 0.5 for k, v in host.params.items()}
+    host.params = dict(gpu.params)
+    np.testing.assert_allclose(gpu.predict(x), host.predict(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="training on the cuda backend is not built yet"):
+        gpu.train()(x)
+
+
+def test_run_on_cuda_from_the_command_line(tmp_path, capsys, monkeypatch):
+    from archc.cli import main
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    assert main(["run", str(spec), "--backend", "cuda", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "forward pass on cuda" in out and "9 of 10 layers on the device" in out
+    monkeypatch.setattr(cuda_backend, "unavailable_reason",
+                        lambda: "no CUDA GPU is available on this machine")
+    assert main(["run", str(spec), "--backend", "cuda"]) == 2
+    assert capsys.readouterr().err == "error: no CUDA GPU is available on this machine\n"
+
+
+@pytest.mark.parametrize("kind, attrs, shape", [
+    ("max_pool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (2, 3, 7, 7)),
+    ("max_pool2d", {"kernel_size": 2, "stride": 2, "ceil_mode": True, "dilation": 1}, (1, 2, 5, 5)),
+    ("avg_pool2d", {"kernel_size": 3, "stride": 2, "padding": 1}, (2, 3, 7, 6)),
+    ("avg_pool2d", {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False,
+                    "ceil_mode": True}, (1, 2, 6, 6)),
+    ("global_avg_pool2d", {}, (2, 3, 5, 4)),
+    ("adaptive_avg_pool2d", {"output_size": 1}, (2, 3, 4, 4)),
+    ("batchnorm2d", {}, (2, 3, 4, 5)),
+    ("batchnorm2d", {"affine": False}, (2, 3, 2, 2)),
+    ("batchnorm1d", {}, (4, 5)),
+])
+def test_layer_kernels_match_the_cpu_backend(kind, attrs, shape):
+    import archc
+    from runtime.backends import cpu as host
+    from runtime.backends.cuda.backend import BACKEND
+
+    text = "input: {" + (f"channels: {shape[1]}, height: {shape[2]}, width: {shape[3]}"
+                         if len(shape) == 4 else f"features: {shape[1]}") + "}\n"
+    text += "layers: [{" + kind + ": " + (str(attrs).replace("'", "") if attrs else "{}") + "}]"
+    model = archc.compile(archc.load("l.yaml", text=text), backend="cpu", seed=1)
+    (op,) = model.program.ops
+    rng = np.random.default_rng(len(shape))
+    p = {role: model.params[full] for role, full in op.params.items()}
+    if "running_var" in p:  # non-trivial statistics and affine parameters
+        p = {k: (rng.uniform(0.5, 2.0, v.shape) if k in ("running_var", "weight")
+                 else rng.standard_normal(v.shape)).astype(v.dtype) if v.dtype != np.int64 else v
+             for k, v in p.items()}
+    assert BACKEND.on_device(op)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if len(shape) == 4:  # ties in a max-pool window pick the first, as PyTorch does
+        x[0, 0, 0, :2] = 3.0
+    ctx_h, ctx_d = {"train": False, "keep": True}, {"train": False, "keep": True}
+    expected = host.KERNELS[kind](op, [x], p, ctx_h)
+    dp = {k: device(v) if v.dtype != np.int64 else cuda.to_device(v) for k, v in p.items()}
+    y = BACKEND.kernels[kind](op, [device(x)], dp, ctx_d)
+    np.testing.assert_allclose(y.copy_to_host(), expected, rtol=1e-5, atol=1e-6)
+    gy = rng.standard_normal(expected.shape).astype(np.float32)
+    (gx_h,), gp_h = host.BACKWARD[kind](op, [x], expected, gy, p, ctx_h)
+    (gx_d,), gp_d = BACKEND.backward[kind](op, [device(x)], y, device(gy), dp, ctx_d)
+    np.testing.assert_allclose(gx_d.copy_to_host(), gx_h, rtol=1e-5, atol=1e-5)
+    assert set(gp_d) == set(gp_h)
+    for role in gp_h:
+        np.testing.assert_allclose(gp_d[role].copy_to_host(), gp_h[role], rtol=1e-4, atol=1e-5)

@@ -1,0 +1,34 @@
+"""The backend interface (tinygrad's pattern: a small core, backends as tables): a backend
+is its forward and backward kernel tables, a context the kernels run in, and how arrays
+move between the host and its device. The CPU backends' device is the host."""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+def _same(array):
+    return array
+
+
+@dataclass(frozen=True)
+class Backend:
+    """``kernels[kind](op, xs, params, ctx) -> y``; ``backward[kind](op, xs, y, gy, params,
+    ctx) -> (input grads, param grads)``; ``to_device``/``to_host`` move arrays (identity
+    on the CPU); ``add`` sums two arrays on the device (gradients meeting where a value
+    fans out); ``on_device(op)`` says whether an op runs on the device or falls back to
+    the host (the CUDA backend while kernels are being ported)."""
+
+    name: str
+    kernels: dict[str, Callable]
+    backward: dict[str, Callable]
+    scope: Callable[[], Any] = contextlib.nullcontext
+    to_device: Callable[[np.ndarray], Any] = _same
+    to_host: Callable[[Any], np.ndarray] = _same
+    on_device: Callable[[Any], bool] = field(default=lambda op: True)
+    add: Callable[[Any, Any], Any] = operator.add

@@ -1,0 +1,283 @@
+"""The CUDA backend's kernel tables: device kernels (``kernels.py``) where they are
+written, and for every other op a host fallback that copies its inputs to the host, runs
+the CPU kernel and copies the result back (correct, but it crosses the bus: the ops
+still to port, issue 10). Parameters are uploaded once and stay on the device; values
+stay on the device between device ops.
+
+Ported so far: conv2d with groups 1 (im2col + the tiled GEMM, bias and activation in its
+epilogue; a residual added on the device), linear, every activation, add of equal
+shapes, max and average pooling, global (and 1x1 adaptive) average pooling, batch norm
+with running statistics, flatten/reshape (views), identity, and dropout/stochastic depth
+at inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.backends import cpu
+from runtime.backends.base import Backend
+from runtime.backends.cuda import kernels as K
+from runtime.backends.cuda import layers as L
+from runtime.backends.epilogue import activation_of, fused_backward, keep_pre_activation
+
+cuda = K.cuda
+
+ACTIVATIONS = ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
+               "hardsigmoid")
+
+
+def to_device(array):
+    return cuda.to_device(np.ascontiguousarray(array))
+
+
+def to_host(array) -> np.ndarray:
+    return array if isinstance(array, np.ndarray) else array.copy_to_host()
+
+
+def _host_indices(op, ctx) -> None:
+    """Max-pool positions a host kernel reads (max_unpool2d) brought to the host."""
+    indices = ctx.get("indices", {})
+    for name in op.inputs:
+        if name in indices and not isinstance(indices[name], np.ndarray):
+            indices[name] = to_host(indices[name])
+
+
+def _host_forward(kind: str):
+    host = cpu.KERNELS[kind]
+
+    def run(op, xs, p, ctx):
+        _host_indices(op, ctx)
+        y = host(op, [to_host(x) for x in xs], {k: to_host(v) for k, v in p.items()}, ctx)
+        return to_device(y)
+
+    return run
+
+
+def _host_backward(kind: str):
+    host = cpu.BACKWARD[kind]
+
+    def run(op, xs, y, gy, p, ctx):
+        _host_indices(op, ctx)
+        gxs, gps = host(op, [to_host(x) for x in xs], to_host(y), to_host(gy),
+                        {k: to_host(v) for k, v in p.items()}, ctx)
+        return ([None if g is None else to_device(g) for g in gxs],
+                {k: to_device(g) for k, g in gps.items()})
+
+    return run
+
+
+KERNELS = {kind: _host_forward(kind) for kind in cpu.KERNELS}
+BACKWARD = {kind: _host_backward(kind) for kind in cpu.BACKWARD}
+
+
+def _activation_grad(name, attrs, pre, y, gy):
+    return K.activation_backward(pre, y, gy, name, attrs)
+
+
+def _geometry(op) -> dict:
+    a = op.attrs
+    return {"stride": a["stride"], "dilation": a["dilation"], "pads": a["pads"]}
+
+
+def _epilogue_forward(op, xs, ctx, core):
+    """Run ``core(activation)`` with the activation in the GEMM's epilogue when nothing
+    needs the value before it (no residual to add first, no tape kept); otherwise add the
+    residual and apply the activation after, keeping the value before it for backward."""
+    act = activation_of(op)
+    fuse = act if len(xs) == 1 and not ctx.get("keep") else None
+    y = core(fuse)
+    if len(xs) > 1:
+        y = K.add(y, xs[1])
+    if act is not None and fuse is None:
+        keep_pre_activation(op, y, ctx)
+        y = K.activation_forward(y, *act)
+    return y
+
+
+def conv2d_forward(op, xs, p, ctx):
+    if op.attrs["groups"] != 1:
+        return _host_forward("conv2d")(op, xs, p, ctx)
+
+    def core(activation):
+        y, cols = K.conv2d_forward(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
+                                   activation=activation, **_geometry(op))
+        if ctx.get("keep"):
+            ctx.setdefault("cuda_cols", {})[op.output] = cols
+        return y
+
+    return _epilogue_forward(op, xs, ctx, core)
+
+
+def _conv2d_core_backward(op, xs, y, gy, p, ctx):
+    if op.attrs["groups"] != 1:
+        return _host_backward("conv2d")(op, xs, y, gy, p, ctx)
+    gx, gw, gb = K.conv2d_backward(xs[0].shape, p["weight"], ctx["cuda_cols"][op.output], gy,
+                                   **_geometry(op))
+    return [gx], ({"weight": gw, "bias": gb} if "bias" in p else {"weight": gw})
+
+
+def linear_forward(op, xs, p, ctx):
+    bias = p.get("bias")
+    return _epilogue_forward(op, xs, ctx, lambda activation: K.gemm(
+        xs[0], p["weight"], trans_b=True, bias=bias, bias_mode=2 if bias is not None else 0,
+        activation=activation))
+
+
+def _linear_core_backward(op, xs, y, gy, p, ctx):
+    grads = {"weight": K.gemm(gy, xs[0], trans_a=True)}
+    if "bias" in p:
+        ones = to_device(np.ones((1, gy.shape[0]), np.float32))
+        grads["bias"] = K.gemm(ones, gy).reshape(gy.shape[1])
+    return [K.gemm(gy, p["weight"])], grads
+
+
+def activation_forward(op, xs, p, ctx):
+    return K.activation_forward(xs[0], op.kind, op.attrs)
+
+
+def activation_backward(op, xs, y, gy, p, ctx):
+    return [K.activation_backward(xs[0], y, gy, op.kind, op.attrs)], {}
+
+
+def add_forward(op, xs, p, ctx):
+    if len(xs) != 2 or xs[0].shape != xs[1].shape:
+        return _host_forward("add")(op, xs, p, ctx)
+    return K.add(xs[0], xs[1])
+
+
+def add_backward(op, xs, y, gy, p, ctx):
+    return [gy for _ in xs], {}
+
+
+def view_forward(op, xs, p, ctx):
+    return xs[0].reshape((xs[0].shape[0],) + tuple(op.out_shape))
+
+
+def view_backward(op, xs, y, gy, p, ctx):
+    return [gy.reshape(xs[0].shape)], {}
+
+
+def identity_forward(op, xs, p, ctx):
+    return xs[0]
+
+
+def identity_backward(op, xs, y, gy, p, ctx):
+    return [gy], {}
+
+
+def _at_inference(kind: str, device_kernel, host_kernel):
+    """Dropout and stochastic depth: the identity at inference, the host kernel (its
+    random mask) in training."""
+    def run(op, *args):
+        ctx = args[-1]
+        return (host_kernel if ctx.get("train") else device_kernel)(op, *args)
+    return run
+
+
+def _window(op, x_shape):
+    from runtime.backends.reference import _window_pads
+
+    a = op.attrs
+    top, _, left, _ = _window_pads(a, x_shape[2:], op.out_shape[1:])
+    return a["kernel_size"], a["stride"], top, left
+
+
+def max_pool_forward(op, xs, p, ctx):
+    kernel, stride, top, left = _window(op, xs[0].shape)
+    y, idx = L.max_pool(xs[0], kernel, stride, op.attrs["dilation"], top, left,
+                        op.out_shape[1:])
+    ctx.setdefault("indices", {})[op.output] = idx  # positions, as max_unpool2d reads them
+    return y
+
+
+def max_pool_backward(op, xs, y, gy, p, ctx):
+    idx = ctx["indices"][op.output]
+    if isinstance(idx, np.ndarray):  # a host fallback (max_unpool2d) brought them over
+        idx = to_device(idx)
+    return [L.max_pool_backward(gy, idx, xs[0].shape)], {}
+
+
+def avg_pool_forward(op, xs, p, ctx):
+    kernel, stride, top, left = _window(op, xs[0].shape)
+    return L.avg_pool(xs[0], kernel, stride, top, left, op.attrs["padding"],
+                      op.attrs["count_include_pad"], op.out_shape[1:])
+
+
+def avg_pool_backward(op, xs, y, gy, p, ctx):
+    kernel, stride, top, left = _window(op, xs[0].shape)
+    return [L.avg_pool_backward(gy, xs[0].shape, kernel, stride, top, left,
+                                op.attrs["padding"], op.attrs["count_include_pad"])], {}
+
+
+def _global(op) -> bool:
+    return tuple(op.out_shape[1:]) == (1, 1)
+
+
+def global_pool_forward(op, xs, p, ctx):
+    if not _global(op):
+        return _host_forward(op.kind)(op, xs, p, ctx)
+    return L.global_avg_pool(xs[0])
+
+
+def global_pool_backward(op, xs, y, gy, p, ctx):
+    if not _global(op):
+        return _host_backward(op.kind)(op, xs, y, gy, p, ctx)
+    return [L.global_avg_pool_backward(gy, xs[0].shape)], {}
+
+
+def _running(op, ctx) -> bool:
+    return op.attrs["track_running_stats"] and not ctx.get("train")
+
+
+def batchnorm_forward(op, xs, p, ctx):
+    if not _running(op, ctx):
+        return _host_forward(op.kind)(op, xs, p, ctx)
+    return L.batchnorm(xs[0], p["running_mean"], p["running_var"], p.get("weight"),
+                       p.get("bias"), op.attrs["eps"])
+
+
+def batchnorm_backward(op, xs, y, gy, p, ctx):
+    if not _running(op, ctx):
+        return _host_backward(op.kind)(op, xs, y, gy, p, ctx)
+    gx, g_weight, g_bias = L.batchnorm_backward(xs[0], gy, p["running_mean"], p["running_var"],
+                                                p.get("weight"), op.attrs["eps"])
+    return [gx], ({"weight": g_weight, "bias": g_bias} if "weight" in p else {})
+
+
+KERNELS.update(max_pool2d=max_pool_forward, avg_pool2d=avg_pool_forward,
+               global_avg_pool2d=global_pool_forward, adaptive_avg_pool2d=global_pool_forward,
+               batchnorm2d=batchnorm_forward, batchnorm1d=batchnorm_forward)
+BACKWARD.update(max_pool2d=max_pool_backward, avg_pool2d=avg_pool_backward,
+                global_avg_pool2d=global_pool_backward, adaptive_avg_pool2d=global_pool_backward,
+                batchnorm2d=batchnorm_backward, batchnorm1d=batchnorm_backward)
+KERNELS.update(conv2d=conv2d_forward, linear=linear_forward, add=add_forward,
+               flatten=view_forward, reshape=view_forward, identity=identity_forward)
+BACKWARD.update(conv2d=fused_backward(_conv2d_core_backward, _activation_grad),
+                linear=fused_backward(_linear_core_backward, _activation_grad),
+                add=add_backward, flatten=view_backward, reshape=view_backward,
+                identity=identity_backward)
+for _kind in ACTIVATIONS:
+    KERNELS[_kind], BACKWARD[_kind] = activation_forward, activation_backward
+for _kind in ("dropout", "stochastic_depth"):
+    KERNELS[_kind] = _at_inference(_kind, identity_forward, _host_forward(_kind))
+    BACKWARD[_kind] = _at_inference(_kind, identity_backward, _host_backward(_kind))
+
+DEVICE_OPS = frozenset(("conv2d", "linear", "add", "flatten", "reshape", "identity", "dropout",
+                        "stochastic_depth", "max_pool2d", "avg_pool2d") + ACTIVATIONS)
+
+
+def on_device(op) -> bool:
+    """Whether an op runs on the device (else through the host fallback)."""
+    if op.kind == "conv2d":
+        return op.attrs["groups"] == 1
+    if op.kind == "add":
+        return len(op.inputs) == 2 and op.in_shapes[0] == op.in_shapes[1]
+    if op.kind in ("global_avg_pool2d", "adaptive_avg_pool2d"):
+        return _global(op)
+    if op.kind in ("batchnorm2d", "batchnorm1d"):
+        return op.attrs["track_running_stats"]  # at inference; training is not built yet
+    return op.kind in DEVICE_OPS
+
+
+BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add)

@@ -1,0 +1,235 @@
+"""CUDA kernels for pooling and batch normalisation (inference), with their launches.
+
+- max/avg pooling: one thread per output element walks its window (cells outside the
+  input are -inf for max, zero for average; the average's divisor counts the declared
+  padding when ``count_include_pad``, as PyTorch); the backward passes scatter with
+  atomic adds (windows overlap when the stride is below the kernel size). Max pooling
+  records each maximum's position (row * W + column, -1 for a window wholly in the
+  padding) as PyTorch does, for its backward and for max-unpooling.
+- global average pooling: a shared-memory tree reduction per (sample, channel) plane.
+- batch norm in inference: ``(x - running_mean) / sqrt(running_var + eps) * weight +
+  bias`` per element; its backward reduces ``gy`` and ``gy * x_hat`` per channel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import float32
+
+from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _launch, cuda, row_sum_kernel
+
+
+@cuda.jit(cache=True)
+def max_pool_kernel(x, y, idx, kh, kw, sh, sw, dh, dw, top, left):
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, y.size, stride):
+        b, ch, oy, ox = e // (c * ho * wo), (e // (ho * wo)) % c, (e // wo) % ho, e % wo
+        best, where = -math.inf, -1
+        for i in range(kh):
+            r = oy * sh - top + i * dh
+            if r < 0 or r >= h:
+                continue
+            for j in range(kw):
+                q = ox * sw - left + j * dw
+                if 0 <= q < w and (where < 0 or x[b, ch, r, q] > best):
+                    best, where = x[b, ch, r, q], r * w + q
+        y[b, ch, oy, ox] = best
+        idx[b, ch, oy, ox] = where
+
+
+@cuda.jit(cache=True)
+def max_pool_backward_kernel(gy, idx, gx):
+    n, c, ho, wo = gy.shape
+    w = gx.shape[3]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, gy.size, stride):
+        b, ch, oy, ox = e // (c * ho * wo), (e // (ho * wo)) % c, (e // wo) % ho, e % wo
+        where = idx[b, ch, oy, ox]
+        if where >= 0:
+            cuda.atomic.add(gx, (b, ch, where // w, where % w), gy[b, ch, oy, ox])
+
+
+@cuda.jit(device=True, inline=True)
+def _divisor(oy, ox, kh, kw, sh, sw, top, left, h, w, pt, pl, include_pad):
+    """Cells of the window at (oy, ox) that count: inside the input, or inside the declared
+    padding too when ``include_pad`` (the extra rows ceil_mode adds never count)."""
+    lo_r, hi_r = (-pt, h + pt) if include_pad else (0, h)
+    lo_c, hi_c = (-pl, w + pl) if include_pad else (0, w)
+    r0, c0 = oy * sh - top, ox * sw - left
+    rows = min(r0 + kh, hi_r) - max(r0, lo_r)
+    cols = min(c0 + kw, hi_c) - max(c0, lo_c)
+    return max(rows, 0) * max(cols, 0)
+
+
+@cuda.jit(cache=True)
+def avg_pool_kernel(x, y, kh, kw, sh, sw, top, left, pt, pl, include_pad):
+    n, c, h, w = x.shape
+    ho, wo = y.shape[2], y.shape[3]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, y.size, stride):
+        b, ch, oy, ox = e // (c * ho * wo), (e // (ho * wo)) % c, (e // wo) % ho, e % wo
+        total = 0.0
+        for i in range(kh):
+            r = oy * sh - top + i
+            if 0 <= r < h:
+                for j in range(kw):
+                    q = ox * sw - left + j
+                    if 0 <= q < w:
+                        total += x[b, ch, r, q]
+        y[b, ch, oy, ox] = total / _divisor(oy, ox, kh, kw, sh, sw, top, left, h, w, pt, pl,
+                                            include_pad)
+
+
+@cuda.jit(cache=True)
+def avg_pool_backward_kernel(gy, gx, kh, kw, sh, sw, top, left, pt, pl, include_pad):
+    n, c, h, w = gx.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, gy.size, stride):
+        b, ch, oy, ox = e // (c * ho * wo), (e // (ho * wo)) % c, (e // wo) % ho, e % wo
+        g = gy[b, ch, oy, ox] / _divisor(oy, ox, kh, kw, sh, sw, top, left, h, w, pt, pl,
+                                         include_pad)
+        for i in range(kh):
+            r = oy * sh - top + i
+            if 0 <= r < h:
+                for j in range(kw):
+                    q = ox * sw - left + j
+                    if 0 <= q < w:
+                        cuda.atomic.add(gx, (b, ch, r, q), g)
+
+
+@cuda.jit(cache=True)
+def broadcast_plane_kernel(g, gx, scale):
+    """gx[n, c, :, :] = g[n * C + c] * scale (the global average pool's backward)."""
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    plane = gx.shape[2] * gx.shape[3]
+    flat = gx.reshape(gx.size)
+    for e in range(start, gx.size, stride):
+        flat[e] = g[e // plane] * scale
+
+
+@cuda.jit(cache=True)
+def batchnorm_kernel(x, y, mean, var, weight, bias, eps):
+    """Inference batch norm of an (N, C, H*W) view; empty weight/bias: not affine."""
+    n, c, hw = x.shape
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, x.size, stride):
+        b, ch, p = e // (c * hw), (e // hw) % c, e % hw
+        v = (x[b, ch, p] - mean[ch]) / math.sqrt(var[ch] + eps)
+        if weight.size:
+            v = v * weight[ch] + bias[ch]
+        y[b, ch, p] = v
+
+
+@cuda.jit(cache=True)
+def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, eps):
+    """One block per channel: gx = gy * weight / std, and the per-channel sums of gy
+    (bias gradient) and gy * x_hat (weight gradient) by a shared-memory tree reduction."""
+    n, c, hw = x.shape
+    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
+    sums = cuda.shared.array((2, ELEMENTWISE_BLOCK), float32)
+    inv = 1.0 / math.sqrt(var[ch] + eps)
+    scale = inv * (weight[ch] if weight.size else 1.0)
+    s0, s1 = 0.0, 0.0
+    for e in range(t, n * hw, ELEMENTWISE_BLOCK):
+        b, p = e // hw, e % hw
+        g = gy[b, ch, p]
+        gx[b, ch, p] = g * scale
+        s0 += g
+        s1 += g * (x[b, ch, p] - mean[ch]) * inv
+    sums[0, t], sums[1, t] = s0, s1
+    cuda.syncthreads()
+    step = ELEMENTWISE_BLOCK // 2
+    while step > 0:
+        if t < step:
+            sums[0, t] += sums[0, t + step]
+            sums[1, t] += sums[1, t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        g_bias[ch], g_weight[ch] = sums[0, 0], sums[1, 0]
+
+
+# --------------------------------------------------------------------------- launches
+def max_pool(x, kernel, stride, dilation, top, left, out_hw):
+    n, c = x.shape[:2]
+    y = cuda.device_array((n, c) + tuple(out_hw), dtype=np.float32)
+    idx = cuda.device_array((n, c) + tuple(out_hw), dtype=np.int64)
+    _launch(max_pool_kernel, y.size, x, y, idx, *kernel, *stride, *dilation, top, left)
+    return y, idx
+
+
+def max_pool_backward(gy, idx, x_shape):
+    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    _launch(max_pool_backward_kernel, gy.size, gy, idx, gx)
+    return gx
+
+
+def avg_pool(x, kernel, stride, top, left, padding, include_pad, out_hw):
+    n, c = x.shape[:2]
+    y = cuda.device_array((n, c) + tuple(out_hw), dtype=np.float32)
+    _launch(avg_pool_kernel, y.size, x, y, *kernel, *stride, top, left, *padding, include_pad)
+    return y
+
+
+def avg_pool_backward(gy, x_shape, kernel, stride, top, left, padding, include_pad):
+    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    _launch(avg_pool_backward_kernel, gy.size, gy, gx, *kernel, *stride, top, left, *padding,
+            include_pad)
+    return gx
+
+
+def global_avg_pool(x):
+    n, c, h, w = x.shape
+    sums = cuda.device_array(n * c, dtype=np.float32)
+    row_sum_kernel[n * c, ELEMENTWISE_BLOCK](x.reshape(n * c, h * w), sums)
+    return _scaled(sums, 1.0 / (h * w)).reshape(n, c, 1, 1)
+
+
+def global_avg_pool_backward(gy, x_shape):
+    gx = cuda.device_array(x_shape, dtype=np.float32)
+    n, c, h, w = x_shape
+    _launch(broadcast_plane_kernel, gx.size, gy.reshape(n * c), gx, 1.0 / (h * w))
+    return gx
+
+
+@cuda.jit(cache=True)
+def _scale_kernel(a, out, scale):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, a.size, stride):
+        out[e] = a[e] * scale
+
+
+def _scaled(a, scale: float):
+    out = cuda.device_array(a.size, dtype=np.float32)
+    _launch(_scale_kernel, a.size, a, out, scale)
+    return out
+
+
+def _empty():
+    return cuda.device_array(0, dtype=np.float32)
+
+
+def batchnorm(x, mean, var, weight, bias, eps: float):
+    n, c = x.shape[:2]
+    view = x.reshape(n, c, x.size // (n * c))
+    y = cuda.device_array(view.shape, dtype=np.float32)
+    _launch(batchnorm_kernel, y.size, view, y, mean, var,
+            _empty() if weight is None else weight, _empty() if bias is None else bias, eps)
+    return y.reshape(x.shape)
+
+
+def batchnorm_backward(x, gy, mean, var, weight, eps: float):
+    n, c = x.shape[:2]
+    shape = (n, c, x.size // (n * c))
+    gx = cuda.device_array(shape, dtype=np.float32)
+    g_weight = cuda.device_array(c, dtype=np.float32)
+    g_bias = cuda.device_array(c, dtype=np.float32)
+    batchnorm_backward_kernel[c, ELEMENTWISE_BLOCK](
+        x.reshape(shape), gy.reshape(shape), gx, g_weight, g_bias, mean, var,
+        _empty() if weight is None else weight, eps)
+    return gx.reshape(x.shape), g_weight, g_bias
