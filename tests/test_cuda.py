@@ -238,3 +238,27 @@ def test_layer_kernels_match_the_cpu_backend(kind, attrs, shape):
     assert set(gp_d) == set(gp_h)
     for role in gp_h:
         np.testing.assert_allclose(gp_d[role].copy_to_host(), gp_h[role], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv", [
+    {"out_channels": 4, "kernel_size": 3, "padding": 1, "groups": 4, "activation": "relu6"},
+    {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1, "groups": 4},  # mult 2
+    {"out_channels": 4, "kernel_size": 3, "padding": 1, "groups": 2, "activation": "silu"},
+])
+def test_grouped_and_depthwise_convs_match_the_cpu_backend(conv):
+    import archc
+
+    text = "input: {channels: 4, height: 5, width: 5}\nlayers: [{conv2d: " + \
+        str(conv).replace("'", "") + "}]"
+    graph = archc.load("g.yaml", text=text)
+    gpu, host = archc.compile(graph, backend="cuda", seed=3), archc.compile(graph, "cpu", seed=3)
+    assert all(gpu.backend.on_device(op) for op in gpu.program.ops)
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    expected = host(x)
+    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
+    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
+    a, b = host.backward(gy), gpu.backward(gy)
+    np.testing.assert_allclose(b.input, a.input, rtol=1e-4, atol=1e-5)
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)

@@ -4,8 +4,9 @@ the CPU kernel and copies the result back (correct, but it crosses the bus: the 
 still to port, issue 10). Parameters are uploaded once and stay on the device; values
 stay on the device between device ops.
 
-Ported so far: conv2d with groups 1 (im2col + the tiled GEMM, bias and activation in its
-epilogue; a residual added on the device), linear, every activation, add of equal
+Ported so far: conv2d (dense and grouped: im2col + the tiled GEMM per group, bias and
+activation in its epilogue; depthwise: a direct kernel with the same epilogue; a residual
+added on the device), linear, every activation, add of equal
 shapes, max and average pooling, global (and 1x1 adaptive) average pooling, batch norm
 with running statistics, flatten/reshape (views), identity, and dropout/stochastic depth
 at inference.
@@ -95,13 +96,22 @@ def _epilogue_forward(op, xs, ctx, core):
     return y
 
 
+def _depthwise(op) -> bool:
+    return op.attrs["groups"] > 1 and op.attrs["groups"] == op.in_shapes[0][0]
+
+
 def conv2d_forward(op, xs, p, ctx):
-    if op.attrs["groups"] != 1:
-        return _host_forward("conv2d")(op, xs, p, ctx)
+    if _depthwise(op):
+        def core(activation):
+            return L.depthwise(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
+                               activation=activation, **_geometry(op))
+
+        return _epilogue_forward(op, xs, ctx, core)
 
     def core(activation):
         y, cols = K.conv2d_forward(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
-                                   activation=activation, **_geometry(op))
+                                   groups=op.attrs["groups"], activation=activation,
+                                   **_geometry(op))
         if ctx.get("keep"):
             ctx.setdefault("cuda_cols", {})[op.output] = cols
         return y
@@ -110,10 +120,11 @@ def conv2d_forward(op, xs, p, ctx):
 
 
 def _conv2d_core_backward(op, xs, y, gy, p, ctx):
-    if op.attrs["groups"] != 1:
-        return _host_backward("conv2d")(op, xs, y, gy, p, ctx)
-    gx, gw, gb = K.conv2d_backward(xs[0].shape, p["weight"], ctx["cuda_cols"][op.output], gy,
-                                   **_geometry(op))
+    if _depthwise(op):
+        gx, gw, gb = L.depthwise_backward(xs[0], p["weight"], gy, **_geometry(op))
+    else:
+        gx, gw, gb = K.conv2d_backward(xs[0].shape, p["weight"], ctx["cuda_cols"][op.output],
+                                       gy, groups=op.attrs["groups"], **_geometry(op))
     return [gx], ({"weight": gw, "bias": gb} if "bias" in p else {"weight": gw})
 
 
@@ -269,8 +280,6 @@ DEVICE_OPS = frozenset(("conv2d", "linear", "add", "flatten", "reshape", "identi
 
 def on_device(op) -> bool:
     """Whether an op runs on the device (else through the host fallback)."""
-    if op.kind == "conv2d":
-        return op.attrs["groups"] == 1
     if op.kind == "add":
         return len(op.inputs) == 2 and op.in_shapes[0] == op.in_shapes[1]
     if op.kind in ("global_avg_pool2d", "adaptive_avg_pool2d"):

@@ -18,6 +18,7 @@ float32 throughout; every kernel is tested against NumPy under the CUDA simulato
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 from numba import float32
@@ -28,7 +29,9 @@ from runtime.backends.epilogue import NO_ACTIVATION, activation_code
 cuda = numba_cuda()
 
 TILE = 64  # rows and columns of C per block
-ELEMENTWISE_BLOCK = 256  # threads per block of the element-wise kernels and reductions
+# threads per block of the element-wise kernels and reductions (a power of two); the
+# simulator runs every thread as a Python thread, so simulated tests use small blocks
+ELEMENTWISE_BLOCK = 32 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 256
 TILE_K = 16  # depth of the shared-memory panels
 THREADS = 16  # threads per block along each axis (16 x 16 = 256)
 PER_THREAD = TILE // THREADS  # 4 x 4 outputs per thread
@@ -188,15 +191,16 @@ def _codes(activation) -> tuple[int, float]:
 
 
 def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_mode: int = 0,
-         activation: tuple[str, dict] | None = None):
-    """op(a) @ op(b) on the device, with the epilogue; a, b (and bias) device arrays."""
+         activation: tuple[str, dict] | None = None, out=None):
+    """op(a) @ op(b) on the device, with the epilogue; a, b (and bias) device arrays;
+    written into ``out`` (e.g. one group's rows of a larger result) when given."""
     m = a.shape[1] if trans_a else a.shape[0]
     n = b.shape[0] if trans_b else b.shape[1]
     k_a = a.shape[0] if trans_a else a.shape[1]
     k_b = b.shape[1] if trans_b else b.shape[0]
     if k_a != k_b:
         raise ValueError(f"gemm: inner dimensions differ ({k_a} and {k_b})")
-    c = cuda.device_array((m, n), dtype=np.float32)
+    c = cuda.device_array((m, n), dtype=np.float32) if out is None else out
     if bias is None:
         bias, bias_mode = cuda.device_array(1, dtype=np.float32), 0
     code, slope = _codes(activation)
@@ -313,35 +317,48 @@ def _launch(kernel, size: int, *args) -> None:
     kernel[_blocks(size), ELEMENTWISE_THREADS](*args)
 
 
-def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, activation=None):
-    """A dense conv (groups 1) on the device: im2col, then one GEMM with the bias and the
-    activation in its epilogue, then the rows back to NCHW. Returns (y, cols); backward
-    reuses cols."""
+def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None):
+    """A dense or grouped conv on the device: im2col, then one GEMM per group (bias and
+    activation in its epilogue) into that group's rows, then the rows back to NCHW.
+    Returns (y, cols); backward reuses cols."""
     n, c = x.shape[:2]
-    o, _, kh, kw = w.shape
+    o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
     cols = cuda.device_array((c * kh * kw, n * ho * wo), dtype=np.float32)
     _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    rows = gemm(w.reshape(o, c * kh * kw), cols, bias=bias, bias_mode=1 if bias is not None else 0,
-                activation=activation)
+    rows = cuda.device_array((o, n * ho * wo), dtype=np.float32)
+    og, k = o // groups, cg * kh * kw
+    wmat = w.reshape(o, k)
+    for g in range(groups):
+        gemm(wmat[g * og:(g + 1) * og], cols[g * k:(g + 1) * k],
+             bias=None if bias is None else bias[g * og:(g + 1) * og],
+             bias_mode=0 if bias is None else 1, activation=activation,
+             out=rows[g * og:(g + 1) * og])
     y = cuda.device_array((n, o, ho, wo), dtype=np.float32)
     _launch(rows_to_nchw_kernel, y.size, rows, y)
     return y, cols
 
 
-def conv2d_backward(x_shape, w, cols, gy, *, stride, dilation, pads):
-    """(gx, gw, gbias) of a dense conv from its output gradient and the forward's cols:
-    gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx = col2im(gcols)."""
+def conv2d_backward(x_shape, w, cols, gy, *, stride, dilation, pads, groups=1):
+    """(gx, gw, gbias) of a dense or grouped conv from its output gradient and the
+    forward's cols, per group: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows; then
+    gx = col2im(gcols)."""
     n, c, h, wd = x_shape
-    o, _, kh, kw = w.shape
+    o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
     gy_rows = cuda.device_array((o, n * ho * wo), dtype=np.float32)
     _launch(nchw_to_rows_kernel, gy.size, gy, gy_rows)
-    gw = gemm(gy_rows, cols, trans_b=True).reshape(w.shape)
-    gcols = gemm(w.reshape(o, c * kh * kw), gy_rows, trans_a=True)
+    og, k = o // groups, cg * kh * kw
+    wmat = w.reshape(o, k)
+    gw = cuda.device_array((o, k), dtype=np.float32)
+    gcols = cuda.device_array((c * kh * kw, n * ho * wo), dtype=np.float32)
+    for g in range(groups):
+        rows, wg = gy_rows[g * og:(g + 1) * og], wmat[g * og:(g + 1) * og]
+        gemm(rows, cols[g * k:(g + 1) * k], trans_b=True, out=gw[g * og:(g + 1) * og])
+        gemm(wg, rows, trans_a=True, out=gcols[g * k:(g + 1) * k])
     gx = cuda.device_array((n, c, h, wd), dtype=np.float32)
     _launch(col2im_kernel, gx.size, gcols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
     gbias = cuda.device_array(o, dtype=np.float32)
     row_sum_kernel[o, ELEMENTWISE_BLOCK](gy_rows, gbias)
-    return gx, gw, gbias
+    return gx, gw.reshape(w.shape), gbias

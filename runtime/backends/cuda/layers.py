@@ -7,6 +7,9 @@
   records each maximum's position (row * W + column, -1 for a window wholly in the
   padding) as PyTorch does, for its backward and for max-unpooling.
 - global average pooling: a shared-memory tree reduction per (sample, channel) plane.
+- depthwise conv (one filter per channel, or ``mult`` per channel): one thread per output
+  element, bias and activation in the same thread (the fused epilogue); the input
+  gradient gathered per input pixel (no atomics), the filter gradient reduced per tap.
 - batch norm in inference: ``(x - running_mean) / sqrt(running_var + eps) * weight +
   bias`` per element; its backward reduces ``gy`` and ``gy * x_hat`` per channel.
 """
@@ -18,7 +21,14 @@ import math
 import numpy as np
 from numba import float32
 
-from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _launch, cuda, row_sum_kernel
+from runtime.backends.cuda.kernels import (
+    ELEMENTWISE_BLOCK,
+    _codes,
+    _launch,
+    activate,
+    cuda,
+    row_sum_kernel,
+)
 
 
 @cuda.jit(cache=True)
@@ -154,7 +164,124 @@ def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, ep
         g_bias[ch], g_weight[ch] = sums[0, 0], sums[1, 0]
 
 
+@cuda.jit(cache=True)
+def depthwise_kernel(x, w, bias, y, sh, sw, dh, dw, pt, pl, code, slope):
+    n, c, h, wd = x.shape
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    mult = o // c
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, y.size, stride):
+        b, oc, oy, ox = e // (o * ho * wo), (e // (ho * wo)) % o, (e // wo) % ho, e % wo
+        ch = oc // mult
+        total = bias[oc] if bias.size else 0.0
+        for i in range(kh):
+            r = oy * sh - pt + i * dh
+            if 0 <= r < h:
+                for j in range(kw):
+                    q = ox * sw - pl + j * dw
+                    if 0 <= q < wd:
+                        total += x[b, ch, r, q] * w[oc, 0, i, j]
+        y[b, oc, oy, ox] = activate(total, code, slope)
+
+
+@cuda.jit(cache=True)
+def depthwise_input_grad_kernel(gy, w, gx, sh, sw, dh, dw, pt, pl):
+    n, c, h, wd = gx.shape
+    o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    mult = o // c
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for e in range(start, gx.size, stride):
+        b, ch, r, q = e // (c * h * wd), (e // (h * wd)) % c, (e // wd) % h, e % wd
+        total = 0.0
+        for m in range(mult):
+            oc = ch * mult + m
+            for i in range(kh):
+                ty = r + pt - i * dh
+                if ty < 0 or ty % sh != 0 or ty // sh >= ho:
+                    continue
+                for j in range(kw):
+                    tx = q + pl - j * dw
+                    if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+                        continue
+                    total += gy[b, oc, ty // sh, tx // sw] * w[oc, 0, i, j]
+        gx[b, ch, r, q] = total
+
+
+@cuda.jit(cache=True)
+def depthwise_filter_grad_kernel(x, gy, gw, sh, sw, dh, dw, pt, pl):
+    """One block per filter tap (o, i, j): the sum over samples and output pixels."""
+    n, c, h, wd = x.shape
+    o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    kh, kw = gw.shape[2], gw.shape[3]
+    tap, t = cuda.blockIdx.x, cuda.threadIdx.x
+    oc, i, j = tap // (kh * kw), (tap // kw) % kh, tap % kw
+    ch = oc // (o // c)
+    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    total = 0.0
+    for e in range(t, n * ho * wo, ELEMENTWISE_BLOCK):
+        b, oy, ox = e // (ho * wo), (e // wo) % ho, e % wo
+        r, q = oy * sh - pt + i * dh, ox * sw - pl + j * dw
+        if 0 <= r < h and 0 <= q < wd:
+            total += gy[b, oc, oy, ox] * x[b, ch, r, q]
+    partial[t] = total
+    cuda.syncthreads()
+    step = ELEMENTWISE_BLOCK // 2
+    while step > 0:
+        if t < step:
+            partial[t] += partial[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        gw[oc, 0, i, j] = partial[0]
+
+
+@cuda.jit(cache=True)
+def channel_sum_kernel(a, out):
+    """out[c] = the sum of a[:, c, :] (an (N, C, H*W) view): one block per channel."""
+    n, c, hw = a.shape
+    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
+    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    total = 0.0
+    for e in range(t, n * hw, ELEMENTWISE_BLOCK):
+        total += a[e // hw, ch, e % hw]
+    partial[t] = total
+    cuda.syncthreads()
+    step = ELEMENTWISE_BLOCK // 2
+    while step > 0:
+        if t < step:
+            partial[t] += partial[t + step]
+        cuda.syncthreads()
+        step //= 2
+    if t == 0:
+        out[ch] = partial[0]
+
+
 # --------------------------------------------------------------------------- launches
+def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None):
+    n = x.shape[0]
+    o = w.shape[0]
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
+    y = cuda.device_array((n, o) + tuple(out_hw), dtype=np.float32)
+    code, slope = _codes(activation)
+    _launch(depthwise_kernel, y.size, x, w, _empty() if bias is None else bias, y, sh, sw, dh,
+            dw, pt, pl, code, slope)
+    return y
+
+
+def depthwise_backward(x, w, gy, *, stride, dilation, pads):
+    """(gx, gw, gbias) of a depthwise conv."""
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
+    gx = cuda.device_array(x.shape, dtype=np.float32)
+    _launch(depthwise_input_grad_kernel, gx.size, gy, w, gx, sh, sw, dh, dw, pt, pl)
+    gw = cuda.device_array(w.shape, dtype=np.float32)
+    depthwise_filter_grad_kernel[w.size, ELEMENTWISE_BLOCK](x, gy, gw, sh, sw, dh, dw, pt, pl)
+    n, o = gy.shape[:2]
+    gbias = cuda.device_array(o, dtype=np.float32)
+    channel_sum_kernel[o, ELEMENTWISE_BLOCK](gy.reshape(n, o, gy.size // (n * o)), gbias)
+    return gx, gw, gbias
+
 def max_pool(x, kernel, stride, dilation, top, left, out_hw):
     n, c = x.shape[:2]
     y = cuda.device_array((n, c) + tuple(out_hw), dtype=np.float32)
