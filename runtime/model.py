@@ -155,10 +155,10 @@ class Model:
         return out
 
     def _context(self, keep: bool) -> dict:
-        if self.training and self.backend.name == "cuda":
-            raise RuntimeError("training on the cuda backend is not built yet (its optimiser "
-                               "and batch-norm statistics kernels are still to come): train "
-                               "with backend='cpu'")
+        if self.training and not self.backend.trains:
+            raise RuntimeError(f"training on the {self.backend.name} backend is not built yet "
+                               "(its optimiser and batch-norm statistics kernels are still to "
+                               "come): train with backend='cpu'")
         return {"train": self.training, "rng": self.rng, "keep": keep}
 
     def _outputs(self, values: dict):

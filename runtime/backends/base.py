@@ -21,7 +21,8 @@ class Backend:
     """``kernels[kind](op, xs, params, ctx) -> y``; ``backward[kind](op, xs, y, gy, params,
     ctx) -> (input grads, param grads)``; ``to_device``/``to_host`` move arrays (identity
     on the CPU); ``add`` sums two arrays on the device (gradients meeting where a value
-    fans out); ``on_device(op)`` says whether an op runs on the device or falls back to
+    fans out); ``trains``: whether its training mode is built (batch statistics, masks);
+    ``on_device(op)`` says whether an op runs on the device or falls back to
     the host (the CUDA backend while kernels are being ported)."""
 
     name: str
@@ -32,3 +33,4 @@ class Backend:
     to_host: Callable[[Any], np.ndarray] = _same
     on_device: Callable[[Any], bool] = field(default=lambda op: True)
     add: Callable[[Any, Any], Any] = operator.add
+    trains: bool = True

@@ -289,4 +289,5 @@ def on_device(op) -> bool:
     return op.kind in DEVICE_OPS
 
 
-BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add)
+BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add,
+                  trains=False)
