@@ -293,6 +293,22 @@ def nchw_to_rows_kernel(x, rows):
         rows[ch, b * h * w + p] = x[b, ch, p // w, p % w]
 
 
+@cuda.jit(device=True, inline=True)
+def block_sum(partial, t, value):
+    """The sum of ``value`` over the ELEMENTWISE_BLOCK threads of a block (thread ``t``
+    gives its own), by a tree reduction in the shared array ``partial``; every thread gets
+    the total. Each call needs its own shared array."""
+    partial[t] = value
+    cuda.syncthreads()
+    step = ELEMENTWISE_BLOCK // 2
+    while step > 0:
+        if t < step:
+            partial[t] += partial[t + step]
+        cuda.syncthreads()
+        step //= 2
+    return partial[0]
+
+
 @cuda.jit(cache=True)
 def row_sum_kernel(a, out):
     """out[r] = sum of row r: one block per row, a shared-memory tree reduction."""
@@ -301,16 +317,9 @@ def row_sum_kernel(a, out):
     total = 0.0
     for q in range(t, a.shape[1], ELEMENTWISE_BLOCK):
         total += a[r, q]
-    partial[t] = total
-    cuda.syncthreads()
-    step = ELEMENTWISE_BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
+    total = block_sum(partial, t, total)
     if t == 0:
-        out[r] = partial[0]
+        out[r] = total
 
 
 def _launch(kernel, size: int, *args) -> None:

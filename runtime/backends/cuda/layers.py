@@ -26,6 +26,7 @@ from runtime.backends.cuda.kernels import (
     _codes,
     _launch,
     activate,
+    block_sum,
     cuda,
     row_sum_kernel,
 )
@@ -141,7 +142,8 @@ def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, ep
     (bias gradient) and gy * x_hat (weight gradient) by a shared-memory tree reduction."""
     n, c, hw = x.shape
     ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-    sums = cuda.shared.array((2, ELEMENTWISE_BLOCK), float32)
+    bias_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    weight_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
     inv = 1.0 / math.sqrt(var[ch] + eps)
     scale = inv * (weight[ch] if weight.size else 1.0)
     s0, s1 = 0.0, 0.0
@@ -151,17 +153,10 @@ def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, ep
         gx[b, ch, p] = g * scale
         s0 += g
         s1 += g * (x[b, ch, p] - mean[ch]) * inv
-    sums[0, t], sums[1, t] = s0, s1
-    cuda.syncthreads()
-    step = ELEMENTWISE_BLOCK // 2
-    while step > 0:
-        if t < step:
-            sums[0, t] += sums[0, t + step]
-            sums[1, t] += sums[1, t + step]
-        cuda.syncthreads()
-        step //= 2
+    s0 = block_sum(bias_sums, t, s0)
+    s1 = block_sum(weight_sums, t, s1)
     if t == 0:
-        g_bias[ch], g_weight[ch] = sums[0, 0], sums[1, 0]
+        g_bias[ch], g_weight[ch] = s0, s1
 
 
 @cuda.jit(cache=True)
@@ -225,16 +220,9 @@ def depthwise_filter_grad_kernel(x, gy, gw, sh, sw, dh, dw, pt, pl):
         r, q = oy * sh - pt + i * dh, ox * sw - pl + j * dw
         if 0 <= r < h and 0 <= q < wd:
             total += gy[b, oc, oy, ox] * x[b, ch, r, q]
-    partial[t] = total
-    cuda.syncthreads()
-    step = ELEMENTWISE_BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
+    total = block_sum(partial, t, total)
     if t == 0:
-        gw[oc, 0, i, j] = partial[0]
+        gw[oc, 0, i, j] = total
 
 
 @cuda.jit(cache=True)
@@ -246,16 +234,9 @@ def channel_sum_kernel(a, out):
     total = 0.0
     for e in range(t, n * hw, ELEMENTWISE_BLOCK):
         total += a[e // hw, ch, e % hw]
-    partial[t] = total
-    cuda.syncthreads()
-    step = ELEMENTWISE_BLOCK // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
+    total = block_sum(partial, t, total)
     if t == 0:
-        out[ch] = partial[0]
+        out[ch] = total
 
 
 # --------------------------------------------------------------------------- launches
