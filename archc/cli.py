@@ -455,7 +455,10 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="SOURCE",
                    help="digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR or "
                    "npz:FILE (default: the spec's training section)")
-    p.add_argument("--backend", choices=["cpu", "reference"], default="cpu")
+    p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
+                   help="cpu: Numba kernels (default); reference: plain NumPy; cuda: an NVIDIA "
+                   "GPU (parameters, activations, gradients and optimiser state stay on it; "
+                   "checkpoints are the same on every backend)")
     p.add_argument("--seed", type=int,
                    help="seed for weights, the held-out split and batches (default 0; eval: "
                    "the one the run was trained with)")

@@ -54,13 +54,16 @@ class TrainConfig:
     patience: int | None = None  # stop after this many epochs without a better test accuracy
     seed: int = 0
 
-    def make_optimizer(self, params):
+    def make_optimizer(self, params, kernels=None):
+        """The optimiser over ``params``; ``kernels``: where they live (a backend's
+        ``optim``; None: the host)."""
         if self.optimizer == "sgd":
             return optim.SGD(params, self.lr, momentum=self.momentum, nesterov=self.nesterov,
-                             weight_decay=self.weight_decay)
+                             weight_decay=self.weight_decay, kernels=kernels)
         if self.optimizer in ("adam", "adamw"):
             return optim.OPTIMIZERS[self.optimizer](params, self.lr,
-                                                    weight_decay=self.weight_decay)
+                                                    weight_decay=self.weight_decay,
+                                                    kernels=kernels)
         raise TrainingError(f"unknown optimizer '{self.optimizer}' (sgd, adam, adamw)")
 
 
@@ -171,10 +174,12 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         """The parameters that train in ``epoch`` (0-based): all but the frozen ones not
         yet thawed (progressive unfreezing)."""
         thawed = set().union(*(names for at, names in thaws if epoch + 1 >= at))
-        return {k: model.params[k] for k in learnable if k not in frozen - thawed}
+        # the arrays the passes read (on the GPU for the cuda backend), updated in place
+        params = model.device_params()
+        return {k: params[k] for k in learnable if k not in frozen - thawed}
 
     trainable = trainable_at(0)
-    opt = config.make_optimizer(trainable)
+    opt = config.make_optimizer(trainable, model.backend.optim)
     start, best, history = 0, -math.inf, []
     if run is not None:
         run = Path(run)
@@ -202,20 +207,23 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
                                               epoch=epoch)):
             if augment is not None:
                 x, y = augment(x, y, aug_rng)
-            out = model(x)
-            loss, grad = losses.cross_entropy(out, y, label_smoothing=config.label_smoothing)
+            # the output, loss gradient and parameter gradients stay on the backend's
+            # device; the loss and the predicted classes come back
+            out = model(x, host=False)
+            loss, grad, predicted = model.backend.classify(
+                out, y, label_smoothing=config.label_smoothing)
             if not math.isfinite(loss):
                 raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, step "
                                     f"{step + 1}: training stopped; the last good checkpoint "
                                     f"is kept" + (f" in {run}" if run else ""))
-            grads = model.backward(grad).params
+            grads = model.backward(grad, host=False).params
             if config.clip:
-                optim.clip_grad_norm(grads, config.clip)
+                optim.clip_grad_norm(grads, config.clip, opt.kernels)
             opt.step({k: g for k, g in grads.items() if k in trainable})
             seen += len(y)
             total += loss * len(y)
             labels = y.argmax(axis=1) if y.ndim == 2 else y  # soft targets: their top class
-            correct += int((out.argmax(axis=1) == labels).sum())
+            correct += int((predicted == labels).sum())
             bar.update(len(y))
             bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}",
                             refresh=False)

@@ -56,6 +56,15 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, *, label_smoothing: fl
     return float(loss), grad.astype(logits.dtype)
 
 
+def classification_step(logits: np.ndarray, target: np.ndarray, *,
+                        label_smoothing: float = 0.0):
+    """What a training step needs from a classifier's output: the mean cross-entropy, its
+    gradient with respect to the logits, and the predicted classes (for the accuracy). A
+    device backend has its own, on its arrays (``Backend.classify``)."""
+    loss, grad = cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return loss, grad, logits.argmax(axis=1)
+
+
 def _soft_cross_entropy(logits, target, label_smoothing, weight):
     """Cross-entropy against class probabilities (mixup, cutmix), as PyTorch: the mean
     over samples (and pixels) of -sum_c w_c t_c log p_c."""

@@ -73,6 +73,7 @@ class Model:
         self.kernels, self.backward_kernels = self.backend.kernels, self.backend.backward
         self._scope = self.backend.scope
         self.dtype = np.dtype(dtype)
+        self._host_stale = False
         self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
                        for k, v in init_params(program, seed).items()}
         self.training = False
@@ -82,26 +83,42 @@ class Model:
     @property
     def params(self) -> dict[str, np.ndarray]:
         """Name -> host array, PyTorch names and layouts. On a device backend the arrays
-        are uploaded at the next forward pass after they are replaced (assigning
-        ``params``, ``load``, ``load_matching``); after changing one in place, call
-        ``sync()``."""
+        are uploaded at the next pass after they are replaced (assigning ``params``,
+        ``load``, ``load_matching``; after changing one in place, call ``sync()``), and
+        fetched back here after the device copies changed (training)."""
+        if self._host_stale:
+            self._params = {k: self.backend.to_host(v) for k, v in self._device_params.items()}
+            self._host_stale = False
         return self._params
 
     @params.setter
     def params(self, value: dict[str, np.ndarray]) -> None:
         self._params = value
         self._device_params = None
+        self._host_stale = False
 
     def sync(self) -> None:
         """Upload the parameters to the device again at the next pass."""
+        self._params = self.params  # fetch what the device changed first
         self._device_params = None
 
+    def _on_host(self) -> bool:
+        return self.backend.to_device is self.backend.to_host  # the host is the device
+
     def _params_on_device(self) -> dict:
-        if self.backend.to_device is self.backend.to_host:  # the host is the device
+        if self._on_host():
             return self._params
         if self._device_params is None:
             self._device_params = {k: self.backend.to_device(v) for k, v in self._params.items()}
         return self._device_params
+
+    def device_params(self) -> dict:
+        """The arrays the passes read: on the device for a GPU backend (the host arrays on
+        the CPU). An optimiser updates these in place (its ``kernels`` are
+        ``backend.optim``); ``params`` fetches them back when it is next read."""
+        device = self._params_on_device()
+        self._host_stale = not self._on_host()
+        return device
 
     def train(self) -> "Model":
         self.training = True
@@ -156,29 +173,31 @@ class Model:
 
     def _context(self, keep: bool) -> dict:
         if self.training and not self.backend.trains:
-            raise RuntimeError(f"training on the {self.backend.name} backend is not built yet "
-                               "(its optimiser and batch-norm statistics kernels are still to "
-                               "come): train with backend='cpu'")
+            raise RuntimeError(f"training on the {self.backend.name} backend is not built yet: "
+                               "train with backend='cpu'")
         return {"train": self.training, "rng": self.rng, "keep": keep}
 
-    def _outputs(self, values: dict):
-        outs = {key: self.backend.to_host(values[name])
-                for key, name in self.program.outputs.items()}
+    def _outputs(self, values: dict, host: bool = True):
+        move = self.backend.to_host if host else (lambda v: v)
+        outs = {key: move(values[name]) for key, name in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
 
-    def __call__(self, x):
+    def __call__(self, x, *, host: bool = True):
         """Forward pass: one array in (or a dict for several inputs), one array out (or a
-        dict keyed by output name for several outputs)."""
+        dict keyed by output name for several outputs). ``host=False`` leaves the outputs
+        where they were computed (a device array on a GPU backend: the training loop's
+        loss runs there too)."""
         values = self._inputs(x)
         ctx = self._context(keep=True)  # keep: what backward() needs
-        device = self._params_on_device()
+        # training updates batch-norm running statistics in place, on the device
+        device = self.device_params() if self.training else self._params_on_device()
         with self._scope():
             for op in self.program.ops:
                 params = {role: device[full] for role, full in op.params.items()}
                 values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                           params, ctx)
         self._tape = (values, ctx)
-        return self._outputs(values)
+        return self._outputs(values, host)
 
     def intermediates(self, x) -> dict[str, np.ndarray]:
         """Every value a forward pass computes, by name (inputs included): what a layer
@@ -219,10 +238,11 @@ class Model:
             last.pop(name, None)
         return last
 
-    def backward(self, grad_output) -> "Gradients":
+    def backward(self, grad_output, *, host: bool = True) -> "Gradients":
         """Gradients of the last forward pass, given the gradient of its output (an array,
         or a dict keyed by output name): every trainable parameter's and every input's.
-        Where a value feeds several layers, their gradients add up."""
+        Where a value feeds several layers, their gradients add up. ``host=False`` leaves
+        them on the device (for an optimiser with the backend's ``optim`` kernels)."""
         if self._tape is None:
             raise RuntimeError("backward() needs a forward pass first: call model(x) "
                                "(predict() keeps nothing for it)")
@@ -232,16 +252,17 @@ class Model:
         grads: dict = {}
         for key, g in given.items():
             name = outputs[key]
-            g = self.backend.to_device(np.asarray(g, dtype=self.dtype))
+            on_device = hasattr(g, "__cuda_array_interface__")  # e.g. a device loss's
+            g = self.backend.to_device(g if on_device else np.asarray(g, dtype=self.dtype))
             grads[name] = add(grads[name], g) if name in grads else g
         param_grads: dict = {}
         with self._scope():
             self._backward(values, ctx, grads, param_grads)
-        host = self.backend.to_host
-        inputs = {name: host(grads[name]) if name in grads else np.zeros(values[name].shape,
-                                                                         self.dtype)
+        move = self.backend.to_host if host else (lambda v: v)
+        inputs = {name: move(grads[name]) if name in grads else
+                  move(self.backend.to_device(np.zeros(values[name].shape, self.dtype)))
                   for name in self.program.inputs}
-        return Gradients({k: host(v) for k, v in param_grads.items()}, inputs)
+        return Gradients({k: move(v) for k, v in param_grads.items()}, inputs)
 
     def _backward(self, values, ctx, grads, param_grads) -> None:
         device, add = self._params_on_device(), self.backend.add

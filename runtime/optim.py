@@ -10,6 +10,8 @@ into a checkpoint as ``.npz`` next to the weights.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from numba import njit, prange
@@ -46,47 +48,88 @@ def adam_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step
         p[i] -= lr / c1 * m[i] / (math.sqrt(v[i]) / c2 + eps)
 
 
+def _flat_host(array, dtype) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+
+
+def _sum_squares_host(g: np.ndarray) -> float:
+    flat = g.ravel()
+    return float(np.dot(flat.astype(np.float64), flat))
+
+
+def _scale_host(g: np.ndarray, coef: float) -> None:
+    g *= g.dtype.type(coef)
+
+
+@dataclass(frozen=True)
+class UpdateKernels:
+    """Where an optimiser's arithmetic runs: ``sgd`` and ``adam`` have the signatures of
+    :func:`sgd_kernel` and :func:`adam_kernel` (flat arrays, updated in place);
+    ``zeros_like`` makes state, ``flat(array, dtype)`` a flat contiguous view,
+    ``to_host``/``to_device`` move state for checkpoints; ``sum_squares(g)`` (a float)
+    and ``scale(g, coef)`` (in place) serve gradient clipping. ``HOST`` runs on the CPU;
+    a device backend brings its own (the CUDA backend's keep everything on the GPU)."""
+
+    sgd: Callable
+    adam: Callable
+    zeros_like: Callable
+    flat: Callable
+    to_host: Callable
+    to_device: Callable
+    sum_squares: Callable
+    scale: Callable
+
+
+HOST = UpdateKernels(sgd_kernel, adam_kernel, np.zeros_like, _flat_host, np.asarray,
+                     np.array, _sum_squares_host, _scale_host)
+
+
 class Optimizer:
     """Shared by the optimisers: the learning rate (set by a schedule), the step count,
-    and state arrays per parameter, created on the first step."""
+    and state arrays per parameter, created on the first step, where the parameters are
+    (``kernels``: the host's by default, a device backend's ``optim`` for its arrays)."""
 
     slots: tuple[str, ...] = ()
 
-    def __init__(self, params: dict[str, np.ndarray], lr: float):
+    def __init__(self, params: dict[str, Any], lr: float, kernels: UpdateKernels | None = None):
         if lr < 0:
             raise ValueError(f"the learning rate must be positive, got {lr}")
         self.params, self.lr, self.steps = params, float(lr), 0
-        self.state: dict[str, np.ndarray] = {}
+        self.kernels = kernels or HOST
+        self.state: dict[str, Any] = {}
 
-    def _slot(self, name: str, slot: str) -> np.ndarray:
+    def _slot(self, name: str, slot: str):
         key = f"{name}.{slot}"
         if key not in self.state:
-            self.state[key] = np.zeros_like(self.params[name])
+            self.state[key] = self.kernels.zeros_like(self.params[name])
         return self.state[key]
 
-    def step(self, grads: dict[str, np.ndarray]) -> None:
+    def step(self, grads: dict[str, Any]) -> None:
         """One update of every parameter that has a gradient, in place."""
         self.steps += 1
         for name, grad in grads.items():
             param = self.params[name]
-            if not param.flags.c_contiguous:
+            if isinstance(param, np.ndarray) and not param.flags.c_contiguous:
                 raise ValueError(f"parameter '{name}' must be a contiguous array")
-            self._update(name, param.reshape(-1),
-                         np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1))
+            self._update(name, param.reshape(-1), self.kernels.flat(grad, param.dtype))
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Name -> array: the per-parameter state plus ``step`` and ``lr``."""
-        return {**self.state, "step": np.array(self.steps), "lr": np.array(self.lr)}
+        """Name -> host array: the per-parameter state plus ``step`` and ``lr``."""
+        return {**{k: self.kernels.to_host(v) for k, v in self.state.items()},
+                "step": np.array(self.steps), "lr": np.array(self.lr)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Take a ``state_dict()`` (from this backend or another: a checkpoint written on the
+        CPU resumes on the GPU and the other way round)."""
         self.steps, self.lr = int(state["step"]), float(state["lr"])
-        self.state = {k: np.array(v) for k, v in state.items() if k not in ("step", "lr")}
+        self.state = {k: self.kernels.to_device(np.array(v)) for k, v in state.items()
+                      if k not in ("step", "lr")}
 
 
 class SGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False):
-        super().__init__(params, lr)
+                 weight_decay: float = 0.0, nesterov: bool = False, kernels=None):
+        super().__init__(params, lr, kernels)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs a momentum and no dampening")
         self.momentum, self.dampening = momentum, dampening
@@ -95,7 +138,7 @@ class SGD(Optimizer):
     def _update(self, name, p, g):
         first = f"{name}.momentum_buffer" not in self.state
         buf = self._slot(name, "momentum_buffer").reshape(-1) if self.momentum else p[:0]
-        sgd_kernel(p, g, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
+        self.kernels.sgd(p, g, buf, self.lr, self.momentum, self.dampening, self.weight_decay,
                    self.nesterov, first)
 
 
@@ -103,15 +146,15 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(params, lr)
+                 weight_decay: float = 0.0, kernels=None):
+        super().__init__(params, lr, kernels)
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
     def _update(self, name, p, g):
         m = self._slot(name, "exp_avg").reshape(-1)
         v = self._slot(name, "exp_avg_sq").reshape(-1)
-        adam_kernel(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
+        self.kernels.adam(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay,
                     self.decoupled, self.steps)
 
 
@@ -121,8 +164,8 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
-        super().__init__(params, lr, betas, eps, weight_decay)
+                 weight_decay: float = 0.01, kernels=None):
+        super().__init__(params, lr, betas, eps, weight_decay, kernels)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
@@ -153,14 +196,15 @@ def schedule_factor(kind: str, epoch: int, *, step_size: int = 30, gamma: float 
     return factor
 
 
-def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
+def clip_grad_norm(grads: dict[str, Any], max_norm: float,
+                   kernels: UpdateKernels | None = None) -> float:
     """Scale every gradient in place so that their joint L2 norm is at most ``max_norm``
     (as torch.nn.utils.clip_grad_norm_: coefficient max_norm / (norm + 1e-6), capped at
-    1); returns the norm before clipping."""
-    total = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel()))
-                          for g in grads.values()))
+    1); returns the norm before clipping. ``kernels``: where the gradients are."""
+    kernels = kernels or HOST
+    total = math.sqrt(sum(kernels.sum_squares(g) for g in grads.values()))
     coef = min(max_norm / (total + 1e-6), 1.0)
     if coef < 1.0:
         for g in grads.values():
-            g *= g.dtype.type(coef)
+            kernels.scale(g, coef)
     return total

@@ -176,8 +176,6 @@ def test_a_network_runs_forward_and_backward_on_the_device():
     gpu.params = {k: v * 0.5 for k, v in host.params.items()}
     host.params = dict(gpu.params)
     np.testing.assert_allclose(gpu.predict(x), host.predict(x), rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError, match="training on the cuda backend is not built yet"):
-        gpu.train()(x)
 
 
 def test_run_on_cuda_from_the_command_line(tmp_path, capsys, monkeypatch):
@@ -262,3 +260,142 @@ def test_grouped_and_depthwise_convs_match_the_cpu_backend(conv):
     for name in a.params:
         np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-5,
                                    err_msg=name)
+
+
+MIXED = """
+input: {channels: 2, height: 4, width: 4}
+layers:
+  - name: c1
+    conv2d: {out_channels: 4, kernel_size: 3, padding: 1}
+  - batchnorm2d
+  - relu
+  - name: gate
+    global_avg_pool2d: {}
+  - sigmoid
+  - multiply: [c1, gate]          # squeeze-excitation's broadcast gate
+  - concat: [-1, c1]
+  - channel_shuffle: 2
+  - layer_scale: 1.0
+  - softmax: {dim: 1}
+  - stochastic_depth: 0.0
+  - max_pool2d: 4
+  - flatten
+  - batchnorm1d
+  - dropout: 0.0
+  - linear: 3
+"""
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_every_op_of_a_mixed_network_runs_on_the_device(mode):
+    """Forward, gradients and (training) the batch-norm running statistics and batch
+    counts agree with the CPU backend."""
+    import archc
+
+    graph = archc.load("mixed.yaml", text=MIXED)
+    gpu, host = archc.compile(graph, backend="cuda", seed=2), archc.compile(graph, "cpu", seed=2)
+    assert all(gpu.backend.on_device(op) for op in gpu.program.ops)
+    rng = np.random.default_rng(5)
+    host.params = {k: v if v.dtype == np.int64 else (
+        rng.uniform(0.5, 1.5, v.shape) if "running_var" in k or "layer_scale" in k
+        else v + 0.1 * rng.standard_normal(v.shape)).astype(np.float32)
+        for k, v in host.params.items()}
+    gpu.params = {k: v.copy() for k, v in host.params.items()}
+    getattr(gpu, mode)(), getattr(host, mode)()
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    expected = host(x)
+    np.testing.assert_allclose(gpu(x), expected, rtol=1e-4, atol=1e-5)
+    gy = rng.standard_normal(expected.shape).astype(np.float32)
+    a, b = host.backward(gy), gpu.backward(gy)
+    np.testing.assert_allclose(b.input, a.input, rtol=1e-3, atol=1e-5)
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-3, atol=1e-5,
+                                   err_msg=name)
+    for name, value in host.params.items():  # running statistics, num_batches_tracked
+        np.testing.assert_allclose(gpu.params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert gpu.params["batchnorm2d.num_batches_tracked"] == (mode == "train")
+
+
+@pytest.mark.parametrize("kind, attrs, shape", [
+    ("dropout", {"p": 0.3}, (4, 50)),
+    ("stochastic_depth", {"p": 0.5, "mode": "row"}, (64, 2, 2, 1)),
+])
+def test_dropout_masks_are_drawn_on_the_device(kind, attrs, shape):
+    from runtime.backends.cuda.backend import BACKEND
+    from runtime.program import Op
+
+    op = Op("d", kind, {"mode": "row", **attrs}, ("x",), "d", {}, (shape[1:],), shape[1:])
+    x = np.random.default_rng(0).uniform(1, 2, shape).astype(np.float32)
+
+    def run(seed):
+        ctx = {"train": True, "rng": np.random.default_rng(seed), "keep": True}
+        y = BACKEND.kernels[kind](op, [device(x)], {}, ctx)
+        (gx,), _ = BACKEND.backward[kind](op, [device(x)], y, device(np.ones(shape)), {}, ctx)
+        return y.copy_to_host(), gx.copy_to_host()
+
+    y, gx = run(1)
+    scale = y / x
+    rate = attrs["p"]
+    levels = np.unique(np.round(scale, 4))
+    assert len(levels) == 2 and levels[0] == 0 and levels[1] == pytest.approx(1 / (1 - rate), rel=1e-4)
+    np.testing.assert_allclose(gx, scale, rtol=1e-6)  # the same mask in the backward pass
+    if kind == "stochastic_depth":  # one draw per sample
+        assert (scale == scale[:, :1, :1, :1]).all()
+    kept = (scale > 0).mean()
+    assert abs(kept - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / scale[..., :1].size)
+    np.testing.assert_array_equal(run(1)[0], y)  # the model's generator gives the seed
+    assert not np.array_equal(run(2)[0], y)
+
+
+@pytest.mark.parametrize("shape, target, smoothing", [
+    ((4, 5), np.array([0, 4, 2, 2]), 0.0),
+    ((3, 40), np.array([39, 0, 7]), 0.1),   # more classes than threads of a simulated block
+    ((2, 3), np.array([[0.2, 0.8, 0.0], [0.5, 0.25, 0.25]]), 0.1),  # mixup's probabilities
+])
+def test_the_training_loss_runs_on_the_device(shape, target, smoothing):
+    from runtime.backends.cuda import training
+    from runtime.losses import classification_step
+
+    z = (np.random.default_rng(shape[1]).standard_normal(shape) * 3).astype(np.float32)
+    z[0, 1] = z[0, 2] = z[0].max() + 1  # a tie: the first maximum is the prediction
+    loss, grad, top = training.classify(device(z), target, label_smoothing=smoothing)
+    want_loss, want_grad, want_top = classification_step(z, target, label_smoothing=smoothing)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(top, want_top)
+    with pytest.raises(ValueError, match="class labels must lie in"):
+        training.classify(device(z), np.full(shape[0], shape[1]))
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("sgd", {"momentum": 0.9, "weight_decay": 0.01, "nesterov": True}),
+    ("sgd", {}),
+    ("adam", {"weight_decay": 0.01}),
+    ("adamw", {}),
+])
+def test_optimiser_updates_run_on_the_device(name, kwargs):
+    from runtime import optim
+    from runtime.backends.cuda import training
+
+    rng = np.random.default_rng(0)
+    start = {"w": rng.standard_normal((3, 70)).astype(np.float32),
+             "b": rng.standard_normal(5).astype(np.float32)}
+    host = {k: v.copy() for k, v in start.items()}
+    dev = {k: device(v) for k, v in start.items()}
+    opt_h = optim.OPTIMIZERS[name](host, 0.1, **kwargs)
+    opt_d = optim.OPTIMIZERS[name](dev, 0.1, kernels=training.UPDATE, **kwargs)
+    for step in range(3):
+        grads = {k: rng.standard_normal(v.shape).astype(np.float32) * 10 for k, v in start.items()}
+        norms = [optim.clip_grad_norm({k: g.copy() for k, g in grads.items()}, 1.0),
+                 optim.clip_grad_norm(dgrads := {k: device(g) for k, g in grads.items()}, 1.0,
+                                      training.UPDATE)]
+        assert norms[1] == pytest.approx(norms[0], rel=1e-5)
+        optim.clip_grad_norm(grads, 1.0)
+        opt_h.step(grads)
+        opt_d.step(dgrads)
+    for k in start:
+        np.testing.assert_allclose(dev[k].copy_to_host(), host[k], rtol=1e-5, atol=1e-6)
+    state = opt_d.state_dict()  # on the host, as the CPU's: checkpoints move across backends
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    for k, v in opt_h.state_dict().items():
+        np.testing.assert_allclose(state[k], v, rtol=1e-5, atol=1e-6)

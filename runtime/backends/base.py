@@ -11,6 +11,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from runtime.losses import classification_step
+
 
 def _same(array):
     return array
@@ -23,7 +25,10 @@ class Backend:
     on the CPU); ``add`` sums two arrays on the device (gradients meeting where a value
     fans out); ``trains``: whether its training mode is built (batch statistics, masks);
     ``on_device(op)`` says whether an op runs on the device or falls back to
-    the host (the CUDA backend while kernels are being ported)."""
+    the host (the CUDA backend while kernels are being ported); ``optim``: the optimiser
+    kernels for its arrays (``runtime.optim.UpdateKernels``; None: the host's);
+    ``classify(logits, labels, label_smoothing=)``: a training step's loss, gradient and
+    predicted classes (``runtime.losses.classification_step`` on the host)."""
 
     name: str
     kernels: dict[str, Callable]
@@ -34,3 +39,5 @@ class Backend:
     on_device: Callable[[Any], bool] = field(default=lambda op: True)
     add: Callable[[Any, Any], Any] = operator.add
     trains: bool = True
+    optim: Any = None
+    classify: Callable = classification_step

@@ -20,6 +20,8 @@ from runtime.backends import cpu
 from runtime.backends.base import Backend
 from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import layers as L
+from runtime.backends.cuda import tensor as T
+from runtime.backends.cuda import training
 from runtime.backends.epilogue import activation_of, fused_backward, keep_pre_activation
 
 cuda = K.cuda
@@ -29,6 +31,8 @@ ACTIVATIONS = ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh",
 
 
 def to_device(array):
+    if hasattr(array, "__cuda_array_interface__"):  # there already
+        return array
     return cuda.to_device(np.ascontiguousarray(array))
 
 
@@ -177,15 +181,6 @@ def identity_backward(op, xs, y, gy, p, ctx):
     return [gy], {}
 
 
-def _at_inference(kind: str, device_kernel, host_kernel):
-    """Dropout and stochastic depth: the identity at inference, the host kernel (its
-    random mask) in training."""
-    def run(op, *args):
-        ctx = args[-1]
-        return (host_kernel if ctx.get("train") else device_kernel)(op, *args)
-    return run
-
-
 def _window(op, x_shape):
     from runtime.backends.reference import _window_pads
 
@@ -237,23 +232,115 @@ def global_pool_backward(op, xs, y, gy, p, ctx):
     return [L.global_avg_pool_backward(gy, xs[0].shape)], {}
 
 
-def _running(op, ctx) -> bool:
-    return op.attrs["track_running_stats"] and not ctx.get("train")
-
-
 def batchnorm_forward(op, xs, p, ctx):
-    if not _running(op, ctx):
-        return _host_forward(op.kind)(op, xs, p, ctx)
-    return L.batchnorm(xs[0], p["running_mean"], p["running_var"], p.get("weight"),
-                       p.get("bias"), op.attrs["eps"])
+    a = op.attrs
+    if ctx.get("train") or not a["track_running_stats"]:  # the batch's statistics
+        running = ((p["running_mean"], p["running_var"], p["num_batches_tracked"],
+                    a["momentum"]) if ctx.get("train") and a["track_running_stats"] else ())
+        mean, var = training.batch_stats(xs[0], *running)
+        ctx.setdefault("saved", {})[op.output] = "batch"
+        ctx.setdefault("batch_stats", {})[op.output] = (mean, var)
+    else:
+        mean, var = p["running_mean"], p["running_var"]
+    return L.batchnorm(xs[0], mean, var, p.get("weight"), p.get("bias"), a["eps"])
 
 
 def batchnorm_backward(op, xs, y, gy, p, ctx):
-    if not _running(op, ctx):
-        return _host_backward(op.kind)(op, xs, y, gy, p, ctx)
-    gx, g_weight, g_bias = L.batchnorm_backward(xs[0], gy, p["running_mean"], p["running_var"],
-                                                p.get("weight"), op.attrs["eps"])
+    if ctx.get("saved", {}).get(op.output) == "batch":
+        mean, var = ctx["batch_stats"][op.output]
+        gx, g_weight, g_bias = training.batchnorm_train_backward(
+            xs[0], gy, mean, var, p.get("weight"), op.attrs["eps"])
+    else:  # running statistics: constants
+        gx, g_weight, g_bias = L.batchnorm_backward(xs[0], gy, p["running_mean"],
+                                                    p["running_var"], p.get("weight"),
+                                                    op.attrs["eps"])
     return [gx], ({"weight": g_weight, "bias": g_bias} if "weight" in p else {})
+
+
+def dropout_forward(op, xs, p, ctx):
+    """Dropout and stochastic depth: the identity at inference; in training the input
+    times a mask drawn on the device (per element, or per sample or batch for stochastic
+    depth), kept for backward."""
+    x, rate = xs[0], op.attrs["p"]
+    if not ctx.get("train") or rate == 0:
+        return x
+    if op.kind == "dropout":
+        shape = x.shape
+    else:
+        shape = ((x.shape[0],) if op.attrs["mode"] == "row" else (1,)) + (1,) * (len(x.shape) - 1)
+    scale = training.dropout_scale(shape, rate, ctx["rng"])
+    ctx.setdefault("saved", {})[op.output] = scale
+    return T.multiply(x, scale)
+
+
+def dropout_backward(op, xs, y, gy, p, ctx):
+    scale = ctx.get("saved", {}).get(op.output)
+    return [gy if scale is None else T.multiply(gy, scale)], {}
+
+
+def multiply_forward(op, xs, p, ctx):
+    y = xs[0]
+    for x in xs[1:]:
+        y = T.multiply(y, x)
+    return y
+
+
+def multiply_backward(op, xs, y, gy, p, ctx):
+    if len(xs) != 2:
+        return _host_backward("multiply")(op, xs, y, gy, p, ctx)
+    return list(T.multiply_backward(xs[0], xs[1], gy)), {}
+
+
+def _channel_axis(op) -> bool:
+    return op.attrs["dim"] in (1, 1 - len(op.out_shape) - 1)
+
+
+def concat_forward(op, xs, p, ctx):
+    if not _channel_axis(op):
+        return _host_forward("concat")(op, xs, p, ctx)
+    return T.concat(xs)
+
+
+def concat_backward(op, xs, y, gy, p, ctx):
+    if not _channel_axis(op):
+        return _host_backward("concat")(op, xs, y, gy, p, ctx)
+    return T.split_channels(gy, [x.shape[1] for x in xs]), {}
+
+
+def channel_shuffle_forward(op, xs, p, ctx):
+    return T.channel_shuffle(xs[0], op.attrs["groups"])
+
+
+def channel_shuffle_backward(op, xs, y, gy, p, ctx):
+    return [T.channel_shuffle(gy, op.attrs["groups"], inverse=True)], {}
+
+
+def softmax_forward(op, xs, p, ctx):
+    if not _channel_axis(op):
+        return _host_forward("softmax")(op, xs, p, ctx)
+    return T.softmax(xs[0])
+
+
+def softmax_backward(op, xs, y, gy, p, ctx):
+    if not _channel_axis(op):
+        return _host_backward("softmax")(op, xs, y, gy, p, ctx)
+    return [T.softmax_backward(y, gy)], {}
+
+
+def layer_scale_forward(op, xs, p, ctx):
+    return T.multiply(xs[0], p["weight"])
+
+
+def layer_scale_backward(op, xs, y, gy, p, ctx):
+    w = p["weight"]
+    gw = T.reduce_to(T.multiply(gy, xs[0]), (1,) + tuple(w.shape)).reshape(w.shape)
+    return [T.multiply(gy, w)], {"weight": gw}
+
+
+KERNELS.update(multiply=multiply_forward, concat=concat_forward, softmax=softmax_forward,
+               channel_shuffle=channel_shuffle_forward, layer_scale=layer_scale_forward)
+BACKWARD.update(multiply=multiply_backward, concat=concat_backward, softmax=softmax_backward,
+                channel_shuffle=channel_shuffle_backward, layer_scale=layer_scale_backward)
 
 
 KERNELS.update(max_pool2d=max_pool_forward, avg_pool2d=avg_pool_forward,
@@ -271,11 +358,12 @@ BACKWARD.update(conv2d=fused_backward(_conv2d_core_backward, _activation_grad),
 for _kind in ACTIVATIONS:
     KERNELS[_kind], BACKWARD[_kind] = activation_forward, activation_backward
 for _kind in ("dropout", "stochastic_depth"):
-    KERNELS[_kind] = _at_inference(_kind, identity_forward, _host_forward(_kind))
-    BACKWARD[_kind] = _at_inference(_kind, identity_backward, _host_backward(_kind))
+    KERNELS[_kind], BACKWARD[_kind] = dropout_forward, dropout_backward
 
 DEVICE_OPS = frozenset(("conv2d", "linear", "add", "flatten", "reshape", "identity", "dropout",
-                        "stochastic_depth", "max_pool2d", "avg_pool2d") + ACTIVATIONS)
+                        "stochastic_depth", "max_pool2d", "avg_pool2d", "batchnorm2d",
+                        "batchnorm1d", "multiply", "channel_shuffle", "layer_scale")
+                       + ACTIVATIONS)
 
 
 def on_device(op) -> bool:
@@ -284,10 +372,10 @@ def on_device(op) -> bool:
         return len(op.inputs) == 2 and op.in_shapes[0] == op.in_shapes[1]
     if op.kind in ("global_avg_pool2d", "adaptive_avg_pool2d"):
         return _global(op)
-    if op.kind in ("batchnorm2d", "batchnorm1d"):
-        return op.attrs["track_running_stats"]  # at inference; training is not built yet
+    if op.kind in ("concat", "softmax"):
+        return _channel_axis(op)
     return op.kind in DEVICE_OPS
 
 
 BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add,
-                  trains=False)
+                  trains=True, optim=training.UPDATE, classify=training.classify)

@@ -1,0 +1,328 @@
+"""CUDA kernels that training needs, with their launches: batch-norm batch statistics
+and their backward pass, dropout masks drawn on the device, the softmax cross-entropy of
+a training step, and the optimisers' updates (``UPDATE``, the backend's
+``runtime.optim.UpdateKernels``).
+
+- batch statistics: one block per channel, two sweeps (the mean, then the mean squared
+  deviation from it: no cancellation), each a shared-memory tree reduction; thread 0
+  updates the running statistics in place (PyTorch's momentum rule, the unbiased
+  variance) and counts the batch in ``num_batches_tracked``.
+- batch-norm backward with batch statistics: one block per channel reduces ``gy`` and
+  ``gy * x_hat``, then writes ``gx = w / std / m * (m gy - sum gy - x_hat sum gy x_hat)``.
+- dropout masks: a counter-based hash of (seed, element index) gives each element its
+  uniform number (Wellons' ``lowbias32``), so a mask needs no generator state on the
+  device; the seed comes from the model's NumPy generator, so runs are reproducible and
+  a checkpoint resumes the same stream.
+- cross-entropy: one block per sample (row of logits): the row's maximum, the sum of
+  exponentials and the target-weighted sums by tree reductions; it writes the row's
+  loss, its gradient ``(softmax * sum(t) - t) / N`` and its top class. Targets are class
+  indices (with label smoothing) or class probabilities (mixup, cutmix).
+- SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW: one thread per
+  element, the CPU kernels' arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import float32
+
+from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _launch, block_sum, cuda
+from runtime.losses import classification_step
+from runtime.optim import UpdateKernels
+
+_MASK32 = 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------- batch norm
+@cuda.jit(cache=True)
+def batch_stats_kernel(x, mean, var, running_mean, running_var, tracked, momentum, update):
+    """Per-channel mean and biased variance of an (N, C, HW) view: one block per channel;
+    with ``update``, the running statistics move towards them (unbiased variance)."""
+    n, c, hw = x.shape
+    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
+    sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    squares = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    count = n * hw
+    total = 0.0
+    for e in range(t, count, ELEMENTWISE_BLOCK):
+        total += x[e // hw, ch, e % hw]
+    mu = block_sum(sums, t, total) / count
+    total = 0.0
+    for e in range(t, count, ELEMENTWISE_BLOCK):
+        d = x[e // hw, ch, e % hw] - mu
+        total += d * d
+    v = block_sum(squares, t, total) / count
+    if t == 0:
+        mean[ch], var[ch] = mu, v
+        if update:
+            running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mu
+            running_var[ch] = ((1.0 - momentum) * running_var[ch]
+                               + momentum * v * count / max(count - 1, 1))
+            if ch == 0:
+                tracked[0] += 1
+
+
+@cuda.jit(cache=True)
+def batchnorm_train_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, eps):
+    """One block per channel: the sums of gy and gy * x_hat, then gx from both."""
+    n, c, hw = x.shape
+    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
+    bias_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    weight_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    count = n * hw
+    inv = 1.0 / math.sqrt(var[ch] + eps)
+    mu = mean[ch]
+    s0, s1 = 0.0, 0.0
+    for e in range(t, count, ELEMENTWISE_BLOCK):
+        b, p = e // hw, e % hw
+        g = gy[b, ch, p]
+        s0 += g
+        s1 += g * (x[b, ch, p] - mu) * inv
+    s0 = block_sum(bias_sums, t, s0)
+    s1 = block_sum(weight_sums, t, s1)
+    k = (weight[ch] if weight.size else 1.0) * inv / count
+    for e in range(t, count, ELEMENTWISE_BLOCK):
+        b, p = e // hw, e % hw
+        xhat = (x[b, ch, p] - mu) * inv
+        gx[b, ch, p] = k * (count * gy[b, ch, p] - s0 - xhat * s1)
+    if t == 0:
+        g_bias[ch], g_weight[ch] = s0, s1
+
+
+def _channels(x):
+    n, c = x.shape[:2]
+    return x.reshape(n, c, x.size // (n * c))
+
+
+def _empty():
+    return cuda.device_array(0, dtype=np.float32)
+
+
+def batch_stats(x, running_mean=None, running_var=None, tracked=None, momentum: float = 0.1):
+    """(mean, biased var) per channel on the device; given the running buffers, they are
+    updated in place (and ``tracked``, the 0-d batch count, incremented)."""
+    c = x.shape[1]
+    mean = cuda.device_array(c, dtype=np.float32)
+    var = cuda.device_array(c, dtype=np.float32)
+    update = running_mean is not None
+    batch_stats_kernel[c, ELEMENTWISE_BLOCK](
+        _channels(x), mean, var, running_mean if update else _empty(),
+        running_var if update else _empty(),
+        tracked.reshape(1) if update else cuda.device_array(1, dtype=np.int64),
+        momentum, update)
+    return mean, var
+
+
+def batchnorm_train_backward(x, gy, mean, var, weight, eps: float):
+    view = _channels(x)
+    c = view.shape[1]
+    gx = cuda.device_array(view.shape, dtype=np.float32)
+    g_weight = cuda.device_array(c, dtype=np.float32)
+    g_bias = cuda.device_array(c, dtype=np.float32)
+    batchnorm_train_backward_kernel[c, ELEMENTWISE_BLOCK](
+        view, _channels(gy), gx, g_weight, g_bias, mean, var,
+        _empty() if weight is None else weight, eps)
+    return gx.reshape(x.shape), g_weight, g_bias
+
+
+# --------------------------------------------------------------------------- dropout
+@cuda.jit(device=True, inline=True)
+def uniform(seed, i):
+    """A uniform number in [0, 1) for element ``i`` of the stream ``seed``: Wellons'
+    lowbias32 hash of the two, kept to 32 bits after every step (a 64-bit product wraps
+    on the device and is exact in the simulator: the low 32 bits agree)."""
+    v = (i * 0x9E3779B9 + seed) & _MASK32
+    v ^= v >> 16
+    v = (v * 0x7FEB352D) & _MASK32
+    v ^= v >> 15
+    v = (v * 0x846CA68B) & _MASK32
+    v ^= v >> 16
+    return (v >> 8) * (1.0 / 16777216.0)
+
+
+@cuda.jit(cache=True)
+def dropout_mask_kernel(scale, seed, rate, keep_scale):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, scale.size, stride):
+        scale[i] = keep_scale if uniform(seed, i) >= rate else 0.0
+
+
+def dropout_scale(shape, rate: float, rng: np.random.Generator):
+    """The dropout multiplier (0 or 1 / (1 - rate) per element) of ``shape``, drawn on the
+    device; ``rng`` (the model's generator) gives the seed."""
+    size = math.prod(shape)
+    scale = cuda.device_array(size, dtype=np.float32)
+    seed = int(rng.integers(0, 2**32))
+    _launch(dropout_mask_kernel, size, scale, seed, rate, 1.0 / (1.0 - rate))
+    return scale.reshape(shape)
+
+
+# --------------------------------------------------------------------------- cross-entropy
+@cuda.jit(device=True, inline=True)
+def _block_max(partial, t, value):
+    partial[t] = value
+    cuda.syncthreads()
+    step = ELEMENTWISE_BLOCK // 2
+    while step > 0:
+        if t < step:
+            partial[t] = max(partial[t], partial[t + step])
+        cuda.syncthreads()
+        step //= 2
+    return partial[0]
+
+
+@cuda.jit(device=True, inline=True)
+def _target(labels, soft, r, q, smoothing, c):
+    hot = soft[r, q] if soft.size else (1.0 if labels[r] == q else 0.0)
+    return hot * (1.0 - smoothing) + smoothing / c
+
+
+@cuda.jit(cache=True)
+def cross_entropy_kernel(z, labels, soft, smoothing, losses, grad, top):
+    """One block per row of logits ``z`` (N, C): loss_r = lse * sum(t) - sum(t z),
+    grad = (softmax * sum(t) - t) / N, top = the first index of the row's maximum."""
+    n, c = z.shape
+    r, t = cuda.blockIdx.x, cuda.threadIdx.x
+    maxima = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    exps = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    masses = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    dots = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    best = -math.inf
+    for q in range(t, c, ELEMENTWISE_BLOCK):
+        best = max(best, z[r, q])
+    best = _block_max(maxima, t, best)
+    s, mass, dot = 0.0, 0.0, 0.0
+    for q in range(t, c, ELEMENTWISE_BLOCK):
+        s += math.exp(z[r, q] - best)
+        w = _target(labels, soft, r, q, smoothing, c)
+        mass += w
+        dot += w * z[r, q]
+    s = block_sum(exps, t, s)
+    mass = block_sum(masses, t, mass)
+    dot = block_sum(dots, t, dot)
+    lse = best + math.log(s)
+    for q in range(t, c, ELEMENTWISE_BLOCK):
+        p = math.exp(z[r, q] - lse)
+        grad[r, q] = (p * mass - _target(labels, soft, r, q, smoothing, c)) / n
+    if t == 0:
+        losses[r] = lse * mass - dot
+        where = 0
+        for q in range(c):  # the first maximum, as NumPy's argmax
+            if z[r, q] == best:
+                where = q
+                break
+        top[r] = where
+
+
+def classify(logits, target, *, label_smoothing: float = 0.0):
+    """``runtime.losses.classification_step`` on the device for (N, C) logits: the loss
+    and the predicted classes come back to the host, the gradient stays. Per-pixel logits
+    go through the host's."""
+    target = np.asarray(target)
+    if len(logits.shape) != 2:
+        loss, grad, top = classification_step(logits.copy_to_host(), target,
+                                              label_smoothing=label_smoothing)
+        return loss, cuda.to_device(grad), top
+    n, c = logits.shape
+    soft = target.shape == (n, c) and np.issubdtype(target.dtype, np.floating)
+    if not soft:
+        if target.shape != (n,):
+            raise ValueError(f"targets of shape {target.shape} do not fit logits of shape "
+                             f"{logits.shape}: expected ({n},)")
+        if n and (target.min() < 0 or target.max() >= c):
+            raise ValueError(f"class labels must lie in 0..{c - 1}; got "
+                             f"{target.min()}..{target.max()}")
+    labels = cuda.to_device(np.zeros(1, np.int64) if soft else target.astype(np.int64))
+    probs = cuda.to_device(target.astype(np.float32)) if soft else _empty().reshape(0, 1)
+    losses = cuda.device_array(n, dtype=np.float32)
+    grad = cuda.device_array((n, c), dtype=np.float32)
+    top = cuda.device_array(n, dtype=np.int64)
+    cross_entropy_kernel[n, ELEMENTWISE_BLOCK](logits, labels, probs, label_smoothing, losses,
+                                               grad, top)
+    loss = float(losses.copy_to_host().astype(np.float64).sum() / n)
+    return loss, grad, top.copy_to_host()
+
+
+# --------------------------------------------------------------------------- optimisers
+@cuda.jit(cache=True)
+def sgd_kernel(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, p.size, stride):
+        d = g[i] + weight_decay * p[i]
+        if momentum != 0.0:
+            b = d if first else momentum * buf[i] + (1.0 - dampening) * d
+            buf[i] = b
+            d = d + momentum * b if nesterov else b
+        p[i] -= lr * d
+
+
+@cuda.jit(cache=True)
+def adam_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2):
+    start, stride = cuda.grid(1), cuda.gridsize(1)
+    for i in range(start, p.size, stride):
+        d = g[i]
+        if decoupled:
+            p[i] *= 1.0 - lr * weight_decay
+        elif weight_decay != 0.0:
+            d = d + weight_decay * p[i]
+        m[i] += (1.0 - beta1) * (d - m[i])
+        v[i] = beta2 * v[i] + (1.0 - beta2) * d * d
+        p[i] -= lr / c1 * m[i] / (math.sqrt(v[i]) / c2 + eps)
+
+
+@cuda.jit(cache=True)
+def square_sum_kernel(a, partial):
+    """partial[block] = the sum of squares of the block's grid-stride share of ``a``."""
+    sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    t = cuda.threadIdx.x
+    total = 0.0
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        total += a[i] * a[i]
+    total = block_sum(sums, t, total)
+    if t == 0:
+        partial[cuda.blockIdx.x] = total
+
+
+@cuda.jit(cache=True)
+def scale_inplace_kernel(a, coef):
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] *= coef
+
+
+def _sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
+    _launch(sgd_kernel, p.size, p, g, buf if buf.size else _empty(), lr, momentum, dampening,
+            weight_decay, nesterov, first)
+
+
+def _adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
+    c1, c2 = 1.0 - beta1 ** step, math.sqrt(1.0 - beta2 ** step)
+    _launch(adam_kernel, p.size, p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
+            c1, c2)
+
+
+def _zeros_like(a):
+    return cuda.to_device(np.zeros(a.shape, a.dtype))
+
+
+def _flat(a, dtype):
+    if not hasattr(a, "__cuda_array_interface__"):
+        a = cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+    return a.reshape(a.size)
+
+
+def _sum_squares(g) -> float:
+    flat = g.reshape(g.size)
+    blocks = max(1, min(256, (g.size + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK))
+    partial = cuda.device_array(blocks, dtype=np.float32)
+    square_sum_kernel[blocks, ELEMENTWISE_BLOCK](flat, partial)
+    return float(partial.copy_to_host().astype(np.float64).sum())
+
+
+def _scale(g, coef: float) -> None:
+    _launch(scale_inplace_kernel, g.size, g.reshape(g.size), coef)
+
+
+UPDATE = UpdateKernels(_sgd, _adam, _zeros_like, _flat, lambda a: a.copy_to_host(),
+                       lambda a: cuda.to_device(np.ascontiguousarray(a)), _sum_squares, _scale)
