@@ -399,3 +399,57 @@ def test_optimiser_updates_run_on_the_device(name, kwargs):
     assert all(isinstance(v, np.ndarray) for v in state.values())
     for k, v in opt_h.state_dict().items():
         np.testing.assert_allclose(state[k], v, rtol=1e-5, atol=1e-6)
+
+
+SMALL = """
+input: {channels: 1, height: 4, width: 4}
+layers:
+  - conv2d: {out_channels: 2, kernel_size: 3, padding: 1}
+  - batchnorm2d
+  - relu
+  - max_pool2d: 2
+  - flatten
+  - linear: 3
+"""
+
+
+def test_archc_train_on_the_device_and_checkpoints_that_resume_on_either_backend(
+        tmp_path, capsys, monkeypatch):
+    """Two epochs on the CPU; the same two epochs with the first on the device and the
+    second resumed from its checkpoint on the CPU, and the other way round: the weights
+    agree to float32 rounding (same data order, same updates)."""
+    import json
+
+    from archc.cli import main
+
+    spec = tmp_path / "small.yaml"
+    spec.write_text(SMALL)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 20)
+    x = rng.standard_normal((20, 1, 4, 4)).astype(np.float32) + y[:, None, None, None]
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    common = [str(spec), "--data", f"npz:{tmp_path / 'd.npz'}", "--batch-size", "8",
+              "--optimizer", "adam", "--lr", "0.01", "--clip", "1.0"]
+
+    def weights(run):
+        folder = json.loads((run / "last.json").read_text())["checkpoint"]
+        return dict(np.load(run / folder / "weights.npz"))
+
+    assert main(["train", *common, "--epochs", "2", "--out", str(tmp_path / "cpu")]) == 0
+    for first, then in (("cuda", "cpu"), ("cpu", "cuda")):
+        run = tmp_path / f"{first}-{then}"
+        assert main(["train", *common, "--epochs", "1", "--backend", first, "--out",
+                     str(run)]) == 0
+        assert main(["train", *common, "--epochs", "2", "--backend", then, "--resume",
+                     str(run)]) == 0
+        want = weights(tmp_path / "cpu")
+        got = weights(run)
+        assert set(got) == set(want)
+        for name in want:  # batch-norm buffers included
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{first} then {then}: {name}")
+    capsys.readouterr()
+    monkeypatch.setattr(cuda_backend, "unavailable_reason",
+                        lambda: "no CUDA GPU is available on this machine")
+    assert main(["train", *common, "--backend", "cuda", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == "error: no CUDA GPU is available on this machine\n"

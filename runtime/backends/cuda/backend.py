@@ -33,7 +33,7 @@ ACTIVATIONS = ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh",
 def to_device(array):
     if hasattr(array, "__cuda_array_interface__"):  # there already
         return array
-    return cuda.to_device(np.ascontiguousarray(array))
+    return cuda.to_device(np.require(array, requirements="C"))  # 0-d arrays stay 0-d
 
 
 def to_host(array) -> np.ndarray:

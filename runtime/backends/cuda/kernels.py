@@ -28,13 +28,17 @@ from runtime.backends.epilogue import NO_ACTIVATION, activation_code
 
 cuda = numba_cuda()
 
-TILE = 64  # rows and columns of C per block
-# threads per block of the element-wise kernels and reductions (a power of two); the
-# simulator runs every thread as a Python thread, so simulated tests use small blocks
-ELEMENTWISE_BLOCK = 32 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 256
+# The simulator runs every GPU thread as a Python thread, so simulated tests use small
+# blocks: the same kernels, fewer threads per block (and so more blocks).
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+# threads per block of the element-wise kernels and reductions (a power of two), and the
+# most blocks a grid-stride loop is launched with (each thread then takes several elements)
+ELEMENTWISE_BLOCK = 8 if SIMULATED else 256
+MAX_BLOCKS = 2 if SIMULATED else 4096
+THREADS = 4 if SIMULATED else 16  # GEMM threads per block along each axis (16 x 16 = 256)
+PER_THREAD = 4  # 4 x 4 outputs per thread
+TILE = THREADS * PER_THREAD  # rows and columns of C per block (64)
 TILE_K = 16  # depth of the shared-memory panels
-THREADS = 16  # threads per block along each axis (16 x 16 = 256)
-PER_THREAD = TILE // THREADS  # 4 x 4 outputs per thread
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_C = math.sqrt(2.0 / math.pi)
@@ -183,7 +187,7 @@ ELEMENTWISE_THREADS = ELEMENTWISE_BLOCK
 
 def _blocks(size: int) -> int:
     """Enough blocks of 256 threads for ``size`` elements, capped (the loops stride)."""
-    return max(1, min(4096, (size + ELEMENTWISE_THREADS - 1) // ELEMENTWISE_THREADS))
+    return max(1, min(MAX_BLOCKS, (size + ELEMENTWISE_THREADS - 1) // ELEMENTWISE_THREADS))
 
 
 def _codes(activation) -> tuple[int, float]:

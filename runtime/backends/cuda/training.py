@@ -28,7 +28,7 @@ import math
 import numpy as np
 from numba import float32
 
-from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _launch, block_sum, cuda
+from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _blocks, _launch, block_sum, cuda
 from runtime.losses import classification_step
 from runtime.optim import UpdateKernels
 
@@ -308,13 +308,13 @@ def _zeros_like(a):
 
 def _flat(a, dtype):
     if not hasattr(a, "__cuda_array_interface__"):
-        a = cuda.to_device(np.ascontiguousarray(a, dtype=dtype))
+        a = cuda.to_device(np.require(a, dtype=dtype, requirements="C"))
     return a.reshape(a.size)
 
 
 def _sum_squares(g) -> float:
     flat = g.reshape(g.size)
-    blocks = max(1, min(256, (g.size + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK))
+    blocks = _blocks(g.size)
     partial = cuda.device_array(blocks, dtype=np.float32)
     square_sum_kernel[blocks, ELEMENTWISE_BLOCK](flat, partial)
     return float(partial.copy_to_host().astype(np.float64).sum())
@@ -325,4 +325,5 @@ def _scale(g, coef: float) -> None:
 
 
 UPDATE = UpdateKernels(_sgd, _adam, _zeros_like, _flat, lambda a: a.copy_to_host(),
-                       lambda a: cuda.to_device(np.ascontiguousarray(a)), _sum_squares, _scale)
+                       lambda a: cuda.to_device(np.require(a, requirements="C")), _sum_squares,
+                       _scale)
