@@ -377,6 +377,63 @@ COMMANDS["run"] = (
 )
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from archc import compile as compile_graph
+    from archc.analysis import analyse, get_device
+    from archc.profile import build_profile, format_profile
+
+    graph = _load(args)
+    model = compile_graph(graph, backend=args.backend, seed=args.seed)
+    name = args.device
+    if name is None:  # the profile of what runs the kernels
+        gpu = model.backend.device_name().upper()
+        name = "cpu" if args.backend != "cuda" else "h200" if "H200" in gpu else "h100"
+    report = analyse(graph, batch=args.batch, device=get_device(name))
+    rng = np.random.default_rng(args.seed)
+    x = {key: rng.standard_normal((args.batch,) + shape).astype(np.float32)
+         for key, shape in model.program.inputs.items()}
+    if args.train:
+        model.train()
+    times = model.profile(x, repeat=args.repeat, backward=args.train)
+    profile = build_profile(model, report, times, repeat=args.repeat, profile=name)
+    if args.json:
+        print(json.dumps(profile.to_dict()))
+    else:
+        print(format_profile(profile, top=args.top or None))
+    return EXIT_OK
+
+
+def _setup_bench(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    _add_pass_arguments(p, "default: -O0, the network as written")
+    p.set_defaults(view_passes=True)
+    p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
+                   help="where the kernels run (default cpu); cuda times them with CUDA events")
+    p.add_argument("--batch", type=_positive, default=1, metavar="N",
+                   help="batch size (default 1)")
+    p.add_argument("--repeat", type=_positive, default=3, metavar="R",
+                   help="timed passes after the warm-up pass; times are their mean (default 3)")
+    p.add_argument("--train", action="store_true",
+                   help="time a training step: forward in training mode and the backward pass")
+    p.add_argument("--device", metavar="NAME",
+                   help="the roofline profile to compare with: cpu (measured here once, "
+                   "cached), h100 or h200 (default: cpu, or the GPU's own for --backend cuda)")
+    p.add_argument("--top", type=int, default=15, metavar="K",
+                   help="show the K slowest layers (0: all; default 15)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the input")
+    p.add_argument("--json", action="store_true", help="print the profile as one JSON object")
+
+
+COMMANDS["bench"] = (
+    "time every layer's kernels on a backend and compare with the analysis' roofline "
+    "estimate",
+    _setup_bench,
+    _cmd_bench,
+)
+
+
 # archc train's settings: flag name -> TrainConfig field (the same name, dashes aside)
 TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",

@@ -227,6 +227,47 @@ class Model:
         self.last_peak_bytes = peak
         return self._outputs(values)
 
+    def profile(self, x, *, repeat: int = 3, backward: bool = False) -> dict[str, dict]:
+        """Seconds per op, by op name: ``{"forward": s}`` (and ``"backward"``: the
+        backward pass of the same forward), the mean over ``repeat`` passes after one
+        warm-up pass (kernel compilation, cache loading). Timed with the backend's clock:
+        CUDA events on a GPU, so a kernel's time is its own and not its launch's."""
+        clock = self.backend.clock()
+        marks: list = []
+
+        def timed(table: dict, direction: str) -> dict:
+            def wrap(kernel):
+                def run(op, *args):
+                    start = clock.mark()
+                    out = kernel(op, *args)
+                    marks.append((op.name, direction, start, clock.mark()))
+                    return out
+                return run
+            return {kind: wrap(kernel) for kind, kernel in table.items()}
+
+        tables = self.kernels, self.backward_kernels
+        self.kernels, self.backward_kernels = timed(tables[0], "forward"), timed(tables[1],
+                                                                                   "backward")
+        times: dict[str, dict] = {}
+        try:
+            for rep in range(repeat + 1):
+                marks.clear()
+                y = self(x, host=False)
+                if backward:
+                    outs = y if isinstance(y, dict) else {next(iter(self.program.outputs)): y}
+                    self.backward({k: np.ones(v.shape, self.dtype) for k, v in outs.items()},
+                                  host=False)
+                clock.sync()
+                if rep == 0:
+                    continue
+                for name, direction, start, end in marks:
+                    entry = times.setdefault(name, {})
+                    spent = clock.seconds(start, end) / repeat
+                    entry[direction] = entry.get(direction, 0.0) + spent
+        finally:
+            self.kernels, self.backward_kernels = tables
+        return times
+
     def _last_uses(self) -> dict[str, int]:
         """Value name -> the step of the last op that reads it (outputs: never freed)."""
         last: dict[str, int] = {}

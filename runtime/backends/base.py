@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -18,6 +19,24 @@ def _same(array):
     return array
 
 
+class HostClock:
+    """Timestamps for profiling: ``mark()`` after the work to time was issued,
+    ``seconds(a, b)`` between two marks once ``sync()`` has waited for the work. On the
+    CPU the work is done when a kernel returns; a GPU backend's clock records events in
+    its stream instead (the CUDA backend's)."""
+
+    name = "host clock"
+
+    def mark(self):
+        return time.perf_counter()
+
+    def sync(self) -> None:
+        pass
+
+    def seconds(self, start, end) -> float:
+        return end - start
+
+
 @dataclass(frozen=True)
 class Backend:
     """``kernels[kind](op, xs, params, ctx) -> y``; ``backward[kind](op, xs, y, gy, params,
@@ -28,7 +47,9 @@ class Backend:
     the host (the CUDA backend while kernels are being ported); ``optim``: the optimiser
     kernels for its arrays (``runtime.optim.UpdateKernels``; None: the host's);
     ``classify(logits, labels, label_smoothing=)``: a training step's loss, gradient and
-    predicted classes (``runtime.losses.classification_step`` on the host)."""
+    predicted classes (``runtime.losses.classification_step`` on the host); ``clock()``
+    a :class:`HostClock`-like timer for profiles; ``device_name()`` what runs the
+    kernels."""
 
     name: str
     kernels: dict[str, Callable]
@@ -41,3 +62,5 @@ class Backend:
     trains: bool = True
     optim: Any = None
     classify: Callable = classification_step
+    clock: Callable[[], Any] = HostClock
+    device_name: Callable[[], str] = field(default=lambda: "the CPU")

@@ -1,0 +1,148 @@
+"""``archc bench``: a compiled network's measured kernel times per layer, next to what the
+analysis predicts for them (FLOPs, the roofline estimate of a device profile).
+
+The times come from ``Model.profile`` (the backend's clock: CUDA events on a GPU, the
+host's clock on the CPU); the FLOPs and the estimate from ``archc.analysis.analyse`` of
+the same graph, matched by layer name. Plain data out (``Profile``), then a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from archc.analysis.report import Report
+from archc.analysis.table import human, seconds
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    name: str
+    kind: str
+    forward_s: float
+    backward_s: float | None
+    flops: int  # forward FLOPs of the whole batch
+    estimate_s: float | None  # the roofline estimate of the forward pass
+    bound: str | None
+    on_device: bool
+
+    @property
+    def flop_rate(self) -> float | None:
+        """Achieved forward FLOP/s."""
+        return self.flops / self.forward_s if self.forward_s > 0 and self.flops else None
+
+
+@dataclass(frozen=True)
+class Profile:
+    network: str
+    backend: str
+    device: str
+    clock: str
+    batch: int
+    repeat: int
+    profile: str | None  # the roofline's device profile
+    layers: list[LayerProfile]
+
+    @property
+    def forward_s(self) -> float:
+        return sum(layer.forward_s for layer in self.layers)
+
+    @property
+    def backward_s(self) -> float | None:
+        parts = [layer.backward_s for layer in self.layers if layer.backward_s is not None]
+        return sum(parts) if parts else None
+
+    @property
+    def step_s(self) -> float:
+        return self.forward_s + (self.backward_s or 0.0)
+
+    def by_kind(self) -> list[tuple[str, float, int]]:
+        """(kind, seconds forward and backward, layers), most time first."""
+        kinds: dict[str, list] = {}
+        for layer in self.layers:
+            entry = kinds.setdefault(layer.kind, [0.0, 0])
+            entry[0] += layer.forward_s + (layer.backward_s or 0.0)
+            entry[1] += 1
+        return sorted(((k, t, n) for k, (t, n) in kinds.items()), key=lambda row: -row[1])
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.update(forward_s=self.forward_s, backward_s=self.backward_s,
+                   images_per_s=self.batch / self.step_s if self.step_s else None)
+        for layer, record in zip(self.layers, out["layers"]):
+            record["flop_rate"] = layer.flop_rate
+        return out
+
+
+def build_profile(model, report: Report, times: dict, *, repeat: int,
+                  profile: str | None) -> Profile:
+    """Join ``Model.profile``'s times with the analysis ``report`` of the same graph."""
+    nodes = {node.name: node for node in report.nodes}
+    layers = []
+    for op in model.program.ops:
+        measured = times.get(op.name, {})
+        node = nodes.get(op.name)
+        layers.append(LayerProfile(
+            op.name, node.kind if node else op.kind, measured.get("forward", 0.0),
+            measured.get("backward"), node.flops if node else 0,
+            node.latency_s if node else None, node.bound if node else None,
+            model.backend.on_device(op)))
+    return Profile(model.program.name, model.backend.name, model.backend.device_name(),
+                   model.backend.clock.name, report.batch, repeat, profile, layers)
+
+
+def _rate(flops_per_s: float | None) -> str:
+    return "-" if flops_per_s is None else human(flops_per_s, "FLOP/s", " ")
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}x" if ratio < 100 else f"{human(ratio)}x"
+
+
+def format_profile(p: Profile, top: int | None = None) -> str:
+    """The table ``archc bench`` prints: the slowest layers first."""
+    train = p.backward_s is not None
+    passes = "1 pass" if p.repeat == 1 else f"{p.repeat} passes"
+    lines = [f"{p.network} on {p.backend} ({p.device}), batch {p.batch}: mean of {passes} "
+             f"after a warm-up, timed with {p.clock}",
+             f"forward {seconds(p.forward_s)} ({p.batch / p.forward_s:,.0f} images/s)"
+             + (f"; training step (forward + backward kernels) {seconds(p.step_s)} "
+                f"({p.batch / p.step_s:,.0f} images/s)" if train else "")]
+    head = ["layer", "kind", "forward", "share", "achieved"]
+    if train:
+        head[3:3] = ["backward"]
+    if p.profile:
+        head += [f"roofline ({p.profile})", "measured/roofline"]
+    rows = [head]
+    total = p.step_s
+    ranked = sorted(p.layers, key=lambda layer: -(layer.forward_s + (layer.backward_s or 0)))
+    for layer in ranked[:top] if top else ranked:
+        spent = layer.forward_s + (layer.backward_s or 0.0)
+        row = [layer.name + ("" if layer.on_device else " (host)"), layer.kind,
+               seconds(layer.forward_s), f"{100 * spent / total:.1f}%",
+               _rate(layer.flop_rate)]
+        if train:
+            row[3:3] = [seconds(layer.backward_s or 0.0)]
+        if p.profile:
+            est = layer.estimate_s
+            row += ["-" if est is None else f"{seconds(est)} {layer.bound or ''}".rstrip(),
+                    "-" if not est else _times(layer.forward_s / est)]
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines.append("")
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    if top and len(p.layers) > top:
+        lines.append(f"... {len(p.layers) - top} more layers (--top 0 shows all)")
+    lines.append("")
+    lines.append("time by kind: " + ", ".join(
+        f"{kind} {100 * spent / total:.0f}% ({count})" for kind, spent, count in p.by_kind()))
+    if p.profile:
+        estimate = sum(layer.estimate_s or 0.0 for layer in p.layers)
+        lines.append(f"roofline estimate of the forward pass on {p.profile}: "
+                     f"{seconds(estimate)}; measured {seconds(p.forward_s)} "
+                     f"({_times(p.forward_s / estimate)})" if estimate else "")
+    host = [layer.name for layer in p.layers if not layer.on_device]
+    if host and p.backend == "cuda":
+        lines.append(f"{len(host)} of {len(p.layers)} layers ran through the host "
+                     f"(no device kernel yet): {', '.join(host[:6])}"
+                     + (" ..." if len(host) > 6 else ""))
+    return "\n".join(lines).rstrip()

@@ -1,0 +1,74 @@
+"""`archc bench` and Model.profile: every layer timed, joined with the analysis (FLOPs,
+the roofline estimate), shares that add up; the same on the CUDA backend (simulated)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import archc
+from archc.analysis import analyse
+from archc.cli import main
+
+SPECS = archc.__path__[0] + "/../specs"
+
+
+def test_model_profile_times_every_op_forward_and_backward():
+    model = archc.compile(archc.load(f"{SPECS}/lenet5.yaml"), backend="cpu")
+    x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
+    names = [op.name for op in model.program.ops]
+    forward = model.profile(x, repeat=2)
+    assert list(forward) == names
+    assert all(set(t) == {"forward"} and t["forward"] > 0 for t in forward.values())
+    both = model.profile(x, repeat=1, backward=True)
+    assert all(t["backward"] > 0 for t in both.values())
+    assert model.kernels is model.backend.kernels  # the timed tables are taken down again
+    assert model.backward_kernels is model.backend.backward
+
+
+def test_bench_joins_times_with_the_analysis(capsys):
+    assert main(["bench", f"{SPECS}/lenet5.yaml", "--batch", "4", "--train", "--repeat", "1",
+                 "--device", "h100", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["backend"] == "cpu" and profile["profile"] == "h100"
+    layers = {layer["name"]: layer for layer in profile["layers"]}
+    report = analyse(archc.load(f"{SPECS}/lenet5.yaml"), batch=4)
+    nodes = [node for node in report.nodes if node.op != "input"]
+    assert len(nodes) == len(layers)
+    for node in nodes:
+        layer = layers[node.name]
+        assert layer["flops"] == node.flops
+        assert layer["estimate_s"] > 0 or node.flops == 0
+        if node.flops:
+            assert layer["flop_rate"] == pytest.approx(node.flops / layer["forward_s"])
+    assert profile["forward_s"] == pytest.approx(sum(v["forward_s"] for v in layers.values()))
+    assert profile["images_per_s"] == pytest.approx(
+        4 / (profile["forward_s"] + profile["backward_s"]))
+
+    assert main(["bench", f"{SPECS}/lenet5.yaml", "-O2", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "conv2d+tanh" in out  # the fused kernels are what is timed
+    assert "... 5 more layers (--top 0 shows all)" in out
+    assert "time by kind:" in out and "roofline estimate of the forward pass on cpu" in out
+    assert main(["bench", f"{SPECS}/lenet5.yaml", "--top", "0"]) == 0
+    table = capsys.readouterr().out.split("\n\n")[1].splitlines()[1:]
+    assert len(table) == len(nodes)
+    shares = [float(cell[:-1]) for row in table for cell in row.split() if cell.endswith("%")]
+    assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares))
+
+
+@pytest.mark.cuda
+def test_bench_on_the_cuda_backend(tmp_path, capsys):
+    spec = tmp_path / "t.yaml"
+    spec.write_text("input: {channels: 2, height: 4, width: 4}\nlayers:\n"
+                    "  - conv2d: {out_channels: 2, kernel_size: 3, padding: 1}\n"
+                    "  - local_response_norm: 3\n  - flatten\n  - linear: 2\n")
+    assert main(["bench", str(spec), "--backend", "cuda", "--batch", "2", "--repeat", "1",
+                 "--train"]) == 0
+    out = capsys.readouterr().out
+    assert "t on cuda (the CUDA simulator), batch 2: mean of 1 pass" in out
+    assert "roofline (h100)" in out and "backward" in out
+    assert "1 of 4 layers ran through the host (no device kernel yet): " \
+           "local_response_norm" in out
