@@ -203,6 +203,22 @@ def test_run_on_cuda_from_the_command_line(tmp_path, capsys, monkeypatch):
     ("batchnorm2d", {}, (2, 3, 4, 5)),
     ("batchnorm2d", {"affine": False}, (2, 3, 2, 2)),
     ("batchnorm1d", {}, (4, 5)),
+    ("layernorm2d", {}, (2, 3, 2, 3)),
+    ("layernorm", {}, (3, 5)),
+    ("local_response_norm", {"size": 3, "alpha": 0.5, "beta": 0.75, "k": 2.0}, (2, 5, 2, 2)),
+    ("local_response_norm", {"size": 4, "alpha": 0.3, "beta": 0.5, "k": 1.0}, (1, 6, 1, 2)),
+    ("upsample", {"scale_factor": 2, "mode": "bilinear"}, (1, 2, 3, 4)),
+    ("upsample", {"size": [5, 3], "mode": "bilinear", "align_corners": True}, (1, 1, 3, 4)),
+    ("upsample", {"size": [5, 7], "mode": "nearest"}, (1, 2, 2, 3)),
+    ("unpool2d", {"kernel_size": 2, "mode": "bed_of_nails"}, (1, 2, 2, 3)),
+    ("unpool2d", {"kernel_size": [2, 3], "mode": "nearest"}, (1, 2, 2, 2)),
+    ("adaptive_avg_pool2d", {"output_size": [2, 3]}, (1, 2, 5, 7)),  # overlapping bins
+    ("adaptive_max_pool2d", {"output_size": [2, 2]}, (1, 2, 5, 5)),
+    ("global_max_pool2d", {}, (2, 2, 3, 3)),
+    ("conv_transpose2d", {"out_channels": 2, "kernel_size": 3, "stride": 2, "padding": 1,
+                          "output_padding": 1}, (1, 3, 3, 3)),
+    ("conv_transpose2d", {"out_channels": 2, "kernel_size": 2, "stride": 2, "dilation": 2},
+     (2, 2, 2, 2)),
 ])
 def test_layer_kernels_match_the_cpu_backend(kind, attrs, shape):
     import archc
@@ -337,7 +353,8 @@ def test_dropout_masks_are_drawn_on_the_device(kind, attrs, shape):
     scale = y / x
     rate = attrs["p"]
     levels = np.unique(np.round(scale, 4))
-    assert len(levels) == 2 and levels[0] == 0 and levels[1] == pytest.approx(1 / (1 - rate), rel=1e-4)
+    assert len(levels) == 2 and levels[0] == 0
+    assert levels[1] == pytest.approx(1 / (1 - rate), rel=1e-4)
     np.testing.assert_allclose(gx, scale, rtol=1e-6)  # the same mask in the backward pass
     if kind == "stochastic_depth":  # one draw per sample
         assert (scale == scale[:, :1, :1, :1]).all()
@@ -453,3 +470,35 @@ def test_archc_train_on_the_device_and_checkpoints_that_resume_on_either_backend
                         lambda: "no CUDA GPU is available on this machine")
     assert main(["train", *common, "--backend", "cuda", "--out", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err == "error: no CUDA GPU is available on this machine\n"
+
+
+SHAPES = """
+input: {channels: 4, height: 5, width: 5}
+layers:
+  - name: a
+    slice: {start: 1, end: 3}
+  - name: small
+    max_pool2d: 2
+  - center_crop: [a, small]
+  - conv_transpose2d: {out_channels: 2, kernel_size: 2, stride: 2, groups: 2}
+  - flatten
+  - linear: 2
+"""
+
+
+def test_slices_crops_and_a_host_fallback_between_device_layers():
+    import archc
+
+    graph = archc.load("shapes.yaml", text=SHAPES)
+    gpu, host = archc.compile(graph, backend="cuda", seed=4), archc.compile(graph, "cpu", seed=4)
+    placed = [gpu.backend.on_device(op) for op in gpu.program.ops]
+    assert placed == [True, True, True, False, True, True]  # grouped transposed conv: host
+    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
+    expected = host(x)
+    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
+    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
+    a, b = host.backward(gy), gpu.backward(gy)
+    np.testing.assert_allclose(b.input, a.input, rtol=1e-4, atol=1e-6)
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)

@@ -22,6 +22,7 @@ from runtime.backends import cpu
 from runtime.backends.base import Backend
 from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import layers as L
+from runtime.backends.cuda import resample as R
 from runtime.backends.cuda import tensor as T
 from runtime.backends.cuda import training
 from runtime.backends.epilogue import activation_of, fused_backward, keep_pre_activation
@@ -222,16 +223,100 @@ def _global(op) -> bool:
     return tuple(op.out_shape[1:]) == (1, 1)
 
 
-def global_pool_forward(op, xs, p, ctx):
-    if not _global(op):
+def adaptive_pool_forward(op, xs, p, ctx):
+    """Adaptive and global pooling; a global average is a row-sum reduction per plane."""
+    if "avg" in op.kind and _global(op):
+        return L.global_avg_pool(xs[0])
+    y, idx = R.adaptive_pool(xs[0], op.out_shape[1:], "max" in op.kind)
+    if idx is not None:
+        ctx.setdefault("saved", {})[op.output] = idx
+    return y
+
+
+def adaptive_pool_backward(op, xs, y, gy, p, ctx):
+    if "avg" in op.kind and _global(op):
+        return [L.global_avg_pool_backward(gy, xs[0].shape)], {}
+    idx = ctx.get("saved", {}).get(op.output) if "max" in op.kind else None
+    return [R.adaptive_pool_backward(gy, xs[0].shape, idx)], {}
+
+
+def upsample_forward(op, xs, p, ctx):
+    return R.upsample(op, xs[0])
+
+
+def upsample_backward(op, xs, y, gy, p, ctx):
+    return [R.upsample_backward(op, xs[0].shape, gy)], {}
+
+
+def unpool_forward(op, xs, p, ctx):
+    return R.unpool(xs[0], op.attrs["kernel_size"], op.attrs["mode"] == "nearest")
+
+
+def unpool_backward(op, xs, y, gy, p, ctx):
+    return [R.unpool_backward(gy, xs[0].shape, op.attrs["kernel_size"],
+                              op.attrs["mode"] == "nearest")], {}
+
+
+def center_crop_forward(op, xs, p, ctx):
+    return R.center_crop(xs[0], op.attrs["out_size"])
+
+
+def center_crop_backward(op, xs, y, gy, p, ctx):
+    return [R.center_crop_backward(gy, xs[0].shape)] + [None] * (len(xs) - 1), {}
+
+
+def layernorm_forward(op, xs, p, ctx):
+    return L.layernorm(xs[0], p.get("weight"), p.get("bias"), op.attrs["eps"])
+
+
+def layernorm_backward(op, xs, y, gy, p, ctx):
+    gx, g_weight, g_bias = L.layernorm_backward(xs[0], gy, p.get("weight"), op.attrs["eps"])
+    return [gx], ({"weight": g_weight, "bias": g_bias} if "weight" in p else {})
+
+
+def _lrn(op) -> tuple:
+    a = op.attrs
+    return a["size"], a["alpha"], a["beta"], a["k"]
+
+
+def lrn_forward(op, xs, p, ctx):
+    return L.lrn(xs[0], *_lrn(op))
+
+
+def lrn_backward(op, xs, y, gy, p, ctx):
+    return [L.lrn_backward(xs[0], gy, *_lrn(op))], {}
+
+
+def _transposed(op) -> dict:
+    a = op.attrs
+    return {"stride": a["stride"], "dilation": a["dilation"], "padding": a["padding"]}
+
+
+def conv_transpose2d_forward(op, xs, p, ctx):
+    if op.attrs["groups"] != 1:
         return _host_forward(op.kind)(op, xs, p, ctx)
-    return L.global_avg_pool(xs[0])
+    return K.conv_transpose2d_forward(xs[0], p["weight"], p.get("bias"),
+                                      out_hw=op.out_shape[1:], **_transposed(op))
 
 
-def global_pool_backward(op, xs, y, gy, p, ctx):
-    if not _global(op):
+def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
+    if op.attrs["groups"] != 1:
         return _host_backward(op.kind)(op, xs, y, gy, p, ctx)
-    return [L.global_avg_pool_backward(gy, xs[0].shape)], {}
+    gx, gw, gb = K.conv_transpose2d_backward(xs[0], p["weight"], gy, **_transposed(op))
+    return [gx], ({"weight": gw, "bias": gb} if "bias" in p else {"weight": gw})
+
+
+POOLS = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
+         "global_max_pool2d")
+for _kind in POOLS:
+    KERNELS[_kind], BACKWARD[_kind] = adaptive_pool_forward, adaptive_pool_backward
+for _kind in ("layernorm", "layernorm2d"):
+    KERNELS[_kind], BACKWARD[_kind] = layernorm_forward, layernorm_backward
+KERNELS["local_response_norm"], BACKWARD["local_response_norm"] = lrn_forward, lrn_backward
+KERNELS.update(upsample=upsample_forward, unpool2d=unpool_forward,
+               center_crop=center_crop_forward, conv_transpose2d=conv_transpose2d_forward)
+BACKWARD.update(upsample=upsample_backward, unpool2d=unpool_backward,
+                center_crop=center_crop_backward, conv_transpose2d=conv_transpose2d_backward)
 
 
 def batchnorm_forward(op, xs, p, ctx):
@@ -309,6 +394,24 @@ def concat_backward(op, xs, y, gy, p, ctx):
     return T.split_channels(gy, [x.shape[1] for x in xs]), {}
 
 
+def _channel_range(op, channels: int) -> tuple[int, int]:
+    start, stop, _ = slice(op.attrs["start"], op.attrs["end"]).indices(channels)
+    return start, stop
+
+
+def slice_forward(op, xs, p, ctx):
+    if not _channel_axis(op):
+        return _host_forward("slice")(op, xs, p, ctx)
+    return T.slice_channels(xs[0], *_channel_range(op, xs[0].shape[1]))
+
+
+def slice_backward(op, xs, y, gy, p, ctx):
+    if not _channel_axis(op):
+        return _host_backward("slice")(op, xs, y, gy, p, ctx)
+    start, _ = _channel_range(op, xs[0].shape[1])
+    return [T.slice_channels_backward(gy, xs[0].shape, start)], {}
+
+
 def channel_shuffle_forward(op, xs, p, ctx):
     return T.channel_shuffle(xs[0], op.attrs["groups"])
 
@@ -340,16 +443,16 @@ def layer_scale_backward(op, xs, y, gy, p, ctx):
 
 
 KERNELS.update(multiply=multiply_forward, concat=concat_forward, softmax=softmax_forward,
+               slice=slice_forward,
                channel_shuffle=channel_shuffle_forward, layer_scale=layer_scale_forward)
 BACKWARD.update(multiply=multiply_backward, concat=concat_backward, softmax=softmax_backward,
+                slice=slice_backward,
                 channel_shuffle=channel_shuffle_backward, layer_scale=layer_scale_backward)
 
 
 KERNELS.update(max_pool2d=max_pool_forward, avg_pool2d=avg_pool_forward,
-               global_avg_pool2d=global_pool_forward, adaptive_avg_pool2d=global_pool_forward,
                batchnorm2d=batchnorm_forward, batchnorm1d=batchnorm_forward)
 BACKWARD.update(max_pool2d=max_pool_backward, avg_pool2d=avg_pool_backward,
-                global_avg_pool2d=global_pool_backward, adaptive_avg_pool2d=global_pool_backward,
                 batchnorm2d=batchnorm_backward, batchnorm1d=batchnorm_backward)
 KERNELS.update(conv2d=conv2d_forward, linear=linear_forward, add=add_forward,
                flatten=view_forward, reshape=view_forward, identity=identity_forward)
@@ -364,17 +467,19 @@ for _kind in ("dropout", "stochastic_depth"):
 
 DEVICE_OPS = frozenset(("conv2d", "linear", "add", "flatten", "reshape", "identity", "dropout",
                         "stochastic_depth", "max_pool2d", "avg_pool2d", "batchnorm2d",
-                        "batchnorm1d", "multiply", "channel_shuffle", "layer_scale")
-                       + ACTIVATIONS)
+                        "batchnorm1d", "multiply", "channel_shuffle", "layer_scale",
+                        "upsample", "unpool2d", "center_crop", "layernorm", "layernorm2d",
+                        "local_response_norm")
+                       + ACTIVATIONS + POOLS)
 
 
 def on_device(op) -> bool:
     """Whether an op runs on the device (else through the host fallback)."""
     if op.kind == "add":
         return len(op.inputs) == 2 and op.in_shapes[0] == op.in_shapes[1]
-    if op.kind in ("global_avg_pool2d", "adaptive_avg_pool2d"):
-        return _global(op)
-    if op.kind in ("concat", "softmax"):
+    if op.kind == "conv_transpose2d":
+        return op.attrs["groups"] == 1
+    if op.kind in ("concat", "softmax", "slice"):
         return _channel_axis(op)
     return op.kind in DEVICE_OPS
 

@@ -375,3 +375,50 @@ def conv2d_backward(x_shape, w, cols, gy, *, stride, dilation, pads, groups=1):
     gbias = cuda.device_array(o, dtype=np.float32)
     row_sum_kernel[o, ELEMENTWISE_BLOCK](gy_rows, gbias)
     return gx, gw.reshape(w.shape), gbias
+
+
+@cuda.jit(cache=True)
+def add_bias_kernel(y, bias):
+    """y[b, c, p] += bias[c] on an (N, C, HW) view."""
+    n, c, hw = y.shape
+    for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[e // (c * hw), (e // hw) % c, e % hw] += bias[(e // hw) % c]
+
+
+def _rows(x):
+    n, c, h, w = x.shape
+    rows = cuda.device_array((c, n * h * w), dtype=np.float32)
+    _launch(nchw_to_rows_kernel, x.size, x, rows)
+    return rows
+
+
+def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw):
+    """The adjoint of a conv (groups 1): cols = W^T @ x's rows (one GEMM), then col2im
+    adds every input pixel's column onto the output; the bias after."""
+    n, c, h, wd = x.shape
+    cin, cout, kh, kw = w.shape
+    (sh, sw), (dh, dw), (ph, pw), (ho, wo) = stride, dilation, padding, out_hw
+    cols = gemm(w.reshape(cin, cout * kh * kw), _rows(x), trans_a=True)
+    y = cuda.device_array((n, cout, ho, wo), dtype=np.float32)
+    _launch(col2im_kernel, y.size, cols, y, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
+    if bias is not None:
+        _launch(add_bias_kernel, y.size, y.reshape(n, cout, ho * wo), bias)
+    return y
+
+
+def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding):
+    """(gx, gw, gbias): gy's im2col matrix (a conv's input), gx = W @ it, gw = x's rows @
+    its transpose."""
+    n, c, h, wd = x.shape
+    cin, cout, kh, kw = w.shape
+    (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding
+    cols = cuda.device_array((cout * kh * kw, n * h * wd), dtype=np.float32)
+    _launch(im2col_kernel, cols.size, gy, cols, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
+    gx_rows = gemm(w.reshape(cin, cout * kh * kw), cols)
+    gx = cuda.device_array(x.shape, dtype=np.float32)
+    _launch(rows_to_nchw_kernel, gx.size, gx_rows, gx)
+    gw = gemm(_rows(x), cols, trans_b=True).reshape(w.shape)
+    gy_rows = _rows(gy)
+    gbias = cuda.device_array(cout, dtype=np.float32)
+    row_sum_kernel[cout, ELEMENTWISE_BLOCK](gy_rows, gbias)
+    return gx, gw, gbias

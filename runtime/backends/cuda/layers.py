@@ -341,3 +341,132 @@ def batchnorm_backward(x, gy, mean, var, weight, eps: float):
         x.reshape(shape), gy.reshape(shape), gx, g_weight, g_bias, mean, var,
         _empty() if weight is None else weight, eps)
     return gx.reshape(x.shape), g_weight, g_bias
+
+
+# --------------------------------------------------------------------------- layer norm
+@cuda.jit(cache=True)
+def layernorm_kernel(x, y, weight, bias, eps):
+    """Normalise over the channels of (N, C, HW) at every (sample, position): one thread
+    each walks its C values (mean, then the mean squared deviation); empty weight/bias:
+    no affine."""
+    n, c, hw = x.shape
+    for e in range(cuda.grid(1), n * hw, cuda.gridsize(1)):
+        b, p = e // hw, e % hw
+        mu = 0.0
+        for ch in range(c):
+            mu += x[b, ch, p]
+        mu /= c
+        var = 0.0
+        for ch in range(c):
+            d = x[b, ch, p] - mu
+            var += d * d
+        inv = 1.0 / math.sqrt(var / c + eps)
+        for ch in range(c):
+            v = (x[b, ch, p] - mu) * inv
+            y[b, ch, p] = v * weight[ch] + bias[ch] if weight.size else v
+
+
+@cuda.jit(cache=True)
+def layernorm_backward_kernel(x, gy, weight, eps, gx, gy_xhat):
+    """gx = inv * (g - mean(g) - x_hat * mean(g * x_hat)) with g = gy * weight, per
+    (sample, position); gy_xhat = gy * x_hat, which the weight gradient sums."""
+    n, c, hw = x.shape
+    for e in range(cuda.grid(1), n * hw, cuda.gridsize(1)):
+        b, p = e // hw, e % hw
+        mu = 0.0
+        for ch in range(c):
+            mu += x[b, ch, p]
+        mu /= c
+        var = 0.0
+        for ch in range(c):
+            d = x[b, ch, p] - mu
+            var += d * d
+        inv = 1.0 / math.sqrt(var / c + eps)
+        mean_g, mean_gx = 0.0, 0.0
+        for ch in range(c):
+            xhat = (x[b, ch, p] - mu) * inv
+            g = gy[b, ch, p] * (weight[ch] if weight.size else 1.0)
+            mean_g += g
+            mean_gx += g * xhat
+            gy_xhat[b, ch, p] = gy[b, ch, p] * xhat
+        mean_g /= c
+        mean_gx /= c
+        for ch in range(c):
+            xhat = (x[b, ch, p] - mu) * inv
+            g = gy[b, ch, p] * (weight[ch] if weight.size else 1.0)
+            gx[b, ch, p] = inv * (g - mean_g - xhat * mean_gx)
+
+
+def _planes(x):
+    n, c = x.shape[:2]
+    return x.reshape(n, c, x.size // (n * c))
+
+
+def layernorm(x, weight, bias, eps: float):
+    view = _planes(x)
+    y = cuda.device_array(view.shape, dtype=np.float32)
+    _launch(layernorm_kernel, view.shape[0] * view.shape[2], view, y,
+            _empty() if weight is None else weight, _empty() if bias is None else bias, eps)
+    return y.reshape(x.shape)
+
+
+def layernorm_backward(x, gy, weight, eps: float):
+    """(gx, g_weight, g_bias)."""
+    view = _planes(x)
+    gx = cuda.device_array(view.shape, dtype=np.float32)
+    gy_xhat = cuda.device_array(view.shape, dtype=np.float32)
+    _launch(layernorm_backward_kernel, view.shape[0] * view.shape[2], view, _planes(gy),
+            _empty() if weight is None else weight, eps, gx, gy_xhat)
+    c = view.shape[1]
+    g_weight = cuda.device_array(c, dtype=np.float32)
+    g_bias = cuda.device_array(c, dtype=np.float32)
+    channel_sum_kernel[c, ELEMENTWISE_BLOCK](gy_xhat, g_weight)
+    channel_sum_kernel[c, ELEMENTWISE_BLOCK](_planes(gy), g_bias)
+    return gx.reshape(x.shape), g_weight, g_bias
+
+
+# --------------------------------------------------------------------------- LRN
+@cuda.jit(device=True, inline=True)
+def _lrn_denominator(x, b, ch, p, size, alpha, k):
+    """k + alpha / size * the sum of squares over channels ch - size//2 .. ch + (size-1)//2."""
+    c = x.shape[1]
+    total = 0.0
+    for j in range(max(ch - size // 2, 0), min(ch + (size - 1) // 2 + 1, c)):
+        total += x[b, j, p] * x[b, j, p]
+    return k + alpha / size * total
+
+
+@cuda.jit(cache=True)
+def lrn_kernel(x, y, size, alpha, beta, k):
+    n, c, hw = x.shape
+    for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        b, ch, p = e // (c * hw), (e // hw) % c, e % hw
+        y[b, ch, p] = x[b, ch, p] * _lrn_denominator(x, b, ch, p, size, alpha, k) ** -beta
+
+
+@cuda.jit(cache=True)
+def lrn_backward_kernel(x, gy, gx, size, alpha, beta, k):
+    """gx_c = gy_c d_c^-beta - 2 alpha beta / size x_c sum_j gy_j x_j d_j^(-beta-1) over
+    the channels j whose window holds c."""
+    n, c, hw = x.shape
+    for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        b, ch, p = e // (c * hw), (e // hw) % c, e % hw
+        total = 0.0
+        for j in range(max(ch - (size - 1) // 2, 0), min(ch + size // 2 + 1, c)):
+            d = _lrn_denominator(x, b, j, p, size, alpha, k)
+            total += gy[b, j, p] * x[b, j, p] * d ** (-beta - 1.0)
+        d = _lrn_denominator(x, b, ch, p, size, alpha, k)
+        gx[b, ch, p] = gy[b, ch, p] * d ** -beta - 2.0 * alpha * beta / size * x[b, ch, p] * total
+
+
+def lrn(x, size: int, alpha: float, beta: float, k: float):
+    y = cuda.device_array(x.shape, dtype=np.float32)
+    _launch(lrn_kernel, x.size, _planes(x), _planes(y), size, alpha, beta, k)
+    return y
+
+
+def lrn_backward(x, gy, size: int, alpha: float, beta: float, k: float):
+    gx = cuda.device_array(x.shape, dtype=np.float32)
+    _launch(lrn_backward_kernel, x.size, _planes(x), _planes(gy), _planes(gx), size, alpha,
+            beta, k)
+    return gx

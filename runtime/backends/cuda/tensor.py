@@ -216,3 +216,17 @@ def softmax_backward(y, gy):
     _launch(softmax_backward_kernel, view.shape[0] * view.shape[2], view, _channel_view(gy),
             _channel_view(gx))
     return gx
+
+
+def slice_channels(x, start: int, stop: int):
+    """x[:, start:stop] along the channels, contiguous."""
+    y = cuda.device_array((x.shape[0], stop - start) + tuple(x.shape[2:]), dtype=np.float32)
+    _launch(copy_channels_kernel, y.size, _channel_view(y), _channel_view(x), start, False)
+    return y
+
+
+def slice_channels_backward(gy, x_shape, start: int):
+    """The slice's gradient: gy in its channels, zeros elsewhere."""
+    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    _launch(copy_channels_kernel, gy.size, _channel_view(gy), _channel_view(gx), start, True)
+    return gx
