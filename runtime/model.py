@@ -79,6 +79,7 @@ class Model:
         self.training = False
         self.rng = np.random.default_rng(seed)
         self._tape: tuple[dict, dict] | None = None
+        self._plans: dict[int, MemoryPlan] = {}
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -134,7 +135,9 @@ class Model:
 
     def memory_plan(self, batch: int = 1) -> MemoryPlan:
         """The inference buffer plan (arena size, peak and naive bytes) for a batch."""
-        return plan_memory(self.program, batch)
+        if batch not in self._plans:
+            self._plans[batch] = plan_memory(self.program, batch)
+        return self._plans[batch]
 
     def load(self, path: str | Path) -> None:
         loaded = load_params(path, self.program)
@@ -213,6 +216,9 @@ class Model:
         values = self._inputs(x)
         last = self._last_uses()
         ctx = self._context(keep=False)
+        # where each value may live (a device backend places its results there)
+        batch = next(iter(values.values())).shape[0]
+        ctx["plan"], ctx["batch"] = self.memory_plan(batch), batch
         device = self._params_on_device()
         peak = 0
         with self._scope():

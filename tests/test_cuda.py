@@ -158,9 +158,7 @@ def test_a_network_runs_forward_and_backward_on_the_device():
     graph = archc.load("tiny.yaml", text=TINY)
     gpu = archc.compile(graph, backend="cuda", seed=2)
     host = archc.compile(graph, backend="cpu", seed=2)
-    on_device = [op.kind for op in gpu.program.ops if gpu.backend.on_device(op)]
-    assert on_device == ["conv2d", "conv2d", "add", "tanh", "avg_pool2d", "dropout", "flatten",
-                         "linear", "linear"]  # layernorm2d goes through the host fallback
+    assert all(gpu.backend.on_device(op) for op in gpu.program.ops)
     x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
     expected = host(x)
     np.testing.assert_allclose(gpu.predict(x), expected, rtol=1e-5, atol=1e-6)
@@ -185,7 +183,7 @@ def test_run_on_cuda_from_the_command_line(tmp_path, capsys, monkeypatch):
     spec.write_text(TINY)
     assert main(["run", str(spec), "--backend", "cuda", "--batch", "2"]) == 0
     out = capsys.readouterr().out
-    assert "forward pass on cuda" in out and "9 of 10 layers on the device" in out
+    assert "forward pass on cuda" in out and "10 of 10 layers on the device" in out
     monkeypatch.setattr(cuda_backend, "unavailable_reason",
                         lambda: "no CUDA GPU is available on this machine")
     assert main(["run", str(spec), "--backend", "cuda"]) == 2
@@ -502,3 +500,33 @@ def test_slices_crops_and_a_host_fallback_between_device_layers():
     for name in a.params:
         np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
                                    err_msg=name)
+
+
+def test_inference_results_live_in_the_memory_plans_arena(monkeypatch):
+    """predict() places every device op's result in one device buffer, at the offsets of
+    the lowering's memory plan (reusing the room of dead values), and the outputs stay
+    right over passes that reuse the buffer."""
+    import archc
+    from runtime.backends.cuda import kernels as K
+
+    graph = archc.load("tiny.yaml", text=TINY)
+    gpu, host = archc.compile(graph, backend="cuda", seed=2), archc.compile(graph, "cpu", seed=2)
+    placed = []
+    take = K.ARENA.take
+
+    def counted(shape):
+        view = take(shape)
+        placed.append(view is not None)
+        return view
+
+    monkeypatch.setattr(K.ARENA, "take", counted)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        placed.clear()
+        x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+        np.testing.assert_allclose(gpu.predict(x), host.predict(x), rtol=1e-5, atol=1e-6)
+        computed = [op for op in gpu.program.ops if gpu.backend.on_device(op) and not op.view]
+        assert sum(placed) == len(computed)  # each result took its slot
+    plan = gpu.memory_plan(2)
+    assert K.ARENA.buffer.size * 4 >= plan.arena_bytes
+    assert plan.arena_bytes < plan.naive_bytes

@@ -14,6 +14,7 @@ at inference.
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -482,6 +483,27 @@ def on_device(op) -> bool:
     if op.kind in ("concat", "softmax", "slice"):
         return _channel_axis(op)
     return op.kind in DEVICE_OPS
+
+
+def _planned(kernel):
+    """Run an op's kernel with its result placed where the inference memory plan puts it
+    (``predict``: ``ctx["plan"]``): the arena is one device buffer for the whole pass."""
+    def run(op, xs, p, ctx):
+        plan = ctx.get("plan")
+        if plan is None or op.view:
+            return kernel(op, xs, p, ctx)
+        arena = K.ARENA.reserve(plan.arena_bytes)
+        shape = (ctx["batch"],) + tuple(op.out_shape)
+        start = plan.offsets[op.output] // 4
+        K.ARENA.slot = (shape, arena[start:start + math.prod(shape)])
+        try:
+            return kernel(op, xs, p, ctx)
+        finally:
+            K.ARENA.slot = None
+    return run
+
+
+KERNELS = {kind: _planned(kernel) for kind, kernel in KERNELS.items()}
 
 
 class EventClock:

@@ -44,6 +44,46 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_C = math.sqrt(2.0 / math.pi)
 
 
+class Arena:
+    """The inference memory plan (``runtime.memory``) on the device: one float32 buffer of
+    the plan's arena size, kept between passes, and the slot planned for the op running
+    now. ``empty`` hands out that slot for the op's first request of its output's size
+    (the kernels' results come from ``empty``), so activations live where the plan put them
+    instead of in fresh allocations. Whatever takes the slot is safe: the plan keeps an
+    op's output room clear of every value alive during the op."""
+
+    def __init__(self):
+        self.buffer = None
+        self.slot = None  # (shape, view) for the op running now
+
+    def reserve(self, nbytes: int):
+        if self.buffer is None or self.buffer.size * 4 < nbytes:
+            self.buffer = cuda.device_array(max(nbytes // 4, 1), dtype=np.float32)
+        return self.buffer
+
+    def take(self, shape):
+        """The slot as an array of ``shape`` when it has that many elements (then it is
+        used up), else None."""
+        if self.slot is not None and math.prod(self.slot[0]) == math.prod(shape):
+            view, self.slot = self.slot[1], None
+            return view.reshape(shape)
+        return None
+
+
+ARENA = Arena()
+
+
+def empty(shape, dtype=np.float32):
+    """A device array for a kernel's result: the planned slot when one waits with this
+    many elements (``ARENA``; the first such request of an op gets it, so kernels ask
+    for their result before their temporaries), otherwise a fresh allocation."""
+    if dtype == np.float32:
+        planned = ARENA.take(shape if isinstance(shape, tuple) else (shape,))
+        if planned is not None:
+            return planned
+    return cuda.device_array(shape, dtype=dtype)
+
+
 @cuda.jit(device=True, inline=True)
 def _sigmoid(v):
     return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
@@ -204,9 +244,9 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_
     k_b = b.shape[1] if trans_b else b.shape[0]
     if k_a != k_b:
         raise ValueError(f"gemm: inner dimensions differ ({k_a} and {k_b})")
-    c = cuda.device_array((m, n), dtype=np.float32) if out is None else out
+    c = empty((m, n)) if out is None else out
     if bias is None:
-        bias, bias_mode = cuda.device_array(1, dtype=np.float32), 0
+        bias, bias_mode = empty(1), 0
     code, slope = _codes(activation)
     grid = ((n + TILE - 1) // TILE, (m + TILE - 1) // TILE)
     gemm_kernel[grid, (THREADS, THREADS)](a, b, c, trans_a, trans_b, bias, bias_mode, code,
@@ -217,14 +257,14 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_
 def activation_forward(x, name: str, attrs: dict):
     code, slope = activation_code(name, attrs)
     flat = x.reshape(x.size)
-    y = cuda.device_array(x.size, dtype=np.float32)
+    y = empty(x.size)
     activation_forward_kernel[_blocks(x.size), ELEMENTWISE_THREADS](flat, y, code, slope)
     return y.reshape(x.shape)
 
 
 def activation_backward(x, y, gy, name: str, attrs: dict):
     code, slope = activation_code(name, attrs)
-    gx = cuda.device_array(x.size, dtype=np.float32)
+    gx = empty(x.size)
     activation_backward_kernel[_blocks(x.size), ELEMENTWISE_THREADS](
         x.reshape(x.size), y.reshape(y.size), gy.reshape(gy.size), gx, code, slope)
     return gx.reshape(x.shape)
@@ -233,7 +273,7 @@ def activation_backward(x, y, gy, name: str, attrs: dict):
 def add(a, b):
     if a.shape != b.shape:
         raise ValueError(f"add: shapes differ ({a.shape} and {b.shape})")
-    out = cuda.device_array(a.size, dtype=np.float32)
+    out = empty(a.size)
     add_kernel[_blocks(a.size), ELEMENTWISE_THREADS](a.reshape(a.size), b.reshape(b.size), out)
     return out.reshape(a.shape)
 
@@ -337,9 +377,10 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
-    cols = cuda.device_array((c * kh * kw, n * ho * wo), dtype=np.float32)
+    y = empty((n, o, ho, wo))  # the result first: it takes the planned slot
+    cols = empty((c * kh * kw, n * ho * wo))
     _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    rows = cuda.device_array((o, n * ho * wo), dtype=np.float32)
+    rows = empty((o, n * ho * wo))
     og, k = o // groups, cg * kh * kw
     wmat = w.reshape(o, k)
     for g in range(groups):
@@ -347,7 +388,6 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
              bias=None if bias is None else bias[g * og:(g + 1) * og],
              bias_mode=0 if bias is None else 1, activation=activation,
              out=rows[g * og:(g + 1) * og])
-    y = cuda.device_array((n, o, ho, wo), dtype=np.float32)
     _launch(rows_to_nchw_kernel, y.size, rows, y)
     return y, cols
 
@@ -360,19 +400,19 @@ def conv2d_backward(x_shape, w, cols, gy, *, stride, dilation, pads, groups=1):
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
-    gy_rows = cuda.device_array((o, n * ho * wo), dtype=np.float32)
+    gy_rows = empty((o, n * ho * wo))
     _launch(nchw_to_rows_kernel, gy.size, gy, gy_rows)
     og, k = o // groups, cg * kh * kw
     wmat = w.reshape(o, k)
-    gw = cuda.device_array((o, k), dtype=np.float32)
-    gcols = cuda.device_array((c * kh * kw, n * ho * wo), dtype=np.float32)
+    gw = empty((o, k))
+    gcols = empty((c * kh * kw, n * ho * wo))
     for g in range(groups):
         rows, wg = gy_rows[g * og:(g + 1) * og], wmat[g * og:(g + 1) * og]
         gemm(rows, cols[g * k:(g + 1) * k], trans_b=True, out=gw[g * og:(g + 1) * og])
         gemm(wg, rows, trans_a=True, out=gcols[g * k:(g + 1) * k])
-    gx = cuda.device_array((n, c, h, wd), dtype=np.float32)
+    gx = empty((n, c, h, wd))
     _launch(col2im_kernel, gx.size, gcols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    gbias = cuda.device_array(o, dtype=np.float32)
+    gbias = empty(o)
     row_sum_kernel[o, ELEMENTWISE_BLOCK](gy_rows, gbias)
     return gx, gw.reshape(w.shape), gbias
 
@@ -387,7 +427,7 @@ def add_bias_kernel(y, bias):
 
 def _rows(x):
     n, c, h, w = x.shape
-    rows = cuda.device_array((c, n * h * w), dtype=np.float32)
+    rows = empty((c, n * h * w))
     _launch(nchw_to_rows_kernel, x.size, x, rows)
     return rows
 
@@ -398,8 +438,8 @@ def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw):
     n, c, h, wd = x.shape
     cin, cout, kh, kw = w.shape
     (sh, sw), (dh, dw), (ph, pw), (ho, wo) = stride, dilation, padding, out_hw
+    y = empty((n, cout, ho, wo))  # the result first: it takes the planned slot
     cols = gemm(w.reshape(cin, cout * kh * kw), _rows(x), trans_a=True)
-    y = cuda.device_array((n, cout, ho, wo), dtype=np.float32)
     _launch(col2im_kernel, y.size, cols, y, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
     if bias is not None:
         _launch(add_bias_kernel, y.size, y.reshape(n, cout, ho * wo), bias)
@@ -412,13 +452,13 @@ def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding):
     n, c, h, wd = x.shape
     cin, cout, kh, kw = w.shape
     (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding
-    cols = cuda.device_array((cout * kh * kw, n * h * wd), dtype=np.float32)
+    cols = empty((cout * kh * kw, n * h * wd))
     _launch(im2col_kernel, cols.size, gy, cols, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
     gx_rows = gemm(w.reshape(cin, cout * kh * kw), cols)
-    gx = cuda.device_array(x.shape, dtype=np.float32)
+    gx = empty(x.shape)
     _launch(rows_to_nchw_kernel, gx.size, gx_rows, gx)
     gw = gemm(_rows(x), cols, trans_b=True).reshape(w.shape)
     gy_rows = _rows(gy)
-    gbias = cuda.device_array(cout, dtype=np.float32)
+    gbias = empty(cout)
     row_sum_kernel[cout, ELEMENTWISE_BLOCK](gy_rows, gbias)
     return gx, gw, gbias

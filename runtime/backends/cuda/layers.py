@@ -28,6 +28,7 @@ from runtime.backends.cuda.kernels import (
     activate,
     block_sum,
     cuda,
+    empty,
     row_sum_kernel,
 )
 
@@ -244,7 +245,7 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None):
     n = x.shape[0]
     o = w.shape[0]
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
-    y = cuda.device_array((n, o) + tuple(out_hw), dtype=np.float32)
+    y = empty((n, o) + tuple(out_hw))
     code, slope = _codes(activation)
     _launch(depthwise_kernel, y.size, x, w, _empty() if bias is None else bias, y, sh, sw, dh,
             dw, pt, pl, code, slope)
@@ -254,18 +255,18 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None):
 def depthwise_backward(x, w, gy, *, stride, dilation, pads):
     """(gx, gw, gbias) of a depthwise conv."""
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
-    gx = cuda.device_array(x.shape, dtype=np.float32)
+    gx = empty(x.shape)
     _launch(depthwise_input_grad_kernel, gx.size, gy, w, gx, sh, sw, dh, dw, pt, pl)
-    gw = cuda.device_array(w.shape, dtype=np.float32)
+    gw = empty(w.shape)
     depthwise_filter_grad_kernel[w.size, ELEMENTWISE_BLOCK](x, gy, gw, sh, sw, dh, dw, pt, pl)
     n, o = gy.shape[:2]
-    gbias = cuda.device_array(o, dtype=np.float32)
+    gbias = empty(o)
     channel_sum_kernel[o, ELEMENTWISE_BLOCK](gy.reshape(n, o, gy.size // (n * o)), gbias)
     return gx, gw, gbias
 
 def max_pool(x, kernel, stride, dilation, top, left, out_hw):
     n, c = x.shape[:2]
-    y = cuda.device_array((n, c) + tuple(out_hw), dtype=np.float32)
+    y = empty((n, c) + tuple(out_hw))
     idx = cuda.device_array((n, c) + tuple(out_hw), dtype=np.int64)
     _launch(max_pool_kernel, y.size, x, y, idx, *kernel, *stride, *dilation, top, left)
     return y, idx
@@ -279,7 +280,7 @@ def max_pool_backward(gy, idx, x_shape):
 
 def avg_pool(x, kernel, stride, top, left, padding, include_pad, out_hw):
     n, c = x.shape[:2]
-    y = cuda.device_array((n, c) + tuple(out_hw), dtype=np.float32)
+    y = empty((n, c) + tuple(out_hw))
     _launch(avg_pool_kernel, y.size, x, y, *kernel, *stride, top, left, *padding, include_pad)
     return y
 
@@ -293,13 +294,13 @@ def avg_pool_backward(gy, x_shape, kernel, stride, top, left, padding, include_p
 
 def global_avg_pool(x):
     n, c, h, w = x.shape
-    sums = cuda.device_array(n * c, dtype=np.float32)
+    sums = empty(n * c)
     row_sum_kernel[n * c, ELEMENTWISE_BLOCK](x.reshape(n * c, h * w), sums)
     return _scaled(sums, 1.0 / (h * w)).reshape(n, c, 1, 1)
 
 
 def global_avg_pool_backward(gy, x_shape):
-    gx = cuda.device_array(x_shape, dtype=np.float32)
+    gx = empty(x_shape)
     n, c, h, w = x_shape
     _launch(broadcast_plane_kernel, gx.size, gy.reshape(n * c), gx, 1.0 / (h * w))
     return gx
@@ -313,19 +314,19 @@ def _scale_kernel(a, out, scale):
 
 
 def _scaled(a, scale: float):
-    out = cuda.device_array(a.size, dtype=np.float32)
+    out = empty(a.size)
     _launch(_scale_kernel, a.size, a, out, scale)
     return out
 
 
 def _empty():
-    return cuda.device_array(0, dtype=np.float32)
+    return empty(0)
 
 
 def batchnorm(x, mean, var, weight, bias, eps: float):
     n, c = x.shape[:2]
     view = x.reshape(n, c, x.size // (n * c))
-    y = cuda.device_array(view.shape, dtype=np.float32)
+    y = empty(view.shape)
     _launch(batchnorm_kernel, y.size, view, y, mean, var,
             _empty() if weight is None else weight, _empty() if bias is None else bias, eps)
     return y.reshape(x.shape)
@@ -334,9 +335,9 @@ def batchnorm(x, mean, var, weight, bias, eps: float):
 def batchnorm_backward(x, gy, mean, var, weight, eps: float):
     n, c = x.shape[:2]
     shape = (n, c, x.size // (n * c))
-    gx = cuda.device_array(shape, dtype=np.float32)
-    g_weight = cuda.device_array(c, dtype=np.float32)
-    g_bias = cuda.device_array(c, dtype=np.float32)
+    gx = empty(shape)
+    g_weight = empty(c)
+    g_bias = empty(c)
     batchnorm_backward_kernel[c, ELEMENTWISE_BLOCK](
         x.reshape(shape), gy.reshape(shape), gx, g_weight, g_bias, mean, var,
         _empty() if weight is None else weight, eps)
@@ -404,7 +405,7 @@ def _planes(x):
 
 def layernorm(x, weight, bias, eps: float):
     view = _planes(x)
-    y = cuda.device_array(view.shape, dtype=np.float32)
+    y = empty(view.shape)
     _launch(layernorm_kernel, view.shape[0] * view.shape[2], view, y,
             _empty() if weight is None else weight, _empty() if bias is None else bias, eps)
     return y.reshape(x.shape)
@@ -413,13 +414,13 @@ def layernorm(x, weight, bias, eps: float):
 def layernorm_backward(x, gy, weight, eps: float):
     """(gx, g_weight, g_bias)."""
     view = _planes(x)
-    gx = cuda.device_array(view.shape, dtype=np.float32)
-    gy_xhat = cuda.device_array(view.shape, dtype=np.float32)
+    gx = empty(view.shape)
+    gy_xhat = empty(view.shape)
     _launch(layernorm_backward_kernel, view.shape[0] * view.shape[2], view, _planes(gy),
             _empty() if weight is None else weight, eps, gx, gy_xhat)
     c = view.shape[1]
-    g_weight = cuda.device_array(c, dtype=np.float32)
-    g_bias = cuda.device_array(c, dtype=np.float32)
+    g_weight = empty(c)
+    g_bias = empty(c)
     channel_sum_kernel[c, ELEMENTWISE_BLOCK](gy_xhat, g_weight)
     channel_sum_kernel[c, ELEMENTWISE_BLOCK](_planes(gy), g_bias)
     return gx.reshape(x.shape), g_weight, g_bias
@@ -460,13 +461,13 @@ def lrn_backward_kernel(x, gy, gx, size, alpha, beta, k):
 
 
 def lrn(x, size: int, alpha: float, beta: float, k: float):
-    y = cuda.device_array(x.shape, dtype=np.float32)
+    y = empty(x.shape)
     _launch(lrn_kernel, x.size, _planes(x), _planes(y), size, alpha, beta, k)
     return y
 
 
 def lrn_backward(x, gy, size: int, alpha: float, beta: float, k: float):
-    gx = cuda.device_array(x.shape, dtype=np.float32)
+    gx = empty(x.shape)
     _launch(lrn_backward_kernel, x.size, _planes(x), _planes(gy), _planes(gx), size, alpha,
             beta, k)
     return gx

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from runtime.backends.cuda.kernels import _launch, cuda
+from runtime.backends.cuda.kernels import _launch, cuda, empty
 from runtime.backends.cuda.layers import max_pool_backward
 
 _MATRICES: dict = {}
@@ -72,9 +72,9 @@ def _matrices(op, in_hw):
 def _apply(x, rows, cols):
     """rows^T x cols for every (sample, channel) plane: along the width, then the height."""
     n, c, h = x.shape[:3]
-    t = cuda.device_array((n, c, h, cols.shape[1]), dtype=np.float32)
+    t = empty((n, c, h, cols.shape[1]))
     _launch(along_width_kernel, t.size, x, cols, t)
-    y = cuda.device_array((n, c, rows.shape[1], cols.shape[1]), dtype=np.float32)
+    y = empty((n, c, rows.shape[1], cols.shape[1]))
     _launch(along_height_kernel, y.size, t, rows, y)
     return y
 
@@ -119,13 +119,13 @@ def unpool_backward_kernel(gy, gx, kh, kw, nearest):
 
 def unpool(x, kernel, nearest: bool):
     n, c, h, w = x.shape
-    y = cuda.device_array((n, c, h * kernel[0], w * kernel[1]), dtype=np.float32)
+    y = empty((n, c, h * kernel[0], w * kernel[1]))
     _launch(unpool_kernel, y.size, x, y, *kernel, nearest)
     return y
 
 
 def unpool_backward(gy, x_shape, kernel, nearest: bool):
-    gx = cuda.device_array(x_shape, dtype=np.float32)
+    gx = empty(x_shape)
     _launch(unpool_backward_kernel, gx.size, gy, gx, *kernel, nearest)
     return gx
 
@@ -178,7 +178,7 @@ def adaptive_avg_backward_kernel(gy, gx):
 def adaptive_pool(x, out_hw, is_max: bool):
     """(y, positions of the maxima or None)."""
     n, c = x.shape[:2]
-    y = cuda.device_array((n, c) + tuple(out_hw), dtype=np.float32)
+    y = empty((n, c) + tuple(out_hw))
     idx = cuda.device_array(y.shape if is_max else (1, 1, 1, 1), dtype=np.int64)
     _launch(adaptive_pool_kernel, y.size, x, y, idx, is_max)
     return y, (idx if is_max else None)
@@ -214,7 +214,7 @@ def crop_kernel(x, y, top, left, forward):
 def center_crop(x, out_hw):
     ho, wo = out_hw
     top, left = (x.shape[2] - ho) // 2, (x.shape[3] - wo) // 2
-    y = cuda.device_array(tuple(x.shape[:2]) + (ho, wo), dtype=np.float32)
+    y = empty(tuple(x.shape[:2]) + (ho, wo))
     _launch(crop_kernel, y.size, x, y, top, left, True)
     return y
 
@@ -222,6 +222,6 @@ def center_crop(x, out_hw):
 def center_crop_backward(gy, x_shape):
     ho, wo = gy.shape[2:]
     top, left = (x_shape[2] - ho) // 2, (x_shape[3] - wo) // 2
-    gx = cuda.device_array(x_shape, dtype=np.float32)
+    gx = empty(x_shape)
     _launch(crop_kernel, gx.size, gy, gx, top, left, False)
     return gx

@@ -14,7 +14,7 @@ import math
 import numpy as np
 from numba import float32
 
-from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _launch, block_sum, cuda
+from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _launch, block_sum, cuda, empty
 
 RANK = 4
 
@@ -78,7 +78,7 @@ def multiply(a, b):
     """a * b with broadcasting, on the device."""
     shape = broadcast_shape(a.shape, b.shape)
     dims = _padded(shape)
-    out = cuda.device_array(math.prod(shape), dtype=np.float32)
+    out = empty(math.prod(shape))
     _launch(multiply_kernel, out.size, a.reshape(a.size), b.reshape(b.size), out, dims,
             _strides(a.shape, dims), _strides(b.shape, dims))
     return out.reshape(shape)
@@ -97,7 +97,7 @@ def reduce_to(src, shape):
     reduced = tuple(1 if t == d else d for d, t in zip(dims, target))
     kept_strides = tuple(s if t == d else 0 for s, d, t in zip(full, dims, target))
     reduced_strides = tuple(0 if t == d else s for s, d, t in zip(full, dims, target))
-    dst = cuda.device_array(math.prod(shape), dtype=np.float32)
+    dst = empty(math.prod(shape))
     reduce_kernel[dst.size, ELEMENTWISE_BLOCK](src.reshape(src.size), dst, kept, reduced,
                                                kept_strides, reduced_strides)
     return dst.reshape(shape)
@@ -131,7 +131,7 @@ def concat(xs):
     """Concatenation along the channel axis (1)."""
     n, rest = xs[0].shape[0], tuple(xs[0].shape[2:])
     c = sum(x.shape[1] for x in xs)
-    out = cuda.device_array((n, c) + rest, dtype=np.float32)
+    out = empty((n, c) + rest)
     view, offset = _channel_view(out), 0
     for x in xs:
         _launch(copy_channels_kernel, x.size, _channel_view(x), view, offset, True)
@@ -143,7 +143,7 @@ def split_channels(gy, widths):
     """The gradients of concat's inputs: gy's channel ranges, contiguous."""
     parts, offset, view = [], 0, _channel_view(gy)
     for width in widths:
-        part = cuda.device_array((gy.shape[0], width) + tuple(gy.shape[2:]), dtype=np.float32)
+        part = empty((gy.shape[0], width) + tuple(gy.shape[2:]))
         _launch(copy_channels_kernel, part.size, _channel_view(part), view, offset, False)
         parts.append(part)
         offset += width
@@ -166,7 +166,7 @@ def shuffle_kernel(x, y, groups, inverse):
 
 
 def channel_shuffle(x, groups: int, inverse: bool = False):
-    y = cuda.device_array(x.shape, dtype=np.float32)
+    y = empty(x.shape)
     _launch(shuffle_kernel, x.size, _channel_view(x), _channel_view(y), groups, inverse)
     return y
 
@@ -204,14 +204,14 @@ def softmax_backward_kernel(y, gy, gx):
 
 
 def softmax(x):
-    y = cuda.device_array(x.shape, dtype=np.float32)
+    y = empty(x.shape)
     view = _channel_view(x)
     _launch(softmax_kernel, view.shape[0] * view.shape[2], view, _channel_view(y))
     return y
 
 
 def softmax_backward(y, gy):
-    gx = cuda.device_array(y.shape, dtype=np.float32)
+    gx = empty(y.shape)
     view = _channel_view(y)
     _launch(softmax_backward_kernel, view.shape[0] * view.shape[2], view, _channel_view(gy),
             _channel_view(gx))
@@ -220,7 +220,7 @@ def softmax_backward(y, gy):
 
 def slice_channels(x, start: int, stop: int):
     """x[:, start:stop] along the channels, contiguous."""
-    y = cuda.device_array((x.shape[0], stop - start) + tuple(x.shape[2:]), dtype=np.float32)
+    y = empty((x.shape[0], stop - start) + tuple(x.shape[2:]))
     _launch(copy_channels_kernel, y.size, _channel_view(y), _channel_view(x), start, False)
     return y
 

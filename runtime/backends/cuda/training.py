@@ -28,7 +28,14 @@ import math
 import numpy as np
 from numba import float32
 
-from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _blocks, _launch, block_sum, cuda
+from runtime.backends.cuda.kernels import (
+    ELEMENTWISE_BLOCK,
+    _blocks,
+    _launch,
+    block_sum,
+    cuda,
+    empty,
+)
 from runtime.losses import classification_step
 from runtime.optim import UpdateKernels
 
@@ -97,15 +104,15 @@ def _channels(x):
 
 
 def _empty():
-    return cuda.device_array(0, dtype=np.float32)
+    return empty(0)
 
 
 def batch_stats(x, running_mean=None, running_var=None, tracked=None, momentum: float = 0.1):
     """(mean, biased var) per channel on the device; given the running buffers, they are
     updated in place (and ``tracked``, the 0-d batch count, incremented)."""
     c = x.shape[1]
-    mean = cuda.device_array(c, dtype=np.float32)
-    var = cuda.device_array(c, dtype=np.float32)
+    mean = empty(c)
+    var = empty(c)
     update = running_mean is not None
     batch_stats_kernel[c, ELEMENTWISE_BLOCK](
         _channels(x), mean, var, running_mean if update else _empty(),
@@ -118,9 +125,9 @@ def batch_stats(x, running_mean=None, running_var=None, tracked=None, momentum: 
 def batchnorm_train_backward(x, gy, mean, var, weight, eps: float):
     view = _channels(x)
     c = view.shape[1]
-    gx = cuda.device_array(view.shape, dtype=np.float32)
-    g_weight = cuda.device_array(c, dtype=np.float32)
-    g_bias = cuda.device_array(c, dtype=np.float32)
+    gx = empty(view.shape)
+    g_weight = empty(c)
+    g_bias = empty(c)
     batchnorm_train_backward_kernel[c, ELEMENTWISE_BLOCK](
         view, _channels(gy), gx, g_weight, g_bias, mean, var,
         _empty() if weight is None else weight, eps)
@@ -153,7 +160,7 @@ def dropout_scale(shape, rate: float, rng: np.random.Generator):
     """The dropout multiplier (0 or 1 / (1 - rate) per element) of ``shape``, drawn on the
     device; ``rng`` (the model's generator) gives the seed."""
     size = math.prod(shape)
-    scale = cuda.device_array(size, dtype=np.float32)
+    scale = empty(size)
     seed = int(rng.integers(0, 2**32))
     _launch(dropout_mask_kernel, size, scale, seed, rate, 1.0 / (1.0 - rate))
     return scale.reshape(shape)
@@ -236,8 +243,8 @@ def classify(logits, target, *, label_smoothing: float = 0.0):
                              f"{target.min()}..{target.max()}")
     labels = cuda.to_device(np.zeros(1, np.int64) if soft else target.astype(np.int64))
     probs = cuda.to_device(target.astype(np.float32)) if soft else _empty().reshape(0, 1)
-    losses = cuda.device_array(n, dtype=np.float32)
-    grad = cuda.device_array((n, c), dtype=np.float32)
+    losses = empty(n)
+    grad = empty((n, c))
     top = cuda.device_array(n, dtype=np.int64)
     cross_entropy_kernel[n, ELEMENTWISE_BLOCK](logits, labels, probs, label_smoothing, losses,
                                                grad, top)
@@ -315,7 +322,7 @@ def _flat(a, dtype):
 def _sum_squares(g) -> float:
     flat = g.reshape(g.size)
     blocks = _blocks(g.size)
-    partial = cuda.device_array(blocks, dtype=np.float32)
+    partial = empty(blocks)
     square_sum_kernel[blocks, ELEMENTWISE_BLOCK](flat, partial)
     return float(partial.copy_to_host().astype(np.float64).sum())
 
