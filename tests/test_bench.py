@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 
@@ -65,3 +67,17 @@ def test_bench_passes_quick_prints_both_tables():
     assert row.split()[2] == "13->9" and row.split()[5].endswith("x")
     variants = [line for line in lines if line.startswith(("original", "separable", "low_rank"))]
     assert len(variants) == 4 and all("0." in v.split()[-2] for v in variants)
+
+
+@pytest.mark.cuda
+def test_bench_cuda_quick_runs_under_the_simulator():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    out = subprocess.run([sys.executable, "bench/bench_cuda.py", "--quick", "--repeat", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+                         env=env).stdout
+    assert out.startswith("archc on the CUDA simulator")
+    rows = {line[:28].strip(): line[28:].split() for line in out.splitlines()
+            if line.startswith(("forward", "kernels", "inference", "training"))}
+    assert set(rows) == {"forward with copies (ms)", "kernels only (TFLOP/s)", "inference",
+                         "training step"}
+    assert all(float(cells[0]) > 0 for label, cells in rows.items() if "TFLOP" not in label)

@@ -1,0 +1,149 @@
+"""archc's CUDA backend against PyTorch on the same GPU, same process, float32 (TF32 off
+for PyTorch, so both do full fp32 arithmetic), median of repeated runs after a warm-up:
+one 3x3 conv's achieved TFLOP/s, and ResNet-18's inference and training throughput
+(issue 10's targets: the conv at >= 50% of cuDNN, training at >= 40% of PyTorch).
+
+    .venv/bin/python bench/bench_cuda.py [--repeat N] [--quick]
+
+--quick runs tiny shapes; it also runs under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1),
+where the times mean nothing (a smoke test of the script). Without a CUDA build of
+PyTorch the reference columns stay empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import archc  # noqa: E402
+import torch_twins  # noqa: E402
+from archc.analysis import analyse  # noqa: E402
+from runtime import optim  # noqa: E402
+from timing import median_time  # noqa: E402
+
+CONV = "input: {{channels: {c}, height: {hw}, width: {hw}}}\nlayers: [{{conv2d: " \
+       "{{out_channels: {c}, kernel_size: 3, padding: 1, bias: false}}}}]"
+TINY_NET = """
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, bias: false}
+  - batchnorm2d
+  - relu
+  - max_pool2d: 2
+  - global_avg_pool2d: {}
+  - flatten
+  - linear: 10
+"""
+
+
+def fmt(value, spec: str, unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
+    args = parser.parse_args()
+    from runtime.backends.cuda import kernels
+    from runtime.backends.cuda.backend import BACKEND
+
+    sync = kernels.cuda.synchronize
+    gpu = torch.cuda.is_available()
+    device = BACKEND.device_name()
+    print(f"archc on {device}" + (f"; PyTorch {torch.__version__} on "
+                                  f"{torch.cuda.get_device_name()}" if gpu else
+                                  f"; PyTorch {torch.__version__} has no CUDA here: its "
+                                  "columns stay empty"))
+    if gpu:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.benchmark = True
+
+    def timed(fn) -> float:
+        return median_time(lambda: (fn(), sync()), args.repeat)
+
+    def torch_timed(fn) -> float:
+        return median_time(lambda: (fn(), torch.cuda.synchronize()), args.repeat)
+
+    # one conv: 3x3, 64 -> 64, batch 32, 56 x 56 (ResNet's first stage)
+    c, hw, batch = (4, 6, 2) if args.quick else (64, 56, 32)
+    graph = archc.load("conv.yaml", text=CONV.format(c=c, hw=hw))
+    flops = 2 * analyse(graph, batch=batch).totals["macs"]
+    model = archc.compile(graph, backend="cuda")
+    x = np.random.default_rng(0).standard_normal((batch, c, hw, hw)).astype(np.float32)
+    ours = timed(lambda: model.predict(x))
+    ours_kernels = sum(t["forward"] for t in model.profile(x, repeat=args.repeat).values())
+    theirs = None
+    if gpu:
+        twin = torch_twins.TorchGraph(graph).cuda().eval()
+        tx = torch.as_tensor(x).cuda()
+        with torch.no_grad():
+            theirs = torch_timed(lambda: twin(tx))
+    print(f"\nconv 3x3 {c}->{c}, batch {batch}, {hw}x{hw}: {flops / 1e9:.2f} GFLOP")
+    print(f"{'':<28} {'archc':>10} {'PyTorch':>10} {'archc/PyTorch':>14}")
+    print(f"{'forward with copies (ms)':<28} {ours * 1e3:>10.3f} "
+          f"{fmt(theirs and theirs * 1e3, '.3f'):>10}")
+    rate = flops / ours_kernels / 1e12
+    their_rate = theirs and flops / theirs / 1e12
+    print(f"{'kernels only (TFLOP/s)':<28} {rate:>10.3f} {fmt(their_rate, '.3f'):>10} "
+          f"{fmt(their_rate and rate / their_rate * 100, '.0f', '%'):>14}")
+
+    # ResNet-18: inference and a training step (forward, loss, backward, SGD update)
+    if args.quick:
+        graph, batch = archc.load("tiny.yaml", text=TINY_NET), 2
+    else:
+        graph, batch = archc.load(ROOT / "specs" / "resnet18.yaml"), 64
+    model = archc.compile(graph, backend="cuda")
+    shape = next(iter(model.program.inputs.values()))
+    x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
+    classes = model.program.ops[-1].out_shape[0]
+    y = np.random.default_rng(1).integers(0, classes, batch)
+    params = model.device_params()
+    opt = optim.SGD({k: params[k] for k, s in model.program.params.items()
+                     if s.trainable and not s.buffer}, 0.01, momentum=0.9,
+                    kernels=model.backend.optim)
+
+    def archc_step():
+        out = model(x, host=False)
+        _, grad, _ = model.backend.classify(out, y)
+        opt.step(model.backward(grad, host=False).params)
+
+    infer = timed(lambda: model.predict(x))
+    model.train()
+    step = timed(archc_step)
+    t_infer = t_step = None
+    if gpu:
+        twin = torch_twins.TorchGraph(graph).cuda()
+        tx, ty = torch.as_tensor(x).cuda(), torch.as_tensor(y).cuda()
+        topt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+        (out_name,) = graph.outputs.values()
+        twin.eval()
+        with torch.no_grad():
+            t_infer = torch_timed(lambda: twin(tx))
+        twin.train()
+
+        def torch_step():
+            topt.zero_grad()
+            torch.nn.functional.cross_entropy(twin(tx)[out_name], ty).backward()
+            topt.step()
+
+        t_step = torch_timed(torch_step)
+    name = "tiny net" if args.quick else "resnet18"
+    print(f"\n{name}, batch {batch}, {shape[1]}x{shape[2]} (images/s)")
+    print(f"{'':<28} {'archc':>10} {'PyTorch':>10} {'archc/PyTorch':>14}")
+    for label, a, b in (("inference", infer, t_infer), ("training step", step, t_step)):
+        print(f"{label:<28} {batch / a:>10.1f} {fmt(b and batch / b, '.1f'):>10} "
+              f"{fmt(b and b / a * 100, '.0f', '%'):>14}")
+
+
+if __name__ == "__main__":
+    main()
