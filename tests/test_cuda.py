@@ -93,13 +93,15 @@ def test_unavailable_reasons(monkeypatch):
     assert "\n" not in reason
 
 
-@pytest.mark.parametrize("kernel_size, stride, padding, dilation, activation", [
-    (3, 1, 1, 1, ("relu", {})),
-    (3, 2, 1, 1, None),
-    (2, 1, 0, 2, ("silu", {})),
+@pytest.mark.parametrize("kernel_size, stride, padding, dilation, activation, residual", [
+    (3, 1, 1, 1, ("relu", {}), True),
+    (3, 2, 1, 1, None, False),
+    (2, 1, 0, 2, ("silu", {}), False),
 ])
 def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, padding, dilation,
-                                                         activation):
+                                                         activation, residual):
+    """The implicit-GEMM forward with its epilogue act(conv + bias + residual), and the
+    backward passes."""
     import archc
     from runtime.backends.reference import KERNELS
     from runtime.backends.reference_backward import BACKWARD
@@ -118,15 +120,21 @@ def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, pa
     ctx = {"keep": True, "train": False}
     expected = KERNELS["conv2d"](op, [x], p, ctx)
     a = op.attrs
-    y, cols = kernels.conv2d_forward(device(x), device(p["weight"]), device(p["bias"]),
-                                     stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
-                                     out_hw=op.out_shape[1:], activation=activation)
-    np.testing.assert_allclose(y.copy_to_host(), expected, rtol=1e-5, atol=1e-5)
+    res = rng.standard_normal(expected.shape) if residual else None
+    y = kernels.conv2d_forward(device(x), device(p["weight"]), device(p["bias"]),
+                               stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
+                               out_hw=op.out_shape[1:], activation=activation,
+                               residual=None if res is None else device(res))
+    want = expected
+    if residual:  # act(conv + residual): the reference's op with the residual as input 2
+        ref_ctx = {"keep": True, "train": False}
+        want = KERNELS["conv2d"](op, [x, res], p, ref_ctx)
+    np.testing.assert_allclose(y.copy_to_host(), want, rtol=1e-5, atol=1e-5)
     gy = rng.standard_normal(expected.shape)
     (gx_ref,), grads = BACKWARD["conv2d"](op, [x], expected, gy, p, ctx)
     g_pre = gy if act is None else cpu.activation_grad(
         activation[0], activation[1], ctx["pre_activation"][op.output], expected, gy)
-    gx, gw, gb = kernels.conv2d_backward(x.shape, device(p["weight"]), cols, device(g_pre),
+    gx, gw, gb = kernels.conv2d_backward(device(x), device(p["weight"]), device(g_pre),
                                          stride=a["stride"], dilation=a["dilation"],
                                          pads=a["pads"])
     np.testing.assert_allclose(gx.copy_to_host(), gx_ref, rtol=1e-4, atol=1e-5)
@@ -530,3 +538,37 @@ def test_inference_results_live_in_the_memory_plans_arena(monkeypatch):
     plan = gpu.memory_plan(2)
     assert K.ARENA.buffer.size * 4 >= plan.arena_bytes
     assert plan.arena_bytes < plan.naive_bytes
+
+
+@pytest.mark.parametrize("mode", ["predict", "train"])
+def test_fused_residual_and_activation_epilogues_on_the_device(mode):
+    """-O2 fuses the add and the tanh into the conv: the device applies both in its
+    kernel's epilogue (predict) or the residual in it and the activation after, keeping
+    the value before it (training)."""
+    import archc
+    from archc.passes import preset, run_passes
+
+    graph, _, _ = run_passes(archc.load("tiny.yaml", text=TINY), None, preset(2))
+    fused = [op for op in archc.compile(graph).program.ops if op.kind == "conv2d"]
+    assert len(fused[1].inputs) == 2 and fused[1].attrs["activation"][0] == "tanh"
+    gpu, host = archc.compile(graph, backend="cuda", seed=2), archc.compile(graph, "cpu", seed=2)
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
+    if mode == "predict":
+        np.testing.assert_allclose(gpu.predict(x), host.predict(x), rtol=1e-5, atol=1e-6)
+        return
+    gpu.train(), host.train()
+    for model in (gpu, host):
+        model.rng = np.random.default_rng(0)
+    gpu.kernels = dict(gpu.kernels, dropout=lambda op, xs, p, ctx: xs[0])  # no masks
+    host.kernels = dict(host.kernels, dropout=lambda op, xs, p, ctx: xs[0])
+    gpu.backward_kernels = dict(gpu.backward_kernels,
+                                dropout=lambda op, xs, y, gy, p, ctx: ([gy], {}))
+    host.backward_kernels = dict(host.backward_kernels,
+                                 dropout=lambda op, xs, y, gy, p, ctx: ([gy], {}))
+    expected = host(x)
+    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
+    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
+    a, b = host.backward(gy), gpu.backward(gy)
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
+                                   err_msg=name)

@@ -90,14 +90,14 @@ def _geometry(op) -> dict:
 
 
 def _epilogue_forward(op, xs, ctx, core):
-    """Run ``core(activation)`` with the activation in the GEMM's epilogue when nothing
-    needs the value before it (no residual to add first, no tape kept); otherwise add the
-    residual and apply the activation after, keeping the value before it for backward."""
+    """Run ``core(activation, residual)``, which applies what it is given in its kernel's
+    epilogue: the residual always (a conv), the activation when nothing needs the value
+    before it (no tape kept); otherwise the activation comes after, and the value before
+    it is kept for backward. A core that takes no residual gets it added after."""
     act = activation_of(op)
-    fuse = act if len(xs) == 1 and not ctx.get("keep") else None
-    y = core(fuse)
-    if len(xs) > 1:
-        y = K.add(y, xs[1])
+    fuse = act if not ctx.get("keep") else None
+    residual = xs[1] if len(xs) > 1 else None
+    y = core(fuse, residual)
     if act is not None and fuse is None:
         keep_pre_activation(op, y, ctx)
         y = K.activation_forward(y, *act)
@@ -110,19 +110,21 @@ def _depthwise(op) -> bool:
 
 def conv2d_forward(op, xs, p, ctx):
     if _depthwise(op):
-        def core(activation):
+        def core(activation, residual):
+            if residual is not None:  # add it, then the activation
+                y = L.depthwise(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
+                                **_geometry(op))
+                y = K.add(y, residual)
+                return y if activation is None else K.activation_forward(y, *activation)
             return L.depthwise(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
                                activation=activation, **_geometry(op))
 
         return _epilogue_forward(op, xs, ctx, core)
 
-    def core(activation):
-        y, cols = K.conv2d_forward(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
-                                   groups=op.attrs["groups"], activation=activation,
-                                   **_geometry(op))
-        if ctx.get("keep"):
-            ctx.setdefault("cuda_cols", {})[op.output] = cols
-        return y
+    def core(activation, residual):
+        return K.conv2d_forward(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
+                                groups=op.attrs["groups"], activation=activation,
+                                residual=residual, **_geometry(op))
 
     return _epilogue_forward(op, xs, ctx, core)
 
@@ -131,14 +133,14 @@ def _conv2d_core_backward(op, xs, y, gy, p, ctx):
     if _depthwise(op):
         gx, gw, gb = L.depthwise_backward(xs[0], p["weight"], gy, **_geometry(op))
     else:
-        gx, gw, gb = K.conv2d_backward(xs[0].shape, p["weight"], ctx["cuda_cols"][op.output],
-                                       gy, groups=op.attrs["groups"], **_geometry(op))
+        gx, gw, gb = K.conv2d_backward(xs[0], p["weight"], gy, groups=op.attrs["groups"],
+                                       **_geometry(op))
     return [gx], ({"weight": gw, "bias": gb} if "bias" in p else {"weight": gw})
 
 
 def linear_forward(op, xs, p, ctx):
     bias = p.get("bias")
-    return _epilogue_forward(op, xs, ctx, lambda activation: K.gemm(
+    return _epilogue_forward(op, xs[:1], ctx, lambda activation, residual: K.gemm(
         xs[0], p["weight"], trans_b=True, bias=bias, bias_mode=2 if bias is not None else 0,
         activation=activation))
 

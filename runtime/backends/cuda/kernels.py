@@ -149,8 +149,10 @@ def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
     blocks."""
     m, n = c.shape
     k = a.shape[0] if trans_a else a.shape[1]
-    sa = cuda.shared.array((TILE, TILE_K), float32)
-    sb = cuda.shared.array((TILE_K, TILE), float32)
+    # one padding column: the loads below store down a column for a transposed operand,
+    # which would otherwise hit one shared-memory bank 16 or 32 times over
+    sa = cuda.shared.array((TILE, TILE_K + 1), float32)
+    sb = cuda.shared.array((TILE_K, TILE + 1), float32)
     acc = cuda.local.array((PER_THREAD, PER_THREAD), float32)
     av = cuda.local.array(PER_THREAD, float32)
     bv = cuda.local.array(PER_THREAD, float32)
@@ -161,15 +163,24 @@ def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
         for j in range(PER_THREAD):
             acc[i, j] = 0.0
     for k0 in range(0, k, TILE_K):
+        # consecutive threads read consecutive addresses of each operand (coalesced):
+        # along K of a row-major A (M, K), along M of a transposed one (K, M); the same
+        # for B along N (K, N) or along K (N, K)
         for step in range(TILE * TILE_K // (THREADS * THREADS)):  # 4 loads per thread
             idx = tid + step * THREADS * THREADS
-            r, q = idx // TILE_K, idx % TILE_K  # the A panel, row-major
+            if trans_a:
+                r, q = idx % TILE, idx // TILE
+            else:
+                r, q = idx // TILE_K, idx % TILE_K
             gr, gk = row0 + r, k0 + q
             if gr < m and gk < k:
                 sa[r, q] = a[gk, gr] if trans_a else a[gr, gk]
             else:
                 sa[r, q] = 0.0
-            r, q = idx // TILE, idx % TILE  # the B panel
+            if trans_b:
+                r, q = idx % TILE_K, idx // TILE_K
+            else:
+                r, q = idx // TILE, idx % TILE
             gk, gc = k0 + r, col0 + q
             if gk < k and gc < n:
                 sb[r, q] = b[gc, gk] if trans_b else b[gk, gc]
@@ -370,36 +381,127 @@ def _launch(kernel, size: int, *args) -> None:
     kernel[_blocks(size), ELEMENTWISE_THREADS](*args)
 
 
-def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None):
-    """A dense or grouped conv on the device: im2col, then one GEMM per group (bias and
-    activation in its epilogue) into that group's rows, then the rows back to NCHW.
-    Returns (y, cols); backward reuses cols."""
+@cuda.jit(cache=True)
+def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, dw, pt, pl):
+    """A dense conv as an implicit GEMM: ``y (O, N*Ho*Wo) = W (O, C*kh*kw) @ cols`` with the
+    tiles of cols gathered from x as they are loaded (no im2col matrix in memory), and the
+    epilogue (bias, residual, activation) applied before each value is written straight
+    into NCHW. The GEMM kernel's tiling: a 64 x 64 tile per block of 16 x 16 threads, a
+    4 x 4 register tile per thread, 64 x 16 and 16 x 64 shared-memory panels."""
+    n, c, h, wd = x.shape
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    m, cols, k = o, n * ho * wo, c * kh * kw
+    taps = kh * kw
+    sa = cuda.shared.array((TILE, TILE_K + 1), float32)
+    sb = cuda.shared.array((TILE_K, TILE + 1), float32)
+    acc = cuda.local.array((PER_THREAD, PER_THREAD), float32)
+    av = cuda.local.array(PER_THREAD, float32)
+    bv = cuda.local.array(PER_THREAD, float32)
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    tid = ty * THREADS + tx
+    row0, col0 = cuda.blockIdx.y * TILE, cuda.blockIdx.x * TILE
+    for i in range(PER_THREAD):
+        for j in range(PER_THREAD):
+            acc[i, j] = 0.0
+    # the column this thread loads is the same in every panel: decompose it once
+    q = tid % TILE
+    gc = col0 + q
+    b, rest = gc // (ho * wo), gc % (ho * wo)
+    y0, x0 = (rest // wo) * sh - pt, (rest % wo) * sw - pl
+    for k0 in range(0, k, TILE_K):
+        for step in range(TILE * TILE_K // (THREADS * THREADS)):
+            idx = tid + step * THREADS * THREADS
+            r, kq = idx // TILE_K, idx % TILE_K  # the weight panel, along K
+            gr, gk = row0 + r, k0 + kq
+            sa[r, kq] = w[gr, gk] if gr < m and gk < k else 0.0
+            r = idx // TILE  # the gathered panel: row r (a tap of a channel), column q
+            gk = k0 + r
+            v = 0.0
+            if gk < k and gc < cols:
+                ch, tap = gk // taps, gk % taps
+                sy, sx = y0 + (tap // kw) * dh, x0 + (tap % kw) * dw
+                if 0 <= sy < h and 0 <= sx < wd:
+                    v = x[b, ch, sy, sx]
+            sb[r, q] = v
+        cuda.syncthreads()
+        for kk in range(TILE_K):
+            for i in range(PER_THREAD):
+                av[i] = sa[ty + THREADS * i, kk]
+            for j in range(PER_THREAD):
+                bv[j] = sb[kk, tx + THREADS * j]
+            for i in range(PER_THREAD):
+                for j in range(PER_THREAD):
+                    acc[i, j] += av[i] * bv[j]
+        cuda.syncthreads()
+    for j in range(PER_THREAD):
+        col = col0 + tx + THREADS * j
+        if col >= cols:
+            continue
+        bj, rj = col // (ho * wo), col % (ho * wo)
+        oy, ox = rj // wo, rj % wo
+        for i in range(PER_THREAD):
+            r = row0 + ty + THREADS * i
+            if r < m:
+                v = acc[i, j]
+                if bias.size:
+                    v += bias[r]
+                if residual.size:
+                    v += residual[bj, r, oy, ox]
+                y[bj, r, oy, ox] = activate(v, code, slope)
+
+
+def _no_residual():
+    return cuda.device_array((0, 0, 0, 0), dtype=np.float32)
+
+
+def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None,
+                   residual=None):
+    """A dense or grouped conv on the device, with the epilogue ``activation(conv + bias +
+    residual)`` in the kernel. Dense: the implicit GEMM (``conv_gemm_kernel``); grouped:
+    im2col, a GEMM per group into that group's rows, the rows back to NCHW, the residual
+    added after."""
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
     y = empty((n, o, ho, wo))  # the result first: it takes the planned slot
+    if groups == 1:
+        code, slope = _codes(activation)
+        grid = ((n * ho * wo + TILE - 1) // TILE, (o + TILE - 1) // TILE)
+        conv_gemm_kernel[grid, (THREADS, THREADS)](
+            x, w.reshape(o, cg * kh * kw), y,
+            bias if bias is not None else cuda.device_array(0, dtype=np.float32),
+            residual if residual is not None else _no_residual(), code, slope, kh, kw, sh, sw,
+            dh, dw, pt, pl)
+        return y
     cols = empty((c * kh * kw, n * ho * wo))
     _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
     rows = empty((o, n * ho * wo))
     og, k = o // groups, cg * kh * kw
     wmat = w.reshape(o, k)
+    after = activation if residual is None else None
     for g in range(groups):
         gemm(wmat[g * og:(g + 1) * og], cols[g * k:(g + 1) * k],
              bias=None if bias is None else bias[g * og:(g + 1) * og],
-             bias_mode=0 if bias is None else 1, activation=activation,
+             bias_mode=0 if bias is None else 1, activation=after,
              out=rows[g * og:(g + 1) * og])
     _launch(rows_to_nchw_kernel, y.size, rows, y)
-    return y, cols
+    if residual is not None:
+        y = add(y, residual)
+        if activation is not None:
+            y = activation_forward(y, *activation)
+    return y
 
 
-def conv2d_backward(x_shape, w, cols, gy, *, stride, dilation, pads, groups=1):
-    """(gx, gw, gbias) of a dense or grouped conv from its output gradient and the
-    forward's cols, per group: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows; then
-    gx = col2im(gcols)."""
-    n, c, h, wd = x_shape
+def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
+    """(gx, gw, gbias) of a dense or grouped conv from its input and output gradient, per
+    group: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx = col2im(gcols); cols (x's
+    im2col matrix) is built here, for the pass, not kept from the forward."""
+    n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
+    cols = empty((c * kh * kw, n * ho * wo))
+    _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
     gy_rows = empty((o, n * ho * wo))
     _launch(nchw_to_rows_kernel, gy.size, gy, gy_rows)
     og, k = o // groups, cg * kh * kw
