@@ -4,10 +4,12 @@ Imported lazily: archc works on machines without a GPU or without the package, a
 nothing here is imported until a CUDA kernel is asked for. Tests run the kernels under
 Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba is first imported).
 
-Where it stands: the kernel layer (``kernels.py``: a tiled, register-blocked GEMM with the
-fused epilogue, activations forward and backward, element-wise add), each tested against
-NumPy under the simulator. The backend that runs whole programs with parameters and
-activation buffers resident on the device is still to come (issue 10).
+Modules: ``kernels.py`` (the GEMM and the implicit-GEMM conv with their fused epilogue,
+im2col/col2im, activations, the memory plan's arena), ``layers.py`` (pooling, depthwise
+convs, batch and layer norm, LRN), ``tensor.py`` (broadcasting multiply, concat, slices,
+channel shuffle, softmax), ``resample.py`` (upsampling, unpooling, adaptive pooling,
+crops), ``training.py`` (batch statistics, dropout masks, the cross-entropy step, the
+optimisers' updates) and ``backend.py`` (the kernel tables behind ``runtime.Backend``).
 """
 
 from __future__ import annotations

@@ -1,15 +1,11 @@
-"""The CUDA backend's kernel tables: device kernels (``kernels.py``) where they are
-written, and for every other op a host fallback that copies its inputs to the host, runs
-the CPU kernel and copies the result back (correct, but it crosses the bus: the ops
-still to port, issue 10). Parameters are uploaded once and stay on the device; values
-stay on the device between device ops.
-
-Ported so far: conv2d (dense and grouped: im2col + the tiled GEMM per group, bias and
-activation in its epilogue; depthwise: a direct kernel with the same epilogue; a residual
-added on the device), linear, every activation, add of equal
-shapes, max and average pooling, global (and 1x1 adaptive) average pooling, batch norm
-with running statistics, flatten/reshape (views), identity, and dropout/stochastic depth
-at inference.
+"""The CUDA backend's kernel tables: a device kernel for every layer type (``kernels.py``,
+``layers.py``, ``tensor.py``, ``resample.py``, ``training.py``), and for the two cases not
+ported (grouped transposed convs, max-unpooling) a host fallback that copies the inputs to
+the host, runs the CPU kernel and copies the result back (``on_device`` says which).
+Parameters are uploaded once and stay on the device, as do values between device ops,
+gradients and optimiser state; ``predict`` places results in the memory plan's arena.
+Training runs on the device: batch statistics, dropout masks, the loss of a step and the
+optimiser updates are kernels (``BACKEND.optim``, ``BACKEND.classify``).
 """
 
 from __future__ import annotations
