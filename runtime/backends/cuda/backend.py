@@ -1,7 +1,8 @@
 """The CUDA backend's kernel tables: a device kernel for every layer type (``kernels.py``,
-``layers.py``, ``tensor.py``, ``resample.py``, ``training.py``), and for the two cases not
-ported (grouped transposed convs, max-unpooling) a host fallback that copies the inputs to
-the host, runs the CPU kernel and copies the result back (``on_device`` says which).
+``layers.py``, ``tensor.py``, ``resample.py``, ``training.py``), and for the cases not
+ported (a concat, slice or softmax along an axis other than the channels; the backward
+pass of a multiply of three inputs or more) a host fallback that copies the inputs to the
+host, runs the CPU kernel and copies the result back (``on_device`` says which).
 Parameters are uploaded once and stay on the device, as do values between device ops,
 gradients and optimiser state; ``predict`` places results in the memory plan's arena.
 Training runs on the device: batch statistics, dropout masks, the loss of a step and the
@@ -40,19 +41,10 @@ def to_host(array) -> np.ndarray:
     return array if isinstance(array, np.ndarray) else array.copy_to_host()
 
 
-def _host_indices(op, ctx) -> None:
-    """Max-pool positions a host kernel reads (max_unpool2d) brought to the host."""
-    indices = ctx.get("indices", {})
-    for name in op.inputs:
-        if name in indices and not isinstance(indices[name], np.ndarray):
-            indices[name] = to_host(indices[name])
-
-
 def _host_forward(kind: str):
     host = cpu.KERNELS[kind]
 
     def run(op, xs, p, ctx):
-        _host_indices(op, ctx)
         y = host(op, [to_host(x) for x in xs], {k: to_host(v) for k, v in p.items()}, ctx)
         return to_device(y)
 
@@ -63,7 +55,6 @@ def _host_backward(kind: str):
     host = cpu.BACKWARD[kind]
 
     def run(op, xs, y, gy, p, ctx):
-        _host_indices(op, ctx)
         gxs, gps = host(op, [to_host(x) for x in xs], to_host(y), to_host(gy),
                         {k: to_host(v) for k, v in p.items()}, ctx)
         return ([None if g is None else to_device(g) for g in gxs],
@@ -200,10 +191,7 @@ def max_pool_forward(op, xs, p, ctx):
 
 
 def max_pool_backward(op, xs, y, gy, p, ctx):
-    idx = ctx["indices"][op.output]
-    if isinstance(idx, np.ndarray):  # a host fallback (max_unpool2d) brought them over
-        idx = to_device(idx)
-    return [L.max_pool_backward(gy, idx, xs[0].shape)], {}
+    return [L.max_pool_backward(gy, ctx["indices"][op.output], xs[0].shape)], {}
 
 
 def avg_pool_forward(op, xs, p, ctx):
@@ -273,6 +261,22 @@ def layernorm_backward(op, xs, y, gy, p, ctx):
     return [gx], ({"weight": g_weight, "bias": g_bias} if "weight" in p else {})
 
 
+def _positions(op, ctx, x):
+    """The max-pool positions a max_unpool2d reads (its second input's pool), on the
+    device, in x's shape."""
+    idx = ctx["indices"][op.inputs[1]]
+    return to_device(idx).reshape(x.shape)
+
+
+def max_unpool_forward(op, xs, p, ctx):
+    return R.max_unpool(xs[0], _positions(op, ctx, xs[0]), op.attrs["out_size"])
+
+
+def max_unpool_backward(op, xs, y, gy, p, ctx):
+    gx = R.max_unpool_backward(gy, _positions(op, ctx, xs[0]))
+    return [gx] + [None] * (len(xs) - 1), {}
+
+
 def _lrn(op) -> tuple:
     a = op.attrs
     return a["size"], a["alpha"], a["beta"], a["k"]
@@ -288,19 +292,16 @@ def lrn_backward(op, xs, y, gy, p, ctx):
 
 def _transposed(op) -> dict:
     a = op.attrs
-    return {"stride": a["stride"], "dilation": a["dilation"], "padding": a["padding"]}
+    return {"stride": a["stride"], "dilation": a["dilation"], "padding": a["padding"],
+            "groups": a["groups"]}
 
 
 def conv_transpose2d_forward(op, xs, p, ctx):
-    if op.attrs["groups"] != 1:
-        return _host_forward(op.kind)(op, xs, p, ctx)
     return K.conv_transpose2d_forward(xs[0], p["weight"], p.get("bias"),
                                       out_hw=op.out_shape[1:], **_transposed(op))
 
 
 def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
-    if op.attrs["groups"] != 1:
-        return _host_backward(op.kind)(op, xs, y, gy, p, ctx)
     gx, gw, gb = K.conv_transpose2d_backward(xs[0], p["weight"], gy, **_transposed(op))
     return [gx], ({"weight": gw, "bias": gb} if "bias" in p else {"weight": gw})
 
@@ -312,6 +313,7 @@ for _kind in POOLS:
 for _kind in ("layernorm", "layernorm2d"):
     KERNELS[_kind], BACKWARD[_kind] = layernorm_forward, layernorm_backward
 KERNELS["local_response_norm"], BACKWARD["local_response_norm"] = lrn_forward, lrn_backward
+KERNELS["max_unpool2d"], BACKWARD["max_unpool2d"] = max_unpool_forward, max_unpool_backward
 KERNELS.update(upsample=upsample_forward, unpool2d=unpool_forward,
                center_crop=center_crop_forward, conv_transpose2d=conv_transpose2d_forward)
 BACKWARD.update(upsample=upsample_backward, unpool2d=unpool_backward,
@@ -468,7 +470,7 @@ DEVICE_OPS = frozenset(("conv2d", "linear", "add", "flatten", "reshape", "identi
                         "stochastic_depth", "max_pool2d", "avg_pool2d", "batchnorm2d",
                         "batchnorm1d", "multiply", "channel_shuffle", "layer_scale",
                         "upsample", "unpool2d", "center_crop", "layernorm", "layernorm2d",
-                        "local_response_norm")
+                        "local_response_norm", "conv_transpose2d", "max_unpool2d")
                        + ACTIVATIONS + POOLS)
 
 
@@ -476,8 +478,6 @@ def on_device(op) -> bool:
     """Whether an op runs on the device (else through the host fallback)."""
     if op.kind == "add":
         return len(op.inputs) == 2 and op.in_shapes[0] == op.in_shapes[1]
-    if op.kind == "conv_transpose2d":
-        return op.attrs["groups"] == 1
     if op.kind in ("concat", "softmax", "slice"):
         return _channel_axis(op)
     return op.kind in DEVICE_OPS

@@ -534,33 +534,49 @@ def _rows(x):
     return rows
 
 
-def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw):
-    """The adjoint of a conv (groups 1): cols = W^T @ x's rows (one GEMM), then col2im
-    adds every input pixel's column onto the output; the bias after."""
+def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, groups=1):
+    """The adjoint of a conv: per group, cols = W_g^T @ x_g's rows (a GEMM into that
+    group's rows of cols), then col2im adds every input pixel's column onto the output;
+    the bias after."""
     n, c, h, wd = x.shape
-    cin, cout, kh, kw = w.shape
+    cin, cout_g, kh, kw = w.shape
+    cout = cout_g * groups
     (sh, sw), (dh, dw), (ph, pw), (ho, wo) = stride, dilation, padding, out_hw
     y = empty((n, cout, ho, wo))  # the result first: it takes the planned slot
-    cols = gemm(w.reshape(cin, cout * kh * kw), _rows(x), trans_a=True)
+    rows = _rows(x)
+    cin_g, k = cin // groups, cout_g * kh * kw
+    wmat = w.reshape(cin, k)
+    cols = empty((cout * kh * kw, n * h * wd))
+    for g in range(groups):
+        gemm(wmat[g * cin_g:(g + 1) * cin_g], rows[g * cin_g:(g + 1) * cin_g], trans_a=True,
+             out=cols[g * k:(g + 1) * k])
     _launch(col2im_kernel, y.size, cols, y, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
     if bias is not None:
         _launch(add_bias_kernel, y.size, y.reshape(n, cout, ho * wo), bias)
     return y
 
 
-def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding):
-    """(gx, gw, gbias): gy's im2col matrix (a conv's input), gx = W @ it, gw = x's rows @
-    its transpose."""
+def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1):
+    """(gx, gw, gbias): gy's im2col matrix (a conv's input); per group, gx_g = W_g @ its
+    rows and gw_g = x_g's rows @ their transpose."""
     n, c, h, wd = x.shape
-    cin, cout, kh, kw = w.shape
+    cin, cout_g, kh, kw = w.shape
+    cout = cout_g * groups
     (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding
     cols = empty((cout * kh * kw, n * h * wd))
     _launch(im2col_kernel, cols.size, gy, cols, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
-    gx_rows = gemm(w.reshape(cin, cout * kh * kw), cols)
+    cin_g, k = cin // groups, cout_g * kh * kw
+    wmat = w.reshape(cin, k)
+    rows = _rows(x)
+    gx_rows = empty((cin, n * h * wd))
+    gw = empty((cin, k))
+    for g in range(groups):
+        part = cols[g * k:(g + 1) * k]
+        gemm(wmat[g * cin_g:(g + 1) * cin_g], part, out=gx_rows[g * cin_g:(g + 1) * cin_g])
+        gemm(rows[g * cin_g:(g + 1) * cin_g], part, trans_b=True,
+             out=gw[g * cin_g:(g + 1) * cin_g])
     gx = empty(x.shape)
     _launch(rows_to_nchw_kernel, gx.size, gx_rows, gx)
-    gw = gemm(_rows(x), cols, trans_b=True).reshape(w.shape)
-    gy_rows = _rows(gy)
     gbias = empty(cout)
-    row_sum_kernel[cout, ELEMENTWISE_BLOCK](gy_rows, gbias)
-    return gx, gw, gbias
+    row_sum_kernel[cout, ELEMENTWISE_BLOCK](_rows(gy), gbias)
+    return gx, gw.reshape(w.shape), gbias

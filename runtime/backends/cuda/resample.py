@@ -130,6 +130,44 @@ def unpool_backward(gy, x_shape, kernel, nearest: bool):
     return gx
 
 
+@cuda.jit(cache=True)
+def max_unpool_kernel(x, idx, y):
+    """Each value to the position its max pool took it from (row * W + column of the
+    pool's input plane; -1: nowhere), in a zeroed y. Where overlapping pool windows took
+    one position twice, one of the values lands there, which one is not fixed (as in
+    PyTorch's CUDA max_unpool2d; the CPU keeps the last in row-major order)."""
+    n, c, h, w = x.shape
+    wo = y.shape[3]
+    for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        b, ch, r, q = e // (c * h * w), (e // (h * w)) % c, (e // w) % h, e % w
+        at = idx[b, ch, r, q]
+        if at >= 0:
+            y[b, ch, at // wo, at % wo] = x[b, ch, r, q]
+
+
+@cuda.jit(cache=True)
+def max_unpool_backward_kernel(gy, idx, gx):
+    n, c, h, w = gx.shape
+    wo = gy.shape[3]
+    for e in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
+        b, ch, r, q = e // (c * h * w), (e // (h * w)) % c, (e // w) % h, e % w
+        at = idx[b, ch, r, q]
+        gx[b, ch, r, q] = gy[b, ch, at // wo, at % wo] if at >= 0 else 0.0
+
+
+def max_unpool(x, idx, out_hw):
+    n, c = x.shape[:2]
+    y = cuda.to_device(np.zeros((n, c) + tuple(out_hw), np.float32))
+    _launch(max_unpool_kernel, x.size, x, idx, y)
+    return y
+
+
+def max_unpool_backward(gy, idx):
+    gx = empty(idx.shape)
+    _launch(max_unpool_backward_kernel, gx.size, gy, idx, gx)
+    return gx
+
+
 # --------------------------------------------------------------------------- adaptive pools
 @cuda.jit(device=True, inline=True)
 def _bin(i, size, out):
