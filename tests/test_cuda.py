@@ -296,7 +296,7 @@ layers:
   - name: gate
     global_avg_pool2d: {}
   - sigmoid
-  - multiply: [c1, gate]          # squeeze-excitation's broadcast gate
+  - multiply: [c1, gate, gate]    # broadcast gates (three inputs)
   - concat: [-1, c1]
   - channel_shuffle: 2
   - layer_scale: 1.0

@@ -1,7 +1,7 @@
 """The CUDA backend's kernel tables: a device kernel for every layer type (``kernels.py``,
 ``layers.py``, ``tensor.py``, ``resample.py``, ``training.py``), and for the cases not
-ported (a concat, slice or softmax along an axis other than the channels; the backward
-pass of a multiply of three inputs or more) a host fallback that copies the inputs to the
+ported (a concat, slice or softmax along an axis other than the channels) a host
+fallback that copies the inputs to the
 host, runs the CPU kernel and copies the result back (``on_device`` says which).
 Parameters are uploaded once and stay on the device, as do values between device ops,
 gradients and optimiser state; ``predict`` places results in the memory plan's arena.
@@ -374,9 +374,16 @@ def multiply_forward(op, xs, p, ctx):
 
 
 def multiply_backward(op, xs, y, gy, p, ctx):
-    if len(xs) != 2:
-        return _host_backward("multiply")(op, xs, y, gy, p, ctx)
-    return list(T.multiply_backward(xs[0], xs[1], gy)), {}
+    """Each input's gradient: gy times the product of the others, summed over the axes
+    along which the input was broadcast."""
+    grads = []
+    for i, x in enumerate(xs):
+        others = [z for j, z in enumerate(xs) if j != i]
+        product = others[0]
+        for z in others[1:]:
+            product = T.multiply(product, z)
+        grads.append(T.reduce_to(T.multiply(gy, product), x.shape))
+    return grads, {}
 
 
 def _channel_axis(op) -> bool:

@@ -103,11 +103,6 @@ def reduce_to(src, shape):
     return dst.reshape(shape)
 
 
-def multiply_backward(a, b, gy):
-    """(ga, gb) of y = a * b (broadcasting)."""
-    return reduce_to(multiply(gy, b), a.shape), reduce_to(multiply(gy, a), b.shape)
-
-
 # --------------------------------------------------------------------------- channels
 @cuda.jit(cache=True)
 def copy_channels_kernel(src, dst, offset, forward):
