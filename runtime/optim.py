@@ -19,17 +19,44 @@ from numba import njit, prange
 from runtime.config import PARALLEL
 
 
+def sgd_update(p, g, b, lr, momentum, dampening, weight_decay, nesterov, first):
+    """One element of torch.optim.SGD's step: (new parameter, new momentum buffer; on the
+    first step the buffer starts as the gradient). Plain Python, compiled into the CPU
+    kernel below and into the CUDA backend's, so both do the same arithmetic."""
+    d = g + weight_decay * p
+    if momentum != 0.0:
+        b = d if first else momentum * b + (1.0 - dampening) * d
+        d = d + momentum * b if nesterov else b
+    return p - lr * d, b
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2):
+    """One element of torch.optim.Adam's (decoupled: AdamW's) step, with the bias
+    corrections c1 = 1 - beta1^t and c2 = sqrt(1 - beta2^t): (parameter, m, v)."""
+    d = g
+    if decoupled:
+        p = p * (1.0 - lr * weight_decay)
+    elif weight_decay != 0.0:
+        d = d + weight_decay * p
+    m = m + (1.0 - beta1) * (d - m)
+    v = beta2 * v + (1.0 - beta2) * d * d
+    return p - lr / c1 * m / (math.sqrt(v) / c2 + eps), m, v
+
+
+_sgd_update = njit(cache=True)(sgd_update)
+_adam_update = njit(cache=True)(adam_update)
+
+
 @njit(cache=True, **PARALLEL)
 def sgd_kernel(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
     """torch.optim.SGD's single-tensor step on flattened arrays (buf unused without
-    momentum; on the first step it starts as the gradient)."""
+    momentum)."""
     for i in prange(p.size):
-        d = g[i] + weight_decay * p[i]
+        b = buf[i] if momentum != 0.0 else 0.0
+        p[i], b = _sgd_update(p[i], g[i], b, lr, momentum, dampening, weight_decay, nesterov,
+                              first)
         if momentum != 0.0:
-            b = d if first else momentum * buf[i] + (1.0 - dampening) * d
             buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] -= lr * d
 
 
 @njit(cache=True, **PARALLEL)
@@ -38,14 +65,8 @@ def adam_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step
     c1 = 1.0 - beta1 ** step
     c2 = math.sqrt(1.0 - beta2 ** step)
     for i in prange(p.size):
-        d = g[i]
-        if decoupled:
-            p[i] *= 1.0 - lr * weight_decay
-        elif weight_decay != 0.0:
-            d = d + weight_decay * p[i]
-        m[i] += (1.0 - beta1) * (d - m[i])
-        v[i] = beta2 * v[i] + (1.0 - beta2) * d * d
-        p[i] -= lr / c1 * m[i] / (math.sqrt(v[i]) / c2 + eps)
+        p[i], m[i], v[i] = _adam_update(p[i], g[i], m[i], v[i], lr, beta1, beta2, eps,
+                                        weight_decay, decoupled, c1, c2)
 
 
 def _flat_host(array, dtype) -> np.ndarray:

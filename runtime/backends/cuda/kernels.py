@@ -142,6 +142,20 @@ def derivative(x, y, code, slope):
     return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_C * (1.0 + 3.0 * 0.044715 * x * x)
 
 
+@cuda.jit(device=True, inline=True)
+def _panel_product(sa, sb, acc, av, bv, tx, ty):
+    """acc (this thread's 4 x 4 outputs: rows ty + 16 i, columns tx + 16 j) += the product
+    of the shared panels sa (64 x 16) and sb (16 x 64), through registers av and bv."""
+    for kk in range(TILE_K):
+        for i in range(PER_THREAD):
+            av[i] = sa[ty + THREADS * i, kk]
+        for j in range(PER_THREAD):
+            bv[j] = sb[kk, tx + THREADS * j]
+        for i in range(PER_THREAD):
+            for j in range(PER_THREAD):
+                acc[i, j] += av[i] * bv[j]
+
+
 @cuda.jit(cache=True)
 def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
     """c (M, N) = op(a) @ op(b), plus bias (mode 1: per row, 2: per column, 0: none), then
@@ -187,14 +201,7 @@ def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
             else:
                 sb[r, q] = 0.0
         cuda.syncthreads()
-        for kk in range(TILE_K):
-            for i in range(PER_THREAD):
-                av[i] = sa[ty + THREADS * i, kk]
-            for j in range(PER_THREAD):
-                bv[j] = sb[kk, tx + THREADS * j]
-            for i in range(PER_THREAD):
-                for j in range(PER_THREAD):
-                    acc[i, j] += av[i] * bv[j]
+        _panel_product(sa, sb, acc, av, bv, tx, ty)
         cuda.syncthreads()
     for i in range(PER_THREAD):
         r = row0 + ty + THREADS * i
@@ -424,14 +431,7 @@ def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, d
                     v = x[b, ch, sy, sx]
             sb[r, q] = v
         cuda.syncthreads()
-        for kk in range(TILE_K):
-            for i in range(PER_THREAD):
-                av[i] = sa[ty + THREADS * i, kk]
-            for j in range(PER_THREAD):
-                bv[j] = sb[kk, tx + THREADS * j]
-            for i in range(PER_THREAD):
-                for j in range(PER_THREAD):
-                    acc[i, j] += av[i] * bv[j]
+        _panel_product(sa, sb, acc, av, bv, tx, ty)
         cuda.syncthreads()
     for j in range(PER_THREAD):
         col = col0 + tx + THREADS * j

@@ -345,6 +345,21 @@ def batchnorm_backward(x, gy, mean, var, weight, eps: float):
 
 
 # --------------------------------------------------------------------------- layer norm
+@cuda.jit(device=True, inline=True)
+def _channel_moments(x, b, p, eps):
+    """(mean, 1 / sqrt(var + eps)) of x[b, :, p] over the channels, in two sweeps."""
+    c = x.shape[1]
+    mu = 0.0
+    for ch in range(c):
+        mu += x[b, ch, p]
+    mu /= c
+    var = 0.0
+    for ch in range(c):
+        d = x[b, ch, p] - mu
+        var += d * d
+    return mu, 1.0 / math.sqrt(var / c + eps)
+
+
 @cuda.jit(cache=True)
 def layernorm_kernel(x, y, weight, bias, eps):
     """Normalise over the channels of (N, C, HW) at every (sample, position): one thread
@@ -353,15 +368,7 @@ def layernorm_kernel(x, y, weight, bias, eps):
     n, c, hw = x.shape
     for e in range(cuda.grid(1), n * hw, cuda.gridsize(1)):
         b, p = e // hw, e % hw
-        mu = 0.0
-        for ch in range(c):
-            mu += x[b, ch, p]
-        mu /= c
-        var = 0.0
-        for ch in range(c):
-            d = x[b, ch, p] - mu
-            var += d * d
-        inv = 1.0 / math.sqrt(var / c + eps)
+        mu, inv = _channel_moments(x, b, p, eps)
         for ch in range(c):
             v = (x[b, ch, p] - mu) * inv
             y[b, ch, p] = v * weight[ch] + bias[ch] if weight.size else v
@@ -374,15 +381,7 @@ def layernorm_backward_kernel(x, gy, weight, eps, gx, gy_xhat):
     n, c, hw = x.shape
     for e in range(cuda.grid(1), n * hw, cuda.gridsize(1)):
         b, p = e // hw, e % hw
-        mu = 0.0
-        for ch in range(c):
-            mu += x[b, ch, p]
-        mu /= c
-        var = 0.0
-        for ch in range(c):
-            d = x[b, ch, p] - mu
-            var += d * d
-        inv = 1.0 / math.sqrt(var / c + eps)
+        mu, inv = _channel_moments(x, b, p, eps)
         mean_g, mean_gx = 0.0, 0.0
         for ch in range(c):
             xhat = (x[b, ch, p] - mu) * inv

@@ -18,7 +18,8 @@ a training step, and the optimisers' updates (``UPDATE``, the backend's
   loss, its gradient ``(softmax * sum(t) - t) / N`` and its top class. Targets are class
   indices (with label smoothing) or class probabilities (mixup, cutmix).
 - SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW: one thread per
-  element, the CPU kernels' arithmetic.
+  element, running the same per-element functions as the CPU kernels
+  (``runtime.optim.sgd_update``, ``adam_update``), compiled for the device.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from runtime.backends.cuda.kernels import (
     empty,
 )
 from runtime.losses import classification_step
+from runtime import optim
 from runtime.optim import UpdateKernels
 
 _MASK32 = 0xFFFFFFFF
@@ -253,30 +255,25 @@ def classify(logits, target, *, label_smoothing: float = 0.0):
 
 
 # --------------------------------------------------------------------------- optimisers
+_sgd_update = cuda.jit(device=True, inline=True)(optim.sgd_update)
+_adam_update = cuda.jit(device=True, inline=True)(optim.adam_update)
+
+
 @cuda.jit(cache=True)
 def sgd_kernel(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for i in range(start, p.size, stride):
-        d = g[i] + weight_decay * p[i]
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        b = buf[i] if momentum != 0.0 else 0.0
+        p[i], b = _sgd_update(p[i], g[i], b, lr, momentum, dampening, weight_decay, nesterov,
+                              first)
         if momentum != 0.0:
-            b = d if first else momentum * buf[i] + (1.0 - dampening) * d
             buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] -= lr * d
 
 
 @cuda.jit(cache=True)
 def adam_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, c2):
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for i in range(start, p.size, stride):
-        d = g[i]
-        if decoupled:
-            p[i] *= 1.0 - lr * weight_decay
-        elif weight_decay != 0.0:
-            d = d + weight_decay * p[i]
-        m[i] += (1.0 - beta1) * (d - m[i])
-        v[i] = beta2 * v[i] + (1.0 - beta2) * d * d
-        p[i] -= lr / c1 * m[i] / (math.sqrt(v[i]) / c2 + eps)
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        p[i], m[i], v[i] = _adam_update(p[i], g[i], m[i], v[i], lr, beta1, beta2, eps,
+                                        weight_decay, decoupled, c1, c2)
 
 
 @cuda.jit(cache=True)
