@@ -200,7 +200,7 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         trainable = opt.params = trainable_at(epoch)
         model.train()
-        began, seen, total, correct = time.perf_counter(), 0, 0.0, 0
+        began, seen, total, correct, judged = time.perf_counter(), 0, 0.0, 0, 0
         bar = tqdm(total=len(split.train), unit="img", leave=False, disable=not progress,
                    desc=f"epoch {epoch + 1}/{config.epochs}")
         for step, (x, y) in enumerate(batches(split.train, config.batch_size, seed=config.seed,
@@ -208,9 +208,9 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             if augment is not None:
                 x, y = augment(x, y, aug_rng)
             # the output, loss gradient and parameter gradients stay on the backend's
-            # device; the loss and the predicted classes come back
+            # device; the loss and the number of correct predictions come back
             out = model(x, host=False)
-            loss, grad, predicted = model.backend.classify(
+            loss, grad, hits = model.backend.classify(
                 out, y, label_smoothing=config.label_smoothing)
             if not math.isfinite(loss):
                 raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, step "
@@ -222,16 +222,16 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             opt.step({k: g for k, g in grads.items() if k in trainable})
             seen += len(y)
             total += loss * len(y)
-            labels = y.argmax(axis=1) if y.ndim == 2 else y  # soft targets: their top class
-            correct += int((predicted == labels).sum())
+            correct += hits  # soft targets (mixup, cutmix): their top class
+            judged += len(y) if np.issubdtype(y.dtype, np.floating) else y.size  # pixels
             bar.update(len(y))
-            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}",
+            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / judged:.3f}",
                             refresh=False)
         bar.close()
         elapsed = time.perf_counter() - began
         test = evaluate(model, split.test, max(config.batch_size, 256))
         row = {"epoch": epoch + 1, "steps": opt.steps, "lr": opt.lr, "train_loss": total / seen,
-               "train_accuracy": correct / seen, "test_loss": test["loss"],
+               "train_accuracy": correct / judged, "test_loss": test["loss"],
                "test_accuracy": test["accuracy"], "images_per_s": seen / elapsed,
                "seconds": elapsed}
         history.append(row)

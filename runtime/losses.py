@@ -59,10 +59,14 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, *, label_smoothing: fl
 def classification_step(logits: np.ndarray, target: np.ndarray, *,
                         label_smoothing: float = 0.0):
     """What a training step needs from a classifier's output: the mean cross-entropy, its
-    gradient with respect to the logits, and the predicted classes (for the accuracy). A
-    device backend has its own, on its arrays (``Backend.classify``)."""
+    gradient with respect to the logits, and how many samples (pixels, for per-pixel
+    logits) have their label as top class (for the accuracy; with class probabilities as
+    targets, their most likely class). A device backend computes the same on its arrays
+    (``Backend.classify``), so only the two numbers cross the bus."""
     loss, grad = cross_entropy(logits, target, label_smoothing=label_smoothing)
-    return loss, grad, logits.argmax(axis=1)
+    target = np.asarray(target)
+    labels = target.argmax(axis=1) if target.shape == logits.shape else target
+    return loss, grad, int((logits.argmax(axis=1) == labels).sum())
 
 
 def _soft_cross_entropy(logits, target, label_smoothing, weight):

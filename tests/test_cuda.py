@@ -376,6 +376,9 @@ def test_dropout_masks_are_drawn_on_the_device(kind, attrs, shape):
     ((4, 5), np.array([0, 4, 2, 2]), 0.0),
     ((3, 40), np.array([39, 0, 7]), 0.1),   # more classes than threads of a simulated block
     ((2, 3), np.array([[0.2, 0.8, 0.0], [0.5, 0.25, 0.25]]), 0.1),  # mixup's probabilities
+    ((2, 3, 2, 3), np.array([[[0, 1, 2], [2, 2, 1]], [[1, 0, 0], [2, 1, 0]]]), 0.1),  # pixels
+    ((1, 3, 1, 2), np.array([[[0, -100]]]), 0.0),  # an ignored pixel: the host's loss
+    ((2, 4), np.array([3, -100]), 0.0),
 ])
 def test_the_training_loss_runs_on_the_device(shape, target, smoothing):
     from runtime.backends.cuda import training
@@ -383,13 +386,13 @@ def test_the_training_loss_runs_on_the_device(shape, target, smoothing):
 
     z = (np.random.default_rng(shape[1]).standard_normal(shape) * 3).astype(np.float32)
     z[0, 1] = z[0, 2] = z[0].max() + 1  # a tie: the first maximum is the prediction
-    loss, grad, top = training.classify(device(z), target, label_smoothing=smoothing)
-    want_loss, want_grad, want_top = classification_step(z, target, label_smoothing=smoothing)
+    loss, grad, hits = training.classify(device(z), target, label_smoothing=smoothing)
+    want_loss, want_grad, want_hits = classification_step(z, target, label_smoothing=smoothing)
     assert loss == pytest.approx(want_loss, rel=1e-5)
     np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-4, atol=1e-7)
-    np.testing.assert_array_equal(top, want_top)
+    assert hits == want_hits
     with pytest.raises(ValueError, match="class labels must lie in"):
-        training.classify(device(z), np.full(shape[0], shape[1]))
+        training.classify(device(z), np.full((shape[0],) + shape[2:], shape[1]))
 
 
 @pytest.mark.parametrize("name, kwargs", [

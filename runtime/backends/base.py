@@ -47,7 +47,8 @@ class Backend:
     the host (the CUDA backend while kernels are being ported); ``optim``: the optimiser
     kernels for its arrays (``runtime.optim.UpdateKernels``; None: the host's);
     ``classify(logits, labels, label_smoothing=)``: a training step's loss, gradient and
-    predicted classes (``runtime.losses.classification_step`` on the host); ``clock()``
+    count of correct predictions (``runtime.losses.classification_step`` on the host);
+    ``clock()``
     a :class:`HostClock`-like timer for profiles; ``device_name()`` what runs the
     kernels."""
 

@@ -15,8 +15,10 @@ a training step, and the optimisers' updates (``UPDATE``, the backend's
   a checkpoint resumes the same stream.
 - cross-entropy: one block per sample (row of logits): the row's maximum, the sum of
   exponentials and the target-weighted sums by tree reductions; it writes the row's
-  loss, its gradient ``(softmax * sum(t) - t) / N`` and its top class. Targets are class
-  indices (with label smoothing) or class probabilities (mixup, cutmix).
+  loss, its gradient ``(softmax * sum(t) - t) / N`` and whether its top class is the
+  label. Targets are class indices (with label smoothing) or class probabilities (mixup,
+  cutmix); per-pixel logits take one thread per pixel. The losses and hits are summed on
+  the device: two numbers come back.
 - SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW: one thread per
   element, running the same per-element functions as the CPU kernels
   (``runtime.optim.sgd_update``, ``adam_update``), compiled for the device.
@@ -189,9 +191,10 @@ def _target(labels, soft, r, q, smoothing, c):
 
 
 @cuda.jit(cache=True)
-def cross_entropy_kernel(z, labels, soft, smoothing, losses, grad, top):
+def cross_entropy_kernel(z, labels, soft, smoothing, losses, hits, grad):
     """One block per row of logits ``z`` (N, C): loss_r = lse * sum(t) - sum(t z),
-    grad = (softmax * sum(t) - t) / N, top = the first index of the row's maximum."""
+    grad = (softmax * sum(t) - t) / N, hit_r = 1 when the row's first maximum is its
+    label (for class probabilities ``soft``: their most likely class, given as label)."""
     n, c = z.shape
     r, t = cuda.blockIdx.x, cuda.threadIdx.x
     maxima = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
@@ -217,41 +220,76 @@ def cross_entropy_kernel(z, labels, soft, smoothing, losses, grad, top):
         grad[r, q] = (p * mass - _target(labels, soft, r, q, smoothing, c)) / n
     if t == 0:
         losses[r] = lse * mass - dot
-        where = 0
+        top = 0
         for q in range(c):  # the first maximum, as NumPy's argmax
             if z[r, q] == best:
-                where = q
+                top = q
                 break
-        top[r] = where
+        hits[r] = 1.0 if top == labels[r] else 0.0
+
+
+@cuda.jit(cache=True)
+def pixel_cross_entropy_kernel(z, labels, smoothing, losses, hits, grad):
+    """Per-pixel logits (N, C, HW) with class indices (N * HW): one thread per pixel walks
+    its C classes; the mean over all pixels."""
+    n, c, hw = z.shape
+    scale = 1.0 / (n * hw)
+    for e in range(cuda.grid(1), n * hw, cuda.gridsize(1)):
+        b, p = e // hw, e % hw
+        label = labels[e]
+        best, top, total = z[b, 0, p], 0, 0.0
+        for q in range(c):
+            total += z[b, q, p]
+            if z[b, q, p] > best:
+                best, top = z[b, q, p], q
+        s = 0.0
+        for q in range(c):
+            s += math.exp(z[b, q, p] - best)
+        lse = best + math.log(s)
+        losses[e] = lse - (1.0 - smoothing) * z[b, label, p] - smoothing / c * total
+        hits[e] = 1.0 if top == label else 0.0
+        for q in range(c):
+            t = (1.0 - smoothing if q == label else 0.0) + smoothing / c
+            grad[b, q, p] = (math.exp(z[b, q, p] - lse) - t) * scale
 
 
 def classify(logits, target, *, label_smoothing: float = 0.0):
-    """``runtime.losses.classification_step`` on the device for (N, C) logits: the loss
-    and the predicted classes come back to the host, the gradient stays. Per-pixel logits
-    go through the host's."""
+    """``runtime.losses.classification_step`` on the device, for (N, C) logits with class
+    indices or probabilities and per-pixel (N, C, H, W) logits with class indices: the
+    gradient stays on the device, the mean loss and the number of hits come back (two
+    sums reduced on the device). Anything else (an ignore index, per-pixel
+    probabilities) goes through the host's."""
     target = np.asarray(target)
-    if len(logits.shape) != 2:
-        loss, grad, top = classification_step(logits.copy_to_host(), target,
-                                              label_smoothing=label_smoothing)
-        return loss, cuda.to_device(grad), top
-    n, c = logits.shape
-    soft = target.shape == (n, c) and np.issubdtype(target.dtype, np.floating)
-    if not soft:
-        if target.shape != (n,):
-            raise ValueError(f"targets of shape {target.shape} do not fit logits of shape "
-                             f"{logits.shape}: expected ({n},)")
-        if n and (target.min() < 0 or target.max() >= c):
-            raise ValueError(f"class labels must lie in 0..{c - 1}; got "
-                             f"{target.min()}..{target.max()}")
-    labels = cuda.to_device(np.zeros(1, np.int64) if soft else target.astype(np.int64))
-    probs = cuda.to_device(target.astype(np.float32)) if soft else _empty().reshape(0, 1)
-    losses = empty(n)
-    grad = empty((n, c))
-    top = cuda.device_array(n, dtype=np.int64)
-    cross_entropy_kernel[n, ELEMENTWISE_BLOCK](logits, labels, probs, label_smoothing, losses,
-                                               grad, top)
-    loss = float(losses.copy_to_host().astype(np.float64).sum() / n)
-    return loss, grad, top.copy_to_host()
+    shape = tuple(logits.shape)
+    n, c = shape[:2]
+    soft = target.shape == shape and np.issubdtype(target.dtype, np.floating)
+    per_pixel = len(shape) > 2
+    if not soft and target.shape != (n,) + shape[2:]:
+        raise ValueError(f"targets of shape {target.shape} do not fit logits of shape "
+                         f"{shape}: expected {(n,) + shape[2:]}")
+    if (soft and per_pixel) or (not soft and target.size and target.min() < 0):
+        # per-pixel probabilities, or ignored labels: the host's loss (which also says
+        # what is wrong with a label that is neither a class nor the ignore index)
+        loss, grad, hits = classification_step(logits.copy_to_host(), target,
+                                               label_smoothing=label_smoothing)
+        return loss, cuda.to_device(grad), hits
+    if not soft and target.size and target.max() >= c:
+        raise ValueError(f"class labels must lie in 0..{c - 1}; got "
+                         f"{target.min()}..{target.max()}")
+    labels = cuda.to_device((target.argmax(axis=1) if soft else target).astype(np.int64)
+                            .reshape(-1))
+    rows = labels.size
+    losses, hits = empty(rows), empty(rows)
+    grad = empty(shape)
+    if per_pixel:
+        view = (n, c, rows // n)
+        _launch(pixel_cross_entropy_kernel, rows, logits.reshape(view), labels,
+                label_smoothing, losses, hits, grad.reshape(view))
+    else:
+        probs = cuda.to_device(target.astype(np.float32)) if soft else _empty().reshape(0, 1)
+        cross_entropy_kernel[n, ELEMENTWISE_BLOCK](logits, labels, probs, label_smoothing,
+                                                   losses, hits, grad)
+    return _sum(losses) / rows, grad, int(round(_sum(hits)))
 
 
 # --------------------------------------------------------------------------- optimisers
@@ -277,13 +315,14 @@ def adam_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, 
 
 
 @cuda.jit(cache=True)
-def square_sum_kernel(a, partial):
-    """partial[block] = the sum of squares of the block's grid-stride share of ``a``."""
+def sum_kernel(a, partial, square):
+    """partial[block] = the sum (of squares, with ``square``) of the block's grid-stride
+    share of ``a``; the host adds the few partial sums."""
     sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
     t = cuda.threadIdx.x
     total = 0.0
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
-        total += a[i] * a[i]
+        total += a[i] * a[i] if square else a[i]
     total = block_sum(sums, t, total)
     if t == 0:
         partial[cuda.blockIdx.x] = total
@@ -316,12 +355,17 @@ def _flat(a, dtype):
     return a.reshape(a.size)
 
 
-def _sum_squares(g) -> float:
-    flat = g.reshape(g.size)
-    blocks = _blocks(g.size)
-    partial = empty(blocks)
-    square_sum_kernel[blocks, ELEMENTWISE_BLOCK](flat, partial)
+def _sum(a, square: bool = False) -> float:
+    """The sum (of squares) of a device array, reduced on the device."""
+    flat = a.reshape(a.size)
+    blocks = _blocks(a.size)
+    partial = cuda.device_array(blocks, dtype=np.float32)
+    sum_kernel[blocks, ELEMENTWISE_BLOCK](flat, partial, square)
     return float(partial.copy_to_host().astype(np.float64).sum())
+
+
+def _sum_squares(g) -> float:
+    return _sum(g, square=True)
 
 
 def _scale(g, coef: float) -> None:
