@@ -7,6 +7,7 @@ real."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -583,3 +584,40 @@ def test_fused_residual_and_activation_epilogues_on_the_device(mode):
     for name in a.params:
         np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
                                    err_msg=name)
+
+
+SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
+LIBRARY = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
+
+
+def _relative(a, b) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.skipif(kernels.SIMULATED, reason="a real GPU only: whole library networks are "
+                    "far too slow under the simulator (ARCHC_CUDA=real pytest -m cuda)")
+@pytest.mark.parametrize("spec", LIBRARY)
+def test_every_library_network_runs_and_trains_on_a_real_gpu(spec):
+    """Forward and gradients of each library network on the GPU against the CPU backend
+    (inference mode; and training mode, batch statistics included, where no random mask
+    makes the two differ), to float32 accuracy over the whole network."""
+    import archc
+
+    graph = archc.load(SPEC_DIR / f"{spec}.yaml")
+    gpu, host = archc.compile(graph, backend="cuda"), archc.compile(graph, "cpu")
+    rng = np.random.default_rng(0)
+    x = {k: rng.standard_normal((2,) + s).astype(np.float32)
+         for k, s in host.program.inputs.items()}
+    random = {"dropout", "stochastic_depth"} & {op.kind for op in host.program.ops}
+    for mode in ("eval",) if random else ("eval", "train"):
+        getattr(gpu, mode)(), getattr(host, mode)()
+        want, got = host(x), gpu(x)
+        outs = want if isinstance(want, dict) else {"y": want}
+        gots = got if isinstance(got, dict) else {"y": got}
+        for key in outs:
+            assert _relative(gots[key], outs[key]) < 1e-4, (mode, key)
+        gy = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in outs.items()}
+        arg = gy if isinstance(want, dict) else gy["y"]
+        a, b = host.backward(arg), gpu.backward(arg)
+        for name, g in a.params.items():
+            assert _relative(b.params[name], g) < 1e-3, (mode, name)
