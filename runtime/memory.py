@@ -33,8 +33,10 @@ class MemoryPlan:
     naive_bytes: int
 
 
-def plan_memory(program: Program, batch: int = 1) -> MemoryPlan:
-    """Plan the inference buffers of ``program`` for a batch of ``batch``.
+def plan_memory(program: Program, batch: int = 1, keep_all: bool = False) -> MemoryPlan:
+    """Plan the inference buffers of ``program`` for a batch of ``batch``; ``keep_all``:
+    every value lives to the end (a training forward pass keeps them for backward), so
+    nothing shares room but views.
 
     Examples
     --------
@@ -43,9 +45,15 @@ def plan_memory(program: Program, batch: int = 1) -> MemoryPlan:
     >>> from runtime.program import Op, Program
     >>> ops = tuple(Op(f"r{i}", "relu", {}, (f"r{i - 1}" if i else "x",), f"r{i}", {},
     ...                ((10,),), (10,)) for i in range(4))
-    >>> plan = plan_memory(Program("chain", {"x": (10,)}, ops, {"out": "r3"}))
+    >>> chain = Program("chain", {"x": (10,)}, ops, {"out": "r3"})
+    >>> plan = plan_memory(chain)
     >>> plan.naive_bytes, plan.peak_bytes, plan.arena_bytes
     (200, 80, 80)
+
+    Kept for backward, every value has its own room:
+
+    >>> plan_memory(chain, keep_all=True).arena_bytes
+    200
     """
     order = list(program.inputs) + [op.output for op in program.ops]
     step = {name: i for i, name in enumerate(order)}
@@ -63,6 +71,8 @@ def plan_memory(program: Program, batch: int = 1) -> MemoryPlan:
             last[buf] = max(last[buf], step[op.output])
     for name in program.outputs.values():
         last[owner[name]] = len(order)
+    if keep_all:
+        last = {buf: len(order) for buf in last}
     # most bytes alive at once (inputs and output of a step overlap)
     peak = max(sum(sizes[b] for b in sizes if first[b] <= t <= last[b]) for t in range(len(order)))
     offsets: dict[str, int] = {}

@@ -79,7 +79,8 @@ class Model:
         self.training = False
         self.rng = np.random.default_rng(seed)
         self._tape: tuple[dict, dict] | None = None
-        self._plans: dict[int, MemoryPlan] = {}
+        self._plans: dict[tuple[int, bool], MemoryPlan] = {}
+        self._arenas: dict = {}  # a device backend's buffers for the memory plans
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -133,11 +134,22 @@ class Model:
         """Name -> array, PyTorch names and layouts (buffers included, as in a state_dict)."""
         return self.params
 
-    def memory_plan(self, batch: int = 1) -> MemoryPlan:
-        """The inference buffer plan (arena size, peak and naive bytes) for a batch."""
-        if batch not in self._plans:
-            self._plans[batch] = plan_memory(self.program, batch)
-        return self._plans[batch]
+    def memory_plan(self, batch: int = 1, keep_all: bool = False) -> MemoryPlan:
+        """The inference buffer plan (arena size, peak and naive bytes) for a batch;
+        ``keep_all``: the plan of a forward pass that keeps every value for backward."""
+        if (batch, keep_all) not in self._plans:
+            self._plans[batch, keep_all] = plan_memory(self.program, batch, keep_all)
+        return self._plans[batch, keep_all]
+
+    def _planned(self, ctx: dict, values: dict, keep: bool) -> None:
+        """Tell the kernels where the memory plan puts each result (a device backend
+        places them in one buffer per model and kind of pass; the CPU ignores it). A
+        forward pass for backward keeps every value, and leaves its outputs out: they are
+        handed to the caller."""
+        batch = next(iter(values.values())).shape[0]
+        ctx["plan"], ctx["batch"] = self.memory_plan(batch, keep_all=keep), batch
+        ctx["arena"] = (self._arenas, "tape" if keep else "predict")
+        ctx["unplanned"] = set(self.program.outputs.values()) if keep else set()
 
     def load(self, path: str | Path) -> None:
         loaded = load_params(path, self.program)
@@ -192,6 +204,7 @@ class Model:
         loss runs there too)."""
         values = self._inputs(x)
         ctx = self._context(keep=True)  # keep: what backward() needs
+        self._planned(ctx, values, keep=True)
         # training updates batch-norm running statistics in place, on the device
         device = self.device_params() if self.training else self._params_on_device()
         with self._scope():
@@ -216,9 +229,7 @@ class Model:
         values = self._inputs(x)
         last = self._last_uses()
         ctx = self._context(keep=False)
-        # where each value may live (a device backend places its results there)
-        batch = next(iter(values.values())).shape[0]
-        ctx["plan"], ctx["batch"] = self.memory_plan(batch), batch
+        self._planned(ctx, values, keep=False)
         device = self._params_on_device()
         peak = 0
         with self._scope():

@@ -60,3 +60,13 @@ def test_predict_frees_by_liveness_and_peaks_where_the_plan_says(spec, variables
     with pytest.raises(RuntimeError, match="predict"):
         model.predict(x)
         model.backward(np.ones_like(y))
+
+
+def test_the_runtime_examples_hold():
+    """The runtime package is outside the doctest paths (its CUDA modules must not be
+    imported before tests/conftest.py picks the simulator): its examples run here."""
+    import doctest
+
+    import runtime.memory
+
+    assert doctest.testmod(runtime.memory).failed == 0

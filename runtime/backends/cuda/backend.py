@@ -491,13 +491,14 @@ def on_device(op) -> bool:
 
 
 def _planned(kernel):
-    """Run an op's kernel with its result placed where the inference memory plan puts it
-    (``predict``: ``ctx["plan"]``): the arena is one device buffer for the whole pass."""
+    """Run an op's kernel with its result placed where the memory plan puts it
+    (``ctx["plan"]``, from the model): one device buffer per model and kind of pass holds
+    the activations, reused from pass to pass."""
     def run(op, xs, p, ctx):
         plan = ctx.get("plan")
-        if plan is None or op.view:
+        if plan is None or op.view or op.output in ctx.get("unplanned", ()):
             return kernel(op, xs, p, ctx)
-        arena = K.ARENA.reserve(plan.arena_bytes)
+        arena = K.ARENA.reserve(*ctx["arena"], plan.arena_bytes)
         shape = (ctx["batch"],) + tuple(op.out_shape)
         start = plan.offsets[op.output] // 4
         K.ARENA.slot = (shape, arena[start:start + math.prod(shape)])

@@ -45,21 +45,23 @@ _TANH_C = math.sqrt(2.0 / math.pi)
 
 
 class Arena:
-    """The inference memory plan (``runtime.memory``) on the device: one float32 buffer of
-    the plan's arena size, kept between passes, and the slot planned for the op running
-    now. ``empty`` hands out that slot for the op's first request of its output's size
-    (the kernels' results come from ``empty``), so activations live where the plan put them
-    instead of in fresh allocations. Whatever takes the slot is safe: the plan keeps an
-    op's output room clear of every value alive during the op."""
+    """Where the memory plan (``runtime.memory``) puts the op running now: ``slot`` is
+    (shape, view of the plan's device buffer) while an op runs. ``empty`` hands out that
+    slot for the op's first request of its output's size (the kernels' results come from
+    ``empty``), so activations live where the plan put them instead of in fresh
+    allocations. Whatever takes the slot is safe: the plan keeps an op's output room
+    clear of every value alive during the op. ``reserve`` gives a model's buffer for a
+    kind of pass, grown to the plan's size when needed."""
 
     def __init__(self):
-        self.buffer = None
         self.slot = None  # (shape, view) for the op running now
 
-    def reserve(self, nbytes: int):
-        if self.buffer is None or self.buffer.size * 4 < nbytes:
-            self.buffer = cuda.device_array(max(nbytes // 4, 1), dtype=np.float32)
-        return self.buffer
+    @staticmethod
+    def reserve(buffers: dict, kind: str, nbytes: int):
+        buffer = buffers.get(kind)
+        if buffer is None or buffer.size * 4 < nbytes:
+            buffer = buffers[kind] = cuda.device_array(max(nbytes // 4, 1), dtype=np.float32)
+        return buffer
 
     def take(self, shape):
         """The slot as an array of ``shape`` when it has that many elements (then it is
