@@ -25,6 +25,10 @@ class ErrorCase:
 
 
 CASES = [
+    ErrorCase("attribute-beside-layer", "A layer's attribute written beside it",
+              HEAD + "  - relu\n  - concat: [-1, -2]\n    dim: 1\n",
+              5, 5, "unknown key 'dim' in a layer entry",
+              hint="'dim' is an attribute of concat: put it in concat's mapping"),
     ErrorCase("yaml-syntax", "YAML syntax error",
               HEAD + "  - conv2d: {out_channels: 8, kernel_size: 3\n  - relu\n",
               5, 1, "expected ',' or '}'"),

@@ -71,5 +71,4 @@ def test_bench_on_the_cuda_backend(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "t on cuda (the CUDA simulator), batch 2: mean of 1 pass" in out
     assert "roofline (h100)" in out and "backward" in out
-    assert "1 of 4 layers ran through the host (no device kernel yet): " \
-           "softmax" in out
+    assert "ran through the host" not in out  # every layer has its device kernels

@@ -78,6 +78,19 @@ class Entry:
         return self.when is not _UNSET
 
 
+def _attribute_hint(key: str, known: list[str]) -> str | None:
+    """When a stray entry key is an attribute of the entry's layer: where it goes."""
+    from archc.layers import get_layer, is_layer
+
+    if len(known) != 1 or not is_layer(known[0]):
+        return None
+    op = known[0]
+    if key not in {attr.name for attr in get_layer(op).attrs}:
+        return None
+    return (f"'{key}' is an attribute of {op}: put it in {op}'s mapping, with the inputs "
+            f"under 'inputs:', e.g. '- {op}: {{{key}: ...}}' and '  inputs: [...]'")
+
+
 def parse_entry(item: Any, loc: Loc, is_op: Callable[[str], bool]) -> Entry:
     """Parse one item of a ``layers`` list; ``is_op`` tells layer and block names apart
     from misspelt entry keys."""
@@ -100,7 +113,8 @@ def parse_entry(item: Any, loc: Loc, is_op: Callable[[str], bool]) -> Entry:
                             item.key_loc(known[1]), "start each layer on its own '- ' line")
         bad = next(k for k in ops if k not in known)
         raise SpecError(f"unknown key '{bad}' in a layer entry", item.key_loc(bad),
-                        did_you_mean(bad, ENTRY_KEYS + tuple(ops))
+                        _attribute_hint(bad, known)
+                        or did_you_mean(bad, ENTRY_KEYS + tuple(k for k in ops if k != bad))
                         or f"entry keys are {', '.join(ENTRY_KEYS)}, plus one layer type")
     op = ops[0]
     value = item[op]

@@ -1,12 +1,11 @@
-"""The CUDA backend's kernel tables: a device kernel for every layer type (``kernels.py``,
-``layers.py``, ``tensor.py``, ``resample.py``, ``training.py``), and for the cases not
-ported (a concat, slice or softmax along an axis other than the channels) a host
-fallback that copies the inputs to the
-host, runs the CPU kernel and copies the result back (``on_device`` says which).
-Parameters are uploaded once and stay on the device, as do values between device ops,
-gradients and optimiser state; ``predict`` places results in the memory plan's arena.
-Training runs on the device: batch statistics, dropout masks, the loss of a step and the
-optimiser updates are kernels (``BACKEND.optim``, ``BACKEND.classify``).
+"""The CUDA backend's kernel tables: a device kernel for every layer type, forward and
+backward (``kernels.py``, ``layers.py``, ``tensor.py``, ``resample.py``, ``training.py``).
+A layer type added to the CPU backend without CUDA kernels runs through the host fallback
+(the inputs to the host, the CPU kernel, the result back; ``on_device`` says which).
+Parameters are uploaded once and stay on the device, as do values between ops, gradients
+and optimiser state; forward passes place their results in the model's memory-plan
+buffers. Training runs on the device: batch statistics, dropout masks, the loss of a step
+and the optimiser updates are kernels (``BACKEND.optim``, ``BACKEND.classify``).
 """
 
 from __future__ import annotations
@@ -149,9 +148,10 @@ def activation_backward(op, xs, y, gy, p, ctx):
 
 
 def add_forward(op, xs, p, ctx):
-    if len(xs) != 2 or xs[0].shape != xs[1].shape:
-        return _host_forward("add")(op, xs, p, ctx)
-    return K.add(xs[0], xs[1])
+    y = K.add(xs[0], xs[1])
+    for x in xs[2:]:
+        y = K.add(y, x)
+    return y
 
 
 def add_backward(op, xs, y, gy, p, ctx):
@@ -386,38 +386,43 @@ def multiply_backward(op, xs, y, gy, p, ctx):
     return grads, {}
 
 
-def _channel_axis(op) -> bool:
-    return op.attrs["dim"] in (1, 1 - len(op.out_shape) - 1)
+def _axis(op) -> int:
+    """The op's ``dim`` as a non-negative axis of the batched tensor."""
+    dim, rank = op.attrs["dim"], len(op.out_shape) + 1
+    return dim + rank if dim < 0 else dim
 
 
 def concat_forward(op, xs, p, ctx):
-    if not _channel_axis(op):
-        return _host_forward("concat")(op, xs, p, ctx)
-    return T.concat(xs)
+    return T.concat(xs, _axis(op))
 
 
 def concat_backward(op, xs, y, gy, p, ctx):
-    if not _channel_axis(op):
-        return _host_backward("concat")(op, xs, y, gy, p, ctx)
-    return T.split_channels(gy, [x.shape[1] for x in xs]), {}
+    axis = _axis(op)
+    return T.split(gy, [x.shape[axis] for x in xs], axis), {}
 
 
-def _channel_range(op, channels: int) -> tuple[int, int]:
-    start, stop, _ = slice(op.attrs["start"], op.attrs["end"]).indices(channels)
+def _range(op, size: int) -> tuple[int, int]:
+    start, stop, _ = slice(op.attrs["start"], op.attrs["end"]).indices(size)
     return start, stop
 
 
 def slice_forward(op, xs, p, ctx):
-    if not _channel_axis(op):
-        return _host_forward("slice")(op, xs, p, ctx)
-    return T.slice_channels(xs[0], *_channel_range(op, xs[0].shape[1]))
+    axis = _axis(op)
+    return T.slice_axis(xs[0], *_range(op, xs[0].shape[axis]), axis)
 
 
 def slice_backward(op, xs, y, gy, p, ctx):
-    if not _channel_axis(op):
-        return _host_backward("slice")(op, xs, y, gy, p, ctx)
-    start, _ = _channel_range(op, xs[0].shape[1])
-    return [T.slice_channels_backward(gy, xs[0].shape, start)], {}
+    axis = _axis(op)
+    start, _ = _range(op, xs[0].shape[axis])
+    return [T.slice_backward(gy, xs[0].shape, start, axis)], {}
+
+
+def permute_forward(op, xs, p, ctx):
+    return T.permute(xs[0], op.attrs["dims"])
+
+
+def permute_backward(op, xs, y, gy, p, ctx):
+    return [T.permute(gy, tuple(np.argsort(op.attrs["dims"])))], {}
 
 
 def channel_shuffle_forward(op, xs, p, ctx):
@@ -429,15 +434,11 @@ def channel_shuffle_backward(op, xs, y, gy, p, ctx):
 
 
 def softmax_forward(op, xs, p, ctx):
-    if not _channel_axis(op):
-        return _host_forward("softmax")(op, xs, p, ctx)
-    return T.softmax(xs[0])
+    return T.softmax(xs[0], _axis(op))
 
 
 def softmax_backward(op, xs, y, gy, p, ctx):
-    if not _channel_axis(op):
-        return _host_backward("softmax")(op, xs, y, gy, p, ctx)
-    return [T.softmax_backward(y, gy)], {}
+    return [T.softmax_backward(y, gy, _axis(op))], {}
 
 
 def layer_scale_forward(op, xs, p, ctx):
@@ -451,10 +452,10 @@ def layer_scale_backward(op, xs, y, gy, p, ctx):
 
 
 KERNELS.update(multiply=multiply_forward, concat=concat_forward, softmax=softmax_forward,
-               slice=slice_forward,
+               slice=slice_forward, permute=permute_forward,
                channel_shuffle=channel_shuffle_forward, layer_scale=layer_scale_forward)
 BACKWARD.update(multiply=multiply_backward, concat=concat_backward, softmax=softmax_backward,
-                slice=slice_backward,
+                slice=slice_backward, permute=permute_backward,
                 channel_shuffle=channel_shuffle_backward, layer_scale=layer_scale_backward)
 
 
@@ -477,16 +478,14 @@ DEVICE_OPS = frozenset(("conv2d", "linear", "add", "flatten", "reshape", "identi
                         "stochastic_depth", "max_pool2d", "avg_pool2d", "batchnorm2d",
                         "batchnorm1d", "multiply", "channel_shuffle", "layer_scale",
                         "upsample", "unpool2d", "center_crop", "layernorm", "layernorm2d",
-                        "local_response_norm", "conv_transpose2d", "max_unpool2d")
+                        "local_response_norm", "conv_transpose2d", "max_unpool2d", "concat",
+                        "slice", "softmax", "permute")
                        + ACTIVATIONS + POOLS)
 
 
 def on_device(op) -> bool:
-    """Whether an op runs on the device (else through the host fallback)."""
-    if op.kind == "add":
-        return len(op.inputs) == 2 and op.in_shapes[0] == op.in_shapes[1]
-    if op.kind in ("concat", "softmax", "slice"):
-        return _channel_axis(op)
+    """Whether an op runs on the device (else through the host fallback: a layer type
+    added to the CPU backend runs on CUDA through the host until it has its kernels)."""
     return op.kind in DEVICE_OPS
 
 

@@ -1,7 +1,8 @@
 """CUDA kernels that move or combine whole tensors, with their launches: broadcasting
 multiply (squeeze-excitation's gate, stochastic depth's per-sample scale) and the
-reduction of a broadcast gradient back to an operand's shape, channel concatenation and
-its split, channel shuffle, and the softmax over channels.
+reduction of a broadcast gradient back to an operand's shape, permutations,
+concatenation, slices and the softmax along any axis (through an (outer, axis, inner)
+view), and channel shuffle.
 
 Shapes are NumPy's broadcasting: operands are aligned at their last axes and padded to
 four axes with leading ones; an operand's stride along an axis it broadcasts is 0.
@@ -74,6 +75,28 @@ def reduce_kernel(src, dst, kept_dims, reduced_dims, kept_strides, reduced_strid
         dst[k] = total
 
 
+@cuda.jit(cache=True)
+def gather_kernel(x, out, dims, strides):
+    """out[e] = x[the offset of out's e-th index with ``strides``]: a transposition."""
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[e] = x[_offset(e, dims, strides)]
+
+
+def permute(x, dims):
+    """x.transpose(dims) (dims over the batched axes, up to four), contiguous."""
+    shape = tuple(x.shape)
+    step, strides = 1, [0] * len(shape)
+    for axis in reversed(range(len(shape))):
+        strides[axis] = step
+        step *= shape[axis]
+    out_shape = tuple(shape[d] for d in dims)
+    pad = RANK - len(shape)
+    out = empty(out_shape)
+    _launch(gather_kernel, out.size, x.reshape(x.size), out.reshape(out.size),
+            _padded(out_shape), (0,) * pad + tuple(strides[d] for d in dims))
+    return out
+
+
 def multiply(a, b):
     """a * b with broadcasting, on the device."""
     shape = broadcast_shape(a.shape, b.shape)
@@ -103,46 +126,65 @@ def reduce_to(src, shape):
     return dst.reshape(shape)
 
 
-# --------------------------------------------------------------------------- channels
+# --------------------------------------------------------------------------- axes
 @cuda.jit(cache=True)
-def copy_channels_kernel(src, dst, offset, forward):
-    """Between src (N, Cs, HW) and channels offset..offset+Cs of dst (N, C, HW): into dst
-    (``forward``: concatenation) or out of it (its backward)."""
-    n, cs, hw = src.shape
+def copy_range_kernel(src, dst, offset, forward):
+    """Between src (A, Ns, B) and the range offset..offset+Ns of dst's middle axis (A, N,
+    B): into dst (``forward``: concatenation, a slice's gradient) or out of it (a slice,
+    concatenation's gradient)."""
+    a, ns, inner = src.shape
     for e in range(cuda.grid(1), src.size, cuda.gridsize(1)):
-        b, ch, p = e // (cs * hw), (e // hw) % cs, e % hw
+        i, j, k = e // (ns * inner), (e // inner) % ns, e % inner
         if forward:
-            dst[b, offset + ch, p] = src[b, ch, p]
+            dst[i, offset + j, k] = src[i, j, k]
         else:
-            src[b, ch, p] = dst[b, offset + ch, p]
+            src[i, j, k] = dst[i, offset + j, k]
 
 
-def _channel_view(x):
-    n, c = x.shape[:2]
-    return x.reshape(n, c, x.size // (n * c))
+def _axis_view(x, axis: int = 1):
+    """x as (the axes before ``axis``, ``axis``, the axes after), each flattened."""
+    shape = tuple(x.shape)
+    return x.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
 
 
-def concat(xs):
-    """Concatenation along the channel axis (1)."""
-    n, rest = xs[0].shape[0], tuple(xs[0].shape[2:])
-    c = sum(x.shape[1] for x in xs)
-    out = empty((n, c) + rest)
-    view, offset = _channel_view(out), 0
+def _with(shape, axis: int, size: int) -> tuple[int, ...]:
+    return tuple(shape[:axis]) + (size,) + tuple(shape[axis + 1:])
+
+
+def concat(xs, axis: int = 1):
+    """Concatenation along ``axis``."""
+    out = empty(_with(xs[0].shape, axis, sum(x.shape[axis] for x in xs)))
+    view, offset = _axis_view(out, axis), 0
     for x in xs:
-        _launch(copy_channels_kernel, x.size, _channel_view(x), view, offset, True)
-        offset += x.shape[1]
+        _launch(copy_range_kernel, x.size, _axis_view(x, axis), view, offset, True)
+        offset += x.shape[axis]
     return out
 
 
-def split_channels(gy, widths):
-    """The gradients of concat's inputs: gy's channel ranges, contiguous."""
-    parts, offset, view = [], 0, _channel_view(gy)
+def split(gy, widths, axis: int = 1):
+    """The gradients of concat's inputs: gy's ranges along ``axis``, contiguous."""
+    parts, offset, view = [], 0, _axis_view(gy, axis)
     for width in widths:
-        part = empty((gy.shape[0], width) + tuple(gy.shape[2:]))
-        _launch(copy_channels_kernel, part.size, _channel_view(part), view, offset, False)
+        part = empty(_with(gy.shape, axis, width))
+        _launch(copy_range_kernel, part.size, _axis_view(part, axis), view, offset, False)
         parts.append(part)
         offset += width
     return parts
+
+
+def slice_axis(x, start: int, stop: int, axis: int = 1):
+    """x[..., start:stop, ...] along ``axis``, contiguous."""
+    y = empty(_with(x.shape, axis, stop - start))
+    _launch(copy_range_kernel, y.size, _axis_view(y, axis), _axis_view(x, axis), start, False)
+    return y
+
+
+def slice_backward(gy, x_shape, start: int, axis: int = 1):
+    """A slice's gradient: gy in its range, zeros elsewhere."""
+    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    _launch(copy_range_kernel, gy.size, _axis_view(gy, axis), _axis_view(gx, axis), start,
+            True)
+    return gx
 
 
 @cuda.jit(cache=True)
@@ -162,66 +204,52 @@ def shuffle_kernel(x, y, groups, inverse):
 
 def channel_shuffle(x, groups: int, inverse: bool = False):
     y = empty(x.shape)
-    _launch(shuffle_kernel, x.size, _channel_view(x), _channel_view(y), groups, inverse)
+    _launch(shuffle_kernel, x.size, _axis_view(x), _axis_view(y), groups, inverse)
     return y
 
 
 # --------------------------------------------------------------------------- softmax
 @cuda.jit(cache=True)
 def softmax_kernel(x, y):
-    """Softmax over axis 1 of (N, C, HW): one thread per (sample, position) walks C."""
-    n, c, hw = x.shape
-    for e in range(cuda.grid(1), n * hw, cuda.gridsize(1)):
-        b, p = e // hw, e % hw
-        best = x[b, 0, p]
-        for ch in range(1, c):
-            best = max(best, x[b, ch, p])
+    """Softmax over the middle axis of (A, N, B): one thread per (a, b) walks its N."""
+    a, c, inner = x.shape
+    for e in range(cuda.grid(1), a * inner, cuda.gridsize(1)):
+        i, k = e // inner, e % inner
+        best = x[i, 0, k]
+        for j in range(1, c):
+            best = max(best, x[i, j, k])
         total = 0.0
-        for ch in range(c):
-            v = math.exp(x[b, ch, p] - best)
-            y[b, ch, p] = v
+        for j in range(c):
+            v = math.exp(x[i, j, k] - best)
+            y[i, j, k] = v
             total += v
-        for ch in range(c):
-            y[b, ch, p] /= total
+        for j in range(c):
+            y[i, j, k] /= total
 
 
 @cuda.jit(cache=True)
 def softmax_backward_kernel(y, gy, gx):
-    """gx = y * (gy - sum_c gy * y)."""
-    n, c, hw = y.shape
-    for e in range(cuda.grid(1), n * hw, cuda.gridsize(1)):
-        b, p = e // hw, e % hw
+    """gx = y * (gy - sum_j gy * y) along the middle axis."""
+    a, c, inner = y.shape
+    for e in range(cuda.grid(1), a * inner, cuda.gridsize(1)):
+        i, k = e // inner, e % inner
         dot = 0.0
-        for ch in range(c):
-            dot += gy[b, ch, p] * y[b, ch, p]
-        for ch in range(c):
-            gx[b, ch, p] = y[b, ch, p] * (gy[b, ch, p] - dot)
+        for j in range(c):
+            dot += gy[i, j, k] * y[i, j, k]
+        for j in range(c):
+            gx[i, j, k] = y[i, j, k] * (gy[i, j, k] - dot)
 
 
-def softmax(x):
+def softmax(x, axis: int = 1):
     y = empty(x.shape)
-    view = _channel_view(x)
-    _launch(softmax_kernel, view.shape[0] * view.shape[2], view, _channel_view(y))
+    view = _axis_view(x, axis)
+    _launch(softmax_kernel, view.shape[0] * view.shape[2], view, _axis_view(y, axis))
     return y
 
 
-def softmax_backward(y, gy):
+def softmax_backward(y, gy, axis: int = 1):
     gx = empty(y.shape)
-    view = _channel_view(y)
-    _launch(softmax_backward_kernel, view.shape[0] * view.shape[2], view, _channel_view(gy),
-            _channel_view(gx))
-    return gx
-
-
-def slice_channels(x, start: int, stop: int):
-    """x[:, start:stop] along the channels, contiguous."""
-    y = empty((x.shape[0], stop - start) + tuple(x.shape[2:]))
-    _launch(copy_channels_kernel, y.size, _channel_view(y), _channel_view(x), start, False)
-    return y
-
-
-def slice_channels_backward(gy, x_shape, start: int):
-    """The slice's gradient: gy in its channels, zeros elsewhere."""
-    gx = cuda.to_device(np.zeros(x_shape, np.float32))
-    _launch(copy_channels_kernel, gy.size, _channel_view(gy), _channel_view(gx), start, True)
+    view = _axis_view(y, axis)
+    _launch(softmax_backward_kernel, view.shape[0] * view.shape[2], view,
+            _axis_view(gy, axis), _axis_view(gx, axis))
     return gx
