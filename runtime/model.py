@@ -142,10 +142,12 @@ class Model:
         return self._plans[batch, keep_all]
 
     def _planned(self, ctx: dict, values: dict, keep: bool) -> None:
-        """Tell the kernels where the memory plan puts each result (a device backend
-        places them in one buffer per model and kind of pass; the CPU ignores it). A
+        """Tell a device backend's kernels where the memory plan puts each result (in one
+        buffer per model and kind of pass; on the CPU, NumPy's allocator serves). A
         forward pass for backward keeps every value, and leaves its outputs out: they are
         handed to the caller."""
+        if self._on_host():
+            return
         batch = next(iter(values.values())).shape[0]
         ctx["plan"], ctx["batch"] = self.memory_plan(batch, keep_all=keep), batch
         ctx["arena"] = (self._arenas, "tape" if keep else "predict")
