@@ -26,6 +26,20 @@ def device(x):
     return cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
 
 
+def agree(gpu, host, x, *, rtol=1e-4, atol=1e-6, seed=1):
+    """One forward pass (keeping the tape) and its backward pass on both models: the
+    outputs, the input gradient and every parameter gradient agree."""
+    expected = host(x)
+    np.testing.assert_allclose(gpu(x), expected, rtol=rtol / 10, atol=atol)
+    gy = np.random.default_rng(seed).standard_normal(expected.shape).astype(np.float32)
+    a, b = host.backward(gy), gpu.backward(gy)
+    np.testing.assert_allclose(b.input, a.input, rtol=rtol, atol=atol)
+    assert set(b.params) == set(a.params)
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=rtol, atol=atol,
+                                   err_msg=name)
+
+
 @pytest.mark.parametrize("m, n, k, trans_a, trans_b, bias_mode, activation", [
     (5, 7, 3, False, False, 0, None),
     (70, 66, 20, True, False, 1, ("relu", {})),            # edge tiles on both axes, 2x2 blocks
@@ -169,16 +183,8 @@ def test_a_network_runs_forward_and_backward_on_the_device():
     host = archc.compile(graph, backend="cpu", seed=2)
     assert all(gpu.backend.on_device(op) for op in gpu.program.ops)
     x = np.random.default_rng(0).standard_normal((2, 2, 6, 6)).astype(np.float32)
-    expected = host(x)
-    np.testing.assert_allclose(gpu.predict(x), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
-    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
-    a, b = host.backward(gy), gpu.backward(gy)
-    np.testing.assert_allclose(b.input, a.input, rtol=1e-4, atol=1e-6)
-    assert set(b.params) == set(a.params)
-    for name in a.params:
-        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
-                                   err_msg=name)
+    np.testing.assert_allclose(gpu.predict(x), host.predict(x), rtol=1e-5, atol=1e-6)
+    agree(gpu, host, x)
     # new parameters reach the device at the next pass
     gpu.params = {k: v * 0.5 for k, v in host.params.items()}
     host.params = dict(gpu.params)
@@ -276,15 +282,7 @@ def test_grouped_and_depthwise_convs_match_the_cpu_backend(conv):
     graph = archc.load("g.yaml", text=text)
     gpu, host = archc.compile(graph, backend="cuda", seed=3), archc.compile(graph, "cpu", seed=3)
     assert all(gpu.backend.on_device(op) for op in gpu.program.ops)
-    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
-    expected = host(x)
-    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
-    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
-    a, b = host.backward(gy), gpu.backward(gy)
-    np.testing.assert_allclose(b.input, a.input, rtol=1e-4, atol=1e-5)
-    for name in a.params:
-        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+    agree(gpu, host, np.random.default_rng(0).standard_normal((2, 4, 5, 5)), atol=1e-5)
 
 
 MIXED = """
@@ -327,15 +325,8 @@ def test_every_op_of_a_mixed_network_runs_on_the_device(mode):
         for k, v in host.params.items()}
     gpu.params = {k: v.copy() for k, v in host.params.items()}
     getattr(gpu, mode)(), getattr(host, mode)()
-    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
-    expected = host(x)
-    np.testing.assert_allclose(gpu(x), expected, rtol=1e-4, atol=1e-5)
-    gy = rng.standard_normal(expected.shape).astype(np.float32)
-    a, b = host.backward(gy), gpu.backward(gy)
-    np.testing.assert_allclose(b.input, a.input, rtol=1e-3, atol=1e-5)
-    for name in a.params:
-        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-3, atol=1e-5,
-                                   err_msg=name)
+    agree(gpu, host, rng.standard_normal((3, 2, 4, 4)).astype(np.float32), rtol=1e-3,
+          atol=1e-5)
     for name, value in host.params.items():  # running statistics, num_batches_tracked
         np.testing.assert_allclose(gpu.params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert gpu.params["batchnorm2d.num_batches_tracked"] == (mode == "train")
@@ -518,15 +509,7 @@ def test_shape_ops_along_every_axis_run_on_the_device():
     graph = archc.load("shapes.yaml", text=SHAPES)
     gpu, host = archc.compile(graph, backend="cuda", seed=4), archc.compile(graph, "cpu", seed=4)
     assert all(gpu.backend.on_device(op) for op in gpu.program.ops)
-    x = np.random.default_rng(0).standard_normal((2, 4, 5, 5)).astype(np.float32)
-    expected = host(x)
-    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
-    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
-    a, b = host.backward(gy), gpu.backward(gy)
-    np.testing.assert_allclose(b.input, a.input, rtol=1e-4, atol=1e-6)
-    for name in a.params:
-        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
-                                   err_msg=name)
+    agree(gpu, host, np.random.default_rng(0).standard_normal((2, 4, 5, 5)))
 
 
 def test_every_layer_type_has_device_kernels_and_the_host_fallback_still_works():
@@ -571,13 +554,7 @@ def test_fused_residual_and_activation_epilogues_on_the_device(mode):
                                 dropout=lambda op, xs, y, gy, p, ctx: ([gy], {}))
     host.backward_kernels = dict(host.backward_kernels,
                                  dropout=lambda op, xs, y, gy, p, ctx: ([gy], {}))
-    expected = host(x)
-    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
-    gy = np.random.default_rng(1).standard_normal(expected.shape).astype(np.float32)
-    a, b = host.backward(gy), gpu.backward(gy)
-    for name in a.params:
-        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6,
-                                   err_msg=name)
+    agree(gpu, host, x)
 
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
