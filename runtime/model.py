@@ -189,9 +189,6 @@ class Model:
         return out
 
     def _context(self, keep: bool) -> dict:
-        if self.training and not self.backend.trains:
-            raise RuntimeError(f"training on the {self.backend.name} backend is not built yet: "
-                               "train with backend='cpu'")
         return {"train": self.training, "rng": self.rng, "keep": keep}
 
     def _outputs(self, values: dict, host: bool = True):

@@ -42,15 +42,13 @@ class Backend:
     """``kernels[kind](op, xs, params, ctx) -> y``; ``backward[kind](op, xs, y, gy, params,
     ctx) -> (input grads, param grads)``; ``to_device``/``to_host`` move arrays (identity
     on the CPU); ``add`` sums two arrays on the device (gradients meeting where a value
-    fans out); ``trains``: whether its training mode is built (batch statistics, masks);
-    ``on_device(op)`` says whether an op runs on the device or falls back to
-    the host (the CUDA backend while kernels are being ported); ``optim``: the optimiser
-    kernels for its arrays (``runtime.optim.UpdateKernels``; None: the host's);
+    fans out); ``on_device(op)`` says whether an op runs on the device or falls back to
+    the host (a layer type without device kernels yet); ``optim``: the optimiser kernels
+    for its arrays (``runtime.optim.UpdateKernels``; None: the host's);
     ``classify(logits, labels, label_smoothing=)``: a training step's loss, gradient and
     count of correct predictions (``runtime.losses.classification_step`` on the host);
-    ``clock()``
-    a :class:`HostClock`-like timer for profiles; ``device_name()`` what runs the
-    kernels."""
+    ``clock()``: a :class:`HostClock`-like timer for profiles; ``device_name()``: what
+    runs the kernels."""
 
     name: str
     kernels: dict[str, Callable]
@@ -60,7 +58,6 @@ class Backend:
     to_host: Callable[[Any], np.ndarray] = _same
     on_device: Callable[[Any], bool] = field(default=lambda op: True)
     add: Callable[[Any, Any], Any] = operator.add
-    trains: bool = True
     optim: Any = None
     classify: Callable = classification_step
     clock: Callable[[], Any] = HostClock

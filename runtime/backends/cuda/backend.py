@@ -542,5 +542,5 @@ def device_name() -> str:
 
 
 BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add,
-                  trains=True, optim=training.UPDATE, classify=training.classify,
+                  optim=training.UPDATE, classify=training.classify,
                   clock=EventClock, device_name=device_name)

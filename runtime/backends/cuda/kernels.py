@@ -75,6 +75,19 @@ class Arena:
 ARENA = Arena()
 
 
+def absent():
+    """An empty float32 device array: what a kernel gets for an optional argument that is
+    not there (the weight of a norm without affine parameters, a missing bias)."""
+    return cuda.device_array(0, dtype=np.float32)
+
+
+def axis_view(x, axis: int = 1):
+    """x as (the axes before ``axis``, ``axis``, the axes after), each flattened: (N, C,
+    H*W) for the default, the channels."""
+    shape = tuple(x.shape)
+    return x.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+
+
 def empty(shape, dtype=np.float32):
     """A device array for a kernel's result: the planned slot when one waits with this
     many elements (``ARENA``; the first such request of an op gets it, so kernels ask
@@ -471,7 +484,7 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
         grid = ((n * ho * wo + TILE - 1) // TILE, (o + TILE - 1) // TILE)
         conv_gemm_kernel[grid, (THREADS, THREADS)](
             x, w.reshape(o, cg * kh * kw), y,
-            bias if bias is not None else cuda.device_array(0, dtype=np.float32),
+            bias if bias is not None else absent(),
             residual if residual is not None else _no_residual(), code, slope, kh, kw, sh, sw,
             dh, dw, pt, pl)
         return y

@@ -27,6 +27,8 @@ from runtime.backends.cuda.kernels import (
     _launch,
     activate,
     block_sum,
+    absent,
+    axis_view,
     cuda,
     empty,
     row_sum_kernel,
@@ -247,7 +249,7 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None):
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
     y = empty((n, o) + tuple(out_hw))
     code, slope = _codes(activation)
-    _launch(depthwise_kernel, y.size, x, w, _empty() if bias is None else bias, y, sh, sw, dh,
+    _launch(depthwise_kernel, y.size, x, w, absent() if bias is None else bias, y, sh, sw, dh,
             dw, pt, pl, code, slope)
     return y
 
@@ -261,7 +263,7 @@ def depthwise_backward(x, w, gy, *, stride, dilation, pads):
     depthwise_filter_grad_kernel[w.size, ELEMENTWISE_BLOCK](x, gy, gw, sh, sw, dh, dw, pt, pl)
     n, o = gy.shape[:2]
     gbias = empty(o)
-    channel_sum_kernel[o, ELEMENTWISE_BLOCK](gy.reshape(n, o, gy.size // (n * o)), gbias)
+    channel_sum_kernel[o, ELEMENTWISE_BLOCK](axis_view(gy), gbias)
     return gx, gw, gbias
 
 def max_pool(x, kernel, stride, dilation, top, left, out_hw):
@@ -319,28 +321,23 @@ def _scaled(a, scale: float):
     return out
 
 
-def _empty():
-    return empty(0)
-
-
 def batchnorm(x, mean, var, weight, bias, eps: float):
-    n, c = x.shape[:2]
-    view = x.reshape(n, c, x.size // (n * c))
+    view = axis_view(x)
     y = empty(view.shape)
     _launch(batchnorm_kernel, y.size, view, y, mean, var,
-            _empty() if weight is None else weight, _empty() if bias is None else bias, eps)
+            absent() if weight is None else weight, absent() if bias is None else bias, eps)
     return y.reshape(x.shape)
 
 
 def batchnorm_backward(x, gy, mean, var, weight, eps: float):
-    n, c = x.shape[:2]
-    shape = (n, c, x.size // (n * c))
+    shape = axis_view(x).shape
+    c = shape[1]
     gx = empty(shape)
     g_weight = empty(c)
     g_bias = empty(c)
     batchnorm_backward_kernel[c, ELEMENTWISE_BLOCK](
         x.reshape(shape), gy.reshape(shape), gx, g_weight, g_bias, mean, var,
-        _empty() if weight is None else weight, eps)
+        absent() if weight is None else weight, eps)
     return gx.reshape(x.shape), g_weight, g_bias
 
 
@@ -397,31 +394,26 @@ def layernorm_backward_kernel(x, gy, weight, eps, gx, gy_xhat):
             gx[b, ch, p] = inv * (g - mean_g - xhat * mean_gx)
 
 
-def _planes(x):
-    n, c = x.shape[:2]
-    return x.reshape(n, c, x.size // (n * c))
-
-
 def layernorm(x, weight, bias, eps: float):
-    view = _planes(x)
+    view = axis_view(x)
     y = empty(view.shape)
     _launch(layernorm_kernel, view.shape[0] * view.shape[2], view, y,
-            _empty() if weight is None else weight, _empty() if bias is None else bias, eps)
+            absent() if weight is None else weight, absent() if bias is None else bias, eps)
     return y.reshape(x.shape)
 
 
 def layernorm_backward(x, gy, weight, eps: float):
     """(gx, g_weight, g_bias)."""
-    view = _planes(x)
+    view = axis_view(x)
     gx = empty(view.shape)
     gy_xhat = empty(view.shape)
-    _launch(layernorm_backward_kernel, view.shape[0] * view.shape[2], view, _planes(gy),
-            _empty() if weight is None else weight, eps, gx, gy_xhat)
+    _launch(layernorm_backward_kernel, view.shape[0] * view.shape[2], view, axis_view(gy),
+            absent() if weight is None else weight, eps, gx, gy_xhat)
     c = view.shape[1]
     g_weight = empty(c)
     g_bias = empty(c)
     channel_sum_kernel[c, ELEMENTWISE_BLOCK](gy_xhat, g_weight)
-    channel_sum_kernel[c, ELEMENTWISE_BLOCK](_planes(gy), g_bias)
+    channel_sum_kernel[c, ELEMENTWISE_BLOCK](axis_view(gy), g_bias)
     return gx.reshape(x.shape), g_weight, g_bias
 
 
@@ -461,12 +453,12 @@ def lrn_backward_kernel(x, gy, gx, size, alpha, beta, k):
 
 def lrn(x, size: int, alpha: float, beta: float, k: float):
     y = empty(x.shape)
-    _launch(lrn_kernel, x.size, _planes(x), _planes(y), size, alpha, beta, k)
+    _launch(lrn_kernel, x.size, axis_view(x), axis_view(y), size, alpha, beta, k)
     return y
 
 
 def lrn_backward(x, gy, size: int, alpha: float, beta: float, k: float):
     gx = empty(x.shape)
-    _launch(lrn_backward_kernel, x.size, _planes(x), _planes(gy), _planes(gx), size, alpha,
+    _launch(lrn_backward_kernel, x.size, axis_view(x), axis_view(gy), axis_view(gx), size, alpha,
             beta, k)
     return gx

@@ -15,7 +15,14 @@ import math
 import numpy as np
 from numba import float32
 
-from runtime.backends.cuda.kernels import ELEMENTWISE_BLOCK, _launch, block_sum, cuda, empty
+from runtime.backends.cuda.kernels import (
+    ELEMENTWISE_BLOCK,
+    _launch,
+    axis_view,
+    block_sum,
+    cuda,
+    empty,
+)
 
 RANK = 4
 
@@ -141,12 +148,6 @@ def copy_range_kernel(src, dst, offset, forward):
             src[i, j, k] = dst[i, offset + j, k]
 
 
-def _axis_view(x, axis: int = 1):
-    """x as (the axes before ``axis``, ``axis``, the axes after), each flattened."""
-    shape = tuple(x.shape)
-    return x.reshape(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
-
-
 def _with(shape, axis: int, size: int) -> tuple[int, ...]:
     return tuple(shape[:axis]) + (size,) + tuple(shape[axis + 1:])
 
@@ -154,19 +155,19 @@ def _with(shape, axis: int, size: int) -> tuple[int, ...]:
 def concat(xs, axis: int = 1):
     """Concatenation along ``axis``."""
     out = empty(_with(xs[0].shape, axis, sum(x.shape[axis] for x in xs)))
-    view, offset = _axis_view(out, axis), 0
+    view, offset = axis_view(out, axis), 0
     for x in xs:
-        _launch(copy_range_kernel, x.size, _axis_view(x, axis), view, offset, True)
+        _launch(copy_range_kernel, x.size, axis_view(x, axis), view, offset, True)
         offset += x.shape[axis]
     return out
 
 
 def split(gy, widths, axis: int = 1):
     """The gradients of concat's inputs: gy's ranges along ``axis``, contiguous."""
-    parts, offset, view = [], 0, _axis_view(gy, axis)
+    parts, offset, view = [], 0, axis_view(gy, axis)
     for width in widths:
         part = empty(_with(gy.shape, axis, width))
-        _launch(copy_range_kernel, part.size, _axis_view(part, axis), view, offset, False)
+        _launch(copy_range_kernel, part.size, axis_view(part, axis), view, offset, False)
         parts.append(part)
         offset += width
     return parts
@@ -175,14 +176,14 @@ def split(gy, widths, axis: int = 1):
 def slice_axis(x, start: int, stop: int, axis: int = 1):
     """x[..., start:stop, ...] along ``axis``, contiguous."""
     y = empty(_with(x.shape, axis, stop - start))
-    _launch(copy_range_kernel, y.size, _axis_view(y, axis), _axis_view(x, axis), start, False)
+    _launch(copy_range_kernel, y.size, axis_view(y, axis), axis_view(x, axis), start, False)
     return y
 
 
 def slice_backward(gy, x_shape, start: int, axis: int = 1):
     """A slice's gradient: gy in its range, zeros elsewhere."""
     gx = cuda.to_device(np.zeros(x_shape, np.float32))
-    _launch(copy_range_kernel, gy.size, _axis_view(gy, axis), _axis_view(gx, axis), start,
+    _launch(copy_range_kernel, gy.size, axis_view(gy, axis), axis_view(gx, axis), start,
             True)
     return gx
 
@@ -204,7 +205,7 @@ def shuffle_kernel(x, y, groups, inverse):
 
 def channel_shuffle(x, groups: int, inverse: bool = False):
     y = empty(x.shape)
-    _launch(shuffle_kernel, x.size, _axis_view(x), _axis_view(y), groups, inverse)
+    _launch(shuffle_kernel, x.size, axis_view(x), axis_view(y), groups, inverse)
     return y
 
 
@@ -242,14 +243,14 @@ def softmax_backward_kernel(y, gy, gx):
 
 def softmax(x, axis: int = 1):
     y = empty(x.shape)
-    view = _axis_view(x, axis)
-    _launch(softmax_kernel, view.shape[0] * view.shape[2], view, _axis_view(y, axis))
+    view = axis_view(x, axis)
+    _launch(softmax_kernel, view.shape[0] * view.shape[2], view, axis_view(y, axis))
     return y
 
 
 def softmax_backward(y, gy, axis: int = 1):
     gx = empty(y.shape)
-    view = _axis_view(y, axis)
+    view = axis_view(y, axis)
     _launch(softmax_backward_kernel, view.shape[0] * view.shape[2], view,
-            _axis_view(gy, axis), _axis_view(gx, axis))
+            axis_view(gy, axis), axis_view(gx, axis))
     return gx

@@ -35,6 +35,8 @@ from runtime.backends.cuda.kernels import (
     ELEMENTWISE_BLOCK,
     _blocks,
     _launch,
+    absent,
+    axis_view,
     block_sum,
     cuda,
     empty,
@@ -102,15 +104,6 @@ def batchnorm_train_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weig
         g_bias[ch], g_weight[ch] = s0, s1
 
 
-def _channels(x):
-    n, c = x.shape[:2]
-    return x.reshape(n, c, x.size // (n * c))
-
-
-def _empty():
-    return empty(0)
-
-
 def batch_stats(x, running_mean=None, running_var=None, tracked=None, momentum: float = 0.1):
     """(mean, biased var) per channel on the device; given the running buffers, they are
     updated in place (and ``tracked``, the 0-d batch count, incremented)."""
@@ -119,22 +112,22 @@ def batch_stats(x, running_mean=None, running_var=None, tracked=None, momentum: 
     var = empty(c)
     update = running_mean is not None
     batch_stats_kernel[c, ELEMENTWISE_BLOCK](
-        _channels(x), mean, var, running_mean if update else _empty(),
-        running_var if update else _empty(),
+        axis_view(x), mean, var, running_mean if update else absent(),
+        running_var if update else absent(),
         tracked.reshape(1) if update else cuda.device_array(1, dtype=np.int64),
         momentum, update)
     return mean, var
 
 
 def batchnorm_train_backward(x, gy, mean, var, weight, eps: float):
-    view = _channels(x)
+    view = axis_view(x)
     c = view.shape[1]
     gx = empty(view.shape)
     g_weight = empty(c)
     g_bias = empty(c)
     batchnorm_train_backward_kernel[c, ELEMENTWISE_BLOCK](
-        view, _channels(gy), gx, g_weight, g_bias, mean, var,
-        _empty() if weight is None else weight, eps)
+        view, axis_view(gy), gx, g_weight, g_bias, mean, var,
+        absent() if weight is None else weight, eps)
     return gx.reshape(x.shape), g_weight, g_bias
 
 
@@ -286,7 +279,7 @@ def classify(logits, target, *, label_smoothing: float = 0.0):
         _launch(pixel_cross_entropy_kernel, rows, logits.reshape(view), labels,
                 label_smoothing, losses, hits, grad.reshape(view))
     else:
-        probs = cuda.to_device(target.astype(np.float32)) if soft else _empty().reshape(0, 1)
+        probs = cuda.to_device(target.astype(np.float32)) if soft else absent().reshape(0, 1)
         cross_entropy_kernel[n, ELEMENTWISE_BLOCK](logits, labels, probs, label_smoothing,
                                                    losses, hits, grad)
     return _sum(losses) / rows, grad, int(round(_sum(hits)))
@@ -335,7 +328,7 @@ def scale_inplace_kernel(a, coef):
 
 
 def _sgd(p, g, buf, lr, momentum, dampening, weight_decay, nesterov, first):
-    _launch(sgd_kernel, p.size, p, g, buf if buf.size else _empty(), lr, momentum, dampening,
+    _launch(sgd_kernel, p.size, p, g, buf if buf.size else absent(), lr, momentum, dampening,
             weight_decay, nesterov, first)
 
 
