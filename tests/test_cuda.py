@@ -592,3 +592,25 @@ def test_every_library_network_runs_and_trains_on_a_real_gpu(spec):
         a, b = host.backward(arg), gpu.backward(arg)
         for name, g in a.params.items():
             assert _relative(b.params[name], g) < 1e-3, (mode, name)
+
+
+def test_depthwise_epilogue_adds_the_residual_before_the_activation():
+    import archc
+    from runtime.backends.cuda import layers
+    from runtime.backends.reference import KERNELS
+
+    graph = archc.load("d.yaml", text="input: {channels: 3, height: 5, width: 4}\nlayers: ["
+                       "{conv2d: {out_channels: 6, kernel_size: 3, padding: 1, groups: 3}}]")
+    model = archc.compile(graph, dtype="float64")
+    (op,) = model.program.ops
+    op.attrs["activation"] = ("relu6", ())
+    rng = np.random.default_rng(0)
+    x, res = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 6, 5, 4)) * 3
+    p = {role: model.params[full] for role, full in op.params.items()}
+    want = KERNELS["conv2d"](op, [x, res], p, {"keep": False, "train": False})
+    a = op.attrs
+    got = layers.depthwise(device(x), device(p["weight"]), device(p["bias"]),
+                           stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
+                           out_hw=op.out_shape[1:], activation=("relu6", {}),
+                           residual=device(res))
+    np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-5, atol=1e-5)

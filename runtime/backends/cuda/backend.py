@@ -76,10 +76,10 @@ def _geometry(op) -> dict:
 
 
 def _epilogue_forward(op, xs, ctx, core):
-    """Run ``core(activation, residual)``, which applies what it is given in its kernel's
-    epilogue: the residual always (a conv), the activation when nothing needs the value
-    before it (no tape kept); otherwise the activation comes after, and the value before
-    it is kept for backward. A core that takes no residual gets it added after."""
+    """Run ``core(activation, residual)``, whose kernel applies what it is given in its
+    epilogue: the residual (a conv's second input) always, the activation when nothing
+    needs the value before it (no tape kept); otherwise the activation comes after, and
+    the value before it is kept for backward."""
     act = activation_of(op)
     fuse = act if not ctx.get("keep") else None
     residual = xs[1] if len(xs) > 1 else None
@@ -95,24 +95,11 @@ def _depthwise(op) -> bool:
 
 
 def conv2d_forward(op, xs, p, ctx):
-    if _depthwise(op):
-        def core(activation, residual):
-            if residual is not None:  # add it, then the activation
-                y = L.depthwise(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
-                                **_geometry(op))
-                y = K.add(y, residual)
-                return y if activation is None else K.activation_forward(y, *activation)
-            return L.depthwise(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
-                               activation=activation, **_geometry(op))
-
-        return _epilogue_forward(op, xs, ctx, core)
-
-    def core(activation, residual):
-        return K.conv2d_forward(xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:],
-                                groups=op.attrs["groups"], activation=activation,
-                                residual=residual, **_geometry(op))
-
-    return _epilogue_forward(op, xs, ctx, core)
+    conv = L.depthwise if _depthwise(op) else K.conv2d_forward
+    extra = {} if _depthwise(op) else {"groups": op.attrs["groups"]}
+    return _epilogue_forward(op, xs, ctx, lambda activation, residual: conv(
+        xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:], activation=activation,
+        residual=residual, **extra, **_geometry(op)))
 
 
 def _conv2d_core_backward(op, xs, y, gy, p, ctx):

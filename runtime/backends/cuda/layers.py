@@ -8,7 +8,7 @@
   padding) as PyTorch does, for its backward and for max-unpooling.
 - global average pooling: a shared-memory tree reduction per (sample, channel) plane.
 - depthwise conv (one filter per channel, or ``mult`` per channel): one thread per output
-  element, bias and activation in the same thread (the fused epilogue); the input
+  element, bias, residual and activation in the same thread (the fused epilogue); the input
   gradient gathered per input pixel (no atomics), the filter gradient reduced per tap.
 - batch norm in inference: ``(x - running_mean) / sqrt(running_var + eps) * weight +
   bias`` per element; its backward reduces ``gy`` and ``gy * x_hat`` per channel.
@@ -31,6 +31,7 @@ from runtime.backends.cuda.kernels import (
     axis_view,
     cuda,
     empty,
+    no_residual,
     row_sum_kernel,
 )
 
@@ -163,7 +164,7 @@ def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, ep
 
 
 @cuda.jit(cache=True)
-def depthwise_kernel(x, w, bias, y, sh, sw, dh, dw, pt, pl, code, slope):
+def depthwise_kernel(x, w, bias, residual, y, sh, sw, dh, dw, pt, pl, code, slope):
     n, c, h, wd = x.shape
     o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     kh, kw = w.shape[2], w.shape[3]
@@ -180,6 +181,8 @@ def depthwise_kernel(x, w, bias, y, sh, sw, dh, dw, pt, pl, code, slope):
                     q = ox * sw - pl + j * dw
                     if 0 <= q < wd:
                         total += x[b, ch, r, q] * w[oc, 0, i, j]
+        if residual.size:
+            total += residual[b, oc, oy, ox]
         y[b, oc, oy, ox] = activate(total, code, slope)
 
 
@@ -243,14 +246,16 @@ def channel_sum_kernel(a, out):
 
 
 # --------------------------------------------------------------------------- launches
-def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None):
+def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None, residual=None):
+    """A depthwise conv with the epilogue act(conv + bias + residual) in its kernel."""
     n = x.shape[0]
     o = w.shape[0]
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
     y = empty((n, o) + tuple(out_hw))
     code, slope = _codes(activation)
-    _launch(depthwise_kernel, y.size, x, w, absent() if bias is None else bias, y, sh, sw, dh,
-            dw, pt, pl, code, slope)
+    _launch(depthwise_kernel, y.size, x, w, absent() if bias is None else bias,
+            no_residual() if residual is None else residual, y, sh, sw, dh, dw, pt, pl, code,
+            slope)
     return y
 
 
