@@ -434,6 +434,58 @@ COMMANDS["bench"] = (
 )
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from archc import compile as compile_graph
+    from archc.optimize import optimize
+    from archc.train import best_weights
+    from runtime.params import save_params
+
+    graph = _load(args)
+    model = compile_graph(graph, backend="reference", seed=args.seed)
+    if args.weights:
+        model.load(best_weights(args.weights))
+    pipeline = _pipeline(args) or []
+    graph, params = graph, dict(model.params)
+    if pipeline:
+        result = optimize(graph, pipeline, params)
+        graph, params = result.graph, result.params
+    if args.format == "yaml":
+        from archc.spec.writer import write_spec
+
+        names = ", ".join(name for name, _ in pipeline) or "none"
+        header = (f"{graph.name}: {args.spec} (passes: {names}).\n"
+                  "Written by archc export; archc reads it back to the same graph.")
+        with open(args.output, "w") as f:
+            f.write(write_spec(graph, header))
+        print(f"wrote {args.output}: {graph.name} as a spec, {len(graph)} layers")
+    else:
+        save_params(args.output, params)
+        print(f"wrote {args.output}: {len(params)} arrays named and laid out as in PyTorch's "
+              f"state_dict ({'trained' if args.weights else 'initialised'} weights)")
+    return EXIT_OK
+
+
+def _setup_export(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    _add_pass_arguments(p, "default: -O0, the network as written")
+    p.add_argument("--format", choices=["yaml", "state-dict"], required=True,
+                   help="yaml: the graph as a spec archc reads back to the same graph; "
+                   "state-dict: the weights as an .npz whose keys and layouts are PyTorch's "
+                   "state_dict (load it with torch: {k: torch.from_numpy(v) ...})")
+    p.add_argument("--weights", metavar="W",
+                   help="weights to export or to optimise with (.npz, a PyTorch .pt state_dict "
+                   "or a run directory of archc train; default: initialised)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write")
+
+
+COMMANDS["export"] = (
+    "write a spec (optionally optimised) as YAML, or its weights as a PyTorch state_dict",
+    _setup_export,
+    _cmd_export,
+)
+
+
 # archc train's settings: flag name -> TrainConfig field (the same name, dashes aside)
 TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",

@@ -58,7 +58,31 @@ def save_params(path: str | Path, params: dict[str, np.ndarray]) -> Path:
     return path
 
 
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    """A PyTorch state_dict saved with torch.save, read with ``weights_only=True`` (tensors
+    and plain containers only: never an arbitrary pickle)."""
+    try:
+        import torch
+    except ImportError:
+        raise WeightsError(f"{path} is a PyTorch file: reading it needs torch (pip install "
+                           "torch), or save the state_dict as .npz") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"no such weights file: {path}") from None
+    except Exception as exc:  # torch raises many kinds for a bad or unsafe file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsError(f"{path} is not a readable PyTorch state_dict ({reason})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise WeightsError(f"{path} holds no state_dict (a mapping of names to tensors, as "
+                           "model.state_dict() gives)")
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
 def _read(path: str | Path) -> dict[str, np.ndarray]:
+    if Path(path).suffix in (".pt", ".pth"):
+        return _read_torch(Path(path))
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
