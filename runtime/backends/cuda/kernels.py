@@ -255,12 +255,10 @@ def add_kernel(a, b, out):
 
 
 # --------------------------------------------------------------------------- launches
-ELEMENTWISE_THREADS = ELEMENTWISE_BLOCK
-
-
 def _blocks(size: int) -> int:
-    """Enough blocks of 256 threads for ``size`` elements, capped (the loops stride)."""
-    return max(1, min(MAX_BLOCKS, (size + ELEMENTWISE_THREADS - 1) // ELEMENTWISE_THREADS))
+    """Enough blocks of ELEMENTWISE_BLOCK threads for ``size`` elements, capped (the loops
+    stride)."""
+    return max(1, min(MAX_BLOCKS, (size + ELEMENTWISE_BLOCK - 1) // ELEMENTWISE_BLOCK))
 
 
 def _codes(activation) -> tuple[int, float]:
@@ -291,15 +289,15 @@ def activation_forward(x, name: str, attrs: dict):
     code, slope = activation_code(name, attrs)
     flat = x.reshape(x.size)
     y = empty(x.size)
-    activation_forward_kernel[_blocks(x.size), ELEMENTWISE_THREADS](flat, y, code, slope)
+    _launch(activation_forward_kernel, x.size, flat, y, code, slope)
     return y.reshape(x.shape)
 
 
 def activation_backward(x, y, gy, name: str, attrs: dict):
     code, slope = activation_code(name, attrs)
     gx = empty(x.size)
-    activation_backward_kernel[_blocks(x.size), ELEMENTWISE_THREADS](
-        x.reshape(x.size), y.reshape(y.size), gy.reshape(gy.size), gx, code, slope)
+    _launch(activation_backward_kernel, x.size, x.reshape(x.size), y.reshape(y.size),
+            gy.reshape(gy.size), gx, code, slope)
     return gx.reshape(x.shape)
 
 
@@ -307,7 +305,7 @@ def add(a, b):
     if a.shape != b.shape:
         raise ValueError(f"add: shapes differ ({a.shape} and {b.shape})")
     out = empty(a.size)
-    add_kernel[_blocks(a.size), ELEMENTWISE_THREADS](a.reshape(a.size), b.reshape(b.size), out)
+    _launch(add_kernel, a.size, a.reshape(a.size), b.reshape(b.size), out)
     return out.reshape(a.shape)
 
 
@@ -400,7 +398,7 @@ def row_sum_kernel(a, out):
 
 
 def _launch(kernel, size: int, *args) -> None:
-    kernel[_blocks(size), ELEMENTWISE_THREADS](*args)
+    kernel[_blocks(size), ELEMENTWISE_BLOCK](*args)
 
 
 @cuda.jit(cache=True)
