@@ -35,7 +35,7 @@ def _input_text(attrs: dict) -> str:
     return _flow({"features": shape[0]})
 
 
-def _attrs(node) -> dict:
+def spec_attrs(node) -> dict:
     """The attributes that differ from their defaults (required ones always)."""
     attrs = {}
     for attr in get_layer(node.op).attrs:
@@ -74,7 +74,7 @@ def write_spec(graph: Graph, header: str = "") -> str:
         if node.fused:
             lines.append(f"  # fused: {', '.join(node.fused)}")
         lines.append(f"  - name: {_flow(node.name)}")
-        attrs = _attrs(node)
+        attrs = spec_attrs(node)
         lines.append(f"    {node.op}: {_flow(attrs)}" if attrs else f"    {node.op}:")
         if node.inputs != [previous]:
             lines.append(f"    inputs: {_flow(node.inputs)}")

@@ -1,0 +1,467 @@
+"""archc graph -> ONNX model, built with the ``onnx`` package's helpers.
+
+One emitter per layer type (``EMITTERS``; a test fails when a registry entry has none)
+writes the layer as standard ONNX operators, opset :data:`OPSET`: a single operator where
+ONNX has one (``Conv``, ``MaxPool``, ``BatchNormalization``...), a composition where it has
+none (channel shuffle as Reshape/Transpose/Reshape, exact GELU through ``Erf``, adaptive
+pooling over uneven bins as slices and reductions). Conventions:
+
+- the batch dimension is symbolic (``batch``); the graph's inputs and outputs keep their
+  names, weights are initializers named as archc (and PyTorch's state_dict) names them;
+- every ONNX node is named after the layer it comes from (``layer2.1.conv1``; the parts of
+  a composition ``layer2.1.shuffle/Transpose``), and the layer's output tensor carries the
+  layer's name;
+- the first node of each layer records the layer's op and attributes in its doc_string
+  (``archc: {"op": ..., "attrs": ...}``). ONNX cannot tell some archc layers apart (dropout
+  and identity both run as nothing at inference; adaptive pooling over even bins is plain
+  pooling), so :func:`archc.export.from_onnx` reads the note back to rebuild the same graph.
+  Other programs ignore it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Callable
+
+import numpy as np
+
+from archc.errors import SpecError
+from archc.ir import Graph, Node
+from archc.layers.conv import resolve_padding
+from archc.spec.writer import spec_attrs
+
+OPSET = 17
+"""The ONNX opset archc writes (onnxruntime >= 1.12, TensorRT 8.6, OpenVINO read it)."""
+
+DOC_PREFIX = "archc: "
+
+
+def onnx_module():
+    """The ``onnx`` package, or a SpecError saying how to install it."""
+    try:
+        import onnx
+    except ImportError:
+        raise SpecError("ONNX export and import need the 'onnx' package, which is not installed",
+                        hint="pip install 'archc[onnx]' (or pip install onnx)") from None
+    return onnx
+
+
+class Emitter:
+    """Writes the ONNX nodes of one layer; :func:`to_onnx` makes one per layer."""
+
+    def __init__(self, model: "_Builder", node: Node):
+        self.model, self.node, self.count = model, node, 0
+
+    def emit(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs) -> str:
+        """Add one operator; returns its (first) output's name."""
+        helper = self.model.onnx.helper
+        self.count += 1
+        name = self.node.name if self.count == 1 else f"{self.node.name}/{op_type}_{self.count}"
+        outs = [f"{self.node.name}/{op_type}_{self.count}"]
+        outs += [f"{outs[0]}:{k}" for k in range(1, outputs)]
+        proto = helper.make_node(op_type, inputs, outs, name=name, **attrs)
+        if self.count == 1:
+            proto.doc_string = DOC_PREFIX + json.dumps(
+                {"op": self.node.op, "attrs": spec_attrs(self.node)}, default=list)
+        self.model.nodes.append(proto)
+        return outs[0]
+
+    def param(self, role: str) -> str:
+        """The initializer of one of the layer's parameters (``weight``, ``running_mean``)."""
+        return self.model.initializer(f"{self.node.name}.{role}")
+
+    def const(self, tag: str, value, dtype=np.float32) -> str:
+        """A constant tensor of this layer (a shape, a scale), as an initializer."""
+        return self.model.constant(f"{self.node.name}/{tag}", np.asarray(value, dtype=dtype))
+
+    def ints(self, tag: str, values) -> str:
+        return self.const(tag, list(values), np.int64)
+
+    def scalar(self, value: float) -> str:
+        """A float32 scalar shared by the whole model (1, 0.5, 6...)."""
+        return self.model.constant(f"scalar/{value!r}", np.asarray(value, dtype=np.float32))
+
+    @property
+    def in_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(self.model.graph[i].shape) for i in self.node.inputs]
+
+
+class _Builder:
+    def __init__(self, graph: Graph, params: dict):
+        self.onnx = onnx_module()
+        self.graph, self.params = graph, params
+        self.nodes: list = []
+        self.initializers: dict[str, object] = {}
+        self.unpool_sources = {n.inputs[1] for n in graph if n.op == "max_unpool2d"}
+
+    def initializer(self, name: str) -> str:
+        if name not in self.initializers:
+            if name not in self.params:
+                raise SpecError(f"the weights have no '{name}', which the ONNX model needs")
+            self.constant(name, np.asarray(self.params[name]))
+        return name
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        if name not in self.initializers:
+            self.initializers[name] = self.onnx.numpy_helper.from_array(value, name)
+        return name
+
+
+# ---------------------------------------------------------------- activations
+
+def _clip(e: Emitter, x: str, low: float, high: float) -> str:
+    return e.emit("Clip", [x, e.scalar(low), e.scalar(high)])
+
+
+def _gelu(e: Emitter, x: str, attrs: dict) -> str:
+    if attrs["approximate"] == "none":  # 0.5 x (1 + erf(x / sqrt 2)), as torch.onnx writes it
+        erf = e.emit("Erf", [e.emit("Div", [x, e.scalar(math.sqrt(2.0))])])
+        return e.emit("Mul", [e.emit("Mul", [x, e.emit("Add", [erf, e.scalar(1.0)])]),
+                              e.scalar(0.5)])
+    cube = e.emit("Mul", [e.emit("Mul", [x, x]), x])  # 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+    inner = e.emit("Add", [x, e.emit("Mul", [cube, e.scalar(0.044715)])])
+    tanh = e.emit("Tanh", [e.emit("Mul", [inner, e.scalar(math.sqrt(2.0 / math.pi))])])
+    return e.emit("Mul", [e.emit("Mul", [x, e.scalar(0.5)]),
+                          e.emit("Add", [tanh, e.scalar(1.0)])])
+
+
+ACTIVATIONS: dict[str, Callable[[Emitter, str, dict], str]] = {
+    "relu": lambda e, x, a: e.emit("Relu", [x]),
+    "relu6": lambda e, x, a: _clip(e, x, 0.0, 6.0),
+    "leaky_relu": lambda e, x, a: e.emit("LeakyRelu", [x], alpha=a["negative_slope"]),
+    "gelu": _gelu,
+    "silu": lambda e, x, a: e.emit("Mul", [x, e.emit("Sigmoid", [x])]),
+    "hardswish": lambda e, x, a: e.emit("HardSwish", [x]),
+    "hardsigmoid": lambda e, x, a: e.emit("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5),
+    "sigmoid": lambda e, x, a: e.emit("Sigmoid", [x]),
+    "tanh": lambda e, x, a: e.emit("Tanh", [x]),
+}
+
+
+def _epilogue(e: Emitter, y: str, xs: list[str]) -> str:
+    """A fused residual (second input) and activation, as separate operators."""
+    if len(xs) > 1:
+        y = e.emit("Add", [y, xs[1]])
+    if e.node.attrs.get("activation") is not None:
+        op, items = e.node.attrs["activation"]
+        y = ACTIVATIONS[op](e, y, dict(items))
+    return y
+
+
+# ---------------------------------------------------------------- layers
+
+def _pair_pads(pads) -> list[int]:
+    (top, bottom), (left, right) = pads
+    return [top, left, bottom, right]
+
+
+def _conv2d(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    pads = resolve_padding(a["padding"], a["kernel_size"], a["stride"], a["dilation"],
+                           e.in_shapes[0][1:])
+    inputs = [xs[0], e.param("weight")] + ([e.param("bias")] if a["bias"] else [])
+    y = e.emit("Conv", inputs, kernel_shape=list(a["kernel_size"]), strides=list(a["stride"]),
+               pads=_pair_pads(pads), dilations=list(a["dilation"]), group=a["groups"])
+    return _epilogue(e, y, xs)
+
+
+def _conv_transpose2d(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    inputs = [xs[0], e.param("weight")] + ([e.param("bias")] if a["bias"] else [])
+    (ph, pw) = a["padding"]
+    return e.emit("ConvTranspose", inputs, kernel_shape=list(a["kernel_size"]),
+                  strides=list(a["stride"]), pads=[ph, pw, ph, pw],
+                  output_padding=list(a["output_padding"]), dilations=list(a["dilation"]),
+                  group=a["groups"])
+
+
+def _window(a: dict) -> dict:
+    (ph, pw) = a["padding"]
+    return {"kernel_shape": list(a["kernel_size"]),
+            "strides": list(a["stride"] or a["kernel_size"]), "pads": [ph, pw, ph, pw]}
+
+
+def _max_pool2d(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    indices = e.node.name in e.model.unpool_sources
+    return e.emit("MaxPool", xs, outputs=2 if indices else 1, dilations=list(a["dilation"]),
+                  ceil_mode=int(a["ceil_mode"]), **_window(a))
+
+
+def _avg_pool2d(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    return e.emit("AveragePool", xs, ceil_mode=int(a["ceil_mode"]),
+                  count_include_pad=int(a["count_include_pad"]), **_window(a))
+
+
+def _adaptive_pool(e: Emitter, xs: list[str]) -> str:
+    """PyTorch's bins [floor(i n / out), ceil((i + 1) n / out)): plain pooling when they are
+    even, else a slice and a reduction per bin, one axis at a time (mean and max of a
+    rectangle are separable)."""
+    (x,), (_, h, w) = xs, e.in_shapes[0]
+    ho, wo = e.node.shape[1:]
+    average = "avg" in e.node.op
+    if h % ho == 0 and w % wo == 0:
+        kernel = [h // ho, w // wo]
+        return e.emit("AveragePool" if average else "MaxPool", [x], kernel_shape=kernel,
+                      strides=kernel)
+    reduce = "ReduceMean" if average else "ReduceMax"
+    y = x
+    for axis, size, out in ((2, h, ho), (3, w, wo)):
+        if size == out:
+            continue
+        parts = []
+        for i in range(out):
+            start, end = (i * size) // out, -((-(i + 1) * size) // out)
+            part = e.emit("Slice", [y, e.ints(f"start{axis}_{i}", [start]),
+                                    e.ints(f"end{axis}_{i}", [end]), e.ints(f"axis{axis}", [axis])])
+            parts.append(e.emit(reduce, [part], axes=[axis], keepdims=1))
+        y = e.emit("Concat", parts, axis=axis) if len(parts) > 1 else parts[0]
+    return y
+
+
+def _global_pool(e: Emitter, xs: list[str]) -> str:
+    return e.emit("GlobalAveragePool" if "avg" in e.node.op else "GlobalMaxPool", xs)
+
+
+def _batch_sizes(e: Emitter, x: str, spatial) -> str:
+    """(N, C, *spatial) with the batch and channels read off ``x`` at run time."""
+    lead = e.emit("Shape", [x], start=0, end=2)
+    return e.emit("Concat", [lead, e.ints("spatial", spatial)], axis=0)
+
+
+def _max_unpool2d(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    pool = e.model.graph[e.node.inputs[1]]
+    indices = next(n.output[1] for n in e.model.nodes if n.name == pool.name)
+    size = _batch_sizes(e, xs[0], a["output_size"] or e.node.shape[1:])
+    return e.emit("MaxUnpool", [xs[0], indices, size], **_window(a))
+
+
+def _unpool2d(e: Emitter, xs: list[str]) -> str:
+    (kh, kw), (c, h, w) = e.node.attrs["kernel_size"], e.in_shapes[0]
+    if e.node.attrs["mode"] == "nearest":
+        return e.emit("Resize", [xs[0], "", e.const("scales", [1, 1, kh, kw])], mode="nearest",
+                      coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    # bed of nails: each value at the top-left of its k x k cell, zeros around it
+    y = e.emit("Reshape", [xs[0], e.ints("cells", [0, c, h, 1, w, 1])])
+    y = e.emit("Pad", [y, e.ints("pads", [0, 0, 0, 0, 0, 0, 0, 0, 0, kh - 1, 0, kw - 1])])
+    return e.emit("Reshape", [y, e.ints("shape", [0, c, h * kh, w * kw])])
+
+
+def _upsample(e: Emitter, xs: list[str]) -> str:
+    """ONNX Resize maps output to input coordinates with the scale it is given, as PyTorch
+    does: ``scales`` for a scale factor (1 / factor), ``sizes`` for a size (in / out)."""
+    a = e.node.attrs
+    if a["scale_factor"] is not None:
+        scales, sizes = e.const("scales", [1.0, 1.0, *a["scale_factor"]]), ""
+    else:
+        scales, sizes = "", _batch_sizes(e, xs[0], e.node.shape[1:])
+    if a["mode"] == "nearest":
+        mode = {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+                "nearest_mode": "floor"}
+    else:
+        mode = {"mode": "linear", "coordinate_transformation_mode":
+                "align_corners" if a["align_corners"] else "half_pixel"}
+    inputs = [xs[0], "", scales] + ([sizes] if sizes else [])
+    return e.emit("Resize", inputs, **mode)
+
+
+def _center_crop(e: Emitter, xs: list[str]) -> str:
+    (_, h, w), (ho, wo) = e.in_shapes[0], e.node.shape[1:]
+    top, left = (h - ho) // 2, (w - wo) // 2
+    return e.emit("Slice", [xs[0], e.ints("starts", [top, left]),
+                            e.ints("ends", [top + ho, left + wo]), e.ints("axes", [2, 3])])
+
+
+def _affine(e: Emitter, channels: int) -> tuple[str, str]:
+    if e.node.attrs.get("affine", e.node.attrs.get("elementwise_affine")):
+        return e.param("weight"), e.param("bias")
+    return e.const("ones", np.ones(channels)), e.const("zeros", np.zeros(channels))
+
+
+def _batchnorm(e: Emitter, xs: list[str]) -> str:
+    a, channels = e.node.attrs, e.in_shapes[0][0]
+    scale, bias = _affine(e, channels)
+    if a["track_running_stats"]:
+        return e.emit("BatchNormalization", [xs[0], scale, bias, e.param("running_mean"),
+                                             e.param("running_var")],
+                      epsilon=a["eps"], momentum=1.0 - a["momentum"])
+    # no running statistics: PyTorch normalises with the batch's own, in eval mode too
+    axes = [0] + list(range(2, len(e.in_shapes[0]) + 1))
+    centred = e.emit("Sub", [xs[0], e.emit("ReduceMean", [xs[0]], axes=axes, keepdims=1)])
+    var = e.emit("ReduceMean", [e.emit("Mul", [centred, centred])], axes=axes, keepdims=1)
+    y = e.emit("Div", [centred, e.emit("Sqrt", [e.emit("Add", [var, e.scalar(a["eps"])])])])
+    if not a["affine"]:
+        return y
+    per_channel = (channels,) + (1,) * (len(e.in_shapes[0]) - 1)
+    w = e.emit("Reshape", [scale, e.ints("per_channel", per_channel)])
+    b = e.emit("Reshape", [bias, e.ints("per_channel", per_channel)])
+    return e.emit("Add", [e.emit("Mul", [y, w]), b])
+
+
+def _layernorm(e: Emitter, xs: list[str]) -> str:
+    """Normalises over the channels (axis 1); ONNX normalises trailing axes, so the
+    channels move last and back."""
+    rank = len(e.in_shapes[0]) + 1
+    scale, bias = _affine(e, e.in_shapes[0][0])
+    if rank == 2:
+        return e.emit("LayerNormalization", [xs[0], scale, bias], axis=-1,
+                      epsilon=e.node.attrs["eps"])
+    last = [0] + list(range(2, rank)) + [1]
+    back = [0, rank - 1] + list(range(1, rank - 1))
+    y = e.emit("Transpose", xs, perm=last)
+    y = e.emit("LayerNormalization", [y, scale, bias], axis=-1, epsilon=e.node.attrs["eps"])
+    return e.emit("Transpose", [y], perm=back)
+
+
+def _local_response_norm(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    size = a["size"]
+    if size % 2:  # ONNX's LRN window is PyTorch's for odd sizes
+        return e.emit("LRN", xs, size=size, alpha=a["alpha"], beta=a["beta"], bias=a["k"])
+    # even sizes: PyTorch puts size // 2 channels before and (size - 1) // 2 after
+    x = xs[0]
+    sq = e.emit("Unsqueeze", [e.emit("Mul", [x, x]), e.ints("axis", [1])])
+    sq = e.emit("Pad", [sq, e.ints("pads", [0, 0, size // 2, 0, 0, 0, 0, (size - 1) // 2, 0, 0])])
+    mean = e.emit("AveragePool", [sq], kernel_shape=[size, 1, 1])
+    mean = e.emit("Squeeze", [mean, e.ints("axis", [1])])
+    base = e.emit("Add", [e.emit("Mul", [mean, e.scalar(a["alpha"])]), e.scalar(a["k"])])
+    return e.emit("Div", [x, e.emit("Pow", [base, e.scalar(a["beta"])])])
+
+
+def _linear(e: Emitter, xs: list[str]) -> str:
+    inputs = [xs[0], e.param("weight")] + ([e.param("bias")] if e.node.attrs["bias"] else [])
+    return _epilogue(e, e.emit("Gemm", inputs, transB=1), xs)
+
+
+def _nothing_at_inference(e: Emitter, xs: list[str]) -> str:
+    return e.emit("Identity", xs)
+
+
+def _reshape(e: Emitter, xs: list[str]) -> str:
+    if e.node.op == "flatten":  # keep the leading axes, merge the rest
+        shape = [0] * e.node.attrs["start_dim"] + [-1]
+    else:
+        shape = [0, *e.node.shape]
+    return e.emit("Reshape", [xs[0], e.ints("shape", shape)])
+
+
+def _channel_shuffle(e: Emitter, xs: list[str]) -> str:
+    g, (c, *spatial) = e.node.attrs["groups"], e.in_shapes[0]
+    y = e.emit("Reshape", [xs[0], e.ints("groups", [0, g, c // g, *spatial])])
+    y = e.emit("Transpose", [y], perm=[0, 2, 1] + list(range(3, 3 + len(spatial))))
+    return e.emit("Reshape", [y, e.ints("shape", [0, c, *spatial])])
+
+
+def _slice(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    dim = a["dim"]
+    size = e.in_shapes[0][dim - 1]
+    end = size if a["end"] is None else a["end"]
+    return e.emit("Slice", [xs[0], e.ints("starts", [a["start"]]), e.ints("ends", [end]),
+                            e.ints("axes", [dim])])
+
+
+def _chain(op_type: str):
+    def emit(e: Emitter, xs: list[str]) -> str:
+        y = xs[0]
+        for x in xs[1:]:
+            y = e.emit(op_type, [y, x])
+        return y
+    return emit
+
+
+def _activation(op: str):
+    return lambda e, xs: ACTIVATIONS[op](e, xs[0], e.node.attrs)
+
+
+EMITTERS: dict[str, Callable[[Emitter, list[str]], str]] = {
+    "conv2d": _conv2d,
+    "conv_transpose2d": _conv_transpose2d,
+    "max_pool2d": _max_pool2d,
+    "avg_pool2d": _avg_pool2d,
+    "global_avg_pool2d": _global_pool,
+    "global_max_pool2d": _global_pool,
+    "adaptive_avg_pool2d": _adaptive_pool,
+    "adaptive_max_pool2d": _adaptive_pool,
+    "max_unpool2d": _max_unpool2d,
+    "unpool2d": _unpool2d,
+    "upsample": _upsample,
+    "center_crop": _center_crop,
+    "batchnorm2d": _batchnorm,
+    "batchnorm1d": _batchnorm,
+    "layernorm2d": _layernorm,
+    "layernorm": _layernorm,
+    "local_response_norm": _local_response_norm,
+    "layer_scale": lambda e, xs: e.emit("Mul", [xs[0], e.param("weight")]),
+    **{op: _activation(op) for op in ACTIVATIONS},
+    "softmax": lambda e, xs: e.emit("Softmax", xs, axis=e.node.attrs["dim"]),
+    "linear": _linear,
+    "dropout": _nothing_at_inference,
+    "stochastic_depth": _nothing_at_inference,
+    "identity": _nothing_at_inference,
+    "add": _chain("Add"),
+    "multiply": _chain("Mul"),
+    "concat": lambda e, xs: e.emit("Concat", xs, axis=e.node.attrs["dim"]),
+    "flatten": _reshape,
+    "reshape": _reshape,
+    "permute": lambda e, xs: e.emit("Transpose", xs, perm=list(e.node.attrs["dims"])),
+    "channel_shuffle": _channel_shuffle,
+    "slice": _slice,
+}
+"""ONNX emitter per layer type: (emitter, input tensor names) -> the output tensor's name."""
+
+
+def _rename_output(builder: _Builder, emitted: str, name: str) -> None:
+    """The layer's last operator writes the tensor named after the layer."""
+    for proto in reversed(builder.nodes):
+        if emitted in proto.output:
+            proto.output[list(proto.output).index(emitted)] = name
+            return
+
+
+def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
+    """An ``onnx.ModelProto`` computing ``graph`` in inference mode with ``params``.
+
+    Raises SpecError naming the layer when one cannot be written (an op without an emitter).
+
+    Examples
+    --------
+    >>> import archc
+    >>> graph = archc.load("specs/lenet5.yaml")
+    >>> model = to_onnx(graph, archc.compile(graph).params)
+    >>> [n.op_type for n in model.graph.node][:3], model.opset_import[0].version
+    (['Conv', 'Tanh', 'AveragePool'], 17)
+    """
+    builder = _Builder(graph, params)
+    onnx = builder.onnx
+    helper, float_type = onnx.helper, onnx.TensorProto.FLOAT
+    for node in graph:
+        if node.op == "input":
+            continue
+        emitter = EMITTERS.get(node.op)
+        if emitter is None:
+            raise SpecError(f"layer '{node.name}' ({node.op}) cannot be written to ONNX: archc "
+                            "has no ONNX form for this layer type")
+        out = emitter(Emitter(builder, node), list(node.inputs))
+        if out in node.inputs or out in graph.inputs:
+            raise AssertionError(f"{node.op} emitter wrote no operator")  # a bug, not user input
+        _rename_output(builder, out, node.name)
+
+    def value(name: str, shape) -> object:
+        return helper.make_tensor_value_info(name, float_type, ["batch", *shape])
+
+    outputs = []
+    for key, name in graph.outputs.items():
+        if key != name:  # an output named apart from its layer
+            builder.nodes.append(helper.make_node("Identity", [name], [key], name=f"output/{key}"))
+        outputs.append(value(key, graph[name].shape))
+    onnx_graph = helper.make_graph(
+        builder.nodes, graph.name, [value(n, graph[n].shape) for n in graph.inputs], outputs,
+        initializer=list(builder.initializers.values()))
+    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="archc", doc_string=doc)
+    model.ir_version = 8  # what opset 17 needs; readable by onnxruntime >= 1.12
+    return model
