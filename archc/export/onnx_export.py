@@ -12,7 +12,7 @@ pooling over uneven bins as slices and reductions). Conventions:
   a composition ``layer2.1.shuffle/Transpose``), and the layer's output tensor carries the
   layer's name;
 - the first node of each layer records the layer's op and attributes in its doc_string
-  (``archc: {"op": ..., "attrs": ...}``). ONNX cannot tell some archc layers apart (dropout
+  (``archc: {"op": ..., "attrs": ..., "inputs": ...}``). ONNX cannot tell some archc layers apart (dropout
   and identity both run as nothing at inference; adaptive pooling over even bins is plain
   pooling), so :func:`archc.export.from_onnx` reads the note back to rebuild the same graph.
   Other programs ignore it.
@@ -63,7 +63,8 @@ class Emitter:
         proto = helper.make_node(op_type, inputs, outs, name=name, **attrs)
         if self.count == 1:
             proto.doc_string = DOC_PREFIX + json.dumps(
-                {"op": self.node.op, "attrs": spec_attrs(self.node)}, default=list)
+                {"op": self.node.op, "attrs": spec_attrs(self.node), "inputs": self.node.inputs},
+                default=list)
         self.model.nodes.append(proto)
         return outs[0]
 
