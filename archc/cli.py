@@ -458,6 +458,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         with open(args.output, "w") as f:
             f.write(write_spec(graph, header))
         print(f"wrote {args.output}: {graph.name} as a spec, {len(graph)} layers")
+    elif args.format == "onnx":
+        from archc.export import OPSET, to_onnx
+
+        model = to_onnx(graph, params, doc=f"{graph.name} from {args.spec}")
+        _write_atomically(args.output, model.SerializeToString())
+        print(f"wrote {args.output}: {graph.name} as ONNX (opset {OPSET}, batch dimension "
+              f"'batch'), {len(model.graph.node)} operators, {len(model.graph.initializer)} "
+              f"initializers ({'trained' if args.weights else 'initialised'} weights)")
     else:
         save_params(args.output, params)
         print(f"wrote {args.output}: {len(params)} arrays named and laid out as in PyTorch's "
@@ -465,11 +473,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _write_atomically(path: str, data: bytes) -> None:
+    """A reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _setup_export(p: argparse.ArgumentParser) -> None:
     _add_spec_arguments(p)
     _add_pass_arguments(p, "default: -O0, the network as written")
-    p.add_argument("--format", choices=["yaml", "state-dict"], required=True,
-                   help="yaml: the graph as a spec archc reads back to the same graph; "
+    p.add_argument("--format", choices=["onnx", "yaml", "state-dict"], required=True,
+                   help="onnx: the network and its weights as an ONNX model (opset 17, "
+                   "symbolic batch; run it with onnxruntime, read it back with archc import); "
+                   "yaml: the graph as a spec archc reads back to the same graph; "
                    "state-dict: the weights as an .npz whose keys and layouts are PyTorch's "
                    "state_dict (load it with torch: {k: torch.from_numpy(v) ...})")
     p.add_argument("--weights", metavar="W",
@@ -480,9 +498,43 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS["export"] = (
-    "write a spec (optionally optimised) as YAML, or its weights as a PyTorch state_dict",
+    "write a network (optionally optimised) as ONNX or YAML, or its weights as a PyTorch "
+    "state_dict",
     _setup_export,
     _cmd_export,
+)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from archc.export import from_onnx
+    from archc.spec.writer import write_spec
+    from runtime.params import save_params
+
+    if not os.path.isfile(args.model):
+        raise SpecError(f"{args.model}: no such file")
+    graph, params = from_onnx(args.model)
+    weights = args.weights_out or os.path.splitext(args.output)[0] + ".npz"
+    header = (f"{graph.name}: imported from {args.model} by archc import.\n"
+              f"Its weights: {weights} (archc run {args.output} --weights {weights}).")
+    with open(args.output, "w") as f:
+        f.write(write_spec(graph, header))
+    save_params(weights, params)
+    print(f"wrote {args.output}: {graph.name}, {len(graph) - len(graph.inputs)} layers; "
+          f"{weights}: {len(params)} arrays")
+    return EXIT_OK
+
+
+def _setup_import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="an ONNX model (.onnx), e.g. from torch.onnx.export")
+    p.add_argument("-o", "--output", required=True, metavar="SPEC", help="the spec to write")
+    p.add_argument("--weights-out", metavar="W", help="where to write the weights "
+                   "(.npz; default: the spec's name with .npz)")
+
+
+COMMANDS["import"] = (
+    "turn an ONNX model into an archc spec and its weights",
+    _setup_import,
+    _cmd_import,
 )
 
 

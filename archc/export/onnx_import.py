@@ -91,7 +91,10 @@ class _Reader:
         return self.consts[name]
 
     def shape(self, tensor: str) -> tuple:
-        """A tensor's shape without the batch dimension, from shape inference."""
+        """A tensor's shape without the batch dimension: archc's for a tensor a layer
+        computes, else ONNX's shape inference's."""
+        if tensor in self.layer_of:
+            return self.graph[self.layer_of[tensor]].shape
         shape = self.shapes.get(tensor)
         if shape is None or any(d is None for d in shape[1:]):
             raise SpecError(f"the shape of ONNX tensor '{tensor}' is not known; archc needs "
@@ -152,6 +155,8 @@ def _attr(node, name: str, default=None):
             from onnx import helper
 
             value = helper.get_attribute_value(a)
+            if isinstance(value, float):  # ONNX stores float32: 1e-05, not 9.99999974e-06
+                return float(str(np.float32(value)))
             return value.decode() if isinstance(value, bytes) else value
     return default
 
@@ -299,7 +304,7 @@ def _batchnorm(r: _Reader, n) -> None:
     params = {"weight": scale, "bias": bias, "running_mean": mean, "running_var": var,
               "num_batches_tracked": np.zeros((), np.int64)}
     r.add(n, "batchnorm2d" if rank == 4 else "batchnorm1d",
-          {"eps": _attr(n, "epsilon", 1e-5), "momentum": round(1 - _attr(n, "momentum", 0.9), 6)},
+          {"eps": _attr(n, "epsilon", 1e-5), "momentum": round(1 - _attr(n, "momentum", 0.9), 7)},
           [n.input[0]], n.output[0], params)
 
 
@@ -515,8 +520,8 @@ def _softmax(r: _Reader, n) -> None:
 
 def _dropout(r: _Reader, n) -> None:
     ratio = r.const(n, 1, "ratio")
-    p = float(ratio) if ratio is not None else _attr(n, "ratio", 0.5)
-    r.add(n, "dropout", {"p": round(p, 6)}, [n.input[0]], n.output[0])
+    p = float(str(np.float32(ratio))) if ratio is not None else _attr(n, "ratio", 0.5)
+    r.add(n, "dropout", {"p": p}, [n.input[0]], n.output[0])
 
 
 def _identity(r: _Reader, n) -> None:
@@ -653,11 +658,11 @@ def _parse(source: str | Path | bytes, name: str):
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise SpecError(f"{name} is not an ONNX model (it does not parse as one: "
+        raise SpecError(f"not an ONNX model: the file does not parse as one ("
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
                         Loc(name)) from None
     if not model.graph.node or not model.graph.output:
-        raise SpecError(f"{name} is not an ONNX model (it holds no graph)", Loc(name))
+        raise SpecError("not an ONNX model: the file holds no graph", Loc(name))
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
