@@ -24,6 +24,12 @@ SMALL_NETWORKS = [
     ("unet", {"resolution": 64, "padding": 1}),
 ]
 
+# every library spec, and the variables that make it small enough to run in a test
+LIBRARY = sorted(p.stem for p in SPECS.glob("*.yaml"))
+LIBRARY_SMALL = {"alexnet": {"resolution": 96}, "vgg16": {"resolution": 64},
+                 "vgg16_bn": {"resolution": 64}, "fcn": {"resolution": 96},
+                 "deeplab": {"resolution": 96}, "unet": {"resolution": 188}, "yolo": {"S": 2}}
+
 settings.register_profile(
     "archc", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

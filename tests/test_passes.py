@@ -3,8 +3,6 @@ library spec, properties over generated networks, and the factorisations' figure
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,6 +20,7 @@ from archc.passes.separable import (
     depthwise_separable_weights,
     spatial_factors,
 )
+from conftest import LIBRARY, LIBRARY_SMALL
 from test_writer import assert_same_graph
 
 EXACT = [name for name, p in PASSES.items() if p.exact]
@@ -202,15 +201,11 @@ def test_a_pass_that_breaks_the_graph_is_named(monkeypatch):
 
 
 # --------------------------------------------------------------------- every library spec
-SMALL = {"alexnet": {"resolution": 96}, "vgg16": {"resolution": 64},
-         "vgg16_bn": {"resolution": 64}, "fcn": {"resolution": 96},
-         "unet": {"resolution": 188}, "yolo": {"S": 2}, "deeplab": {}, "siamese": {"resolution": 105}}
-LIBRARY = sorted(p.stem for p in Path("specs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("spec", LIBRARY)
 def test_exact_passes_keep_every_library_network(spec):
-    graph = archc.load(f"specs/{spec}.yaml", **SMALL.get(spec, {}))
+    graph = archc.load(f"specs/{spec}.yaml", **LIBRARY_SMALL.get(spec, {}))
     params = params_for(graph)
     # the fusions also on their own, where batch norms stay between convs and activations
     unfolded, unfolded_params, _ = run_passes(graph, params,

@@ -35,6 +35,7 @@ OPSET = 17
 """The ONNX opset archc writes (onnxruntime >= 1.12, TensorRT 8.6, OpenVINO read it)."""
 
 DOC_PREFIX = "archc: "
+TRAINING_KEY = "archc.training"
 
 
 def onnx_module():
@@ -63,8 +64,8 @@ class Emitter:
         proto = helper.make_node(op_type, inputs, outs, name=name, **attrs)
         if self.count == 1:
             proto.doc_string = DOC_PREFIX + json.dumps(
-                {"op": self.node.op, "attrs": spec_attrs(self.node), "inputs": self.node.inputs},
-                default=list)
+                {"op": self.node.op, "attrs": spec_attrs(self.node), "inputs": self.node.inputs}
+                | ({} if self.node.trainable else {"trainable": False}), default=list)
         self.model.nodes.append(proto)
         return outs[0]
 
@@ -465,4 +466,6 @@ def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
     model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="archc", doc_string=doc)
     model.ir_version = 8  # what opset 17 needs; readable by onnxruntime >= 1.12
+    if graph.training:  # the spec's training settings, for archc import
+        helper.set_model_props(model, {TRAINING_KEY: json.dumps(graph.training, default=list)})
     return model

@@ -29,12 +29,13 @@ from typing import Callable
 import numpy as np
 
 from archc.errors import Loc, SpecError
-from archc.export.onnx_export import DOC_PREFIX, onnx_module
+from archc.export.onnx_export import DOC_PREFIX, TRAINING_KEY, onnx_module
 from archc.ir import Graph, Node
 from archc.layers import AttrError, ShapeError, get_layer
 from archc.shapes import infer_shapes
 
 _NAME_PART = re.compile(r"[^A-Za-z0-9_\-]+")
+PROBE_BATCH = 7  # a batch size no layer's own sizes are likely to equal
 
 
 class _Reader:
@@ -47,7 +48,6 @@ class _Reader:
         self.consts: dict[str, np.ndarray] = {
             t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
         self.layer_of: dict[str, str] = {}  # ONNX tensor -> archc node computing it
-        self.dynamic: set[str] = set()  # tensors holding shape arithmetic, not data
         self.graph_outputs = {o.name for o in model.graph.output}
         self.consumers: dict[str, list] = {}
         for node in self.nodes:
@@ -60,7 +60,15 @@ class _Reader:
         self.done: set[int] = set()  # ids of ONNX nodes already read
 
     def _infer(self, model) -> dict[str, tuple]:
-        """Every tensor's shape that ONNX's shape inference knows (None for the batch)."""
+        """Every tensor's shape that ONNX's shape inference knows. The batch is fixed to
+        :data:`PROBE_BATCH` first, so that shape arithmetic on it (``x.view(x.size(0), ...)``)
+        comes out as numbers."""
+        model = self.onnx.ModelProto.FromString(model.SerializeToString())
+        initializers = {t.name for t in model.graph.initializer}
+        for info in model.graph.input:
+            dims = info.type.tensor_type.shape.dim
+            if info.name not in initializers and dims and not dims[0].HasField("dim_value"):
+                dims[0].dim_value = PROBE_BATCH
         try:
             inferred = self.onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception as exc:  # the model is inconsistent; report it in one line
@@ -96,6 +104,10 @@ class _Reader:
         if tensor in self.layer_of:
             return self.graph[self.layer_of[tensor]].shape
         shape = self.shapes.get(tensor)
+        if shape is not None and shape[:1] not in ((None,), (PROBE_BATCH,)):
+            raise SpecError(f"ONNX tensor '{tensor}' has {shape[0]} where the batch should be "
+                            f"(its shape is {shape} for a batch of {PROBE_BATCH}); archc's "
+                            "layers keep the batch as the first axis", Loc(self.source))
         if shape is None or any(d is None for d in shape[1:]):
             raise SpecError(f"the shape of ONNX tensor '{tensor}' is not known; archc needs "
                             "static shapes apart from the batch", Loc(self.source))
@@ -130,7 +142,7 @@ class _Reader:
             raise self.error(onnx_node, f"as archc's {op}: {exc.message}", exc.hint) from None
         self.graph.add(node)
         for role, value in (params or {}).items():
-            self.params[f"{name}.{role}"] = np.ascontiguousarray(value)
+            self.params[f"{name}.{role}"] = np.array(value, order="C")  # (0-d stays 0-d)
         self.layer_of[output] = name
         return name
 
@@ -180,9 +192,17 @@ def _derived_name(node, params: dict | None, op: str) -> str:
         if head and not name.startswith("onnx::") and role in ("weight", "bias", "running_mean"):
             return _layer_name(head) or op
     parts = [p for p in node.name.split("/") if p]
-    if len(parts) >= 2:
-        return _layer_name(parts[-2]) or op
-    return _layer_name(parts[0]).lower() if parts and parts[0] != node.op_type else op
+    if len(parts) < 2:  # "Relu_3", or no name at all
+        return _layer_name(parts[0]).lower() if parts and parts[0] != node.op_type else op
+    # PyTorch's scopes name a module within its parent, a container's children as
+    # "container.index": /layer2/layer2.0/downsample/downsample.0/Conv -> layer2.0.downsample.0
+    path: list[str] = []
+    for part in parts[:-1]:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return _layer_name(".".join(path)) or op
 
 
 def _pads(reader: _Reader, node) -> tuple[int, int]:
@@ -270,7 +290,9 @@ def _pool(r: _Reader, n) -> None:
 
 
 def _max_unpool(r: _Reader, n) -> None:
-    attrs = _window_attrs(r, n) | {"output_size": list(r.shape(n.output[0])[1:])}
+    size = r.const(n, 2, "output shape")
+    attrs = _window_attrs(r, n) | ({} if size is None else
+                                   {"output_size": [int(v) for v in size[2:]]})
     r.add(n, "max_unpool2d", attrs, [n.input[0], n.input[1]], n.output[0])
 
 
@@ -338,8 +360,26 @@ def _transpose(r: _Reader, n) -> None:
     r.add(n, "permute", {"dims": perm}, [n.input[0]], n.output[0])
 
 
+def _reshape_target(r: _Reader, n, shape_in: tuple) -> tuple:
+    """The output shape (batch aside) of a Reshape to a constant target, read as ONNX
+    does (0 copies the input's size, -1 takes what is left) for a batch of PROBE_BATCH."""
+    target = [int(v) for v in r.const(n, 1, "target shape")]
+    full = (PROBE_BATCH,) + shape_in
+    if not _attr(n, "allowzero", 0):
+        target = [full[i] if v == 0 else v for i, v in enumerate(target)]
+    if target.count(-1) == 1:
+        known = math.prod(v for v in target if v != -1)
+        target[target.index(-1)] = math.prod(full) // max(known, 1)
+    if not target or target[0] != PROBE_BATCH or math.prod(target) != math.prod(full):
+        raise r.error(n, f"it reshapes {full} to {tuple(target)} for a batch of "
+                      f"{PROBE_BATCH}: the batch does not stay the first axis, which archc's "
+                      "reshape keeps")
+    return tuple(target[1:])
+
+
 def _reshape(r: _Reader, n) -> None:
-    shape_in, shape_out = r.shape(n.input[0]), r.shape(n.output[0])
+    shape_in = r.shape(n.input[0])
+    shape_out = _reshape_target(r, n, shape_in)
     shuffle = _channel_shuffle(r, n, shape_in, shape_out)
     if shuffle:
         return
@@ -357,7 +397,8 @@ def _channel_shuffle(r: _Reader, n, shape_in, shape_out) -> bool:
     if (back is None or len(shape_out) != len(shape_in) + 1 or len(shape_in) < 2
             or shape_out[0] * shape_out[1] != shape_in[0] or shape_out[2:] != shape_in[1:]
             or list(_attr(swap, "perm")) != [0, 2, 1] + list(range(3, len(shape_out) + 1))
-            or r.shape(back.output[0]) != shape_in):
+            or _reshape_target(r, back, shape_out[1:2] + shape_out[:1] + shape_out[2:])
+            != shape_in):
         return False
     r.done.update((id(swap), id(back)))
     r.add(n, "channel_shuffle", {"groups": shape_out[0]}, [n.input[0]], back.output[0])
@@ -446,7 +487,10 @@ def _resize(r: _Reader, n) -> None:
             raise r.error(n, "it resizes the batch or channel axes")
         attrs["scale_factor"] = [float(s) for s in scales[2:]]
     else:
-        attrs["size"] = list(r.shape(n.output[0])[1:])
+        sizes = r.const(n, 3, "sizes")
+        if sizes is None:
+            raise r.error(n, "neither scales nor sizes are given")
+        attrs["size"] = [int(v) for v in sizes[2:]]
     r.add(n, "upsample", attrs, [n.input[0]], n.output[0])
 
 
@@ -610,6 +654,7 @@ def _read_noted(r: _Reader, index: int, note: dict) -> bool:
             return False
         params[role] = value
     r.add(first, op, raw, inputs, name, params, name=name)
+    r.graph[name].trainable = note.get("trainable", True) is not False
     for node in group:
         r.done.add(id(node))
         for tensor in node.output[1:]:  # max pooling's indices, for max-unpooling
@@ -634,6 +679,22 @@ def _fold(r: _Reader, node) -> None:
                                                                     for t in inputs})
     for name, value in zip([o for o in node.output if o], values):
         r.consts[name] = np.asarray(value)
+
+
+def _fold_constants(r: _Reader) -> None:
+    """Every tensor that does not depend on the data: Constant nodes, shapes (for a batch
+    of PROBE_BATCH) and what is computed from them and the weights alone."""
+    for node in r.nodes:
+        inputs = [t for t in node.input if t]
+        if node.op_type == "Constant":
+            r.consts[node.output[0]] = r.onnx.numpy_helper.to_array(_attr(node, "value"))
+        elif node.op_type == "Shape":
+            shape = r.shapes.get(node.input[0])
+            if shape is not None and None not in shape:
+                full = np.array(shape, np.int64)
+                r.consts[node.output[0]] = full[_attr(node, "start", 0): _attr(node, "end")]
+        elif inputs and all(t in r.consts for t in inputs):
+            _fold(r, node)
 
 
 def _read_inputs(r: _Reader, model) -> None:
@@ -690,22 +751,16 @@ def from_onnx(source: str | Path | bytes, name: str | None = None) -> tuple[Grap
     model = _parse(source, source_name)
     r = _Reader(model, source_name)
     _read_inputs(r, model)
+    _fold_constants(r)
     for index, node in enumerate(r.nodes):
         if id(node) in r.done:
             continue
         note = _note(node)
         if note is not None and _read_noted(r, index, note):
             continue
-        inputs = [t for t in node.input if t]
-        if node.op_type == "Constant":
-            r.consts[node.output[0]] = r.onnx.numpy_helper.to_array(_attr(node, "value"))
-        elif node.op_type == "Shape" or (inputs and all(t in r.dynamic or t in r.consts
-                                                        for t in inputs)
-                                         and any(t in r.dynamic for t in inputs)):
-            r.dynamic.update(node.output)  # shape arithmetic: its users read inferred shapes
-        elif inputs and all(t in r.consts for t in inputs):
-            _fold(r, node)
-        elif node.op_type in RULES:
+        if all(t in r.consts for t in node.output):
+            continue  # folded before
+        if node.op_type in RULES:
             RULES[node.op_type](r, node)
         else:
             raise SpecError(
@@ -718,6 +773,12 @@ def from_onnx(source: str | Path | bytes, name: str | None = None) -> tuple[Grap
                             "read", Loc(source_name))
         layer = r.layer_of[info.name]
         r.graph.outputs[layer if layer == info.name else _plain_name(info.name) or "output"] = layer
+    for prop in model.metadata_props:
+        if prop.key == TRAINING_KEY:
+            try:
+                r.graph.training = dict(json.loads(prop.value))
+            except (ValueError, TypeError):
+                pass  # an edited note: the spec gets no training section
     for tensor, layer in r.layer_of.items():  # archc's shapes are ONNX's, tensor by tensor
         expected, got = r.shapes.get(tensor), r.graph[layer].shape
         if expected and None not in expected[1:] and tuple(expected[1:]) != got:
