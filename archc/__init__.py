@@ -19,9 +19,11 @@ from archc.spec import load_spec
 __version__ = "0.1.0"
 
 
-def compile(graph: Graph, backend: str = "reference", seed: int = 0, dtype: str = "float32"):
-    """Lower ``graph`` and return a runnable ``runtime.model.Model`` with parameters
-    initialised as PyTorch initialises the same layers (reproducible from ``seed``).
+def compile(graph: Graph, backend: str = "reference", seed: int = 0, dtype: str = "float32",
+            params: dict | None = None):
+    """Lower ``graph`` and return a runnable ``runtime.model.Model`` with ``params`` (name ->
+    array, checked against the graph) or else parameters initialised as PyTorch initialises
+    the same layers (reproducible from ``seed``).
 
     Examples
     --------
@@ -33,7 +35,7 @@ def compile(graph: Graph, backend: str = "reference", seed: int = 0, dtype: str 
     from archc.lower import lower
     from runtime.model import Model
 
-    return Model(lower(graph), backend=backend, seed=seed, dtype=dtype)
+    return Model(lower(graph), backend=backend, seed=seed, dtype=dtype, params=params)
 
 
 def diagram(graph: Graph, **options: Any):

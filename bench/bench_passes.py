@@ -45,9 +45,7 @@ FACTORISATIONS = [
 
 
 def model_with(graph, params):
-    model = archc.compile(graph, backend="cpu")
-    model.params = {k: np.asarray(v, dtype=model.params[k].dtype) for k, v in params.items()}
-    return model.eval()
+    return archc.compile(graph, backend="cpu", params=params).eval()
 
 
 def inference_table(rows, repeat: int) -> None:

@@ -10,7 +10,7 @@ from runtime.backends.base import Backend
 from runtime.backends.reference import KERNELS
 from runtime.backends.reference_backward import BACKWARD
 from runtime.memory import MemoryPlan, plan_memory
-from runtime.params import init_params, load_matching, load_params, save_params
+from runtime.params import fitted_params, init_params, load_matching, load_params, save_params
 from runtime.program import Program
 
 def _backend(name: str) -> Backend:
@@ -67,15 +67,16 @@ class Model:
     """Run a :class:`Program` on a backend (forward pass; ``reference`` is plain NumPy)."""
 
     def __init__(self, program: Program, backend: str = "reference", seed: int = 0,
-                 dtype=np.float32):
+                 dtype=np.float32, params: dict | None = None):
         self.program = program
         self.backend = _backend(backend)
         self.kernels, self.backward_kernels = self.backend.kernels, self.backend.backward
         self._scope = self.backend.scope
         self.dtype = np.dtype(dtype)
         self._host_stale = False
-        self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
-                       for k, v in init_params(program, seed).items()}
+        given = init_params(program, seed) if params is None else fitted_params(
+            params, program, "the given parameters")
+        self.params = self._typed(given)
         self.training = False
         self.rng = np.random.default_rng(seed)
         self._tape: tuple[dict, dict] | None = None
@@ -154,17 +155,20 @@ class Model:
         ctx["unplanned"] = set(self.program.outputs.values()) if keep else set()
 
     def load(self, path: str | Path) -> None:
-        loaded = load_params(path, self.program)
-        self.params = {k: (v if v.dtype == np.int64 else v.astype(self.dtype))
-                       for k, v in loaded.items()}
+        self.params = self._typed(load_params(path, self.program))
+
+    def _typed(self, params: dict) -> dict[str, np.ndarray]:
+        """Floating arrays in the model's dtype (a copy only where it differs); counters
+        stay int64."""
+        return {k: v if v.dtype == np.int64 else v.astype(self.dtype, copy=False)
+                for k, v in params.items()}
 
     def load_matching(self, path: str | Path) -> list[str]:
         """Take the parameters of an ``.npz`` that fit by name and shape (transfer
         learning: a head with a new number of classes keeps its initialisation); returns
         the names left as they were."""
         loaded, skipped = load_matching(path, self.program)
-        for k, v in loaded.items():
-            self.params[k] = v if v.dtype == np.int64 else v.astype(self.dtype)
+        self.params.update(self._typed(loaded))
         self.sync()
         return skipped
 

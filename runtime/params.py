@@ -109,7 +109,14 @@ def load_matching(path: str | Path, program: Program) -> tuple[dict[str, np.ndar
 def load_params(path: str | Path, program: Program) -> dict[str, np.ndarray]:
     """Read an ``.npz`` of parameters for ``program``, refusing pickles and any array that is
     missing, unexpected or of the wrong shape (all of them listed)."""
-    arrays = _read(path)
+    return fitted_params(_read(path), program, str(path))
+
+
+def fitted_params(arrays: dict, program: Program, source: str = "the parameters"
+                  ) -> dict[str, np.ndarray]:
+    """``arrays`` as ``program``'s parameters (float32, int64 counters), refusing any that is
+    missing, unexpected or of the wrong shape (all of them listed, ``source`` named)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
     missing = sorted(set(program.params) - set(arrays))
     extra = sorted(set(arrays) - set(program.params))
     wrong = sorted(f"{k} {tuple(arrays[k].shape)} (expected {program.params[k].shape})"
@@ -123,6 +130,6 @@ def load_params(path: str | Path, program: Program) -> dict[str, np.ndarray]:
     if wrong:
         problems.append("wrong shape: " + "; ".join(wrong))
     if problems:
-        raise WeightsError(f"{path} does not fit {program.name}: " + " | ".join(problems))
+        raise WeightsError(f"{source} does not fit {program.name}: " + " | ".join(problems))
     return {k: (v.astype(np.int64) if program.params[k].dtype == "int64" else v.astype(np.float32))
             for k, v in arrays.items()}

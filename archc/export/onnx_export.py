@@ -105,9 +105,20 @@ class _Builder:
         return name
 
     def constant(self, name: str, value: np.ndarray) -> str:
-        if name not in self.initializers:
-            self.initializers[name] = self.onnx.numpy_helper.from_array(value, name)
+        self.initializers.setdefault(name, value)
         return name
+
+    def write_initializers(self, graph_proto) -> None:
+        """Each weight written once, in place (building TensorProtos apart and copying them
+        into the graph cost VGG-16 seconds)."""
+        helper = self.onnx.helper
+        for name, value in self.initializers.items():
+            value = np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
+            tensor = graph_proto.initializer.add()
+            tensor.name = name
+            tensor.data_type = helper.np_dtype_to_tensor_dtype(value.dtype)
+            tensor.dims.extend(value.shape)
+            tensor.raw_data = value.tobytes()
 
 
 # ---------------------------------------------------------------- activations
@@ -460,12 +471,14 @@ def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
         if key != name:  # an output named apart from its layer
             builder.nodes.append(helper.make_node("Identity", [name], [key], name=f"output/{key}"))
         outputs.append(value(key, graph[name].shape))
-    onnx_graph = helper.make_graph(
-        builder.nodes, graph.name, [value(n, graph[n].shape) for n in graph.inputs], outputs,
-        initializer=list(builder.initializers.values()))
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="archc", doc_string=doc)
-    model.ir_version = 8  # what opset 17 needs; readable by onnxruntime >= 1.12
+    model = onnx.ModelProto(ir_version=8,  # what opset 17 needs; onnxruntime >= 1.12 reads it
+                            producer_name="archc", doc_string=doc)
+    model.opset_import.append(helper.make_opsetid("", OPSET))
+    model.graph.name = graph.name
+    model.graph.node.extend(builder.nodes)
+    model.graph.input.extend(value(n, graph[n].shape) for n in graph.inputs)
+    model.graph.output.extend(outputs)
+    builder.write_initializers(model.graph)
     if graph.training:  # the spec's training settings, for archc import
         helper.set_model_props(model, {TRAINING_KEY: json.dumps(graph.training, default=list)})
     return model

@@ -63,7 +63,7 @@ class _Reader:
         """Every tensor's shape that ONNX's shape inference knows. The batch is fixed to
         :data:`PROBE_BATCH` first, so that shape arithmetic on it (``x.view(x.size(0), ...)``)
         comes out as numbers."""
-        model = self.onnx.ModelProto.FromString(model.SerializeToString())
+        model = self._light(model)
         initializers = {t.name for t in model.graph.initializer}
         for info in model.graph.input:
             dims = info.type.tensor_type.shape.dim
@@ -81,6 +81,25 @@ class _Reader:
                 shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None
                                           for d in info.type.tensor_type.shape.dim)
         return shapes
+
+    def _light(self, model):
+        """A copy of ``model`` for shape inference, its large weights declared by type and
+        shape instead of carried (inference reads only the values of small constants such
+        as Reshape's target; copying VGG-16's half gigabyte cost seconds)."""
+        helper, graph = self.onnx.helper, model.graph
+        small, declared = [], []
+        for t in graph.initializer:
+            if int(np.prod(t.dims)) <= 4096:
+                small.append(t)
+            else:
+                declared.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+        inputs = [i for i in graph.input if i.name not in {d.name for d in declared}]
+        light = helper.make_model(
+            helper.make_graph(graph.node, graph.name, inputs + declared, graph.output,
+                              small, value_info=graph.value_info),
+            opset_imports=model.opset_import, ir_version=model.ir_version,
+            functions=model.functions)
+        return light
 
     # ------------------------------------------------------------ helpers for rules
     def error(self, node, message: str, hint: str | None = None) -> SpecError:
@@ -725,7 +744,7 @@ def _parse(source: str | Path | bytes, name: str):
     if not model.graph.node or not model.graph.output:
         raise SpecError("not an ONNX model: the file holds no graph", Loc(name))
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(data)  # the bytes: no second serialisation
     except Exception as exc:
         raise SpecError(f"{name} is not a valid ONNX model: {str(exc).splitlines()[0]}",
                         Loc(name)) from None

@@ -43,8 +43,7 @@ def compare(graph: Graph, params: Params, optimised: Graph, optimised_params: Pa
 
     outputs = []
     for g, p in ((graph, params), (optimised, optimised_params)):
-        model = compile_graph(g, backend=backend)
-        model.params = {k: np.asarray(v) for k, v in p.items()}
+        model = compile_graph(g, backend=backend, params=p)
         y = model.eval().predict(x)
         outputs.append(y if isinstance(y, dict) else {"": y})
     return max(relative_difference(outputs[0][k], outputs[1][k]) for k in outputs[0])

@@ -298,8 +298,7 @@ def low_rank(graph: Graph, params: Params | None, options: dict) -> PassResult:
     if options.get("data") is not None:
         from archc import compile as compile_graph
 
-        model = compile_graph(graph, backend="cpu")
-        model.params = {k: np.asarray(v) for k, v in params.items()}
+        model = compile_graph(graph, backend="cpu", params=params)
         values = model.eval().intermediates(options["data"])
     else:
         result.notes.append("no data given: errors are measured on the weights, not outputs")
