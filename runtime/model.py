@@ -75,7 +75,7 @@ class Model:
         self.dtype = np.dtype(dtype)
         self._host_stale = False
         given = init_params(program, seed) if params is None else fitted_params(
-            params, program, "the given parameters")
+            params, program, "the dict of parameters")
         self.params = self._typed(given)
         self.training = False
         self.rng = np.random.default_rng(seed)

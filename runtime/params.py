@@ -112,7 +112,7 @@ def load_params(path: str | Path, program: Program) -> dict[str, np.ndarray]:
     return fitted_params(_read(path), program, str(path))
 
 
-def fitted_params(arrays: dict, program: Program, source: str = "the parameters"
+def fitted_params(arrays: dict, program: Program, source: str = "the dict of parameters"
                   ) -> dict[str, np.ndarray]:
     """``arrays`` as ``program``'s parameters (float32, int64 counters), refusing any that is
     missing, unexpected or of the wrong shape (all of them listed, ``source`` named)."""

@@ -4,6 +4,8 @@ against their PyTorch twins with the same weights."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -179,6 +181,24 @@ def test_weights_round_trip_and_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(WeightsError, match="not a readable"):
         model.load(tmp_path / "junk.npz")
+
+
+def test_compile_takes_given_weights_and_checks_them():
+    graph = archc.load(SPECS / "lenet5.yaml")
+    weights = archc.compile(graph, seed=5).params
+    given = {k: v.astype(np.float64) for k, v in weights.items()}
+    model = archc.compile(graph, backend="cpu", params=given)
+    x = np.ones((2, 1, 32, 32), np.float32)
+    assert np.array_equal(model(x), archc.compile(graph, backend="cpu", seed=5)(x))
+    assert model.params["c1.weight"].dtype == np.float32  # converted, a copy
+    model.params["c1.weight"][...] = 0
+    assert given["c1.weight"].any()
+    del given["fc3.bias"]
+    given["fc4.weight"] = np.zeros(1)
+    with pytest.raises(WeightsError, match=re.escape(
+            "the dict of parameters does not fit lenet5: missing: fc3.bias | unexpected: "
+            "fc4.weight")):
+        archc.compile(graph, params=given)
 
 
 def test_initialisation_follows_pytorch():
