@@ -65,10 +65,19 @@ def load(spec: str | Path, *, text: str | None = None, **variables: Any) -> Grap
     SpecError
         For any mistake in the spec, located at file:line:column.
     """
+    return build(spec, variables, text)
+
+
+def build(spec: str | Path, variables: dict[str, Any], text: str | None = None) -> Graph:
+    """:func:`load` with the variable overrides as a dict (``--set`` may name any
+    variable, ``text`` and ``spec`` too)."""
+    from archc.naming import torch_names
+
     graph = infer_shapes(load_spec(spec, variables, text=text))
     verify(graph, require_shapes=True)
+    torch_names(graph)  # its rules give every parameter a name of its own
     return graph
 
 
-__all__ = ["Graph", "Loc", "Node", "SpecError", "compile", "diagram", "infer_shapes", "load", "load_spec",
-           "verify"]
+__all__ = ["Graph", "Loc", "Node", "SpecError", "build", "compile", "diagram", "infer_shapes",
+           "load", "load_spec", "verify"]

@@ -43,11 +43,10 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     """The spec's graph; for commands with --passes/-O, its optimised view (structure
     only: no weights are needed to see what the passes do to the graph)."""
-    from archc import infer_shapes, verify
-    from archc.spec import load_spec, parse_overrides
+    from archc import build
+    from archc.spec import parse_overrides
 
-    graph = infer_shapes(load_spec(args.spec, parse_overrides(args.overrides)))
-    verify(graph, require_shapes=True)
+    graph = build(args.spec, parse_overrides(args.overrides))
     pipeline = _pipeline(args) if getattr(args, "view_passes", False) else None
     if pipeline:
         from archc.passes import run_passes
@@ -467,7 +466,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
               f"'batch'), {len(model.graph.node)} operators, {len(model.graph.initializer)} "
               f"initializers ({'trained' if args.weights else 'initialised'} weights)")
     else:
-        save_params(args.output, params)
+        from archc.naming import torch_names
+
+        names = torch_names(graph)
+        save_params(args.output, {names.get(k, k): v for k, v in params.items()})
         print(f"wrote {args.output}: {len(params)} arrays named and laid out as in PyTorch's "
               f"state_dict ({'trained' if args.weights else 'initialised'} weights)")
     return EXIT_OK

@@ -89,6 +89,8 @@ class Graph:
     blocks: dict[str, BlockInstance] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # the spec's training: section
+    # the spec's torch_names: section (archc.naming.NameRule), PyTorch's names where they differ
+    name_rules: list = field(default_factory=list)
     nx: nx.MultiDiGraph = field(default_factory=nx.MultiDiGraph)
 
     def add(self, node: Node) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from archc.ir import Graph, verify
 from archc.layers import get_layer
 from archc.layers.conv import resolve_padding
+from archc.naming import parameter_roles, torch_names
 from runtime.program import Op, ParamSpec, Program
 
 
@@ -36,23 +37,20 @@ def lower(graph: Graph) -> Program:
     (['conv2d', 'tanh', 'avg_pool2d'], (6, 1, 5, 5))
     """
     verify(graph, require_shapes=True)
-    ops, params = [], {}
+    params: dict[str, ParamSpec] = {}
+    roles: dict[str, dict[str, str]] = {}
+    for node, role, shape, buffer in parameter_roles(graph):
+        full = roles.setdefault(node.name, {})[role] = f"{node.name}.{role}"
+        params[full] = ParamSpec(shape, buffer=buffer, trainable=node.trainable and not buffer,
+                                 dtype="int64" if role == "num_batches_tracked" else "float32")
+    ops = []
     for node in graph:
         if node.op == "input":
             continue
-        layer = get_layer(node.op)
         in_shapes = [graph[i].shape for i in node.inputs]
-        roles = {}
-        for kind, table in (("param", layer.parameters), ("buffer", layer.buffers)):
-            for role, shape in table(node.attrs, in_shapes).items():
-                full = f"{node.name}.{role}"
-                roles[role] = full
-                params[full] = ParamSpec(
-                    tuple(shape), buffer=kind == "buffer",
-                    trainable=node.trainable and kind == "param",
-                    dtype="int64" if role == "num_batches_tracked" else "float32")
         ops.append(Op(node.name, node.op, _resolved_attrs(node.op, node.attrs, in_shapes, node.shape),
-                      tuple(node.inputs), node.name, roles,
-                      tuple(tuple(s) for s in in_shapes), tuple(node.shape), layer.view))
+                      tuple(node.inputs), node.name, roles.get(node.name, {}),
+                      tuple(tuple(s) for s in in_shapes), tuple(node.shape),
+                      get_layer(node.op).view))
     return Program(graph.name, {n: tuple(graph[n].shape) for n in graph.inputs}, tuple(ops),
-                   dict(graph.outputs), params)
+                   dict(graph.outputs), params, torch_names(graph))

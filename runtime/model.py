@@ -172,6 +172,12 @@ class Model:
         self.sync()
         return skipped
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The parameters under the names PyTorch's ``state_dict`` gives them (the spec's
+        ``torch_names:``; the same as :attr:`params` for most specs)."""
+        names = self.program.torch_names
+        return {names.get(k, k): v for k, v in self.params.items()}
+
     def save(self, path: str | Path) -> Path:
         return save_params(path, self.params)
 

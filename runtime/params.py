@@ -92,11 +92,20 @@ def _read(path: str | Path) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path} is not a readable .npz weights file ({exc})") from None
 
 
+def _archc_names(arrays: dict, program: Program) -> dict:
+    """``arrays`` keyed by archc's names: a file that uses names the program does not have
+    is read with PyTorch's names (the spec's ``torch_names:``) put back to archc's."""
+    if not program.torch_names or set(arrays) <= set(program.params):
+        return arrays
+    archc_name = {torch: name for name, torch in program.torch_names.items()}
+    return {archc_name.get(k, k): v for k, v in arrays.items()}
+
+
 def load_matching(path: str | Path, program: Program) -> tuple[dict[str, np.ndarray], list[str]]:
     """For transfer learning: the arrays of an ``.npz`` whose name and shape fit
     ``program`` (a replaced head keeps its fresh initialisation), and the names of the
     program's parameters left out."""
-    arrays = _read(path)
+    arrays = _archc_names(_read(path), program)
     fits = {k: v for k, v in arrays.items()
             if k in program.params and tuple(v.shape) == program.params[k].shape}
     if not fits:
@@ -116,7 +125,7 @@ def fitted_params(arrays: dict, program: Program, source: str = "the dict of par
                   ) -> dict[str, np.ndarray]:
     """``arrays`` as ``program``'s parameters (float32, int64 counters), refusing any that is
     missing, unexpected or of the wrong shape (all of them listed, ``source`` named)."""
-    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    arrays = _archc_names({k: np.asarray(v) for k, v in arrays.items()}, program)
     missing = sorted(set(program.params) - set(arrays))
     extra = sorted(set(arrays) - set(program.params))
     wrong = sorted(f"{k} {tuple(arrays[k].shape)} (expected {program.params[k].shape})"

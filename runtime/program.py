@@ -51,3 +51,6 @@ class Program:
     ops: tuple[Op, ...]
     outputs: dict[str, str]
     params: dict[str, ParamSpec] = field(default_factory=dict)
+    # parameter -> its name in PyTorch's state_dict, where the two differ (the spec's
+    # torch_names: section); weights files may use either name
+    torch_names: dict[str, str] = field(default_factory=dict)

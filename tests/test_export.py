@@ -10,7 +10,7 @@ import torch
 import archc
 from archc.cli import main
 from conftest import SPECS
-from torch_models import LeNet5, ResNet
+from torch_models import LeNet5, MobileNetV2, ResNet
 
 
 def _torch_out(module, x):
@@ -21,6 +21,7 @@ def _torch_out(module, x):
 @pytest.mark.parametrize("spec, build, shape", [
     ("lenet5", LeNet5, (1, 32, 32)),
     ("resnet18", lambda: ResNet([2, 2, 2, 2]), (3, 64, 64)),
+    ("mobilenet_v2", MobileNetV2, (3, 64, 64)),  # names by the spec's torch_names
 ])
 def test_state_dict_export_loads_into_torch_and_back(spec, build, shape, tmp_path, capsys):
     """archc -> state_dict .npz -> a torch.nn model (strict: every key, every shape) gives
@@ -32,7 +33,7 @@ def test_state_dict_export_loads_into_torch_and_back(spec, build, shape, tmp_pat
     twin = build()
     with np.load(out) as saved:
         twin.load_state_dict({k: torch.from_numpy(saved[k]) for k in saved.files}, strict=True)
-    variables = {"resolution": shape[1]} if spec == "resnet18" else {}
+    variables = {"resolution": shape[1]} if spec != "lenet5" else {}
     model = archc.compile(archc.load(SPECS / f"{spec}.yaml", **variables), backend="cpu", seed=3)
     x = np.random.default_rng(0).standard_normal((2,) + shape).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), _torch_out(twin, x), rtol=1e-4, atol=1e-5)
@@ -46,6 +47,22 @@ def test_state_dict_export_loads_into_torch_and_back(spec, build, shape, tmp_pat
     torch.save(other.state_dict(), tmp_path / "other.pt")
     model.load(tmp_path / "other.pt")
     np.testing.assert_allclose(model.predict(x), _torch_out(other, x), rtol=1e-4, atol=1e-5)
+
+
+def test_written_spec_keeps_pytorchs_names(tmp_path):
+    """archc export --format yaml writes the torch_names rules out name by name: the
+    written spec takes torchvision-named weights as the original does."""
+    out = tmp_path / "m.yaml"
+    assert main(["export", str(SPECS / "mobilenet_v2.yaml"), "--format", "yaml", "--set",
+                 "resolution=32", "-o", str(out)]) == 0
+    assert "torch_names:" in out.read_text()
+    original = archc.compile(archc.load(SPECS / "mobilenet_v2.yaml", resolution=32), seed=4)
+    written = archc.compile(archc.load(out))
+    assert written.program.torch_names == original.program.torch_names
+    assert "features.18.1.running_var" in original.state_dict()
+    np.savez(tmp_path / "w.npz", **original.state_dict())
+    written.load(tmp_path / "w.npz")
+    assert all(np.array_equal(written.params[k], v) for k, v in original.params.items())
 
 
 def test_yaml_export_reads_back_to_the_same_network(tmp_path, capsys):

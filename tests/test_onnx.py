@@ -18,6 +18,7 @@ from archc.cli import main
 from archc.errors import SpecError
 from archc.export import from_onnx, onnx_export, to_onnx
 from archc.layers import REGISTRY
+from archc.naming import torch_names
 from archc.optimize import initial_params, optimize
 from archc.passes import preset
 from conftest import LIBRARY, LIBRARY_SMALL, SPECS
@@ -78,6 +79,7 @@ def test_every_library_network_runs_in_onnxruntime_and_reads_back(spec):
                 assert _relative(got, want) < TOLERANCE
         back, weights = from_onnx(data)
         assert_same_graph(back, g)
+        assert torch_names(back) == torch_names(g)  # PyTorch's names (mobilenet_v2's rules)
         assert set(weights) == set(p)
         changed = [k for k, v in _without_counters(p).items() if not np.array_equal(weights[k], v)]
         assert not changed, f"weights read back differ: {changed}"

@@ -272,3 +272,55 @@ class UNet(nn.Module):
         e4 = self.enc4(pool(e3, 2))
         b = self.bottleneck(pool(e4, 2))
         return self.head(self.dec1(self.dec2(self.dec3(self.dec4(b, e4), e3), e2), e1))
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    """torchvision's _make_divisible."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def _conv_bn_relu6(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1):
+    """torchvision's Conv2dNormActivation with ReLU6."""
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups,
+                                   bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
+
+
+class InvertedResidual(nn.Module):
+    """torchvision.models.mobilenetv2.InvertedResidual."""
+
+    def __init__(self, inp: int, oup: int, stride: int, t: int):
+        super().__init__()
+        hidden = int(round(inp * t))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = [_conv_bn_relu6(inp, hidden, 1)] if t != 1 else []
+        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, hidden),
+                   nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """torchvision.models.mobilenet_v2: its module tree, so its state_dict names."""
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0):
+        super().__init__()
+        settings = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
+                    [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+        cin = _make_divisible(32 * width_mult)
+        last = _make_divisible(1280 * max(1.0, width_mult))
+        features = [_conv_bn_relu6(3, cin, stride=2)]
+        for t, c, n, s in settings:
+            cout = _make_divisible(c * width_mult)
+            for i in range(n):
+                features.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        features.append(_conv_bn_relu6(cin, last, 1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))

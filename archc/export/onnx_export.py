@@ -29,6 +29,7 @@ import numpy as np
 from archc.errors import SpecError
 from archc.ir import Graph, Node
 from archc.layers.conv import resolve_padding
+from archc.naming import torch_names
 from archc.spec.writer import spec_attrs
 
 OPSET = 17
@@ -36,6 +37,7 @@ OPSET = 17
 
 DOC_PREFIX = "archc: "
 TRAINING_KEY = "archc.training"
+NAMES_KEY = "archc.torch_names"
 
 
 def onnx_module():
@@ -479,6 +481,11 @@ def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
     model.graph.input.extend(value(n, graph[n].shape) for n in graph.inputs)
     model.graph.output.extend(outputs)
     builder.write_initializers(model.graph)
+    props = {}
     if graph.training:  # the spec's training settings, for archc import
-        helper.set_model_props(model, {TRAINING_KEY: json.dumps(graph.training, default=list)})
+        props[TRAINING_KEY] = json.dumps(graph.training, default=list)
+    if names := torch_names(graph):  # PyTorch's parameter names, for archc import
+        props[NAMES_KEY] = json.dumps(names)
+    if props:
+        helper.set_model_props(model, props)
     return model

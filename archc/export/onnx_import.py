@@ -29,9 +29,10 @@ from typing import Callable
 import numpy as np
 
 from archc.errors import Loc, SpecError
-from archc.export.onnx_export import DOC_PREFIX, TRAINING_KEY, onnx_module
+from archc.export.onnx_export import DOC_PREFIX, NAMES_KEY, TRAINING_KEY, onnx_module
 from archc.ir import Graph, Node
 from archc.layers import AttrError, ShapeError, get_layer
+from archc.naming import NameRule, torch_names
 from archc.shapes import infer_shapes
 
 _NAME_PART = re.compile(r"[^A-Za-z0-9_\-]+")
@@ -751,6 +752,19 @@ def _parse(source: str | Path | bytes, name: str):
     return model
 
 
+def _name_rules(text: str) -> list[NameRule]:
+    """The torch_names archc wrote into the model's properties (none from an edited note)."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(names, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and "{" not in k + v
+            for k, v in names.items()):
+        return []
+    return [NameRule(k, v) for k, v in names.items()]
+
+
 def from_onnx(source: str | Path | bytes, name: str | None = None) -> tuple[Graph, dict]:
     """The archc graph (shapes inferred) and weights of an ONNX model file (or its bytes).
 
@@ -798,9 +812,16 @@ def from_onnx(source: str | Path | bytes, name: str | None = None) -> tuple[Grap
                 r.graph.training = dict(json.loads(prop.value))
             except (ValueError, TypeError):
                 pass  # an edited note: the spec gets no training section
+        elif prop.key == NAMES_KEY:
+            r.graph.name_rules = _name_rules(prop.value)
     for tensor, layer in r.layer_of.items():  # archc's shapes are ONNX's, tensor by tensor
         expected, got = r.shapes.get(tensor), r.graph[layer].shape
         if expected and None not in expected[1:] and tuple(expected[1:]) != got:
             raise SpecError(f"layer '{layer}' ({r.graph[layer].op}) computes {got} where the "
                             f"ONNX model has {tuple(expected[1:])}", Loc(source_name))
-    return infer_shapes(r.graph), r.params
+    graph = infer_shapes(r.graph)
+    try:
+        torch_names(graph)
+    except SpecError:  # names that no longer fit what was read: the spec goes without
+        graph.name_rules = []
+    return graph, r.params

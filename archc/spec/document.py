@@ -13,7 +13,7 @@ from archc.spec.loader import SpecList, SpecMap, load_yaml_file, make_map
 from archc.spec.scope import Env, evaluate_value
 
 TOP_KEYS = ("name", "description", "extends", "variables", "input", "inputs", "blocks",
-            "layers", "output", "outputs", "training")
+            "layers", "output", "outputs", "training", "torch_names")
 # the settings a spec's ``training:`` section may give (archc train's flags) and their types
 TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
                  "momentum": float, "nesterov": bool, "weight_decay": float, "schedule": str,
@@ -102,6 +102,18 @@ def read_training(doc: SpecMap, env: Env) -> dict[str, Any]:
                             f"{type(value).__name__} {value!r}", loc)
         out[key] = value
     return out
+
+
+def read_name_rules(doc: SpecMap) -> list:
+    """The ``torch_names:`` section (archc.naming): PyTorch's parameter names, where the
+    spec's differ."""
+    from archc.naming import read_rules
+
+    raw = doc.get("torch_names")
+    if raw is None:
+        return []
+    return read_rules(raw, lambda key: doc.value_loc("torch_names") if key is None
+                      else raw.key_loc(key) if hasattr(raw, "key_loc") else None)
 
 
 def read_name(doc: SpecMap, file: str) -> str:

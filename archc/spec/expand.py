@@ -39,6 +39,7 @@ class _Expander:
         env = document.read_variables(doc, self.overrides, self.file)
         self.graph.variables = dict(env.values)
         self.graph.training = document.read_training(doc, env)
+        self.graph.name_rules = document.read_name_rules(doc)
         self.blocks = document.read_blocks(doc)
         top = Frame(prefix="", env=env, scope=(), trace=(), block_stack=(), trainable=True,
                     items=[])

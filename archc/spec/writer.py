@@ -12,6 +12,7 @@ import yaml
 from archc.ir import Graph
 from archc.layers import get_layer
 from archc.layers.epilogue import activation_text
+from archc.naming import torch_names
 
 
 def _plain(value: Any) -> Any:
@@ -88,4 +89,8 @@ def write_spec(graph: Graph, header: str = "") -> str:
         lines.append(f"outputs: {_flow(list(outputs))}")
     if graph.training:
         lines.append(f"training: {_flow(graph.training)}")
+    names = torch_names(graph)
+    if names:  # the rules as they came out, parameter by parameter (no variables here)
+        lines.append("torch_names:")
+        lines += [f"  {_flow(name)}: {_flow(torch)}" for name, torch in names.items()]
     return "\n".join(lines) + "\n"
