@@ -64,8 +64,10 @@ class NameRule:
             try:
                 result = evaluate(m.group(1), scope)
             except ExprError as exc:
+                parts = ", ".join(match.groupdict()) or "none"
+                hint = exc.hint or f"the pattern's parts: {parts}; or the spec's variables"
                 raise SpecError(f"torch_names: '{self.template}' for '{match.string}': "
-                                f"{exc.message}", self.loc, exc.hint) from None
+                                f"{exc.message}", self.loc, hint) from None
             if isinstance(result, float) and result.is_integer():
                 result = int(result)
             return str(result)

@@ -98,7 +98,21 @@ def _archc_names(arrays: dict, program: Program) -> dict:
     if not program.torch_names or set(arrays) <= set(program.params):
         return arrays
     archc_name = {torch: name for name, torch in program.torch_names.items()}
-    return {archc_name.get(k, k): v for k, v in arrays.items()}
+    out = {}
+    for key, value in arrays.items():
+        name = archc_name.get(key, key)
+        want = program.params[name].shape if name in program.params else None
+        if name != key and want is not None and _strip_ones(value.shape) == _strip_ones(want):
+            value = value.reshape(want)  # a Linear's (out, in) for a 1x1 conv's (out, in, 1, 1)
+        out[name] = value
+    return out
+
+
+def _strip_ones(shape: tuple) -> tuple:
+    shape = tuple(shape)
+    while shape and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
 
 
 def load_matching(path: str | Path, program: Program) -> tuple[dict[str, np.ndarray], list[str]]:

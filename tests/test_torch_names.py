@@ -1,0 +1,155 @@
+"""The spec's torch_names: section: library specs under torchvision's state_dict names
+(every key, written out here from torchvision's module tree), weights files under either
+name, and the section's mistakes as located errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import archc
+from archc.errors import SpecError
+from archc.naming import torch_names
+from conftest import SPECS
+from runtime.params import fitted_params
+
+BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _bn(prefix: str) -> list[str]:
+    return [f"{prefix}.{k}" for k in BN]
+
+
+def _conv_bn(prefix: str) -> list[str]:  # torchvision's Conv2dNormActivation
+    return [f"{prefix}.0.weight"] + _bn(f"{prefix}.1")
+
+
+def densenet121() -> list[str]:
+    keys = ["features.conv0.weight"] + _bn("features.norm0")
+    for b, n in enumerate([6, 12, 24, 16], 1):
+        for k in range(1, n + 1):
+            p = f"features.denseblock{b}.denselayer{k}"
+            keys += _bn(f"{p}.norm1") + [f"{p}.conv1.weight"] + _bn(f"{p}.norm2")
+            keys += [f"{p}.conv2.weight"]
+        if b < 4:
+            keys += _bn(f"features.transition{b}.norm") + [f"features.transition{b}.conv.weight"]
+    return keys + _bn("features.norm5") + ["classifier.weight", "classifier.bias"]
+
+
+def efficientnet_b0() -> list[str]:
+    keys = _conv_bn("features.0")
+    for s, (t, n) in enumerate([(1, 1), (6, 2), (6, 2), (6, 3), (6, 3), (6, 4), (6, 1)], 1):
+        for j in range(n):
+            p, k = f"features.{s}.{j}.block", 0
+            if t != 1:
+                keys += _conv_bn(f"{p}.0")
+                k = 1
+            keys += _conv_bn(f"{p}.{k}")
+            keys += [f"{p}.{k + 1}.{fc}.{w}" for fc in ("fc1", "fc2") for w in ("weight", "bias")]
+            keys += _conv_bn(f"{p}.{k + 2}")
+    return keys + _conv_bn("features.8") + ["classifier.1.weight", "classifier.1.bias"]
+
+
+def convnext_tiny() -> list[str]:
+    wb = ("weight", "bias")
+    keys = [f"features.0.{i}.{w}" for i in (0, 1) for w in wb]
+    for s, n in enumerate([3, 3, 9, 3]):
+        if s:
+            keys += [f"features.{2 * s}.{i}.{w}" for i in (0, 1) for w in wb]
+        for j in range(n):
+            p = f"features.{2 * s + 1}.{j}"
+            keys += [f"{p}.block.{i}.{w}" for i in (0, 2, 3, 5) for w in wb]
+            keys.append(f"{p}.layer_scale")
+    return keys + [f"classifier.{i}.{w}" for i in (0, 2) for w in wb]
+
+
+def shufflenet_v2() -> list[str]:
+    keys = _conv_bn("conv1")
+    for s, n in zip((2, 3, 4), (4, 8, 4), strict=True):
+        keys += [f"stage{s}.0.branch1.0.weight"] + _bn(f"stage{s}.0.branch1.1")
+        keys += [f"stage{s}.0.branch1.2.weight"] + _bn(f"stage{s}.0.branch1.3")
+        for j in range(n):
+            for conv, bn in ((0, 1), (3, 4), (5, 6)):
+                keys += [f"stage{s}.{j}.branch2.{conv}.weight"] + _bn(f"stage{s}.{j}.branch2.{bn}")
+    return keys + _conv_bn("conv5") + ["fc.weight", "fc.bias"]
+
+
+@pytest.mark.parametrize("spec, torchvision", [
+    ("densenet121", densenet121), ("efficientnet", efficientnet_b0),
+    ("convnext_tiny", convnext_tiny), ("shufflenet_v2", shufflenet_v2),
+])
+def test_library_specs_carry_torchvisions_names(spec, torchvision):
+    graph = archc.load(SPECS / f"{spec}.yaml", resolution=64)
+    model = archc.compile(graph)
+    assert sorted(model.state_dict()) == sorted(torchvision())
+    # weights under those names come back to archc's, array for array
+    back = fitted_params(model.state_dict(), model.program)
+    assert all(np.array_equal(back[k], v) for k, v in model.params.items())
+
+
+def test_a_linear_weight_loads_into_a_1x1_conv(tmp_path):
+    """torchvision's ConvNeXt has Linear layers where the spec has 1x1 convs: the (out, in)
+    weights load as (out, in, 1, 1)."""
+    graph = archc.load(SPECS / "convnext_tiny.yaml", resolution=32)
+    model = archc.compile(graph, seed=2)
+    state = model.state_dict()
+    for key in [k for k in state if ".block.3.weight" in k or ".block.5.weight" in k]:
+        state[key] = state[key][:, :, 0, 0]
+    assert state["features.1.0.block.3.weight"].shape == (384, 96)
+    np.savez(tmp_path / "tv.npz", **state)
+    other = archc.compile(graph)
+    other.load(tmp_path / "tv.npz")
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    assert np.array_equal(other(x), model(x))
+
+
+def test_a_state_dict_under_pytorch_names_fails_by_those_names(tmp_path):
+    model = archc.compile(archc.load(SPECS / "mobilenet_v2.yaml", resolution=32))
+    state = model.state_dict()
+    del state["features.18.1.running_var"]
+    state["features.19.weight"] = np.zeros(3, np.float32)
+    np.savez(tmp_path / "w.npz", **state)
+    with pytest.raises(Exception, match=r"missing: head.batchnorm2d.running_var \| "
+                                        r"unexpected: features.19.weight"):
+        model.load(tmp_path / "w.npz")
+
+
+NET = """
+name: net
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - conv2d: [4, 3]
+    name: a
+    repeat: 2
+  - flatten
+  - linear: 10
+    name: fc
+torch_names:
+%s
+"""
+
+
+def test_rules_rename_layers_and_single_parameters():
+    graph = archc.load("net.yaml", text=NET % '  "a.{i}": "features.{2 * i + 1}"\n'
+                       '  fc.bias: head.b')
+    assert torch_names(graph) == {"a.0.weight": "features.1.weight",
+                                  "a.0.bias": "features.1.bias",
+                                  "a.1.weight": "features.3.weight",
+                                  "a.1.bias": "features.3.bias", "fc.bias": "head.b"}
+
+
+@pytest.mark.parametrize("rules, line, message", [
+    ('  "a.{i}": "features.{j}"', 12, "'features.{j}' for 'a.0': undefined name 'j'"),
+    ('  "a.{i}": features.0', 12, "'a.0.weight' and 'a.1.weight' would both be named "
+                                  "'features.0.weight'"),
+    ('  "a.{i}.{i}": x', 12, "'{i}' in 'a.{i}.{i}' must be a new name"),
+    ('  "a.{1x}": x', 12, "'{1x}' in 'a.{1x}' must be a new name"),
+    ('  "a.{i": x', 12, "unbalanced braces in 'a.{i'"),
+    ('  fc: 3', 12, "'fc' must map to a name (text)"),
+    ('  - a', 12, "'torch_names' must be a mapping"),
+])
+def test_mistakes_in_rules_are_located(rules, line, message):
+    with pytest.raises(SpecError) as info:
+        archc.load("net.yaml", text=NET % rules)
+    assert message in info.value.message
+    assert info.value.loc.line == line
