@@ -144,4 +144,13 @@ CASES = [
               "blocks:\n  unit:\n    layers: [{conv2d: {in_channels: 4, out_channels: 8, kernel_size: 3}}]\n"
               + HEAD + "  - unit:\n    name: stem\n", 3, 15,
               "layer 'stem.conv2d' (conv2d), input 'input' (3x32x32): in_channels is 4"),
+    ErrorCase("torch-names-collide", "Two parameters given one PyTorch name by torch_names",
+              HEAD + "  - conv2d: [8, 3]\n    name: a\n    repeat: 2\ntorch_names:\n"
+              '  "a.{i}": features.0\n', 7, 3,
+              "torch_names: 'a.0.weight' and 'a.1.weight' would both be named "
+              "'features.0.weight'", hint="each parameter needs a name of its own"),
+    ErrorCase("torch-names-expression", "An expression in a torch_names rule that fails",
+              HEAD + "  - conv2d: [8, 3]\n    name: a\n    repeat: 2\ntorch_names:\n"
+              '  "a.{i}": "features.{i + offset}"\n', 7, 3,
+              "undefined name 'offset'", hint="the pattern's parts: i; or the spec's variables"),
 ]
