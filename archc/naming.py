@@ -112,8 +112,8 @@ def torch_names(graph: Graph) -> dict[str, str]:
     --------
     >>> import archc
     >>> names = torch_names(archc.load("specs/mobilenet_v2.yaml"))
-    >>> names["stage2.1.project.weight"], names["classifier.1.bias"]
-    ('features.3.conv.2.weight', 'classifier.1.bias')
+    >>> names["stage2.1.project.weight"], "classifier.1.bias" in names  # kept as it is
+    ('features.3.conv.2.weight', False)
     """
     rules = [(rule, rule.regex()) for rule in graph.name_rules]
     out: dict[str, str] = {}

@@ -569,29 +569,38 @@ def _relative(a, b) -> float:
                     "far too slow under the simulator (ARCHC_CUDA=real pytest -m cuda)")
 @pytest.mark.parametrize("spec", LIBRARY)
 def test_every_library_network_runs_and_trains_on_a_real_gpu(spec):
-    """Forward and gradients of each library network on the GPU against the CPU backend
-    (inference mode; and training mode, batch statistics included, where no random mask
-    makes the two differ), to float32 accuracy over the whole network."""
+    """Forward and gradients of each library network on the GPU (float32) against the same
+    network in float64 on the CPU (inference mode; and training mode, batch statistics
+    included, where no random mask makes the two differ). A gradient's error is measured
+    against its own size, or a thousandth of the network's largest gradient where it is
+    smaller: a conv bias before a training-mode batch norm has a gradient of exactly zero,
+    and the first layers of a deep plain network vanishing ones (MobileNet-V1's: 1e-10)."""
     import archc
 
     graph = archc.load(SPEC_DIR / f"{spec}.yaml")
-    gpu, host = archc.compile(graph, backend="cuda"), archc.compile(graph, "cpu")
+    exact = archc.compile(graph, "cpu", dtype="float64")
+    gpu = archc.compile(graph, backend="cuda", params=exact.params)
+    exact.params = {k: v if v.dtype == np.int64 else v.astype(np.float64)
+                    for k, v in gpu.params.items()}  # the float32 weights, exactly
     rng = np.random.default_rng(0)
     x = {k: rng.standard_normal((2,) + s).astype(np.float32)
-         for k, s in host.program.inputs.items()}
-    random = {"dropout", "stochastic_depth"} & {op.kind for op in host.program.ops}
+         for k, s in exact.program.inputs.items()}
+    random = {"dropout", "stochastic_depth"} & {op.kind for op in exact.program.ops}
     for mode in ("eval",) if random else ("eval", "train"):
-        getattr(gpu, mode)(), getattr(host, mode)()
-        want, got = host(x), gpu(x)
+        getattr(gpu, mode)(), getattr(exact, mode)()
+        want, got = exact(x), gpu(x)
         outs = want if isinstance(want, dict) else {"y": want}
         gots = got if isinstance(got, dict) else {"y": got}
         for key in outs:
             assert _relative(gots[key], outs[key]) < 1e-4, (mode, key)
-        gy = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in outs.items()}
-        arg = gy if isinstance(want, dict) else gy["y"]
-        a, b = host.backward(arg), gpu.backward(arg)
-        for name, g in a.params.items():
-            assert _relative(b.params[name], g) < 1e-3, (mode, name)
+        gy = {k: rng.standard_normal(v.shape) for k, v in outs.items()}
+        a = exact.backward(gy if isinstance(want, dict) else gy["y"]).params
+        b = gpu.backward({k: v.astype(np.float32) for k, v in gy.items()}
+                         if isinstance(want, dict) else gy["y"].astype(np.float32)).params
+        largest = max(np.abs(g).max() for g in a.values())
+        for name, g in a.items():
+            scale = max(np.abs(g).max(), 1e-3 * largest)
+            assert np.abs(b[name] - g).max() / scale < 1e-3, (mode, name)
 
 
 def test_depthwise_epilogue_adds_the_residual_before_the_activation():

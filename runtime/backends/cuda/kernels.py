@@ -39,6 +39,11 @@ THREADS = 4 if SIMULATED else 16  # GEMM threads per block along each axis (16 x
 PER_THREAD = 4  # 4 x 4 outputs per thread
 TILE = THREADS * PER_THREAD  # rows and columns of C per block (64)
 TILE_K = 16  # depth of the shared-memory panels
+# the panels' padded widths (a column more against bank conflicts), as constants: Numba
+# needs a shared array's shape as literals, and `TILE_K + 1` written in a kernel is not one
+# (the simulator accepts it; a real GPU does not)
+TILE_K_PADDED = TILE_K + 1
+TILE_PADDED = TILE + 1
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _TANH_C = math.sqrt(2.0 / math.pi)
@@ -180,8 +185,8 @@ def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
     k = a.shape[0] if trans_a else a.shape[1]
     # one padding column: the loads below store down a column for a transposed operand,
     # which would otherwise hit one shared-memory bank 16 or 32 times over
-    sa = cuda.shared.array((TILE, TILE_K + 1), float32)
-    sb = cuda.shared.array((TILE_K, TILE + 1), float32)
+    sa = cuda.shared.array((TILE, TILE_K_PADDED), float32)
+    sb = cuda.shared.array((TILE_K, TILE_PADDED), float32)
     acc = cuda.local.array((PER_THREAD, PER_THREAD), float32)
     av = cuda.local.array(PER_THREAD, float32)
     bv = cuda.local.array(PER_THREAD, float32)
@@ -412,8 +417,8 @@ def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, d
     o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
     m, cols, k = o, n * ho * wo, c * kh * kw
     taps = kh * kw
-    sa = cuda.shared.array((TILE, TILE_K + 1), float32)
-    sb = cuda.shared.array((TILE_K, TILE + 1), float32)
+    sa = cuda.shared.array((TILE, TILE_K_PADDED), float32)
+    sb = cuda.shared.array((TILE_K, TILE_PADDED), float32)
     acc = cuda.local.array((PER_THREAD, PER_THREAD), float32)
     av = cuda.local.array(PER_THREAD, float32)
     bv = cuda.local.array(PER_THREAD, float32)

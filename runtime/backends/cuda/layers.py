@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import float32
+from numba import float32, float64
 
 from runtime.backends.cuda.kernels import (
     ELEMENTWISE_BLOCK,
@@ -121,10 +121,11 @@ def avg_pool_backward_kernel(gy, gx, kh, kw, sh, sw, top, left, pt, pl, include_
 def broadcast_plane_kernel(g, gx, scale):
     """gx[n, c, :, :] = g[n * C + c] * scale (the global average pool's backward)."""
     start, stride = cuda.grid(1), cuda.gridsize(1)
-    plane = gx.shape[2] * gx.shape[3]
-    flat = gx.reshape(gx.size)
-    for e in range(start, gx.size, stride):
-        flat[e] = g[e // plane] * scale
+    c, w = gx.shape[1], gx.shape[3]
+    plane = gx.shape[2] * w
+    for e in range(start, gx.size, stride):  # (no reshape in here: it keeps the kernel
+        nc, p = e // plane, e % plane       # from the on-disk cache on a real GPU)
+        gx[nc // c, nc % c, p // w, p % w] = g[nc] * scale
 
 
 @cuda.jit(cache=True)
@@ -146,8 +147,8 @@ def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, ep
     (bias gradient) and gy * x_hat (weight gradient) by a shared-memory tree reduction."""
     n, c, hw = x.shape
     ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-    bias_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
-    weight_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    bias_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)  # float64 sums, as the CPU's
+    weight_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
     inv = 1.0 / math.sqrt(var[ch] + eps)
     scale = inv * (weight[ch] if weight.size else 1.0)
     s0, s1 = 0.0, 0.0
