@@ -94,13 +94,13 @@ class _Reader:
                 small.append(t)
             else:
                 declared.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
-        inputs = [i for i in graph.input if i.name not in {d.name for d in declared}]
-        light = helper.make_model(
+        large = {d.name for d in declared}
+        inputs = [i for i in graph.input if i.name not in large]
+        return helper.make_model(
             helper.make_graph(graph.node, graph.name, inputs + declared, graph.output,
                               small, value_info=graph.value_info),
             opset_imports=model.opset_import, ir_version=model.ir_version,
             functions=model.functions)
-        return light
 
     # ------------------------------------------------------------ helpers for rules
     def error(self, node, message: str, hint: str | None = None) -> SpecError:

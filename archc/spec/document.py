@@ -113,7 +113,7 @@ def read_name_rules(doc: SpecMap) -> list:
     if raw is None:
         return []
     return read_rules(raw, lambda key: doc.value_loc("torch_names") if key is None
-                      else raw.key_loc(key) if hasattr(raw, "key_loc") else None)
+                      else raw.key_loc(key))
 
 
 def read_name(doc: SpecMap, file: str) -> str:
