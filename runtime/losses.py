@@ -176,5 +176,141 @@ def batch_hard_triplet_loss(embeddings: np.ndarray, labels: np.ndarray, *,
     return loss, grad.astype(embeddings.dtype)
 
 
+def _pair_distances(e: np.ndarray, eps: float):
+    """d[i, j] = ||e_i - e_j + eps|| (PyTorch's pairwise_distance between rows) and the
+    unit directions u[i, j] = (e_i - e_j + eps) / d[i, j]."""
+    diff = e[:, None, :] - e[None, :, :] + eps
+    dist = np.sqrt((diff * diff).sum(axis=2))
+    return dist, diff / np.maximum(dist, 1e-30)[:, :, None]
+
+
+def _through_distances(g_dist: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """The embeddings' gradient from the gradient of the distance matrix: d[i, j] moves
+    with e_i along u[i, j] and with e_j against it."""
+    return (g_dist[:, :, None] * unit).sum(axis=1) - (g_dist[:, :, None] * unit).sum(axis=0)
+
+
+def batch_all_triplet_loss(embeddings: np.ndarray, labels: np.ndarray, *,
+                           margin: float = 1.0, eps: float = 1e-6):
+    """Batch-all mining (Hermans, Beyer and Leibe 2017): every valid triplet of the batch
+    (anchor, another sample of its label, a sample of another label) with its hinge
+    max(d(a, p) - d(a, n) + margin, 0); the mean over the triplets whose hinge is
+    positive (the "active" ones, so easy triplets do not dilute the loss). Returns the
+    loss, the embeddings' gradient and the fraction of active triplets."""
+    e = embeddings.astype(np.float64)
+    labels = np.asarray(labels)
+    dist, unit = _pair_distances(e, eps)
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~np.eye(len(e), dtype=bool)
+    valid = positive[:, :, None] & ~same[:, None, :]  # [anchor, positive, negative]
+    if not valid.any():
+        raise ValueError("batch-all mining needs a sample with another of its label and one "
+                         "of a different label in the same batch")
+    hinge = (dist[:, :, None] - dist[:, None, :] + margin) * valid
+    active = hinge > 0
+    count = int(active.sum())
+    if count == 0:
+        return 0.0, np.zeros_like(embeddings), 0.0
+    loss = hinge[active].sum() / count
+    # d(a, p) appears with +1 in each of its active triplets, d(a, n) with -1
+    g_dist = (active.sum(axis=2) - active.sum(axis=1)) / count
+    grad = _through_distances(g_dist, unit)
+    return float(loss), grad.astype(embeddings.dtype), count / int(valid.sum())
+
+
+def contrastive_loss(embeddings: np.ndarray, labels: np.ndarray, *, margin: float = 1.0,
+                     eps: float = 1e-6):
+    """Contrastive loss (Hadsell, Chopra and LeCun 2006) over every pair i < j of the
+    batch: d^2 / 2 for a pair of one label, max(margin - d, 0)^2 / 2 for a pair of two,
+    averaged over the pairs. Returns the loss and the embeddings' gradient."""
+    e = embeddings.astype(np.float64)
+    labels = np.asarray(labels)
+    n = len(e)
+    if n < 2:
+        raise ValueError("the contrastive loss needs at least two samples in a batch")
+    dist, unit = _pair_distances(e, eps)
+    upper = np.triu(np.ones((n, n), dtype=bool), 1)
+    same = labels[:, None] == labels[None, :]
+    pairs = int(upper.sum())
+    gap = np.maximum(margin - dist, 0.0)
+    per = np.where(same, dist ** 2, gap ** 2) / 2 * upper
+    g_dist = np.where(same, dist, -gap) * upper / pairs
+    return float(per.sum() / pairs), _through_distances(g_dist, unit).astype(embeddings.dtype)
+
+
+def dice_loss(logits: np.ndarray, target: np.ndarray, *, ignore_index: int = -100,
+              smooth: float = 1.0):
+    """Soft Dice loss for segmentation (Milletari et al. 2016): with p the softmax over
+    the classes (axis 1) and t the one-hot targets, 1 - the mean over classes of
+    (2 sum p t + smooth) / (sum p + sum t + smooth), the sums over the batch and every
+    pixel not labelled ``ignore_index``. Returns the loss and the gradient of the logits."""
+    z = logits.astype(np.float64)
+    c = z.shape[1]
+    target = np.asarray(target)
+    if target.shape != (z.shape[0],) + z.shape[2:]:
+        raise ValueError(f"targets of shape {target.shape} do not fit logits of shape "
+                         f"{logits.shape}: expected {(z.shape[0],) + z.shape[2:]}")
+    keep = (target != ignore_index)[:, None].astype(np.float64)
+    p = np.exp(_log_softmax(z))
+    t = (np.where(target == ignore_index, -1, target)[:, None]
+         == np.arange(c).reshape((1, c) + (1,) * (z.ndim - 2))).astype(np.float64)
+    axes = (0,) + tuple(range(2, z.ndim))
+    pk = p * keep
+    inter = (pk * t).sum(axis=axes)
+    total = pk.sum(axis=axes) + t.sum(axis=axes) + smooth
+    dice = (2 * inter + smooth) / total
+    shape = (1, c) + (1,) * (z.ndim - 2)
+    g_p = -(2 * t * total.reshape(shape) - (2 * inter + smooth).reshape(shape)) / (
+        total.reshape(shape) ** 2) / c * keep
+    grad = p * (g_p - (g_p * p).sum(axis=1, keepdims=True))  # through the softmax
+    return float(1 - dice.mean()), grad.astype(logits.dtype)
+
+
+def giou_loss(pred: np.ndarray, target: np.ndarray, *, eps: float = 1e-7):
+    """Mean of 1 - GIoU over pairs of boxes (n, 4), ``x1, y1, x2, y2`` (torchvision's
+    generalized_box_iou_loss with reduction "mean"), and the gradient of ``pred``."""
+    b = pred.astype(np.float64).reshape(-1, 4)
+    g = np.asarray(target, np.float64).reshape(-1, 4)
+    n = max(len(b), 1)
+    ix1, iy1 = np.maximum(b[:, 0], g[:, 0]), np.maximum(b[:, 1], g[:, 1])
+    ix2, iy2 = np.minimum(b[:, 2], g[:, 2]), np.minimum(b[:, 3], g[:, 3])
+    iw, ih = ix2 - ix1, iy2 - iy1
+    overlap = (iw > 0) & (ih > 0)
+    inter = np.where(overlap, iw * ih, 0.0)
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
+    union = area_b + area_g - inter
+    iou = inter / (union + eps)
+    cx1, cy1 = np.minimum(b[:, 0], g[:, 0]), np.minimum(b[:, 1], g[:, 1])
+    cx2, cy2 = np.maximum(b[:, 2], g[:, 2]), np.maximum(b[:, 3], g[:, 3])
+    hull = (cx2 - cx1) * (cy2 - cy1)
+    loss = 1 - iou + (hull - union) / (hull + eps)
+    # backward: loss = 1 - I/(U+e) + (H - U)/(H+e) = 2 - I/(U+e) - (U+e)/(H+e) + e/(H+e)
+    d_inter = -1 / (union + eps)
+    d_union = inter / (union + eps) ** 2 - 1 / (hull + eps)
+    d_hull = (union + eps) / (hull + eps) ** 2
+    d_inter = d_inter - d_union  # union = areas - inter
+    grad = np.zeros_like(b)
+    w_b, h_b = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    # area of pred
+    grad[:, 0] -= d_union * h_b
+    grad[:, 2] += d_union * h_b
+    grad[:, 1] -= d_union * w_b
+    grad[:, 3] += d_union * w_b
+    # intersection: only where the boxes overlap, through pred's own corners
+    di = np.where(overlap, d_inter, 0.0)
+    grad[:, 0] -= np.where(b[:, 0] >= g[:, 0], di * ih, 0.0)
+    grad[:, 2] += np.where(b[:, 2] <= g[:, 2], di * ih, 0.0)
+    grad[:, 1] -= np.where(b[:, 1] >= g[:, 1], di * iw, 0.0)
+    grad[:, 3] += np.where(b[:, 3] <= g[:, 3], di * iw, 0.0)
+    # enclosing box
+    ch, cw = cy2 - cy1, cx2 - cx1
+    grad[:, 0] -= np.where(b[:, 0] <= g[:, 0], d_hull * ch, 0.0)
+    grad[:, 2] += np.where(b[:, 2] >= g[:, 2], d_hull * ch, 0.0)
+    grad[:, 1] -= np.where(b[:, 1] <= g[:, 1], d_hull * cw, 0.0)
+    grad[:, 3] += np.where(b[:, 3] >= g[:, 3], d_hull * cw, 0.0)
+    return float(loss.sum() / n), (grad / n).astype(pred.dtype).reshape(pred.shape)
+
+
 LOSSES = {"cross_entropy": cross_entropy, "bce_with_logits": bce_with_logits,
-          "focal": focal_loss, "mse": mse}
+          "focal": focal_loss, "mse": mse, "dice": dice_loss, "giou": giou_loss}

@@ -136,3 +136,111 @@ def test_cross_entropy_with_class_probabilities_matches_torch(spatial, smoothing
         weight=None if weight is None else torch.tensor(weight)), logits)
     assert loss == pytest.approx(expected, rel=1e-10)
     np.testing.assert_allclose(grad, tgrad, rtol=1e-8, atol=1e-14)
+
+
+def _torch_pair_distances(e, eps=1e-6):
+    diff = e[:, None, :] - e[None, :, :] + eps
+    return torch.sqrt((diff * diff).sum(2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batch_all_triplet_loss_matches_a_torch_version(seed):
+    rng = np.random.default_rng(seed)
+    e = rng.standard_normal((12, 5))
+    labels = rng.integers(0, 3, 12)
+
+    def reference(t):
+        d = _torch_pair_distances(t)
+        lab = torch.tensor(labels)
+        same = lab[:, None] == lab[None, :]
+        pos = same & ~torch.eye(12, dtype=torch.bool)
+        valid = pos[:, :, None] & ~same[:, None, :]
+        hinge = (d[:, :, None] - d[:, None, :] + 1.5) * valid
+        active = hinge > 0
+        return hinge[active].sum() / active.sum()
+
+    loss, grad, fraction = losses.batch_all_triplet_loss(e, labels, margin=1.5)
+    expected, (tgrad,) = grad_of(reference, e)
+    assert loss == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(grad, tgrad, atol=1e-10)
+    assert 0 < fraction <= 1
+
+
+def test_batch_all_without_a_valid_triplet_says_so():
+    with pytest.raises(ValueError, match="batch-all mining needs"):
+        losses.batch_all_triplet_loss(np.zeros((3, 2)), np.array([0, 1, 2]))
+
+
+@pytest.mark.parametrize("margin", [0.5, 3.0])
+def test_contrastive_loss_matches_a_torch_version(margin):
+    rng = np.random.default_rng(4)
+    e = rng.standard_normal((10, 4))
+    labels = rng.integers(0, 3, 10)
+
+    def reference(t):
+        d = _torch_pair_distances(t)
+        lab = torch.tensor(labels)
+        same = (lab[:, None] == lab[None, :]).double()
+        per = same * d ** 2 / 2 + (1 - same) * torch.clamp(margin - d, min=0) ** 2 / 2
+        upper = torch.triu(torch.ones(10, 10), 1).bool()
+        return per[upper].mean()
+
+    loss, grad = losses.contrastive_loss(e, labels, margin=margin)
+    expected, (tgrad,) = grad_of(reference, e)
+    assert loss == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(grad, tgrad, atol=1e-10)
+
+
+@pytest.mark.parametrize("ignore", [False, True])
+def test_dice_loss_matches_a_torch_version(ignore):
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((2, 4, 5, 6)) * 2
+    target = rng.integers(0, 4, (2, 5, 6))
+    if ignore:
+        target[rng.random(target.shape) < 0.3] = -100
+
+    def reference(z):
+        p = torch.softmax(z, 1)
+        t = torch.tensor(target)
+        keep = (t != -100)[:, None].double()
+        onehot = F.one_hot(torch.where(t == -100, 0, t), 4).permute(0, 3, 1, 2).double() * keep
+        inter = (p * keep * onehot).sum((0, 2, 3))
+        total = (p * keep).sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1.0
+        return 1 - ((2 * inter + 1.0) / total).mean()
+
+    loss, grad = losses.dice_loss(logits, target)
+    expected, (tgrad,) = grad_of(reference, logits)
+    assert loss == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(grad, tgrad, atol=1e-12)
+
+
+def _random_boxes(rng, n):
+    xy = rng.uniform(0, 20, (n, 2))
+    return np.concatenate([xy, xy + rng.uniform(0.5, 10, (n, 2))], axis=1)
+
+
+def test_giou_loss_matches_torchvisions_formula():
+    rng = np.random.default_rng(6)
+    pred, target = _random_boxes(rng, 40), _random_boxes(rng, 40)
+    pred[:5] = target[:5] + rng.uniform(-0.3, 0.3, (5, 4))  # overlapping pairs
+
+    def reference(b):  # torchvision.ops.generalized_box_iou_loss, written from torch ops
+        g = torch.tensor(target)
+        x1, y1, x2, y2 = b.unbind(-1)
+        x1g, y1g, x2g, y2g = g.unbind(-1)
+        xk1, yk1 = torch.max(x1, x1g), torch.max(y1, y1g)
+        xk2, yk2 = torch.min(x2, x2g), torch.min(y2, y2g)
+        inter = torch.zeros_like(x1)
+        mask = (yk2 > yk1) & (xk2 > xk1)
+        inter[mask] = (xk2[mask] - xk1[mask]) * (yk2[mask] - yk1[mask])
+        union = (x2 - x1) * (y2 - y1) + (x2g - x1g) * (y2g - y1g) - inter
+        iou = inter / (union + 1e-7)
+        xc1, yc1 = torch.min(x1, x1g), torch.min(y1, y1g)
+        xc2, yc2 = torch.max(x2, x2g), torch.max(y2, y2g)
+        area_c = (xc2 - xc1) * (yc2 - yc1)
+        return (1 - (iou - (area_c - union) / (area_c + 1e-7))).mean()
+
+    loss, grad = losses.giou_loss(pred, target)
+    expected, (tgrad,) = grad_of(reference, pred)
+    assert loss == pytest.approx(expected, rel=1e-10)
+    np.testing.assert_allclose(grad, tgrad, atol=1e-12)
