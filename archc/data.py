@@ -24,13 +24,20 @@ class DataError(Exception):
     """A data set that cannot be read or does not fit the network."""
 
 
+TASKS = ("classify", "segment", "detect")
+
+
 @dataclass
 class Dataset:
-    """Images (N, C, H, W) float32 and labels (N,) int64; ``classes`` names each label."""
+    """Images (N, C, H, W) float32 and their targets: for ``classify``, labels (N,) int64;
+    for ``segment``, masks (N, H, W) int64 (``IGNORE``: a pixel that counts for nothing);
+    for ``detect``, an object array of (k, 5) float32 arrays ``x1, y1, x2, y2, class`` in
+    pixels. ``classes`` names each class index."""
 
     x: np.ndarray
     y: np.ndarray
     classes: list[str]
+    task: str = "classify"
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
@@ -44,6 +51,20 @@ class Dataset:
 class Split:
     train: Dataset
     test: Dataset
+    # the per-channel statistics ``standardize`` took out (to show images again)
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+
+    @property
+    def task(self) -> str:
+        return self.train.task
+
+    def pixels(self, x: np.ndarray) -> np.ndarray:
+        """Standardized images back to their original range (for pictures)."""
+        return x if self.mean is None else x * self.std + self.mean
+
+
+IGNORE = -100  # a target pixel that counts for nothing (PyTorch's ignore_index)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -86,14 +107,16 @@ def standardize(split: Split) -> Split:
     std = split.train.x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
     for part in (split.train, split.test):
         part.x = ((part.x - mean) / std).astype(np.float32)
+    split.mean, split.std = mean[0], std[0]
     return split
 
 
-def _holdout(x, y, classes, test_fraction, seed) -> Split:
+def _holdout(x, y, classes, test_fraction, seed, task: str = "classify") -> Split:
     order = np.random.default_rng(seed).permutation(len(y))
     cut = int(round(len(y) * (1 - test_fraction)))
     train, test = order[:cut], order[cut:]
-    return Split(Dataset(x[train], y[train], classes), Dataset(x[test], y[test], classes))
+    return Split(Dataset(x[train], y[train], classes, task),
+                 Dataset(x[test], y[test], classes, task))
 
 
 # ----------------------------------------------------------------------------- sources
@@ -252,19 +275,152 @@ def npz(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> S
     return _holdout(x, y, classes, test_fraction, seed)
 
 
+def _read_image(path: Path, mode: str, size: tuple[int, int], resample) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if mode == "mask":
+                # palette PNGs (PASCAL VOC) keep their indices; others are read as grey
+                im = im if im.mode in ("P", "L", "I", "I;16") else im.convert("L")
+                return np.asarray(im.resize(size, resample)).astype(np.int64)
+            return np.asarray(im.convert(mode).resize(size, resample))
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def _image_mode(shape) -> str:
+    mode = {1: "L", 3: "RGB"}.get(shape[0])
+    if mode is None:
+        raise DataError(f"image files give 1- or 3-channel images; the network takes "
+                        f"{shape[0]}")
+    return mode
+
+
+def mask_folder(directory: str | Path, shape, test_fraction: float = 0.2,
+                seed: int = 0) -> Split:
+    """Segmentation data: ``DIR/images/NAME.png|jpg...`` and ``DIR/masks/NAME.png`` whose
+    pixel values are class indices (a palette PNG's indices, as PASCAL VOC's); 255 marks
+    pixels to ignore (VOC's object borders). An optional ``DIR/classes.txt`` names the
+    classes, one per line."""
+    from PIL import Image
+
+    directory = Path(directory)
+    images_dir, masks_dir = directory / "images", directory / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        raise DataError(f"{directory} must hold two folders, images/ and masks/ (a mask "
+                        f"PNG of class indices for each image, with the same name)")
+    c, h, w = shape
+    mode = _image_mode(shape)
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    xs, ys = [], []
+    for path in files:
+        mask_path = masks_dir / f"{path.stem}.png"
+        if not mask_path.is_file():
+            raise DataError(f"image {path.name} has no mask: expected {mask_path}")
+        xs.append(_read_image(path, mode, (w, h), Image.BILINEAR).reshape(h, w, c)
+                  .transpose(2, 0, 1))
+        ys.append(_read_image(mask_path, "mask", (w, h), Image.NEAREST))
+    y = np.stack(ys)
+    y[y == 255] = IGNORE
+    names_file = directory / "classes.txt"
+    count = int(y.max(initial=0)) + 1
+    classes = (names_file.read_text().split("\n") if names_file.is_file() else
+               [str(k) for k in range(count)])
+    classes = [n.strip() for n in classes if n.strip()]
+    if len(classes) < count:
+        raise DataError(f"the masks use class {count - 1} but {names_file} names only "
+                        f"{len(classes)} classes")
+    return _holdout(np.stack(xs).astype(np.float32) / 255.0, y, classes, test_fraction,
+                    seed, "segment")
+
+
+def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Detection data in COCO's JSON layout: ``images`` (id, file_name), ``annotations``
+    (image_id, bbox [x, y, width, height] in pixels, category_id) and ``categories`` (id,
+    name). Image files are found next to the JSON file or in its ``images/`` folder;
+    boxes are scaled with the images to the network's input; category ids, in increasing
+    order, become classes 0, 1, ..."""
+    import json
+
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"COCO annotation file {path} does not exist")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DataError(f"{path} must hold a JSON object with images, annotations and "
+                        f"categories")
+    missing = [k for k in ("images", "annotations", "categories") if k not in doc]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}: a COCO file has images, "
+                        f"annotations and categories")
+    categories = sorted(doc["categories"], key=lambda cat: cat["id"])
+    index = {cat["id"]: k for k, cat in enumerate(categories)}
+    c, h, w = shape
+    mode = _image_mode(shape)
+    boxes_of: dict = {image["id"]: [] for image in doc["images"]}
+    for k, ann in enumerate(doc["annotations"]):
+        if ann.get("image_id") not in boxes_of or ann.get("category_id") not in index:
+            raise DataError(f"{path}: annotation {k} refers to image {ann.get('image_id')} "
+                            f"or category {ann.get('category_id')}, which the file does not "
+                            f"list")
+        bx, by, bw, bh = ann["bbox"]
+        boxes_of[ann["image_id"]].append([bx, by, bx + bw, by + bh, index[ann["category_id"]]])
+    xs, ys = [], []
+    for image in doc["images"]:
+        candidates = [path.parent / image["file_name"], path.parent / "images" /
+                      image["file_name"]]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise DataError(f"{path}: image {image['file_name']} is not in {path.parent} "
+                            f"nor in {path.parent / 'images'}")
+        with Image.open(found) as im:
+            width, height = im.size
+        xs.append(_read_image(found, mode, (w, h), Image.BILINEAR).reshape(h, w, c)
+                  .transpose(2, 0, 1))
+        rows = np.array(boxes_of[image["id"]], np.float32).reshape(-1, 5)
+        rows[:, [0, 2]] *= w / width
+        rows[:, [1, 3]] *= h / height
+        ys.append(rows)
+    if not xs:
+        raise DataError(f"{path} lists no images")
+    y = np.empty(len(ys), dtype=object)
+    y[:] = ys
+    return _holdout(np.stack(xs).astype(np.float32) / 255.0, y,
+                    [str(cat.get("name", cat["id"])) for cat in categories], test_fraction,
+                    seed, "detect")
+
+
+SOURCES = ("digits, shapes-seg[:N], shapes-det[:N], mosaic-seg[:N], mosaic-det[:N], "
+           "mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR, masks:DIR, coco:FILE.json "
+           "or npz:FILE")
+
+
 def load(spec: str, shape, seed: int = 0) -> Split:
     """A ``--data`` value -> the standardized train/test split fitted to ``shape``."""
+    from archc import synth
+
     kind, _, where = spec.partition(":")
     sources = {"mnist": lambda: mnist(where, shape),
                "fashion-mnist": lambda: mnist(where, shape, "fashion-mnist"),
                "cifar10": lambda: cifar10(where, shape),
                "folder": lambda: folder(where, shape, seed=seed),
+               "masks": lambda: mask_folder(where, shape, seed=seed),
+               "coco": lambda: coco(where, shape, seed=seed),
                "npz": lambda: npz(where, shape, seed=seed)}
     if kind == "digits" and not where:
         return standardize(digits(shape, seed=seed))
+    if kind in synth.GENERATED:
+        return standardize(synth.load(kind, where, shape, seed=seed))
     if kind not in sources or not where:
-        raise DataError(f"unknown data '{spec}': use digits, mnist:DIR, fashion-mnist:DIR, "
-                        f"cifar10:DIR, folder:DIR or npz:FILE")
+        raise DataError(f"unknown data '{spec}': use {SOURCES}")
     return standardize(sources[kind]())
 
 
