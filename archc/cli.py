@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Callable
 
-from archc.data import DataError
+from archc.data import SOURCES, DataError
 from archc.errors import SpecError
 from archc.train import TrainingError
 from runtime.backends.cuda import CudaUnavailable
@@ -544,6 +544,8 @@ COMMANDS["import"] = (
 TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",
                "freeze", "unfreeze", "patience", "seed")
+# ... and the task's (archc/tasks.py)
+TASK_FLAGS = ("task", "loss", "margin", "box_loss", "objectness")
 
 
 def _compile_for_data(graph, args, seed: int):
@@ -558,7 +560,7 @@ def _compile_for_data(graph, args, seed: int):
 def _settings(args, graph) -> dict:
     """The spec's training: section, then the flags given on the command line over it."""
     settings = dict(graph.training)
-    for key in TRAIN_FLAGS + ("data",):
+    for key in TRAIN_FLAGS + TASK_FLAGS + ("data",):
         value = getattr(args, key, None)
         if value is not None and value != []:
             settings[key] = value
@@ -572,6 +574,20 @@ def _settings(args, graph) -> dict:
         raise SpecError("no data to train on: give --data (digits, mnist:DIR, ...) or "
                         "'data:' in the spec's training section")
     return settings
+
+
+def _task_for(settings: dict, split, model, weights=None):
+    """The task a run trains or was trained for: a run directory's task.json where the
+    weights come from one, else the settings and the data's kind."""
+    from archc import tasks
+
+    if weights is not None:
+        described = tasks.find_description(weights)
+        if described is not None:
+            return tasks.restore(described, split, model.program)
+    options = {k: settings[k] for k in TASK_FLAGS[1:] + ("label_smoothing",) if k in settings}
+    return tasks.make(settings.get("task"), split, model.program, options,
+                      seed=settings.get("seed", 0))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -590,17 +606,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                              if kept else ""))
     shape = next(iter(model.program.inputs.values()))
     split = data.load(settings["data"], shape, seed=seed)
+    task = _task_for(settings, split, model)
     settings["freeze"] = tuple(settings.get("freeze", ()))
     settings["unfreeze"] = tuple(settings.get("unfreeze", ()))
-    config = TrainConfig(**{k: v for k, v in settings.items() if k != "data"})
+    config = TrainConfig(**{k: v for k, v in settings.items()
+                            if k not in ("data",) + TASK_FLAGS})
     run = Path(args.resume or args.out)
-    print(f"training {model.program.name} on {settings['data']}: {len(split.train)} images, "
-          f"{len(split.test)} held out; run directory {run}")
-    history = fit(model, split, config, run, resume=bool(args.resume),
+    print(f"training {model.program.name} on {settings['data']} ({task.kind}): "
+          f"{len(split.train)} images, {len(split.test)} held out; run directory {run}")
+    if task.kind == "detect":
+        head = task.head
+        print(f"grid {head.grid}x{head.grid}, {head.boxes} anchors per cell (k-means on the "
+              f"training boxes, width x height in pixels): " + ", ".join(
+                  f"{w * head.size[1]:.1f}x{h * head.size[0]:.1f}" for w, h in head.anchors))
+    history = fit(model, split, config, run, task=task, resume=bool(args.resume),
                   progress=sys.stderr.isatty())
     if history:
-        best = max(h["test_accuracy"] for h in history)
-        print(f"done: best test accuracy {best:.4f}; weights: {best_weights(run)} "
+        best = max(h[f"test_{task.primary}"] for h in history)
+        print(f"done: best test {task.name} {best:.4f}; weights: {best_weights(run)} "
               f"(log: {run / 'log.jsonl'})")
     return EXIT_OK
 
@@ -616,8 +639,7 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     """The spec, the data set, the backend and the seed: shared by train and eval."""
     _add_spec_arguments(p)
     p.add_argument("--data", metavar="SOURCE",
-                   help="digits, mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR or "
-                   "npz:FILE (default: the spec's training section)")
+                   help=f"{SOURCES} (default: the spec's training section)")
     p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
                    help="cpu: Numba kernels (default); reference: plain NumPy; cuda: an NVIDIA "
                    "GPU (parameters, activations, gradients and optimiser state stay on it; "
@@ -656,6 +678,16 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
                    metavar="EPOCH:PATTERN",
                    help="progressive unfreezing: frozen parameters matching PATTERN train "
                    "from epoch EPOCH (1-based) on (repeatable), e.g. 3:'c3.*'")
+    p.add_argument("--task", choices=["classify", "segment", "detect", "embed"],
+                   help="what to train for (default: what the data is for; embed with an "
+                   "embedding loss)")
+    p.add_argument("--loss", help="segment: ce (default), dice, ce+dice; embed: "
+                   "triplet-hard (default), triplet-all, contrastive; detect: yolo")
+    p.add_argument("--margin", type=float, help="embedding losses' margin (default 1.0)")
+    p.add_argument("--box-loss", choices=["mse", "giou"],
+                   help="detect: the box coordinates' loss (default mse)")
+    p.add_argument("--objectness", choices=["bce", "focal"],
+                   help="detect: the objectness loss (default bce)")
     p.add_argument("--patience", type=_positive, metavar="EPOCHS",
                    help="stop early after this many epochs without a better test accuracy")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
@@ -665,8 +697,6 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from archc import data
-    from archc.train import evaluate
-
     from archc.train import best_weights
 
     graph = _load(args)
@@ -675,23 +705,293 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     model.load(best_weights(args.weights))
     shape = next(iter(model.program.inputs.values()))
     split = data.load(settings["data"], shape, seed=settings.get("seed", 0))
-    result = evaluate(model, split.test)
+    task = _task_for(settings, split, model, args.weights)
+    result = task.evaluate(model, split.test)
+    shown = {"accuracy": "test accuracy", "top5": "top-5", "miou": "mean IoU",
+             "pixel_accuracy": "pixel accuracy", "map50": "mAP@0.5", "map": "mAP@[.5:.95]",
+             "retrieval": "retrieval accuracy", "roc_auc": "ROC-AUC",
+             "verification": "verification accuracy", "loss": "loss"}
     print(f"{model.program.name} on {settings['data']} ({len(split.test)} held-out images): "
-          f"test accuracy {result['accuracy']:.4f}  top-5 {result['top5']:.4f}  "
-          f"loss {result['loss']:.4f}")
+          + "  ".join(f"{label} {result[key]:.4f}" for key, label in shown.items()
+                      if key in result))
     return EXIT_OK
 
 
 def _setup_eval(p: argparse.ArgumentParser) -> None:
     _add_data_arguments(p)
+    p.add_argument("--task", choices=["classify", "segment", "detect", "embed"],
+                   help="what the weights were trained for (default: the run's task.json, "
+                   "else what the data is for)")
     p.add_argument("--weights", required=True, metavar="W.npz|RUN_DIR",
                    help="trained parameters, or a run directory (its best checkpoint)")
+
+
+def _images(args, graph, shape, described: dict, count: int):
+    """The images a command looks at: ``--image`` files (standardized as the run's
+    training data was, when its task.json says how), else the first ``count`` held-out
+    images of ``--data`` (or the spec's training data) from ``--index`` on. Returns the
+    batch, a function giving pictures' pixel values back, names, and the split (None for
+    files)."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from archc import data, pictures
+
+    if args.image:
+        x = np.stack([pictures.load_image(p, shape) for p in args.image])
+        if "mean" not in described:
+            return x, (lambda v: v), [Path(p).stem for p in args.image], None
+        mean = np.array(described["mean"], np.float32).reshape(-1, 1, 1)
+        std = np.array(described["std"], np.float32).reshape(-1, 1, 1)
+        return ((x - mean) / std, (lambda v: v * std + mean),
+                [Path(p).stem for p in args.image], None)
+    settings = _settings(args, graph)
+    split = data.load(settings["data"], shape, seed=settings.get("seed", 0))
+    start = getattr(args, "index", 0)
+    if not 0 <= start < len(split.test):
+        raise DataError(f"--index {start} is outside the {len(split.test)} held-out images")
+    x = split.test.x[start:start + count]
+    return x, split.pixels, [f"test-{k:04d}" for k in range(start, start + len(x))], split
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from archc import data, pictures, tasks
+    from archc.train import best_weights
+
+    graph = _load(args)
+    model = _compile_for_data(graph, args, 0)
+    model.load(best_weights(args.weights))
+    shape = next(iter(model.program.inputs.values()))
+    described = tasks.find_description(args.weights) or {}
+    x, show, names, split = _images(args, graph, shape, described, count=args.count)
+    if not described:
+        if split is None:
+            raise DataError(f"{args.weights} has no task.json beside it (a run directory "
+                            f"of archc train has one): give --data to say what it predicts")
+        described = tasks.make(None, split, model.program, {}).describe()
+    task = tasks.restore(described, split, model.program)
+    model.eval()
+    out = model.predict(x)
+    out_dir = Path(args.out)
+    if task.kind == "classify":
+        for name, scores in zip(names, out):
+            p = np.exp(scores - scores.max())
+            p /= p.sum()
+            top = np.argsort(-p)[:3]
+            print(f"{name}: " + ", ".join(f"{task.classes[k]} {p[k]:.3f}" for k in top))
+        return EXIT_OK
+    if task.kind == "embed":
+        raise DataError("predict draws segmentation masks and detection boxes and names "
+                        "classes; for an embedding network use archc eval (retrieval and "
+                        "verification)")
+    written = []
+    for k, name in enumerate(names):
+        pixels = pictures.to_uint8(show(x[k]), (0.0, 1.0))
+        big = pictures.enlarge(pixels)
+        factor = big.shape[0] / pixels.shape[0]
+        if task.kind == "segment":
+            colours = pictures.palette(len(task.classes))
+            mask = out[k].argmax(axis=0)
+            panel = pictures.overlay(pixels, mask, colours)
+            picture = pictures.side_by_side(big, pictures.enlarge(panel))
+            found = ", ".join(f"{task.classes[c]} {int((mask == c).sum())} px"
+                              for c in np.unique(mask) if c > 0)
+        else:
+            boxes, scores, classes = task.head.detections(out[k:k + 1],
+                                                          score_threshold=args.score)[0]
+            colours = pictures.palette(len(task.classes), background=False)
+            labels = [f"{task.classes[c]} {s:.2f}" for c, s in zip(classes, scores)]
+            picture = pictures.draw_boxes(big, boxes, labels, colours[classes], factor)
+            found = ", ".join(labels)
+        written.append(pictures.save(picture, out_dir / f"{name}.png"))
+        print(f"{written[-1]}: {found or 'nothing found'}")
+    return EXIT_OK
+
+
+def _setup_predict(p: argparse.ArgumentParser) -> None:
+    _add_data_arguments(p)
+    p.add_argument("--weights", required=True, metavar="W.npz|RUN_DIR",
+                   help="trained parameters, or a run directory (its best checkpoint; its "
+                   "task.json says what the network predicts)")
+    p.add_argument("--image", nargs="+", metavar="FILE",
+                   help="image files to predict (default: --count held-out images of --data "
+                   "from --index on)")
+    p.add_argument("--index", type=int, default=0,
+                   help="the first held-out image of --data (default 0)")
+    p.add_argument("--count", type=_positive, default=8, help="held-out images (default 8)")
+    p.add_argument("--score", type=float, default=0.3,
+                   help="detection: the lowest score drawn (default 0.3)")
+    p.add_argument("-o", "--out", default="out/predict", metavar="DIR",
+                   help="folder for the pictures (default out/predict)")
+
+
+VISUALS = ("saliency", "smoothgrad", "class-model", "features", "filters", "invert")
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from archc import pictures, tasks, visualize
+    from archc.train import best_weights
+
+    graph = _load(args)
+    model = _compile_for_data(graph, args, args.seed or 0)
+    if args.weights:
+        model.load(best_weights(args.weights))
+    described = tasks.find_description(args.weights) if args.weights else None
+    classes = (described or {}).get("classes")
+    shape = next(iter(model.program.inputs.values()))
+
+    def class_name(k: int) -> str:
+        return f"class {k}" + (f" ({classes[k]})" if classes and k < len(classes) else "")
+
+    def image():
+        x, show, names, _ = _images(args, graph, shape, described or {}, count=1)
+        return x[0], show
+
+    def shown(picture: np.ndarray) -> None:
+        path = pictures.save(picture, args.out)
+        print(f"wrote {path}")
+
+    what = args.what
+    if what in ("features", "invert") and not args.node:
+        raise DataError(f"--what {what} needs --node NAME (a layer's name: archc summary "
+                        f"lists them)")
+    if what in ("saliency", "smoothgrad"):
+        x, show = image()
+        heat, k = visualize.saliency(model, x, args.target,
+                                     samples=args.samples if what == "smoothgrad" else 0,
+                                     seed=args.seed or 0)
+        pixels = pictures.to_uint8(show(x), (0.0, 1.0))
+        print(f"{what} of {class_name(k)}")
+        shown(pictures.side_by_side(pictures.enlarge(pixels), pictures.enlarge(
+            pictures.heat(heat))))
+    elif what == "class-model":
+        targets = [args.target] if args.target is not None else range(
+            next(iter(model.program.output_shapes().values()))[0])
+        tiles = []
+        for k in targets:
+            x, score = visualize.class_model(model, k, steps=args.steps, seed=args.seed or 0)
+            print(f"{class_name(k)}: score {score:.3f}")
+            tiles.append(pictures.enlarge(pictures.to_uint8(x), 96))
+        shown(pictures.grid(tiles))
+    elif what == "features":
+        x, _ = image()
+        maps = visualize.feature_maps(model, x, args.node)
+        if maps.ndim != 3:
+            raise DataError(f"node '{args.node}' holds {maps.shape}, not feature maps "
+                            f"(channels x height x width)")
+        maps = maps[:args.max]
+        print(f"{args.node}: {maps.shape[0]} maps of {maps.shape[1]} x {maps.shape[2]}")
+        side = max(96 // max(maps.shape[1:]), 1) * max(maps.shape[1:])
+        shown(pictures.grid([pictures.enlarge(pictures.to_uint8(m), side) for m in maps]))
+    elif what == "filters":
+        w = visualize.first_filters(model)[:args.max]
+        tiles = [pictures.enlarge(pictures.to_uint8(f if f.shape[0] == 3 else f[:1]), 48)
+                 for f in w]
+        print(f"{len(tiles)} filters of {w.shape[1]} x {w.shape[2]} x {w.shape[3]}")
+        shown(pictures.grid(tiles))
+    else:  # invert
+        x, show = image()
+        y, error = visualize.invert(model, x, args.node, steps=args.steps,
+                                    seed=args.seed or 0)
+        print(f"reconstructed from {args.node}: relative error of its activations "
+              f"{error:.4f}")
+        shown(pictures.side_by_side(pictures.enlarge(pictures.to_uint8(show(x), (0.0, 1.0))),
+                                    pictures.enlarge(pictures.to_uint8(show(y)))))
+    return EXIT_OK
+
+
+def _add_image_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", nargs=1, metavar="FILE",
+                   help="an image file (default: a held-out image of --data)")
+    p.add_argument("--index", type=int, default=0,
+                   help="which held-out image of --data (default 0)")
+
+
+def _setup_visualize(p: argparse.ArgumentParser) -> None:
+    _add_data_arguments(p)
+    p.add_argument("--what", choices=VISUALS, required=True,
+                   help="saliency / smoothgrad: what the class score is sensitive to; "
+                   "class-model: an input that maximises a class; features: a node's "
+                   "activations; filters: the first convolution's weights; invert: an input "
+                   "rebuilt from a node's activations")
+    p.add_argument("--weights", metavar="W.npz|RUN_DIR",
+                   help="trained parameters or a run directory (default: random weights)")
+    _add_image_arguments(p)
+    p.add_argument("--node", help="the node for features and invert")
+    p.add_argument("--class", dest="target", type=int, metavar="K",
+                   help="the class (saliency: default the predicted one; class-model: "
+                   "default every class)")
+    p.add_argument("--samples", type=_positive, default=25,
+                   help="smoothgrad: noisy copies averaged (default 25)")
+    p.add_argument("--steps", type=_positive, default=200,
+                   help="class-model, invert: optimisation steps (default 200)")
+    p.add_argument("--max", type=_positive, default=64,
+                   help="features, filters: at most this many maps (default 64)")
+    p.add_argument("-o", "--out", default="out/visualize.png", metavar="FILE.png")
+
+
+def _cmd_stylize(args: argparse.Namespace) -> int:
+    from archc import pictures, visualize
+    from archc.train import best_weights
+
+    graph = _load(args)
+    model = _compile_for_data(graph, args, args.seed)
+    if args.weights:
+        model.load(best_weights(args.weights))
+    shape = next(iter(model.program.inputs.values()))
+    content = pictures.load_image(args.content, shape)
+    style = pictures.load_image(args.style, shape)
+    nodes = [n.strip() for n in args.style_nodes.split(",") if n.strip()]
+    image, parts = visualize.stylize(model, content, style, content_node=args.content_node,
+                                     style_nodes=nodes, steps=args.steps, lr=args.lr,
+                                     style_weight=args.style_weight)
+    print(f"{args.steps} steps: content loss {parts['content']:.4g}, style loss "
+          f"{parts['style']:.4g}, total variation {parts['tv']:.4g}"
+          + ("" if args.weights else " (random weights)"))
+    path = pictures.save(pictures.side_by_side(
+        *(pictures.enlarge(pictures.to_uint8(v, (0.0, 1.0))) for v in (content, style, image))),
+        args.out)
+    print(f"wrote {path} (content, style, result)")
+    return EXIT_OK
+
+
+def _setup_stylize(p: argparse.ArgumentParser) -> None:
+    _add_spec_arguments(p)
+    p.add_argument("--content", required=True, metavar="FILE", help="the content image")
+    p.add_argument("--style", required=True, metavar="FILE", help="the style image")
+    p.add_argument("--content-node", required=True, metavar="NODE",
+                   help="the node whose activations keep the content")
+    p.add_argument("--style-nodes", required=True, metavar="A,B,...",
+                   help="the nodes whose Gram matrices carry the style")
+    p.add_argument("--weights", metavar="W.npz|RUN_DIR",
+                   help="trained parameters (default: random weights, seeded; random "
+                   "convolutions already carry textures)")
+    p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu")
+    p.add_argument("--steps", type=_positive, default=200, help="Adam steps (default 200)")
+    p.add_argument("--lr", type=float, default=0.02, help="Adam's step on the pixels")
+    p.add_argument("--style-weight", type=float, default=1e3,
+                   help="the style loss's weight against the content's (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--out", default="out/stylized.png", metavar="FILE.png")
 
 
 COMMANDS["train"] = ("train a spec on a data set, with a log and checkpoints",
                      _setup_train, _cmd_train)
 COMMANDS["eval"] = ("evaluate trained weights on a data set's held-out images",
                     _setup_eval, _cmd_eval)
+COMMANDS["visualize"] = ("look inside a network: saliency maps, class models, feature maps, "
+                         "filters, inversions (PNG)", _setup_visualize, _cmd_visualize)
+COMMANDS["stylize"] = ("neural style transfer: an image with one image's content and "
+                       "another's style (PNG)", _setup_stylize, _cmd_stylize)
+COMMANDS["predict"] = ("draw what trained weights see: segmentation overlays and detection "
+                       "boxes as PNG files, or the top classes", _setup_predict, _cmd_predict)
 
 
 def build_parser() -> argparse.ArgumentParser:

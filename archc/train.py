@@ -67,20 +67,13 @@ class TrainConfig:
         raise TrainingError(f"unknown optimizer '{self.optimizer}' (sgd, adam, adamw)")
 
 
-def evaluate(model, dataset: Dataset, batch_size: int = 256) -> dict:
-    """Mean cross-entropy and accuracy over a data set, in inference mode."""
-    was_training = model.training
-    model.eval()
-    total, scores = 0.0, []
-    for x, y in batches(dataset, batch_size, shuffle=False):
-        out = model.predict(x)
-        total += losses.cross_entropy(out, y)[0] * len(y)
-        scores.append(out)
-    if was_training:
-        model.train()
-    scores = np.concatenate(scores)
-    return {"loss": total / len(dataset), "accuracy": metrics.accuracy(scores, dataset.y),
-            "top5": metrics.top_k_accuracy(scores, dataset.y, 5)}
+def evaluate(model, dataset: Dataset, batch_size: int = 256, task=None) -> dict:
+    """The task's metrics over a data set, in inference mode (classification: mean
+    cross-entropy, accuracy and top-5 accuracy)."""
+    from archc.tasks import Classification
+
+    task = task or Classification(dataset.classes)
+    return task.evaluate(model, dataset, batch_size)
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -151,12 +144,25 @@ def _prune(run: Path, keep: set[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _score(value) -> float:
+    return value if isinstance(value, float) and math.isfinite(value) else -math.inf
+
+
 def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
-        resume: bool = False, report=print, progress: bool = False) -> list[dict]:
-    """Train ``model`` (a compiled archc model) on ``split.train``; after every epoch,
-    evaluate on ``split.test``, log, and checkpoint into ``run`` (if given). With
-    ``progress``, a tqdm bar per epoch shows loss, accuracy, images/s and the time left.
-    Returns the epochs' metrics."""
+        task=None, resume: bool = False, report=print, progress: bool = False) -> list[dict]:
+    """Train ``model`` (a compiled archc model) on ``split.train`` for ``task`` (an
+    :mod:`archc.tasks` task; default: classification); after every epoch, evaluate on
+    ``split.test``, log, and checkpoint into ``run`` (if given); the best checkpoint is
+    the one with the highest value of the task's primary metric (test accuracy, mIoU,
+    mAP@0.5, retrieval accuracy). With ``progress``, a tqdm bar per epoch shows the loss,
+    the training accuracy, images/s and the time left. Returns the epochs' metrics."""
+    from archc.tasks import Classification
+
+    task = task or Classification(split.train.classes, config.label_smoothing)
+    if config.augment and task.kind != "classify":
+        raise TrainingError(f"--augment works on classification data; this run is for the "
+                            f"{task.kind} task (its targets would not move with the pixels)")
+    key = f"test_{task.primary}"
     def matching(pattern: str, flag: str) -> set[str]:
         names = {k for k in model.program.params if fnmatch.fnmatchcase(k, pattern)}
         if not names:
@@ -191,6 +197,11 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
                        if line.strip()][:start]
         _fsync_write(run / "config.json", json.dumps(asdict(config), indent=1).encode())
+        # the task, and the statistics the images were standardized with (for new images)
+        described = {**task.describe(), **({"mean": split.mean.ravel().tolist(),
+                                            "std": split.std.ravel().tolist()}
+                                           if split.mean is not None else {})}
+        _fsync_write(run / "task.json", json.dumps(described, indent=1).encode())
     base_lr = config.lr
     augment = pipeline(config.augment, len(split.train.classes))
     for epoch in range(start, config.epochs):
@@ -210,8 +221,7 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             # the output, loss gradient and parameter gradients stay on the backend's
             # device; the loss and the number of correct predictions come back
             out = model(x, host=False)
-            loss, grad, hits = model.backend.classify(
-                out, y, label_smoothing=config.label_smoothing)
+            loss, grad, hits, count = task.step(model, out, y)
             if not math.isfinite(loss):
                 raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, step "
                                     f"{step + 1}: training stopped; the last good checkpoint "
@@ -223,24 +233,24 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             seen += len(y)
             total += loss * len(y)
             correct += hits  # soft targets (mixup, cutmix): their top class
-            judged += len(y) if np.issubdtype(y.dtype, np.floating) else y.size  # pixels
+            judged += count  # samples, or pixels
             bar.update(len(y))
-            bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / judged:.3f}",
-                            refresh=False)
+            bar.set_postfix(refresh=False, loss=f"{total / seen:.4f}",
+                            **({"acc": f"{correct / judged:.3f}"} if judged else {}))
         bar.close()
         elapsed = time.perf_counter() - began
-        test = evaluate(model, split.test, max(config.batch_size, 256))
+        test = task.evaluate(model, split.test, max(config.batch_size, 256))
         row = {"epoch": epoch + 1, "steps": opt.steps, "lr": opt.lr, "train_loss": total / seen,
-               "train_accuracy": correct / judged, "test_loss": test["loss"],
-               "test_accuracy": test["accuracy"], "images_per_s": seen / elapsed,
-               "seconds": elapsed}
+               **({"train_accuracy": correct / judged} if judged else {}),
+               **{f"test_{k}": v for k, v in test.items()},
+               "images_per_s": seen / elapsed, "seconds": elapsed}
         history.append(row)
         if run is not None:
             tmp = run / ".log.jsonl.tmp"
             _fsync_write(tmp, "".join(json.dumps(h) + "\n" for h in history).encode())
             os.replace(tmp, run / "log.jsonl")
-            improved = row["test_accuracy"] > best
-            best = max(best, row["test_accuracy"])
+            improved = _score(row[key]) > best
+            best = max(best, _score(row[key]))
             folder = save_checkpoint(run, model, opt, {
                 "epoch": epoch, "best": best, "rng": model.rng.bit_generator.state})
             _point(run, "last.json", folder)
@@ -249,14 +259,13 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             pointers = {json.loads((run / n).read_text())["checkpoint"]
                         for n in ("last.json", "best.json") if (run / n).is_file()}
             _prune(run, pointers)
+        train_acc = f"train acc {row['train_accuracy']:.3f}  " if judged else ""
         report(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
-               f"train acc {row['train_accuracy']:.3f}  test acc {row['test_accuracy']:.3f}  "
-               f"{row['images_per_s']:.0f} img/s")
+               f"{train_acc}{task.label} {row[key]:.3f}  {row['images_per_s']:.0f} img/s")
         if config.patience is not None:
-            best_at = max(range(len(history)), key=lambda i: history[i]["test_accuracy"])
+            best_at = max(range(len(history)), key=lambda i: _score(history[i][key]))
             if len(history) - 1 - best_at >= config.patience:
-                report(f"early stop: no better test accuracy for {config.patience} epochs "
-                       f"(best {history[best_at]['test_accuracy']:.4f} at epoch "
-                       f"{best_at + 1})")
+                report(f"early stop: no better test {task.name} for {config.patience} epochs "
+                       f"(best {history[best_at][key]:.4f} at epoch {best_at + 1})")
                 break
     return history

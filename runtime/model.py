@@ -307,7 +307,9 @@ class Model:
 
     def backward(self, grad_output, *, host: bool = True) -> "Gradients":
         """Gradients of the last forward pass, given the gradient of its output (an array,
-        or a dict keyed by output name): every trainable parameter's and every input's.
+        or a dict keyed by output name; a dict may also give the gradient of any node by
+        its name, to look inside the network): every trainable parameter's and every
+        input's.
         Where a value feeds several layers, their gradients add up. ``host=False`` leaves
         them on the device (for an optimiser with the backend's ``optim`` kernels)."""
         if self._tape is None:
@@ -318,7 +320,10 @@ class Model:
         given = grad_output if isinstance(grad_output, dict) else {next(iter(outputs)): grad_output}
         grads: dict = {}
         for key, g in given.items():
-            name = outputs[key]
+            name = outputs.get(key, key)  # an output's key, or any node's name
+            if name not in values:
+                raise InputError(f"no output or node '{key}' to start backward() from "
+                                 f"(outputs: {', '.join(outputs)})")
             on_device = hasattr(g, "__cuda_array_interface__")  # e.g. a device loss's
             g = self.backend.to_device(g if on_device else np.asarray(g, dtype=self.dtype))
             grads[name] = add(grads[name], g) if name in grads else g

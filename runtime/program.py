@@ -54,3 +54,9 @@ class Program:
     # parameter -> its name in PyTorch's state_dict, where the two differ (the spec's
     # torch_names: section); weights files may use either name
     torch_names: dict[str, str] = field(default_factory=dict)
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Output name -> its shape (without the batch dimension)."""
+        made = {op.output: op.out_shape for op in self.ops}
+        made.update(self.inputs)
+        return {key: made[value] for key, value in self.outputs.items()}

@@ -18,7 +18,10 @@ TOP_KEYS = ("name", "description", "extends", "variables", "input", "inputs", "b
 TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
                  "momentum": float, "nesterov": bool, "weight_decay": float, "schedule": str,
                  "warmup": int, "label_smoothing": float, "clip": float, "augment": str,
-                 "freeze": list, "unfreeze": list, "patience": int, "seed": int}
+                 "freeze": list, "unfreeze": list, "patience": int, "seed": int,
+                 # what is trained (archc/tasks.py)
+                 "task": str, "loss": str, "margin": float, "box_loss": str,
+                 "objectness": str}
 MAX_EXTENDS = 8
 BLOCK_KEYS = ("args", "inputs", "layers", "output", "description")
 INPUT_KEYS = ("channels", "height", "width", "features", "shape")

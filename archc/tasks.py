@@ -1,0 +1,314 @@
+"""What a network is trained to do: the loss of a batch and the metrics of a data set for
+classification, segmentation, detection and embeddings. The training loop
+(:func:`archc.train.fit`) is the same for all four; a :class:`Task` supplies each step's
+loss and gradient and the evaluation, and names the metric that picks the best
+checkpoint (``primary``; higher is better).
+
+A run directory keeps the task in ``task.json`` (its kind, classes and options, and a
+detector's grid and anchors), so ``archc eval`` and ``archc predict`` read the outputs as
+training did.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from archc.data import IGNORE, DataError, Dataset, batches
+from runtime import losses, metrics
+
+KINDS = ("classify", "segment", "detect", "embed")
+SEGMENT_LOSSES = ("ce", "dice", "ce+dice")
+EMBED_LOSSES = ("triplet-hard", "triplet-all", "contrastive")
+
+
+class Task:
+    kind = ""
+    primary = ""
+    label = ""  # how the primary metric is printed after each epoch
+    name = ""  # and in sentences
+
+    def __init__(self, classes: list[str]):
+        self.classes = list(classes)
+
+    def step(self, model, out, y):
+        """(loss, gradient of the output, hits, judged): hits / judged is the training
+        accuracy where the task has one (judged 0 where it has none)."""
+        raise NotImplementedError
+
+    def evaluate(self, model, dataset: Dataset, batch_size: int = 256) -> dict:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"task": self.kind, "classes": self.classes}
+
+    def _outputs(self, model, dataset: Dataset, batch_size: int):
+        """Inference-mode outputs of a data set, batch by batch, with the targets."""
+        was_training = model.training
+        model.eval()
+        try:
+            for x, y in batches(dataset, batch_size, shuffle=False):
+                yield model.predict(x), y
+        finally:
+            if was_training:
+                model.train()
+
+
+def _host(model, out) -> np.ndarray:
+    return model.backend.to_host(out)
+
+
+class Classification(Task):
+    kind, primary, label, name = "classify", "accuracy", "test acc", "accuracy"
+
+    def __init__(self, classes, label_smoothing: float = 0.0):
+        super().__init__(classes)
+        self.label_smoothing = label_smoothing
+
+    def step(self, model, out, y):
+        # on a device backend the loss runs there; two numbers come back
+        loss, grad, hits = model.backend.classify(out, y, label_smoothing=self.label_smoothing)
+        judged = len(y) if np.issubdtype(y.dtype, np.floating) else y.size
+        return loss, grad, hits, judged
+
+    def evaluate(self, model, dataset, batch_size=256):
+        total, scores = 0.0, []
+        for out, y in self._outputs(model, dataset, batch_size):
+            total += losses.cross_entropy(out, y)[0] * len(y)
+            scores.append(out)
+        scores = np.concatenate(scores)
+        return {"loss": total / len(dataset), "accuracy": metrics.accuracy(scores, dataset.y),
+                "top5": metrics.top_k_accuracy(scores, dataset.y, 5)}
+
+
+def _crop_to(masks: np.ndarray, shape) -> np.ndarray:
+    """Masks (N, H, W) cut to an output's (h, w) about their centre: an unpadded U-Net
+    labels the middle of its input tile."""
+    h, w = masks.shape[1:]
+    oh, ow = shape
+    if (oh, ow) == (h, w):
+        return masks
+    top, left = (h - oh) // 2, (w - ow) // 2
+    return masks[:, top:top + oh, left:left + ow]
+
+
+class Segmentation(Task):
+    kind, primary, label, name = "segment", "miou", "test mIoU", "mean IoU"
+
+    def __init__(self, classes, loss: str = "ce", class_weights=None):
+        super().__init__(classes)
+        if loss not in SEGMENT_LOSSES:
+            raise DataError(f"unknown segmentation loss '{loss}' ({', '.join(SEGMENT_LOSSES)})")
+        self.loss_name = loss
+        self.class_weights = None if class_weights is None else np.asarray(class_weights,
+                                                                          np.float64)
+
+    def check(self, output_shape, input_shape) -> None:
+        if len(output_shape) != 3:
+            raise DataError(f"segmentation needs per-pixel class scores (C, H, W); the "
+                            f"network gives {tuple(output_shape)}")
+        c, h, w = output_shape
+        if c != len(self.classes):
+            raise DataError(f"the data has {len(self.classes)} classes "
+                            f"({', '.join(self.classes)}) but the network scores {c} per "
+                            f"pixel: set its class count (e.g. --set num_classes="
+                            f"{len(self.classes)})")
+        if h > input_shape[1] or w > input_shape[2]:
+            raise DataError(f"the network's {h} x {w} output is larger than its "
+                            f"{input_shape[1]} x {input_shape[2]} input: masks cannot be "
+                            f"cropped to it")
+
+    def _loss(self, out, y):
+        parts = []
+        if "ce" in self.loss_name.split("+"):
+            parts.append(losses.cross_entropy(out, y, weight=self.class_weights))
+        if "dice" in self.loss_name.split("+"):
+            parts.append(losses.dice_loss(out, y))
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def step(self, model, out, y):
+        y = _crop_to(y, out.shape[2:])
+        keep = y != IGNORE
+        if self.loss_name == "ce" and self.class_weights is None:
+            loss, grad, hits = model.backend.classify(out, y)
+            return loss, grad, hits, int(keep.sum())
+        host = _host(model, out)
+        loss, grad = self._loss(host, y)
+        hits = int(((host.argmax(axis=1) == y) & keep).sum())
+        return loss, grad, hits, int(keep.sum())
+
+    def evaluate(self, model, dataset, batch_size=256):
+        c = len(self.classes)
+        confusion = np.zeros((c, c), np.int64)
+        total = 0.0
+        for out, y in self._outputs(model, dataset, batch_size):
+            y = _crop_to(y, out.shape[2:])
+            total += self._loss(out, y)[0] * len(y)
+            confusion += metrics.confusion_matrix(out, y, ignore_index=IGNORE)
+        table = metrics.per_class(confusion)
+        judged = confusion.sum()
+        return {"loss": total / len(dataset), "miou": table["mean_iou"],
+                "pixel_accuracy": float(np.trace(confusion) / judged) if judged else
+                float("nan"),
+                "iou": [None if np.isnan(v) else float(v) for v in table["iou"]]}
+
+    def describe(self):
+        return {**super().describe(), "loss": self.loss_name}
+
+
+class Detection(Task):
+    kind, primary, label, name = "detect", "map50", "test mAP@0.5", "mAP@0.5"
+
+    def __init__(self, classes, head):
+        super().__init__(classes)
+        self.head = head
+
+    def step(self, model, out, y):
+        loss, grad, _ = self.head.loss(_host(model, out), y)
+        return loss, grad, 0, 0
+
+    def evaluate(self, model, dataset, batch_size=256):
+        total, found, truths = 0.0, [], []
+        for out, y in self._outputs(model, dataset, batch_size):
+            total += self.head.loss(out, y)[0] * len(y)
+            found += self.head.detections(out)
+            truths += [(rows[:, :4], rows[:, 4].astype(np.int64)) for rows in y]
+        result = metrics.mean_average_precision(found, truths, len(self.classes))
+        return {"loss": total / len(dataset), "map50": result["map50"], "map": result["map"]}
+
+    def describe(self):
+        return {**super().describe(), "head": self.head.describe()}
+
+
+class Embedding(Task):
+    kind, primary, label, name = "embed", "retrieval", "test retrieval", "retrieval accuracy"
+
+    def __init__(self, classes, loss: str = "triplet-hard", margin: float = 1.0,
+                 gallery: Dataset | None = None):
+        super().__init__(classes)
+        if loss not in EMBED_LOSSES:
+            raise DataError(f"unknown embedding loss '{loss}' ({', '.join(EMBED_LOSSES)})")
+        self.loss_name, self.margin, self.gallery = loss, margin, gallery
+
+    def _loss(self, e, y):
+        if self.loss_name == "triplet-hard":
+            return losses.batch_hard_triplet_loss(e, y, margin=self.margin)
+        if self.loss_name == "triplet-all":
+            return losses.batch_all_triplet_loss(e, y, margin=self.margin)[:2]
+        return losses.contrastive_loss(e, y, margin=self.margin)
+
+    def step(self, model, out, y):
+        host = _host(model, out)
+        loss, grad = self._loss(host.reshape(len(host), -1), y)
+        return loss, grad.reshape(host.shape), 0, 0
+
+    def embed(self, model, dataset, batch_size=256):
+        return np.concatenate([out.reshape(len(out), -1) for out, _ in
+                               self._outputs(model, dataset, batch_size)])
+
+    def evaluate(self, model, dataset, batch_size=256, pairs: int = 400):
+        """Retrieval accuracy of the data set's images against the gallery (the training
+        images), and verification (ROC-AUC, best-threshold accuracy) on every pair of the
+        first ``pairs`` images."""
+        e = self.embed(model, dataset, batch_size)
+        labels = dataset.y
+        gallery = self.gallery or dataset
+        g = self.embed(model, gallery, batch_size) if self.gallery is not None else e
+        if self.gallery is None:  # leave-one-out within the set
+            d = ((e[:, None] - e[None]) ** 2).sum(-1)
+            np.fill_diagonal(d, np.inf)
+            retrieval = float((labels[d.argmin(1)] == labels).mean())
+        else:
+            retrieval = metrics.retrieval_accuracy(e, labels, g, gallery.y)
+        k = min(len(e), pairs)
+        i, j = np.triu_indices(k, 1)
+        distances = np.sqrt(((e[i] - e[j]) ** 2).sum(-1))
+        verified = metrics.verification(distances, labels[i] == labels[j])
+        loss = self._loss(e, labels)[0] if len(set(labels.tolist())) > 1 else float("nan")
+        return {"loss": loss, "retrieval": retrieval, "roc_auc": verified["roc_auc"],
+                "verification": verified["accuracy"]}
+
+    def describe(self):
+        return {**super().describe(), "loss": self.loss_name, "margin": self.margin}
+
+
+def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task:
+    """The task for training ``program`` on ``split``: ``kind`` (None: the data's own, or
+    ``embed`` when the loss is an embedding loss) and options (``loss``, ``margin``,
+    ``label_smoothing``, ``box_loss``, ``objectness``, ``class_weights``)."""
+    loss = options.get("loss")
+    if kind is None:
+        kind = "embed" if loss in EMBED_LOSSES else split.task
+    if kind not in KINDS:
+        raise DataError(f"unknown task '{kind}' ({', '.join(KINDS)})")
+    if kind in ("classify", "embed") and split.task != "classify":
+        raise DataError(f"{kind} needs data with a class label per image; this data is "
+                        f"for {split.task}")
+    if kind in ("segment", "detect") and split.task != kind:
+        raise DataError(f"the task is {kind} but the data is for {split.task}: use "
+                        f"{'shapes-seg, mosaic-seg or masks:DIR' if kind == 'segment' else 'shapes-det, mosaic-det or coco:FILE'}")
+    output = next(iter(program.output_shapes().values()))
+    input_shape = next(iter(program.inputs.values()))
+    classes = split.train.classes
+    if kind == "classify":
+        return Classification(classes, options.get("label_smoothing", 0.0))
+    if kind == "segment":
+        task = Segmentation(classes, loss or "ce", options.get("class_weights"))
+        task.check(output, input_shape)
+        return task
+    if kind == "embed":
+        return Embedding(classes, loss or "triplet-hard", options.get("margin", 1.0),
+                         gallery=split.train)
+    from runtime.boxes import kmeans_anchors
+    from runtime.detection import YoloHead
+
+    if loss not in (None, "yolo"):
+        raise DataError(f"unknown detection loss '{loss}' (yolo; --box-loss and "
+                        f"--objectness choose its parts)")
+    _, h, w = input_shape
+    boxes = np.concatenate([rows for rows in split.train.y if len(rows)] or
+                           [np.zeros((0, 5))])
+    depth = output[-1] if len(output) == 3 else 0
+    per_cell = (depth - len(classes)) // 5 if depth > len(classes) else 1
+    try:
+        anchors, _ = kmeans_anchors((boxes[:, 2:4] - boxes[:, :2]) / [w, h], max(per_cell, 1),
+                                    seed=seed)
+        head = YoloHead.fit(output, len(classes), anchors, (h, w),
+                            box_loss=options.get("box_loss", "mse"),
+                            objectness=options.get("objectness", "bce"))
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+    return Detection(classes, head)
+
+
+def restore(description: dict, split, program) -> Task:
+    """A task as a run directory's ``task.json`` describes it."""
+    kind = description["task"]
+    classes = description["classes"]
+    if kind == "classify":
+        return Classification(classes)
+    if kind == "segment":
+        return Segmentation(classes, description.get("loss", "ce"))
+    if kind == "embed":
+        return Embedding(classes, description.get("loss", "triplet-hard"),
+                         description.get("margin", 1.0),
+                         gallery=split.train if split is not None else None)
+    from runtime.detection import YoloHead
+
+    spec = dict(description["head"])
+    return Detection(classes, YoloHead(spec.pop("grid"), spec.pop("boxes"), spec.pop("classes"),
+                                       np.array(spec.pop("anchors")), tuple(spec.pop("size")),
+                                       **spec))
+
+
+def find_description(weights: str | Path) -> dict | None:
+    """The ``task.json`` of the run a weights path belongs to (the run directory itself, or
+    a checkpoint's folder inside it), if any."""
+    path = Path(weights)
+    for folder in (path, path.parent, path.parent.parent):
+        candidate = folder / "task.json"
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    return None
