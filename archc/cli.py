@@ -16,6 +16,7 @@ from typing import Callable
 from archc.data import SOURCES, DataError
 from archc.errors import SpecError
 from archc.train import TrainingError
+from archc.visualize import VisualizeError
 from runtime.backends.cuda import CudaUnavailable
 from runtime.model import InputError
 from runtime.params import WeightsError
@@ -1017,7 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc.format(), file=sys.stderr)
         return EXIT_USER
-    except (WeightsError, InputError, DataError, TrainingError, CudaUnavailable) as exc:
+    except (WeightsError, InputError, DataError, TrainingError, VisualizeError,
+            CudaUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:

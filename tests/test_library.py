@@ -113,6 +113,10 @@ def test_yolo_grid_and_layers():
     assert sum(n.op == "linear" for n in graph) == 2
     coco = archc.load(SPECS / "yolo.yaml", S=13, B=3, C=80)
     assert coco.output_shapes() == {"detections": (13, 13, 95)}
+    # YOLOv2's head (a 1x1 conv per cell) and batch norms: the same output layout
+    v2 = archc.load(SPECS / "yolo.yaml", head="conv", batch_norm=True)
+    assert v2.output_shapes() == {"detections": (7, 7, 30)}
+    assert sum(n.op == "linear" for n in v2) == 0 and sum(n.op == "batchnorm2d" for n in v2) == 24
 
 
 def test_unet_paper_tile_and_same_variant():

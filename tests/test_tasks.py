@@ -1,0 +1,214 @@
+"""Training for segmentation, detection and embeddings end to end on small generated data,
+and the commands around them (eval, predict, visualize, stylize) with their errors.
+
+Thresholds (docs/tasks.md): segmentation mean IoU at least 0.3 above the all-background
+prediction's; detection mAP@0.5 above 0.3; batch-hard triplet training retrieval accuracy
+above 0.97 and verification ROC-AUC above 0.95.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import archc
+from archc import data, tasks
+from archc.cli import main
+from archc.train import TrainConfig, fit
+from conftest import SPECS
+
+# a small fully convolutional single-stage detector with the YOLO spec's output layout
+TINY_DETECTOR = """
+name: tinydet
+variables: {C: 3, B: 2}
+input: {channels: 3, height: 64, width: 64}
+blocks:
+  cbr:
+    args: [out]
+    layers:
+      - conv2d: {out_channels: out, kernel_size: 3, padding: 1, bias: false}
+      - batchnorm2d
+      - leaky_relu: 0.1
+layers:
+  - cbr: 16
+  - max_pool2d: 2
+  - cbr: 32
+  - max_pool2d: 2
+  - cbr: 64
+  - max_pool2d: 2
+  - cbr: 64
+  - max_pool2d: 2
+  - cbr: 128
+  - conv2d: {out_channels: B * 5 + C, kernel_size: 1}
+  - permute: [0, 2, 3, 1]
+    name: detections
+"""
+
+
+def _train(model, split, task, tmp_path, **config):
+    settings = dict(epochs=4, batch_size=16, optimizer="adam", lr=0.003, weight_decay=0.0)
+    settings.update(config)
+    return fit(model, split, TrainConfig(**settings), tmp_path, task=task, report=lambda s: None)
+
+
+def test_unet_segments_shapes_well_above_chance(tmp_path):
+    graph = archc.load(SPECS / "unet.yaml", in_channels=3, num_classes=4, padding=1,
+                       resolution=32, base=8, batch_norm=True)
+    model = archc.compile(graph, backend="cpu", seed=0)
+    split = data.load("shapes-seg:256", (3, 32, 32))
+    task = tasks.make(None, split, model.program, {"loss": "ce+dice"})
+    history = _train(model, split, task, tmp_path, epochs=5)
+    background = np.zeros((len(split.test), 4, 32, 32), np.float32)
+    background[:, 0] = 1
+    chance = tasks.Segmentation(split.test.classes).evaluate(
+        type("Fixed", (), {"training": False, "eval": lambda self: self,
+                           "predict": lambda self, x: background[:len(x)]})(), split.test,
+        batch_size=len(split.test))["miou"]
+    best = max(h["test_miou"] for h in history)
+    assert best > chance + 0.3, (best, chance)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    described = json.loads((tmp_path / "task.json").read_text())
+    assert described["task"] == "segment" and described["loss"] == "ce+dice"
+
+
+def test_detector_learns_shapes_above_the_documented_map(tmp_path):
+    model = archc.compile(archc.load("tinydet.yaml", text=TINY_DETECTOR), backend="cpu",
+                          seed=0)
+    split = data.load("shapes-det:256", (3, 64, 64))
+    task = tasks.make(None, split, model.program, {})
+    assert task.head.grid == 4 and task.head.boxes == 2
+    history = _train(model, split, task, tmp_path, epochs=8)
+    assert max(h["test_map50"] for h in history) > 0.3
+    assert all(h["test_map"] <= h["test_map50"] for h in history)
+    restored = tasks.restore(json.loads((tmp_path / "task.json").read_text()), split,
+                             model.program)
+    np.testing.assert_allclose(restored.head.anchors, task.head.anchors)
+
+
+def _digits(train: int):
+    """The digits at the siamese spec's smallest input, the first ``train`` training
+    images."""
+    split = data.load("digits", (1, 65, 65))
+    split.train = data.Dataset(split.train.x[:train], split.train.y[:train],
+                               split.train.classes)
+    return split
+
+
+def test_siamese_triplet_training_separates_digits(tmp_path):
+    graph = archc.load(SPECS / "siamese.yaml", resolution=65, width=0.25, embedding=32)
+    model = archc.compile(graph, backend="cpu", seed=0)
+    split = _digits(1000)
+    task = tasks.make(None, split, model.program, {"loss": "triplet-hard", "margin": 0.5})
+    assert task.kind == "embed"
+    before = task.evaluate(model, split.test)
+    # random convolutions already give good nearest neighbours on digits (about 0.95);
+    # same/different verification is where training shows (ROC-AUC about 0.83 before)
+    history = _train(model, split, task, tmp_path, epochs=1, batch_size=64, lr=2e-4)
+    after = history[-1]
+    assert after["test_retrieval"] > 0.97 and after["test_retrieval"] > before["retrieval"]
+    assert after["test_roc_auc"] > 0.95 and after["test_roc_auc"] > before["roc_auc"] + 0.05
+
+
+@pytest.mark.parametrize("loss", ["triplet-all", "contrastive"])
+def test_other_embedding_losses_train(loss, tmp_path):
+    graph = archc.load(SPECS / "siamese.yaml", resolution=65, width=0.25, embedding=16)
+    model = archc.compile(graph, backend="cpu", seed=1)
+    split = _digits(600)
+    task = tasks.make("embed", split, model.program, {"loss": loss, "margin": 0.5})
+    before = task.evaluate(model, split.test)
+    history = _train(model, split, task, tmp_path, epochs=1, batch_size=64, lr=1e-3)
+    assert history[-1]["test_roc_auc"] > before["roc_auc"] + 0.03
+    assert history[-1]["train_loss"] < before["loss"]
+
+
+def test_detection_commands_end_to_end(tmp_path, capsys):
+    spec = tmp_path / "tinydet.yaml"
+    spec.write_text(TINY_DETECTOR)
+    run = tmp_path / "run"
+    common = [str(spec), "--data", "shapes-det:64"]
+    assert main(["train", *common, "--epochs", "1", "--optimizer", "adam", "--box-loss",
+                 "giou", "--objectness", "focal", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "(detect)" in out and "2 anchors per cell" in out and "test mAP@0.5" in out
+    described = json.loads((run / "task.json").read_text())
+    assert described["head"]["box_loss"] == "giou" and len(described["mean"]) == 3
+    assert main(["eval", *common, "--weights", str(run)]) == 0
+    assert "mAP@0.5" in capsys.readouterr().out
+    assert main(["predict", *common, "--weights", str(run), "--count", "2", "--score", "0.0",
+                 "-o", str(tmp_path / "pictures")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and sorted(p.name for p in (tmp_path / "pictures").iterdir()) == \
+        ["test-0000.png", "test-0001.png"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "pictures" / "test-0000.png").size == (256, 256)
+    # an image file, standardized with the run's statistics
+    image = tmp_path / "mine.png"
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(image)
+    assert main(["predict", str(spec), "--weights", str(run), "--image", str(image),
+                 "-o", str(tmp_path / "mine")]) == 0
+    assert (tmp_path / "mine" / "mine.png").is_file()
+
+
+def test_segmentation_predict_and_visualize_commands(tmp_path, capsys):
+    unet = [str(SPECS / "unet.yaml"), "--set", "in_channels=3", "--set", "num_classes=4",
+            "--set", "padding=1", "--set", "resolution=32", "--set", "base=4"]
+    run = tmp_path / "seg"
+    assert main(["train", *unet, "--data", "shapes-seg:32", "--epochs", "1", "--loss", "dice",
+                 "--out", str(run)]) == 0
+    assert "test mIoU" in capsys.readouterr().out
+    assert main(["predict", *unet, "--data", "shapes-seg:32", "--weights", str(run),
+                 "--count", "1", "-o", str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "test-0000.png").is_file()
+    capsys.readouterr()
+    lenet = str(SPECS / "lenet5.yaml")
+    for what, extra in [("saliency", []), ("smoothgrad", ["--samples", "3"]),
+                        ("features", ["--node", "c1"]), ("filters", []),
+                        ("class-model", ["--class", "3", "--steps", "2"]),
+                        ("invert", ["--node", "c3", "--steps", "2"])]:
+        target = tmp_path / f"{what}.png"
+        assert main(["visualize", lenet, "--data", "digits", "--what", what, *extra,
+                     "-o", str(target)]) == 0, what
+        assert target.is_file()
+    out = capsys.readouterr().out
+    assert "c1: 6 maps of 28 x 28" in out and "6 filters of 1 x 5 x 5" in out
+    from PIL import Image
+
+    for name in ("content", "style"):
+        Image.new("L", (32, 32), 90 if name == "content" else 200).save(tmp_path / f"{name}.png")
+    assert main(["stylize", lenet, "--content", str(tmp_path / "content.png"), "--style",
+                 str(tmp_path / "style.png"), "--content-node", "c3", "--style-nodes", "c1",
+                 "--steps", "2", "-o", str(tmp_path / "styled.png")]) == 0
+    assert "(random weights)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "specs/yolo.yaml", "--set", "S=2", "--set", "width=0.0625", "--set",
+      "hidden=16", "--data", "shapes-det:8"], "not B \\* 5 \\+ 3 for the data's 3 classes"),
+    (["train", "specs/unet.yaml", "--set", "in_channels=3", "--set", "padding=1", "--set",
+      "resolution=32", "--set", "base=4", "--data", "shapes-seg:8"],
+     "the data has 4 classes .* --set num_classes=4"),
+    (["train", "specs/lenet5.yaml", "--data", "digits", "--task", "segment"],
+     "the task is segment but the data is for classify"),
+    (["train", "specs/unet.yaml", "--set", "in_channels=3", "--set", "num_classes=4", "--set",
+      "padding=1", "--set", "resolution=32", "--set", "base=4", "--data", "shapes-seg:8",
+      "--augment", "flip"], "--augment works on classification data"),
+    (["train", "specs/lenet5.yaml", "--data", "digits", "--task", "embed", "--loss", "cosine"],
+     "unknown embedding loss 'cosine'"),
+    (["visualize", "specs/lenet5.yaml", "--data", "digits", "--what", "features", "--node",
+      "c9"], "lenet5 has no node 'c9'"),
+    (["visualize", "specs/lenet5.yaml", "--data", "digits", "--what", "features"],
+     "--what features needs --node"),
+])
+def test_task_errors_are_one_line(args, message, capsys, monkeypatch, tmp_path):
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    assert main(args + (["--out", str(tmp_path / "run")] if args[0] == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    import re
+
+    assert re.search(message, err), err
