@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test check graphviz clean docs images
+.PHONY: demo test check graphviz clean docs images tasks
 
 # Graphviz's `dot` renders diagrams; install Debian's package when it is missing.
 graphviz:
@@ -53,6 +53,10 @@ docs: $(STAMP)
 
 images: graphviz $(STAMP)
 	$(BIN)/python scripts/gen_images.py
+
+# docs/tasks.md: trains a U-Net, a YOLO and a siamese network, draws what they see (~15 min)
+tasks: $(STAMP)
+	$(BIN)/python scripts/gen_tasks.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

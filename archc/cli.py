@@ -761,7 +761,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from archc import data, pictures, tasks
+    from archc import pictures, tasks
     from archc.train import best_weights
 
     graph = _load(args)

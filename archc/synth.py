@@ -58,18 +58,23 @@ def _place(rng, size_range, h, w, placed, tries: int = 30):
     return None
 
 
+def _start(what: str, count: int, shape, smallest: int, channels: int, stream: list):
+    """Checks the size and makes the seeded generator and the empty arrays of a generated
+    set: images (N, channels, H, W), masks (N, H, W), boxes (an object array)."""
+    _, h, w = shape
+    if min(h, w) < smallest:
+        raise DataError(f"{what} needs images of at least {smallest} x {smallest} pixels; "
+                        f"the network takes {h} x {w}")
+    return (np.random.default_rng(stream), np.zeros((count, channels, h, w), np.float32),
+            np.zeros((count, h, w), np.int64), np.empty(count, dtype=object))
+
+
 def shapes(count: int, shape, *, seed: int = 0, max_objects: int = 3,
            noise: float = 0.08) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``count`` images (N, C, H, W) in [0, 1], their masks (N, H, W) and their boxes (an
     object array of (k, 5) arrays)."""
     c, h, w = shape
-    if min(h, w) < 16:
-        raise DataError(f"the shapes data needs images of at least 16 x 16 pixels; the "
-                        f"network takes {h} x {w}")
-    rng = np.random.default_rng([seed, 7])
-    images = np.empty((count, 3, h, w), np.float32)
-    masks = np.zeros((count, h, w), np.int64)
-    boxes = np.empty(count, dtype=object)
+    rng, images, masks, boxes = _start("the shapes data", count, shape, 16, 3, [seed, 7])
     size_range = (min(h, w) / 10, min(h, w) / 4)
     for i in range(count):
         tint = rng.uniform(0.0, 0.35, 3)
@@ -98,13 +103,7 @@ def digit_mosaics(count: int, shape, digit_images: np.ndarray, digit_labels: np.
     """``count`` mosaics of the given 8x8 digits (values in [0, 1]), with masks and boxes
     (class = the digit)."""
     c, h, w = shape
-    if min(h, w) < 24:
-        raise DataError(f"digit mosaics need images of at least 24 x 24 pixels; the network "
-                        f"takes {h} x {w}")
-    rng = np.random.default_rng([seed, 11])
-    canvas = np.zeros((count, 1, h, w), np.float32)
-    masks = np.zeros((count, h, w), np.int64)
-    boxes = np.empty(count, dtype=object)
+    rng, canvas, masks, boxes = _start("digit mosaics", count, shape, 24, 1, [seed, 11])
     for i in range(count):
         placed, rows = [], []
         for _ in range(rng.integers(2, max_digits + 1)):

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from archc.augment import pipeline
 from archc.data import Dataset, Split, batches
-from runtime import losses, metrics, optim
+from runtime import optim
 
 
 class TrainingError(Exception):

@@ -203,3 +203,22 @@ def test_task_errors_are_one_line(args, message, capsys, monkeypatch, tmp_path):
     import re
 
     assert re.search(message, err), err
+
+
+def test_an_unpadded_unet_is_scored_on_the_centre_of_the_mask():
+    masks = np.arange(2 * 6 * 8).reshape(2, 6, 8)
+    np.testing.assert_array_equal(tasks._crop_to(masks, (2, 4)), masks[:, 2:4, 2:6])
+    task = tasks.Segmentation(["a", "b"])
+    task.check((2, 4, 4), (3, 8, 8))
+    with pytest.raises(data.DataError, match="larger than its 8 x 8 input"):
+        task.check((2, 10, 10), (3, 8, 8))
+    logits = np.random.default_rng(0).standard_normal((2, 2, 2, 4)).astype(np.float32)
+    backend = type("Host", (), {"to_host": staticmethod(lambda v: v),
+                                "classify": None})
+    model = type("M", (), {"backend": backend})()
+    task = tasks.Segmentation(["a", "b"], loss="dice")
+    loss, grad, hits, judged = task.step(model, logits, masks % 2)
+    assert grad.shape == logits.shape and judged == 16
+    from runtime import losses
+
+    assert loss == pytest.approx(losses.dice_loss(logits, (masks % 2)[:, 2:4, 2:6])[0])
