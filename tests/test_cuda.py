@@ -623,3 +623,62 @@ def test_depthwise_epilogue_adds_the_residual_before_the_activation():
                            out_hw=op.out_shape[1:], activation=("relu6", {}),
                            residual=device(res))
     np.testing.assert_allclose(got.copy_to_host(), want, rtol=1e-5, atol=1e-5)
+
+
+TINY_TASKS = {
+    "detect": """
+name: tinydet
+input: {channels: 3, height: 16, width: 16}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, stride: 2, padding: 1}
+  - relu
+  - max_pool2d: 4
+  - conv2d: {out_channels: 13, kernel_size: 1}
+  - permute: [0, 2, 3, 1]
+""",
+    "embed": """
+name: tinyembed
+input: {channels: 1, height: 4, width: 4}
+layers:
+  - conv2d: {out_channels: 3, kernel_size: 3}
+  - relu
+  - flatten
+  - linear: 5
+""",
+}
+
+
+@pytest.mark.parametrize("task, extra", [
+    ("detect", ["--data", "shapes-det:6", "--box-loss", "giou"]),
+    ("embed", ["--loss", "contrastive"]),
+])
+def test_detection_and_embedding_train_on_the_device(task, extra, tmp_path):
+    """The tasks whose loss runs on the host (detection, embeddings, segmentation with
+    Dice) take the device's output and hand back the gradient: one epoch on the device
+    ends with the CPU's weights. (Segmentation's cross-entropy runs on the device, as a
+    classifier's: test_the_training_loss_runs_on_the_device.)"""
+    import json
+
+    from archc.cli import main
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_TASKS[task])
+    if task == "embed":
+        rng = np.random.default_rng(0)
+        y = rng.integers(0, 3, 12)
+        x = rng.standard_normal((12, 1, 4, 4)).astype(np.float32) + y[:, None, None, None]
+        np.savez(tmp_path / "d.npz", x=x, y=y)
+        extra = extra + ["--data", f"npz:{tmp_path / 'd.npz'}"]
+    common = [str(spec), *extra, "--epochs", "1", "--batch-size", "6", "--optimizer", "adam"]
+    runs = {}
+    for backend in ("cpu", "cuda"):
+        runs[backend] = tmp_path / backend
+        assert main(["train", *common, "--backend", backend, "--out", str(runs[backend])]) == 0
+
+    def weights(run):
+        folder = json.loads((run / "last.json").read_text())["checkpoint"]
+        return dict(np.load(run / folder / "weights.npz"))
+
+    want, got = weights(runs["cpu"]), weights(runs["cuda"])
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
