@@ -546,7 +546,7 @@ TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov"
                "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",
                "freeze", "unfreeze", "patience", "seed")
 # ... and the task's (archc/tasks.py)
-TASK_FLAGS = ("task", "loss", "margin", "box_loss", "objectness")
+TASK_FLAGS = ("task", "loss", "margin", "box_loss", "objectness", "class_weights")
 
 
 def _compile_for_data(graph, args, seed: int):
@@ -629,6 +629,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _weights_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers "
+                                         f"(e.g. 0.2,1,1,1)") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"class weights cannot be negative: '{text}'")
+    return values
+
+
 def _epoch_pattern(text: str) -> tuple[int, str]:
     epoch, sep, pattern = text.partition(":")
     if not sep or not epoch.isdigit() or int(epoch) < 1 or not pattern:
@@ -685,6 +696,9 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", help="segment: ce (default), dice, ce+dice; embed: "
                    "triplet-hard (default), triplet-all, contrastive; detect: yolo")
     p.add_argument("--margin", type=float, help="embedding losses' margin (default 1.0)")
+    p.add_argument("--class-weights", type=_weights_list, metavar="W0,W1,...",
+                   help="segment: the cross-entropy's weight of each class, e.g. 0.2,1,1,1 "
+                   "to count the background less")
     p.add_argument("--box-loss", choices=["mse", "giou"],
                    help="detect: the box coordinates' loss (default mse)")
     p.add_argument("--objectness", choices=["bce", "focal"],

@@ -115,6 +115,9 @@ class Segmentation(Task):
                             f"({', '.join(self.classes)}) but the network scores {c} per "
                             f"pixel: set its class count (e.g. --set num_classes="
                             f"{len(self.classes)})")
+        if self.class_weights is not None and len(self.class_weights) != c:
+            raise DataError(f"{len(self.class_weights)} class weights for {c} classes "
+                            f"({', '.join(self.classes)})")
         if h > input_shape[1] or w > input_shape[2]:
             raise DataError(f"the network's {h} x {w} output is larger than its "
                             f"{input_shape[1]} x {input_shape[2]} input: masks cannot be "
@@ -155,7 +158,9 @@ class Segmentation(Task):
                 "iou": [None if np.isnan(v) else float(v) for v in table["iou"]]}
 
     def describe(self):
-        return {**super().describe(), "loss": self.loss_name}
+        return {**super().describe(), "loss": self.loss_name,
+                "class_weights": None if self.class_weights is None else
+                self.class_weights.tolist()}
 
 
 class Detection(Task):
@@ -252,6 +257,9 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
     output = next(iter(program.output_shapes().values()))
     input_shape = next(iter(program.inputs.values()))
     classes = split.train.classes
+    if kind != "segment" and options.get("class_weights") is not None:
+        raise DataError("class weights weigh a segmentation's per-pixel cross-entropy; this "
+                        f"run is for {kind}")
     if kind == "classify":
         return Classification(classes, options.get("label_smoothing", 0.0))
     if kind == "segment":
@@ -290,7 +298,8 @@ def restore(description: dict, split, program) -> Task:
     if kind == "classify":
         return Classification(classes)
     if kind == "segment":
-        return Segmentation(classes, description.get("loss", "ce"))
+        return Segmentation(classes, description.get("loss", "ce"),
+                            description.get("class_weights"))
     if kind == "embed":
         return Embedding(classes, description.get("loss", "triplet-hard"),
                          description.get("margin", 1.0),

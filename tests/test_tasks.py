@@ -147,8 +147,9 @@ def test_segmentation_predict_and_visualize_commands(tmp_path, capsys):
     unet = [str(SPECS / "unet.yaml"), "--set", "in_channels=3", "--set", "num_classes=4",
             "--set", "padding=1", "--set", "resolution=32", "--set", "base=4"]
     run = tmp_path / "seg"
-    assert main(["train", *unet, "--data", "shapes-seg:32", "--epochs", "1", "--loss", "dice",
-                 "--out", str(run)]) == 0
+    assert main(["train", *unet, "--data", "shapes-seg:32", "--epochs", "1", "--loss", "ce+dice",
+                 "--class-weights", "0.2,1,1,1", "--out", str(run)]) == 0
+    assert json.loads((run / "task.json").read_text())["class_weights"] == [0.2, 1, 1, 1]
     assert "test mIoU" in capsys.readouterr().out
     assert main(["predict", *unet, "--data", "shapes-seg:32", "--weights", str(run),
                  "--count", "1", "-o", str(tmp_path / "p")]) == 0
@@ -188,6 +189,11 @@ def test_segmentation_predict_and_visualize_commands(tmp_path, capsys):
       "--augment", "flip"], "--augment works on classification data"),
     (["train", "specs/lenet5.yaml", "--data", "digits", "--task", "embed", "--loss", "cosine"],
      "unknown embedding loss 'cosine'"),
+    (["train", "specs/lenet5.yaml", "--data", "digits", "--class-weights", "1,2"],
+     "class weights weigh a segmentation's per-pixel cross-entropy"),
+    (["train", "specs/unet.yaml", "--set", "in_channels=3", "--set", "num_classes=4", "--set",
+      "padding=1", "--set", "resolution=32", "--set", "base=4", "--data", "shapes-seg:8",
+      "--class-weights", "1,2"], "2 class weights for 4 classes"),
     (["visualize", "specs/lenet5.yaml", "--data", "digits", "--what", "features", "--node",
       "c9"], "lenet5 has no node 'c9'"),
     (["visualize", "specs/lenet5.yaml", "--data", "digits", "--what", "features"],

@@ -21,7 +21,7 @@ TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str
                  "freeze": list, "unfreeze": list, "patience": int, "seed": int,
                  # what is trained (archc/tasks.py)
                  "task": str, "loss": str, "margin": float, "box_loss": str,
-                 "objectness": str}
+                 "objectness": str, "class_weights": list}
 MAX_EXTENDS = 8
 BLOCK_KEYS = ("args", "inputs", "layers", "output", "description")
 INPUT_KEYS = ("channels", "height", "width", "features", "shape")
