@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
+# a small U-Net (batch norms, 'same' padding) for 48x48 shapes: the demo's segmentation
+UNET_SMALL := --set in_channels=3 --set num_classes=4 --set padding=1 --set resolution=48 \
+  --set base=8 --set batch_norm=true
+
 .PHONY: demo test check graphviz clean docs images tasks
 
 # Graphviz's `dot` renders diagrams; install Debian's package when it is missing.
@@ -41,9 +45,14 @@ demo: graphviz $(STAMP)
 	  --passes low_rank:mode=channel:budget=0.1 --verify \
 	  -o out/lenet5-lowrank.yaml --weights-out out/lenet5-lowrank.npz
 	$(BIN)/archc eval out/lenet5-lowrank.yaml --data digits --weights out/lenet5-lowrank.npz
+	$(BIN)/archc train specs/unet.yaml $(UNET_SMALL) --data shapes-seg:384 --epochs 8 \
+	  --optimizer adam --lr 0.003 --batch-size 16 --out out/unet-shapes
+	$(BIN)/archc predict specs/unet.yaml $(UNET_SMALL) --data shapes-seg:384 \
+	  --weights out/unet-shapes --count 4 -o out/unet-shapes/pictures
 	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser);"
 	@echo "its training run (log, checkpoints) is in out/lenet5-digits/;"
-	@echo "optimised specs: out/resnet18-O2.yaml, out/lenet5-lowrank.yaml (+ .npz weights)."
+	@echo "optimised specs: out/resnet18-O2.yaml, out/lenet5-lowrank.yaml (+ .npz weights);"
+	@echo "a U-Net segmenting generated shapes: out/unet-shapes/pictures/*.png (docs/tasks.md)."
 
 test: graphviz $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
