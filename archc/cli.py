@@ -966,7 +966,7 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     nodes = [n.strip() for n in args.style_nodes.split(",") if n.strip()]
     image, parts = visualize.stylize(model, content, style, content_node=args.content_node,
                                      style_nodes=nodes, steps=args.steps, lr=args.lr,
-                                     style_weight=args.style_weight)
+                                     style_weight=args.style_weight, tv=args.tv)
     print(f"{args.steps} steps: content loss {parts['content']:.4g}, style loss "
           f"{parts['style']:.4g}, total variation {parts['tv']:.4g}"
           + ("" if args.weights else " (random weights)"))
@@ -990,9 +990,13 @@ def _setup_stylize(p: argparse.ArgumentParser) -> None:
                    "convolutions already carry textures)")
     p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu")
     p.add_argument("--steps", type=_positive, default=200, help="Adam steps (default 200)")
-    p.add_argument("--lr", type=float, default=0.02, help="Adam's step on the pixels")
-    p.add_argument("--style-weight", type=float, default=1e3,
-                   help="the style loss's weight against the content's (default 1000)")
+    p.add_argument("--lr", type=float, default=0.03,
+                   help="Adam's step on the pixels (default 0.03; pixels lie in 0..1)")
+    p.add_argument("--style-weight", type=float, default=10.0,
+                   help="the style loss's weight against the content's, both relative to "
+                   "their targets' size (default 10)")
+    p.add_argument("--tv", type=float, default=1e-4,
+                   help="total-variation weight: smoothness (default 1e-4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--out", default="out/stylized.png", metavar="FILE.png")
 

@@ -197,18 +197,22 @@ def invert(model, image: np.ndarray, node: str, *, steps: int = 200, lr: float =
 
 
 def stylize(model, content: np.ndarray, style: np.ndarray, *, content_node: str,
-            style_nodes: list[str], steps: int = 200, lr: float = 0.05,
-            content_weight: float = 1.0, style_weight: float = 1e3, tv: float = 1e-3):
+            style_nodes: list[str], steps: int = 200, lr: float = 0.03,
+            content_weight: float = 1.0, style_weight: float = 10.0, tv: float = 1e-4,
+            value_range: tuple[float, float] | None = (0.0, 1.0)):
     """Neural style transfer from the content image: Adam on the pixels against
-    ``content_weight`` x the squared error of the activations at ``content_node`` (relative
-    to their size) + ``style_weight`` x the Gram-matrix loss summed over ``style_nodes`` +
-    ``tv`` x total variation. Returns the image (C, H, W) and the last losses."""
+    ``content_weight`` x the squared error of the activations at ``content_node`` +
+    ``style_weight`` x the squared error of the Gram matrices summed over ``style_nodes``
+    (each relative to the target's own size, so every node counts alike) + ``tv`` x
+    total variation; pixels kept within ``value_range``. Returns the image (C, H, W) and
+    the last losses."""
     for node in [content_node, *style_nodes]:
         _check_node(model, node)
     c0 = np.asarray(content, np.float32)[None]
     s0 = np.asarray(style, np.float32)[None]
     content_target = _forward_at(model, c0, [content_node])[content_node].astype(np.float64)
     style_targets = {n: gram(v)[0] for n, v in _forward_at(model, s0, style_nodes).items()}
+    style_norms = {n: float((g ** 2).sum()) or 1.0 for n, g in style_targets.items()}
     x = c0.copy()
     opt = optim.Adam({"x": x}, lr)
     norm = float((content_target ** 2).sum()) or 1.0
@@ -222,10 +226,12 @@ def stylize(model, content: np.ndarray, style: np.ndarray, *, content_node: str,
         parts["style"] = 0.0
         for n in style_nodes:
             value, g = style_loss(got[n], style_targets[n])
-            parts["style"] += style_weight * value
-            grads[n] = grads.get(n, 0) + style_weight * g
+            parts["style"] += style_weight * value / style_norms[n]
+            grads[n] = grads.get(n, 0) + style_weight * g / style_norms[n]
         g_x = model.backward({k: v.astype(np.float32) for k, v in grads.items()}).input
         value, g_tv = _tv(x)
         parts["tv"] = tv * value
         opt.step({"x": (g_x + tv * g_tv).astype(np.float32)})
+        if value_range is not None:
+            np.clip(x, *value_range, out=x)
     return x[0], parts

@@ -57,8 +57,8 @@ STEPS = {
               "--index 3 --what invert --node c3 --steps 300 -o docs/images/tasks/invert_c3.png",
     "stylize": "archc stylize specs/vgg16.yaml --set resolution=96 --content "
                "out/tasks/content.png --style out/tasks/style.png --content-node features.13 "
-               "--style-nodes features.1,features.6,features.11,features.18 --steps 150 "
-               "--lr 0.03 -o docs/images/tasks/stylized.png",
+               "--style-nodes features.1,features.6,features.11,features.18 --steps 200 "
+               "-o docs/images/tasks/stylized.png",
 }
 
 
@@ -190,8 +190,8 @@ squares, green triangles):
 `specs/yolo.yaml` thinned for 256 x 256 images and a 4 x 4 grid: `width` scales every
 conv, `batch_norm=true` adds YOLOv2's batch norms and `head=conv` YOLOv2's 1x1-conv head in
 place of YOLO v1's two fully connected layers. (As written, v1's network barely learns
-from scratch on a few hundred images: YOLO v1 was pretrained on ImageNet first.) The two anchor sizes per cell come from k-means on the
-training boxes with 1 - IoU as the distance (YOLOv2); the loss adds squared errors of
+from scratch on a few hundred images: YOLO v1 was pretrained on ImageNet first.) The two
+anchor sizes per cell come from k-means on the training boxes with 1 - IoU as the distance (YOLOv2); the loss adds squared errors of
 the encoded box (or `--box-loss giou`), binary cross-entropy of objectness (or
 `--objectness focal`) and the cells' class cross-entropy. Held-out images are scored with
 mAP@0.5 (COCO's 101-point interpolation; `archc eval` also prints mAP@[.5:.95]) after
