@@ -252,8 +252,9 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
         raise DataError(f"{kind} needs data with a class label per image; this data is "
                         f"for {split.task}")
     if kind in ("segment", "detect") and split.task != kind:
-        raise DataError(f"the task is {kind} but the data is for {split.task}: use "
-                        f"{'shapes-seg, mosaic-seg or masks:DIR' if kind == 'segment' else 'shapes-det, mosaic-det or coco:FILE'}")
+        sources = {"segment": "shapes-seg, mosaic-seg or masks:DIR",
+                   "detect": "shapes-det, mosaic-det or coco:FILE"}[kind]
+        raise DataError(f"the task is {kind} but the data is for {split.task}: use {sources}")
     output = next(iter(program.output_shapes().values()))
     input_shape = next(iter(program.inputs.values()))
     classes = split.train.classes

@@ -163,6 +163,7 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         raise TrainingError(f"--augment works on classification data; this run is for the "
                             f"{task.kind} task (its targets would not move with the pixels)")
     key = f"test_{task.primary}"
+
     def matching(pattern: str, flag: str) -> set[str]:
         names = {k for k in model.program.params if fnmatch.fnmatchcase(k, pattern)}
         if not names:

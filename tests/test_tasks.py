@@ -176,24 +176,24 @@ def test_segmentation_predict_and_visualize_commands(tmp_path, capsys):
     assert "(random weights)" in capsys.readouterr().out
 
 
+# a small 'same'-padded U-Net for the 4 classes of the shapes data (num_classes added below)
+SMALL_UNET = ["specs/unet.yaml", "--set", "in_channels=3", "--set", "padding=1", "--set",
+              "resolution=32", "--set", "base=4", "--data", "shapes-seg:8"]
+FOUR = ["--set", "num_classes=4"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "specs/yolo.yaml", "--set", "S=2", "--set", "width=0.0625", "--set",
       "hidden=16", "--data", "shapes-det:8"], "not B \\* 5 \\+ 3 for the data's 3 classes"),
-    (["train", "specs/unet.yaml", "--set", "in_channels=3", "--set", "padding=1", "--set",
-      "resolution=32", "--set", "base=4", "--data", "shapes-seg:8"],
-     "the data has 4 classes .* --set num_classes=4"),
+    (["train", *SMALL_UNET], "the data has 4 classes .* --set num_classes=4"),
     (["train", "specs/lenet5.yaml", "--data", "digits", "--task", "segment"],
      "the task is segment but the data is for classify"),
-    (["train", "specs/unet.yaml", "--set", "in_channels=3", "--set", "num_classes=4", "--set",
-      "padding=1", "--set", "resolution=32", "--set", "base=4", "--data", "shapes-seg:8",
-      "--augment", "flip"], "--augment works on classification data"),
+    (["train", *SMALL_UNET, *FOUR, "--augment", "flip"], "--augment works on classification data"),
     (["train", "specs/lenet5.yaml", "--data", "digits", "--task", "embed", "--loss", "cosine"],
      "unknown embedding loss 'cosine'"),
     (["train", "specs/lenet5.yaml", "--data", "digits", "--class-weights", "1,2"],
      "class weights weigh a segmentation's per-pixel cross-entropy"),
-    (["train", "specs/unet.yaml", "--set", "in_channels=3", "--set", "num_classes=4", "--set",
-      "padding=1", "--set", "resolution=32", "--set", "base=4", "--data", "shapes-seg:8",
-      "--class-weights", "1,2"], "2 class weights for 4 classes"),
+    (["train", *SMALL_UNET, *FOUR, "--class-weights", "1,2"], "2 class weights for 4 classes"),
     (["visualize", "specs/lenet5.yaml", "--data", "digits", "--what", "features", "--node",
       "c9"], "lenet5 has no node 'c9'"),
     (["visualize", "specs/lenet5.yaml", "--data", "digits", "--what", "features"],
