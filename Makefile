@@ -45,9 +45,9 @@ demo: graphviz $(STAMP)
 	  --passes low_rank:mode=channel:budget=0.1 --verify \
 	  -o out/lenet5-lowrank.yaml --weights-out out/lenet5-lowrank.npz
 	$(BIN)/archc eval out/lenet5-lowrank.yaml --data digits --weights out/lenet5-lowrank.npz
-	$(BIN)/archc train specs/unet.yaml $(UNET_SMALL) --data shapes-seg:384 --epochs 8 \
+	$(BIN)/archc train specs/unet.yaml $(UNET_SMALL) --data shapes-seg:512 --epochs 10 \
 	  --optimizer adam --lr 0.003 --batch-size 16 --out out/unet-shapes
-	$(BIN)/archc predict specs/unet.yaml $(UNET_SMALL) --data shapes-seg:384 \
+	$(BIN)/archc predict specs/unet.yaml $(UNET_SMALL) --data shapes-seg:512 \
 	  --weights out/unet-shapes --count 4 -o out/unet-shapes/pictures
 	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser);"
 	@echo "its training run (log, checkpoints) is in out/lenet5-digits/;"
