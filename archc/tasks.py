@@ -219,14 +219,13 @@ class Embedding(Task):
         first ``pairs`` images."""
         e = self.embed(model, dataset, batch_size)
         labels = dataset.y
-        gallery = self.gallery or dataset
-        g = self.embed(model, gallery, batch_size) if self.gallery is not None else e
         if self.gallery is None:  # leave-one-out within the set
             d = ((e[:, None] - e[None]) ** 2).sum(-1)
             np.fill_diagonal(d, np.inf)
             retrieval = float((labels[d.argmin(1)] == labels).mean())
         else:
-            retrieval = metrics.retrieval_accuracy(e, labels, g, gallery.y)
+            retrieval = metrics.retrieval_accuracy(
+                e, labels, self.embed(model, self.gallery, batch_size), self.gallery.y)
         k = min(len(e), pairs)
         i, j = np.triu_indices(k, 1)
         distances = np.sqrt(((e[i] - e[j]) ** 2).sum(-1))

@@ -228,3 +228,17 @@ def test_an_unpadded_unet_is_scored_on_the_centre_of_the_mask():
     from runtime import losses
 
     assert loss == pytest.approx(losses.dice_loss(logits, (masks % 2)[:, 2:4, 2:6])[0])
+
+
+def test_retrieval_without_a_gallery_is_leave_one_out():
+    """Each image's nearest other image of the same set decides (an image never finds
+    itself)."""
+    x = np.array([[0.0], [0.1], [5.0], [5.2], [9.0]], np.float32)
+    dataset = data.Dataset(x[:, :, None, None], np.array([0, 0, 1, 1, 0]), ["a", "b"])
+    model = type("Identity", (), {"training": False, "eval": lambda self: self,
+                                  "predict": lambda self, v: v.reshape(len(v), -1)})()
+    task = tasks.Embedding(["a", "b"], "contrastive")
+    result = task.evaluate(model, dataset)
+    assert result["retrieval"] == pytest.approx(4 / 5)  # 9.0's nearest is 5.2, class b
+    with_gallery = tasks.Embedding(["a", "b"], "contrastive", gallery=dataset)
+    assert with_gallery.evaluate(model, dataset)["retrieval"] == 1.0  # finds itself
