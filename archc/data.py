@@ -212,8 +212,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def folder(directory: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
     """One sub-folder per class (sorted names are the labels), images of any size."""
-    from PIL import Image
-
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"image folder {directory} does not exist")
@@ -221,10 +219,7 @@ def folder(directory: str | Path, shape, test_fraction: float = 0.2, seed: int =
     if not classes:
         raise DataError(f"{directory} has no sub-folders: put each class's images in a "
                         f"folder named after the class")
-    c, h, w = shape
-    mode = {1: "L", 3: "RGB"}.get(c)
-    if mode is None:
-        raise DataError(f"image folders give 1- or 3-channel images; the network takes {c}")
+    _image_mode(shape)  # before reading a file
     images, labels = [], []
     for label, name in enumerate(classes):
         files = sorted(p for p in (directory / name).iterdir()
@@ -233,12 +228,7 @@ def folder(directory: str | Path, shape, test_fraction: float = 0.2, seed: int =
             raise DataError(f"class folder {directory / name} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))})")
         for path in files:
-            try:
-                with Image.open(path) as im:
-                    pixels = np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR))
-            except OSError as exc:
-                raise DataError(f"cannot read image {path}: {exc}") from None
-            images.append(pixels.reshape(h, w, c).transpose(2, 0, 1))
+            images.append(read_image(path, shape))
             labels.append(label)
     x = np.stack(images).astype(np.float32) / 255.0
     return _holdout(x, np.array(labels, dtype=np.int64), classes, test_fraction, seed)
@@ -275,18 +265,40 @@ def npz(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> S
     return _holdout(x, y, classes, test_fraction, seed)
 
 
-def _read_image(path: Path, mode: str, size: tuple[int, int], resample) -> np.ndarray:
+def _open_image(path, read):
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            if mode == "mask":
-                # palette PNGs (PASCAL VOC) keep their indices; others are read as grey
-                im = im if im.mode in ("P", "L", "I", "I;16") else im.convert("L")
-                return np.asarray(im.resize(size, resample)).astype(np.int64)
-            return np.asarray(im.convert(mode).resize(size, resample))
+            return read(im)
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def read_image(path: str | Path, shape) -> np.ndarray:
+    """An image file fitted to a network input (C, H, W): converted to grey or RGB and
+    resized bilinearly; uint8 (C, H, W)."""
+    from PIL import Image
+
+    c, h, w = shape
+    mode = _image_mode(shape)
+    pixels = _open_image(path, lambda im: np.asarray(im.convert(mode).resize((w, h),
+                                                                              Image.BILINEAR)))
+    return pixels.reshape(h, w, c).transpose(2, 0, 1)
+
+
+def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """A mask PNG of class indices resized (nearest) to (height, width): int64. Palette
+    PNGs (PASCAL VOC) keep their indices; other images are read as grey."""
+    from PIL import Image
+
+    h, w = size
+
+    def read(im):
+        im = im if im.mode in ("P", "L", "I", "I;16") else im.convert("L")
+        return np.asarray(im.resize((w, h), Image.NEAREST)).astype(np.int64)
+
+    return _open_image(path, read)
 
 
 def _image_mode(shape) -> str:
@@ -303,15 +315,13 @@ def mask_folder(directory: str | Path, shape, test_fraction: float = 0.2,
     pixel values are class indices (a palette PNG's indices, as PASCAL VOC's); 255 marks
     pixels to ignore (VOC's object borders). An optional ``DIR/classes.txt`` names the
     classes, one per line."""
-    from PIL import Image
-
     directory = Path(directory)
     images_dir, masks_dir = directory / "images", directory / "masks"
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataError(f"{directory} must hold two folders, images/ and masks/ (a mask "
                         f"PNG of class indices for each image, with the same name)")
-    c, h, w = shape
-    mode = _image_mode(shape)
+    _, h, w = shape
+    _image_mode(shape)  # before reading a file
     files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{images_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -320,9 +330,8 @@ def mask_folder(directory: str | Path, shape, test_fraction: float = 0.2,
         mask_path = masks_dir / f"{path.stem}.png"
         if not mask_path.is_file():
             raise DataError(f"image {path.name} has no mask: expected {mask_path}")
-        xs.append(_read_image(path, mode, (w, h), Image.BILINEAR).reshape(h, w, c)
-                  .transpose(2, 0, 1))
-        ys.append(_read_image(mask_path, "mask", (w, h), Image.NEAREST))
+        xs.append(read_image(path, shape))
+        ys.append(read_mask(mask_path, (h, w)))
     y = np.stack(ys)
     y[y == 255] = IGNORE
     names_file = directory / "classes.txt"
@@ -363,8 +372,8 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
                         f"annotations and categories")
     categories = sorted(doc["categories"], key=lambda cat: cat["id"])
     index = {cat["id"]: k for k, cat in enumerate(categories)}
-    c, h, w = shape
-    mode = _image_mode(shape)
+    _, h, w = shape
+    _image_mode(shape)  # before reading a file
     boxes_of: dict = {image["id"]: [] for image in doc["images"]}
     for k, ann in enumerate(doc["annotations"]):
         if ann.get("image_id") not in boxes_of or ann.get("category_id") not in index:
@@ -383,8 +392,7 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
                             f"nor in {path.parent / 'images'}")
         with Image.open(found) as im:
             width, height = im.size
-        xs.append(_read_image(found, mode, (w, h), Image.BILINEAR).reshape(h, w, c)
-                  .transpose(2, 0, 1))
+        xs.append(read_image(found, shape))
         rows = np.array(boxes_of[image["id"]], np.float32).reshape(-1, 5)
         rows[:, [0, 2]] *= w / width
         rows[:, [1, 3]] *= h / height

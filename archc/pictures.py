@@ -138,17 +138,6 @@ def save(pixels: np.ndarray, path: str | Path) -> Path:
 
 def load_image(path: str | Path, shape) -> np.ndarray:
     """An image file fitted to a network input (C, H, W), values in [0, 1]."""
-    from PIL import Image
+    from archc.data import read_image
 
-    from archc.data import DataError
-
-    c, h, w = shape
-    mode = {1: "L", 3: "RGB"}.get(c)
-    if mode is None:
-        raise DataError(f"image files give 1- or 3-channel images; the network takes {c}")
-    try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR))
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
-    return pixels.reshape(h, w, c).transpose(2, 0, 1).astype(np.float32) / 255.0
+    return read_image(path, shape).astype(np.float32) / 255.0

@@ -27,10 +27,7 @@ import numpy as np
 
 from runtime import losses
 from runtime.boxes import box_iou, nms
-
-
-def _sigmoid(x):
-    return np.exp(-np.logaddexp(0.0, -x))
+from runtime.losses import _sigmoid
 
 
 @dataclass
