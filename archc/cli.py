@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Callable
 
+from archc import distributed
 from archc.data import SOURCES, DataError
 from archc.errors import SpecError
 from archc.train import TrainingError
@@ -544,7 +545,7 @@ COMMANDS["import"] = (
 # archc train's settings: flag name -> TrainConfig field (the same name, dashes aside)
 TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",
-               "freeze", "unfreeze", "patience", "seed")
+               "freeze", "unfreeze", "patience", "seed", "sync_bn", "bucket_mb")
 # ... and the task's (archc/tasks.py)
 TASK_FLAGS = ("task", "loss", "margin", "box_loss", "objectness", "class_weights")
 
@@ -600,11 +601,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     graph = _load(args)
     settings = _settings(args, graph)
     seed = settings.get("seed", 0)
+    world = distributed.World.mpi() if args.distributed else distributed.ALONE
+    say = print if world.lead else (lambda *a, **k: None)
     model = _compile_for_data(graph, args, seed)
     if args.init:
         kept = model.load_matching(best_weights(args.init))
-        print(f"started from {args.init}" + (f"; initialised afresh: {', '.join(kept)}"
-                                             if kept else ""))
+        say(f"started from {args.init}" + (f"; initialised afresh: {', '.join(kept)}"
+                                           if kept else ""))
     shape = next(iter(model.program.inputs.values()))
     split = data.load(settings["data"], shape, seed=seed)
     task = _task_for(settings, split, model)
@@ -613,18 +616,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**{k: v for k, v in settings.items()
                             if k not in ("data",) + TASK_FLAGS})
     run = Path(args.resume or args.out)
-    print(f"training {model.program.name} on {settings['data']} ({task.kind}): "
-          f"{len(split.train)} images, {len(split.test)} held out; run directory {run}")
+    say(f"training {model.program.name} on {settings['data']} ({task.kind}): "
+        f"{len(split.train)} images, {len(split.test)} held out; run directory {run}")
+    if world.size > 1:
+        lo, hi = distributed.shard(config.batch_size, 0, world.size)
+        say(f"data parallel on {world.size} ranks: global batch {config.batch_size}, "
+            f"{hi - lo}{'' if config.batch_size % world.size == 0 else ' or fewer'} per "
+            f"rank; batch norm {'synchronised' if config.sync_bn else 'per rank'}")
     if task.kind == "detect":
         head = task.head
-        print(f"grid {head.grid}x{head.grid}, {head.boxes} anchors per cell (k-means on the "
+        say(f"grid {head.grid}x{head.grid}, {head.boxes} anchors per cell (k-means on the "
               f"training boxes, width x height in pixels): " + ", ".join(
                   f"{w * head.size[1]:.1f}x{h * head.size[0]:.1f}" for w, h in head.anchors))
     history = fit(model, split, config, run, task=task, resume=bool(args.resume),
-                  progress=sys.stderr.isatty())
+                  progress=sys.stderr.isatty(), world=world)
     if history:
         best = max(h[f"test_{task.primary}"] for h in history)
-        print(f"done: best test {task.name} {best:.4f}; weights: {best_weights(run)} "
+        say(f"done: best test {task.name} {best:.4f}; weights: {best_weights(run)} "
               f"(log: {run / 'log.jsonl'})")
     return EXIT_OK
 
@@ -708,6 +716,17 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
                    help="run directory: log and checkpoints (default runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training on the ranks an MPI launcher started "
+                   "(mpirun -n 4 archc train ... --distributed): each rank trains on its "
+                   "slice of every global batch and the gradients are averaged (see "
+                   "docs/distributed.md)")
+    p.add_argument("--sync-bn", action="store_true", default=None,
+                   help="--distributed: batch norm's statistics over every rank's batch "
+                   "(default: each rank's own)")
+    p.add_argument("--bucket-mb", type=float, metavar="MB",
+                   help="--distributed: all-reduce the gradients in buckets of this many "
+                   "MiB, each sent while the backward pass goes on (default 0.25)")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -1031,14 +1050,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    code = _dispatch(args)
+    if code != EXIT_OK and getattr(args, "distributed", False):
+        distributed.stop_job(code)  # the other ranks must not wait for this one forever
+    return code
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    where = distributed.where() if getattr(args, "distributed", False) else ""
     try:
         return COMMANDS[args.command][2](args)
     except SpecError as exc:
-        print(exc.format(), file=sys.stderr)
+        print(where + exc.format(), file=sys.stderr)
         return EXIT_USER
     except (WeightsError, InputError, DataError, TrainingError, VisualizeError,
-            CudaUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+            CudaUnavailable, distributed.DistributedError) as exc:
+        print(f"{where}error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("archc: interrupted", file=sys.stderr)
@@ -1050,7 +1077,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ARCHC_DEBUG"):
             raise
         print(
-            f"archc: internal error: {type(exc).__name__}: {exc} "
+            f"{where}archc: internal error: {type(exc).__name__}: {exc} "
             "(this is a bug in archc; rerun with ARCHC_DEBUG=1 for the traceback and report it)",
             file=sys.stderr,
         )

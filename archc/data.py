@@ -437,11 +437,18 @@ def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: in
             epoch: int = 0, drop_last: bool = False):
     """Yield (x, y) batches; the order is a permutation drawn from (seed, epoch) alone, so
     a resumed run sees the same batches as an uninterrupted one."""
+    for index in batch_order(len(dataset), batch_size, shuffle=shuffle, seed=seed,
+                             epoch=epoch, drop_last=drop_last):
+        yield dataset.x[index], dataset.y[index]
+
+
+def batch_order(n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                epoch: int = 0, drop_last: bool = False):
+    """The sample indices of each batch of an epoch over ``n`` samples (what
+    :func:`batches` reads; data-parallel ranks each read a slice of every one)."""
     if batch_size < 1:
         raise DataError(f"the batch size must be at least 1, got {batch_size}")
-    n = len(dataset)
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
-        index = order[start:start + batch_size]
-        yield dataset.x[index], dataset.y[index]
+        yield order[start:start + batch_size]

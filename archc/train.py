@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from archc import distributed
 from archc.augment import pipeline
-from archc.data import Dataset, Split, batches
+from archc.data import Dataset, Split, batch_order
 from runtime import optim
 
 
@@ -53,6 +54,8 @@ class TrainConfig:
     unfreeze: tuple[tuple[int, str], ...] = ()  # (epoch, pattern): frozen ones thaw then
     patience: int | None = None  # stop after this many epochs without a better test accuracy
     seed: int = 0
+    sync_bn: bool = False  # data-parallel: batch statistics over every rank's batch
+    bucket_mb: float = 0.25  # data-parallel: gradients all-reduced in buckets of this size
 
     def make_optimizer(self, params, kernels=None):
         """The optimiser over ``params``; ``kernels``: where they live (a backend's
@@ -144,18 +147,34 @@ def _prune(run: Path, keep: set[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+def _check_parallel(model, config: TrainConfig, world, count: int) -> None:
+    if config.sync_bn and model.backend.name == "cuda":
+        raise TrainingError("--sync-bn runs on the cpu and reference backends; on cuda, "
+                            "train with per-rank batch statistics (leave --sync-bn out)")
+    if config.batch_size < world.size:
+        raise TrainingError(f"a global batch of {config.batch_size} cannot be shared by "
+                            f"{world.size} ranks: give --batch-size {world.size} or more")
+    if count < world.size:
+        raise TrainingError(f"{count} training images cannot be shared by {world.size} ranks")
+
+
 def _score(value) -> float:
     return value if isinstance(value, float) and math.isfinite(value) else -math.inf
 
 
 def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
-        task=None, resume: bool = False, report=print, progress: bool = False) -> list[dict]:
+        task=None, resume: bool = False, report=print, progress: bool = False,
+        world: distributed.World = distributed.ALONE) -> list[dict]:
     """Train ``model`` (a compiled archc model) on ``split.train`` for ``task`` (an
     :mod:`archc.tasks` task; default: classification); after every epoch, evaluate on
     ``split.test``, log, and checkpoint into ``run`` (if given); the best checkpoint is
     the one with the highest value of the task's primary metric (test accuracy, mIoU,
     mAP@0.5, retrieval accuracy). With ``progress``, a tqdm bar per epoch shows the loss,
-    the training accuracy, images/s and the time left. Returns the epochs' metrics."""
+    the training accuracy, images/s and the time left. Returns the epochs' metrics.
+
+    ``world``: the ranks of a data-parallel job (:mod:`archc.distributed`); each trains on
+    its slice of every global batch of ``config.batch_size``, the gradients are averaged
+    over the ranks, and rank 0 alone reports, evaluates and writes ``run``."""
     from archc.tasks import Classification
 
     task = task or Classification(split.train.classes, config.label_smoothing)
@@ -188,15 +207,29 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
     trainable = trainable_at(0)
     opt = config.make_optimizer(trainable, model.backend.optim)
     start, best, history = 0, -math.inf, []
+    parallel = world.size > 1
+    if parallel:
+        _check_parallel(model, config, world, len(split.train))
+        model.sync_bn = distributed.SyncBatchNorm(world) if config.sync_bn else None
+    if not world.lead:  # rank 0 alone reports and writes the run directory
+        report, progress, writes = (lambda *a, **k: None), False, None
+    else:
+        writes = run
     if run is not None:
         run = Path(run)
-        run.mkdir(parents=True, exist_ok=True)
-        if resume:
+        state = None
+        if resume and world.lead:
             state = load_checkpoint(run, model, opt)
+            history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
+                       if line.strip()][:state["epoch"] + 1]
+        if resume:  # every rank continues from rank 0's checkpoint
+            state, history = distributed.broadcast_state(world, model, opt, (state, history))
             start, best = state["epoch"] + 1, state["best"]
             model.rng.bit_generator.state = state["rng"]
-            history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
-                       if line.strip()][:start]
+    if not resume:
+        distributed.broadcast_state(world, model)  # the same initial weights everywhere
+    if writes is not None:
+        run.mkdir(parents=True, exist_ok=True)
         _fsync_write(run / "config.json", json.dumps(asdict(config), indent=1).encode())
         # the task, and the statistics the images were standardized with (for new images)
         described = {**task.describe(), **({"mean": split.mean.ravel().tolist(),
@@ -205,20 +238,34 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         _fsync_write(run / "task.json", json.dumps(described, indent=1).encode())
     base_lr = config.lr
     augment = pipeline(config.augment, len(split.train.classes))
+    data = split.train
     for epoch in range(start, config.epochs):
         # augmentation draws from its own stream, fixed by (seed, epoch) like the batches
         aug_rng = np.random.default_rng([config.seed, epoch, 1])
         opt.lr = base_lr * optim.schedule_factor(
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         trainable = opt.params = trainable_at(epoch)
+        reducer = None
+        if parallel:  # dropout masks differ from rank to rank, reproducibly
+            model.rng = np.random.default_rng([config.seed, epoch, 2, world.rank])
+            order = distributed.readiness_order(model, trainable)
+            reducer = distributed.GradientReducer(
+                world, {k: model.program.params[k].shape for k in order}, dtype=model.dtype,
+                bucket_bytes=int(config.bucket_mb * (1 << 20)), to_host=model.backend.to_host)
         model.train()
-        began, seen, total, correct, judged = time.perf_counter(), 0, 0.0, 0, 0
-        bar = tqdm(total=len(split.train), unit="img", leave=False, disable=not progress,
+        began, sums = time.perf_counter(), np.zeros(4)  # images, loss, correct, judged
+        bar = tqdm(total=len(data), unit="img", leave=False, disable=not progress,
                    desc=f"epoch {epoch + 1}/{config.epochs}")
-        for step, (x, y) in enumerate(batches(split.train, config.batch_size, seed=config.seed,
-                                              epoch=epoch)):
-            if augment is not None:
-                x, y = augment(x, y, aug_rng)
+        for step, index in enumerate(batch_order(len(data), config.batch_size,
+                                                 seed=config.seed, epoch=epoch)):
+            if len(index) < world.size:  # a last batch too small to share: left out
+                continue
+            lo, hi = distributed.shard(len(index), world.rank, world.size)
+            if augment is not None:  # the global batch's augmentation, then this rank's part
+                x, y = augment(data.x[index], data.y[index], aug_rng)
+                x, y = x[lo:hi], y[lo:hi]
+            else:
+                x, y = data.x[index[lo:hi]], data.y[index[lo:hi]]
             # the output, loss gradient and parameter gradients stay on the backend's
             # device; the loss and the number of correct predictions come back
             out = model(x, host=False)
@@ -227,26 +274,40 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
                 raise TrainingError(f"the loss became {loss} at epoch {epoch + 1}, step "
                                     f"{step + 1}: training stopped; the last good checkpoint "
                                     f"is kept" + (f" in {run}" if run else ""))
-            grads = model.backward(grad, host=False).params
+            if reducer is None:
+                grads = model.backward(grad, host=False).params
+            else:  # this rank's share of the global batch's mean gradient, then the sum
+                weight = (hi - lo) / len(index)
+                if model.sync_bn is not None:
+                    model.sync_bn.weight = weight
+                reducer.begin(weight)
+                model.backward(grad, host=False, on_grad=reducer.ready)
+                grads = {k: model.backend.to_device(g) for k, g in reducer.finish().items()}
             if config.clip:
                 optim.clip_grad_norm(grads, config.clip, opt.kernels)
             opt.step({k: g for k, g in grads.items() if k in trainable})
-            seen += len(y)
-            total += loss * len(y)
-            correct += hits  # soft targets (mixup, cutmix): their top class
-            judged += count  # samples, or pixels
-            bar.update(len(y))
-            bar.set_postfix(refresh=False, loss=f"{total / seen:.4f}",
-                            **({"acc": f"{correct / judged:.3f}"} if judged else {}))
+            # soft targets (mixup, cutmix) count their top class; segmentation, pixels
+            sums += (len(y), loss * len(y), hits, count)
+            bar.update(len(index))
+            bar.set_postfix(refresh=False, loss=f"{sums[1] / sums[0]:.4f}",
+                            **({"acc": f"{sums[2] / sums[3]:.3f}"} if sums[3] else {}))
         bar.close()
         elapsed = time.perf_counter() - began
-        test = task.evaluate(model, split.test, max(config.batch_size, 256))
+        seen, total, correct, judged = world.sum(sums)
+        if parallel and not config.sync_bn:
+            distributed.average_buffers(world, model)
+        test = task.evaluate(model, split.test, max(config.batch_size, 256)) \
+            if world.lead else None
         row = {"epoch": epoch + 1, "steps": opt.steps, "lr": opt.lr, "train_loss": total / seen,
                **({"train_accuracy": correct / judged} if judged else {}),
-               **{f"test_{k}": v for k, v in test.items()},
+               **{f"test_{k}": v for k, v in (test or {}).items()},
                "images_per_s": seen / elapsed, "seconds": elapsed}
+        if parallel:
+            row = world.broadcast(row)  # rank 0's evaluation, for early stopping everywhere
+            row.update(ranks=world.size, **({"communication_s": reducer.comm_s,
+                                             "waiting_s": reducer.wait_s} if world.lead else {}))
         history.append(row)
-        if run is not None:
+        if writes is not None:
             tmp = run / ".log.jsonl.tmp"
             _fsync_write(tmp, "".join(json.dumps(h) + "\n" for h in history).encode())
             os.replace(tmp, run / "log.jsonl")

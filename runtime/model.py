@@ -82,6 +82,20 @@ class Model:
         self._tape: tuple[dict, dict] | None = None
         self._plans: dict[tuple[int, bool], MemoryPlan] = {}
         self._arenas: dict = {}  # a device backend's buffers for the memory plans
+        # batch norm's statistics across processes (archc.distributed.SyncBatchNorm): in
+        # training, every batch-norm layer combines its batch's moments with the other
+        # processes' through this, forward and backward
+        self.sync_bn = None
+        # op index -> the trainable parameters whose gradient is final once that op's
+        # backward has run (the first op, in forward order, that reads them)
+        first: dict[str, int] = {}
+        for step, op in enumerate(program.ops):
+            for full in op.params.values():
+                if program.params[full].trainable:
+                    first.setdefault(full, step)
+        self._final_grads: dict[int, list[str]] = {}
+        for full, step in first.items():
+            self._final_grads.setdefault(step, []).append(full)
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -199,7 +213,10 @@ class Model:
         return out
 
     def _context(self, keep: bool) -> dict:
-        return {"train": self.training, "rng": self.rng, "keep": keep}
+        ctx = {"train": self.training, "rng": self.rng, "keep": keep}
+        if self.training and self.sync_bn is not None:
+            ctx["sync_bn"] = self.sync_bn
+        return ctx
 
     def _outputs(self, values: dict, host: bool = True):
         move = self.backend.to_host if host else (lambda v: v)
@@ -305,13 +322,15 @@ class Model:
             last.pop(name, None)
         return last
 
-    def backward(self, grad_output, *, host: bool = True) -> "Gradients":
+    def backward(self, grad_output, *, host: bool = True, on_grad=None) -> "Gradients":
         """Gradients of the last forward pass, given the gradient of its output (an array,
         or a dict keyed by output name; a dict may also give the gradient of any node by
         its name, to look inside the network): every trainable parameter's and every
         input's.
         Where a value feeds several layers, their gradients add up. ``host=False`` leaves
-        them on the device (for an optimiser with the backend's ``optim`` kernels)."""
+        them on the device (for an optimiser with the backend's ``optim`` kernels).
+        ``on_grad(name, gradient)`` is called for each parameter as soon as its gradient
+        is final, while the pass goes on (data-parallel training starts sending it)."""
         if self._tape is None:
             raise RuntimeError("backward() needs a forward pass first: call model(x) "
                                "(predict() keeps nothing for it)")
@@ -329,16 +348,17 @@ class Model:
             grads[name] = add(grads[name], g) if name in grads else g
         param_grads: dict = {}
         with self._scope():
-            self._backward(values, ctx, grads, param_grads)
+            self._backward(values, ctx, grads, param_grads, on_grad)
         move = self.backend.to_host if host else (lambda v: v)
         inputs = {name: move(grads[name]) if name in grads else
                   move(self.backend.to_device(np.zeros(values[name].shape, self.dtype)))
                   for name in self.program.inputs}
         return Gradients({k: move(v) for k, v in param_grads.items()}, inputs)
 
-    def _backward(self, values, ctx, grads, param_grads) -> None:
+    def _backward(self, values, ctx, grads, param_grads, on_grad=None) -> None:
         device, add = self._params_on_device(), self.backend.add
-        for op in reversed(self.program.ops):
+        for step in reversed(range(len(self.program.ops))):
+            op = self.program.ops[step]
             gy = grads.pop(op.output, None)
             if gy is None:
                 continue
@@ -352,3 +372,7 @@ class Model:
                 full = op.params[role]
                 if self.program.params[full].trainable:
                     param_grads[full] = add(param_grads[full], g) if full in param_grads else g
+            if on_grad is not None:
+                for full in self._final_grads.get(step, ()):
+                    if full in param_grads:
+                        on_grad(full, param_grads[full])

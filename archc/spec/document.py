@@ -19,6 +19,8 @@ TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str
                  "momentum": float, "nesterov": bool, "weight_decay": float, "schedule": str,
                  "warmup": int, "label_smoothing": float, "clip": float, "augment": str,
                  "freeze": list, "unfreeze": list, "patience": int, "seed": int,
+                 # data-parallel runs (archc/distributed.py)
+                 "sync_bn": bool, "bucket_mb": float,
                  # what is trained (archc/tasks.py)
                  "task": str, "loss": str, "margin": float, "box_loss": str,
                  "objectness": str, "class_weights": list}

@@ -243,9 +243,12 @@ def batchnorm(op, xs, p, ctx):
     axes = (0,) + tuple(range(2, x.ndim))
     if ctx["train"] or not a["track_running_stats"]:
         mean, var = x.mean(axis=axes), x.var(axis=axes)
+        count = x.size // x.shape[1]
+        if ctx.get("sync_bn") is not None:  # the statistics of every process's batch
+            count, mean, var = ctx["sync_bn"].moments(count, mean, var)
         ctx.setdefault("saved", {})[op.output] = "batch"  # backward through the statistics
+        ctx.setdefault("batch_stats", {})[op.output] = (mean, var, count)
         if ctx["train"] and a["track_running_stats"]:
-            count = x.size // x.shape[1]
             m = a["momentum"]
             p["running_mean"][...] = (1 - m) * p["running_mean"] + m * mean
             p["running_var"][...] = (1 - m) * p["running_var"] + m * var * count / max(count - 1, 1)

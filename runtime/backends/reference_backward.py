@@ -188,7 +188,7 @@ def batchnorm(op, xs, y, gy, p, ctx):
     axes = (0,) + tuple(range(2, x.ndim))
     batch = ctx.get("saved", {}).get(op.output) == "batch"
     if batch:
-        mean, var = x.mean(axis=axes), x.var(axis=axes)
+        mean, var, count = ctx["batch_stats"][op.output]
     else:
         mean, var = p["running_mean"], p["running_var"]
     invstd = 1.0 / np.sqrt(var + a["eps"])
@@ -200,11 +200,12 @@ def batchnorm(op, xs, y, gy, p, ctx):
         gxhat = gy * _per_channel(p["weight"], x.ndim)
     if not batch:
         return [gxhat * _per_channel(invstd, x.ndim)], grads
-    count = x.size // x.shape[1]
+    sg, sgx = gxhat.sum(axis=axes), (gxhat * xhat).sum(axis=axes)
+    if ctx.get("sync_bn") is not None:  # sums over every process's batch
+        sg, sgx = ctx["sync_bn"].grad_sums(sg, sgx)
     gx = (_per_channel(invstd, x.ndim) / count) * (
-        count * gxhat - gxhat.sum(axis=axes, keepdims=True)
-        - xhat * (gxhat * xhat).sum(axis=axes, keepdims=True))
-    return [gx], grads
+        count * gxhat - _per_channel(sg, x.ndim) - xhat * _per_channel(sgx, x.ndim))
+    return [gx.astype(x.dtype)], grads
 
 
 @backward("layernorm2d", "layernorm")

@@ -90,14 +90,35 @@ def batchnorm_backward_kernel(x, gy, mean, invstd, weight):
     return gx.reshape(x.shape), gw, gb
 
 
+@njit(cache=True, **PARALLEL)
+def batchnorm_input_grad_kernel(x, gy, mean, invstd, weight, sg, sgx, count):
+    """The input gradient of batch norm with batch statistics, given the per-channel sums
+    of gy and gy * xhat over the whole batch (other processes' included: synchronised
+    batch norm) and that batch's size per channel."""
+    n, c = x.shape[0], x.shape[1]
+    fx, fg = x.reshape(n, c, -1), gy.reshape(n, c, -1)
+    gx = np.empty_like(fx)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        k = weight[ch] * invstd[ch] / count
+        for i in range(fx.shape[2]):
+            xhat = (fx[b, ch, i] - mean[ch]) * invstd[ch]
+            gx[b, ch, i] = k * (count * fg[b, ch, i] - sg[ch] - xhat * sgx[ch])
+    return gx.reshape(x.shape)
+
+
 def batchnorm_train_forward(op, xs, p, ctx):
     a = op.attrs
     x = np.ascontiguousarray(xs[0])
     mean, var = batch_stats_kernel(x)
+    count = x.size // x.shape[1]
+    sync = ctx.get("sync_bn")
+    if sync is not None:  # the statistics of the batch across every process
+        count, mean, var = sync.moments(count, mean, var)
     ctx.setdefault("saved", {})[op.output] = "batch"
-    ctx.setdefault("batch_stats", {})[op.output] = (mean, var)  # for the backward pass
+    ctx.setdefault("batch_stats", {})[op.output] = (mean, var, count)  # for backward
     if a["track_running_stats"]:
-        count = x.size // x.shape[1]
         m = a["momentum"]
         p["running_mean"][...] = (1 - m) * p["running_mean"] + m * mean
         p["running_var"][...] = (1 - m) * p["running_var"] + m * var * count / max(count - 1, 1)
@@ -120,10 +141,17 @@ def batchnorm_backward(op, xs, y, gy, p, ctx):
         gw, gb = channel_sums_kernel(x, gy, p["running_mean"].astype(np.float64), invstd)
         grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
         return [gx], grads
-    mean, var = ctx["batch_stats"][op.output]
+    mean, var, count = ctx["batch_stats"][op.output]
     invstd = 1.0 / np.sqrt(var + a["eps"])
     weight = p["weight"].astype(np.float64) if a["affine"] else np.ones_like(invstd)
-    gx, gw, gb = batchnorm_backward_kernel(x, np.ascontiguousarray(gy), mean, invstd, weight)
+    gy = np.ascontiguousarray(gy)
+    sync = ctx.get("sync_bn")
+    if sync is None:
+        gx, gw, gb = batchnorm_backward_kernel(x, gy, mean, invstd, weight)
+    else:  # the input gradient needs the sums over the whole batch, every process's
+        gw, gb = channel_sums_kernel(x, gy, mean, invstd)
+        sg, sgx = sync.grad_sums(gb, gw)
+        gx = batchnorm_input_grad_kernel(x, gy, mean, invstd, weight, sg, sgx, count)
     grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
     return [gx.astype(x.dtype)], grads
 
