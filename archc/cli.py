@@ -385,12 +385,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from archc.analysis import analyse, get_device
     from archc.profile import build_profile, format_profile
 
+    if args.distributed:
+        return _bench_distributed(args)
     graph = _load(args)
     model = compile_graph(graph, backend=args.backend, seed=args.seed)
     name = args.device
     if name is None:  # the profile of what runs the kernels
         gpu = model.backend.device_name().upper()
         name = "cpu" if args.backend != "cuda" else "h200" if "H200" in gpu else "h100"
+    args.batch, args.repeat = args.batch or 1, args.repeat or 3
     report = analyse(graph, batch=args.batch, device=get_device(name))
     rng = np.random.default_rng(args.seed)
     x = {key: rng.standard_normal((args.batch,) + shape).astype(np.float32)
@@ -406,16 +409,52 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench_distributed(args: argparse.Namespace) -> int:
+    from archc.analysis import analyse, get_device
+
+    graph = _load(args)  # the spec's errors, before any rank starts
+    batch = args.batch or 32
+    ranks = sorted(set(args.ranks))
+    results = distributed.measure(args.spec, args.overrides, ranks, batch=batch,
+                                  steps=args.repeat or 10, backend=args.backend,
+                                  bucket_mb=args.bucket_mb)
+    compute, label = None, ""
+    if args.device:  # a training step there: forward + backward ~ 3x the forward pass
+        report = analyse(graph, batch=batch, device=get_device(args.device))
+        compute = 3 * report.totals["latency_s"]
+        label = f"the roofline estimate on {args.device}: 3x its forward pass"
+    network = distributed.Link(args.link_latency_us * 1e-6, 8 / (args.link_gbps * 1e9),
+                               f"hosts, {args.link_gbps:g} Gb/s (assumed)")
+    report = distributed.scaling_report(results, network=network, compute_s=compute,
+                                        compute_label=label)
+    if args.json:
+        print(json.dumps({"runs": results, **report}))
+    else:
+        print(distributed.format_scaling(report))
+    return EXIT_OK
+
+
+def _ranks(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of rank counts (e.g. 1,2)")
+    return values
+
+
 def _setup_bench(p: argparse.ArgumentParser) -> None:
     _add_spec_arguments(p)
     _add_pass_arguments(p, "default: -O0, the network as written")
     p.set_defaults(view_passes=True)
     p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
                    help="where the kernels run (default cpu); cuda times them with CUDA events")
-    p.add_argument("--batch", type=_positive, default=1, metavar="N",
-                   help="batch size (default 1)")
-    p.add_argument("--repeat", type=_positive, default=3, metavar="R",
-                   help="timed passes after the warm-up pass; times are their mean (default 3)")
+    p.add_argument("--batch", type=_positive, metavar="N",
+                   help="batch size (default 1; --distributed: per rank, default 32)")
+    p.add_argument("--repeat", type=_positive, metavar="R",
+                   help="timed passes after the warm-up pass; times are their mean (default "
+                   "3; --distributed: timed training steps, default 10)")
     p.add_argument("--train", action="store_true",
                    help="time a training step: forward in training mode and the backward pass")
     p.add_argument("--device", metavar="NAME",
@@ -425,6 +464,19 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="show the K slowest layers (0: all; default 15)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the input")
     p.add_argument("--json", action="store_true", help="print the profile as one JSON object")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training steps on 1, 2, ... ranks of this host (one "
+                   "mpirun each, one thread per rank): images/s, time in communication, "
+                   "scaling efficiency, and a cost model's prediction for more ranks and hosts")
+    p.add_argument("--ranks", type=_ranks, default=[1, 2], metavar="LIST",
+                   help="--distributed: the rank counts to run (default 1,2)")
+    p.add_argument("--bucket-mb", type=float, default=0.25, metavar="MB",
+                   help="--distributed: gradient bucket size (default 0.25)")
+    p.add_argument("--link-latency-us", type=float, default=10.0, metavar="US",
+                   help="--distributed: the cost model's latency between hosts (default 10)")
+    p.add_argument("--link-gbps", type=float, default=25.0, metavar="GBPS",
+                   help="--distributed: the cost model's bandwidth between hosts in Gb/s "
+                   "(default 25, Ethernet)")
 
 
 COMMANDS["bench"] = (
@@ -630,9 +682,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   f"{w * head.size[1]:.1f}x{h * head.size[0]:.1f}" for w, h in head.anchors))
     history = fit(model, split, config, run, task=task, resume=bool(args.resume),
                   progress=sys.stderr.isatty(), world=world)
-    if history:
+    if history and world.lead:  # the run directory is rank 0's
         best = max(h[f"test_{task.primary}"] for h in history)
-        say(f"done: best test {task.name} {best:.4f}; weights: {best_weights(run)} "
+        print(f"done: best test {task.name} {best:.4f}; weights: {best_weights(run)} "
               f"(log: {run / 'log.jsonl'})")
     return EXIT_OK
 
@@ -1057,15 +1109,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    where = distributed.where() if getattr(args, "distributed", False) else ""
     try:
         return COMMANDS[args.command][2](args)
     except SpecError as exc:
-        print(where + exc.format(), file=sys.stderr)
+        print(distributed.where() + exc.format(), file=sys.stderr)
         return EXIT_USER
     except (WeightsError, InputError, DataError, TrainingError, VisualizeError,
             CudaUnavailable, distributed.DistributedError) as exc:
-        print(f"{where}error: {exc}", file=sys.stderr)
+        print(f"{distributed.where()}error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("archc: interrupted", file=sys.stderr)
@@ -1077,7 +1128,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if os.environ.get("ARCHC_DEBUG"):
             raise
         print(
-            f"{where}archc: internal error: {type(exc).__name__}: {exc} "
+            f"{distributed.where()}archc: internal error: {type(exc).__name__}: {exc} "
             "(this is a bug in archc; rerun with ARCHC_DEBUG=1 for the traceback and report it)",
             file=sys.stderr,
         )

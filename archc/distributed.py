@@ -399,6 +399,116 @@ def cost_model(compute_s: float, backward_s: float, bucket_bytes: list[int], ran
             "step_s": step, "efficiency": compute_s / step}
 
 
+def measure(spec: str, overrides: list[str], ranks: list[int], *, batch: int, steps: int,
+            warmup: int = 2, backend: str = "cpu", bucket_mb: float = 0.25,
+            threads: int = 1, timeout: float = 600) -> list[dict]:
+    """Timed training steps of ``spec`` on each number of ``ranks`` of this host (one
+    mpirun each, ``threads`` Numba threads per rank, ``batch`` images per rank, random
+    data shaped as the input): one dict per rank count (see :func:`_bench_worker`)."""
+    results = []
+    for count in ranks:
+        argv = ["-m", "archc.distributed", "bench", spec, "--batch-size", str(batch),
+                "--steps", str(steps), "--warmup", str(warmup), "--backend", backend,
+                "--bucket-mb", str(bucket_mb)]
+        for item in overrides:
+            argv += ["--set", item]
+        done = launch(count, argv, threads=threads, timeout=timeout)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode != 0 or not lines:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+            raise DistributedError(f"the benchmark on {count} ranks failed (exit code "
+                                   f"{done.returncode}):\n{tail}")
+        results.append(json.loads(lines[-1]))
+    return results
+
+
+PREDICT_RANKS = (2, 4, 8, 16, 32, 64)
+
+
+def scaling_report(results: list[dict], *, network: Link, compute_s: float | None = None,
+                   compute_label: str = "") -> dict:
+    """Measured throughput, communication and efficiency per rank count, and the cost
+    model's prediction next to each measurement and for more ranks: on links like this
+    host's (alpha and beta fitted to all-reduce times measured here) and across hosts
+    (``network``, assumed). ``compute_s``: a rank's compute per step to predict with
+    (default: the one-rank run's, measured)."""
+    base = next((r for r in results if r["ranks"] == 1), None)
+    timed = [r for r in results if r.get("link")]
+    local = (fit_link(timed[-1]["link"]["sizes"], timed[-1]["link"]["seconds"],
+                      timed[-1]["ranks"], "this host (measured)") if timed else None)
+    ref = base or results[0]
+    buckets = (timed[-1] if timed else ref)["bucket_bytes"]
+    steps = ref["steps"]
+    measured_compute = (ref["forward_s"] + ref["backward_s"] - ref["comm_s"]) / steps
+    measured_backward = (ref["backward_s"] - ref["comm_s"]) / steps
+    compute = measured_compute if compute_s is None else compute_s
+    # on another device, the backward pass takes about two thirds of a step
+    backward = measured_backward if compute_s is None else compute_s * 2 / 3
+    rows = []
+    for r in results:
+        row = {"ranks": r["ranks"], "images_per_s": r["images_per_s"],
+               "step_s": r["seconds"] / r["steps"],
+               "comm_share": r["comm_s"] / r["seconds"],
+               "exposed_share": r["wait_s"] / r["seconds"]}
+        if base is not None:
+            row["efficiency"] = r["images_per_s"] / (r["ranks"] * base["images_per_s"])
+        if local is not None and r["ranks"] > 1:
+            row["predicted_efficiency"] = cost_model(
+                measured_compute, measured_backward, buckets, r["ranks"], local)["efficiency"]
+        rows.append(row)
+    links = [x for x in (local, network) if x is not None]
+    predictions = [cost_model(compute, backward, buckets, p, link)
+                   for link in links for p in PREDICT_RANKS]
+    return {"measured": rows, "predicted": predictions, "buckets": buckets,
+            "compute_s": compute, "compute_label": compute_label or "measured here, 1 rank",
+            "backward_s": backward, "per_rank_batch": ref["per_rank_batch"],
+            "threads": ref["threads"],
+            "links": [{"name": x.name, "alpha_s": x.alpha, "beta_s_per_byte": x.beta}
+                      for x in links]}
+
+
+def format_scaling(report: dict) -> str:
+    from archc.analysis.table import human, seconds
+
+    lines = [f"data-parallel training, {report['per_rank_batch']} images per rank per step, "
+             f"{report['threads']} Numba thread(s) per rank; gradients: "
+             f"{human(sum(report['buckets']), 'B', ' ')} per step in "
+             f"{len(report['buckets'])} bucket(s)", "",
+             f"{'ranks':>5} {'img/s':>9} {'step':>9} {'comm':>6} {'exposed':>8} "
+             f"{'efficiency':>10} {'model':>6}"]
+    for row in report["measured"]:
+        eff = f"{row['efficiency']:.1%}" if "efficiency" in row else "-"
+        model = f"{row['predicted_efficiency']:.1%}" if "predicted_efficiency" in row else "-"
+        lines.append(f"{row['ranks']:>5} {row['images_per_s']:>9.1f} "
+                     f"{seconds(row['step_s']):>9} {row['comm_share']:>6.1%} "
+                     f"{row['exposed_share']:>8.1%} {eff:>10} {model:>6}")
+    lines += ["", "comm: share of the step in MPI calls; exposed: the part spent waiting at the "
+              "end of the backward pass (communication not hidden, and waiting for slower "
+              "ranks); efficiency: images/s over ranks x one rank's; model: the cost model's "
+              "prediction for the same run.", "",
+              "cost model (ring all-reduce, alpha-beta): a bucket of n bytes over P ranks takes "
+              "2(P-1) alpha + 2(P-1)/P n beta; buckets leave during the backward pass, so all "
+              "but the last can hide behind it: step = compute + max(all buckets - backward, "
+              "last bucket); per-rank batch fixed (weak scaling).",
+              f"compute per step and rank: {seconds(report['compute_s'])} "
+              f"({report['compute_label']}), of which backward "
+              f"{seconds(report['backward_s'])}"]
+    for link in report["links"]:
+        bandwidth = 1 / link["beta_s_per_byte"] if link["beta_s_per_byte"] else float("inf")
+        lines.append(f"  {link['name']}: alpha {seconds(link['alpha_s'])}, "
+                     f"1/beta {human(bandwidth, 'B/s', ' ')}")
+    lines += ["", f"{'ranks':>5}  " + "  ".join(f"{x['name'][:28]:>28}"
+                                                   for x in report["links"])]
+    per_link = {}
+    for p in report["predicted"]:
+        per_link.setdefault(p["ranks"], []).append(p)
+    for ranks, preds in per_link.items():
+        lines.append(f"{ranks:>5}  " + "  ".join(
+            f"{p['efficiency']:>10.1%} (comm {seconds(p['comm_s']):>9})"
+            f"{'':>{max(0, 28 - 27)}}" for p in preds))
+    return "\n".join(lines)
+
+
 def _bench_worker(args) -> None:
     """One rank of ``archc bench --distributed``: timed training steps on random
     CIFAR-shaped data; rank 0 prints one JSON line."""

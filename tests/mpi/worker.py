@@ -1,0 +1,63 @@
+"""What one rank runs in the data-parallel tests (under mpirun, from tests/test_distributed.py).
+
+    python tests/mpi/worker.py record OUT.json -- TRAIN_ARGS...   archc train --distributed,
+        and write the sample indices this rank read (one list per step) to OUT.json.RANK
+        and its final weights to OUT.json.weights.RANK.npz
+    python tests/mpi/worker.py fail STEP -- TRAIN_ARGS...          archc train --distributed,
+        with rank 1's training step raising at global step STEP (a rank that fails)
+"""
+
+import json
+import sys
+
+import numpy as np
+
+from archc import cli, tasks, train
+
+mode, arg = sys.argv[1], sys.argv[2]
+args = sys.argv[sys.argv.index("--") + 1:]
+read: list[list[int]] = []
+
+
+class Recording(np.ndarray):
+    """The training images, noting which ones are read by an index array."""
+
+    def __getitem__(self, index):
+        if isinstance(index, np.ndarray) and index.dtype.kind == "i":
+            read.append(index.tolist())
+        return np.asarray(self)[index]
+
+
+if mode == "record":
+    fit = train.fit
+
+    def recording_fit(model, split, *a, **k):
+        split.train.x = split.train.x.view(Recording)
+        history = fit(model, split, *a, **k)
+        rank = k["world"].rank
+        np.savez(f"{arg}.weights.{rank}.npz", **model.parameters())
+        return history
+
+    train.fit = recording_fit  # what archc train calls
+    code = cli.main(args)
+    from archc import distributed
+
+    rank = distributed._CURRENT.rank
+    with open(f"{arg}.{rank}", "w") as f:
+        json.dump(read, f)
+    sys.exit(code)
+
+if mode == "fail":
+    step, calls = int(arg), [0]
+    original = tasks.Classification.step
+
+    def failing(self, *a, **k):
+        from archc import distributed
+
+        calls[0] += 1
+        if distributed._CURRENT.rank == 1 and calls[0] == step:
+            raise RuntimeError(f"injected failure at step {step}")
+        return original(self, *a, **k)
+
+    tasks.Classification.step = failing
+    sys.exit(cli.main(args))
