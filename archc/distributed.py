@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -482,30 +482,31 @@ def format_scaling(report: dict) -> str:
         lines.append(f"{row['ranks']:>5} {row['images_per_s']:>9.1f} "
                      f"{seconds(row['step_s']):>9} {row['comm_share']:>6.1%} "
                      f"{row['exposed_share']:>8.1%} {eff:>10} {model:>6}")
-    lines += ["", "comm: share of the step in MPI calls; exposed: the part spent waiting at the "
-              "end of the backward pass (communication not hidden, and waiting for slower "
-              "ranks); efficiency: images/s over ranks x one rank's; model: the cost model's "
-              "prediction for the same run.", "",
-              "cost model (ring all-reduce, alpha-beta): a bucket of n bytes over P ranks takes "
-              "2(P-1) alpha + 2(P-1)/P n beta; buckets leave during the backward pass, so all "
-              "but the last can hide behind it: step = compute + max(all buckets - backward, "
-              "last bucket); per-rank batch fixed (weak scaling).",
-              f"compute per step and rank: {seconds(report['compute_s'])} "
+    notes = ("comm: share of the step in MPI calls; exposed: the part spent waiting at the "
+             "end of the backward pass (communication not hidden, and waiting for slower "
+             "ranks); efficiency: images/s over ranks x one rank's; model: the cost model's "
+             "prediction for the same run.",
+             "Cost model (ring all-reduce, alpha-beta): a bucket of n bytes over P ranks takes "
+             "2(P-1) alpha + 2(P-1)/P n beta; buckets leave during the backward pass, so all "
+             "but the last can hide behind it: step = compute + max(all buckets - backward, "
+             "last bucket). Per-rank batch fixed (weak scaling); across hosts, one rank per "
+             "host (the network link is the ring's slowest).")
+    lines += [""] + [textwrap.fill(note, 92) + "\n" for note in notes]
+    lines += [f"compute per step and rank: {seconds(report['compute_s'])} "
               f"({report['compute_label']}), of which backward "
               f"{seconds(report['backward_s'])}"]
     for link in report["links"]:
         bandwidth = 1 / link["beta_s_per_byte"] if link["beta_s_per_byte"] else float("inf")
         lines.append(f"  {link['name']}: alpha {seconds(link['alpha_s'])}, "
                      f"1/beta {human(bandwidth, 'B/s', ' ')}")
-    lines += ["", f"{'ranks':>5}  " + "  ".join(f"{x['name'][:28]:>28}"
-                                                   for x in report["links"])]
-    per_link = {}
+    lines += ["", "predicted efficiency (all-reduce time per step):",
+              f"{'ranks':>5}  " + "  ".join(f"{x['name'][:28]:>28}" for x in report["links"])]
+    per_link: dict[int, list] = {}
     for p in report["predicted"]:
         per_link.setdefault(p["ranks"], []).append(p)
     for ranks, preds in per_link.items():
         lines.append(f"{ranks:>5}  " + "  ".join(
-            f"{p['efficiency']:>10.1%} (comm {seconds(p['comm_s']):>9})"
-            f"{'':>{max(0, 28 - 27)}}" for p in preds))
+            f"{p['efficiency']:>13.1%} ({seconds(p['comm_s']):>9}) " for p in preds))
     return "\n".join(lines)
 
 
@@ -567,14 +568,14 @@ def _bench_worker(args) -> None:
         sizes, times = [], []
         for nbytes in (8, 1 << 10, 1 << 14, 1 << 17, 1 << 20, 1 << 22):
             buf = np.zeros(nbytes // 4, np.float32)
-            world.sum(buf)
-            world.comm.Barrier()
-            t = time.perf_counter()
-            for _ in range(10):
+            spent = []
+            for _ in range(15):  # the median of single all-reduces, each after a barrier
+                world.comm.Barrier()
+                t = time.perf_counter()
                 world.comm.Allreduce(MPI.IN_PLACE, buf)
-            spent = world.sum(np.array([(time.perf_counter() - t) / 10]))[0] / world.size
+                spent.append(time.perf_counter() - t)
             sizes.append(nbytes)
-            times.append(spent)
+            times.append(float(world.sum(np.array([np.median(spent)]))[0] / world.size))
         link = {"sizes": sizes, "seconds": times}
     if world.lead:
         slowest = every[np.argmax(every[:, 0])]
