@@ -417,7 +417,7 @@ def _bench_distributed(args: argparse.Namespace) -> int:
     ranks = sorted(set(args.ranks))
     results = distributed.measure(args.spec, args.overrides, ranks, batch=batch,
                                   steps=args.repeat or 10, backend=args.backend,
-                                  bucket_mb=args.bucket_mb)
+                                  bucket_mb=args.bucket_mb, trials=args.trials)
     compute, label = None, ""
     if args.device:  # a training step there: forward + backward ~ 3x the forward pass
         report = analyse(graph, batch=batch, device=get_device(args.device))
@@ -472,6 +472,9 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="--distributed: the rank counts to run (default 1,2)")
     p.add_argument("--bucket-mb", type=float, default=0.25, metavar="MB",
                    help="--distributed: gradient bucket size (default 0.25)")
+    p.add_argument("--trials", type=_positive, default=1, metavar="T",
+                   help="--distributed: runs per rank count, taking turns; each keeps its "
+                   "median (default 1)")
     p.add_argument("--link-latency-us", type=float, default=10.0, metavar="US",
                    help="--distributed: the cost model's latency between hosts (default 10)")
     p.add_argument("--link-gbps", type=float, default=25.0, metavar="GBPS",
@@ -655,6 +658,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     seed = settings.get("seed", 0)
     world = distributed.World.mpi() if args.distributed else distributed.ALONE
     say = print if world.lead else (lambda *a, **k: None)
+    if world.size > 1 and args.backend == "cuda":
+        world.pick_gpu()
     model = _compile_for_data(graph, args, seed)
     if args.init:
         kept = model.load_matching(best_weights(args.init))

@@ -101,8 +101,9 @@ TRAIN = ["--data", "digits", "--batch-size", "64", "--schedule", "constant", "--
 
 
 @needs_mpi
-@pytest.mark.parametrize("spec,extra", [(LENET, []), (TINY_BN, ["--sync-bn"])],
-                         ids=["no-batch-norm", "sync-bn"])
+@pytest.mark.parametrize("spec,extra", [(LENET, []), (TINY_BN, ["--sync-bn"]),
+                                         (TINY_BN, ["--sync-bn", "--backend", "reference"])],
+                         ids=["no-batch-norm", "sync-bn", "sync-bn-reference"])
 def test_two_ranks_train_as_one_process(tmp_path, spec, extra):
     """The same global batches and seed: 2 ranks end at a single process's weights (to
     float32 reduction order), and read disjoint shards covering every epoch."""
@@ -286,3 +287,49 @@ def test_sync_batch_norm_combines_moments_and_weights_sums():
     sync.weight = 0.5
     (got,) = sync.grad_sums(sums[0])
     np.testing.assert_allclose(got, (0.5 * sums[0] + 0.25 * sums[1] + 0.25 * sums[2]) / 0.5)
+
+
+@needs_mpi
+def test_two_ranks_on_the_cuda_backend(tmp_path):
+    """Each rank trains on the device (the simulator in CI), gradients staged through the
+    host for MPI: the weights of a single process on the CPU."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 20)
+    x = rng.standard_normal((20, 1, 4, 4)).astype(np.float32) + y[:, None, None, None]
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    spec = tmp_path / "small.yaml"
+    spec.write_text("input: {channels: 1, height: 4, width: 4}\nlayers:\n"
+                    "  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1}\n"
+                    "  - relu\n  - flatten\n  - linear: 3\n")
+    common = ["train", str(spec), "--data", f"npz:{tmp_path / 'd.npz'}", "--batch-size", "8",
+              "--epochs", "2", "--optimizer", "adam", "--lr", "0.01"]
+    done = mpi(2, "-m", "archc", *common, "--backend", "cuda", "--out", str(tmp_path / "gpu"),
+               "--distributed")
+    assert done.returncode == 0, done.stderr
+    assert single(*common, "--out", str(tmp_path / "cpu")).returncode == 0
+    assert_close(weights(tmp_path / "gpu"), weights(tmp_path / "cpu"), 1e-4)
+    refused = mpi(2, "-m", "archc", *common, "--backend", "cuda", "--sync-bn",
+                  "--out", str(tmp_path / "x"), "--distributed")
+    assert refused.returncode == 2
+    assert "--sync-bn runs on the cpu and reference backends" in refused.stderr
+
+
+@needs_mpi
+def test_archc_bench_distributed(tmp_path):
+    done = single("bench", LENET, "--distributed", "--batch", "8", "--repeat", "3", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    one, two = report["measured"]
+    assert (one["ranks"], two["ranks"]) == (1, 2)
+    assert one["comm_share"] == 0 and 0 < two["comm_share"] < 1
+    assert 0 < two["efficiency"] < 2 and 0 < two["predicted_efficiency"] <= 1
+    assert [r["ranks"] for r in report["runs"]] == [1, 2]
+    assert report["links"][0]["alpha_s"] >= 0 and report["links"][0]["beta_s_per_byte"] > 0
+    predicted = {(p["link"], p["ranks"]): p["efficiency"] for p in report["predicted"]}
+    network = report["links"][1]["name"]
+    assert predicted[network, 64] < predicted[network, 2]  # more ranks, more communication
+    text = single("bench", LENET, "--distributed", "--batch", "8", "--repeat", "2",
+                  "--ranks", "2", "--device", "h100")
+    assert text.returncode == 0, text.stderr
+    assert "the roofline estimate on h100" in text.stdout
+    assert "Cost model (ring all-reduce, alpha-beta)" in text.stdout
