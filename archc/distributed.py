@@ -213,12 +213,13 @@ class GradientReducer:
         self.buckets: list[_Bucket] = []
         itemsize = np.dtype(dtype).itemsize
         names: list[str] = []
-        for name in self.shapes:
+        filled = 0
+        for name in self.shapes:  # a bucket closes once it holds bucket_bytes or more
             names.append(name)
-            size = sum(int(np.prod(self.shapes[n])) for n in names)
-            if size * itemsize >= bucket_bytes:
+            filled += int(np.prod(self.shapes[name])) * itemsize
+            if filled >= bucket_bytes:
                 self._add(names, dtype)
-                names = []
+                names, filled = [], 0
         if names:
             self._add(names, dtype)
         self._where = {n: (b, i) for b in self.buckets for i, n in enumerate(b.names)}
@@ -228,10 +229,6 @@ class GradientReducer:
         sizes = [int(np.prod(self.shapes[n])) for n in names]
         offsets = [0, *np.cumsum(sizes)[:-1].tolist()]
         self.buckets.append(_Bucket(list(names), offsets, np.zeros(sum(sizes), dtype)))
-
-    @property
-    def bytes_per_step(self) -> int:
-        return sum(b.flat.nbytes for b in self.buckets)
 
     def begin(self, weight: float) -> None:
         self.weight, self._seen, self._started = weight, set(), 0

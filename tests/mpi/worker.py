@@ -14,8 +14,6 @@ import numpy as np
 
 from archc import cli, tasks, train
 
-mode, arg = sys.argv[1], sys.argv[2]
-args = sys.argv[sys.argv.index("--") + 1:]
 read: list[list[int]] = []
 
 
@@ -28,36 +26,42 @@ class Recording(np.ndarray):
         return np.asarray(self)[index]
 
 
-if mode == "record":
-    fit = train.fit
+def main(mode: str, arg: str, args: list[str]) -> int:
+    if mode == "record":
+        fit = train.fit
 
-    def recording_fit(model, split, *a, **k):
-        split.train.x = split.train.x.view(Recording)
-        history = fit(model, split, *a, **k)
-        rank = k["world"].rank
-        np.savez(f"{arg}.weights.{rank}.npz", **model.parameters())
-        return history
+        def recording_fit(model, split, *a, **k):
+            split.train.x = split.train.x.view(Recording)
+            history = fit(model, split, *a, **k)
+            rank = k["world"].rank
+            np.savez(f"{arg}.weights.{rank}.npz", **model.parameters())
+            return history
 
-    train.fit = recording_fit  # what archc train calls
-    code = cli.main(args)
-    from archc import distributed
-
-    rank = distributed._CURRENT.rank
-    with open(f"{arg}.{rank}", "w") as f:
-        json.dump(read, f)
-    sys.exit(code)
-
-if mode == "fail":
-    step, calls = int(arg), [0]
-    original = tasks.Classification.step
-
-    def failing(self, *a, **k):
+        train.fit = recording_fit  # what archc train calls
+        code = cli.main(args)
         from archc import distributed
 
-        calls[0] += 1
-        if distributed._CURRENT.rank == 1 and calls[0] == step:
-            raise RuntimeError(f"injected failure at step {step}")
-        return original(self, *a, **k)
+        rank = distributed._CURRENT.rank
+        with open(f"{arg}.{rank}", "w") as f:
+            json.dump(read, f)
+        return code
 
-    tasks.Classification.step = failing
-    sys.exit(cli.main(args))
+    if mode == "fail":
+        step, calls = int(arg), [0]
+        original = tasks.Classification.step
+
+        def failing(self, *a, **k):
+            from archc import distributed
+
+            calls[0] += 1
+            if distributed._CURRENT.rank == 1 and calls[0] == step:
+                raise RuntimeError(f"injected failure at step {step}")
+            return original(self, *a, **k)
+
+        tasks.Classification.step = failing
+        return cli.main(args)
+    raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], sys.argv[sys.argv.index("--") + 1:]))
