@@ -600,7 +600,8 @@ COMMANDS["import"] = (
 # archc train's settings: flag name -> TrainConfig field (the same name, dashes aside)
 TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",
-               "freeze", "unfreeze", "patience", "seed", "sync_bn", "bucket_mb")
+               "freeze", "unfreeze", "patience", "seed", "sync_bn", "bucket_mb",
+               "checkpoint_every")
 # ... and the task's (archc/tasks.py)
 TASK_FLAGS = ("task", "loss", "margin", "box_loss", "objectness", "class_weights")
 
@@ -773,6 +774,10 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
                    help="run directory: log and checkpoints (default runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--checkpoint-every", type=_positive, metavar="STEPS",
+                   help="also checkpoint every STEPS optimiser steps, within epochs (a "
+                   "resumed run goes on from the next step; default: at the end of each "
+                   "epoch only)")
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel training on the ranks an MPI launcher started "
                    "(mpirun -n 4 archc train ... --distributed): each rank trains on its "

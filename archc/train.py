@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     sync_bn: bool = False  # data-parallel: batch statistics over every rank's batch
     bucket_mb: float = 0.25  # data-parallel: gradients all-reduced in buckets of this size
+    checkpoint_every: int | None = None  # also checkpoint every this many steps (in epochs)
 
     def make_optimizer(self, params, kernels=None):
         """The optimiser over ``params``; ``kernels``: where they live (a backend's
@@ -107,7 +108,8 @@ def _point(run: Path, name: str, folder: str) -> None:
 
 
 def save_checkpoint(run: Path, model, optimizer, state: dict) -> str:
-    folder = f"ckpt-{state['epoch']:04d}"
+    # within an epoch (--checkpoint-every): ckpt-EPOCH-STEP, STEP batches into it
+    folder = f"ckpt-{state['epoch']:04d}" + (f"-{state['step']:06d}" if "step" in state else "")
     path = run / folder
     if path.exists():
         shutil.rmtree(path)
@@ -141,10 +143,28 @@ def load_checkpoint(run: Path, model, optimizer, which: str = "last.json") -> di
     return json.loads((path / "state.json").read_text())
 
 
-def _prune(run: Path, keep: set[str]) -> None:
+def _prune(run: Path) -> None:
+    """Remove the checkpoints that neither last.json nor best.json names."""
+    keep = {json.loads((run / n).read_text())["checkpoint"]
+            for n in ("last.json", "best.json") if (run / n).is_file()}
     for path in run.glob("ckpt-*"):
         if path.name not in keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes,
+                       state: dict, sums: np.ndarray) -> None:
+    """A checkpoint in the middle of an epoch (--checkpoint-every): where in the epoch, the
+    epoch's sums so far (over every rank) and the augmentation stream, so that a resumed
+    run (on any number of ranks) goes on from the next global step."""
+    state["sums"] = world.sum(sums).tolist()  # every rank takes part in these two
+    if world.size > 1 and not config.sync_bn:
+        distributed.average_buffers(world, model)
+    if writes is None:
+        return
+    state["rng"] = model.rng.bit_generator.state
+    _point(run, "last.json", save_checkpoint(run, model, opt, state))
+    _prune(run)
 
 
 def _check_parallel(model, config: TrainConfig, world, count: int) -> None:
@@ -215,17 +235,21 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         report, progress, writes = (lambda *a, **k: None), False, None
     else:
         writes = run
+    partial: dict = {}  # a checkpoint within an epoch: where in it, and its sums so far
     if run is not None:
         run = Path(run)
         state = None
         if resume and world.lead:
             state = load_checkpoint(run, model, opt)
             history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()
-                       if line.strip()][:state["epoch"] + 1]
+                       if line.strip()]
         if resume:  # every rank continues from rank 0's checkpoint
             state, history = distributed.broadcast_state(world, model, opt, (state, history))
-            start, best = state["epoch"] + 1, state["best"]
+            start, best = state["epoch"] + ("step" not in state), state["best"]
+            history = history[:start]
             model.rng.bit_generator.state = state["rng"]
+            if "step" in state:
+                partial = state
     if not resume:
         distributed.broadcast_state(world, model)  # the same initial weights everywhere
     if writes is not None:
@@ -246,20 +270,25 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         trainable = opt.params = trainable_at(epoch)
         reducer = None
-        if parallel:  # dropout masks differ from rank to rank, reproducibly
-            model.rng = np.random.default_rng([config.seed, epoch, 2, world.rank])
+        skip, sums = 0, np.zeros(4)  # images, loss, correct, judged
+        if partial.get("epoch") == epoch:  # resuming within this epoch
+            skip, aug_rng.bit_generator.state = partial["step"], partial["aug_rng"]
+            sums = np.array(partial["sums"]) if world.lead else sums
+        if parallel:
             order = distributed.readiness_order(model, trainable)
             reducer = distributed.GradientReducer(
                 world, {k: model.program.params[k].shape for k in order}, dtype=model.dtype,
                 bucket_bytes=int(config.bucket_mb * (1 << 20)), to_host=model.backend.to_host)
         model.train()
-        began, sums = time.perf_counter(), np.zeros(4)  # images, loss, correct, judged
+        began, before = time.perf_counter(), sums[0]
         bar = tqdm(total=len(data), unit="img", leave=False, disable=not progress,
                    desc=f"epoch {epoch + 1}/{config.epochs}")
         for step, index in enumerate(batch_order(len(data), config.batch_size,
                                                  seed=config.seed, epoch=epoch)):
-            if len(index) < world.size:  # a last batch too small to share: left out
+            if len(index) < world.size or step < skip:  # too small to share; or done
                 continue
+            if parallel:  # dropout masks differ from rank to rank, reproducibly
+                model.rng = np.random.default_rng([config.seed, epoch, step, 2, world.rank])
             lo, hi = distributed.shard(len(index), world.rank, world.size)
             if augment is not None:  # the global batch's augmentation, then this rank's part
                 x, y = augment(data.x[index], data.y[index], aug_rng)
@@ -291,9 +320,15 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             bar.update(len(index))
             bar.set_postfix(refresh=False, loss=f"{sums[1] / sums[0]:.4f}",
                             **({"acc": f"{sums[2] / sums[3]:.3f}"} if sums[3] else {}))
+            if (run is not None and config.checkpoint_every
+                    and opt.steps % config.checkpoint_every == 0):
+                _checkpoint_within(run, model, opt, world, config, writes, {
+                    "epoch": epoch, "step": step + 1, "best": best,
+                    "aug_rng": aug_rng.bit_generator.state}, sums)
         bar.close()
         elapsed = time.perf_counter() - began
         seen, total, correct, judged = world.sum(sums)
+        images = world.sum(np.array([sums[0] - before]))[0]  # since this process began
         if parallel and not config.sync_bn:
             distributed.average_buffers(world, model)
         test = task.evaluate(model, split.test, max(config.batch_size, 256)) \
@@ -301,7 +336,7 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
         row = {"epoch": epoch + 1, "steps": opt.steps, "lr": opt.lr, "train_loss": total / seen,
                **({"train_accuracy": correct / judged} if judged else {}),
                **{f"test_{k}": v for k, v in (test or {}).items()},
-               "images_per_s": seen / elapsed, "seconds": elapsed}
+               "images_per_s": images / elapsed, "seconds": elapsed}
         if parallel:
             row = world.broadcast(row)  # rank 0's evaluation, for early stopping everywhere
             row.update(ranks=world.size, **({"communication_s": reducer.comm_s,
@@ -318,9 +353,7 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
             _point(run, "last.json", folder)
             if improved:
                 _point(run, "best.json", folder)
-            pointers = {json.loads((run / n).read_text())["checkpoint"]
-                        for n in ("last.json", "best.json") if (run / n).is_file()}
-            _prune(run, pointers)
+            _prune(run)
         train_acc = f"train acc {row['train_accuracy']:.3f}  " if judged else ""
         report(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "
                f"{train_acc}{task.label} {row[key]:.3f}  {row['images_per_s']:.0f} img/s")

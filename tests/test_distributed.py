@@ -222,17 +222,28 @@ def test_a_killed_rank_stops_the_job_and_keeps_the_checkpoint(tmp_path):
 
 
 @needs_mpi
-def test_a_rank_that_raises_stops_the_job_with_its_name(tmp_path):
-    run = tmp_path / "run"
-    done = mpi(2, str(HERE / "worker.py"), "fail", "30", "--", "train", LENET, *TRAIN,
-               "--epochs", "3", "--out", str(run), "--distributed")
+def test_a_rank_that_raises_stops_the_job_and_the_run_resumes_from_the_last_step(tmp_path):
+    """Rank 1 fails at global step 30 of a run checkpointing every 5 steps: the job stops
+    with the rank's name, the checkpoint of step 30 (epoch 2, step 7) is whole, and one
+    process resumes it from step 31 to a straight single-process run's weights."""
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    common = ["train", LENET, *TRAIN, "--epochs", "2", "--checkpoint-every", "5"]
+    done = mpi(2, str(HERE / "worker.py"), "fail", "31", "--", *common, "--out", str(run),
+               "--distributed")
     assert done.returncode != 0
     err = done.stderr
-    assert "[rank 1 of 2] archc: internal error: RuntimeError: injected failure at step 30" in err
+    assert "[rank 1 of 2] archc: internal error: RuntimeError: injected failure at step 31" in err
     assert "archc: rank 1 of 2 failed (exit code 1); stopping all 2 ranks" in err
-    # step 30 is in epoch 2 (23 steps each): epoch 1's checkpoint is kept
-    assert json.loads((run / "last.json").read_text())["checkpoint"] == "ckpt-0000"
+    assert json.loads((run / "last.json").read_text())["checkpoint"] == "ckpt-0001-000007"
     assert len((run / "log.jsonl").read_text().splitlines()) == 1
+    resumed = single(*common, "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epoch 2/2" in resumed.stdout and "epoch 1/2" not in resumed.stdout
+    assert single(*common, "--out", str(straight)).returncode == 0
+    assert_close(weights(run), weights(straight))
+    rows = [[json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
+            for path in (run, straight)]
+    assert rows[0][1]["train_loss"] == pytest.approx(rows[1][1]["train_loss"], rel=1e-4)
 
 
 @pytest.mark.parametrize("spec", [LENET, TINY_BN, str(SPECS / "resnet20.yaml")])

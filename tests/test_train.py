@@ -62,6 +62,47 @@ def test_a_resumed_run_ends_with_the_same_weights(digits, tmp_path):
     assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
 
 
+def test_a_run_stopped_within_an_epoch_resumes_from_the_next_step(digits, tmp_path):
+    """--checkpoint-every: a run stopped mid-epoch goes on from its last step checkpoint
+    (augmentation stream and the epoch's sums included) to the weights and log of a run
+    that never stopped."""
+    from archc.tasks import Classification
+
+    config = TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=2e-3,
+                         augment="crop,flip", checkpoint_every=5)
+    straight = lenet()
+    fit(straight, digits, config, tmp_path / "straight", report=lambda line: None)
+
+    class Stop(Exception):
+        pass
+
+    class Stopping(Classification):
+        calls = 0
+
+        def step(self, *args):
+            Stopping.calls += 1
+            if Stopping.calls == 31:  # epoch 2 (23 steps each), step 8: checkpointed at 7
+                raise Stop
+            return super().step(*args)
+
+    with pytest.raises(Stop):
+        fit(lenet(), digits, config, tmp_path / "resumed", report=lambda line: None,
+            task=Stopping(digits.train.classes))
+    run = tmp_path / "resumed"
+    assert json.loads((run / "last.json").read_text())["checkpoint"] == "ckpt-0001-000007"
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == "ckpt-0000"
+    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-0000", "ckpt-0001-000007"]
+    resumed = lenet()
+    fit(resumed, digits, config, run, resume=True, report=lambda line: None)
+    for name, value in straight.parameters().items():
+        np.testing.assert_array_equal(resumed.parameters()[name], value, err_msg=name)
+    rows = [[json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
+            for path in (run, tmp_path / "straight")]
+    for mine, theirs in zip(*rows):
+        for key in ("epoch", "steps", "train_loss", "train_accuracy", "test_accuracy"):
+            assert mine[key] == theirs[key], key
+
+
 def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path):
     fit(lenet(), digits, TrainConfig(epochs=1), tmp_path, report=lambda line: None)
     good = (tmp_path / "last.json").read_text()

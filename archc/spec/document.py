@@ -20,7 +20,7 @@ TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str
                  "warmup": int, "label_smoothing": float, "clip": float, "augment": str,
                  "freeze": list, "unfreeze": list, "patience": int, "seed": int,
                  # data-parallel runs (archc/distributed.py)
-                 "sync_bn": bool, "bucket_mb": float,
+                 "sync_bn": bool, "bucket_mb": float, "checkpoint_every": int,
                  # what is trained (archc/tasks.py)
                  "task": str, "loss": str, "margin": float, "box_loss": str,
                  "objectness": str, "class_weights": list}
