@@ -327,8 +327,8 @@ def fit(model, split: Split, config: TrainConfig, run: Path | None = None, *,
                     "aug_rng": aug_rng.bit_generator.state}, sums)
         bar.close()
         elapsed = time.perf_counter() - began
-        seen, total, correct, judged = world.sum(sums)
-        images = world.sum(np.array([sums[0] - before]))[0]  # since this process began
+        # the epoch's sums over every rank, and the images since this process began it
+        seen, total, correct, judged, images = world.sum(np.append(sums, sums[0] - before))
         if parallel and not config.sync_bn:
             distributed.average_buffers(world, model)
         test = task.evaluate(model, split.test, max(config.batch_size, 256)) \
