@@ -343,3 +343,25 @@ def test_archc_bench_distributed(tmp_path):
     assert text.returncode == 0, text.stderr
     assert "the roofline estimate on h100" in text.stdout
     assert "Cost model (ring all-reduce, alpha-beta)" in text.stdout
+
+
+def test_without_mpi4py_distributed_says_what_to_install(monkeypatch, capsys):
+    from archc.cli import main
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if it were not installed
+    assert main(["train", LENET, "--data", "digits", "--distributed"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --distributed needs mpi4py and an MPI library")
+    assert "pip install 'archc[distributed]'" in err
+
+
+def test_a_batch_too_small_for_the_ranks_is_refused():
+    from archc import compile, load
+    from archc.train import TrainConfig, TrainingError, _check_parallel
+
+    model = compile(load(LENET), backend="cpu")
+    two = distributed.World()
+    two.size = 2
+    with pytest.raises(TrainingError, match="a global batch of 1 cannot be shared by 2 "
+                                            "ranks: give --batch-size 2 or more"):
+        _check_parallel(model, TrainConfig(batch_size=1), two, 100)
