@@ -533,6 +533,8 @@ def _bench_worker(args) -> None:
     from runtime import losses, optim
 
     world = World.mpi(threads=False)
+    if args.backend == "cuda" and world.size > 1:
+        world.pick_gpu()
     graph = build(args.spec, parse_overrides(args.set))
     model = compile_graph(graph, backend=args.backend, seed=0).train()
     shape = next(iter(model.program.inputs.values()))
