@@ -189,6 +189,7 @@ class SyncBatchNorm:
 class _Bucket:
     names: list[str]
     offsets: list[int]
+    sizes: list[int]
     flat: np.ndarray
     waiting: set = field(default_factory=set)
     request: object = None
@@ -228,7 +229,7 @@ class GradientReducer:
     def _add(self, names: list[str], dtype) -> None:
         sizes = [int(np.prod(self.shapes[n])) for n in names]
         offsets = [0, *np.cumsum(sizes)[:-1].tolist()]
-        self.buckets.append(_Bucket(list(names), offsets, np.zeros(sum(sizes), dtype)))
+        self.buckets.append(_Bucket(list(names), offsets, sizes, np.zeros(sum(sizes), dtype)))
 
     def begin(self, weight: float) -> None:
         self.weight, self._seen, self._started = weight, set(), 0
@@ -240,10 +241,9 @@ class GradientReducer:
         if where is None:  # a parameter that does not train now (frozen)
             return
         bucket, i = where
-        grad = self.to_host(grad)
-        size = grad.size
-        np.multiply(grad.reshape(-1), self.weight, out=bucket.flat[bucket.offsets[i]:
-                                                                  bucket.offsets[i] + size])
+        start = bucket.offsets[i]
+        np.multiply(self.to_host(grad).reshape(-1), self.weight,
+                    out=bucket.flat[start:start + bucket.sizes[i]])
         self._seen.add(name)
         bucket.waiting.discard(name)
         began = time.perf_counter()
@@ -266,8 +266,7 @@ class GradientReducer:
         for bucket in self.buckets[self._started:]:  # gradients no op produced stay 0
             for name in bucket.waiting:
                 i = bucket.names.index(name)
-                size = int(np.prod(self.shapes[name]))
-                bucket.flat[bucket.offsets[i]:bucket.offsets[i] + size] = 0
+                bucket.flat[bucket.offsets[i]:bucket.offsets[i] + bucket.sizes[i]] = 0
             self._start(bucket)
         self._started = len(self.buckets)
         self._mpi.Request.Waitall([b.request for b in self.buckets])
@@ -278,9 +277,8 @@ class GradientReducer:
         self.wait_s += spent
         out = {}
         for bucket in self.buckets:
-            for name, offset in zip(bucket.names, bucket.offsets):
+            for name, offset, size in zip(bucket.names, bucket.offsets, bucket.sizes):
                 if name in self._seen:
-                    size = int(np.prod(self.shapes[name]))
                     out[name] = bucket.flat[offset:offset + size].reshape(self.shapes[name])
         return out
 
@@ -526,6 +524,7 @@ def format_scaling(report: dict) -> str:
 def _bench_worker(args) -> None:
     """One rank of ``archc bench --distributed``: timed training steps on random
     CIFAR-shaped data; rank 0 prints one JSON line."""
+    import numba
     from mpi4py import MPI
 
     from archc import build, compile as compile_graph
@@ -608,7 +607,7 @@ def _bench_worker(args) -> None:
             "wait_s": float(every[:, 4].mean()), "imbalance_s": imbalance,
             "work_s": float(steps_work.mean(axis=0).sum()),
             "images_per_s": per_rank * world.size * args.steps / float(slowest[0]),
-            "threads": __import__("numba").get_num_threads(),
+            "threads": numba.get_num_threads(),
             "bucket_bytes": [b.flat.nbytes for b in reducer.buckets] if reducer else
             [sum(int(np.prod(model.program.params[k].shape)) * 4 for k in learnable)],
             "link": link}), flush=True)
