@@ -470,8 +470,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    "scaling efficiency, and a cost model's prediction for more ranks and hosts")
     p.add_argument("--ranks", type=_ranks, default=[1, 2], metavar="LIST",
                    help="--distributed: the rank counts to run (default 1,2)")
-    p.add_argument("--bucket-mb", type=float, default=0.25, metavar="MB",
-                   help="--distributed: gradient bucket size (default 0.25)")
+    p.add_argument("--bucket-mb", type=float, default=distributed.BUCKET_MB, metavar="MB",
+                   help=f"--distributed: gradient bucket size (default {distributed.BUCKET_MB:g})")
     p.add_argument("--trials", type=_positive, default=1, metavar="T",
                    help="--distributed: runs per rank count, taking turns; each keeps its "
                    "median (default 1)")
@@ -788,7 +788,8 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
                    "(default: each rank's own)")
     p.add_argument("--bucket-mb", type=float, metavar="MB",
                    help="--distributed: all-reduce the gradients in buckets of this many "
-                   "MiB, each sent while the backward pass goes on (default 0.25)")
+                   "MiB, each sent while the backward pass goes on "
+                   f"(default {distributed.BUCKET_MB:g})")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

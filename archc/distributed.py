@@ -37,6 +37,8 @@ import numpy as np
 
 # Open MPI refuses to start as root without both
 ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+# gradients are all-reduced in buckets of this many MiB unless told otherwise
+BUCKET_MB = 0.25
 INSTALL_HINT = ("pip install 'archc[distributed]' (mpi4py and Open MPI's wheel), or mpi4py "
                 "built against a system Open MPI or MPICH")
 
@@ -403,7 +405,7 @@ def cost_model(compute_s: float, backward_s: float, bucket_bytes: list[int], ran
 
 
 def measure(spec: str, overrides: list[str], ranks: list[int], *, batch: int, steps: int,
-            warmup: int = 2, backend: str = "cpu", bucket_mb: float = 0.25,
+            warmup: int = 2, backend: str = "cpu", bucket_mb: float = BUCKET_MB,
             threads: int = 1, trials: int = 1, timeout: float = 600) -> list[dict]:
     """Timed training steps of ``spec`` on each number of ``ranks`` of this host (one
     mpirun each, ``threads`` Numba threads per rank, ``batch`` images per rank, random
@@ -625,7 +627,7 @@ def _worker_parser():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--bucket-mb", type=float, default=1.0)
+    p.add_argument("--bucket-mb", type=float, default=BUCKET_MB)
     return p
 
 

@@ -55,7 +55,8 @@ class TrainConfig:
     patience: int | None = None  # stop after this many epochs without a better test accuracy
     seed: int = 0
     sync_bn: bool = False  # data-parallel: batch statistics over every rank's batch
-    bucket_mb: float = 0.25  # data-parallel: gradients all-reduced in buckets of this size
+    # data-parallel: gradients all-reduced in buckets of this many MiB
+    bucket_mb: float = distributed.BUCKET_MB
     checkpoint_every: int | None = None  # also checkpoint every this many steps (in epochs)
 
     def make_optimizer(self, params, kernels=None):
