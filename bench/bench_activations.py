@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runtime.backends.cpu import BACKWARD as CPU_BACKWARD  # noqa: E402
 from runtime.backends.cpu import KERNELS as CPU_FORWARD  # noqa: E402
-from runtime.backends.cpu.elementwise import CODES  # noqa: E402
+from runtime.backends.activations import FORMULAS, attributes_of  # noqa: E402
 from runtime.backends.cpu.elementwise import activation_backward, activation_forward  # noqa: E402
 from runtime.backends.reference import KERNELS as REF_FORWARD  # noqa: E402
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD  # noqa: E402
@@ -35,9 +35,8 @@ def main() -> None:
     gy = rng.standard_normal(x.shape).astype(np.float32)
     print(f"tensor 8x192x56x56 float32, median of {args.repeat}")
     print(f"{'activation':<12} {'pass':<8} {'numba ms':>9} {'numpy ms':>9} {'ratio':>6}  used")
-    for name in CODES:
-        kind = "gelu" if name.startswith("gelu") else name
-        attrs = {"negative_slope": 0.01, "approximate": "tanh" if name == "gelu_tanh" else "none"}
+    for formula in FORMULAS:
+        name, kind, attrs = formula.name, formula.layer, attributes_of(formula, 0.01)
         op = Op(name="y", kind=kind, attrs=attrs, inputs=("x",), output="y", params={},
                 in_shapes=(x.shape[1:],),
                 out_shape=x.shape[1:])
@@ -49,7 +48,7 @@ def main() -> None:
                   REF_BACKWARD)]
         for label, ours, numpy_, table, reference in cases:
             a = median_time(ours, args.repeat)
-            b = median_time(numpy_, 1 if name.startswith("gelu") else args.repeat)
+            b = median_time(numpy_, 1 if kind == "gelu" else args.repeat)
             used = "numpy" if table[kind] is reference[kind] else "numba"
             print(f"{name:<12} {label:<8} {a * 1e3:>9.1f} {b * 1e3:>9.1f} {a / b:>5.2f}x  {used}")
 

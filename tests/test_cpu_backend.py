@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import archc
 from conftest import SMALL_NETWORKS, SPECS
 from runtime.backends import cpu
+from runtime.backends.activations import FORMULAS, attributes_of
 from runtime.backends.cpu import conv, elementwise
 from runtime.backends.reference import KERNELS as REF
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD
@@ -105,13 +106,13 @@ def test_unknown_backend_is_refused():
         archc.compile(archc.load(SPECS / "lenet5.yaml"), backend="gpu")
 
 
-@pytest.mark.parametrize("name", sorted(elementwise.CODES))
-def test_every_activation_kernel_matches_the_reference(name):
+@pytest.mark.parametrize("formula", FORMULAS, ids=lambda f: f.name)
+def test_every_activation_kernel_matches_the_reference(formula):
     # including the forward kernels that lose to NumPy and are kept for the benchmark
-    kind = "gelu" if name.startswith("gelu") else name
-    attrs = {"negative_slope": 0.2, "approximate": "tanh" if name == "gelu_tanh" else "none"}
+    kind, attrs = formula.layer, attributes_of(formula)
     x = np.random.default_rng(3).standard_normal((2, 3, 5, 7)) * 5
-    x[0, 0, 0, :3] = [-3.0, 3.0, 6.0]  # the kinks
+    x[0, 0, 0, :4] = [-3.0, 3.0, 6.0, 0.0]  # the kinks
+    x[0, 0, 1, :2] = [25.0, 101.0]  # softplus's linear part (beta 0.2)
     op = Op(name="y", kind=kind, attrs=attrs, inputs=("x",), output="y", params={},
             in_shapes=(x.shape[1:],), out_shape=x.shape[1:])
     y = elementwise.activation_forward(op, [x], {}, {})

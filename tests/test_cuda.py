@@ -14,7 +14,7 @@ import pytest
 
 from runtime.backends import cuda as cuda_backend
 from runtime.backends.cpu import elementwise as cpu
-from runtime.backends.epilogue import CODES
+from runtime.backends.activations import FORMULAS, attributes_of
 
 pytestmark = pytest.mark.cuda
 
@@ -70,10 +70,9 @@ def test_gemm_refuses_mismatched_shapes():
         kernels.gemm(device(np.ones((2, 3))), device(np.ones((4, 2))))
 
 
-@pytest.mark.parametrize("name", sorted(CODES))
-def test_activation_kernels_match_the_cpu_kernels(name):
-    kind = "gelu" if name.startswith("gelu") else name
-    attrs = {"negative_slope": 0.2, "approximate": "tanh" if name == "gelu_tanh" else "none"}
+@pytest.mark.parametrize("formula", FORMULAS, ids=lambda f: f.name)
+def test_activation_kernels_match_the_cpu_kernels(formula):
+    kind, attrs = formula.layer, attributes_of(formula)
     x = (np.random.default_rng(3).standard_normal((2, 3, 5)) * 4).astype(np.float32)
     x.flat[:3] = [-3.0, 3.0, 6.0]  # the kinks
     code, slope = cpu.activation_code(kind, attrs)

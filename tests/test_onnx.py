@@ -113,6 +113,8 @@ layers:
   - {name: crop, center_crop, inputs: [t, up]}
   - {name: sh, channel_shuffle: 2, inputs: [crop]}
   - {name: hs, hardswish}
+  - {name: sp, softplus: 2.0}
+  - {name: mi, mish}
   - {name: hsig, hardsigmoid}
   - {name: sq, multiply: [hsig, hsig]}
   - {name: half, slice: {start: 1, end: 4}}
@@ -174,7 +176,8 @@ def test_import_without_archcs_notes_reads_the_operators(spec):
 
 class Zoo(nn.Module):
     """Operators torch.onnx writes for common CNN code: a residual, a concat, a channel
-    shuffle by view/transpose, chunk, GELU (Div/Erf/Mul), SiLU (Sigmoid/Mul), upsampling,
+    shuffle by view/transpose, chunk, GELU (Div/Erf/Mul), SiLU (Sigmoid/Mul), Mish (opset 17:
+    Softplus/Tanh/Mul), Softplus, upsampling,
     a transposed conv, a batch norm it cannot fold, global pooling by mean()."""
 
     def __init__(self):
@@ -186,6 +189,7 @@ class Zoo(nn.Module):
         self.norm = nn.BatchNorm2d(8)
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 5))
         self.act = nn.Hardswish()
+        self.smooth = nn.Sequential(nn.Mish(), nn.Softplus())
 
     def forward(self, x):
         x = self.pool(self.stem(x))
@@ -194,7 +198,8 @@ class Zoo(nn.Module):
         y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # shuffle
         a, b = y.chunk(2, dim=1)
         y = self.norm(self.up(torch.cat([a, torch.sigmoid(b)], dim=1)))
-        y = nn.functional.interpolate(self.act(y), scale_factor=0.5, mode="bilinear")
+        y = nn.functional.interpolate(self.smooth(self.act(y)), scale_factor=0.5,
+                                      mode="bilinear")
         y = nn.functional.avg_pool2d(y, 2, padding=1, count_include_pad=False)
         return torch.softmax(self.head(y.mean(dim=(2, 3))), dim=1)
 

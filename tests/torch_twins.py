@@ -57,6 +57,8 @@ ACTIVATIONS = {
     "hardsigmoid": lambda a: nn.Hardsigmoid(),
     "sigmoid": lambda a: nn.Sigmoid(),
     "tanh": lambda a: nn.Tanh(),
+    "softplus": lambda a: nn.Softplus(beta=a["beta"]),
+    "mish": lambda a: nn.Mish(),
     "softmax": lambda a: nn.Softmax(dim=a["dim"]),
     "identity": lambda a: nn.Identity(),
     "dropout": lambda a: nn.Dropout(a["p"]),

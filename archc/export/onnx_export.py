@@ -28,6 +28,7 @@ import numpy as np
 
 from archc.errors import SpecError
 from archc.ir import Graph, Node
+from archc.layers import FUSABLE_ACTIVATIONS, REGISTRY
 from archc.layers.conv import resolve_padding
 from archc.naming import torch_names
 from archc.spec.writer import spec_attrs
@@ -141,17 +142,35 @@ def _gelu(e: Emitter, x: str, attrs: dict) -> str:
                           e.emit("Add", [tanh, e.scalar(1.0)])])
 
 
-ACTIVATIONS: dict[str, Callable[[Emitter, str, dict], str]] = {
-    "relu": lambda e, x, a: e.emit("Relu", [x]),
+def _softplus(e: Emitter, x: str, attrs: dict) -> str:
+    beta = attrs["beta"]
+    if beta == 1.0:
+        return e.emit("Softplus", [x])
+    scaled = e.emit("Softplus", [e.emit("Mul", [x, e.scalar(beta)])])
+    return e.emit("Div", [scaled, e.scalar(beta)])
+
+
+def _one_operator(onnx_op) -> Callable[[Emitter, str, dict], str]:
+    return lambda e, x, a: e.emit(onnx_op.op_type, [x],
+                                  **{theirs: a[ours] for ours, theirs in onnx_op.attrs})
+
+
+COMPOSED: dict[str, Callable[[Emitter, str, dict], str]] = {
     "relu6": lambda e, x, a: _clip(e, x, 0.0, 6.0),
-    "leaky_relu": lambda e, x, a: e.emit("LeakyRelu", [x], alpha=a["negative_slope"]),
     "gelu": _gelu,
     "silu": lambda e, x, a: e.emit("Mul", [x, e.emit("Sigmoid", [x])]),
-    "hardswish": lambda e, x, a: e.emit("HardSwish", [x]),
     "hardsigmoid": lambda e, x, a: e.emit("HardSigmoid", [x], alpha=1.0 / 6.0, beta=0.5),
-    "sigmoid": lambda e, x, a: e.emit("Sigmoid", [x]),
-    "tanh": lambda e, x, a: e.emit("Tanh", [x]),
+    "softplus": _softplus,
+    # opset 17 has no Mish (18 does): x tanh(softplus(x)), as torch.onnx writes it
+    "mish": lambda e, x, a: e.emit("Mul", [x, e.emit("Tanh", [e.emit("Softplus", [x])])]),
 }
+"""Activations written as something other than their registry entry's ONNX operator."""
+
+ACTIVATIONS: dict[str, Callable[[Emitter, str, dict], str]] = {
+    op: COMPOSED.get(op) or _one_operator(REGISTRY[op].onnx)
+    for op in FUSABLE_ACTIVATIONS if op in COMPOSED or REGISTRY[op].onnx is not None
+}
+"""The emitter of each element-wise activation (as a layer and as a fused epilogue)."""
 
 
 def _epilogue(e: Emitter, y: str, xs: list[str]) -> str:

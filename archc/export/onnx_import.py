@@ -31,7 +31,7 @@ import numpy as np
 from archc.errors import Loc, SpecError
 from archc.export.onnx_export import DOC_PREFIX, NAMES_KEY, TRAINING_KEY, onnx_module
 from archc.ir import Graph, Node
-from archc.layers import AttrError, ShapeError, get_layer
+from archc.layers import REGISTRY, AttrError, ShapeError, get_layer
 from archc.naming import NameRule, torch_names
 from archc.shapes import infer_shapes
 
@@ -569,6 +569,14 @@ def _activation(op: str, **fixed: Callable):
     return rule
 
 
+def _one_operator(layer):
+    """The rule of an operator that is exactly ``layer`` (its registry entry's ``onnx``),
+    its attributes renamed, absent ones at archc's defaults."""
+    defaults = {a.name: a.default for a in layer.attrs}
+    return _activation(layer.op, **{ours: (lambda n, o=ours, t=theirs: _attr(n, t, defaults[o]))
+                                    for ours, theirs in layer.onnx.attrs})
+
+
 def _hardsigmoid(r: _Reader, n) -> None:
     if not (math.isclose(_attr(n, "alpha", 0.2), 1 / 6, rel_tol=1e-5)
             and math.isclose(_attr(n, "beta", 0.5), 0.5)):
@@ -610,16 +618,17 @@ RULES: dict[str, Callable[[_Reader, object], None]] = {
     "GlobalAveragePool": _global_pool, "GlobalMaxPool": _global_pool,
     "ReduceMean": _reduce, "ReduceMax": _reduce,
     "BatchNormalization": _batchnorm, "LayerNormalization": _layernorm_plain, "LRN": _lrn,
-    "Relu": _activation("relu"), "Clip": _clip,
-    "LeakyRelu": _activation("leaky_relu", negative_slope=lambda n: _attr(n, "alpha", 0.01)),
+    "Clip": _clip,
     "Gelu": _activation("gelu", approximate=lambda n: _attr(n, "approximate", "none")),
-    "Div": _gelu_by_erf, "Sigmoid": _sigmoid, "Tanh": _activation("tanh"),
-    "HardSwish": _activation("hardswish"), "HardSigmoid": _hardsigmoid, "Softmax": _softmax,
+    "Div": _gelu_by_erf, "Sigmoid": _sigmoid, "HardSigmoid": _hardsigmoid, "Softmax": _softmax,
     "Add": _merge, "Sum": _merge, "Mul": _merge, "Concat": _concat,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose,
     "Slice": _slice, "Split": _split, "Resize": _resize,
     "Dropout": _dropout, "Identity": _identity,
 }
+for _layer in REGISTRY.values():  # the operators that are one registry entry each
+    if _layer.onnx is not None and _layer.onnx.op_type not in RULES:
+        RULES[_layer.onnx.op_type] = _one_operator(_layer)
 """How each ONNX operator (or the composition it starts) becomes archc layers."""
 
 

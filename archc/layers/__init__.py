@@ -14,6 +14,7 @@ Examples
 from __future__ import annotations
 
 from archc.layers import activation, conv, graph_io, linear, merge, norm, pool, resample, reshape
+from archc.layers.activation import FUSABLE_ACTIVATIONS
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -54,6 +55,7 @@ def user_layer_names() -> list[str]:
 
 __all__ = [
     "ALIASES",
+    "FUSABLE_ACTIVATIONS",
     "REGISTRY",
     "Attr",
     "AttrError",

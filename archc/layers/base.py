@@ -34,7 +34,8 @@ class ShapeError(Exception):
         self.message, self.input_index, self.hint = message, input_index, hint
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """A value as an error message names it: ``the text 'x'``, ``the boolean true``."""
     if isinstance(value, str):
         return f"the text '{value}'"
     if isinstance(value, bool):
@@ -48,7 +49,7 @@ def _describe(value: Any) -> str:
 
 def _as_int(value: Any) -> int:
     if isinstance(value, bool):
-        raise AttrError(f"expected an integer, got {_describe(value)}")
+        raise AttrError(f"expected an integer, got {describe(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -58,7 +59,7 @@ def _as_int(value: Any) -> int:
             f"expected an integer, got {value!r}",
             hint="round it in the expression with round(), floor(), ceil() or make_divisible()",
         )
-    raise AttrError(f"expected an integer, got {_describe(value)}")
+    raise AttrError(f"expected an integer, got {describe(value)}")
 
 
 class AttrType:
@@ -98,7 +99,7 @@ class Float(AttrType):
 
     def coerce(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise AttrError(f"expected a number, got {_describe(value)}")
+            raise AttrError(f"expected a number, got {describe(value)}")
         v = float(value)
         if not math.isfinite(v):
             raise AttrError(f"expected a finite number, got {v}")
@@ -116,7 +117,7 @@ class Bool(AttrType):
 
     def coerce(self, value: Any) -> bool:
         if not isinstance(value, bool):
-            raise AttrError(f"expected true or false, got {_describe(value)}")
+            raise AttrError(f"expected true or false, got {describe(value)}")
         return value
 
 
@@ -132,7 +133,7 @@ class Choice(AttrType):
         if not isinstance(value, str) or value not in self.choices:
             hint = did_you_mean(value, self.choices) if isinstance(value, str) else None
             raise AttrError(
-                f"expected one of {', '.join(self.choices)}; got {_describe(value)}",
+                f"expected one of {', '.join(self.choices)}; got {describe(value)}",
                 hint=hint,
             )
         return value
@@ -203,7 +204,7 @@ class Ints(AttrType):
 
     def coerce(self, value: Any) -> tuple[int, ...]:
         if not isinstance(value, (list, tuple)) or not value:
-            raise AttrError(f"expected a non-empty list of integers, got {_describe(value)}")
+            raise AttrError(f"expected a non-empty list of integers, got {describe(value)}")
         items = tuple(_as_int(v) for v in value)
         if self.minimum is not None and min(items) < self.minimum:
             raise AttrError(f"each value must be at least {self.minimum}, got {list(items)}")
@@ -224,43 +225,30 @@ class Optional(AttrType):
         return None if value is None else self.inner.coerce(value)
 
 
-FUSABLE_ACTIVATIONS = ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh",
-                       "hardswish", "hardsigmoid")
-"""The activations a conv or linear layer can apply to its output in the same kernel."""
+@dataclass(frozen=True)
+class OnnxOp:
+    """An ONNX operator that computes a layer type exactly: its ``op_type`` and
+    ``(archc attribute, ONNX attribute)`` pairs (``negative_slope`` is ``alpha``)."""
+
+    op_type: str
+    attrs: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
-class Activation(AttrType):
-    """An activation fused into a layer's output: its name (``relu``), or a one-key mapping
-    giving its attributes (``{leaky_relu: 0.2}``, ``{gelu: {approximate: tanh}}``).
-    Normalised to ``(name, ((attribute, value), ...))`` with the activation's own schema
-    (the registry entry of that activation), defaults filled in."""
+class Init:
+    """How one parameter starts: ``uniform`` in ``+-bound`` or ``constant`` ``value``."""
 
-    name = "activation name or {name: attributes}"
+    kind: str = "constant"
+    value: float = 0.0
 
-    def coerce(self, value: Any) -> tuple[str, tuple]:
-        from archc.layers import ALIASES, REGISTRY  # the registry imports this module
+    @staticmethod
+    def uniform(bound: float) -> "Init":
+        return Init("uniform", bound)
 
-        args: Any = {}
-        if isinstance(value, dict) and len(value) == 1:
-            ((value, args),) = value.items()
-        if not isinstance(value, str):
-            raise AttrError(f"expected an activation name such as relu, got {_describe(value)}",
-                            hint="e.g. activation: relu, or activation: {leaky_relu: 0.2}")
-        op = ALIASES.get(value, value)
-        if op not in FUSABLE_ACTIVATIONS:
-            raise AttrError(f"'{value}' is not an activation a layer can fuse (those are "
-                            f"{', '.join(FUSABLE_ACTIVATIONS)})",
-                            hint=did_you_mean(value, FUSABLE_ACTIVATIONS))
-        layer = REGISTRY[op]
-        if args is None:
-            args = {}
-        if not isinstance(args, dict):
-            if not layer.positional:
-                raise AttrError(f"'{op}' takes no attributes, got {_describe(args)}")
-            args = {layer.positional[0]: args}
-        normal = layer.normalize(args)
-        return op, tuple(normal.items())
+
+def default_init(role: str, attrs: dict, shapes: dict) -> Init:
+    """Scales and running variances start at 1, shifts, means and counters at 0."""
+    return Init(value=1.0 if role in ("weight", "running_var") else 0.0)
 
 
 REQUIRED = object()
@@ -325,6 +313,16 @@ class LayerType:
     rf_inputs : the inputs whose receptive fields the output unites (None: all of them).
     view : the output can share its input's memory (flatten, reshape, identity).
     label : ``attrs -> str``, the short text diagrams show (``conv 3x3/2, 64``); None: the op.
+    elementwise : a scalar function applied to each element (an activation): conv and
+        linear layers can fuse it, and the runtime computes it from the formula of the same
+        name (``runtime/backends/activations.py``).
+    onnx : the ONNX operator of the same meaning, one input to one output, when there is
+        one (export writes it and import reads it back, attributes renamed as given).
+    lower : ``(attrs, input_shapes, output_shape) -> {name: value}``: what a kernel needs
+        beyond the attributes (explicit per-side padding, a default stride filled in, an
+        output size), added to the attributes when the graph is lowered.
+    init : ``(role, attrs, parameter_shapes) -> Init``: how a fresh parameter starts
+        (PyTorch's ``reset_parameters``); None: scales and variances 1, the rest 0.
     """
 
     op: str
@@ -346,6 +344,10 @@ class LayerType:
     rf_inputs: tuple[int, ...] | None = None
     view: bool = False
     label: Callable[[dict], str] | None = None
+    elementwise: bool = False
+    onnx: OnnxOp | None = None
+    lower: Callable[[dict, list, Shape], dict] | None = None
+    init: Callable[[str, dict, dict], Init] | None = None
 
     def short_label(self, attrs: dict) -> str:
         return self.label(attrs) if self.label is not None else self.op

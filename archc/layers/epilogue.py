@@ -11,23 +11,14 @@ attribute, the residual's shape check, the cost of the epilogue and its diagram 
 
 from __future__ import annotations
 
-from archc.layers.base import Activation, Attr, Optional, ShapeError, fmt_shape
+from archc.layers.activation import Activation, activation_layer
+from archc.layers.base import Attr, Optional, ShapeError, fmt_shape
 from archc.layers.costs import FLOAT_BYTES, numel
 
 ACTIVATION_ATTR = Attr(
     "activation", Optional(Activation()), None,
     "an activation applied to the output in the same kernel: relu, "
     "{leaky_relu: 0.2}, ... (fused; null: none)")
-
-
-def activation_layer(attrs: dict):
-    """The registry entry and attributes of a layer's fused activation, or None."""
-    from archc.layers import REGISTRY
-
-    if attrs.get("activation") is None:
-        return None
-    op, items = attrs["activation"]
-    return REGISTRY[op], dict(items)
 
 
 def check_residual(inputs: list, out: tuple, op: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from archc.ir import Graph
 from archc.layers import get_layer
-from archc.layers.base import FUSABLE_ACTIVATIONS
+from archc.layers import FUSABLE_ACTIVATIONS
 from archc.passes.manager import Params, Pass, PassResult, register
 from archc.passes.rewrite import absorb, set_inputs, sole_user
 
@@ -67,9 +67,8 @@ def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
 
 
 def fuse_activation(graph: Graph, params: Params | None, options: dict) -> PassResult:
-    """Fuse an activation (relu, relu6, leaky_relu, gelu, silu, sigmoid, tanh, hardswish,
-    hardsigmoid) into the conv or linear layer before it, when that layer feeds nothing
-    else."""
+    """Fuse an element-wise activation (any of ``FUSABLE_ACTIVATIONS``: relu, gelu, ...)
+    into the conv or linear layer before it, when that layer feeds nothing else."""
     out = graph.copy()
     result = PassResult(out, params)
     for act in list(out):

@@ -15,17 +15,10 @@ from typing import Callable
 import numpy as np
 
 
-CODES = {"relu": 0, "relu6": 1, "leaky_relu": 2, "silu": 3, "sigmoid": 4, "tanh": 5,
-         "hardswish": 6, "hardsigmoid": 7, "gelu": 8, "gelu_tanh": 9}
-"""Activation codes every backend's kernels share (a small integer picks the function)."""
-NO_ACTIVATION = -1  # the code of an epilogue without an activation
-
-
-def activation_code(name: str, attrs: dict) -> tuple[int, float]:
-    """(kernel code, negative slope) of an activation and its attributes."""
-    if name == "gelu" and attrs["approximate"] != "none":
-        return CODES["gelu_tanh"], 0.0
-    return CODES[name], float(attrs.get("negative_slope", 0.0))
+from runtime.backends.activations import (  # noqa: F401 (the kernels' codes, re-exported)
+    NO_ACTIVATION,
+    activation_code,
+)
 
 
 def activation_of(op) -> tuple[str, dict] | None:

@@ -8,19 +8,16 @@ for gradient checks).
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
+from runtime.backends.activations import ACTIVATIONS, reference_forward
 from runtime.backends.epilogue import activation_of, keep_pre_activation
 from runtime.program import Op
 
 Kernel = Callable[[Op, list, dict, dict], np.ndarray]
 KERNELS: dict[str, Kernel] = {}
-
-_erf = np.vectorize(math.erf, otypes=[np.float64])
-
 
 def kernel(*kinds: str):
     def register(fn: Kernel) -> Kernel:
@@ -53,7 +50,7 @@ def _epilogue(op, y: np.ndarray, xs: list, ctx: dict) -> np.ndarray:
     if act is None:
         return y
     keep_pre_activation(op, y, ctx)
-    return ACTIVATIONS[act[0]](y, act[1]).astype(y.dtype, copy=False)
+    return reference_forward(act[0], act[1], y)
 
 
 @kernel("conv2d")
@@ -286,27 +283,9 @@ def layer_scale(op, xs, p, ctx):
     return xs[0] * p["weight"][None]
 
 
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
-ACTIVATIONS = {
-    "relu": lambda x, a: np.maximum(x, 0),
-    "relu6": lambda x, a: np.clip(x, 0, 6),
-    "leaky_relu": lambda x, a: np.where(x > 0, x, a["negative_slope"] * x),
-    "gelu": lambda x, a: (0.5 * x * (1 + _erf(x / math.sqrt(2)))) if a["approximate"] == "none"
-    else 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))),
-    "silu": lambda x, a: x * _sigmoid(x),
-    "hardswish": lambda x, a: x * np.clip(x + 3, 0, 6) / 6,
-    "hardsigmoid": lambda x, a: np.clip(x + 3, 0, 6) / 6,
-    "sigmoid": lambda x, a: _sigmoid(x),
-    "tanh": lambda x, a: np.tanh(x),
-}
-
-
 @kernel(*ACTIVATIONS)
 def activation(op, xs, p, ctx):
-    return ACTIVATIONS[op.kind](xs[0], op.attrs).astype(xs[0].dtype, copy=False)
+    return reference_forward(op.kind, op.attrs, xs[0])
 
 
 @kernel("softmax")

@@ -8,17 +8,15 @@ an input that takes no gradient (positions, a size reference) gets ``None``.
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
 
+from runtime.backends.activations import ACTIVATIONS, reference_derivative
 from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import (
     _bins,
-    _erf,
     _pad,
-    _sigmoid,
     _taps,
     _window_pads,
     resize_matrices,
@@ -245,30 +243,9 @@ def layer_scale(op, xs, y, gy, p, ctx):
     return [gy * p["weight"][None]], {"weight": (gy * x).sum(axis=(0, 2, 3)).reshape(-1, 1, 1)}
 
 
-def _gelu_grad(x, a):
-    if a["approximate"] == "none":
-        return 0.5 * (1 + _erf(x / math.sqrt(2))) + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    c = math.sqrt(2 / math.pi)
-    t = np.tanh(c * (x + 0.044715 * x ** 3))
-    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
-
-
-DERIVATIVES = {
-    "relu": lambda x, y, a: (x > 0).astype(x.dtype),
-    "relu6": lambda x, y, a: ((x > 0) & (x < 6)).astype(x.dtype),
-    "leaky_relu": lambda x, y, a: np.where(x > 0, 1.0, a["negative_slope"]).astype(x.dtype),
-    "gelu": lambda x, y, a: _gelu_grad(x, a),
-    "silu": lambda x, y, a: _sigmoid(x) * (1 + x * (1 - _sigmoid(x))),
-    "hardswish": lambda x, y, a: np.where(x < -3, 0.0, np.where(x > 3, 1.0, (2 * x + 3) / 6)),
-    "hardsigmoid": lambda x, y, a: ((x > -3) & (x < 3)) / 6.0,
-    "sigmoid": lambda x, y, a: y * (1 - y),
-    "tanh": lambda x, y, a: 1 - y * y,
-}
-
-
-@backward(*DERIVATIVES)
+@backward(*ACTIVATIONS)
 def activation(op, xs, y, gy, p, ctx):
-    return [gy * DERIVATIVES[op.kind](xs[0], y, op.attrs).astype(gy.dtype)], {}
+    return [gy * reference_derivative(op.kind, op.attrs, xs[0], y).astype(gy.dtype)], {}
 
 
 @backward("softmax")
@@ -353,7 +330,7 @@ def concat(op, xs, y, gy, p, ctx):
 
 def activation_grad(name: str, attrs: dict, pre, y, gy):
     """The gradient before a fused activation (conv and linear epilogues)."""
-    return gy * DERIVATIVES[name](pre, y, attrs).astype(gy.dtype)
+    return gy * reference_derivative(name, attrs, pre, y).astype(gy.dtype)
 
 
 for _kind in ("conv2d", "linear"):

@@ -5,6 +5,7 @@ kernel in either direction; tests hold every one of them to the reference backen
 
 from __future__ import annotations
 
+from runtime.backends.activations import ACTIVATIONS
 from runtime.backends.cpu import conv, elementwise, linear, norm, pool, resample, tensor
 from runtime.backends.cpu.blas import single_threaded_blas as scope  # noqa: F401 (Model runs kernels in it)
 from runtime.backends.epilogue import fused_backward
@@ -47,9 +48,8 @@ KERNELS["layer_scale"], BACKWARD["layer_scale"] = norm.layer_scale_forward, norm
 # Activations: the Numba kernels, except the forward passes of sigmoid, tanh and silu,
 # where NumPy's SIMD tanh beats Numba's scalar calls to libm's exp and tanh by 4-36x
 # (bench/bench_activations.py, docs/performance.md).
-for _kind in ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
-              "hardsigmoid"):
-    if _kind not in ("sigmoid", "tanh", "silu"):
+for _kind in ACTIVATIONS:
+    if _kind not in elementwise.NUMPY_FORWARD:
         KERNELS[_kind] = elementwise.activation_forward
     BACKWARD[_kind] = elementwise.activation_backward
 
@@ -57,6 +57,5 @@ NUMBA_OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
              "adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
              "global_max_pool2d", "unpool2d", "max_unpool2d", "upsample", "add", "multiply",
              "concat", "channel_shuffle", "softmax", "dropout", "stochastic_depth", "batchnorm2d",
-             "batchnorm1d", "layernorm", "layernorm2d", "local_response_norm", "layer_scale",
-             "relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
-             "hardsigmoid")
+             "batchnorm1d", "layernorm", "layernorm2d", "local_response_norm",
+             "layer_scale") + ACTIVATIONS

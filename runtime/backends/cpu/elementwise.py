@@ -1,20 +1,19 @@
-"""Activations on the CPU: for each activation a scalar function and its derivative,
-inlined into a parallel loop over the flattened tensor. The kernel picks the activation
-by a small integer code outside the loop, so every loop is branch-free and vectorises
-(an earlier kernel that branched on the code inside the loop lost to NumPy everywhere).
+"""Activations on the CPU: each formula of ``runtime/backends/activations.py`` (a scalar
+function and its derivative) compiled by Numba and inlined into a loop over a chunk of
+the flattened tensor, chunks in parallel. The kernel picks the activation by a small
+integer code outside the loop (a chain of compiled links, one per formula), so every
+loop is branch-free and vectorises (an earlier kernel that branched on the code inside
+the loop lost to NumPy everywhere).
 runtime/backends/cpu/__init__.py uses these or NumPy's ufuncs per activation and
 direction, whichever bench/bench_activations.py measured faster."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-from runtime.backends.epilogue import (  # noqa: F401 (CODES: the kernels' codes, re-exported)
-    CODES,
-    NO_ACTIVATION,
+from runtime.backends.activations import NO_ACTIVATION, dispatch_chain, reference_forward
+from runtime.backends.epilogue import (
     activation_code,
     activation_of,
     keep_pre_activation,
@@ -22,119 +21,73 @@ from runtime.backends.epilogue import (  # noqa: F401 (CODES: the kernels' codes
 from runtime.config import PARALLEL
 
 
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_TANH_C = math.sqrt(2.0 / math.pi)
+def _scalar(fn):
+    return njit(cache=True, inline="always")(fn)
 
 
-@njit(cache=True, inline="always")
-def _sigmoid(v):
-    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
-
-
-@njit(cache=True, inline="always")
-def _hard(v):
-    return min(max(v + 3.0, 0.0), 6.0) / 6.0
-
-
-@njit(cache=True, inline="always")
-def _gelu_tanh_inner(v):
-    return math.tanh(_TANH_C * (v + 0.044715 * v * v * v))
+def _forward_link(code, f, rest):
+    @njit(cache=True)
+    def apply(v, c, a):
+        if c == code:
+            for i in range(v.size):
+                v[i] = f(v[i], a)
+        else:
+            rest(v, c, a)
+    return apply
 
 
 @njit(cache=True)
-def activate_inplace(v, code, slope):
-    """Apply activation ``code`` to a 1-D array in place (the branch is taken once, so
-    each loop is branch-free and vectorises). Conv and linear kernels call it on their
-    output rows while they are in cache: the fused epilogue. NO_ACTIVATION does nothing."""
-    n = v.size
-    if code == 0:
-        for i in range(n):
-            v[i] = max(v[i], 0.0)
-    elif code == 1:
-        for i in range(n):
-            v[i] = min(max(v[i], 0.0), 6.0)
-    elif code == 2:
-        for i in range(n):
-            v[i] = v[i] if v[i] > 0 else slope * v[i]
-    elif code == 3:
-        for i in range(n):
-            v[i] = v[i] * _sigmoid(v[i])
-    elif code == 4:
-        for i in range(n):
-            v[i] = _sigmoid(v[i])
-    elif code == 5:
-        for i in range(n):
-            v[i] = math.tanh(v[i])
-    elif code == 6:
-        for i in range(n):
-            v[i] = v[i] * _hard(v[i])
-    elif code == 7:
-        for i in range(n):
-            v[i] = _hard(v[i])
-    elif code == 8:
-        for i in range(n):
-            v[i] = 0.5 * v[i] * (1.0 + math.erf(v[i] * _SQRT_HALF))
-    elif code == 9:
-        for i in range(n):
-            v[i] = 0.5 * v[i] * (1.0 + _gelu_tanh_inner(v[i]))
+def _identity(v, c, a):
+    pass
+
+
+def _backward_link(code, df, rest):
+    @njit(cache=True)
+    def apply(x, y, gy, gx, c, a):
+        if c == code:
+            for i in range(gx.size):
+                gx[i] = gy[i] * df(x[i], y[i], a)
+        else:
+            rest(x, y, gy, gx, c, a)
+    return apply
+
+
+@njit(cache=True)
+def _no_derivative(x, y, gy, gx, c, a):
+    gx[:] = gy
+
+
+activate_inplace = dispatch_chain(_forward_link, _identity, lambda f: _scalar(f.forward))
+"""``activate_inplace(v, code, a)``: activation ``code`` over a 1-D array, in place
+(NO_ACTIVATION does nothing). Conv and linear kernels call it on their output rows while
+they are in cache: the fused epilogue."""
+
+derivative_into = dispatch_chain(_backward_link, _no_derivative,
+                                 lambda f: _scalar(f.derivative))
+"""``derivative_into(x, y, gy, gx, code, a)``: ``gx = gy * f'(x)`` over 1-D arrays."""
 
 
 CHUNK = 16384  # elements per thread job of the element-wise kernels
 
 
 @njit(cache=True, **PARALLEL)
-def activation_forward_kernel(x, code, slope):
+def activation_forward_kernel(x, code, a):
     y = x.copy().ravel()
     n = y.size
     for job in prange((n + CHUNK - 1) // CHUNK):
-        activate_inplace(y[job * CHUNK:min(n, (job + 1) * CHUNK)], code, slope)
+        activate_inplace(y[job * CHUNK:min(n, (job + 1) * CHUNK)], code, a)
     return y.reshape(x.shape)
 
 
 @njit(cache=True, **PARALLEL)
-def activation_backward_kernel(x, y, gy, code, slope):
+def activation_backward_kernel(x, y, gy, code, a):
     """gx = gy * f'(x), using the forward output y where it gives f' directly."""
     fx, fy, fg = x.ravel(), y.ravel(), gy.ravel()
     gx = np.empty_like(fg)
     n = fg.size
-    if code == 0:
-        for i in prange(n):
-            gx[i] = fg[i] if fx[i] > 0 else 0.0
-    elif code == 1:
-        for i in prange(n):
-            gx[i] = fg[i] if 0 < fx[i] < 6 else 0.0
-    elif code == 2:
-        for i in prange(n):
-            gx[i] = fg[i] if fx[i] > 0 else slope * fg[i]
-    elif code == 3:
-        for i in prange(n):
-            s = _sigmoid(fx[i])
-            gx[i] = fg[i] * s * (1.0 + fx[i] * (1.0 - s))
-    elif code == 4:
-        for i in prange(n):
-            gx[i] = fg[i] * fy[i] * (1.0 - fy[i])
-    elif code == 5:
-        for i in prange(n):
-            gx[i] = fg[i] * (1.0 - fy[i] * fy[i])
-    elif code == 6:
-        for i in prange(n):
-            v = fx[i]
-            gx[i] = fg[i] * (0.0 if v < -3 else (1.0 if v > 3 else (2.0 * v + 3.0) / 6.0))
-    elif code == 7:
-        for i in prange(n):
-            gx[i] = fg[i] / 6.0 if -3 < fx[i] < 3 else 0.0
-    elif code == 8:
-        for i in prange(n):
-            v = fx[i]
-            gx[i] = fg[i] * (0.5 * (1.0 + math.erf(v * _SQRT_HALF))
-                             + v * math.exp(-0.5 * v * v) * _INV_SQRT_2PI)
-    else:
-        for i in prange(n):
-            v = fx[i]
-            t = _gelu_tanh_inner(v)
-            gx[i] = fg[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * _TANH_C
-                             * (1.0 + 3.0 * 0.044715 * v * v))
+    for job in prange((n + CHUNK - 1) // CHUNK):
+        lo, hi = job * CHUNK, min(n, (job + 1) * CHUNK)
+        derivative_into(fx[lo:hi], fy[lo:hi], fg[lo:hi], gx[lo:hi], code, a)
     return gx.reshape(gy.shape)
 
 
@@ -155,22 +108,13 @@ def activation_backward(op, xs, y, gy, p, ctx):
 
 
 # Activations whose NumPy forward beats the Numba loop (bench/bench_activations.py: NumPy's
-# SIMD tanh against scalar libm calls, 4-36x): a fused layer applies these with NumPy in
-# place right after its kernel instead of in the kernel's rows.
+# SIMD tanh against scalar libm calls, 4-36x): their reference formula (NumPy) runs right
+# after a fused layer's kernel instead of in the kernel's rows.
 NUMPY_FORWARD = ("sigmoid", "tanh", "silu")
 
 
-def numpy_activation_inplace(y: np.ndarray, name: str) -> np.ndarray:
-    if name == "tanh":
-        return np.tanh(y, out=y)
-    sigmoid = np.tanh(0.5 * y)
-    sigmoid += 1.0
-    sigmoid *= 0.5
-    if name == "sigmoid":
-        y[...] = sigmoid
-    else:  # silu
-        y *= sigmoid
-    return y
+def numpy_activation(y: np.ndarray, act: tuple[str, dict]) -> np.ndarray:
+    return reference_forward(act[0], act[1], y)
 
 
 def fused_forward(core):
@@ -189,10 +133,10 @@ def fused_forward(core):
             pre = core(op, xs, p, NO_ACTIVATION, 0.0)
             keep_pre_activation(op, pre, ctx)
             if act[0] in NUMPY_FORWARD:
-                return numpy_activation_inplace(pre.copy(), act[0])
+                return numpy_activation(pre, act)
             return activation_forward_kernel(pre, code, slope)
         if act[0] in NUMPY_FORWARD:
-            return numpy_activation_inplace(core(op, xs, p, NO_ACTIVATION, 0.0), act[0])
+            return numpy_activation(core(op, xs, p, NO_ACTIVATION, 0.0), act)
         return core(op, xs, p, code, slope)
 
     return forward

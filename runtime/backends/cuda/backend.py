@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from runtime.backends import cpu
+from runtime.backends.activations import ACTIVATIONS
 from runtime.backends.base import Backend
 from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import layers as L
@@ -26,8 +27,6 @@ from runtime.backends.epilogue import activation_of, fused_backward, keep_pre_ac
 
 cuda = K.cuda
 
-ACTIVATIONS = ("relu", "relu6", "leaky_relu", "gelu", "silu", "sigmoid", "tanh", "hardswish",
-               "hardsigmoid")
 
 
 def to_device(array):

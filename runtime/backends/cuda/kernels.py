@@ -8,8 +8,9 @@
   block. Conv layers use it on im2col matrices (``out (O, N*HW) = W (O, K) @ cols``, bias
   per row) and linear layers directly (``y = x @ W.T``, bias per column).
 - ``activation_forward_kernel`` / ``activation_backward_kernel``: grid-stride loops over
-  the flattened tensor; the activation codes are the CPU kernels'
-  (``runtime/backends/epilogue.py``), so one code means one function everywhere.
+  the flattened tensor; ``activate`` and ``derivative`` are compiled from the same scalar
+  formulas as the CPU kernels (``runtime/backends/activations.py``), so one code means one
+  function everywhere.
 - ``add_kernel``: element-wise sum of two same-shape tensors.
 
 float32 throughout; every kernel is tested against NumPy under the CUDA simulator.
@@ -24,7 +25,7 @@ import numpy as np
 from numba import float32
 
 from runtime.backends.cuda import numba_cuda
-from runtime.backends.epilogue import NO_ACTIVATION, activation_code
+from runtime.backends.activations import NO_ACTIVATION, activation_code, dispatch_chain
 
 cuda = numba_cuda()
 
@@ -44,9 +45,6 @@ TILE_K = 16  # depth of the shared-memory panels
 # (the simulator accepts it; a real GPU does not)
 TILE_K_PADDED = TILE_K + 1
 TILE_PADDED = TILE + 1
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_TANH_C = math.sqrt(2.0 / math.pi)
 
 
 class Arena:
@@ -104,62 +102,42 @@ def empty(shape, dtype=np.float32):
     return cuda.device_array(shape, dtype=dtype)
 
 
-@cuda.jit(device=True, inline=True)
-def _sigmoid(v):
-    return 1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v))
+def _device(fn):
+    return cuda.jit(device=True, inline=True)(fn)
+
+
+def _activate_link(code, f, rest):
+    def activate(v, c, a):
+        if c == code:
+            return f(v, a)
+        return rest(v, c, a)
+    return _device(activate)
+
+
+def _derivative_link(code, df, rest):
+    def derivative(x, y, c, a):
+        if c == code:
+            return df(x, y, a)
+        return rest(x, y, c, a)
+    return _device(derivative)
 
 
 @cuda.jit(device=True, inline=True)
-def activate(v, code, slope):
-    """Activation ``code`` of one value (negative: the identity)."""
-    if code == 0:
-        return max(v, 0.0)
-    if code == 1:
-        return min(max(v, 0.0), 6.0)
-    if code == 2:
-        return v if v > 0 else slope * v
-    if code == 3:
-        return v * _sigmoid(v)
-    if code == 4:
-        return _sigmoid(v)
-    if code == 5:
-        return math.tanh(v)
-    if code == 6:
-        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
-    if code == 7:
-        return min(max(v + 3.0, 0.0), 6.0) / 6.0
-    if code == 8:
-        return 0.5 * v * (1.0 + math.erf(v * _SQRT_HALF))
-    if code == 9:
-        return 0.5 * v * (1.0 + math.tanh(_TANH_C * (v + 0.044715 * v * v * v)))
+def _identity(v, c, a):
     return v
 
 
 @cuda.jit(device=True, inline=True)
-def derivative(x, y, code, slope):
-    """f'(x) for activation ``code``, from its input x or its output y where that is
-    simpler (as the CPU kernels do)."""
-    if code == 0:
-        return 1.0 if x > 0 else 0.0
-    if code == 1:
-        return 1.0 if 0 < x < 6 else 0.0
-    if code == 2:
-        return 1.0 if x > 0 else slope
-    if code == 3:
-        s = _sigmoid(x)
-        return s * (1.0 + x * (1.0 - s))
-    if code == 4:
-        return y * (1.0 - y)
-    if code == 5:
-        return 1.0 - y * y
-    if code == 6:
-        return 0.0 if x < -3 else (1.0 if x > 3 else (2.0 * x + 3.0) / 6.0)
-    if code == 7:
-        return 1.0 / 6.0 if -3 < x < 3 else 0.0
-    if code == 8:
-        return 0.5 * (1.0 + math.erf(x * _SQRT_HALF)) + x * math.exp(-0.5 * x * x) * _INV_SQRT_2PI
-    t = math.tanh(_TANH_C * (x + 0.044715 * x * x * x))
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _TANH_C * (1.0 + 3.0 * 0.044715 * x * x)
+def _one(x, y, c, a):
+    return 1.0
+
+
+activate = dispatch_chain(_activate_link, _identity, lambda f: _device(f.forward))
+"""``activate(v, code, a)``: activation ``code`` of one value (NO_ACTIVATION: the identity),
+compiled from the formulas of ``runtime/backends/activations.py``."""
+
+derivative = dispatch_chain(_derivative_link, _one, lambda f: _device(f.derivative))
+"""``derivative(x, y, code, a)``: f'(x) of activation ``code`` (y: its output)."""
 
 
 @cuda.jit(device=True, inline=True)
