@@ -1,14 +1,13 @@
 """Parameters: PyTorch's initialisation, and ``.npz`` files that never hold pickles.
 
-Initialisation follows each torch.nn layer's ``reset_parameters``: conv and linear
-weights Kaiming-uniform with ``a = sqrt(5)`` (bound ``1 / sqrt(fan_in)``), biases uniform
-in ``+-1 / sqrt(fan_in)``, normalisation scales 1 and shifts 0, running variance 1, layer
-scale its ``init_value``.
+Initialisation follows each torch.nn layer's ``reset_parameters``, as the compiler's
+registry states it per layer type and the lowered program carries it (``ParamSpec.init``):
+conv and linear weights and biases uniform in ``+-1 / sqrt(fan_in)``, normalisation scales
+1 and shifts 0, running variance 1, layer scale its ``init_value``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -21,31 +20,19 @@ class WeightsError(Exception):
     """A weights file does not fit the program (missing, extra or mis-shaped arrays)."""
 
 
-def _fan_in(kind: str, weight_shape: tuple[int, ...]) -> int:
-    if kind == "conv_transpose2d":  # PyTorch computes it from dim 1: (in, out/groups, kh, kw)
-        return weight_shape[1] * math.prod(weight_shape[2:])
-    return math.prod(weight_shape[1:])
-
-
 def init_params(program: Program, seed: int = 0) -> dict[str, np.ndarray]:
-    """Fresh parameters and buffers for ``program``, reproducible from ``seed``."""
+    """Fresh parameters and buffers for ``program``, reproducible from ``seed``: each as its
+    ``ParamSpec.init`` says, drawn in program order."""
     rng = np.random.default_rng(seed)
     values: dict[str, np.ndarray] = {}
     for op in program.ops:
-        weight_shape = program.params[op.params["weight"]].shape if "weight" in op.params else None
-        for role, full in op.params.items():
+        for full in op.params.values():
             spec = program.params[full]
-            if role == "num_batches_tracked":
-                values[full] = np.zeros(spec.shape, dtype=np.int64)
-            elif op.kind in ("conv2d", "conv_transpose2d", "linear"):
-                bound = 1.0 / math.sqrt(_fan_in(op.kind, weight_shape))
-                values[full] = rng.uniform(-bound, bound, spec.shape).astype(np.float32)
-            elif op.kind == "layer_scale":
-                values[full] = np.full(spec.shape, op.attrs["init_value"], dtype=np.float32)
-            elif role in ("weight", "running_var"):
-                values[full] = np.ones(spec.shape, dtype=np.float32)
+            kind, value = spec.init
+            if kind == "uniform":
+                values[full] = rng.uniform(-value, value, spec.shape).astype(np.float32)
             else:
-                values[full] = np.zeros(spec.shape, dtype=np.float32)
+                values[full] = np.full(spec.shape, value, dtype=spec.dtype)
     return values
 
 

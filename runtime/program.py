@@ -34,12 +34,15 @@ class Op:
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """A parameter or buffer: its shape, whether it is a buffer, whether it trains."""
+    """A parameter or buffer: its shape, whether it is a buffer, whether it trains, and how
+    it starts: ``init`` is ``("uniform", bound)`` (uniform in ``+-bound``) or ``("constant",
+    value)``, as the layer's registry entry says (PyTorch's ``reset_parameters``)."""
 
     shape: tuple[int, ...]
     buffer: bool = False
     trainable: bool = True
     dtype: str = "float32"
+    init: tuple[str, float] = ("constant", 0.0)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import archc
 import torch_models
 import torch_twins
 from archc.layers import REGISTRY, get_layer
-from archc.lower import _resolved_attrs
+from archc.lower import resolved_attrs
 from conftest import SPECS
 from runtime.backends.reference import KERNELS
 from runtime.params import WeightsError, init_params
@@ -33,7 +33,7 @@ def one_op(op: str, attrs: dict, in_shapes: list):
     roles = {**layer.parameters(clean, in_shapes), **layer.buffers(clean, in_shapes)}
     specs = {r: ParamSpec(tuple(s), dtype="int64" if r == "num_batches_tracked" else "float32")
              for r, s in roles.items()}
-    prog_op = Op(op, op, _resolved_attrs(op, clean, in_shapes, out_shape),
+    prog_op = Op(op, op, resolved_attrs(op, clean, in_shapes, out_shape),
                  tuple(f"x{i}" for i in range(len(in_shapes))), "y", {r: r for r in roles},
                  tuple(map(tuple, in_shapes)), out_shape)
     return prog_op, Program(op, {}, (prog_op,), {"y": "y"}, specs)

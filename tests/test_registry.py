@@ -1,8 +1,6 @@
-"""The layer registry stays complete: every layer type has what every stage needs.
-
-Later stages (analysis, lowering, kernels, rendering, export) extend this test with their
-own fields, so a layer type cannot be added without them.
-"""
+"""The layer registry stays complete: every layer type has what every stage needs, from
+its shape rule to its kernels on each backend and its ONNX reading and writing; the test
+names the layer type and the piece it lacks."""
 
 from __future__ import annotations
 
@@ -68,3 +66,52 @@ def test_documented_example_builds(op):
 
 def test_aliases_resolve():
     assert get_layer("swish") is get_layer("silu")
+
+
+def _missing_pieces(op: str) -> list[str]:
+    """What layer type ``op`` lacks, each piece named: every stage reads the registry, and
+    the runtime's tables must cover every entry (or declare why not)."""
+    from archc.export.onnx_export import EMITTERS
+    from archc.export.onnx_import import NOT_READ, READ_FROM, RULES
+    from runtime.backends import cpu, reference, reference_backward
+    from runtime.backends.activations import ACTIVATIONS
+    from runtime.backends.cuda import backend as cuda
+
+    layer = get_layer(op)
+    checks = {
+        "shape rule": callable(layer.infer_shape),
+        "cost (MACs, FLOPs, saved bytes)": layer.cost is not None,
+        "receptive field": layer.receptive_field is not None,
+        "reference forward": op in reference.KERNELS,
+        "reference backward": op in reference_backward.BACKWARD,
+        "CPU forward and backward (Numba, or declared in cpu.NUMPY_OPS)":
+            op in cpu.NUMBA_OPS or op in cpu.NUMPY_OPS,
+        "CUDA forward and backward (or declared in cuda.HOST_FALLBACK)":
+            (op in cuda.DEVICE_OPS and op in cuda.BACKWARD) or op in cuda.HOST_FALLBACK,
+        "ONNX export (onnx_export.EMITTERS)": op in EMITTERS,
+        "ONNX import (onnx_import.READ_FROM with a rule, or a reason in NOT_READ)":
+            (op in READ_FROM and all(t in RULES for t in READ_FROM[op])) or op in NOT_READ,
+        "a formula in runtime/backends/activations.py (an element-wise layer)":
+            not layer.elementwise or op in ACTIVATIONS,
+    }
+    return [piece for piece, present in checks.items() if not present]
+
+
+@pytest.mark.parametrize("op", USER_OPS)
+def test_every_layer_type_has_every_piece(op):
+    missing = _missing_pieces(op)
+    assert not missing, f"layer type '{op}' lacks: " + "; ".join(missing)
+
+
+def test_runtime_formulas_are_the_registrys_activations():
+    from archc.layers import FUSABLE_ACTIVATIONS
+    from runtime.backends.activations import ACTIVATIONS
+
+    assert sorted(ACTIVATIONS) == sorted(FUSABLE_ACTIVATIONS)
+
+
+def test_the_completeness_check_names_what_is_missing(monkeypatch):
+    from runtime.backends import reference
+
+    monkeypatch.delitem(reference.KERNELS, "mish")
+    assert _missing_pieces("mish") == ["reference forward"]

@@ -626,9 +626,43 @@ RULES: dict[str, Callable[[_Reader, object], None]] = {
     "Slice": _slice, "Split": _split, "Resize": _resize,
     "Dropout": _dropout, "Identity": _identity,
 }
+READ_FROM: dict[str, tuple[str, ...]] = {
+    "conv2d": ("Conv",), "conv_transpose2d": ("ConvTranspose",), "linear": ("Gemm", "MatMul"),
+    "max_pool2d": ("MaxPool",), "avg_pool2d": ("AveragePool",), "max_unpool2d": ("MaxUnpool",),
+    "global_avg_pool2d": ("GlobalAveragePool", "ReduceMean"),
+    "global_max_pool2d": ("GlobalMaxPool", "ReduceMax"),
+    "batchnorm2d": ("BatchNormalization",), "batchnorm1d": ("BatchNormalization",),
+    "layernorm": ("LayerNormalization",), "layernorm2d": ("Transpose",),
+    "local_response_norm": ("LRN",), "layer_scale": ("Mul",),
+    "relu": ("Clip",), "relu6": ("Clip",), "gelu": ("Gelu", "Div"), "silu": ("Sigmoid",),
+    "hardsigmoid": ("HardSigmoid",), "softmax": ("Softmax",),
+    "add": ("Add", "Sum"), "multiply": ("Mul",), "concat": ("Concat",),
+    "flatten": ("Flatten", "Reshape"), "reshape": ("Reshape",), "permute": ("Transpose",),
+    "channel_shuffle": ("Reshape",), "slice": ("Slice", "Split"), "upsample": ("Resize",),
+    "dropout": ("Dropout",), "identity": ("Identity",),
+}
+"""The ONNX operators (the first of a composition) that import as each layer type, beside
+those of registry entries with an ``onnx`` operator; archc's own files read every layer
+back through their notes."""
+
+NOT_READ: dict[str, str] = {
+    "mish": "PyTorch writes it at opset 17 as Softplus, Tanh and Mul, which import as those "
+            "three layers (the same function)",
+    "adaptive_avg_pool2d": "written as pooling (even bins) or slices and means, which import "
+                           "as those",
+    "adaptive_max_pool2d": "written as pooling (even bins) or slices and maxima, which import "
+                           "as those",
+    "unpool2d": "written as a nearest Resize or a scatter composition, which import as those",
+    "center_crop": "written as two slices, which import as slices",
+    "stochastic_depth": "nothing at inference: ONNX has no operator for it",
+}
+"""Layer types that only archc's own files (their notes) read back, and why."""
+
 for _layer in REGISTRY.values():  # the operators that are one registry entry each
     if _layer.onnx is not None and _layer.onnx.op_type not in RULES:
         RULES[_layer.onnx.op_type] = _one_operator(_layer)
+    if _layer.onnx is not None:
+        READ_FROM.setdefault(_layer.op, (_layer.onnx.op_type,))
 """How each ONNX operator (or the composition it starts) becomes archc layers."""
 
 

@@ -1,7 +1,13 @@
 """The layer registry: one :class:`LayerType` per op, looked up by its YAML name.
 
 Adding a layer type means adding one entry in the family module it belongs to
-(``conv.py``, ``pool.py``, ...) and listing it in that module's ``LAYERS``.
+(``conv.py``, ``pool.py``, ...) and listing it in that module's ``LAYERS``: the entry holds
+its schema, shape rule, costs, receptive field, diagram label, lowering (``lower``) and
+parameter initialisation (``init``), and every stage reads it from here. The runtime adds
+its kernels under the same name (an element-wise activation: one formula in
+``runtime/backends/activations.py``, which every backend compiles); an ONNX emitter is
+needed where ONNX has no operator of the same meaning (``LayerType.onnx``).
+``tests/test_registry.py`` names any piece a layer type lacks.
 
 Examples
 --------

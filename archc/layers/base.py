@@ -251,6 +251,14 @@ def default_init(role: str, attrs: dict, shapes: dict) -> Init:
     return Init(value=1.0 if role in ("weight", "running_var") else 0.0)
 
 
+def fan_in_uniform(role: str, attrs: dict, shapes: dict) -> Init:
+    """PyTorch's conv and linear initialisation: weight and bias uniform in ``+-1 /
+    sqrt(fan_in)`` (Kaiming-uniform with ``a = sqrt(5)``), fan_in being the weight's size
+    past its first axis (``torch.nn.init._calculate_fan_in_and_fan_out``: for a transposed
+    conv's (in, out / groups, kh, kw) weight too)."""
+    return Init.uniform(1.0 / math.sqrt(math.prod(shapes["weight"][1:])))
+
+
 REQUIRED = object()
 
 

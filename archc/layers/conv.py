@@ -24,6 +24,7 @@ from archc.layers.epilogue import (
 )
 from archc.layers.labels import conv_label
 from archc.layers.base import (
+    fan_in_uniform,
     Attr,
     AttrError,
     Bool,
@@ -222,6 +223,9 @@ CONV2D = LayerType(
         "the value before it).",
     ),
     receptive_field=_conv2d_rf,
+    lower=lambda a, i, o: {"pads": resolve_padding(a["padding"], a["kernel_size"], a["stride"],
+                                                   a["dilation"], tuple(i[0][1:]))},
+    init=fan_in_uniform,
 )
 
 
@@ -291,6 +295,7 @@ CONV_TRANSPOSE2D = LayerType(
         "Saves its input.",
     ),
     receptive_field=_transpose_rf,
+    init=fan_in_uniform,
 )
 
 LAYERS = (CONV2D, CONV_TRANSPOSE2D)

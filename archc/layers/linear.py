@@ -6,6 +6,7 @@ from archc.layers.activation import same_shape
 from archc.layers.costs import Cost, numel, pointwise_rf, saves_inputs, whole_input_rf, zero
 from archc.layers.epilogue import ACTIVATION_ATTR, epilogue_flops, epilogue_label, epilogue_saved
 from archc.layers.base import (
+    fan_in_uniform,
     Attr,
     Bool,
     Choice,
@@ -57,6 +58,7 @@ LINEAR = LayerType(
         "activation, the value before it).",
     ),
     receptive_field=whole_input_rf,
+    init=fan_in_uniform,
 )
 
 DROPOUT = LayerType(

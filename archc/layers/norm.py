@@ -11,6 +11,7 @@ from archc.layers.costs import (
     saves_inputs,
 )
 from archc.layers.base import (
+    Init,
     Attr,
     Bool,
     Float,
@@ -181,6 +182,7 @@ LAYER_SCALE = LayerType(
     parameters=_layer_scale_params,
     cost=Cost(per_output(1), saves_inputs(0), "One multiply per element. Saves its input."),
     receptive_field=pointwise_rf,
+    init=lambda role, attrs, shapes: Init(value=attrs["init_value"]),
 )
 
 LAYERS = (BATCHNORM2D, BATCHNORM1D, LAYERNORM2D, LAYERNORM, LOCAL_RESPONSE_NORM, LAYER_SCALE)

@@ -111,6 +111,11 @@ _WINDOW_ATTRS = (
     Attr("padding", Pair(minimum=0), (0, 0), "implicit padding on each side"),
 )
 
+def default_stride(attrs: dict, inputs: list, out: tuple) -> dict:
+    """What a kernel reads: the stride, the window when none is given."""
+    return {"stride": attrs["stride"] or attrs["kernel_size"]}
+
+
 MAX_POOL2D = LayerType(
     op="max_pool2d",
     label=window_label("maxpool"),
@@ -132,6 +137,7 @@ MAX_POOL2D = LayerType(
         "of each maximum (int64).",
     ),
     receptive_field=_pool_rf,
+    lower=default_stride,
 )
 
 AVG_POOL2D = LayerType(
@@ -155,6 +161,7 @@ AVG_POOL2D = LayerType(
         "needs only shapes).",
     ),
     receptive_field=_pool_rf,
+    lower=default_stride,
 )
 
 

@@ -6,6 +6,7 @@ import math
 
 from archc.layers.costs import Cost, RFStep, numel, upsampling_rf, zero
 from archc.layers.labels import window_label, pair_text
+from archc.layers.pool import default_stride
 from archc.layers.base import (
     Attr,
     AttrError,
@@ -50,6 +51,11 @@ def _max_unpool_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
     return (x[0], out[0], out[1])
 
 
+def output_size(attrs: dict, inputs: list, out: tuple) -> dict:
+    """What a kernel reads: the output's height and width, as the shape rule found them."""
+    return {"out_size": tuple(out[1:])}
+
+
 MAX_UNPOOL2D = LayerType(
     op="max_unpool2d",
     label=window_label("max unpool"),
@@ -75,6 +81,7 @@ MAX_UNPOOL2D = LayerType(
     receptive_field=lambda a, i: upsampling_rf(
         tuple(o / n for o, n in zip(_max_unpool_shape(a, i)[1:], i[0][1:])), 1),
     rf_inputs=(0,),
+    lower=lambda a, i, o: {**default_stride(a, i, o), **output_size(a, i, o)},
 )
 
 
@@ -169,6 +176,7 @@ UPSAMPLE = LayerType(
         tuple(o / n for o, n in zip(_upsample_shape(a, i)[1:], i[0][1:])),
         1 if a["mode"] == "nearest" else 2),
     rf_inputs=(0,),
+    lower=output_size,
 )
 
 def _crop_shape(attrs: dict, inputs: list) -> tuple[int, int, int]:
@@ -202,6 +210,7 @@ CENTER_CROP = LayerType(
     cost=Cost(zero, zero, "Copies a window: 0 FLOPs. Saves nothing."),
     receptive_field=_crop_rf,
     rf_inputs=(0,),
+    lower=output_size,
 )
 
 LAYERS = (MAX_UNPOOL2D, UNPOOL2D, UPSAMPLE, CENTER_CROP)

@@ -53,9 +53,16 @@ for _kind in ACTIVATIONS:
         KERNELS[_kind] = elementwise.activation_forward
     BACKWARD[_kind] = elementwise.activation_backward
 
-NUMBA_OPS = ("conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-             "adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
-             "global_max_pool2d", "unpool2d", "max_unpool2d", "upsample", "add", "multiply",
-             "concat", "channel_shuffle", "softmax", "dropout", "stochastic_depth", "batchnorm2d",
-             "batchnorm1d", "layernorm", "layernorm2d", "local_response_norm",
-             "layer_scale") + ACTIVATIONS
+NUMPY_OPS = {
+    "flatten": "a view of its input", "reshape": "a view of its input",
+    "identity": "its input itself", "permute": "NumPy's transposed copy",
+    "slice": "NumPy's copy of a slice", "center_crop": "NumPy's copy of a slice",
+}
+"""Ops whose CPU kernel is the reference's NumPy (data movement NumPy does as well as a
+loop would), and why."""
+
+NUMBA_OPS = tuple(kind for kind in KERNELS
+                  if KERNELS[kind] is not REFERENCE_FORWARD.get(kind)
+                  or BACKWARD[kind] is not REFERENCE_BACKWARD.get(kind))
+"""The ops with a Numba (or NumPy-vectorised) kernel of their own in either direction;
+tests hold every one of them to the reference backend."""

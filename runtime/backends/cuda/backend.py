@@ -46,6 +46,7 @@ def _host_forward(kind: str):
         y = host(op, [to_host(x) for x in xs], {k: to_host(v) for k, v in p.items()}, ctx)
         return to_device(y)
 
+    run.host_fallback = True
     return run
 
 
@@ -460,13 +461,12 @@ for _kind in ACTIVATIONS:
 for _kind in ("dropout", "stochastic_depth"):
     KERNELS[_kind], BACKWARD[_kind] = dropout_forward, dropout_backward
 
-DEVICE_OPS = frozenset(("conv2d", "linear", "add", "flatten", "reshape", "identity", "dropout",
-                        "stochastic_depth", "max_pool2d", "avg_pool2d", "batchnorm2d",
-                        "batchnorm1d", "multiply", "channel_shuffle", "layer_scale",
-                        "upsample", "unpool2d", "center_crop", "layernorm", "layernorm2d",
-                        "local_response_norm", "conv_transpose2d", "max_unpool2d", "concat",
-                        "slice", "softmax", "permute")
-                       + ACTIVATIONS + POOLS)
+DEVICE_OPS = frozenset(kind for kind, kernel in KERNELS.items()
+                       if not getattr(kernel, "host_fallback", False))
+"""The layer types with device kernels; the others run through the host fallback."""
+
+HOST_FALLBACK: dict[str, str] = {}
+"""Layer types that run through the host fallback on purpose, and why (none today)."""
 
 
 def on_device(op) -> bool:
