@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from archc.errors import Loc, SpecError
+from archc.errors import ArchcError, Loc, SpecError
 from archc.ir import Graph, Node, verify
 from archc.shapes import infer_shapes
 from archc.spec import load_spec
@@ -79,5 +79,5 @@ def build(spec: str | Path, variables: dict[str, Any], text: str | None = None) 
     return graph
 
 
-__all__ = ["Graph", "Loc", "Node", "SpecError", "build", "compile", "diagram", "infer_shapes",
-           "load", "load_spec", "verify"]
+__all__ = ["ArchcError", "Graph", "Loc", "Node", "SpecError", "build", "compile", "diagram",
+           "infer_shapes", "load", "load_spec", "verify"]

@@ -14,13 +14,8 @@ import sys
 from typing import Callable
 
 from archc import distributed
-from archc.data import SOURCES, DataError
-from archc.errors import SpecError
-from archc.train import TrainingError
-from archc.visualize import VisualizeError
-from runtime.backends.cuda import CudaUnavailable
-from runtime.model import InputError
-from runtime.params import WeightsError
+from archc.data import SOURCES
+from archc.errors import ArchcError, DataError, InputError, UsageError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
@@ -208,7 +203,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     pipeline = _pipeline(args) or []
     for name, _ in pipeline:
         if PASSES[name].needs_params and not args.weights:
-            raise SpecError(f"pass '{name}' works on trained weights: give them with --weights "
+            raise UsageError(f"pass '{name}' works on trained weights: give them with --weights "
                             "(a .npz or a run directory of archc train)")
     params = initial_params(graph, args.weights, args.seed)
     result = optimize(graph, pipeline, params, verify=args.verify, data=args.data,
@@ -316,9 +311,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         try:
             x = np.load(args.input, allow_pickle=False)
         except FileNotFoundError:
-            raise SpecError(f"no such input file: {args.input}") from None
+            raise InputError(f"no such input file: {args.input}") from None
         except (ValueError, OSError) as exc:
-            raise SpecError(f"{args.input} is not a readable .npy array ({exc})") from None
+            raise InputError(f"{args.input} is not a readable .npy array ({exc})") from None
     else:
         shapes = model.program.inputs
         rng = np.random.default_rng(args.seed)
@@ -570,7 +565,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from runtime.params import save_params
 
     if not os.path.isfile(args.model):
-        raise SpecError(f"{args.model}: no such file")
+        raise UsageError(f"{args.model}: no such file")
     graph, params = from_onnx(args.model)
     weights = args.weights_out or os.path.splitext(args.output)[0] + ".npz"
     header = (f"{graph.name}: imported from {args.model} by archc import.\n"
@@ -610,7 +605,7 @@ def _compile_for_data(graph, args, seed: int):
     from archc import compile as compile_graph
 
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise SpecError(f"training needs a network with one input and one output; "
+        raise UsageError(f"training needs a network with one input and one output; "
                         f"{graph.name} has {len(graph.inputs)} and {len(graph.outputs)}")
     return compile_graph(graph, backend=args.backend, seed=seed)
 
@@ -627,9 +622,9 @@ def _settings(args, graph) -> dict:
             settings["unfreeze"] = [u if isinstance(u, tuple) else _epoch_pattern(u)
                                     for u in settings["unfreeze"]]
         except argparse.ArgumentTypeError as exc:
-            raise SpecError(f"training setting 'unfreeze': {exc}") from None
+            raise UsageError(f"training setting 'unfreeze': {exc}") from None
     if "data" not in settings:
-        raise SpecError("no data to train on: give --data (digits, mnist:DIR, ...) or "
+        raise UsageError("no data to train on: give --data (digits, mnist:DIR, ...) or "
                         "'data:' in the spec's training section")
     return settings
 
@@ -1122,12 +1117,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command][2](args)
-    except SpecError as exc:
+    except ArchcError as exc:
         print(distributed.where() + exc.format(), file=sys.stderr)
-        return EXIT_USER
-    except (WeightsError, InputError, DataError, TrainingError, VisualizeError,
-            CudaUnavailable, distributed.DistributedError) as exc:
-        print(f"{distributed.where()}error: {exc}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("archc: interrupted", file=sys.stderr)

@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class DataError(Exception):
-    """A data set that cannot be read or does not fit the network."""
+from runtime.errors import DataError
 
 
 TASKS = ("classify", "segment", "detect")

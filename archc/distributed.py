@@ -35,16 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import DistributedError
+
 # Open MPI refuses to start as root without both
 ROOT_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 # gradients are all-reduced in buckets of this many MiB unless told otherwise
 BUCKET_MB = 0.25
 INSTALL_HINT = ("pip install 'archc[distributed]' (mpi4py and Open MPI's wheel), or mpi4py "
                 "built against a system Open MPI or MPICH")
-
-
-class DistributedError(Exception):
-    """A data-parallel job cannot start or go on."""
 
 
 def shard(count: int, rank: int, size: int) -> tuple[int, int]:

@@ -1,12 +1,18 @@
-"""User-facing errors: one exception type, carrying where in the spec the mistake is.
+"""User-facing errors: one root, :class:`ArchcError`, and the compiler's own under it.
 
-Every mistake a user can make in a spec or on the command line raises :class:`SpecError`
-at the point where it is detected. The CLI formats it once, compiler style::
+Every mistake a user can make raises a subclass of :class:`ArchcError` at the point where
+it is detected (the root and the runtime's errors are defined in ``runtime/errors.py`` and
+re-exported here): :class:`SpecError` for a spec or a variable override, carrying where in
+the spec the mistake is; :class:`OnnxError` for an ONNX file; ``UsageError`` for an option
+that does not fit; ``WeightsError``, ``InputError``, ``DataError``, ``TrainingError``,
+``DistributedError`` and ``DeviceError`` from the runtime. The CLI catches the root once
+and prints its :meth:`~ArchcError.format`, compiler style::
 
     specs/net.yaml:12:7: error: unknown layer type 'conv2'
     hint: did you mean 'conv2d'?
 
-Internal bugs are *not* SpecErrors; they propagate as ordinary exceptions.
+Internal bugs are *not* ArchcErrors; they propagate as ordinary exceptions (``GraphInvalid``
+is one: a graph that breaks the IR's invariants).
 """
 
 from __future__ import annotations
@@ -14,6 +20,17 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from typing import Iterable
+
+from runtime.errors import (  # noqa: F401 (re-exported: one hierarchy for every error)
+    ArchcError,
+    DataError,
+    DeviceError,
+    DistributedError,
+    InputError,
+    TrainingError,
+    UsageError,
+    WeightsError,
+)
 
 
 @dataclass(frozen=True)
@@ -31,7 +48,7 @@ class Loc:
 
 
 @dataclass
-class SpecError(Exception):
+class SpecError(ArchcError):
     """A mistake in a spec, a variable override or another user input.
 
     Parameters
@@ -52,7 +69,8 @@ class SpecError(Exception):
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        super().__init__(self.message)
+        Exception.__init__(self, self.message)
+        self.path = self.loc.file if self.loc else None
 
     def __str__(self) -> str:
         return self.format()
@@ -65,6 +83,11 @@ class SpecError(Exception):
         if self.hint:
             lines.append(f"hint: {self.hint}")
         return "\n".join(lines)
+
+
+class OnnxError(ArchcError):
+    """An ONNX model archc cannot read or write (not ONNX, an operator archc has no layer
+    for, a shape it would compute differently)."""
 
 
 def nearest(word: str, candidates: Iterable[str]) -> str | None:

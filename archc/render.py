@@ -18,7 +18,7 @@ import graphviz
 from archc.analysis import analyse
 from archc.analysis.report import Report
 from archc.analysis.table import human
-from archc.errors import SpecError, did_you_mean
+from archc.errors import UsageError, did_you_mean
 from archc.ir import Graph, Node
 from archc.layers import fmt_shape, get_layer
 
@@ -134,23 +134,23 @@ def diagram(
 def _check_options(graph: Graph, rankdir: str, collapse, detail: str, annotate):
     """Refuse unknown options with a hint; returns ``collapse`` normalised."""
     if rankdir not in ("TB", "LR"):
-        raise SpecError(f"rankdir must be TB or LR, got '{rankdir}'")
+        raise UsageError(f"rankdir must be TB or LR, got '{rankdir}'")
     if detail not in DETAILS:
-        raise SpecError(f"unknown detail level '{detail}'", None,
+        raise UsageError(f"unknown detail level '{detail}'",
                         did_you_mean(detail, DETAILS) or f"levels: {', '.join(DETAILS)}")
     for item in annotate:
         if item not in ANNOTATIONS:
-            raise SpecError(f"unknown annotation '{item}'", None,
+            raise UsageError(f"unknown annotation '{item}'",
                             did_you_mean(item, ANNOTATIONS) or f"annotations: {', '.join(ANNOTATIONS)}")
     if isinstance(collapse, int) and collapse < 1:
-        raise SpecError(f"collapse depth must be 1 or more, got {collapse}")
+        raise UsageError(f"collapse depth must be 1 or more, got {collapse}")
     if isinstance(collapse, str):
         collapse = [collapse]
     if isinstance(collapse, (list, tuple)):
         kinds = sorted({b.block for b in graph.blocks.values()})
         for name in collapse:
             if name not in kinds:
-                raise SpecError(f"--collapse {name}: the network has no block '{name}'", None,
+                raise UsageError(f"--collapse {name}: the network has no block '{name}'",
                                 did_you_mean(name, kinds) or
                                 f"its blocks: {', '.join(kinds) or 'none'}")
     return collapse
@@ -352,7 +352,7 @@ def write_diagram(dot: graphviz.Digraph, path: str | Path, fmt: str | None = Non
 
     Raises
     ------
-    SpecError
+    UsageError
         For an unknown format, or when Graphviz's ``dot`` program is missing.
     """
     path = Path(path)
@@ -360,24 +360,24 @@ def write_diagram(dot: graphviz.Digraph, path: str | Path, fmt: str | None = Non
     if fmt == "gv":
         fmt = "dot"
     if fmt not in FORMATS:
-        raise SpecError(f"unknown diagram format '{fmt}'", None,
+        raise UsageError(f"unknown diagram format '{fmt}'",
                         did_you_mean(fmt, FORMATS) or f"formats: {', '.join(FORMATS)}")
     if path.parent and not path.parent.exists():
-        raise SpecError(f"cannot write {path}: the folder {path.parent} does not exist")
+        raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
     if fmt == "dot":
         path.write_text(dot.source)
         return path
     if shutil.which("dot") is None:
-        raise SpecError("Graphviz's 'dot' program is not installed, so archc cannot draw "
-                        f"{fmt.upper()} files", None,
+        raise UsageError("Graphviz's 'dot' program is not installed, so archc cannot draw "
+                        f"{fmt.upper()} files",
                         "install it (Debian/Ubuntu: apt-get install graphviz), or write a .dot file")
     try:
         data = dot.pipe(format=fmt)
     except graphviz.ExecutableNotFound:
-        raise SpecError("Graphviz's 'dot' program could not be run", None,
+        raise UsageError("Graphviz's 'dot' program could not be run",
                         "install it (Debian/Ubuntu: apt-get install graphviz)") from None
     except graphviz.CalledProcessError as exc:
-        raise SpecError(f"Graphviz failed to draw the diagram: {exc.stderr.decode(errors='replace').strip()}") from None
+        raise UsageError(f"Graphviz failed to draw the diagram: {exc.stderr.decode(errors='replace').strip()}") from None
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)

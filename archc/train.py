@@ -30,10 +30,7 @@ from archc import distributed
 from archc.augment import pipeline
 from archc.data import Dataset, Split, batch_order
 from runtime import optim
-
-
-class TrainingError(Exception):
-    """Training cannot go on (a diverged loss, an unusable checkpoint)."""
+from runtime.errors import TrainingError
 
 
 @dataclass

@@ -27,9 +27,10 @@ from __future__ import annotations
 import numpy as np
 
 from runtime import optim
+from runtime.errors import UsageError
 
 
-class VisualizeError(Exception):
+class VisualizeError(UsageError):
     """A request that does not fit the network (an unknown node, a missing class)."""
 
 

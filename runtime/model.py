@@ -11,6 +11,7 @@ from runtime.backends.reference import KERNELS
 from runtime.backends.reference_backward import BACKWARD
 from runtime.memory import MemoryPlan, plan_memory
 from runtime.params import fitted_params, init_params, load_matching, load_params, save_params
+from runtime.errors import InputError
 from runtime.program import Program
 
 def _backend(name: str) -> Backend:
@@ -43,10 +44,6 @@ def _bytes_alive(arrays) -> int:
             array = array.base
         roots[id(array)] = array.nbytes
     return sum(roots.values())
-
-
-class InputError(Exception):
-    """Data given to a model does not fit its inputs."""
 
 
 class Gradients:

@@ -13,11 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.errors import WeightsError
 from runtime.program import Program
-
-
-class WeightsError(Exception):
-    """A weights file does not fit the program (missing, extra or mis-shaped arrays)."""
 
 
 def init_params(program: Program, seed: int = 0) -> dict[str, np.ndarray]:

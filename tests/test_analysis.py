@@ -18,7 +18,7 @@ import torch_twins
 from archc.analysis import analyse, format_summary, get_device, receptive_fields
 from archc.analysis.memory import inference_peak
 from archc.analysis.roofline import BUILT_IN, Device
-from archc.errors import SpecError
+from archc.errors import UsageError
 from archc.layers import REGISTRY, get_layer
 from conftest import SPECS
 
@@ -303,7 +303,7 @@ def test_cpu_profile_is_measured_once_and_cached(tmp_path, monkeypatch):
 
 
 def test_unknown_device_is_a_user_error():
-    with pytest.raises(SpecError, match="unknown device 'h1000'"):
+    with pytest.raises(UsageError, match="unknown device 'h1000'"):
         get_device("h1000")
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import archc
 from archc.cli import main
-from archc.errors import SpecError
+from archc.errors import OnnxError
 from archc.export import from_onnx, onnx_export, to_onnx
 from archc.layers import REGISTRY
 from archc.naming import torch_names
@@ -312,7 +312,7 @@ def test_asymmetric_padding_is_refused_with_the_reason(tmp_path):
         [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2, 3, 3])],
         initializer=[onnx.numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
-    with pytest.raises(SpecError, match="padding .* is not the same on both sides"):
+    with pytest.raises(OnnxError, match="padding .* is not the same on both sides"):
         from_onnx(model.SerializeToString())
 
 

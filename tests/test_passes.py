@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import archc
-from archc.errors import SpecError
+from archc.errors import UsageError
 from archc.ir import GraphInvalid
 from archc.optimize import initial_params, optimize
 from archc.passes import PASSES, parse_pipeline, preset, run_pass, run_passes
@@ -175,13 +175,13 @@ layers:
 
 
 def test_pass_errors_are_clear():
-    with pytest.raises(SpecError, match="unknown pass 'fuse_relu'"):
+    with pytest.raises(UsageError, match="unknown pass 'fuse_relu'"):
         parse_pipeline("fuse_relu")
-    with pytest.raises(SpecError, match="has no option 'rank'"):
+    with pytest.raises(UsageError, match="has no option 'rank'"):
         run_passes(load(CONV_BN_RELU), None, parse_pipeline("separable:rank=2"))
-    with pytest.raises(SpecError, match="budget.*between 0 and 1"):
+    with pytest.raises(UsageError, match="budget.*between 0 and 1"):
         run_passes(load(CONV_BN_RELU), {}, parse_pipeline("low_rank:budget=2"))
-    with pytest.raises(SpecError, match="works on trained weights"):
+    with pytest.raises(UsageError, match="works on trained weights"):
         run_passes(load(CONV_BN_RELU), None, parse_pipeline("low_rank"))
 
 

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 import archc
-from archc.errors import SpecError
+from archc.errors import UsageError
 from archc.render import diagram, write_diagram
 from conftest import SPECS
 
@@ -86,7 +86,7 @@ def test_detail_levels_and_annotations():
     ({"collapse": 0}, "collapse depth"),
 ])
 def test_bad_options_are_user_errors(kwargs, message):
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(UsageError, match=message):
         diagram(archc.load(SPECS / "lenet5.yaml"), **kwargs)
 
 
@@ -107,15 +107,15 @@ def test_real_renders(tmp_path):
 
 def test_write_errors(tmp_path):
     dot = diagram(archc.load(SPECS / "lenet5.yaml"))
-    with pytest.raises(SpecError, match="unknown diagram format 'jpeg'"):
+    with pytest.raises(UsageError, match="unknown diagram format 'jpeg'"):
         write_diagram(dot, tmp_path / "x.jpeg")
-    with pytest.raises(SpecError, match="does not exist"):
+    with pytest.raises(UsageError, match="does not exist"):
         write_diagram(dot, tmp_path / "missing" / "x.svg")
 
 
 def test_missing_dot_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(SpecError, match="Graphviz's 'dot' program is not installed"):
+    with pytest.raises(UsageError, match="Graphviz's 'dot' program is not installed"):
         write_diagram(diagram(archc.load(SPECS / "lenet5.yaml")), tmp_path / "x.png")
 
 
@@ -125,7 +125,7 @@ def test_collapse_by_block_name():
     convs = [p for p, b in graph.blocks.items() if b.block == "basic_conv"]
     assert {f"b_{p}" for p in convs} <= set(nodes)
     assert not any(n.startswith("n_") and n.endswith(".conv") for n in nodes)
-    with pytest.raises(SpecError, match="no block 'basic_cnv'"):
+    with pytest.raises(UsageError, match="no block 'basic_cnv'"):
         diagram(graph, collapse="basic_cnv")
     # A cluster per open block, in the order the spec wrote them.
     source = diagram(graph, collapse=["basic_conv"]).source

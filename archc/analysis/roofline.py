@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from archc.errors import SpecError, did_you_mean
+from archc.errors import UsageError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,14 @@ def get_device(name: str, recalibrate: bool = False) -> Device:
 
     Raises
     ------
-    SpecError
+    UsageError
         For an unknown device name.
     """
     key = name.lower()
     if key in BUILT_IN:
         return BUILT_IN[key]
     if key != "cpu":
-        raise SpecError(f"unknown device '{name}'", None,
+        raise UsageError(f"unknown device '{name}'",
                         did_you_mean(key, ["cpu", *BUILT_IN]) or
                         f"devices: cpu (measured here), {', '.join(BUILT_IN)}")
     path = cache_dir() / "device-cpu.json"

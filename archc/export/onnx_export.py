@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from archc.errors import SpecError
+from archc.errors import OnnxError, UsageError, WeightsError
 from archc.ir import Graph, Node
 from archc.layers import FUSABLE_ACTIVATIONS, REGISTRY
 from archc.layers.conv import resolve_padding
@@ -42,11 +42,11 @@ NAMES_KEY = "archc.torch_names"
 
 
 def onnx_module():
-    """The ``onnx`` package, or a SpecError saying how to install it."""
+    """The ``onnx`` package, or a UsageError saying how to install it."""
     try:
         import onnx
     except ImportError:
-        raise SpecError("ONNX export and import need the 'onnx' package, which is not installed",
+        raise UsageError("ONNX export and import need the 'onnx' package, which is not installed",
                         hint="pip install 'archc[onnx]' (or pip install onnx)") from None
     return onnx
 
@@ -103,7 +103,7 @@ class _Builder:
     def initializer(self, name: str) -> str:
         if name not in self.initializers:
             if name not in self.params:
-                raise SpecError(f"the weights have no '{name}', which the ONNX model needs")
+                raise WeightsError(f"the weights have no '{name}', which the ONNX model needs")
             self.constant(name, np.asarray(self.params[name]))
         return name
 
@@ -459,7 +459,7 @@ def _rename_output(builder: _Builder, emitted: str, name: str) -> None:
 def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
     """An ``onnx.ModelProto`` computing ``graph`` in inference mode with ``params``.
 
-    Raises SpecError naming the layer when one cannot be written (an op without an emitter).
+    Raises OnnxError naming the layer when one cannot be written (an op without an emitter).
 
     Examples
     --------
@@ -477,7 +477,7 @@ def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
             continue
         emitter = EMITTERS.get(node.op)
         if emitter is None:
-            raise SpecError(f"layer '{node.name}' ({node.op}) cannot be written to ONNX: archc "
+            raise OnnxError(f"layer '{node.name}' ({node.op}) cannot be written to ONNX: archc "
                             "has no ONNX form for this layer type")
         out = emitter(Emitter(builder, node), list(node.inputs))
         if out in node.inputs or out in graph.inputs:

@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from archc.errors import Loc, SpecError
+from archc.errors import Loc, OnnxError, SpecError
 from archc.export.onnx_export import DOC_PREFIX, NAMES_KEY, TRAINING_KEY, onnx_module
 from archc.ir import Graph, Node
 from archc.layers import REGISTRY, AttrError, ShapeError, get_layer
@@ -73,8 +73,8 @@ class _Reader:
         try:
             inferred = self.onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception as exc:  # the model is inconsistent; report it in one line
-            raise SpecError(f"ONNX shape inference fails on this model: "
-                            f"{str(exc).splitlines()[0]}", Loc(self.source)) from None
+            raise OnnxError(f"ONNX shape inference fails on this model: "
+                            f"{str(exc).splitlines()[0]}", path=self.source) from None
         shapes = {}
         g = inferred.graph
         for info in list(g.value_info) + list(g.input) + list(g.output):
@@ -103,9 +103,9 @@ class _Reader:
             functions=model.functions)
 
     # ------------------------------------------------------------ helpers for rules
-    def error(self, node, message: str, hint: str | None = None) -> SpecError:
-        return SpecError(f"ONNX node '{node.name or node.op_type}' ({node.op_type}): {message}",
-                         Loc(self.source), hint)
+    def error(self, node, message: str, hint: str | None = None) -> OnnxError:
+        return OnnxError(f"ONNX node '{node.name or node.op_type}' ({node.op_type}): {message}",
+                         hint, self.source)
 
     def const(self, node, index: int, what: str) -> np.ndarray | None:
         """The constant value of input ``index`` (None when the input is omitted)."""
@@ -125,12 +125,12 @@ class _Reader:
             return self.graph[self.layer_of[tensor]].shape
         shape = self.shapes.get(tensor)
         if shape is not None and shape[:1] not in ((None,), (PROBE_BATCH,)):
-            raise SpecError(f"ONNX tensor '{tensor}' has {shape[0]} where the batch should be "
+            raise OnnxError(f"ONNX tensor '{tensor}' has {shape[0]} where the batch should be "
                             f"(its shape is {shape} for a batch of {PROBE_BATCH}); archc's "
-                            "layers keep the batch as the first axis", Loc(self.source))
+                            "layers keep the batch as the first axis", path=self.source)
         if shape is None or any(d is None for d in shape[1:]):
-            raise SpecError(f"the shape of ONNX tensor '{tensor}' is not known; archc needs "
-                            "static shapes apart from the batch", Loc(self.source))
+            raise OnnxError(f"the shape of ONNX tensor '{tensor}' is not known; archc needs "
+                            "static shapes apart from the batch", path=self.source)
         return tuple(shape[1:])
 
     def single_user(self, tensor: str, op_type: str):
@@ -766,9 +766,9 @@ def _read_inputs(r: _Reader, model) -> None:
             continue  # old exporters list the initializers as inputs too
         dims = r.shapes.get(info.name)
         if dims is None or len(dims) not in (2, 4) or any(d is None for d in dims[1:]):
-            raise SpecError(f"graph input '{info.name}' has shape {dims}; archc reads inputs "
+            raise OnnxError(f"graph input '{info.name}' has shape {dims}; archc reads inputs "
                             "of shape (batch, channels, height, width) or (batch, features) "
-                            "with every size but the batch fixed", Loc(r.source))
+                            "with every size but the batch fixed", path=r.source)
         name = r._unique(_plain_name(info.name) or "input")
         r.graph.add(Node(name, "input", {"shape": tuple(dims[1:])}, [], Loc(r.source)))
         r.graph[name].shape = tuple(dims[1:])
@@ -782,16 +782,16 @@ def _parse(source: str | Path | bytes, name: str):
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise SpecError(f"not an ONNX model: the file does not parse as one ("
+        raise OnnxError(f"not an ONNX model: the file does not parse as one ("
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                        Loc(name)) from None
+                        path=name) from None
     if not model.graph.node or not model.graph.output:
-        raise SpecError("not an ONNX model: the file holds no graph", Loc(name))
+        raise OnnxError("not an ONNX model: the file holds no graph", path=name)
     try:
         onnx.checker.check_model(data)  # the bytes: no second serialisation
     except Exception as exc:
-        raise SpecError(f"{name} is not a valid ONNX model: {str(exc).splitlines()[0]}",
-                        Loc(name)) from None
+        raise OnnxError(f"{name} is not a valid ONNX model: {str(exc).splitlines()[0]}",
+                        path=name) from None
     return model
 
 
@@ -811,7 +811,7 @@ def _name_rules(text: str) -> list[NameRule]:
 def from_onnx(source: str | Path | bytes, name: str | None = None) -> tuple[Graph, dict]:
     """The archc graph (shapes inferred) and weights of an ONNX model file (or its bytes).
 
-    Raises SpecError, one line, for a file that is not ONNX, an operator archc has no
+    Raises OnnxError, one line, for a file that is not ONNX, an operator archc has no
     layer for, or a graph archc cannot represent.
 
     Examples
@@ -839,14 +839,13 @@ def from_onnx(source: str | Path | bytes, name: str | None = None) -> tuple[Grap
         if node.op_type in RULES:
             RULES[node.op_type](r, node)
         else:
-            raise SpecError(
+            raise OnnxError(
                 f"ONNX operator {node.op_type} (node '{node.name or node.output[0]}') has no "
-                f"archc layer", Loc(source_name),
-                f"archc imports: {', '.join(sorted(RULES))}")
+                f"archc layer", f"archc imports: {', '.join(sorted(RULES))}", source_name)
     for info in model.graph.output:
         if info.name not in r.layer_of:
-            raise SpecError(f"graph output '{info.name}' is not computed by any layer archc "
-                            "read", Loc(source_name))
+            raise OnnxError(f"graph output '{info.name}' is not computed by any layer archc "
+                            "read", path=source_name)
         layer = r.layer_of[info.name]
         r.graph.outputs[layer if layer == info.name else _plain_name(info.name) or "output"] = layer
     for prop in model.metadata_props:
@@ -860,8 +859,8 @@ def from_onnx(source: str | Path | bytes, name: str | None = None) -> tuple[Grap
     for tensor, layer in r.layer_of.items():  # archc's shapes are ONNX's, tensor by tensor
         expected, got = r.shapes.get(tensor), r.graph[layer].shape
         if expected and None not in expected[1:] and tuple(expected[1:]) != got:
-            raise SpecError(f"layer '{layer}' ({r.graph[layer].op}) computes {got} where the "
-                            f"ONNX model has {tuple(expected[1:])}", Loc(source_name))
+            raise OnnxError(f"layer '{layer}' ({r.graph[layer].op}) computes {got} where the "
+                            f"ONNX model has {tuple(expected[1:])}", path=source_name)
     graph = infer_shapes(r.graph)
     try:
         torch_names(graph)

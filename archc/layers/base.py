@@ -12,26 +12,28 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from archc.errors import did_you_mean
+from archc.errors import ArchcError, did_you_mean
 
 Shape = tuple[int, ...]
 """A tensor shape without the batch dimension: (C, H, W) or (F,)."""
 
 
-class AttrError(Exception):
-    """A layer attribute has a bad value. ``attr`` names it (None: the layer as a whole)."""
+class AttrError(ArchcError):
+    """A layer attribute has a bad value. ``attr`` names it (None: the layer as a whole).
+    The spec loader turns it into a located SpecError."""
 
     def __init__(self, message: str, attr: str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.message, self.attr, self.hint = message, attr, hint
+        super().__init__(message, hint)
+        self.attr = attr
 
 
-class ShapeError(Exception):
-    """A shape rule rejects its inputs. ``input_index`` names the input at fault, if one is."""
+class ShapeError(ArchcError):
+    """A shape rule rejects its inputs. ``input_index`` names the input at fault, if one is.
+    Shape inference turns it into a SpecError located at the node."""
 
     def __init__(self, message: str, input_index: int | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.message, self.input_index, self.hint = message, input_index, hint
+        super().__init__(message, hint)
+        self.input_index = input_index
 
 
 def describe(value: Any) -> str:

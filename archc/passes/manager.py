@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from archc.errors import SpecError, did_you_mean
+from archc.errors import SpecError, UsageError, did_you_mean
 from archc.ir import Graph, GraphInvalid, verify
 from archc.passes.rewrite import prune_blocks
 from archc.shapes import infer_shapes
@@ -136,19 +136,19 @@ def parse_pipeline(text: str) -> list[tuple[str, dict]]:
             continue
         name, *pairs = item.split(":")
         if name not in PASSES:
-            raise SpecError(f"unknown pass '{name}'", None,
+            raise UsageError(f"unknown pass '{name}'",
                             did_you_mean(name, list(PASSES)) or f"passes: {', '.join(PASSES)}")
         options = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
             if not sep:
-                raise SpecError(f"pass option '{pair}' of '{name}' is not KEY=VALUE", None,
+                raise UsageError(f"pass option '{pair}' of '{name}' is not KEY=VALUE",
                                 f"e.g. {name}:{next(iter(PASSES[name].options), 'key')}=...")
             options[key] = value
         _options(PASSES[name], options)  # refuse a bad option now, before any work
         pipeline.append((name, options))
     if not pipeline:
-        raise SpecError("--passes names no pass", None, f"passes: {', '.join(PASSES)}")
+        raise UsageError("--passes names no pass", f"passes: {', '.join(PASSES)}")
     return pipeline
 
 
@@ -157,12 +157,12 @@ def _options(p: Pass, given: dict) -> dict:
     for key, value in given.items():
         if key not in p.options:
             known = ", ".join(p.options) or "none"
-            raise SpecError(f"pass '{p.name}' has no option '{key}' (its options: {known})",
-                            None, did_you_mean(key, list(p.options)))
+            raise UsageError(f"pass '{p.name}' has no option '{key}' (its options: {known})",
+                             did_you_mean(key, list(p.options)))
         try:
             values[key] = p.options[key].parse(value) if isinstance(value, str) else value
         except ValueError as exc:
-            raise SpecError(f"pass '{p.name}' option '{key}': {exc}", None,
+            raise UsageError(f"pass '{p.name}' option '{key}': {exc}",
                             p.options[key].doc) from None
     return values
 
@@ -183,7 +183,7 @@ def run_pass(graph: Graph, params: Params | None, name: str, options: dict | Non
     p = PASSES[name]
     values = _options(p, options or {})
     if p.needs_params and params is None:
-        raise SpecError(f"pass '{name}' works on trained weights: give them with --weights", None)
+        raise UsageError(f"pass '{name}' works on trained weights: give them with --weights")
     before = before or _measure(graph)
     result = p.run(graph, params, {**values, **(context or {})})
     out = result.graph

@@ -15,20 +15,19 @@ import math
 import operator
 from typing import Any, Callable, Mapping
 
-from archc.errors import did_you_mean
+from archc.errors import ArchcError, did_you_mean
 
 MAX_EXPR_CHARS = 1000
 MAX_EXPR_NODES = 400
 MAX_INT = 2**63
 
 
-class ExprError(Exception):
-    """An expression cannot be evaluated; ``hint`` suggests a fix where one helps."""
+class ExprError(ArchcError):
+    """An expression cannot be evaluated; ``hint`` suggests a fix where one helps. The spec
+    loader turns it into a located SpecError."""
 
     def __init__(self, message: str, hint: str | None = None, name: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
+        super().__init__(message, hint)
         self.name = name  # the undefined name, when that is the problem
 
 

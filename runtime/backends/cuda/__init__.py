@@ -18,6 +18,8 @@ import importlib
 
 import numpy as np
 
+from runtime.errors import DeviceError
+
 
 def numba_cuda():
     """``numba.cuda``, imported on first use. numba-cuda 0.30 still refers to
@@ -32,7 +34,7 @@ def numba_cuda():
                               "pip install numba-cuda") from None
 
 
-class CudaUnavailable(Exception):
+class CudaUnavailable(DeviceError):
     """No CUDA device (or no numba-cuda) on this machine: one line says which."""
 
 

@@ -1,0 +1,65 @@
+"""archc's errors: one root, :class:`ArchcError`, for everything a user can get wrong.
+
+networkx's ``NetworkXException`` is the model: a caller catches ``ArchcError`` to catch
+every mistake archc reports (a bad spec, weights that do not fit, unreadable data, a
+training run that cannot go on, a missing GPU), while a bug in archc stays an ordinary
+exception. Each error holds a message written for someone who has never seen the code,
+an optional hint, and optionally the file it is about; :meth:`ArchcError.format` gives
+the one line (plus a hint line) that the CLI prints.
+
+The root lives on the runtime side, which knows nothing of the compiler, so that both
+sides raise its subclasses; ``archc.errors`` re-exports it beside the compiler's own
+(``SpecError`` for specs, ``OnnxError`` for ONNX files).
+
+Examples
+--------
+>>> print(WeightsError("net.npz does not fit lenet5: missing: c1.bias").format())
+error: net.npz does not fit lenet5: missing: c1.bias
+>>> print(DataError("holds no images", path="photos/").format())
+photos/: error: holds no images
+>>> issubclass(DataError, ArchcError)
+True
+"""
+
+from __future__ import annotations
+
+
+class ArchcError(Exception):
+    """Something a user can fix: ``message`` says what, ``hint`` how, ``path`` where."""
+
+    def __init__(self, message: str, hint: str | None = None, path: str | None = None):
+        super().__init__(message)
+        self.message, self.hint, self.path = message, hint, path
+
+    def format(self) -> str:
+        """``[PATH: ]error: MESSAGE`` and, when there is one, a ``hint:`` line."""
+        head = f"{self.path}: error: {self.message}" if self.path else f"error: {self.message}"
+        return head + (f"\nhint: {self.hint}" if self.hint else "")
+
+
+class UsageError(ArchcError):
+    """An option or argument that does not fit (an unknown pass, device, node or format)."""
+
+
+class WeightsError(ArchcError):
+    """A weights file does not fit the program (missing, extra or mis-shaped arrays)."""
+
+
+class InputError(ArchcError):
+    """Data given to a model does not fit its inputs."""
+
+
+class DataError(ArchcError):
+    """A data set that cannot be read or does not fit the network."""
+
+
+class TrainingError(ArchcError):
+    """Training cannot go on (a diverged loss, an unusable checkpoint)."""
+
+
+class DistributedError(TrainingError):
+    """A data-parallel job cannot start or go on."""
+
+
+class DeviceError(ArchcError):
+    """The device asked for cannot run here (no GPU, no numba-cuda)."""
