@@ -13,29 +13,11 @@ from typing import Any
 
 from archc.errors import ArchcError, Loc, SpecError
 from archc.ir import Graph, Node, verify
+from archc.lower import compile
 from archc.shapes import infer_shapes
 from archc.spec import load_spec
 
 __version__ = "0.1.0"
-
-
-def compile(graph: Graph, backend: str = "reference", seed: int = 0, dtype: str = "float32",
-            params: dict | None = None):
-    """Lower ``graph`` and return a runnable ``runtime.model.Model`` with ``params`` (name ->
-    array, checked against the graph) or else parameters initialised as PyTorch initialises
-    the same layers (reproducible from ``seed``).
-
-    Examples
-    --------
-    >>> import numpy as np, archc
-    >>> model = archc.compile(archc.load("specs/lenet5.yaml"))
-    >>> model(np.zeros((2, 1, 32, 32), np.float32)).shape
-    (2, 10)
-    """
-    from archc.lower import lower
-    from runtime.model import Model
-
-    return Model(lower(graph), backend=backend, seed=seed, dtype=dtype, params=params)
 
 
 def diagram(graph: Graph, **options: Any):

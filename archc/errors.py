@@ -17,12 +17,13 @@ is one: a graph that breaks the IR's invariants).
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from runtime.errors import (  # noqa: F401 (re-exported: one hierarchy for every error)
     ArchcError,
+    did_you_mean,
+    nearest,
     DataError,
     DeviceError,
     DistributedError,
@@ -88,27 +89,3 @@ class SpecError(ArchcError):
 class OnnxError(ArchcError):
     """An ONNX model archc cannot read or write (not ONNX, an operator archc has no layer
     for, a shape it would compute differently)."""
-
-
-def nearest(word: str, candidates: Iterable[str]) -> str | None:
-    """Return the candidate closest to ``word`` (for 'did you mean' hints), if any is close.
-
-    Examples
-    --------
-    >>> nearest("conv2", ["conv2d", "linear", "relu"])
-    'conv2d'
-    >>> nearest("zzz", ["conv2d"]) is None
-    True
-    """
-    pool = [c for c in candidates if isinstance(c, str)]
-    lowered = {c.lower(): c for c in pool}
-    if word.lower() in lowered and lowered[word.lower()] != word:
-        return lowered[word.lower()]
-    match = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
-    return match[0] if match else None
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A ``hint`` string naming the nearest candidate, or ``None``."""
-    best = nearest(word, candidates)
-    return f"did you mean '{best}'?" if best else None

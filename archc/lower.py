@@ -1,11 +1,15 @@
-"""Lowering: a shape-inferred Graph -> a :class:`runtime.program.Program`.
+"""Lowering: a shape-inferred Graph -> a :class:`runtime.program.Program`, and a model.
 
 The only module of the compiler that knows the runtime's types. Attributes are resolved
 to what a kernel needs (explicit per-side padding, default strides filled in, output
-sizes), so the runtime never re-derives a shape rule.
+sizes), so the runtime never re-derives a shape rule. :func:`compile` hands the program
+to a runtime model; :func:`evaluator` gives the passes that must run a network (output
+verification, low-rank calibration) a way to do it on a backend of the caller's choice.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from archc.ir import Graph, verify
 from archc.layers import get_layer
@@ -58,4 +62,48 @@ def lower(graph: Graph) -> Program:
                       tuple(tuple(s) for s in in_shapes), tuple(node.shape),
                       get_layer(node.op).view))
     return Program(graph.name, {n: tuple(graph[n].shape) for n in graph.inputs}, tuple(ops),
-                   dict(graph.outputs), params, torch_names(graph))
+                   dict(graph.outputs), params, torch_names(graph), dict(graph.training))
+
+
+def compile(graph: Graph, backend: str = "reference", seed: int = 0, dtype: str = "float32",
+            params: dict | None = None):
+    """Lower ``graph`` and return a runnable ``runtime.model.Model`` with ``params`` (name ->
+    array, checked against the graph) or else parameters initialised as PyTorch initialises
+    the same layers (reproducible from ``seed``).
+
+    Examples
+    --------
+    >>> import numpy as np, archc
+    >>> model = archc.compile(archc.load("specs/lenet5.yaml"))
+    >>> model(np.zeros((2, 1, 32, 32), np.float32)).shape
+    (2, 10)
+    """
+    from runtime.model import Model
+
+    return Model(lower(graph), backend=backend, seed=seed, dtype=dtype, params=params)
+
+
+Evaluate = Callable[..., object]
+"""``evaluate(graph, params, x, every=False)``: the outputs of ``graph`` with ``params`` on
+inputs ``x`` in inference mode (an array, or a dict by output name), or with ``every``
+each node's value by name."""
+
+
+def evaluator(backend: str = "cpu") -> Evaluate:
+    """An :data:`Evaluate` that runs graphs on ``backend`` (what ``archc optimize`` hands
+    its passes and its verification).
+
+    Examples
+    --------
+    >>> import numpy as np, archc
+    >>> graph = archc.load("specs/lenet5.yaml")
+    >>> run = evaluator("reference")
+    >>> run(graph, compile(graph).params, np.zeros((1, 1, 32, 32), np.float32)).shape
+    (1, 10)
+    """
+
+    def evaluate(graph: Graph, params: dict, x, every: bool = False):
+        model = compile(graph, backend=backend, params=params).eval()
+        return model.intermediates(x) if every else model.predict(x)
+
+    return evaluate

@@ -1,6 +1,8 @@
 """``archc optimize`` as a library call: weights in, passes run, the result checked.
 
-The CLI formats what :func:`optimize` returns; notebooks call it directly.
+The CLI formats what :func:`optimize` returns; notebooks call it directly. Like the CLI it
+composes the compiler with the runtime (weights files, data sets, a backend to run the
+networks on); the passes themselves only get an evaluator (``archc.lower.evaluator``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from archc.ir import Graph
+from archc.lower import Evaluate, compile as compile_graph, evaluator
 from archc.passes import PASSES, PassReport, run_passes
 from archc.passes.check import EXACT_TOLERANCE, randomize_batchnorm, verify_pipeline
 
@@ -48,8 +51,7 @@ def initial_params(graph: Graph, weights: str | Path | None, seed: int = 0) -> d
     """The parameters to optimise: a weights file (or run directory), else a seeded
     initialisation with random batch-norm statistics (fresh ones are the identity, which
     would let a wrong fold pass verification)."""
-    from archc import compile as compile_graph
-    from archc.train import best_weights
+    from runtime.train.checkpoint import best_weights
 
     model = compile_graph(graph, backend="reference", seed=seed)
     if weights is not None:
@@ -61,7 +63,7 @@ def initial_params(graph: Graph, weights: str | Path | None, seed: int = 0) -> d
 def sample_inputs(graph: Graph, batch: int, seed: int, data: str | None) -> dict[str, object]:
     """Inputs to verify on: a random normal batch, and ``batch`` held-out images of a data
     set fitted to the input (single-image-input networks only)."""
-    from archc import data as datasets
+    from runtime.train import data as datasets
 
     rng = np.random.default_rng(seed)
     shapes = {name: tuple(graph[name].shape) for name in graph.inputs}
@@ -77,10 +79,12 @@ def sample_inputs(graph: Graph, batch: int, seed: int, data: str | None) -> dict
 
 def optimize(graph: Graph, pipeline: list[tuple[str, dict]], params: dict | None = None, *,
              verify: bool = False, data: str | None = "digits", batch: int = 4,
-             seed: int = 0) -> Optimised:
+             seed: int = 0, evaluate: Evaluate | None = None) -> Optimised:
     """Run ``pipeline`` on ``graph`` and its parameters (default: :func:`initial_params`);
     with ``verify``, compare the two networks' outputs on random and real inputs.
     Approximate passes that measure their error get the real batch to measure on.
+    ``evaluate`` runs the networks for both (default: the CPU backend's,
+    ``archc.lower.evaluator("cpu")``).
 
     Examples
     --------
@@ -91,14 +95,17 @@ def optimize(graph: Graph, pipeline: list[tuple[str, dict]], params: dict | None
     (13, 9, True)
     """
     params = initial_params(graph, None, seed) if params is None else params
+    evaluate = evaluate or evaluator("cpu")
     exact = all(PASSES[name].exact for name, _ in pipeline)
     # inputs: to verify on, and for approximate passes to measure their error on
     batches = sample_inputs(graph, batch, seed, data) if verify or not exact else {}
     calibration = next((x for name, x in batches.items() if name != "random"),
                        batches.get("random"))
     optimised, new_params, reports = run_passes(graph, params, pipeline,
-                                                {"data": calibration, "seed": seed})
+                                                {"data": calibration, "seed": seed,
+                                                 "evaluate": evaluate})
     result = Optimised(graph, optimised, new_params, reports, exact)
     if verify:
-        result.differences = verify_pipeline(graph, params, optimised, new_params, batches)
+        result.differences = verify_pipeline(graph, params, optimised, new_params, batches,
+                                             evaluate)
     return result

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import archc  # noqa: E402
 import torch_twins  # noqa: E402
 from archc.analysis import analyse  # noqa: E402
-from runtime import optim  # noqa: E402
+from runtime.train import optim  # noqa: E402
 from timing import median_time  # noqa: E402
 
 CONV = "input: {{channels: {c}, height: {hw}, width: {hw}}}\nlayers: [{{conv2d: " \

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from archc import distributed  # noqa: E402
+from archc.cli import scaling  # noqa: E402
+from runtime.train import distributed  # noqa: E402
 
 
 def _torch_rank(rank: int, size: int, batch: int, steps: int, warmup: int, port: int, out):
@@ -88,7 +89,7 @@ def main() -> None:
     print(f"BLAS: {', '.join(f'{api} ({arch})' for api, arch in blas)}; "
           f"{os.cpu_count()} cores; one thread per rank")
     spec = str(ROOT / "specs" / f"{args.spec}.yaml")
-    runs = distributed.measure(spec, [], ranks, batch=args.batch, steps=args.steps,
+    runs = scaling.measure(spec, [], ranks, batch=args.batch, steps=args.steps,
                                warmup=args.warmup, trials=args.trials)
     network = distributed.Link(10e-6, 8 / 25e9, "hosts, 25 Gb/s (assumed)")
     report = distributed.scaling_report(runs, network=network)
@@ -118,7 +119,7 @@ def main() -> None:
               + (f"{row['predicted_efficiency']:>6.1%}" if "predicted_efficiency" in row
                  else f"{'-':>6}"))
     print()
-    print(distributed.format_scaling(report))
+    print(scaling.format_scaling(report))
 
 
 if __name__ == "__main__":

@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import archc  # noqa: E402
 import torch_twins  # noqa: E402
-from archc import data  # noqa: E402
+from runtime.train import data  # noqa: E402
 from archc.analysis import analyse  # noqa: E402
 from archc.optimize import initial_params  # noqa: E402
 from archc.passes import parse_pipeline, preset, run_passes  # noqa: E402
-from archc.train import TrainConfig, evaluate, fit  # noqa: E402
+from runtime.train.loop import TrainConfig, evaluate, fit  # noqa: E402
 from bench_runtime import blas_kernel, sgemm_rate  # noqa: E402
 from timing import median_time  # noqa: E402
 

@@ -21,9 +21,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import archc  # noqa: E402
 import torch_twins  # noqa: E402
-from archc import data  # noqa: E402
-from archc.train import TrainConfig, evaluate, fit  # noqa: E402
-from runtime.optim import schedule_factor  # noqa: E402
+from runtime.train import data  # noqa: E402
+from runtime.train.loop import TrainConfig, evaluate, fit  # noqa: E402
+from runtime.train.optim import schedule_factor  # noqa: E402
 
 
 def torch_train(graph, params, split, config):

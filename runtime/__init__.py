@@ -4,3 +4,7 @@ The boundary is fixed: the runtime receives a lowered program and parameters fro
 compiler and never imports the compiler (``archc``), its YAML front end or networkx.
 ``tests/test_boundaries.py`` enforces this.
 """
+
+from runtime.moved import install as _install_moved
+
+_install_moved()  # the old paths of the modules that moved into runtime/train/ keep working

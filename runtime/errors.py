@@ -23,6 +23,9 @@ True
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
 
 class ArchcError(Exception):
     """Something a user can fix: ``message`` says what, ``hint`` how, ``path`` where."""
@@ -63,3 +66,27 @@ class DistributedError(TrainingError):
 
 class DeviceError(ArchcError):
     """The device asked for cannot run here (no GPU, no numba-cuda)."""
+
+
+def nearest(word: str, candidates: Iterable[str]) -> str | None:
+    """Return the candidate closest to ``word`` (for 'did you mean' hints), if any is close.
+
+    Examples
+    --------
+    >>> nearest("conv2", ["conv2d", "linear", "relu"])
+    'conv2d'
+    >>> nearest("zzz", ["conv2d"]) is None
+    True
+    """
+    pool = [c for c in candidates if isinstance(c, str)]
+    lowered = {c.lower(): c for c in pool}
+    if word.lower() in lowered and lowered[word.lower()] != word:
+        return lowered[word.lower()]
+    match = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """A ``hint`` string naming the nearest candidate, or ``None``."""
+    best = nearest(word, candidates)
+    return f"did you mean '{best}'?" if best else None

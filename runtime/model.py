@@ -79,7 +79,7 @@ class Model:
         self._tape: tuple[dict, dict] | None = None
         self._plans: dict[tuple[int, bool], MemoryPlan] = {}
         self._arenas: dict = {}  # a device backend's buffers for the memory plans
-        # batch norm's statistics across processes (archc.distributed.SyncBatchNorm): in
+        # batch norm's statistics across processes (runtime.train.distributed.SyncBatchNorm): in
         # training, every batch-norm layer combines its batch's moments with the other
         # processes' through this, forward and backward
         self.sync_bn = None

@@ -57,6 +57,8 @@ class Program:
     # parameter -> its name in PyTorch's state_dict, where the two differ (the spec's
     # torch_names: section); weights files may use either name
     torch_names: dict[str, str] = field(default_factory=dict)
+    # the spec's training: section (archc train's settings), for runtime.train.config
+    training: dict[str, Any] = field(default_factory=dict)
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         """Output name -> its shape (without the batch dimension)."""

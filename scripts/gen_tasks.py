@@ -81,7 +81,8 @@ def run(key: str) -> tuple[str, float]:
 def style_images() -> None:
     """The stylize example's inputs: a shapes image (content) and a colourful wave
     pattern (style)."""
-    from archc import pictures, synth
+    from runtime.train import pictures
+    from runtime.train.data import synth
 
     images, _, _ = synth.shapes(1, (3, 96, 96), seed=5)
     pictures.save(pictures.to_uint8(images[0], (0.0, 1.0)), RUNS / "content.png")

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from archc import augment
-from archc.data import DataError
+from runtime.train import augment
+from runtime.train.data import DataError
 
 
 @pytest.fixture

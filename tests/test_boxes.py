@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import metrics
-from runtime.boxes import box_iou, generalized_box_iou, kmeans_anchors, nms
+from runtime.train import metrics
+from runtime.train.boxes import box_iou, generalized_box_iou, kmeans_anchors, nms
 
 
 def torch_iou(a, b):

@@ -373,7 +373,7 @@ def test_dropout_masks_are_drawn_on_the_device(kind, attrs, shape):
 ])
 def test_the_training_loss_runs_on_the_device(shape, target, smoothing):
     from runtime.backends.cuda import training
-    from runtime.losses import classification_step
+    from runtime.train.losses import classification_step
 
     z = (np.random.default_rng(shape[1]).standard_normal(shape) * 3).astype(np.float32)
     z[0, 1] = z[0, 2] = z[0].max() + 1  # a tie: the first maximum is the prediction
@@ -393,7 +393,7 @@ def test_the_training_loss_runs_on_the_device(shape, target, smoothing):
     ("adamw", {}),
 ])
 def test_optimiser_updates_run_on_the_device(name, kwargs):
-    from runtime import optim
+    from runtime.train import optim
     from runtime.backends.cuda import training
 
     rng = np.random.default_rng(0)

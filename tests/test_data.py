@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from archc import data
-from archc.data import DataError
+from runtime.train import data
+from runtime.train.data import DataError
 
 
 def test_digits_are_real_scans_split_and_fitted():

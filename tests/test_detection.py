@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runtime.detection import YoloHead
+from runtime.train.detection import YoloHead
 
 ANCHORS = np.array([[0.1, 0.1], [0.3, 0.2]])
 

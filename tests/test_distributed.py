@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from archc import distributed
-from archc.data import batch_order
+from runtime.train import distributed
+from runtime.train.data import batch_order
 from conftest import ROOT, SPECS
 
 HERE = Path(__file__).parent / "mpi"
@@ -357,7 +357,7 @@ def test_without_mpi4py_distributed_says_what_to_install(monkeypatch, capsys):
 
 def test_a_batch_too_small_for_the_ranks_is_refused():
     from archc import compile, load
-    from archc.train import TrainConfig, TrainingError, _check_parallel
+    from runtime.train.loop import TrainConfig, TrainingError, _check_parallel
 
     model = compile(load(LENET), backend="cpu")
     two = distributed.World()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime import losses
+from runtime.train import losses
 
 
 def grad_of(fn, *arrays):

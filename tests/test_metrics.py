@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime import metrics
+from runtime.train import metrics
 
 
 def test_accuracy_and_top_k_by_hand():

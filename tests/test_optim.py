@@ -10,7 +10,7 @@ import torch
 
 import archc
 from conftest import SPECS
-from runtime import optim
+from runtime.train import optim
 
 CASES = [
     ("sgd", {"lr": 0.1}),

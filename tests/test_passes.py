@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import archc
 from archc.errors import UsageError
 from archc.ir import GraphInvalid
+from archc.lower import evaluator
 from archc.optimize import initial_params, optimize
 from archc.passes import PASSES, parse_pipeline, preset, run_pass, run_passes
 from archc.passes.check import EXACT_TOLERANCE, compare, randomize_batchnorm
@@ -38,7 +39,8 @@ def outputs_match(graph, params, optimised, new_params, shape=None, batch=3) -> 
     rng = np.random.default_rng(7)
     x = {n: rng.standard_normal((batch,) + tuple(graph[n].shape)).astype(np.float32)
          for n in graph.inputs}
-    return compare(graph, params, optimised, new_params, x if len(x) > 1 else next(iter(x.values())))
+    return compare(graph, params, optimised, new_params, x if len(x) > 1 else next(iter(x.values())),
+                   evaluator("cpu"))
 
 
 CONV_BN_RELU = """

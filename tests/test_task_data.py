@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from archc import data, synth
+from runtime.train import data
+from runtime.train.data import synth
 
 
 def test_shapes_are_seeded_and_masks_agree_with_boxes():

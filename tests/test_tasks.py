@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 import archc
-from archc import data, tasks
+from runtime.train import data, tasks
 from archc.cli import main
-from archc.train import TrainConfig, fit
+from runtime.train.loop import TrainConfig, fit
 from conftest import SPECS
 
 # a small fully convolutional single-stage detector with the YOLO spec's output layout
@@ -225,7 +225,7 @@ def test_an_unpadded_unet_is_scored_on_the_centre_of_the_mask():
     task = tasks.Segmentation(["a", "b"], loss="dice")
     loss, grad, hits, judged = task.step(model, logits, masks % 2)
     assert grad.shape == logits.shape and judged == 16
-    from runtime import losses
+    from runtime.train import losses
 
     assert loss == pytest.approx(losses.dice_loss(logits, (masks % 2)[:, 2:4, 2:6])[0])
 

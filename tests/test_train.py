@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import archc
-from archc import data
+from runtime.train import data
 from archc.cli import main
-from archc.train import TrainConfig, TrainingError, evaluate, fit
+from runtime.train.loop import TrainConfig, TrainingError, evaluate, fit
 from conftest import SPECS
 
 
@@ -66,7 +66,7 @@ def test_a_run_stopped_within_an_epoch_resumes_from_the_next_step(digits, tmp_pa
     """--checkpoint-every: a run stopped mid-epoch goes on from its last step checkpoint
     (augmentation stream and the epoch's sums included) to the weights and log of a run
     that never stopped."""
-    from archc.tasks import Classification
+    from runtime.train.tasks import Classification
 
     config = TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=2e-3,
                          augment="crop,flip", checkpoint_every=5)

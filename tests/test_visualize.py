@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import archc
-from archc import pictures, visualize
+from runtime.train import pictures, visualize
 from conftest import SPECS
 from torch_models import LeNet5
 

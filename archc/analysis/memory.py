@@ -11,10 +11,13 @@ backward pass: the registry states what each layer type saves.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from archc.ir import Graph
 from archc.layers import get_layer
 from archc.layers.costs import FLOAT_BYTES
+
+if TYPE_CHECKING:  # the IR's Graph imports the analysis for Graph.summary()
+    from archc.ir import Graph
 
 
 def buffer_owners(graph: Graph) -> dict[str, str]:

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from archc.ir import Graph
 from archc.layers import get_layer
+
+if TYPE_CHECKING:  # the IR's Graph imports the analysis for Graph.summary()
+    from archc.ir import Graph
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import networkx as nx
 
 from archc.analysis.memory import buffer_owners, inference_peak, saved_for_backward
 from archc.analysis.receptive_field import ReceptiveField, receptive_fields
 from archc.analysis.roofline import Device
-from archc.ir import Graph
 from archc.layers import get_layer
 from archc.layers.costs import FLOAT_BYTES
 from archc.layers.epilogue import epilogue_label
+
+if TYPE_CHECKING:  # the IR's Graph imports the analysis for Graph.summary()
+    from archc.ir import Graph
 
 
 @dataclass

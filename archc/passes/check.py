@@ -36,15 +36,13 @@ def relative_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare(graph: Graph, params: Params, optimised: Graph, optimised_params: Params,
-            x, backend: str = "cpu") -> float:
+            x, evaluate) -> float:
     """The largest relative difference between the two networks' outputs on ``x`` (an
-    array, or a dict by input name), both run in inference mode."""
-    from archc import compile as compile_graph
-
+    array, or a dict by input name), both run in inference mode by ``evaluate``
+    (``archc.lower.evaluator``)."""
     outputs = []
     for g, p in ((graph, params), (optimised, optimised_params)):
-        model = compile_graph(g, backend=backend, params=p)
-        y = model.eval().predict(x)
+        y = evaluate(g, p, x)
         outputs.append(y if isinstance(y, dict) else {"": y})
     return max(relative_difference(outputs[0][k], outputs[1][k]) for k in outputs[0])
 
@@ -53,8 +51,8 @@ EXACT_TOLERANCE = 1e-5  # the largest relative difference an exact pipeline may 
 
 
 def verify_pipeline(graph: Graph, params: Params, optimised: Graph, optimised_params: Params,
-                    batches: dict[str, np.ndarray], backend: str = "cpu") -> dict[str, float]:
+                    batches: dict[str, np.ndarray], evaluate) -> dict[str, float]:
     """The largest relative output difference per named batch of inputs (``random``, the
-    name of a data set, ...)."""
-    return {name: compare(graph, params, optimised, optimised_params, x, backend)
+    name of a data set, ...), the networks run by ``evaluate``."""
+    return {name: compare(graph, params, optimised, optimised_params, x, evaluate)
             for name, x in batches.items()}

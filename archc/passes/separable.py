@@ -194,11 +194,9 @@ def _plan(graph: Graph, node: Node, mode: str, rank: int) -> tuple[tuple[str, di
 
 
 def _core_output(node: Node, in_shape: tuple, x: np.ndarray, weights: list[np.ndarray],
-                 bias: np.ndarray | None, plans: list[dict]) -> np.ndarray:
-    """Run one layer (or a factorised pair) without its epilogue on a batch: the value the
-    error budget is measured on."""
-    from archc import compile as compile_graph
-
+                 bias: np.ndarray | None, plans: list[dict], evaluate) -> np.ndarray:
+    """Run one layer (or a factorised pair) without its epilogue on a batch (by
+    ``evaluate``, ``archc.lower.evaluator``): the value the error budget is measured on."""
     g = Graph(name="probe")
     g.add(Node("input", "input", {"shape": tuple(in_shape)}, []))
     g.inputs = ["input"]
@@ -208,12 +206,10 @@ def _core_output(node: Node, in_shape: tuple, x: np.ndarray, weights: list[np.nd
         g.add(Node(f"l{i}", node.op, get_layer(node.op).normalize(attrs), [previous]))
         previous = f"l{i}"
     g.outputs = {previous: previous}
-    model = compile_graph(infer_shapes(g), backend="cpu")
-    for i, w in enumerate(weights):
-        model.params[f"l{i}.weight"] = w.astype(np.float32)
+    params = {f"l{i}.weight": w.astype(np.float32) for i, w in enumerate(weights)}
     if bias is not None:
-        model.params[f"l{len(weights) - 1}.bias"] = bias.astype(np.float32)
-    return model.eval().predict(x)
+        params[f"l{len(weights) - 1}.bias"] = bias.astype(np.float32)
+    return evaluate(infer_shapes(g), params, x)
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -233,8 +229,8 @@ class _Layer:
     measure a rank's error (on the layer's output for a batch of its inputs, else on the
     weights)."""
 
-    def __init__(self, graph: Graph, node: Node, params: Params, mode: str, x):
-        self.node, self.mode = node, mode
+    def __init__(self, graph: Graph, node: Node, params: Params, mode: str, x, evaluate):
+        self.node, self.mode, self.evaluate = node, mode, evaluate
         self.in_shape = graph[node.inputs[0]].shape
         self.weight = params[f"{node.name}.weight"]
         self.bias = params.get(f"{node.name}.bias")
@@ -243,7 +239,7 @@ class _Layer:
         self.full_rank = _max_rank(node, self.in_shape[0], mode)
         self.x = x
         self.reference = None if x is None else _core_output(
-            node, self.in_shape, x, [self.weight], self.bias, [_user_attrs(node)])
+            node, self.in_shape, x, [self.weight], self.bias, [_user_attrs(node)], evaluate)
 
     def error(self, rank: int, plan) -> float:
         first, second = self.factor(self.weight, rank)
@@ -253,7 +249,7 @@ class _Layer:
             return _relative(self.weight.reshape(-1), approx.reshape(-1))
         return _relative(self.reference, _core_output(self.node, self.in_shape, self.x,
                                                       [first, second], self.bias,
-                                                      [plan[0][1], plan[1]]))
+                                                      [plan[0][1], plan[1]], self.evaluate))
 
     def choose_rank(self, graph: Graph, budget: float, macs: int, count: int):
         """(rank, error, plan) of the smallest rank within budget that saves MACs (binary
@@ -295,18 +291,19 @@ def low_rank(graph: Graph, params: Params | None, options: dict) -> PassResult:
     result = PassResult(out, params)
     mode, budget = options["mode"], options["budget"]
     values = {}
-    if options.get("data") is not None:
-        from archc import compile as compile_graph
-
-        model = compile_graph(graph, backend="cpu", params=params)
-        values = model.eval().intermediates(options["data"])
-    else:
+    evaluate = options.get("evaluate")
+    if options.get("data") is not None and evaluate is not None:
+        values = evaluate(graph, params, options["data"], every=True)
+    elif options.get("data") is None:
         result.notes.append("no data given: errors are measured on the weights, not outputs")
+    else:
+        result.notes.append("no evaluator given to run the network: errors are measured on "
+                            "the weights, not outputs")
     for node in list(out):
         if not _eligible(node, mode) or not matches(node.name, options["match"]):
             continue
         macs, count = _macs(out, node), _params_of(out, node)
-        layer = _Layer(out, node, params, mode, values.get(node.inputs[0]))
+        layer = _Layer(out, node, params, mode, values.get(node.inputs[0]), evaluate)
         chosen = layer.choose_rank(out.copy(), budget, macs, count)
         if not isinstance(chosen, tuple):
             result.notes.append(f"{node.name}: left alone, " + (

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runtime.losses import classification_step
+from runtime.train.losses import classification_step
 
 
 def _same(array):
@@ -44,9 +44,9 @@ class Backend:
     on the CPU); ``add`` sums two arrays on the device (gradients meeting where a value
     fans out); ``on_device(op)`` says whether an op runs on the device or falls back to
     the host (a layer type without device kernels yet); ``optim``: the optimiser kernels
-    for its arrays (``runtime.optim.UpdateKernels``; None: the host's);
+    for its arrays (``runtime.train.optim.UpdateKernels``; None: the host's);
     ``classify(logits, labels, label_smoothing=)``: a training step's loss, gradient and
-    count of correct predictions (``runtime.losses.classification_step`` on the host);
+    count of correct predictions (``runtime.train.losses.classification_step`` on the host);
     ``clock()``: a :class:`HostClock`-like timer for profiles; ``device_name()``: what
     runs the kernels."""
 

@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 
-from archc import cli, tasks, train
+from archc import cli
+from runtime.train import tasks, loop as train
 
 read: list[list[int]] = []
 
@@ -39,9 +40,9 @@ def main(mode: str, arg: str, args: list[str]) -> int:
 
         train.fit = recording_fit  # what archc train calls
         code = cli.main(args)
-        from archc import distributed
+        from runtime.train import distributed
 
-        rank = distributed._CURRENT.rank
+        rank = distributed.current().rank
         with open(f"{arg}.{rank}", "w") as f:
             json.dump(read, f)
         return code
@@ -51,10 +52,10 @@ def main(mode: str, arg: str, args: list[str]) -> int:
         original = tasks.Classification.step
 
         def failing(self, *a, **k):
-            from archc import distributed
+            from runtime.train import distributed
 
             calls[0] += 1
-            if distributed._CURRENT.rank == 1 and calls[0] == step:
+            if distributed.current().rank == 1 and calls[0] == step:
                 raise RuntimeError(f"injected failure at step {step}")
             return original(self, *a, **k)
 

@@ -1,7 +1,7 @@
 """CUDA kernels that training needs, with their launches: batch-norm batch statistics
 and their backward pass, dropout masks drawn on the device, the softmax cross-entropy of
 a training step, and the optimisers' updates (``UPDATE``, the backend's
-``runtime.optim.UpdateKernels``).
+``runtime.train.optim.UpdateKernels``).
 
 - batch statistics: one block per channel, two sweeps (the mean, then the mean squared
   deviation from it: no cancellation), each a shared-memory tree reduction; thread 0
@@ -21,7 +21,7 @@ a training step, and the optimisers' updates (``UPDATE``, the backend's
   the device: two numbers come back.
 - SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW: one thread per
   element, running the same per-element functions as the CPU kernels
-  (``runtime.optim.sgd_update``, ``adam_update``), compiled for the device.
+  (``runtime.train.optim.sgd_update``, ``adam_update``), compiled for the device.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from runtime.backends.cuda.kernels import (
     cuda,
     empty,
 )
-from runtime.losses import classification_step
-from runtime import optim
-from runtime.optim import UpdateKernels
+from runtime.train.losses import classification_step
+from runtime.train import optim
+from runtime.train.optim import UpdateKernels
 
 _MASK32 = 0xFFFFFFFF
 
@@ -250,7 +250,7 @@ def pixel_cross_entropy_kernel(z, labels, smoothing, losses, hits, grad):
 
 
 def classify(logits, target, *, label_smoothing: float = 0.0):
-    """``runtime.losses.classification_step`` on the device, for (N, C) logits with class
+    """``runtime.train.losses.classification_step`` on the device, for (N, C) logits with class
     indices or probabilities and per-pixel (N, C, H, W) logits with class indices: the
     gradient stays on the device, the mean loss and the number of hits come back (two
     sums reduced on the device). Anything else (an ignore index, per-pixel

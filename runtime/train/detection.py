@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime import losses
-from runtime.boxes import box_iou, nms
-from runtime.losses import _sigmoid
+from runtime.train import losses
+from runtime.train.boxes import box_iou, nms
+from runtime.train.losses import _sigmoid
 
 
 @dataclass

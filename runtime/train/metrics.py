@@ -65,7 +65,7 @@ def _match(detections, truths, cls: int, threshold: float):
     input order), each matched as COCO does to the unmatched ground-truth box of its
     image and class with the highest IoU, if that IoU is at least ``threshold``.
     Returns (true-positive flags in score order, number of ground-truth boxes)."""
-    from runtime.boxes import box_iou
+    from runtime.train.boxes import box_iou
 
     rows, positives = [], 0
     for image, ((boxes, scores, classes), (gt_boxes, gt_classes)) in enumerate(

@@ -1,6 +1,6 @@
 """What a network is trained to do: the loss of a batch and the metrics of a data set for
 classification, segmentation, detection and embeddings. The training loop
-(:func:`archc.train.fit`) is the same for all four; a :class:`Task` supplies each step's
+(:func:`runtime.train.loop.fit`) is the same for all four; a :class:`Task` supplies each step's
 loss and gradient and the evaluation, and names the metric that picks the best
 checkpoint (``primary``; higher is better).
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from archc.data import IGNORE, DataError, Dataset, batches
-from runtime import losses, metrics
+from runtime.train.data import IGNORE, DataError, Dataset, batches
+from runtime.train import losses, metrics
 
 KINDS = ("classify", "segment", "detect", "embed")
 SEGMENT_LOSSES = ("ce", "dice", "ce+dice")
@@ -269,8 +269,8 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
     if kind == "embed":
         return Embedding(classes, loss or "triplet-hard", options.get("margin", 1.0),
                          gallery=split.train)
-    from runtime.boxes import kmeans_anchors
-    from runtime.detection import YoloHead
+    from runtime.train.boxes import kmeans_anchors
+    from runtime.train.detection import YoloHead
 
     if loss not in (None, "yolo"):
         raise DataError(f"unknown detection loss '{loss}' (yolo; --box-loss and "
@@ -304,7 +304,7 @@ def restore(description: dict, split, program) -> Task:
         return Embedding(classes, description.get("loss", "triplet-hard"),
                          description.get("margin", 1.0),
                          gallery=split.train if split is not None else None)
-    from runtime.detection import YoloHead
+    from runtime.train.detection import YoloHead
 
     spec = dict(description["head"])
     return Detection(classes, YoloHead(spec.pop("grid"), spec.pop("boxes"), spec.pop("classes"),

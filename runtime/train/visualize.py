@@ -18,7 +18,7 @@ mode, on images shaped like its input (C, H, W):
   the activations of a content image at one node and the Gram matrices (channel
   correlations) of a style image at others.
 
-The optimisations use Adam on the pixels (runtime.optim) and a gradient at any node
+The optimisations use Adam on the pixels (runtime.train.optim) and a gradient at any node
 (``Model.backward`` takes gradients keyed by node name).
 """
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime import optim
-from runtime.errors import UsageError
+from runtime.train import optim
+from runtime.errors import UsageError, did_you_mean
 
 
 class VisualizeError(UsageError):
@@ -41,8 +41,6 @@ def _node_names(model) -> list[str]:
 def _check_node(model, node: str) -> None:
     names = _node_names(model)
     if node not in names:
-        from archc.errors import did_you_mean
-
         hint = did_you_mean(node, names)
         raise VisualizeError(f"{model.program.name} has no node '{node}'" +
                              (f" ({hint})" if hint else f"; its nodes: {', '.join(names[:12])}"

@@ -1,130 +1,28 @@
-"""Datasets and batches for training: NCHW float32 images with integer labels.
-
-Sources (``--data`` on the command line): ``digits`` (scikit-learn's bundled handwritten
-digits: 1,797 real 8x8 scans, offline), ``mnist:DIR`` and ``fashion-mnist:DIR`` (the
-standard IDX files, gzipped or not), ``cifar10:DIR`` (the binary version's
-``data_batch_*.bin`` / ``test_batch.bin``), ``folder:DIR`` (one sub-folder of images per
-class, read with Pillow) and ``npz:FILE`` (arrays ``x``, ``y``, optionally ``x_test``,
-``y_test``). Images are fitted to the network's input: resized (bilinear) to its height and
-width, and grey images repeated to three channels when it takes colour. Every problem with
-the files is a :class:`DataError` that says what was expected.
-"""
+"""Readers of the data sets a user has on disk (and the bundled digits): IDX (MNIST),
+CIFAR-10 binary batches, class folders, mask folders, COCO JSON and ``.npz`` files. Each
+returns a :class:`~runtime.train.data.sets.Split` fitted to the network's input; every
+problem with the files is a DataError that says what was expected."""
 
 from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import DataError
+from runtime.train.data.sets import IGNORE, Dataset, Split, holdout, fit
 
 
-TASKS = ("classify", "segment", "detect")
 
-
-@dataclass
-class Dataset:
-    """Images (N, C, H, W) float32 and their targets: for ``classify``, labels (N,) int64;
-    for ``segment``, masks (N, H, W) int64 (``IGNORE``: a pixel that counts for nothing);
-    for ``detect``, an object array of (k, 5) float32 arrays ``x1, y1, x2, y2, class`` in
-    pixels. ``classes`` names each class index."""
-
-    x: np.ndarray
-    y: np.ndarray
-    classes: list[str]
-    task: str = "classify"
-
-    def __post_init__(self):
-        if len(self.x) != len(self.y):
-            raise DataError(f"{len(self.x)} images but {len(self.y)} labels: they must pair up")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-
-@dataclass
-class Split:
-    train: Dataset
-    test: Dataset
-    # the per-channel statistics ``standardize`` took out (to show images again)
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
-
-    @property
-    def task(self) -> str:
-        return self.train.task
-
-    def pixels(self, x: np.ndarray) -> np.ndarray:
-        """Standardized images back to their original range (for pictures)."""
-        return x if self.mean is None else x * self.std + self.mean
-
-
-IGNORE = -100  # a target pixel that counts for nothing (PyTorch's ignore_index)
-
-
-# ----------------------------------------------------------------------------- fitting
-def resize(images: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of (N, C, H, W) (half-pixel centres, as PyTorch with
-    align_corners=False)."""
-    n, c, h, w = images.shape
-    if (h, w) == (height, width):
-        return images
-
-    def weights(size, out):
-        src = np.maximum((np.arange(out) + 0.5) * size / out - 0.5, 0.0)
-        lo = np.minimum(np.floor(src).astype(int), size - 1)
-        hi = np.minimum(lo + 1, size - 1)
-        m = np.zeros((out, size))
-        np.add.at(m, (np.arange(out), lo), 1 - (src - lo))
-        np.add.at(m, (np.arange(out), hi), src - lo)
-        return m
-
-    rows, cols = weights(h, height), weights(w, width)
-    return np.einsum("yh,nchw,xw->ncyx", rows, images, cols).astype(np.float32)
-
-
-def fit(images: np.ndarray, shape: tuple[int, int, int], source: str) -> np.ndarray:
-    """Fit images (N, C, H, W) to a network input (C, H, W): resize, and repeat a grey
-    channel to three; any other channel mismatch is an error."""
-    c, h, w = shape
-    if images.shape[1] != c:
-        if images.shape[1] == 1:
-            images = np.repeat(images, c, axis=1)
-        else:
-            raise DataError(f"{source} has {images.shape[1]}-channel images but the network "
-                            f"takes {c} channels")
-    return np.ascontiguousarray(resize(images.astype(np.float32), h, w))
-
-
-def standardize(split: Split) -> Split:
-    """Zero mean and unit variance per channel, with the training set's statistics."""
-    mean = split.train.x.mean(axis=(0, 2, 3), keepdims=True)
-    std = split.train.x.std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    for part in (split.train, split.test):
-        part.x = ((part.x - mean) / std).astype(np.float32)
-    split.mean, split.std = mean[0], std[0]
-    return split
-
-
-def _holdout(x, y, classes, test_fraction, seed, task: str = "classify") -> Split:
-    order = np.random.default_rng(seed).permutation(len(y))
-    cut = int(round(len(y) * (1 - test_fraction)))
-    train, test = order[:cut], order[cut:]
-    return Split(Dataset(x[train], y[train], classes, task),
-                 Dataset(x[test], y[test], classes, task))
-
-
-# ----------------------------------------------------------------------------- sources
 def digits(shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
     """scikit-learn's handwritten digits, a seeded held-out split."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = fit(bunch.images[:, None].astype(np.float32) / 16.0, shape, "digits")
-    return _holdout(x, bunch.target.astype(np.int64), [str(d) for d in range(10)],
+    return holdout(x, bunch.target.astype(np.int64), [str(d) for d in range(10)],
                     test_fraction, seed)
 
 
@@ -229,7 +127,7 @@ def folder(directory: str | Path, shape, test_fraction: float = 0.2, seed: int =
             images.append(read_image(path, shape))
             labels.append(label)
     x = np.stack(images).astype(np.float32) / 255.0
-    return _holdout(x, np.array(labels, dtype=np.int64), classes, test_fraction, seed)
+    return holdout(x, np.array(labels, dtype=np.int64), classes, test_fraction, seed)
 
 
 def npz(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
@@ -260,7 +158,7 @@ def npz(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> S
         return Split(Dataset(x, y, classes),
                      Dataset(images(arrays["x_test"], "x_test"),
                              arrays["y_test"].astype(np.int64), classes))
-    return _holdout(x, y, classes, test_fraction, seed)
+    return holdout(x, y, classes, test_fraction, seed)
 
 
 def _open_image(path, read):
@@ -340,7 +238,7 @@ def mask_folder(directory: str | Path, shape, test_fraction: float = 0.2,
     if len(classes) < count:
         raise DataError(f"the masks use class {count - 1} but {names_file} names only "
                         f"{len(classes)} classes")
-    return _holdout(np.stack(xs).astype(np.float32) / 255.0, y, classes, test_fraction,
+    return holdout(np.stack(xs).astype(np.float32) / 255.0, y, classes, test_fraction,
                     seed, "segment")
 
 
@@ -399,54 +297,6 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
         raise DataError(f"{path} lists no images")
     y = np.empty(len(ys), dtype=object)
     y[:] = ys
-    return _holdout(np.stack(xs).astype(np.float32) / 255.0, y,
+    return holdout(np.stack(xs).astype(np.float32) / 255.0, y,
                     [str(cat.get("name", cat["id"])) for cat in categories], test_fraction,
                     seed, "detect")
-
-
-SOURCES = ("digits, shapes-seg[:N], shapes-det[:N], mosaic-seg[:N], mosaic-det[:N], "
-           "mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR, masks:DIR, coco:FILE.json "
-           "or npz:FILE")
-
-
-def load(spec: str, shape, seed: int = 0) -> Split:
-    """A ``--data`` value -> the standardized train/test split fitted to ``shape``."""
-    from archc import synth
-
-    kind, _, where = spec.partition(":")
-    sources = {"mnist": lambda: mnist(where, shape),
-               "fashion-mnist": lambda: mnist(where, shape, "fashion-mnist"),
-               "cifar10": lambda: cifar10(where, shape),
-               "folder": lambda: folder(where, shape, seed=seed),
-               "masks": lambda: mask_folder(where, shape, seed=seed),
-               "coco": lambda: coco(where, shape, seed=seed),
-               "npz": lambda: npz(where, shape, seed=seed)}
-    if kind == "digits" and not where:
-        return standardize(digits(shape, seed=seed))
-    if kind in synth.GENERATED:
-        return standardize(synth.load(kind, where, shape, seed=seed))
-    if kind not in sources or not where:
-        raise DataError(f"unknown data '{spec}': use {SOURCES}")
-    return standardize(sources[kind]())
-
-
-# ----------------------------------------------------------------------------- batches
-def batches(dataset: Dataset, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-            epoch: int = 0, drop_last: bool = False):
-    """Yield (x, y) batches; the order is a permutation drawn from (seed, epoch) alone, so
-    a resumed run sees the same batches as an uninterrupted one."""
-    for index in batch_order(len(dataset), batch_size, shuffle=shuffle, seed=seed,
-                             epoch=epoch, drop_last=drop_last):
-        yield dataset.x[index], dataset.y[index]
-
-
-def batch_order(n: int, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                epoch: int = 0, drop_last: bool = False):
-    """The sample indices of each batch of an epoch over ``n`` samples (what
-    :func:`batches` reads; data-parallel ranks each read a slice of every one)."""
-    if batch_size < 1:
-        raise DataError(f"the batch size must be at least 1, got {batch_size}")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from archc.data import DataError
+from runtime.train.data import DataError
 
 
 def _soft(y: np.ndarray, classes: int) -> np.ndarray:

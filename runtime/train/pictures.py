@@ -138,6 +138,6 @@ def save(pixels: np.ndarray, path: str | Path) -> Path:
 
 def load_image(path: str | Path, shape) -> np.ndarray:
     """An image file fitted to a network input (C, H, W), values in [0, 1]."""
-    from archc.data import read_image
+    from runtime.train.data import read_image
 
     return read_image(path, shape).astype(np.float32) / 255.0

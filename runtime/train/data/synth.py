@@ -12,7 +12,7 @@ of the network's input.
   digit + 1, the box is the tight box around the ink. Training and test mosaics are made
   of disjoint halves of the digits.
 
-Targets: a segmentation :class:`~archc.data.Dataset` holds masks (N, H, W) int64; a
+Targets: a segmentation :class:`~runtime.train.data.Dataset` holds masks (N, H, W) int64; a
 detection one holds an object array of (k, 5) float32 arrays ``x1, y1, x2, y2, class``.
 """
 
@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from archc.data import DataError, Dataset, Split, fit, resize
+from runtime.errors import DataError
+from runtime.train.data.sets import Dataset, Split, fit, resize
 
 SHAPES = ("circle", "square", "triangle")
 

@@ -13,8 +13,9 @@ import os
 import sys
 from typing import Callable
 
-from archc import distributed
-from archc.data import SOURCES
+from archc.cli import scaling
+from runtime.train import distributed
+from runtime.train.data import SOURCES
 from archc.errors import ArchcError, DataError, InputError, UsageError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
@@ -410,7 +411,7 @@ def _bench_distributed(args: argparse.Namespace) -> int:
     graph = _load(args)  # the spec's errors, before any rank starts
     batch = args.batch or 32
     ranks = sorted(set(args.ranks))
-    results = distributed.measure(args.spec, args.overrides, ranks, batch=batch,
+    results = scaling.measure(args.spec, args.overrides, ranks, batch=batch,
                                   steps=args.repeat or 10, backend=args.backend,
                                   bucket_mb=args.bucket_mb, trials=args.trials)
     compute, label = None, ""
@@ -425,7 +426,7 @@ def _bench_distributed(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"runs": results, **report}))
     else:
-        print(distributed.format_scaling(report))
+        print(scaling.format_scaling(report))
     return EXIT_OK
 
 
@@ -488,7 +489,7 @@ COMMANDS["bench"] = (
 def _cmd_export(args: argparse.Namespace) -> int:
     from archc import compile as compile_graph
     from archc.optimize import optimize
-    from archc.train import best_weights
+    from runtime.train.checkpoint import best_weights
     from runtime.params import save_params
 
     graph = _load(args)
@@ -592,15 +593,6 @@ COMMANDS["import"] = (
 )
 
 
-# archc train's settings: flag name -> TrainConfig field (the same name, dashes aside)
-TRAIN_FLAGS = ("epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov",
-               "weight_decay", "schedule", "warmup", "label_smoothing", "clip", "augment",
-               "freeze", "unfreeze", "patience", "seed", "sync_bn", "bucket_mb",
-               "checkpoint_every")
-# ... and the task's (archc/tasks.py)
-TASK_FLAGS = ("task", "loss", "margin", "box_loss", "objectness", "class_weights")
-
-
 def _compile_for_data(graph, args, seed: int):
     from archc import compile as compile_graph
 
@@ -610,48 +602,41 @@ def _compile_for_data(graph, args, seed: int):
     return compile_graph(graph, backend=args.backend, seed=seed)
 
 
-def _settings(args, graph) -> dict:
-    """The spec's training: section, then the flags given on the command line over it."""
-    settings = dict(graph.training)
-    for key in TRAIN_FLAGS + TASK_FLAGS + ("data",):
-        value = getattr(args, key, None)
-        if value is not None and value != []:
-            settings[key] = value
-    if isinstance(settings.get("unfreeze"), list):
-        try:
-            settings["unfreeze"] = [u if isinstance(u, tuple) else _epoch_pattern(u)
-                                    for u in settings["unfreeze"]]
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(f"training setting 'unfreeze': {exc}") from None
-    if "data" not in settings:
+def _settings(args, graph):
+    """The spec's training: section with the flags given over it, as a Python caller of
+    ``fit`` gets them (:func:`runtime.train.config.settings`)."""
+    from runtime.train.config import KEYS, settings
+
+    merged = settings(graph.training, {key: getattr(args, key, None) for key in KEYS})
+    if merged.data is None:
         raise UsageError("no data to train on: give --data (digits, mnist:DIR, ...) or "
-                        "'data:' in the spec's training section")
-    return settings
+                         "'data:' in the spec's training section")
+    return merged
 
 
-def _task_for(settings: dict, split, model, weights=None):
+def _task_for(settings, split, model, weights=None):
     """The task a run trains or was trained for: a run directory's task.json where the
     weights come from one, else the settings and the data's kind."""
-    from archc import tasks
+    from runtime.train import tasks
 
     if weights is not None:
         described = tasks.find_description(weights)
         if described is not None:
             return tasks.restore(described, split, model.program)
-    options = {k: settings[k] for k in TASK_FLAGS[1:] + ("label_smoothing",) if k in settings}
-    return tasks.make(settings.get("task"), split, model.program, options,
-                      seed=settings.get("seed", 0))
+    return tasks.make(settings.task, split, model.program, settings.options,
+                      seed=settings.config.seed)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from archc import data
-    from archc.train import TrainConfig, best_weights, fit
+    from runtime.train import data
+    from runtime.train.checkpoint import best_weights
+    from runtime.train.loop import fit
 
     graph = _load(args)
     settings = _settings(args, graph)
-    seed = settings.get("seed", 0)
+    config, seed = settings.config, settings.config.seed
     world = distributed.World.mpi() if args.distributed else distributed.ALONE
     say = print if world.lead else (lambda *a, **k: None)
     if world.size > 1 and args.backend == "cuda":
@@ -662,14 +647,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         say(f"started from {args.init}" + (f"; initialised afresh: {', '.join(kept)}"
                                            if kept else ""))
     shape = next(iter(model.program.inputs.values()))
-    split = data.load(settings["data"], shape, seed=seed)
+    split = data.load(settings.data, shape, seed=seed)
     task = _task_for(settings, split, model)
-    settings["freeze"] = tuple(settings.get("freeze", ()))
-    settings["unfreeze"] = tuple(settings.get("unfreeze", ()))
-    config = TrainConfig(**{k: v for k, v in settings.items()
-                            if k not in ("data",) + TASK_FLAGS})
     run = Path(args.resume or args.out)
-    say(f"training {model.program.name} on {settings['data']} ({task.kind}): "
+    say(f"training {model.program.name} on {settings.data} ({task.kind}): "
         f"{len(split.train)} images, {len(split.test)} held out; run directory {run}")
     if world.size > 1:
         lo, hi = distributed.shard(config.batch_size, 0, world.size)
@@ -702,10 +683,12 @@ def _weights_list(text: str) -> list[float]:
 
 
 def _epoch_pattern(text: str) -> tuple[int, str]:
-    epoch, sep, pattern = text.partition(":")
-    if not sep or not epoch.isdigit() or int(epoch) < 1 or not pattern:
-        raise argparse.ArgumentTypeError(f"'{text}' is not EPOCH:PATTERN (e.g. 3:'layer4.*')")
-    return int(epoch), pattern
+    from runtime.train.config import epoch_pattern
+
+    try:
+        return epoch_pattern(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -788,22 +771,22 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from archc import data
-    from archc.train import best_weights
+    from runtime.train import data
+    from runtime.train.checkpoint import best_weights
 
     graph = _load(args)
     settings = _settings(args, graph)
-    model = _compile_for_data(graph, args, settings.get("seed", 0))
+    model = _compile_for_data(graph, args, settings.config.seed)
     model.load(best_weights(args.weights))
     shape = next(iter(model.program.inputs.values()))
-    split = data.load(settings["data"], shape, seed=settings.get("seed", 0))
+    split = data.load(settings.data, shape, seed=settings.config.seed)
     task = _task_for(settings, split, model, args.weights)
     result = task.evaluate(model, split.test)
     shown = {"accuracy": "test accuracy", "top5": "top-5", "miou": "mean IoU",
              "pixel_accuracy": "pixel accuracy", "map50": "mAP@0.5", "map": "mAP@[.5:.95]",
              "retrieval": "retrieval accuracy", "roc_auc": "ROC-AUC",
              "verification": "verification accuracy", "loss": "loss"}
-    print(f"{model.program.name} on {settings['data']} ({len(split.test)} held-out images): "
+    print(f"{model.program.name} on {settings.data} ({len(split.test)} held-out images): "
           + "  ".join(f"{label} {result[key]:.4f}" for key, label in shown.items()
                       if key in result))
     return EXIT_OK
@@ -828,7 +811,7 @@ def _images(args, graph, shape, described: dict, count: int):
 
     import numpy as np
 
-    from archc import data, pictures
+    from runtime.train import data, pictures
 
     if args.image:
         x = np.stack([pictures.load_image(p, shape) for p in args.image])
@@ -839,7 +822,7 @@ def _images(args, graph, shape, described: dict, count: int):
         return ((x - mean) / std, (lambda v: v * std + mean),
                 [Path(p).stem for p in args.image], None)
     settings = _settings(args, graph)
-    split = data.load(settings["data"], shape, seed=settings.get("seed", 0))
+    split = data.load(settings.data, shape, seed=settings.config.seed)
     start = getattr(args, "index", 0)
     if not 0 <= start < len(split.test):
         raise DataError(f"--index {start} is outside the {len(split.test)} held-out images")
@@ -852,8 +835,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from archc import pictures, tasks
-    from archc.train import best_weights
+    from runtime.train import pictures, tasks
+    from runtime.train.checkpoint import best_weights
 
     graph = _load(args)
     model = _compile_for_data(graph, args, 0)
@@ -928,8 +911,8 @@ VISUALS = ("saliency", "smoothgrad", "class-model", "features", "filters", "inve
 def _cmd_visualize(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from archc import pictures, tasks, visualize
-    from archc.train import best_weights
+    from runtime.train import pictures, tasks, visualize
+    from runtime.train.checkpoint import best_weights
 
     graph = _load(args)
     model = _compile_for_data(graph, args, args.seed or 0)
@@ -1030,8 +1013,8 @@ def _setup_visualize(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
-    from archc import pictures, visualize
-    from archc.train import best_weights
+    from runtime.train import pictures, visualize
+    from runtime.train.checkpoint import best_weights
 
     graph = _load(args)
     model = _compile_for_data(graph, args, args.seed)
