@@ -22,6 +22,7 @@ from runtime.backends.activations import FORMULAS, attributes_of  # noqa: E402
 from runtime.backends.cpu.elementwise import activation_backward, activation_forward  # noqa: E402
 from runtime.backends.reference import KERNELS as REF_FORWARD  # noqa: E402
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD  # noqa: E402
+from runtime.context import KernelContext  # noqa: E402
 from runtime.program import Op  # noqa: E402
 from timing import median_time  # noqa: E402
 
@@ -40,11 +41,11 @@ def main() -> None:
         op = Op(name="y", kind=kind, attrs=attrs, inputs=("x",), output="y", params={},
                 in_shapes=(x.shape[1:],),
                 out_shape=x.shape[1:])
-        y = REF_FORWARD[kind](op, [x], {}, {})
-        cases = [("forward", lambda: activation_forward(op, [x], {}, {}),
-                  lambda: REF_FORWARD[kind](op, [x], {}, {}), CPU_FORWARD, REF_FORWARD),
-                 ("backward", lambda: activation_backward(op, [x], y, gy, {}, {}),
-                  lambda: REF_BACKWARD[kind](op, [x], y, gy, {}, {}), CPU_BACKWARD,
+        y = REF_FORWARD[kind](op, [x], {}, KernelContext())
+        cases = [("forward", lambda: activation_forward(op, [x], {}, KernelContext()),
+                  lambda: REF_FORWARD[kind](op, [x], {}, KernelContext()), CPU_FORWARD, REF_FORWARD),
+                 ("backward", lambda: activation_backward(op, [x], y, gy, {}, KernelContext()),
+                  lambda: REF_BACKWARD[kind](op, [x], y, gy, {}, KernelContext()), CPU_BACKWARD,
                   REF_BACKWARD)]
         for label, ours, numpy_, table, reference in cases:
             a = median_time(ours, args.repeat)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "oracles"))  # the PyTorch twins
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from archc.cli import scaling  # noqa: E402
 from runtime.train import distributed  # noqa: E402

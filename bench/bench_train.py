@@ -17,7 +17,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "oracles"))  # the PyTorch twins
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 import archc  # noqa: E402
 import torch_twins  # noqa: E402

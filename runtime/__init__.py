@@ -2,7 +2,7 @@
 
 The boundary is fixed: the runtime receives a lowered program and parameters from the
 compiler and never imports the compiler (``archc``), its YAML front end or networkx.
-``tests/test_boundaries.py`` enforces this.
+``tests/compiler/test_boundaries.py`` enforces this.
 """
 
 from runtime.moved import install as _install_moved

@@ -13,6 +13,7 @@ from runtime.memory import MemoryPlan, plan_memory
 from runtime.params import fitted_params, init_params, load_matching, load_params, save_params
 from runtime.errors import InputError
 from runtime.program import Program
+from runtime.context import KernelContext
 
 def _backend(name: str) -> Backend:
     if name == "reference":
@@ -153,7 +154,7 @@ class Model:
             self._plans[batch, keep_all] = plan_memory(self.program, batch, keep_all)
         return self._plans[batch, keep_all]
 
-    def _planned(self, ctx: dict, values: dict, keep: bool) -> None:
+    def _planned(self, ctx: KernelContext, values: dict, keep: bool) -> None:
         """Tell a device backend's kernels where the memory plan puts each result (in one
         buffer per model and kind of pass; on the CPU, NumPy's allocator serves). A
         forward pass for backward keeps every value, and leaves its outputs out: they are
@@ -161,9 +162,9 @@ class Model:
         if self._on_host():
             return
         batch = next(iter(values.values())).shape[0]
-        ctx["plan"], ctx["batch"] = self.memory_plan(batch, keep_all=keep), batch
-        ctx["arena"] = (self._arenas, "tape" if keep else "predict")
-        ctx["unplanned"] = set(self.program.outputs.values()) if keep else set()
+        ctx.plan, ctx.batch = self.memory_plan(batch, keep_all=keep), batch
+        ctx.arena = (self._arenas, "tape" if keep else "predict")
+        ctx.unplanned = set(self.program.outputs.values()) if keep else set()
 
     def load(self, path: str | Path) -> None:
         self.params = self._typed(load_params(path, self.program))
@@ -209,11 +210,9 @@ class Model:
             out[name] = self.backend.to_device(arr)
         return out
 
-    def _context(self, keep: bool) -> dict:
-        ctx = {"train": self.training, "rng": self.rng, "keep": keep}
-        if self.training and self.sync_bn is not None:
-            ctx["sync_bn"] = self.sync_bn
-        return ctx
+    def _context(self, keep: bool) -> KernelContext:
+        return KernelContext(train=self.training, rng=self.rng, keep=keep,
+                             sync_bn=self.sync_bn if self.training else None)
 
     def _outputs(self, values: dict, host: bool = True):
         move = self.backend.to_host if host else (lambda v: v)
@@ -224,7 +223,7 @@ class Model:
         """Forward pass: one array in (or a dict for several inputs), one array out (or a
         dict keyed by output name for several outputs). ``host=False`` leaves the outputs
         where they were computed (a device array on a GPU backend: the training loop's
-        loss runs there too)."""
+        loss runs there too). ``last_unplaced``: as for :meth:`predict`."""
         values = self._inputs(x)
         ctx = self._context(keep=True)  # keep: what backward() needs
         self._planned(ctx, values, keep=True)
@@ -236,6 +235,7 @@ class Model:
                 values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                           params, ctx)
         self._tape = (values, ctx)
+        self.last_unplaced = list(ctx.unplaced)
         return self._outputs(values, host)
 
     def intermediates(self, x) -> dict[str, np.ndarray]:
@@ -248,7 +248,9 @@ class Model:
         """A forward pass that keeps nothing for backward(): each value is dropped after
         the last op that reads it (the liveness of the memory plan), so its memory goes
         back for the next ones. ``last_peak_bytes`` is then the most activation memory
-        that was alive at once, measured on the arrays themselves (inputs included)."""
+        that was alive at once, measured on the arrays themselves (inputs included);
+        ``last_unplaced`` the outputs a device backend left outside its memory plan's
+        buffer (none, unless a kernel does not ask for its result where the plan puts it)."""
         values = self._inputs(x)
         last = self._last_uses()
         ctx = self._context(keep=False)
@@ -265,6 +267,7 @@ class Model:
                     del values[name]
         self._tape = None
         self.last_peak_bytes = peak
+        self.last_unplaced = list(ctx.unplaced)
         return self._outputs(values)
 
     def profile(self, x, *, repeat: int = 3, backward: bool = False) -> dict[str, dict]:

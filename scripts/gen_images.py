@@ -1,7 +1,7 @@
 """Render the diagrams shown in the documentation into docs/images/ (needs Graphviz's dot).
 
 Run ``make images``. PNG bytes depend on the Graphviz version, so these files are not
-compared by the tests; tests/test_render.py checks the diagrams' structure instead.
+compared by the tests; tests/compiler/test_render.py checks the diagrams' structure instead.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# shared helpers and oracles import by their module names from every test folder
+for _folder in ("support", "oracles", ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent / _folder))
 
 # small inputs of networks that cover every kind of layer between them, for whole-network
 # runtime tests

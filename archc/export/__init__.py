@@ -7,7 +7,6 @@ of these functions runs (``pip install 'archc[onnx]'``).
 
 from __future__ import annotations
 
-from archc.export.onnx_export import OPSET, to_onnx
-from archc.export.onnx_import import from_onnx
+from archc.export.onnx import OPSET, from_onnx, to_onnx
 
 __all__ = ["OPSET", "from_onnx", "to_onnx"]

@@ -7,7 +7,7 @@ parameter initialisation (``init``), and every stage reads it from here. The run
 its kernels under the same name (an element-wise activation: one formula in
 ``runtime/backends/activations.py``, which every backend compiles); an ONNX emitter is
 needed where ONNX has no operator of the same meaning (``LayerType.onnx``).
-``tests/test_registry.py`` names any piece a layer type lacks.
+``tests/compiler/test_registry.py`` names any piece a layer type lacks.
 
 Examples
 --------

@@ -1,7 +1,7 @@
 """Writing a graph back as a spec: the optimised graph of ``archc optimize -o``, and the
 ``yaml`` export. The spec is flat (one entry per layer, every attribute that differs from its default, block
 structure and variables resolved away) and keeps every layer's full name, so parameter
-files fit it unchanged; reading it back gives the same graph (tests/test_writer.py)."""
+files fit it unchanged; reading it back gives the same graph (tests/compiler/test_writer.py)."""
 
 from __future__ import annotations
 

@@ -29,12 +29,12 @@ def activation_of(op) -> tuple[str, dict] | None:
 
 def keep_pre_activation(op, pre: np.ndarray, ctx: dict) -> None:
     """Save the value before a fused activation when the forward pass keeps a tape."""
-    if ctx.get("keep"):
-        ctx.setdefault("pre_activation", {})[op.output] = pre
+    if ctx.keep:
+        ctx.pre_activation[op.output] = pre
 
 
 def pre_activation(op, ctx: dict) -> np.ndarray:
-    saved = ctx.get("pre_activation", {})
+    saved = ctx.pre_activation
     if op.output not in saved:
         raise RuntimeError(f"'{op.name}' has a fused activation and its forward pass kept no "
                            "tape: call model(x), not predict(x), before backward()")

@@ -117,7 +117,7 @@ def max_pool2d(op, xs, p, ctx):
     y = np.take_along_axis(flat, best[:, :, None], axis=2)[:, :, 0]
     # a window lying wholly in the padding gives -inf (as PyTorch) and position -1: nothing
     # flows back through it
-    ctx.setdefault("indices", {})[op.output] = np.where(np.isneginf(y), -1, rows * w + cols)
+    ctx.indices[op.output] = np.where(np.isneginf(y), -1, rows * w + cols)
     return y
 
 
@@ -163,7 +163,7 @@ def max_unpool2d(op, xs, p, ctx):
     n, c = x.shape[:2]
     ho, wo = op.attrs["out_size"]
     y = np.zeros((n, c, ho * wo + 1), dtype=x.dtype)  # a last slot for position -1
-    idx = ctx["indices"][op.inputs[1]].reshape(n, c, -1)
+    idx = ctx.indices[op.inputs[1]].reshape(n, c, -1)
     np.put_along_axis(y, np.where(idx < 0, ho * wo, idx), x.reshape(n, c, -1), axis=2)
     return y[:, :, :-1].reshape(n, c, ho, wo)
 
@@ -238,14 +238,14 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 def batchnorm(op, xs, p, ctx):
     (x,), a = xs, op.attrs
     axes = (0,) + tuple(range(2, x.ndim))
-    if ctx["train"] or not a["track_running_stats"]:
+    if ctx.train or not a["track_running_stats"]:
         mean, var = x.mean(axis=axes), x.var(axis=axes)
         count = x.size // x.shape[1]
-        if ctx.get("sync_bn") is not None:  # the statistics of every process's batch
-            count, mean, var = ctx["sync_bn"].moments(count, mean, var)
-        ctx.setdefault("saved", {})[op.output] = "batch"  # backward through the statistics
-        ctx.setdefault("batch_stats", {})[op.output] = (mean, var, count)
-        if ctx["train"] and a["track_running_stats"]:
+        if ctx.sync_bn is not None:  # the statistics of every process's batch
+            count, mean, var = ctx.sync_bn.moments(count, mean, var)
+        ctx.saved[op.output] = "batch"  # backward through the statistics
+        ctx.batch_stats[op.output] = (mean, var, count)
+        if ctx.train and a["track_running_stats"]:
             m = a["momentum"]
             p["running_mean"][...] = (1 - m) * p["running_mean"] + m * mean
             p["running_var"][...] = (1 - m) * p["running_var"] + m * var * count / max(count - 1, 1)
@@ -298,21 +298,21 @@ def softmax(op, xs, p, ctx):
 @kernel("dropout")
 def dropout(op, xs, p, ctx):
     x, rate = xs[0], op.attrs["p"]
-    if not ctx["train"] or rate == 0:
+    if not ctx.train or rate == 0:
         return x
-    keep = ctx["rng"].random(x.shape) >= rate
-    ctx.setdefault("saved", {})[op.output] = keep / (1 - rate)
+    keep = ctx.rng.random(x.shape) >= rate
+    ctx.saved[op.output] = keep / (1 - rate)
     return x * keep / (1 - rate)
 
 
 @kernel("stochastic_depth")
 def stochastic_depth(op, xs, p, ctx):
     x, rate = xs[0], op.attrs["p"]
-    if not ctx["train"] or rate == 0:
+    if not ctx.train or rate == 0:
         return x
     shape = (x.shape[0],) + (1,) * (x.ndim - 1) if op.attrs["mode"] == "row" else (1,) * x.ndim
-    keep = ctx["rng"].random(shape) >= rate
-    ctx.setdefault("saved", {})[op.output] = keep / (1 - rate)
+    keep = ctx.rng.random(shape) >= rate
+    ctx.saved[op.output] = keep / (1 - rate)
     return x * keep / (1 - rate)
 
 

@@ -93,7 +93,7 @@ def max_pool2d(op, xs, y, gy, p, ctx):
     (x,) = xs
     n, c, h, w = x.shape
     gx = np.zeros((n, c, h * w + 1), dtype=gy.dtype)  # the last slot takes position -1
-    idx = ctx["indices"][op.output].reshape(n, c, -1)
+    idx = ctx.indices[op.output].reshape(n, c, -1)
     idx = np.where(idx < 0, h * w, idx)
     for i in range(n):  # np.add.at: windows may overlap
         for j in range(c):
@@ -143,7 +143,7 @@ def adaptive_pool(op, xs, y, gy, p, ctx):
 def max_unpool2d(op, xs, y, gy, p, ctx):
     x = xs[0]
     n, c = x.shape[:2]
-    idx = ctx["indices"][op.inputs[1]].reshape(n, c, -1)
+    idx = ctx.indices[op.inputs[1]].reshape(n, c, -1)
     flat = np.concatenate([gy.reshape(n, c, -1), np.zeros((n, c, 1), gy.dtype)], axis=2)
     gx = np.take_along_axis(flat, np.where(idx < 0, flat.shape[2] - 1, idx), axis=2)
     gx = gx.reshape(x.shape)
@@ -184,9 +184,9 @@ def _per_channel(v, ndim):
 def batchnorm(op, xs, y, gy, p, ctx):
     (x,), a = xs, op.attrs
     axes = (0,) + tuple(range(2, x.ndim))
-    batch = ctx.get("saved", {}).get(op.output) == "batch"
+    batch = ctx.saved.get(op.output) == "batch"
     if batch:
-        mean, var, count = ctx["batch_stats"][op.output]
+        mean, var, count = ctx.batch_stats[op.output]
     else:
         mean, var = p["running_mean"], p["running_var"]
     invstd = 1.0 / np.sqrt(var + a["eps"])
@@ -199,8 +199,8 @@ def batchnorm(op, xs, y, gy, p, ctx):
     if not batch:
         return [gxhat * _per_channel(invstd, x.ndim)], grads
     sg, sgx = gxhat.sum(axis=axes), (gxhat * xhat).sum(axis=axes)
-    if ctx.get("sync_bn") is not None:  # sums over every process's batch
-        sg, sgx = ctx["sync_bn"].grad_sums(sg, sgx)
+    if ctx.sync_bn is not None:  # sums over every process's batch
+        sg, sgx = ctx.sync_bn.grad_sums(sg, sgx)
     gx = (_per_channel(invstd, x.ndim) / count) * (
         count * gxhat - _per_channel(sg, x.ndim) - xhat * _per_channel(sgx, x.ndim))
     return [gx.astype(x.dtype)], grads
@@ -255,7 +255,7 @@ def softmax(op, xs, y, gy, p, ctx):
 
 @backward("dropout", "stochastic_depth")
 def dropout(op, xs, y, gy, p, ctx):
-    scale = ctx.get("saved", {}).get(op.output)
+    scale = ctx.saved.get(op.output)
     return [gy if scale is None else gy * scale], {}
 
 

@@ -129,7 +129,7 @@ def fused_forward(core):
         if act is None:
             return core(op, xs, p, NO_ACTIVATION, 0.0)
         code, slope = activation_code(*act)
-        if ctx.get("keep"):
+        if ctx.keep:
             pre = core(op, xs, p, NO_ACTIVATION, 0.0)
             keep_pre_activation(op, pre, ctx)
             if act[0] in NUMPY_FORWARD:

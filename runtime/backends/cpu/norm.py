@@ -27,7 +27,7 @@ def scale_shift_kernel(x, scale, shift):
 
 def batchnorm_forward(op, xs, p, ctx):
     a = op.attrs
-    if ctx["train"] or not a["track_running_stats"]:
+    if ctx.train or not a["track_running_stats"]:
         return batchnorm_train_forward(op, xs, p, ctx)
     x = np.ascontiguousarray(xs[0])
     scale = 1.0 / np.sqrt(p["running_var"] + a["eps"])
@@ -113,11 +113,11 @@ def batchnorm_train_forward(op, xs, p, ctx):
     x = np.ascontiguousarray(xs[0])
     mean, var = batch_stats_kernel(x)
     count = x.size // x.shape[1]
-    sync = ctx.get("sync_bn")
+    sync = ctx.sync_bn
     if sync is not None:  # the statistics of the batch across every process
         count, mean, var = sync.moments(count, mean, var)
-    ctx.setdefault("saved", {})[op.output] = "batch"
-    ctx.setdefault("batch_stats", {})[op.output] = (mean, var, count)  # for backward
+    ctx.saved[op.output] = "batch"
+    ctx.batch_stats[op.output] = (mean, var, count)  # for backward
     if a["track_running_stats"]:
         m = a["momentum"]
         p["running_mean"][...] = (1 - m) * p["running_mean"] + m * mean
@@ -133,7 +133,7 @@ def batchnorm_train_forward(op, xs, p, ctx):
 def batchnorm_backward(op, xs, y, gy, p, ctx):
     a = op.attrs
     x = np.ascontiguousarray(xs[0])
-    if ctx.get("saved", {}).get(op.output) != "batch":  # running statistics: constants
+    if ctx.saved.get(op.output) != "batch":  # running statistics: constants
         invstd = 1.0 / np.sqrt(p["running_var"].astype(np.float64) + a["eps"])
         weight = p["weight"].astype(np.float64) if a["affine"] else np.ones_like(invstd)
         gy = np.ascontiguousarray(gy)
@@ -141,11 +141,11 @@ def batchnorm_backward(op, xs, y, gy, p, ctx):
         gw, gb = channel_sums_kernel(x, gy, p["running_mean"].astype(np.float64), invstd)
         grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
         return [gx], grads
-    mean, var, count = ctx["batch_stats"][op.output]
+    mean, var, count = ctx.batch_stats[op.output]
     invstd = 1.0 / np.sqrt(var + a["eps"])
     weight = p["weight"].astype(np.float64) if a["affine"] else np.ones_like(invstd)
     gy = np.ascontiguousarray(gy)
-    sync = ctx.get("sync_bn")
+    sync = ctx.sync_bn
     if sync is None:
         gx, gw, gb = batchnorm_backward_kernel(x, gy, mean, invstd, weight)
     else:  # the input gradient needs the sums over the whole batch, every process's

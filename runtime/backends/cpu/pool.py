@@ -66,13 +66,13 @@ def max_pool_forward(op, xs, p, ctx):
     (kh, kw), (sh, sw), (dh, dw) = a["kernel_size"], a["stride"], a["dilation"]
     y, idx = max_pool_forward_kernel(np.ascontiguousarray(x), kh, kw, sh, sw, dh, dw, top, left,
                                      ho, wo)
-    ctx.setdefault("indices", {})[op.output] = idx
+    ctx.indices[op.output] = idx
     return y
 
 
 def max_pool_backward(op, xs, y, gy, p, ctx):
     x = xs[0]
-    return [scatter_kernel(np.ascontiguousarray(gy), ctx["indices"][op.output], x.shape[2],
+    return [scatter_kernel(np.ascontiguousarray(gy), ctx.indices[op.output], x.shape[2],
                            x.shape[3], True)], {}
 
 
@@ -212,14 +212,14 @@ def adaptive_pool_forward(op, xs, p, ctx):
     rows, cols = _bin_arrays(op, x)
     y, idx = adaptive_pool_forward_kernel(x, rows, cols, "max" in op.kind)
     if "max" in op.kind:
-        ctx.setdefault("saved", {})[op.output] = idx
+        ctx.saved[op.output] = idx
     return y
 
 
 def adaptive_pool_backward(op, xs, y, gy, p, ctx):
     x, gy = xs[0], np.ascontiguousarray(gy)
     if "max" in op.kind:
-        return [scatter_kernel(gy, ctx["saved"][op.output], x.shape[2], x.shape[3], True)], {}
+        return [scatter_kernel(gy, ctx.saved[op.output], x.shape[2], x.shape[3], True)], {}
     rows, cols = _bin_arrays(op, x)
     return [adaptive_avg_backward_kernel(gy, rows, cols, x.shape[2], x.shape[3])], {}
 
@@ -297,7 +297,7 @@ def max_unpool_backward_kernel(gy, idx):
 
 
 def _unpool_positions(op, ctx, x):
-    return np.ascontiguousarray(ctx["indices"][op.inputs[1]].reshape(x.shape))
+    return np.ascontiguousarray(ctx.indices[op.inputs[1]].reshape(x.shape))
 
 
 def max_unpool_forward(op, xs, p, ctx):

@@ -179,7 +179,7 @@ def softmax_backward(op, xs, y, gy, p, ctx):
 # ----------------------------------------------------------------------------- dropout
 def dropout_forward(op, xs, p, ctx):
     """The reference draws the mask (same generator, same stream); the multiply runs here."""
-    if not ctx["train"] or op.attrs["p"] == 0:
+    if not ctx.train or op.attrs["p"] == 0:
         return xs[0]
     return _combine([xs[0], _draw_scale(op, xs[0], ctx)], multiply=True)
 
@@ -190,12 +190,12 @@ def _draw_scale(op, x, ctx):
         shape = x.shape
     else:  # stochastic depth: a whole sample (row) or the whole batch at once
         shape = (x.shape[0],) + (1,) * (x.ndim - 1) if op.attrs["mode"] == "row" else (1,) * x.ndim
-    keep = ctx["rng"].random(shape) >= rate
+    keep = ctx.rng.random(shape) >= rate
     scale = (keep / (1 - rate)).astype(x.dtype)
-    ctx.setdefault("saved", {})[op.output] = scale
+    ctx.saved[op.output] = scale
     return scale
 
 
 def dropout_backward(op, xs, y, gy, p, ctx):
-    scale = ctx.get("saved", {}).get(op.output)
+    scale = ctx.saved.get(op.output)
     return [gy if scale is None else _combine([gy, scale], multiply=True)], {}

@@ -81,13 +81,13 @@ def _epilogue_forward(op, xs, ctx, core):
     needs the value before it (no tape kept); otherwise the activation comes after, and
     the value before it is kept for backward."""
     act = activation_of(op)
-    fuse = act if not ctx.get("keep") else None
     residual = xs[1] if len(xs) > 1 else None
-    y = core(fuse, residual)
-    if act is not None and fuse is None:
-        keep_pre_activation(op, y, ctx)
-        y = K.activation_forward(y, *act)
-    return y
+    if act is None or not ctx.keep:
+        return core(act, residual)
+    with K.aside():  # the value before the activation is kept; the output takes the room
+        pre = core(None, residual)
+    keep_pre_activation(op, pre, ctx)
+    return K.activation_forward(pre, *act)
 
 
 def _depthwise(op) -> bool:
@@ -137,7 +137,7 @@ def activation_backward(op, xs, y, gy, p, ctx):
 def add_forward(op, xs, p, ctx):
     y = K.add(xs[0], xs[1])
     for x in xs[2:]:
-        y = K.add(y, x)
+        y = K.add(y, x, out=y)
     return y
 
 
@@ -173,12 +173,12 @@ def max_pool_forward(op, xs, p, ctx):
     kernel, stride, top, left = _window(op, xs[0].shape)
     y, idx = L.max_pool(xs[0], kernel, stride, op.attrs["dilation"], top, left,
                         op.out_shape[1:])
-    ctx.setdefault("indices", {})[op.output] = idx  # positions, as max_unpool2d reads them
+    ctx.indices[op.output] = idx  # positions, as max_unpool2d reads them
     return y
 
 
 def max_pool_backward(op, xs, y, gy, p, ctx):
-    return [L.max_pool_backward(gy, ctx["indices"][op.output], xs[0].shape)], {}
+    return [L.max_pool_backward(gy, ctx.indices[op.output], xs[0].shape)], {}
 
 
 def avg_pool_forward(op, xs, p, ctx):
@@ -203,14 +203,14 @@ def adaptive_pool_forward(op, xs, p, ctx):
         return L.global_avg_pool(xs[0])
     y, idx = R.adaptive_pool(xs[0], op.out_shape[1:], "max" in op.kind)
     if idx is not None:
-        ctx.setdefault("saved", {})[op.output] = idx
+        ctx.saved[op.output] = idx
     return y
 
 
 def adaptive_pool_backward(op, xs, y, gy, p, ctx):
     if "avg" in op.kind and _global(op):
         return [L.global_avg_pool_backward(gy, xs[0].shape)], {}
-    idx = ctx.get("saved", {}).get(op.output) if "max" in op.kind else None
+    idx = ctx.saved.get(op.output) if "max" in op.kind else None
     return [R.adaptive_pool_backward(gy, xs[0].shape, idx)], {}
 
 
@@ -251,7 +251,7 @@ def layernorm_backward(op, xs, y, gy, p, ctx):
 def _positions(op, ctx, x):
     """The max-pool positions a max_unpool2d reads (its second input's pool), on the
     device, in x's shape."""
-    idx = ctx["indices"][op.inputs[1]]
+    idx = ctx.indices[op.inputs[1]]
     return to_device(idx).reshape(x.shape)
 
 
@@ -309,20 +309,20 @@ BACKWARD.update(upsample=upsample_backward, unpool2d=unpool_backward,
 
 def batchnorm_forward(op, xs, p, ctx):
     a = op.attrs
-    if ctx.get("train") or not a["track_running_stats"]:  # the batch's statistics
+    if ctx.train or not a["track_running_stats"]:  # the batch's statistics
         running = ((p["running_mean"], p["running_var"], p["num_batches_tracked"],
-                    a["momentum"]) if ctx.get("train") and a["track_running_stats"] else ())
+                    a["momentum"]) if ctx.train and a["track_running_stats"] else ())
         mean, var = training.batch_stats(xs[0], *running)
-        ctx.setdefault("saved", {})[op.output] = "batch"
-        ctx.setdefault("batch_stats", {})[op.output] = (mean, var)
+        ctx.saved[op.output] = "batch"
+        ctx.batch_stats[op.output] = (mean, var)
     else:
         mean, var = p["running_mean"], p["running_var"]
     return L.batchnorm(xs[0], mean, var, p.get("weight"), p.get("bias"), a["eps"])
 
 
 def batchnorm_backward(op, xs, y, gy, p, ctx):
-    if ctx.get("saved", {}).get(op.output) == "batch":
-        mean, var = ctx["batch_stats"][op.output]
+    if ctx.saved.get(op.output) == "batch":
+        mean, var = ctx.batch_stats[op.output]
         gx, g_weight, g_bias = training.batchnorm_train_backward(
             xs[0], gy, mean, var, p.get("weight"), op.attrs["eps"])
     else:  # running statistics: constants
@@ -337,26 +337,27 @@ def dropout_forward(op, xs, p, ctx):
     times a mask drawn on the device (per element, or per sample or batch for stochastic
     depth), kept for backward."""
     x, rate = xs[0], op.attrs["p"]
-    if not ctx.get("train") or rate == 0:
+    if not ctx.train or rate == 0:
         return x
     if op.kind == "dropout":
         shape = x.shape
     else:
         shape = ((x.shape[0],) if op.attrs["mode"] == "row" else (1,)) + (1,) * (len(x.shape) - 1)
-    scale = training.dropout_scale(shape, rate, ctx["rng"])
-    ctx.setdefault("saved", {})[op.output] = scale
+    scale = training.dropout_scale(shape, rate, ctx.rng)
+    ctx.saved[op.output] = scale
     return T.multiply(x, scale)
 
 
 def dropout_backward(op, xs, y, gy, p, ctx):
-    scale = ctx.get("saved", {}).get(op.output)
+    scale = ctx.saved.get(op.output)
     return [gy if scale is None else T.multiply(gy, scale)], {}
 
 
 def multiply_forward(op, xs, p, ctx):
-    y = xs[0]
-    for x in xs[1:]:
-        y = T.multiply(y, x)
+    y = T.multiply(xs[0], xs[1])
+    for x in xs[2:]:  # in place where the product keeps its shape
+        same = T.broadcast_shape(y.shape, x.shape) == tuple(y.shape)
+        y = T.multiply(y, x, out=y if same else None)
     return y
 
 
@@ -475,22 +476,32 @@ def on_device(op) -> bool:
     return op.kind in DEVICE_OPS
 
 
+def _address(array) -> int:
+    interface = getattr(array, "__cuda_array_interface__", None)
+    if interface is None:  # the simulator's arrays are NumPy's
+        interface = array.__array_interface__
+    return interface["data"][0]
+
+
 def _planned(kernel):
     """Run an op's kernel with its result placed where the memory plan puts it
-    (``ctx["plan"]``, from the model): one device buffer per model and kind of pass holds
-    the activations, reused from pass to pass."""
+    (``ctx.plan``, from the model): one device buffer per model and kind of pass holds
+    the activations, reused from pass to pass. The kernel's host function asks for its
+    output with ``kernels.result``; an output that lands elsewhere is noted in
+    ``ctx.unplaced``."""
     def run(op, xs, p, ctx):
-        plan = ctx.get("plan")
-        if plan is None or op.view or op.output in ctx.get("unplanned", ()):
+        plan = ctx.plan
+        if plan is None or op.view or op.output in ctx.unplanned:
             return kernel(op, xs, p, ctx)
-        arena = K.ARENA.reserve(*ctx["arena"], plan.arena_bytes)
-        shape = (ctx["batch"],) + tuple(op.out_shape)
+        arena = K.reserve(*ctx.arena, plan.arena_bytes)
+        shape = (ctx.batch,) + tuple(op.out_shape)
         start = plan.offsets[op.output] // 4
-        K.ARENA.slot = (shape, arena[start:start + math.prod(shape)])
-        try:
-            return kernel(op, xs, p, ctx)
-        finally:
-            K.ARENA.slot = None
+        room = arena[start:start + math.prod(shape)]
+        with K.placing(shape, room):
+            y = kernel(op, xs, p, ctx)
+        if _address(y) != _address(room):
+            ctx.unplaced.append(op.output)
+        return y
     return run
 
 

@@ -18,6 +18,8 @@ float32 throughout; every kernel is tested against NumPy under the CUDA simulato
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 
@@ -47,35 +49,55 @@ TILE_K_PADDED = TILE_K + 1
 TILE_PADDED = TILE + 1
 
 
-class Arena:
-    """Where the memory plan (``runtime.memory``) puts the op running now: ``slot`` is
-    (shape, view of the plan's device buffer) while an op runs. ``empty`` hands out that
-    slot for the op's first request of its output's size (the kernels' results come from
-    ``empty``), so activations live where the plan put them instead of in fresh
-    allocations. Whatever takes the slot is safe: the plan keeps an op's output room
-    clear of every value alive during the op. ``reserve`` gives a model's buffer for a
-    kind of pass, grown to the plan's size when needed."""
-
-    def __init__(self):
-        self.slot = None  # (shape, view) for the op running now
-
-    @staticmethod
-    def reserve(buffers: dict, kind: str, nbytes: int):
-        buffer = buffers.get(kind)
-        if buffer is None or buffer.size * 4 < nbytes:
-            buffer = buffers[kind] = cuda.device_array(max(nbytes // 4, 1), dtype=np.float32)
-        return buffer
-
-    def take(self, shape):
-        """The slot as an array of ``shape`` when it has that many elements (then it is
-        used up), else None."""
-        if self.slot is not None and math.prod(self.slot[0]) == math.prod(shape):
-            view, self.slot = self.slot[1], None
-            return view.reshape(shape)
-        return None
+# Where the memory plan puts the result of the op running now: (shape, view of the plan's
+# device buffer), set for the duration of one op by `placing` (a context variable, so the
+# slot belongs to the op that set it and to no other call).
+_SLOT: contextvars.ContextVar = contextvars.ContextVar("archc_cuda_slot", default=None)
 
 
-ARENA = Arena()
+def reserve(buffers: dict, kind: str, nbytes: int):
+    """A model's device buffer for a kind of pass (``buffers[kind]``), grown to the
+    plan's size when needed."""
+    buffer = buffers.get(kind)
+    if buffer is None or buffer.size * 4 < nbytes:
+        buffer = buffers[kind] = cuda.device_array(max(nbytes // 4, 1), dtype=np.float32)
+    return buffer
+
+
+@contextlib.contextmanager
+def aside():
+    """While the block runs, results do not take the planned room (a value the op keeps
+    apart from its output, such as the one before a fused activation)."""
+    token = _SLOT.set(None)
+    try:
+        yield
+    finally:
+        _SLOT.reset(token)
+
+
+@contextlib.contextmanager
+def placing(shape: tuple, view):
+    """While the block runs, :func:`result` of ``shape``'s size is ``view`` (the plan's
+    room for the op's output). Whatever takes it is safe: the plan keeps an op's output
+    room clear of every value alive during the op."""
+    token = _SLOT.set((shape, view))
+    try:
+        yield
+    finally:
+        _SLOT.reset(token)
+
+
+def result(shape):
+    """A device array for what a host function returns as the op's output: the planned
+    room (:func:`placing`) when it has this many elements, taken once; otherwise a fresh
+    allocation. Temporaries come from :func:`empty`, so which is asked first does not
+    matter."""
+    shape = shape if isinstance(shape, tuple) else (shape,)
+    slot = _SLOT.get()
+    if slot is not None and math.prod(slot[0]) == math.prod(shape):
+        _SLOT.set(None)
+        return slot[1].reshape(shape)
+    return cuda.device_array(shape, dtype=np.float32)
 
 
 def absent():
@@ -92,13 +114,7 @@ def axis_view(x, axis: int = 1):
 
 
 def empty(shape, dtype=np.float32):
-    """A device array for a kernel's result: the planned slot when one waits with this
-    many elements (``ARENA``; the first such request of an op gets it, so kernels ask
-    for their result before their temporaries), otherwise a fresh allocation."""
-    if dtype == np.float32:
-        planned = ARENA.take(shape if isinstance(shape, tuple) else (shape,))
-        if planned is not None:
-            return planned
+    """A fresh device array: temporaries, and results outside a planned forward pass."""
     return cuda.device_array(shape, dtype=dtype)
 
 
@@ -258,7 +274,7 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_
     k_b = b.shape[1] if trans_b else b.shape[0]
     if k_a != k_b:
         raise ValueError(f"gemm: inner dimensions differ ({k_a} and {k_b})")
-    c = empty((m, n)) if out is None else out
+    c = result((m, n)) if out is None else out
     if bias is None:
         bias, bias_mode = empty(1), 0
     code, slope = _codes(activation)
@@ -268,10 +284,11 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_
     return c
 
 
-def activation_forward(x, name: str, attrs: dict):
+def activation_forward(x, name: str, attrs: dict, out=None):
+    """The activation of x (into ``out``, which may be x itself: element by element)."""
     code, slope = activation_code(name, attrs)
     flat = x.reshape(x.size)
-    y = empty(x.size)
+    y = result(x.size) if out is None else out.reshape(x.size)
     _launch(activation_forward_kernel, x.size, flat, y, code, slope)
     return y.reshape(x.shape)
 
@@ -284,10 +301,11 @@ def activation_backward(x, y, gy, name: str, attrs: dict):
     return gx.reshape(x.shape)
 
 
-def add(a, b):
+def add(a, b, out=None):
+    """a + b (into ``out``, which may be a or b: element by element)."""
     if a.shape != b.shape:
         raise ValueError(f"add: shapes differ ({a.shape} and {b.shape})")
-    out = empty(a.size)
+    out = result(a.size) if out is None else out.reshape(a.size)
     _launch(add_kernel, a.size, a.reshape(a.size), b.reshape(b.size), out)
     return out.reshape(a.shape)
 
@@ -460,7 +478,7 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
-    y = empty((n, o, ho, wo))  # the result first: it takes the planned slot
+    y = result((n, o, ho, wo))
     if groups == 1:
         code, slope = _codes(activation)
         grid = ((n * ho * wo + TILE - 1) // TILE, (o + TILE - 1) // TILE)
@@ -482,10 +500,10 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
              bias_mode=0 if bias is None else 1, activation=after,
              out=rows[g * og:(g + 1) * og])
     _launch(rows_to_nchw_kernel, y.size, rows, y)
-    if residual is not None:
-        y = add(y, residual)
+    if residual is not None:  # in place: y is this op's own result
+        y = add(y, residual, out=y)
         if activation is not None:
-            y = activation_forward(y, *activation)
+            y = activation_forward(y, *activation, out=y)
     return y
 
 
@@ -539,7 +557,7 @@ def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, g
     cin, cout_g, kh, kw = w.shape
     cout = cout_g * groups
     (sh, sw), (dh, dw), (ph, pw), (ho, wo) = stride, dilation, padding, out_hw
-    y = empty((n, cout, ho, wo))  # the result first: it takes the planned slot
+    y = result((n, cout, ho, wo))
     rows = _rows(x)
     cin_g, k = cin // groups, cout_g * kh * kw
     wmat = w.reshape(cin, k)

@@ -31,6 +31,7 @@ from runtime.backends.cuda.kernels import (
     axis_view,
     cuda,
     empty,
+    result,
     no_residual,
     row_sum_kernel,
 )
@@ -252,7 +253,7 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None, re
     n = x.shape[0]
     o = w.shape[0]
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
-    y = empty((n, o) + tuple(out_hw))
+    y = result((n, o) + tuple(out_hw))
     code, slope = _codes(activation)
     _launch(depthwise_kernel, y.size, x, w, absent() if bias is None else bias,
             no_residual() if residual is None else residual, y, sh, sw, dh, dw, pt, pl, code,
@@ -274,7 +275,7 @@ def depthwise_backward(x, w, gy, *, stride, dilation, pads):
 
 def max_pool(x, kernel, stride, dilation, top, left, out_hw):
     n, c = x.shape[:2]
-    y = empty((n, c) + tuple(out_hw))
+    y = result((n, c) + tuple(out_hw))
     idx = cuda.device_array((n, c) + tuple(out_hw), dtype=np.int64)
     _launch(max_pool_kernel, y.size, x, y, idx, *kernel, *stride, *dilation, top, left)
     return y, idx
@@ -288,7 +289,7 @@ def max_pool_backward(gy, idx, x_shape):
 
 def avg_pool(x, kernel, stride, top, left, padding, include_pad, out_hw):
     n, c = x.shape[:2]
-    y = empty((n, c) + tuple(out_hw))
+    y = result((n, c) + tuple(out_hw))
     _launch(avg_pool_kernel, y.size, x, y, *kernel, *stride, top, left, *padding, include_pad)
     return y
 
@@ -322,14 +323,14 @@ def _scale_kernel(a, out, scale):
 
 
 def _scaled(a, scale: float):
-    out = empty(a.size)
+    out = result(a.size)
     _launch(_scale_kernel, a.size, a, out, scale)
     return out
 
 
 def batchnorm(x, mean, var, weight, bias, eps: float):
     view = axis_view(x)
-    y = empty(view.shape)
+    y = result(view.shape)
     _launch(batchnorm_kernel, y.size, view, y, mean, var,
             absent() if weight is None else weight, absent() if bias is None else bias, eps)
     return y.reshape(x.shape)
@@ -402,7 +403,7 @@ def layernorm_backward_kernel(x, gy, weight, eps, gx, gy_xhat):
 
 def layernorm(x, weight, bias, eps: float):
     view = axis_view(x)
-    y = empty(view.shape)
+    y = result(view.shape)
     _launch(layernorm_kernel, view.shape[0] * view.shape[2], view, y,
             absent() if weight is None else weight, absent() if bias is None else bias, eps)
     return y.reshape(x.shape)
@@ -458,7 +459,7 @@ def lrn_backward_kernel(x, gy, gx, size, alpha, beta, k):
 
 
 def lrn(x, size: int, alpha: float, beta: float, k: float):
-    y = empty(x.shape)
+    y = result(x.shape)
     _launch(lrn_kernel, x.size, axis_view(x), axis_view(y), size, alpha, beta, k)
     return y
 

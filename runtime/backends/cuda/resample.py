@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from runtime.backends.cuda.kernels import _launch, cuda, empty
+from runtime.backends.cuda.kernels import _launch, cuda, empty, result
 from runtime.backends.cuda.layers import max_pool_backward
 
 _MATRICES: dict = {}
@@ -74,7 +74,7 @@ def _apply(x, rows, cols):
     n, c, h = x.shape[:3]
     t = empty((n, c, h, cols.shape[1]))
     _launch(along_width_kernel, t.size, x, cols, t)
-    y = empty((n, c, rows.shape[1], cols.shape[1]))
+    y = result((n, c, rows.shape[1], cols.shape[1]))
     _launch(along_height_kernel, y.size, t, rows, y)
     return y
 
@@ -119,7 +119,7 @@ def unpool_backward_kernel(gy, gx, kh, kw, nearest):
 
 def unpool(x, kernel, nearest: bool):
     n, c, h, w = x.shape
-    y = empty((n, c, h * kernel[0], w * kernel[1]))
+    y = result((n, c, h * kernel[0], w * kernel[1]))
     _launch(unpool_kernel, y.size, x, y, *kernel, nearest)
     return y
 
@@ -155,9 +155,16 @@ def max_unpool_backward_kernel(gy, idx, gx):
         gx[b, ch, r, q] = gy[b, ch, at // wo, at % wo] if at >= 0 else 0.0
 
 
+@cuda.jit(cache=True)
+def zero_kernel(y):
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[i] = 0.0
+
+
 def max_unpool(x, idx, out_hw):
     n, c = x.shape[:2]
-    y = cuda.to_device(np.zeros((n, c) + tuple(out_hw), np.float32))
+    y = result((n, c) + tuple(out_hw))
+    _launch(zero_kernel, y.size, y.reshape(y.size))
     _launch(max_unpool_kernel, x.size, x, idx, y)
     return y
 
@@ -216,7 +223,7 @@ def adaptive_avg_backward_kernel(gy, gx):
 def adaptive_pool(x, out_hw, is_max: bool):
     """(y, positions of the maxima or None)."""
     n, c = x.shape[:2]
-    y = empty((n, c) + tuple(out_hw))
+    y = result((n, c) + tuple(out_hw))
     idx = cuda.device_array(y.shape if is_max else (1, 1, 1, 1), dtype=np.int64)
     _launch(adaptive_pool_kernel, y.size, x, y, idx, is_max)
     return y, (idx if is_max else None)
@@ -252,7 +259,7 @@ def crop_kernel(x, y, top, left, forward):
 def center_crop(x, out_hw):
     ho, wo = out_hw
     top, left = (x.shape[2] - ho) // 2, (x.shape[3] - wo) // 2
-    y = empty(tuple(x.shape[:2]) + (ho, wo))
+    y = result(tuple(x.shape[:2]) + (ho, wo))
     _launch(crop_kernel, y.size, x, y, top, left, True)
     return y
 

@@ -22,6 +22,7 @@ from runtime.backends.cuda.kernels import (
     block_sum,
     cuda,
     empty,
+    result,
 )
 
 RANK = 4
@@ -98,17 +99,18 @@ def permute(x, dims):
         step *= shape[axis]
     out_shape = tuple(shape[d] for d in dims)
     pad = RANK - len(shape)
-    out = empty(out_shape)
+    out = result(out_shape)
     _launch(gather_kernel, out.size, x.reshape(x.size), out.reshape(out.size),
             _padded(out_shape), (0,) * pad + tuple(strides[d] for d in dims))
     return out
 
 
-def multiply(a, b):
-    """a * b with broadcasting, on the device."""
+def multiply(a, b, out=None):
+    """a * b with broadcasting, on the device (into ``out``, which may be a when it has
+    the product's shape)."""
     shape = broadcast_shape(a.shape, b.shape)
     dims = _padded(shape)
-    out = empty(math.prod(shape))
+    out = result(math.prod(shape)) if out is None else out.reshape(math.prod(shape))
     _launch(multiply_kernel, out.size, a.reshape(a.size), b.reshape(b.size), out, dims,
             _strides(a.shape, dims), _strides(b.shape, dims))
     return out.reshape(shape)
@@ -154,7 +156,7 @@ def _with(shape, axis: int, size: int) -> tuple[int, ...]:
 
 def concat(xs, axis: int = 1):
     """Concatenation along ``axis``."""
-    out = empty(_with(xs[0].shape, axis, sum(x.shape[axis] for x in xs)))
+    out = result(_with(xs[0].shape, axis, sum(x.shape[axis] for x in xs)))
     view, offset = axis_view(out, axis), 0
     for x in xs:
         _launch(copy_range_kernel, x.size, axis_view(x, axis), view, offset, True)
@@ -175,7 +177,7 @@ def split(gy, widths, axis: int = 1):
 
 def slice_axis(x, start: int, stop: int, axis: int = 1):
     """x[..., start:stop, ...] along ``axis``, contiguous."""
-    y = empty(_with(x.shape, axis, stop - start))
+    y = result(_with(x.shape, axis, stop - start))
     _launch(copy_range_kernel, y.size, axis_view(y, axis), axis_view(x, axis), start, False)
     return y
 
@@ -204,7 +206,7 @@ def shuffle_kernel(x, y, groups, inverse):
 
 
 def channel_shuffle(x, groups: int, inverse: bool = False):
-    y = empty(x.shape)
+    y = result(x.shape)
     _launch(shuffle_kernel, x.size, axis_view(x), axis_view(y), groups, inverse)
     return y
 
@@ -242,7 +244,7 @@ def softmax_backward_kernel(y, gy, gx):
 
 
 def softmax(x, axis: int = 1):
-    y = empty(x.shape)
+    y = result(x.shape)
     view = axis_view(x, axis)
     _launch(softmax_kernel, view.shape[0] * view.shape[2], view, axis_view(y, axis))
     return y

@@ -71,8 +71,8 @@ def test_aliases_resolve():
 def _missing_pieces(op: str) -> list[str]:
     """What layer type ``op`` lacks, each piece named: every stage reads the registry, and
     the runtime's tables must cover every entry (or declare why not)."""
-    from archc.export.onnx_export import EMITTERS
-    from archc.export.onnx_import import NOT_READ, READ_FROM, RULES
+    from archc.export.onnx.emitters import EMITTERS
+    from archc.export.onnx.rules import NOT_READ, READ_FROM, RULES
     from runtime.backends import cpu, reference, reference_backward
     from runtime.backends.activations import ACTIVATIONS
     from runtime.backends.cuda import backend as cuda
@@ -88,8 +88,8 @@ def _missing_pieces(op: str) -> list[str]:
             op in cpu.NUMBA_OPS or op in cpu.NUMPY_OPS,
         "CUDA forward and backward (or declared in cuda.HOST_FALLBACK)":
             (op in cuda.DEVICE_OPS and op in cuda.BACKWARD) or op in cuda.HOST_FALLBACK,
-        "ONNX export (onnx_export.EMITTERS)": op in EMITTERS,
-        "ONNX import (onnx_import.READ_FROM with a rule, or a reason in NOT_READ)":
+        "ONNX export (emitters.EMITTERS)": op in EMITTERS,
+        "ONNX import (onnx.rules.READ_FROM with a rule, or a reason in NOT_READ)":
             (op in READ_FROM and all(t in RULES for t in READ_FROM[op])) or op in NOT_READ,
         "a formula in runtime/backends/activations.py (an element-wise layer)":
             not layer.elementwise or op in ACTIVATIONS,

@@ -1,6 +1,6 @@
 """Every kind of user error archc reports, with the spec that triggers it.
 
-One table feeds two consumers: ``tests/test_errors.py`` checks each message, line and
+One table feeds two consumers: ``tests/cli/test_errors.py`` checks each message, line and
 column; ``scripts/gen_docs.py`` runs them through ``archc check`` and writes
 ``docs/errors.md`` with the exact text archc prints (a test keeps that file current).
 """

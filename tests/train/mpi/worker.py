@@ -1,9 +1,9 @@
-"""What one rank runs in the data-parallel tests (under mpirun, from tests/test_distributed.py).
+"""What one rank runs in the data-parallel tests (under mpirun, from tests/train/test_distributed.py).
 
-    python tests/mpi/worker.py record OUT.json -- TRAIN_ARGS...   archc train --distributed,
+    python tests/train/mpi/worker.py record OUT.json -- TRAIN_ARGS...   archc train --distributed,
         and write the sample indices this rank read (one list per step) to OUT.json.RANK
         and its final weights to OUT.json.weights.RANK.npz
-    python tests/mpi/worker.py fail STEP -- TRAIN_ARGS...          archc train --distributed,
+    python tests/train/mpi/worker.py fail STEP -- TRAIN_ARGS...          archc train --distributed,
         with rank 1's training step raising at global step STEP (a rank that fails)
 """
 

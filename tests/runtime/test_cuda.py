@@ -15,6 +15,7 @@ import pytest
 from runtime.backends import cuda as cuda_backend
 from runtime.backends.cpu import elementwise as cpu
 from runtime.backends.activations import FORMULAS, attributes_of
+from runtime.context import KernelContext
 
 pytestmark = pytest.mark.cuda
 
@@ -131,7 +132,7 @@ def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, pa
     rng = np.random.default_rng(kernel_size * 10 + stride)
     x = rng.standard_normal((2, 3, 6, 5))
     p = {role: model.params[full].astype(np.float64) for role, full in op.params.items()}
-    ctx = {"keep": True, "train": False}
+    ctx = KernelContext(keep=True)
     expected = KERNELS["conv2d"](op, [x], p, ctx)
     a = op.attrs
     res = rng.standard_normal(expected.shape) if residual else None
@@ -141,13 +142,13 @@ def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, pa
                                residual=None if res is None else device(res))
     want = expected
     if residual:  # act(conv + residual): the reference's op with the residual as input 2
-        ref_ctx = {"keep": True, "train": False}
+        ref_ctx = KernelContext(keep=True)
         want = KERNELS["conv2d"](op, [x, res], p, ref_ctx)
     np.testing.assert_allclose(y.copy_to_host(), want, rtol=1e-5, atol=1e-5)
     gy = rng.standard_normal(expected.shape)
     (gx_ref,), grads = BACKWARD["conv2d"](op, [x], expected, gy, p, ctx)
     g_pre = gy if act is None else cpu.activation_grad(
-        activation[0], activation[1], ctx["pre_activation"][op.output], expected, gy)
+        activation[0], activation[1], ctx.pre_activation[op.output], expected, gy)
     gx, gw, gb = kernels.conv2d_backward(device(x), device(p["weight"]), device(g_pre),
                                          stride=a["stride"], dilation=a["dilation"],
                                          pads=a["pads"])
@@ -254,7 +255,7 @@ def test_layer_kernels_match_the_cpu_backend(kind, attrs, shape):
     x = rng.standard_normal(shape).astype(np.float32)
     if len(shape) == 4:  # ties in a max-pool window pick the first, as PyTorch does
         x[0, 0, 0, :2] = 3.0
-    ctx_h, ctx_d = {"train": False, "keep": True}, {"train": False, "keep": True}
+    ctx_h, ctx_d = KernelContext(keep=True), KernelContext(keep=True)
     expected = host.KERNELS[kind](op, [x], p, ctx_h)
     dp = {k: device(v) if v.dtype != np.int64 else cuda.to_device(v) for k, v in p.items()}
     y = BACKEND.kernels[kind](op, [device(x)], dp, ctx_d)
@@ -331,6 +332,27 @@ def test_every_op_of_a_mixed_network_runs_on_the_device(mode):
     assert gpu.params["batchnorm2d.num_batches_tracked"] == (mode == "train")
 
 
+@pytest.mark.parametrize("text, passes", [(MIXED, 0), (MIXED, 2), (None, 2)],
+                         ids=["mixed", "mixed-O2", "tiny-O2"])
+def test_every_output_lands_where_the_memory_plan_puts_it(text, passes):
+    """Each op's kernel writes its output into the plan's room for it, in inference and in
+    a forward pass for training (fused epilogues, in-place chains of adds and multiplies,
+    and a kept pre-activation value included), whatever order it allocates in."""
+    import archc
+    from archc.passes import preset, run_passes
+
+    graph = archc.load("net.yaml", text=text or TINY)
+    if passes:
+        graph, _, _ = run_passes(graph, None, preset(passes))
+    gpu = archc.compile(graph, backend="cuda", seed=2)
+    x = np.random.default_rng(0).standard_normal((2,) + graph[graph.inputs[0]].shape)
+    gpu.predict(x.astype(np.float32))
+    assert gpu.last_unplaced == []
+    gpu.train()
+    gpu(x.astype(np.float32))
+    assert gpu.last_unplaced == []
+
+
 @pytest.mark.parametrize("kind, attrs, shape", [
     ("dropout", {"p": 0.3}, (4, 50)),
     ("stochastic_depth", {"p": 0.5, "mode": "row"}, (64, 2, 2, 1)),
@@ -343,7 +365,7 @@ def test_dropout_masks_are_drawn_on_the_device(kind, attrs, shape):
     x = np.random.default_rng(0).uniform(1, 2, shape).astype(np.float32)
 
     def run(seed):
-        ctx = {"train": True, "rng": np.random.default_rng(seed), "keep": True}
+        ctx = KernelContext(train=True, rng=np.random.default_rng(seed), keep=True)
         y = BACKEND.kernels[kind](op, [device(x)], {}, ctx)
         (gx,), _ = BACKEND.backward[kind](op, [device(x)], y, device(np.ones(shape)), {}, ctx)
         return y.copy_to_host(), gx.copy_to_host()
@@ -521,7 +543,7 @@ def test_every_layer_type_has_device_kernels_and_the_host_fallback_still_works()
     assert set(cpu.KERNELS) | set(cpu.BACKWARD) <= B.DEVICE_OPS
     op = Op("t", "tanh", {}, ("x",), "t", {}, ((3, 4),), (3, 4))
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
-    ctx = {"train": False, "keep": True}
+    ctx = KernelContext(keep=True)
     y = B._host_forward("tanh")(op, [device(x)], {}, ctx)
     np.testing.assert_allclose(y.copy_to_host(), np.tanh(x), rtol=1e-6)
     (gx,), _ = B._host_backward("tanh")(op, [device(x)], y, device(np.ones_like(x)), {}, ctx)
@@ -556,7 +578,7 @@ def test_fused_residual_and_activation_epilogues_on_the_device(mode):
     agree(gpu, host, x)
 
 
-SPEC_DIR = Path(__file__).resolve().parent.parent / "specs"
+SPEC_DIR = Path(__file__).resolve().parents[2] / "specs"
 LIBRARY = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
 

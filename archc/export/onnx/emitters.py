@@ -1,130 +1,18 @@
-"""archc graph -> ONNX model, built with the ``onnx`` package's helpers.
-
-One emitter per layer type (``EMITTERS``; a test fails when a registry entry has none)
-writes the layer as standard ONNX operators, opset :data:`OPSET`: a single operator where
-ONNX has one (``Conv``, ``MaxPool``, ``BatchNormalization``...), a composition where it has
-none (channel shuffle as Reshape/Transpose/Reshape, exact GELU through ``Erf``, adaptive
-pooling over uneven bins as slices and reductions). Conventions:
-
-- the batch dimension is symbolic (``batch``); the graph's inputs and outputs keep their
-  names, weights are initializers named as archc (and PyTorch's state_dict) names them;
-- every ONNX node is named after the layer it comes from (``layer2.1.conv1``; the parts of
-  a composition ``layer2.1.shuffle/Transpose``), and the layer's output tensor carries the
-  layer's name;
-- the first node of each layer records the layer's op and attributes in its doc_string
-  (``archc: {"op": ..., "attrs": ..., "inputs": ...}``). ONNX cannot tell some archc layers apart (dropout
-  and identity both run as nothing at inference; adaptive pooling over even bins is plain
-  pooling), so :func:`archc.export.from_onnx` reads the note back to rebuild the same graph.
-  Other programs ignore it.
-"""
+"""One emitter per layer type (``EMITTERS``; a test fails when a registry entry has none):
+a single ONNX operator where ONNX has one, a composition where it has none; the
+element-wise activations from their registry entries (``ACTIVATIONS``)."""
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Callable
 
 import numpy as np
 
-from archc.errors import OnnxError, UsageError, WeightsError
-from archc.ir import Graph, Node
 from archc.layers import FUSABLE_ACTIVATIONS, REGISTRY
 from archc.layers.conv import resolve_padding
-from archc.naming import torch_names
-from archc.spec.writer import spec_attrs
+from archc.export.onnx.emitter import Emitter
 
-OPSET = 17
-"""The ONNX opset archc writes (onnxruntime >= 1.12, TensorRT 8.6, OpenVINO read it)."""
-
-DOC_PREFIX = "archc: "
-TRAINING_KEY = "archc.training"
-NAMES_KEY = "archc.torch_names"
-
-
-def onnx_module():
-    """The ``onnx`` package, or a UsageError saying how to install it."""
-    try:
-        import onnx
-    except ImportError:
-        raise UsageError("ONNX export and import need the 'onnx' package, which is not installed",
-                        hint="pip install 'archc[onnx]' (or pip install onnx)") from None
-    return onnx
-
-
-class Emitter:
-    """Writes the ONNX nodes of one layer; :func:`to_onnx` makes one per layer."""
-
-    def __init__(self, model: "_Builder", node: Node):
-        self.model, self.node, self.count = model, node, 0
-
-    def emit(self, op_type: str, inputs: list[str], outputs: int = 1, **attrs) -> str:
-        """Add one operator; returns its (first) output's name."""
-        helper = self.model.onnx.helper
-        self.count += 1
-        name = self.node.name if self.count == 1 else f"{self.node.name}/{op_type}_{self.count}"
-        outs = [f"{self.node.name}/{op_type}_{self.count}"]
-        outs += [f"{outs[0]}:{k}" for k in range(1, outputs)]
-        proto = helper.make_node(op_type, inputs, outs, name=name, **attrs)
-        if self.count == 1:
-            proto.doc_string = DOC_PREFIX + json.dumps(
-                {"op": self.node.op, "attrs": spec_attrs(self.node), "inputs": self.node.inputs}
-                | ({} if self.node.trainable else {"trainable": False}), default=list)
-        self.model.nodes.append(proto)
-        return outs[0]
-
-    def param(self, role: str) -> str:
-        """The initializer of one of the layer's parameters (``weight``, ``running_mean``)."""
-        return self.model.initializer(f"{self.node.name}.{role}")
-
-    def const(self, tag: str, value, dtype=np.float32) -> str:
-        """A constant tensor of this layer (a shape, a scale), as an initializer."""
-        return self.model.constant(f"{self.node.name}/{tag}", np.asarray(value, dtype=dtype))
-
-    def ints(self, tag: str, values) -> str:
-        return self.const(tag, list(values), np.int64)
-
-    def scalar(self, value: float) -> str:
-        """A float32 scalar shared by the whole model (1, 0.5, 6...)."""
-        return self.model.constant(f"scalar/{value!r}", np.asarray(value, dtype=np.float32))
-
-    @property
-    def in_shapes(self) -> list[tuple[int, ...]]:
-        return [tuple(self.model.graph[i].shape) for i in self.node.inputs]
-
-
-class _Builder:
-    def __init__(self, graph: Graph, params: dict):
-        self.onnx = onnx_module()
-        self.graph, self.params = graph, params
-        self.nodes: list = []
-        self.initializers: dict[str, object] = {}
-        self.unpool_sources = {n.inputs[1] for n in graph if n.op == "max_unpool2d"}
-
-    def initializer(self, name: str) -> str:
-        if name not in self.initializers:
-            if name not in self.params:
-                raise WeightsError(f"the weights have no '{name}', which the ONNX model needs")
-            self.constant(name, np.asarray(self.params[name]))
-        return name
-
-    def constant(self, name: str, value: np.ndarray) -> str:
-        self.initializers.setdefault(name, value)
-        return name
-
-    def write_initializers(self, graph_proto) -> None:
-        """Each weight written once, in place (building TensorProtos apart and copying them
-        into the graph cost VGG-16 seconds)."""
-        helper = self.onnx.helper
-        for name, value in self.initializers.items():
-            value = np.asarray(value, dtype=value.dtype.newbyteorder("<"), order="C")
-            tensor = graph_proto.initializer.add()
-            tensor.name = name
-            tensor.data_type = helper.np_dtype_to_tensor_dtype(value.dtype)
-            tensor.dims.extend(value.shape)
-            tensor.raw_data = value.tobytes()
-
-
-# ---------------------------------------------------------------- activations
 
 def _clip(e: Emitter, x: str, low: float, high: float) -> str:
     return e.emit("Clip", [x, e.scalar(low), e.scalar(high)])
@@ -164,12 +52,17 @@ COMPOSED: dict[str, Callable[[Emitter, str, dict], str]] = {
     # opset 17 has no Mish (18 does): x tanh(softplus(x)), as torch.onnx writes it
     "mish": lambda e, x, a: e.emit("Mul", [x, e.emit("Tanh", [e.emit("Softplus", [x])])]),
 }
+
+
 """Activations written as something other than their registry entry's ONNX operator."""
+
 
 ACTIVATIONS: dict[str, Callable[[Emitter, str, dict], str]] = {
     op: COMPOSED.get(op) or _one_operator(REGISTRY[op].onnx)
     for op in FUSABLE_ACTIVATIONS if op in COMPOSED or REGISTRY[op].onnx is not None
 }
+
+
 """The emitter of each element-wise activation (as a layer and as a fused epilogue)."""
 
 
@@ -182,8 +75,6 @@ def _epilogue(e: Emitter, y: str, xs: list[str]) -> str:
         y = ACTIVATIONS[op](e, y, dict(items))
     return y
 
-
-# ---------------------------------------------------------------- layers
 
 def _pair_pads(pads) -> list[int]:
     (top, bottom), (left, right) = pads
@@ -445,66 +336,6 @@ EMITTERS: dict[str, Callable[[Emitter, list[str]], str]] = {
     "channel_shuffle": _channel_shuffle,
     "slice": _slice,
 }
+
+
 """ONNX emitter per layer type: (emitter, input tensor names) -> the output tensor's name."""
-
-
-def _rename_output(builder: _Builder, emitted: str, name: str) -> None:
-    """The layer's last operator writes the tensor named after the layer."""
-    for proto in reversed(builder.nodes):
-        if emitted in proto.output:
-            proto.output[list(proto.output).index(emitted)] = name
-            return
-
-
-def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
-    """An ``onnx.ModelProto`` computing ``graph`` in inference mode with ``params``.
-
-    Raises OnnxError naming the layer when one cannot be written (an op without an emitter).
-
-    Examples
-    --------
-    >>> import archc
-    >>> graph = archc.load("specs/lenet5.yaml")
-    >>> model = to_onnx(graph, archc.compile(graph).params)
-    >>> [n.op_type for n in model.graph.node][:3], model.opset_import[0].version
-    (['Conv', 'Tanh', 'AveragePool'], 17)
-    """
-    builder = _Builder(graph, params)
-    onnx = builder.onnx
-    helper, float_type = onnx.helper, onnx.TensorProto.FLOAT
-    for node in graph:
-        if node.op == "input":
-            continue
-        emitter = EMITTERS.get(node.op)
-        if emitter is None:
-            raise OnnxError(f"layer '{node.name}' ({node.op}) cannot be written to ONNX: archc "
-                            "has no ONNX form for this layer type")
-        out = emitter(Emitter(builder, node), list(node.inputs))
-        if out in node.inputs or out in graph.inputs:
-            raise AssertionError(f"{node.op} emitter wrote no operator")  # a bug, not user input
-        _rename_output(builder, out, node.name)
-
-    def value(name: str, shape) -> object:
-        return helper.make_tensor_value_info(name, float_type, ["batch", *shape])
-
-    outputs = []
-    for key, name in graph.outputs.items():
-        if key != name:  # an output named apart from its layer
-            builder.nodes.append(helper.make_node("Identity", [name], [key], name=f"output/{key}"))
-        outputs.append(value(key, graph[name].shape))
-    model = onnx.ModelProto(ir_version=8,  # what opset 17 needs; onnxruntime >= 1.12 reads it
-                            producer_name="archc", doc_string=doc)
-    model.opset_import.append(helper.make_opsetid("", OPSET))
-    model.graph.name = graph.name
-    model.graph.node.extend(builder.nodes)
-    model.graph.input.extend(value(n, graph[n].shape) for n in graph.inputs)
-    model.graph.output.extend(outputs)
-    builder.write_initializers(model.graph)
-    props = {}
-    if graph.training:  # the spec's training settings, for archc import
-        props[TRAINING_KEY] = json.dumps(graph.training, default=list)
-    if names := torch_names(graph):  # PyTorch's parameter names, for archc import
-        props[NAMES_KEY] = json.dumps(names)
-    if props:
-        helper.set_model_props(model, props)
-    return model

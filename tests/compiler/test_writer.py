@@ -8,19 +8,11 @@ from pathlib import Path
 import pytest
 
 import archc
+from graphs import assert_same_graph
 from archc.passes import preset, run_passes
 from archc.spec.writer import write_spec
 
 SPECS = sorted(Path("specs").glob("*.yaml"))
-
-
-def assert_same_graph(a, b) -> None:
-    assert [n.name for n in a] == [n.name for n in b]
-    for x, y in zip(a, b):
-        assert (x.op, x.attrs, x.inputs, x.shape, x.trainable) == \
-            (y.op, y.attrs, y.inputs, y.shape, y.trainable), x.name
-    assert a.inputs == b.inputs and a.outputs == b.outputs and a.name == b.name
-    assert a.training == b.training
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda p: p.stem)

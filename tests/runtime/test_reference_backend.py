@@ -15,28 +15,14 @@ from hypothesis import strategies as st
 import archc
 import torch_models
 import torch_twins
-from archc.layers import REGISTRY, get_layer
-from archc.lower import resolved_attrs
+from archc.layers import REGISTRY
 from conftest import SPECS
 from runtime.backends.reference import KERNELS
+from runtime.context import KernelContext
 from runtime.params import WeightsError, init_params
-from runtime.program import Op, ParamSpec, Program
-from test_shapes import archc_shape, draw_case
+from layer_cases import archc_shape, draw_case, one_op
 
 OPS = sorted(op for op, layer in REGISTRY.items() if not layer.internal and op != "max_unpool2d")
-
-
-def one_op(op: str, attrs: dict, in_shapes: list):
-    layer = get_layer(op)
-    clean = layer.normalize({k: v for k, v in attrs.items() if not k.startswith("_")})
-    out_shape = tuple(layer.infer_shape(clean, in_shapes))
-    roles = {**layer.parameters(clean, in_shapes), **layer.buffers(clean, in_shapes)}
-    specs = {r: ParamSpec(tuple(s), dtype="int64" if r == "num_batches_tracked" else "float32")
-             for r, s in roles.items()}
-    prog_op = Op(op, op, resolved_attrs(op, clean, in_shapes, out_shape),
-                 tuple(f"x{i}" for i in range(len(in_shapes))), "y", {r: r for r in roles},
-                 tuple(map(tuple, in_shapes)), out_shape)
-    return prog_op, Program(op, {}, (prog_op,), {"y": "y"}, specs)
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -54,7 +40,7 @@ def test_op_forward_matches_pytorch(op, data):
                 rng.standard_normal(value.shape)
     # wide enough to reach every saturation point (relu6 at 6, hardswish at +-3)
     xs = [4 * rng.standard_normal((2,) + tuple(s)) for s in in_shapes]
-    ours = KERNELS[op](prog_op, xs, params, {"train": False, "rng": rng})
+    ours = KERNELS[op](prog_op, xs, params, KernelContext(rng=rng))
 
     mod = torch_twins.module(op, attrs, in_shapes)
     with torch.no_grad():
@@ -232,7 +218,7 @@ def test_op_gradients_match_pytorch_autograd(op, data):
             params[key] = rng.uniform(0.5, 1.5, value.shape) if "var" in key else \
                 rng.standard_normal(value.shape)
     xs = [4 * rng.standard_normal((3,) + tuple(s)) for s in in_shapes]
-    ctx = {"train": train, "rng": rng}
+    ctx = KernelContext(train=train, rng=rng)
     y = KERNELS[op](prog_op, xs, {k: v.copy() for k, v in params.items()}, ctx)
     # a max-pool window lying wholly in the padding (-inf out): PyTorch 2.13's CPU backward
     # then scatters through index -1 and corrupts the heap; test_empty_max_pool_window covers it

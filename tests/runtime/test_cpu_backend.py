@@ -19,8 +19,8 @@ from runtime.backends.reference import KERNELS as REF
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD
 from runtime.params import init_params
 from runtime.program import Op
-from test_reference_backend import one_op
-from test_shapes import archc_shape, draw_case
+from runtime.context import KernelContext
+from layer_cases import archc_shape, draw_case, one_op
 
 
 @pytest.mark.parametrize("op", cpu.NUMBA_OPS)
@@ -37,8 +37,8 @@ def test_numba_op_matches_reference(op, data):
     train = op in ("batchnorm2d", "batchnorm1d", "dropout", "stochastic_depth") and \
         data.draw(st.booleans())
     seed = data.draw(st.integers(0, 2**16))  # one random stream each, the same numbers
-    ctx_ref = {"train": train, "rng": np.random.default_rng(seed)}
-    ctx_cpu = {"train": train, "rng": np.random.default_rng(seed)}
+    ctx_ref = KernelContext(train=train, rng=np.random.default_rng(seed))
+    ctx_cpu = KernelContext(train=train, rng=np.random.default_rng(seed))
     if op == "max_unpool2d":  # the positions a max pool would have recorded: distinct, some -1
         n, c, h, w = xs[0].shape
         ho, wo = prog_op.attrs["out_size"]
@@ -115,11 +115,12 @@ def test_every_activation_kernel_matches_the_reference(formula):
     x[0, 0, 1, :2] = [25.0, 101.0]  # softplus's linear part (beta 0.2)
     op = Op(name="y", kind=kind, attrs=attrs, inputs=("x",), output="y", params={},
             in_shapes=(x.shape[1:],), out_shape=x.shape[1:])
-    y = elementwise.activation_forward(op, [x], {}, {})
-    np.testing.assert_allclose(y, REF[kind](op, [x], {}, {}), rtol=1e-12, atol=1e-12)
+    y = elementwise.activation_forward(op, [x], {}, KernelContext())
+    np.testing.assert_allclose(y, REF[kind](op, [x], {}, KernelContext()), rtol=1e-12,
+                               atol=1e-12)
     gy = np.random.default_rng(4).standard_normal(x.shape)
-    (gx,), _ = elementwise.activation_backward(op, [x], y, gy, {}, {})
-    (expected,), _ = REF_BACKWARD[kind](op, [x], y, gy, {}, {})
+    (gx,), _ = elementwise.activation_backward(op, [x], y, gy, {}, KernelContext())
+    (expected,), _ = REF_BACKWARD[kind](op, [x], y, gy, {}, KernelContext())
     np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)
 
 

@@ -111,3 +111,16 @@ def test_passes_run_networks_through_the_evaluator_they_are_given():
     graph = import_graph()
     assert not {(a, b) for a, b in graph.edges
                 if a.startswith("archc.passes") and b in ("archc", "archc.lower")}
+
+
+def test_no_test_file_imports_another():
+    """Shared helpers live in tests/support/, oracles in tests/oracles/: a test module
+    imports neither another test module nor anything through one."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                          if n.split(".")[-1].startswith("test_")]
+    assert not offenders

@@ -22,7 +22,7 @@ from archc.passes.separable import (
     spatial_factors,
 )
 from conftest import LIBRARY, LIBRARY_SMALL
-from test_writer import assert_same_graph
+from graphs import assert_same_graph
 
 EXACT = [name for name, p in PASSES.items() if p.exact]
 

@@ -16,13 +16,14 @@ from torch import nn
 import archc
 from archc.cli import main
 from archc.errors import OnnxError
-from archc.export import from_onnx, onnx_export, to_onnx
+from archc.export import from_onnx, to_onnx
+from archc.export.onnx import emitters
 from archc.layers import REGISTRY
 from archc.naming import torch_names
 from archc.optimize import initial_params, optimize
 from archc.passes import preset
 from conftest import LIBRARY, LIBRARY_SMALL, SPECS
-from test_writer import assert_same_graph
+from graphs import assert_same_graph
 from torch_models import ResNet
 
 TOLERANCE = 1e-4  # relative to the output's largest magnitude
@@ -86,7 +87,7 @@ def test_every_library_network_runs_in_onnxruntime_and_reads_back(spec):
 
 
 def test_every_layer_type_has_an_onnx_form():
-    missing = [op for op in REGISTRY if op != "input" and op not in onnx_export.EMITTERS]
+    missing = [op for op in REGISTRY if op != "input" and op not in emitters.EMITTERS]
     assert not missing, f"layer types without an ONNX emitter: {missing}"
 
 
@@ -317,7 +318,7 @@ def test_asymmetric_padding_is_refused_with_the_reason(tmp_path):
 
 
 def test_a_layer_without_an_onnx_form_is_named(monkeypatch, tmp_path, capsys):
-    monkeypatch.delitem(onnx_export.EMITTERS, "tanh")
+    monkeypatch.delitem(emitters.EMITTERS, "tanh")
     err = _one_line_error(capsys, ["export", str(SPECS / "lenet5.yaml"), "--format", "onnx",
                                    "-o", str(tmp_path / "m.onnx")])
     assert "layer 'c1_act' (tanh) cannot be written to ONNX" in err or "(tanh) cannot" in err

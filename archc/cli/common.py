@@ -1,0 +1,139 @@
+"""What every group of commands shares: the parser that exits 2 with one line, the spec and
+pass arguments, loading a spec, the command table, the data arguments and the settings of
+a training run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+
+from archc.errors import UsageError
+
+from runtime.train.data import SOURCES
+
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with a one-line reason (plus usage) on bad flags."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"archc: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="path of the network's YAML spec")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+        help="override a variable of the spec (repeatable), e.g. --set width=32",
+    )
+
+
+def load_graph(args: argparse.Namespace):
+    """The spec's graph; for commands with --passes/-O, its optimised view (structure
+    only: no weights are needed to see what the passes do to the graph)."""
+    from archc import build
+    from archc.spec import parse_overrides
+
+    graph = build(args.spec, parse_overrides(args.overrides))
+    pipeline = pipeline_of(args) if getattr(args, "view_passes", False) else None
+    if pipeline:
+        from archc.passes import run_passes
+
+        graph, _, _ = run_passes(graph, None, pipeline)
+    return graph
+
+
+def add_pass_arguments(p: argparse.ArgumentParser, default: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("-O", dest="opt_level", type=int, choices=[0, 1, 2], metavar="LEVEL",
+                       help="-O0: no passes; -O1: clean-ups and batch-norm folding; -O2: "
+                       f"also fusions ({default})")
+    group.add_argument("--passes", metavar="LIST",
+                       help="the passes to run, in order, comma-separated, each with "
+                       ":key=value options, e.g. fold_bn,fuse_activation or "
+                       "separable:match='conv*'")
+
+
+def pipeline_of(args: argparse.Namespace) -> list | None:
+    from archc.passes import parse_pipeline, preset
+
+    if args.passes:
+        return parse_pipeline(args.passes)
+    level = args.opt_level if args.opt_level is not None else getattr(args, "default_level", None)
+    return preset(level) if level else None
+
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable]] = {}
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """A reader never sees half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def compile_for_data(graph, args, seed: int):
+    from archc import compile as compile_graph
+
+    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
+        raise UsageError(f"training needs a network with one input and one output; "
+                        f"{graph.name} has {len(graph.inputs)} and {len(graph.outputs)}")
+    return compile_graph(graph, backend=args.backend, seed=seed)
+
+
+def settings_of(args, graph):
+    """The spec's training: section with the flags given over it, as a Python caller of
+    ``fit`` gets them (:func:`runtime.train.config.settings`)."""
+    from runtime.train.config import KEYS, settings
+
+    merged = settings(graph.training, {key: getattr(args, key, None) for key in KEYS})
+    if merged.data is None:
+        raise UsageError("no data to train on: give --data (digits, mnist:DIR, ...) or "
+                         "'data:' in the spec's training section")
+    return merged
+
+
+def task_for(settings, split, model, weights=None):
+    """The task a run trains or was trained for: a run directory's task.json where the
+    weights come from one, else the settings and the data's kind."""
+    from runtime.train import tasks
+
+    if weights is not None:
+        described = tasks.find_description(weights)
+        if described is not None:
+            return tasks.restore(described, split, model.program)
+    return tasks.make(settings.task, split, model.program, settings.options,
+                      seed=settings.config.seed)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """The spec, the data set, the backend and the seed: shared by train and eval."""
+    add_spec_arguments(p)
+    p.add_argument("--data", metavar="SOURCE",
+                   help=f"{SOURCES} (default: the spec's training section)")
+    p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
+                   help="cpu: Numba kernels (default); reference: plain NumPy; cuda: an NVIDIA "
+                   "GPU (parameters, activations, gradients and optimiser state stay on it; "
+                   "checkpoints are the same on every backend)")
+    p.add_argument("--seed", type=int,
+                   help="seed for weights, the held-out split and batches (default 0; eval: "
+                   "the one the run was trained with)")

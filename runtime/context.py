@@ -1,0 +1,59 @@
+"""What a kernel may read and write besides its inputs and parameters: one
+:class:`KernelContext` per pass over the program (a forward pass and the backward pass
+that follows it share one).
+
+Kernels are ``forward(op, xs, params, ctx)`` and ``backward(op, xs, y, gy, params, ctx)``;
+``ctx`` tells them the mode (training or inference), gives them random numbers, and
+carries what a forward pass keeps for its backward pass (keyed by the op's output name).
+A device backend also finds there where the memory plan puts each result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class KernelContext:
+    """The state of one pass.
+
+    Attributes
+    ----------
+    train : training mode: batch norm uses and updates batch statistics, dropout drops.
+    rng : the generator dropout and stochastic depth draw their masks from.
+    keep : the pass keeps what backward needs (a forward pass for training or gradients;
+        ``predict`` keeps nothing).
+    sync_bn : in a data-parallel job with synchronised batch norm, the
+        ``runtime.train.distributed.SyncBatchNorm`` that combines the ranks' statistics.
+    saved : output name -> what the op's backward needs (dropout's scaled mask).
+    indices : output name -> where a max pool found each maximum (for its backward and
+        for max unpooling).
+    batch_stats : output name -> a batch norm's batch statistics in training.
+    pre_activation : output name -> a fused conv or linear's value before its activation.
+    plan : a device backend's memory plan (``runtime.memory.MemoryPlan``) for this pass,
+        None on the host (NumPy allocates).
+    batch : the batch size the plan was made for.
+    arena : ``(buffers, kind)``: where the plan's device buffer for this kind of pass is
+        kept (one per model and kind).
+    unplanned : outputs that must not live in the plan's buffer (a forward pass's results,
+        handed to the caller).
+    unplaced : planned outputs that a device kernel left outside the plan's buffer (each
+        is correct, in memory of its own; the tests hold this list empty).
+    """
+
+    train: bool = False
+    rng: np.random.Generator | None = None
+    keep: bool = False
+    sync_bn: Any = None
+    saved: dict[str, Any] = field(default_factory=dict)
+    indices: dict[str, Any] = field(default_factory=dict)
+    batch_stats: dict[str, Any] = field(default_factory=dict)
+    pre_activation: dict[str, Any] = field(default_factory=dict)
+    plan: Any = None
+    batch: int = 0
+    arena: tuple | None = None
+    unplanned: set[str] = field(default_factory=set)
+    unplaced: list[str] = field(default_factory=list)
