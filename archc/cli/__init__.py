@@ -11,13 +11,7 @@ import argparse
 import os
 import sys
 
-from archc.cli.common import (
-    COMMANDS,
-    EXIT_INTERNAL,
-    EXIT_OK,
-    EXIT_USER,
-    Parser,
-)
+from archc.cli.common import COMMANDS, EXIT_INTERNAL, EXIT_OK, EXIT_USER, Parser
 from archc.errors import ArchcError
 from runtime.train import distributed
 

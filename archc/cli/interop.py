@@ -5,15 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from archc.cli.common import (
-    COMMANDS,
-    EXIT_OK,
-    add_pass_arguments,
-    add_spec_arguments,
-    load_graph,
-    pipeline_of,
-    write_atomically,
-)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
+                              load_graph, pipeline_of, write_atomically)
 from archc.errors import UsageError
 
 

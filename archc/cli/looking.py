@@ -5,16 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from archc.cli.common import (
-    COMMANDS,
-    EXIT_OK,
-    add_data_arguments,
-    add_spec_arguments,
-    compile_for_data,
-    load_graph,
-    positive,
-    settings_of,
-)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, add_spec_arguments,
+                              compile_for_data, load_graph, positive, settings_of)
 from archc.errors import DataError
 
 

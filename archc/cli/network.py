@@ -6,14 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from archc.cli.common import (
-    COMMANDS,
-    EXIT_OK,
-    add_pass_arguments,
-    add_spec_arguments,
-    load_graph,
-    positive,
-)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
+                              load_graph, positive)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -6,16 +6,8 @@ import argparse
 import json
 import sys
 
-from archc.cli.common import (
-    COMMANDS,
-    EXIT_INTERNAL,
-    EXIT_OK,
-    add_pass_arguments,
-    add_spec_arguments,
-    load_graph,
-    pipeline_of,
-    positive,
-)
+from archc.cli.common import (COMMANDS, EXIT_INTERNAL, EXIT_OK, add_pass_arguments,
+                              add_spec_arguments, load_graph, pipeline_of, positive)
 from archc.errors import UsageError
 
 

@@ -7,14 +7,8 @@ import json
 
 
 from archc.cli import scaling
-from archc.cli.common import (
-    COMMANDS,
-    EXIT_OK,
-    add_pass_arguments,
-    add_spec_arguments,
-    load_graph,
-    positive,
-)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
+                              load_graph, positive)
 from archc.errors import InputError
 from runtime.train import distributed
 

@@ -6,16 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from archc.cli.common import (
-    COMMANDS,
-    EXIT_OK,
-    add_data_arguments,
-    compile_for_data,
-    load_graph,
-    positive,
-    settings_of,
-    task_for,
-)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, compile_for_data, load_graph,
+                              positive, settings_of, task_for)
 from archc.errors import UsageError
 from runtime.train import distributed
 

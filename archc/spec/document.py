@@ -19,9 +19,9 @@ TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str
                  "momentum": float, "nesterov": bool, "weight_decay": float, "schedule": str,
                  "warmup": int, "label_smoothing": float, "clip": float, "augment": str,
                  "freeze": list, "unfreeze": list, "patience": int, "seed": int,
-                 # data-parallel runs (archc/distributed.py)
+                 # data-parallel runs (runtime/train/distributed/)
                  "sync_bn": bool, "bucket_mb": float, "checkpoint_every": int,
-                 # what is trained (archc/tasks.py)
+                 # what is trained (runtime/train/tasks.py); runtime/train/config.py has the same keys
                  "task": str, "loss": str, "margin": float, "box_loss": str,
                  "objectness": str, "class_weights": list}
 MAX_EXTENDS = 8

@@ -14,11 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-
-from runtime.backends.activations import (  # noqa: F401 (the kernels' codes, re-exported)
-    NO_ACTIVATION,
-    activation_code,
-)
+from runtime.context import KernelContext
 
 
 def activation_of(op) -> tuple[str, dict] | None:
@@ -27,13 +23,13 @@ def activation_of(op) -> tuple[str, dict] | None:
     return None if value is None else (value[0], dict(value[1]))
 
 
-def keep_pre_activation(op, pre: np.ndarray, ctx: dict) -> None:
+def keep_pre_activation(op, pre: np.ndarray, ctx: KernelContext) -> None:
     """Save the value before a fused activation when the forward pass keeps a tape."""
     if ctx.keep:
         ctx.pre_activation[op.output] = pre
 
 
-def pre_activation(op, ctx: dict) -> np.ndarray:
+def pre_activation(op, ctx: KernelContext) -> np.ndarray:
     saved = ctx.pre_activation
     if op.output not in saved:
         raise RuntimeError(f"'{op.name}' has a fused activation and its forward pass kept no "

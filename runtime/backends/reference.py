@@ -14,9 +14,10 @@ import numpy as np
 
 from runtime.backends.activations import ACTIVATIONS, reference_forward
 from runtime.backends.epilogue import activation_of, keep_pre_activation
+from runtime.context import KernelContext
 from runtime.program import Op
 
-Kernel = Callable[[Op, list, dict, dict], np.ndarray]
+Kernel = Callable[[Op, list, dict, KernelContext], np.ndarray]
 KERNELS: dict[str, Kernel] = {}
 
 def kernel(*kinds: str):
@@ -42,7 +43,7 @@ def _pad(x: np.ndarray, top: int, bottom: int, left: int, right: int, value: flo
     return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=value)
 
 
-def _epilogue(op, y: np.ndarray, xs: list, ctx: dict) -> np.ndarray:
+def _epilogue(op, y: np.ndarray, xs: list, ctx: KernelContext) -> np.ndarray:
     """A fused residual (second input) and activation (see runtime/backends/epilogue.py)."""
     if len(xs) > 1:
         y = y + xs[1]

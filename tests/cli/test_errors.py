@@ -78,3 +78,29 @@ def test_internal_error_is_one_line(monkeypatch, tmp_path, capsys):
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error" in err and "Traceback" not in err
+
+
+def test_every_error_a_user_can_meet_has_one_root():
+    """Every exception class archc defines is an ArchcError (the CLI's one catch), except
+    GraphInvalid, which marks a bug in archc."""
+    import ast
+
+    from conftest import ROOT
+
+    import archc
+
+    found = {}
+    for package in ("archc", "runtime"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef) and any(
+                        getattr(b, "id", "").endswith(("Error", "Exception", "Unavailable",
+                                                       "Invalid")) for b in node.bases):
+                    found[node.name] = path.relative_to(ROOT).with_suffix("")
+    import importlib
+
+    classes = {name: getattr(importlib.import_module(".".join(where.parts).replace(
+        ".__init__", "")), name) for name, where in found.items()}
+    outside = sorted(n for n, c in classes.items()
+                     if not issubclass(c, archc.ArchcError) and n != "GraphInvalid")
+    assert len(classes) >= 12 and not outside

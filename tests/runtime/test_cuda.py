@@ -20,6 +20,7 @@ from runtime.context import KernelContext
 pytestmark = pytest.mark.cuda
 
 kernels = pytest.importorskip("runtime.backends.cuda.kernels")
+cuda_conv = pytest.importorskip("runtime.backends.cuda.conv")
 cuda = kernels.cuda
 
 
@@ -136,7 +137,7 @@ def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, pa
     expected = KERNELS["conv2d"](op, [x], p, ctx)
     a = op.attrs
     res = rng.standard_normal(expected.shape) if residual else None
-    y = kernels.conv2d_forward(device(x), device(p["weight"]), device(p["bias"]),
+    y = cuda_conv.conv2d_forward(device(x), device(p["weight"]), device(p["bias"]),
                                stride=a["stride"], dilation=a["dilation"], pads=a["pads"],
                                out_hw=op.out_shape[1:], activation=activation,
                                residual=None if res is None else device(res))
@@ -149,7 +150,7 @@ def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, pa
     (gx_ref,), grads = BACKWARD["conv2d"](op, [x], expected, gy, p, ctx)
     g_pre = gy if act is None else cpu.activation_grad(
         activation[0], activation[1], ctx.pre_activation[op.output], expected, gy)
-    gx, gw, gb = kernels.conv2d_backward(device(x), device(p["weight"]), device(g_pre),
+    gx, gw, gb = cuda_conv.conv2d_backward(device(x), device(p["weight"]), device(g_pre),
                                          stride=a["stride"], dilation=a["dilation"],
                                          pads=a["pads"])
     np.testing.assert_allclose(gx.copy_to_host(), gx_ref, rtol=1e-4, atol=1e-5)
@@ -637,7 +638,7 @@ def test_depthwise_epilogue_adds_the_residual_before_the_activation():
     rng = np.random.default_rng(0)
     x, res = rng.standard_normal((2, 3, 5, 4)), rng.standard_normal((2, 6, 5, 4)) * 3
     p = {role: model.params[full] for role, full in op.params.items()}
-    want = KERNELS["conv2d"](op, [x, res], p, {"keep": False, "train": False})
+    want = KERNELS["conv2d"](op, [x, res], p, KernelContext())
     a = op.attrs
     got = layers.depthwise(device(x), device(p["weight"]), device(p["bias"]),
                            stride=a["stride"], dilation=a["dilation"], pads=a["pads"],

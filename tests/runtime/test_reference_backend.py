@@ -20,7 +20,7 @@ from conftest import SPECS
 from runtime.backends.reference import KERNELS
 from runtime.context import KernelContext
 from runtime.params import WeightsError, init_params
-from layer_cases import archc_shape, draw_case, one_op
+from layer_cases import draw_op, randomized
 
 OPS = sorted(op for op, layer in REGISTRY.items() if not layer.internal and op != "max_unpool2d")
 
@@ -29,15 +29,8 @@ OPS = sorted(op for op, layer in REGISTRY.items() if not layer.internal and op !
 @settings(max_examples=25)
 @given(data=st.data())
 def test_op_forward_matches_pytorch(op, data):
-    attrs, in_shapes = draw_case(data.draw, op)
-    assume(archc_shape(op, attrs, in_shapes) is not None)
-    prog_op, program = one_op(op, attrs, in_shapes)
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
-    params = init_params(program, seed=1)
-    for key, value in params.items():  # random scales, shifts and statistics too
-        if value.dtype != np.int64:
-            params[key] = rng.uniform(0.5, 1.5, value.shape) if "var" in key else \
-                rng.standard_normal(value.shape)
+    attrs, in_shapes, prog_op, program, rng = draw_op(data, op)
+    params = randomized(init_params(program, seed=1), rng)  # scales, shifts, statistics too
     # wide enough to reach every saturation point (relu6 at 6, hardswish at +-3)
     xs = [4 * rng.standard_normal((2,) + tuple(s)) for s in in_shapes]
     ours = KERNELS[op](prog_op, xs, params, KernelContext(rng=rng))
@@ -206,17 +199,10 @@ def test_initialisation_follows_pytorch():
 def test_op_gradients_match_pytorch_autograd(op, data):
     from runtime.backends.reference_backward import BACKWARD
 
-    attrs, in_shapes = draw_case(data.draw, op)
-    assume(archc_shape(op, attrs, in_shapes) is not None)
+    attrs, in_shapes, prog_op, program, rng = draw_op(data, op)
     train = data.draw(st.booleans()) and op in ("batchnorm2d", "batchnorm1d")
     assume(not (train and op == "batchnorm1d"))  # 1-d batch norm needs a batch > 1: fine, 2
-    prog_op, program = one_op(op, attrs, in_shapes)
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
-    params = init_params(program, seed=1)
-    for key, value in params.items():
-        if value.dtype != np.int64:
-            params[key] = rng.uniform(0.5, 1.5, value.shape) if "var" in key else \
-                rng.standard_normal(value.shape)
+    params = randomized(init_params(program, seed=1), rng)
     xs = [4 * rng.standard_normal((3,) + tuple(s)) for s in in_shapes]
     ctx = KernelContext(train=train, rng=rng)
     y = KERNELS[op](prog_op, xs, {k: v.copy() for k, v in params.items()}, ctx)

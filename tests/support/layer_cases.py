@@ -176,3 +176,23 @@ def one_op(op: str, attrs: dict, in_shapes: list):
                  tuple(f"x{i}" for i in range(len(in_shapes))), "y", {r: r for r in roles},
                  tuple(map(tuple, in_shapes)), out_shape)
     return prog_op, Program(op, {}, (prog_op,), {"y": "y"}, specs)
+
+
+def draw_op(data, op: str):
+    """A drawn case of ``op`` that archc accepts: (attrs, input shapes, the one-op program's
+    op, the program, a generator seeded by the draw)."""
+    import numpy as np
+
+    attrs, in_shapes = draw_case(data.draw, op)
+    assume(archc_shape(op, attrs, in_shapes) is not None)
+    prog_op, program = one_op(op, attrs, in_shapes)
+    return attrs, in_shapes, prog_op, program, np.random.default_rng(
+        data.draw(st.integers(0, 2**16)))
+
+
+def randomized(params: dict, rng) -> dict:
+    """``params`` with every float array drawn afresh: variances uniform in [0.5, 1.5], the
+    rest standard normal (so that scales, shifts and statistics are tested too)."""
+    return {k: v if v.dtype.kind == "i" else
+            rng.uniform(0.5, 1.5, v.shape) if "var" in k else rng.standard_normal(v.shape)
+            for k, v in params.items()}

@@ -1,4 +1,4 @@
-"""Data-parallel training (archc/distributed.py): sharding, and real jobs of 2 ranks under
+"""Data-parallel training (runtime/train/distributed/): sharding, and real jobs of 2 ranks under
 mpirun (each rank single-threaded) against single-process runs."""
 
 from __future__ import annotations

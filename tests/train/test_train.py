@@ -295,3 +295,56 @@ def test_training_section_errors_are_located(tmp_path, capsys, section, message)
 def test_training_needs_data_from_somewhere(capsys):
     assert main(["train", str(SPECS / "lenet5.yaml")]) == 2
     assert "no data to train on" in capsys.readouterr().err
+
+
+TRAINED_SPEC = """
+input: {channels: 1, height: 32, width: 32}
+training: {epochs: 2, lr: 0.02, batch_size: 64, optimizer: adam, data: digits, seed: 3}
+layers:
+  - conv2d: [6, 5]
+  - relu
+  - max_pool2d: 4
+  - flatten
+  - linear: 10
+"""
+
+
+def test_fit_takes_the_specs_training_section_as_archc_train_does(tmp_path):
+    """fit without a config merges the spec's training: section (which the compiled
+    program carries) with keyword settings over it, through the same function archc train
+    uses: the two runs end with the same weights."""
+    from runtime.train.config import settings
+
+    graph = archc.load("net.yaml", text=TRAINED_SPEC)
+    model = archc.compile(graph, backend="cpu", seed=3)  # as archc train: the run's seed
+    assert model.program.training["optimizer"] == "adam"
+    split = data.load("digits", (1, 32, 32), seed=3)
+    history = fit(model, split, None, tmp_path / "py", report=lambda line: None, epochs=1)
+    assert len(history) == 1  # the keyword over the spec's 2 epochs
+    config = settings(graph.training, {"epochs": 1}).config
+    assert (config.optimizer, config.lr, config.batch_size, config.seed) == ("adam", 0.02, 64, 3)
+    spec = tmp_path / "net.yaml"
+    spec.write_text(TRAINED_SPEC)
+    assert main(["train", str(spec), "--epochs", "1", "--out", str(tmp_path / "cli")]) == 0
+    saved = np.load(tmp_path / "cli" / "ckpt-0000" / "weights.npz")
+    for name, value in model.parameters().items():
+        np.testing.assert_array_equal(saved[name], value, err_msg=name)
+
+
+def test_settings_refuse_what_no_run_takes():
+    from runtime.errors import UsageError
+    from runtime.train.config import settings
+
+    with pytest.raises(UsageError, match="unknown training setting 'epoch'"):
+        settings({}, {"epoch": 3})
+    with pytest.raises(UsageError, match="training setting 'unfreeze': '3' is not EPOCH:PATTERN"):
+        settings({"unfreeze": ["3"]})
+    with pytest.raises(TrainingError, match="in config or as keywords, not both"):
+        fit(None, None, TrainConfig(), epochs=2)
+
+
+def test_the_spec_language_and_the_runtime_know_the_same_training_settings():
+    from archc.spec.document import TRAINING_KEYS
+    from runtime.train.config import KEYS
+
+    assert sorted(TRAINING_KEYS) == sorted(KEYS)

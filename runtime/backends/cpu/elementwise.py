@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from runtime.backends.activations import NO_ACTIVATION, dispatch_chain, reference_forward
-from runtime.backends.epilogue import (
+from runtime.backends.activations import (
+    NO_ACTIVATION,
     activation_code,
-    activation_of,
-    keep_pre_activation,
+    dispatch_chain,
+    reference_forward,
 )
+from runtime.backends.epilogue import activation_of, keep_pre_activation
 from runtime.config import PARALLEL
 
 

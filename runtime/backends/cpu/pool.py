@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from runtime.backends import lines
 from runtime.config import PARALLEL
 from runtime.backends.reference import _window_pads
 
@@ -246,6 +247,9 @@ def unpool_forward_kernel(x, kh, kw, nearest):
     return y
 
 
+_unpool_grad_cell = njit(cache=True, inline="always")(lines.unpool_grad_cell)
+
+
 @njit(cache=True, **PARALLEL)
 def unpool_backward_kernel(gy, kh, kw, nearest):
     n, c, ho, wo = gy.shape
@@ -256,14 +260,7 @@ def unpool_backward_kernel(gy, kh, kw, nearest):
         ch = job % c
         for r in range(h):
             for q in range(w):
-                if nearest:
-                    total = 0.0
-                    for i in range(kh):
-                        for j in range(kw):
-                            total += gy[b, ch, r * kh + i, q * kw + j]
-                    gx[b, ch, r, q] = total
-                else:
-                    gx[b, ch, r, q] = gy[b, ch, r * kh, q * kw]
+                _unpool_grad_cell(gy, gx, b, ch, r, q, kh, kw, nearest)
     return gx
 
 

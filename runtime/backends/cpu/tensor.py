@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.backends.reference_backward import _unbroadcast
+from runtime.backends import lines
 from runtime.config import PARALLEL
 
 
@@ -128,24 +129,17 @@ def channel_shuffle_backward(op, xs, y, gy, p, ctx):
 
 
 # ----------------------------------------------------------------------------- softmax
+_softmax_line = njit(cache=True, inline="always")(lines.softmax_line)
+_softmax_grad_line = njit(cache=True, inline="always")(lines.softmax_grad_line)
+
+
 @njit(cache=True, **PARALLEL)
 def softmax_kernel(x):
-    """Softmax along the middle axis of (outer, C, inner), max-subtracted."""
+    """Softmax along the middle axis of (outer, C, inner), a line per job."""
     outer, c, inner = x.shape
     y = np.empty_like(x)
     for job in prange(outer * inner):
-        a = job // inner
-        k = job % inner
-        top = x[a, 0, k]
-        for i in range(1, c):
-            top = max(top, x[a, i, k])
-        total = 0.0
-        for i in range(c):
-            e = math.exp(x[a, i, k] - top)
-            y[a, i, k] = e
-            total += e
-        for i in range(c):
-            y[a, i, k] /= total
+        _softmax_line(x, y, job // inner, job % inner)
     return y
 
 
@@ -154,13 +148,7 @@ def softmax_backward_kernel(y, gy):
     outer, c, inner = y.shape
     gx = np.empty_like(y)
     for job in prange(outer * inner):
-        a = job // inner
-        k = job % inner
-        dot = 0.0
-        for i in range(c):
-            dot += gy[a, i, k] * y[a, i, k]
-        for i in range(c):
-            gx[a, i, k] = y[a, i, k] * (gy[a, i, k] - dot)
+        _softmax_grad_line(y, gy, gx, job // inner, job % inner)
     return gx
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from runtime.backends import cpu
 from runtime.backends.activations import ACTIVATIONS
 from runtime.backends.base import Backend
+from runtime.backends.cuda import conv as C
 from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import layers as L
 from runtime.backends.cuda import resample as R
@@ -95,7 +96,7 @@ def _depthwise(op) -> bool:
 
 
 def conv2d_forward(op, xs, p, ctx):
-    conv = L.depthwise if _depthwise(op) else K.conv2d_forward
+    conv = L.depthwise if _depthwise(op) else C.conv2d_forward
     extra = {} if _depthwise(op) else {"groups": op.attrs["groups"]}
     return _epilogue_forward(op, xs, ctx, lambda activation, residual: conv(
         xs[0], p["weight"], p.get("bias"), out_hw=op.out_shape[1:], activation=activation,
@@ -106,7 +107,7 @@ def _conv2d_core_backward(op, xs, y, gy, p, ctx):
     if _depthwise(op):
         gx, gw, gb = L.depthwise_backward(xs[0], p["weight"], gy, **_geometry(op))
     else:
-        gx, gw, gb = K.conv2d_backward(xs[0], p["weight"], gy, groups=op.attrs["groups"],
+        gx, gw, gb = C.conv2d_backward(xs[0], p["weight"], gy, groups=op.attrs["groups"],
                                        **_geometry(op))
     return [gx], ({"weight": gw, "bias": gb} if "bias" in p else {"weight": gw})
 
@@ -284,12 +285,12 @@ def _transposed(op) -> dict:
 
 
 def conv_transpose2d_forward(op, xs, p, ctx):
-    return K.conv_transpose2d_forward(xs[0], p["weight"], p.get("bias"),
+    return C.conv_transpose2d_forward(xs[0], p["weight"], p.get("bias"),
                                       out_hw=op.out_shape[1:], **_transposed(op))
 
 
 def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
-    gx, gw, gb = K.conv_transpose2d_backward(xs[0], p["weight"], gy, **_transposed(op))
+    gx, gw, gb = C.conv_transpose2d_backward(xs[0], p["weight"], gy, **_transposed(op))
     return [gx], ({"weight": gw, "bias": gb} if "bias" in p else {"weight": gw})
 
 

@@ -32,9 +32,8 @@ from runtime.backends.cuda.kernels import (
     cuda,
     empty,
     result,
-    no_residual,
-    row_sum_kernel,
 )
+from runtime.backends.cuda.conv import no_residual, row_sum_kernel
 
 
 @cuda.jit(cache=True)

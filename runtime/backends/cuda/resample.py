@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 
+from runtime.backends import lines
 from runtime.backends.cuda.kernels import _launch, cuda, empty, result
 from runtime.backends.cuda.layers import max_pool_backward
 
@@ -102,19 +103,15 @@ def unpool_kernel(x, y, kh, kw, nearest):
             y[b, ch, r, q] = 0.0
 
 
+_unpool_grad_cell = cuda.jit(device=True, inline=True)(lines.unpool_grad_cell)
+
+
 @cuda.jit(cache=True)
 def unpool_backward_kernel(gy, gx, kh, kw, nearest):
     n, c, h, w = gx.shape
     for e in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
         b, ch, r, q = e // (c * h * w), (e // (h * w)) % c, (e // w) % h, e % w
-        if nearest:
-            total = 0.0
-            for i in range(kh):
-                for j in range(kw):
-                    total += gy[b, ch, r * kh + i, q * kw + j]
-            gx[b, ch, r, q] = total
-        else:
-            gx[b, ch, r, q] = gy[b, ch, r * kh, q * kw]
+        _unpool_grad_cell(gy, gx, b, ch, r, q, kh, kw, nearest)
 
 
 def unpool(x, kernel, nearest: bool):

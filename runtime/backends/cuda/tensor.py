@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import float32
 
+from runtime.backends import lines
 from runtime.backends.cuda.kernels import (
     ELEMENTWISE_BLOCK,
     _launch,
@@ -212,22 +213,16 @@ def channel_shuffle(x, groups: int, inverse: bool = False):
 
 
 # --------------------------------------------------------------------------- softmax
+_softmax_line = cuda.jit(device=True, inline=True)(lines.softmax_line)
+_softmax_grad_line = cuda.jit(device=True, inline=True)(lines.softmax_grad_line)
+
+
 @cuda.jit(cache=True)
 def softmax_kernel(x, y):
     """Softmax over the middle axis of (A, N, B): one thread per (a, b) walks its N."""
     a, c, inner = x.shape
     for e in range(cuda.grid(1), a * inner, cuda.gridsize(1)):
-        i, k = e // inner, e % inner
-        best = x[i, 0, k]
-        for j in range(1, c):
-            best = max(best, x[i, j, k])
-        total = 0.0
-        for j in range(c):
-            v = math.exp(x[i, j, k] - best)
-            y[i, j, k] = v
-            total += v
-        for j in range(c):
-            y[i, j, k] /= total
+        _softmax_line(x, y, e // inner, e % inner)
 
 
 @cuda.jit(cache=True)
@@ -235,12 +230,7 @@ def softmax_backward_kernel(y, gy, gx):
     """gx = y * (gy - sum_j gy * y) along the middle axis."""
     a, c, inner = y.shape
     for e in range(cuda.grid(1), a * inner, cuda.gridsize(1)):
-        i, k = e // inner, e % inner
-        dot = 0.0
-        for j in range(c):
-            dot += gy[i, j, k] * y[i, j, k]
-        for j in range(c):
-            gx[i, j, k] = y[i, j, k] * (gy[i, j, k] - dot)
+        _softmax_grad_line(y, gy, gx, e // inner, e % inner)
 
 
 def softmax(x, axis: int = 1):
