@@ -63,11 +63,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = model.predict(x)
     out_dir = Path(args.out)
     if task.kind == "classify":
-        for name, scores in zip(names, out):
-            p = np.exp(scores - scores.max())
-            p /= p.sum()
-            top = np.argsort(-p)[:3]
-            print(f"{name}: " + ", ".join(f"{task.classes[k]} {p[k]:.3f}" for k in top))
+        for name, top in zip(names, task.top_classes(out)):
+            print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
         return EXIT_OK
     if task.kind == "embed":
         raise DataError("predict draws segmentation masks and detection boxes and names "

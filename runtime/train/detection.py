@@ -27,7 +27,7 @@ import numpy as np
 
 from runtime.train import losses
 from runtime.train.boxes import box_iou, nms
-from runtime.train.losses import _sigmoid
+from runtime.train.losses import sigmoid
 
 
 @dataclass
@@ -81,8 +81,8 @@ class YoloHead:
         s = self.grid
         cols = np.arange(s).reshape(1, 1, s, 1)
         rows = np.arange(s).reshape(1, s, 1, 1)
-        cx = (cols + _sigmoid(raw[..., 0])) / s
-        cy = (rows + _sigmoid(raw[..., 1])) / s
+        cx = (cols + sigmoid(raw[..., 0])) / s
+        cy = (rows + sigmoid(raw[..., 1])) / s
         w = self.anchors[:, 0] * np.exp(np.minimum(raw[..., 2], 10.0))
         h = self.anchors[:, 1] * np.exp(np.minimum(raw[..., 3], 10.0))
         return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
@@ -97,7 +97,7 @@ class YoloHead:
         per-class non-maximum suppression."""
         raw, class_logits = self._parts(out)
         boxes = self._decode(raw) * self._pixels()
-        objectness = _sigmoid(raw[..., 4])
+        objectness = sigmoid(raw[..., 4])
         z = class_logits - class_logits.max(axis=-1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(axis=-1, keepdims=True)
         best = probs.argmax(axis=-1)
@@ -149,7 +149,7 @@ class YoloHead:
         t = self.targets(truth)
         pos = t["mask"]
         g_raw = np.zeros_like(raw)
-        sig_xy = _sigmoid(raw[..., :2])
+        sig_xy = sigmoid(raw[..., :2])
         wh_true = np.exp(t["box"][..., 2:]) * self.anchors  # fractions of the image
         scale = np.where(pos, 2 - wh_true[..., 0] * wh_true[..., 1], 0.0)
         if self.box_loss == "giou":
@@ -195,7 +195,7 @@ class YoloHead:
             g_raw[..., 4][counted] += g * x.size
         elif self.objectness == "bce":
             weight = np.where(pos, 1.0, self.lambda_noobj) * counted
-            p = _sigmoid(logits)
+            p = sigmoid(logits)
             obj = float((weight * (target * np.logaddexp(0, -logits)
                                    + (1 - target) * np.logaddexp(0, logits))).sum())
             g_raw[..., 4] += weight * (p - target)

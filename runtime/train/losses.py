@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """log softmax over axis 1 (the classes), stable (the maximum subtracted first)."""
     z = z - z.max(axis=1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
@@ -36,7 +37,7 @@ def cross_entropy(logits: np.ndarray, target: np.ndarray, *, label_smoothing: fl
         raise ValueError(f"class labels must lie in 0..{c - 1} (or be the ignore index "
                          f"{ignore_index}); got {labels.min()}..{labels.max()}")
     w = np.ones(c) if weight is None else np.asarray(weight, dtype=np.float64)
-    logp = _log_softmax(z)
+    logp = log_softmax(z)
     # classes to axis 1 -> one row per sample (or pixel): (M, C)
     rows = np.moveaxis(logp, 1, -1).reshape(-1, c)
     flat_labels, flat_keep = labels.reshape(-1), keep.reshape(-1)
@@ -76,7 +77,7 @@ def _soft_cross_entropy(logits, target, label_smoothing, weight):
     t = target.astype(np.float64) * (1 - label_smoothing) + label_smoothing / c
     w = (np.ones(c) if weight is None else np.asarray(weight, np.float64)).reshape(
         (1, c) + (1,) * (logits.ndim - 2))
-    logp = _log_softmax(logits.astype(np.float64))
+    logp = log_softmax(logits.astype(np.float64))
     count = logits.size // c
     wt = w * t
     loss = -(wt * logp).sum() / count
@@ -89,7 +90,8 @@ def _softplus_neg(x):
     return np.logaddexp(0.0, -x)
 
 
-def _sigmoid(x):
+def sigmoid(x):
+    """1 / (1 + exp(-x)) without overflow for any x."""
     return np.exp(-np.logaddexp(0.0, -x))
 
 
@@ -99,7 +101,7 @@ def bce_with_logits(logits: np.ndarray, target: np.ndarray, *, pos_weight=None):
     x, t = logits.astype(np.float64), np.asarray(target, dtype=np.float64)
     pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
     per = pw * t * _softplus_neg(x) + (1 - t) * _softplus_neg(-x)
-    grad = (_sigmoid(x) * (pw * t + 1 - t) - pw * t) / x.size
+    grad = (sigmoid(x) * (pw * t + 1 - t) - pw * t) / x.size
     return float(per.mean()), grad.astype(logits.dtype)
 
 
@@ -109,7 +111,7 @@ def focal_loss(logits: np.ndarray, target: np.ndarray, *, alpha: float = 0.25,
     the binary cross-entropy scaled by (1 - p_t)^gamma, and by alpha for positives and
     1 - alpha for negatives (alpha < 0: no weighting)."""
     x, t = logits.astype(np.float64), np.asarray(target, dtype=np.float64)
-    p = _sigmoid(x)
+    p = sigmoid(x)
     ce = t * _softplus_neg(x) + (1 - t) * _softplus_neg(-x)
     p_t = p * t + (1 - p) * (1 - t)
     q = 1 - p_t
@@ -251,7 +253,7 @@ def dice_loss(logits: np.ndarray, target: np.ndarray, *, ignore_index: int = -10
         raise ValueError(f"targets of shape {target.shape} do not fit logits of shape "
                          f"{logits.shape}: expected {(z.shape[0],) + z.shape[2:]}")
     keep = (target != ignore_index)[:, None].astype(np.float64)
-    p = np.exp(_log_softmax(z))
+    p = np.exp(log_softmax(z))
     t = (np.where(target == ignore_index, -1, target)[:, None]
          == np.arange(c).reshape((1, c) + (1,) * (z.ndim - 2))).astype(np.float64)
     axes = (0,) + tuple(range(2, z.ndim))

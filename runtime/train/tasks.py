@@ -82,6 +82,12 @@ class Classification(Task):
         return {"loss": total / len(dataset), "accuracy": metrics.accuracy(scores, dataset.y),
                 "top5": metrics.top_k_accuracy(scores, dataset.y, 5)}
 
+    def top_classes(self, out: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
+        """Per image, its ``k`` most probable classes and their softmax probabilities."""
+        p = np.exp(losses.log_softmax(np.asarray(out, np.float64)))
+        return [[(self.classes[c], float(row[c])) for c in np.argsort(-row, kind="stable")[:k]]
+                for row in p]
+
 
 def _crop_to(masks: np.ndarray, shape) -> np.ndarray:
     """Masks (N, H, W) cut to an output's (h, w) about their centre: an unpadded U-Net

@@ -242,3 +242,31 @@ def test_retrieval_without_a_gallery_is_leave_one_out():
     assert result["retrieval"] == pytest.approx(4 / 5)  # 9.0's nearest is 5.2, class b
     with_gallery = tasks.Embedding(["a", "b"], "contrastive", gallery=dataset)
     assert with_gallery.evaluate(model, dataset)["retrieval"] == 1.0  # finds itself
+
+
+def test_top_classes_are_softmax_probabilities_in_order():
+    import torch
+
+    logits = np.array([[2.0, -1.0, 0.5, 3.0], [0.0, 0.0, 0.0, 0.0], [1e4, 0.0, -1e4, 1.0]])
+    top = tasks.Classification(["a", "b", "c", "d"]).top_classes(logits, k=3)
+    probs = torch.softmax(torch.tensor(logits), dim=1).numpy()
+    assert [label for label, _ in top[0]] == ["d", "a", "c"]
+    assert [label for label, _ in top[1]] == ["a", "b", "c"]  # ties keep the class order
+    for row, expected in zip(top, probs):
+        for label, p in row:
+            assert p == pytest.approx(expected["abcd".index(label)], rel=1e-12, abs=1e-300)
+
+
+def test_predict_names_the_top_classes_of_a_classifier(tmp_path, capsys):
+    run = tmp_path / "run"
+    spec = str(SPECS / "lenet5.yaml")
+    assert main(["train", spec, "--data", "digits", "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["predict", spec, "--data", "digits", "--weights", str(run), "--count", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["test-0000", "test-0001"]
+    for line in lines:
+        shown = [part.split() for part in line.split(": ")[1].split(", ")]
+        probs = [float(p) for _, p in shown]
+        assert len(shown) == 3 and all(label.isdigit() for label, _ in shown)
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0005

@@ -116,6 +116,17 @@ def result(shape):
     return cuda.device_array(shape, dtype=np.float32)
 
 
+def to_device(array):
+    """A host array on the device (a device array as it is; 0-d arrays stay 0-d)."""
+    if hasattr(array, "__cuda_array_interface__"):  # there already
+        return array
+    return cuda.to_device(np.require(array, requirements="C"))
+
+
+def to_host(array) -> np.ndarray:
+    return array if isinstance(array, np.ndarray) else array.copy_to_host()
+
+
 def absent():
     """An empty float32 device array: what a kernel gets for an optional argument that is
     not there (the weight of a norm without affine parameters, a missing bias)."""
