@@ -300,6 +300,16 @@ def _sigmoid(r: Reader, n) -> None:
     r.add(n, "sigmoid", {}, [n.input[0]], n.output[0])
 
 
+def _softplus(r: Reader, n) -> None:
+    tanh = r.single_user(n.output[0], "Tanh")
+    mul = tanh and r.single_user(tanh.output[0], "Mul")
+    if mul is not None and sorted(mul.input) == sorted([n.input[0], tanh.output[0]]):
+        r.done.update((id(tanh), id(mul)))  # x * tanh(softplus(x)), as torch.onnx writes Mish
+        r.add(n, "mish", {}, [n.input[0]], mul.output[0])
+        return
+    r.add(n, "softplus", {}, [n.input[0]], n.output[0])
+
+
 def _is_scalar(r: Reader, node, value: float) -> str | None:
     """The non-constant input of ``node`` when its other input is the scalar ``value``."""
     if node is None or len(node.input) != 2:
@@ -385,7 +395,8 @@ RULES: dict[str, Callable[[Reader, object], None]] = {
     "BatchNormalization": _batchnorm, "LayerNormalization": _layernorm_plain, "LRN": _lrn,
     "Clip": _clip,
     "Gelu": _activation("gelu", approximate=lambda n: attr(n, "approximate", "none")),
-    "Div": _gelu_by_erf, "Sigmoid": _sigmoid, "HardSigmoid": _hardsigmoid, "Softmax": _softmax,
+    "Div": _gelu_by_erf, "Sigmoid": _sigmoid, "Softplus": _softplus,
+    "HardSigmoid": _hardsigmoid, "Softmax": _softmax,
     "Add": _merge, "Sum": _merge, "Mul": _merge, "Concat": _concat,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose,
     "Slice": _slice, "Split": _split, "Resize": _resize,
@@ -394,6 +405,7 @@ RULES: dict[str, Callable[[Reader, object], None]] = {
 
 
 READ_FROM: dict[str, tuple[str, ...]] = {
+    "mish": ("Softplus",),  # with the Tanh and Mul that follow it
     "conv2d": ("Conv",), "conv_transpose2d": ("ConvTranspose",), "linear": ("Gemm", "MatMul"),
     "max_pool2d": ("MaxPool",), "avg_pool2d": ("AveragePool",), "max_unpool2d": ("MaxUnpool",),
     "global_avg_pool2d": ("GlobalAveragePool", "ReduceMean"),
@@ -416,8 +428,6 @@ back through their notes."""
 
 
 NOT_READ: dict[str, str] = {
-    "mish": "PyTorch writes it at opset 17 as Softplus, Tanh and Mul, which import as those "
-            "three layers (the same function)",
     "adaptive_avg_pool2d": "written as pooling (even bins) or slices and means, which import "
                            "as those",
     "adaptive_max_pool2d": "written as pooling (even bins) or slices and maxima, which import "
