@@ -26,15 +26,23 @@ def _scalar(fn):
     return njit(cache=True, inline="always")(fn)
 
 
+def _cached_as(fn, name: str):
+    """``fn`` compiled with a cache of its own. Numba names cache files after a function's
+    qualified name, so the links of one factory would share one index, and two processes
+    compiling different links at once would overwrite each other's entries (a test run saw
+    a chain lose its hardswish that way); each link is named after its code instead."""
+    fn.__qualname__ = name
+    return njit(cache=True)(fn)
+
+
 def _forward_link(code, f, rest):
-    @njit(cache=True)
     def apply(v, c, a):
         if c == code:
             for i in range(v.size):
                 v[i] = f(v[i], a)
         else:
             rest(v, c, a)
-    return apply
+    return _cached_as(apply, f"activate_link_{code}")
 
 
 @njit(cache=True)
@@ -43,14 +51,13 @@ def _identity(v, c, a):
 
 
 def _backward_link(code, df, rest):
-    @njit(cache=True)
     def apply(x, y, gy, gx, c, a):
         if c == code:
             for i in range(gx.size):
                 gx[i] = gy[i] * df(x[i], y[i], a)
         else:
             rest(x, y, gy, gx, c, a)
-    return apply
+    return _cached_as(apply, f"derivative_link_{code}")
 
 
 @njit(cache=True)
