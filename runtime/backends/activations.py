@@ -86,7 +86,8 @@ def _np_softplus(x, beta):
 
 # ---------------------------------------------------------------- scalar formulas
 # Only math and arithmetic, no calls to one another: each is compiled on its own for
-# each device. The sigmoid is written 0.5 + 0.5 tanh(x / 2): one libm call, no overflow.
+# each device. The logistic sigmoid is written from e = exp(-|x|) (1 / (1 + e) for x >= 0,
+# e / (1 + e) below): one libm call, no overflow, and exp is cheaper than tanh.
 
 def relu(x, a):
     return max(x, 0.0)
@@ -130,11 +131,13 @@ def gelu_tanh_grad(x, y, a):
 
 
 def silu(x, a):
-    return x * (0.5 + 0.5 * math.tanh(0.5 * x))
+    e = math.exp(-abs(x))  # the logistic sigmoid from exp(-|x|): no overflow, one exp
+    return x * (1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e))
 
 
 def silu_grad(x, y, a):
-    s = 0.5 + 0.5 * math.tanh(0.5 * x)
+    e = math.exp(-abs(x))
+    s = 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
     return s * (1.0 + x * (1.0 - s))
 
 
@@ -155,7 +158,8 @@ def hardsigmoid_grad(x, y, a):
 
 
 def sigmoid(x, a):
-    return 0.5 + 0.5 * math.tanh(0.5 * x)
+    e = math.exp(-abs(x))
+    return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
 
 
 def sigmoid_grad(x, y, a):
@@ -176,7 +180,10 @@ def softplus(x, a):
 
 
 def softplus_grad(x, y, a):
-    return 1.0 if a * x > _SOFTPLUS_THRESHOLD else 0.5 + 0.5 * math.tanh(0.5 * a * x)
+    if a * x > _SOFTPLUS_THRESHOLD:
+        return 1.0
+    e = math.exp(-abs(a * x))
+    return 1.0 / (1.0 + e) if a * x >= 0 else e / (1.0 + e)
 
 
 def mish(x, a):
@@ -186,9 +193,10 @@ def mish(x, a):
 
 
 def mish_grad(x, y, a):
-    sp = x if x > _SOFTPLUS_THRESHOLD else math.log1p(math.exp(x))
+    e = math.exp(-abs(x))
+    sp = x if x > _SOFTPLUS_THRESHOLD else max(x, 0.0) + math.log1p(e)
     t = math.tanh(sp)
-    return t + x * (1.0 - t * t) * (0.5 + 0.5 * math.tanh(0.5 * x))
+    return t + x * (1.0 - t * t) * (1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e))
 
 
 def _np_mish_grad(x, y, a):

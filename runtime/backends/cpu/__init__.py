@@ -45,18 +45,21 @@ for _kind in ("layernorm", "layernorm2d"):
 KERNELS["local_response_norm"] = norm.lrn_forward
 BACKWARD["local_response_norm"] = norm.lrn_backward
 KERNELS["layer_scale"], BACKWARD["layer_scale"] = norm.layer_scale_forward, norm.layer_scale_backward
-# Activations: the Numba kernels, except the forward passes of sigmoid, tanh and silu,
-# where NumPy's SIMD tanh beats Numba's scalar calls to libm's exp and tanh by 4-36x
-# (bench/bench_activations.py, docs/performance.md).
+# Activations: the Numba kernels, except where the NumPy formula is faster (NumPy's SIMD
+# exp, tanh and log1p against Numba's scalar libm calls: elementwise.NUMPY_FORWARD and
+# NUMPY_BACKWARD, measured by bench/bench_activations.py, docs/performance.md).
 for _kind in ACTIVATIONS:
     if _kind not in elementwise.NUMPY_FORWARD:
         KERNELS[_kind] = elementwise.activation_forward
-    BACKWARD[_kind] = elementwise.activation_backward
+    if _kind not in elementwise.NUMPY_BACKWARD:
+        BACKWARD[_kind] = elementwise.activation_backward
 
 NUMPY_OPS = {
     "flatten": "a view of its input", "reshape": "a view of its input",
     "identity": "its input itself", "permute": "NumPy's transposed copy",
     "slice": "NumPy's copy of a slice", "center_crop": "NumPy's copy of a slice",
+    **{kind: "NumPy's SIMD formula beats the Numba loop both ways (bench/bench_activations.py)"
+       for kind in elementwise.NUMPY_FORWARD if kind in elementwise.NUMPY_BACKWARD},
 }
 """Ops whose CPU kernel is the reference's NumPy (data movement NumPy does as well as a
 loop would), and why."""

@@ -16,6 +16,7 @@ from runtime.backends.activations import (
     NO_ACTIVATION,
     activation_code,
     dispatch_chain,
+    reference_derivative,
     reference_forward,
 )
 from runtime.backends.epilogue import activation_of, keep_pre_activation
@@ -106,6 +107,8 @@ def activation_forward(op, xs, p, ctx):
 
 def activation_grad(name: str, attrs: dict, x, y, gy):
     """gy * f'(x) for activation ``name`` (also the backward of fused epilogues)."""
+    if name in NUMPY_BACKWARD:
+        return gy * reference_derivative(name, attrs, x, y).astype(gy.dtype, copy=False)
     code, slope = activation_code(name, attrs)
     return activation_backward_kernel(np.ascontiguousarray(x), np.ascontiguousarray(y),
                                       np.ascontiguousarray(gy), code, slope)
@@ -115,10 +118,13 @@ def activation_backward(op, xs, y, gy, p, ctx):
     return [activation_grad(op.kind, op.attrs, xs[0], y, gy)], {}
 
 
-# Activations whose NumPy forward beats the Numba loop (bench/bench_activations.py: NumPy's
-# SIMD tanh against scalar libm calls, 4-36x): their reference formula (NumPy) runs right
-# after a fused layer's kernel instead of in the kernel's rows.
-NUMPY_FORWARD = ("sigmoid", "tanh", "silu")
+# Activations whose NumPy formula beats the Numba loop (bench/bench_activations.py: NumPy's
+# SIMD exp, tanh and log1p against scalar libm calls): forward 2-45x for these; backward
+# 1.0-3.6x for softplus and mish over several runs (silu's backward is a wash, 0.9-2.5x,
+# and keeps the kernel). Their reference formula runs instead of the kernel (for a fused
+# layer, right after the kernel instead of in its rows).
+NUMPY_FORWARD = ("sigmoid", "tanh", "silu", "softplus", "mish")
+NUMPY_BACKWARD = ("softplus", "mish")
 
 
 def numpy_activation(y: np.ndarray, act: tuple[str, dict]) -> np.ndarray:
