@@ -5,7 +5,8 @@ it is detected (the root and the runtime's errors are defined in ``runtime/error
 re-exported here): :class:`SpecError` for a spec or a variable override, carrying where in
 the spec the mistake is; :class:`OnnxError` for an ONNX file; ``UsageError`` for an option
 that does not fit; ``WeightsError``, ``InputError``, ``DataError``, ``TrainingError``,
-``DistributedError`` and ``DeviceError`` from the runtime. The CLI catches the root once
+``DistributedError``, ``DeviceError``, ``ResourceError`` (work that needs more memory
+than the machine has) and ``RunFolderError`` from the runtime. The CLI catches the root once
 and prints its :meth:`~ArchcError.format`, compiler style::
 
     specs/net.yaml:12:7: error: unknown layer type 'conv2'
@@ -28,6 +29,8 @@ from runtime.errors import (  # noqa: F401 (re-exported: one hierarchy for every
     DeviceError,
     DistributedError,
     InputError,
+    ResourceError,
+    RunFolderError,
     TrainingError,
     UsageError,
     WeightsError,

@@ -68,6 +68,21 @@ class DeviceError(ArchcError):
     """The device asked for cannot run here (no GPU, no numba-cuda)."""
 
 
+class ResourceError(ArchcError):
+    """Work that would need more memory than the machine has (or ``--max-memory``
+    allows), refused before allocating."""
+
+
+class RunFolderError(TrainingError):
+    """A run folder that cannot be used: in use by another training, or with no
+    checkpoint that is intact."""
+
+
+class ArchcWarning(UserWarning):
+    """Something a user should know that does not stop the work (a damaged checkpoint
+    passed over for the previous one); the CLI prints it as one ``warning:`` line."""
+
+
 def nearest(word: str, candidates: Iterable[str]) -> str | None:
     """Return the candidate closest to ``word`` (for 'did you mean' hints), if any is close.
 

@@ -10,6 +10,7 @@ from runtime.backends.base import Backend
 from runtime.backends.reference import KERNELS
 from runtime.backends.reference_backward import BACKWARD
 from runtime.memory import MemoryPlan, plan_memory
+from runtime.limits import check_program
 from runtime.params import fitted_params, init_params, load_matching, load_params, save_params
 from runtime.errors import InputError
 from runtime.program import Program
@@ -80,6 +81,7 @@ class Model:
         self._tape: tuple[dict, dict] | None = None
         self._plans: dict[tuple[int, bool], MemoryPlan] = {}
         self._arenas: dict = {}  # a device backend's buffers for the memory plans
+        self._checked: set = set()  # (batch, training) found to fit in memory
         # batch norm's statistics across processes (runtime.train.distributed.SyncBatchNorm): in
         # training, every batch-norm layer combines its batch's moments with the other
         # processes' through this, forward and backward
@@ -154,6 +156,15 @@ class Model:
             self._plans[batch, keep_all] = plan_memory(self.program, batch, keep_all)
         return self._plans[batch, keep_all]
 
+    def check_batch(self, batch: int, keep: bool = False) -> None:
+        """Refuse a batch whose pass would need more memory than the limit
+        (:func:`runtime.limits.check_program`); ``keep``: a pass that keeps every value
+        for backward, counted as training."""
+        key = (batch, keep)
+        if key not in self._checked:
+            check_program(self.program, batch, keep)
+            self._checked.add(key)
+
     def _planned(self, ctx: KernelContext, values: dict, keep: bool) -> None:
         """Tell a device backend's kernels where the memory plan puts each result (in one
         buffer per model and kind of pass; on the CPU, NumPy's allocator serves). A
@@ -166,8 +177,10 @@ class Model:
         ctx.arena = (self._arenas, "tape" if keep else "predict")
         ctx.unplanned = set(self.program.outputs.values()) if keep else set()
 
-    def load(self, path: str | Path) -> None:
-        self.params = self._typed(load_params(path, self.program))
+    def load(self, path: str | Path, allow_nonfinite: bool = False) -> None:
+        """Take the parameters of a weights file (``.npz``; ``.pt``), which must fit
+        exactly; NaN and infinite values are refused unless ``allow_nonfinite``."""
+        self.params = self._typed(load_params(path, self.program, allow_nonfinite))
 
     def _typed(self, params: dict) -> dict[str, np.ndarray]:
         """Floating arrays in the model's dtype (a copy only where it differs); counters
@@ -175,11 +188,11 @@ class Model:
         return {k: v if v.dtype == np.int64 else v.astype(self.dtype, copy=False)
                 for k, v in params.items()}
 
-    def load_matching(self, path: str | Path) -> list[str]:
+    def load_matching(self, path: str | Path, allow_nonfinite: bool = False) -> list[str]:
         """Take the parameters of an ``.npz`` that fit by name and shape (transfer
         learning: a head with a new number of classes keeps its initialisation); returns
         the names left as they were."""
-        loaded, skipped = load_matching(path, self.program)
+        loaded, skipped = load_matching(path, self.program, allow_nonfinite)
         self.params.update(self._typed(loaded))
         self.sync()
         return skipped
@@ -225,6 +238,7 @@ class Model:
         where they were computed (a device array on a GPU backend: the training loop's
         loss runs there too). ``last_unplaced``: as for :meth:`predict`."""
         values = self._inputs(x)
+        self.check_batch(len(next(iter(values.values()))), keep=True)
         ctx = self._context(keep=True)  # keep: what backward() needs
         self._planned(ctx, values, keep=True)
         # training updates batch-norm running statistics in place, on the device
@@ -252,6 +266,7 @@ class Model:
         ``last_unplaced`` the outputs a device backend left outside its memory plan's
         buffer (none, unless a kernel does not ask for its result where the plan puts it)."""
         values = self._inputs(x)
+        self.check_batch(len(next(iter(values.values()))))
         last = self._last_uses()
         ctx = self._context(keep=False)
         self._planned(ctx, values, keep=False)

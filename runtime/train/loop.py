@@ -13,6 +13,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
@@ -105,7 +106,7 @@ def _resume(run: Path | None, model, opt, world, resume: bool) -> _Progress:
     state = history = None
     if world.lead:
         state = checkpoint.load(run, model, opt)
-        history = checkpoint.read_log(run)
+        history = state["history"]
     state, history = distributed.broadcast_state(world, model, opt, (state, history))
     start = state["epoch"] + ("step" not in state)
     model.rng.bit_generator.state = state["rng"]
@@ -153,7 +154,7 @@ def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
 
 
 def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes,
-                       state: dict, sums: np.ndarray) -> None:
+                       state: dict, sums: np.ndarray, history: list) -> None:
     """A checkpoint in the middle of an epoch (--checkpoint-every): where in the epoch, the
     epoch's sums so far (over every rank) and the augmentation stream, so that a resumed
     run (on any number of ranks) goes on from the next global step."""
@@ -163,6 +164,7 @@ def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes
     if writes is None:
         return
     state["rng"] = model.rng.bit_generator.state
+    state["history"] = history
     checkpoint.point(run, "last.json", checkpoint.save(run, model, opt, state))
     checkpoint.prune(run)
 
@@ -214,7 +216,7 @@ def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int
                 and opt.steps % config.checkpoint_every == 0:
             _checkpoint_within(run, model, opt, world, config, writes, {
                 "epoch": epoch, "step": step + 1, "best": progress.best,
-                "aug_rng": aug_rng.bit_generator.state}, sums)
+                "aug_rng": aug_rng.bit_generator.state}, sums, progress.history)
     bar.close()
     return np.append(sums, sums[0] - before), time.perf_counter() - began, reducer
 
@@ -247,7 +249,8 @@ def _checkpoint_epoch(run: Path, model, opt, progress: _Progress, epoch: int,
     improved = _score(row[key]) > progress.best
     progress.best = max(progress.best, _score(row[key]))
     folder = checkpoint.save(run, model, opt, {
-        "epoch": epoch, "best": progress.best, "rng": model.rng.bit_generator.state})
+        "epoch": epoch, "best": progress.best, "rng": model.rng.bit_generator.state,
+        "history": progress.history})
     checkpoint.point(run, "last.json", folder)
     if improved:
         checkpoint.point(run, "best.json", folder)
@@ -302,6 +305,16 @@ def fit(model, split: Split, config: TrainConfig | None = None, run: Path | None
     writes = run = Path(run) if run is not None else None
     if not world.lead:  # rank 0 alone reports and writes the run directory
         report, progress, writes = (lambda *a, **k: None), False, None
+    model.check_batch(-(-config.batch_size // world.size), keep=True)  # before any work
+    with checkpoint.RunLock(run) if writes is not None else contextlib.nullcontext():
+        return _epochs(model, split, config, run, task, resume, report, progress, world,
+                       schedule, opt, writes, key)
+
+
+def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, report,
+            progress: bool, world, schedule: FreezeSchedule, opt, writes, key: str
+            ) -> list[dict]:
+    """:func:`fit`'s loop, run folder locked: resume, then train epoch by epoch."""
     done = _resume(run, model, opt, world, resume)
     if writes is not None:
         _describe_run(run, config, task, split)

@@ -148,6 +148,8 @@ class Optimizer:
 
 
 class SGD(Optimizer):
+    slots = ("momentum_buffer",)
+
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, kernels=None):
         super().__init__(params, lr, kernels)
@@ -164,6 +166,8 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    slots = ("exp_avg", "exp_avg_sq")
+
     decoupled = False
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,

@@ -33,9 +33,11 @@ def test_lenet5_learns_the_digits(digits, tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in logged] == list(range(1, 9))
     best = json.loads((tmp_path / "best.json").read_text())["checkpoint"]
-    last = json.loads((tmp_path / "last.json").read_text())["checkpoint"]
-    assert last == "ckpt-0007" and sorted(p.name for p in tmp_path.glob("ckpt-*")) == \
-        sorted({best, last})
+    pointer = json.loads((tmp_path / "last.json").read_text())
+    last = pointer["checkpoint"]
+    # the newest, the one before it (to fall back on if the newest is damaged), the best
+    assert last == "ckpt-0007" and pointer["previous"] == "ckpt-0006"
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == sorted({best, last, "ckpt-0006"})
     again = lenet()
     again.load(tmp_path / last / "weights.npz")
     assert evaluate(again, digits.test)["accuracy"] == history[-1]["test_accuracy"]
@@ -91,7 +93,8 @@ def test_a_run_stopped_within_an_epoch_resumes_from_the_next_step(digits, tmp_pa
     run = tmp_path / "resumed"
     assert json.loads((run / "last.json").read_text())["checkpoint"] == "ckpt-0001-000007"
     assert json.loads((run / "best.json").read_text())["checkpoint"] == "ckpt-0000"
-    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-0000", "ckpt-0001-000007"]
+    assert sorted(p.name for p in run.glob("ckpt-*")) == ["ckpt-0000", "ckpt-0001-000002",
+                                                          "ckpt-0001-000007"]
     resumed = lenet()
     fit(resumed, digits, config, run, resume=True, report=lambda line: None)
     for name, value in straight.parameters().items():
@@ -116,7 +119,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(digi
     with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at epoch 1, step \d+"):
         fit(lenet(), digits, TrainConfig(epochs=2, lr=1e30, momentum=0.0), tmp_path,
             report=lambda line: None)
-    with pytest.raises(TrainingError, match="no checkpoint to resume"):
+    with pytest.raises(TrainingError, match="no intact checkpoint to resume"):
         fit(lenet(), digits, TrainConfig(epochs=1), tmp_path, resume=True)
 
 
@@ -134,7 +137,7 @@ def test_cli_train_then_eval(tmp_path, capsys):
         assert "test accuracy" in line and float(line.split("test accuracy")[1].split()[0]) > 0.9
     assert main(["eval", str(SPECS / "lenet5.yaml"), "--weights", str(tmp_path),
                  "--data", "digits"]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "not a run folder of archc train" in capsys.readouterr().err
     assert main(["train", str(SPECS / "lenet5.yaml"), "--data", "imagenet"]) == 2
     assert "unknown data 'imagenet'" in capsys.readouterr().err
 
