@@ -23,6 +23,8 @@ from typing import Iterable
 
 from runtime.errors import (  # noqa: F401 (re-exported: one hierarchy for every error)
     ArchcError,
+    ArchcWarning,
+    clip_words,
     did_you_mean,
     nearest,
     DataError,
@@ -86,7 +88,7 @@ class SpecError(ArchcError):
         lines += [f"note: {n}" for n in self.notes]
         if self.hint:
             lines.append(f"hint: {self.hint}")
-        return "\n".join(lines)
+        return clip_words("\n".join(lines))
 
 
 class OnnxError(ArchcError):

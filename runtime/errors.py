@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Iterable
 
 
@@ -37,7 +38,22 @@ class ArchcError(Exception):
     def format(self) -> str:
         """``[PATH: ]error: MESSAGE`` and, when there is one, a ``hint:`` line."""
         head = f"{self.path}: error: {self.message}" if self.path else f"error: {self.message}"
-        return head + (f"\nhint: {self.hint}" if self.hint else "")
+        return clip_words(head + (f"\nhint: {self.hint}" if self.hint else ""))
+
+
+WORD_LIMIT = 200
+
+
+def clip_words(text: str, limit: int = WORD_LIMIT) -> str:
+    """``text`` with every run of more than ``limit`` characters without a space cut short
+    (saying how long it was): a 100,000-character value given by a user is named, not
+    echoed whole into the error line.
+
+    >>> clip_words("got the text '" + "x" * 200 + "'", 20)
+    "got the text 'xxxxxxxxxxxxxxxxxxxx... (201 characters)"
+    """
+    return re.sub(r"\S{%d,}" % (limit + 1),
+                  lambda m: f"{m.group()[:limit]}... ({len(m.group()):,} characters)", text)
 
 
 class UsageError(ArchcError):

@@ -120,8 +120,8 @@ def check_program(program: Program, batch: int = 0, training: bool = False,
     weights, big_param, big_param_bytes = parameter_bytes(program)
     weights *= 4 if training else 1  # parameters, gradients, two optimiser moments
     acts, big_op, big_op_bytes = activation_bytes(program, training) if batch else (0, "", 0)
-    doing = doing or (f"{'training' if training else 'running'} {program.name}"
-                      + (f" at batch {batch:,}" if batch else ""))
+    doing = doing or (f"{'training' if training else 'running'} {program.name} at batch "
+                      f"{batch:,}" if batch else f"compiling {program.name}")
     parts = [(f"parameter {big_param}", big_param_bytes)] if big_param else []
     if batch and big_op:
         parts.append((f"output of {big_op} at batch {batch:,}", big_op_bytes * batch))

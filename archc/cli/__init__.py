@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from archc.cli.common import COMMANDS, EXIT_INTERNAL, EXIT_OK, EXIT_USER, Parser
 from archc.errors import ArchcError
+from runtime.errors import ArchcWarning
 from runtime.train import distributed
 
 # each module adds its commands to COMMANDS, in the order `archc --help` lists them
@@ -48,11 +50,43 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """archc's own warnings as one ``warning:`` line; other libraries' (NumPy's
+    RuntimeWarning on an overflow, ...) only with ARCHC_DEBUG: what went wrong is then
+    archc's error that follows, not a line of NumPy's source."""
+    if issubclass(category, ArchcWarning):
+        print(f"{distributed.where()}warning: {message}", file=sys.stderr)
+    elif os.environ.get("ARCHC_DEBUG"):
+        print(warnings.formatwarning(message, category, filename, lineno, line),
+              file=sys.stderr, end="")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """What every command checks before it starts work: the memory limit, and that its
+    output files can be written."""
+    from runtime.files import writable
+    from runtime.limits import set_memory_limit
+
+    set_memory_limit(getattr(args, "max_memory", None))
+    for key, what in (("output", "output file"), ("weights_out", "weights file")):
+        if getattr(args, key, None):
+            writable(getattr(args, key), what)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     try:
-        return COMMANDS[args.command][2](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _show_warning
+            _prepare(args)
+            return COMMANDS[args.command][2](args)
     except ArchcError as exc:
         print(distributed.where() + exc.format(), file=sys.stderr)
+        return EXIT_USER
+    except MemoryError:  # what the estimates before allocating did not foresee
+        print(f"{distributed.where()}error: out of memory (the machine could not give what "
+              f"archc {args.command} asked for)\nhint: make the network, batch or data "
+              f"smaller", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:
         print("archc: interrupted", file=sys.stderr)

@@ -33,6 +33,30 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
         help="override a variable of the spec (repeatable), e.g. --set width=32",
     )
+    add_memory_argument(parser)
+
+
+def add_memory_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="refuse work that would need more memory than this, e.g. 8G "
+                        "(default: what the machine has available; also ARCHC_MAX_MEMORY)")
+
+
+def add_weights_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="load weights that hold NaN or infinite values (refused by "
+                        "default; for debugging)")
+
+
+def load_weights(model, path, args, matching: bool = False):
+    """Weights from a file or a run folder (its best intact checkpoint) into ``model``;
+    ``matching``: only those that fit by name and shape (returns the names left out)."""
+    from runtime.train.checkpoint import best_weights
+
+    allow = getattr(args, "allow_nonfinite", False)
+    if matching:
+        return model.load_matching(best_weights(path), allow_nonfinite=allow)
+    return model.load(best_weights(path), allow_nonfinite=allow)
 
 
 def load_graph(args: argparse.Namespace):

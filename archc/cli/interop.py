@@ -5,21 +5,21 @@ from __future__ import annotations
 import argparse
 import os
 
-from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
-                              load_graph, pipeline_of, write_atomically)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_memory_argument, add_pass_arguments,
+                              add_spec_arguments, add_weights_options, load_graph, load_weights,
+                              pipeline_of, write_atomically)
 from archc.errors import UsageError
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from archc import compile as compile_graph
     from archc.optimize import optimize
-    from runtime.train.checkpoint import best_weights
     from runtime.params import save_params
 
     graph = load_graph(args)
     model = compile_graph(graph, backend="reference", seed=args.seed)
     if args.weights:
-        model.load(best_weights(args.weights))
+        load_weights(model, args.weights, args)
     pipeline = pipeline_of(args) or []
     graph, params = graph, dict(model.params)
     if pipeline:
@@ -64,6 +64,7 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="W",
                    help="weights to export or to optimise with (.npz, a PyTorch .pt state_dict "
                    "or a run directory of archc train; default: initialised)")
+    add_weights_options(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the initial weights")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="where to write")
 
@@ -100,6 +101,7 @@ def _setup_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="SPEC", help="the spec to write")
     p.add_argument("--weights-out", metavar="W", help="where to write the weights "
                    "(.npz; default: the spec's name with .npz)")
+    add_memory_argument(p)
 
 
 COMMANDS["import"] = (

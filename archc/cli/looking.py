@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, add_spec_arguments,
-                              compile_for_data, load_graph, positive, settings_of)
+                              add_weights_options, compile_for_data, load_graph, load_weights,
+                              positive, settings_of)
 from archc.errors import DataError
 
 
@@ -45,11 +46,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from runtime.train import pictures, tasks
-    from runtime.train.checkpoint import best_weights
 
     graph = load_graph(args)
     model = compile_for_data(graph, args, 0)
-    model.load(best_weights(args.weights))
+    load_weights(model, args.weights, args)
     shape = next(iter(model.program.inputs.values()))
     described = tasks.find_description(args.weights) or {}
     x, show, names, split = _images(args, graph, shape, described, count=args.count)
@@ -99,6 +99,7 @@ def _setup_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", required=True, metavar="W.npz|RUN_DIR",
                    help="trained parameters, or a run directory (its best checkpoint; its "
                    "task.json says what the network predicts)")
+    add_weights_options(p)
     p.add_argument("--image", nargs="+", metavar="FILE",
                    help="image files to predict (default: --count held-out images of --data "
                    "from --index on)")
@@ -118,12 +119,11 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     import numpy as np
 
     from runtime.train import pictures, tasks, visualize
-    from runtime.train.checkpoint import best_weights
 
     graph = load_graph(args)
     model = compile_for_data(graph, args, args.seed or 0)
     if args.weights:
-        model.load(best_weights(args.weights))
+        load_weights(model, args.weights, args)
     described = tasks.find_description(args.weights) if args.weights else None
     classes = (described or {}).get("classes")
     shape = next(iter(model.program.inputs.values()))
@@ -204,6 +204,7 @@ def _setup_visualize(p: argparse.ArgumentParser) -> None:
                    "rebuilt from a node's activations")
     p.add_argument("--weights", metavar="W.npz|RUN_DIR",
                    help="trained parameters or a run directory (default: random weights)")
+    add_weights_options(p)
     _add_image_arguments(p)
     p.add_argument("--node", help="the node for features and invert")
     p.add_argument("--class", dest="target", type=int, metavar="K",
@@ -220,12 +221,11 @@ def _setup_visualize(p: argparse.ArgumentParser) -> None:
 
 def _cmd_stylize(args: argparse.Namespace) -> int:
     from runtime.train import pictures, visualize
-    from runtime.train.checkpoint import best_weights
 
     graph = load_graph(args)
     model = compile_for_data(graph, args, args.seed)
     if args.weights:
-        model.load(best_weights(args.weights))
+        load_weights(model, args.weights, args)
     shape = next(iter(model.program.inputs.values()))
     content = pictures.load_image(args.content, shape)
     style = pictures.load_image(args.style, shape)
@@ -254,6 +254,7 @@ def _setup_stylize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", metavar="W.npz|RUN_DIR",
                    help="trained parameters (default: random weights, seeded; random "
                    "convolutions already carry textures)")
+    add_weights_options(p)
     p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu")
     p.add_argument("--steps", type=positive, default=200, help="Adam steps (default 200)")
     p.add_argument("--lr", type=float, default=0.03,

@@ -8,7 +8,7 @@ import json
 
 from archc.cli import scaling
 from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
-                              load_graph, positive)
+                              add_weights_options, load_graph, load_weights, positive)
 from archc.errors import InputError
 from runtime.train import distributed
 
@@ -24,16 +24,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     graph = load_graph(args)
     model = compile_graph(graph, backend=args.backend, seed=args.seed)
     if args.weights:
-        model.load(args.weights)
+        load_weights(model, args.weights, args)
     if args.input:
-        try:
-            x = np.load(args.input, allow_pickle=False)
-        except FileNotFoundError:
-            raise InputError(f"no such input file: {args.input}") from None
-        except (ValueError, OSError) as exc:
-            raise InputError(f"{args.input} is not a readable .npy array ({exc})") from None
+        x = _read_input(args.input)
     else:
         shapes = model.program.inputs
+        model.check_batch(args.batch)  # before allocating the input
         rng = np.random.default_rng(args.seed)
         x = {name: rng.standard_normal((args.batch,) + shape).astype(np.float32)
              for name, shape in shapes.items()}
@@ -69,6 +65,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _read_input(path: str):
+    """``--input``: one .npy array, or an .npz of one array per input (by name)."""
+    from runtime.files import read_arrays
+
+    arrays = read_arrays(path, "input file", InputError)
+    return arrays[""] if "" in arrays else arrays
+
+
 def _setup_run(p: argparse.ArgumentParser) -> None:
     add_spec_arguments(p)
     p.add_argument("--input", metavar="X.npy", help="input batch, NCHW float32 (default: random)")
@@ -76,6 +80,7 @@ def _setup_run(p: argparse.ArgumentParser) -> None:
                    help="batch size of the random input (default 1)")
     p.add_argument("--weights", metavar="W.npz",
                    help="parameters (.npz with PyTorch state_dict names; default: initialised)")
+    add_weights_options(p)
     p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
                    help="cpu: Numba kernels (default); reference: plain NumPy, the definition "
                    "the fast backends are tested against; cuda: an NVIDIA GPU (numba.cuda; "
@@ -108,6 +113,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         name = "cpu" if args.backend != "cuda" else "h200" if "H200" in gpu else "h100"
     args.batch, args.repeat = args.batch or 1, args.repeat or 3
     report = analyse(graph, batch=args.batch, device=get_device(name))
+    model.check_batch(args.batch, keep=True)
     rng = np.random.default_rng(args.seed)
     x = {key: rng.standard_normal((args.batch,) + shape).astype(np.float32)
          for key, shape in model.program.inputs.items()}

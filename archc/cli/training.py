@@ -6,35 +6,49 @@ from __future__ import annotations
 import argparse
 import sys
 
-from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, compile_for_data, load_graph,
-                              positive, settings_of, task_for)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, add_weights_options,
+                              compile_for_data, load_graph, load_weights, positive, settings_of,
+                              task_for)
 from archc.errors import UsageError
 from runtime.train import distributed
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import contextlib
     from pathlib import Path
 
+    from runtime.train.checkpoint import RunLock
+
+    graph = load_graph(args)
+    settings = settings_of(args, graph)
+    world = distributed.World.mpi() if args.distributed else distributed.ALONE
+    run = Path(args.resume or args.out)
+    if args.resume and not run.is_dir():
+        raise UsageError(f"--resume {run}: no such run folder",
+                         hint="give the --out folder of an earlier archc train")
+    # rank 0 writes the run folder: it holds the lock from before the data is read
+    with RunLock(run) if world.lead else contextlib.nullcontext():
+        return _train(args, graph, settings, world, run)
+
+
+def _train(args, graph, settings, world, run) -> int:
     from runtime.train import data
     from runtime.train.checkpoint import best_weights
     from runtime.train.loop import fit
 
-    graph = load_graph(args)
-    settings = settings_of(args, graph)
     config, seed = settings.config, settings.config.seed
-    world = distributed.World.mpi() if args.distributed else distributed.ALONE
     say = print if world.lead else (lambda *a, **k: None)
     if world.size > 1 and args.backend == "cuda":
         world.pick_gpu()
     model = compile_for_data(graph, args, seed)
+    model.check_batch(-(-config.batch_size // world.size), keep=True)  # before the data
     if args.init:
-        kept = model.load_matching(best_weights(args.init))
+        kept = load_weights(model, args.init, args, matching=True)
         say(f"started from {args.init}" + (f"; initialised afresh: {', '.join(kept)}"
                                            if kept else ""))
     shape = next(iter(model.program.inputs.values()))
     split = data.load(settings.data, shape, seed=seed)
     task = task_for(settings, split, model)
-    run = Path(args.resume or args.out)
     say(f"training {model.program.name} on {settings.data} ({task.kind}): "
         f"{len(split.train)} images, {len(split.test)} held out; run directory {run}")
     if world.size > 1:
@@ -98,6 +112,7 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", metavar="W.npz|RUN_DIR",
                    help="start from these weights where names and shapes fit (transfer "
                    "learning: a head with another number of classes starts afresh)")
+    add_weights_options(p)
     p.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
                    help="parameters whose names match do not train (repeatable), e.g. "
                    "'layer1.*'")
@@ -143,12 +158,11 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from runtime.train import data
-    from runtime.train.checkpoint import best_weights
 
     graph = load_graph(args)
     settings = settings_of(args, graph)
     model = compile_for_data(graph, args, settings.config.seed)
-    model.load(best_weights(args.weights))
+    load_weights(model, args.weights, args)
     shape = next(iter(model.program.inputs.values()))
     split = data.load(settings.data, shape, seed=settings.config.seed)
     task = task_for(settings, split, model, args.weights)
@@ -170,6 +184,7 @@ def _setup_eval(p: argparse.ArgumentParser) -> None:
                    "else what the data is for)")
     p.add_argument("--weights", required=True, metavar="W.npz|RUN_DIR",
                    help="trained parameters, or a run directory (its best checkpoint)")
+    add_weights_options(p)
 
 
 COMMANDS["train"] = ("train a spec on a data set, with a log and checkpoints",

@@ -8,6 +8,7 @@ See docs/spec-language.md for the language itself.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -434,7 +435,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise SpecError(f"--set {name}: no value given", None, f"e.g. --set {name}=2")
         try:
             value = load_yaml(text, "--set")
-        except SpecError:
+        except SpecError as exc:
+            if re.fullmatch(r"\s*[-+]?[0-9_]+\s*", text):  # a number YAML could not take
+                raise SpecError(f"--set {name}: {exc.message}", None) from None
             value = text  # not YAML: an expression or a word, resolved like any spec value
         out[name] = list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
     return out

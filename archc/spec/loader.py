@@ -18,6 +18,7 @@ from archc.errors import Loc, SpecError
 MAX_FILE_BYTES = 4 * 1024 * 1024
 MAX_DEPTH = 64
 MAX_EXPANDED_NODES = 200_000
+MAX_INT = 2**63  # as in expressions (archc.spec.expr)
 
 # libyaml's parser when PyYAML was built with it (about 10x faster); same events and marks.
 _PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -236,13 +237,21 @@ class _Builder:
             out_list.item_locs = [_loc(self.file, item.start_mark) for item in node.value]
             return out_list
         try:
-            return self.constructor.construct_object(node, deep=True)
+            value = self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
             raise SpecError(
                 f"cannot read value: {exc.problem}",
                 loc,
                 hint="archc specs use plain YAML values only (no '!!python/...' tags)",
             ) from None
+        except ValueError:  # Python's limit on converting long digit strings to int
+            digits = sum(ch.isdigit() for ch in str(node.value))
+            raise SpecError(f"an integer of {digits:,} digits is far too large for a spec "
+                            f"(numbers are limited to 2**63)", loc) from None
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise SpecError(f"the integer {str(value)[:20]}... ({len(str(abs(value))):,} digits) "
+                            f"is too large for a spec (numbers are limited to 2**63)", loc)
+        return value
 
 
 def load_yaml(source: str | bytes, file: str = "<spec>") -> Any:

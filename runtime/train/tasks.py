@@ -12,10 +12,12 @@ training did.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
+from runtime.files import read_json
 from runtime.train.data import IGNORE, DataError, Dataset, batches
 from runtime.train import losses, metrics
 
@@ -298,7 +300,16 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
 
 
 def restore(description: dict, split, program) -> Task:
-    """A task as a run directory's ``task.json`` describes it."""
+    """A task as a run directory's ``task.json`` describes it (checked by
+    :func:`check_description`)."""
+    try:
+        return _restore(description, split, program)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"the run's task.json does not describe a task archc can restore "
+                        f"({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _restore(description: dict, split, program) -> Task:
     kind = description["task"]
     classes = description["classes"]
     if kind == "classify":
@@ -320,10 +331,38 @@ def restore(description: dict, split, program) -> Task:
 
 def find_description(weights: str | Path) -> dict | None:
     """The ``task.json`` of the run a weights path belongs to (the run directory itself, or
-    a checkpoint's folder inside it), if any."""
+    a checkpoint's folder inside it), if any; checked (:func:`check_description`)."""
     path = Path(weights)
     for folder in (path, path.parent, path.parent.parent):
         candidate = folder / "task.json"
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
+        if candidate.exists():
+            return check_description(read_json(candidate, "task file", DataError), candidate)
     return None
+
+
+def check_description(described: dict, path) -> dict:
+    """A task.json as :meth:`Task.describe` writes it, or a DataError naming what is
+    wrong."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise DataError(f"task file {path}: {what}",
+                            hint="it is written by archc train; train again, or remove it "
+                            "to evaluate as the data's default task")
+
+    kind = described.get("task")
+    need(kind in KINDS, f"'task' must be one of {', '.join(KINDS)}, got "
+         f"{json.dumps(kind)[:40]}")
+    classes = described.get("classes")
+    need(isinstance(classes, list) and all(isinstance(c, str) for c in classes) and classes,
+         "'classes' must be a list of class names")
+    for key in ("mean", "std"):
+        value = described.get(key, [0.0])
+        need(isinstance(value, list) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value), f"'{key}' must be a list of numbers")
+    if kind == "detect":
+        head = described.get("head")
+        need(isinstance(head, dict) and {"grid", "boxes", "classes", "anchors", "size"} <=
+             set(head), "'head' must describe the detector (grid, boxes, classes, anchors, "
+             "size)")
+    return described

@@ -6,12 +6,17 @@ problem with the files is a DataError that says what was expected."""
 from __future__ import annotations
 
 import gzip
+import json
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import DataError
+from runtime.files import read_arrays, read_json, regular_file, shorten
+from runtime.limits import check_bytes
 from runtime.train.data.sets import IGNORE, Dataset, Split, holdout, fit
 
 
@@ -27,23 +32,39 @@ def digits(shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
 
 
 def _open(path: Path):
+    regular_file(path, "data file", DataError)
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, per_item: int = 0) -> np.ndarray:
     """An IDX file (MNIST's format): magic 0x0000 08 D, then D big-endian sizes, then
-    unsigned bytes."""
-    with _open(path) as f:
-        head = f.read(4)
-        if len(head) < 4 or head[:3] != b"\x00\x00\x08":
-            raise DataError(f"{path} is not an IDX file of unsigned bytes (it should start "
-                            f"with 00 00 08 and the number of dimensions)")
-        dims = struct.unpack(f">{head[3]}I", f.read(4 * head[3]))
-        data = np.frombuffer(f.read(), dtype=np.uint8)
-    if data.size != int(np.prod(dims)):
+    unsigned bytes. The sizes are checked before the data is read (``per_item``: the
+    bytes each item will take once fitted to the network, counted in the memory it
+    needs), and no more than they declare is decompressed (a gzip bomb stops there)."""
+    try:
+        with _open(path) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 4:
+                raise DataError(f"{path} is not an IDX file of unsigned bytes (it should "
+                                f"start with 00 00 08 and the number of dimensions, 1 to 4)")
+            raw = f.read(4 * head[3])
+            if len(raw) < 4 * head[3]:
+                raise DataError(f"{path} is cut short in its header")
+            dims = struct.unpack(f">{head[3]}I", raw)
+            count = math.prod(dims)
+            check_bytes(count + dims[0] * per_item, f"reading {path}",
+                        hint="is the file what it claims? (its header declares "
+                        f"{'x'.join(map(str, dims))} values)")
+            data = f.read(count + 1)
+    except (OSError, EOFError, zlib.error) as exc:  # a damaged gzip stream
+        raise DataError(f"{path} is damaged: {shorten(exc)}") from None
+    if len(data) > count:
+        raise DataError(f"{path} holds more than the {count} values it declares "
+                        f"({'x'.join(map(str, dims))}): the file is padded or not IDX")
+    if len(data) < count:
         raise DataError(f"{path} declares {'x'.join(map(str, dims))} values but holds "
-                        f"{data.size}: the file is cut short or padded")
-    return data.reshape(dims)
+                        f"{len(data)}: the file is cut short")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find(directory: Path, names: list[str], what: str) -> Path:
@@ -63,12 +84,18 @@ def mnist(directory: str | Path, shape, kind: str = "mnist") -> Split:
     parts = {}
     for part, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(_find(directory, [f"{prefix}-images-idx3-ubyte",
-                                            f"{prefix}-images.idx3-ubyte"], f"{part} images"))
-        labels = read_idx(_find(directory, [f"{prefix}-labels-idx1-ubyte",
-                                            f"{prefix}-labels.idx1-ubyte"], f"{part} labels"))
+                                            f"{prefix}-images.idx3-ubyte"], f"{part} images"),
+                          per_item=3 * 4 * math.prod(shape))
+        labels_path = _find(directory, [f"{prefix}-labels-idx1-ubyte",
+                                        f"{prefix}-labels.idx1-ubyte"], f"{part} labels")
+        labels = read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1:
             raise DataError(f"{kind} {part}: images must be N x H x W and labels N, got "
                             f"{images.shape} and {labels.shape}")
+        if len(images) != len(labels):
+            raise DataError(f"{kind} {part}: {len(images)} images but {len(labels)} labels")
+        if labels.max(initial=0) > 9:
+            raise DataError(f"{labels_path}: labels must be 0..9, found {labels.max()}")
         x = fit(images[:, None].astype(np.float32) / 255.0, shape, kind)
         parts[part] = Dataset(x, labels.astype(np.int64), [str(d) for d in range(10)])
     return Split(parts["train"], parts["test"])
@@ -78,7 +105,9 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
                    "ship", "truck"]
 
 
-def _cifar_file(path: Path):
+def _cifar_file(path: Path, shape):
+    size = regular_file(path, "CIFAR-10 batch", DataError)
+    check_bytes(size + size // 3073 * 3 * 4 * math.prod(shape), f"reading {path}")
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size % 3073:
         raise DataError(f"{path} is not a CIFAR-10 binary batch: its size ({raw.size} bytes) "
@@ -96,8 +125,8 @@ def cifar10(directory: str | Path, shape) -> Split:
     if not train_files or not test_file.is_file():
         raise DataError(f"no CIFAR-10 binary batches in {directory}: expected "
                         f"data_batch_1.bin ... and test_batch.bin")
-    xs, ys = zip(*(_cifar_file(f) for f in train_files))
-    tx, ty = _cifar_file(test_file)
+    xs, ys = zip(*(_cifar_file(f, shape) for f in train_files))
+    tx, ty = _cifar_file(test_file, shape)
     return Split(Dataset(fit(np.concatenate(xs) / 255.0, shape, "cifar10"), np.concatenate(ys),
                          CIFAR10_CLASSES),
                  Dataset(fit(tx / 255.0, shape, "cifar10"), ty, CIFAR10_CLASSES))
@@ -117,13 +146,17 @@ def folder(directory: str | Path, shape, test_fraction: float = 0.2, seed: int =
                         f"folder named after the class")
     _image_mode(shape)  # before reading a file
     images, labels = [], []
-    for label, name in enumerate(classes):
-        files = sorted(p for p in (directory / name).iterdir()
-                       if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
+    found = {}
+    for name in classes:
+        found[name] = sorted(p for p in (directory / name).iterdir()
+                             if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found[name]:
             raise DataError(f"class folder {directory / name} holds no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-        for path in files:
+    check_bytes(sum(map(len, found.values())) * 4 * 4 * math.prod(shape),
+                f"reading the images of {directory}")
+    for label, name in enumerate(classes):
+        for path in found[name]:
             images.append(read_image(path, shape))
             labels.append(label)
     x = np.stack(images).astype(np.float32) / 255.0
@@ -131,15 +164,10 @@ def folder(directory: str | Path, shape, test_fraction: float = 0.2, seed: int =
 
 
 def npz(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
-    """Arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,); ``x_test``/``y_test`` if
-    given, else a seeded held-out split."""
+    """Arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,) of class numbers;
+    ``x_test``/``y_test`` if given, else a seeded held-out split."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"npz file {path} does not exist")
-    try:
-        arrays = dict(np.load(path, allow_pickle=False))
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path} is not a readable .npz of plain arrays: {exc}") from None
+    arrays = read_arrays(path, "data file", DataError)
     missing = {"x", "y"} - set(arrays)
     if missing:
         raise DataError(f"{path} lacks the array(s) {', '.join(sorted(missing))}: it needs "
@@ -150,25 +178,69 @@ def npz(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> S
             a = a[:, None]
         if a.ndim != 4:
             raise DataError(f"{path}: {name} must be N x C x H x W (or N x H x W), got {a.shape}")
+        check_bytes(len(a) * 3 * 4 * math.prod(shape), f"fitting {path}'s {name} to the "
+                    f"network's input")
         return fit(a.astype(np.float32), shape, str(path))
 
-    x, y = images(arrays["x"], "x"), arrays["y"].astype(np.int64)
+    def labels(y, name, count):
+        if y.ndim != 1 or len(y) != count:
+            raise DataError(f"{path}: {count} images in x{name[1:]} but "
+                            f"{len(y) if y.ndim == 1 else y.shape} labels in {name}")
+        bad = y[(y < 0) | (y != np.round(y))] if y.dtype.kind == "f" else y[y < 0]
+        if bad.size:
+            raise DataError(f"{path}: labels {name} must be class numbers 0, 1, 2, ...; "
+                            f"found {bad[0]:.3g}")
+        return y.astype(np.int64)
+
+    x = images(arrays["x"], "x")
+    y = labels(arrays["y"], "y", len(x))
+    if not len(x):
+        raise DataError(f"{path} holds no images (x is empty)")
     classes = [str(k) for k in range(int(y.max(initial=-1)) + 1)]
     if "x_test" in arrays and "y_test" in arrays:
-        return Split(Dataset(x, y, classes),
-                     Dataset(images(arrays["x_test"], "x_test"),
-                             arrays["y_test"].astype(np.int64), classes))
+        x_test = images(arrays["x_test"], "x_test")
+        y_test = labels(arrays["y_test"], "y_test", len(x_test))
+        if y_test.max(initial=0) >= len(classes):
+            raise DataError(f"{path}: y_test uses class {y_test.max()}, which y never does")
+        return Split(Dataset(x, y, classes), Dataset(x_test, y_test, classes))
     return holdout(x, y, classes, test_fraction, seed)
 
 
 def _open_image(path, read):
+    """``read(image)`` of an image file, any damage or a decompression bomb (over
+    Pillow's limit of pixels) a DataError naming the file."""
+    import warnings
+
     from PIL import Image
 
+    regular_file(path, "image file", DataError)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return read(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(f"cannot read image {path}: {_pixels(path):,} pixels, over the limit "
+                        f"of {Image.MAX_IMAGE_PIXELS:,} (a decompression bomb?)") from None
+    except MemoryError:
+        raise DataError(f"cannot read image {path}: too large to decode") from None
+    except Exception as exc:  # Pillow raises many kinds for damaged files
+        raise DataError(f"cannot read image {path}: {shorten(exc) or type(exc).__name__}"
+                        ) from None
+
+
+def _pixels(path) -> int:
+    """The pixel count an image file declares (its header only)."""
+    from PIL import Image
+
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(path) as im:
-            return read(im)
-    except OSError as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+            return im.size[0] * im.size[1]
+    except Exception:  # noqa: BLE001 (only for the message)
+        return 0
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def read_image(path: str | Path, shape) -> np.ndarray:
@@ -242,54 +314,64 @@ def mask_folder(directory: str | Path, shape, test_fraction: float = 0.2,
                     seed, "segment")
 
 
+MAX_COCO_BYTES = 1 << 30
+
+
 def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
     """Detection data in COCO's JSON layout: ``images`` (id, file_name), ``annotations``
     (image_id, bbox [x, y, width, height] in pixels, category_id) and ``categories`` (id,
-    name). Image files are found next to the JSON file or in its ``images/`` folder;
-    boxes are scaled with the images to the network's input; category ids, in increasing
-    order, become classes 0, 1, ..."""
-    import json
-
-    from PIL import Image
-
+    name). Image files are found next to the JSON file or in its ``images/`` folder (never
+    outside that folder); boxes are scaled with the images to the network's input;
+    category ids, in increasing order, become classes 0, 1, ... Every field is checked,
+    and errors name it (``annotations[3].bbox``)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"COCO annotation file {path} does not exist")
-    try:
-        doc = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise DataError(f"{path} must hold a JSON object with images, annotations and "
-                        f"categories")
+    doc = read_json(path, "COCO annotation file", DataError, dict, MAX_COCO_BYTES)
     missing = [k for k in ("images", "annotations", "categories") if k not in doc]
     if missing:
         raise DataError(f"{path} lacks {', '.join(missing)}: a COCO file has images, "
                         f"annotations and categories")
-    categories = sorted(doc["categories"], key=lambda cat: cat["id"])
-    index = {cat["id"]: k for k, cat in enumerate(categories)}
+    images = _records(doc, "images", ("id", "file_name"), path)
+    annotations = _records(doc, "annotations", ("image_id", "category_id", "bbox"), path)
+    categories = sorted(_records(doc, "categories", ("id",), path),  # numbers, then text
+                        key=lambda cat: (0, cat["id"], "") if isinstance(_key(cat["id"]), (
+                            int, float)) else (1, 0, str(cat["id"])))
+    index = {_key(cat["id"]): k for k, cat in enumerate(categories)}
     _, h, w = shape
     _image_mode(shape)  # before reading a file
-    boxes_of: dict = {image["id"]: [] for image in doc["images"]}
-    for k, ann in enumerate(doc["annotations"]):
-        if ann.get("image_id") not in boxes_of or ann.get("category_id") not in index:
-            raise DataError(f"{path}: annotation {k} refers to image {ann.get('image_id')} "
-                            f"or category {ann.get('category_id')}, which the file does not "
-                            f"list")
-        bx, by, bw, bh = ann["bbox"]
-        boxes_of[ann["image_id"]].append([bx, by, bx + bw, by + bh, index[ann["category_id"]]])
+    check_bytes(len(images) * 4 * 4 * math.prod(shape), f"reading the images of {path}")
+    boxes_of: dict = {}
+    for k, image in enumerate(images):
+        if not isinstance(image["file_name"], str) or not image["file_name"]:
+            raise DataError(f"{path}: images[{k}].file_name must be a file name")
+        boxes_of.setdefault(_key(image["id"]), [])
+    for k, ann in enumerate(annotations):
+        if _key(ann["image_id"]) not in boxes_of or _key(ann["category_id"]) not in index:
+            raise DataError(f"{path}: annotations[{k}] refers to image "
+                            f"{shorten(ann['image_id'], 40)} or category "
+                            f"{shorten(ann['category_id'], 40)}, which the file does not list")
+        box = ann["bbox"]
+        if not (isinstance(box, list) and len(box) == 4 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in box)):
+            raise DataError(f"{path}: annotations[{k}].bbox must be 4 finite numbers [x, y, "
+                            f"width, height], got {shorten(json.dumps(box), 60)}")
+        if box[2] < 0 or box[3] < 0:
+            raise DataError(f"{path}: annotations[{k}].bbox has a negative width or height: "
+                            f"{box}")
+        boxes_of[_key(ann["image_id"])].append((k, box, index[_key(ann["category_id"])]))
+    root = path.parent.resolve()
     xs, ys = [], []
-    for image in doc["images"]:
-        candidates = [path.parent / image["file_name"], path.parent / "images" /
-                      image["file_name"]]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            raise DataError(f"{path}: image {image['file_name']} is not in {path.parent} "
-                            f"nor in {path.parent / 'images'}")
-        with Image.open(found) as im:
-            width, height = im.size
+    for k, image in enumerate(images):
+        found = _image_file(path, root, image["file_name"], f"images[{k}].file_name")
+        width, height = _open_image(found, lambda im: im.size)
         xs.append(read_image(found, shape))
-        rows = np.array(boxes_of[image["id"]], np.float32).reshape(-1, 5)
+        rows = []
+        for a, (bx, by, bw, bh), cls in boxes_of[_key(image["id"])]:
+            if bx < -1 or by < -1 or bx + bw > width + 1 or by + bh > height + 1:
+                raise DataError(f"{path}: annotations[{a}].bbox {[bx, by, bw, bh]} lies "
+                                f"outside image {image['file_name']} ({width}x{height})")
+            rows.append([bx, by, bx + bw, by + bh, cls])
+        rows = np.array(rows, np.float32).reshape(-1, 5)
         rows[:, [0, 2]] *= w / width
         rows[:, [1, 3]] *= h / height
         ys.append(rows)
@@ -298,5 +380,43 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
     y = np.empty(len(ys), dtype=object)
     y[:] = ys
     return holdout(np.stack(xs).astype(np.float32) / 255.0, y,
-                    [str(cat.get("name", cat["id"])) for cat in categories], test_fraction,
-                    seed, "detect")
+                   [shorten(cat.get("name", cat["id"]), 60) for cat in categories],
+                   test_fraction, seed, "detect")
+
+
+def _key(value):
+    """An id as a dictionary key (ids are numbers or text; anything else is refused)."""
+    return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) \
+        else ("unusable", repr(value)[:40])
+
+
+def _records(doc: dict, key: str, needed: tuple, path: Path) -> list[dict]:
+    items = doc[key]
+    if not isinstance(items, list):
+        raise DataError(f"{path}: '{key}' must be a list, got a JSON "
+                        f"{type(items).__name__}")
+    for k, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise DataError(f"{path}: {key}[{k}] must be a mapping, got a JSON "
+                            f"{type(item).__name__}")
+        lacking = [n for n in needed if n not in item]
+        if lacking:
+            raise DataError(f"{path}: {key}[{k}] lacks " + ", ".join(f"'{n}'" for n in lacking))
+    return items
+
+
+def _image_file(path: Path, root: Path, name: str, field: str) -> Path:
+    """An image a COCO file names, next to it or in its images/ folder, never outside
+    that folder (``../../etc/passwd`` is refused)."""
+    for candidate in (root / name, root / "images" / name):
+        try:
+            resolved = candidate.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            continue
+        if not resolved.is_relative_to(root):
+            raise DataError(f"{path}: {field} '{shorten(name, 60)}' leads outside the data "
+                            f"set's folder {root}")
+        if resolved.is_file():
+            return resolved
+    raise DataError(f"{path}: image {shorten(name, 60)} is not in {path.parent} nor in "
+                    f"{path.parent / 'images'}")

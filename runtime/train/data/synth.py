@@ -18,7 +18,11 @@ detection one holds an object array of (k, 5) float32 arrays ``x1, y1, x2, y2, c
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from runtime.limits import check_bytes
 
 from runtime.errors import DataError
 from runtime.train.data.sets import Dataset, Split, fit, resize
@@ -149,6 +153,9 @@ def load(name: str, count: str, shape, seed: int = 0) -> Split:
         raise DataError(f"'{name}:{count}': the part after the colon is the number of "
                         f"training images, a positive whole number")
     n_test = max(n // 4, 16)
+    # images, masks and their standardized copies
+    check_bytes(3 * 4 * (n + n_test) * math.prod(shape), f"generating {name}:{count}",
+                hint="ask for fewer images")
     if family == "shapes":
         classes = (["background", *SHAPES] if task == "segment" else list(SHAPES))
         parts = [shapes(k, shape, seed=seed * 2 + j) for j, k in enumerate((n, n_test))]
