@@ -220,6 +220,9 @@ def array_headers(path: str | Path, what: str = "weights file",
                                 f"({headers[''].nbytes:,} bytes) but holds {size - offset:,}: "
                                 f"it is cut short or padded")
                 return _within(headers, path, what, error, limit)
+            if not magic.startswith(b"PK"):
+                raise error(f"{what} {path} is not a NumPy array (.npy) nor an .npz file "
+                            f"(a zip of arrays, as numpy.savez writes)")
         with zipfile.ZipFile(path) as zf:
             members = zf.infolist()
             if len(members) > MAX_ARRAYS:

@@ -78,18 +78,27 @@ COMMANDS["export"] = (
 
 
 def _cmd_import(args: argparse.Namespace) -> int:
+    from archc.errors import OnnxError, SpecError
     from archc.export import from_onnx
+    from archc.spec.loader import load_yaml
     from archc.spec.writer import write_spec
+    from runtime.files import writable
     from runtime.params import save_params
 
-    if not os.path.isfile(args.model):
+    if not os.path.exists(args.model):
         raise UsageError(f"{args.model}: no such file")
     graph, params = from_onnx(args.model)
     weights = args.weights_out or os.path.splitext(args.output)[0] + ".npz"
+    writable(weights, "weights file")
     header = (f"{graph.name}: imported from {args.model} by archc import.\n"
               f"Its weights: {weights} (archc run {args.output} --weights {weights}).")
-    with open(args.output, "w") as f:
-        f.write(write_spec(graph, header))
+    text = write_spec(graph, header)
+    try:  # a spec archc would refuse to read back is not written
+        load_yaml(text, args.output)
+    except SpecError as exc:
+        raise OnnxError(f"the model is too large for an archc spec: {exc.message}",
+                        path=args.model) from None
+    write_atomically(args.output, text.encode())
     save_params(weights, params)
     print(f"wrote {args.output}: {graph.name}, {len(graph) - len(graph.inputs)} layers; "
           f"{weights}: {len(params)} arrays")

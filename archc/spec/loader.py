@@ -8,6 +8,8 @@ and the size after alias expansion are all capped before anything is built.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -292,20 +294,30 @@ def load_yaml(source: str | bytes, file: str = "<spec>") -> Any:
 
 
 def load_yaml_file(path: str | Path) -> Any:
-    """Read and parse a spec file; errors name the file."""
+    """Read and parse a spec file; errors name the file. Only a regular file of at most
+    ``MAX_FILE_BYTES`` is opened (``/dev/zero`` would never end, a FIFO never answer)."""
     path = Path(path)
     try:
-        if path.is_file() and path.stat().st_size > MAX_FILE_BYTES:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise SpecError(f"{path} is a directory, not a spec file")
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(f"{path} is not a regular file (a device, pipe or socket); a "
+                            f"spec is a YAML file")
+        if info.st_size > MAX_FILE_BYTES:
             raise SpecError(
-                f"file is {path.stat().st_size:,} bytes; specs are limited to "
-                f"{MAX_FILE_BYTES:,} bytes",
+                f"file is {info.st_size:,} bytes; specs are limited to {MAX_FILE_BYTES:,} bytes",
                 Loc(str(path)),
             )
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"no such file: {path}") from None
     except IsADirectoryError:
         raise SpecError(f"{path} is a directory, not a spec file") from None
     except OSError as exc:
         raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise SpecError(f"file grew past {MAX_FILE_BYTES:,} bytes while read; specs are "
+                        f"limited to {MAX_FILE_BYTES:,} bytes", Loc(str(path)))
     return load_yaml(data, str(path))

@@ -178,7 +178,7 @@ def test_damaged_weights_file(tmp_path_factory, capsys, damage_):
     os.chdir(folder)
     try:
         kit.spec()
-        path = Path(kit.weights())
+        path = folder / kit.weights()
     finally:
         os.chdir(ROOT)
     path.write_bytes(damage(path.read_bytes(), *damage_))

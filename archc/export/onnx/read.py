@@ -21,6 +21,8 @@ give the same graph even where ONNX cannot tell two layers apart.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,21 @@ from archc.ir import Graph, Node
 from archc.layers import get_layer
 from archc.naming import NameRule, torch_names
 from archc.shapes import infer_shapes
+from archc.spec.expand import MAX_NODES
+
+
+def _all_text(model) -> bool:
+    """Whether every name and note archc reads is text (protobuf hands invalid UTF-8 in a
+    string field back as bytes)."""
+    g = model.graph
+    fields = [g.name, model.doc_string, *(p.key for p in model.metadata_props),
+              *(p.value for p in model.metadata_props),
+              *(i.name for part in (g.input, g.output, g.initializer, g.value_info)
+                for i in part)]
+    for node in g.node:
+        fields += [node.name, node.op_type, node.doc_string, node.domain, *node.input,
+                   *node.output, *(a.name for a in node.attribute)]
+    return all(isinstance(f, str) for f in fields)
 
 
 def _note(node) -> dict | None:
@@ -141,9 +158,30 @@ def _read_inputs(r: Reader, model) -> None:
         r.layer_of[info.name] = name
 
 
+MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit for one message
+
+
+def _read_file(path: Path) -> bytes:
+    """The bytes of an ONNX file: a regular file (not a FIFO or a device) under 2 GiB."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise OnnxError("not an ONNX model: not a regular file (a folder, device, pipe "
+                            "or socket)", path=str(path))
+        if info.st_size > MAX_ONNX_BYTES:
+            raise OnnxError(f"the file is {info.st_size:,} bytes, over ONNX's limit of "
+                            f"{MAX_ONNX_BYTES:,} for one model (external data is not read)",
+                            path=str(path))
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise OnnxError("no such file", path=str(path)) from None
+    except OSError as exc:
+        raise OnnxError(f"cannot read the file: {exc.strerror or exc}", path=str(path)) from None
+
+
 def _parse(source: str | Path | bytes, name: str):
     onnx = onnx_module()
-    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    data = source if isinstance(source, bytes) else _read_file(Path(source))
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:
@@ -152,6 +190,12 @@ def _parse(source: str | Path | bytes, name: str):
                         path=name) from None
     if not model.graph.node or not model.graph.output:
         raise OnnxError("not an ONNX model: the file holds no graph", path=name)
+    if not _all_text(model):
+        raise OnnxError("the model holds names or notes that are not valid UTF-8 text (a "
+                        "damaged file?)", path=name)
+    if len(model.graph.node) > MAX_NODES:
+        raise OnnxError(f"the model has {len(model.graph.node):,} operators; an archc spec "
+                        f"holds at most {MAX_NODES:,} layers", path=name)
     try:
         onnx.checker.check_model(data)  # the bytes: no second serialisation
     except Exception as exc:
