@@ -50,7 +50,7 @@ def clip_words(text: str, limit: int = WORD_LIMIT) -> str:
     echoed whole into the error line.
 
     >>> clip_words("got the text '" + "x" * 200 + "'", 20)
-    "got the text 'xxxxxxxxxxxxxxxxxxxx... (201 characters)"
+    "got the text 'xxxxxxxxxxxxxxxxxxx... (202 characters)"
     """
     return re.sub(r"\S{%d,}" % (limit + 1),
                   lambda m: f"{m.group()[:limit]}... ({len(m.group()):,} characters)", text)

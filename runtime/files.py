@@ -23,13 +23,13 @@ Examples
 >>> np.savez(f"{folder}/w.npz", a=np.ones((2, 3), np.float32))
 >>> {k: (h.shape, str(h.dtype)) for k, h in array_headers(f"{folder}/w.npz").items()}
 {'a': ((2, 3), 'float32')}
->>> read_arrays(f"{folder}/w.npz")["a"].sum()
+>>> float(read_arrays(f"{folder}/w.npz")["a"].sum())
 6.0
 >>> np.savez(f"{folder}/c.npz", a=np.ones(2, np.complex64))
->>> read_arrays(f"{folder}/c.npz")
+>>> read_arrays(f"{folder}/c.npz")  # doctest: +ELLIPSIS
 Traceback (most recent call last):
     ...
-runtime.errors.WeightsError: array 'a' holds complex numbers (complex64); archc reads real numbers only
+runtime.errors.WeightsError: weights file .../c.npz: array 'a' holds complex numbers (complex64); archc reads real numbers only
 """
 
 from __future__ import annotations
@@ -119,9 +119,15 @@ def read_json(path: str | Path, what: str, error: type[ArchcError] = ArchcError,
     except ValueError as exc:
         raise error(f"{what} {path} is not valid JSON ({shorten(exc)})") from None
     if not isinstance(value, kind):
-        raise error(f"{what} {path} holds a JSON {type(value).__name__}; expected a "
-                    f"{'mapping' if kind is dict else kind.__name__}")
+        raise error(f"{what} {path} holds a JSON {json_type(value)}; expected a JSON "
+                    f"{'object' if kind is dict else 'array'}")
     return value
+
+
+def json_type(value: Any) -> str:
+    """JSON's name of a parsed value's type (object, array, string, number...)."""
+    return {dict: "object", list: "array", str: "string", bool: "true/false",
+            type(None): "null"}.get(type(value), "number")
 
 
 def json_lines(path: str | Path, what: str, error: type[ArchcError] = ArchcError,
@@ -191,10 +197,11 @@ def _header(f, where: str, error) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(int(s) for s in shape), np.dtype(dtype), f.tell()
 
 
-def _check_dtype(name: str, dtype: np.dtype, error) -> None:
+def _check_dtype(where: str, name: str, dtype: np.dtype, error) -> None:
     if dtype.hasobject or dtype.kind not in "biuf":
-        what = _KINDS.get(dtype.kind, str(dtype))
-        raise error(f"array '{name}' holds {what} ({dtype}); archc reads real numbers only")
+        what = _KINDS.get(dtype.kind, str(dtype)) + ("" if dtype.kind == "O" else f" ({dtype})")
+        label = f"array '{shorten(name, 60)}'" if name else "its array"
+        raise error(f"{where}: {label} holds {what}; archc reads real numbers only")
 
 
 def array_headers(path: str | Path, what: str = "weights file",
@@ -214,7 +221,7 @@ def array_headers(path: str | Path, what: str = "weights file",
                 f.seek(0)
                 shape, dtype, offset = _header(f, f"{what} {path}", error)
                 headers = {"": Header(shape, dtype, None)}
-                _check_dtype("", dtype, error)
+                _check_dtype(f"{what} {path}", "", dtype, error)
                 if headers[""].nbytes != size - offset:
                     raise error(f"{what} {path} declares {_fmt_shape(shape)} {dtype} values "
                                 f"({headers[''].nbytes:,} bytes) but holds {size - offset:,}: "
@@ -237,7 +244,7 @@ def array_headers(path: str | Path, what: str = "weights file",
                 with zf.open(info) as member:
                     shape, dtype, offset = _header(member, f"array '{shorten(name, 60)}' of "
                                                    f"{path}", error)
-                _check_dtype(name, dtype, error)
+                _check_dtype(f"{what} {path}", name, dtype, error)
                 headers[name] = Header(shape, dtype, info.filename)
                 if headers[name].nbytes != info.file_size - offset:
                     raise error(f"{what} {path}: array '{shorten(name, 60)}' declares "

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -134,7 +135,66 @@ def errors_markdown() -> str:
                           "```", ""]
         finally:
             os.chdir(cwd)
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(lines + hostile_markdown()).rstrip() + "\n"
+
+
+def hostile_markdown() -> list[str]:
+    """The files and values archc reads after the spec, damaged or hostile, with the
+    command and the exact text (the cases of ``tests/support/hostile_cases.py``), run with
+    a memory limit of 16 GiB so the numbers do not depend on this machine."""
+    from hostile_cases import CASES, TINY, Kit, release_locks
+
+    lines = [
+        "# Files, sizes and run folders",
+        "",
+        "Everything archc reads after the spec (weights, run folders, data sets, ONNX "
+        "models, `--input` arrays) and every size it would allocate is checked before "
+        "use: a damaged, hostile or oversized input ends in one `error:` line naming the "
+        "file (exit code 2), in seconds and without allocating what it declares. Memory "
+        "is compared with what the machine has available, or with `--max-memory` (or "
+        "`ARCHC_MAX_MEMORY`); the texts below were made with `ARCHC_MAX_MEMORY=16G`.",
+        "",
+        "A damaged newest checkpoint is not an error: `archc train --resume` and `archc "
+        "eval --weights RUN` print a `warning:` line naming what is damaged and go on from "
+        "the newest intact checkpoint.",
+        "",
+    ]
+    cwd = os.getcwd()
+    saved = os.environ.get("ARCHC_MAX_MEMORY")
+    os.environ["ARCHC_MAX_MEMORY"] = "16G"
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            os.chdir(tmp)
+            Path("tiny.yaml").write_text(TINY)
+            with contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                trained = main(["train", "tiny.yaml", "--data", "digits", "--epochs", "2",
+                                "--checkpoint-every", "20", "--out", "trained"])
+            if trained != 0:
+                raise SystemExit("training the run folder for the file cases failed")
+            for case in CASES:
+                folder = Path(tmp, case.kind)
+                folder.mkdir()
+                os.chdir(folder)
+                argv = case.make(Kit(Path(tmp, "trained")))
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    code = main(argv)
+                release_locks()
+                if code != 2:
+                    raise SystemExit(f"case {case.kind} exited {code}, expected 2")
+                shown = " ".join(shlex.quote(a if len(a) < 60 else a[:40] + "...")
+                                 for a in argv)
+                lines += [f"## {case.title}", "", f"<a id=\"{case.kind}\"></a>", "",
+                          f"`archc {shown}` prints:", "", "```text",
+                          err.getvalue().rstrip("\n"), "```", ""]
+        finally:
+            os.chdir(cwd)
+            if saved is None:
+                os.environ.pop("ARCHC_MAX_MEMORY", None)
+            else:
+                os.environ["ARCHC_MAX_MEMORY"] = saved
+    return lines
 
 
 def cli_markdown() -> str:

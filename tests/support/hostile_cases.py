@@ -171,6 +171,13 @@ def _run_with(weights_maker) -> Callable[[Kit], list[str]]:
     return make
 
 
+def _noise(count: int) -> bytes:
+    """Random bytes, the same every time (the documented messages stay the same)."""
+    import random
+
+    return random.Random(count).randbytes(count)
+
+
 def _write(name: str, data: bytes) -> str:
     Path(name).write_bytes(data)
     return name
@@ -276,10 +283,10 @@ CASES: list[FileCase] = [
              _run_with(lambda kit: (zip_bomb("w.npz", "fc.weight", 100_000_000), "w.npz")[1]),
              "does not fit tiny: missing: fc.bias | wrong shape: fc.weight (100000000,)"),
     FileCase("weights-not-zip", "Random bytes named .npz",
-             _run_with(lambda kit: _write("w.npz", os.urandom(1000))),
+             _run_with(lambda kit: _write("w.npz", _noise(1000))),
              "is not a NumPy array (.npy) nor an .npz file"),
     FileCase("weights-pt-garbage", "A damaged PyTorch file",
-             _run_with(lambda kit: _write("w.pt", b"PK\x03\x04" + os.urandom(500))),
+             _run_with(lambda kit: _write("w.pt", b"PK\x03\x04" + _noise(500))),
              "w.pt is not a readable PyTorch state_dict"),
     FileCase("weights-folder", "A folder that is not a run folder",
              _run_with(lambda kit: (os.makedirs("stuff", exist_ok=True), "stuff")[1]),
@@ -389,7 +396,7 @@ CASES: list[FileCase] = [
              "cannot read image imgs/a/big.png: 196,000,000 pixels"),
     FileCase("image-corrupt", "A corrupt image",
              lambda kit: (os.makedirs("imgs/a"), os.makedirs("imgs/b"),
-                          _write("imgs/a/bad.png", b"\x89PNG\r\n\x1a\n" + os.urandom(200)),
+                          _write("imgs/a/bad.png", b"\x89PNG\r\n\x1a\n" + _noise(200)),
                           png("imgs/b/1.png"),
                           ["train", kit.spec(TINY_RGB, "tiny_rgb.yaml"), "--data",
                            "folder:imgs"])[-1],
@@ -455,7 +462,7 @@ CASES: list[FileCase] = [
     FileCase("coco-images-not-list", "COCO images that are not a list",
              lambda kit: (kit.spec(TINY_RGB, "tiny_rgb.yaml"),
                           _coco_train(coco_file(images={"0": "0.png"})))[1],
-             "coco.json: 'images' must be a list"),
+             "coco.json: 'images' must be a list, got a JSON object"),
     FileCase("coco-deep", "Deeply nested JSON",
              lambda kit: (kit.spec(TINY_RGB, "tiny_rgb.yaml"),
                           _coco_train(coco_file(raw="[" * 100_000 + "]" * 100_000)))[1],
@@ -467,7 +474,7 @@ CASES: list[FileCase] = [
              "images[0].file_name '../../../../etc/passwd' leads outside"),
     # --- ONNX ------------------------------------------------------------------------
     FileCase("onnx-garbage", "An ONNX file of random bytes",
-             lambda kit: ["import", _write("m.onnx", os.urandom(300)), "-o", "m.yaml"],
+             lambda kit: ["import", _write("m.onnx", _noise(300)), "-o", "m.yaml"],
              "m.onnx"),
     FileCase("onnx-too-many-nodes", "An ONNX model too large for a spec",
              lambda kit: ["import", _relu_chain("big.onnx", 120_000), "-o", "big.yaml"],

@@ -2,7 +2,7 @@
 was never interrupted, bit for bit; a damaged newest checkpoint resumes from the one
 before; two trainings into one folder: the second is refused, the first ends intact.
 
-The kills happen in ``tests/train/crash/worker.py``, which forks a child per trial: right
+The kills happen in ``tests/train/crash/crasher.py``, which forks a child per trial: right
 after every kind of write a checkpoint makes (each file of a checkpoint folder, its
 manifest, the rename into place, each pointer, the log), in the middle of a file being
 written (half of it on disk), and at random instants on a timer.
@@ -22,7 +22,7 @@ from pathlib import Path
 from runtime.files import json_lines
 from runtime.train import checkpoint
 
-WORKER = Path(__file__).parent / "crash" / "worker.py"
+WORKER = Path(__file__).parent / "crash" / "crasher.py"
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import DataError
-from runtime.files import read_arrays, read_json, regular_file, shorten
+from runtime.files import json_type, read_arrays, read_json, regular_file, shorten
 from runtime.limits import check_bytes
 from runtime.train.data.sets import IGNORE, Dataset, Split, holdout, fit
 
@@ -393,12 +393,11 @@ def _key(value):
 def _records(doc: dict, key: str, needed: tuple, path: Path) -> list[dict]:
     items = doc[key]
     if not isinstance(items, list):
-        raise DataError(f"{path}: '{key}' must be a list, got a JSON "
-                        f"{type(items).__name__}")
+        raise DataError(f"{path}: '{key}' must be a list, got a JSON {json_type(items)}")
     for k, item in enumerate(items):
         if not isinstance(item, dict):
-            raise DataError(f"{path}: {key}[{k}] must be a mapping, got a JSON "
-                            f"{type(item).__name__}")
+            raise DataError(f"{path}: {key}[{k}] must be a JSON object, got a JSON "
+                            f"{json_type(item)}")
         lacking = [n for n in needed if n not in item]
         if lacking:
             raise DataError(f"{path}: {key}[{k}] lacks " + ", ".join(f"'{n}'" for n in lacking))
@@ -415,7 +414,8 @@ def _image_file(path: Path, root: Path, name: str, field: str) -> Path:
             continue
         if not resolved.is_relative_to(root):
             raise DataError(f"{path}: {field} '{shorten(name, 60)}' leads outside the data "
-                            f"set's folder {root}")
+                            f"set's folder (image files must be beside {path.name} or in "
+                            f"its images/ folder)")
         if resolved.is_file():
             return resolved
     raise DataError(f"{path}: image {shorten(name, 60)} is not in {path.parent} nor in "

@@ -2,7 +2,7 @@
 process that forks one child per trial: a process that has run Numba's parallel kernels
 (GNU OpenMP) must not fork, so this one never trains itself.
 
-    python tests/train/crash/worker.py MODE OUT_DIR
+    python tests/train/crash/crasher.py MODE OUT_DIR
 
 MODE: ``after-write`` (killed right after each kind of write a checkpoint makes),
 ``half-write`` (killed with half of a file on disk), ``random`` (killed on a timer),
