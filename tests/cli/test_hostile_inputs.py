@@ -266,3 +266,56 @@ def test_random_npz_data(tmp_path_factory, capsys, data):
                     capsys)
     clean_outcome(code, err, allowed=(2,))
 
+
+
+# --- warnings and options ----------------------------------------------------------------
+
+
+def test_library_warnings_never_stand_before_the_error(monkeypatch, capsys):
+    """NumPy's RuntimeWarning and ComplexWarning stay out of a user's way (shown with
+    ARCHC_DEBUG); archc's own warnings are one ``warning:`` line."""
+    import warnings
+
+    import numpy as np
+
+    from archc.cli.common import COMMANDS
+    from runtime.errors import ArchcWarning, InputError
+
+    def noisy(args):
+        with np.errstate(over="warn"):
+            np.float32(3e38) * np.float32(10)  # RuntimeWarning: overflow
+        warnings.warn("casting complex values", np.exceptions.ComplexWarning)
+        warnings.warn("run: ckpt-0002 is damaged: using ckpt-0001", ArchcWarning)
+        raise InputError("the real problem")
+
+    help_text, setup, _ = COMMANDS["check"]
+    monkeypatch.setitem(COMMANDS, "check", (help_text, setup, noisy))
+    monkeypatch.delenv("ARCHC_DEBUG", raising=False)
+    assert main(["check", "net.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: run: ckpt-0002 is damaged: using ckpt-0001", "error: the real problem"]
+
+
+def test_nonfinite_weights_load_when_allowed(tmp_path, capsys):
+    import numpy as np
+
+    os.chdir(tmp_path)
+    try:
+        kit = Kit(tmp_path)
+        kit.spec()
+        kit.weights(**{"fc.bias": np.full(10, np.nan, np.float32)})
+        assert main(["run", "tiny.yaml", "--weights", "w.npz"]) == 2
+        assert main(["run", "tiny.yaml", "--weights", "w.npz", "--allow-nonfinite"]) == 0
+    finally:
+        os.chdir(ROOT)
+    assert "fc: 1 x 10" in capsys.readouterr().out
+
+
+def test_memory_limit_from_the_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ARCHC_MAX_MEMORY", "1K")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    assert main(["run", str(tmp_path / "tiny.yaml")]) == 2
+    assert "more than the 1.0 KiB ARCHC_MAX_MEMORY" in capsys.readouterr().err
+    monkeypatch.setenv("ARCHC_MAX_MEMORY", "lots")
+    assert main(["run", str(tmp_path / "tiny.yaml")]) == 2
+    assert "'lots' is not an amount of memory" in capsys.readouterr().err
