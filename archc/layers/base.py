@@ -49,9 +49,14 @@ def describe(value: Any) -> str:
     return repr(value)
 
 
+MAX_INT = 2**63  # as the spec language's numbers
+
+
 def _as_int(value: Any) -> int:
     if isinstance(value, bool):
         raise AttrError(f"expected an integer, got {describe(value)}")
+    if isinstance(value, (int, float)) and abs(value) > MAX_INT:
+        raise AttrError(f"{value:.3g} is too large for an integer attribute (over 2**63)")
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():

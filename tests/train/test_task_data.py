@@ -103,7 +103,7 @@ def test_coco_boxes(tmp_path):
     assert scaled == [(0, 0, 20, 10, 0), (2, 1, 6, 4, 1)]
     doc["annotations"].append({"image_id": 99, "bbox": [0, 0, 1, 1], "category_id": 7})
     path.write_text(json.dumps(doc))
-    with pytest.raises(data.DataError, match="annotation 2 refers to image 99"):
+    with pytest.raises(data.DataError, match=r"annotations\[2\] refers to image 99"):
         data.load(f"coco:{path}", (3, 10, 20))
     path.write_text("[1]")
     with pytest.raises(data.DataError, match="JSON object"):

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import DataError
-from runtime.files import json_type, read_arrays, read_json, regular_file, shorten
+from runtime.files import (json_type, read_arrays, read_bytes, read_json, regular_file,
+                           shorten)
 from runtime.limits import check_bytes
 from runtime.train.data.sets import IGNORE, Dataset, Split, holdout, fit
 
@@ -304,7 +305,8 @@ def mask_folder(directory: str | Path, shape, test_fraction: float = 0.2,
     y[y == 255] = IGNORE
     names_file = directory / "classes.txt"
     count = int(y.max(initial=0)) + 1
-    classes = (names_file.read_text().split("\n") if names_file.is_file() else
+    classes = (read_bytes(names_file, "class names file", DataError, 1 << 20)
+               .decode("utf-8", "replace").split("\n") if names_file.exists() else
                [str(k) for k in range(count)])
     classes = [n.strip() for n in classes if n.strip()]
     if len(classes) < count:
