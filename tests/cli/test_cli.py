@@ -141,7 +141,7 @@ def test_run_bad_inputs_are_user_errors(tmp_path):
     assert out.returncode == 2 and "must have shape (N, 1, 32, 32)" in out.stderr
     (tmp_path / "bad.npy").write_bytes(b"garbage")
     out = run("run", "specs/lenet5.yaml", "--input", str(tmp_path / "bad.npy"))
-    assert out.returncode == 2 and "not a readable .npy" in out.stderr
+    assert out.returncode == 2 and "is not a NumPy array (.npy) nor an .npz file" in out.stderr
     out = run("run", "specs/lenet5.yaml", "--weights", str(tmp_path / "none.npz"))
     assert out.returncode == 2 and "no such weights file" in out.stderr
     assert "Traceback" not in out.stderr

@@ -158,7 +158,7 @@ def test_weights_round_trip_and_errors(tmp_path):
     with pytest.raises(WeightsError, match="missing: c1.bias"):
         model.load(tmp_path / "bad.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    with pytest.raises(WeightsError, match="not a readable"):
+    with pytest.raises(WeightsError, match=r"is not a NumPy array \(.npy\) nor an .npz file"):
         model.load(tmp_path / "junk.npz")
 
 
