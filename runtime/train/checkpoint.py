@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import ArchcWarning, RunFolderError, TrainingError
-from runtime.files import read_arrays, read_json
+from runtime.files import json_lines, read_arrays, read_json
 
 FILES = ("weights.npz", "optimizer.npz", "state.json")
 _NAME = re.compile(r"ckpt-(\d+)(?:-(\d+))?")
@@ -156,6 +156,16 @@ def verify(run: Path, folder: str, manifest_sum: str | None = None) -> str | Non
     return None
 
 
+def _legacy(run: Path, pointer: dict) -> bool:
+    """A checkpoint written before checkpoints had manifests (archc 0.x): named by a
+    pointer without a checksum, no manifest.json, its three files present. It cannot be
+    verified; its files are still checked as they are read."""
+    path = run / str(pointer["checkpoint"])
+    return ("manifest" not in pointer and _NAME.fullmatch(str(pointer["checkpoint"])) is not None
+            and not (path / "manifest.json").exists()
+            and all((path / name).is_file() for name in FILES))
+
+
 def _order(folder: str) -> tuple[int, float]:
     match = _NAME.fullmatch(folder)
     return (int(match[1]), float(match[2]) if match[2] else float("inf"))
@@ -175,7 +185,7 @@ def find(run: Path, which: str = "last.json") -> tuple[str, list[str]]:
     else:
         tried.append(pointer["checkpoint"])
         why = verify(run, pointer["checkpoint"], pointer.get("manifest"))
-        if why is None:
+        if why is None or _legacy(run, pointer):
             return pointer["checkpoint"], reasons
         reasons.append(why)
         if isinstance(pointer.get("previous"), str):
@@ -225,6 +235,8 @@ def load(run: Path, model, optimizer, which: str = "last.json") -> dict:
     _warn(run, folder, reasons)
     path = run / folder
     state = read_json(path / "state.json", "checkpoint state", TrainingError)
+    if "history" not in state:  # a checkpoint from before the log's rows were kept in it
+        state["history"] = json_lines(run / "log.jsonl", "log", TrainingError)
     _check_state(state, path / "state.json")
     model.load(path / "weights.npz", allow_nonfinite=True)  # written by this run
     saved = read_arrays(path / "optimizer.npz", "optimizer state", TrainingError,

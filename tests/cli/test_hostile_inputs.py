@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from archc.cli import main
 from hostile_cases import CASES, TINY, Kit, release_locks
+from runtime.files import json_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 20  # per case, including compiling the tiny network on a cold cache
@@ -323,3 +324,26 @@ def test_memory_limit_from_the_environment(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ARCHC_MAX_MEMORY", "lots")
     assert main(["run", str(tmp_path / "tiny.yaml")]) == 2
     assert "'lots' is not an amount of memory" in capsys.readouterr().err
+
+
+def test_a_run_folder_from_before_manifests_still_resumes(trained, tmp_path, capsys):
+    """Checkpoints written before manifests (no checksums, the log's rows only in
+    log.jsonl) are read as they are: evaluated and resumed."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    for name in ("last.json", "best.json"):
+        pointer = json.loads((run / name).read_text())
+        (run / name).write_text(json.dumps({"checkpoint": pointer["checkpoint"]}))
+    for folder in run.glob("ckpt-*"):
+        (folder / "manifest.json").unlink()
+        state = json.loads((folder / "state.json").read_text())
+        del state["history"]
+        (folder / "state.json").write_text(json.dumps(state))
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    code, err = _in(tmp_path, ["eval", "tiny.yaml", "--data", "digits", "--weights", "run"],
+                    capsys)
+    assert code == 0 and not err, err
+    code, err = _in(tmp_path, ["train", "tiny.yaml", "--data", "digits", "--epochs", "3",
+                               "--resume", "run"], capsys)
+    assert code == 0 and not err, err
+    assert [row["epoch"] for row in json_lines(run / "log.jsonl", "log")] == [1, 2, 3]
