@@ -26,6 +26,25 @@ def test_bench_runtime_quick_prints_ratios():
     assert all(r.split()[5].endswith("x") for r in rows)
 
 
+def test_bench_engines_quick_prints_every_engine_and_the_ratios():
+    """archc -O0/-O2, PyTorch and ONNX Runtime (OpenVINO too where installed) on one row."""
+    out = subprocess.run([sys.executable, "bench/bench_engines.py", "--quick", "--repeat", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
+    header = next(line for line in out.splitlines() if line.startswith("| network"))
+    for column in ("archc -O0", "archc -O2", "PyTorch", "ONNX Runtime", "-O2 / ONNX Runtime",
+                   "of sgemm"):
+        assert f"| {column} |" in header, header
+    (row,) = [line for line in out.splitlines() if line.startswith("| lenet5 | 8 |")]
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    cells = dict(zip(columns, (c.strip() for c in row.strip("|").split("|"))))
+    assert len(cells) == len(columns)
+    for column, cell in cells.items():
+        if column.startswith("-O2 / "):
+            assert cell.endswith("x") and float(cell[:-1]) > 0, (column, cell)
+        elif column.startswith(("archc", "PyTorch", "ONNX", "OpenVINO")):
+            assert float(cell) > 0, (column, cell)
+
+
 def test_bench_activations_names_the_faster_choice():
     out = subprocess.run([sys.executable, "bench/bench_activations.py", "--repeat", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
