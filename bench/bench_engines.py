@@ -112,14 +112,21 @@ def engines(graph, threads: int, folder: str) -> dict:
     return out
 
 
+# ONNX Runtime's and OpenVINO's worker threads spin for a while after a call; the engine
+# timed next would share the cores with them (archc -O0 at resnet18 batch 1 measured 2x
+# slower right after OpenVINO). A pause before each call lets them go idle.
+PAUSE = 0.05
+
+
 def interleaved(runs: dict, x: np.ndarray, repeat: int) -> dict[str, float]:
-    """Median seconds of each engine over ``repeat`` rounds, one call of each per round,
-    after a warm-up call of each."""
+    """Median seconds of each engine over ``repeat`` rounds, one call of each per round
+    (after a pause), after a warm-up call of each."""
     for run in runs.values():
         run(x)
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeat):
         for name, run in runs.items():
+            time.sleep(PAUSE)
             start = time.perf_counter()
             run(x)
             times[name].append(time.perf_counter() - start)
