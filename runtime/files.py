@@ -46,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 from runtime.errors import ArchcError, UsageError, WeightsError
+from runtime.limits import check_bytes, fmt_bytes
 
 MiB = 1 << 20
 MAX_JSON_BYTES = 64 * MiB  # a run folder's pointer, state, task and log files
@@ -272,8 +273,6 @@ def _fmt_shape(shape) -> str:
 def _within(headers: dict, path, what: str, error, limit: int | None) -> dict[str, Header]:
     total = sum(h.nbytes for h in headers.values())
     if limit is not None and total > limit:
-        from runtime.limits import fmt_bytes
-
         raise error(f"{what} {path} declares {fmt_bytes(total)} of arrays; more than the "
                     f"{fmt_bytes(limit)} this reader allows")
     return headers
@@ -287,8 +286,6 @@ def read_arrays(path: str | Path, what: str = "weights file",
     after :func:`array_headers` checked them: ``names`` picks which to read from the
     headers (the others are never decompressed); ``limit`` bounds the bytes in all; with
     ``finite``, NaN and infinite values are refused."""
-    from runtime.limits import check_bytes
-
     headers = array_headers(path, what, error, limit)
     wanted = list(headers) if names is None else names(headers)
     check_bytes(sum(headers[n].nbytes for n in wanted), f"reading {what} {path}")

@@ -113,15 +113,14 @@ def activation_bytes(program: Program, training: bool) -> tuple[int, str, int]:
     return total, largest, per_op.get(largest, 0)
 
 
-def check_program(program: Program, batch: int = 0, training: bool = False,
-                  doing: str | None = None) -> None:
+def check_program(program: Program, batch: int = 0, training: bool = False) -> None:
     """Refuse a program whose weights (and, for a ``batch``, activations; training: with
     gradients and optimiser state) need more memory than the limit allows."""
     weights, big_param, big_param_bytes = parameter_bytes(program)
     weights *= 4 if training else 1  # parameters, gradients, two optimiser moments
     acts, big_op, big_op_bytes = activation_bytes(program, training) if batch else (0, "", 0)
-    doing = doing or (f"{'training' if training else 'running'} {program.name} at batch "
-                      f"{batch:,}" if batch else f"compiling {program.name}")
+    doing = (f"{'training' if training else 'running'} {program.name} at batch {batch:,}"
+             if batch else f"compiling {program.name}")
     parts = [(f"parameter {big_param}", big_param_bytes)] if big_param else []
     if batch and big_op:
         parts.append((f"output of {big_op} at batch {batch:,}", big_op_bytes * batch))
