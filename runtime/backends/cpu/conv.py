@@ -14,7 +14,8 @@ docs/performance.md):
   ``cols[(c, i, j), (n, y, x)] = x_padded[n, c, y*s + i*d, x*s + j*d]``, input gradient by
   col2im.
 - unpadded 1x1: a GEMM per sample on the map as it lies.
-- depthwise: a direct loop (one filter per channel: a GEMM would be C tiny products).
+- depthwise: a direct loop per plane on its phase grid (one filter per channel: a GEMM
+  would be C tiny products; conv_depthwise.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from runtime.backends.cpu.conv_depthwise import depthwise_backward_kernel, depthwise_forward_kernel
 from runtime.backends.cpu.conv_direct import (
-    depthwise_filter_grad_kernel,
-    depthwise_forward_kernel,
-    depthwise_input_grad_kernel,
     pointwise_kernel,
     pointwise_weight_grad_kernel,
 )
@@ -45,11 +44,6 @@ from runtime.backends.cpu.conv_im2col import (
 from runtime.backends.cpu.elementwise import NO_ACTIVATION, fused_forward
 
 
-def _padded(x, op):
-    (pt, pb), (pl, pr) = op.attrs["pads"]
-    return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if pt or pb or pl or pr else x
-
-
 def _geometry(op):
     a = op.attrs
     (kh, kw), (sh, sw), (dh, dw) = a["kernel_size"], a["stride"], a["dilation"]
@@ -58,20 +52,9 @@ def _geometry(op):
     return kh, kw, sh, sw, dh, dw, pt, pl, ho, wo
 
 
-def _is_pointwise(op) -> bool:
-    """A 1x1 conv without padding is a GEMM per sample on the map as it lies: no im2col."""
-    a = op.attrs
-    return tuple(a["kernel_size"]) == (1, 1) and a["pads"] == ((0, 0), (0, 0))
-
-
 def _pointwise_input(op, x):
     sh, sw = op.attrs["stride"]
     return np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
-
-
-def _is_depthwise(op, x) -> bool:
-    g = op.attrs["groups"]
-    return g > 1 and g == x.shape[1]
 
 
 class _Grid:
@@ -90,6 +73,11 @@ class _Grid:
 
     def grid(self, x):
         return to_grid(x, self.top, self.left, self.hp, self.wp, self.tail)
+
+
+def _flat_filters(w):
+    """A depthwise conv's filters (C*mult, 1, kh, kw) as rows (C*mult, kh*kw)."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1))
 
 
 def _taps(w):
@@ -148,14 +136,29 @@ GRID_WASTE_LIMIT = 1.6
 GRID_FEW_CHANNELS = 128  # below this many input channels per group, the grid regardless
 
 
-def _use_grid(op, x) -> bool:
-    (pt, pb), (pl, pr) = op.attrs["pads"]
-    h, w = x.shape[2:]
+def choose(op) -> tuple[str, str]:
+    """The algorithm the CPU runs a conv2d with, and why: ``depthwise``, ``pointwise``,
+    ``grid`` or ``im2col`` (see the module docstring). Decided from the op's shapes and
+    attributes alone, so the choice is known before the first image (``archc bench``
+    prints it per layer)."""
+    a = op.attrs
+    c, h, w = op.in_shapes[0]
+    groups = a["groups"]
+    if groups > 1 and groups == c:
+        return "depthwise", "one filter per channel: a direct loop (a GEMM would be tiny)"
+    if tuple(a["kernel_size"]) == (1, 1) and a["pads"] == ((0, 0), (0, 0)):
+        return "pointwise", "an unpadded 1x1: a GEMM on the map as it lies"
+    if not GRID_AT_STRIDE_1 or tuple(a["stride"]) != (1, 1):
+        return "im2col", "strided: im2col + GEMM"
+    (pt, pb), (pl, pr) = a["pads"]
     ho, wo = op.out_shape[1:]
     waste = (h + pt + pb) * (w + pl + pr) / (ho * wo)
-    few = x.shape[1] // op.attrs["groups"] < GRID_FEW_CHANNELS
-    return GRID_AT_STRIDE_1 and tuple(op.attrs["stride"]) == (1, 1) and (
-        waste <= GRID_WASTE_LIMIT or few)
+    if waste <= GRID_WASTE_LIMIT:
+        return "grid", f"stride 1: a GEMM per tap on the padded grid ({waste:.2f}x the output)"
+    if c // groups < GRID_FEW_CHANNELS:
+        return "grid", f"stride 1 with {c // groups} channels per group: a GEMM per tap"
+    return "im2col", (f"a padded grid {waste:.2f}x the output with {c // groups} channels per "
+                      "group: im2col + GEMM")
 
 
 def _bias(p, x):
@@ -178,11 +181,12 @@ def _conv2d(op, xs, p, code, slope):
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     groups = op.attrs["groups"]
-    if _is_depthwise(op, x):
-        return depthwise_forward_kernel(_padded(x, op), np.ascontiguousarray(w), kh, kw, sh, sw,
-                                        dh, dw, ho, wo, w.shape[0] // x.shape[1], _bias(p, x),
+    algorithm = choose(op)[0]
+    if algorithm == "depthwise":
+        return depthwise_forward_kernel(x, _flat_filters(w), kh, kw, sh, sw, dh, dw, pt, pl,
+                                        ho, wo, w.shape[0] // x.shape[1], _bias(p, x),
                                         residual, code, slope)
-    if _is_pointwise(op):
+    if algorithm == "pointwise":
         xs_ = _pointwise_input(op, x)
         n, c = xs_.shape[:2]
         w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
@@ -190,7 +194,7 @@ def _conv2d(op, xs, p, code, slope):
         y = pointwise_kernel(xs_.reshape(n, c, ho * wo), w2, groups, False, _bias(p, x),
                              _block(w.shape[0] // groups), res3, code, slope)
         return y.reshape(n, w.shape[0], ho, wo)
-    if _use_grid(op, x):
+    if algorithm == "grid":
         return _grid_forward(op, x, w, _bias(p, x), residual, code, slope)
     # otherwise im2col + GEMM, panel by panel; the output is a grid with hp, wp = ho, wo
     wmat = np.ascontiguousarray(w.reshape(w.shape[0], -1))
@@ -212,25 +216,13 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
     grads = {}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
-    if _is_depthwise(op, x):
-        mult = w.shape[0] // x.shape[1]
-        xp = _padded(x, op)
-        grads["weight"] = depthwise_filter_grad_kernel(xp, gy, kh, kw, sh, sw, dh, dw, mult)
-        hp, wp = xp.shape[2:]
-        if (sh, sw) == (1, 1) and mult == 1:
-            # a stride-1 depthwise conv's input gradient is the forward kernel run on gy
-            # padded by the filter's reach, with the filters flipped
-            eh, ew = (kh - 1) * dh, (kw - 1) * dw
-            gyp = np.pad(gy, ((0, 0), (0, 0), (eh, eh), (ew, ew)))
-            flipped = np.ascontiguousarray(w[:, :, ::-1, ::-1])
-            gxp = depthwise_forward_kernel(gyp, flipped, kh, kw, 1, 1, dh, dw, hp, wp, 1,
-                                           *_no_epilogue(gy))
-        else:
-            gxp = depthwise_input_grad_kernel(gy, np.ascontiguousarray(w), hp, wp, kh, kw, sh,
-                                              sw, dh, dw, mult)
-        h, wd = x.shape[2:]
-        return [np.ascontiguousarray(gxp[:, :, pt:pt + h, pl:pl + wd])], grads
-    if _is_pointwise(op):
+    algorithm = choose(op)[0]
+    if algorithm == "depthwise":
+        gw, gx = depthwise_backward_kernel(x, _flat_filters(w), gy, kh, kw, sh, sw, dh, dw, pt,
+                                           pl, True)
+        grads["weight"] = gw.reshape(w.shape)
+        return [gx], grads
+    if algorithm == "pointwise":
         xs_ = _pointwise_input(op, x)
         n, c = xs_.shape[:2]
         x3, gy3 = xs_.reshape(n, c, ho * wo), gy.reshape(n, w.shape[0], ho * wo)
@@ -245,7 +237,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
         gx = np.zeros_like(x)
         gx[:, :, ::sh, ::sw] = gsub
         return [gx], grads
-    if _use_grid(op, x):
+    if algorithm == "grid":
         gx, grads["weight"] = _grid_backward(op, x, w, gy)
         return [gx], grads
     n, c, h, wd = x.shape

@@ -1,0 +1,86 @@
+"""Each CPU convolution algorithm against the reference backend (float64), forward with its
+fused epilogue and backward, over hypothesis-drawn shapes that the algorithm is chosen
+for: strides, asymmetric padding, dilation, channel multipliers, odd sizes, batch 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from layer_cases import one_op
+from runtime.backends import cpu
+from runtime.backends.activations import activation_code
+from runtime.backends.cpu import conv
+from runtime.backends.reference import KERNELS as REF
+from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD
+from runtime.context import KernelContext
+
+
+def _depthwise(draw):
+    c = draw(st.integers(2, 6))
+    k = draw(st.tuples(st.integers(1, 5), st.integers(1, 5)))
+    return c, {"out_channels": c * draw(st.integers(1, 3)), "groups": c, "kernel_size": k}
+
+
+CASES = {"depthwise": _depthwise}
+
+
+@st.composite
+def conv_case(draw, algorithm):
+    c, attrs = CASES[algorithm](draw)
+    attrs.setdefault("stride", draw(st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    attrs.setdefault("dilation", draw(st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    attrs.setdefault("padding", draw(st.one_of(
+        st.tuples(st.integers(0, 3), st.integers(0, 3)), st.just("valid"))))
+    attrs["bias"] = draw(st.booleans())
+    (kh, kw), (dh, dw) = attrs["kernel_size"], attrs["dilation"]
+    # maps from just big enough for one output to a few outputs more, odd sizes included
+    h = (kh - 1) * dh + 1 + draw(st.integers(0, 9))
+    w = (kw - 1) * dw + 1 + draw(st.integers(0, 9))
+    return attrs, (c, h, w), draw(st.integers(1, 3))
+
+
+@pytest.mark.parametrize("algorithm", sorted(CASES))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_algorithm_matches_reference(algorithm, data):
+    attrs, shape, batch = data.draw(conv_case(algorithm))
+    op, _ = one_op("conv2d", {**attrs, "in_channels": None}, [shape])
+    assert conv.choose(op)[0] == algorithm
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((batch,) + shape)
+    params = {"weight": rng.standard_normal(_weight_shape(op, shape))}
+    if attrs["bias"]:
+        params["bias"] = rng.standard_normal(op.out_shape[0])
+    residual = rng.standard_normal((batch,) + op.out_shape) if data.draw(st.booleans()) else None
+    act = data.draw(st.sampled_from([None, ("relu6", {}), ("silu", {}),
+                                     ("leaky_relu", {"negative_slope": 0.1})]))
+    ctx = KernelContext()
+    expected = REF["conv2d"](op, [x], params, ctx)
+    if residual is not None:
+        expected = expected + residual
+    code, slope = activation_code(*act) if act else (-1, 0.0)
+    if act:
+        from runtime.backends.activations import reference_forward
+        expected = reference_forward(act[0], act[1], expected)
+    x32, p32 = x.astype(np.float32), {k: v.astype(np.float32) for k, v in params.items()}
+    xs = [x32] + ([residual.astype(np.float32)] if residual is not None else [])
+    got = conv._conv2d(op, xs, p32, code, slope)
+    scale = max(np.abs(expected).max(), 1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+    gy = rng.standard_normal((batch,) + op.out_shape)
+    ref_gx, ref_gp = REF_BACKWARD["conv2d"](op, [x], None, gy, params, ctx)
+    got_gx, got_gp = cpu.conv.conv2d_backward(op, [x32], None, gy.astype(np.float32), p32, ctx)
+    np.testing.assert_allclose(got_gx[0], ref_gx[0], rtol=1e-4,
+                               atol=1e-5 * max(np.abs(ref_gx[0]).max(), 1.0))
+    for key, value in ref_gp.items():
+        np.testing.assert_allclose(got_gp[key], value, rtol=1e-4,
+                                   atol=1e-5 * max(np.abs(value).max(), 1.0), err_msg=key)
+
+
+def _weight_shape(op, shape):
+    kh, kw = op.attrs["kernel_size"]
+    return (op.out_shape[0], shape[0] // op.attrs["groups"], kh, kw)
