@@ -24,7 +24,32 @@ def _depthwise(draw):
     return c, {"out_channels": c * draw(st.integers(1, 3)), "groups": c, "kernel_size": k}
 
 
-CASES = {"depthwise": _depthwise}
+def _grouped(draw, kernel):
+    """Channels and attributes of an ordinary (not depthwise) grouped conv."""
+    groups = draw(st.integers(1, 3))
+    c = groups * draw(st.integers(1 if groups == 1 else 2, 3))
+    return c, {"out_channels": groups * draw(st.integers(1, 3)), "groups": groups,
+               "kernel_size": kernel}
+
+
+def _grid(draw):
+    c, attrs = _grouped(draw, draw(st.tuples(st.integers(1, 4), st.integers(2, 4))))
+    return c, {**attrs, "stride": (1, 1)}
+
+
+def _im2col(draw):
+    c, attrs = _grouped(draw, draw(st.tuples(st.integers(1, 4), st.integers(1, 4))))
+    stride = draw(st.sampled_from([(2, 1), (1, 2), (2, 2), (3, 2), (2, 3)]))
+    return c, {**attrs, "stride": stride, "padding": draw(
+        st.tuples(st.integers(1, 3), st.integers(0, 3)))}
+
+
+def _pointwise(draw):
+    c, attrs = _grouped(draw, (1, 1))
+    return c, {**attrs, "padding": (0, 0), "dilation": (1, 1)}
+
+
+CASES = {"depthwise": _depthwise, "grid": _grid, "im2col": _im2col, "pointwise": _pointwise}
 
 
 @st.composite

@@ -6,7 +6,7 @@ L]``), and the two gradients as the adjoint and a GEMM per tap."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
 from runtime.backends.cpu.elementwise import activate_inplace
@@ -24,22 +24,26 @@ def to_grid(x, top, left, hp, wp, tail):
         ch = job // n
         b = job % n
         base = b * plane
+        dest = grid[ch]
+        # unsigned column indices: a signed one is checked for wrap-around (a negative
+        # index counts from the end) and that check keeps the copy from vectorising
         for yy in range(hp):
-            row = base + yy * wp
+            row = uint64(base + yy * wp)
             src_y = yy - top
             if src_y < 0 or src_y >= h:
-                for xx in range(wp):
-                    grid[ch, row + xx] = 0.0
+                for xx in range(uint64(wp)):
+                    dest[row + xx] = 0.0
                 continue
-            for xx in range(left):
-                grid[ch, row + xx] = 0.0
-            for xx in range(w):
-                grid[ch, row + left + xx] = x[b, ch, src_y, xx]
-            for xx in range(left + w, wp):
-                grid[ch, row + xx] = 0.0
+            for xx in range(uint64(left)):
+                dest[row + xx] = 0.0
+            at = row + uint64(left)
+            for xx in range(uint64(w)):
+                dest[at + xx] = x[b, ch, src_y, xx]
+            for xx in range(uint64(left + w), uint64(wp)):
+                dest[row + xx] = 0.0
         if b == n - 1:
-            for t in range(tail):
-                grid[ch, n * plane + t] = 0.0
+            for t in range(uint64(tail)):
+                dest[uint64(n * plane) + t] = 0.0
     return grid
 
 
@@ -47,24 +51,24 @@ def to_grid(x, top, left, hp, wp, tail):
 def from_grid(grid, n, top, left, h, w, hp, wp, bias, residual, code, slope):
     """The (N, C, h, w) window at (top, left) of each sample's block of a grid, plus a
     per-channel bias and a residual (empty arrays add nothing), then activation ``code``
-    (negative: none), row by row while the row is in cache: the fused epilogue."""
+    (negative: none) on each plane while it is in cache: the fused epilogue."""
     c = grid.shape[0]
     plane = hp * wp
     y = np.empty((n, c, h, w), dtype=grid.dtype)
+    shift = bias if bias.size else np.zeros(c, dtype=grid.dtype)
     for job in prange(n * c):
         b = job // c
         ch = job % c
-        add = bias[ch] if bias.size else 0.0
+        add = shift[ch]
+        src = grid[ch]
         for yy in range(h):
-            row = b * plane + (yy + top) * wp + left
-            out = y[b, ch, yy]
-            for xx in range(w):
-                out[xx] = grid[ch, row + xx] + add
+            row = uint64(b * plane + (yy + top) * wp + left)
+            for xx in range(uint64(w)):
+                y[b, ch, yy, xx] = src[row + xx] + add
             if residual.shape[0]:
-                res = residual[b, ch, yy]
-                for xx in range(w):
-                    out[xx] += res[xx]
-            activate_inplace(out, code, slope)
+                for xx in range(uint64(w)):
+                    y[b, ch, yy, xx] += residual[b, ch, yy, xx]
+        activate_inplace(y[b, ch].reshape(h * w), code, slope)
     return y
 
 

@@ -1,14 +1,28 @@
 """im2col for strided convolutions on the CPU: ``cols[(c, i, j), (n, y, x)] =
 x_padded[n, c, y*s + i*d, x*s + j*d]`` for the whole batch (or a panel of it, fed straight
-to a GEMM), and col2im, its adjoint, for the input gradient."""
+to a GEMM), and col2im, its adjoint, for the input gradient.
+
+Every copy works on spans: the output columns of a filter tap whose source lies inside
+the input are computed once per row (no test per element), and the indices in the loops
+are unsigned (Numba checks a signed index for wrap-around, which keeps a loop scalar)."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
 from runtime.config import PARALLEL
+
+
+@njit(cache=True)
+def inside(j, dw, pl, sw, w, wo):
+    """The output columns [x0, x1) whose source column ``xx*sw + j*dw - pl`` lies in
+    [0, w), and that shift ``j*dw - pl``."""
+    shift = j * dw - pl
+    x0 = min(wo, max(0, (-shift + sw - 1) // sw))
+    x1 = min(wo, max(x0, (w - 1 - shift) // sw + 1)) if w - 1 - shift >= 0 else x0
+    return x0, x1, shift
 
 
 @njit(cache=True, **PARALLEL)
@@ -25,28 +39,22 @@ def im2col_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
         ch = row // (kh * kw)
         i = (row // kw) % kh
         j = row % kw
-        # output columns xx whose source column xx*sw + j*dw - pl lies in [0, w)
-        shift = j * dw - pl
-        x0 = min(wo, max(0, (-shift + sw - 1) // sw))
-        x1 = min(wo, max(x0, (w - 1 - shift) // sw + 1)) if w - 1 - shift >= 0 else x0
+        x0, x1, shift = inside(j, dw, pl, sw, w, wo)
         out = cols[row]
+        usw = uint64(sw)
         for yy in range(ho):
-            base = b * hw + yy * wo
+            base = uint64(b * hw + yy * wo)
             src_y = yy * sh + i * dh - pt
             if src_y < 0 or src_y >= h:
-                for xx in range(wo):
+                for xx in range(uint64(wo)):
                     out[base + xx] = 0.0
                 continue
-            src = x[b, ch, src_y]
-            for xx in range(x0):
+            for xx in range(uint64(x0)):
                 out[base + xx] = 0.0
-            if sw == 1:
-                for xx in range(x0, x1):
-                    out[base + xx] = src[xx + shift]
-            else:
-                for xx in range(x0, x1):
-                    out[base + xx] = src[xx * sw + shift]
-            for xx in range(x1, wo):
+            at, src = base + uint64(x0), uint64(x0 * sw + shift)
+            for k in range(uint64(x1 - x0)):
+                out[at + k] = x[b, ch, src_y, src + k * usw]
+            for xx in range(uint64(x1), uint64(wo)):
                 out[base + xx] = 0.0
     return cols
 
@@ -57,27 +65,32 @@ def im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e):
     order) into panel (cg*kh*kw, >= e - s)."""
     h, w = x.shape[2], x.shape[3]
     hw = ho * wo
+    usw = uint64(sw)
     for r in range(cg * kh * kw):
         ch = g * cg + r // (kh * kw)
         i = (r // kw) % kh
-        j = r % kw
-        b, rest = s // hw, s % hw
-        yy, xx = rest // wo, rest % wo
+        x0, x1, shift = inside(r % kw, dw, pl, sw, w, wo)
         row = panel[r]
-        for q in range(e - s):
+        q = s
+        while q < e:  # one output row (or the part of it in s..e-1) at a time
+            b, rest = q // hw, q % hw
+            yy, xs = rest // wo, rest % wo
+            xe = min(wo, xs + e - q)
+            at = uint64(q - s)  # the panel column of output column xs
             src_y = yy * sh + i * dh - pt
-            src_x = xx * sw + j * dw - pl
-            if 0 <= src_y < h and 0 <= src_x < w:
-                row[q] = x[b, ch, src_y, src_x]
+            lo, hi = max(xs, x0), min(xe, x1)
+            if src_y < 0 or src_y >= h or lo >= hi:
+                for k in range(uint64(xe - xs)):
+                    row[at + k] = 0.0
             else:
-                row[q] = 0.0
-            xx += 1
-            if xx == wo:
-                xx = 0
-                yy += 1
-                if yy == ho:
-                    yy = 0
-                    b += 1
+                for k in range(uint64(lo - xs)):
+                    row[at + k] = 0.0
+                dest, src = at + uint64(lo - xs), uint64(lo * sw + shift)
+                for k in range(uint64(hi - lo)):
+                    row[dest + k] = x[b, ch, src_y, src + k * usw]
+                for k in range(uint64(hi - xs), uint64(xe - xs)):
+                    row[at + k] = 0.0
+            q += xe - xs
 
 
 @njit(cache=True, **PARALLEL)
@@ -128,18 +141,21 @@ def col2im_kernel(cols, n, c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """The adjoint of im2col: add each column entry back onto its input pixel."""
     gx = np.zeros((n, c, h, w), dtype=cols.dtype)
     hw = ho * wo
+    usw = uint64(sw)
     for job in prange(n * c):  # each thread owns one (sample, channel) plane
         b = job // c
         ch = job % c
         for i in range(kh):
             for j in range(kw):
                 row = (ch * kh + i) * kw + j
+                x0, x1, shift = inside(j, dw, pl, sw, w, wo)
+                src = cols[row]
+                to = uint64(x0 * sw + shift)
                 for yy in range(ho):
                     src_y = yy * sh + i * dh - pt
                     if src_y < 0 or src_y >= h:
                         continue
-                    for xx in range(wo):
-                        src_x = xx * sw + j * dw - pl
-                        if 0 <= src_x < w:
-                            gx[b, ch, src_y, src_x] += cols[row, b * hw + yy * wo + xx]
+                    at = uint64(b * hw + yy * wo + x0)
+                    for k in range(uint64(x1 - x0)):
+                        gx[b, ch, src_y, to + k * usw] += src[at + k]
     return gx
