@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.packing import Packs
+
 
 @dataclass
 class KernelContext:
@@ -42,6 +44,8 @@ class KernelContext:
         handed to the caller).
     unplaced : planned outputs that a device kernel left outside the plan's buffer (each
         is correct, in memory of its own; the tests hold this list empty).
+    packs : weights repacked for the kernels (``runtime.packing.Packs``): the model's own,
+        kept from pass to pass while the parameters do not change.
     """
 
     train: bool = False
@@ -57,3 +61,4 @@ class KernelContext:
     arena: tuple | None = None
     unplanned: set[str] = field(default_factory=set)
     unplaced: list[str] = field(default_factory=list)
+    packs: Packs = field(default_factory=Packs)

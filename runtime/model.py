@@ -10,6 +10,7 @@ from runtime.backends.base import Backend
 from runtime.backends.reference import KERNELS
 from runtime.backends.reference_backward import BACKWARD
 from runtime.memory import MemoryPlan, plan_memory
+from runtime.packing import Packs
 from runtime.limits import check_program
 from runtime.params import fitted_params, init_params, load_matching, load_params, save_params
 from runtime.errors import InputError
@@ -73,6 +74,7 @@ class Model:
         self._scope = self.backend.scope
         self.dtype = np.dtype(dtype)
         self._host_stale = False
+        self._packs = Packs()  # weights repacked for the kernels (runtime.packing)
         given = init_params(program, seed) if params is None else fitted_params(
             params, program, "the dict of parameters")
         self.params = self._typed(given)
@@ -113,11 +115,14 @@ class Model:
         self._params = value
         self._device_params = None
         self._host_stale = False
+        self._packs.clear()
 
     def sync(self) -> None:
-        """Upload the parameters to the device again at the next pass."""
+        """Upload the parameters to the device again at the next pass, and repack them for
+        the kernels (call it after changing a parameter in place)."""
         self._params = self.params  # fetch what the device changed first
         self._device_params = None
+        self._packs.clear()
 
     def _on_host(self) -> bool:
         return self.backend.to_device is self.backend.to_host  # the host is the device
@@ -135,6 +140,7 @@ class Model:
         ``backend.optim``); ``params`` fetches them back when it is next read."""
         device = self._params_on_device()
         self._host_stale = not self._on_host()
+        self._packs.clear()  # the caller may write them
         return device
 
     def train(self) -> "Model":
@@ -225,7 +231,8 @@ class Model:
 
     def _context(self, keep: bool) -> KernelContext:
         return KernelContext(train=self.training, rng=self.rng, keep=keep,
-                             sync_bn=self.sync_bn if self.training else None)
+                             sync_bn=self.sync_bn if self.training else None,
+                             packs=self._packs)
 
     def _outputs(self, values: dict, host: bool = True):
         move = self.backend.to_host if host else (lambda v: v)

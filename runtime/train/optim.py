@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.config import PARALLEL
+from runtime.packing import written
 
 
 def sgd_update(p, g, b, lr, momentum, dampening, weight_decay, nesterov, first):
@@ -128,6 +129,7 @@ class Optimizer:
     def step(self, grads: dict[str, Any]) -> None:
         """One update of every parameter that has a gradient, in place."""
         self.steps += 1
+        written()  # weights packed for the kernels are stale from here on
         for name, grad in grads.items():
             param = self.params[name]
             if isinstance(param, np.ndarray) and not param.flags.c_contiguous:

@@ -4,13 +4,14 @@ for: strides, asymmetric padding, dilation, channel multipliers, odd sizes, batc
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layer_cases import one_op
-from runtime.backends import cpu
 from runtime.backends.activations import activation_code
 from runtime.backends.cpu import conv
 from runtime.backends.reference import KERNELS as REF
@@ -92,13 +93,17 @@ def test_algorithm_matches_reference(algorithm, data):
         expected = reference_forward(act[0], act[1], expected)
     x32, p32 = x.astype(np.float32), {k: v.astype(np.float32) for k, v in params.items()}
     xs = [x32] + ([residual.astype(np.float32)] if residual is not None else [])
-    got = conv._conv2d(op, xs, p32, code, slope)
+    # blocks of output rows as a 7x7 map at batch 1 gets them, here at any size
+    split = patch.object(conv, "_row_blocks", lambda rows, jobs: data.draw(st.integers(1, 4)))
+    with split:
+        got = conv._conv2d(op, xs, p32, ctx, code, slope)
     scale = max(np.abs(expected).max(), 1e-6)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
 
     gy = rng.standard_normal((batch,) + op.out_shape)
     ref_gx, ref_gp = REF_BACKWARD["conv2d"](op, [x], None, gy, params, ctx)
-    got_gx, got_gp = cpu.conv.conv2d_backward(op, [x32], None, gy.astype(np.float32), p32, ctx)
+    with split:
+        got_gx, got_gp = conv.conv2d_backward(op, [x32], None, gy.astype(np.float32), p32, ctx)
     np.testing.assert_allclose(got_gx[0], ref_gx[0], rtol=1e-4,
                                atol=1e-5 * max(np.abs(ref_gx[0]).max(), 1.0))
     for key, value in ref_gp.items():

@@ -81,7 +81,8 @@ def _flat_filters(w):
 
 
 def _taps(w):
-    """(O, C/g, kh, kw) -> (kh*kw, O, C/g): one contiguous matrix per filter tap."""
+    """(O, C/g, kh, kw) -> (kh*kw, O, C/g): one contiguous matrix per filter tap (packed
+    once per model while the weights stay the same: runtime.packing)."""
     o, cg, kh, kw = w.shape
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1).reshape(kh * kw, o, cg))
 
@@ -92,25 +93,32 @@ def _block(rows: int) -> int:
     return max(256, min(8192, (65536 // max(rows, 1)) // 64 * 64))
 
 
+def _row_blocks(rows: int, jobs: int) -> int:
+    """Blocks of output rows per column job, so that every thread gets two jobs where the
+    column blocks alone are fewer (a 7x7 map at batch 1 is a single block: one thread
+    would do all the work); no block under 32 rows."""
+    want = 2 * numba.get_num_threads()
+    return 1 if jobs >= want else max(1, min(rows // 32, -(-want // max(jobs, 1))))
+
+
 def _panel(rows: int) -> int:
     """im2col columns per panel: about 512 KB of panel, so it stays in L2 for its GEMM."""
     return max(64, min(8192, (131072 // max(rows, 1)) // 16 * 16))
 
 
-def _grid_forward(op, x, w, bias, residual, code, slope):
+def _grid_forward(op, x, w, taps, bias, residual, code, slope):
     layout = _Grid(op, x)
-    out = grid_conv_kernel(layout.grid(x), _taps(w), layout.offsets, op.attrs["groups"],
+    out = grid_conv_kernel(layout.grid(x), taps, layout.offsets, op.attrs["groups"],
                            layout.length, _block(w.shape[0] // op.attrs["groups"]))
     ho, wo = op.out_shape[1:]
     return from_grid(out, layout.n, 0, 0, ho, wo, layout.hp, layout.wp, bias, residual, code,
                      slope)
 
 
-def _grid_backward(op, x, w, gy):
+def _grid_backward(op, x, w, taps, gy):
     layout = _Grid(op, x)
     groups = op.attrs["groups"]
     gy_grid = to_grid(gy, 0, 0, layout.hp, layout.wp, 0)
-    taps = _taps(w)
     g_grid = grid_conv_input_grad_kernel(taps, layout.offsets, groups, gy_grid,
                                          layout.length + layout.tail, _block(w.shape[1]))
     gx = from_grid(g_grid, layout.n, layout.top, layout.left, layout.h, layout.w, layout.hp,
@@ -174,7 +182,7 @@ def _no_epilogue(x, rank: int = 4):
     return np.empty(0, dtype=x.dtype), _no_residual(x, rank), NO_ACTIVATION, 0.0
 
 
-def _conv2d(op, xs, p, code, slope):
+def _conv2d(op, xs, p, ctx, code, slope):
     """The conv and its epilogue: bias, residual (a second input), activation ``code``."""
     x = np.ascontiguousarray(xs[0])
     residual = np.ascontiguousarray(xs[1]) if len(xs) > 1 else _no_residual(x)
@@ -191,15 +199,20 @@ def _conv2d(op, xs, p, code, slope):
         n, c = xs_.shape[:2]
         w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
         res3 = residual.reshape(n, w.shape[0], ho * wo) if residual.size else _no_residual(x, 3)
-        y = pointwise_kernel(xs_.reshape(n, c, ho * wo), w2, groups, False, _bias(p, x),
-                             _block(w.shape[0] // groups), res3, code, slope)
+        block = _block(w.shape[0] // groups)
+        rows = _row_blocks(w.shape[0] // groups, n * groups * -(-ho * wo // block))
+        y = pointwise_kernel(xs_.reshape(n, c, ho * wo), w2, groups, False, _bias(p, x), block,
+                             rows, res3, code, slope)
         return y.reshape(n, w.shape[0], ho, wo)
     if algorithm == "grid":
-        return _grid_forward(op, x, w, _bias(p, x), residual, code, slope)
+        return _grid_forward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), _bias(p, x),
+                             residual, code, slope)
     # otherwise im2col + GEMM, panel by panel; the output is a grid with hp, wp = ho, wo
     wmat = np.ascontiguousarray(w.reshape(w.shape[0], -1))
-    out = im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                             _panel(wmat.shape[1]))
+    panel = _panel(wmat.shape[1])
+    rows = _row_blocks(w.shape[0] // groups, groups * -(-x.shape[0] * ho * wo // panel))
+    out = im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, panel,
+                             rows)
     return from_grid(out, x.shape[0], 0, 0, ho, wo, ho, wo, _bias(p, x), residual, code, slope)
 
 
@@ -228,7 +241,9 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
         x3, gy3 = xs_.reshape(n, c, ho * wo), gy.reshape(n, w.shape[0], ho * wo)
         w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
         bias, residual, code, slope = _no_epilogue(x, rank=3)
-        gsub = pointwise_kernel(gy3, w2, groups, True, bias, _block(c // groups), residual, code,
+        block = _block(c // groups)
+        rows = _row_blocks(c // groups, n * groups * -(-ho * wo // block))
+        gsub = pointwise_kernel(gy3, w2, groups, True, bias, block, rows, residual, code,
                                 slope).reshape(n, c, ho, wo)
         grads["weight"] = pointwise_weight_grad_kernel(
             x3, gy3, groups, min(n, numba.get_num_threads())).reshape(w.shape)
@@ -238,7 +253,8 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
         gx[:, :, ::sh, ::sw] = gsub
         return [gx], grads
     if algorithm == "grid":
-        gx, grads["weight"] = _grid_backward(op, x, w, gy)
+        gx, grads["weight"] = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps),
+                                             gy)
         return [gx], grads
     n, c, h, wd = x.shape
     taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))

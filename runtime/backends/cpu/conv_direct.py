@@ -12,30 +12,40 @@ from runtime.config import PARALLEL
 
 
 @njit(cache=True, **PARALLEL)
-def pointwise_kernel(x, w, groups, transpose, bias, block, residual, code, slope):
+def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope):
     """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
     HW), w (O, C/g)), or W_g.T @ x[b] when ``transpose`` (the input gradient); threads take
-    (sample, group, column block) jobs. The epilogue (bias, residual (N, O, HW), activation
-    ``code``) runs on each block right after its GEMM; empty arrays and a negative code
-    add nothing."""
+    (sample, group, row block, column block) jobs (``row_blocks`` > 1 where the columns
+    alone are too few to share: a 7x7 map is one block). The epilogue (bias, residual (N,
+    O, HW), activation ``code``) runs on each block right after its GEMM; empty arrays and
+    a negative code add nothing."""
     n, hw = x.shape[0], x.shape[2]
     og, cg = w.shape[0] // groups, w.shape[1]
     rows_in, rows_out = (og, cg) if transpose else (cg, og)
     y = np.empty((n, rows_out * groups, hw), dtype=x.dtype)
     blocks = (hw + block - 1) // block
-    for job in prange(n * groups * blocks):
-        b = job // (groups * blocks)
-        g = (job // blocks) % groups
+    step = (rows_out + row_blocks - 1) // row_blocks
+    for job in prange(n * groups * row_blocks * blocks):
+        b = job // (groups * row_blocks * blocks)
+        g = (job // (row_blocks * blocks)) % groups
+        r0 = ((job // blocks) % row_blocks) * step
+        r1 = min(rows_out, r0 + step)
         s = (job % blocks) * block
         e = min(hw, s + block)
-        out = y[b, g * rows_out:(g + 1) * rows_out, s:e]
-        gemm(w[g * og:(g + 1) * og], x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0,
-             transpose, False)
-        for r in range(rows_out):
+        if r0 >= r1:
+            continue
+        out = y[b, g * rows_out + r0:g * rows_out + r1, s:e]
+        if transpose:
+            a = w[g * og:(g + 1) * og, r0:r1]
+        else:
+            a = w[g * og + r0:g * og + r1]
+        gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
+        for r in range(r1 - r0):
+            row = g * rows_out + r0 + r
             if bias.size:
-                out[r] += bias[g * rows_out + r]
+                out[r] += bias[row]
             if residual.shape[0]:
-                out[r] += residual[b, g * rows_out + r, s:e]
+                out[r] += residual[b, row, s:e]
             activate_inplace(out[r], code, slope)
     return y
 

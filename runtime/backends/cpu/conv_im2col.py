@@ -94,23 +94,31 @@ def im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e):
 
 
 @njit(cache=True, **PARALLEL)
-def im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, block):
+def im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, block,
+                       row_blocks):
     """out (O, N*ho*wo) = W_g (O/g, C/g*kh*kw) @ im2col, the im2col matrix never built
     whole: each thread job fills a panel of ``block`` columns (sized to stay in L2) and
-    multiplies it at once."""
+    multiplies it at once by a block of the filters' rows (``row_blocks`` > 1 where the
+    columns alone are too few jobs to share: a 7x7 map at batch 1 is one panel; each of
+    those jobs fills the panel itself, cheap beside its GEMM)."""
     n, c = x.shape[0], x.shape[1]
     o = wmat.shape[0]
     og, cg = o // groups, c // groups
     length = n * ho * wo
     out = np.empty((o, length), dtype=x.dtype)
     blocks = (length + block - 1) // block
-    for job in prange(groups * blocks):
-        g = job // blocks
+    step = (og + row_blocks - 1) // row_blocks
+    for job in prange(groups * row_blocks * blocks):
+        g = job // (row_blocks * blocks)
+        r0 = g * og + ((job // blocks) % row_blocks) * step
+        r1 = min((g + 1) * og, r0 + step)
         s = (job % blocks) * block
         e = min(length, s + block)
+        if r0 >= r1:
+            continue
         panel = np.empty((cg * kh * kw, e - s), dtype=x.dtype)
         im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e)
-        gemm(wmat[g * og:(g + 1) * og], panel, out[g * og:(g + 1) * og, s:e], 0.0, False, False)
+        gemm(wmat[r0:r1], panel, out[r0:r1, s:e], 0.0, False, False)
     return out
 
 

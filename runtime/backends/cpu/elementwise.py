@@ -141,16 +141,16 @@ def fused_forward(core):
     def forward(op, xs, p, ctx):
         act = activation_of(op)
         if act is None:
-            return core(op, xs, p, NO_ACTIVATION, 0.0)
+            return core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
         code, slope = activation_code(*act)
         if ctx.keep:
-            pre = core(op, xs, p, NO_ACTIVATION, 0.0)
+            pre = core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
             keep_pre_activation(op, pre, ctx)
             if act[0] in NUMPY_FORWARD:
                 return numpy_activation(pre, act)
             return activation_forward_kernel(pre, code, slope)
         if act[0] in NUMPY_FORWARD:
-            return numpy_activation(core(op, xs, p, NO_ACTIVATION, 0.0), act)
-        return core(op, xs, p, code, slope)
+            return numpy_activation(core(op, xs, p, ctx, NO_ACTIVATION, 0.0), act)
+        return core(op, xs, p, ctx, code, slope)
 
     return forward

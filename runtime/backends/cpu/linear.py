@@ -23,7 +23,7 @@ def linear_epilogue_kernel(y, bias, code, slope):
         activate_inplace(row, code, slope)
 
 
-def _linear(op, xs, p, code, slope):
+def _linear(op, xs, p, ctx, code, slope):
     y = matmul(xs[0], p["weight"], trans_b=True)
     if "bias" in p or code >= 0:
         bias = p["bias"] if "bias" in p else np.empty(0, dtype=y.dtype)
