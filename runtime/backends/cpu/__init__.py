@@ -6,11 +6,14 @@ kernel in either direction; tests hold every one of them to the reference backen
 from __future__ import annotations
 
 from runtime.backends.activations import ACTIVATIONS
+from runtime.backends.cpu.allocator import keep_freed_memory
 from runtime.backends.cpu import conv, elementwise, linear, norm, pool, resample, tensor
 from runtime.backends.cpu.blas import single_threaded_blas as scope  # noqa: F401 (Model runs kernels in it)
 from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import KERNELS as REFERENCE_FORWARD
 from runtime.backends.reference_backward import BACKWARD as REFERENCE_BACKWARD
+
+keep_freed_memory()  # no page faults per pass: allocator.py
 
 KERNELS = dict(REFERENCE_FORWARD)
 BACKWARD = dict(REFERENCE_BACKWARD)
