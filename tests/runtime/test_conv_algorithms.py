@@ -74,7 +74,7 @@ def conv_case(draw, algorithm):
 def test_algorithm_matches_reference(algorithm, data):
     attrs, shape, batch = data.draw(conv_case(algorithm))
     op, _ = one_op("conv2d", {**attrs, "in_channels": None}, [shape])
-    assert conv.choose(op)[0] == algorithm
+    assert conv.choose(op, batch)[0] == algorithm
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     x = rng.standard_normal((batch,) + shape)
     params = {"weight": rng.standard_normal(_weight_shape(op, shape))}
@@ -114,3 +114,19 @@ def test_algorithm_matches_reference(algorithm, data):
 def _weight_shape(op, shape):
     kh, kw = op.attrs["kernel_size"]
     return (op.out_shape[0], shape[0] // op.attrs["groups"], kh, kw)
+
+
+@pytest.mark.parametrize("shape, stride, kernel, groups, batch, algorithm", [
+    ((64, 56, 56), 1, 3, 1, 1, "grid"),
+    ((512, 7, 7), 1, 3, 1, 1, "grid"),  # im2col's GEMM would be 49 columns wide
+    ((512, 7, 7), 1, 3, 1, 8, "im2col"),  # a grid 1.65x the map, 392 columns
+    ((64, 56, 56), 2, 3, 1, 1, "im2col"),
+    ((64, 56, 56), 1, 1, 1, 1, "pointwise"),
+    ((96, 56, 56), 2, 3, 96, 1, "depthwise"),
+])
+def test_each_conv_gets_the_measured_algorithm(shape, stride, kernel, groups, batch, algorithm):
+    op, _ = one_op("conv2d", {"out_channels": shape[0], "kernel_size": kernel, "stride": stride,
+                              "padding": kernel // 2, "groups": groups, "in_channels": None},
+                   [shape])
+    name, why = conv.choose(op, batch)
+    assert name == algorithm and why

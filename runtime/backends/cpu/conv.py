@@ -37,7 +37,7 @@ from runtime.backends.cpu.conv_grid import (
 )
 from runtime.backends.cpu.conv_im2col import (
     col2im_kernel,
-    im2col_gemm_kernel,
+    im2col_conv_kernel,
     im2col_kernel,
     im2col_weight_grad_kernel,
 )
@@ -134,8 +134,13 @@ def _grid_backward(op, x, w, taps, gy):
 # is mostly padding and the channels many: bench/bench_conv.py, which times both on the
 # same shapes (the switches are for it), measured the grid 1.03-3.7x faster down to 8x8
 # maps (a grid 1.56x the map) and at LeNet's 6 channels even with a grid 1.96x the map,
-# and im2col 1.4x faster at 7x7 with 512 channels (a grid 1.65x the map).
+# and im2col 1.4x faster at 7x7 with 512 channels (a grid 1.65x the map). With the taps
+# packed once per model (runtime.packing) the grid won that case too at batch 1 (1.35 ms
+# against 2.07: im2col's GEMM is 49 columns wide there) and lost it at batch 8 (10.9
+# against 9.7 ms): a wasteful grid is still chosen while the batch's positions are few.
 GRID_AT_STRIDE_1 = True
+
+GRID_NARROW = 256  # positions of the whole batch below which im2col's GEMM is too narrow
 
 
 GRID_WASTE_LIMIT = 1.6
@@ -144,11 +149,11 @@ GRID_WASTE_LIMIT = 1.6
 GRID_FEW_CHANNELS = 128  # below this many input channels per group, the grid regardless
 
 
-def choose(op) -> tuple[str, str]:
-    """The algorithm the CPU runs a conv2d with, and why: ``depthwise``, ``pointwise``,
-    ``grid`` or ``im2col`` (see the module docstring). Decided from the op's shapes and
-    attributes alone, so the choice is known before the first image (``archc bench``
-    prints it per layer)."""
+def choose(op, batch: int = 1) -> tuple[str, str]:
+    """The algorithm the CPU runs a conv2d with at a batch size, and why: ``depthwise``,
+    ``pointwise``, ``grid`` or ``im2col`` (see the module docstring). Decided from the
+    op's shapes and attributes and the batch alone, so the choice is known before the
+    first image (``archc bench`` prints it per layer)."""
     a = op.attrs
     c, h, w = op.in_shapes[0]
     groups = a["groups"]
@@ -165,6 +170,9 @@ def choose(op) -> tuple[str, str]:
         return "grid", f"stride 1: a GEMM per tap on the padded grid ({waste:.2f}x the output)"
     if c // groups < GRID_FEW_CHANNELS:
         return "grid", f"stride 1 with {c // groups} channels per group: a GEMM per tap"
+    if batch * ho * wo < GRID_NARROW:
+        return "grid", (f"stride 1 with {batch * ho * wo} positions in the batch: im2col's "
+                        "GEMM would be too narrow")
     return "im2col", (f"a padded grid {waste:.2f}x the output with {c // groups} channels per "
                       "group: im2col + GEMM")
 
@@ -189,7 +197,7 @@ def _conv2d(op, xs, p, ctx, code, slope):
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     groups = op.attrs["groups"]
-    algorithm = choose(op)[0]
+    algorithm = choose(op, x.shape[0])[0]
     if algorithm == "depthwise":
         return depthwise_forward_kernel(x, _flat_filters(w), kh, kw, sh, sw, dh, dw, pt, pl,
                                         ho, wo, w.shape[0] // x.shape[1], _bias(p, x),
@@ -207,13 +215,15 @@ def _conv2d(op, xs, p, ctx, code, slope):
     if algorithm == "grid":
         return _grid_forward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), _bias(p, x),
                              residual, code, slope)
-    # otherwise im2col + GEMM, panel by panel; the output is a grid with hp, wp = ho, wo
+    # otherwise im2col + GEMM, panel by panel, straight into the output
     wmat = np.ascontiguousarray(w.reshape(w.shape[0], -1))
-    panel = _panel(wmat.shape[1])
-    rows = _row_blocks(w.shape[0] // groups, groups * -(-x.shape[0] * ho * wo // panel))
-    out = im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, panel,
-                             rows)
-    return from_grid(out, x.shape[0], 0, 0, ho, wo, ho, wo, _bias(p, x), residual, code, slope)
+    panel = min(_panel(wmat.shape[1]), ho * wo)
+    rows = _row_blocks(w.shape[0] // groups, x.shape[0] * groups * -(-ho * wo // panel))
+    res3 = residual.reshape(x.shape[0], w.shape[0], ho * wo) if residual.size else \
+        _no_residual(x, 3)
+    y = im2col_conv_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, panel, rows,
+                           _bias(p, x), res3, code, slope)
+    return y.reshape(x.shape[0], w.shape[0], ho, wo)
 
 
 conv2d_forward = fused_forward(_conv2d)
@@ -229,7 +239,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
     grads = {}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
-    algorithm = choose(op)[0]
+    algorithm = choose(op, x.shape[0])[0]
     if algorithm == "depthwise":
         gw, gx = depthwise_backward_kernel(x, _flat_filters(w), gy, kh, kw, sh, sw, dh, dw, pt,
                                            pl, True)

@@ -11,6 +11,19 @@ from runtime.backends.cpu.elementwise import activate_inplace
 from runtime.config import PARALLEL
 
 
+@njit(cache=True)
+def finish_block(out, b, row0, s, e, bias, residual, code, slope):
+    """The fused epilogue of a block of output rows (channels row0..) and columns s..e of
+    sample b, right after its GEMM while it is in cache: bias, residual (N, O, HW),
+    activation ``code`` (empty arrays and a negative code: nothing)."""
+    for r in range(out.shape[0]):
+        if bias.size:
+            out[r] += bias[row0 + r]
+        if residual.shape[0]:
+            out[r] += residual[b, row0 + r, s:e]
+        activate_inplace(out[r], code, slope)
+
+
 @njit(cache=True, **PARALLEL)
 def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope):
     """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
@@ -40,13 +53,7 @@ def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual,
         else:
             a = w[g * og + r0:g * og + r1]
         gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
-        for r in range(r1 - r0):
-            row = g * rows_out + r0 + r
-            if bias.size:
-                out[r] += bias[row]
-            if residual.shape[0]:
-                out[r] += residual[b, row, s:e]
-            activate_inplace(out[r], code, slope)
+        finish_block(out, b, g * rows_out + r0, s, e, bias, residual, code, slope)
     return y
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
+from runtime.backends.cpu.conv_direct import finish_block
 from runtime.config import PARALLEL
 
 
@@ -94,32 +95,38 @@ def im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e):
 
 
 @njit(cache=True, **PARALLEL)
-def im2col_gemm_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, block,
-                       row_blocks):
-    """out (O, N*ho*wo) = W_g (O/g, C/g*kh*kw) @ im2col, the im2col matrix never built
-    whole: each thread job fills a panel of ``block`` columns (sized to stay in L2) and
-    multiplies it at once by a block of the filters' rows (``row_blocks`` > 1 where the
-    columns alone are too few jobs to share: a 7x7 map at batch 1 is one panel; each of
-    those jobs fills the panel itself, cheap beside its GEMM)."""
+def im2col_conv_kernel(x, wmat, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, block,
+                       row_blocks, bias, residual, code, slope):
+    """y (N, O, ho*wo): y[b] = W_g (O/g, C/g*kh*kw) @ sample b's im2col, the matrix never
+    built whole: each thread job fills a panel of up to ``block`` of the sample's output
+    positions (sized to stay in L2), multiplies it by a block of the filters' rows
+    straight into y, and applies the epilogue (bias, residual (N, O, ho*wo), activation)
+    to the block while it is in cache. ``row_blocks`` > 1 where the panels alone are too
+    few jobs to share (a 7x7 map at batch 1 is one panel; each of those jobs fills the
+    panel itself, cheap beside its GEMM)."""
     n, c = x.shape[0], x.shape[1]
     o = wmat.shape[0]
     og, cg = o // groups, c // groups
-    length = n * ho * wo
-    out = np.empty((o, length), dtype=x.dtype)
-    blocks = (length + block - 1) // block
+    hw = ho * wo
+    y = np.empty((n, o, hw), dtype=x.dtype)
+    blocks = (hw + block - 1) // block
     step = (og + row_blocks - 1) // row_blocks
-    for job in prange(groups * row_blocks * blocks):
-        g = job // (row_blocks * blocks)
+    for job in prange(n * groups * row_blocks * blocks):
+        b = job // (groups * row_blocks * blocks)
+        g = (job // (row_blocks * blocks)) % groups
         r0 = g * og + ((job // blocks) % row_blocks) * step
         r1 = min((g + 1) * og, r0 + step)
         s = (job % blocks) * block
-        e = min(length, s + block)
+        e = min(hw, s + block)
         if r0 >= r1:
             continue
         panel = np.empty((cg * kh * kw, e - s), dtype=x.dtype)
-        im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, s, e)
-        gemm(wmat[r0:r1], panel, out[r0:r1, s:e], 0.0, False, False)
-    return out
+        im2col_panel(x, panel, g, cg, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, b * hw + s,
+                     b * hw + e)
+        out = y[b, r0:r1, s:e]
+        gemm(wmat[r0:r1], panel, out, 0.0, False, False)
+        finish_block(out, b, r0, s, e, bias, residual, code, slope)
+    return y
 
 
 @njit(cache=True, **PARALLEL)
