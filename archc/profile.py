@@ -24,6 +24,8 @@ class LayerProfile:
     estimate_s: float | None  # the roofline estimate of the forward pass
     bound: str | None
     on_device: bool
+    algorithm: str | None = None  # how the backend computes it, where it has a choice
+    why: str | None = None
 
     @property
     def flop_rate(self) -> float | None:
@@ -81,11 +83,12 @@ def build_profile(model, report: Report, times: dict, *, repeat: int,
     for op in model.program.ops:
         measured = times.get(op.name, {})
         node = nodes.get(op.name)
+        how = model.backend.algorithm(op, report.batch) or (None, None)
         layers.append(LayerProfile(
             op.name, node.kind if node else op.kind, measured.get("forward", 0.0),
             measured.get("backward"), node.flops if node else 0,
             node.latency_s if node else None, node.bound if node else None,
-            model.backend.on_device(op)))
+            model.backend.on_device(op), *how))
     return Profile(model.program.name, model.backend.name, model.backend.device_name(),
                    model.backend.clock.name, report.batch, repeat, profile, layers)
 
@@ -108,8 +111,11 @@ def format_profile(p: Profile, top: int | None = None) -> str:
              + (f"; training step (forward + backward kernels) {seconds(p.step_s)} "
                 f"({p.batch / p.step_s:,.0f} images/s)" if train else "")]
     head = ["layer", "kind", "forward", "share", "achieved"]
+    algorithms = any(layer.algorithm for layer in p.layers)
+    if algorithms:
+        head[2:2] = ["algorithm"]
     if train:
-        head[3:3] = ["backward"]
+        head[head.index("share"):head.index("share")] = ["backward"]
     if p.profile:
         head += [f"roofline ({p.profile})", "measured/roofline"]
     rows = [head]
@@ -120,8 +126,11 @@ def format_profile(p: Profile, top: int | None = None) -> str:
         row = [layer.name + ("" if layer.on_device else " (host)"), layer.kind,
                seconds(layer.forward_s), f"{100 * spent / total:.1f}%",
                _rate(layer.flop_rate)]
+        if algorithms:
+            row[2:2] = [layer.algorithm or "-"]
         if train:
-            row[3:3] = [seconds(layer.backward_s or 0.0)]
+            row[head.index("share") - 1:head.index("share") - 1] = [
+                seconds(layer.backward_s or 0.0)]
         if p.profile:
             est = layer.estimate_s
             row += ["-" if est is None else f"{seconds(est)} {layer.bound or ''}".rstrip(),
@@ -132,6 +141,15 @@ def format_profile(p: Profile, top: int | None = None) -> str:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
     if top and len(p.layers) > top:
         lines.append(f"... {len(p.layers) - top} more layers (--top 0 shows all)")
+    reasons = {}
+    for layer in ranked[:top] if top else ranked:
+        if layer.algorithm:
+            reasons.setdefault(layer.algorithm, []).append(f"{layer.name}: {layer.why}")
+    if reasons:
+        lines.append("")
+        lines.append("why each algorithm (the first layers shown that run it):")
+        for name, whys in reasons.items():
+            lines.append(f"  {name}: " + "; ".join(whys[:2]) + (" ..." if len(whys) > 2 else ""))
     lines.append("")
     lines.append("time by kind: " + ", ".join(
         f"{kind} {100 * spent / total:.0f}% ({count})" for kind, spent, count in p.by_kind()))

@@ -7,8 +7,12 @@ Prints milliseconds, archc -O2's ratio to each engine (above 1: archc is slower)
 archc's GFLOP/s and its share of the sgemm rate measured in the same run, and which BLAS
 kernel ran. Engines that are not installed are left out (``pip install -e .[bench]``).
 
+A second table times a training step (forward, cross-entropy, backward, SGD update with
+momentum) of archc's CPU backend against PyTorch eager on the same graph, batch and
+labels: the steps of one row are interleaved too.
+
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/bench_engines.py \
-        [--repeat N] [--threads T] [--only resnet18 ...] [--quick]
+        [--repeat N] [--threads T] [--only resnet18 ...] [--quick] [--no-train]
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from bench_runtime import blas_kernel, sgemm_rate  # noqa: E402
 ROWS = [("resnet18", {}, 1), ("resnet18", {}, 8), ("mobilenet_v2", {}, 1),
         ("mobilenet_v2", {}, 8), ("efficientnet", {}, 1), ("resnet20", {}, 128)]
 QUICK = [("lenet5", {}, 8)]
+# (spec, variables, batch): the training rows
+TRAIN_ROWS = [("resnet18", {}, 8), ("mobilenet_v2", {}, 8), ("resnet20", {}, 128),
+              ("lenet5", {}, 256)]
 
 
 def archc_engine(graph, level: int):
@@ -95,6 +102,68 @@ def openvino_engine(path: str, threads: int):
     return lambda x: request.infer({0: x})
 
 
+def archc_train_step(graph, labels: np.ndarray):
+    """One SGD step of archc's CPU backend: forward, loss and its gradient, backward,
+    update (momentum 0.9), as ``archc train`` takes it."""
+    from runtime.train import optim
+
+    model = archc.compile(graph, backend="cpu", seed=0).train()
+    learnable = [k for k, spec in model.program.params.items() if spec.trainable
+                 and not spec.buffer]
+    params = model.device_params()
+    opt = optim.SGD({k: params[k] for k in learnable}, 0.01, momentum=0.9)
+
+    def step(x):
+        logits = model(x)
+        _, grad, _ = model.backend.classify(logits, labels)
+        opt.step(model.backward(grad).params)
+
+    return step
+
+
+def torch_train_step(graph, labels: np.ndarray, threads: int):
+    import torch
+    import torch_twins
+
+    torch.set_num_threads(threads)
+    twin = torch_twins.TorchGraph(graph).train()
+    (name,) = graph.outputs.values()
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
+    target = torch.as_tensor(labels)
+
+    def step(x):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x))[name], target)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def train_table(rows, threads: int, repeat: int) -> None:
+    print("\ntraining step (forward, loss, backward, SGD update), ms")
+    print("| network | batch | archc | PyTorch | archc / PyTorch | archc GFLOP/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for spec, variables, batch in rows:
+        graph = archc.load(ROOT / "specs" / f"{spec}.yaml", **variables)
+        flops = 3 * analyse(graph, batch=batch).totals["flops"]  # forward + two backward
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch,) + tuple(graph[graph.inputs[0]].shape)).astype(
+            np.float32)
+        (out,) = graph.outputs.values()
+        labels = rng.integers(0, graph[out].shape[0], batch)
+        runs = {"archc": archc_train_step(graph, labels)}
+        try:
+            runs["PyTorch"] = torch_train_step(graph, labels, threads)
+        except ImportError as exc:
+            print(f"  (PyTorch left out: {exc})", file=sys.stderr)
+        times = interleaved(runs, x, repeat)
+        theirs = times.get("PyTorch")
+        print(f"| {spec} | {batch} | {times['archc'] * 1e3:.1f} | "
+              + (f"{theirs * 1e3:.1f} | {times['archc'] / theirs:.2f}x" if theirs else "- | -")
+              + f" | {flops / times['archc'] / 1e9:.0f} |", flush=True)
+
+
 def engines(graph, threads: int, folder: str) -> dict:
     """Name -> a function of the input batch; those that cannot load are skipped."""
     made = {"archc -O0": lambda: archc_engine(graph, 0),
@@ -139,6 +208,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one tiny row (a smoke test)")
     parser.add_argument("--only", nargs="+", metavar="NETWORK", help="run these networks only")
+    parser.add_argument("--no-train", action="store_true", help="leave out the training table")
     args = parser.parse_args()
     import numba
 
@@ -180,6 +250,10 @@ def main() -> None:
             rate = flops / ours / 1e9
             print(f"| {spec} | {batch} | " + " | ".join(cells + ratios)
                   + f" | {rate:.0f} | {rate / sgemm:.0%} |", flush=True)
+    if not args.no_train:
+        rows = QUICK if args.quick else TRAIN_ROWS
+        train_table([row for row in rows if not args.only or row[0] in args.only],
+                    args.threads, args.repeat)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def _backend(name: str) -> Backend:
     if name == "cpu":
         from runtime.backends import cpu  # compiles (or loads cached) Numba kernels
 
-        return Backend("cpu", cpu.KERNELS, cpu.BACKWARD, cpu.scope)
+        return Backend("cpu", cpu.KERNELS, cpu.BACKWARD, cpu.scope, algorithm=cpu.algorithm)
     if name == "cuda":
         from runtime.backends.cuda import CudaUnavailable, unavailable_reason
 
@@ -295,7 +295,8 @@ class Model:
     def profile(self, x, *, repeat: int = 3, backward: bool = False) -> dict[str, dict]:
         """Seconds per op, by op name: ``{"forward": s}`` (and ``"backward"``: the
         backward pass of the same forward), the mean over ``repeat`` passes after one
-        warm-up pass (kernel compilation, cache loading). Timed with the backend's clock:
+        warm-up pass (kernel compilation, cache loading). Without ``backward`` the passes
+        are :meth:`predict`'s (inference, nothing kept). Timed with the backend's clock:
         CUDA events on a GPU, so a kernel's time is its own and not its launch's."""
         clock = self.backend.clock()
         marks: list = []
@@ -317,8 +318,10 @@ class Model:
         try:
             for rep in range(repeat + 1):
                 marks.clear()
-                y = self(x, host=False)
-                if backward:
+                if not backward:  # inference: the pass predict() runs (fused epilogues)
+                    self.predict(x)
+                else:
+                    y = self(x, host=False)
                     outs = y if isinstance(y, dict) else {next(iter(self.program.outputs)): y}
                     self.backward({k: np.ones(v.shape, self.dtype) for k, v in outs.items()},
                                   host=False)

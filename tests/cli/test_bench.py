@@ -30,6 +30,7 @@ def test_bench_engines_quick_prints_every_engine_and_the_ratios():
     """archc -O0/-O2, PyTorch and ONNX Runtime (OpenVINO too where installed) on one row."""
     out = subprocess.run([sys.executable, "bench/bench_engines.py", "--quick", "--repeat", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
+    out, training = out.split("training step")
     header = next(line for line in out.splitlines() if line.startswith("| network"))
     for column in ("archc -O0", "archc -O2", "PyTorch", "ONNX Runtime", "-O2 / ONNX Runtime",
                    "of sgemm"):
@@ -43,6 +44,12 @@ def test_bench_engines_quick_prints_every_engine_and_the_ratios():
             assert cell.endswith("x") and float(cell[:-1]) > 0, (column, cell)
         elif column.startswith(("archc", "PyTorch", "ONNX", "OpenVINO")):
             assert float(cell) > 0, (column, cell)
+    # and the training step against PyTorch's
+    (row,) = [line for line in training.splitlines() if line.startswith("| lenet5 | 8 |")]
+    archc_ms, torch_ms, ratio, rate = (c.strip() for c in row.strip("|").split("|")[2:])
+    assert float(archc_ms) > 0 and float(torch_ms) > 0 and float(rate) > 0
+    # the ratio of the unrounded times
+    assert float(ratio[:-1]) == pytest.approx(float(archc_ms) / float(torch_ms), rel=0.1, abs=0.02)
 
 
 def test_bench_activations_names_the_faster_choice():

@@ -43,6 +43,11 @@ def test_bench_joins_times_with_the_analysis(capsys):
         assert layer["estimate_s"] > 0 or node.flops == 0
         if node.flops:
             assert layer["flop_rate"] == pytest.approx(node.flops / layer["forward_s"])
+    # each conv says how the CPU computed it and why; the other layers have one way
+    for node in nodes:
+        algorithm, why = layers[node.name]["algorithm"], layers[node.name]["why"]
+        assert (algorithm == "grid" and "stride 1" in why) if node.op == "conv2d" else \
+            algorithm is why is None
     assert profile["forward_s"] == pytest.approx(sum(v["forward_s"] for v in layers.values()))
     assert profile["images_per_s"] == pytest.approx(
         4 / (profile["forward_s"] + profile["backward_s"]))
@@ -52,6 +57,8 @@ def test_bench_joins_times_with_the_analysis(capsys):
     assert "conv2d+tanh" in out  # the fused kernels are what is timed
     assert "... 5 more layers (--top 0 shows all)" in out
     assert "time by kind:" in out and "roofline estimate of the forward pass on cpu" in out
+    assert "| algorithm |" not in out and " algorithm " in out.splitlines()[3]
+    assert "why each algorithm" in out and "  grid: c1: stride 1" in out
     assert main(["bench", f"{SPECS}/lenet5.yaml", "--top", "0"]) == 0
     table = capsys.readouterr().out.split("\n\n")[1].splitlines()[1:]
     assert len(table) == len(nodes)

@@ -72,3 +72,13 @@ NUMBA_OPS = tuple(kind for kind in KERNELS
                   or BACKWARD[kind] is not REFERENCE_BACKWARD.get(kind))
 """The ops with a Numba (or NumPy-vectorised) kernel of their own in either direction;
 tests hold every one of them to the reference backend."""
+
+CHOICES = {"conv2d": conv.choose}
+"""Op kind -> ``choose(op, batch) -> (algorithm, why)``, for the kinds computed more than
+one way (``archc bench`` prints the choice per layer)."""
+
+
+def algorithm(op, batch: int):
+    """(algorithm, why) of an op at a batch size, or None where its kind has one way."""
+    choose = CHOICES.get(op.kind)
+    return choose(op, batch) if choose else None
