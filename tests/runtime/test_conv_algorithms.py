@@ -50,7 +50,19 @@ def _pointwise(draw):
     return c, {**attrs, "padding": (0, 0), "dilation": (1, 1)}
 
 
-CASES = {"depthwise": _depthwise, "grid": _grid, "im2col": _im2col, "pointwise": _pointwise}
+def _winograd(draw):
+    c = draw(st.integers(1, 6))
+    return c, {"out_channels": draw(st.integers(1, 6)), "kernel_size": (3, 3), "stride": (1, 1),
+               "dilation": (1, 1), "groups": 1}
+
+
+CASES = {"depthwise": _depthwise, "grid": _grid, "im2col": _im2col, "pointwise": _pointwise,
+         "winograd": _winograd}
+
+# settings of the CPU backend per algorithm: Winograd on any map and channel count (its
+# thresholds only say where it pays), with either tile size
+SETTINGS = {"winograd": lambda draw: {"WINOGRAD_TILE": draw(st.sampled_from([2, 4])),
+                                      "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1}}
 
 
 @st.composite
@@ -72,6 +84,12 @@ def conv_case(draw, algorithm):
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_algorithm_matches_reference(algorithm, data):
+    settings_ = SETTINGS.get(algorithm, lambda draw: {"WINOGRAD_TILE": None})(data.draw)
+    with patch.multiple(conv, **settings_):
+        _check_algorithm(algorithm, data)
+
+
+def _check_algorithm(algorithm, data):
     attrs, shape, batch = data.draw(conv_case(algorithm))
     op, _ = one_op("conv2d", {**attrs, "in_channels": None}, [shape])
     assert conv.choose(op, batch)[0] == algorithm
@@ -117,9 +135,15 @@ def _weight_shape(op, shape):
 
 
 @pytest.mark.parametrize("shape, stride, kernel, groups, batch, algorithm", [
-    ((64, 56, 56), 1, 3, 1, 1, "grid"),
-    ((512, 7, 7), 1, 3, 1, 1, "grid"),  # im2col's GEMM would be 49 columns wide
-    ((512, 7, 7), 1, 3, 1, 8, "im2col"),  # a grid 1.65x the map, 392 columns
+    ((64, 56, 56), 1, 3, 1, 1, "winograd F(4x4"),
+    ((256, 14, 14), 1, 3, 1, 1, "winograd F(2x2"),  # 16 tiles of 4x4 only
+    ((512, 7, 7), 1, 3, 1, 1, "winograd F(2x2"),
+    ((512, 7, 7), 1, 3, 1, 8, "winograd F(2x2"),  # 32 tiles of 4x4 (F(4x4) as fast)
+    ((16, 32, 32), 1, 3, 1, 128, "grid"),  # too few channels for Winograd
+    ((64, 56, 56), 1, 3, 2, 1, "grid"),  # grouped
+    ((64, 56, 56), 1, 5, 1, 1, "grid"),
+    ((512, 7, 7), 1, 5, 1, 1, "grid"),  # im2col's GEMM would be 49 columns wide
+    ((512, 7, 7), 1, 5, 1, 8, "im2col"),  # a grid 1.65x the map (5x5, padding 2: 121/49)
     ((64, 56, 56), 2, 3, 1, 1, "im2col"),
     ((64, 56, 56), 1, 1, 1, 1, "pointwise"),
     ((96, 56, 56), 2, 3, 96, 1, "depthwise"),
@@ -129,4 +153,24 @@ def test_each_conv_gets_the_measured_algorithm(shape, stride, kernel, groups, ba
                               "padding": kernel // 2, "groups": groups, "in_channels": None},
                    [shape])
     name, why = conv.choose(op, batch)
-    assert name == algorithm and why
+    assert f"{name} {why}".startswith(algorithm) and why
+
+
+@pytest.mark.parametrize("m, bound", [(2, 2e-6), (4, 3e-5)])
+def test_winograd_float32_error_is_measured_and_bounded(m, bound):
+    """Winograd's float32 error against the float64 result, relative to the output's
+    largest value, on ResNet's 3x3 layers (unit-variance activations, filters scaled to
+    keep them so): F(2x2, 3x3) measured 4-7e-7, F(4x4, 3x3) 6e-6 to 1e-5 (its transforms
+    multiply by up to 8 and divide by 24), direct summation 2-4e-7 (docs/performance.md)."""
+    rng = np.random.default_rng(0)
+    for c, h in [(64, 56), (256, 14)]:
+        op, _ = one_op("conv2d", {"out_channels": c, "kernel_size": 3, "padding": 1,
+                                  "in_channels": None}, [(c, h, h)])
+        x = rng.standard_normal((2, c, h, h))
+        w = rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)
+        expected = REF["conv2d"](op, [x], {"weight": w}, KernelContext())
+        with patch.multiple(conv, WINOGRAD_TILE=m, WINOGRAD_MIN_TILES=1):
+            assert conv.choose(op, 2)[0] == "winograd"
+            got = conv.conv2d_forward(op, [x.astype(np.float32)], {"weight": w.astype(np.float32)},
+                                      KernelContext())
+        assert np.abs(got - expected).max() / np.abs(expected).max() < bound
