@@ -48,8 +48,9 @@ class Backend:
     ``classify(logits, labels, label_smoothing=)``: a training step's loss, gradient and
     count of correct predictions (``runtime.train.losses.classification_step`` on the host);
     ``clock()``: a :class:`HostClock`-like timer for profiles; ``device_name()``: what
-    runs the kernels; ``algorithm(op, batch)``: the algorithm the backend runs an op with
-    at that batch size, and why, as ``(name, reason)`` (None where an op has one way)."""
+    runs the kernels; ``algorithm(op, batch, train)``: the algorithm the backend runs an op
+    with at that batch size and mode, and why, as ``(name, reason)`` (None where an op has
+    one way)."""
 
     name: str
     kernels: dict[str, Callable]
@@ -63,5 +64,5 @@ class Backend:
     classify: Callable = classification_step
     clock: Callable[[], Any] = HostClock
     device_name: Callable[[], str] = field(default=lambda: "the CPU")
-    algorithm: Callable[[Any, int], tuple[str, str] | None] = field(
-        default=lambda op, batch: None)
+    algorithm: Callable[[Any, int, bool], tuple[str, str] | None] = field(
+        default=lambda op, batch, train=False: None)

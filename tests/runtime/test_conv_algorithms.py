@@ -174,3 +174,11 @@ def test_winograd_float32_error_is_measured_and_bounded(m, bound):
             got = conv.conv2d_forward(op, [x.astype(np.float32)], {"weight": w.astype(np.float32)},
                                       KernelContext())
         assert np.abs(got - expected).max() / np.abs(expected).max() < bound
+
+
+def test_winograd_is_for_inference_only():
+    """A training step would transform the filters again after every update."""
+    op, _ = one_op("conv2d", {"out_channels": 64, "kernel_size": 3, "padding": 1,
+                              "in_channels": None}, [(64, 56, 56)])
+    assert conv.choose(op, 8)[0] == "winograd"
+    assert conv.choose(op, 8, train=True)[0] == "grid"

@@ -78,7 +78,8 @@ CHOICES = {"conv2d": conv.choose}
 one way (``archc bench`` prints the choice per layer)."""
 
 
-def algorithm(op, batch: int):
-    """(algorithm, why) of an op at a batch size, or None where its kind has one way."""
+def algorithm(op, batch: int, train: bool = False):
+    """(algorithm, why) of an op at a batch size, in training mode or not, or None where
+    its kind has one way."""
     choose = CHOICES.get(op.kind)
-    return choose(op, batch) if choose else None
+    return choose(op, batch, train) if choose else None

@@ -125,9 +125,28 @@ def _grid_forward(op, x, w, taps, bias, residual, code, slope):
 
 def _winograd_forward(op, x, u, m, bias, residual, code, slope):
     """F(m x m, 3x3) (conv_winograd.py) on the transformed filters ``u``."""
-    n = x.shape[0]
-    ho, wo = op.out_shape[1:]
     (pt, _), (pl, _) = op.attrs["pads"]
+    return _winograd(x, u, m, pt, pl, *op.out_shape[1:], bias, residual, code, slope)
+
+
+def _flipped(w):
+    """The filters of a stride-1 conv's input gradient: (O, C, kh, kw) -> (C, O, kh, kw)
+    turned by 180 degrees."""
+    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+def _winograd_input_grad(op, gy, w, m, ctx):
+    """A stride-1 3x3 conv's input gradient is a 3x3 conv of gy with the flipped filters,
+    padded by 2 - the forward padding: Winograd again (transformed once per model)."""
+    u = ctx.packs.get((op.name, f"winograd{m}-grad"), w,
+                      lambda w: transform_filters(_flipped(w), m))
+    (pt, _), (pl, _) = op.attrs["pads"]
+    c, h, wd = op.in_shapes[0]
+    return _winograd(gy, u, m, 2 - pt, 2 - pl, h, wd, *_no_epilogue(gy))
+
+
+def _winograd(x, u, m, pt, pl, ho, wo, bias, residual, code, slope):
+    n = x.shape[0]
     th, tw = -(-ho // m), -(-wo // m)
     bt, _, at = TRANSFORMS[m]
     xp = to_padded_nhwc(x, pt, pl, th * m + 2, tw * m + 2)
@@ -137,14 +156,17 @@ def _winograd_forward(op, x, u, m, bias, residual, code, slope):
                             code, slope)
 
 
-def _grid_backward(op, x, w, taps, gy):
+def _grid_backward(op, x, w, taps, gy, input_grad: bool = True):
+    """(input gradient, or None unless ``input_grad``; weight gradient) on the grid."""
     layout = _Grid(op, x)
     groups = op.attrs["groups"]
     gy_grid = to_grid(gy, 0, 0, layout.hp, layout.wp, 0)
-    g_grid = grid_conv_input_grad_kernel(taps, layout.offsets, groups, gy_grid,
-                                         layout.length + layout.tail, _block(w.shape[1]))
-    gx = from_grid(g_grid, layout.n, layout.top, layout.left, layout.h, layout.w, layout.hp,
-                   layout.wp, *_no_epilogue(x))
+    gx = None
+    if input_grad:
+        g_grid = grid_conv_input_grad_kernel(taps, layout.offsets, groups, gy_grid,
+                                             layout.length + layout.tail, _block(w.shape[1]))
+        gx = from_grid(g_grid, layout.n, layout.top, layout.left, layout.h, layout.w,
+                       layout.hp, layout.wp, *_no_epilogue(x))
     g_taps = grid_conv_weight_grad_kernel(layout.grid(x), layout.offsets, groups, gy_grid,
                                           w.shape[1], numba.get_num_threads(), _block(w.shape[0]))
     kh, kw = op.attrs["kernel_size"]
@@ -199,11 +221,14 @@ GRID_WASTE_LIMIT = 1.6
 GRID_FEW_CHANNELS = 128  # below this many input channels per group, the grid regardless
 
 
-def choose(op, batch: int = 1) -> tuple[str, str]:
-    """The algorithm the CPU runs a conv2d with at a batch size, and why: ``depthwise``,
-    ``pointwise``, ``grid`` or ``im2col`` (see the module docstring). Decided from the
-    op's shapes and attributes and the batch alone, so the choice is known before the
-    first image (``archc bench`` prints it per layer)."""
+def choose(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
+    """The algorithm the CPU runs a conv2d with at a batch size, in training mode or not,
+    and why: ``depthwise``, ``pointwise``, ``winograd``, ``grid`` or ``im2col`` (see the
+    module docstring). Decided from the op's shapes and attributes, the batch and the
+    mode alone, so the choice is known before the first image (``archc bench`` prints it
+    per layer). Winograd is for inference: its filters are transformed once per model,
+    where a training step would transform them again after every update (20-33 ms for
+    one 512x512 conv, more than Winograd saves at ResNet's sizes)."""
     a = op.attrs
     c, h, w = op.in_shapes[0]
     groups = a["groups"]
@@ -215,7 +240,7 @@ def choose(op, batch: int = 1) -> tuple[str, str]:
         return "im2col", "strided: im2col + GEMM"
     (pt, pb), (pl, pr) = a["pads"]
     ho, wo = op.out_shape[1:]
-    m = _winograd_tile(op, batch) if tuple(a["kernel_size"]) == (3, 3) and \
+    m = _winograd_tile(op, batch) if not train and tuple(a["kernel_size"]) == (3, 3) and \
         tuple(a["dilation"]) == (1, 1) and groups == 1 else 0
     if m:
         tiles = batch * -(-ho // m) * -(-wo // m)
@@ -253,7 +278,7 @@ def _conv2d(op, xs, p, ctx, code, slope):
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     groups = op.attrs["groups"]
-    algorithm = choose(op, x.shape[0])[0]
+    algorithm = choose(op, x.shape[0], ctx.train)[0]
     if algorithm == "depthwise":
         return depthwise_forward_kernel(x, _flat_filters(w), kh, kw, sh, sw, dh, dw, pt, pl,
                                         ho, wo, w.shape[0] // x.shape[1], _bias(p, x),
@@ -299,7 +324,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
     grads = {}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
-    algorithm = choose(op, x.shape[0])[0]
+    algorithm = choose(op, x.shape[0], ctx.train)[0]
     if algorithm == "depthwise":
         gw, gx = depthwise_backward_kernel(x, _flat_filters(w), gy, kh, kw, sh, sw, dh, dw, pt,
                                            pl, True)
@@ -322,9 +347,14 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
         gx = np.zeros_like(x)
         gx[:, :, ::sh, ::sw] = gsub
         return [gx], grads
-    if algorithm in ("grid", "winograd"):  # Winograd's gradients: the grid's (the same conv)
+    if algorithm in ("grid", "winograd"):
+        # Winograd's input gradient is Winograd again where the flipped conv's padding (2 -
+        # the forward's) is a padding; the weight gradient is the grid's (a GEMM per tap)
+        winograd = algorithm == "winograd" and max(max(pair) for pair in op.attrs["pads"]) <= 2
         gx, grads["weight"] = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps),
-                                             gy)
+                                             gy, input_grad=not winograd)
+        if winograd:
+            gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0]), ctx)
         return [gx], grads
     n, c, h, wd = x.shape
     taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))
