@@ -202,8 +202,8 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS["bench"] = (
-    "time every layer's kernels on a backend and compare with the analysis' roofline "
-    "estimate",
+    "time every layer's kernels on a backend, say which algorithm each ran and why, and "
+    "compare with the analysis' roofline estimate",
     _setup_bench,
     _cmd_bench,
 )
