@@ -1,11 +1,16 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 # CUDA kernels run under Numba's simulator unless a real GPU run is asked for
 # (ARCHC_CUDA=real); the variable must be set before numba is first imported.
 if os.environ.get("ARCHC_CUDA") != "real":
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+# the algorithms the rules choose, not those a developer's `archc tune` measured (the
+# tuning tests point this at files of their own); subprocesses inherit it
+os.environ["ARCHC_TUNE_CACHE"] = os.path.join(
+    tempfile.mkdtemp(prefix="archc-tests-"), "no-tuning.json")
 
 import pytest
 from hypothesis import HealthCheck, settings

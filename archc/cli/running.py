@@ -207,3 +207,66 @@ COMMANDS["bench"] = (
     _setup_bench,
     _cmd_bench,
 )
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from archc import compile as compile_graph
+    from archc.analysis.table import seconds
+    from runtime import tuning
+    from runtime.backends.cpu import conv, scope
+
+    graph = load_graph(args)
+    model = compile_graph(graph, backend="cpu", seed=args.seed)
+    model.check_batch(args.batch, keep=args.train)
+    cache = tuning.Tuning(tuning.cache_path())
+    rows, seen = [], set()
+    with scope():
+        for op in model.program.ops:
+            key = tuning.layer_key(op, args.batch, args.train) if op.kind == "conv2d" else None
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            rule = conv.rule(op, args.batch, args.train)[0]
+            times = tuning.time_conv(op, model.params, args.batch, args.train, args.repeat,
+                                     args.seed)
+            best = cache.record(op, args.batch, args.train, times)
+            rows.append((op.name, "x".join(map(str, op.in_shapes[0])), times, best, rule))
+    path = cache.save()
+    conv.forget_choices()
+    if not rows:
+        print(f"{graph.name} has no convolution with a choice of algorithm; nothing to tune")
+        return EXIT_OK
+    names = sorted({name for _, _, times, _, _ in rows for name in times})
+    head = ["layer", "input"] + names + ["chosen", "rules' choice"]
+    table = [head] + [[name, shape] + [seconds(times[n]) if n in times else "-" for n in names]
+                      + [best, rule] for name, shape, times, best, rule in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    mode = "training steps (forward + backward)" if args.train else "forward passes"
+    print(f"{graph.name}, batch {args.batch}: each algorithm's best of {args.repeat} "
+          f"{mode}, per layer")
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table))
+    changed = sum(best != rule for _, _, _, best, rule in rows)
+    print(f"\nwrote {path}: {len(rows)} layer shapes on {tuning.machine()} "
+          f"({changed} differ from the rules); archc run, bench and train use them")
+    return EXIT_OK
+
+
+def _setup_tune(p: argparse.ArgumentParser) -> None:
+    add_spec_arguments(p)
+    add_pass_arguments(p, "default: -O0, the network as written")
+    p.add_argument("--batch", type=positive, default=1, metavar="N",
+                   help="batch size to tune for (default 1)")
+    p.add_argument("--train", action="store_true",
+                   help="tune training steps (forward + backward) instead of inference")
+    p.add_argument("--repeat", type=positive, default=5, metavar="R",
+                   help="timed runs of each algorithm per layer after a warm-up; the best "
+                   "counts (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the input")
+
+
+COMMANDS["tune"] = (
+    "time every algorithm that can run each convolution of a network on this machine and "
+    "keep the fastest for later runs (ARCHC_TUNE_CACHE)",
+    _setup_tune,
+    _cmd_tune,
+)

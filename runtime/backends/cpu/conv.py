@@ -50,6 +50,7 @@ from runtime.backends.cpu.conv_winograd import (
     transform_filters,
 )
 from runtime.backends.cpu.elementwise import NO_ACTIVATION, fused_forward
+from runtime.tuning import forget, tuned
 
 
 def _geometry(op):
@@ -201,18 +202,24 @@ WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
 
 
-def _winograd_tile(op, batch: int) -> int:
-    """m of F(m x m, 3x3) for a dense 3x3 stride-1 conv at a batch size, 0 for none."""
+def _winograd_tile(op, batch: int, forced: bool = False) -> int:
+    """m of F(m x m, 3x3) for a dense 3x3 stride-1 conv at a batch size, 0 for none
+    (``forced``: the m to run with, the thresholds aside)."""
     ho, wo = op.out_shape[1:]
 
     def tiles(m: int) -> int:
         return batch * -(-ho // m) * -(-wo // m)
 
+    if WINOGRAD_TILE is not None:
+        m = WINOGRAD_TILE
+    else:
+        m = 4 if tiles(4) >= WINOGRAD_TILES_4 else 2
+    if forced:
+        return m
     if min(op.in_shapes[0][0], op.out_shape[0]) < WINOGRAD_MIN_CHANNELS:
         return 0
-    if WINOGRAD_TILE is not None:
-        return WINOGRAD_TILE if tiles(WINOGRAD_TILE) >= WINOGRAD_MIN_TILES else 0
-    return 4 if tiles(4) >= WINOGRAD_TILES_4 else 2 if tiles(2) >= WINOGRAD_MIN_TILES else 0
+    return m if tiles(m) >= (WINOGRAD_TILES_4 if m == 4 and WINOGRAD_TILE is None
+                             else WINOGRAD_MIN_TILES) else 0
 
 
 GRID_WASTE_LIMIT = 1.6
@@ -221,7 +228,50 @@ GRID_WASTE_LIMIT = 1.6
 GRID_FEW_CHANNELS = 128  # below this many input channels per group, the grid regardless
 
 
+def candidates(op, train: bool = False) -> list[str]:
+    """Every algorithm that can run this conv (``archc tune`` times each)."""
+    a = op.attrs
+    groups = a["groups"]
+    if groups > 1 and groups == op.in_shapes[0][0]:
+        return ["depthwise"]
+    out = []
+    if tuple(a["kernel_size"]) == (1, 1) and a["pads"] == ((0, 0), (0, 0)):
+        out.append("pointwise")
+    if tuple(a["stride"]) == (1, 1):
+        if not train and tuple(a["kernel_size"]) == (3, 3) and tuple(a["dilation"]) == (1, 1) \
+                and groups == 1:
+            out.append("winograd")
+        out.append("grid")
+    return out + ["im2col"]
+
+
+_MEASURED: dict[int, tuple] = {}  # id(op) -> (op, batch, train, entry): one lookup per op
+
+
 def choose(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
+    """The algorithm the CPU runs a conv2d with, and why: the one ``archc tune`` measured
+    fastest for this layer, batch and mode on this machine (runtime.tuning), else the
+    rules' (:func:`rule`)."""
+    hit = _MEASURED.get(id(op))
+    if hit is None or hit[0] is not op or hit[1:3] != (batch, train):
+        if len(_MEASURED) > 10000:
+            _MEASURED.clear()
+        hit = _MEASURED[id(op)] = (op, batch, train, tuned(op, batch, train))
+    measured = hit[3]
+    if measured is not None and measured["algorithm"] in candidates(op, train):
+        times = sorted(measured["times"].items(), key=lambda kv: kv[1])
+        return measured["algorithm"], "measured by archc tune: " + ", ".join(
+            f"{name} {seconds * 1e3:.3g} ms" for name, seconds in times)
+    return rule(op, batch, train)
+
+
+def forget_choices() -> None:
+    """Read the tuning cache again at the next pass (``archc tune`` wrote it)."""
+    _MEASURED.clear()
+    forget()
+
+
+def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
     """The algorithm the CPU runs a conv2d with at a batch size, in training mode or not,
     and why: ``depthwise``, ``pointwise``, ``winograd``, ``grid`` or ``im2col`` (see the
     module docstring). Decided from the op's shapes and attributes, the batch and the
@@ -271,14 +321,14 @@ def _no_epilogue(x, rank: int = 4):
     return np.empty(0, dtype=x.dtype), _no_residual(x, rank), NO_ACTIVATION, 0.0
 
 
-def _conv2d(op, xs, p, ctx, code, slope):
+def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
     """The conv and its epilogue: bias, residual (a second input), activation ``code``."""
     x = np.ascontiguousarray(xs[0])
     residual = np.ascontiguousarray(xs[1]) if len(xs) > 1 else _no_residual(x)
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     groups = op.attrs["groups"]
-    algorithm = choose(op, x.shape[0], ctx.train)[0]
+    algorithm = algorithm or choose(op, x.shape[0], ctx.train)[0]
     if algorithm == "depthwise":
         return depthwise_forward_kernel(x, _flat_filters(w), kh, kw, sh, sw, dh, dw, pt, pl,
                                         ho, wo, w.shape[0] // x.shape[1], _bias(p, x),
@@ -294,7 +344,7 @@ def _conv2d(op, xs, p, ctx, code, slope):
                              rows, res3, code, slope)
         return y.reshape(n, w.shape[0], ho, wo)
     if algorithm == "winograd":
-        m = _winograd_tile(op, x.shape[0])
+        m = _winograd_tile(op, x.shape[0], forced=True)
         u = ctx.packs.get((op.name, f"winograd{m}"), w, lambda w: transform_filters(w, m))
         return _winograd_forward(op, x, u, m, _bias(p, x), residual, code, slope)
     if algorithm == "grid":
@@ -314,7 +364,7 @@ def _conv2d(op, xs, p, ctx, code, slope):
 conv2d_forward = fused_forward(_conv2d)
 
 
-def conv2d_backward(op, xs, y, gy, p, ctx):
+def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
     (x,) = xs
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
@@ -324,7 +374,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
     grads = {}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
-    algorithm = choose(op, x.shape[0], ctx.train)[0]
+    algorithm = algorithm or choose(op, x.shape[0], ctx.train)[0]
     if algorithm == "depthwise":
         gw, gx = depthwise_backward_kernel(x, _flat_filters(w), gy, kh, kw, sh, sw, dh, dw, pt,
                                            pl, True)
@@ -354,7 +404,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx):
         gx, grads["weight"] = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps),
                                              gy, input_grad=not winograd)
         if winograd:
-            gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0]), ctx)
+            gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0], forced=True), ctx)
         return [gx], grads
     n, c, h, wd = x.shape
     taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))
