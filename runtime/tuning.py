@@ -110,41 +110,6 @@ class Tuning:
         return self.path
 
 
-def time_conv(op, params: dict, batch: int, train: bool, repeat: int,
-              seed: int = 0) -> dict[str, float]:
-    """Algorithm -> the best of ``repeat`` timed runs (after a warm-up) of a conv op on the
-    CPU backend, forward (and backward when ``train``), on random input."""
-    import time
-
-    import numpy as np
-
-    from runtime.backends.cpu import conv
-    from runtime.context import KernelContext
-
-    rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal((batch,) + tuple(shape)).astype(np.float32)
-          for shape in op.in_shapes]
-    p = {role: params[full] for role, full in op.params.items()}
-    gy = rng.standard_normal((batch,) + tuple(op.out_shape)).astype(np.float32)
-    times = {}
-    for name in conv.candidates(op, train):
-        ctx = KernelContext(train=train)  # its own packs: each algorithm packs once
-
-        def run():
-            y = conv._conv2d(op, xs, p, ctx, -1, 0.0, algorithm=name)
-            if train:
-                conv.conv2d_backward(op, xs[:1], y, gy, p, ctx, algorithm=name)
-
-        run()
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
-        times[name] = best
-    return times
-
-
 _loaded: dict[str, Tuning] = {}
 
 

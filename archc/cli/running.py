@@ -227,8 +227,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                 continue
             seen.add(key)
             rule = conv.rule(op, args.batch, args.train)[0]
-            times = tuning.time_conv(op, model.params, args.batch, args.train, args.repeat,
-                                     args.seed)
+            times = conv.time_algorithms(op, model.params, args.batch, args.train,
+                                         args.repeat, args.seed)
             best = cache.record(op, args.batch, args.train, times)
             rows.append((op.name, "x".join(map(str, op.in_shapes[0])), times, best, rule))
     path = cache.save()

@@ -20,6 +20,8 @@ docs/performance.md):
 
 from __future__ import annotations
 
+import time
+
 import numba
 import numpy as np
 
@@ -50,6 +52,7 @@ from runtime.backends.cpu.conv_winograd import (
     transform_filters,
 )
 from runtime.backends.cpu.elementwise import NO_ACTIVATION, fused_forward
+from runtime.context import KernelContext
 from runtime.tuning import forget, tuned
 
 
@@ -463,3 +466,31 @@ def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
     return [gx], grads
+
+
+def time_algorithms(op, params: dict, batch: int, train: bool, repeat: int,
+                    seed: int = 0) -> dict[str, float]:
+    """Algorithm -> the best of ``repeat`` timed runs (after a warm-up) of a conv op on the
+    CPU backend, forward (and backward when ``train``), on random input."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((batch,) + tuple(shape)).astype(np.float32)
+          for shape in op.in_shapes]
+    p = {role: params[full] for role, full in op.params.items()}
+    gy = rng.standard_normal((batch,) + tuple(op.out_shape)).astype(np.float32)
+    times = {}
+    for name in candidates(op, train):
+        ctx = KernelContext(train=train)  # its own packs: each algorithm packs once
+
+        def run():
+            y = _conv2d(op, xs, p, ctx, -1, 0.0, algorithm=name)
+            if train:
+                conv2d_backward(op, xs[:1], y, gy, p, ctx, algorithm=name)
+
+        run()
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - start)
+        times[name] = best
+    return times
