@@ -142,12 +142,12 @@ def format_profile(p: Profile, top: int | None = None) -> str:
     if top and len(p.layers) > top:
         lines.append(f"... {len(p.layers) - top} more layers (--top 0 shows all)")
     reasons = {}
-    for layer in ranked[:top] if top else ranked:
+    for layer in ranked:  # every layer, shown or not
         if layer.algorithm:
             reasons.setdefault(layer.algorithm, []).append(f"{layer.name}: {layer.why}")
     if reasons:
         lines.append("")
-        lines.append("why each algorithm (the first layers shown that run it):")
+        lines.append("why each algorithm (the slowest layers that run it):")
         for name, whys in reasons.items():
             lines.append(f"  {name}: " + "; ".join(whys[:2]) + (" ..." if len(whys) > 2 else ""))
     lines.append("")

@@ -4,6 +4,7 @@ the roofline estimate), shares that add up; the same on the CUDA backend (simula
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -58,7 +59,10 @@ def test_bench_joins_times_with_the_analysis(capsys):
     assert "... 5 more layers (--top 0 shows all)" in out
     assert "time by kind:" in out and "roofline estimate of the forward pass on cpu" in out
     assert "| algorithm |" not in out and " algorithm " in out.splitlines()[3]
-    assert "why each algorithm" in out and "  grid: c1: stride 1" in out
+    # the reasons cover every layer, shown in the table or not (which are the 3 slowest
+    # depends on the machine)
+    assert "why each algorithm" in out
+    assert re.search(r"^  grid: .*\bc1: stride 1", out, re.M) and "c3: stride 1" in out
     assert main(["bench", f"{SPECS}/lenet5.yaml", "--top", "0"]) == 0
     table = capsys.readouterr().out.split("\n\n")[1].splitlines()[1:]
     assert len(table) == len(nodes)
