@@ -66,6 +66,7 @@ class Tuning:
     def __init__(self, path: Path | None = None):
         self.path = path or cache_path()
         self.entries: dict[str, dict[str, Any]] = {}
+        self.machines: dict[str, Any] = {}  # every machine's entries, as read
         self._read()
 
     def _read(self) -> None:
@@ -83,8 +84,7 @@ class Tuning:
                     isinstance(v, dict) and isinstance(v.get("algorithm"), str)
                     and isinstance(v.get("times"), dict) for v in entries.values()):
                 raise InputError(f"archc tune's cache {self.path} has damaged entries")
-            self.entries = entries
-            self._all = data["machines"]
+            self.entries, self.machines = entries, data["machines"]
         except InputError as exc:
             warnings.warn(f"{exc}; the rules choose the algorithms (archc tune rewrites it)",
                           ArchcWarning, stacklevel=2)
@@ -101,8 +101,7 @@ class Tuning:
         return best
 
     def save(self) -> Path:
-        machines = dict(getattr(self, "_all", {}))
-        machines[machine()] = self.entries
+        machines = {**self.machines, machine(): self.entries}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         part = self.path.with_name(self.path.name + ".part")
         part.write_text(json.dumps({"version": VERSION, "machines": machines}, indent=1))

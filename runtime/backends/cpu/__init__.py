@@ -74,8 +74,8 @@ NUMBA_OPS = tuple(kind for kind in KERNELS
 tests hold every one of them to the reference backend."""
 
 CHOICES = {"conv2d": conv.choose}
-"""Op kind -> ``choose(op, batch) -> (algorithm, why)``, for the kinds computed more than
-one way (``archc bench`` prints the choice per layer)."""
+"""Op kind -> ``choose(op, batch, train) -> (algorithm, why)``, for the kinds computed more
+than one way (``archc bench`` prints the choice per layer)."""
 
 
 def algorithm(op, batch: int, train: bool = False):

@@ -88,7 +88,8 @@ class _Grid:
 
 
 def _flat_filters(w):
-    """A depthwise conv's filters (C*mult, 1, kh, kw) as rows (C*mult, kh*kw)."""
+    """Filters (O, C/g, kh, kw) as rows (O, C/g*kh*kw): the matrix of a 1x1 conv's and an
+    im2col GEMM, and a depthwise conv's (C*mult, kh*kw)."""
     return np.ascontiguousarray(w.reshape(w.shape[0], -1))
 
 
@@ -200,7 +201,7 @@ GRID_NARROW = 256  # positions of the whole batch below which im2col's GEMM is t
 # 64x8x8, but 1.7x slower at 16 channels 32x32 (GEMMs 16 wide).
 WINOGRAD_TILE = None  # None: chosen per layer as below; 2 or 4 forces it (tests)
 WINOGRAD_TILES_4 = 64  # tiles of 4x4 in the batch from which F(4x4, 3x3) runs
-WINOGRAD_MIN_TILES = 16  # tiles of 2x2 in the batch from which F(2x2, 3x3) runs
+WINOGRAD_MIN_TILES = 16  # tiles of m x m in the batch from which F(m x m, 3x3) runs
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
 
@@ -221,8 +222,7 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
         return m
     if min(op.in_shapes[0][0], op.out_shape[0]) < WINOGRAD_MIN_CHANNELS:
         return 0
-    return m if tiles(m) >= (WINOGRAD_TILES_4 if m == 4 and WINOGRAD_TILE is None
-                             else WINOGRAD_MIN_TILES) else 0
+    return m if tiles(m) >= WINOGRAD_MIN_TILES else 0
 
 
 GRID_WASTE_LIMIT = 1.6
@@ -231,19 +231,31 @@ GRID_WASTE_LIMIT = 1.6
 GRID_FEW_CHANNELS = 128  # below this many input channels per group, the grid regardless
 
 
+def _is_depthwise(op) -> bool:
+    groups = op.attrs["groups"]
+    return groups > 1 and groups == op.in_shapes[0][0]
+
+
+def _is_pointwise(op) -> bool:
+    """An unpadded 1x1: a GEMM on the map as it lies."""
+    return tuple(op.attrs["kernel_size"]) == (1, 1) and op.attrs["pads"] == ((0, 0), (0, 0))
+
+
+def _winograd_fits(op, train: bool) -> bool:
+    """A dense 3x3 stride-1 conv, in inference: what F(m x m, 3x3) computes."""
+    a = op.attrs
+    return not train and tuple(a["kernel_size"]) == (3, 3) and tuple(a["stride"]) == (1, 1) \
+        and tuple(a["dilation"]) == (1, 1) and a["groups"] == 1
+
+
 def candidates(op, train: bool = False) -> list[str]:
     """Every algorithm that can run this conv (``archc tune`` times each)."""
-    a = op.attrs
-    groups = a["groups"]
-    if groups > 1 and groups == op.in_shapes[0][0]:
+    if _is_depthwise(op):
         return ["depthwise"]
-    out = []
-    if tuple(a["kernel_size"]) == (1, 1) and a["pads"] == ((0, 0), (0, 0)):
-        out.append("pointwise")
-    if tuple(a["stride"]) == (1, 1):
-        if not train and tuple(a["kernel_size"]) == (3, 3) and tuple(a["dilation"]) == (1, 1) \
-                and groups == 1:
-            out.append("winograd")
+    out = ["pointwise"] if _is_pointwise(op) else []
+    if _winograd_fits(op, train):
+        out.append("winograd")
+    if tuple(op.attrs["stride"]) == (1, 1):
         out.append("grid")
     return out + ["im2col"]
 
@@ -281,21 +293,20 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
     mode alone, so the choice is known before the first image (``archc bench`` prints it
     per layer). Winograd is for inference: its filters are transformed once per model,
     where a training step would transform them again after every update (4-15 ms for
-    one 512x512 conv: allowed where the batch has 4096+ positions, a ResNet-20 step at
-    batch 128 measured 4% faster and a ResNet-18 step at batch 8 no faster)."""
+    one 512x512 conv; tried where the batch has 4096+ positions, a ResNet-20 step at
+    batch 128 measured 4% faster and a ResNet-18 step at batch 8 no faster: left out)."""
     a = op.attrs
     c, h, w = op.in_shapes[0]
     groups = a["groups"]
-    if groups > 1 and groups == c:
+    if _is_depthwise(op):
         return "depthwise", "one filter per channel: a direct loop (a GEMM would be tiny)"
-    if tuple(a["kernel_size"]) == (1, 1) and a["pads"] == ((0, 0), (0, 0)):
+    if _is_pointwise(op):
         return "pointwise", "an unpadded 1x1: a GEMM on the map as it lies"
     if not GRID_AT_STRIDE_1 or tuple(a["stride"]) != (1, 1):
         return "im2col", "strided: im2col + GEMM"
     (pt, pb), (pl, pr) = a["pads"]
     ho, wo = op.out_shape[1:]
-    m = _winograd_tile(op, batch) if not train and tuple(a["kernel_size"]) == (3, 3) and \
-        tuple(a["dilation"]) == (1, 1) and groups == 1 else 0
+    m = _winograd_tile(op, batch) if _winograd_fits(op, train) else 0
     if m:
         tiles = batch * -(-ho // m) * -(-wo // m)
         return "winograd", (f"F({m}x{m}, 3x3) on {tiles} tiles: {9 * m * m / (m + 2) ** 2:.2f}x "
@@ -340,7 +351,7 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
     if algorithm == "pointwise":
         xs_ = _pointwise_input(op, x)
         n, c = xs_.shape[:2]
-        w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+        w2 = _flat_filters(w)
         res3 = residual.reshape(n, w.shape[0], ho * wo) if residual.size else _no_residual(x, 3)
         block = _block(w.shape[0] // groups)
         rows = _row_blocks(w.shape[0] // groups, n * groups * -(-ho * wo // block))
@@ -355,7 +366,7 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
         return _grid_forward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), _bias(p, x),
                              residual, code, slope)
     # otherwise im2col + GEMM, panel by panel, straight into the output
-    wmat = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+    wmat = _flat_filters(w)
     panel = min(_panel(wmat.shape[1]), ho * wo)
     rows = _row_blocks(w.shape[0] // groups, x.shape[0] * groups * -(-ho * wo // panel))
     res3 = residual.reshape(x.shape[0], w.shape[0], ho * wo) if residual.size else \
@@ -388,7 +399,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         xs_ = _pointwise_input(op, x)
         n, c = xs_.shape[:2]
         x3, gy3 = xs_.reshape(n, c, ho * wo), gy.reshape(n, w.shape[0], ho * wo)
-        w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+        w2 = _flat_filters(w)
         bias, residual, code, slope = _no_epilogue(x, rank=3)
         block = _block(c // groups)
         rows = _row_blocks(c // groups, n * groups * -(-ho * wo // block))
