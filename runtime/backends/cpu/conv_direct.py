@@ -4,10 +4,11 @@ their gradients and the fused epilogue applied per output row."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
 from runtime.backends.cpu.elementwise import activate_inplace
+from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.config import PARALLEL
 
 
@@ -17,11 +18,16 @@ def finish_block(out, b, row0, s, e, bias, residual, code, slope):
     sample b, right after its GEMM while it is in cache: bias, residual (N, O, HW),
     activation ``code`` (empty arrays and a negative code: nothing)."""
     for r in range(out.shape[0]):
+        row = unit_stride(out[r])
         if bias.size:
-            out[r] += bias[row0 + r]
+            add = bias[row0 + r]
+            for i in range(uint64(row.size)):
+                row[i] += add
         if residual.shape[0]:
-            out[r] += residual[b, row0 + r, s:e]
-        activate_inplace(out[r], code, slope)
+            res = unit_stride(residual[b, row0 + r, s:e])
+            for i in range(uint64(row.size)):
+                row[i] += res[i]
+        activate_inplace(row, code, slope)
 
 
 @njit(cache=True, **PARALLEL)

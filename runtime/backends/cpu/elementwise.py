@@ -19,6 +19,7 @@ from runtime.backends.activations import (
     reference_derivative,
     reference_forward,
 )
+from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.backends.epilogue import activation_of, keep_pre_activation
 from runtime.config import PARALLEL
 
@@ -66,10 +67,17 @@ def _no_derivative(x, y, gy, gx, c, a):
     gx[:] = gy
 
 
-activate_inplace = dispatch_chain(_forward_link, _identity, lambda f: _scalar(f.forward))
-"""``activate_inplace(v, code, a)``: activation ``code`` over a 1-D array, in place
-(NO_ACTIVATION does nothing). Conv and linear kernels call it on their output rows while
-they are in cache: the fused epilogue."""
+_activate_chain = dispatch_chain(_forward_link, _identity, lambda f: _scalar(f.forward))
+
+
+@njit(cache=True)
+def activate_inplace(v, code, a):
+    """Activation ``code`` over a 1-D array of unit stride, in place (NO_ACTIVATION does
+    nothing). Conv and linear kernels call it on their output rows while they are in
+    cache: the fused epilogue. The row is retyped as contiguous first: a row of a 2-D
+    view has a run-time stride to Numba, and the loop over it did not vectorise."""
+    if code != NO_ACTIVATION:
+        _activate_chain(unit_stride(v), code, a)
 
 derivative_into = dispatch_chain(_backward_link, _no_derivative,
                                  lambda f: _scalar(f.derivative))
