@@ -56,13 +56,21 @@ def _winograd(draw):
                "dilation": (1, 1), "groups": 1}
 
 
-CASES = {"depthwise": _depthwise, "grid": _grid, "im2col": _im2col, "pointwise": _pointwise,
-         "winograd": _winograd}
+CASES = {"depthwise": _depthwise, "direct": _grid, "grid": _grid, "im2col": _im2col,
+         "pointwise": _pointwise, "winograd": _winograd}
 
 # settings of the CPU backend per algorithm: Winograd on any map and channel count (its
 # thresholds only say where it pays), with either tile size
-SETTINGS = {"winograd": lambda draw: {"WINOGRAD_TILE": draw(st.sampled_from([2, 4])),
-                                      "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1}}
+SETTINGS = {
+    "winograd": lambda draw: {"WINOGRAD_TILE": draw(st.sampled_from([2, 4])),
+                              "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1},
+    # direct and grid take the same convs: the rule picks by channel count
+    "direct": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": 10**6,
+                            # bands of any height and output channels in chunks
+                            "split": lambda *args: (draw(st.integers(1, 4)),
+                                                    draw(st.integers(1, 3)))},
+    "grid": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": 0},
+}
 
 
 @st.composite
@@ -139,9 +147,12 @@ def _weight_shape(op, shape):
     ((256, 14, 14), 1, 3, 1, 1, "winograd F(2x2"),  # 16 tiles of 4x4 only
     ((512, 7, 7), 1, 3, 1, 1, "winograd F(2x2"),
     ((512, 7, 7), 1, 3, 1, 8, "winograd F(2x2"),  # 32 tiles of 4x4 (F(4x4) as fast)
-    ((16, 32, 32), 1, 3, 1, 128, "grid"),  # too few channels for Winograd
-    ((64, 56, 56), 1, 3, 2, 1, "grid"),  # grouped
-    ((64, 56, 56), 1, 5, 1, 1, "grid"),
+    ((16, 32, 32), 1, 3, 1, 128, "direct"),  # too few channels for Winograd
+    ((32, 16, 16), 1, 3, 1, 128, "direct"),
+    ((64, 8, 8), 1, 3, 1, 128, "winograd F(4x4"),
+    ((64, 56, 56), 1, 3, 2, 1, "direct"),  # grouped
+    ((64, 56, 56), 1, 5, 1, 1, "direct"),
+    ((512, 14, 14), 1, 5, 1, 1, "grid"),  # many channels: a GEMM per tap
     ((512, 7, 7), 1, 5, 1, 1, "grid"),  # im2col's GEMM would be 49 columns wide
     ((512, 7, 7), 1, 5, 1, 8, "im2col"),  # a grid 1.65x the map (5x5, padding 2: 121/49)
     ((64, 56, 56), 2, 3, 1, 1, "im2col"),
@@ -181,4 +192,4 @@ def test_winograd_is_for_inference_only():
     op, _ = one_op("conv2d", {"out_channels": 64, "kernel_size": 3, "padding": 1,
                               "in_channels": None}, [(64, 56, 56)])
     assert conv.choose(op, 8)[0] == "winograd"
-    assert conv.choose(op, 8, train=True)[0] == "grid"
+    assert conv.choose(op, 8, train=True)[0] == "direct"

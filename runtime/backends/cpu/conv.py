@@ -26,7 +26,8 @@ import numba
 import numpy as np
 
 from runtime.backends.cpu.conv_depthwise import depthwise_backward_kernel, depthwise_forward_kernel
-from runtime.backends.cpu.conv_direct import (
+from runtime.backends.cpu.conv_direct import direct_conv_kernel, flip_filters, pack_filters, split
+from runtime.backends.cpu.conv_pointwise import (
     pointwise_kernel,
     pointwise_weight_grad_kernel,
 )
@@ -134,6 +135,33 @@ def _winograd_forward(op, x, u, m, bias, residual, code, slope):
     return _winograd(x, u, m, pt, pl, *op.out_shape[1:], bias, residual, code, slope)
 
 
+def _direct(x, wt, og, kh, kw, dh, dw, pt, pl, ho, wo, bias, residual, code, slope):
+    """A stride-1 conv in register tiles (conv_direct.py) on the packed filters ``wt``."""
+    n, c = x.shape[:2]
+    groups = wt.shape[0]
+    band, chunks = split(n, groups, c // groups, og, ho, wo + (kw - 1) * dw,
+                         numba.get_num_threads())
+    return direct_conv_kernel(x, wt, og, kh, kw, dh, dw, pt, pl, ho, wo, band, chunks, bias,
+                              residual, code, slope)
+
+
+def _direct_input_grad(op, gy, w, ctx):
+    """A stride-1 conv's input gradient as a stride-1 conv of gy with the turned filters
+    (conv_direct.flip_filters), padded by the reach of the filter less the forward's
+    padding; None where that padding would be negative (a forward padding wider than the
+    filter's reach: the grid's adjoint does those)."""
+    kh, kw, _, _, dh, dw, pt, pl, _, _ = _geometry(op)
+    (_, pb), (_, pr) = op.attrs["pads"]
+    if max(pt, pb) > (kh - 1) * dh or max(pl, pr) > (kw - 1) * dw:
+        return None
+    groups = op.attrs["groups"]
+    wt = ctx.packs.get((op.name, "direct-grad"), w,
+                       lambda w: pack_filters(flip_filters(w, groups), groups))
+    c, h, wd = op.in_shapes[0]
+    return _direct(gy, wt, c // groups, kh, kw, dh, dw, (kh - 1) * dh - pt, (kw - 1) * dw - pl,
+                   h, wd, *_no_epilogue(gy))
+
+
 def _flipped(w):
     """The filters of a stride-1 conv's input gradient: (O, C, kh, kw) -> (C, O, kh, kw)
     turned by 180 degrees."""
@@ -198,11 +226,13 @@ GRID_NARROW = 256  # positions of the whole batch below which im2col's GEMM is t
 # only 1.5x) and 1.4x at 512x7x7 (4 tiles of 4x4: F(4x4) 1.4x slower than the grid); at
 # batch 8, F(4x4) 2.4x at 256x14x14 and 2.1x at 512x7x7, equal at 64x56x56 (its
 # transformed tiles outgrow the cache); at batch 128, 1.35x at 32 channels 16x16 and 2.4x at
-# 64x8x8, but 1.7x slower at 16 channels 32x32 (GEMMs 16 wide).
+# 64x8x8, but 1.7x slower at 16 channels 32x32 (GEMMs 16 wide). Against the register
+# tiles of conv_direct.py (archc tune, batch 128): 1.9x slower at 32 channels 16x16, 1.25x
+# faster at 64x8x8; at batch 1, 1.2-1.4x faster from 64 channels up.
 WINOGRAD_TILE = None  # None: chosen per layer as below; 2 or 4 forces it (tests)
 WINOGRAD_TILES_4 = 64  # tiles of 4x4 in the batch from which F(4x4, 3x3) runs
 WINOGRAD_MIN_TILES = 16  # tiles of m x m in the batch from which F(m x m, 3x3) runs
-WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
 
 
@@ -224,6 +254,14 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
         return 0
     return m if tiles(m) >= WINOGRAD_MIN_TILES else 0
 
+
+# Stride-1 convs in register tiles (conv_direct.py) up to this many input channels per
+# group; measured against the grid (its GEMM per tap, layout copies included), forward,
+# 2 threads: 2.7x faster at 16 channels 32x32 batch 128 (ResNet-20's stages), 1.8x at
+# 32x16x16, 1.4x at 64x8x8 and 64x56x56 batch 1, 1.2x at 128x28x28, 1.1x at 256x14x14;
+# at 512x7x7 1.1x faster at batch 1 and even to 1.3x slower at batch 8, where the grid
+# and im2col rules stay.
+DIRECT_MAX_CHANNELS = 256
 
 GRID_WASTE_LIMIT = 1.6
 
@@ -256,7 +294,7 @@ def candidates(op, train: bool = False) -> list[str]:
     if _winograd_fits(op, train):
         out.append("winograd")
     if tuple(op.attrs["stride"]) == (1, 1):
-        out.append("grid")
+        out += ["direct", "grid"]
     return out + ["im2col"]
 
 
@@ -288,7 +326,7 @@ def forget_choices() -> None:
 
 def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
     """The algorithm the CPU runs a conv2d with at a batch size, in training mode or not,
-    and why: ``depthwise``, ``pointwise``, ``winograd``, ``grid`` or ``im2col`` (see the
+    and why: ``depthwise``, ``pointwise``, ``winograd``, ``direct``, ``grid`` or ``im2col`` (see the
     module docstring). Decided from the op's shapes and attributes, the batch and the
     mode alone, so the choice is known before the first image (``archc bench`` prints it
     per layer). Winograd is for inference: its filters are transformed once per model,
@@ -311,6 +349,10 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
         tiles = batch * -(-ho // m) * -(-wo // m)
         return "winograd", (f"F({m}x{m}, 3x3) on {tiles} tiles: {9 * m * m / (m + 2) ** 2:.2f}x "
                             "fewer multiplications than direct")
+    if c // groups <= DIRECT_MAX_CHANNELS:
+        return "direct", (f"stride 1 with {c // groups} channels per group: register tiles "
+                          "(a GEMM per tap would have an inner dimension of "
+                          f"{c // groups})")
     waste = (h + pt + pb) * (w + pl + pr) / (ho * wo)
     if waste <= GRID_WASTE_LIMIT:
         return "grid", f"stride 1: a GEMM per tap on the padded grid ({waste:.2f}x the output)"
@@ -362,6 +404,10 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
         m = _winograd_tile(op, x.shape[0], forced=True)
         u = ctx.packs.get((op.name, f"winograd{m}"), w, lambda w: transform_filters(w, m))
         return _winograd_forward(op, x, u, m, _bias(p, x), residual, code, slope)
+    if algorithm == "direct":
+        wt = ctx.packs.get((op.name, "direct"), w, lambda w: pack_filters(w, groups))
+        return _direct(x, wt, w.shape[0] // groups, kh, kw, dh, dw, pt, pl, ho, wo, _bias(p, x),
+                       residual, code, slope)
     if algorithm == "grid":
         return _grid_forward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), _bias(p, x),
                              residual, code, slope)
@@ -412,6 +458,11 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         gx = np.zeros_like(x)
         gx[:, :, ::sh, ::sw] = gsub
         return [gx], grads
+    if algorithm == "direct":
+        gx = _direct_input_grad(op, gy, w, ctx)
+        taps = ctx.packs.get((op.name, "taps"), w, _taps)
+        grid_gx, grads["weight"] = _grid_backward(op, x, w, taps, gy, input_grad=gx is None)
+        return [grid_gx if gx is None else gx], grads
     if algorithm in ("grid", "winograd"):
         # Winograd's input gradient is Winograd again where the flipped conv's padding (2 -
         # the forward's) is a padding; the weight gradient is the grid's (a GEMM per tap)

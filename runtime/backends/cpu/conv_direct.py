@@ -1,80 +1,180 @@
-"""Unpadded 1x1 convolutions: a GEMM per sample on the map as it lies (no im2col), with
-their gradients and the fused epilogue applied per output row."""
+"""Stride-1 convolutions computed directly, in register tiles: no GEMM, no layout pass over
+the whole tensor.
+
+Each thread job takes one sample, one group and a band of output rows. It copies the
+input rows the band reads into a small zero-padded *panel* ``(C/g, rows_in * Wp + reach)``
+(the grid layout of conv_grid.py, but only for the band, so it stays in cache), where
+output position ``q`` (row ``q // Wp``) sees filter tap (i, j) at ``q + i*dh*Wp + j*dw``.
+The panel's positions are then walked in tiles of ``TILE`` positions, and for every block
+of ``ROWS`` output channels the tile's ``ROWS x TILE`` sums are accumulated over every
+(tap, input channel) in a stack buffer, which LLVM keeps in vector registers: one vector
+load of the panel feeds ``ROWS`` fused multiply-adds with broadcast weights, and the
+output is written once. (A GEMM per tap, the grid's way, has an inner dimension of C/g:
+16-64 for the small-channel convs of CIFAR ResNets, where BLAS runs at a fraction of its
+peak, and it reads and writes the whole output once per tap.) Positions past the output's
+width (the panel's padding columns) are computed and dropped; the output rows are then
+written with the fused epilogue (bias, residual, activation) while in cache.
+
+The filters are packed once per model (runtime.packing) as ``(groups, blocks, taps,
+C/g, ROWS)``, zero rows completing the last block. The input gradient of a stride-1 conv
+is again a stride-1 conv (of the output gradient with the filters turned by 180 degrees,
+input and output channels swapped per group), so it runs on this kernel too.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange, uint64
 
-from runtime.backends.cpu.blas import gemm
 from runtime.backends.cpu.elementwise import activate_inplace
-from runtime.backends.cpu.lowlevel import unit_stride
+from runtime.backends.cpu.lowlevel import stack_buffer, unit_stride
 from runtime.config import PARALLEL
 
-
-@njit(cache=True)
-def finish_block(out, b, row0, s, e, bias, residual, code, slope):
-    """The fused epilogue of a block of output rows (channels row0..) and columns s..e of
-    sample b, right after its GEMM while it is in cache: bias, residual (N, O, HW),
-    activation ``code`` (empty arrays and a negative code: nothing)."""
-    for r in range(out.shape[0]):
-        row = unit_stride(out[r])
-        if bias.size:
-            add = bias[row0 + r]
-            for i in range(uint64(row.size)):
-                row[i] += add
-        if residual.shape[0]:
-            res = unit_stride(residual[b, row0 + r, s:e])
-            for i in range(uint64(row.size)):
-                row[i] += res[i]
-        activate_inplace(row, code, slope)
+TILE = 32  # output positions per register tile (four 8-wide vectors)
+ROWS = 4  # output channels per register tile (TILE * ROWS sums: 16 vector registers)
+# Numba freezes these into the kernels; the stack buffer's size is the literal below.
 
 
-@njit(cache=True, **PARALLEL)
-def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope):
-    """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
-    HW), w (O, C/g)), or W_g.T @ x[b] when ``transpose`` (the input gradient); threads take
-    (sample, group, row block, column block) jobs (``row_blocks`` > 1 where the columns
-    alone are too few to share: a 7x7 map is one block). The epilogue (bias, residual (N,
-    O, HW), activation ``code``) runs on each block right after its GEMM; empty arrays and
-    a negative code add nothing."""
-    n, hw = x.shape[0], x.shape[2]
-    og, cg = w.shape[0] // groups, w.shape[1]
-    rows_in, rows_out = (og, cg) if transpose else (cg, og)
-    y = np.empty((n, rows_out * groups, hw), dtype=x.dtype)
-    blocks = (hw + block - 1) // block
-    step = (rows_out + row_blocks - 1) // row_blocks
-    for job in prange(n * groups * row_blocks * blocks):
-        b = job // (groups * row_blocks * blocks)
-        g = (job // (row_blocks * blocks)) % groups
-        r0 = ((job // blocks) % row_blocks) * step
-        r1 = min(rows_out, r0 + step)
-        s = (job % blocks) * block
-        e = min(hw, s + block)
-        if r0 >= r1:
+def pack_filters(w: np.ndarray, groups: int) -> np.ndarray:
+    """Filters (O, C/g, kh, kw) -> (groups, blocks, kh*kw, C/g, ROWS): the ROWS weights one
+    (tap, input channel) step of a tile multiplies, side by side; zeros complete the last
+    block of a group's output channels."""
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    blocks = -(-og // ROWS)
+    packed = np.zeros((groups, blocks * ROWS, cg, kh * kw), dtype=w.dtype)
+    packed[:, :og] = w.reshape(groups, og, cg, kh * kw)
+    return np.ascontiguousarray(
+        packed.reshape(groups, blocks, ROWS, cg, kh * kw).transpose(0, 1, 4, 3, 2))
+
+
+def flip_filters(w: np.ndarray, groups: int) -> np.ndarray:
+    """The filters of a stride-1 conv's input gradient: (O, C/g, kh, kw) -> (C, O/g, kh,
+    kw), each group's input and output channels swapped, every filter turned by 180
+    degrees."""
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    turned = w[:, :, ::-1, ::-1].reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4)
+    return np.ascontiguousarray(turned.reshape(groups * cg, og, kh, kw))
+
+
+def split(n: int, groups: int, cg: int, og: int, ho: int, wp: int,
+          threads: int) -> tuple[int, int]:
+    """(output rows per job, chunks of output channels per job). A band's input panel and
+    output rows stay within about 512 KB (in L2 while every output-channel block walks
+    them); a small map is one band (tiles straddling rows waste less of it); where the
+    batch, groups and bands give fewer than two jobs per thread, the output channels are
+    dealt out in chunks (each rebuilds the panel, a small cost), then the rows."""
+    blocks = -(-og // ROWS)
+    per_row = wp * 4 * (cg + blocks * ROWS)
+    band = max(1, min(ho, 524288 // max(per_row, 1)))
+    want = 2 * threads
+    jobs = n * groups * -(-ho // band)
+    chunks = 1
+    if jobs < want:
+        chunks = min(blocks, -(-want // jobs))
+        jobs *= chunks
+    if jobs < want:
+        band = max(1, -(-ho // -(-want // (n * groups * chunks))))
+    return band, chunks
+
+
+@njit(cache=True, fastmath={"contract"}, **PARALLEL)
+def direct_conv_kernel(x, wt, og, kh, kw, dh, dw, pt, pl, ho, wo, band, chunks, bias, residual,
+                       code, slope):
+    """y (N, groups*og, ho, wo) = the stride-1 conv of x (N, C, H, W) with the packed
+    filters ``wt`` (pack_filters), padding ``pt`` rows on top and ``pl`` columns on the
+    left (the bottom and right padding follow from ho and wo), dilation (dh, dw); then
+    the epilogue: per-channel ``bias``, ``residual`` (N, O, ho, wo), activation ``code``
+    (empty arrays and a negative code: nothing). Jobs: (sample, group, band of ``band``
+    output rows, chunk of output channels: ``chunks`` per group, split()). ``fastmath`` allows only contraction
+    (a multiply and add fused into one FMA: one rounding instead of two)."""
+    n, c, h, w = x.shape
+    groups, blocks, taps, cg = wt.shape[0], wt.shape[1], wt.shape[2], wt.shape[3]
+    wp = wo + (kw - 1) * dw
+    reach = (kh - 1) * dh * wp + (kw - 1) * dw
+    rows_in_max = band + (kh - 1) * dh
+    bands = (ho + band - 1) // band
+    y = np.empty((n, groups * og, ho, wo), dtype=x.dtype)
+    per_chunk = (blocks + chunks - 1) // chunks
+    for job in prange(n * groups * bands * chunks):
+        b = job // (groups * bands * chunks)
+        g = (job // (bands * chunks)) % groups
+        y0 = ((job // chunks) % bands) * band
+        ob0 = (job % chunks) * per_chunk
+        ob1 = min(blocks, ob0 + per_chunk)
+        if ob0 >= ob1:
             continue
-        out = y[b, g * rows_out + r0:g * rows_out + r1, s:e]
-        if transpose:
-            a = w[g * og:(g + 1) * og, r0:r1]
-        else:
-            a = w[g * og + r0:g * og + r1]
-        gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
-        finish_block(out, b, g * rows_out + r0, s, e, bias, residual, code, slope)
+        rows = min(band, ho - y0)
+        npos = (rows * wp + TILE - 1) // TILE * TILE
+        rows_in = rows + (kh - 1) * dh
+        panel = np.empty((cg, max(npos + reach, rows_in_max * wp)), dtype=x.dtype)
+        _fill_panel(x[b], panel, g * cg, y0 - pt, rows_in, pl, wp)
+        out = np.empty(((ob1 - ob0) * ROWS, npos), dtype=x.dtype)
+        acc = stack_buffer(128, x.dtype)  # ROWS x TILE
+        for ob in range(ob0, ob1):
+            for p0 in range(0, npos, TILE):
+                for i in range(128):
+                    acc[i] = 0.0
+                wb = wt[g, ob]
+                for t in range(taps):
+                    at = uint64(p0 + (t // kw) * dh * wp + (t % kw) * dw)
+                    for ch in range(cg):
+                        w0 = wb[t, ch, 0]
+                        w1 = wb[t, ch, 1]
+                        w2 = wb[t, ch, 2]
+                        w3 = wb[t, ch, 3]
+                        src = panel[ch]
+                        for p in range(uint64(TILE)):
+                            v = src[at + p]
+                            acc[p] += w0 * v
+                            acc[32 + p] += w1 * v
+                            acc[64 + p] += w2 * v
+                            acc[96 + p] += w3 * v
+                for r in range(ROWS):
+                    dest = out[(ob - ob0) * ROWS + r]
+                    for p in range(uint64(TILE)):
+                        dest[uint64(p0) + p] = acc[r * TILE + p]
+        for o in range(ob0 * ROWS, min(og, ob1 * ROWS)):
+            channel = g * og + o
+            add = bias[channel] if bias.size else 0.0
+            src = out[o - ob0 * ROWS]
+            for r in range(rows):
+                dest = y[b, channel, y0 + r]
+                start = uint64(r * wp)
+                for xx in range(uint64(wo)):
+                    dest[xx] = src[start + xx] + add
+                if residual.shape[0]:
+                    res = residual[b, channel, y0 + r]
+                    for xx in range(uint64(wo)):
+                        dest[xx] += res[xx]
+                activate_inplace(dest, code, slope)
     return y
 
 
-@njit(cache=True, **PARALLEL)
-def pointwise_weight_grad_kernel(x, gy, groups, splits):
-    """(O, C/g) = sum over samples of gy[b] @ x[b].T per group; the samples are dealt out
-    to ``splits`` partial sums."""
-    n, c, hw = x.shape
-    o = gy.shape[1]
-    og, cg = o // groups, c // groups
-    partial = np.zeros((splits, o, cg), dtype=x.dtype)
-    for job in prange(splits * groups):
-        k = job // groups
-        g = job % groups
-        for b in range(k, n, splits):
-            gemm(gy[b, g * og:(g + 1) * og], x[b, g * cg:(g + 1) * cg],
-                 partial[k, g * og:(g + 1) * og], 1.0, False, True)
-    return partial.sum(axis=0)
+@njit(cache=True)
+def _fill_panel(xb, panel, c0, iy0, rows_in, pl, wp):
+    """panel[ch, r*wp + col] = xb[c0 + ch, iy0 + r, col - pl], zero outside the input, and
+    zeros past the last row (the tiles read up to ``reach`` positions beyond it)."""
+    h, w = xb.shape[1], xb.shape[2]
+    length = panel.shape[1]
+    copy = min(w, wp - pl)
+    for ch in range(panel.shape[0]):
+        dest = panel[ch]
+        for r in range(rows_in):
+            iy = iy0 + r
+            row = uint64(r * wp)
+            if iy < 0 or iy >= h:
+                for xx in range(uint64(wp)):
+                    dest[row + xx] = 0.0
+                continue
+            src = xb[c0 + ch, iy]
+            for xx in range(uint64(pl)):
+                dest[row + xx] = 0.0
+            at = row + uint64(pl)
+            for xx in range(uint64(copy)):
+                dest[at + xx] = src[xx]
+            for xx in range(uint64(pl + copy), uint64(wp)):
+                dest[row + xx] = 0.0
+        for q in range(uint64(rows_in * wp), uint64(length)):
+            dest[q] = 0.0

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
-from runtime.backends.cpu.conv_direct import finish_block
+from runtime.backends.cpu.conv_pointwise import finish_block
 from runtime.config import PARALLEL
 
 

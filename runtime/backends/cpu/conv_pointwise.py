@@ -1,0 +1,80 @@
+"""Unpadded 1x1 convolutions: a GEMM per sample on the map as it lies (no im2col), with
+their gradients and the fused epilogue applied per output row."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange, uint64
+
+from runtime.backends.cpu.blas import gemm
+from runtime.backends.cpu.elementwise import activate_inplace
+from runtime.backends.cpu.lowlevel import unit_stride
+from runtime.config import PARALLEL
+
+
+@njit(cache=True)
+def finish_block(out, b, row0, s, e, bias, residual, code, slope):
+    """The fused epilogue of a block of output rows (channels row0..) and columns s..e of
+    sample b, right after its GEMM while it is in cache: bias, residual (N, O, HW),
+    activation ``code`` (empty arrays and a negative code: nothing)."""
+    for r in range(out.shape[0]):
+        row = unit_stride(out[r])
+        if bias.size:
+            add = bias[row0 + r]
+            for i in range(uint64(row.size)):
+                row[i] += add
+        if residual.shape[0]:
+            res = unit_stride(residual[b, row0 + r, s:e])
+            for i in range(uint64(row.size)):
+                row[i] += res[i]
+        activate_inplace(row, code, slope)
+
+
+@njit(cache=True, **PARALLEL)
+def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope):
+    """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
+    HW), w (O, C/g)), or W_g.T @ x[b] when ``transpose`` (the input gradient); threads take
+    (sample, group, row block, column block) jobs (``row_blocks`` > 1 where the columns
+    alone are too few to share: a 7x7 map is one block). The epilogue (bias, residual (N,
+    O, HW), activation ``code``) runs on each block right after its GEMM; empty arrays and
+    a negative code add nothing."""
+    n, hw = x.shape[0], x.shape[2]
+    og, cg = w.shape[0] // groups, w.shape[1]
+    rows_in, rows_out = (og, cg) if transpose else (cg, og)
+    y = np.empty((n, rows_out * groups, hw), dtype=x.dtype)
+    blocks = (hw + block - 1) // block
+    step = (rows_out + row_blocks - 1) // row_blocks
+    for job in prange(n * groups * row_blocks * blocks):
+        b = job // (groups * row_blocks * blocks)
+        g = (job // (row_blocks * blocks)) % groups
+        r0 = ((job // blocks) % row_blocks) * step
+        r1 = min(rows_out, r0 + step)
+        s = (job % blocks) * block
+        e = min(hw, s + block)
+        if r0 >= r1:
+            continue
+        out = y[b, g * rows_out + r0:g * rows_out + r1, s:e]
+        if transpose:
+            a = w[g * og:(g + 1) * og, r0:r1]
+        else:
+            a = w[g * og + r0:g * og + r1]
+        gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
+        finish_block(out, b, g * rows_out + r0, s, e, bias, residual, code, slope)
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def pointwise_weight_grad_kernel(x, gy, groups, splits):
+    """(O, C/g) = sum over samples of gy[b] @ x[b].T per group; the samples are dealt out
+    to ``splits`` partial sums."""
+    n, c, hw = x.shape
+    o = gy.shape[1]
+    og, cg = o // groups, c // groups
+    partial = np.zeros((splits, o, cg), dtype=x.dtype)
+    for job in prange(splits * groups):
+        k = job // groups
+        g = job % groups
+        for b in range(k, n, splits):
+            gemm(gy[b, g * og:(g + 1) * og], x[b, g * cg:(g + 1) * cg],
+                 partial[k, g * og:(g + 1) * og], 1.0, False, True)
+    return partial.sum(axis=0)
