@@ -38,6 +38,11 @@ def _grid(draw):
     return c, {**attrs, "stride": (1, 1)}
 
 
+def _direct(draw):
+    c, attrs = _grouped(draw, draw(st.tuples(st.integers(1, 4), st.integers(2, 4))))
+    return c, {**attrs, "stride": draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))}
+
+
 def _im2col(draw):
     c, attrs = _grouped(draw, draw(st.tuples(st.integers(1, 4), st.integers(1, 4))))
     stride = draw(st.sampled_from([(2, 1), (1, 2), (2, 2), (3, 2), (2, 3)]))
@@ -56,7 +61,7 @@ def _winograd(draw):
                "dilation": (1, 1), "groups": 1}
 
 
-CASES = {"depthwise": _depthwise, "direct": _grid, "grid": _grid, "im2col": _im2col,
+CASES = {"depthwise": _depthwise, "direct": _direct, "grid": _grid, "im2col": _im2col,
          "pointwise": _pointwise, "winograd": _winograd}
 
 # settings of the CPU backend per algorithm: Winograd on any map and channel count (its
@@ -66,10 +71,12 @@ SETTINGS = {
                               "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1},
     # direct and grid take the same convs: the rule picks by channel count
     "direct": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": 10**6,
+                            "DIRECT_STRIDED_MAX_CHANNELS": 10**6,
                             # bands of any height and output channels in chunks
                             "split": lambda *args: (draw(st.integers(1, 4)),
                                                     draw(st.integers(1, 3)))},
     "grid": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": 0},
+    "im2col": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_STRIDED_MAX_CHANNELS": 0},
 }
 
 
@@ -155,7 +162,9 @@ def _weight_shape(op, shape):
     ((512, 14, 14), 1, 5, 1, 1, "grid"),  # many channels: a GEMM per tap
     ((512, 7, 7), 1, 5, 1, 1, "grid"),  # im2col's GEMM would be 49 columns wide
     ((512, 7, 7), 1, 5, 1, 8, "im2col"),  # a grid 1.65x the map (5x5, padding 2: 121/49)
-    ((64, 56, 56), 2, 3, 1, 1, "im2col"),
+    ((64, 56, 56), 2, 3, 1, 1, "direct"),
+    ((3, 224, 224), 2, 7, 1, 8, "direct"),  # a stem
+    ((128, 28, 28), 2, 3, 1, 1, "im2col"),
     ((64, 56, 56), 1, 1, 1, 1, "pointwise"),
     ((96, 56, 56), 2, 3, 96, 1, "depthwise"),
 ])

@@ -1,5 +1,5 @@
-"""Stride-1 convolutions computed directly, in register tiles: no GEMM, no layout pass over
-the whole tensor.
+"""Convolutions computed directly, in register tiles: no GEMM, no layout pass over the
+whole tensor.
 
 Each thread job takes one sample, one group and a band of output rows. It copies the
 input rows the band reads into a small zero-padded *panel* ``(C/g, rows_in * Wp + reach)``
@@ -80,20 +80,31 @@ def split(n: int, groups: int, cg: int, og: int, ho: int, wp: int,
 
 
 @njit(cache=True, fastmath={"contract"}, **PARALLEL)
-def direct_conv_kernel(x, wt, og, kh, kw, dh, dw, pt, pl, ho, wo, band, chunks, bias, residual,
-                       code, slope):
-    """y (N, groups*og, ho, wo) = the stride-1 conv of x (N, C, H, W) with the packed
-    filters ``wt`` (pack_filters), padding ``pt`` rows on top and ``pl`` columns on the
-    left (the bottom and right padding follow from ho and wo), dilation (dh, dw); then
+def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, chunks, bias,
+                       residual, code, slope):
+    """y (N, groups*og, ho, wo) = the conv of x (N, C, H, W) with the packed filters ``wt``
+    (pack_filters), stride (sh, sw), dilation (dh, dw), padding ``pt`` rows on top and
+    ``pl`` columns on the left (the bottom and right padding follow from ho and wo); then
     the epilogue: per-channel ``bias``, ``residual`` (N, O, ho, wo), activation ``code``
     (empty arrays and a negative code: nothing). Jobs: (sample, group, band of ``band``
-    output rows, chunk of output channels: ``chunks`` per group, split()). ``fastmath`` allows only contraction
-    (a multiply and add fused into one FMA: one rounding instead of two)."""
-    n, c, h, w = x.shape
+    output rows, chunk of output channels: ``chunks`` per group; split()).
+
+    A strided conv reads its input in sh x sw *phases*: phase (a, b) holds the padded
+    input's rows a, a + sh, ... and columns b, b + sw, ..., so tap (i, j) is a stride-1
+    read of phase ((i*dh) % sh, (j*dw) % sw) shifted by ((i*dh) // sh, (j*dw) // sw)
+    (one phase at stride 1). ``fastmath`` allows only contraction (a multiply and add
+    fused into one FMA: one rounding instead of two)."""
+    n = x.shape[0]
     groups, blocks, taps, cg = wt.shape[0], wt.shape[1], wt.shape[2], wt.shape[3]
-    wp = wo + (kw - 1) * dw
-    reach = (kh - 1) * dh * wp + (kw - 1) * dw
-    rows_in_max = band + (kh - 1) * dh
+    reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
+    wp = wo + reach_x  # the panel's row pitch: a phase's columns that the band reads
+    phase = np.empty(taps, dtype=np.int64)
+    shift = np.empty(taps, dtype=np.int64)
+    for t in range(taps):
+        i, j = t // kw, t % kw
+        phase[t] = ((i * dh) % sh) * sw + (j * dw) % sw
+        shift[t] = ((i * dh) // sh) * wp + (j * dw) // sw
+    rows_in_max = band + reach_y
     bands = (ho + band - 1) // band
     y = np.empty((n, groups * og, ho, wo), dtype=x.dtype)
     per_chunk = (blocks + chunks - 1) // chunks
@@ -107,24 +118,28 @@ def direct_conv_kernel(x, wt, og, kh, kw, dh, dw, pt, pl, ho, wo, band, chunks, 
             continue
         rows = min(band, ho - y0)
         npos = (rows * wp + TILE - 1) // TILE * TILE
-        rows_in = rows + (kh - 1) * dh
-        panel = np.empty((cg, max(npos + reach, rows_in_max * wp)), dtype=x.dtype)
-        _fill_panel(x[b], panel, g * cg, y0 - pt, rows_in, pl, wp)
+        rows_in = rows + reach_y
+        length = max(npos + reach_y * wp + reach_x, rows_in_max * wp)
+        panel = np.empty((sh * sw, cg, length), dtype=x.dtype)
+        for ph in range(sh * sw):
+            _fill_panel(x[b], panel[ph], g * cg, y0 * sh + ph // sw - pt, rows_in, sh,
+                        ph % sw - pl, sw, wp)
         out = np.empty(((ob1 - ob0) * ROWS, npos), dtype=x.dtype)
         acc = stack_buffer(128, x.dtype)  # ROWS x TILE
         for ob in range(ob0, ob1):
+            wb = wt[g, ob]
             for p0 in range(0, npos, TILE):
                 for i in range(128):
                     acc[i] = 0.0
-                wb = wt[g, ob]
                 for t in range(taps):
-                    at = uint64(p0 + (t // kw) * dh * wp + (t % kw) * dw)
+                    at = uint64(p0 + shift[t])
+                    src_phase = panel[phase[t]]
                     for ch in range(cg):
                         w0 = wb[t, ch, 0]
                         w1 = wb[t, ch, 1]
                         w2 = wb[t, ch, 2]
                         w3 = wb[t, ch, 3]
-                        src = panel[ch]
+                        src = src_phase[ch]
                         for p in range(uint64(TILE)):
                             v = src[at + p]
                             acc[p] += w0 * v
@@ -153,28 +168,36 @@ def direct_conv_kernel(x, wt, og, kh, kw, dh, dw, pt, pl, ho, wo, band, chunks, 
 
 
 @njit(cache=True)
-def _fill_panel(xb, panel, c0, iy0, rows_in, pl, wp):
-    """panel[ch, r*wp + col] = xb[c0 + ch, iy0 + r, col - pl], zero outside the input, and
-    zeros past the last row (the tiles read up to ``reach`` positions beyond it)."""
+def _fill_panel(xb, panel, c0, iy0, rows_in, sh, ix0, sw, wp):
+    """panel[ch, r*wp + col] = xb[c0 + ch, iy0 + r*sh, ix0 + col*sw], zero outside the
+    input, and zeros past the last row (the tiles read up to the filter's reach beyond
+    it). At stride 1 (sw = 1) a row is one contiguous copy between zeros."""
     h, w = xb.shape[1], xb.shape[2]
     length = panel.shape[1]
-    copy = min(w, wp - pl)
+    # the panel columns that fall inside the input: ix0 + col*sw in [0, w)
+    lo = min(wp, max(0, (sw - 1 - ix0) // sw))
+    hi = max(lo, min(wp, (w - ix0 + sw - 1) // sw))
     for ch in range(panel.shape[0]):
         dest = panel[ch]
         for r in range(rows_in):
-            iy = iy0 + r
+            iy = iy0 + r * sh
             row = uint64(r * wp)
             if iy < 0 or iy >= h:
                 for xx in range(uint64(wp)):
                     dest[row + xx] = 0.0
                 continue
             src = xb[c0 + ch, iy]
-            for xx in range(uint64(pl)):
+            for xx in range(uint64(lo)):
                 dest[row + xx] = 0.0
-            at = row + uint64(pl)
-            for xx in range(uint64(copy)):
-                dest[at + xx] = src[xx]
-            for xx in range(uint64(pl + copy), uint64(wp)):
+            if sw == 1:
+                at = row + uint64(lo)
+                first = uint64(ix0 + lo)
+                for xx in range(uint64(hi - lo)):
+                    dest[at + xx] = src[first + xx]
+            else:
+                for col in range(lo, hi):
+                    dest[row + uint64(col)] = src[ix0 + col * sw]
+            for xx in range(uint64(hi), uint64(wp)):
                 dest[row + xx] = 0.0
         for q in range(uint64(rows_in * wp), uint64(length)):
             dest[q] = 0.0
