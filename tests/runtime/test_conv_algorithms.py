@@ -39,8 +39,12 @@ def _grid(draw):
 
 
 def _direct(draw):
-    c, attrs = _grouped(draw, draw(st.tuples(st.integers(1, 4), st.integers(2, 4))))
-    return c, {**attrs, "stride": draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))}
+    # channels enough for whole blocks of 4 (the register tiles' rows) and a partial one
+    groups = draw(st.integers(1, 2))
+    c = groups * draw(st.integers(1 if groups == 1 else 2, 9))  # not depthwise
+    return c, {"out_channels": groups * draw(st.integers(1, 9)), "groups": groups,
+               "kernel_size": draw(st.tuples(st.integers(1, 4), st.integers(2, 4))),
+               "stride": draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))}
 
 
 def _im2col(draw):
@@ -66,17 +70,19 @@ CASES = {"depthwise": _depthwise, "direct": _direct, "grid": _grid, "im2col": _i
 
 # settings of the CPU backend per algorithm: Winograd on any map and channel count (its
 # thresholds only say where it pays), with either tile size
+_MODES = [(train, strided) for train in (False, True) for strided in (False, True)]
 SETTINGS = {
     "winograd": lambda draw: {"WINOGRAD_TILE": draw(st.sampled_from([2, 4])),
                               "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1},
     # direct and grid take the same convs: the rule picks by channel count
-    "direct": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": 10**6,
-                            "DIRECT_STRIDED_MAX_CHANNELS": 10**6,
+    "direct": lambda draw: {"WINOGRAD_TILE": None,
+                            "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 10**6),
                             # bands of any height and output channels in chunks
                             "split": lambda *args: (draw(st.integers(1, 4)),
                                                     draw(st.integers(1, 3)))},
-    "grid": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": 0},
-    "im2col": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_STRIDED_MAX_CHANNELS": 0},
+    "grid": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},
+    "im2col": lambda draw: {"WINOGRAD_TILE": None,
+                            "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},
 }
 
 
@@ -196,9 +202,23 @@ def test_winograd_float32_error_is_measured_and_bounded(m, bound):
         assert np.abs(got - expected).max() / np.abs(expected).max() < bound
 
 
+@pytest.mark.parametrize("shape, stride, batch, algorithm", [
+    ((16, 32, 32), 1, 128, "direct"),  # ResNet-20's stages
+    ((32, 16, 16), 1, 128, "direct"),
+    ((64, 8, 8), 1, 128, "grid"),
+    ((16, 32, 32), 2, 128, "direct"),
+    ((32, 16, 16), 2, 128, "im2col"),
+    ((3, 224, 224), 2, 8, "direct"),  # a stem (even with im2col)
+])
+def test_training_gets_the_measured_algorithm(shape, stride, batch, algorithm):
+    op, _ = one_op("conv2d", {"out_channels": shape[0] * stride, "kernel_size": 3,
+                              "stride": stride, "padding": 1, "in_channels": None}, [shape])
+    assert conv.choose(op, batch, train=True)[0] == algorithm
+
+
 def test_winograd_is_for_inference_only():
     """A training step would transform the filters again after every update."""
     op, _ = one_op("conv2d", {"out_channels": 64, "kernel_size": 3, "padding": 1,
                               "in_channels": None}, [(64, 56, 56)])
     assert conv.choose(op, 8)[0] == "winograd"
-    assert conv.choose(op, 8, train=True)[0] == "direct"
+    assert conv.choose(op, 8, train=True)[0] == "grid"

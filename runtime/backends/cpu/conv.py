@@ -26,7 +26,13 @@ import numba
 import numpy as np
 
 from runtime.backends.cpu.conv_depthwise import depthwise_backward_kernel, depthwise_forward_kernel
-from runtime.backends.cpu.conv_direct import direct_conv_kernel, flip_filters, pack_filters, split
+from runtime.backends.cpu.conv_direct import (
+    direct_conv_kernel,
+    direct_weight_grad_kernel,
+    flip_filters,
+    pack_filters,
+    split,
+)
 from runtime.backends.cpu.conv_pointwise import (
     pointwise_kernel,
     pointwise_weight_grad_kernel,
@@ -189,8 +195,9 @@ def _winograd(x, u, m, pt, pl, ho, wo, bias, residual, code, slope):
                             code, slope)
 
 
-def _grid_backward(op, x, w, taps, gy, input_grad: bool = True):
-    """(input gradient, or None unless ``input_grad``; weight gradient) on the grid."""
+def _grid_backward(op, x, w, taps, gy, input_grad: bool = True, weight_grad: bool = True):
+    """(input gradient, or None unless ``input_grad``; weight gradient, or None unless
+    ``weight_grad``) on the grid."""
     layout = _Grid(op, x)
     groups = op.attrs["groups"]
     gy_grid = to_grid(gy, 0, 0, layout.hp, layout.wp, 0)
@@ -200,6 +207,8 @@ def _grid_backward(op, x, w, taps, gy, input_grad: bool = True):
                                              layout.length + layout.tail, _block(w.shape[1]))
         gx = from_grid(g_grid, layout.n, layout.top, layout.left, layout.h, layout.w,
                        layout.hp, layout.wp, *_no_epilogue(x))
+    if not weight_grad:
+        return gx, None
     g_taps = grid_conv_weight_grad_kernel(layout.grid(x), layout.offsets, groups, gy_grid,
                                           w.shape[1], numba.get_num_threads(), _block(w.shape[0]))
     kh, kw = op.attrs["kernel_size"]
@@ -255,20 +264,21 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
     return m if tiles(m) >= WINOGRAD_MIN_TILES else 0
 
 
-# Stride-1 convs in register tiles (conv_direct.py) up to this many input channels per
-# group; measured against the grid (its GEMM per tap, layout copies included), forward,
-# 2 threads: 2.7x faster at 16 channels 32x32 batch 128 (ResNet-20's stages), 1.8x at
-# 32x16x16, 1.4x at 64x8x8 and 64x56x56 batch 1, 1.2x at 128x28x28, 1.1x at 256x14x14;
-# at 512x7x7 1.1x faster at batch 1 and even to 1.3x slower at batch 8, where the grid
-# and im2col rules stay.
-DIRECT_MAX_CHANNELS = 256
-
-# Strided convs likewise (conv_direct.py's phases) up to this many input channels per
-# group, im2col above: archc tune measured the tiles 1.1-1.4x faster on ResNet stems (3
-# channels, 7x7/2: 0.87 against 1.18 ms at batch 1), 1.5-2x on ResNet-20's 16- and
-# 32-channel downsampling convs at batch 128, even to 1.16x at 64 channels, and im2col
-# 1.2x faster at 128 channels.
-DIRECT_STRIDED_MAX_CHANNELS = 64
+# Convs in register tiles (conv_direct.py) up to this many input channels per group, by
+# (training, strided); the grid (stride 1) and im2col rules above. Measured (archc tune,
+# 2 threads): in inference, against the grid (its GEMM per tap, layout copies included)
+# 2.7x faster at 16 channels 32x32 batch 128 (ResNet-20's stages), 1.8x at 32x16x16,
+# 1.4x at 64x8x8 and 64x56x56 batch 1, 1.2x at 128x28x28, 1.1x at 256x14x14, and at
+# 512x7x7 1.1x faster at batch 1 but to 1.3x slower at batch 8; strided, against im2col,
+# 1.1-1.4x faster on ResNet stems (3 channels, 7x7/2: 0.87 against 1.18 ms at batch 1),
+# 1.5-2x on ResNet-20's 16- and 32-channel downsampling convs at batch 128, even to 1.16x
+# at 64 channels, im2col 1.2x faster at 128. In training (forward, both gradients; the
+# weight gradient in register tiles too): 2.2x the grid at 16 channels 32x32 batch 128,
+# 1.45x at 32x16x16, 1.4x slower at 64x8x8 and 1.05-1.3x slower from 64 channels at batch
+# 8; strided, 1.3x faster than im2col at 16 channels, 1.08x slower at 32, even at the
+# 3-channel 7x7/2 stem at batch 8 (1.05x slower, within the noise).
+DIRECT_MAX_CHANNELS = {(False, False): 256, (False, True): 64, (True, False): 32,
+                       (True, True): 16}
 
 GRID_WASTE_LIMIT = 1.6
 
@@ -348,7 +358,9 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
         return "depthwise", "one filter per channel: a direct loop (a GEMM would be tiny)"
     if _is_pointwise(op):
         return "pointwise", "an unpadded 1x1: a GEMM on the map as it lies"
-    if tuple(a["stride"]) != (1, 1) and c // groups <= DIRECT_STRIDED_MAX_CHANNELS:
+    strided = tuple(a["stride"]) != (1, 1)
+    direct = c // groups <= DIRECT_MAX_CHANNELS[train, strided]
+    if strided and direct:
         sh, sw = a["stride"]
         return "direct", (f"strided, {c // groups} channels per group: register tiles on "
                           f"{sh}x{sw} phases of the input")
@@ -361,7 +373,7 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
         tiles = batch * -(-ho // m) * -(-wo // m)
         return "winograd", (f"F({m}x{m}, 3x3) on {tiles} tiles: {9 * m * m / (m + 2) ** 2:.2f}x "
                             "fewer multiplications than direct")
-    if c // groups <= DIRECT_MAX_CHANNELS:
+    if direct:
         return "direct", (f"stride 1 with {c // groups} channels per group: register tiles "
                           "(a GEMM per tap would have an inner dimension of "
                           f"{c // groups})")
@@ -470,11 +482,17 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         gx = np.zeros_like(x)
         gx[:, :, ::sh, ::sw] = gsub
         return [gx], grads
-    if algorithm == "direct" and (sh, sw) == (1, 1):  # strided: im2col's backward, below
-        gx = _direct_input_grad(op, gy, w, ctx)
-        taps = ctx.packs.get((op.name, "taps"), w, _taps)
-        grid_gx, grads["weight"] = _grid_backward(op, x, w, taps, gy, input_grad=gx is None)
-        return [grid_gx if gx is None else gx], grads
+    if algorithm == "direct":
+        n, c = x.shape[:2]
+        band, _ = split(n, groups, c // groups * sh * sw, w.shape[0] // groups, ho,
+                        wo + (kw - 1) * dw // sw, numba.get_num_threads())
+        grads["weight"] = direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt,
+                                                    pl, band, numba.get_num_threads())
+        gx = _direct_input_grad(op, gy, w, ctx) if (sh, sw) == (1, 1) else None
+        if gx is None and (sh, sw) == (1, 1):
+            gx = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), gy,
+                                weight_grad=False)[0]
+        return [_im2col_input_grad(op, x, w, gy) if gx is None else gx], grads
     if algorithm in ("grid", "winograd"):
         # Winograd's input gradient is Winograd again where the flipped conv's padding (2 -
         # the forward's) is a padding; the weight gradient is the grid's (a GEMM per tap)
@@ -484,16 +502,24 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         if winograd:
             gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0], forced=True), ctx)
         return [gx], grads
+    gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
+    gw = im2col_weight_grad_kernel(x, gy_grid, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                                   numba.get_num_threads(), _panel(w[0].size))
+    grads["weight"] = gw.reshape(w.shape)
+    return [_im2col_input_grad(op, x, w, gy, gy_grid)], grads
+
+
+def _im2col_input_grad(op, x, w, gy, gy_grid=None):
+    """Any conv's input gradient: every output position's column W_g.T @ gy (one GEMM),
+    added back onto the input by col2im."""
+    kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     n, c, h, wd = x.shape
     taps = np.ascontiguousarray(w.reshape(1, w.shape[0], -1))
-    gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
-    gcols = grid_conv_input_grad_kernel(taps, np.zeros(1, np.int64), groups, gy_grid,
-                                        gy_grid.shape[1], _block(taps.shape[2]))
-    gx = col2im_kernel(gcols, n, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    gw = im2col_weight_grad_kernel(x, gy_grid, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                                   numba.get_num_threads(), _panel(taps.shape[2]))
-    grads["weight"] = gw.reshape(w.shape)
-    return [gx], grads
+    if gy_grid is None:
+        gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
+    gcols = grid_conv_input_grad_kernel(taps, np.zeros(1, np.int64), op.attrs["groups"],
+                                        gy_grid, gy_grid.shape[1], _block(taps.shape[2]))
+    return col2im_kernel(gcols, n, c, h, wd, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
 
 
 def _transposed_geometry(op, x):

@@ -122,7 +122,7 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
         length = max(npos + reach_y * wp + reach_x, rows_in_max * wp)
         panel = np.empty((sh * sw, cg, length), dtype=x.dtype)
         for ph in range(sh * sw):
-            _fill_panel(x[b], panel[ph], g * cg, y0 * sh + ph // sw - pt, rows_in, sh,
+            _fill_panel(x[b], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt, rows_in, sh,
                         ph % sw - pl, sw, wp)
         out = np.empty(((ob1 - ob0) * ROWS, npos), dtype=x.dtype)
         acc = stack_buffer(128, x.dtype)  # ROWS x TILE
@@ -168,8 +168,9 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
 
 
 @njit(cache=True)
-def _fill_panel(xb, panel, c0, iy0, rows_in, sh, ix0, sw, wp):
-    """panel[ch, r*wp + col] = xb[c0 + ch, iy0 + r*sh, ix0 + col*sw], zero outside the
+def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp):
+    """panel[ch, r*wp + col] = xb[c0 + ch, iy0 + r*sh, ix0 + col*sw] for the first
+    ``channels`` rows of the panel (any further rows are left as they are), zero outside the
     input, and zeros past the last row (the tiles read up to the filter's reach beyond
     it). At stride 1 (sw = 1) a row is one contiguous copy between zeros."""
     h, w = xb.shape[1], xb.shape[2]
@@ -177,7 +178,7 @@ def _fill_panel(xb, panel, c0, iy0, rows_in, sh, ix0, sw, wp):
     # the panel columns that fall inside the input: ix0 + col*sw in [0, w)
     lo = min(wp, max(0, (sw - 1 - ix0) // sw))
     hi = max(lo, min(wp, (w - ix0 + sw - 1) // sw))
-    for ch in range(panel.shape[0]):
+    for ch in range(channels):
         dest = panel[ch]
         for r in range(rows_in):
             iy = iy0 + r * sh
@@ -201,3 +202,96 @@ def _fill_panel(xb, panel, c0, iy0, rows_in, sh, ix0, sw, wp):
                 dest[row + xx] = 0.0
         for q in range(uint64(rows_in * wp), uint64(length)):
             dest[q] = 0.0
+
+
+@njit(cache=True, fastmath={"contract"}, **PARALLEL)
+def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, band, splits):
+    """The weight gradient (O, C/g, kh, kw) of the conv of x (N, C, H, W) whose output
+    gradient is gy (N, O, ho, wo): on the forward pass's panels (x's band in phases, and
+    gy's rows at the same pitch with zeros in the padding columns), for each tap, block
+    of 4 input channels and block of 4 output channels, 16 sums of products over the
+    band's positions, kept 8 lanes wide in registers. The (sample, group, band) jobs are
+    dealt out to ``splits`` partial sums (one per thread), added at the end."""
+    n, c = x.shape[0], x.shape[1]
+    o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    cg, og = c // groups, o // groups
+    cg4, og4 = (cg + 3) // 4 * 4, (og + 3) // 4 * 4
+    taps = kh * kw
+    reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
+    wp = wo + reach_x
+    phase = np.empty(taps, dtype=np.int64)
+    shift = np.empty(taps, dtype=np.int64)
+    for t in range(taps):
+        i, j = t // kw, t % kw
+        phase[t] = ((i * dh) % sh) * sw + (j * dw) % sw
+        shift[t] = ((i * dh) // sh) * wp + (j * dw) // sw
+    bands = (ho + band - 1) // band
+    units = n * groups * bands
+    partial = np.zeros((splits, groups, og4, cg4, taps), dtype=x.dtype)
+    for k in prange(splits):
+        acc = stack_buffer(128, x.dtype)  # 4 output x 4 input channels x 8 lanes
+        for unit in range(k, units, splits):
+            b = unit // (groups * bands)
+            g = (unit // bands) % groups
+            y0 = (unit % bands) * band
+            rows = min(band, ho - y0)
+            npos = (rows * wp + TILE - 1) // TILE * TILE
+            rows_in = rows + reach_y
+            length = max(npos + reach_y * wp + reach_x, rows_in * wp)
+            panel = np.zeros((sh * sw, cg4, length), dtype=x.dtype)
+            for ph in range(sh * sw):
+                _fill_panel(x[b], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt, rows_in,
+                            sh, ph % sw - pl, sw, wp)
+            grad = np.zeros((og4, npos), dtype=x.dtype)
+            for oo in range(og):
+                dest = grad[oo]
+                for r in range(rows):
+                    src = gy[b, g * og + oo, y0 + r]
+                    start = uint64(r * wp)
+                    for xx in range(uint64(wo)):
+                        dest[start + xx] = src[xx]
+            for t in range(taps):
+                ph = panel[phase[t]]
+                off = uint64(shift[t])
+                for cb in range(0, cg4, 4):
+                    x0, x1, x2, x3 = ph[cb], ph[cb + 1], ph[cb + 2], ph[cb + 3]
+                    for ob in range(0, og4, 4):
+                        g0, g1, g2, g3 = grad[ob], grad[ob + 1], grad[ob + 2], grad[ob + 3]
+                        for i in range(128):
+                            acc[i] = 0.0
+                        for p0 in range(0, npos, 8):
+                            q = uint64(p0)
+                            for l in range(uint64(8)):
+                                a0, a1 = g0[q + l], g1[q + l]
+                                a2, a3 = g2[q + l], g3[q + l]
+                                v0, v1 = x0[off + q + l], x1[off + q + l]
+                                v2, v3 = x2[off + q + l], x3[off + q + l]
+                                acc[l] += a0 * v0
+                                acc[8 + l] += a0 * v1
+                                acc[16 + l] += a0 * v2
+                                acc[24 + l] += a0 * v3
+                                acc[32 + l] += a1 * v0
+                                acc[40 + l] += a1 * v1
+                                acc[48 + l] += a1 * v2
+                                acc[56 + l] += a1 * v3
+                                acc[64 + l] += a2 * v0
+                                acc[72 + l] += a2 * v1
+                                acc[80 + l] += a2 * v2
+                                acc[88 + l] += a2 * v3
+                                acc[96 + l] += a3 * v0
+                                acc[104 + l] += a3 * v1
+                                acc[112 + l] += a3 * v2
+                                acc[120 + l] += a3 * v3
+                        for pair in range(16):
+                            total = 0.0
+                            for l in range(8):
+                                total += acc[pair * 8 + l]
+                            partial[k, g, ob + pair // 4, cb + pair % 4, t] += total
+    summed = partial.sum(axis=0)
+    gw = np.empty((o, cg, kh, kw), dtype=x.dtype)
+    for g in range(groups):
+        for oo in range(og):
+            for cc in range(cg):
+                for t in range(taps):
+                    gw[g * og + oo, cc, t // kw, t % kw] = summed[g, oo, cc, t]
+    return gw
