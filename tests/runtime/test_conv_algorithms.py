@@ -79,7 +79,8 @@ SETTINGS = {
                             "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 10**6),
                             # bands of any height and output channels in chunks
                             "split": lambda *args: (draw(st.integers(1, 4)),
-                                                    draw(st.integers(1, 3)))},
+                                                    draw(st.integers(1, 3))),
+                            "weight_grad_band": lambda *args: draw(st.integers(1, 4))},
     "grid": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},
     "im2col": lambda draw: {"WINOGRAD_TILE": None,
                             "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},

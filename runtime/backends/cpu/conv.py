@@ -32,6 +32,7 @@ from runtime.backends.cpu.conv_direct import (
     flip_filters,
     pack_filters,
     split,
+    weight_grad_band,
 )
 from runtime.backends.cpu.conv_pointwise import (
     pointwise_kernel,
@@ -483,9 +484,8 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         gx[:, :, ::sh, ::sw] = gsub
         return [gx], grads
     if algorithm == "direct":
-        n, c = x.shape[:2]
-        band, _ = split(n, groups, c // groups * sh * sw, w.shape[0] // groups, ho,
-                        wo + (kw - 1) * dw // sw, numba.get_num_threads())
+        band = weight_grad_band(w.shape[1], w.shape[0] // groups, ho, wo + (kw - 1) * dw // sw,
+                                (kh - 1) * dh // sh, sh * sw)
         grads["weight"] = direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt,
                                                     pl, band, numba.get_num_threads())
         gx = _direct_input_grad(op, gy, w, ctx) if (sh, sw) == (1, 1) else None

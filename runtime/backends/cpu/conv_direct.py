@@ -123,7 +123,7 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
         panel = np.empty((sh * sw, cg, length), dtype=x.dtype)
         for ph in range(sh * sw):
             _fill_panel(x[b], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt, rows_in, sh,
-                        ph % sw - pl, sw, wp)
+                        ph % sw - pl, sw, wp, 0, length)
         out = np.empty(((ob1 - ob0) * ROWS, npos), dtype=x.dtype)
         acc = stack_buffer(128, x.dtype)  # ROWS x TILE
         for ob in range(ob0, ob1):
@@ -168,13 +168,13 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
 
 
 @njit(cache=True)
-def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp):
-    """panel[ch, r*wp + col] = xb[c0 + ch, iy0 + r*sh, ix0 + col*sw] for the first
-    ``channels`` rows of the panel (any further rows are left as they are), zero outside the
-    input, and zeros past the last row (the tiles read up to the filter's reach beyond
-    it). At stride 1 (sw = 1) a row is one contiguous copy between zeros."""
+def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp, base, end):
+    """panel[ch, base + r*wp + col] = xb[c0 + ch, iy0 + r*sh, ix0 + col*sw] for the first
+    ``channels`` rows of the panel (any further rows are left as they are), zero outside
+    the input, and zeros from past the last row to column ``end`` (the tiles read up to
+    the filter's reach beyond it). At stride 1 a row is one contiguous copy between
+    zeros."""
     h, w = xb.shape[1], xb.shape[2]
-    length = panel.shape[1]
     # the panel columns that fall inside the input: ix0 + col*sw in [0, w)
     lo = min(wp, max(0, (sw - 1 - ix0) // sw))
     hi = max(lo, min(wp, (w - ix0 + sw - 1) // sw))
@@ -182,7 +182,7 @@ def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp):
         dest = panel[ch]
         for r in range(rows_in):
             iy = iy0 + r * sh
-            row = uint64(r * wp)
+            row = uint64(base + r * wp)
             if iy < 0 or iy >= h:
                 for xx in range(uint64(wp)):
                     dest[row + xx] = 0.0
@@ -200,18 +200,31 @@ def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp):
                     dest[row + uint64(col)] = src[ix0 + col * sw]
             for xx in range(uint64(hi), uint64(wp)):
                 dest[row + xx] = 0.0
-        for q in range(uint64(rows_in * wp), uint64(length)):
+        for q in range(uint64(base + rows_in * wp), uint64(end)):
             dest[q] = 0.0
+
+
+WEIGHT_GRAD_FLOATS = 131072  # a weight-gradient job's panels: 512 KB of float32, in L2
+
+
+def weight_grad_band(cg: int, og: int, ho: int, wp: int, reach_y: int, phases: int) -> int:
+    """Output rows per weight-gradient job: as many as keep its panels (x's rows of
+    ``cg`` channels in ``phases`` phases, gy's of ``og``) within WEIGHT_GRAD_FLOATS."""
+    per_row = (-(-cg // 4) * 4 * phases + -(-og // 4) * 4) * wp
+    return max(1, min(ho, WEIGHT_GRAD_FLOATS // max(per_row, 1) - reach_y))
 
 
 @njit(cache=True, fastmath={"contract"}, **PARALLEL)
 def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, band, splits):
     """The weight gradient (O, C/g, kh, kw) of the conv of x (N, C, H, W) whose output
-    gradient is gy (N, O, ho, wo): on the forward pass's panels (x's band in phases, and
-    gy's rows at the same pitch with zeros in the padding columns), for each tap, block
-    of 4 input channels and block of 4 output channels, 16 sums of products over the
-    band's positions, kept 8 lanes wide in registers. The (sample, group, band) jobs are
-    dealt out to ``splits`` partial sums (one per thread), added at the end."""
+    gradient is gy (N, O, ho, wo), in jobs of ``band`` output rows (weight_grad_band), on
+    panels like the forward pass's: x's rows in phases,
+    and gy's rows at the same pitch with zeros in the padding columns and rows. Where a
+    whole map is one band, the panels stack samples up to about WEIGHT_GRAD_FLOATS
+    values (a small map alone would leave the sums below too short to pay for
+    themselves; more would leave L2). For each tap, block of 4 input channels and block of 4 output channels,
+    16 sums of products over the panel's positions are kept 8 lanes wide in registers.
+    The jobs are dealt out to ``splits`` partial sums (one per thread), added at the end."""
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
     cg, og = c // groups, o // groups
@@ -225,31 +238,37 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
         i, j = t // kw, t % kw
         phase[t] = ((i * dh) % sh) * sw + (j * dw) % sw
         shift[t] = ((i * dh) // sh) * wp + (j * dw) // sw
+    band = min(band, ho)
     bands = (ho + band - 1) // band
-    units = n * groups * bands
+    stride = (band + reach_y) * wp  # a sample's (band's) region of a panel
+    positions = WEIGHT_GRAD_FLOATS // (cg4 * sh * sw + og4)
+    per = 1 if bands > 1 else max(1, min(n, positions // stride))
+    runs = (n + per - 1) // per
+    units = runs * groups * bands
     partial = np.zeros((splits, groups, og4, cg4, taps), dtype=x.dtype)
     for k in prange(splits):
         acc = stack_buffer(128, x.dtype)  # 4 output x 4 input channels x 8 lanes
         for unit in range(k, units, splits):
-            b = unit // (groups * bands)
+            b0 = (unit // (groups * bands)) * per
             g = (unit // bands) % groups
             y0 = (unit % bands) * band
             rows = min(band, ho - y0)
-            npos = (rows * wp + TILE - 1) // TILE * TILE
-            rows_in = rows + reach_y
-            length = max(npos + reach_y * wp + reach_x, rows_in * wp)
-            panel = np.zeros((sh * sw, cg4, length), dtype=x.dtype)
-            for ph in range(sh * sw):
-                _fill_panel(x[b], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt, rows_in,
-                            sh, ph % sw - pl, sw, wp)
+            count = min(per, n - b0)
+            npos = (count * stride + 7) // 8 * 8
+            panel = np.zeros((sh * sw, cg4, npos + reach_y * wp + reach_x), dtype=x.dtype)
             grad = np.zeros((og4, npos), dtype=x.dtype)
-            for oo in range(og):
-                dest = grad[oo]
-                for r in range(rows):
-                    src = gy[b, g * og + oo, y0 + r]
-                    start = uint64(r * wp)
-                    for xx in range(uint64(wo)):
-                        dest[start + xx] = src[xx]
+            for s in range(count):
+                base = s * stride
+                for ph in range(sh * sw):
+                    _fill_panel(x[b0 + s], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt,
+                                rows + reach_y, sh, ph % sw - pl, sw, wp, base, 0)
+                for oo in range(og):
+                    dest = grad[oo]
+                    for r in range(rows):
+                        src = gy[b0 + s, g * og + oo, y0 + r]
+                        start = uint64(base + r * wp)
+                        for xx in range(uint64(wo)):
+                            dest[start + xx] = src[xx]
             for t in range(taps):
                 ph = panel[phase[t]]
                 off = uint64(shift[t])
