@@ -223,7 +223,7 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     whole map is one band, the panels stack samples up to about WEIGHT_GRAD_FLOATS
     values (a small map alone would leave the sums below too short to pay for
     themselves; more would leave L2). For each tap, block of 4 input channels and block of 4 output channels,
-    16 sums of products over the panel's positions are kept 8 lanes wide in registers.
+    16 sums of products over the panel's positions are kept 16 lanes wide in registers.
     The jobs are dealt out to ``splits`` partial sums (one per thread), added at the end."""
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
@@ -247,14 +247,14 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     units = runs * groups * bands
     partial = np.zeros((splits, groups, og4, cg4, taps), dtype=x.dtype)
     for k in prange(splits):
-        acc = stack_buffer(128, x.dtype)  # 4 output x 4 input channels x 8 lanes
+        acc = stack_buffer(256, x.dtype)  # 4 output x 4 input channels x 16 lanes
         for unit in range(k, units, splits):
             b0 = (unit // (groups * bands)) * per
             g = (unit // bands) % groups
             y0 = (unit % bands) * band
             rows = min(band, ho - y0)
             count = min(per, n - b0)
-            npos = (count * stride + 7) // 8 * 8
+            npos = (count * stride + 15) // 16 * 16
             panel = np.zeros((sh * sw, cg4, npos + reach_y * wp + reach_x), dtype=x.dtype)
             grad = np.zeros((og4, npos), dtype=x.dtype)
             for s in range(count):
@@ -276,35 +276,35 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
                     x0, x1, x2, x3 = ph[cb], ph[cb + 1], ph[cb + 2], ph[cb + 3]
                     for ob in range(0, og4, 4):
                         g0, g1, g2, g3 = grad[ob], grad[ob + 1], grad[ob + 2], grad[ob + 3]
-                        for i in range(128):
+                        for i in range(256):
                             acc[i] = 0.0
-                        for p0 in range(0, npos, 8):
+                        for p0 in range(0, npos, 16):
                             q = uint64(p0)
-                            for l in range(uint64(8)):
+                            for l in range(uint64(16)):
                                 a0, a1 = g0[q + l], g1[q + l]
                                 a2, a3 = g2[q + l], g3[q + l]
                                 v0, v1 = x0[off + q + l], x1[off + q + l]
                                 v2, v3 = x2[off + q + l], x3[off + q + l]
                                 acc[l] += a0 * v0
-                                acc[8 + l] += a0 * v1
-                                acc[16 + l] += a0 * v2
-                                acc[24 + l] += a0 * v3
-                                acc[32 + l] += a1 * v0
-                                acc[40 + l] += a1 * v1
-                                acc[48 + l] += a1 * v2
-                                acc[56 + l] += a1 * v3
-                                acc[64 + l] += a2 * v0
-                                acc[72 + l] += a2 * v1
-                                acc[80 + l] += a2 * v2
-                                acc[88 + l] += a2 * v3
-                                acc[96 + l] += a3 * v0
-                                acc[104 + l] += a3 * v1
-                                acc[112 + l] += a3 * v2
-                                acc[120 + l] += a3 * v3
+                                acc[16 + l] += a0 * v1
+                                acc[32 + l] += a0 * v2
+                                acc[48 + l] += a0 * v3
+                                acc[64 + l] += a1 * v0
+                                acc[80 + l] += a1 * v1
+                                acc[96 + l] += a1 * v2
+                                acc[112 + l] += a1 * v3
+                                acc[128 + l] += a2 * v0
+                                acc[144 + l] += a2 * v1
+                                acc[160 + l] += a2 * v2
+                                acc[176 + l] += a2 * v3
+                                acc[192 + l] += a3 * v0
+                                acc[208 + l] += a3 * v1
+                                acc[224 + l] += a3 * v2
+                                acc[240 + l] += a3 * v3
                         for pair in range(16):
                             total = 0.0
-                            for l in range(8):
-                                total += acc[pair * 8 + l]
+                            for l in range(16):
+                                total += acc[pair * 16 + l]
                             partial[k, g, ob + pair // 4, cb + pair % 4, t] += total
     summed = partial.sum(axis=0)
     gw = np.empty((o, cg, kh, kw), dtype=x.dtype)
