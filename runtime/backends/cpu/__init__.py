@@ -52,7 +52,7 @@ KERNELS["layer_scale"], BACKWARD["layer_scale"] = norm.layer_scale_forward, norm
 # exp, tanh and log1p against Numba's scalar libm calls: elementwise.NUMPY_FORWARD and
 # NUMPY_BACKWARD, measured by bench/bench_activations.py, docs/performance.md).
 for _kind in ACTIVATIONS:
-    if _kind not in elementwise.NUMPY_FORWARD:
+    if _kind not in elementwise.NUMPY_FORWARD or _kind in elementwise.FAST32:
         KERNELS[_kind] = elementwise.activation_forward
     if _kind not in elementwise.NUMPY_BACKWARD:
         BACKWARD[_kind] = elementwise.activation_backward

@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.backends.activations import (
+    FORMULAS,
     NO_ACTIVATION,
     activation_code,
     dispatch_chain,
@@ -34,7 +35,9 @@ def _cached_as(fn, name: str):
     compiling different links at once would overwrite each other's entries (a test run saw
     a chain lose its hardswish that way); each link is named after its code instead."""
     fn.__qualname__ = name
-    return njit(cache=True)(fn)
+    # NumPy's error model: a float division by zero gives inf or nan as in NumPy, where
+    # Python's raises; the test for it before every division kept the loops scalar
+    return njit(cache=True, error_model="numpy")(fn)
 
 
 def _forward_link(code, f, rest):
@@ -67,7 +70,75 @@ def _no_derivative(x, y, gy, gx, c, a):
     gx[:] = gy
 
 
-_activate_chain = dispatch_chain(_forward_link, _identity, lambda f: _scalar(f.forward))
+# ---- float32 forms without libm calls, for the activations whose exact forms call exp or
+# tanh: a libm call per element keeps a loop scalar (llvmlite's wheel has no vector math
+# library), so sigmoid, tanh and SiLU ran through NumPy, a pass of their own after the
+# conv instead of in its epilogue. tanh as Eigen's rational approximation (odd degree-13
+# numerator over even degree-6 denominator on [-7.9, 7.9], where float32 tanh is +-1
+# beyond): measured against float64 over [-12, 12], at most 2.6e-7 off (NumPy's float32
+# tanh: 6e-8); the sigmoid as 0.5 + 0.5 tanh(x / 2), the reference's own form. Only
+# arithmetic, so the loops vectorise; the constants are float32 so they stay float32.
+_F = np.float32
+_A1, _A3, _A5, _A7 = _F(4.89352455891786e-03), _F(6.37261928875436e-04), \
+    _F(1.48572235717979e-05), _F(5.12229709037114e-08)
+_A9, _A11, _A13 = _F(-8.60467152213735e-11), _F(2.00018790482477e-13), \
+    _F(-2.76076847742355e-16)
+_B0, _B2, _B4, _B6 = _F(4.89352518554385e-03), _F(2.26843463243900e-03), \
+    _F(1.18534705686654e-04), _F(1.19825839466702e-06)
+_CLAMP, _HALF = _F(7.90531110763549805), _F(0.5)
+
+
+@njit(cache=True, inline="always")
+def _tanh32(x):
+    x = min(max(x, -_CLAMP), _CLAMP)
+    x2 = x * x
+    p = x * (_A1 + x2 * (_A3 + x2 * (_A5 + x2 * (_A7 + x2 * (_A9 + x2 * (_A11 + x2 * _A13))))))
+    return p / (_B0 + x2 * (_B2 + x2 * (_B4 + x2 * _B6)))
+
+
+def _fast_tanh(x, a):
+    return _tanh32(x)
+
+
+def _fast_sigmoid(x, a):
+    return _HALF + _HALF * _tanh32(_HALF * x)
+
+
+def _fast_silu(x, a):
+    return x * (_HALF + _HALF * _tanh32(_HALF * x))
+
+
+def _fast_tanh_grad(x, y, a):
+    return 1.0 - y * y
+
+
+def _fast_sigmoid_grad(x, y, a):
+    return y * (1.0 - y)
+
+
+def _fast_silu_grad(x, y, a):
+    s = _HALF + _HALF * _tanh32(_HALF * x)
+    return s * (1.0 + x * (1.0 - s))
+
+
+_FAST_FORMS = {"tanh": (_fast_tanh, _fast_tanh_grad),
+               "sigmoid": (_fast_sigmoid, _fast_sigmoid_grad),
+               "silu": (_fast_silu, _fast_silu_grad)}
+
+FAST32 = {name: len(FORMULAS) + i for i, name in enumerate(_FAST_FORMS)}
+"""Activations with a float32 form of their own on the CPU -> its code (past every
+formula's code), in both chains."""
+
+
+def _fast_chain(link, last, which: int):
+    chain = last
+    for name in reversed(list(_FAST_FORMS)):
+        chain = link(FAST32[name], _scalar(_FAST_FORMS[name][which]), chain)
+    return chain
+
+
+_activate_chain = dispatch_chain(_forward_link, _fast_chain(_forward_link, _identity, 0),
+                                 lambda f: _scalar(f.forward))
 
 
 @njit(cache=True)
@@ -79,7 +150,7 @@ def activate_inplace(v, code, a):
     if code != NO_ACTIVATION:
         _activate_chain(unit_stride(v), code, a)
 
-derivative_into = dispatch_chain(_backward_link, _no_derivative,
+derivative_into = dispatch_chain(_backward_link, _fast_chain(_backward_link, _no_derivative, 1),
                                  lambda f: _scalar(f.derivative))
 """``derivative_into(x, y, gy, gx, code, a)``: ``gx = gy * f'(x)`` over 1-D arrays."""
 
@@ -108,16 +179,32 @@ def activation_backward_kernel(x, y, gy, code, a):
     return gx.reshape(gy.shape)
 
 
+def cpu_activation_code(name: str, attrs: dict, dtype) -> tuple[int, float]:
+    """The code of an activation in the CPU's chain for arrays of ``dtype`` (a float32
+    form of its own where FAST32 has one), and its number."""
+    code, slope = activation_code(name, attrs)
+    return (FAST32[name], slope) if dtype == np.float32 and name in FAST32 else (code, slope)
+
+
+def numpy_forward(name: str, dtype) -> bool:
+    """Whether the CPU computes this activation's forward pass with NumPy's formula for
+    arrays of ``dtype`` (a pass of its own, not in a conv's epilogue)."""
+    return name in NUMPY_FORWARD and not (dtype == np.float32 and name in FAST32)
+
+
 def activation_forward(op, xs, p, ctx):
-    code, slope = activation_code(op.kind, op.attrs)
-    return activation_forward_kernel(np.ascontiguousarray(xs[0]), code, slope)
+    x = xs[0]
+    if numpy_forward(op.kind, x.dtype):
+        return reference_forward(op.kind, op.attrs, x)
+    code, slope = cpu_activation_code(op.kind, op.attrs, x.dtype)
+    return activation_forward_kernel(np.ascontiguousarray(x), code, slope)
 
 
 def activation_grad(name: str, attrs: dict, x, y, gy):
     """gy * f'(x) for activation ``name`` (also the backward of fused epilogues)."""
     if name in NUMPY_BACKWARD:
         return gy * reference_derivative(name, attrs, x, y).astype(gy.dtype, copy=False)
-    code, slope = activation_code(name, attrs)
+    code, slope = cpu_activation_code(name, attrs, gy.dtype)
     return activation_backward_kernel(np.ascontiguousarray(x), np.ascontiguousarray(y),
                                       np.ascontiguousarray(gy), code, slope)
 
@@ -127,7 +214,8 @@ def activation_backward(op, xs, y, gy, p, ctx):
 
 
 # Activations whose NumPy formula beats the Numba loop (bench/bench_activations.py: NumPy's
-# SIMD exp, tanh and log1p against scalar libm calls): forward 2-45x for these; backward
+# SIMD exp, tanh and log1p against scalar libm calls): forward 2-45x for these (in float32,
+# sigmoid, tanh and SiLU run their FAST32 forms in the Numba loops instead); backward
 # 1.0-3.6x for softplus and mish over several runs (silu's backward is a wash, 0.9-2.5x,
 # and keeps the kernel). Their reference formula runs instead of the kernel (for a fused
 # layer, right after the kernel instead of in its rows).
@@ -150,14 +238,15 @@ def fused_forward(core):
         act = activation_of(op)
         if act is None:
             return core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
-        code, slope = activation_code(*act)
+        dtype = xs[0].dtype
+        code, slope = cpu_activation_code(*act, dtype)
         if ctx.keep:
             pre = core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
             keep_pre_activation(op, pre, ctx)
-            if act[0] in NUMPY_FORWARD:
+            if numpy_forward(act[0], dtype):
                 return numpy_activation(pre, act)
             return activation_forward_kernel(pre, code, slope)
-        if act[0] in NUMPY_FORWARD:
+        if numpy_forward(act[0], dtype):
             return numpy_activation(core(op, xs, p, ctx, NO_ACTIVATION, 0.0), act)
         return core(op, xs, p, ctx, code, slope)
 
