@@ -116,7 +116,7 @@ def main() -> None:
     def archc_step():
         out = model(x, host=False)
         _, grad, _ = model.backend.classify(out, y)
-        opt.step(model.backward(grad, host=False).params)
+        opt.step(model.backward(grad, host=False, inputs=False).params)
 
     infer = timed(lambda: model.predict(x))
     model.train()

@@ -116,7 +116,7 @@ def archc_train_step(graph, labels: np.ndarray):
     def step(x):
         logits = model(x)
         _, grad, _ = model.backend.classify(logits, labels)
-        opt.step(model.backward(grad).params)
+        opt.step(model.backward(grad, inputs=False).params)
 
     return step
 

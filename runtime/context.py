@@ -46,6 +46,10 @@ class KernelContext:
         is correct, in memory of its own; the tests hold this list empty).
     packs : weights repacked for the kernels (``runtime.packing.Packs``): the model's own,
         kept from pass to pass while the parameters do not change.
+    input_grads : whether the backward kernel now running must compute its inputs'
+        gradients: False for an op fed only by the network's inputs when the caller
+        asked for no input gradients (a training step), so that it may return None for
+        them (a stem conv's input gradient is most of its backward pass).
     """
 
     train: bool = False
@@ -62,3 +66,4 @@ class KernelContext:
     unplanned: set[str] = field(default_factory=set)
     unplaced: list[str] = field(default_factory=list)
     packs: Packs = field(default_factory=Packs)
+    input_grads: bool = True

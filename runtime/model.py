@@ -324,7 +324,7 @@ class Model:
                     y = self(x, host=False)
                     outs = y if isinstance(y, dict) else {next(iter(self.program.outputs)): y}
                     self.backward({k: np.ones(v.shape, self.dtype) for k, v in outs.items()},
-                                  host=False)
+                                  host=False, inputs=False)  # as a training step runs
                 clock.sync()
                 if rep == 0:
                     continue
@@ -347,7 +347,8 @@ class Model:
             last.pop(name, None)
         return last
 
-    def backward(self, grad_output, *, host: bool = True, on_grad=None) -> "Gradients":
+    def backward(self, grad_output, *, host: bool = True, on_grad=None,
+                 inputs: bool = True) -> "Gradients":
         """Gradients of the last forward pass, given the gradient of its output (an array,
         or a dict keyed by output name; a dict may also give the gradient of any node by
         its name, to look inside the network): every trainable parameter's and every
@@ -355,7 +356,10 @@ class Model:
         Where a value feeds several layers, their gradients add up. ``host=False`` leaves
         them on the device (for an optimiser with the backend's ``optim`` kernels).
         ``on_grad(name, gradient)`` is called for each parameter as soon as its gradient
-        is final, while the pass goes on (data-parallel training starts sending it)."""
+        is final, while the pass goes on (data-parallel training starts sending it).
+        ``inputs=False`` leaves the inputs' gradients out (``Gradients.inputs`` is then
+        empty): a training step needs only the parameters', and the layers fed by the
+        network's inputs skip computing them."""
         if self._tape is None:
             raise RuntimeError("backward() needs a forward pass first: call model(x) "
                                "(predict() keeps nothing for it)")
@@ -373,14 +377,15 @@ class Model:
             grads[name] = add(grads[name], g) if name in grads else g
         param_grads: dict = {}
         with self._scope():
-            self._backward(values, ctx, grads, param_grads, on_grad)
+            self._backward(values, ctx, grads, param_grads, on_grad, inputs)
         move = self.backend.to_host if host else (lambda v: v)
-        inputs = {name: move(grads[name]) if name in grads else
-                  move(self.backend.to_device(np.zeros(values[name].shape, self.dtype)))
-                  for name in self.program.inputs}
-        return Gradients({k: move(v) for k, v in param_grads.items()}, inputs)
+        input_grads = {name: move(grads[name]) if name in grads else
+                       move(self.backend.to_device(np.zeros(values[name].shape, self.dtype)))
+                       for name in self.program.inputs} if inputs else {}
+        return Gradients({k: move(v) for k, v in param_grads.items()}, input_grads)
 
-    def _backward(self, values, ctx, grads, param_grads, on_grad=None) -> None:
+    def _backward(self, values, ctx, grads, param_grads, on_grad=None,
+                  inputs: bool = True) -> None:
         device, add = self._params_on_device(), self.backend.add
         for step in reversed(range(len(self.program.ops))):
             op = self.program.ops[step]
@@ -388,6 +393,7 @@ class Model:
             if gy is None:
                 continue
             params = {role: device[full] for role, full in op.params.items()}
+            ctx.input_grads = inputs or not all(i in self.program.inputs for i in op.inputs)
             gxs, gps = self.backward_kernels[op.kind](
                 op, [values[i] for i in op.inputs], values[op.output], gy, params, ctx)
             for name, g in zip(op.inputs, gxs):

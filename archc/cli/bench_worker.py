@@ -55,10 +55,10 @@ def _bench_worker(args) -> None:
         _, grad = losses.cross_entropy(out, y)
         t1 = time.perf_counter()
         if reducer is None:
-            grads = model.backward(grad).params
+            grads = model.backward(grad, inputs=False).params
         else:
             reducer.begin(1.0 / world.size)
-            model.backward(grad, on_grad=reducer.ready)
+            model.backward(grad, on_grad=reducer.ready, inputs=False)
             grads = reducer.finish()
         t2 = time.perf_counter()
         opt.step(grads)

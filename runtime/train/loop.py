@@ -129,11 +129,11 @@ def _gradients(model, grad, reducer, weight: float) -> dict:
     this rank's share (``weight`` of the global batch) of the global batch's mean
     gradient, summed over the ranks while the backward pass goes on."""
     if reducer is None:
-        return model.backward(grad, host=False).params
+        return model.backward(grad, host=False, inputs=False).params
     if model.sync_bn is not None:
         model.sync_bn.weight = weight
     reducer.begin(weight)
-    model.backward(grad, host=False, on_grad=reducer.ready)
+    model.backward(grad, host=False, on_grad=reducer.ready, inputs=False)
     return {k: model.backend.to_device(g) for k, g in reducer.finish().items()}
 
 

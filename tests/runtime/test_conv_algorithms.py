@@ -223,3 +223,25 @@ def test_winograd_is_for_inference_only():
                               "in_channels": None}, [(64, 56, 56)])
     assert conv.choose(op, 8)[0] == "winograd"
     assert conv.choose(op, 8, train=True)[0] == "grid"
+
+
+@pytest.mark.parametrize("attrs", [
+    {"out_channels": 8, "kernel_size": 3, "padding": 1},
+    {"out_channels": 8, "kernel_size": 3, "padding": 1, "stride": 2},
+    {"out_channels": 8, "kernel_size": 1},
+    {"out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 4},
+])
+def test_no_input_gradient_where_none_is_asked(attrs):
+    """With ctx.input_grads False (a training step's first layer) every algorithm returns
+    None for the input and the same weight gradient."""
+    op, _ = one_op("conv2d", {**attrs, "in_channels": None}, [(4, 9, 9)])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
+    p = {"weight": rng.standard_normal(_weight_shape(op, (4, 9, 9))).astype(np.float32)}
+    gy = rng.standard_normal((2,) + op.out_shape).astype(np.float32)
+    for algorithm in conv.candidates(op, train=True):
+        full = conv.conv2d_backward(op, [x], None, gy, p, KernelContext(train=True), algorithm)
+        ctx = KernelContext(train=True, input_grads=False)
+        lean = conv.conv2d_backward(op, [x], None, gy, p, ctx, algorithm)
+        assert lean[0] == [None] and full[0][0] is not None, algorithm
+        np.testing.assert_allclose(lean[1]["weight"], full[1]["weight"], rtol=1e-6)

@@ -226,3 +226,33 @@ def test_float32_forms_of_exp_and_tanh_activations_are_accurate(name):
     gx = elementwise.activation_backward_kernel(x32, y, np.ones_like(x32),
                                                 elementwise.FAST32[name], 0.0)
     assert np.max(np.abs(gx - slope) / scale) < 1e-6
+
+
+def test_a_training_step_skips_the_inputs_gradients():
+    """backward(inputs=False): the same parameter gradients, no input gradients, and the
+    layers fed by the network's input are told not to compute theirs."""
+    graph = archc.load(SPECS / "lenet5.yaml")
+    model = archc.compile(graph, backend="cpu", seed=0).train()
+    x = np.random.default_rng(0).standard_normal((4, 1, 32, 32)).astype(np.float32)
+    gy = np.ones((4, 10), np.float32)
+    model(x)
+    full = model.backward(gy)
+    seen = {}
+    kernels = dict(model.backward_kernels)
+
+    def spy(kind):
+        def run(op, xs, y, g, p, ctx):
+            seen[op.name] = ctx.input_grads
+            return kernels[kind](op, xs, y, g, p, ctx)
+        return run
+
+    model.backward_kernels = {kind: spy(kind) for kind in kernels}
+    model(x)
+    lean = model.backward(gy, inputs=False)
+    assert lean.inputs == {} and full.inputs
+    assert set(lean.params) == set(full.params)
+    for name, value in full.params.items():
+        np.testing.assert_allclose(lean.params[name], value, rtol=1e-5, atol=1e-6)
+    first = model.program.ops[0]
+    assert list(first.inputs) == list(model.program.inputs) and seen[first.name] is False
+    assert all(seen[op.name] for op in model.program.ops[1:] if op.name in seen)

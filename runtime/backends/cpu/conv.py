@@ -451,33 +451,37 @@ conv2d_forward = fused_forward(_conv2d)
 
 
 def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
+    """[input gradient], {"weight": ..., "bias": ...}; the input gradient is None where the
+    pass asks for none (``ctx.input_grads``: a training step's first conv)."""
     (x,) = xs
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(gy)
     groups = op.attrs["groups"]
+    need = ctx.input_grads
     grads = {}
     if "bias" in p:
         grads["bias"] = gy.sum(axis=(0, 2, 3))
     algorithm = algorithm or choose(op, x.shape[0], ctx.train)[0]
     if algorithm == "depthwise":
         gw, gx = depthwise_backward_kernel(x, _flat_filters(w), gy, kh, kw, sh, sw, dh, dw, pt,
-                                           pl, True)
+                                           pl, need)
         grads["weight"] = gw.reshape(w.shape)
-        return [gx], grads
+        return [gx if need else None], grads
     if algorithm == "pointwise":
         xs_ = _pointwise_input(op, x)
         n, c = xs_.shape[:2]
         x3, gy3 = xs_.reshape(n, c, ho * wo), gy.reshape(n, w.shape[0], ho * wo)
-        w2 = _flat_filters(w)
+        grads["weight"] = pointwise_weight_grad_kernel(
+            x3, gy3, groups, min(n, numba.get_num_threads())).reshape(w.shape)
+        if not need:
+            return [None], grads
         bias, residual, code, slope = _no_epilogue(x, rank=3)
         block = _block(c // groups)
         rows = _row_blocks(c // groups, n * groups * -(-ho * wo // block))
-        gsub = pointwise_kernel(gy3, w2, groups, True, bias, block, rows, residual, code,
-                                slope).reshape(n, c, ho, wo)
-        grads["weight"] = pointwise_weight_grad_kernel(
-            x3, gy3, groups, min(n, numba.get_num_threads())).reshape(w.shape)
+        gsub = pointwise_kernel(gy3, _flat_filters(w), groups, True, bias, block, rows, residual,
+                                code, slope).reshape(n, c, ho, wo)
         if (sh, sw) == (1, 1):
             return [gsub], grads
         gx = np.zeros_like(x)
@@ -488,6 +492,8 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
                                 (kh - 1) * dh // sh, sh * sw)
         grads["weight"] = direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt,
                                                     pl, band, numba.get_num_threads())
+        if not need:
+            return [None], grads
         gx = _direct_input_grad(op, gy, w, ctx) if (sh, sw) == (1, 1) else None
         if gx is None and (sh, sw) == (1, 1):
             gx = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), gy,
@@ -498,15 +504,15 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         # the forward's) is a padding; the weight gradient is the grid's (a GEMM per tap)
         winograd = algorithm == "winograd" and max(max(pair) for pair in op.attrs["pads"]) <= 2
         gx, grads["weight"] = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps),
-                                             gy, input_grad=not winograd)
-        if winograd:
+                                             gy, input_grad=need and not winograd)
+        if winograd and need:
             gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0], forced=True), ctx)
         return [gx], grads
     gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
     gw = im2col_weight_grad_kernel(x, gy_grid, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
                                    numba.get_num_threads(), _panel(w[0].size))
     grads["weight"] = gw.reshape(w.shape)
-    return [_im2col_input_grad(op, x, w, gy, gy_grid)], grads
+    return [_im2col_input_grad(op, x, w, gy, gy_grid) if need else None], grads
 
 
 def _im2col_input_grad(op, x, w, gy, gy_grid=None):
