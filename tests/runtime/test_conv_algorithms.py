@@ -80,7 +80,9 @@ SETTINGS = {
                             # bands of any height and output channels in chunks
                             "split": lambda *args: (draw(st.integers(1, 4)),
                                                     draw(st.integers(1, 3))),
-                            "weight_grad_band": lambda *args: draw(st.integers(1, 4))},
+                            "weight_grad_band": lambda *args: draw(st.integers(1, 4)),
+                            # the weight gradient in tiles, or the grid's / im2col's
+                            "DIRECT_WEIGHT_GRAD_MAX_CHANNELS": draw(st.sampled_from([0, 10**6]))},
     "grid": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},
     "im2col": lambda draw: {"WINOGRAD_TILE": None,
                             "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},
@@ -206,7 +208,8 @@ def test_winograd_float32_error_is_measured_and_bounded(m, bound):
 @pytest.mark.parametrize("shape, stride, batch, algorithm", [
     ((16, 32, 32), 1, 128, "direct"),  # ResNet-20's stages
     ((32, 16, 16), 1, 128, "direct"),
-    ((64, 8, 8), 1, 128, "grid"),
+    ((64, 8, 8), 1, 128, "direct"),
+    ((256, 14, 14), 1, 8, "grid"),
     ((16, 32, 32), 2, 128, "direct"),
     ((32, 16, 16), 2, 128, "im2col"),
     ((3, 224, 224), 2, 8, "direct"),  # a stem (even with im2col)
@@ -222,7 +225,7 @@ def test_winograd_is_for_inference_only():
     op, _ = one_op("conv2d", {"out_channels": 64, "kernel_size": 3, "padding": 1,
                               "in_channels": None}, [(64, 56, 56)])
     assert conv.choose(op, 8)[0] == "winograd"
-    assert conv.choose(op, 8, train=True)[0] == "grid"
+    assert conv.choose(op, 8, train=True)[0] == "direct"
 
 
 @pytest.mark.parametrize("attrs", [

@@ -274,11 +274,17 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
 # 1.1-1.4x faster on ResNet stems (3 channels, 7x7/2: 0.87 against 1.18 ms at batch 1),
 # 1.5-2x on ResNet-20's 16- and 32-channel downsampling convs at batch 128, even to 1.16x
 # at 64 channels, im2col 1.2x faster at 128. In training (forward, both gradients; the
-# weight gradient in register tiles too): 2.2x the grid at 16 channels 32x32 batch 128,
-# 1.45x at 32x16x16, 1.4x slower at 64x8x8 and 1.05-1.3x slower from 64 channels at batch
-# 8; strided, 1.3x faster than im2col at 16 channels, 1.08x slower at 32, even at the
-# 3-channel 7x7/2 stem at batch 8 (1.05x slower, within the noise).
-DIRECT_MAX_CHANNELS = {(False, False): 256, (False, True): 64, (True, False): 32,
+# weight gradient in register tiles too up to DIRECT_WEIGHT_GRAD_MAX_CHANNELS): 2.2x the
+# grid at 16 channels 32x32 batch 128, 1.45x at 32x16x16; 1.23x at 64x56x56 and 1.08x at
+# 128x28x28 batch 8 (with the grid's weight gradient), 1.1-1.5x slower than the grid or
+# im2col from 256 channels; strided, 1.3x faster than im2col at 16 channels, even at 64,
+# 1.08x slower at 32 and at the 3-channel 7x7/2 stem at batch 8 (within the noise).
+# The weight gradient in register tiles up to this many input channels per group; the
+# grid's GEMM per tap (stride 1) or im2col's above (a sum over the whole batch's positions
+# into a small matrix, BLAS's best case): at 64 channels the tiles measured 1.1-1.6x slower.
+DIRECT_WEIGHT_GRAD_MAX_CHANNELS = 32
+
+DIRECT_MAX_CHANNELS = {(False, False): 256, (False, True): 64, (True, False): 128,
                        (True, True): 16}
 
 GRID_WASTE_LIMIT = 1.6
@@ -488,10 +494,17 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         gx[:, :, ::sh, ::sw] = gsub
         return [gx], grads
     if algorithm == "direct":
-        band = weight_grad_band(w.shape[1], w.shape[0] // groups, ho, wo + (kw - 1) * dw // sw,
-                                (kh - 1) * dh // sh, sh * sw)
-        grads["weight"] = direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt,
-                                                    pl, band, numba.get_num_threads())
+        if w.shape[1] <= DIRECT_WEIGHT_GRAD_MAX_CHANNELS:
+            band = weight_grad_band(w.shape[1], w.shape[0] // groups, ho,
+                                    wo + (kw - 1) * dw // sw, (kh - 1) * dh // sh, sh * sw)
+            grads["weight"] = direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw,
+                                                        pt, pl, band, numba.get_num_threads())
+        elif (sh, sw) == (1, 1):
+            grads["weight"] = _grid_backward(op, x, w, None, gy, input_grad=False)[1]
+        else:
+            grads["weight"] = im2col_weight_grad_kernel(
+                x, to_grid(gy, 0, 0, ho, wo, 0), groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
+                numba.get_num_threads(), _panel(w[0].size)).reshape(w.shape)
         if not need:
             return [None], grads
         gx = _direct_input_grad(op, gy, w, ctx) if (sh, sw) == (1, 1) else None
