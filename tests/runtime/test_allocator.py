@@ -39,3 +39,24 @@ def test_the_allocator_can_be_left_alone():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "ARCHC_MALLOC": "system"}, check=True)
     assert run.stdout.split() == ["False", "False"]
+
+
+def test_blocks_over_32_mb_are_reused_too():
+    """glibc maps blocks over its largest threshold (32 MB) afresh on every request unless
+    mmap is off: a 38.5 MB activation would fault in every page on every pass."""
+    assert keep_freed_memory()
+    graph = archc.Graph(name="wide")
+    graph.add(archc.Node("input", "input", {"shape": (16, 112, 112)}, []))
+    graph.add(archc.Node("expand", "conv2d", archc.layers.get_layer("conv2d").normalize(
+        {"out_channels": 96, "kernel_size": 1, "in_channels": 16}), ["input"]))
+    graph.inputs, graph.outputs = ["input"], {"expand": "expand"}
+    archc.infer_shapes(graph)
+    model = archc.compile(graph, backend="cpu").eval()
+    x = np.zeros((8, 16, 112, 112), np.float32)
+    for _ in range(2):
+        model.predict(x)
+    before = _faults()
+    y = model.predict(x)
+    pages = y.nbytes // 4096
+    assert y.nbytes > 32 << 20
+    assert _faults() - before < pages // 20
