@@ -1,8 +1,9 @@
-"""Convolution algorithms on the CPU, per layer shape: archc's choice (a GEMM per filter
-tap on the grid layout at stride 1 unless the grid is mostly padding; im2col + GEMM
-otherwise; a GEMM on the map as it lies for unpadded 1x1; a direct loop for depthwise),
-both stride-1 algorithms forced, and PyTorch; forward and forward+backward, same process,
-median of repeated runs; the ratio is archc's choice over PyTorch.
+"""Convolution algorithms on the CPU, per layer shape: archc's choice (``conv.choose``: register
+tiles for few channels, Winograd in inference, a GEMM per filter tap on the grid layout,
+im2col + GEMM, a GEMM on the map as it lies for unpadded 1x1, a direct loop for depthwise),
+each of the general algorithms that can run the layer forced (direct, grid, im2col), and
+PyTorch; forward and forward+backward in training mode, same process, median of repeated
+runs; the ratio is archc's choice over PyTorch.
 
     .venv/bin/python bench/bench_conv.py [--repeat N]
 """
@@ -58,13 +59,17 @@ def main() -> None:
     torch.set_num_threads(2)
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); median of "
           f"{args.repeat}; ms, and the ratio archc / torch")
-    print(f"{'layer':<18} {'shape':<22} {'pass':<8} {'archc':>7} {'grid':>7} {'im2col':>7} "
-          f"{'torch':>7} {'ratio':>6} {'GFLOP/s':>8}")
+    forced = ("direct", "grid", "im2col")
+    print(f"{'layer':<18} {'shape':<22} {'pass':<8} {'pick':<9} {'archc':>7} "
+          + " ".join(f"{name:>7}" for name in forced) + f" {'torch':>7} {'ratio':>6} {'GFLOP/s':>8}")
+    rules = conv.choose
     for name, batch, cin, cout, size, k, stride, groups, pad in (
             SHAPES[:1] if args.quick else SHAPES):
         model, x = one_conv(batch, cin, cout, size, k, stride, groups, pad)
         y = model(x)
         gy = np.ones_like(y)
+        (op,) = [op for op in model.program.ops if op.kind == "conv2d"]
+        pick = rules(op, batch, True)[0]
         weight = torch.randn(cout, cin // groups, k, k, requires_grad=True)
         tx = torch.from_numpy(x).requires_grad_(True)
 
@@ -78,22 +83,22 @@ def main() -> None:
 
         flops = 2 * y.size * (cin // groups) * k * k
         shape = f"{batch}x{cin}x{size}x{size} k{k}s{stride}" + (f"g{groups}" if groups > 1 else "")
-        stride1_dense = stride == 1 and k > 1 and groups < cin
         for label, ours, theirs, work in (
                 ("forward", lambda: model(x), torch_forward, flops),
                 ("fwd+bwd", lambda: (model(x), model.backward(gy)), torch_both, 3 * flops)):
             a = median_time(ours, args.repeat)
-            grid = im2col = "-"
-            if stride1_dense:  # both algorithms, whichever archc would pick
-                conv.GRID_WASTE_LIMIT, limit = float("inf"), conv.GRID_WASTE_LIMIT
-                grid = f"{median_time(ours, args.repeat) * 1e3:.1f}"
-                conv.GRID_WASTE_LIMIT = limit
-                conv.GRID_AT_STRIDE_1 = False
-                im2col = f"{median_time(ours, args.repeat) * 1e3:.1f}"
-                conv.GRID_AT_STRIDE_1 = True
+            cells = []
+            for algorithm in forced:
+                if algorithm not in conv.candidates(op, train=True):
+                    cells.append("-")
+                    continue
+                conv.choose = lambda op, batch=1, train=False, name=algorithm: (name, "forced")
+                cells.append(f"{median_time(ours, args.repeat) * 1e3:.1f}")
+                conv.choose = rules
             b = median_time(theirs, args.repeat)
-            print(f"{name:<18} {shape:<22} {label:<8} {a * 1e3:>7.1f} {grid:>7} {im2col:>7} "
-                  f"{b * 1e3:>7.1f} {a / b:>5.2f}x {work / a / 1e9:>8.1f}")
+            print(f"{name:<18} {shape:<22} {label:<8} {pick:<9} {a * 1e3:>7.1f} "
+                  + " ".join(f"{cell:>7}" for cell in cells)
+                  + f" {b * 1e3:>7.1f} {a / b:>5.2f}x {work / a / 1e9:>8.1f}")
 
 
 if __name__ == "__main__":
