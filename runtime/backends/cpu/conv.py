@@ -1,6 +1,12 @@
 """Convolution kernels for the CPU, the algorithm chosen per case (measurements in
-docs/performance.md):
+docs/performance.md; :func:`rule` decides, ``archc tune`` measures):
 
+- few channels per group (any stride, kernel size, dilation): register tiles
+  (conv_direct.py), no GEMM: the band of input rows a job reads copied into a padded
+  panel in cache, each tile of output sums kept in vector registers over every tap and
+  input channel.
+- dense 3x3, stride 1, in inference: Winograd F(4x4, 3x3) or F(2x2, 3x3)
+  (conv_winograd.py).
 - stride 1 (any kernel size, dilation, groups): one GEMM per filter tap on a padded
   "grid" layout, no im2col. The input is copied once into ``grid (C, N*Hp*Wp + tail)``:
   channel-major, each sample's padded map flattened. Output position p of the grid sees
