@@ -98,12 +98,7 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
     groups, blocks, taps, cg = wt.shape[0], wt.shape[1], wt.shape[2], wt.shape[3]
     reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
     wp = wo + reach_x  # the panel's row pitch: a phase's columns that the band reads
-    phase = np.empty(taps, dtype=np.int64)
-    shift = np.empty(taps, dtype=np.int64)
-    for t in range(taps):
-        i, j = t // kw, t % kw
-        phase[t] = ((i * dh) % sh) * sw + (j * dw) % sw
-        shift[t] = ((i * dh) // sh) * wp + (j * dw) // sw
+    phase, shift = _tap_phases(kh, kw, sh, sw, dh, dw, wp)
     rows_in_max = band + reach_y
     bands = (ho + band - 1) // band
     y = np.empty((n, groups * og, ho, wo), dtype=x.dtype)
@@ -165,6 +160,20 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
                         dest[xx] += res[xx]
                 activate_inplace(dest, code, slope)
     return y
+
+
+@njit(cache=True)
+def _tap_phases(kh, kw, sh, sw, dh, dw, wp):
+    """Per filter tap (i, j) in row-major order: the phase it reads, ((i*dh) % sh, (j*dw)
+    % sw) numbered row by row, and its shift from the output position in that phase's
+    panel of row pitch ``wp``."""
+    phase = np.empty(kh * kw, dtype=np.int64)
+    shift = np.empty(kh * kw, dtype=np.int64)
+    for t in range(kh * kw):
+        i, j = t // kw, t % kw
+        phase[t] = ((i * dh) % sh) * sw + (j * dw) % sw
+        shift[t] = ((i * dh) // sh) * wp + (j * dw) // sw
+    return phase, shift
 
 
 @njit(cache=True)
@@ -232,12 +241,7 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     taps = kh * kw
     reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
     wp = wo + reach_x
-    phase = np.empty(taps, dtype=np.int64)
-    shift = np.empty(taps, dtype=np.int64)
-    for t in range(taps):
-        i, j = t // kw, t % kw
-        phase[t] = ((i * dh) % sh) * sw + (j * dw) % sw
-        shift[t] = ((i * dh) // sh) * wp + (j * dw) // sw
+    phase, shift = _tap_phases(kh, kw, sh, sw, dh, dw, wp)
     band = min(band, ho)
     bands = (ho + band - 1) // band
     stride = (band + reach_y) * wp  # a sample's (band's) region of a panel
