@@ -161,7 +161,7 @@ def train_table(rows, threads: int, repeat: int) -> None:
         theirs = times.get("PyTorch")
         print(f"| {spec} | {batch} | {times['archc'] * 1e3:.1f} | "
               + (f"{theirs * 1e3:.1f} | {times['archc'] / theirs:.2f}x" if theirs else "- | -")
-              + f" | {flops / times['archc'] / 1e9:.0f} |", flush=True)
+              + f" | {_rate(flops / times['archc'] / 1e9)} |", flush=True)
 
 
 def engines(graph, threads: int, folder: str) -> dict:
@@ -185,6 +185,12 @@ def engines(graph, threads: int, folder: str) -> dict:
 # timed next would share the cores with them (archc -O0 at resnet18 batch 1 measured 2x
 # slower right after OpenVINO). A pause before each call lets them go idle.
 PAUSE = 0.05
+
+
+def _rate(gflops: float) -> str:
+    """GFLOP/s to print: whole numbers, two digits below 10 (a tiny network on a loaded
+    machine runs under one GFLOP/s, which would print as 0)."""
+    return f"{gflops:.0f}" if gflops >= 10 else f"{gflops:.2g}"
 
 
 def interleaved(runs: dict, x: np.ndarray, repeat: int) -> dict[str, float]:
@@ -249,7 +255,7 @@ def main() -> None:
                       if not h.startswith("archc")]
             rate = flops / ours / 1e9
             print(f"| {spec} | {batch} | " + " | ".join(cells + ratios)
-                  + f" | {rate:.0f} | {rate / sgemm:.0%} |", flush=True)
+                  + f" | {_rate(rate)} | {rate / sgemm:.0%} |", flush=True)
     if not args.no_train:
         rows = QUICK if args.quick else TRAIN_ROWS
         train_table([row for row in rows if not args.only or row[0] in args.only],

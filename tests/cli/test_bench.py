@@ -68,13 +68,16 @@ def test_bench_runtime_start_times_cold_then_warm():
     assert 0 < warm < cold  # the second fresh process finds the kernels compiled on disk
 
 
-def test_bench_conv_times_both_stride_1_algorithms():
+def test_bench_conv_times_every_general_algorithm():
     out = subprocess.run([sys.executable, "bench/bench_conv.py", "--quick", "--repeat", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+    header = next(line.split() for line in out.splitlines() if line.startswith("layer"))
+    assert header[4:9] == ["archc", "direct", "grid", "im2col", "torch"]
     rows = [line.split() for line in out.splitlines() if line.startswith("resnet18 layer1")]
     assert [r[4] for r in rows] == ["forward", "fwd+bwd"]
-    for r in rows:  # archc, grid, im2col and torch times, then the ratio
-        assert all(float(v) > 0 for v in r[5:9]) and r[9].endswith("x")
+    for r in rows:  # archc's pick; its time, each algorithm's and torch's; the ratio
+        assert r[5] in ("direct", "grid", "im2col", "winograd")
+        assert all(float(v) > 0 for v in r[6:11]) and r[11].endswith("x")
 
 
 def test_bench_train_reports_both_runs():

@@ -256,3 +256,14 @@ def test_a_training_step_skips_the_inputs_gradients():
     first = model.program.ops[0]
     assert list(first.inputs) == list(model.program.inputs) and seen[first.name] is False
     assert all(seen[op.name] for op in model.program.ops[1:] if op.name in seen)
+
+
+def test_the_activation_dispatch_is_generated_from_the_formulas():
+    """activation_dispatch.py is what activation_scalars.dispatch_source() writes for the
+    current formulas (regenerate with `python runtime/backends/cpu/activation_scalars.py`):
+    a branch for every code, and a fingerprint that changes with any formula, so Numba's
+    cache of the dispatch is rebuilt when one does."""
+    from runtime.backends.cpu import activation_scalars
+
+    assert activation_scalars.GENERATED.read_text() == activation_scalars.dispatch_source()
+    assert len(activation_scalars.FORWARD) == len(FORMULAS) + len(elementwise.FAST32)

@@ -227,12 +227,12 @@ def weight_grad_band(cg: int, og: int, ho: int, wp: int, reach_y: int, phases: i
 def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, band, splits):
     """The weight gradient (O, C/g, kh, kw) of the conv of x (N, C, H, W) whose output
     gradient is gy (N, O, ho, wo), in jobs of ``band`` output rows (weight_grad_band), on
-    panels like the forward pass's: x's rows in phases,
-    and gy's rows at the same pitch with zeros in the padding columns and rows. Where a
-    whole map is one band, the panels stack samples up to about WEIGHT_GRAD_FLOATS
-    values (a small map alone would leave the sums below too short to pay for
-    themselves; more would leave L2). For each tap, block of 4 input channels and block of 4 output channels,
-    16 sums of products over the panel's positions are kept 16 lanes wide in registers.
+    panels like the forward pass's: x's rows in phases, and gy's rows at the same pitch
+    with zeros in the padding columns and rows. Where a whole map is one band, the panels
+    stack samples up to about WEIGHT_GRAD_FLOATS values (a small map alone would leave
+    the sums below too short to pay for themselves; more would leave L2). For each tap,
+    block of 4 input channels and block of 4 output channels, 16 sums of products over
+    the panel's positions are kept 16 lanes wide in registers.
     The jobs are dealt out to ``splits`` partial sums (one per thread), added at the end."""
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
