@@ -47,7 +47,7 @@ def test_bench_joins_times_with_the_analysis(capsys):
     # each conv says how the CPU computed it and why; the other layers have one way
     for node in nodes:
         algorithm, why = layers[node.name]["algorithm"], layers[node.name]["why"]
-        assert (algorithm == "grid" and "stride 1" in why) if node.op == "conv2d" else \
+        assert (algorithm == "direct" and "stride 1" in why) if node.op == "conv2d" else \
             algorithm is why is None
     assert profile["forward_s"] == pytest.approx(sum(v["forward_s"] for v in layers.values()))
     assert profile["images_per_s"] == pytest.approx(
@@ -62,7 +62,7 @@ def test_bench_joins_times_with_the_analysis(capsys):
     # the reasons cover every layer, shown in the table or not (which are the 3 slowest
     # depends on the machine)
     assert "why each algorithm" in out
-    assert re.search(r"^  grid: .*\bc1: stride 1", out, re.M) and "c3: stride 1" in out
+    assert re.search(r"^  direct: .*\bc1: stride 1", out, re.M) and "c3: stride 1" in out
     assert main(["bench", f"{SPECS}/lenet5.yaml", "--top", "0"]) == 0
     table = capsys.readouterr().out.split("\n\n")[1].splitlines()[1:]
     assert len(table) == len(nodes)

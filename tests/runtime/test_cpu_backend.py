@@ -121,9 +121,9 @@ def test_every_activation_kernel_matches_the_reference(formula):
     np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)
 
 
-FUSED_CONVS = {  # one per CPU algorithm: the epilogue lives in each one's own loops
-    "grid": {"out_channels": 6, "kernel_size": 3, "padding": 1},
-    "im2col": {"out_channels": 6, "kernel_size": 3, "padding": 1, "stride": 2},
+FUSED_CONVS = {  # the CPU algorithms these few channels get: the epilogue in each one's loops
+    "direct": {"out_channels": 6, "kernel_size": 3, "padding": 1},
+    "direct_strided": {"out_channels": 6, "kernel_size": 3, "padding": 1, "stride": 2},
     "pointwise": {"out_channels": 6, "kernel_size": 1},
     "pointwise_strided": {"out_channels": 6, "kernel_size": 1, "stride": 2},
     "depthwise": {"out_channels": 4, "kernel_size": 3, "padding": 1, "groups": 4},
