@@ -17,7 +17,8 @@ type; the tests hold the two lists equal. Kernels pick a formula by its index in
 attributes, so one code means one function on every device.
 
 Adding an activation: one entry here, one registry entry, and an ONNX emitter where ONNX
-has no operator of the same meaning.
+has no operator of the same meaning; then ``python runtime/backends/cpu/activation_scalars.py``
+writes the CPU's dispatch again (a test says when it is out of date).
 
 Examples
 --------
