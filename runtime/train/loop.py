@@ -217,6 +217,7 @@ def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int
             _checkpoint_within(run, model, opt, world, config, writes, {
                 "epoch": epoch, "step": step + 1, "best": progress.best,
                 "aug_rng": aug_rng.bit_generator.state}, sums, progress.history)
+    bar.refresh()  # the epoch's final loss and rate, drawn even if it took under tqdm's interval
     bar.close()
     return np.append(sums, sums[0] - before), time.perf_counter() - began, reducer
 
