@@ -100,6 +100,17 @@ def _fingerprint() -> str:
     return hashlib.sha256((text + Path(__file__).read_text()).encode()).hexdigest()[:16]
 
 
+def _branches(count: int, statement: str) -> list[str]:
+    """``if c == 0: <loop>`` ``elif c == 1: ...``: a loop over ``i`` doing ``statement``
+    (with ``{code}`` filled in) for each code."""
+    lines = []
+    for code in range(count):
+        lines += [f"    {'if' if code == 0 else 'elif'} c == {code}:",
+                  "        for i in range(n):",
+                  "            " + statement.format(code=code)]
+    return lines
+
+
 def dispatch_source() -> str:
     """The text of activation_dispatch.py for the current formulas."""
     count = len(FORWARD)
@@ -124,20 +135,14 @@ def dispatch_source() -> str:
               '    by zero gives inf or nan, where Python\'s test before every division kept',
               '    the loops scalar."""',
               "    n = uint64(v.size)"]
-    for code in range(count):
-        lines += [f"    {'if' if code == 0 else 'elif'} c == {code}:",
-                  "        for i in range(n):",
-                  f"            v[i] = _f{code}(v[i], a)"]
+    lines += _branches(count, "v[i] = _f{code}(v[i], a)")
     lines += ["", "",
               '@njit(cache=True, error_model="numpy")',
               "def derivative(x, y, gy, gx, c, a):",
               '    """gx[i] = gy[i] * f_c\'(x[i], y[i], a) over contiguous 1-D arrays (no',
               '    formula: gx = gy)."""',
               "    n = uint64(gx.size)"]
-    for code in range(count):
-        lines += [f"    {'if' if code == 0 else 'elif'} c == {code}:",
-                  "        for i in range(n):",
-                  f"            gx[i] = gy[i] * _d{code}(x[i], y[i], a)"]
+    lines += _branches(count, "gx[i] = gy[i] * _d{code}(x[i], y[i], a)")
     lines += ["    else:", "        for i in range(n):", "            gx[i] = gy[i]", ""]
     return "\n".join(lines)
 
