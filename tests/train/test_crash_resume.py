@@ -76,8 +76,11 @@ layers:
 def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
     run = tmp_path / "run"
     (tmp_path / "tiny.yaml").write_text(SPEC)
+    # long enough that the first run outlasts the second's start-up (60 epochs once did
+    # not, on a busy machine)
+    epochs = 300
     command = [sys.executable, "-m", "archc", "train", "tiny.yaml", "--data", "digits",
-               "--epochs", "60", "--backend", "reference", "--out", "run"]
+               "--epochs", str(epochs), "--backend", "reference", "--out", "run"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
@@ -96,11 +99,11 @@ def test_a_run_folder_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
     assert f"error: run folder run is in use by another training (pid {first.pid}" \
         in second.stderr, second.stderr
     assert first.returncode == 0, err
-    assert "epoch 60/60" in out
+    assert f"epoch {epochs}/{epochs}" in out
     folder, reasons = checkpoint.find(run)  # the first run's checkpoints are intact
-    assert folder == "ckpt-0059" and not reasons
+    assert folder == f"ckpt-{epochs - 1:04d}" and not reasons
     assert [row["epoch"] for row in json_lines(run / "log.jsonl", "log")] == \
-        list(range(1, 61))
+        list(range(1, epochs + 1))
     # the lock of a process that died is taken over without a word
     (run / "lock").write_text("pid 999999 on elsewhere, since 2026-01-01 00:00:00")
     with checkpoint.RunLock(run):
