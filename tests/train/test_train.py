@@ -149,9 +149,11 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
     import sys
     import time
 
+    epochs = 20  # long enough that a kill lands while it runs (6 epochs took about 2 s)
+
     def command(run, resume):
         args = [sys.executable, "-m", "archc", "train", str(SPECS / "lenet5.yaml"), "--data",
-                "digits", "--epochs", "6", "--batch-size", "64"]
+                "digits", "--epochs", str(epochs), "--batch-size", "64"]
         return args + (["--resume", str(run)] if resume else ["--out", str(run)])
 
     straight = tmp_path / "straight"
@@ -172,7 +174,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
                    timeout=300)
     assert kills >= 1
     last = json.loads((run / "last.json").read_text())["checkpoint"]
-    assert last == "ckpt-0005"
+    assert last == f"ckpt-{epochs - 1:04d}"
     with np.load(run / last / "weights.npz") as ours, \
             np.load(straight / json.loads((straight / "last.json").read_text())["checkpoint"]
                     / "weights.npz") as theirs:
@@ -180,7 +182,7 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_weights(tmp_path):
         for name in theirs:
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
     log = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert log == [1, 2, 3, 4, 5, 6]
+    assert log == list(range(1, epochs + 1))
 
 
 def test_resnet20_trains_on_three_channel_digits_with_augmentation(tmp_path):
