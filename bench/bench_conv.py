@@ -61,7 +61,8 @@ def main() -> None:
           f"{args.repeat}; ms, and the ratio archc / torch")
     forced = ("direct", "grid", "im2col")
     print(f"{'layer':<18} {'shape':<22} {'pass':<8} {'pick':<9} {'archc':>7} "
-          + " ".join(f"{name:>7}" for name in forced) + f" {'torch':>7} {'ratio':>6} {'GFLOP/s':>8}")
+          + " ".join(f"{name:>7}" for name in forced)
+          + f" {'torch':>7} {'ratio':>6} {'GFLOP/s':>8}")
     rules = conv.choose
     for name, batch, cin, cout, size, k, stride, groups, pad in (
             SHAPES[:1] if args.quick else SHAPES):

@@ -78,7 +78,7 @@ _FAST_FORMS = {"tanh": (_fast_tanh, _fast_tanh_grad),
 
 FAST32 = {name: len(FORMULAS) + i for i, name in enumerate(_FAST_FORMS)}
 """Activations with a float32 form of their own on the CPU -> its code (past every
-formula's code), in both chains."""
+formula's code), in the dispatch of both directions."""
 
 
 FORWARD = tuple(_scalar(f.forward) for f in FORMULAS) + tuple(

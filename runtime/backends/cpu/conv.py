@@ -175,17 +175,11 @@ def _direct_input_grad(op, gy, w, ctx):
                    (kw - 1) * dw - pl, h, wd, *_no_epilogue(gy))
 
 
-def _flipped(w):
-    """The filters of a stride-1 conv's input gradient: (O, C, kh, kw) -> (C, O, kh, kw)
-    turned by 180 degrees."""
-    return np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-
-
 def _winograd_input_grad(op, gy, w, m, ctx):
     """A stride-1 3x3 conv's input gradient is a 3x3 conv of gy with the flipped filters,
     padded by 2 - the forward padding: Winograd again (transformed once per model)."""
     u = ctx.packs.get((op.name, f"winograd{m}-grad"), w,
-                      lambda w: transform_filters(_flipped(w), m))
+                      lambda w: transform_filters(flip_filters(w, 1), m))
     (pt, _), (pl, _) = op.attrs["pads"]
     c, h, wd = op.in_shapes[0]
     return _winograd(gy, u, m, 2 - pt, 2 - pl, h, wd, *_no_epilogue(gy))
@@ -285,13 +279,13 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
 # 128x28x28 batch 8 (with the grid's weight gradient), 1.1-1.5x slower than the grid or
 # im2col from 256 channels; strided, 1.3x faster than im2col at 16 channels, even at 64,
 # 1.08x slower at 32 and at the 3-channel 7x7/2 stem at batch 8 (within the noise).
+DIRECT_MAX_CHANNELS = {(False, False): 256, (False, True): 64, (True, False): 128,
+                       (True, True): 16}
+
 # The weight gradient in register tiles up to this many input channels per group; the
 # grid's GEMM per tap (stride 1) or im2col's above (a sum over the whole batch's positions
 # into a small matrix, BLAS's best case): at 64 channels the tiles measured 1.1-1.6x slower.
 DIRECT_WEIGHT_GRAD_MAX_CHANNELS = 32
-
-DIRECT_MAX_CHANNELS = {(False, False): 256, (False, True): 64, (True, False): 128,
-                       (True, True): 16}
 
 GRID_WASTE_LIMIT = 1.6
 
@@ -357,8 +351,8 @@ def forget_choices() -> None:
 
 def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
     """The algorithm the CPU runs a conv2d with at a batch size, in training mode or not,
-    and why: ``depthwise``, ``pointwise``, ``winograd``, ``direct``, ``grid`` or ``im2col`` (see the
-    module docstring). Decided from the op's shapes and attributes, the batch and the
+    and why: ``depthwise``, ``pointwise``, ``winograd``, ``direct``, ``grid`` or ``im2col``
+    (see the module docstring). Decided from the op's shapes and attributes, the batch and the
     mode alone, so the choice is known before the first image (``archc bench`` prints it
     per layer). Winograd is for inference: its filters are transformed once per model,
     where a training step would transform them again after every update (4-15 ms for
@@ -377,7 +371,7 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
         sh, sw = a["stride"]
         return "direct", (f"strided, {c // groups} channels per group: register tiles on "
                           f"{sh}x{sw} phases of the input")
-    if not GRID_AT_STRIDE_1 or tuple(a["stride"]) != (1, 1):
+    if not GRID_AT_STRIDE_1 or strided:
         return "im2col", "strided: im2col + GEMM"
     (pt, pb), (pl, pr) = a["pads"]
     ho, wo = op.out_shape[1:]
@@ -508,16 +502,16 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         elif (sh, sw) == (1, 1):
             grads["weight"] = _grid_backward(op, x, w, None, gy, input_grad=False)[1]
         else:
-            grads["weight"] = im2col_weight_grad_kernel(
-                x, to_grid(gy, 0, 0, ho, wo, 0), groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                numba.get_num_threads(), _panel(w[0].size)).reshape(w.shape)
+            grads["weight"] = _im2col_weight_grad(op, x, w, to_grid(gy, 0, 0, ho, wo, 0))
         if not need:
             return [None], grads
-        gx = _direct_input_grad(op, gy, w, ctx) if (sh, sw) == (1, 1) else None
-        if gx is None and (sh, sw) == (1, 1):
+        if (sh, sw) != (1, 1):
+            return [_im2col_input_grad(op, x, w, gy)], grads
+        gx = _direct_input_grad(op, gy, w, ctx)
+        if gx is None:  # a padding wider than the filter's reach: the grid's adjoint
             gx = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), gy,
                                 weight_grad=False)[0]
-        return [_im2col_input_grad(op, x, w, gy) if gx is None else gx], grads
+        return [gx], grads
     if algorithm in ("grid", "winograd"):
         # Winograd's input gradient is Winograd again where the flipped conv's padding (2 -
         # the forward's) is a padding; the weight gradient is the grid's (a GEMM per tap)
@@ -528,10 +522,17 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
             gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0], forced=True), ctx)
         return [gx], grads
     gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
-    gw = im2col_weight_grad_kernel(x, gy_grid, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo,
-                                   numba.get_num_threads(), _panel(w[0].size))
-    grads["weight"] = gw.reshape(w.shape)
+    grads["weight"] = _im2col_weight_grad(op, x, w, gy_grid)
     return [_im2col_input_grad(op, x, w, gy, gy_grid) if need else None], grads
+
+
+def _im2col_weight_grad(op, x, w, gy_grid):
+    """Any conv's weight gradient: gy's grid (O, N*ho*wo) times x's im2col matrix, panel by
+    panel, the panels' products summed per thread."""
+    kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
+    gw = im2col_weight_grad_kernel(x, gy_grid, op.attrs["groups"], kh, kw, sh, sw, dh, dw, pt,
+                                   pl, ho, wo, numba.get_num_threads(), _panel(w[0].size))
+    return gw.reshape(w.shape)
 
 
 def _im2col_input_grad(op, x, w, gy, gy_grid=None):

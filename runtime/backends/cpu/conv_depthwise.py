@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 
+from runtime.backends.cpu.conv_direct import tap_phases
 from runtime.backends.cpu.elementwise import activate_inplace
 from runtime.config import PARALLEL
 
@@ -33,14 +34,8 @@ def phase_geometry(kh, kw, sh, sw, dh, dw, ho, wo):
     row read zeros rather than past the end."""
     hq = ((ho - 1) * sh + (kh - 1) * dh) // sh + 2
     wq = ((wo - 1) * sw + (kw - 1) * dw) // sw + 1
-    phase = np.empty(kh * kw, dtype=np.int64)
-    offset = np.empty(kh * kw, dtype=np.uint64)
-    for i in range(kh):
-        for j in range(kw):
-            t = i * kw + j
-            phase[t] = ((i * dh) % sh) * sw + (j * dw) % sw
-            offset[t] = ((i * dh) // sh) * wq + (j * dw) // sw
-    return hq, wq, phase, offset
+    phase, offset = tap_phases(kh, kw, sh, sw, dh, dw, wq)
+    return hq, wq, phase, offset.astype(np.uint64)
 
 
 @njit(cache=True)

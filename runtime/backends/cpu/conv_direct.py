@@ -98,7 +98,7 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
     groups, blocks, taps, cg = wt.shape[0], wt.shape[1], wt.shape[2], wt.shape[3]
     reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
     wp = wo + reach_x  # the panel's row pitch: a phase's columns that the band reads
-    phase, shift = _tap_phases(kh, kw, sh, sw, dh, dw, wp)
+    phase, shift = tap_phases(kh, kw, sh, sw, dh, dw, wp)
     rows_in_max = band + reach_y
     bands = (ho + band - 1) // band
     y = np.empty((n, groups * og, ho, wo), dtype=x.dtype)
@@ -163,10 +163,10 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
 
 
 @njit(cache=True)
-def _tap_phases(kh, kw, sh, sw, dh, dw, wp):
+def tap_phases(kh, kw, sh, sw, dh, dw, wp):
     """Per filter tap (i, j) in row-major order: the phase it reads, ((i*dh) % sh, (j*dw)
     % sw) numbered row by row, and its shift from the output position in that phase's
-    panel of row pitch ``wp``."""
+    panel of row pitch ``wp`` (the depthwise kernels' phase planes read the same way)."""
     phase = np.empty(kh * kw, dtype=np.int64)
     shift = np.empty(kh * kw, dtype=np.int64)
     for t in range(kh * kw):
@@ -241,7 +241,7 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     taps = kh * kw
     reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
     wp = wo + reach_x
-    phase, shift = _tap_phases(kh, kw, sh, sw, dh, dw, wp)
+    phase, shift = tap_phases(kh, kw, sh, sw, dh, dw, wp)
     band = min(band, ho)
     bands = (ho + band - 1) // band
     stride = (band + reach_y) * wp  # a sample's (band's) region of a panel

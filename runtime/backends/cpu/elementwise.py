@@ -63,17 +63,22 @@ def activation_backward_kernel(x, y, gy, code, a):
     return gx.reshape(gy.shape)
 
 
+def _fast32(name: str, dtype) -> bool:
+    """Whether arrays of ``dtype`` get the activation's float32 form (FAST32)."""
+    return dtype == np.float32 and name in FAST32
+
+
 def cpu_activation_code(name: str, attrs: dict, dtype) -> tuple[int, float]:
-    """The code of an activation in the CPU's chain for arrays of ``dtype`` (a float32
+    """The code of an activation in the CPU's dispatch for arrays of ``dtype`` (a float32
     form of its own where FAST32 has one), and its number."""
     code, slope = activation_code(name, attrs)
-    return (FAST32[name], slope) if dtype == np.float32 and name in FAST32 else (code, slope)
+    return (FAST32[name], slope) if _fast32(name, dtype) else (code, slope)
 
 
 def numpy_forward(name: str, dtype) -> bool:
     """Whether the CPU computes this activation's forward pass with NumPy's formula for
     arrays of ``dtype`` (a pass of its own, not in a conv's epilogue)."""
-    return name in NUMPY_FORWARD and not (dtype == np.float32 and name in FAST32)
+    return name in NUMPY_FORWARD and not _fast32(name, dtype)
 
 
 def activation_forward(op, xs, p, ctx):
