@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from runtime.params import fitted_params, init_params, load_matching, load_param
 from runtime.errors import InputError
 from runtime.program import Program
 from runtime.context import KernelContext
+from runtime import warmup
 
 def _backend(name: str) -> Backend:
     if name == "reference":
@@ -84,6 +86,9 @@ class Model:
         self._plans: dict[tuple[int, bool], MemoryPlan] = {}
         self._arenas: dict = {}  # a device backend's buffers for the memory plans
         self._checked: set = set()  # (batch, training) found to fit in memory
+        # (training, backward) passes run once (runtime.warmup: their kernels compiled)
+        self._first_passes: set = set()
+        self._helpers: warmup.Helpers | None = None  # compiling beside a training pass
         # batch norm's statistics across processes (runtime.train.distributed.SyncBatchNorm): in
         # training, every batch-norm layer combines its batch's moments with the other
         # processes' through this, forward and backward
@@ -250,8 +255,11 @@ class Model:
         self._planned(ctx, values, keep=True)
         # training updates batch-norm running statistics in place, on the device
         device = self.device_params() if self.training else self._params_on_device()
-        with self._scope():
-            for op in self.program.ops:
+        with self._scope(), self._first_pass(len(next(iter(values.values()))),
+                                             backward=False) as watch:
+            for step, op in enumerate(self.program.ops):
+                if watch is not None:
+                    watch.before(step)
                 params = {role: device[full] for role, full in op.params.items()}
                 values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                           params, ctx)
@@ -279,8 +287,11 @@ class Model:
         self._planned(ctx, values, keep=False)
         device = self._params_on_device()
         peak = 0
-        with self._scope():
+        with self._scope(), self._first_pass(len(next(iter(values.values()))),
+                                             backward=False) as watch:
             for step, op in enumerate(self.program.ops):
+                if watch is not None:
+                    watch.before(step)
                 params = {role: device[full] for role, full in op.params.items()}
                 values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                           params, ctx)
@@ -336,6 +347,36 @@ class Model:
             self.kernels, self.backward_kernels = tables
         return times
 
+    @contextmanager
+    def _first_pass(self, batch: int, backward: bool):
+        """Around a pass, yielding a ``runtime.warmup.Watch`` to tell before each op (or
+        None): the first pass of its kind (training or not, backward or not) on the CPU
+        backend starts helper processes if it compiles a kernel (runtime.warmup), and
+        stops them when it ends; those a training forward pass started compile its
+        backward kernels too and are stopped after the first backward pass."""
+        key = (self.training, backward)
+        if self.backend.name != "cpu" or (key in self._first_passes and self._helpers is None):
+            yield None
+            return
+        self._first_passes.add(key)
+        jobs = warmup.compile_jobs()
+        watch = warmup.Watch(self._helpers, backward)
+
+        def start():
+            if self._helpers is None and jobs > 1:
+                steps = warmup.firsts(self.program, self.backend.algorithm, batch,
+                                      self.training)
+                self._helpers = watch.helpers = warmup.start_helpers(
+                    self.program, self.dtype, batch, self.training, jobs, steps,
+                    at=watch.step, backward=backward)
+        try:
+            with warmup.on_first_compile(start):
+                yield watch
+        finally:
+            if self._helpers is not None and (backward or not self.training):
+                self._helpers.stop()
+                self._helpers = None
+
     def _last_uses(self) -> dict[str, int]:
         """Value name -> the step of the last op that reads it (outputs: never freed)."""
         last: dict[str, int] = {}
@@ -376,8 +417,9 @@ class Model:
             g = self.backend.to_device(g if on_device else np.asarray(g, dtype=self.dtype))
             grads[name] = add(grads[name], g) if name in grads else g
         param_grads: dict = {}
-        with self._scope():
-            self._backward(values, ctx, grads, param_grads, on_grad, inputs)
+        batch = len(next(iter(values[name] for name in self.program.inputs)))
+        with self._scope(), self._first_pass(batch, backward=True) as watch:
+            self._backward(values, ctx, grads, param_grads, on_grad, inputs, watch)
         move = self.backend.to_host if host else (lambda v: v)
         input_grads = {name: move(grads[name]) if name in grads else
                        move(self.backend.to_device(np.zeros(values[name].shape, self.dtype)))
@@ -385,10 +427,12 @@ class Model:
         return Gradients({k: move(v) for k, v in param_grads.items()}, input_grads)
 
     def _backward(self, values, ctx, grads, param_grads, on_grad=None,
-                  inputs: bool = True) -> None:
+                  inputs: bool = True, watch=None) -> None:
         device, add = self._params_on_device(), self.backend.add
         for step in reversed(range(len(self.program.ops))):
             op = self.program.ops[step]
+            if watch is not None:
+                watch.before(step)
             gy = grads.pop(op.output, None)
             if gy is None:
                 continue

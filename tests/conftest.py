@@ -12,6 +12,10 @@ if os.environ.get("ARCHC_CUDA") != "real":
 os.environ["ARCHC_TUNE_CACHE"] = os.path.join(
     tempfile.mkdtemp(prefix="archc-tests-"), "no-tuning.json")
 
+# one process compiles: helper processes (runtime.warmup) would start on the first pass
+# of every model that meets a new kernel; tests/runtime/test_warmup.py turns them on
+os.environ["ARCHC_COMPILE_JOBS"] = "1"
+
 import pytest
 from hypothesis import HealthCheck, settings
 
