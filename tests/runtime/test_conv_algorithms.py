@@ -84,8 +84,10 @@ SETTINGS = {
                             # the weight gradient in tiles, or the grid's / im2col's
                             "DIRECT_WEIGHT_GRAD_MAX_CHANNELS": draw(st.sampled_from([0, 10**6]))},
     "grid": lambda draw: {"WINOGRAD_TILE": None, "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},
+    # the whole batch's matrix, or panel by panel
     "im2col": lambda draw: {"WINOGRAD_TILE": None,
-                            "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0)},
+                            "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 0),
+                            "WHOLE_BATCH_IM2COL_BYTES": draw(st.sampled_from([0, 64 << 20]))},
 }
 
 
@@ -209,7 +211,10 @@ def test_winograd_float32_error_is_measured_and_bounded(m, bound):
     ((16, 32, 32), 1, 128, "direct"),  # ResNet-20's stages
     ((32, 16, 16), 1, 128, "direct"),
     ((64, 8, 8), 1, 128, "direct"),
-    ((256, 14, 14), 1, 8, "grid"),
+    ((128, 28, 28), 1, 8, "direct"),  # ResNet-18's layer2
+    ((256, 14, 14), 1, 8, "im2col"),  # the whole batch's matrix
+    ((512, 7, 7), 1, 8, "im2col"),
+    ((256, 14, 14), 1, 512, "grid"),  # a matrix over WHOLE_BATCH_IM2COL_BYTES
     ((16, 32, 32), 2, 128, "direct"),
     ((32, 16, 16), 2, 128, "im2col"),
     ((3, 224, 224), 2, 8, "direct"),  # a stem (even with im2col)
