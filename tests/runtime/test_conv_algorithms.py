@@ -164,6 +164,8 @@ def _weight_shape(op, shape):
 
 @pytest.mark.parametrize("shape, stride, kernel, groups, batch, algorithm", [
     ((64, 56, 56), 1, 3, 1, 1, "winograd F(4x4"),
+    ((64, 56, 56), 1, 3, 1, 8, "direct"),  # Winograd's tiles would take 14 MB
+    ((128, 28, 28), 1, 3, 1, 8, "winograd F(4x4"),
     ((256, 14, 14), 1, 3, 1, 1, "winograd F(2x2"),  # 16 tiles of 4x4 only
     ((512, 7, 7), 1, 3, 1, 1, "winograd F(2x2"),
     ((512, 7, 7), 1, 3, 1, 8, "winograd F(2x2"),  # 32 tiles of 4x4 (F(4x4) as fast)
@@ -172,8 +174,9 @@ def _weight_shape(op, shape):
     ((64, 8, 8), 1, 3, 1, 128, "winograd F(4x4"),
     ((64, 56, 56), 1, 3, 2, 1, "direct"),  # grouped
     ((64, 56, 56), 1, 5, 1, 1, "direct"),
-    ((512, 14, 14), 1, 5, 1, 1, "grid"),  # many channels: a GEMM per tap
-    ((512, 7, 7), 1, 5, 1, 1, "grid"),  # im2col's GEMM would be 49 columns wide
+    ((512, 14, 14), 1, 5, 1, 1, "im2col"),  # many channels: one GEMM of the whole batch
+    ((512, 7, 7), 1, 5, 1, 1, "im2col"),
+    ((1024, 7, 7), 1, 5, 2, 1, "grid"),  # grouped: no whole-batch im2col
     ((512, 7, 7), 1, 5, 1, 8, "im2col"),  # a grid 1.65x the map (5x5, padding 2: 121/49)
     ((64, 56, 56), 2, 3, 1, 1, "direct"),
     ((3, 224, 224), 2, 7, 1, 8, "direct"),  # a stem
@@ -231,8 +234,8 @@ def test_winograd_is_for_inference_only():
     """A training step would transform the filters again after every update."""
     op, _ = one_op("conv2d", {"out_channels": 64, "kernel_size": 3, "padding": 1,
                               "in_channels": None}, [(64, 56, 56)])
-    assert conv.choose(op, 8)[0] == "winograd"
-    assert conv.choose(op, 8, train=True)[0] == "direct"
+    assert conv.choose(op, 2)[0] == "winograd"
+    assert conv.choose(op, 2, train=True)[0] == "direct"
 
 
 @pytest.mark.parametrize("attrs", [

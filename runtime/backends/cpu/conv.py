@@ -245,6 +245,11 @@ WINOGRAD_TILES_4 = 64  # tiles of 4x4 in the batch from which F(4x4, 3x3) runs
 WINOGRAD_MIN_TILES = 16  # tiles of m x m in the batch from which F(m x m, 3x3) runs
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
+# the batch's transformed input tiles ((m+2)^2 x tiles x C floats) at most this big: past
+# it they and the products outgrow the cache, and the register tiles win (64 channels
+# 56x56 at batch 8: 14 MB of tiles, Winograd 8.9 ms against 5.7; 128x28x28 at batch 8:
+# 7 MB, Winograd 3.1 against 5.0)
+WINOGRAD_MAX_BYTES = 12 << 20
 
 
 def _winograd_tile(op, batch: int, forced: bool = False) -> int:
@@ -262,6 +267,8 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
     if forced:
         return m
     if min(op.in_shapes[0][0], op.out_shape[0]) < WINOGRAD_MIN_CHANNELS:
+        return 0
+    if (m + 2) ** 2 * tiles(m) * op.in_shapes[0][0] * 4 > WINOGRAD_MAX_BYTES:
         return 0
     return m if tiles(m) >= WINOGRAD_MIN_TILES else 0
 
@@ -381,13 +388,13 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
         tiles = batch * -(-ho // m) * -(-wo // m)
         return "winograd", (f"F({m}x{m}, 3x3) on {tiles} tiles: {9 * m * m / (m + 2) ** 2:.2f}x "
                             "fewer multiplications than direct")
-    if train and c // groups >= TRAIN_IM2COL_CHANNELS and _whole_batch_im2col(op, batch):
-        return "im2col", (f"training, stride 1 with {c // groups} channels: im2col of the whole "
-                          "batch, one GEMM each way")
     if direct:
         return "direct", (f"stride 1 with {c // groups} channels per group: register tiles "
                           "(a GEMM per tap would have an inner dimension of "
                           f"{c // groups})")
+    if c // groups >= GRID_FEW_CHANNELS and _whole_batch_im2col(op, batch):
+        return "im2col", (f"stride 1 with {c // groups} channels: im2col of the whole batch, "
+                          "one GEMM" + (" each way" if train else ""))
     waste = (h + pt + pb) * (w + pl + pr) / (ho * wo)
     if waste <= GRID_WASTE_LIMIT:
         return "grid", f"stride 1: a GEMM per tap on the padded grid ({waste:.2f}x the output)"
@@ -544,12 +551,11 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
 # channels, 7x7, batch 8) 33.3 -> 21.6 ms (PyTorch 19.4), its strided 256->512 16.2 ->
 # 10.6 ms (PyTorch 10.5), 128->256 14.4 -> 11.7; stride 1 at 256x14x14 21.1 ms against
 # the grid's 27.4 and the register tiles' 26.4 (128x28x28: 25.9 against the tiles' 21.4).
+# Stride-1 convs past the register tiles' channels run it too (rule()): in training
+# 1.25-1.55x the grid and the tiles from 256 channels; in inference at 512 channels
+# (dilated 3x3 at 28x28, 5x5 at 7x7 and 14x14, batch 1 and 8) 1.4-2.2x the grid, which
+# it replaced there.
 WHOLE_BATCH_IM2COL_BYTES = 64 << 20
-
-
-# In training, stride-1 convs with this many input channels and more run im2col of the
-# whole batch (above): 1.25-1.55x the grid and the register tiles from 256 channels.
-TRAIN_IM2COL_CHANNELS = 256
 
 
 def _whole_batch_im2col(op, x) -> bool:
