@@ -267,3 +267,32 @@ def test_the_activation_dispatch_is_generated_from_the_formulas():
 
     assert activation_scalars.GENERATED.read_text() == activation_scalars.dispatch_source()
     assert len(activation_scalars.FORWARD) == len(FORMULAS) + len(elementwise.FAST32)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 67, 71), (5, 4, 3, 3)])  # rows past FLUSH, and short
+def test_batch_norm_sums_keep_float32_honest(shape):
+    """Batch norm's per-channel sums run in vector lanes of float32 blocks (norm.py:
+    _lane_sums) with float64 totals: on channels with a mean 1000x their spread, over rows
+    longer than a block, the statistics and gradients stay within float32's reach of the
+    float64 truth."""
+    from runtime.backends.cpu import norm
+
+    rng = np.random.default_rng(3)
+    x = (1000.0 + rng.standard_normal(shape)).astype(np.float32)
+    x[:, 1] = rng.standard_normal(shape[:1] + shape[2:]) * 1e-3  # a tiny spread too
+    gy = rng.standard_normal(shape).astype(np.float32)
+    x64, gy64 = x.astype(np.float64), gy.astype(np.float64)
+    mean, var = norm.batch_stats_kernel(x)
+    spread = x64.std(axis=(0, 2, 3))  # the mean to a millionth of the spread
+    assert np.all(np.abs(mean - x64.mean(axis=(0, 2, 3))) <= 1e-6 * spread)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2, 3)), rtol=1e-5)
+    invstd = 1.0 / np.sqrt(var + 1e-5)
+    weight = np.linspace(0.5, 2.0, shape[1])
+    gx, gw, gb = norm.batchnorm_backward_kernel(x, gy, mean, invstd, weight)
+    axes, count = (0, 2, 3), x.size // shape[1]
+    c = (slice(None), None, None)
+    xhat = (x64 - mean[c]) * invstd[c]
+    np.testing.assert_allclose(gb, gy64.sum(axis=axes), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(gw, (gy64 * xhat).sum(axis=axes), rtol=1e-5, atol=1e-4)
+    want = (weight * invstd)[c] / count * (count * gy64 - gb[c] - xhat * gw[c])
+    np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())

@@ -6,8 +6,9 @@ pass in two sweeps per channel. The reference makes four passes and three tempor
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
+from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.config import PARALLEL
 
 
@@ -37,34 +38,83 @@ def batchnorm_forward(op, xs, p, ctx):
     return scale_shift_kernel(x, scale.astype(x.dtype), shift.astype(x.dtype))
 
 
+FLUSH = 4096  # elements summed in the values' dtype (vector lanes of partial sums, each
+# a 256th of them at 16 lanes) before they go into a float64 total
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _lane_sums(values, shift, weights):
+    """(sum of d, sum of d * d) over ``values`` with d = values - shift, or (sum of
+    weights, sum of weights * d) where ``weights`` is not empty (as long as ``values``):
+    sums of the values' dtype over FLUSH elements at a time, added into float64 totals.
+    ``fastmath`` lets only these block sums be reordered (and multiply-adds fused): LLVM
+    then keeps a vector of partial sums, one per lane, where one accumulator in order
+    would keep the loop scalar (the same rounding as lanes summed by hand, a fixed order
+    of the machine code, so the same result every run)."""
+    row = unit_stride(values)
+    weighted = weights.shape[0] > 0
+    w = unit_stride(weights) if weighted else row
+    m = row.shape[0]
+    total1 = 0.0
+    total2 = 0.0
+    for start in range(0, m, FLUSH):
+        end = uint64(min(m, start + FLUSH))
+        first = values.dtype.type(0.0)
+        second = values.dtype.type(0.0)
+        if weighted:
+            for i in range(uint64(start), end):
+                g = w[i]
+                first += g
+                second += g * (row[i] - shift)
+        else:
+            for i in range(uint64(start), end):
+                d = row[i] - shift
+                first += d
+                second += d * d
+        total1 += first
+        total2 += second
+    return total1, total2
+
+
+@njit(cache=True, error_model="numpy")
+def _affine_rows(g, x, out, a, b, centre, c):
+    """out = a * g + b * (x - centre) + c over 1-D rows of unit stride."""
+    g, x, out = unit_stride(g), unit_stride(x), unit_stride(out)
+    for i in range(uint64(out.shape[0])):
+        out[i] = a * g[i] + b * (x[i] - centre) + c
+
+
 @njit(cache=True, **PARALLEL)
 def batch_stats_kernel(x):
-    """Per-channel mean and (biased) variance over (N, H, W) in one pass: float64 sums of
-    x - x0 and its square, shifted by the channel's first value so that a large mean
-    does not cancel the variance's digits."""
+    """Per-channel mean and (biased) variance over (N, H, W) in one pass: sums of x - x0
+    and its square (lanes of x's dtype, totals in float64: _lane_sums), shifted by the
+    channel's first value so that a large mean does not cancel the variance's digits."""
     n, c = x.shape[0], x.shape[1]
     flat = x.reshape(n, c, -1)
     m = flat.shape[2]
     mean = np.empty(c, dtype=np.float64)
     var = np.empty(c, dtype=np.float64)
+    none = np.empty(0, dtype=x.dtype)
     for ch in prange(c):
-        shift = np.float64(flat[0, ch, 0])
+        shift = flat[0, ch, 0]
         s = 0.0
         q = 0.0
         for b in range(n):
-            for i in range(m):
-                d = flat[b, ch, i] - shift
-                s += d
-                q += d * d
+            s1, s2 = _lane_sums(flat[b, ch], shift, none)
+            s += s1
+            q += s2
         mu = s / (n * m)
         mean[ch] = shift + mu
         var[ch] = max(q / (n * m) - mu * mu, 0.0)
     return mean, var
 
 
-@njit(cache=True, **PARALLEL)
+@njit(cache=True, error_model="numpy", **PARALLEL)
 def batchnorm_backward_kernel(x, gy, mean, invstd, weight):
-    """Gradients of batch norm with batch statistics: input, weight, bias."""
+    """Gradients of batch norm with batch statistics: input, weight, bias. Per channel,
+    the sums of gy and gy * (x - mean) (_lane_sums), then
+    gx = k * (count * gy - sum(gy) - xhat * sum(gy * xhat)) with float32 coefficients on
+    x - mean (never x and mean apart: they may nearly cancel)."""
     n, c = x.shape[0], x.shape[1]
     fx, fg = x.reshape(n, c, -1), gy.reshape(n, c, -1)
     m = fx.shape[2]
@@ -73,20 +123,23 @@ def batchnorm_backward_kernel(x, gy, mean, invstd, weight):
     gw = np.empty(c, dtype=np.float64)
     gb = np.empty(c, dtype=np.float64)
     for ch in prange(c):
+        centre = x.dtype.type(mean[ch])
         sg = 0.0
-        sgx = 0.0
+        sgd = 0.0
         for b in range(n):
-            for i in range(m):
-                g = fg[b, ch, i]
-                sg += g
-                sgx += g * (fx[b, ch, i] - mean[ch]) * invstd[ch]
+            s1, s2 = _lane_sums(fx[b, ch], centre, fg[b, ch])
+            sg += s1
+            sgd += s2
+        # the float32 centre's own offset from the float64 mean, put back exactly
+        sgx = (sgd + sg * (np.float64(centre) - mean[ch])) * invstd[ch]
         gw[ch] = sgx
         gb[ch] = sg
         k = weight[ch] * invstd[ch] / count
+        a = x.dtype.type(k * count)
+        bx = x.dtype.type(-k * sgx * invstd[ch])
+        c0 = x.dtype.type(-k * sg)
         for b in range(n):
-            for i in range(m):
-                xhat = (fx[b, ch, i] - mean[ch]) * invstd[ch]
-                gx[b, ch, i] = k * (count * fg[b, ch, i] - sg - xhat * sgx)
+            _affine_rows(fg[b, ch], fx[b, ch], gx[b, ch], a, bx, centre, c0)
     return gx.reshape(x.shape), gw, gb
 
 
