@@ -106,7 +106,7 @@ def format_profile(p: Profile, top: int | None = None) -> str:
     train = p.backward_s is not None
     passes = "1 pass" if p.repeat == 1 else f"{p.repeat} passes"
     lines = [f"{p.network} on {p.backend} ({p.device}), batch {p.batch}: mean of {passes} "
-             f"after a warm-up, timed with {p.clock}",
+             f"after two warm-up passes, timed with {p.clock}",
              f"forward {seconds(p.forward_s)} ({p.batch / p.forward_s:,.0f} images/s)"
              + (f"; training step (forward + backward kernels) {seconds(p.step_s)} "
                 f"({p.batch / p.step_s:,.0f} images/s)" if train else "")]

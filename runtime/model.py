@@ -39,6 +39,7 @@ def _backend(name: str) -> Backend:
 
 
 BACKENDS = ("cpu", "reference", "cuda")
+WARMUP_PASSES = 2  # untimed passes before Model.profile's timed ones
 
 
 def _bytes_alive(arrays) -> int:
@@ -305,8 +306,12 @@ class Model:
 
     def profile(self, x, *, repeat: int = 3, backward: bool = False) -> dict[str, dict]:
         """Seconds per op, by op name: ``{"forward": s}`` (and ``"backward"``: the
-        backward pass of the same forward), the mean over ``repeat`` passes after one
-        warm-up pass (kernel compilation, cache loading). Without ``backward`` the passes
+        backward pass of the same forward), the mean over ``repeat`` passes after
+        WARMUP_PASSES untimed ones (kernel compilation, cache loading, and the memory a
+        pass takes: a training pass's tape lives on while the next pass runs, so the
+        freed memory the next passes reuse is settled only after the second; the first
+        two passes of ResNet-20's training step at batch 128 took 438 and 294 MB of fresh
+        pages, the third none). Without ``backward`` the passes
         are :meth:`predict`'s (inference, nothing kept). Timed with the backend's clock:
         CUDA events on a GPU, so a kernel's time is its own and not its launch's."""
         clock = self.backend.clock()
@@ -327,7 +332,7 @@ class Model:
                                                                                    "backward")
         times: dict[str, dict] = {}
         try:
-            for rep in range(repeat + 1):
+            for rep in range(repeat + WARMUP_PASSES):
                 marks.clear()
                 if not backward:  # inference: the pass predict() runs (fused epilogues)
                     self.predict(x)
@@ -337,7 +342,7 @@ class Model:
                     self.backward({k: np.ones(v.shape, self.dtype) for k, v in outs.items()},
                                   host=False, inputs=False)  # as a training step runs
                 clock.sync()
-                if rep == 0:
+                if rep < WARMUP_PASSES:
                     continue
                 for name, direction, start, end in marks:
                     entry = times.setdefault(name, {})

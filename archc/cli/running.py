@@ -172,7 +172,7 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive, metavar="N",
                    help="batch size (default 1; --distributed: per rank, default 32)")
     p.add_argument("--repeat", type=positive, metavar="R",
-                   help="timed passes after the warm-up pass; times are their mean (default "
+                   help="timed passes after two warm-up passes; times are their mean (default "
                    "3; --distributed: timed training steps, default 10)")
     p.add_argument("--train", action="store_true",
                    help="time a training step: forward in training mode and the backward pass")
