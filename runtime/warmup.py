@@ -107,7 +107,7 @@ class Helpers:
         env = dict(os.environ, NUMBA_NUM_THREADS="1", ARCHC_COMPILE_JOBS="1",
                    PYTHONPATH=os.pathsep.join([_ROOT] + [p for p in sys.path if p]))
         self.procs = [subprocess.Popen(
-            [sys.executable, "-m", "runtime.warmup", self.folder],
+            [sys.executable, "-m", "runtime.compile_helper", self.folder],
             env=env, cwd=_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL) for _ in range(jobs - 1)]
         _running.append(self)
@@ -190,42 +190,3 @@ def on_first_compile(start):
 
     with event.install_listener("numba:compile", Listener()):
         yield
-
-
-def run_ops(folder: str) -> None:
-    """A helper's work: each item of the job in ``folder`` that it claims (see
-    :class:`Helpers`), its op run on random inputs of the op's shapes (the forward pass
-    before a backward item). An op that cannot run alone (one reading what another op
-    left in the pass, such as max unpooling's indices) is skipped: this only fills the
-    cache, and the model's pass compiles whatever a helper missed."""
-    from runtime.context import KernelContext
-    from runtime.model import Model
-
-    with open(os.path.join(folder, "job.pkl"), "rb") as f:
-        job = pickle.load(f)
-    program, batch, training = job["program"], job["batch"], job["training"]
-    dtype = np.dtype(job["dtype"])
-    zeros = {name: np.zeros(spec.shape, spec.dtype) for name, spec in program.params.items()}
-    model = Model(program, backend="cpu", dtype=dtype, params=zeros)
-    rng = np.random.default_rng(0)
-    with model._scope():
-        for item in job["order"]:
-            if not claim(folder, item):
-                continue
-            op = program.ops[int(item[1:])]
-            ctx = KernelContext(train=training, rng=rng, keep=training, packs=model._packs)
-            ctx.input_grads = not all(i in program.inputs for i in op.inputs)
-            params = {role: model.params[full] for role, full in op.params.items()}
-            xs = [rng.standard_normal((batch,) + tuple(shape)).astype(dtype)
-                  for shape in op.in_shapes]
-            try:
-                y = model.kernels[op.kind](op, xs, params, ctx)
-                if item[0] == "b" and op.kind in model.backward_kernels:
-                    model.backward_kernels[op.kind](op, xs, y, np.ones_like(y), params, ctx)
-            except Exception:  # noqa: BLE001 (the model's pass compiles what this missed)
-                pass
-            os.close(os.open(os.path.join(folder, f"done-{item}"), os.O_CREAT | os.O_WRONLY))
-
-
-if __name__ == "__main__":
-    run_ops(sys.argv[1])

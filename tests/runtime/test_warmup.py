@@ -123,7 +123,7 @@ def test_a_helpers_kernels_are_the_passes_cache_hits(write_spec, tmp_path):
         pickle.dump({"program": model.program, "dtype": "<f4", "batch": 2, "training": True,
                      "order": [f"f{s}" for s in forward] + [f"b{s}" for s in backward]}, f)
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
-    subprocess.run([sys.executable, "-m", "runtime.warmup", str(folder)], env=env,
+    subprocess.run([sys.executable, "-m", "runtime.compile_helper", str(folder)], env=env,
                    check=True, timeout=600)
     assert sorted(os.listdir(folder)) == sorted(
         ["job.pkl"] + [f"{kind}-{item}" for kind in ("claim", "done")
