@@ -25,7 +25,8 @@ def _backend(name: str) -> Backend:
     if name == "cpu":
         from runtime.backends import cpu  # compiles (or loads cached) Numba kernels
 
-        return Backend("cpu", cpu.KERNELS, cpu.BACKWARD, cpu.scope, algorithm=cpu.algorithm)
+        return Backend("cpu", cpu.KERNELS, cpu.BACKWARD, cpu.scope, algorithm=cpu.algorithm,
+                       chains=cpu.chains, chain_kernel=cpu.chain_forward)
     if name == "cuda":
         from runtime.backends.cuda import CudaUnavailable, unavailable_reason
 
@@ -74,6 +75,8 @@ class Model:
         self.program = program
         self.backend = _backend(backend)
         self.kernels, self.backward_kernels = self.backend.kernels, self.backend.backward
+        self.chain_kernel = self.backend.chain_kernel
+        self._chains: dict[int, tuple[dict, set]] = {}  # batch -> (first step: chain, the rest)
         self._scope = self.backend.scope
         self.dtype = np.dtype(dtype)
         self._host_stale = False
@@ -287,15 +290,23 @@ class Model:
         ctx = self._context(keep=False)
         self._planned(ctx, values, keep=False)
         device = self._params_on_device()
+        batch = len(next(iter(values.values())))
+        heads, inside = self.chains(batch) if not self.training else ({}, set())
         peak = 0
-        with self._scope(), self._first_pass(len(next(iter(values.values()))),
-                                             backward=False) as watch:
+        with self._scope(), self._first_pass(batch, backward=False) as watch:
             for step, op in enumerate(self.program.ops):
                 if watch is not None:
                     watch.before(step)
-                params = {role: device[full] for role, full in op.params.items()}
-                values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
-                                                          params, ctx)
+                chain = heads.get(step)
+                if chain is not None:  # its ops as one kernel (Backend.chains)
+                    params = [{role: device[full] for role, full in member.params.items()}
+                              for member in chain.ops]
+                    values[chain.output] = self.chain_kernel(
+                        chain, [values[i] for i in chain.inputs], params, ctx)
+                elif step not in inside:
+                    params = {role: device[full] for role, full in op.params.items()}
+                    values[op.output] = self.kernels[op.kind](
+                        op, [values[i] for i in op.inputs], params, ctx)
                 peak = max(peak, _bytes_alive(values.values()))
                 for name in [n for n in values if last.get(n) == step]:
                     del values[name]
@@ -303,6 +314,20 @@ class Model:
         self.last_peak_bytes = peak
         self.last_unplaced = list(ctx.unplaced)
         return self._outputs(values)
+
+    def chains(self, batch: int) -> tuple[dict, set]:
+        """The groups of ops an inference pass at this batch size runs as one kernel
+        (``Backend.chains``): {the step of a group's first op: the group}, and the steps
+        of the other ops of every group (skipped: the group computed them)."""
+        if batch not in self._chains:
+            step_of = {op.name: step for step, op in enumerate(self.program.ops)}
+            heads, inside = {}, set()
+            for chain in self.backend.chains(self.program, batch, self.dtype):
+                steps = [step_of[op.name] for op in chain.ops]
+                heads[steps[0]] = chain
+                inside.update(steps[1:])
+            self._chains[batch] = heads, inside
+        return self._chains[batch]
 
     def profile(self, x, *, repeat: int = 3, backward: bool = False) -> dict[str, dict]:
         """Seconds per op, by op name: ``{"forward": s}`` (and ``"backward"``: the
@@ -312,7 +337,8 @@ class Model:
         freed memory the next passes reuse is settled only after the second; the first
         two passes of ResNet-20's training step at batch 128 took 438 and 294 MB of fresh
         pages, the third none). Without ``backward`` the passes
-        are :meth:`predict`'s (inference, nothing kept). Timed with the backend's clock:
+        are :meth:`predict`'s (inference, nothing kept; a group of ops run as one kernel,
+        :meth:`chains`, is timed under its first op's name, the others absent). Timed with the backend's clock:
         CUDA events on a GPU, so a kernel's time is its own and not its launch's."""
         clock = self.backend.clock()
         marks: list = []
@@ -327,9 +353,11 @@ class Model:
                 return run
             return {kind: wrap(kernel) for kind, kernel in table.items()}
 
-        tables = self.kernels, self.backward_kernels
+        tables = self.kernels, self.backward_kernels, self.chain_kernel
         self.kernels, self.backward_kernels = timed(tables[0], "forward"), timed(tables[1],
                                                                                    "backward")
+        if self.chain_kernel is not None:  # a chain's time is its first op's
+            self.chain_kernel = timed({"chain": self.chain_kernel}, "forward")["chain"]
         times: dict[str, dict] = {}
         try:
             for rep in range(repeat + WARMUP_PASSES):
@@ -349,7 +377,7 @@ class Model:
                     spent = clock.seconds(start, end) / repeat
                     entry[direction] = entry.get(direction, 0.0) + spent
         finally:
-            self.kernels, self.backward_kernels = tables
+            self.kernels, self.backward_kernels, self.chain_kernel = tables
         return times
 
     @contextmanager

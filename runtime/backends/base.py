@@ -50,7 +50,10 @@ class Backend:
     ``clock()``: a :class:`HostClock`-like timer for profiles; ``device_name()``: what
     runs the kernels; ``algorithm(op, batch, train)``: the algorithm the backend runs an op
     with at that batch size and mode, and why, as ``(name, reason)`` (None where an op has
-    one way)."""
+    one way); ``chains(program, batch, dtype)``: groups of consecutive ops that an
+    inference pass runs as one kernel, ``chain_kernel(chain, xs, params, ctx)``, at the
+    step of the group's first op (each group has ``ops``, ``inputs``, ``output`` and
+    ``name``: the CPU's inverted-residual chains, conv_chain.py)."""
 
     name: str
     kernels: dict[str, Callable]
@@ -66,3 +69,5 @@ class Backend:
     device_name: Callable[[], str] = field(default=lambda: "the CPU")
     algorithm: Callable[[Any, int, bool], tuple[str, str] | None] = field(
         default=lambda op, batch, train=False: None)
+    chains: Callable[[Any, int, Any], list] = field(default=lambda program, batch, dtype: [])
+    chain_kernel: Callable | None = None

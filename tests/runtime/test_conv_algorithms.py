@@ -139,16 +139,20 @@ def _check_algorithm(algorithm, data):
         expected = reference_forward(act[0], act[1], expected)
     x32, p32 = x.astype(np.float32), {k: v.astype(np.float32) for k, v in params.items()}
     xs = [x32] + ([residual.astype(np.float32)] if residual is not None else [])
-    # blocks of output rows as a 7x7 map at batch 1 gets them, here at any size
-    split = patch.object(conv, "_row_blocks", lambda rows, jobs: data.draw(st.integers(1, 4)))
-    with split:
+    # blocks of output rows as a 7x7 map at batch 1 gets them, here at any size; and the
+    # 1x1 convs' blocks of columns of any width
+    rows_split = patch.object(conv, "_row_blocks",
+                              lambda rows, jobs: data.draw(st.integers(1, 4)))
+    columns_split = patch.object(conv, "_split", lambda rows, columns, outer: (
+        data.draw(st.integers(1, 300)), data.draw(st.integers(1, 4))))
+    with rows_split, columns_split:
         got = conv._conv2d(op, xs, p32, ctx, code, slope)
     scale = max(np.abs(expected).max(), 1e-6)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
 
     gy = rng.standard_normal((batch,) + op.out_shape)
     ref_gx, ref_gp = REF_BACKWARD["conv2d"](op, [x], None, gy, params, ctx)
-    with split:
+    with rows_split, columns_split:
         got_gx, got_gp = conv.conv2d_backward(op, [x32], None, gy.astype(np.float32), p32, ctx)
     np.testing.assert_allclose(got_gx[0], ref_gx[0], rtol=1e-4,
                                atol=1e-5 * max(np.abs(ref_gx[0]).max(), 1.0))
@@ -258,3 +262,26 @@ def test_no_input_gradient_where_none_is_asked(attrs):
         lean = conv.conv2d_backward(op, [x], None, gy, p, ctx, algorithm)
         assert lean[0] == [None] and full[0][0] is not None, algorithm
         np.testing.assert_allclose(lean[1]["weight"], full[1]["weight"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("rows, columns, outer", [
+    (24, 3136, 1), (96, 3136, 1), (32, 784, 1), (192, 784, 1), (96, 196, 1), (24, 3136, 8),
+    (1280, 49, 1), (16, 12544, 1), (7, 33, 3),
+])
+def test_pointwise_jobs_share_the_work_evenly(rows, columns, outer):
+    """The 1x1 kernel's jobs (columns per block, blocks of rows) give every thread the
+    same work within 15%, or at least eight jobs a thread, and cover every output."""
+    with patch.object(conv.numba, "get_num_threads", lambda: 2):
+        block, row_blocks = conv._split_for(rows, columns, outer, 2)
+    count = -(-columns // block)
+    step = -(-rows // row_blocks)
+    assert count * block >= columns and row_blocks * step >= rows
+    jobs = outer * count * row_blocks
+    if jobs >= 16:
+        return
+    work = [(min(columns, (j % count + 1) * block) - j % count * block)
+            * max(0, min(rows, ((j // count) % row_blocks + 1) * step)
+                  - (j // count) % row_blocks * step) for j in range(jobs)]
+    shares = [sum(work[t * jobs // 2:(t + 1) * jobs // 2]) for t in range(2)]
+    assert sum(work) == outer * rows * columns
+    assert max(shares) * 2 <= 1.15 * sum(shares), (block, row_blocks, shares)

@@ -26,6 +26,7 @@ docs/performance.md; :func:`rule` decides, ``archc tune`` measures):
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numba
@@ -119,6 +120,41 @@ def _block(rows: int) -> int:
     """Output columns per thread job: about 256 KB of output block, so it stays in L2 while
     every tap adds to it."""
     return max(256, min(8192, (65536 // max(rows, 1)) // 64 * 64))
+
+
+def _split(rows: int, columns: int, outer: int) -> tuple[int, int]:
+    """:func:`_split_for` on Numba's threads."""
+    return _split_for(rows, columns, outer, numba.get_num_threads())
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_for(rows: int, columns: int, outer: int, threads: int) -> tuple[int, int]:
+    """(columns per block, blocks of rows) of a GEMM job split for ``outer`` products of
+    ``rows`` x ``columns`` outputs (samples, groups): :func:`_block` and
+    :func:`_row_blocks`, unless the threads would then get unequal work (Numba hands each
+    thread an equal run of jobs): then blocks of equal width, as many as make the jobs a
+    multiple of the threads. A 1x1 conv to 24 channels of a 56x56 map at batch 1 had two
+    blocks of 2688 and 448 columns, one per thread; equal blocks made the projections of
+    MobileNetV2 1.4-1.7x faster at batch 1 (24-96 output channels, 14x14 to 56x56)."""
+    block = _block(rows)
+    count = -(-columns // block)
+    row_blocks = _row_blocks(rows, outer * count)
+    jobs = outer * count * row_blocks
+    if jobs >= 8 * threads or jobs % threads == 0 and columns % block == 0 \
+            and rows % row_blocks == 0:
+        return block, row_blocks
+    step = -(-rows // row_blocks)
+    work = [(min(columns, (j % count + 1) * block) - j % count * block)
+            * max(0, min(rows, ((j // count) % row_blocks + 1) * step)
+                  - (j // count) % row_blocks * step) for j in range(jobs)]
+    shares = [sum(work[t * jobs // threads:(t + 1) * jobs // threads]) for t in range(threads)]
+    if max(shares) * threads <= 1.15 * sum(shares):
+        return block, row_blocks
+    while (outer * count) % threads:
+        count += 1
+    block = -(-columns // count)
+    # whole vectors (16 floats) per block where that leaves the blocks near equal
+    return (-(-block // 16) * 16 if block >= 256 else block), 1
 
 
 def _row_blocks(rows: int, jobs: int) -> int:
@@ -437,8 +473,7 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
         n, c = xs_.shape[:2]
         w2 = _flat_filters(w)
         res3 = residual.reshape(n, w.shape[0], ho * wo) if residual.size else _no_residual(x, 3)
-        block = _block(w.shape[0] // groups)
-        rows = _row_blocks(w.shape[0] // groups, n * groups * -(-ho * wo // block))
+        block, rows = _split(w.shape[0] // groups, ho * wo, n * groups)
         y = pointwise_kernel(xs_.reshape(n, c, ho * wo), w2, groups, False, _bias(p, x), block,
                              rows, res3, code, slope)
         return y.reshape(n, w.shape[0], ho, wo)
@@ -502,8 +537,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         if not need:
             return [None], grads
         bias, residual, code, slope = _no_epilogue(x, rank=3)
-        block = _block(c // groups)
-        rows = _row_blocks(c // groups, n * groups * -(-ho * wo // block))
+        block, rows = _split(c // groups, ho * wo, n * groups)
         gsub = pointwise_kernel(gy3, _flat_filters(w), groups, True, bias, block, rows, residual,
                                 code, slope).reshape(n, c, ho, wo)
         if (sh, sw) == (1, 1):

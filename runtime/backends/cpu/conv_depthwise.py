@@ -24,6 +24,7 @@ from numba import njit, prange, uint64
 
 from runtime.backends.cpu.conv_direct import tap_phases
 from runtime.backends.cpu.elementwise import activate_inplace
+from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.config import PARALLEL
 
 
@@ -43,16 +44,26 @@ def _to_phases(x, b, ch, sh, sw, pt, pl, hq, wq, out):
     """out (sh*sw, hq*wq) <- plane x[b, ch] padded by (pt, pl), split into phases; zeros
     wherever the padded input has no pixel."""
     out[:] = 0.0
-    h, w = x.shape[2], x.shape[3]
+    _rows_to_phases(x[b, ch], pt, sh, sw, pl, wq, out)
+
+
+@njit(cache=True)
+def _rows_to_phases(src, top, sh, sw, pl, wq, out):
+    """Rows ``src`` (rows, w) of a plane into its phases ``out``, row r at padded row ``r +
+    top`` and column c at padded column ``c + pl``; the rest of ``out`` is left as it is
+    (zeros, for a padding). conv_chain.py fills phases from a band of rows this way."""
+    h, w = src.shape[0], src.shape[1]
     if sh == 1 and sw == 1:
         for r in range(h):
-            row = uint64((r + pt) * wq + pl)
+            row = uint64((r + top) * wq + pl)
+            line = unit_stride(src[r])
             for c in range(uint64(w)):
-                out[0, row + c] = x[b, ch, r, c]
+                out[0, row + c] = line[c]
         return
     usw = uint64(sw)
     for r in range(h):
-        u, ri = (r + pt) // sh, (r + pt) % sh
+        u, ri = (r + top) // sh, (r + top) % sh
+        line = unit_stride(src[r])
         for rj in range(sw):
             # columns c = v * sw + rj - pl of the input, for v from first to last
             first = (pl - rj + sw - 1) // sw if pl > rj else 0
@@ -62,7 +73,7 @@ def _to_phases(x, b, ch, sh, sw, pt, pl, hq, wq, out):
             dest = out[ri * sw + rj]
             at, col = uint64(u * wq + first), uint64(first * sw + rj - pl)
             for k in range(uint64(last - first + 1)):
-                dest[at + k] = x[b, ch, r, col + k * usw]
+                dest[at + k] = line[col + k * usw]
 
 
 @njit(cache=True)

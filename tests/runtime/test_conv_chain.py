@@ -1,0 +1,212 @@
+"""Inverted-residual chains (runtime/backends/cpu/conv_chain.py): a 1x1 expansion, a
+depthwise conv and a 1x1 projection run as one kernel in inference, held to the reference
+backend (float64) over hypothesis-drawn shapes, strides, paddings, activations, residuals,
+chains lacking either 1x1, and any split of the rows into jobs and sub-bands."""
+
+from __future__ import annotations
+
+import dataclasses
+from unittest.mock import patch
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import archc
+from layer_cases import one_op
+from runtime.backends import cpu
+from runtime.backends.cpu import conv_chain
+from runtime.model import Model
+from runtime.program import Program
+
+ACTIVATIONS = [None, ("relu6", ()), ("relu", ()), ("silu", ()),
+               ("leaky_relu", (("negative_slope", 0.1),))]
+
+
+def _conv(name, attrs, in_shape, inputs, output, act, bias):
+    op, program = one_op("conv2d", {**attrs, "in_channels": None, "bias": bias}, [in_shape])
+    attrs = dict(op.attrs)
+    if act is not None:
+        attrs["activation"] = act
+    params = {role: f"{name}.{role}" for role in op.params}
+    specs = {f"{name}.{role}": spec for role, spec in program.params.items()}
+    return dataclasses.replace(op, name=name, attrs=attrs, inputs=inputs, output=output,
+                               params=params, in_shapes=(in_shape,) * len(inputs)), specs
+
+
+@st.composite
+def chains(draw):
+    """(program, batch): x -> [expand 1x1] -> depthwise -> [project 1x1 (+ x)], at least
+    one of the 1x1s."""
+    expand, project = draw(st.sampled_from([(True, True), (True, False), (False, True)]))
+    c = draw(st.integers(1 if expand else 2, 5))
+    ce = draw(st.integers(2, 7)) if expand else c  # (one channel: an ordinary conv)
+    k = draw(st.tuples(st.integers(1, 5), st.integers(1, 5)))
+    stride = draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    padding = draw(st.tuples(st.integers(0, 2), st.integers(0, 2)))
+    h = max(1, k[0] - 2 * padding[0]) + draw(st.integers(0, 12))
+    w = max(1, k[1] - 2 * padding[1]) + draw(st.integers(0, 12))
+    ops, specs = [], {}
+    source = "x"
+    if expand:
+        op, p = _conv("expand", {"out_channels": ce, "kernel_size": 1}, (c, h, w), ("x",), "e",
+                      draw(st.sampled_from(ACTIVATIONS)), draw(st.booleans()))
+        ops.append(op), specs.update(p)
+        source = "e"
+    op, p = _conv("depthwise", {"out_channels": ce, "kernel_size": k, "stride": stride,
+                                "padding": padding, "groups": ce}, (ce, h, w), (source,), "d",
+                  draw(st.sampled_from(ACTIVATIONS)), draw(st.booleans()))
+    ops.append(op), specs.update(p)
+    output = "d"
+    if project:
+        co = draw(st.integers(1, 6))
+        ho, wo = op.out_shape[1:]
+        residual = (co, ho, wo) == (c, h, w) and draw(st.booleans())
+        op, p = _conv("project", {"out_channels": co, "kernel_size": 1}, op.out_shape,
+                      ("d", "x") if residual else ("d",), "y",
+                      draw(st.sampled_from(ACTIVATIONS)), draw(st.booleans()))
+        if residual:
+            op = dataclasses.replace(op, in_shapes=(op.in_shapes[0], (c, h, w)))
+        ops.append(op), specs.update(p)
+        output = "y"
+    program = Program("chain", {"x": (c, h, w)}, tuple(ops), {"y": output}, specs)
+    return program, draw(st.integers(1, 3))
+
+
+@settings(max_examples=80, deadline=None)
+@given(case=chains(), data=st.data())
+def test_chain_matches_reference(case, data):
+    program, batch = case
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    params = {name: rng.standard_normal(spec.shape) for name, spec in program.params.items()}
+    x = rng.standard_normal((batch,) + program.inputs["x"])
+    expected = Model(program, "reference", dtype=np.float64, params=params).predict(x)
+
+    model = Model(program, "cpu", dtype=np.float32, params=params).eval()
+    with patch.object(conv_chain, "worth", lambda *args: True):  # on maps of any size
+        heads, inside = model.chains(batch)
+    assert len(heads) == 1 and len(inside) == len(program.ops) - 1
+    (chain,) = heads.values()
+    assert [op.name for op in chain.ops] == [op.name for op in program.ops]
+    # any number of row chunks per sample and of rows per sub-band
+    ho = chain.depthwise.out_shape[1]
+    split = (data.draw(st.integers(1, ho + 1)), data.draw(st.integers(1, ho + 1)))
+    with patch.object(conv_chain, "plan", lambda *args: split):
+        got = model.predict(x.astype(np.float32))
+    scale = max(np.abs(expected).max(), 1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _network(spec: str, **variables):
+    from archc.optimize import optimize
+    from archc.passes import preset
+
+    graph = archc.load(spec, **variables)
+    model = archc.compile(graph, backend="cpu", seed=0)
+    result = optimize(graph, preset(2), model.params)
+    return result.graph, result.params
+
+
+@pytest.mark.parametrize("spec, variables, chained", [
+    ("specs/mobilenet_v2.yaml", {"resolution": 32, "width_mult": 0.25}, 17),
+    ("specs/efficientnet.yaml", {"resolution": 33}, 15),  # expansion + depthwise (SE reads it)
+])
+def test_networks_run_their_chains(spec, variables, chained):
+    """-O2 MobileNetV2 and EfficientNet-B0 run every inverted residual as a chain, with the
+    result of running their ops one by one and of the reference backend."""
+    graph, params = _network(spec, **variables)
+    model = archc.compile(graph, backend="cpu", params=params).eval()
+    x = np.random.default_rng(0).standard_normal((2, 3) + (variables["resolution"],) * 2)
+    with patch.object(conv_chain, "worth", lambda *args: True):  # small maps, to be quick
+        heads, _ = model.chains(2)
+    assert len(heads) == chained
+    calls = []
+    kernel = model.chain_kernel
+    model.chain_kernel = lambda *args: (calls.append(args[0].name), kernel(*args))[1]
+    chained_out = model.predict(x)
+    assert len(calls) == chained
+    with patch.object(cpu, "CHAINS", False):
+        alone = archc.compile(graph, backend="cpu", params=params).eval()
+        assert alone.chains(2) == ({}, set())
+        np.testing.assert_allclose(chained_out, alone.predict(x), rtol=1e-5, atol=1e-6)
+    reference = archc.compile(graph, backend="reference", params=params).eval()
+    np.testing.assert_allclose(chained_out, reference.predict(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec, batch, chained", [
+    ("specs/mobilenet_v2.yaml", 8, 17),  # every block: the samples keep the threads busy
+    ("specs/mobilenet_v2.yaml", 1, 0),  # one sample: its rows would be split
+    ("specs/mobilenet_v2.yaml", 2, 14),  # not the 7x7 blocks: their maps fit in L2
+    ("specs/efficientnet.yaml", 8, 0),  # no projection in the chain (SE reads the depthwise)
+])
+def test_chains_where_they_pay(spec, batch, chained):
+    graph, params = _network(spec)
+    model = archc.compile(graph, backend="cpu", params=params).eval()
+    found = conv_chain.find_chains(model.program, batch, np.float32, threads=2)
+    assert len(found) == chained
+
+
+def test_what_is_not_a_chain(monkeypatch):
+    """No chain where the expanded map is read twice, where a 1x1 is padded or strided,
+    for a training pass, or where archc tune measured another algorithm faster."""
+    monkeypatch.setattr(conv_chain, "worth", lambda *args: True)  # on small maps
+    c, h = 4, 9
+    ops, specs = [], {}
+    for name, attrs, shape, inputs, output in [
+            ("expand", {"out_channels": 8, "kernel_size": 1}, (c, h, h), ("x",), "e"),
+            ("depthwise", {"out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 8},
+             (8, h, h), ("e",), "d"),
+            ("project", {"out_channels": c, "kernel_size": 1}, (8, h, h), ("d",), "y")]:
+        op, p = _conv(name, attrs, shape, inputs, output, ("relu6", ()), True)
+        ops.append(op), specs.update(p)
+    whole = Program("chain", {"x": (c, h, h)}, tuple(ops), {"y": "y"}, specs)
+    found = conv_chain.find_chains(whole, 1, np.float32)
+    assert [len(chain.ops) for chain in found] == [3]
+    # the expanded map is an output too: the depthwise and the projection chain alone
+    both = dataclasses.replace(whole, outputs={"y": "y", "e": "e"})
+    assert [chain.describe() for chain in conv_chain.find_chains(both, 1, np.float32)] == [
+        "depthwise + project"]
+    # a padded 1x1 projection: the expansion and the depthwise only
+    padded = dict(ops[2].attrs, pads=((1, 1), (1, 1)))
+    odd = dataclasses.replace(whole, ops=(ops[0], ops[1], dataclasses.replace(
+        ops[2], attrs=padded)))
+    assert [chain.describe() for chain in conv_chain.find_chains(odd, 1, np.float32)] == [
+        "expand + depthwise"]
+    # a measured choice of another algorithm for the depthwise conv: no chain
+    def choose(op, batch, train):
+        return ("direct" if op.name == "depthwise" else "pointwise"), "measured"
+    assert conv_chain.find_chains(whole, 1, np.float32, choose) == []
+    # float64 SiLU is computed with NumPy, outside any kernel: not in a chain's epilogue
+    silu = tuple(dataclasses.replace(op, attrs=dict(op.attrs, activation=("silu", ())))
+                 for op in ops)
+    assert conv_chain.find_chains(dataclasses.replace(whole, ops=silu), 1, np.float64) == []
+    assert len(conv_chain.find_chains(dataclasses.replace(whole, ops=silu), 1, np.float32)) == 1
+    # a training pass runs op by op
+    model = Model(whole, "cpu").train()
+    x = np.random.default_rng(0).standard_normal((1, c, h, h)).astype(np.float32)
+    calls = []
+    model.chain_kernel = lambda *args: calls.append(args)
+    model.predict(x)
+    assert calls == []
+
+
+def test_bench_names_the_chain(monkeypatch):
+    """archc bench (Model.profile) times a chain under its first op and says so."""
+    monkeypatch.setattr(conv_chain, "worth", lambda *args: True)  # on small maps
+    from archc.analysis import analyse
+    from archc.profile import build_profile
+
+    graph, params = _network("specs/mobilenet_v2.yaml", resolution=32, width_mult=0.25)
+    model = archc.compile(graph, backend="cpu", params=params).eval()
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    times = model.profile(x, repeat=1)
+    heads, inside = model.chains(1)
+    for chain in heads.values():
+        assert times[chain.name]["forward"] > 0
+        assert all(op.name not in times for op in chain.ops[1:])
+    profile = build_profile(model, analyse(graph, batch=1), times, repeat=1, profile=None)
+    chained = {layer.name: layer.why for layer in profile.layers if layer.algorithm == "chain"}
+    head = next(iter(heads.values()))
+    assert "as one kernel" in chained[head.name]
+    assert chained[head.ops[-1].name] == f"computed in {head.name}'s chain"
