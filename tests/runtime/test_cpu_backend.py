@@ -272,7 +272,7 @@ def test_the_activation_dispatch_is_generated_from_the_formulas():
 @pytest.mark.parametrize("shape", [(2, 3, 67, 71), (5, 4, 3, 3)])  # rows past FLUSH, and short
 def test_batch_norm_sums_keep_float32_honest(shape):
     """Batch norm's per-channel sums run in vector lanes of float32 blocks (norm.py:
-    _lane_sums) with float64 totals: on channels with a mean 1000x their spread, over rows
+    lane_sums) with float64 totals: on channels with a mean 1000x their spread, over rows
     longer than a block, the statistics and gradients stay within float32's reach of the
     float64 truth."""
     from runtime.backends.cpu import norm

@@ -134,9 +134,12 @@ def draw_case(draw, op: str) -> tuple[dict, list]:
         shapes = []
         for _ in range(n):
             s = list(base)
-            if draw(st.booleans()):
+            change = draw(st.sampled_from(["none", "axis", "gate"]))
+            if change == "axis":
                 axis = draw(st.integers(0, 2))
                 s[axis] = draw(st.sampled_from([1, s[axis], s[axis] + 1]))
+            elif change == "gate":  # one number per channel (squeeze-excitation)
+                s[1] = s[2] = 1
             shapes.append(tuple(s))
         attrs = {"dim": draw(st.integers(1, 3))} if op == "concat" else {}
         return attrs, shapes

@@ -43,7 +43,7 @@ FLUSH = 4096  # elements summed in the values' dtype (vector lanes of partial su
 
 
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
-def _lane_sums(values, shift, weights):
+def lane_sums(values, shift, weights):
     """(sum of d, sum of d * d) over ``values`` with d = values - shift, or (sum of
     weights, sum of weights * d) where ``weights`` is not empty (as long as ``values``):
     sums of the values' dtype over FLUSH elements at a time, added into float64 totals.
@@ -87,7 +87,7 @@ def _affine_rows(g, x, out, a, b, centre, c):
 @njit(cache=True, **PARALLEL)
 def batch_stats_kernel(x):
     """Per-channel mean and (biased) variance over (N, H, W) in one pass: sums of x - x0
-    and its square (lanes of x's dtype, totals in float64: _lane_sums), shifted by the
+    and its square (lanes of x's dtype, totals in float64: lane_sums), shifted by the
     channel's first value so that a large mean does not cancel the variance's digits."""
     n, c = x.shape[0], x.shape[1]
     flat = x.reshape(n, c, -1)
@@ -100,7 +100,7 @@ def batch_stats_kernel(x):
         s = 0.0
         q = 0.0
         for b in range(n):
-            s1, s2 = _lane_sums(flat[b, ch], shift, none)
+            s1, s2 = lane_sums(flat[b, ch], shift, none)
             s += s1
             q += s2
         mu = s / (n * m)
@@ -112,7 +112,7 @@ def batch_stats_kernel(x):
 @njit(cache=True, error_model="numpy", **PARALLEL)
 def batchnorm_backward_kernel(x, gy, mean, invstd, weight):
     """Gradients of batch norm with batch statistics: input, weight, bias. Per channel,
-    the sums of gy and gy * (x - mean) (_lane_sums), then
+    the sums of gy and gy * (x - mean) (lane_sums), then
     gx = k * (count * gy - sum(gy) - xhat * sum(gy * xhat)) with float32 coefficients on
     x - mean (never x and mean apart: they may nearly cancel)."""
     n, c = x.shape[0], x.shape[1]
@@ -127,7 +127,7 @@ def batchnorm_backward_kernel(x, gy, mean, invstd, weight):
         sg = 0.0
         sgd = 0.0
         for b in range(n):
-            s1, s2 = _lane_sums(fx[b, ch], centre, fg[b, ch])
+            s1, s2 = lane_sums(fx[b, ch], centre, fg[b, ch])
             sg += s1
             sgd += s2
         # the float32 centre's own offset from the float64 mean, put back exactly

@@ -9,6 +9,7 @@ from numba import njit, prange, uint64
 
 from runtime.backends import lines
 from runtime.backends.cpu.conv_im2col import inside
+from runtime.backends.cpu.norm import lane_sums
 from runtime.config import PARALLEL
 from runtime.backends.reference import _window_pads
 
@@ -241,8 +242,28 @@ def _bin_arrays(op, x):
             np.array(_bins(x.shape[3], wo), dtype=np.int64))
 
 
+@njit(cache=True, **PARALLEL)
+def global_avg_kernel(x):
+    """The mean of each (sample, channel) plane of x (N, C, M): sums in vector lanes,
+    shifted by the plane's first value, totals in float64 (norm.lane_sums; the bins'
+    loop summed one element at a time)."""
+    n, c, m = x.shape
+    y = np.empty((n, c), dtype=x.dtype)
+    none = np.empty(0, dtype=x.dtype)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        shift = x[b, ch, 0]
+        total, _ = lane_sums(x[b, ch], shift, none)
+        y[b, ch] = shift + total / m
+    return y
+
+
 def adaptive_pool_forward(op, xs, p, ctx):
     x = np.ascontiguousarray(xs[0])
+    if "max" not in op.kind and tuple(op.out_shape[1:]) == (1, 1):  # a global average
+        n, c = x.shape[:2]
+        return global_avg_kernel(x.reshape(n, c, -1)).reshape(n, c, 1, 1)
     rows, cols = _bin_arrays(op, x)
     y, idx = adaptive_pool_forward_kernel(x, rows, cols, "max" in op.kind)
     if "max" in op.kind:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from runtime.backends.reference_backward import _unbroadcast
 from runtime.backends import lines
@@ -37,6 +37,35 @@ def combine_kernel(a, b, multiply):
     return y
 
 
+@njit(cache=True, **PARALLEL)
+def scale_planes_kernel(x, gate):
+    """y[n, c, :] = x[n, c, :] * gate[n, c] for x (N, C, M) contiguous: a
+    squeeze-excitation gate, one vectorised pass (combine_kernel's broadcast view of the
+    gate has run-time strides, and its loop stayed scalar)."""
+    n, c, m = x.shape
+    y = np.empty_like(x)
+    for job in prange(n * c):
+        b = job // c
+        ch = job % c
+        g = gate[b, ch]
+        src = x[b, ch]
+        dest = y[b, ch]
+        for i in range(uint64(m)):
+            dest[i] = src[i] * g
+    return y
+
+
+def _gated(xs) -> tuple | None:
+    """(map, gate) where ``xs`` is a 4-d map times a per-(sample, channel) gate (N, C, 1,
+    1), in either order."""
+    if len(xs) != 2 or xs[0].ndim != 4 or xs[1].ndim != 4:
+        return None
+    for x, gate in (xs, xs[::-1]):
+        if gate.shape == x.shape[:2] + (1, 1) and x.shape[2] * x.shape[3] > 1:
+            return x, gate
+    return None
+
+
 def _as4d(x: np.ndarray, shape: tuple) -> np.ndarray:
     """x broadcast to ``shape``, both padded to 4 axes with trailing ones."""
     pad = (1,) * (4 - len(shape))
@@ -59,6 +88,12 @@ def add_forward(op, xs, p, ctx):
 
 
 def multiply_forward(op, xs, p, ctx):
+    gated = _gated(xs)
+    if gated is not None and gated[0].dtype == gated[1].dtype:
+        x, gate = gated
+        n, c = x.shape[:2]
+        return scale_planes_kernel(np.ascontiguousarray(x).reshape(n, c, -1),
+                                   np.ascontiguousarray(gate.reshape(n, c))).reshape(x.shape)
     return _combine(xs, multiply=True)
 
 
