@@ -30,6 +30,7 @@ def run_ops(folder: str) -> None:
     zeros = {name: np.zeros(spec.shape, spec.dtype) for name, spec in program.params.items()}
     model = Model(program, backend="cpu", dtype=dtype, params=zeros)
     rng = np.random.default_rng(0)
+    heads = {} if training else model.chains(batch)[0]  # ops an inference pass runs as one
     with model._scope():
         for item in job["order"]:
             if not claim(folder, item):
@@ -40,13 +41,27 @@ def run_ops(folder: str) -> None:
             params = {role: model.params[full] for role, full in op.params.items()}
             xs = [rng.standard_normal((batch,) + tuple(shape)).astype(dtype)
                   for shape in op.in_shapes]
+            chain = heads.get(int(item[1:])) if item[0] == "f" else None
             try:
-                y = model.kernels[op.kind](op, xs, params, ctx)
-                if item[0] == "b" and op.kind in model.backward_kernels:
-                    model.backward_kernels[op.kind](op, xs, y, np.ones_like(y), params, ctx)
+                if chain is not None:  # its kernel, not its ops' own
+                    _run_chain(model, chain, batch, dtype, rng, ctx)
+                else:
+                    y = model.kernels[op.kind](op, xs, params, ctx)
+                    if item[0] == "b" and op.kind in model.backward_kernels:
+                        model.backward_kernels[op.kind](op, xs, y, np.ones_like(y), params, ctx)
             except Exception:  # noqa: BLE001 (the model's pass compiles what this missed)
                 pass
             os.close(os.open(os.path.join(folder, f"done-{item}"), os.O_CREAT | os.O_WRONLY))
+
+
+def _run_chain(model, chain, batch, dtype, rng, ctx) -> None:
+    """A chain of ops run as one kernel (Backend.chains) on random inputs."""
+    shapes = [chain.ops[0].in_shapes[0]] + list(chain.project.in_shapes[1:] if chain.project
+                                                else ())
+    xs = [rng.standard_normal((batch,) + tuple(shape)).astype(dtype) for shape in shapes]
+    params = [{role: model.params[full] for role, full in member.params.items()}
+              for member in chain.ops]
+    model.chain_kernel(chain, xs, params, ctx)
 
 
 if __name__ == "__main__":

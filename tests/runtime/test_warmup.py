@@ -167,3 +167,38 @@ print(len(seen), [p.poll() is not None for h in seen for p in h.procs], warmup._
                          text=True, check=True, timeout=600)
     assert run.stdout.split("\n")[0] == "1 [] [] (1, 5)", run.stdout
     assert not glob.glob(os.path.join(tmp_path, "archc-warmup-*"))
+
+
+CHAINED = """name: chained
+input: {channels: 4, height: 10, width: 10}
+layers:
+  - conv2d: {out_channels: 12, kernel_size: 1, activation: relu6}
+  - conv2d: {out_channels: 12, kernel_size: 3, padding: 1, groups: 12, activation: relu6}
+  - conv2d: {out_channels: 4, kernel_size: 1}
+"""
+
+
+def test_a_helper_compiles_a_chain_as_the_pass_runs_it(write_spec, tmp_path, monkeypatch):
+    """An inference pass runs an inverted-residual chain as one kernel (conv_chain.py): the
+    helper that takes the chain's first op runs that kernel, not the op's own."""
+    from runtime.backends import cpu
+    from runtime.backends.cpu import conv_chain
+    from runtime.compile_helper import run_ops
+
+    monkeypatch.setattr(conv_chain, "worth", lambda *args: True)  # a small map
+    model = archc.compile(archc.load(write_spec(CHAINED)), backend="cpu")
+    heads, inside = model.chains(2)
+    assert list(heads) == [0] and inside == {1, 2}
+    ran, kernels = [], []
+    monkeypatch.setattr(cpu, "chain_forward", lambda chain, xs, params, ctx: ran.append(
+        (chain.describe(), [x.shape for x in xs])))
+    monkeypatch.setitem(cpu.KERNELS, "conv2d", lambda op, *args: kernels.append(op.name))
+    folder = tmp_path / "job"
+    folder.mkdir()
+    with open(folder / "job.pkl", "wb") as f:
+        pickle.dump({"program": model.program, "dtype": "<f4", "batch": 2, "training": False,
+                     "order": ["f0", "f2"]}, f)
+    run_ops(str(folder))
+    (chain,) = heads.values()
+    assert ran == [(chain.describe(), [(2, 4, 10, 10)])]
+    assert kernels == [model.program.ops[2].name]  # an op inside a chain: its own kernel
