@@ -1,8 +1,9 @@
 """Inverted-residual chains (runtime/backends/cpu/conv_chain.py) against the same ops run
 one by one: each network at -O2, inference (``model.predict``), the two ways interleaved
-round by round in one process and the median taken; every chain the program has is
-forced on (``conv_chain.worth`` set aside), so that the rows say where the rule in
-conv_chain.py should let them run. Ratios below 1: the chains are faster.
+round by round in one process and the median taken, and the peak of activation memory
+alive at once (``model.last_peak_bytes``: a chain's inner maps never exist); every chain
+the program has is forced on (``conv_chain.worth`` set aside), so that the rows say where
+the rule in conv_chain.py should let them run. Ratios below 1: the chains are faster.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/bench_chains.py \
         [--repeat N] [--only mobilenet_v2 ...]
@@ -45,12 +46,16 @@ def row(spec: str, batch: int, repeat: int) -> str:
     shape = next(iter(model.program.inputs.values()))
     x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
 
+    peaks = {}
+
     def run(chains: bool) -> float:
         with patch.object(cpu, "CHAINS", chains):
             model._chains.clear()
             start = time.perf_counter()
             model.predict(x)
-            return time.perf_counter() - start
+            spent = time.perf_counter() - start
+        peaks[chains] = model.last_peak_bytes
+        return spent
 
     with patch.object(conv_chain, "worth", lambda *args: True):
         for chains in (True, False, True, False):  # compile, warm up
@@ -65,7 +70,8 @@ def row(spec: str, batch: int, repeat: int) -> str:
     runs = len(found)
     chained = sum(len(chain.ops) for chain in found)
     return (f"| {spec} | {batch} | {count} | {with_:.2f} | {without:.2f} | "
-            f"{with_ / without:.2f}x | {runs} ({chained} ops) |")
+            f"{with_ / without:.2f}x | {peaks[True] / 1e6:.1f} | {peaks[False] / 1e6:.1f} | "
+            f"{runs} ({chained} ops) |")
 
 
 def main() -> None:
@@ -77,8 +83,9 @@ def main() -> None:
 
     print(f"archc; {numba.get_num_threads()} threads; BLAS: {blas_kernel()}; median of "
           f"{args.repeat} interleaved rounds; ms")
-    print("| network | batch | chains | chained | op by op | ratio | the rule runs |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+    print("| network | batch | chains | chained | op by op | ratio | peak MB chained | "
+          "peak MB op by op | the rule runs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for spec, batch in ROWS:
         if args.only and spec not in args.only:
             continue

@@ -240,15 +240,16 @@ def find_chains(program, batch: int, dtype, choose=None, threads: int | None = N
 
 
 # Where a chain pays, measured (bench/bench_chains.py, 2 threads, the whole network at
-# -O2 against its ops one by one): MobileNetV2 at batch 8, 0.94-0.96x; at batch 1, where a
-# sample's rows must be split among the threads (the rows both jobs read expanded twice),
-# 1.05x, and EfficientNet-B0's chains, which lack the projection (squeeze-excitation reads
-# the depthwise output, so it is written anyway), 1.06x at batch 1 and 1.08x at batch 8.
-# The kernels' own speed, not the memory between them, bounds these blocks here: a chain
-# on one thread took as long as its three ops on one thread, whatever the sub-band. So a
-# chain runs where it has its projection, the samples alone keep every thread busy, and
-# the batch's maps it keeps from memory outgrow the cache (under about 1 MB they stay in
-# L2 anyway).
+# -O2 against its ops one by one, five runs): MobileNetV2 at batch 8, 0.90-1.02x the time
+# and 2.5x less activation memory at its peak (19.3 MB against 48.2: the expanded maps
+# never exist); at batch 1, where a sample's rows must be split among the threads (the
+# rows both jobs read expanded twice), 0.96-1.09x; EfficientNet-B0's chains, which lack
+# the projection (squeeze-excitation reads the depthwise output, so it is written anyway),
+# 1.06-1.26x. The kernels' own speed, not the memory between them, bounds these blocks
+# here: a chain on one thread took as long as its three ops on one thread, whatever the
+# sub-band. So a chain runs where it has its projection, the samples alone keep every
+# thread busy, and the batch's maps it keeps from memory outgrow the cache (under about
+# 1 MB they stay in L2 anyway).
 CHAIN_MIN_BYTES = 1 << 20
 
 
