@@ -21,8 +21,11 @@ or the projection (EfficientNet's: squeeze-excitation reads the depthwise's outp
 chain then writes that output). Inference only: a training pass keeps every value for
 backward, and runs the ops one by one.
 
-:func:`find_chains` finds them in a program; the CPU backend's ``chains`` hands them to
-``Model.predict``, which runs each chain at its first op's step and skips the others.
+:func:`find_chains` finds them in a program where they pay (:func:`worth`, from
+measurements: they take less memory wherever they run, and no more time only where the
+samples alone keep the threads busy and the block has its projection); the
+CPU backend's ``chains`` hands them to ``Model.predict``, which runs each chain at its
+first op's step and skips the others.
 """
 
 from __future__ import annotations
@@ -40,11 +43,6 @@ from runtime.backends.cpu.elementwise import activate_inplace, cpu_activation_co
 from runtime.backends.activations import NO_ACTIVATION
 from runtime.backends.epilogue import activation_of
 from runtime.config import PARALLEL
-
-# bytes of one sub-band's working set (expanded rows, phase planes of one channel,
-# depthwise output rows) a thread keeps in its L2 (1 MB per core on this machine)
-BAND_BYTES = 384 << 10
-
 
 @njit(cache=True, **PARALLEL)
 def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho, wo, code_d,
@@ -165,7 +163,7 @@ def _dilated(op) -> bool:
 
 
 def _one_by_one(op) -> bool:
-    """An unpadded, unstrided, ungrouped 1x1 conv with one input."""
+    """An unpadded, unstrided, ungrouped 1x1 conv."""
     a = op.attrs
     return op.kind == "conv2d" and tuple(a["kernel_size"]) == (1, 1) \
         and a["pads"] == ((0, 0), (0, 0)) and tuple(a["stride"]) == (1, 1) \
