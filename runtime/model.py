@@ -324,6 +324,9 @@ class Model:
             heads, inside = {}, set()
             for chain in self.backend.chains(self.program, batch, self.dtype):
                 steps = [step_of[op.name] for op in chain.ops]
+                if any(step in heads or step in inside for step in steps):
+                    raise RuntimeError(f"the {self.backend.name} backend put an op in two "
+                                       f"chains ({chain.describe()})")
                 heads[steps[0]] = chain
                 inside.update(steps[1:])
             self._chains[batch] = heads, inside

@@ -111,10 +111,13 @@ def _network(spec: str, **variables):
 @pytest.mark.parametrize("spec, variables, chained", [
     ("specs/mobilenet_v2.yaml", {"resolution": 32, "width_mult": 0.25}, 17),
     ("specs/efficientnet.yaml", {"resolution": 33}, 15),  # expansion + depthwise (SE reads it)
+    # depthwise, pointwise, depthwise, ...: each depthwise takes the pointwise after it (a
+    # pointwise conv in two chains would run twice, and the second chain's input never)
+    ("specs/mobilenet_v1.yaml", {"resolution": 32, "alpha": 0.25}, 13),
 ])
 def test_networks_run_their_chains(spec, variables, chained):
-    """-O2 MobileNetV2 and EfficientNet-B0 run every inverted residual as a chain, with the
-    result of running their ops one by one and of the reference backend."""
+    """-O2 MobileNetV2, EfficientNet-B0 and MobileNetV1 run every block as a chain, with
+    the result of running their ops one by one and of the reference backend."""
     graph, params = _network(spec, **variables)
     model = archc.compile(graph, backend="cpu", params=params).eval()
     x = np.random.default_rng(0).standard_normal((2, 3) + (variables["resolution"],) * 2)

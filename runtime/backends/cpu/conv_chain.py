@@ -188,7 +188,9 @@ def find_chains(program, batch: int, dtype, choose=None, threads: int | None = N
     """The inverted-residual chains of a program (see the module doc) that pay
     (:func:`worth`) in inference at a batch size on ``threads`` threads (Numba's): a
     depthwise conv with the 1x1 conv that alone feeds it and the 1x1 conv that alone
-    reads it, either of those possibly missing, never both. ``choose(op, batch, train)``
+    reads it, either of those possibly missing, never both; no op in two chains (in
+    MobileNetV1's depthwise, pointwise, depthwise, pointwise, ... each depthwise conv
+    takes the pointwise conv after it). ``choose(op, batch, train)``
     (conv.choose) must pick the ops' own algorithms, pointwise and depthwise (a layer
     that ``archc tune`` measured faster another way stays on its own)."""
     threads = threads or numba.get_num_threads()
@@ -208,13 +210,14 @@ def find_chains(program, batch: int, dtype, choose=None, threads: int | None = N
         return steps[0] if len(steps) == 1 and name not in outputs else None
 
     chains = []
+    taken: set[str] = set()  # ops in a chain already: each op runs once
     for step, op in enumerate(program.ops):
         if not _plain_depthwise(op) or not _activation_fits(op, dtype) \
                 or algorithm(op) not in (None, "depthwise"):
             continue
         expand = None
         source = producer.get(op.inputs[0])
-        if source is not None:
+        if source is not None and program.ops[source].name not in taken:
             cand = program.ops[source]
             if _one_by_one(cand) and len(cand.inputs) == 1 and _activation_fits(cand, dtype) \
                     and sole_reader(cand.output) == step \
@@ -234,6 +237,7 @@ def find_chains(program, batch: int, dtype, choose=None, threads: int | None = N
         if (expand is not None or project is not None) and worth(chain, batch, itemsize,
                                                                  threads):
             chains.append(chain)
+            taken.update(member.name for member in chain.ops)
     return chains
 
 
