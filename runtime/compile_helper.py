@@ -23,6 +23,8 @@ def run_ops(folder: str) -> None:
     before a backward item). An op that cannot run alone (one reading what another op
     left in the pass, such as max unpooling's indices) is skipped: this only fills the
     cache, and the model's pass compiles whatever a helper missed."""
+    # written by runtime.warmup.Helpers in the private folder (mkdtemp, 0700) it made for
+    # this run, by the same user: the model's own process, not a file given to archc
     with open(os.path.join(folder, "job.pkl"), "rb") as f:
         job = pickle.load(f)
     program, batch, training = job["program"], job["batch"], job["training"]
@@ -38,14 +40,14 @@ def run_ops(folder: str) -> None:
             op = program.ops[int(item[1:])]
             ctx = KernelContext(train=training, rng=rng, keep=training, packs=model._packs)
             ctx.input_grads = not all(i in program.inputs for i in op.inputs)
-            params = {role: model.params[full] for role, full in op.params.items()}
-            xs = [rng.standard_normal((batch,) + tuple(shape)).astype(dtype)
-                  for shape in op.in_shapes]
             chain = heads.get(int(item[1:])) if item[0] == "f" else None
             try:
                 if chain is not None:  # its kernel, not its ops' own
                     _run_chain(model, chain, batch, dtype, rng, ctx)
                 else:
+                    params = {role: model.params[full] for role, full in op.params.items()}
+                    xs = [rng.standard_normal((batch,) + tuple(shape)).astype(dtype)
+                          for shape in op.in_shapes]
                     y = model.kernels[op.kind](op, xs, params, ctx)
                     if item[0] == "b" and op.kind in model.backward_kernels:
                         model.backward_kernels[op.kind](op, xs, y, np.ones_like(y), params, ctx)

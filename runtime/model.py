@@ -339,10 +339,10 @@ class Model:
         pass takes: a training pass's tape lives on while the next pass runs, so the
         freed memory the next passes reuse is settled only after the second; the first
         two passes of ResNet-20's training step at batch 128 took 438 and 294 MB of fresh
-        pages, the third none). Without ``backward`` the passes
-        are :meth:`predict`'s (inference, nothing kept; a group of ops run as one kernel,
-        :meth:`chains`, is timed under its first op's name, the others absent). Timed with the backend's clock:
-        CUDA events on a GPU, so a kernel's time is its own and not its launch's."""
+        pages, the third none). Without ``backward`` the passes are :meth:`predict`'s
+        (inference, nothing kept; a group of ops run as one kernel, :meth:`chains`, is
+        timed under its first op's name, the others absent). Timed with the backend's
+        clock: CUDA events on a GPU, so a kernel's time is its own and not its launch's."""
         clock = self.backend.clock()
         marks: list = []
 

@@ -140,8 +140,7 @@ def _split_for(rows: int, columns: int, outer: int, threads: int) -> tuple[int, 
     count = -(-columns // block)
     row_blocks = _row_blocks(rows, outer * count)
     jobs = outer * count * row_blocks
-    if jobs >= 8 * threads or jobs % threads == 0 and columns % block == 0 \
-            and rows % row_blocks == 0:
+    if jobs >= 8 * threads:
         return block, row_blocks
     step = -(-rows // row_blocks)
     work = [(min(columns, (j % count + 1) * block) - j % count * block)

@@ -37,6 +37,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
+from runtime.backends.cpu.conv import _flat_filters
 from runtime.backends.cpu.conv_depthwise import _accumulate, _rows_to_phases, phase_geometry
 from runtime.backends.cpu.conv_pointwise import finish_block
 from runtime.backends.cpu.elementwise import activate_inplace, cpu_activation_code, numpy_forward
@@ -158,10 +159,6 @@ class Chain:
         return " + ".join(op.name for op in self.ops)
 
 
-def _dilated(op) -> bool:
-    return tuple(op.attrs["dilation"]) != (1, 1)
-
-
 def _one_by_one(op) -> bool:
     """An unpadded, unstrided, ungrouped 1x1 conv."""
     a = op.attrs
@@ -180,7 +177,7 @@ def _plain_depthwise(op) -> bool:
     a = op.attrs
     c = op.in_shapes[0][0]
     return op.kind == "conv2d" and a["groups"] == c and op.out_shape[0] == c \
-        and not _dilated(op) and len(op.inputs) == 1
+        and tuple(a["dilation"]) == (1, 1) and len(op.inputs) == 1
 
 
 def find_chains(program, batch: int, dtype, choose=None, threads: int | None = None
@@ -299,10 +296,6 @@ def _codes(op, dtype) -> tuple[int, float]:
     return cpu_activation_code(*act, dtype) if act is not None else (NO_ACTIVATION, 0.0)
 
 
-def _flat(w) -> np.ndarray:
-    return np.ascontiguousarray(w.reshape(w.shape[0], -1))
-
-
 def chain_forward(chain: Chain, xs: list, params: list[dict], ctx) -> np.ndarray:
     """Run a chain: ``xs`` its inputs (:attr:`Chain.inputs`), ``params`` each op's
     parameters by role, in :attr:`Chain.ops` order."""
@@ -323,8 +316,8 @@ def chain_forward(chain: Chain, xs: list, params: list[dict], ctx) -> np.ndarray
     else:
         residual = np.empty((0, 0, 0), dtype=dtype)
     return chain_kernel(
-        x, _flat(pe["weight"]) if pe else none2, pe.get("bias", empty) if pe else empty,
-        *_codes(chain.expand, dtype), _flat(pd["weight"]), pd.get("bias", empty), kh, kw, sh,
+        x, _flat_filters(pe["weight"]) if pe else none2, pe.get("bias", empty) if pe else empty,
+        *_codes(chain.expand, dtype), _flat_filters(pd["weight"]), pd.get("bias", empty), kh, kw, sh,
         sw, pt, pl, ho, wo, *_codes(dw, dtype),
-        _flat(pp["weight"]) if pp else none2, pp.get("bias", empty) if pp else empty, residual,
+        _flat_filters(pp["weight"]) if pp else none2, pp.get("bias", empty) if pp else empty, residual,
         *_codes(chain.project, dtype), chunks, band)
