@@ -1,9 +1,10 @@
 """Inverted-residual chains (runtime/backends/cpu/conv_chain.py) against the same ops run
-one by one: each network at -O2, inference (``model.predict``), the two ways interleaved
-round by round in one process and the median taken, and the peak of activation memory
-alive at once (``model.last_peak_bytes``: a chain's inner maps never exist); every chain
-the program has is forced on (``conv_chain.worth`` set aside), so that the rows say where
-the rule in conv_chain.py should let them run. Ratios below 1: the chains are faster.
+one by one: each network at -O2, inference (``model.predict``), interleaved round by round
+in one process and the median taken, four ways: the ops one by one, every chain forced on
+(``conv_chain.worth`` set aside) with its rows on planes, every chain forced on with the
+layout conv_chain.channels_last picks, and what the rule in conv_chain.py runs; with the
+peak of activation memory alive at once (``model.last_peak_bytes``: a chain's inner maps
+never exist). Ratios below 1: faster than the ops one by one.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python bench/bench_chains.py \
         [--repeat N] [--only mobilenet_v2 ...]
@@ -41,37 +42,53 @@ def compiled(spec: str):
     return archc.compile(result.graph, backend="cpu", params=result.params).eval()
 
 
+WAYS = {  # (chains on, every chain forced on, conv_chain.CHANNELS_LAST)
+    "op by op": (False, False, None),
+    "every chain, planes": (True, True, False),
+    "every chain": (True, True, None),
+    "the rule's": (True, False, None),
+}
+RULE = "the rule's"
+
+
 def row(spec: str, batch: int, repeat: int) -> str:
     model = compiled(spec)
     shape = next(iter(model.program.inputs.values()))
     x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
-
+    rule = conv_chain.worth
     peaks = {}
 
-    def run(chains: bool) -> float:
-        with patch.object(cpu, "CHAINS", chains):
+    def run(way: str) -> float:
+        chains, forced, layout = WAYS[way]
+        with patch.object(cpu, "CHAINS", chains), \
+                patch.object(conv_chain, "worth", (lambda *args: True) if forced else rule), \
+                patch.object(conv_chain, "CHANNELS_LAST", layout):
             model._chains.clear()
             start = time.perf_counter()
             model.predict(x)
             spent = time.perf_counter() - start
-        peaks[chains] = model.last_peak_bytes
+        peaks[way] = model.last_peak_bytes
         return spent
 
+    for _ in range(2):  # compile, warm up
+        for way in WAYS:
+            run(way)
+    times: dict[str, list[float]] = {way: [] for way in WAYS}
+    for _ in range(repeat):
+        for way in WAYS:
+            times[way].append(run(way))
+    median = {way: statistics.median(spent) * 1e3 for way, spent in times.items()}
+    alone = median["op by op"]
     with patch.object(conv_chain, "worth", lambda *args: True):
-        for chains in (True, False, True, False):  # compile, warm up
-            run(chains)
-        times: dict[bool, list[float]] = {True: [], False: []}
-        for _ in range(repeat):
-            for chains in (True, False):
-                times[chains].append(run(chains))
         count = len(conv_chain.find_chains(model.program, batch, np.float32))
     found = conv_chain.find_chains(model.program, batch, np.float32)  # the rule's
-    with_, without = (statistics.median(times[c]) * 1e3 for c in (True, False))
-    runs = len(found)
     chained = sum(len(chain.ops) for chain in found)
-    return (f"| {spec} | {batch} | {count} | {with_:.2f} | {without:.2f} | "
-            f"{with_ / without:.2f}x | {peaks[True] / 1e6:.1f} | {peaks[False] / 1e6:.1f} | "
-            f"{runs} ({chained} ops) |")
+    last = sum(conv_chain.channels_last(chain) for chain in found)
+    cells = " | ".join(f"{median[way]:.2f} ({median[way] / alone:.2f}x)" for way in WAYS
+                       if way != "op by op")
+    return (f"| {spec} | {batch} | {alone:.2f} | {cells} | {count} | "
+            f"{len(found)} ({chained} ops, {last} channels-last) | "
+            f"{peaks['op by op'] / 1e6:.1f} | {peaks[RULE] / 1e6:.1f} |")
 
 
 def main() -> None:
@@ -83,9 +100,9 @@ def main() -> None:
 
     print(f"archc; {numba.get_num_threads()} threads; BLAS: {blas_kernel()}; median of "
           f"{args.repeat} interleaved rounds; ms")
-    print("| network | batch | chains | chained | op by op | ratio | peak MB chained | "
-          "peak MB op by op | the rule runs |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("| network | batch | op by op | every chain, planes | every chain | the rule's | "
+          "chains | the rule runs | peak MB op by op | peak MB the rule's |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for spec, batch in ROWS:
         if args.only and spec not in args.only:
             continue

@@ -74,9 +74,11 @@ def chains(draw):
     return program, draw(st.integers(1, 3))
 
 
-@settings(max_examples=80, deadline=None)
+@pytest.mark.parametrize("last", [False, True], ids=["planes", "channels-last"])
+@settings(max_examples=60, deadline=None)
 @given(case=chains(), data=st.data())
-def test_chain_matches_reference(case, data):
+def test_chain_matches_reference(last, case, data):
+    """Either layout of the expanded rows (channels-last only with an expansion)."""
     program, batch = case
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     params = {name: rng.standard_normal(spec.shape) for name, spec in program.params.items()}
@@ -92,7 +94,9 @@ def test_chain_matches_reference(case, data):
     # any number of row chunks per sample and of rows per sub-band
     ho = chain.depthwise.out_shape[1]
     split = (data.draw(st.integers(1, ho + 1)), data.draw(st.integers(1, ho + 1)))
-    with patch.object(conv_chain, "plan", lambda *args: split):
+    with patch.object(conv_chain, "plan", lambda *args: split), \
+            patch.object(conv_chain, "CHANNELS_LAST", last):
+        assert conv_chain.channels_last(chain) == (last and chain.expand is not None)
         got = model.predict(x.astype(np.float32))
     scale = max(np.abs(expected).max(), 1e-6)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
@@ -137,17 +141,23 @@ def test_networks_run_their_chains(spec, variables, chained):
     np.testing.assert_allclose(chained_out, reference.predict(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("spec, batch, chained", [
-    ("specs/mobilenet_v2.yaml", 8, 17),  # every block: the samples keep the threads busy
-    ("specs/mobilenet_v2.yaml", 1, 0),  # one sample: its rows would be split
-    ("specs/mobilenet_v2.yaml", 2, 14),  # not the 7x7 blocks: their maps fit in L2
-    ("specs/efficientnet.yaml", 8, 0),  # no projection in the chain (SE reads the depthwise)
+@pytest.mark.parametrize("spec, batch, chained, last", [
+    ("specs/mobilenet_v2.yaml", 8, 17, 15),  # every block: the samples keep the threads busy
+    # one sample: the channels-last blocks (their rows split between the threads), not the
+    # first block (no expansion: planes) nor the 56x56 stride-1 one (planes are faster)
+    ("specs/mobilenet_v2.yaml", 1, 15, 15),
+    ("specs/mobilenet_v2.yaml", 2, 17, 15),
+    # no projection in the chains (squeeze-excitation reads the depthwise): where the
+    # samples keep the threads busy
+    ("specs/efficientnet.yaml", 8, 14, 14),
+    ("specs/efficientnet.yaml", 1, 0, 0),
 ])
-def test_chains_where_they_pay(spec, batch, chained):
+def test_chains_where_they_pay(spec, batch, chained, last):
     graph, params = _network(spec)
     model = archc.compile(graph, backend="cpu", params=params).eval()
     found = conv_chain.find_chains(model.program, batch, np.float32, threads=2)
     assert len(found) == chained
+    assert sum(conv_chain.channels_last(chain) for chain in found) == last
 
 
 def test_what_is_not_a_chain(monkeypatch):

@@ -10,11 +10,18 @@ one sample's band of output rows and walks it in sub-bands of a few rows:
 1. the expansion's GEMM ``E = W_e @ x[rows]`` for the input rows the sub-band's
    depthwise reads that the last sub-band did not (the rows both read stay in ``E``:
    moved to its front, never computed twice), then its epilogue (bias, activation);
-2. per channel, those rows of ``E`` copied with their zero padding into phase planes and
-   the depthwise taps summed over them (``conv_depthwise.py``'s phase grids: every tap a
-   stride-1 pass over one long vector), then its epilogue, into ``D``;
+2. the depthwise conv of those rows, then its epilogue, into ``D``;
 3. the projection's GEMM ``W_p @ D`` straight into the output rows, then its epilogue
    (bias, the block's residual, activation).
+
+``E`` and ``D`` are channels-last where the chain has an expansion and its map is strided
+or small (:func:`channels_last`): the expansion's GEMM writes ``E`` transposed and the
+projection's reads ``D`` transposed at no cost, and each depthwise tap is a multiply-add
+along the channels of a position, a loop as long as the channels whatever the map (what
+the engines' blocked layouts buy). Otherwise they are planes: per channel, the rows of
+``E`` copied with their zero padding into phase planes and the taps summed over them
+(``conv_depthwise.py``'s phase grids: every tap a stride-1 pass over one long vector),
+which wins on wide maps with few channels.
 
 A chain may lack the expansion (MobileNetV2's first block: the depthwise reads the input)
 or the projection (EfficientNet's: squeeze-excitation reads the depthwise's output; the
@@ -41,20 +48,82 @@ from runtime.backends.cpu.conv import _flat_filters
 from runtime.backends.cpu.conv_depthwise import _accumulate, _rows_to_phases, phase_geometry
 from runtime.backends.cpu.conv_pointwise import finish_block
 from runtime.backends.cpu.elementwise import activate_inplace, cpu_activation_code, numpy_forward
+from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.backends.activations import NO_ACTIVATION
 from runtime.backends.epilogue import activation_of
 from runtime.config import PARALLEL
 
+@njit(cache=True)
+def _expand_rows(x, b, first, last, we, be, code, slope, out, channels_last):
+    """The expansion of sample b's input rows first..last into ``out``, then its epilogue
+    (bias, activation): ``out`` (Ce, rows*w) on planes, or (rows*w, Ce) channels-last (the
+    same GEMM transposed: x's rows read as its columns, no copy)."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    xf = x[b].reshape(c, h * w)[:, first * w:last * w]
+    if channels_last:
+        gemm(xf, we, out, 0.0, True, True)
+        for p in range(out.shape[0]):
+            row = unit_stride(out[p])
+            if be.size:
+                for q in range(uint64(row.size)):
+                    row[q] += be[q]
+            activate_inplace(row, code, slope)
+        return
+    gemm(we, xf, out, 0.0, False, False)
+    for ch in range(out.shape[0]):
+        row = unit_stride(out[ch])
+        if be.size:
+            add = be[ch]
+            for i in range(uint64(row.size)):
+                row[i] += add
+        activate_inplace(row, code, slope)
+
+
+@njit(cache=True)
+def _depthwise_last(e, e_lo, e_hi, w, wd, bias, kh, kw, sh, sw, pt, pl, s0, rows, wo, out):
+    """The depthwise conv of output rows s0.. (``rows`` of them) channels-last: ``e`` holds
+    input rows e_lo..e_hi as (rows*w, C), ``wd`` the filters (kh*kw, C); ``out`` (rows*wo,
+    C). Every tap is one multiply-add over the channels of a position, a loop as long as
+    the channels whatever the map's size (the planes' loops run along rows: short at
+    7x7 or 14x14, and strided maps go through phase copies)."""
+    ce = uint64(out.shape[1])
+    for r in range(rows):
+        oy = s0 + r
+        for ox in range(wo):
+            acc = unit_stride(out[r * wo + ox])
+            if bias.size:
+                for q in range(ce):
+                    acc[q] = bias[q]
+            else:
+                for q in range(ce):
+                    acc[q] = 0.0
+            for i in range(kh):
+                sy = oy * sh + i - pt
+                if sy < e_lo or sy >= e_hi:
+                    continue  # a row of the padding
+                base = (sy - e_lo) * w
+                for j in range(kw):
+                    sx = ox * sw + j - pl
+                    if sx < 0 or sx >= w:
+                        continue
+                    src = unit_stride(e[base + sx])
+                    tap = unit_stride(wd[i * kw + j])
+                    for q in range(ce):
+                        acc[q] += tap[q] * src[q]
+
+
 @njit(cache=True, **PARALLEL)
 def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho, wo, code_d,
-                 slope_d, wp, bp, residual, code_p, slope_p, chunks, band):
+                 slope_d, wp, bp, residual, code_p, slope_p, chunks, band, channels_last):
     """y = project(depthwise(expand(x))) for x (N, C, H, W): ``we`` (Ce, C) the expansion
-    (shape (0, 0): none, Ce = C), ``wd`` (Ce, kh*kw) the depthwise filters (stride (sh,
-    sw), padding top ``pt``, left ``pl``, output ho x wo, dilation 1), ``wp`` (Co, Ce)
-    the projection (shape (0, 0): none, the depthwise's output is the result); each stage
-    with its bias (empty: none) and activation code; ``residual`` (N, Co, ho*wo) added
-    before the projection's activation (shape (0, 0, 0): none). Jobs: ``chunks`` bands of
-    output rows per sample, each walked ``band`` rows at a time (see the module doc)."""
+    (shape (0, 0): none, Ce = C), ``wd`` the depthwise filters, (Ce, kh*kw) or, with
+    ``channels_last``, (kh*kw, Ce) (stride (sh, sw), padding top ``pt``, left ``pl``,
+    output ho x wo, dilation 1), ``wp`` (Co, Ce) the projection (shape (0, 0): none, the
+    depthwise's output is the result); each stage with its bias (empty: none) and
+    activation code; ``residual`` (N, Co, ho*wo) added before the projection's activation
+    (shape (0, 0, 0): none). Jobs: ``chunks`` bands of output rows per sample, each walked
+    ``band`` rows at a time (see the module doc). The expanded and depthwise rows are
+    planes, or channels-last (``channels_last``, only with an expansion)."""
     n, c, h, w = x.shape
     expand = we.shape[0] > 0
     ce = we.shape[0] if expand else c
@@ -63,7 +132,6 @@ def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho,
     dtype = x.dtype
     hq, wq, phase, offset = phase_geometry(kh, kw, sh, sw, 1, 1, band, wo)
     erows = min(h, (band - 1) * sh + kh)  # input rows a sub-band reads, at most
-    xf = x.reshape(n, c, h * w)
     y = np.empty((n, co, ho * wo), dtype=dtype)
     shift_d = bd if bd.size else np.zeros(ce, dtype=dtype)
     per = (ho + chunks - 1) // chunks
@@ -72,11 +140,16 @@ def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho,
         y0, y1 = k * per, min(ho, (k + 1) * per)
         if y0 >= y1:
             continue
-        e = np.empty((ce, erows, w) if expand else (0, 0, 0), dtype=dtype)
-        e2 = e.reshape(e.shape[0], e.shape[1] * e.shape[2])
-        d = np.empty((ce if project else 0, band * wo), dtype=dtype)
-        phases = np.empty((sh * sw, hq * wq), dtype=dtype)
-        acc = np.empty(band * wq, dtype=dtype)
+        if not expand:
+            e = np.empty((0, 0), dtype=dtype)
+        elif channels_last:
+            e = np.empty((erows * w, ce), dtype=dtype)
+        else:
+            e = np.empty((ce, erows * w), dtype=dtype)
+        last = channels_last and expand
+        d = np.empty((band * wo, ce) if last else (ce, band * wo), dtype=dtype)
+        phases = np.empty((0 if last else sh * sw, hq * wq), dtype=dtype)
+        acc = np.empty(0 if last else band * wq, dtype=dtype)
         e_lo, e_hi = 0, 0  # the input rows e holds
         for s0 in range(y0, y1, band):
             s1 = min(y1, s0 + band)
@@ -88,30 +161,47 @@ def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho,
                 if e_lo <= r_lo < e_hi:  # rows the last sub-band expanded: to the front
                     keep = e_hi - r_lo
                     moved = (r_lo - e_lo) * w
-                    if moved:
+                    if moved and last:
+                        flat = e.reshape(e.size)
+                        for i in range(uint64(keep * w * ce)):
+                            flat[i] = flat[i + moved * ce]
+                    elif moved:
                         for ch in range(ce):
-                            row = e2[ch]
+                            row = e[ch]
                             for i in range(uint64(keep * w)):
                                 row[i] = row[i + moved]
                 first = r_lo + keep
                 if r_hi > first:
-                    new = e2[:, keep * w:(r_hi - r_lo) * w]
-                    gemm(we, xf[b, :, first * w:r_hi * w], new, 0.0, False, False)
-                    for ch in range(ce):
-                        row = new[ch]
-                        if be.size:
-                            add = be[ch]
-                            for i in range(uint64(row.size)):
-                                row[i] += add
-                        activate_inplace(row, code_e, slope_e)
+                    span = slice(keep * w, (r_hi - r_lo) * w)
+                    _expand_rows(x, b, first, r_hi, we, be, code_e, slope_e,
+                                 e[span] if last else e[:, span], last)
                 e_lo, e_hi = r_lo, r_hi
+            if last:
+                dest = d[:rows * wo]
+                _depthwise_last(e, e_lo, e_hi, w, wd, bd, kh, kw, sh, sw, pt, pl, s0, rows,
+                                wo, dest)
+                activate_inplace(dest.reshape(dest.size), code_d, slope_d)
+                if project:
+                    block = y[b, :, s0 * wo:s1 * wo]
+                    gemm(wp, dest, block, 0.0, False, True)
+                    finish_block(block, b, 0, s0 * wo, s1 * wo, bp, residual, code_p,
+                                 slope_p)
+                else:
+                    for ch in range(ce):
+                        out = y[b, ch]
+                        for p in range(rows * wo):
+                            out[s0 * wo + p] = dest[p, ch]
+                continue
             dest = d[:, :rows * wo] if project else y[b, :, s0 * wo:s1 * wo]
             length = rows * wq
             top = r_lo + pt - s0 * sh  # the padded row, from the sub-band's first, of r_lo
             for ch in range(ce):
                 phases[:] = 0.0
                 if r_hi > r_lo:
-                    src = e[ch, :r_hi - r_lo] if expand else x[b, ch, r_lo:r_hi]
+                    if expand:
+                        src = e[ch, :(r_hi - r_lo) * w].reshape((r_hi - r_lo, w))
+                    else:
+                        src = x[b, ch, r_lo:r_hi]
                     _rows_to_phases(src, top, sh, sw, pl, wq, phases)
                 acc[:length] = 0.0
                 _accumulate(acc, phases, wd, ch, phase, offset, length)
@@ -239,16 +329,16 @@ def find_chains(program, batch: int, dtype, choose=None, threads: int | None = N
 
 
 # Where a chain pays, measured (bench/bench_chains.py, 2 threads, the whole network at
-# -O2 against its ops one by one, five runs): MobileNetV2 at batch 8, 0.90-1.02x the time
-# and 2.5x less activation memory at its peak (19.3 MB against 48.2: the expanded maps
-# never exist); at batch 1, where a sample's rows must be split among the threads (the
-# rows both jobs read expanded twice), 0.96-1.09x; EfficientNet-B0's chains, which lack
-# the projection (squeeze-excitation reads the depthwise output, so it is written anyway),
-# 1.06-1.26x. The kernels' own speed, not the memory between them, bounds these blocks
-# here: a chain on one thread took as long as its three ops on one thread, whatever the
-# sub-band. So a chain runs where it has its projection, the samples alone keep every
-# thread busy, and the batch's maps it keeps from memory outgrow the cache (under about
-# 1 MB they stay in L2 anyway).
+# -O2 against its ops one by one). With the expanded rows channels-last (see
+# channels_last), the depthwise taps run along the channels, 1.3-6.7x faster than the
+# planes on strided and small maps: MobileNetV2 0.86-0.9x the time of its ops at batch 1
+# and 0.76x at batch 8, EfficientNet-B0 (no projection: squeeze-excitation reads the
+# depthwise output, written back as planes) 0.91x at batch 8 and no faster at batch 1, where
+# a sample's rows are split among the threads. On planes (a chain without an expansion, or
+# 56x56 and wider maps), 0.90-1.02x at batch 8, 0.96-1.09x at batch 1: the kernels' own
+# speed bounds those, not the memory between them; they run where they have their
+# projection, the samples alone keep every thread busy, and the batch's maps they keep
+# from memory outgrow the cache (under about 1 MB they stay in L2 anyway).
 CHAIN_MIN_BYTES = 1 << 20
 
 
@@ -267,6 +357,8 @@ def _chunks(batch: int, ho: int, threads: int) -> int:
 
 def worth(chain: Chain, batch: int, itemsize: int, threads: int) -> bool:
     """Whether running the chain as one kernel pays at this batch size (see above)."""
+    if channels_last(chain):
+        return chain.project is not None or batch >= threads
     kh, sh, c, h, w, ho, wo = _geometry(chain)
     if chain.project is None or batch < threads:
         return False
@@ -289,6 +381,25 @@ def plan(chain: Chain, batch: int, itemsize: int, threads: int) -> tuple[int, in
     fixed = itemsize * c * w * max(0, kh - sh)  # expanded rows beyond the band's own
     row = itemsize * c * (sh * w + wo)  # per output row: expanded input, depthwise output
     return chunks, max(1, min(per, (BAND_BYTES - fixed) // max(row, 1)))
+
+
+def channels_last(chain: Chain) -> bool:
+    """Whether the chain keeps its expanded and depthwise rows channels-last (a chain with
+    an expansion only: its GEMM writes either layout at no cost, where the network's own
+    input would need a copy). Measured (one thread, the depthwise alone): channels-last
+    1.3-6.7x faster on strided maps and at 28x28 and smaller; the planes 1.4x faster at
+    144 channels of 56x56 (stride 1): a map's long rows vectorise along the row, few
+    channels do not."""
+    if chain.expand is None:
+        return False
+    if CHANNELS_LAST is not None:
+        return CHANNELS_LAST
+    _, sh, _, _, _, _, wo = _geometry(chain)
+    return sh > 1 or wo <= CHANNELS_LAST_MAX_WIDTH
+
+
+CHANNELS_LAST = None  # None: as the rule above says; True or False: forced (tests, bench)
+CHANNELS_LAST_MAX_WIDTH = 28
 
 
 def _codes(op, dtype) -> tuple[int, float]:
@@ -315,9 +426,15 @@ def chain_forward(chain: Chain, xs: list, params: list[dict], ctx) -> np.ndarray
         residual = np.ascontiguousarray(xs[1]).reshape(x.shape[0], -1, ho * wo)
     else:
         residual = np.empty((0, 0, 0), dtype=dtype)
+    last = channels_last(chain)
+    if last:  # taps by channels: packed once per model
+        wd = ctx.packs.get((dw.name, "chain-channels-last"), pd["weight"],
+                           lambda w: np.ascontiguousarray(_flat_filters(w).T))
+    else:
+        wd = _flat_filters(pd["weight"])
     return chain_kernel(
         x, _flat_filters(pe["weight"]) if pe else none2, pe.get("bias", empty) if pe else empty,
-        *_codes(chain.expand, dtype), _flat_filters(pd["weight"]), pd.get("bias", empty), kh, kw, sh,
+        *_codes(chain.expand, dtype), wd, pd.get("bias", empty), kh, kw, sh,
         sw, pt, pl, ho, wo, *_codes(dw, dtype),
         _flat_filters(pp["weight"]) if pp else none2, pp.get("bias", empty) if pp else empty, residual,
-        *_codes(chain.project, dtype), chunks, band)
+        *_codes(chain.project, dtype), chunks, band, last)
