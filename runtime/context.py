@@ -33,6 +33,8 @@ class KernelContext:
     saved : output name -> what the op's backward needs (dropout's scaled mask).
     indices : output name -> where a max pool found each maximum (for its backward and
         for max unpooling).
+    positions : the max pools' outputs whose positions an op of the pass reads (max
+        unpooling); a pass that keeps nothing for backward records no others.
     batch_stats : output name -> a batch norm's batch statistics in training.
     pre_activation : output name -> a fused conv or linear's value before its activation.
     plan : a device backend's memory plan (``runtime.memory.MemoryPlan``) for this pass,
@@ -58,6 +60,7 @@ class KernelContext:
     sync_bn: Any = None
     saved: dict[str, Any] = field(default_factory=dict)
     indices: dict[str, Any] = field(default_factory=dict)
+    positions: frozenset[str] = frozenset()
     batch_stats: dict[str, Any] = field(default_factory=dict)
     pre_activation: dict[str, Any] = field(default_factory=dict)
     plan: Any = None

@@ -77,6 +77,9 @@ class Model:
         self.kernels, self.backward_kernels = self.backend.kernels, self.backend.backward
         self.chain_kernel = self.backend.chain_kernel
         self._chains: dict[int, tuple[dict, set]] = {}  # batch -> (first step: chain, the rest)
+        # max pools whose positions an op reads in every pass (max unpooling)
+        self._positions = frozenset(op.inputs[1] for op in program.ops
+                                    if op.kind == "max_unpool2d" and len(op.inputs) > 1)
         self._scope = self.backend.scope
         self.dtype = np.dtype(dtype)
         self._host_stale = False
@@ -241,7 +244,7 @@ class Model:
     def _context(self, keep: bool) -> KernelContext:
         return KernelContext(train=self.training, rng=self.rng, keep=keep,
                              sync_bn=self.sync_bn if self.training else None,
-                             packs=self._packs)
+                             packs=self._packs, positions=self._positions)
 
     def _outputs(self, values: dict, host: bool = True):
         move = self.backend.to_host if host else (lambda v: v)

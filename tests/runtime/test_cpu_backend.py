@@ -35,7 +35,8 @@ def test_numba_op_matches_reference(op, data):
         data.draw(st.booleans())
     seed = data.draw(st.integers(0, 2**16))  # one random stream each, the same numbers
     ctx_ref = KernelContext(train=train, rng=np.random.default_rng(seed))
-    ctx_cpu = KernelContext(train=train, rng=np.random.default_rng(seed))
+    # a pass followed by its backward keeps what backward needs (a max pool's positions)
+    ctx_cpu = KernelContext(train=train, rng=np.random.default_rng(seed), keep=True)
     if op == "max_unpool2d":  # the positions a max pool would have recorded: distinct, some -1
         n, c, h, w = xs[0].shape
         ho, wo = prog_op.attrs["out_size"]
@@ -296,3 +297,31 @@ def test_batch_norm_sums_keep_float32_honest(shape):
     np.testing.assert_allclose(gw, (gy64 * xhat).sum(axis=axes), rtol=1e-5, atol=1e-4)
     want = (weight * invstd)[c] / count * (count * gy64 - gb[c] - xhat * gw[c])
     np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+def test_max_pool_records_positions_only_where_they_are_read():
+    """An inference pass writes a max pool's positions only for a max unpooling that reads
+    them; the maxima are the same either way, and a training pass keeps them for backward."""
+    text = """input: {channels: 3, height: 9, width: 9}
+layers:
+  - max_pool2d: {kernel_size: 3, stride: 2, padding: 1}
+    name: pool
+  - max_unpool2d: {kernel_size: 3, stride: 2, padding: 1, output_size: [9, 9]}
+    inputs: [-1, pool, input]
+    name: unpool
+  - max_pool2d: {kernel_size: 2, stride: 2}
+    name: again
+"""
+    graph = archc.load("u.yaml", text=text)
+    cpu_model = archc.compile(graph, backend="cpu").eval()
+    reference = archc.compile(graph, backend="reference").eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    np.testing.assert_array_equal(cpu_model.predict(x), reference.predict(x))
+    ctx = cpu_model._context(keep=False)
+    assert ctx.positions == {"pool"}
+    op = {op.name: op for op in cpu_model.program.ops}["again"]
+    cpu.KERNELS["max_pool2d"](op, [x], {}, ctx)
+    assert "again" not in ctx.indices  # nothing reads them, nothing is written
+    kept = cpu_model._context(keep=True)
+    y = cpu.KERNELS["max_pool2d"](op, [x], {}, kept)
+    assert kept.indices["again"].shape == y.shape

@@ -14,16 +14,38 @@ from runtime.config import PARALLEL
 from runtime.backends.reference import _window_pads
 
 
+@njit(inline="always")
+def _row_max(best, where, row, src, first, count, stride, at, positions):
+    """best[first + k] = max(best[first + k], row[src + k * stride]) for k < count, and
+    where a value is taken its position ``at + k * stride`` in ``where`` if ``positions``.
+    Inlined with a literal ``stride`` where the caller has one: LLVM vectorises a strided
+    load only with a stride it knows (4x faster than with a run-time stride)."""
+    if positions:
+        for k in range(count):
+            v = row[src + k * stride]
+            o = first + k
+            take = v > best[o]
+            best[o] = v if take else best[o]
+            where[o] = np.int64(at + k * stride) if take else where[o]
+    else:
+        for k in range(count):
+            v = row[src + k * stride]
+            o = first + k
+            best[o] = v if v > best[o] else best[o]
+
+
 @njit(cache=True, **PARALLEL)
-def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
-    """The maxima and where each came from (row * w + column in its plane; -1 for a window
-    wholly in the padding). Output rows are updated tap by tap over the span of columns
-    whose source lies inside the input (no test per element, unsigned indices, the
-    comparison a select); taps go in row-major order and only a
-    strictly greater value replaces the maximum, so the first maximum wins, as in PyTorch."""
+def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, positions):
+    """The maxima and, if ``positions``, where each came from (row * w + column in its
+    plane; -1 for a window wholly in the padding; an empty array otherwise: an inference
+    pass with no max unpooling needs none, and writing them took a third of the time).
+    Output rows are updated tap by tap over the span of columns whose source lies inside
+    the input (no test per element, unsigned indices, the comparison a select); taps go in
+    row-major order and only a strictly greater value replaces the maximum, so the first
+    maximum wins, as in PyTorch."""
     n, c, h, w = x.shape
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
-    idx = np.empty((n, c, ho, wo), dtype=np.int64)
+    idx = np.empty((n, c, ho, wo) if positions else (0, 0, 0, 0), dtype=np.int64)
     usw = uint64(sw)
     for job in prange(n * c):
         b = job // c
@@ -31,7 +53,7 @@ def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
         # the row's maxima in local buffers: stores to the output arrays in the loop kept
         # it scalar (Numba cannot tell that they do not overlap the input)
         best = np.empty(wo, dtype=x.dtype)
-        where = np.empty(wo, dtype=np.int64)
+        where = np.empty(wo if positions else 0, dtype=np.int64)
         for yy in range(ho):
             best[:] = -np.inf
             where[:] = -1
@@ -43,32 +65,16 @@ def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
                 for j in range(kw):
                     x0, x1, shift = inside(j, dw, pl, sw, w, wo)
                     src, first = uint64(x0 * sw + shift), uint64(x0)
-                    at = uint64(sy * w) + src
-                    # a literal stride where it is 1 or 2: LLVM vectorises a strided load
-                    # only with a stride it knows (4x faster than the loop with usw)
+                    at, count = uint64(sy * w) + src, uint64(x1 - x0)
                     if sw == 1:
-                        for k in range(uint64(x1 - x0)):
-                            v = row[src + k]
-                            o = first + k
-                            take = v > best[o]
-                            best[o] = v if take else best[o]
-                            where[o] = np.int64(at + k) if take else where[o]
+                        _row_max(best, where, row, src, first, count, uint64(1), at, positions)
                     elif sw == 2:
-                        for k in range(uint64(x1 - x0)):
-                            v = row[src + k * uint64(2)]
-                            o = first + k
-                            take = v > best[o]
-                            best[o] = v if take else best[o]
-                            where[o] = np.int64(at + k * uint64(2)) if take else where[o]
+                        _row_max(best, where, row, src, first, count, uint64(2), at, positions)
                     else:
-                        for k in range(uint64(x1 - x0)):
-                            v = row[src + k * usw]
-                            o = first + k
-                            take = v > best[o]
-                            best[o] = v if take else best[o]
-                            where[o] = np.int64(at + k * usw) if take else where[o]
+                        _row_max(best, where, row, src, first, count, usw, at, positions)
             y[b, ch, yy, :] = best
-            idx[b, ch, yy, :] = where
+            if positions:
+                idx[b, ch, yy, :] = where
     return y, idx
 
 
@@ -99,9 +105,11 @@ def max_pool_forward(op, xs, p, ctx):
     ho, wo = op.out_shape[1:]
     top, _, left, _ = _window_pads(a, x.shape[2:], (ho, wo))
     (kh, kw), (sh, sw), (dh, dw) = a["kernel_size"], a["stride"], a["dilation"]
+    positions = ctx.keep or op.output in ctx.positions
     y, idx = max_pool_forward_kernel(np.ascontiguousarray(x), kh, kw, sh, sw, dh, dw, top, left,
-                                     ho, wo)
-    ctx.indices[op.output] = idx
+                                     ho, wo, positions)
+    if positions:
+        ctx.indices[op.output] = idx
     return y
 
 
