@@ -83,7 +83,7 @@ def build_profile(model, report: Report, times: dict, *, repeat: int,
     for op in model.program.ops:
         measured = times.get(op.name, {})
         node = nodes.get(op.name)
-        how = model.backend.algorithm(op, report.batch, model.training) or (None, None)
+        how = model.algorithm(op, report.batch) or (None, None)
         layers.append(LayerProfile(
             op.name, node.kind if node else op.kind, measured.get("forward", 0.0),
             measured.get("backward"), node.flops if node else 0,

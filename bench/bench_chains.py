@@ -64,6 +64,7 @@ def row(spec: str, batch: int, repeat: int) -> str:
                 patch.object(conv_chain, "worth", (lambda *args: True) if forced else rule), \
                 patch.object(conv_chain, "CHANNELS_LAST", layout):
             model._chains.clear()
+            model._layouts.clear()
             start = time.perf_counter()
             model.predict(x)
             spent = time.perf_counter() - start

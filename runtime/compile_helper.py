@@ -33,6 +33,7 @@ def run_ops(folder: str) -> None:
     model = Model(program, backend="cpu", dtype=dtype, params=zeros)
     rng = np.random.default_rng(0)
     heads = {} if training else model.chains(batch)[0]  # ops an inference pass runs as one
+    last = frozenset() if training else model.channels_last(batch)  # (N, H, W, C) values
     with model._scope():
         for item in job["order"]:
             if not claim(folder, item):
@@ -40,20 +41,28 @@ def run_ops(folder: str) -> None:
             op = program.ops[int(item[1:])]
             ctx = KernelContext(train=training, rng=rng, keep=training, packs=model._packs)
             ctx.input_grads = not all(i in program.inputs for i in op.inputs)
+            ctx.channels_last = last
             chain = heads.get(int(item[1:])) if item[0] == "f" else None
             try:
                 if chain is not None:  # its kernel, not its ops' own
                     _run_chain(model, chain, batch, dtype, rng, ctx)
                 else:
                     params = {role: model.params[full] for role, full in op.params.items()}
-                    xs = [rng.standard_normal((batch,) + tuple(shape)).astype(dtype)
-                          for shape in op.in_shapes]
+                    xs = [rng.standard_normal((batch,) + _laid_out(shape, name in last))
+                          .astype(dtype) for name, shape in zip(op.inputs, op.in_shapes)]
                     y = model.kernels[op.kind](op, xs, params, ctx)
                     if item[0] == "b" and op.kind in model.backward_kernels:
                         model.backward_kernels[op.kind](op, xs, y, np.ones_like(y), params, ctx)
             except Exception:  # noqa: BLE001 (the model's pass compiles what this missed)
                 pass
             os.close(os.open(os.path.join(folder, f"done-{item}"), os.O_CREAT | os.O_WRONLY))
+
+
+def _laid_out(shape, channels_last: bool) -> tuple:
+    """A value's shape (without the batch) as its array holds it: (H, W, C) for a
+    channels-last map (Model.channels_last)."""
+    shape = tuple(shape)
+    return shape[1:] + shape[:1] if channels_last else shape
 
 
 def _run_chain(model, chain, batch, dtype, rng, ctx) -> None:

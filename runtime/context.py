@@ -33,6 +33,9 @@ class KernelContext:
     saved : output name -> what the op's backward needs (dropout's scaled mask).
     indices : output name -> where a max pool found each maximum (for its backward and
         for max unpooling).
+    channels_last : the values an inference pass keeps channels-last, (N, H, W, C): the
+        CPU's layout plan (runtime/backends/cpu/layout.py); the kernels that read or write
+        one know it by name.
     positions : the max pools' outputs whose positions an op of the pass reads (max
         unpooling); a pass that keeps nothing for backward records no others.
     batch_stats : output name -> a batch norm's batch statistics in training.
@@ -61,6 +64,7 @@ class KernelContext:
     saved: dict[str, Any] = field(default_factory=dict)
     indices: dict[str, Any] = field(default_factory=dict)
     positions: frozenset[str] = frozenset()
+    channels_last: frozenset[str] = frozenset()
     batch_stats: dict[str, Any] = field(default_factory=dict)
     pre_activation: dict[str, Any] = field(default_factory=dict)
     plan: Any = None

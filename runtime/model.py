@@ -26,7 +26,8 @@ def _backend(name: str) -> Backend:
         from runtime.backends import cpu  # compiles (or loads cached) Numba kernels
 
         return Backend("cpu", cpu.KERNELS, cpu.BACKWARD, cpu.scope, algorithm=cpu.algorithm,
-                       chains=cpu.chains, chain_kernel=cpu.chain_forward)
+                       chains=cpu.chains, chain_kernel=cpu.chain_forward,
+                       channels_last=cpu.channels_last)
     if name == "cuda":
         from runtime.backends.cuda import CudaUnavailable, unavailable_reason
 
@@ -77,6 +78,7 @@ class Model:
         self.kernels, self.backward_kernels = self.backend.kernels, self.backend.backward
         self.chain_kernel = self.backend.chain_kernel
         self._chains: dict[int, tuple[dict, set]] = {}  # batch -> (first step: chain, the rest)
+        self._layouts: dict[int, frozenset] = {}  # batch -> values kept channels-last
         # max pools whose positions an op reads in every pass (max unpooling)
         self._positions = frozenset(op.inputs[1] for op in program.ops
                                     if op.kind == "max_unpool2d" and len(op.inputs) > 1)
@@ -295,6 +297,8 @@ class Model:
         device = self._params_on_device()
         batch = len(next(iter(values.values())))
         heads, inside = self.chains(batch) if not self.training else ({}, set())
+        if not self.training:
+            ctx.channels_last = self.channels_last(batch)
         peak = 0
         with self._scope(), self._first_pass(batch, backward=False) as watch:
             for step, op in enumerate(self.program.ops):
@@ -334,6 +338,38 @@ class Model:
                 inside.update(steps[1:])
             self._chains[batch] = heads, inside
         return self._chains[batch]
+
+    def algorithm(self, op, batch: int, train: bool | None = None) -> tuple[str, str] | None:
+        """(algorithm, why) this model runs an op with at a batch size (in its own mode
+        unless ``train`` says): in inference, a chain (:meth:`chains`) or the backend's
+        choice with the layout the plan gives it (:meth:`channels_last`); else the
+        backend's choice (``Backend.algorithm``), None where the op's kind has one way."""
+        train = self.training if train is None else train
+        how = self.backend.algorithm(op, batch, train)
+        if train:
+            return how
+        for chain in self.chains(batch)[0].values():
+            if any(member is op for member in chain.ops):
+                head = chain.ops[0]
+                return ("chain", f"{chain.describe()} as one kernel") if head is op else \
+                    ("chain", f"computed in {head.name}'s chain")
+        last = self.channels_last(batch)
+        sides = [side for side, name in (("in", op.inputs[0] if op.inputs else None),
+                                         ("out", op.output)) if name in last]
+        if how is not None and sides:
+            return (f"{how[0]}, channels-last",
+                    f"{how[1]}; channels-last {' and '.join(sides)} (the layout plan)")
+        return how
+
+    def channels_last(self, batch: int) -> frozenset[str]:
+        """The values an inference pass at this batch size keeps channels-last, (N, H, W,
+        C), rather than as planes (``Backend.channels_last``; the CPU's layout plan), the
+        ops of :meth:`chains` aside."""
+        if batch not in self._layouts:
+            heads, inside = self.chains(batch)
+            chained = frozenset(op.name for chain in heads.values() for op in chain.ops)
+            self._layouts[batch] = self.backend.channels_last(self.program, batch, chained)
+        return self._layouts[batch]
 
     def profile(self, x, *, repeat: int = 3, backward: bool = False) -> dict[str, dict]:
         """Seconds per op, by op name: ``{"forward": s}`` (and ``"backward"``: the
@@ -403,8 +439,7 @@ class Model:
 
         def start():
             if self._helpers is None and jobs > 1:
-                steps = warmup.firsts(self.program, self.backend.algorithm, batch,
-                                      self.training)
+                steps = warmup.firsts(self.program, self.algorithm, batch, self.training)
                 self._helpers = watch.helpers = warmup.start_helpers(
                     self.program, self.dtype, batch, self.training, jobs, steps,
                     at=watch.step, backward=backward)

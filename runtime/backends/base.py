@@ -53,7 +53,10 @@ class Backend:
     one way); ``chains(program, batch, dtype)``: groups of consecutive ops that an
     inference pass runs as one kernel, ``chain_kernel(chain, xs, params, ctx)``, at the
     step of the group's first op (each group has ``ops``, ``inputs``, ``output`` and
-    ``name``: the CPU's inverted-residual chains, conv_chain.py)."""
+    ``name``: the CPU's inverted-residual chains, conv_chain.py);
+    ``channels_last(program, batch, skip)``: the values an inference pass at that batch
+    size keeps channels-last, (N, H, W, C), the ops named in ``skip`` (chained) aside
+    (the CPU's layout plan, layout.py; the kernels find it in ``KernelContext``)."""
 
     name: str
     kernels: dict[str, Callable]
@@ -71,3 +74,5 @@ class Backend:
         default=lambda op, batch, train=False: None)
     chains: Callable[[Any, int, Any], list] = field(default=lambda program, batch, dtype: [])
     chain_kernel: Callable | None = None
+    channels_last: Callable[[Any, int, frozenset], frozenset] = field(
+        default=lambda program, batch, skip: frozenset())

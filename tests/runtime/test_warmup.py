@@ -116,7 +116,7 @@ def test_a_helpers_kernels_are_the_passes_cache_hits(write_spec, tmp_path):
     """A helper run alone over every op (forward and backward) with a cold cache leaves
     the cache so that a model's training step in a fresh process compiles nothing."""
     model = _model(write_spec)
-    forward, backward = warmup.firsts(model.program, model.backend.algorithm, 2, True)
+    forward, backward = warmup.firsts(model.program, model.algorithm, 2, True)
     folder = tmp_path / "job"
     folder.mkdir()
     with open(folder / "job.pkl", "wb") as f:
@@ -202,3 +202,30 @@ def test_a_helper_compiles_a_chain_as_the_pass_runs_it(write_spec, tmp_path, mon
     (chain,) = heads.values()
     assert ran == [(chain.describe(), [(2, 4, 10, 10)])]
     assert kernels == [model.program.ops[2].name]  # an op inside a chain: its own kernel
+
+
+def test_a_helper_runs_channels_last_ops_as_the_pass_does(write_spec, tmp_path, monkeypatch):
+    """Where the layout plan keeps a depthwise conv's input and output channels-last
+    (runtime/backends/cpu/layout.py), a helper gives those ops (N, H, W, C) arrays and the
+    plan, so that it compiles the kernels the pass will run."""
+    from runtime.backends import cpu
+    from runtime.compile_helper import run_ops
+
+    monkeypatch.setattr(cpu, "CHAINS", False)
+    model = archc.compile(archc.load(write_spec(CHAINED)), backend="cpu")
+    expand, depthwise, project = (op.output for op in model.program.ops)
+    assert model.channels_last(2) == {expand, depthwise}
+    seen = []
+    kernel = cpu.KERNELS["conv2d"]
+    monkeypatch.setitem(cpu.KERNELS, "conv2d", lambda op, xs, p, ctx: seen.append(
+        (op.name, xs[0].shape, kernel(op, xs, p, ctx).shape)))
+    folder = tmp_path / "job"
+    folder.mkdir()
+    with open(folder / "job.pkl", "wb") as f:
+        pickle.dump({"program": model.program, "dtype": "<f4", "batch": 2, "training": False,
+                     "order": ["f0", "f1", "f2"]}, f)
+    run_ops(str(folder))
+    assert [shapes for _, *shapes in seen] == [
+        [(2, 4, 10, 10), (2, 10, 10, 12)],  # the expansion writes channels-last
+        [(2, 10, 10, 12), (2, 10, 10, 12)],  # the depthwise conv reads and writes it
+        [(2, 10, 10, 12), (2, 4, 10, 10)]]  # the projection reads it, writes planes

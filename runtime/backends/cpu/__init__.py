@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from runtime.backends.activations import ACTIVATIONS
 from runtime.backends.cpu.allocator import keep_freed_memory
-from runtime.backends.cpu import conv, conv_chain, elementwise, linear, norm, pool, resample, tensor
+from runtime.backends.cpu import (conv, conv_chain, elementwise, layout, linear, norm, pool,
+                                  resample, tensor)
 from runtime.backends.cpu.blas import single_threaded_blas as scope  # noqa: F401 (Model runs kernels in it)
 from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import KERNELS as REFERENCE_FORWARD
@@ -80,32 +81,24 @@ than one way (``archc bench`` prints the choice per layer)."""
 
 def algorithm(op, batch: int, train: bool = False):
     """(algorithm, why) of an op at a batch size, in training mode or not, or None where
-    its kind has one way."""
-    if not train and CHAINS:
-        role = _CHAIN_ROLES.get(id(op))
-        if role is not None and role[0] is op and role[1] == batch:
-            return role[2]
+    its kind has one way (``Model.algorithm`` says where a chain or the layout plan runs
+    it instead)."""
     choose = CHOICES.get(op.kind)
     return choose(op, batch, train) if choose else None
 
 
 CHAINS = True  # inference runs inverted-residual chains as one kernel (conv_chain.py)
-_CHAIN_ROLES: dict[int, tuple] = {}  # id(op) -> (op, batch, (algorithm, why)) of chained ops
 
 
 def chains(program, batch: int, dtype) -> list:
     """The inverted-residual chains an inference pass at this batch size runs as one
     kernel each (conv_chain.find_chains), none where CHAINS is off."""
-    found = conv_chain.find_chains(program, batch, dtype, conv.choose) if CHAINS else []
-    if len(_CHAIN_ROLES) > 10000:
-        _CHAIN_ROLES.clear()
-    for chain in found:
-        head = chain.ops[0]
-        _CHAIN_ROLES[id(head)] = (head, batch, (
-            "chain", f"{chain.describe()} as one kernel, band by band of rows in cache"))
-        for op in chain.ops[1:]:
-            _CHAIN_ROLES[id(op)] = (op, batch, ("chain", f"computed in {head.name}'s chain"))
-    return found
+    return conv_chain.find_chains(program, batch, dtype, conv.choose) if CHAINS else []
 
 
 chain_forward = conv_chain.chain_forward
+
+
+def channels_last(program, batch: int, skip: frozenset) -> frozenset:
+    """The values an inference pass at this batch size keeps channels-last (layout.py)."""
+    return layout.channels_last_values(program, batch, conv.choose, skip)

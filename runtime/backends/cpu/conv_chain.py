@@ -45,7 +45,8 @@ from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
 from runtime.backends.cpu.conv import _flat_filters
-from runtime.backends.cpu.conv_depthwise import _accumulate, _rows_to_phases, phase_geometry
+from runtime.backends.cpu.conv_depthwise import (_accumulate, _rows_to_phases, depthwise_rows_last,
+                                                 favours_channels_last, phase_geometry)
 from runtime.backends.cpu.conv_pointwise import finish_block
 from runtime.backends.cpu.elementwise import activate_inplace, cpu_activation_code, numpy_forward
 from runtime.backends.cpu.lowlevel import unit_stride
@@ -77,39 +78,6 @@ def _expand_rows(x, b, first, last, we, be, code, slope, out, channels_last):
             for i in range(uint64(row.size)):
                 row[i] += add
         activate_inplace(row, code, slope)
-
-
-@njit(cache=True)
-def _depthwise_last(e, e_lo, e_hi, w, wd, bias, kh, kw, sh, sw, pt, pl, s0, rows, wo, out):
-    """The depthwise conv of output rows s0.. (``rows`` of them) channels-last: ``e`` holds
-    input rows e_lo..e_hi as (rows*w, C), ``wd`` the filters (kh*kw, C); ``out`` (rows*wo,
-    C). Every tap is one multiply-add over the channels of a position, a loop as long as
-    the channels whatever the map's size (the planes' loops run along rows: short at
-    7x7 or 14x14, and strided maps go through phase copies)."""
-    ce = uint64(out.shape[1])
-    for r in range(rows):
-        oy = s0 + r
-        for ox in range(wo):
-            acc = unit_stride(out[r * wo + ox])
-            if bias.size:
-                for q in range(ce):
-                    acc[q] = bias[q]
-            else:
-                for q in range(ce):
-                    acc[q] = 0.0
-            for i in range(kh):
-                sy = oy * sh + i - pt
-                if sy < e_lo or sy >= e_hi:
-                    continue  # a row of the padding
-                base = (sy - e_lo) * w
-                for j in range(kw):
-                    sx = ox * sw + j - pl
-                    if sx < 0 or sx >= w:
-                        continue
-                    src = unit_stride(e[base + sx])
-                    tap = unit_stride(wd[i * kw + j])
-                    for q in range(ce):
-                        acc[q] += tap[q] * src[q]
 
 
 @njit(cache=True, **PARALLEL)
@@ -178,7 +146,7 @@ def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho,
                 e_lo, e_hi = r_lo, r_hi
             if last:
                 dest = d[:rows * wo]
-                _depthwise_last(e, e_lo, e_hi, w, wd, bd, kh, kw, sh, sw, pt, pl, s0, rows,
+                depthwise_rows_last(e, e_lo, e_hi, w, wd, bd, kh, kw, sh, sw, pt, pl, s0, rows,
                                 wo, dest)
                 activate_inplace(dest.reshape(dest.size), code_d, slope_d)
                 if project:
@@ -386,20 +354,16 @@ def plan(chain: Chain, batch: int, itemsize: int, threads: int) -> tuple[int, in
 def channels_last(chain: Chain) -> bool:
     """Whether the chain keeps its expanded and depthwise rows channels-last (a chain with
     an expansion only: its GEMM writes either layout at no cost, where the network's own
-    input would need a copy). Measured (one thread, the depthwise alone): channels-last
-    1.3-6.7x faster on strided maps and at 28x28 and smaller; the planes 1.4x faster at
-    144 channels of 56x56 (stride 1): a map's long rows vectorise along the row, few
-    channels do not."""
+    input would need a copy), where the depthwise conv runs faster so
+    (conv_depthwise.favours_channels_last)."""
     if chain.expand is None:
         return False
     if CHANNELS_LAST is not None:
         return CHANNELS_LAST
-    _, sh, _, _, _, _, wo = _geometry(chain)
-    return sh > 1 or wo <= CHANNELS_LAST_MAX_WIDTH
+    return favours_channels_last(chain.depthwise)
 
 
-CHANNELS_LAST = None  # None: as the rule above says; True or False: forced (tests, bench)
-CHANNELS_LAST_MAX_WIDTH = 28
+CHANNELS_LAST = None  # None: as the rule says; True or False: forced (tests, bench)
 
 
 def _codes(op, dtype) -> tuple[int, float]:

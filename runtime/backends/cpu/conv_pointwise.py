@@ -31,17 +31,22 @@ def finish_block(out, b, row0, s, e, bias, residual, code, slope):
 
 
 @njit(cache=True, **PARALLEL)
-def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope):
+def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope,
+                     in_last, out_last):
     """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
     HW), w (O, C/g)), or W_g.T @ x[b] when ``transpose`` (the input gradient); threads take
     (sample, group, row block, column block) jobs (``row_blocks`` > 1 where the columns
     alone are too few to share: a 7x7 map is one block). The epilogue (bias, residual (N,
     O, HW), activation ``code``) runs on each block right after its GEMM; empty arrays and
-    a negative code add nothing."""
-    n, hw = x.shape[0], x.shape[2]
+    a negative code add nothing. One group, no ``transpose``: either side may be
+    channels-last (the layout plan, layout.py): x (N, HW, C) with ``in_last``, y (N, HW,
+    O) with ``out_last`` (no residual then), the same GEMM with its operands read
+    transposed (no copy)."""
+    n = x.shape[0]
+    hw = x.shape[1] if in_last else x.shape[2]
     og, cg = w.shape[0] // groups, w.shape[1]
     rows_in, rows_out = (og, cg) if transpose else (cg, og)
-    y = np.empty((n, rows_out * groups, hw), dtype=x.dtype)
+    y = np.empty((n, hw, rows_out) if out_last else (n, rows_out * groups, hw), dtype=x.dtype)
     blocks = (hw + block - 1) // block
     step = (rows_out + row_blocks - 1) // row_blocks
     for job in prange(n * groups * row_blocks * blocks):
@@ -53,14 +58,43 @@ def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual,
         e = min(hw, s + block)
         if r0 >= r1:
             continue
-        out = y[b, g * rows_out + r0:g * rows_out + r1, s:e]
         if transpose:
             a = w[g * og:(g + 1) * og, r0:r1]
         else:
             a = w[g * og + r0:g * og + r1]
-        gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
-        finish_block(out, b, g * rows_out + r0, s, e, bias, residual, code, slope)
+        if out_last:  # (positions, channels) = x.T @ a.T
+            out = y[b, s:e, r0:r1]
+            if in_last:
+                gemm(x[b, s:e], a, out, 0.0, False, True)
+            else:
+                gemm(x[b, :, s:e], a, out, 0.0, True, True)
+            _finish_rows(y[b, s:e], r0, r1, bias, code, slope)
+        else:
+            out = y[b, g * rows_out + r0:g * rows_out + r1, s:e]
+            if in_last:
+                gemm(a, x[b, s:e], out, 0.0, False, True)
+            else:
+                gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
+            finish_block(out, b, g * rows_out + r0, s, e, bias, residual, code, slope)
     return y
+
+
+@njit(cache=True)
+def _finish_rows(out, r0, r1, bias, code, slope):
+    """The epilogue of channels-last rows ``out`` (positions, O) in channels r0..r1: bias
+    (empty: none), activation ``code``; all channels in one pass where the block has them
+    (a call per row of 96 channels was slow)."""
+    if bias.size:
+        add = unit_stride(bias[r0:r1])
+        for r in range(out.shape[0]):
+            row = unit_stride(out[r, r0:r1])
+            for q in range(uint64(r1 - r0)):
+                row[q] += add[q]
+    if r1 - r0 == out.shape[1]:
+        activate_inplace(out.reshape(out.size), code, slope)
+    else:
+        for r in range(out.shape[0]):
+            activate_inplace(out[r, r0:r1], code, slope)
 
 
 @njit(cache=True, **PARALLEL)

@@ -267,9 +267,32 @@ def global_avg_kernel(x):
     return y
 
 
+@njit(cache=True, **PARALLEL)
+def global_avg_last_kernel(x, block):
+    """The mean over the positions of x (N, M, C), channels-last, per (sample, channel):
+    float64 sums, ``block`` channels a job, each position's channels one vector loop."""
+    n, m, c = x.shape
+    y = np.empty((n, c), dtype=x.dtype)
+    blocks = (c + block - 1) // block
+    for job in prange(n * blocks):
+        b, q0 = job // blocks, (job % blocks) * block
+        q1 = min(c, q0 + block)
+        acc = np.zeros(q1 - q0, dtype=np.float64)
+        for p in range(m):
+            row = x[b, p, q0:q1]
+            for q in range(uint64(q1 - q0)):
+                acc[q] += row[q]
+        for q in range(q1 - q0):
+            y[b, q0 + q] = acc[q] / m
+    return y
+
+
 def adaptive_pool_forward(op, xs, p, ctx):
     x = np.ascontiguousarray(xs[0])
     if "max" not in op.kind and tuple(op.out_shape[1:]) == (1, 1):  # a global average
+        if op.inputs[0] in ctx.channels_last:  # (N, H, W, C)
+            n, c = x.shape[0], x.shape[3]
+            return global_avg_last_kernel(x.reshape(n, -1, c), 64).reshape(n, c, 1, 1)
         n, c = x.shape[:2]
         return global_avg_kernel(x.reshape(n, c, -1)).reshape(n, c, 1, 1)
     rows, cols = _bin_arrays(op, x)

@@ -55,6 +55,20 @@ def scale_planes_kernel(x, gate):
     return y
 
 
+@njit(cache=True, **PARALLEL)
+def scale_rows_kernel(x, gate):
+    """y[n, p, :] = x[n, p, :] * gate[n, :] for x (N, M, C) channels-last: a
+    squeeze-excitation gate on a channels-last map."""
+    n, m, c = x.shape
+    y = np.empty_like(x)
+    for job in prange(n * m):
+        b, p = job // m, job % m
+        src, dest, g = x[b, p], y[b, p], gate[b]
+        for q in range(uint64(c)):
+            dest[q] = src[q] * g[q]
+    return y
+
+
 def _gated(xs) -> tuple | None:
     """(map, gate) where ``xs`` is a 4-d map times a per-(sample, channel) gate (N, C, 1,
     1), in either order."""
@@ -88,6 +102,11 @@ def add_forward(op, xs, p, ctx):
 
 
 def multiply_forward(op, xs, p, ctx):
+    if op.output in ctx.channels_last:  # a map (N, H, W, C) times a gate (N, C, 1, 1)
+        x, gate = (xs[0], xs[1]) if op.inputs[0] in ctx.channels_last else (xs[1], xs[0])
+        n, c = x.shape[0], x.shape[3]
+        return scale_rows_kernel(np.ascontiguousarray(x).reshape(n, -1, c),
+                                 np.ascontiguousarray(gate.reshape(n, c))).reshape(x.shape)
     gated = _gated(xs)
     if gated is not None and gated[0].dtype == gated[1].dtype:
         x, gate = gated
