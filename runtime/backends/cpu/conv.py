@@ -278,7 +278,11 @@ GRID_NARROW = 256  # positions of the whole batch below which im2col's GEMM is t
 # faster at 64x8x8; at batch 1, 1.2-1.4x faster from 64 channels up.
 WINOGRAD_TILE = None  # None: chosen per layer as below; 2 or 4 forces it (tests)
 WINOGRAD_TILES_4 = 64  # tiles of 4x4 in the batch from which F(4x4, 3x3) runs
-WINOGRAD_MIN_TILES = 16  # tiles of m x m in the batch from which F(m x m, 3x3) runs
+# tiles of m x m in the batch from which F(m x m, 3x3) runs: on fewer, its transformed
+# filters ((m+2)^2/9 times the filters' size) are read for too little work (512x7x7 at
+# batch 1, 16 tiles of 2x2: Winograd 2.93 ms, the register tiles 1.6; 256x7x7 0.43
+# against 0.40; 256x14x14, 49 tiles: 0.86 against 1.27)
+WINOGRAD_MIN_TILES = 32
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
 # the batch's transformed input tiles ((m+2)^2 x tiles x C floats) at most this big: past
@@ -325,6 +329,12 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
 # 1.08x slower at 32 and at the 3-channel 7x7/2 stem at batch 8 (within the noise).
 DIRECT_MAX_CHANNELS = {(False, False): 256, (False, True): 64, (True, False): 128,
                        (True, True): 16}
+
+# ... and whatever the channels in inference at stride 1 where the batch has fewer output
+# positions than this and the filters at most 3x3: a 7x7 map at batch 1 (3x3, 512
+# channels: the register tiles 1.6 ms, im2col 2.08, the grid 2.89; 1024 channels: 6.8,
+# 10.2, 10.8; but 5x5, 512 channels: 11.9 ms against im2col's 9.3)
+DIRECT_FEW_POSITIONS = 64
 
 # The weight gradient in register tiles up to this many input channels per group; the
 # grid's GEMM per tap (stride 1) or im2col's above (a sum over the whole batch's positions
@@ -410,7 +420,10 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
     if _is_pointwise(op):
         return "pointwise", "an unpadded 1x1: a GEMM on the map as it lies"
     strided = tuple(a["stride"]) != (1, 1)
-    direct = c // groups <= DIRECT_MAX_CHANNELS[train, strided]
+    ho, wo = op.out_shape[1:]
+    taps = a["kernel_size"][0] * a["kernel_size"][1]
+    direct = c // groups <= DIRECT_MAX_CHANNELS[train, strided] or (
+        not train and not strided and taps <= 9 and batch * ho * wo < DIRECT_FEW_POSITIONS)
     if strided and direct:
         sh, sw = a["stride"]
         return "direct", (f"strided, {c // groups} channels per group: register tiles on "
@@ -418,12 +431,15 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
     if not GRID_AT_STRIDE_1 or strided:
         return "im2col", "strided: im2col + GEMM"
     (pt, pb), (pl, pr) = a["pads"]
-    ho, wo = op.out_shape[1:]
     m = _winograd_tile(op, batch) if _winograd_fits(op, train) else 0
     if m:
         tiles = batch * -(-ho // m) * -(-wo // m)
         return "winograd", (f"F({m}x{m}, 3x3) on {tiles} tiles: {9 * m * m / (m + 2) ** 2:.2f}x "
                             "fewer multiplications than direct")
+    if direct and c // groups > DIRECT_MAX_CHANNELS[train, strided]:
+        return "direct", (f"stride 1 with {batch * ho * wo} positions in the batch: register "
+                          "tiles (a GEMM would be too narrow, Winograd's filters read for "
+                          "too few tiles)")
     if direct:
         return "direct", (f"stride 1 with {c // groups} channels per group: register tiles "
                           "(a GEMM per tap would have an inner dimension of "
