@@ -1,6 +1,7 @@
 """Inverted-residual chains (runtime/backends/cpu/conv_chain.py) against the same ops run
 one by one: each network at -O2, inference (``model.predict``), interleaved round by round
-in one process and the median taken, four ways: the ops one by one, every chain forced on
+in one process and the median taken, four ways: the ops one by one (with the layout plan,
+runtime/backends/cpu/layout.py, where it applies), every chain forced on
 (``conv_chain.worth`` set aside) with its rows on planes, every chain forced on with the
 layout conv_chain.channels_last picks, and what the rule in conv_chain.py runs; with the
 peak of activation memory alive at once (``model.last_peak_bytes``: a chain's inner maps

@@ -299,14 +299,16 @@ def find_chains(program, batch: int, dtype, choose=None, threads: int | None = N
 # Where a chain pays, measured (bench/bench_chains.py, 2 threads, the whole network at
 # -O2 against its ops one by one). With the expanded rows channels-last (see
 # channels_last), the depthwise taps run along the channels, 1.3-6.7x faster than the
-# planes on strided and small maps: MobileNetV2 0.86-0.9x the time of its ops at batch 1
-# and 0.76x at batch 8, EfficientNet-B0 (no projection: squeeze-excitation reads the
-# depthwise output, written back as planes) 0.91x at batch 8 and no faster at batch 1, where
-# a sample's rows are split among the threads. On planes (a chain without an expansion, or
-# 56x56 and wider maps), 0.90-1.02x at batch 8, 0.96-1.09x at batch 1: the kernels' own
-# speed bounds those, not the memory between them; they run where they have their
-# projection, the samples alone keep every thread busy, and the batch's maps they keep
-# from memory outgrow the cache (under about 1 MB they stay in L2 anyway).
+# planes on strided and small maps: MobileNetV2 0.87-0.93x the time of its ops at batch 1
+# and 0.78-0.89x at batch 8 (its ops one by one with the layout plan, layout.py, or
+# without); EfficientNet-B0's chains (no projection: squeeze-excitation reads the
+# depthwise output, written back as planes) 0.92x its ops on planes at batch 8 but 1.07x
+# its ops with the layout plan, which keeps the same maps channels-last: left to the
+# plan. On planes (a chain without an expansion, or 56x56 and wider maps), 0.90-1.02x at
+# batch 8, 0.96-1.09x at batch 1: the kernels' own speed bounds those, not the memory
+# between them; they run where they have their projection, the samples alone keep every
+# thread busy, and the batch's maps they keep from memory outgrow the cache (under about
+# 1 MB they stay in L2 anyway).
 CHAIN_MIN_BYTES = 1 << 20
 
 
@@ -325,8 +327,8 @@ def _chunks(batch: int, ho: int, threads: int) -> int:
 
 def worth(chain: Chain, batch: int, itemsize: int, threads: int) -> bool:
     """Whether running the chain as one kernel pays at this batch size (see above)."""
-    if channels_last(chain):
-        return chain.project is not None or batch >= threads
+    if channels_last(chain):  # without a projection, the layout plan does better
+        return chain.project is not None
     kh, sh, c, h, w, ho, wo = _geometry(chain)
     if chain.project is None or batch < threads:
         return False
