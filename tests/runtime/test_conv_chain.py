@@ -14,65 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import archc
-from layer_cases import one_op
+from chain_cases import chains, conv_op, network
 from runtime.backends import cpu
 from runtime.backends.cpu import conv_chain
 from runtime.model import Model
 from runtime.program import Program
-
-ACTIVATIONS = [None, ("relu6", ()), ("relu", ()), ("silu", ()),
-               ("leaky_relu", (("negative_slope", 0.1),))]
-
-
-def _conv(name, attrs, in_shape, inputs, output, act, bias):
-    op, program = one_op("conv2d", {**attrs, "in_channels": None, "bias": bias}, [in_shape])
-    attrs = dict(op.attrs)
-    if act is not None:
-        attrs["activation"] = act
-    params = {role: f"{name}.{role}" for role in op.params}
-    specs = {f"{name}.{role}": spec for role, spec in program.params.items()}
-    return dataclasses.replace(op, name=name, attrs=attrs, inputs=inputs, output=output,
-                               params=params, in_shapes=(in_shape,) * len(inputs)), specs
-
-
-@st.composite
-def chains(draw):
-    """(program, batch): x -> [expand 1x1] -> depthwise -> [project 1x1 (+ x)], at least
-    one of the 1x1s."""
-    expand, project = draw(st.sampled_from([(True, True), (True, False), (False, True)]))
-    c = draw(st.integers(1 if expand else 2, 5))
-    ce = draw(st.integers(2, 7)) if expand else c  # (one channel: an ordinary conv)
-    k = draw(st.tuples(st.integers(1, 5), st.integers(1, 5)))
-    stride = draw(st.tuples(st.integers(1, 3), st.integers(1, 3)))
-    padding = draw(st.tuples(st.integers(0, 2), st.integers(0, 2)))
-    h = max(1, k[0] - 2 * padding[0]) + draw(st.integers(0, 12))
-    w = max(1, k[1] - 2 * padding[1]) + draw(st.integers(0, 12))
-    ops, specs = [], {}
-    source = "x"
-    if expand:
-        op, p = _conv("expand", {"out_channels": ce, "kernel_size": 1}, (c, h, w), ("x",), "e",
-                      draw(st.sampled_from(ACTIVATIONS)), draw(st.booleans()))
-        ops.append(op), specs.update(p)
-        source = "e"
-    op, p = _conv("depthwise", {"out_channels": ce, "kernel_size": k, "stride": stride,
-                                "padding": padding, "groups": ce}, (ce, h, w), (source,), "d",
-                  draw(st.sampled_from(ACTIVATIONS)), draw(st.booleans()))
-    ops.append(op), specs.update(p)
-    output = "d"
-    if project:
-        co = draw(st.integers(1, 6))
-        ho, wo = op.out_shape[1:]
-        residual = (co, ho, wo) == (c, h, w) and draw(st.booleans())
-        op, p = _conv("project", {"out_channels": co, "kernel_size": 1}, op.out_shape,
-                      ("d", "x") if residual else ("d",), "y",
-                      draw(st.sampled_from(ACTIVATIONS)), draw(st.booleans()))
-        if residual:
-            op = dataclasses.replace(op, in_shapes=(op.in_shapes[0], (c, h, w)))
-        ops.append(op), specs.update(p)
-        output = "y"
-    program = Program("chain", {"x": (c, h, w)}, tuple(ops), {"y": output}, specs)
-    return program, draw(st.integers(1, 3))
-
 
 @pytest.mark.parametrize("last", [False, True], ids=["planes", "channels-last"])
 @settings(max_examples=60, deadline=None)
@@ -102,16 +48,6 @@ def test_chain_matches_reference(last, case, data):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
-def _network(spec: str, **variables):
-    from archc.optimize import optimize
-    from archc.passes import preset
-
-    graph = archc.load(spec, **variables)
-    model = archc.compile(graph, backend="cpu", seed=0)
-    result = optimize(graph, preset(2), model.params)
-    return result.graph, result.params
-
-
 @pytest.mark.parametrize("spec, variables, chained", [
     ("specs/mobilenet_v2.yaml", {"resolution": 32, "width_mult": 0.25}, 17),
     ("specs/efficientnet.yaml", {"resolution": 33}, 15),  # expansion + depthwise (SE reads it)
@@ -122,7 +58,7 @@ def _network(spec: str, **variables):
 def test_networks_run_their_chains(spec, variables, chained):
     """-O2 MobileNetV2, EfficientNet-B0 and MobileNetV1 run every block as a chain, with
     the result of running their ops one by one and of the reference backend."""
-    graph, params = _network(spec, **variables)
+    graph, params = network(spec, **variables)
     model = archc.compile(graph, backend="cpu", params=params).eval()
     x = np.random.default_rng(0).standard_normal((2, 3) + (variables["resolution"],) * 2)
     with patch.object(conv_chain, "worth", lambda *args: True):  # small maps, to be quick
@@ -153,7 +89,7 @@ def test_networks_run_their_chains(spec, variables, chained):
     ("specs/efficientnet.yaml", 1, 0, 0),
 ])
 def test_chains_where_they_pay(spec, batch, chained, last):
-    graph, params = _network(spec)
+    graph, params = network(spec)
     model = archc.compile(graph, backend="cpu", params=params).eval()
     found = conv_chain.find_chains(model.program, batch, np.float32, threads=2)
     assert len(found) == chained
@@ -171,7 +107,7 @@ def test_what_is_not_a_chain(monkeypatch):
             ("depthwise", {"out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 8},
              (8, h, h), ("e",), "d"),
             ("project", {"out_channels": c, "kernel_size": 1}, (8, h, h), ("d",), "y")]:
-        op, p = _conv(name, attrs, shape, inputs, output, ("relu6", ()), True)
+        op, p = conv_op(name, attrs, shape, inputs, output, ("relu6", ()), True)
         ops.append(op), specs.update(p)
     whole = Program("chain", {"x": (c, h, h)}, tuple(ops), {"y": "y"}, specs)
     found = conv_chain.find_chains(whole, 1, np.float32)
@@ -210,7 +146,7 @@ def test_bench_names_the_chain(monkeypatch):
     from archc.analysis import analyse
     from archc.profile import build_profile
 
-    graph, params = _network("specs/mobilenet_v2.yaml", resolution=32, width_mult=0.25)
+    graph, params = network("specs/mobilenet_v2.yaml", resolution=32, width_mult=0.25)
     model = archc.compile(graph, backend="cpu", params=params).eval()
     x = np.zeros((1, 3, 32, 32), np.float32)
     times = model.profile(x, repeat=1)

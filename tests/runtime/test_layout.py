@@ -18,8 +18,7 @@ import archc
 from runtime.backends import cpu
 from runtime.backends.cpu import conv, conv_depthwise, layout
 from runtime.model import Model
-from runtime.program import Program
-from test_conv_chain import _conv, _network, chains
+from chain_cases import chains, conv_op, network
 
 
 def _one(kind, inputs, output, in_shapes, out_shape):
@@ -43,7 +42,7 @@ def blocks(draw):
     ops.append(_one("global_avg_pool2d", ("d",), "s", [dw.out_shape], (ce, 1, 1)))
     for name, source, out, act in (("squeeze", "s", "q", ("relu", ())),
                                    ("excite", "q", "g", ("sigmoid", ()))):
-        op, p = _conv(name, {"out_channels": ce if name == "excite" else 2, "kernel_size": 1},
+        op, p = conv_op(name, {"out_channels": ce if name == "excite" else 2, "kernel_size": 1},
                       ops[-1].out_shape, (source,), out, act, True)
         ops.append(op), specs.update(p)
     order = [("d", dw.out_shape), ("g", (ce, 1, 1))][::draw(st.sampled_from([1, -1]))]
@@ -96,7 +95,7 @@ def test_channels_last_matches_reference(case, data):
 def test_networks_keep_planes_results(spec, batch, planned):
     """-O2 networks give the same results with the layout plan as on planes (and as the
     reference backend), and the plan covers the blocks it should."""
-    graph, params = _network(spec, resolution=64)
+    graph, params = network(spec, resolution=64)
     graph64, params = graph, {k: v.astype(np.float32) for k, v in params.items()}
     model = archc.compile(graph64, backend="cpu", params=params).eval()
     x = np.random.default_rng(0).standard_normal((batch, 3, 64, 64)).astype(np.float32)
