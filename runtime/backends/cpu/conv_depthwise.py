@@ -28,19 +28,22 @@ from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.config import PARALLEL
 
 
-# Depthwise convs run channels-last (depthwise_rows_last) where their map is strided or at
-# most this wide, where a chain (conv_chain.py) or the layout plan (layout.py) can give
-# them their input so at no cost. Measured (one thread, the conv alone): channels-last
-# 1.3-6.7x faster on strided maps and at 28x28 and smaller; the planes 1.4x faster at 144
-# channels of 56x56, stride 1 (a map's long rows vectorise along the row, few channels do
-# not).
+# Depthwise convs run channels-last (depthwise_rows_last) where their map is strided or,
+# with 3x3 filters, at most this wide (wider filters: in proportion narrower), where a
+# chain (conv_chain.py) or the layout plan (layout.py) can give them their input so at no
+# cost. Measured (one thread, the conv alone): channels-last 1.3-6.7x faster on strided
+# maps and at 28x28 and smaller; the planes 1.4x faster at 144 channels of 56x56, stride
+# 1 (a map's long rows vectorise along the row, few channels do not). Two threads, the
+# whole kernels: 5x5 filters at 28x28 1.24-1.33x slower channels-last, at 14x14
+# 0.64-0.79x the time.
 CHANNELS_LAST_MAX_WIDTH = 28
 
 
 def favours_channels_last(op) -> bool:
     """Whether a depthwise conv (dilation 1) runs faster channels-last than on planes."""
+    kw = op.attrs["kernel_size"][1]
     return tuple(op.attrs["dilation"]) == (1, 1) and (
-        max(op.attrs["stride"]) > 1 or op.out_shape[2] <= CHANNELS_LAST_MAX_WIDTH)
+        max(op.attrs["stride"]) > 1 or op.out_shape[2] * kw <= 3 * CHANNELS_LAST_MAX_WIDTH)
 
 
 @njit(cache=True)
