@@ -129,7 +129,9 @@ FUSED_CONVS = {  # the CPU algorithms these few channels get: the epilogue in ea
     "pointwise_strided": {"out_channels": 6, "kernel_size": 1, "stride": 2},
     "depthwise": {"out_channels": 4, "kernel_size": 3, "padding": 1, "groups": 4},
     "depthwise_5x5": {"out_channels": 4, "kernel_size": 5, "padding": 2, "groups": 4},
+    "pointwise_on_1x1": {"out_channels": 6, "kernel_size": 1},  # a matrix product
 }
+SIZES = {"pointwise_on_1x1": 1}  # the input's height and width (else 9)
 
 
 @pytest.mark.parametrize("algorithm", sorted(FUSED_CONVS))
@@ -139,8 +141,9 @@ FUSED_CONVS = {  # the CPU algorithms these few channels get: the epilogue in ea
 def test_fused_conv_epilogue_matches_reference(algorithm, activation, residual):
     attrs = dict(FUSED_CONVS[algorithm], activation=activation)
     layer = archc.layers.get_layer("conv2d").normalize(attrs)
-    out_shape = archc.infer_shapes(_one_conv(layer))["conv"].shape
-    graph = _one_conv(layer)
+    size = SIZES.get(algorithm, 9)
+    out_shape = archc.infer_shapes(_one_conv(layer, size))["conv"].shape
+    graph = _one_conv(layer, size)
     graph.add(archc.Node("skip", "input", {"shape": out_shape}, []))
     graph.inputs.append("skip")
     if residual:
@@ -152,7 +155,8 @@ def test_fused_conv_epilogue_matches_reference(algorithm, activation, residual):
     fast = archc.compile(graph, backend="cpu", seed=3)
     fast.params = {k: v.astype(np.float32) for k, v in ref.params.items()}
     rng = np.random.default_rng(5)
-    x = {"input": rng.standard_normal((2, 4, 9, 9)) * 2, "skip": rng.standard_normal((2,) + out_shape)}
+    x = {"input": rng.standard_normal((2, 4, size, size)) * 2,
+         "skip": rng.standard_normal((2,) + out_shape)}
     x32 = {k: v.astype(np.float32) for k, v in x.items()}
     expected = ref(x)
     for got in (fast.predict(x32), fast(x32)):  # the fused kernels, and with a tape kept
@@ -169,9 +173,9 @@ def test_fused_conv_epilogue_matches_reference(algorithm, activation, residual):
                                    atol=1e-5 * np.abs(value).max(), err_msg=name)
 
 
-def _one_conv(attrs):
+def _one_conv(attrs, size: int = 9):
     graph = archc.Graph(name="probe")
-    graph.add(archc.Node("input", "input", {"shape": (4, 9, 9)}, []))
+    graph.add(archc.Node("input", "input", {"shape": (4, size, size)}, []))
     graph.add(archc.Node("conv", "conv2d", attrs, ["input"]))
     graph.inputs, graph.outputs = ["input"], {"conv": "conv"}
     return graph
