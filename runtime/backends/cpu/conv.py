@@ -467,6 +467,13 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
 LAST_SPLIT_WEIGHT_BYTES = 512 << 10
 
 
+def last_filters(op, w, ctx):
+    """A depthwise conv's filters (C, 1, kh, kw) as the channels-last kernels read them,
+    (kh*kw, C): packed once per model (the layout plan's convs and conv_chain.py's)."""
+    return ctx.packs.get((op.name, "depthwise-channels-last"), w,
+                         lambda w: np.ascontiguousarray(_flat_filters(w).T))
+
+
 def _jobs_per_sample(batch: int, rows: int) -> int:
     """Jobs per sample so that the batch gives every thread two: one where the samples
     alone do, never more than ``rows``."""
@@ -496,10 +503,9 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
     algorithm = algorithm or choose(op, x.shape[0], ctx.train)[0]
     last_in, last_out = op.inputs[0] in ctx.channels_last, op.output in ctx.channels_last
     if algorithm == "depthwise" and last_in:  # (N, H, W, C) in and out: layout.py
-        wd = ctx.packs.get((op.name, "depthwise-channels-last"), w,
-                           lambda w: np.ascontiguousarray(_flat_filters(w).T))
-        return depthwise_last_kernel(x, wd, kh, kw, sh, sw, pt, pl, ho, wo, _bias(p, x), code,
-                                     slope, -(-ho // _jobs_per_sample(x.shape[0], ho)))
+        return depthwise_last_kernel(x, last_filters(op, w, ctx), kh, kw, sh, sw, pt, pl, ho,
+                                     wo, _bias(p, x), code, slope,
+                                     -(-ho // _jobs_per_sample(x.shape[0], ho)))
     if algorithm == "depthwise":
         return depthwise_forward_kernel(x, _flat_filters(w), kh, kw, sh, sw, dh, dw, pt, pl,
                                         ho, wo, w.shape[0] // x.shape[1], _bias(p, x),

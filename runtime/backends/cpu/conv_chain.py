@@ -44,41 +44,14 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
-from runtime.backends.cpu.conv import _flat_filters
+from runtime.backends.cpu.conv import _flat_filters, last_filters
 from runtime.backends.cpu.conv_depthwise import (_accumulate, _rows_to_phases, depthwise_rows_last,
                                                  favours_channels_last, phase_geometry)
-from runtime.backends.cpu.conv_pointwise import finish_block
+from runtime.backends.cpu.conv_pointwise import _finish_rows, finish_block
 from runtime.backends.cpu.elementwise import activate_inplace, cpu_activation_code, numpy_forward
-from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.backends.activations import NO_ACTIVATION
 from runtime.backends.epilogue import activation_of
 from runtime.config import PARALLEL
-
-@njit(cache=True)
-def _expand_rows(x, b, first, last, we, be, code, slope, out, channels_last):
-    """The expansion of sample b's input rows first..last into ``out``, then its epilogue
-    (bias, activation): ``out`` (Ce, rows*w) on planes, or (rows*w, Ce) channels-last (the
-    same GEMM transposed: x's rows read as its columns, no copy)."""
-    c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    xf = x[b].reshape(c, h * w)[:, first * w:last * w]
-    if channels_last:
-        gemm(xf, we, out, 0.0, True, True)
-        for p in range(out.shape[0]):
-            row = unit_stride(out[p])
-            if be.size:
-                for q in range(uint64(row.size)):
-                    row[q] += be[q]
-            activate_inplace(row, code, slope)
-        return
-    gemm(we, xf, out, 0.0, False, False)
-    for ch in range(out.shape[0]):
-        row = unit_stride(out[ch])
-        if be.size:
-            add = be[ch]
-            for i in range(uint64(row.size)):
-                row[i] += add
-        activate_inplace(row, code, slope)
-
 
 @njit(cache=True, **PARALLEL)
 def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho, wo, code_d,
@@ -100,6 +73,8 @@ def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho,
     dtype = x.dtype
     hq, wq, phase, offset = phase_geometry(kh, kw, sh, sw, 1, 1, band, wo)
     erows = min(h, (band - 1) * sh + kh)  # input rows a sub-band reads, at most
+    xf = x.reshape(n, c, h * w)
+    no_residual = np.empty((0, 0, 0), dtype=dtype)
     y = np.empty((n, co, ho * wo), dtype=dtype)
     shift_d = bd if bd.size else np.zeros(ce, dtype=dtype)
     per = (ho + chunks - 1) // chunks
@@ -140,9 +115,16 @@ def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho,
                                 row[i] = row[i + moved]
                 first = r_lo + keep
                 if r_hi > first:
+                    # the expansion of input rows first..r_hi, then its epilogue: the same
+                    # GEMM transposed where the rows are channels-last (no copy)
                     span = slice(keep * w, (r_hi - r_lo) * w)
-                    _expand_rows(x, b, first, r_hi, we, be, code_e, slope_e,
-                                 e[span] if last else e[:, span], last)
+                    rows_x = xf[b, :, first * w:r_hi * w]
+                    if last:
+                        gemm(rows_x, we, e[span], 0.0, True, True)
+                        _finish_rows(e[span], 0, ce, be, code_e, slope_e)
+                    else:
+                        gemm(we, rows_x, e[:, span], 0.0, False, False)
+                        finish_block(e[:, span], b, 0, 0, 0, be, no_residual, code_e, slope_e)
                 e_lo, e_hi = r_lo, r_hi
             if last:
                 dest = d[:rows * wo]
@@ -393,14 +375,11 @@ def chain_forward(chain: Chain, xs: list, params: list[dict], ctx) -> np.ndarray
     else:
         residual = np.empty((0, 0, 0), dtype=dtype)
     last = channels_last(chain)
-    if last:  # taps by channels: packed once per model
-        wd = ctx.packs.get((dw.name, "chain-channels-last"), pd["weight"],
-                           lambda w: np.ascontiguousarray(_flat_filters(w).T))
-    else:
-        wd = _flat_filters(pd["weight"])
+    wd = last_filters(dw, pd["weight"], ctx) if last else _flat_filters(pd["weight"])
     return chain_kernel(
         x, _flat_filters(pe["weight"]) if pe else none2, pe.get("bias", empty) if pe else empty,
         *_codes(chain.expand, dtype), wd, pd.get("bias", empty), kh, kw, sh,
         sw, pt, pl, ho, wo, *_codes(dw, dtype),
-        _flat_filters(pp["weight"]) if pp else none2, pp.get("bias", empty) if pp else empty, residual,
+        _flat_filters(pp["weight"]) if pp else none2,
+        pp.get("bias", empty) if pp else empty, residual,
         *_codes(chain.project, dtype), chunks, band, last)

@@ -14,7 +14,7 @@ from runtime.config import PARALLEL
 from runtime.backends.reference import _window_pads
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _row_max(best, where, row, src, first, count, stride, at, positions):
     """best[first + k] = max(best[first + k], row[src + k * stride]) for k < count, and
     where a value is taken its position ``at + k * stride`` in ``where`` if ``positions``.
