@@ -44,14 +44,40 @@ BACKENDS = ("cpu", "reference", "cuda")
 WARMUP_PASSES = 2  # untimed passes before Model.profile's timed ones
 
 
-def _bytes_alive(arrays) -> int:
-    """Bytes of the distinct memory blocks behind some arrays (views count once)."""
-    roots = {}
-    for array in arrays:
-        while isinstance(getattr(array, "base", None), np.ndarray):
-            array = array.base
-        roots[id(array)] = array.nbytes
-    return sum(roots.values())
+def _root(array: np.ndarray) -> np.ndarray:
+    """The array that owns the memory behind ``array`` (itself unless it is a view)."""
+    while isinstance(getattr(array, "base", None), np.ndarray):
+        array = array.base
+    return array
+
+
+class _Alive:
+    """The bytes of the distinct memory blocks behind the arrays of a pass that are alive
+    (views count once), kept up to date as arrays come and go, and the most there were."""
+
+    def __init__(self, arrays):
+        self.blocks: dict[int, list] = {}  # id -> [root, arrays alive on it]
+        self.bytes = self.peak = 0
+        for array in arrays:
+            self.add(array)
+
+    def add(self, array) -> None:
+        root = _root(array)
+        block = self.blocks.get(id(root))
+        if block is None:
+            self.blocks[id(root)] = [root, 1]
+            self.bytes += root.nbytes
+            self.peak = max(self.peak, self.bytes)
+        else:
+            block[1] += 1
+
+    def drop(self, array) -> None:
+        root = _root(array)
+        block = self.blocks[id(root)]
+        block[1] -= 1
+        if not block[1]:
+            del self.blocks[id(root)]
+            self.bytes -= root.nbytes
 
 
 class Gradients:
@@ -79,6 +105,7 @@ class Model:
         self.chain_kernel = self.backend.chain_kernel
         self._chains: dict[int, tuple[dict, set]] = {}  # batch -> (first step: chain, the rest)
         self._layouts: dict[int, frozenset] = {}  # batch -> values kept channels-last
+        self._schedules: dict[tuple[int, bool], list] = {}  # (batch, training) -> _steps
         # max pools whose positions an op reads in every pass (max unpooling)
         self._positions = frozenset(op.inputs[1] for op in program.ops
                                     if op.kind == "max_unpool2d" and len(op.inputs) > 1)
@@ -290,37 +317,58 @@ class Model:
         ``last_unplaced`` the outputs a device backend left outside its memory plan's
         buffer (none, unless a kernel does not ask for its result where the plan puts it)."""
         values = self._inputs(x)
-        self.check_batch(len(next(iter(values.values()))))
-        last = self._last_uses()
+        batch = len(next(iter(values.values())))
+        self.check_batch(batch)
         ctx = self._context(keep=False)
         self._planned(ctx, values, keep=False)
         device = self._params_on_device()
-        batch = len(next(iter(values.values())))
-        heads, inside = self.chains(batch) if not self.training else ({}, set())
         if not self.training:
             ctx.channels_last = self.channels_last(batch)
-        peak = 0
+        alive = _Alive(values.values())
+        kernels, chain_kernel = self.kernels, self.chain_kernel  # Model.profile swaps them
         with self._scope(), self._first_pass(batch, backward=False) as watch:
-            for step, op in enumerate(self.program.ops):
+            for step, op, chain, output, drops in self._steps(batch):
                 if watch is not None:
                     watch.before(step)
-                chain = heads.get(step)
                 if chain is not None:  # its ops as one kernel (Backend.chains)
                     params = [{role: device[full] for role, full in member.params.items()}
                               for member in chain.ops]
-                    values[chain.output] = self.chain_kernel(
-                        chain, [values[i] for i in chain.inputs], params, ctx)
-                elif step not in inside:
+                    out = chain_kernel(chain, [values[i] for i in chain.inputs], params, ctx)
+                else:
                     params = {role: device[full] for role, full in op.params.items()}
-                    values[op.output] = self.kernels[op.kind](
-                        op, [values[i] for i in op.inputs], params, ctx)
-                peak = max(peak, _bytes_alive(values.values()))
-                for name in [n for n in values if last.get(n) == step]:
-                    del values[name]
+                    out = kernels[op.kind](op, [values[i] for i in op.inputs], params, ctx)
+                values[output] = out
+                alive.add(out)
+                for name in drops:
+                    alive.drop(values.pop(name))
         self._tape = None
-        self.last_peak_bytes = peak
+        self.last_peak_bytes = alive.peak
         self.last_unplaced = list(ctx.unplaced)
         return self._outputs(values)
+
+    def _steps(self, batch: int) -> list[tuple]:
+        """The schedule of a pass that keeps nothing at this batch size, made once: per
+        kernel call, (its step, its op, its chain or None, the value it writes, the values
+        dropped after it: those no later call reads), so that the pass does no bookkeeping
+        of its own between kernels. A chain's ops are one call, at its first op's step."""
+        key = (batch, self.training)
+        if key not in self._schedules:
+            heads, inside = self.chains(batch) if not self.training else ({}, set())
+            drops: dict[int, list[str]] = {}
+            for name, step in self._last_uses().items():
+                drops.setdefault(step, []).append(name)
+            made = set(self.program.inputs)  # what the calls compute (not chains' insides)
+            steps: list[list] = []
+            for step, op in enumerate(self.program.ops):
+                if step not in inside:
+                    chain = heads.get(step)
+                    output = op.output if chain is None else chain.output
+                    made.add(output)
+                    steps.append([step, op, chain, output, []])
+                # what this op read last: dropped after the call that ran it (its chain's)
+                steps[-1][4] += [name for name in drops.get(step, []) if name in made]
+            self._schedules[key] = [tuple(step) for step in steps]
+        return self._schedules[key]
 
     def chains(self, batch: int) -> tuple[dict, set]:
         """The groups of ops an inference pass at this batch size runs as one kernel
