@@ -52,6 +52,25 @@ def test_bench_engines_quick_prints_every_engine_and_the_ratios():
     assert float(ratio[:-1]) == pytest.approx(float(archc_ms) / float(torch_ms), rel=0.1, abs=0.02)
 
 
+def test_bench_blocks_puts_archc_beside_onnx_runtime_block_by_block():
+    """Every block of the network in one table, with both engines' kernel times and the
+    total; the blocks come from the layer names (resnet20's basic blocks)."""
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run([sys.executable, "bench/bench_blocks.py", "resnet20", "--batch", "2",
+                          "--repeat", "2", "--set", "resolution=16"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    rows = {cells[0]: cells[1:] for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+             if line.startswith("| ") and not line.startswith("| block"))}
+    assert {"layer1.0", "layer2.2", "layer3.1", "total"} <= set(rows), sorted(rows)
+    ours, theirs, ratio, loss = rows["total"]
+    assert float(ours) > 0 and float(theirs) > 0
+    assert float(ratio[:-1]) == pytest.approx(float(ours) / float(theirs), rel=0.05, abs=0.02)
+    assert float(loss) == pytest.approx(float(ours) - float(theirs), abs=2)
+    assert sum(float(cells[0]) for name, cells in rows.items() if name != "total") == \
+        pytest.approx(float(ours), abs=len(rows))
+
+
 def test_bench_activations_names_the_faster_choice():
     out = subprocess.run([sys.executable, "bench/bench_activations.py", "--repeat", "1"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
