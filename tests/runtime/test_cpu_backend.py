@@ -335,3 +335,31 @@ layers:
     kept = cpu_model._context(keep=True)
     y = cpu.KERNELS["max_pool2d"](op, [x], {}, kept)
     assert kept.indices["again"].shape == y.shape
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, ceil_mode", [
+    ((3, 3), (2, 2), (1, 1), (1, 1), False),  # ResNet's stem pool
+    ((2, 2), (2, 2), (0, 0), (1, 1), False),
+    ((3, 2), (2, 1), (1, 0), (2, 1), True),
+    ((3, 3), (3, 3), (1, 1), (2, 2), True),
+    ((1, 3), (1, 3), (0, 1), (1, 1), True),
+])
+def test_max_pool_picks_the_first_maximum_of_ties_as_pytorch_does(kernel, stride, padding,
+                                                                 dilation, ceil_mode):
+    """After a ReLU most windows hold several zeros: the position recorded (where the
+    gradient goes) is the first maximum in row-major order, PyTorch's, in the training
+    kernel; the inference kernel's maxima are the same."""
+    torch = pytest.importorskip("torch")
+    x = np.maximum(np.random.default_rng(3).integers(-2, 3, (2, 3, 11, 13)), 0).astype(np.float32)
+    want, positions = torch.nn.functional.max_pool2d(
+        torch.as_tensor(x), kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+    text = f"""input: {{channels: 3, height: 11, width: 13}}
+layers:
+  - max_pool2d: {{kernel_size: {list(kernel)}, stride: {list(stride)}, padding: {list(padding)},
+                  dilation: {list(dilation)}, ceil_mode: {str(ceil_mode).lower()}}}
+    name: pool
+"""
+    model = archc.compile(archc.load("p.yaml", text=text), backend="cpu")
+    np.testing.assert_array_equal(model(x), want.numpy())  # a pass kept for backward
+    np.testing.assert_array_equal(model._tape[1].indices["pool"], positions.numpy())
+    np.testing.assert_array_equal(model.eval().predict(x), want.numpy())  # positions unkept

@@ -8,65 +8,77 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from runtime.backends import lines
-from runtime.backends.cpu.conv_im2col import inside
 from runtime.backends.cpu.norm import lane_sums
 from runtime.config import PARALLEL
 from runtime.backends.reference import _window_pads
 
 
 @njit(cache=True, inline="always")
-def _row_max(best, where, row, src, first, count, stride, at):
-    """best[first + k] = max(best[first + k], row[src + k * stride]) for k < count, and
-    where a value is taken its position ``at + k * stride`` in ``where``. Inlined with a
-    literal ``stride`` where the caller has one: LLVM vectorises a strided load only with
-    a stride it knows (4x faster than with a run-time stride)."""
-    for k in range(count):
-        v = row[src + k * stride]
-        o = first + k
-        take = v > best[o]
-        best[o] = v if take else best[o]
-        where[o] = np.int64(at + k * stride) if take else where[o]
+def _split_phases(padded, span, phases):
+    """phases[p, t] = padded[p + t * sw] (sw = the number of phases; -inf past ``span``):
+    the columns a stride-``sw`` window reads at tap ``j`` are then phase ``j*dw % sw``
+    from ``j*dw // sw`` on, contiguous."""
+    sw, length = phases.shape
+    for p in range(sw):
+        for t in range(length):
+            q = p + t * sw
+            phases[p, t] = padded[q] if q < span else -np.inf
 
 
 @njit(cache=True, **PARALLEL)
 def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """The maxima and where each came from (row * w + column in its plane; -1 for a
-    window wholly in the padding), for the backward pass and max unpooling. Output rows
-    are updated tap by tap over the span of columns whose source lies inside the input
-    (no test per element, unsigned indices, the comparison a select); taps go in
-    row-major order and only a strictly greater value replaces the maximum, so the first
-    maximum wins, as in PyTorch."""
+    window wholly in the padding), for the backward pass and max unpooling. A maximum is
+    separable: first each input row's maxima across every window's columns (read from
+    the row's column phases: contiguous loads that vectorise; each row once, however many
+    windows overlap it), then down each window's rows. Only a strictly greater value
+    replaces a maximum, across and then down, so the first maximum in row-major order
+    wins, as in PyTorch (ties after a ReLU are common). 1.4x the tap-by-tap kernel it
+    replaced (ResNet's 3x3/2 pool at batch 8: 5.9 -> 4.2 ms)."""
     n, c, h, w = x.shape
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
     idx = np.empty((n, c, ho, wo), dtype=np.int64)
-    usw = uint64(sw)
+    span = (wo - 1) * sw + (kw - 1) * dw + 1  # padded columns the windows cover
+    c0, c1 = max(0, -pl), min(w, span - pl)  # input columns inside them
+    r0, r1 = max(0, -pt), min(h, (ho - 1) * sh + (kh - 1) * dh + 1 - pt)  # rows read
     for job in prange(n * c):
         b = job // c
         ch = job % c
-        # the row's maxima in local buffers: stores to the output arrays in the loop kept
-        # it scalar (Numba cannot tell that they do not overlap the input)
-        best = np.empty(wo, dtype=x.dtype)
-        where = np.empty(wo, dtype=np.int64)
-        for yy in range(ho):
+        padded = np.full(span, -np.inf, dtype=x.dtype)
+        phases = np.empty((sw, (span + sw - 1) // sw), dtype=x.dtype)
+        across = np.empty((h, wo), dtype=x.dtype)  # each row's maxima across the windows
+        column = np.empty((h, wo), dtype=np.int64)  # and their columns
+        for r in range(r0, r1):
+            src = x[b, ch, r, c0:c1]
+            dst = padded[c0 + pl:c1 + pl]
+            for k in range(c1 - c0):
+                dst[k] = src[k]
+            _split_phases(padded, span, phases)
+            best, col = across[r], column[r]
             best[:] = -np.inf
-            where[:] = -1
+            col[:] = -1
+            for j in range(kw):
+                tap = phases[j * dw % sw, j * dw // sw:j * dw // sw + wo]
+                shift = j * dw - pl
+                for xx in range(wo):
+                    v = tap[xx]
+                    take = v > best[xx]
+                    best[xx] = v if take else best[xx]
+                    col[xx] = xx * sw + shift if take else col[xx]
+        for yy in range(ho):
+            out, at = y[b, ch, yy], idx[b, ch, yy]
+            out[:] = -np.inf
+            at[:] = -1
             for i in range(kh):
-                sy = yy * sh + i * dh - pt
-                if sy < 0 or sy >= h:
+                r = yy * sh + i * dh - pt
+                if r < 0 or r >= h:
                     continue
-                row = x[b, ch, sy]
-                for j in range(kw):
-                    x0, x1, shift = inside(j, dw, pl, sw, w, wo)
-                    src, first = uint64(x0 * sw + shift), uint64(x0)
-                    at, count = uint64(sy * w) + src, uint64(x1 - x0)
-                    if sw == 1:
-                        _row_max(best, where, row, src, first, count, uint64(1), at)
-                    elif sw == 2:
-                        _row_max(best, where, row, src, first, count, uint64(2), at)
-                    else:
-                        _row_max(best, where, row, src, first, count, usw, at)
-            y[b, ch, yy, :] = best
-            idx[b, ch, yy, :] = where
+                best, col = across[r], column[r]
+                for xx in range(wo):
+                    v = best[xx]
+                    take = v > out[xx]
+                    out[xx] = v if take else out[xx]
+                    at[xx] = r * w + col[xx] if take else at[xx]
     return y, idx
 
 
@@ -74,21 +86,19 @@ def max_pool_forward_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
 def max_pool_phases_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """The maxima alone (no positions: an inference pass), window by window as two
     passes, since a maximum is separable: the maximum down each window's rows into one
-    padded row (contiguous loads), that row split into its ``sw`` column phases, and the
-    maximum across the window's columns read from the phases (contiguous again: tap
-    ``j`` of output column ``xx`` is phase ``j*dw % sw`` at ``xx + j*dw // sw``). Both
-    loops vectorise; strided loads did not (2.5-3x faster than the row kernel). Only a
-    strictly greater value replaces a maximum, as there."""
+    padded row (contiguous loads), that row split into its ``sw`` column phases
+    (:func:`_split_phases`), and the maximum across the window's columns read from the
+    phases. Both loops vectorise; strided loads did not (2.5-3x faster than the row
+    kernel). Only a strictly greater value replaces a maximum, as there."""
     n, c, h, w = x.shape
     y = np.empty((n, c, ho, wo), dtype=x.dtype)
     span = (wo - 1) * sw + (kw - 1) * dw + 1  # padded columns the windows cover
-    length = (span + sw - 1) // sw
     c0, c1 = max(0, -pl), min(w, span - pl)  # input columns inside them
     for job in prange(n * c):
         b = job // c
         ch = job % c
         down = np.empty(span, dtype=x.dtype)
-        phases = np.empty((sw, length), dtype=x.dtype)
+        phases = np.empty((sw, (span + sw - 1) // sw), dtype=x.dtype)
         for yy in range(ho):
             down[:] = -np.inf
             for i in range(kh):
@@ -100,10 +110,7 @@ def max_pool_phases_kernel(x, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
                 for k in range(c1 - c0):
                     v = src[k]
                     dst[k] = v if v > dst[k] else dst[k]
-            for p in range(sw):
-                for t in range(length):
-                    q = p + t * sw
-                    phases[p, t] = down[q] if q < span else -np.inf
+            _split_phases(down, span, phases)
             out = y[b, ch, yy]
             out[:] = -np.inf
             for j in range(kw):
