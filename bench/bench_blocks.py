@@ -62,10 +62,14 @@ def optimised(graph):
 def archc_blocks(model, x: np.ndarray, repeat: int, depth: int) -> tuple[dict, float]:
     """Block -> seconds of archc -O2's kernels (their medians over ``repeat`` passes), and
     the median time of a whole pass."""
-    times = model.profile(x, repeat=repeat)
-    blocks: dict[str, float] = defaultdict(float)
-    for name, entry in times.items():
-        blocks[block_of(name, depth)] += entry["forward"]
+    rounds: dict[str, list[float]] = defaultdict(list)
+    for _ in range(repeat):  # one timed pass a profile: medians, as ONNX Runtime's
+        sums: dict[str, float] = defaultdict(float)
+        for name, entry in model.profile(x, repeat=1).items():
+            sums[block_of(name, depth)] += entry["forward"]
+        for name, seconds in sums.items():
+            rounds[name].append(seconds)
+    blocks = {name: statistics.median(seconds) for name, seconds in rounds.items()}
     model.predict(x)
     passes = []
     for _ in range(repeat):
