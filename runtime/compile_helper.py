@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import sys
 
 import numpy as np
@@ -23,10 +24,7 @@ def run_ops(folder: str) -> None:
     before a backward item). An op that cannot run alone (one reading what another op
     left in the pass, such as max unpooling's indices) is skipped: this only fills the
     cache, and the model's pass compiles whatever a helper missed."""
-    # written by runtime.warmup.Helpers in the private folder (mkdtemp, 0700) it made for
-    # this run, by the same user: the model's own process, not a file given to archc
-    with open(os.path.join(folder, "job.pkl"), "rb") as f:
-        job = pickle.load(f)
+    job = read_job(folder)
     program, batch, training = job["program"], job["batch"], job["training"]
     dtype = np.dtype(job["dtype"])
     zeros = {name: np.zeros(spec.shape, spec.dtype) for name, spec in program.params.items()}
@@ -58,6 +56,23 @@ def run_ops(folder: str) -> None:
             os.close(os.open(os.path.join(folder, f"done-{item}"), os.O_CREAT | os.O_WRONLY))
 
 
+def read_job(folder: str) -> dict:
+    """The job runtime.warmup.Helpers wrote for this run in the private folder (mkdtemp,
+    0700) it made: unpickled only if that folder and the file are this user's, and nobody
+    else may write them (the file a regular one, not a link): a pickle runs code as it
+    loads, so a job that another user could have written or swapped is refused
+    (PermissionError) before a byte of it is read."""
+    path = os.path.join(folder, "job.pkl")
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+        for what, info in (("folder", os.stat(folder)), ("file", os.fstat(f.fileno()))):
+            if info.st_uid != os.getuid() or info.st_mode & 0o022:
+                raise PermissionError(f"compile job {path}: the {what} is not this user's "
+                                      "alone (another user owns it or may write it)")
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise PermissionError(f"compile job {path}: not a regular file")
+        return pickle.load(f)
+
+
 def _laid_out(shape, channels_last: bool) -> tuple:
     """A value's shape (without the batch) as its array holds it: (H, W, C) for a
     channels-last map (Model.channels_last)."""
@@ -76,4 +91,7 @@ def _run_chain(model, chain, batch, dtype, rng, ctx) -> None:
 
 
 if __name__ == "__main__":
-    run_ops(sys.argv[1])
+    try:
+        run_ops(sys.argv[1])
+    except PermissionError as exc:  # the model's pass compiles alone
+        sys.exit(f"archc compile helper: {exc}")

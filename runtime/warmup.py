@@ -101,7 +101,10 @@ class Helpers:
                 self.before(step, backward)
         order = ([] if backward else [f"f{s}" for s in reversed(forward)]) + (
             [f"b{s}" for s in back] if training else [])
-        with open(os.path.join(self.folder, "job.pkl"), "wb") as f:
+        # this user's alone, whatever the umask: compile_helper.read_job loads no other
+        job = os.open(os.path.join(self.folder, "job.pkl"), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                      0o600)
+        with open(job, "wb") as f:
             pickle.dump({"program": program, "dtype": np.dtype(dtype).str, "batch": batch,
                          "training": training, "order": order}, f)
         env = dict(os.environ, NUMBA_NUM_THREADS="1", ARCHC_COMPILE_JOBS="1",

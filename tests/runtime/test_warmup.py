@@ -229,3 +229,46 @@ def test_a_helper_runs_channels_last_ops_as_the_pass_does(write_spec, tmp_path, 
         [(2, 4, 10, 10), (2, 10, 10, 12)],  # the expansion writes channels-last
         [(2, 10, 10, 12), (2, 10, 10, 12)],  # the depthwise conv reads and writes it
         [(2, 10, 10, 12), (2, 4, 10, 10)]]  # the projection reads it, writes planes
+
+
+class _Marker:
+    """Unpickling this writes a file: whether a job was loaded at all."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("loose", ["folder", "file"])
+def test_a_helper_loads_no_job_that_another_user_could_write(tmp_path, loose):
+    """A pickle runs code as it loads: a job whose folder or file others may write is
+    refused before it is read, with a one-line reason; a private one loads."""
+    from runtime.compile_helper import read_job
+
+    folder = tmp_path / "job"
+    folder.mkdir(mode=0o700)
+    marker = tmp_path / "loaded"
+    (folder / "job.pkl").write_bytes(pickle.dumps({"x": _Marker(marker)}))
+    (folder / "job.pkl").chmod(0o600)
+    os.chmod(folder if loose == "folder" else folder / "job.pkl", 0o777 if loose == "folder"
+             else 0o666)
+    with pytest.raises(PermissionError, match=f"the {loose} is not this user's alone"):
+        read_job(str(folder))
+    assert not marker.exists()
+    os.chmod(folder, 0o700)
+    (folder / "job.pkl").chmod(0o600)
+    read_job(str(folder))
+    assert marker.exists()
+
+
+def test_a_helper_refuses_a_job_that_is_a_link(tmp_path):
+    from runtime.compile_helper import read_job
+
+    folder = tmp_path / "job"
+    folder.mkdir(mode=0o700)
+    (tmp_path / "elsewhere.pkl").write_bytes(pickle.dumps({}))
+    (folder / "job.pkl").symlink_to(tmp_path / "elsewhere.pkl")
+    with pytest.raises(OSError):
+        read_job(str(folder))
