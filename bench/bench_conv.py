@@ -3,9 +3,12 @@ tiles for few channels, Winograd in inference, a GEMM per filter tap on the grid
 im2col + GEMM, a GEMM on the map as it lies for unpadded 1x1, a direct loop for depthwise),
 each of the general algorithms that can run the layer forced (direct, grid, im2col), and
 PyTorch; forward and forward+backward in training mode, same process, median of repeated
-runs; the ratio is archc's choice over PyTorch.
+runs; the ratio is archc's choice over PyTorch. With ``--geometries``, the register tiles
+sized for each machine's vector unit too (runtime/backends/cpu/vector.py: AVX2's 4 x 16
+and AVX-512's 8 x 32 / 4 x 32; every one runs on any x86 machine with AVX, at its own
+speed there).
 
-    .venv/bin/python bench/bench_conv.py [--repeat N]
+    .venv/bin/python bench/bench_conv.py [--repeat N] [--geometries]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import archc  # noqa: E402
-from runtime.backends.cpu import conv  # noqa: E402
+from runtime.backends.cpu import conv, vector  # noqa: E402
 from timing import median_time  # noqa: E402
 
 # (where it occurs, batch, in channels, out channels, size, kernel, stride, groups, padding)
@@ -55,13 +58,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="the first shape only")
+    parser.add_argument("--geometries", action="store_true",
+                        help="also the register tiles of each vector width, forced")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); median of "
-          f"{args.repeat}; ms, and the ratio archc / torch")
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); this machine: "
+          f"{vector.lanes()} float32 lanes per vector register; median of {args.repeat}; ms, "
+          f"and the ratio archc / torch")
     forced = ("direct", "grid", "im2col")
+    geometries = {"tiles/8": 8, "tiles/16": 16} if args.geometries else {}
     print(f"{'layer':<18} {'shape':<22} {'pass':<8} {'pick':<9} {'archc':>7} "
-          + " ".join(f"{name:>7}" for name in forced)
+          + " ".join(f"{name:>7}" for name in forced + tuple(geometries))
           + f" {'torch':>7} {'ratio':>6} {'GFLOP/s':>8}")
     rules = conv.choose
     for name, batch, cin, cout, size, k, stride, groups, pad in (
@@ -96,6 +103,17 @@ def main() -> None:
                 conv.choose = lambda op, batch=1, train=False, name=algorithm: (name, "forced")
                 cells.append(f"{median_time(ours, args.repeat) * 1e3:.1f}")
                 conv.choose = rules
+            for lanes in geometries.values():
+                if "direct" not in conv.candidates(op, train=True):
+                    cells.append("-")
+                    continue
+                native = vector.lanes()
+                vector.LANES = lanes
+                model.sync()  # the filters packed for this geometry's tiles
+                conv.choose = lambda op, batch=1, train=False: ("direct", "forced")
+                cells.append(f"{median_time(ours, args.repeat) * 1e3:.1f}")
+                conv.choose, vector.LANES = rules, native
+                model.sync()
             b = median_time(theirs, args.repeat)
             print(f"{name:<18} {shape:<22} {label:<8} {pick:<9} {a * 1e3:>7.1f} "
                   + " ".join(f"{cell:>7}" for cell in cells)

@@ -87,16 +87,17 @@ def test_bench_runtime_start_times_cold_then_warm():
     assert 0 < warm < cold  # the second fresh process finds the kernels compiled on disk
 
 
-def test_bench_conv_times_every_general_algorithm():
-    out = subprocess.run([sys.executable, "bench/bench_conv.py", "--quick", "--repeat", "1"],
+def test_bench_conv_times_every_general_algorithm_and_tile_geometry():
+    out = subprocess.run([sys.executable, "bench/bench_conv.py", "--quick", "--repeat", "1",
+                          "--geometries"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
     header = next(line.split() for line in out.splitlines() if line.startswith("layer"))
-    assert header[4:9] == ["archc", "direct", "grid", "im2col", "torch"]
+    assert header[4:11] == ["archc", "direct", "grid", "im2col", "tiles/8", "tiles/16", "torch"]
     rows = [line.split() for line in out.splitlines() if line.startswith("resnet18 layer1")]
     assert [r[4] for r in rows] == ["forward", "fwd+bwd"]
-    for r in rows:  # archc's pick; its time, each algorithm's and torch's; the ratio
+    for r in rows:  # archc's pick; its time, each algorithm's and geometry's, torch's; ratio
         assert r[5] in ("direct", "grid", "im2col", "winograd")
-        assert all(float(v) > 0 for v in r[6:11]) and r[11].endswith("x")
+        assert all(float(v) > 0 for v in r[6:13]) and r[13].endswith("x")
 
 
 def test_bench_train_reports_both_runs():

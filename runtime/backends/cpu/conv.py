@@ -32,6 +32,7 @@ import time
 import numba
 import numpy as np
 
+from runtime.backends.cpu import vector
 from runtime.backends.cpu.blas import parallel_gemm
 from runtime.backends.cpu.conv_depthwise import (depthwise_backward_kernel,
                                                  depthwise_forward_kernel, depthwise_last_kernel)
@@ -193,7 +194,7 @@ def _direct(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, bias, residual, c
     band, chunks = split(n, groups, c // groups * sh * sw, og, ho, wo + (kw - 1) * dw // sw,
                          numba.get_num_threads())
     return direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, chunks,
-                              bias, residual, code, slope)
+                              vector.tile_width(), bias, residual, code, slope)
 
 
 def _direct_input_grad(op, gy, w, ctx):
@@ -606,7 +607,8 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
             band = weight_grad_band(w.shape[1], w.shape[0] // groups, ho,
                                     wo + (kw - 1) * dw // sw, (kh - 1) * dh // sh, sh * sw)
             grads["weight"] = direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw,
-                                                        pt, pl, band, numba.get_num_threads())
+                                                        pt, pl, band, numba.get_num_threads(),
+                                                        vector.weight_grad_lanes())
         elif (sh, sw) == (1, 1):
             grads["weight"] = _grid_backward(op, x, w, None, gy, input_grad=False)[1]
         else:

@@ -5,12 +5,13 @@ Each thread job takes one sample, one group and a band of output rows. It copies
 input rows the band reads into a small zero-padded *panel* ``(C/g, rows_in * Wp + reach)``
 (the grid layout of conv_grid.py, but only for the band, so it stays in cache), where
 output position ``q`` (row ``q // Wp``) sees filter tap (i, j) at ``q + i*dh*Wp + j*dw``.
-The panel's positions are then walked in tiles of ``TILE`` positions, and for every block
-of ``R`` output channels the tile's ``R x TILE`` sums are accumulated over every (tap,
+The panel's positions are then walked in tiles of ``T`` positions, and for every block
+of ``R`` output channels the tile's ``R x T`` sums are accumulated over every (tap,
 input channel) in a stack buffer, which LLVM keeps in vector registers: one vector load
-of the panel feeds ``R`` fused multiply-adds with broadcast weights (R = 8 where a group
-has 32 output channels or more, else 4: tile_rows), and the
-output is written once. (A GEMM per tap, the grid's way, has an inner dimension of C/g:
+of the panel feeds ``R`` fused multiply-adds with broadcast weights, and the output is
+written once. The tile fits the machine's vector registers (vector.py): with AVX-512, T =
+32 and R = 8 where a group has 32 output channels or more, else 4 (tile_rows); with AVX2,
+4 x 16. (A GEMM per tap, the grid's way, has an inner dimension of C/g:
 16-64 for the small-channel convs of CIFAR ResNets, where BLAS runs at a fraction of its
 peak, and it reads and writes the whole output once per tap.) Positions past the output's
 width (the panel's padding columns) are computed and dropped; the output rows are then
@@ -29,9 +30,9 @@ from numba import njit, prange, uint64
 
 from runtime.backends.cpu.elementwise import activate_inplace
 from runtime.backends.cpu.lowlevel import stack_buffer, unit_stride
+from runtime.backends.cpu import vector
 from runtime.config import PARALLEL
 
-TILE = 32  # output positions per register tile (four 8-wide vectors)
 ROWS = 4  # output channels per register tile where a group has few (8 vector registers)
 WIDE_ROWS = 8  # ... and from WIDE_FROM output channels per group (16 of AVX-512's 32)
 # Measured (forward, 2 threads, AVX-512): 8 rows 1.33x faster than 4 at 64 channels 56x56
@@ -39,12 +40,12 @@ WIDE_ROWS = 8  # ... and from WIDE_FROM output channels per group (16 of AVX-512
 # filters of 3 channels, 7x7/2), even at 64x8x8 batch 128; 4 rows 1.25x faster at 16
 # channels 32x32 batch 128 (half as many blocks to share out).
 WIDE_FROM = 32
-# Numba freezes these into the kernels; the stack buffer's size is the literal below.
 
 
 def tile_rows(og: int) -> int:
-    """Output channels per register tile for a group of ``og``."""
-    return WIDE_ROWS if og >= WIDE_FROM else ROWS
+    """Output channels per register tile for a group of ``og``: 8 only where the machine
+    has 32 vector registers (AVX-512) and the group 32 channels or more."""
+    return WIDE_ROWS if vector.registers() >= 32 and og >= WIDE_FROM else ROWS
 
 
 def pack_filters(w: np.ndarray, groups: int) -> np.ndarray:
@@ -94,14 +95,16 @@ def split(n: int, groups: int, cg: int, og: int, ho: int, wp: int,
 
 
 @njit(cache=True, fastmath={"contract"}, **PARALLEL)
-def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, chunks, bias,
-                       residual, code, slope):
+def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, chunks, tile,
+                       bias, residual, code, slope):
     """y (N, groups*og, ho, wo) = the conv of x (N, C, H, W) with the packed filters ``wt``
     (pack_filters), stride (sh, sw), dilation (dh, dw), padding ``pt`` rows on top and
     ``pl`` columns on the left (the bottom and right padding follow from ho and wo); then
     the epilogue: per-channel ``bias``, ``residual`` (N, O, ho, wo), activation ``code``
     (empty arrays and a negative code: nothing). Jobs: (sample, group, band of ``band``
-    output rows, chunk of output channels: ``chunks`` per group; split()).
+    output rows, chunk of output channels: ``chunks`` per group; split()). Register tiles
+    of ``tile`` positions (vector.tile_width: 16 or 32; blocks of 8 output channels take
+    32).
 
     A strided conv reads its input in sh x sw *phases*: phase (a, b) holds the padded
     input's rows a, a + sh, ... and columns b, b + sw, ..., so tap (i, j) is a stride-1
@@ -111,6 +114,8 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
     n = x.shape[0]
     groups, blocks, taps, cg, rows_t = wt.shape[0], wt.shape[1], wt.shape[2], wt.shape[3], \
         wt.shape[4]
+    if not ((rows_t == 8 and tile == 32) or (rows_t == 4 and (tile == 16 or tile == 32))):
+        raise ValueError("direct_conv_kernel: tiles are 8 x 32, 4 x 32 or 4 x 16")
     reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
     wp = wo + reach_x  # the panel's row pitch: a phase's columns that the band reads
     phase, shift = tap_phases(kh, kw, sh, sw, dh, dw, wp)
@@ -127,73 +132,33 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
         if ob0 >= ob1:
             continue
         rows = min(band, ho - y0)
-        npos = (rows * wp + TILE - 1) // TILE * TILE
+        npos = (rows * wp + tile - 1) // tile * tile
         rows_in = rows + reach_y
         length = max(npos + reach_y * wp + reach_x, rows_in_max * wp)
         panel = np.empty((sh * sw, cg, length), dtype=x.dtype)
+        # every geometry its own buffer: LLVM keeps a buffer in registers only where
+        # every index is known at compile time
+        acc8 = stack_buffer(256, x.dtype)  # 8 x 32
+        acc4 = stack_buffer(128, x.dtype)  # 4 x 32
+        acc4n = stack_buffer(64, x.dtype)  # 4 x 16
         for ph in range(sh * sw):
             _fill_panel(x[b], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt, rows_in, sh,
                         ph % sw - pl, sw, wp, 0, length)
         out = np.empty(((ob1 - ob0) * rows_t, npos), dtype=x.dtype)
-        # each tile height its own buffer and loops, every size a literal: LLVM keeps a
-        # buffer in registers only where every index is known at compile time
-        acc8 = stack_buffer(256, x.dtype)  # 8 x TILE
-        acc = stack_buffer(128, x.dtype)  # 4 x TILE
         for ob in range(ob0, ob1):
             wb = wt[g, ob]
-            for p0 in range(0, npos, TILE):
+            row0 = (ob - ob0) * rows_t
+            for p0 in range(0, npos, tile):
+                # one call per tile geometry, each with literal sizes (see _sums4)
                 if rows_t == 8:
-                    for i in range(256):
-                        acc8[i] = 0.0
-                    for t in range(taps):
-                        at = uint64(p0 + shift[t])
-                        src_phase = panel[phase[t]]
-                        for ch in range(cg):
-                            w0 = wb[t, ch, 0]
-                            w1 = wb[t, ch, 1]
-                            w2 = wb[t, ch, 2]
-                            w3 = wb[t, ch, 3]
-                            w4 = wb[t, ch, 4]
-                            w5 = wb[t, ch, 5]
-                            w6 = wb[t, ch, 6]
-                            w7 = wb[t, ch, 7]
-                            src = src_phase[ch]
-                            for p in range(uint64(TILE)):
-                                v = src[at + p]
-                                acc8[p] += w0 * v
-                                acc8[32 + p] += w1 * v
-                                acc8[64 + p] += w2 * v
-                                acc8[96 + p] += w3 * v
-                                acc8[128 + p] += w4 * v
-                                acc8[160 + p] += w5 * v
-                                acc8[192 + p] += w6 * v
-                                acc8[224 + p] += w7 * v
-                    for r in range(8):
-                        dest = out[(ob - ob0) * 8 + r]
-                        for p in range(uint64(TILE)):
-                            dest[uint64(p0) + p] = acc8[r * TILE + p]
-                    continue
-                for i in range(128):
-                    acc[i] = 0.0
-                for t in range(taps):
-                    at = uint64(p0 + shift[t])
-                    src_phase = panel[phase[t]]
-                    for ch in range(cg):
-                        w0 = wb[t, ch, 0]
-                        w1 = wb[t, ch, 1]
-                        w2 = wb[t, ch, 2]
-                        w3 = wb[t, ch, 3]
-                        src = src_phase[ch]
-                        for p in range(uint64(TILE)):
-                            v = src[at + p]
-                            acc[p] += w0 * v
-                            acc[32 + p] += w1 * v
-                            acc[64 + p] += w2 * v
-                            acc[96 + p] += w3 * v
-                for r in range(4):
-                    dest = out[(ob - ob0) * 4 + r]
-                    for p in range(uint64(TILE)):
-                        dest[uint64(p0) + p] = acc[r * TILE + p]
+                    _sums8(acc8, wb, panel, phase, shift, taps, cg, p0, 32)
+                    _store(acc8, out, row0, 8, p0, 32)
+                elif tile == 32:
+                    _sums4(acc4, wb, panel, phase, shift, taps, cg, p0, 32)
+                    _store(acc4, out, row0, 4, p0, 32)
+                else:
+                    _sums4(acc4n, wb, panel, phase, shift, taps, cg, p0, 16)
+                    _store(acc4n, out, row0, 4, p0, 16)
         for o in range(ob0 * rows_t, min(og, ob1 * rows_t)):
             channel = g * og + o
             add = bias[channel] if bias.size else 0.0
@@ -209,6 +174,72 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
                         dest[xx] += res[xx]
                 activate_inplace(dest, code, slope)
     return y
+
+
+@njit(inline="always")
+def _sums4(acc, wb, panel, phase, shift, taps, cg, p0, tile):
+    """acc[r * tile + p] = the sum over every (tap, input channel) of packed filter row r
+    (of 4: wb (taps, C/g, 4)) times the panel at tile position p0 + p. Inlined where
+    ``tile`` is a literal, so that every index into ``acc`` is a constant and LLVM keeps
+    the 4 x tile sums in vector registers: one vector load of the panel feeds 4 fused
+    multiply-adds with broadcast weights."""
+    for i in range(4 * tile):
+        acc[i] = 0.0
+    for t in range(taps):
+        at = uint64(p0 + shift[t])
+        src_phase = panel[phase[t]]
+        for ch in range(cg):
+            w0 = wb[t, ch, 0]
+            w1 = wb[t, ch, 1]
+            w2 = wb[t, ch, 2]
+            w3 = wb[t, ch, 3]
+            src = src_phase[ch]
+            for p in range(uint64(tile)):
+                v = src[at + p]
+                acc[p] += w0 * v
+                acc[uint64(tile) + p] += w1 * v
+                acc[uint64(2 * tile) + p] += w2 * v
+                acc[uint64(3 * tile) + p] += w3 * v
+
+
+@njit(inline="always")
+def _sums8(acc, wb, panel, phase, shift, taps, cg, p0, tile):
+    """_sums4 for 8 filter rows (16 vector registers of sums at 32 positions: AVX-512's
+    32 registers hold them with room for the loads)."""
+    for i in range(8 * tile):
+        acc[i] = 0.0
+    for t in range(taps):
+        at = uint64(p0 + shift[t])
+        src_phase = panel[phase[t]]
+        for ch in range(cg):
+            w0 = wb[t, ch, 0]
+            w1 = wb[t, ch, 1]
+            w2 = wb[t, ch, 2]
+            w3 = wb[t, ch, 3]
+            w4 = wb[t, ch, 4]
+            w5 = wb[t, ch, 5]
+            w6 = wb[t, ch, 6]
+            w7 = wb[t, ch, 7]
+            src = src_phase[ch]
+            for p in range(uint64(tile)):
+                v = src[at + p]
+                acc[p] += w0 * v
+                acc[uint64(tile) + p] += w1 * v
+                acc[uint64(2 * tile) + p] += w2 * v
+                acc[uint64(3 * tile) + p] += w3 * v
+                acc[uint64(4 * tile) + p] += w4 * v
+                acc[uint64(5 * tile) + p] += w5 * v
+                acc[uint64(6 * tile) + p] += w6 * v
+                acc[uint64(7 * tile) + p] += w7 * v
+
+
+@njit(inline="always")
+def _store(acc, out, row0, rows, p0, tile):
+    """out[row0 + r, p0:p0 + tile] = acc[r * tile:(r + 1) * tile] for r < rows."""
+    for r in range(rows):
+        dest = out[row0 + r]
+        for p in range(uint64(tile)):
+            dest[uint64(p0) + p] = acc[uint64(r * tile) + p]
 
 
 @njit(cache=True)
@@ -273,7 +304,8 @@ def weight_grad_band(cg: int, og: int, ho: int, wp: int, reach_y: int, phases: i
 
 
 @njit(cache=True, fastmath={"contract"}, **PARALLEL)
-def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, band, splits):
+def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, band, splits,
+                              lanes):
     """The weight gradient (O, C/g, kh, kw) of the conv of x (N, C, H, W) whose output
     gradient is gy (N, O, ho, wo), in jobs of ``band`` output rows (weight_grad_band), on
     panels like the forward pass's: x's rows in phases, and gy's rows at the same pitch
@@ -281,8 +313,11 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     stack samples up to about WEIGHT_GRAD_FLOATS values (a small map alone would leave
     the sums below too short to pay for themselves; more would leave L2). For each tap,
     block of 4 input channels and block of 4 output channels, 16 sums of products over
-    the panel's positions are kept 16 lanes wide in registers.
-    The jobs are dealt out to ``splits`` partial sums (one per thread), added at the end."""
+    the panel's positions are kept ``lanes`` (vector.weight_grad_lanes: 16 or 8) wide in
+    registers. The jobs are dealt out to ``splits`` partial sums (one per thread), added
+    at the end."""
+    if lanes != 16 and lanes != 8:
+        raise ValueError("direct_weight_grad_kernel: sums are 16 or 8 lanes wide")
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
     cg, og = c // groups, o // groups
@@ -300,14 +335,15 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     units = runs * groups * bands
     partial = np.zeros((splits, groups, og4, cg4, taps), dtype=x.dtype)
     for k in prange(splits):
-        acc = stack_buffer(256, x.dtype)  # 4 output x 4 input channels x 16 lanes
+        acc16 = stack_buffer(256, x.dtype)  # 4 output x 4 input channels x 16 lanes
+        acc8 = stack_buffer(128, x.dtype)  # ... x 8 lanes
         for unit in range(k, units, splits):
             b0 = (unit // (groups * bands)) * per
             g = (unit // bands) % groups
             y0 = (unit % bands) * band
             rows = min(band, ho - y0)
             count = min(per, n - b0)
-            npos = (count * stride + 15) // 16 * 16
+            npos = (count * stride + lanes - 1) // lanes * lanes
             panel = np.zeros((sh * sw, cg4, npos + reach_y * wp + reach_x), dtype=x.dtype)
             grad = np.zeros((og4, npos), dtype=x.dtype)
             for s in range(count):
@@ -326,39 +362,14 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
                 ph = panel[phase[t]]
                 off = uint64(shift[t])
                 for cb in range(0, cg4, 4):
-                    x0, x1, x2, x3 = ph[cb], ph[cb + 1], ph[cb + 2], ph[cb + 3]
                     for ob in range(0, og4, 4):
-                        g0, g1, g2, g3 = grad[ob], grad[ob + 1], grad[ob + 2], grad[ob + 3]
-                        for i in range(256):
-                            acc[i] = 0.0
-                        for p0 in range(0, npos, 16):
-                            q = uint64(p0)
-                            for l in range(uint64(16)):
-                                a0, a1 = g0[q + l], g1[q + l]
-                                a2, a3 = g2[q + l], g3[q + l]
-                                v0, v1 = x0[off + q + l], x1[off + q + l]
-                                v2, v3 = x2[off + q + l], x3[off + q + l]
-                                acc[l] += a0 * v0
-                                acc[16 + l] += a0 * v1
-                                acc[32 + l] += a0 * v2
-                                acc[48 + l] += a0 * v3
-                                acc[64 + l] += a1 * v0
-                                acc[80 + l] += a1 * v1
-                                acc[96 + l] += a1 * v2
-                                acc[112 + l] += a1 * v3
-                                acc[128 + l] += a2 * v0
-                                acc[144 + l] += a2 * v1
-                                acc[160 + l] += a2 * v2
-                                acc[176 + l] += a2 * v3
-                                acc[192 + l] += a3 * v0
-                                acc[208 + l] += a3 * v1
-                                acc[224 + l] += a3 * v2
-                                acc[240 + l] += a3 * v3
-                        for pair in range(16):
-                            total = 0.0
-                            for l in range(16):
-                                total += acc[pair * 16 + l]
-                            partial[k, g, ob + pair // 4, cb + pair % 4, t] += total
+                        # one call per lane count, each with literal sizes (see _sums4)
+                        if lanes == 16:
+                            _grad_sums(acc16, grad, ph, ob, cb, off, npos, 16)
+                            _add_grad_sums(acc16, partial[k, g], ob, cb, t, 16)
+                        else:
+                            _grad_sums(acc8, grad, ph, ob, cb, off, npos, 8)
+                            _add_grad_sums(acc8, partial[k, g], ob, cb, t, 8)
     summed = partial.sum(axis=0)
     gw = np.empty((o, cg, kh, kw), dtype=x.dtype)
     for g in range(groups):
@@ -367,3 +378,49 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
                 for t in range(taps):
                     gw[g * og + oo, cc, t // kw, t % kw] = summed[g, oo, cc, t]
     return gw
+
+
+@njit(inline="always")
+def _grad_sums(acc, grad, ph, ob, cb, off, npos, lanes):
+    """acc[(4*i + j) * lanes + l] = the sum over the panel positions q = l, l + lanes, ...
+    (below npos) of grad[ob + i, q] * ph[cb + j, off + q], for 4 output channels (i) and 4
+    input channels (j): 16 sums ``lanes`` wide, which LLVM keeps in registers where the
+    call has a literal ``lanes`` (see _sums4)."""
+    g0, g1, g2, g3 = grad[ob], grad[ob + 1], grad[ob + 2], grad[ob + 3]
+    x0, x1, x2, x3 = ph[cb], ph[cb + 1], ph[cb + 2], ph[cb + 3]
+    for i in range(16 * lanes):
+        acc[i] = 0.0
+    step = uint64(lanes)
+    for p0 in range(0, npos, lanes):
+        q = uint64(p0)
+        for l in range(step):
+            a0, a1 = g0[q + l], g1[q + l]
+            a2, a3 = g2[q + l], g3[q + l]
+            v0, v1 = x0[off + q + l], x1[off + q + l]
+            v2, v3 = x2[off + q + l], x3[off + q + l]
+            acc[l] += a0 * v0
+            acc[step + l] += a0 * v1
+            acc[2 * step + l] += a0 * v2
+            acc[3 * step + l] += a0 * v3
+            acc[4 * step + l] += a1 * v0
+            acc[5 * step + l] += a1 * v1
+            acc[6 * step + l] += a1 * v2
+            acc[7 * step + l] += a1 * v3
+            acc[8 * step + l] += a2 * v0
+            acc[9 * step + l] += a2 * v1
+            acc[10 * step + l] += a2 * v2
+            acc[11 * step + l] += a2 * v3
+            acc[12 * step + l] += a3 * v0
+            acc[13 * step + l] += a3 * v1
+            acc[14 * step + l] += a3 * v2
+            acc[15 * step + l] += a3 * v3
+
+
+@njit(inline="always")
+def _add_grad_sums(acc, partial, ob, cb, t, lanes):
+    """partial[ob + i, cb + j, t] += the lanes of acc's sum (i, j) added up (_grad_sums)."""
+    for pair in range(16):
+        total = 0.0
+        for l in range(lanes):
+            total += acc[pair * lanes + l]
+        partial[ob + pair // 4, cb + pair % 4, t] += total
