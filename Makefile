@@ -55,7 +55,7 @@ demo: graphviz $(STAMP)
 	@echo "a U-Net segmenting generated shapes: out/unet-shapes/pictures/*.png (docs/tasks.md)."
 
 test: graphviz $(TEST_STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py
