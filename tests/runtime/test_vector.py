@@ -9,7 +9,8 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 
-from runtime.backends.cpu import conv_direct, vector
+from layer_cases import one_op
+from runtime.backends.cpu import conv, conv_direct, vector
 from runtime.errors import UsageError
 
 
@@ -36,6 +37,16 @@ def test_the_geometry_follows_the_lanes():
             assert (vector.tile_width(), vector.registers(), vector.weight_grad_lanes()) == \
                 (16, 16, 8)
             assert conv_direct.tile_rows(64) == 4  # 8 x 16 sums would spill 16 registers
+
+
+@pytest.mark.parametrize("lanes, tiles", [(16, "8 channels x 32 positions for 16-lane"),
+                                          (8, "4 channels x 16 positions for 8-lane")])
+def test_archc_bench_says_which_tiles_ran(lanes, tiles):
+    op, _ = one_op("conv2d", {"out_channels": 64, "kernel_size": 3, "padding": 1,
+                              "in_channels": None}, [(32, 16, 16)])
+    with patch.object(vector, "LANES", lanes):
+        algorithm, why = conv.choose(op, 128, True)
+    assert algorithm == "direct" and f"register tiles of {tiles} vectors" in why
 
 
 def test_an_override_is_taken_and_a_bad_one_refused(monkeypatch):

@@ -42,6 +42,7 @@ from runtime.backends.cpu.conv_direct import (
     flip_filters,
     pack_filters,
     split,
+    tile_rows,
     weight_grad_band,
 )
 from runtime.backends.cpu.conv_pointwise import (
@@ -294,6 +295,13 @@ WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
 WINOGRAD_MAX_BYTES = 12 << 20
 
 
+def tiles_of(op) -> str:
+    """The register tiles a direct conv runs in on this machine, for ``archc bench``."""
+    og = op.out_shape[0] // op.attrs["groups"]
+    return (f"register tiles of {tile_rows(og)} channels x {vector.tile_width()} positions "
+            f"for {vector.lanes()}-lane vectors")
+
+
 def _winograd_tile(op, batch: int, forced: bool = False) -> int:
     """m of F(m x m, 3x3) for a dense 3x3 stride-1 conv at a batch size, 0 for none
     (``forced``: the m to run with, the thresholds aside)."""
@@ -428,7 +436,7 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
         not train and not strided and taps <= 9 and batch * ho * wo < DIRECT_FEW_POSITIONS)
     if strided and direct:
         sh, sw = a["stride"]
-        return "direct", (f"strided, {c // groups} channels per group: register tiles on "
+        return "direct", (f"strided, {c // groups} channels per group: {tiles_of(op)} on "
                           f"{sh}x{sw} phases of the input")
     if not GRID_AT_STRIDE_1 or strided:
         return "im2col", "strided: im2col + GEMM"
@@ -439,11 +447,11 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
         return "winograd", (f"F({m}x{m}, 3x3) on {tiles} tiles: {9 * m * m / (m + 2) ** 2:.2f}x "
                             "fewer multiplications than direct")
     if direct and c // groups > DIRECT_MAX_CHANNELS[train, strided]:
-        return "direct", (f"stride 1 with {batch * ho * wo} positions in the batch: register "
-                          "tiles (a GEMM would be too narrow, Winograd's filters read for "
-                          "too few tiles)")
+        return "direct", (f"stride 1 with {batch * ho * wo} positions in the batch: "
+                          f"{tiles_of(op)} (a GEMM would be too narrow, Winograd's filters "
+                          "read for too few tiles)")
     if direct:
-        return "direct", (f"stride 1 with {c // groups} channels per group: register tiles "
+        return "direct", (f"stride 1 with {c // groups} channels per group: {tiles_of(op)} "
                           "(a GEMM per tap would have an inner dimension of "
                           f"{c // groups})")
     if c // groups >= GRID_FEW_CHANNELS and _whole_batch_im2col(op, batch):
