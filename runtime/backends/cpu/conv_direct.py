@@ -149,15 +149,15 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
             wb = wt[g, ob]
             row0 = (ob - ob0) * rows_t
             for p0 in range(0, npos, tile):
-                # one call per tile geometry, each with literal sizes (see _sums4)
+                # one call per tile geometry, each with literal sizes (see _sums)
                 if rows_t == 8:
-                    _sums8(acc8, wb, panel, phase, shift, taps, cg, p0, 32)
+                    _sums(acc8, wb, panel, phase, shift, taps, cg, p0, 8, 32)
                     _store(acc8, out, row0, 8, p0, 32)
                 elif tile == 32:
-                    _sums4(acc4, wb, panel, phase, shift, taps, cg, p0, 32)
+                    _sums(acc4, wb, panel, phase, shift, taps, cg, p0, 4, 32)
                     _store(acc4, out, row0, 4, p0, 32)
                 else:
-                    _sums4(acc4n, wb, panel, phase, shift, taps, cg, p0, 16)
+                    _sums(acc4n, wb, panel, phase, shift, taps, cg, p0, 4, 16)
                     _store(acc4n, out, row0, 4, p0, 16)
         for o in range(ob0 * rows_t, min(og, ob1 * rows_t)):
             channel = g * og + o
@@ -177,60 +177,25 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
 
 
 @njit(inline="always")
-def _sums4(acc, wb, panel, phase, shift, taps, cg, p0, tile):
+def _sums(acc, wb, panel, phase, shift, taps, cg, p0, rows, tile):
     """acc[r * tile + p] = the sum over every (tap, input channel) of packed filter row r
-    (of 4: wb (taps, C/g, 4)) times the panel at tile position p0 + p. Inlined where
-    ``tile`` is a literal, so that every index into ``acc`` is a constant and LLVM keeps
-    the 4 x tile sums in vector registers: one vector load of the panel feeds 4 fused
-    multiply-adds with broadcast weights."""
-    for i in range(4 * tile):
+    (of ``rows``: wb (taps, C/g, rows)) times the panel at tile position p0 + p. Inlined
+    where ``rows`` and ``tile`` are literals, so that every index into ``acc`` is a
+    constant once LLVM unrolls the loops and it keeps the rows x tile sums in vector
+    registers: one vector load of the panel feeds ``rows`` fused multiply-adds with
+    broadcast weights."""
+    for i in range(rows * tile):
         acc[i] = 0.0
     for t in range(taps):
         at = uint64(p0 + shift[t])
         src_phase = panel[phase[t]]
         for ch in range(cg):
-            w0 = wb[t, ch, 0]
-            w1 = wb[t, ch, 1]
-            w2 = wb[t, ch, 2]
-            w3 = wb[t, ch, 3]
+            w = wb[t, ch]
             src = src_phase[ch]
             for p in range(uint64(tile)):
                 v = src[at + p]
-                acc[p] += w0 * v
-                acc[uint64(tile) + p] += w1 * v
-                acc[uint64(2 * tile) + p] += w2 * v
-                acc[uint64(3 * tile) + p] += w3 * v
-
-
-@njit(inline="always")
-def _sums8(acc, wb, panel, phase, shift, taps, cg, p0, tile):
-    """_sums4 for 8 filter rows (16 vector registers of sums at 32 positions: AVX-512's
-    32 registers hold them with room for the loads)."""
-    for i in range(8 * tile):
-        acc[i] = 0.0
-    for t in range(taps):
-        at = uint64(p0 + shift[t])
-        src_phase = panel[phase[t]]
-        for ch in range(cg):
-            w0 = wb[t, ch, 0]
-            w1 = wb[t, ch, 1]
-            w2 = wb[t, ch, 2]
-            w3 = wb[t, ch, 3]
-            w4 = wb[t, ch, 4]
-            w5 = wb[t, ch, 5]
-            w6 = wb[t, ch, 6]
-            w7 = wb[t, ch, 7]
-            src = src_phase[ch]
-            for p in range(uint64(tile)):
-                v = src[at + p]
-                acc[p] += w0 * v
-                acc[uint64(tile) + p] += w1 * v
-                acc[uint64(2 * tile) + p] += w2 * v
-                acc[uint64(3 * tile) + p] += w3 * v
-                acc[uint64(4 * tile) + p] += w4 * v
-                acc[uint64(5 * tile) + p] += w5 * v
-                acc[uint64(6 * tile) + p] += w6 * v
-                acc[uint64(7 * tile) + p] += w7 * v
+                for r in range(rows):
+                    acc[uint64(r * tile) + p] += w[r] * v
 
 
 @njit(inline="always")
@@ -363,7 +328,7 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
                 off = uint64(shift[t])
                 for cb in range(0, cg4, 4):
                     for ob in range(0, og4, 4):
-                        # one call per lane count, each with literal sizes (see _sums4)
+                        # one call per lane count, each with literal sizes (see _sums)
                         if lanes == 16:
                             _grad_sums(acc16, grad, ph, ob, cb, off, npos, 16)
                             _add_grad_sums(acc16, partial[k, g], ob, cb, t, 16)
@@ -385,7 +350,7 @@ def _grad_sums(acc, grad, ph, ob, cb, off, npos, lanes):
     """acc[(4*i + j) * lanes + l] = the sum over the panel positions q = l, l + lanes, ...
     (below npos) of grad[ob + i, q] * ph[cb + j, off + q], for 4 output channels (i) and 4
     input channels (j): 16 sums ``lanes`` wide, which LLVM keeps in registers where the
-    call has a literal ``lanes`` (see _sums4)."""
+    call has a literal ``lanes`` (see _sums)."""
     g0, g1, g2, g3 = grad[ob], grad[ob + 1], grad[ob + 2], grad[ob + 3]
     x0, x1, x2, x3 = ph[cb], ph[cb + 1], ph[cb + 2], ph[cb + 3]
     for i in range(16 * lanes):
