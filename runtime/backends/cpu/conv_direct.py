@@ -28,9 +28,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 
+from runtime.backends.cpu import vector
 from runtime.backends.cpu.elementwise import activate_inplace
 from runtime.backends.cpu.lowlevel import stack_buffer, unit_stride
-from runtime.backends.cpu import vector
 from runtime.config import PARALLEL
 
 ROWS = 4  # output channels per register tile where a group has few (8 vector registers)
