@@ -176,7 +176,7 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
     return y
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _sums(acc, wb, panel, phase, shift, taps, cg, p0, rows, tile):
     """acc[r * tile + p] = the sum over every (tap, input channel) of packed filter row r
     (of ``rows``: wb (taps, C/g, rows)) times the panel at tile position p0 + p. Inlined
@@ -198,7 +198,7 @@ def _sums(acc, wb, panel, phase, shift, taps, cg, p0, rows, tile):
                     acc[uint64(r * tile) + p] += w[r] * v
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _store(acc, out, row0, rows, p0, tile):
     """out[row0 + r, p0:p0 + tile] = acc[r * tile:(r + 1) * tile] for r < rows."""
     for r in range(rows):
@@ -345,7 +345,7 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     return gw
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _grad_sums(acc, grad, ph, ob, cb, off, npos, lanes):
     """acc[(4*i + j) * lanes + l] = the sum over the panel positions q = l, l + lanes, ...
     (below npos) of grad[ob + i, q] * ph[cb + j, off + q], for 4 output channels (i) and 4
@@ -381,7 +381,7 @@ def _grad_sums(acc, grad, ph, ob, cb, off, npos, lanes):
             acc[15 * step + l] += a3 * v3
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _add_grad_sums(acc, partial, ob, cb, t, lanes):
     """partial[ob + i, cb + j, t] += the lanes of acc's sum (i, j) added up (_grad_sums)."""
     for pair in range(16):
