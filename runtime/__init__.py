@@ -6,5 +6,8 @@ compiler and never imports the compiler (``archc``), its YAML front end or netwo
 """
 
 from runtime.moved import install as _install_moved
+from runtime.target import widen as _widen
+
+_widen()  # before any kernel module makes Numba's CPU target: full-width vectors (target.py)
 
 _install_moved()  # the old paths of the modules that moved into runtime/train/ keep working

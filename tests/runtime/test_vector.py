@@ -4,27 +4,79 @@ machine."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from unittest.mock import patch
 
 import numpy as np
 import pytest
 
 from layer_cases import one_op
+from runtime import target
 from runtime.backends.cpu import conv, conv_direct, vector
 from runtime.errors import UsageError
 
 
 @pytest.mark.parametrize("features, lanes", [
-    ("+avx512f,+avx512bw,+avx2,+avx,+fma,+sse2", 16),
+    ("+avx512f,+avx512bw,+avx2,+avx,+fma,+sse2,-prefer-256-bit", 16),
+    ("+avx512f,+avx512bw,+avx2,+avx,+fma,+sse2", 8),  # LLVM's preference for 256 bits kept
     ("+avx2,+avx,+fma,+sse2,-avx512f", 8),
     ("+avx,+sse2,-avx2", 8),
     ("+sse2,+sse4.1,-avx", 4),
     ("+neon", 4),
 ])
-def test_lanes_follow_the_features_numba_compiles_for(monkeypatch, features, lanes):
+def test_lanes_follow_the_vectors_numba_fills(monkeypatch, features, lanes):
     monkeypatch.delenv("ARCHC_VECTOR_LANES", raising=False)
-    with patch.object(vector.numba_config, "CPU_FEATURES", features):
+    with patch.object(target.numba_config, "CPU_FEATURES", features):
         assert vector.host_lanes() == lanes
+
+
+@pytest.mark.parametrize("host, user, made, widened", [
+    ("+avx512f,+avx2,+avx", None, False, True),
+    ("+avx2,+avx,-avx512f", None, False, False),  # nothing to widen
+    ("+avx512f,+avx2,+avx", "+avx2,+avx", False, False),  # NUMBA_CPU_FEATURES is the user's
+    ("+avx512f,+avx2,+avx", None, True, False),  # Numba's target already made: too late
+])
+def test_widen_lifts_llvms_preference_only_where_it_may(host, user, made, widened):
+    with patch.object(target.llvm, "get_host_cpu_features", lambda: _Flat(host)), \
+            patch.object(target.numba_config, "CPU_FEATURES", user), \
+            patch.object(target, "_target_made", lambda: made):
+        assert target.widen() is widened
+        assert target.numba_config.CPU_FEATURES == (f"{host},-prefer-256-bit" if widened
+                                                    else user)
+
+
+class _Flat:
+    def __init__(self, text):
+        self.text = text
+
+    def flatten(self):
+        return self.text
+
+
+@pytest.mark.parametrize("user", [None, "+sse2,+avx,+avx2"])
+def test_numba_compiles_for_the_features_the_tiles_are_sized_by(user):
+    """In a fresh process, the features Numba's CPU target was made with (its cache key)
+    are the ones the lanes were read from: archc's, or the user's NUMBA_CPU_FEATURES."""
+    code = """
+import numpy as np, archc
+from numba.core.registry import cpu_target
+from runtime import target
+from runtime.backends.cpu import vector
+made = set(cpu_target.target_context.codegen().magic_tuple()[2].split(","))
+print(made == target.features(), vector.lanes(), target.vector_bits())
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CPU_FEATURES",
+                                                             "ARCHC_VECTOR_LANES")}
+    if user:
+        env["NUMBA_CPU_FEATURES"] = user
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, timeout=300)
+    same, lanes, bits = run.stdout.split()
+    assert same == "True" and int(lanes) == int(bits) // 32
+    if user:
+        assert lanes == "8"  # the user's AVX2 features: 256-bit vectors
 
 
 def test_the_geometry_follows_the_lanes():

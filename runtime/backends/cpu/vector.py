@@ -9,23 +9,22 @@ depends on the machine: AVX-512 has 32 registers of 16 float32 lanes, AVX2 16 re
 
 The kernels take the tile's width as an argument (one compiled kernel serves every
 geometry; the tests run each one on any machine) and Python picks it here, from the
-features LLVM reports for the host, the same ones Numba compiles for.
+width of the vectors LLVM fills with the features Numba compiles for (runtime/target.py:
+512 bits on an AVX-512 host, where archc lifts LLVM's preference for 256).
 """
 
 from __future__ import annotations
 
 import os
 
-from llvmlite import binding as llvm
-from numba.core import config as numba_config
-
+from runtime import target
 from runtime.errors import UsageError
 
 
 def host_lanes() -> int:
-    """float32 lanes of the widest vector registers Numba's code uses on this host:
-    16 with AVX-512, 8 with AVX, else 4 (SSE, NEON). ``ARCHC_VECTOR_LANES`` overrides it
-    (a machine whose features LLVM misreads)."""
+    """float32 lanes of the vectors Numba's code fills on this host: 16 with AVX-512 at
+    full width, 8 with AVX (or AVX-512 held to 256 bits), else 4 (SSE, NEON).
+    ``ARCHC_VECTOR_LANES`` overrides it (a machine whose features LLVM misreads)."""
     forced = os.environ.get("ARCHC_VECTOR_LANES", "").strip()
     if forced:
         if forced not in ("4", "8", "16"):
@@ -33,14 +32,7 @@ def host_lanes() -> int:
                              hint="16 for AVX-512, 8 for AVX2, 4 for SSE or NEON; or unset "
                                   "it to read the machine's features")
         return int(forced)
-    # Numba compiles for NUMBA_CPU_FEATURES where set (portable caches), else the host's
-    flat = numba_config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
-    features = {f[1:] for f in flat.split(",") if f.startswith("+")}
-    if "avx512f" in features:
-        return 16
-    if "avx" in features:
-        return 8
-    return 4
+    return target.vector_bits() // 32
 
 
 LANES: int | None = None  # None until lanes() first reads the host (tests set it)
