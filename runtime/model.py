@@ -27,7 +27,7 @@ def _backend(name: str) -> Backend:
 
         return Backend("cpu", cpu.KERNELS, cpu.BACKWARD, cpu.scope, algorithm=cpu.algorithm,
                        chains=cpu.chains, chain_kernel=cpu.chain_forward,
-                       channels_last=cpu.channels_last)
+                       channels_last=cpu.channels_last, add=cpu.add_arrays)
     if name == "cuda":
         from runtime.backends.cuda import CudaUnavailable, unavailable_reason
 

@@ -128,6 +128,40 @@ def test_every_activation_kernel_matches_the_reference(formula):
     np.testing.assert_allclose(gx, expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("kind, dtype", [("relu", np.float32), ("leaky_relu", np.float64),
+                                         ("hardswish", np.float32)])
+def test_activation_chunks_cover_a_tensor_of_several(kind, dtype):
+    """The forward kernel's jobs copy and activate a chunk each: a tensor of several
+    chunks and a partial last one comes out whole, as the reference computes it."""
+    x = np.random.default_rng(5).standard_normal((3, 5, 41, 67)).astype(dtype)
+    assert x.size > 2 * elementwise.CHUNK and x.size % elementwise.CHUNK
+    op = Op(name="y", kind=kind, attrs={"negative_slope": 0.1} if kind == "leaky_relu" else {},
+            inputs=("x",), output="y", params={}, in_shapes=(x.shape[1:],),
+            out_shape=x.shape[1:])
+    y = elementwise.activation_forward(op, [x], {}, KernelContext())
+    assert y.dtype == dtype and y.shape == x.shape
+    np.testing.assert_allclose(y, REF[kind](op, [x], {}, KernelContext()), rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_gradients_meeting_at_a_fanned_out_value_add_up():
+    """The CPU backend sums two maps' gradients in parallel into a new array (neither
+    operand changed: the same array may be another value's gradient too), and anything
+    else with NumPy."""
+    backend = archc.compile(archc.load(SPECS / "lenet5.yaml"), backend="cpu").backend
+    rng = np.random.default_rng(6)
+    a, b = (rng.standard_normal((3, 4, 5, 6)).astype(np.float32) for _ in range(2))
+    before = a.copy()
+    total = backend.add(a, b)
+    np.testing.assert_array_equal(total, before + b)
+    np.testing.assert_array_equal(a, before)
+    assert total is not a and total is not b
+    view = rng.standard_normal((3, 4, 5, 12)).astype(np.float32)[..., ::2]  # strided
+    np.testing.assert_array_equal(backend.add(view, b), view + b)
+    np.testing.assert_array_equal(backend.add(a[:, :1], b), a[:, :1] + b)  # broadcast
+    np.testing.assert_array_equal(backend.add(a[0, 0], b[0, 0]), a[0, 0] + b[0, 0])
+
+
 FUSED_CONVS = {  # the CPU algorithms these few channels get: the epilogue in each one's loops
     "direct": {"out_channels": 6, "kernel_size": 3, "padding": 1},
     "direct_strided": {"out_channels": 6, "kernel_size": 3, "padding": 1, "stride": 2},

@@ -97,6 +97,7 @@ def chains(program, batch: int, dtype) -> list:
 
 
 chain_forward = conv_chain.chain_forward
+add_arrays = tensor.add_arrays  # gradients meeting where a value fans out
 
 
 def channels_last(program, batch: int, skip: frozenset) -> frozenset:

@@ -323,11 +323,13 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
                         start = uint64(base + r * wp)
                         for xx in range(uint64(wo)):
                             dest[start + xx] = src[xx]
-            for t in range(taps):
-                ph = panel[phase[t]]
-                off = uint64(shift[t])
-                for cb in range(0, cg4, 4):
-                    for ob in range(0, og4, 4):
+            # the taps innermost: a block's 4 rows of gy and 4 of x (shifted per tap) stay
+            # in L1 across its taps, read from L2 once rather than once per tap
+            for cb in range(0, cg4, 4):
+                for ob in range(0, og4, 4):
+                    for t in range(taps):
+                        ph = panel[phase[t]]
+                        off = uint64(shift[t])
                         # one call per lane count, each with literal sizes (see _sums)
                         if lanes == 16:
                             _grad_sums(acc16, grad, ph, ob, cb, off, npos, 16)

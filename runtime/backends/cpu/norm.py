@@ -206,7 +206,7 @@ def batchnorm_backward(op, xs, y, gy, p, ctx):
         sg, sgx = sync.grad_sums(gb, gw)
         gx = batchnorm_input_grad_kernel(x, gy, mean, invstd, weight, sg, sgx, count)
     grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
-    return [gx.astype(x.dtype)], grads
+    return [gx.astype(x.dtype, copy=False)], grads
 
 
 @njit(cache=True, **PARALLEL)

@@ -97,6 +97,15 @@ def _combine(xs, multiply: bool) -> np.ndarray:
     return y.reshape(shape)
 
 
+def add_arrays(a, b):
+    """a + b where gradients meet (a value read by several ops): two maps of one shape
+    and dtype in parallel (NumPy's add runs on one core: 1.1 ms for ResNet-20's 8 MB
+    gradients at batch 128), anything else with NumPy."""
+    if a.ndim == 4 and a.shape == b.shape and a.dtype == b.dtype:
+        return combine_kernel(a, b, False)
+    return a + b
+
+
 def add_forward(op, xs, p, ctx):
     return _combine(xs, multiply=False)
 
