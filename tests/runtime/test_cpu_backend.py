@@ -14,7 +14,7 @@ import archc
 from conftest import SMALL_NETWORKS, SPECS
 from runtime.backends import cpu
 from runtime.backends.activations import FORMULAS, attributes_of
-from runtime.backends.cpu import conv, elementwise
+from runtime.backends.cpu import conv, elementwise, pool
 from runtime.backends.reference import KERNELS as REF
 from runtime.backends.reference_backward import BACKWARD as REF_BACKWARD
 from runtime.params import init_params
@@ -160,6 +160,33 @@ def test_gradients_meeting_at_a_fanned_out_value_add_up():
     np.testing.assert_array_equal(backend.add(view, b), view + b)
     np.testing.assert_array_equal(backend.add(a[:, :1], b), a[:, :1] + b)  # broadcast
     np.testing.assert_array_equal(backend.add(a[0, 0], b[0, 0]), a[0, 0] + b[0, 0])
+
+
+@pytest.mark.parametrize("shape, kernel, stride", [
+    ((3, 4, 28, 28), 2, 2), ((2, 3, 13, 17), 2, 2), ((2, 3, 13, 17), 3, 3),
+    ((2, 3, 13, 17), 3, 2), ((1, 2, 5, 9), (2, 3), (1, 2)),
+])
+def test_average_pools_with_windows_inside_the_map_take_the_fast_kernels(shape, kernel,
+                                                                         stride):
+    """Windows inside the map (no padding): rows summed first; where they tile it, the
+    gradient written once. The same values as the kernel with a window per output (the
+    gradient bit for bit), leftover rows and columns included."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    sh, sw = (stride, stride) if isinstance(stride, int) else stride
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    ho, wo = (shape[2] - kh) // sh + 1, (shape[3] - kw) // sw + 1
+    assert pool._inside(shape[2], shape[3], kh, kw, sh, sw, 0, 0, ho, wo)
+    op = Op(name="p", kind="avg_pool2d", attrs={"kernel_size": (kh, kw), "stride": (sh, sw),
+                                                "padding": (0, 0), "count_include_pad": True},
+            inputs=("x",), output="p", params={}, in_shapes=(shape[1:],),
+            out_shape=(shape[1], ho, wo))
+    y = pool.avg_pool_forward(op, [x], {}, KernelContext())
+    windows = pool.avg_pool_forward_kernel(x, kh, kw, sh, sw, 0, 0, ho, wo, True)
+    np.testing.assert_allclose(y, windows, rtol=1e-6, atol=1e-7)
+    gy = np.random.default_rng(8).standard_normal(y.shape).astype(np.float32)
+    (gx,), _ = pool.avg_pool_backward(op, [x], y, gy, {}, KernelContext())
+    np.testing.assert_array_equal(
+        gx, pool.avg_pool_backward_kernel(gy, shape[2], shape[3], kh, kw, sh, sw, 0, 0, True))
 
 
 FUSED_CONVS = {  # the CPU algorithms these few channels get: the epilogue in each one's loops

@@ -212,6 +212,70 @@ def avg_pool_backward_kernel(gy, h, w, kh, kw, sh, sw, pt, pl, count_pad):
     return gx
 
 
+def _inside(h, w, kh, kw, sh, sw, pt, pl, ho, wo) -> bool:
+    """Whether every window of an average pool lies inside the map (no padding, none
+    past the edge): the divisor is kh * kw throughout."""
+    return pt == 0 and pl == 0 and (ho - 1) * sh + kh <= h and (wo - 1) * sw + kw <= w
+
+
+@njit(cache=True, **PARALLEL)
+def avg_pool_inside_forward_kernel(x, kh, kw, sh, sw, ho, wo):
+    """avg_pool2d where every window lies inside the map (_inside): per output row, the
+    window's kh input rows summed into one row (contiguous loops, vectorised), then each
+    window's kw columns of that row, divided by kh * kw. LeNet-5's 2x2/2 pools at batch
+    256: 1.0 ms a pass with avg_pool_forward_kernel's window per output."""
+    n, c, h, w = x.shape
+    y = np.empty((n, c, ho, wo), dtype=x.dtype)
+    divisor = kh * kw
+    span = uint64((wo - 1) * sw + kw)  # the columns the windows read
+    for job in prange(n * c):
+        plane = x[job // c, job % c]
+        out = y[job // c, job % c]
+        row = np.empty(span, dtype=x.dtype)
+        for yy in range(ho):
+            first = plane[yy * sh]
+            for q in range(span):
+                row[q] = first[q]
+            for i in range(1, kh):
+                src = plane[yy * sh + i]
+                for q in range(span):
+                    row[q] += src[q]
+            dest = out[yy]
+            for xx in range(wo):
+                acc = 0.0
+                for j in range(kw):
+                    acc += row[xx * sw + j]
+                dest[xx] = acc / divisor
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def avg_pool_tiles_backward_kernel(gy, h, w, kh, kw):
+    """The input gradient of an average pool whose windows tile the map (stride = kernel,
+    no padding, inside it): each window's share of its output's gradient written once
+    (no zeroed map added into), zeros where no window reads."""
+    n, c, ho, wo = gy.shape
+    gx = np.empty((n, c, h, w), dtype=gy.dtype)
+    divisor = kh * kw
+    for job in prange(n * c):
+        g = gy[job // c, job % c]
+        plane = gx[job // c, job % c]
+        for i in range(h):
+            dest = plane[i]
+            if i < ho * kh:
+                src = g[i // kh]
+                for xx in range(wo):
+                    share = src[xx] / divisor
+                    for j in range(kw):
+                        dest[xx * kw + j] = share
+                for q in range(wo * kw, w):
+                    dest[q] = 0.0
+            else:
+                for q in range(w):
+                    dest[q] = 0.0
+    return gx
+
+
 def _avg_geometry(op):
     a = op.attrs
     (kh, kw), (sh, sw), (pt, pl) = a["kernel_size"], a["stride"], a["padding"]
@@ -221,14 +285,20 @@ def _avg_geometry(op):
 def avg_pool_forward(op, xs, p, ctx):
     kh, kw, sh, sw, pt, pl = _avg_geometry(op)
     ho, wo = op.out_shape[1:]
-    return avg_pool_forward_kernel(np.ascontiguousarray(xs[0]), kh, kw, sh, sw, pt, pl, ho, wo,
+    x = np.ascontiguousarray(xs[0])
+    if _inside(x.shape[2], x.shape[3], kh, kw, sh, sw, pt, pl, ho, wo):
+        return avg_pool_inside_forward_kernel(x, kh, kw, sh, sw, ho, wo)
+    return avg_pool_forward_kernel(x, kh, kw, sh, sw, pt, pl, ho, wo,
                                    op.attrs["count_include_pad"])
 
 
 def avg_pool_backward(op, xs, y, gy, p, ctx):
     kh, kw, sh, sw, pt, pl = _avg_geometry(op)
     h, w = xs[0].shape[2:]
-    return [avg_pool_backward_kernel(np.ascontiguousarray(gy), h, w, kh, kw, sh, sw, pt, pl,
+    gy = np.ascontiguousarray(gy)
+    if (kh, kw) == (sh, sw) and _inside(h, w, kh, kw, sh, sw, pt, pl, *gy.shape[2:]):
+        return [avg_pool_tiles_backward_kernel(gy, h, w, kh, kw)], {}
+    return [avg_pool_backward_kernel(gy, h, w, kh, kw, sh, sw, pt, pl,
                                      op.attrs["count_include_pad"])], {}
 
 
