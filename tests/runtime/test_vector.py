@@ -145,3 +145,19 @@ def test_every_tile_geometry_gives_the_same_conv(lanes):
         gw = conv_direct.direct_weight_grad_kernel(x, gy, 1, 3, 3, 1, 1, 1, 1, 1, 1, 4, 2,
                                                    vector.weight_grad_lanes())
         np.testing.assert_allclose(gw, expected_gw, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("lanes", [16, 8])
+def test_the_weight_gradient_over_several_chunks_of_positions(lanes):
+    """Samples stacked into panels longer than WEIGHT_GRAD_CHUNK positions: the blocks'
+    sums run chunk by chunk (the last one partial) and add up to the whole."""
+    rng = np.random.default_rng(lanes + 1)
+    x = rng.standard_normal((3, 5, 40, 37)).astype(np.float32)
+    gy = rng.standard_normal((3, 7, 40, 37)).astype(np.float32)
+    band = conv_direct.weight_grad_band(5, 7, 40, 39, 2, 1)
+    assert band == 40 and 3 * 42 * 39 > 2 * conv_direct.WEIGHT_GRAD_CHUNK  # one panel, chunks
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
+    expected = np.einsum("nchwij,nohw->ocij", windows, gy.astype(np.float64))
+    gw = conv_direct.direct_weight_grad_kernel(x, gy, 1, 3, 3, 1, 1, 1, 1, 1, 1, band, 2, lanes)
+    np.testing.assert_allclose(gw, expected, rtol=1e-4, atol=1e-3)

@@ -259,6 +259,7 @@ def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp, base, en
 
 
 WEIGHT_GRAD_FLOATS = 131072  # a weight-gradient job's panels: 512 KB of float32, in L2
+WEIGHT_GRAD_CHUNK = 1024  # panel positions per pass over the blocks: 8 rows of 4 KB, in L1
 
 
 def weight_grad_band(cg: int, og: int, ho: int, wp: int, reach_y: int, phases: int) -> int:
@@ -323,20 +324,23 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
                         start = uint64(base + r * wp)
                         for xx in range(uint64(wo)):
                             dest[start + xx] = src[xx]
-            # the taps innermost: a block's 4 rows of gy and 4 of x (shifted per tap) stay
-            # in L1 across its taps, read from L2 once rather than once per tap
-            for cb in range(0, cg4, 4):
-                for ob in range(0, og4, 4):
-                    for t in range(taps):
-                        ph = panel[phase[t]]
-                        off = uint64(shift[t])
-                        # one call per lane count, each with literal sizes (see _sums)
-                        if lanes == 16:
-                            _grad_sums(acc16, grad, ph, ob, cb, off, npos, 16)
-                            _add_grad_sums(acc16, partial[k, g], ob, cb, t, 16)
-                        else:
-                            _grad_sums(acc8, grad, ph, ob, cb, off, npos, 8)
-                            _add_grad_sums(acc8, partial[k, g], ob, cb, t, 8)
+            # the taps innermost, over WEIGHT_GRAD_CHUNK positions at a time: a block's 4
+            # rows of gy and 4 of x (shifted per tap) stay in L1 across its taps, read
+            # from L2 once rather than once per tap
+            for q0 in range(0, npos, WEIGHT_GRAD_CHUNK):
+                q1 = min(npos, q0 + WEIGHT_GRAD_CHUNK)
+                for cb in range(0, cg4, 4):
+                    for ob in range(0, og4, 4):
+                        for t in range(taps):
+                            ph = panel[phase[t]]
+                            off = uint64(shift[t])
+                            # one call per lane count, each with literal sizes (see _sums)
+                            if lanes == 16:
+                                _grad_sums(acc16, grad, ph, ob, cb, off, q0, q1, 16)
+                                _add_grad_sums(acc16, partial[k, g], ob, cb, t, 16)
+                            else:
+                                _grad_sums(acc8, grad, ph, ob, cb, off, q0, q1, 8)
+                                _add_grad_sums(acc8, partial[k, g], ob, cb, t, 8)
     summed = partial.sum(axis=0)
     gw = np.empty((o, cg, kh, kw), dtype=x.dtype)
     for g in range(groups):
@@ -348,9 +352,9 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
 
 
 @njit(cache=True, inline="always")
-def _grad_sums(acc, grad, ph, ob, cb, off, npos, lanes):
-    """acc[(4*i + j) * lanes + l] = the sum over the panel positions q = l, l + lanes, ...
-    (below npos) of grad[ob + i, q] * ph[cb + j, off + q], for 4 output channels (i) and 4
+def _grad_sums(acc, grad, ph, ob, cb, off, q0, q1, lanes):
+    """acc[(4*i + j) * lanes + l] = the sum over the panel positions q = q0 + l, q0 + l +
+    lanes, ... (below q1) of grad[ob + i, q] * ph[cb + j, off + q], for 4 output channels (i) and 4
     input channels (j): 16 sums ``lanes`` wide, which LLVM keeps in registers where the
     call has a literal ``lanes`` (see _sums)."""
     g0, g1, g2, g3 = grad[ob], grad[ob + 1], grad[ob + 2], grad[ob + 3]
@@ -358,7 +362,7 @@ def _grad_sums(acc, grad, ph, ob, cb, off, npos, lanes):
     for i in range(16 * lanes):
         acc[i] = 0.0
     step = uint64(lanes)
-    for p0 in range(0, npos, lanes):
+    for p0 in range(q0, q1, lanes):
         q = uint64(p0)
         for l in range(step):
             a0, a1 = g0[q + l], g1[q + l]
