@@ -147,17 +147,42 @@ def test_every_tile_geometry_gives_the_same_conv(lanes):
         np.testing.assert_allclose(gw, expected_gw, rtol=1e-4, atol=1e-3)
 
 
+def _weight_grad(x, gy, k, stride, pad, groups):
+    """The weight gradient of a conv in float64, from its windows."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = gy.shape[2:]
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))
+    windows = windows[:, :, ::stride, ::stride][:, :, :ho, :wo]
+    n, c = x.shape[:2]
+    o = gy.shape[1]
+    parts = [np.einsum("nchwij,nohw->ocij", windows[:, g * c // groups:(g + 1) * c // groups],
+                       gy[:, g * o // groups:(g + 1) * o // groups].astype(np.float64))
+             for g in range(groups)]
+    return np.concatenate(parts)
+
+
 @pytest.mark.parametrize("lanes", [16, 8])
-def test_the_weight_gradient_over_several_chunks_of_positions(lanes):
-    """Samples stacked into panels longer than WEIGHT_GRAD_CHUNK positions: the blocks'
-    sums run chunk by chunk (the last one partial) and add up to the whole."""
-    rng = np.random.default_rng(lanes + 1)
-    x = rng.standard_normal((3, 5, 40, 37)).astype(np.float32)
-    gy = rng.standard_normal((3, 7, 40, 37)).astype(np.float32)
-    band = conv_direct.weight_grad_band(5, 7, 40, 39, 2, 1)
-    assert band == 40 and 3 * 42 * 39 > 2 * conv_direct.WEIGHT_GRAD_CHUNK  # one panel, chunks
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    windows = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(2, 3))
-    expected = np.einsum("nchwij,nohw->ocij", windows, gy.astype(np.float64))
-    gw = conv_direct.direct_weight_grad_kernel(x, gy, 1, 3, 3, 1, 1, 1, 1, 1, 1, band, 2, lanes)
-    np.testing.assert_allclose(gw, expected, rtol=1e-4, atol=1e-3)
+@pytest.mark.parametrize("shape, out, k, stride, pad, groups", [
+    ((3, 5, 40, 37), 7, 3, 1, 1, 1),  # panels longer than GRAD_CHUNK: chunk by chunk
+    ((2, 4, 9, 11), 40, 3, 1, 1, 1),  # two vectors of outputs at once, then one
+    ((2, 3, 21, 19), 20, 7, 2, 3, 1),  # 49 taps in groups of 9 (the last one padded), phases
+    ((2, 6, 14, 14), 16, 5, 1, 0, 1),  # LeNet-5's C3
+    ((2, 8, 9, 10), 12, 3, 2, 1, 2),  # groups, strided
+])
+def test_the_weight_gradient_in_every_block_shape(lanes, shape, out, k, stride, pad, groups):
+    """The weight gradient's blocks of output-channel vectors and tap groups, against
+    float64 sums, at each lane count."""
+    rng = np.random.default_rng(lanes + out)
+    x = rng.standard_normal(shape).astype(np.float32)
+    ho = (shape[2] + 2 * pad - k) // stride + 1
+    wo = (shape[3] + 2 * pad - k) // stride + 1
+    gy = rng.standard_normal((shape[0], out, ho, wo)).astype(np.float32)
+    reach = (k - 1) // stride
+    band = conv_direct.weight_grad_band(shape[1] // groups, out // groups, ho, wo + reach,
+                                        reach, stride * stride)
+    if shape == (3, 5, 40, 37):
+        assert band == ho and 3 * (ho + 2) * (wo + 2) > 2 * conv_direct.GRAD_CHUNK
+    gw = conv_direct.direct_weight_grad_kernel(x, gy, groups, k, k, stride, stride, 1, 1, pad,
+                                               pad, band, 2, lanes)
+    np.testing.assert_allclose(gw, _weight_grad(x, gy, k, stride, pad, groups), rtol=1e-4,
+                               atol=1e-3)

@@ -21,6 +21,10 @@ The filters are packed once per model (runtime.packing) as ``(groups, blocks, ta
 C/g, R)``, zero rows completing the last block. The input gradient of a stride-1 conv
 is again a stride-1 conv (of the output gradient with the filters turned by 180 degrees,
 input and output channels swapped per group), so it runs on this kernel too.
+
+The weight gradient reads the same panels of x, and the output gradient turned
+channels-last beside them; its sums are vectors over output channels, one per (input
+channel, tap), so that nothing is summed across lanes (direct_weight_grad_kernel).
 """
 
 from __future__ import annotations
@@ -259,139 +263,197 @@ def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp, base, en
 
 
 WEIGHT_GRAD_FLOATS = 131072  # a weight-gradient job's panels: 512 KB of float32, in L2
-WEIGHT_GRAD_CHUNK = 1024  # panel positions per pass over the blocks: 8 rows of 4 KB, in L1
+
+
+GRAD_VECTOR = 16  # output channels per vector of the weight gradient's sums
 
 
 def weight_grad_band(cg: int, og: int, ho: int, wp: int, reach_y: int, phases: int) -> int:
     """Output rows per weight-gradient job: as many as keep its panels (x's rows of
-    ``cg`` channels in ``phases`` phases, gy's of ``og``) within WEIGHT_GRAD_FLOATS."""
-    per_row = (-(-cg // 4) * 4 * phases + -(-og // 4) * 4) * wp
+    ``cg`` channels in ``phases`` phases, gy's positions by ``og`` channels rounded up to
+    GRAD_VECTOR) within WEIGHT_GRAD_FLOATS."""
+    per_row = (cg * phases + -(-og // GRAD_VECTOR) * GRAD_VECTOR) * wp
     return max(1, min(ho, WEIGHT_GRAD_FLOATS // max(per_row, 1) - reach_y))
+
+
+TAP_GROUP = 9  # filter taps per block of sums (a 3x3 filter's); more taps in groups of 9
+GRAD_CHUNK = 256  # panel positions per pass over the blocks: gy's rows for them in L1
 
 
 @njit(cache=True, fastmath={"contract"}, **PARALLEL)
 def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, band, splits,
                               lanes):
     """The weight gradient (O, C/g, kh, kw) of the conv of x (N, C, H, W) whose output
-    gradient is gy (N, O, ho, wo), in jobs of ``band`` output rows (weight_grad_band), on
-    panels like the forward pass's: x's rows in phases, and gy's rows at the same pitch
-    with zeros in the padding columns and rows. Where a whole map is one band, the panels
-    stack samples up to about WEIGHT_GRAD_FLOATS values (a small map alone would leave
-    the sums below too short to pay for themselves; more would leave L2). For each tap,
-    block of 4 input channels and block of 4 output channels, 16 sums of products over
-    the panel's positions are kept ``lanes`` (vector.weight_grad_lanes: 16 or 8) wide in
-    registers. The jobs are dealt out to ``splits`` partial sums (one per thread), added
-    at the end."""
-    if lanes != 16 and lanes != 8:
-        raise ValueError("direct_weight_grad_kernel: sums are 16 or 8 lanes wide")
+    gradient is gy (N, O, ho, wo), in jobs of ``band`` output rows (weight_grad_band).
+    Each job copies x's rows into panels like the forward pass's (in phases), and gy's
+    rows channels-last: ``gt`` (positions, O/g rounded up to GRAD_VECTOR), zeros in the
+    padding columns and rows, at the panels' pitch. Where a whole map is one band, the
+    panels stack samples up to about WEIGHT_GRAD_FLOATS values.
+
+    The sums are vectorised over output channels: for each input channel, group of
+    TAP_GROUP taps and vector of GRAD_VECTOR output channels, sums[tap] += x[channel,
+    tap's offset + q] (one value, broadcast) * gt[q, vector] over the panel positions q,
+    GRAD_CHUNK of them at a time (gt's rows for them stay in L1). Each tap's sum is then
+    one vector of the gradient: no sum across lanes, and the loads of gt are contiguous.
+    ``lanes`` (vector.weight_grad_lanes) 16: two vectors at once, 18 of AVX-512's 32
+    registers; else one. Taps past the last of a group repeat it, their sums dropped.
+    (An earlier kernel vectorised over positions and added each sum's lanes up after
+    every block: 1.1-1.5x slower on AVX-512, 2 threads; on AVX2 as emulated on the same
+    machine, 0.9x to 1.1x this one's time.) The jobs are dealt out to ``splits`` partial
+    sums (one per thread), added at the end."""
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
     cg, og = c // groups, o // groups
-    cg4, og4 = (cg + 3) // 4 * 4, (og + 3) // 4 * 4
+    ogp = (og + GRAD_VECTOR - 1) // GRAD_VECTOR * GRAD_VECTOR
     taps = kh * kw
+    tgroups = (taps + TAP_GROUP - 1) // TAP_GROUP
+    tpad = tgroups * TAP_GROUP
     reach_y, reach_x = (kh - 1) * dh // sh, (kw - 1) * dw // sw
     wp = wo + reach_x
     phase, shift = tap_phases(kh, kw, sh, sw, dh, dw, wp)
     band = min(band, ho)
     bands = (ho + band - 1) // band
-    stride = (band + reach_y) * wp  # a sample's (band's) region of a panel
-    positions = WEIGHT_GRAD_FLOATS // (cg4 * sh * sw + og4)
+    stride = (band + reach_y) * wp
+    positions = WEIGHT_GRAD_FLOATS // (cg * sh * sw + ogp)
     per = 1 if bands > 1 else max(1, min(n, positions // stride))
     runs = (n + per - 1) // per
     units = runs * groups * bands
-    partial = np.zeros((splits, groups, og4, cg4, taps), dtype=x.dtype)
+    partial = np.zeros((splits, groups, cg, tpad, ogp), dtype=x.dtype)
     for k in prange(splits):
-        acc16 = stack_buffer(256, x.dtype)  # 4 output x 4 input channels x 16 lanes
-        acc8 = stack_buffer(128, x.dtype)  # ... x 8 lanes
+        # a buffer per call below (LLVM keeps one in registers only where a single
+        # geometry uses it, see _sums): TAP_GROUP taps x GRAD_VECTOR channels each
+        pair_a = stack_buffer(144, x.dtype)
+        pair_b = stack_buffer(144, x.dtype)
+        last = stack_buffer(144, x.dtype)
+        narrow = stack_buffer(144, x.dtype)
+        bases = np.empty(TAP_GROUP, dtype=np.int64)
         for unit in range(k, units, splits):
             b0 = (unit // (groups * bands)) * per
             g = (unit // bands) % groups
             y0 = (unit % bands) * band
             rows = min(band, ho - y0)
             count = min(per, n - b0)
-            npos = (count * stride + lanes - 1) // lanes * lanes
-            panel = np.zeros((sh * sw, cg4, npos + reach_y * wp + reach_x), dtype=x.dtype)
-            grad = np.zeros((og4, npos), dtype=x.dtype)
+            npos = count * stride
+            plen = npos + reach_y * wp + reach_x
+            panel = np.zeros((sh * sw, cg, plen), dtype=x.dtype)
+            gt = np.zeros((npos, ogp), dtype=x.dtype)
             for s in range(count):
                 base = s * stride
                 for ph in range(sh * sw):
                     _fill_panel(x[b0 + s], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt,
                                 rows + reach_y, sh, ph % sw - pl, sw, wp, base, 0)
-                for oo in range(og):
-                    dest = grad[oo]
-                    for r in range(rows):
-                        src = gy[b0 + s, g * og + oo, y0 + r]
-                        start = uint64(base + r * wp)
-                        for xx in range(uint64(wo)):
-                            dest[start + xx] = src[xx]
-            # the taps innermost, over WEIGHT_GRAD_CHUNK positions at a time: a block's 4
-            # rows of gy and 4 of x (shifted per tap) stay in L1 across its taps, read
-            # from L2 once rather than once per tap
-            for q0 in range(0, npos, WEIGHT_GRAD_CHUNK):
-                q1 = min(npos, q0 + WEIGHT_GRAD_CHUNK)
-                for cb in range(0, cg4, 4):
-                    for ob in range(0, og4, 4):
-                        for t in range(taps):
-                            ph = panel[phase[t]]
-                            off = uint64(shift[t])
-                            # one call per lane count, each with literal sizes (see _sums)
-                            if lanes == 16:
-                                _grad_sums(acc16, grad, ph, ob, cb, off, q0, q1, 16)
-                                _add_grad_sums(acc16, partial[k, g], ob, cb, t, 16)
+                for r in range(rows):
+                    for xx in range(wo):
+                        dest = gt[base + r * wp + xx]
+                        for oo in range(og):
+                            dest[oo] = gy[b0 + s, g * og + oo, y0 + r, xx]
+            flat = panel.reshape(-1)
+            step = 2 * GRAD_VECTOR if lanes == 16 else GRAD_VECTOR
+            for q0 in range(0, npos, GRAD_CHUNK):
+                q1 = min(npos, q0 + GRAD_CHUNK)
+                for ob in range(0, ogp, step):
+                    for ch in range(cg):
+                        dest = partial[k, g, ch]
+                        for tg in range(tgroups):
+                            t0 = tg * TAP_GROUP
+                            for i in range(TAP_GROUP):
+                                t = min(t0 + i, taps - 1)  # past the last tap: it again
+                                bases[i] = (phase[t] * cg + ch) * plen + shift[t]
+                            # literal widths, one buffer per call (see _sums)
+                            if lanes != 16:
+                                _grad_sums(narrow, gt, flat, bases, q0, q1, ob, 16)
+                                _add_grad_sums(narrow, dest, t0, ob, 16)
+                            elif ob + step <= ogp:
+                                _grad_sums_pair(pair_a, pair_b, gt, flat, bases, q0, q1, ob, 16)
+                                _add_grad_sums(pair_a, dest, t0, ob, 16)
+                                _add_grad_sums(pair_b, dest, t0, ob + 16, 16)
                             else:
-                                _grad_sums(acc8, grad, ph, ob, cb, off, q0, q1, 8)
-                                _add_grad_sums(acc8, partial[k, g], ob, cb, t, 8)
+                                _grad_sums(last, gt, flat, bases, q0, q1, ob, 16)
+                                _add_grad_sums(last, dest, t0, ob, 16)
     summed = partial.sum(axis=0)
     gw = np.empty((o, cg, kh, kw), dtype=x.dtype)
     for g in range(groups):
         for oo in range(og):
             for cc in range(cg):
                 for t in range(taps):
-                    gw[g * og + oo, cc, t // kw, t % kw] = summed[g, oo, cc, t]
+                    gw[g * og + oo, cc, t // kw, t % kw] = summed[g, cc, t, oo]
     return gw
 
 
 @njit(cache=True, inline="always")
-def _grad_sums(acc, grad, ph, ob, cb, off, q0, q1, lanes):
-    """acc[(4*i + j) * lanes + l] = the sum over the panel positions q = q0 + l, q0 + l +
-    lanes, ... (below q1) of grad[ob + i, q] * ph[cb + j, off + q], for 4 output channels (i) and 4
-    input channels (j): 16 sums ``lanes`` wide, which LLVM keeps in registers where the
-    call has a literal ``lanes`` (see _sums)."""
-    g0, g1, g2, g3 = grad[ob], grad[ob + 1], grad[ob + 2], grad[ob + 3]
-    x0, x1, x2, x3 = ph[cb], ph[cb + 1], ph[cb + 2], ph[cb + 3]
-    for i in range(16 * lanes):
+def _grad_sums(acc, gt, flat, tb, q0, q1, ob, width):
+    """acc[i * width + p] = the sum over q0 <= q < q1 of flat[tb[i] + q] * gt[q, ob + p],
+    for the TAP_GROUP taps i and ``width`` output channels p (one or two vectors): a
+    literal ``width`` keeps the sums in registers, as _sums does."""
+    for i in range(TAP_GROUP * width):
         acc[i] = 0.0
-    step = uint64(lanes)
-    for p0 in range(q0, q1, lanes):
-        q = uint64(p0)
-        for l in range(step):
-            a0, a1 = g0[q + l], g1[q + l]
-            a2, a3 = g2[q + l], g3[q + l]
-            v0, v1 = x0[off + q + l], x1[off + q + l]
-            v2, v3 = x2[off + q + l], x3[off + q + l]
-            acc[l] += a0 * v0
-            acc[step + l] += a0 * v1
-            acc[2 * step + l] += a0 * v2
-            acc[3 * step + l] += a0 * v3
-            acc[4 * step + l] += a1 * v0
-            acc[5 * step + l] += a1 * v1
-            acc[6 * step + l] += a1 * v2
-            acc[7 * step + l] += a1 * v3
-            acc[8 * step + l] += a2 * v0
-            acc[9 * step + l] += a2 * v1
-            acc[10 * step + l] += a2 * v2
-            acc[11 * step + l] += a2 * v3
-            acc[12 * step + l] += a3 * v0
-            acc[13 * step + l] += a3 * v1
-            acc[14 * step + l] += a3 * v2
-            acc[15 * step + l] += a3 * v3
+    b0, b1, b2, b3, b4 = uint64(tb[0]), uint64(tb[1]), uint64(tb[2]), uint64(tb[3]), \
+        uint64(tb[4])
+    b5, b6, b7, b8 = uint64(tb[5]), uint64(tb[6]), uint64(tb[7]), uint64(tb[8])
+    first = uint64(ob)
+    for q in range(uint64(q0), uint64(q1)):
+        row = gt[q]
+        x0, x1, x2, x3, x4 = flat[b0 + q], flat[b1 + q], flat[b2 + q], flat[b3 + q], \
+            flat[b4 + q]
+        x5, x6, x7, x8 = flat[b5 + q], flat[b6 + q], flat[b7 + q], flat[b8 + q]
+        for p in range(uint64(width)):
+            gv = row[first + p]
+            acc[p] += x0 * gv
+            acc[uint64(width) + p] += x1 * gv
+            acc[uint64(2 * width) + p] += x2 * gv
+            acc[uint64(3 * width) + p] += x3 * gv
+            acc[uint64(4 * width) + p] += x4 * gv
+            acc[uint64(5 * width) + p] += x5 * gv
+            acc[uint64(6 * width) + p] += x6 * gv
+            acc[uint64(7 * width) + p] += x7 * gv
+            acc[uint64(8 * width) + p] += x8 * gv
 
 
 @njit(cache=True, inline="always")
-def _add_grad_sums(acc, partial, ob, cb, t, lanes):
-    """partial[ob + i, cb + j, t] += the lanes of acc's sum (i, j) added up (_grad_sums)."""
-    for pair in range(16):
-        total = acc[pair * lanes]  # in the sums' own type (a float64 total cost a
-        for l in range(1, lanes):  # conversion per lane, adds twice as slow)
-            total += acc[pair * lanes + l]
-        partial[ob + pair // 4, cb + pair % 4, t] += total
+def _grad_sums_pair(acc, acc_b, gt, flat, tb, q0, q1, ob, width):
+    """_grad_sums for two vectors of output channels at once, ob and ob + width, into two
+    buffers (one buffer of 2 x TAP_GROUP vectors kept its sums in registers but stored
+    them back to memory at every step)."""
+    for i in range(TAP_GROUP * width):
+        acc[i] = 0.0
+        acc_b[i] = 0.0
+    b0, b1, b2, b3, b4 = uint64(tb[0]), uint64(tb[1]), uint64(tb[2]), uint64(tb[3]), \
+        uint64(tb[4])
+    b5, b6, b7, b8 = uint64(tb[5]), uint64(tb[6]), uint64(tb[7]), uint64(tb[8])
+    first = uint64(ob)
+    second = uint64(ob + width)
+    for q in range(uint64(q0), uint64(q1)):
+        row = gt[q]
+        x0, x1, x2, x3, x4 = flat[b0 + q], flat[b1 + q], flat[b2 + q], flat[b3 + q], \
+            flat[b4 + q]
+        x5, x6, x7, x8 = flat[b5 + q], flat[b6 + q], flat[b7 + q], flat[b8 + q]
+        for p in range(uint64(width)):
+            gv = row[first + p]
+            acc[p] += x0 * gv
+            acc[uint64(width) + p] += x1 * gv
+            acc[uint64(2 * width) + p] += x2 * gv
+            acc[uint64(3 * width) + p] += x3 * gv
+            acc[uint64(4 * width) + p] += x4 * gv
+            acc[uint64(5 * width) + p] += x5 * gv
+            acc[uint64(6 * width) + p] += x6 * gv
+            acc[uint64(7 * width) + p] += x7 * gv
+            acc[uint64(8 * width) + p] += x8 * gv
+            gw = row[second + p]
+            acc_b[p] += x0 * gw
+            acc_b[uint64(width) + p] += x1 * gw
+            acc_b[uint64(2 * width) + p] += x2 * gw
+            acc_b[uint64(3 * width) + p] += x3 * gw
+            acc_b[uint64(4 * width) + p] += x4 * gw
+            acc_b[uint64(5 * width) + p] += x5 * gw
+            acc_b[uint64(6 * width) + p] += x6 * gw
+            acc_b[uint64(7 * width) + p] += x7 * gw
+            acc_b[uint64(8 * width) + p] += x8 * gw
+
+
+@njit(cache=True, inline="always")
+def _add_grad_sums(acc, dest, t0, ob, width):
+    """dest[t0 + i, ob + p] += acc[i * width + p] (_grad_sums)."""
+    for i in range(TAP_GROUP):
+        row = dest[t0 + i]
+        for p in range(width):
+            row[ob + p] += acc[i * width + p]

@@ -63,6 +63,7 @@ def registers() -> int:
 
 
 def weight_grad_lanes() -> int:
-    """Lanes of the direct weight gradient's 16 running sums (conv_direct): 16 with
-    AVX-512 (one zmm register each), 8 elsewhere (one ymm register each)."""
+    """16 with AVX-512, else 8: the direct weight gradient (conv_direct) then keeps its
+    sums for two vectors of 16 output channels at once (18 of the 32 registers), else for
+    one."""
     return 16 if lanes() >= 16 else 8
