@@ -128,10 +128,11 @@ def scatter_kernel(values, idx, h, w, accumulate):
     a max pool, whose overlapping windows can pick one input twice) or written over (max
     unpooling, as PyTorch does)."""
     n, c, ho, wo = values.shape
-    out = np.zeros((n, c, h * w), dtype=values.dtype)
+    out = np.empty((n, c, h * w), dtype=values.dtype)
     for job in prange(n * c):
         b = job // c
         ch = job % c
+        out[b, ch] = 0.0  # each plane zeroed by its thread, not the whole map by one
         for yy in range(ho):
             for xx in range(wo):
                 at = idx[b, ch, yy, xx]
@@ -197,10 +198,11 @@ def avg_pool_forward_kernel(x, kh, kw, sh, sw, pt, pl, ho, wo, count_pad):
 @njit(cache=True, **PARALLEL)
 def avg_pool_backward_kernel(gy, h, w, kh, kw, sh, sw, pt, pl, count_pad):
     n, c, ho, wo = gy.shape
-    gx = np.zeros((n, c, h, w), dtype=gy.dtype)
+    gx = np.empty((n, c, h, w), dtype=gy.dtype)
     for job in prange(n * c):
         b = job // c
         ch = job % c
+        gx[b, ch] = 0.0  # each plane zeroed by its thread
         for yy in range(ho):
             for xx in range(wo):
                 a0, a1, b0, b1, divisor = avg_window(yy, xx, h, w, kh, kw, sh, sw, pt, pl,
