@@ -17,10 +17,18 @@ sets it (portable caches, or to keep LLVM's preference), is left as it is.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from llvmlite import binding as llvm
-from numba.core import config as numba_config
 
 FULL_WIDTH = "-prefer-256-bit"
+
+
+def _numba_config():
+    from numba.core import config  # imported here: it imports yaml (runtime stays light)
+
+    return config
 
 
 def _target_made() -> bool:
@@ -33,20 +41,28 @@ def _target_made() -> bool:
 
 def widen() -> bool:
     """Ask Numba for full-width vectors on an AVX-512 host, where it is still possible:
-    NUMBA_CPU_FEATURES unset and no ``@njit`` function made yet. True where it did."""
-    if numba_config.CPU_FEATURES is not None or _target_made():
+    NUMBA_CPU_FEATURES unset and no ``@njit`` function made yet. True where it did.
+    Before Numba is imported this sets NUMBA_CPU_FEATURES (read by Numba's config, and by
+    the compile helpers' processes alike); after, Numba's config itself."""
+    if os.environ.get("NUMBA_CPU_FEATURES"):
+        return False
+    loaded = "numba.core.config" in sys.modules
+    if loaded and (_numba_config().CPU_FEATURES is not None or _target_made()):
         return False
     host = llvm.get_host_cpu_features().flatten()
     if "+avx512f" not in host.split(","):
         return False
-    numba_config.CPU_FEATURES = f"{host},{FULL_WIDTH}"
+    if loaded:
+        _numba_config().CPU_FEATURES = f"{host},{FULL_WIDTH}"
+    else:
+        os.environ["NUMBA_CPU_FEATURES"] = f"{host},{FULL_WIDTH}"
     return True
 
 
 def features() -> set[str]:
     """The features Numba compiles for, as a set of '+name' and '-name' entries
     (NUMBA_CPU_FEATURES or what widen set, else LLVM's reading of the host)."""
-    flat = numba_config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    flat = _numba_config().CPU_FEATURES or llvm.get_host_cpu_features().flatten()
     return {f.strip() for f in flat.split(",") if f.strip()}
 
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from layer_cases import one_op
+from numba.core import config as numba_config
+
 from runtime import target
 from runtime.backends.cpu import conv, conv_direct, vector
 from runtime.errors import UsageError
@@ -28,7 +30,7 @@ from runtime.errors import UsageError
 ])
 def test_lanes_follow_the_vectors_numba_fills(monkeypatch, features, lanes):
     monkeypatch.delenv("ARCHC_VECTOR_LANES", raising=False)
-    with patch.object(target.numba_config, "CPU_FEATURES", features):
+    with patch.object(numba_config, "CPU_FEATURES", features):
         assert vector.host_lanes() == lanes
 
 
@@ -38,12 +40,14 @@ def test_lanes_follow_the_vectors_numba_fills(monkeypatch, features, lanes):
     ("+avx512f,+avx2,+avx", "+avx2,+avx", False, False),  # NUMBA_CPU_FEATURES is the user's
     ("+avx512f,+avx2,+avx", None, True, False),  # Numba's target already made: too late
 ])
-def test_widen_lifts_llvms_preference_only_where_it_may(host, user, made, widened):
+def test_widen_lifts_llvms_preference_only_where_it_may(monkeypatch, host, user, made,
+                                                        widened):
+    monkeypatch.delenv("NUMBA_CPU_FEATURES", raising=False)  # Numba is loaded: its config
     with patch.object(target.llvm, "get_host_cpu_features", lambda: _Flat(host)), \
-            patch.object(target.numba_config, "CPU_FEATURES", user), \
+            patch.object(numba_config, "CPU_FEATURES", user), \
             patch.object(target, "_target_made", lambda: made):
         assert target.widen() is widened
-        assert target.numba_config.CPU_FEATURES == (f"{host},-prefer-256-bit" if widened
+        assert numba_config.CPU_FEATURES == (f"{host},-prefer-256-bit" if widened
                                                     else user)
 
 

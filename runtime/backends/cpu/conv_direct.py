@@ -298,9 +298,9 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
     ``lanes`` (vector.weight_grad_lanes) 16: two vectors at once, 18 of AVX-512's 32
     registers; else one. Taps past the last of a group repeat it, their sums dropped.
     (An earlier kernel vectorised over positions and added each sum's lanes up after
-    every block: 1.1-1.5x slower on AVX-512, 2 threads; on AVX2 as emulated on the same
-    machine, 0.9x to 1.1x this one's time.) The jobs are dealt out to ``splits`` partial
-    sums (one per thread), added at the end."""
+    every block: 1.1-1.5x slower on AVX-512, 2 threads; with AVX2 only, as emulated on
+    the same machine, this one takes 1.0-1.15x its time.) The jobs are dealt out to
+    ``splits`` partial sums (one per thread), added at the end."""
     n, c = x.shape[0], x.shape[1]
     o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
     cg, og = c // groups, o // groups
@@ -387,26 +387,13 @@ def _grad_sums(acc, gt, flat, tb, q0, q1, ob, width):
     literal ``width`` keeps the sums in registers, as _sums does."""
     for i in range(TAP_GROUP * width):
         acc[i] = 0.0
-    b0, b1, b2, b3, b4 = uint64(tb[0]), uint64(tb[1]), uint64(tb[2]), uint64(tb[3]), \
-        uint64(tb[4])
-    b5, b6, b7, b8 = uint64(tb[5]), uint64(tb[6]), uint64(tb[7]), uint64(tb[8])
+    bases = _tap_bases(tb)
     first = uint64(ob)
     for q in range(uint64(q0), uint64(q1)):
         row = gt[q]
-        x0, x1, x2, x3, x4 = flat[b0 + q], flat[b1 + q], flat[b2 + q], flat[b3 + q], \
-            flat[b4 + q]
-        x5, x6, x7, x8 = flat[b5 + q], flat[b6 + q], flat[b7 + q], flat[b8 + q]
+        xs = _tap_values(flat, bases, q)
         for p in range(uint64(width)):
-            gv = row[first + p]
-            acc[p] += x0 * gv
-            acc[uint64(width) + p] += x1 * gv
-            acc[uint64(2 * width) + p] += x2 * gv
-            acc[uint64(3 * width) + p] += x3 * gv
-            acc[uint64(4 * width) + p] += x4 * gv
-            acc[uint64(5 * width) + p] += x5 * gv
-            acc[uint64(6 * width) + p] += x6 * gv
-            acc[uint64(7 * width) + p] += x7 * gv
-            acc[uint64(8 * width) + p] += x8 * gv
+            _tap_fmas(acc, row[first + p], p, width, xs)
 
 
 @njit(cache=True, inline="always")
@@ -417,37 +404,45 @@ def _grad_sums_pair(acc, acc_b, gt, flat, tb, q0, q1, ob, width):
     for i in range(TAP_GROUP * width):
         acc[i] = 0.0
         acc_b[i] = 0.0
-    b0, b1, b2, b3, b4 = uint64(tb[0]), uint64(tb[1]), uint64(tb[2]), uint64(tb[3]), \
-        uint64(tb[4])
-    b5, b6, b7, b8 = uint64(tb[5]), uint64(tb[6]), uint64(tb[7]), uint64(tb[8])
+    bases = _tap_bases(tb)
     first = uint64(ob)
     second = uint64(ob + width)
     for q in range(uint64(q0), uint64(q1)):
         row = gt[q]
-        x0, x1, x2, x3, x4 = flat[b0 + q], flat[b1 + q], flat[b2 + q], flat[b3 + q], \
-            flat[b4 + q]
-        x5, x6, x7, x8 = flat[b5 + q], flat[b6 + q], flat[b7 + q], flat[b8 + q]
+        xs = _tap_values(flat, bases, q)
         for p in range(uint64(width)):
-            gv = row[first + p]
-            acc[p] += x0 * gv
-            acc[uint64(width) + p] += x1 * gv
-            acc[uint64(2 * width) + p] += x2 * gv
-            acc[uint64(3 * width) + p] += x3 * gv
-            acc[uint64(4 * width) + p] += x4 * gv
-            acc[uint64(5 * width) + p] += x5 * gv
-            acc[uint64(6 * width) + p] += x6 * gv
-            acc[uint64(7 * width) + p] += x7 * gv
-            acc[uint64(8 * width) + p] += x8 * gv
-            gw = row[second + p]
-            acc_b[p] += x0 * gw
-            acc_b[uint64(width) + p] += x1 * gw
-            acc_b[uint64(2 * width) + p] += x2 * gw
-            acc_b[uint64(3 * width) + p] += x3 * gw
-            acc_b[uint64(4 * width) + p] += x4 * gw
-            acc_b[uint64(5 * width) + p] += x5 * gw
-            acc_b[uint64(6 * width) + p] += x6 * gw
-            acc_b[uint64(7 * width) + p] += x7 * gw
-            acc_b[uint64(8 * width) + p] += x8 * gw
+            _tap_fmas(acc, row[first + p], p, width, xs)
+            _tap_fmas(acc_b, row[second + p], p, width, xs)
+
+
+@njit(cache=True, inline="always")
+def _tap_bases(tb):
+    """The TAP_GROUP (9) taps' offsets into the flat panels, unsigned."""
+    return (uint64(tb[0]), uint64(tb[1]), uint64(tb[2]), uint64(tb[3]), uint64(tb[4]),
+            uint64(tb[5]), uint64(tb[6]), uint64(tb[7]), uint64(tb[8]))
+
+
+@njit(cache=True, inline="always")
+def _tap_values(flat, bases, q):
+    """The panel's value at position q for each of the 9 taps."""
+    b0, b1, b2, b3, b4, b5, b6, b7, b8 = bases
+    return (flat[b0 + q], flat[b1 + q], flat[b2 + q], flat[b3 + q], flat[b4 + q],
+            flat[b5 + q], flat[b6 + q], flat[b7 + q], flat[b8 + q])
+
+
+@njit(cache=True, inline="always")
+def _tap_fmas(acc, gv, p, width, xs):
+    """acc[i * width + p] += xs[i] * gv for the 9 taps i."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8 = xs
+    acc[p] += x0 * gv
+    acc[uint64(width) + p] += x1 * gv
+    acc[uint64(2 * width) + p] += x2 * gv
+    acc[uint64(3 * width) + p] += x3 * gv
+    acc[uint64(4 * width) + p] += x4 * gv
+    acc[uint64(5 * width) + p] += x5 * gv
+    acc[uint64(6 * width) + p] += x6 * gv
+    acc[uint64(7 * width) + p] += x7 * gv
+    acc[uint64(8 * width) + p] += x8 * gv
 
 
 @njit(cache=True, inline="always")
