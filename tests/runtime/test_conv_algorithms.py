@@ -60,9 +60,10 @@ def _pointwise(draw):
 
 
 def _winograd(draw):
-    c = draw(st.integers(1, 6))
-    return c, {"out_channels": draw(st.integers(1, 6)), "kernel_size": (3, 3), "stride": (1, 1),
-               "dilation": (1, 1), "groups": 1}
+    # a few channels, or a whole vector of 16 (the transforms' lanes) and a part of one
+    channels = st.one_of(st.integers(1, 6), st.integers(16, 19))
+    return draw(channels), {"out_channels": draw(channels), "kernel_size": (3, 3),
+                            "stride": (1, 1), "dilation": (1, 1), "groups": 1}
 
 
 CASES = {"depthwise": _depthwise, "direct": _direct, "grid": _grid, "im2col": _im2col,
@@ -72,8 +73,12 @@ CASES = {"depthwise": _depthwise, "direct": _direct, "grid": _grid, "im2col": _i
 # thresholds only say where it pays), with either tile size
 _MODES = [(train, strided) for train in (False, True) for strided in (False, True)]
 SETTINGS = {
+    # in three passes over the batch, or fused in blocks of any number of tile rows
     "winograd": lambda draw: {"WINOGRAD_TILE": draw(st.sampled_from([2, 4])),
-                              "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1},
+                              "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1,
+                              "WINOGRAD_PASS_BYTES": draw(st.sampled_from([0, 1 << 40])),
+                              "WINOGRAD_FUSED_FILTER_BYTES": 1 << 40,
+                              "WINOGRAD_BLOCK_BYTES": draw(st.integers(0, 1 << 16))},
     # direct and grid take the same convs: the rule picks by channel count
     "direct": lambda draw: {"WINOGRAD_TILE": None,
                             "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 10**6),
@@ -172,9 +177,11 @@ def _weight_shape(op, shape):
 
 @pytest.mark.parametrize("shape, stride, kernel, groups, batch, algorithm", [
     ((64, 56, 56), 1, 3, 1, 1, "winograd F(4x4"),
-    ((64, 56, 56), 1, 3, 1, 8, "direct"),  # Winograd's tiles would take 14 MB
+    ((64, 56, 56), 1, 3, 1, 8, "winograd F(4x4"),  # 14 MB of tiles: fused, per block
     ((128, 28, 28), 1, 3, 1, 8, "winograd F(4x4"),
-    ((256, 14, 14), 1, 3, 1, 1, "winograd F(2x2"),  # 16 tiles of 4x4 only
+    ((256, 14, 14), 1, 3, 1, 1, "direct"),  # 49 tiles of 2x2: too few
+    ((256, 14, 14), 1, 3, 1, 2, "winograd F(2x2"),  # 32 tiles of 4x4 only
+    ((128, 56, 56), 1, 3, 1, 8, "direct"),  # 28 MB of tiles, U too big to read per block
     # 16 tiles of 2x2: Winograd's transformed filters (16.8 MB) read for too little work
     ((512, 7, 7), 1, 3, 1, 1, "direct stride 1 with 49 positions"),
     ((512, 7, 7), 1, 3, 1, 8, "winograd F(2x2"),  # 32 tiles of 4x4 (F(4x4) as fast)

@@ -63,11 +63,10 @@ from runtime.backends.cpu.conv_im2col import (
     im2col_weight_grad_kernel,
 )
 from runtime.backends.cpu.conv_winograd import (
-    TRANSFORMS,
-    input_transform,
-    output_transform,
+    fused_tiles,
+    input_tiles,
+    output_tiles,
     tile_products,
-    to_padded_nhwc,
     transform_filters,
 )
 from runtime.backends.cpu.elementwise import NO_ACTIVATION, fused_forward
@@ -226,14 +225,22 @@ def _winograd_input_grad(op, gy, w, m, ctx):
 
 
 def _winograd(x, u, m, pt, pl, ho, wo, bias, residual, code, slope):
-    n = x.shape[0]
+    """F(m x m, 3x3) on the transformed filters ``u`` (a*a, C, O): in three passes over
+    the whole batch (each parallel: its (m+2)^2 GEMMs share U among all the tiles), or
+    fused per block of tile rows (conv_winograd.fused_tiles) where the batch's transformed
+    tiles and products would outgrow the cache and U is small enough to read per block."""
+    n, c = x.shape[:2]
+    o = u.shape[2]
     th, tw = -(-ho // m), -(-wo // m)
-    bt, _, at = TRANSFORMS[m]
-    xp = to_padded_nhwc(x, pt, pl, th * m + 2, tw * m + 2)
-    v = input_transform(xp, bt.astype(x.dtype), m, th, tw)
+    k = np.array([2, 4, 5, 8], dtype=x.dtype)
+    row_bytes = (m + 2) ** 2 * tw * (c + o) * x.itemsize  # V and M of a row of tiles
+    if n * th * row_bytes > WINOGRAD_PASS_BYTES and u.nbytes <= WINOGRAD_FUSED_FILTER_BYTES:
+        rows = max(1, min(th, WINOGRAD_BLOCK_BYTES // row_bytes))
+        return fused_tiles(x, u, m, pt, pl, th, tw, rows, ho, wo, bias, residual, code, slope,
+                           k)
+    v = input_tiles(x, m, pt, pl, th, tw, k)
     products = tile_products(v, u, WINOGRAD_GEMM_ROWS)  # (m+2)^2 GEMMs: jobs enough
-    return output_transform(products, at.astype(x.dtype), th, tw, n, ho, wo, bias, residual,
-                            code, slope)
+    return output_tiles(products, m, th, tw, x.shape[0], ho, wo, bias, residual, code, slope, k)
 
 
 def _grid_backward(op, x, w, taps, gy, input_grad: bool = True, weight_grad: bool = True):
@@ -284,14 +291,26 @@ WINOGRAD_TILES_4 = 64  # tiles of 4x4 in the batch from which F(4x4, 3x3) runs
 # tiles of m x m in the batch from which F(m x m, 3x3) runs: on fewer, its transformed
 # filters ((m+2)^2/9 times the filters' size) are read for too little work (512x7x7 at
 # batch 1, 16 tiles of 2x2: Winograd 2.93 ms, the register tiles 1.6; 256x7x7 0.43
-# against 0.40; 256x14x14, 49 tiles: 0.86 against 1.27)
-WINOGRAD_MIN_TILES = 32
+# against 0.40). 256x14x14 at batch 1, 49 tiles, ran faster alone (0.96 against 1.05
+# ms) but slower in ResNet-18, its filters no longer in the cache (its three such convs
+# 1.0 ms slower in a 21 ms pass).
+WINOGRAD_MIN_TILES = 64
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
-# the batch's transformed input tiles ((m+2)^2 x tiles x C floats) at most this big: past
-# it they and the products outgrow the cache, and the register tiles win (64 channels
-# 56x56 at batch 8: 14 MB of tiles, Winograd 8.9 ms against 5.7; 128x28x28 at batch 8:
-# 7 MB, Winograd 3.1 against 5.0)
+# Past this many bytes of the batch's transformed tiles and products (V and M), a conv
+# whose transformed filters (U) take at most WINOGRAD_FUSED_FILTER_BYTES runs fused, a
+# block of tile rows of about WINOGRAD_BLOCK_BYTES per job, each job reading U; where U is
+# bigger, reading it per block costs more than V and M going through memory. Measured (2
+# threads, forward): 64 channels 56x56, F(4x4), batch 8: three passes 6.9 ms, fused 5.2
+# (blocks of 256 KB 5.7, 1 MB 5.8); batch 1: 0.69 against 0.62-0.65; 128 channels 28x28,
+# batch 8 (U 2.4 MB): 4.4 against 4.2-6.3; 512 channels 7x7: 8.7 against 17-46.
+WINOGRAD_PASS_BYTES = 2 << 20
+WINOGRAD_BLOCK_BYTES = 512 << 10
+WINOGRAD_FUSED_FILTER_BYTES = 1 << 20
+# the batch's transformed input tiles ((m+2)^2 x tiles x C floats) at most this big where
+# the conv cannot run fused: past it they and the products outgrow the cache, and the
+# register tiles win (before the fused blocks: 64 channels 56x56 at batch 8: 14 MB of
+# tiles, Winograd 8.9 ms against 5.7; 128x28x28 at batch 8: 7 MB, Winograd 3.1 against 5.0)
 WINOGRAD_MAX_BYTES = 12 << 20
 
 
@@ -318,7 +337,8 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
         return m
     if min(op.in_shapes[0][0], op.out_shape[0]) < WINOGRAD_MIN_CHANNELS:
         return 0
-    if (m + 2) ** 2 * tiles(m) * op.in_shapes[0][0] * 4 > WINOGRAD_MAX_BYTES:
+    fused = (m + 2) ** 2 * op.in_shapes[0][0] * op.out_shape[0] * 4 <= WINOGRAD_FUSED_FILTER_BYTES
+    if not fused and (m + 2) ** 2 * tiles(m) * op.in_shapes[0][0] * 4 > WINOGRAD_MAX_BYTES:
         return 0
     return m if tiles(m) >= WINOGRAD_MIN_TILES else 0
 

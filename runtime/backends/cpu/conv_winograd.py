@@ -9,10 +9,22 @@ so a tile costs (m+2)^2 multiplications per (input, output) channel pair instead
 of all tiles are (m+2)^2 GEMMs, ``M[k] (T, O) = V[k] (T, C) @ U[k] (C, O)``, one per
 position k of the transformed tile, over all T tiles of the batch.
 
-The transforms run on channels-last copies (input ``(N, Hp, Wp, C)``, the transformed
-tiles ``(k, T, C)``, products ``(k, T, O)``), so that every transform is a loop over
-contiguous channels that vectorises, whatever the size of the map. The filters are
-transformed once per model (``U``, packed: runtime.packing).
+The transformed tiles are channels-last, ``V (k, T, C)``, and so are the products ``M (k,
+T, O)``: every transform is straight-line code over a vector of 16 channels (the fewest
+additions and multiplications, as NNPACK writes them: :func:`_bt4`, :func:`_at4`), its
+values in registers and a stack buffer that nothing else can alias, so that LLVM
+vectorises it without run-time checks. The maps stay planes (N, C, H, W): each row of
+tiles turns its (m+2) input rows channels-last into a small strip first
+(:func:`input_row`), and writes its m output rows back plane by plane with the epilogue
+(:func:`output_row`), in cache. (Transforms vectorised along the tiles of a plane instead,
+on the input split into m x m phases, were tried: faster on 56x56 maps, 2-5x slower on
+the 7x7 to 28x28 maps where most ResNet tiles are.)
+
+Where the whole batch's V and M fit the cache, the conv runs in three passes over the
+batch, each parallel, the (m+2)^2 GEMMs sharing U among all the tiles; where they would
+not and U is small, fused per block of tile rows (:func:`fused_tiles`), each job from its
+input to its output in its own cache. The filters are transformed once per model (``U``,
+packed: runtime.packing).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from numba import njit, prange, uint64
 
 from runtime.backends.cpu.blas import gemm
 from runtime.backends.cpu.elementwise import activate_inplace
+from runtime.backends.cpu.lowlevel import stack_buffer
 from runtime.config import PARALLEL
 
 # F(2x2, 3x3): interpolation points 0, 1, -1 (and infinity)
@@ -55,6 +68,8 @@ AT4 = np.array([[1, 1, 1, 1, 1, 0],
                 [0, 1, -1, 8, -8, 1]], dtype=np.float64)
 
 TRANSFORMS = {2: (BT2, G2, AT2), 4: (BT4, G4, AT4)}
+
+LANES = 16  # channels a transform takes at once: one AVX-512 vector of float32
 
 
 def transform_filters(w: np.ndarray, m: int) -> np.ndarray:
@@ -90,52 +105,158 @@ def filter_transform_kernel(wt, g):
     return u
 
 
-@njit(cache=True, **PARALLEL)
-def to_padded_nhwc(x, top, left, hp, wp):
-    """x (N, C, H, W) -> (N, hp, wp, C), placed at (top, left), zeros around it."""
-    n, c, h, w = x.shape
-    out = np.zeros((n, hp, wp, c), dtype=x.dtype)
-    for job in prange(n * h):
-        b, r = job // h, job % h
-        for ch in range(c):
-            for col in range(w):
-                out[b, r + top, col + left, ch] = x[b, ch, r, col]
-    return out
+@njit(inline="always")
+def _bt2(d0, d1, d2, d3):
+    """B^T d for F(2x2, 3x3), d a column (or row) of an input block."""
+    return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@njit(inline="always")
+def _bt4(d0, d1, d2, d3, d4, d5, two, four, five):
+    """B^T d for F(4x4, 3x3) (the rows of BT4), with the fewest operations."""
+    return (four * d0 - five * d2 + d4, d3 + d4 - four * (d1 + d2),
+            four * (d1 - d2) + d4 - d3, two * (d3 - d1) + d4 - d2,
+            two * (d1 - d3) + d4 - d2, four * d1 - five * d3 + d5)
+
+
+@njit(inline="always")
+def _row2(row, x0, ch):
+    """d B for one row of a 4 x 4 input block (a strip row (columns, channels))."""
+    return _bt2(row[x0, ch], row[x0 + 1, ch], row[x0 + 2, ch], row[x0 + 3, ch])
+
+
+@njit(inline="always")
+def _put2(buf, j, lane, col):
+    """Column ``j`` of a 2 x 2 block, rows 0, 1: into buf[(j*2 + i) * LANES + lane]."""
+    buf[(j * 2) * LANES + lane] = col[0]
+    buf[(j * 2 + 1) * LANES + lane] = col[1]
+
+
+@njit(inline="always")
+def _put4(buf, j, lane, col):
+    """Column ``j`` of a 4 x 4 block: its row i into buf[(i*4 + j) * LANES + lane]."""
+    buf[j * LANES + lane] = col[0]
+    buf[(4 + j) * LANES + lane] = col[1]
+    buf[(8 + j) * LANES + lane] = col[2]
+    buf[(12 + j) * LANES + lane] = col[3]
+
+
+@njit(inline="always")
+def _put6(buf, j, lane, col):
+    """Column ``j`` of a 6 x 6 block: its row i into buf[(i*6 + j) * LANES + lane]."""
+    buf[j * LANES + lane] = col[0]
+    buf[(6 + j) * LANES + lane] = col[1]
+    buf[(12 + j) * LANES + lane] = col[2]
+    buf[(18 + j) * LANES + lane] = col[3]
+    buf[(24 + j) * LANES + lane] = col[4]
+    buf[(30 + j) * LANES + lane] = col[5]
+
+
+@njit(inline="always")
+def _at2(m0, m1, m2, m3):
+    """A^T m for F(2x2, 3x3)."""
+    return m0 + m1 + m2, m1 - m2 - m3
+
+
+@njit(inline="always")
+def _at4(m0, m1, m2, m3, m4, m5, two, four, eight):
+    """A^T m for F(4x4, 3x3) (the rows of AT4)."""
+    s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
+    return m0 + s12 + s34, d12 + two * d34, s12 + four * s34, d12 + eight * d34 + m5
 
 
 @njit(cache=True, **PARALLEL)
-def input_transform(xp, bt, m, th, tw):
-    """V (a*a, T, C): V[i*a + j, t] = (B^T d B)[i, j] for the a x a input block d of tile
-    t (sample-major, then tile row, tile column), channels innermost."""
-    n, c = xp.shape[0], xp.shape[3]
-    a = bt.shape[0]
-    tiles = n * th * tw
-    v = np.empty((a * a, tiles, c), dtype=xp.dtype)
-    for t in prange(tiles):
-        b = t // (th * tw)
-        y0 = ((t // tw) % th) * m
-        x0 = (t % tw) * m
-        tmp = np.zeros((a, a, c), dtype=xp.dtype)  # B^T d, column by column
-        for i in range(a):
-            for r in range(a):
-                coef = bt[i, r]
-                if coef == 0.0:
-                    continue
-                for j in range(a):
-                    for ch in range(uint64(c)):
-                        tmp[i, j, ch] += coef * xp[b, y0 + r, x0 + j, ch]
-        for i in range(a):
-            for k in range(a):
-                row = i * a + k
-                for ch in range(uint64(c)):
-                    v[row, t, ch] = 0.0
-                for j in range(a):
-                    coef = bt[k, j]
-                    if coef == 0.0:
-                        continue
-                    for ch in range(uint64(c)):
-                        v[row, t, ch] += coef * tmp[i, j, ch]
+def input_tiles(x, m, pt, pl, th, tw, k):
+    """V (a*a, T, C) for every m x m output tile of x (N, C, H, W), a = m + 2:
+    V[i*a + j, t] = (B^T d B)[i, j] for the a x a input block d of tile t (sample-major,
+    then tile row, tile column), channels innermost; one row of tiles per job
+    (:func:`input_row`). ``k`` holds the constants 2, 4, 5, 8 in x's dtype."""
+    n, c = x.shape[0], x.shape[1]
+    v = np.empty(((m + 2) ** 2, n * th * tw, c), dtype=x.dtype)
+    for job in prange(n * th):
+        strip = np.empty((m + 2, tw * m + 2, c), dtype=x.dtype)
+        input_row(x, job // th, job % th, m, pt, pl, tw, k, strip, v, job * tw)
     return v
+
+
+@njit(cache=True)
+def input_row(x, b, ty, m, pt, pl, tw, k, strip, v, t0):
+    """The transformed input of the tiles in row ``ty`` of sample ``b`` into V[:, t0 ..
+    t0+tw]: its a input rows turned channels-last into ``strip`` (a, tw*m + 2, C) first
+    (the padding zeros), then each tile's transform straight-line code (_bt2/_bt4) over a
+    vector of channels, every value in registers or on the stack."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    a = m + 2
+    wp = tw * m + 2
+    two, four, five = k[0], k[1], k[2]
+    lo, hi = max(0, -pl), min(w, wp - pl)  # the input columns inside the strip
+    buf2 = stack_buffer(256, x.dtype)  # 16 transformed values x LANES channels
+    buf4 = stack_buffer(576, x.dtype)  # 36 x LANES
+    for r in range(a):
+        yy = ty * m + r - pt
+        if yy < 0 or yy >= h or hi <= lo:
+            strip[r] = 0.0
+            continue
+        for col in range(lo + pl):
+            strip[r, col] = 0.0
+        for col in range(hi + pl, wp):
+            strip[r, col] = 0.0
+        for ch in range(c):
+            src = x[b, ch, yy]
+            for xx in range(lo, hi):
+                strip[r, xx + pl, ch] = src[xx]
+    for tx in range(tw):
+        t = t0 + tx
+        x0 = tx * m
+        for ch0 in range(0, c, LANES):
+            width = min(LANES, c - ch0)
+            if m == 2:
+                for lane in range(uint64(width)):  # vectorises: strip -> stack
+                    ch = uint64(ch0) + lane
+                    e0 = _row2(strip[0], x0, ch)
+                    e1 = _row2(strip[1], x0, ch)
+                    e2 = _row2(strip[2], x0, ch)
+                    e3 = _row2(strip[3], x0, ch)
+                    _put4(buf2, 0, lane, _bt2(e0[0], e1[0], e2[0], e3[0]))
+                    _put4(buf2, 1, lane, _bt2(e0[1], e1[1], e2[1], e3[1]))
+                    _put4(buf2, 2, lane, _bt2(e0[2], e1[2], e2[2], e3[2]))
+                    _put4(buf2, 3, lane, _bt2(e0[3], e1[3], e2[3], e3[3]))
+                for kk in range(16):
+                    dst = v[kk, t]
+                    for lane in range(uint64(width)):
+                        dst[uint64(ch0) + lane] = buf2[kk * LANES + lane]
+            else:
+                for lane in range(uint64(width)):
+                    ch = uint64(ch0) + lane
+                    e0 = _row4(strip[0], x0, ch, two, four, five)
+                    e1 = _row4(strip[1], x0, ch, two, four, five)
+                    e2 = _row4(strip[2], x0, ch, two, four, five)
+                    e3 = _row4(strip[3], x0, ch, two, four, five)
+                    e4 = _row4(strip[4], x0, ch, two, four, five)
+                    e5 = _row4(strip[5], x0, ch, two, four, five)
+                    _put6(buf4, 0, lane, _bt4(e0[0], e1[0], e2[0], e3[0], e4[0], e5[0],
+                                              two, four, five))
+                    _put6(buf4, 1, lane, _bt4(e0[1], e1[1], e2[1], e3[1], e4[1], e5[1],
+                                              two, four, five))
+                    _put6(buf4, 2, lane, _bt4(e0[2], e1[2], e2[2], e3[2], e4[2], e5[2],
+                                              two, four, five))
+                    _put6(buf4, 3, lane, _bt4(e0[3], e1[3], e2[3], e3[3], e4[3], e5[3],
+                                              two, four, five))
+                    _put6(buf4, 4, lane, _bt4(e0[4], e1[4], e2[4], e3[4], e4[4], e5[4],
+                                              two, four, five))
+                    _put6(buf4, 5, lane, _bt4(e0[5], e1[5], e2[5], e3[5], e4[5], e5[5],
+                                              two, four, five))
+                for kk in range(36):
+                    dst = v[kk, t]
+                    for lane in range(uint64(width)):
+                        dst[uint64(ch0) + lane] = buf4[kk * LANES + lane]
+
+
+@njit(inline="always")
+def _row4(row, x0, ch, two, four, five):
+    """d B for one row of a 6 x 6 input block (a strip row (columns, channels))."""
+    return _bt4(row[x0, ch], row[x0 + 1, ch], row[x0 + 2, ch], row[x0 + 3, ch],
+                row[x0 + 4, ch], row[x0 + 5, ch], two, four, five)
 
 
 @njit(cache=True, **PARALLEL)
@@ -155,52 +276,115 @@ def tile_products(v, u, block):
 
 
 @njit(cache=True, **PARALLEL)
-def output_transform(mt, at, th, tw, n, ho, wo, bias, residual, code, slope):
-    """y (N, O, ho, wo) from the products: each tile's A^T M A, the positions past the
-    output dropped, then the epilogue (bias, residual, activation) per output plane."""
-    o = mt.shape[2]
-    m, a = at.shape[0], at.shape[1]
-    y = np.empty((n, o, ho, wo), dtype=mt.dtype)
-    for job in prange(n * th):  # a row of tiles of one sample
-        b, ty = job // th, job % th
-        tmp = np.empty((m, a, o), dtype=mt.dtype)
-        res = np.empty((m, m, o), dtype=mt.dtype)
-        for tx in range(tw):
-            t = (b * th + ty) * tw + tx
-            for i in range(m):
-                for j in range(a):
-                    for ch in range(uint64(o)):
-                        tmp[i, j, ch] = 0.0
-                    for k in range(a):
-                        coef = at[i, k]
-                        if coef == 0.0:
-                            continue
-                        for ch in range(uint64(o)):
-                            tmp[i, j, ch] += coef * mt[k * a + j, t, ch]
-            for i in range(m):
-                for jj in range(m):
-                    for ch in range(uint64(o)):
-                        res[i, jj, ch] = 0.0
-                    for j in range(a):
-                        coef = at[jj, j]
-                        if coef == 0.0:
-                            continue
-                        for ch in range(uint64(o)):
-                            res[i, jj, ch] += coef * tmp[i, j, ch]
-            for i in range(min(m, ho - ty * m)):
-                for jj in range(min(m, wo - tx * m)):
-                    for ch in range(o):
-                        y[b, ch, ty * m + i, tx * m + jj] = res[i, jj, ch]
-    for job in prange(n * o):
-        b, ch = job // o, job % o
-        add = bias[ch] if bias.size else 0.0
-        plane = y[b, ch].reshape(ho * wo)
-        if bias.size:
-            for p in range(uint64(ho * wo)):
-                plane[p] += add
-        if residual.shape[0]:
-            for yy in range(ho):
-                for xx in range(uint64(wo)):
-                    y[b, ch, yy, xx] += residual[b, ch, yy, xx]
-        activate_inplace(plane, code, slope)
+def fused_tiles(x, u, m, pt, pl, th, tw, rows_per_job, ho, wo, bias, residual, code, slope,
+                k):
+    """The whole convolution, y (N, O, ho, wo), a block of ``rows_per_job`` rows of tiles
+    of one sample per job, from its input to its output in the thread's cache: the
+    block's transformed input V (a*a, tiles, C), its (m+2)^2 GEMMs with U, the output
+    transform and epilogue. Where the batch's V and M would outgrow the cache, this keeps
+    them in it (each job reads U instead)."""
+    n, c = x.shape[0], x.shape[1]
+    o = u.shape[2]
+    a = m + 2
+    blocks = (th + rows_per_job - 1) // rows_per_job
+    y = np.empty((n, o, ho, wo), dtype=x.dtype)
+    for job in prange(n * blocks):
+        b, ty0 = job // blocks, (job % blocks) * rows_per_job
+        ty1 = min(th, ty0 + rows_per_job)
+        v = np.empty((a * a, (ty1 - ty0) * tw, c), dtype=x.dtype)
+        mt = np.empty((a * a, (ty1 - ty0) * tw, o), dtype=x.dtype)
+        strip = np.empty((a, tw * m + 2, c), dtype=x.dtype)
+        rows = np.empty((m, tw * m, o), dtype=x.dtype)
+        for ty in range(ty0, ty1):
+            input_row(x, b, ty, m, pt, pl, tw, k, strip, v, (ty - ty0) * tw)
+        for kk in range(a * a):
+            gemm(v[kk], u[kk], mt[kk], 0.0, False, False)
+        for ty in range(ty0, ty1):
+            output_row(mt, (ty - ty0) * tw, m, tw, b, ty, y, rows, bias, residual, code,
+                       slope, k)
     return y
+
+
+@njit(cache=True, **PARALLEL)
+def output_tiles(mt, m, th, tw, n, ho, wo, bias, residual, code, slope, k):
+    """y (N, O, ho, wo) from the products M (a*a, T, O); one row of tiles per job
+    (:func:`output_row`)."""
+    o = mt.shape[2]
+    y = np.empty((n, o, ho, wo), dtype=mt.dtype)
+    for job in prange(n * th):
+        rows = np.empty((m, tw * m, o), dtype=mt.dtype)
+        output_row(mt, job * tw, m, tw, job // th, job % th, y, rows, bias, residual, code,
+                   slope, k)
+    return y
+
+
+@njit(cache=True)
+def output_row(mt, t0, m, tw, b, ty, y, rows, bias, residual, code, slope, k):
+    """Output rows ty*m .. ty*m+m-1 of sample ``b`` from the products of tiles t0 ..
+    t0+tw: each tile's A^T M A straight-line code (_at2/_at4) over a vector of channels
+    into the channels-last buffer ``rows`` (m, tw*m, O), then written plane by plane, a
+    row at a time, with the epilogue (bias, residual, activation ``code``) while it is in
+    cache."""
+    o, ho, wo = y.shape[1], y.shape[2], y.shape[3]
+    two, four, eight = k[0], k[1], k[3]
+    out2 = stack_buffer(64, mt.dtype)  # 4 outputs x LANES channels
+    out4 = stack_buffer(256, mt.dtype)  # 16 x LANES
+    for tx in range(tw):
+        t = t0 + tx
+        x0 = tx * m
+        for ch0 in range(0, o, LANES):
+            width = min(LANES, o - ch0)
+            if m == 2:
+                for lane in range(uint64(width)):  # vectorises: M -> stack
+                    ch = uint64(ch0) + lane
+                    g0 = _at2(mt[0, t, ch], mt[1, t, ch], mt[2, t, ch], mt[3, t, ch])
+                    g1 = _at2(mt[4, t, ch], mt[5, t, ch], mt[6, t, ch], mt[7, t, ch])
+                    g2 = _at2(mt[8, t, ch], mt[9, t, ch], mt[10, t, ch], mt[11, t, ch])
+                    g3 = _at2(mt[12, t, ch], mt[13, t, ch], mt[14, t, ch], mt[15, t, ch])
+                    _put2(out2, 0, lane, _at2(g0[0], g1[0], g2[0], g3[0]))
+                    _put2(out2, 1, lane, _at2(g0[1], g1[1], g2[1], g3[1]))
+                for i in range(2):
+                    for jj in range(2):
+                        dst = rows[i, x0 + jj]
+                        for lane in range(uint64(width)):
+                            dst[uint64(ch0) + lane] = out2[(jj * 2 + i) * LANES + lane]
+            else:
+                for lane in range(uint64(width)):
+                    ch = uint64(ch0) + lane
+                    g0 = _products4(mt, 0, t, ch, two, four, eight)
+                    g1 = _products4(mt, 6, t, ch, two, four, eight)
+                    g2 = _products4(mt, 12, t, ch, two, four, eight)
+                    g3 = _products4(mt, 18, t, ch, two, four, eight)
+                    g4 = _products4(mt, 24, t, ch, two, four, eight)
+                    g5 = _products4(mt, 30, t, ch, two, four, eight)
+                    _put4(out4, 0, lane, _at4(g0[0], g1[0], g2[0], g3[0], g4[0], g5[0],
+                                              two, four, eight))
+                    _put4(out4, 1, lane, _at4(g0[1], g1[1], g2[1], g3[1], g4[1], g5[1],
+                                              two, four, eight))
+                    _put4(out4, 2, lane, _at4(g0[2], g1[2], g2[2], g3[2], g4[2], g5[2],
+                                              two, four, eight))
+                    _put4(out4, 3, lane, _at4(g0[3], g1[3], g2[3], g3[3], g4[3], g5[3],
+                                              two, four, eight))
+                for i in range(4):
+                    for jj in range(4):
+                        dst = rows[i, x0 + jj]
+                        for lane in range(uint64(width)):
+                            dst[uint64(ch0) + lane] = out4[(i * 4 + jj) * LANES + lane]
+    for ch in range(o):
+        add = bias[ch] if bias.size else two - two
+        for i in range(min(m, ho - ty * m)):
+            line = y[b, ch, ty * m + i]
+            for xx in range(wo):
+                line[xx] = rows[i, xx, ch] + add
+            if residual.shape[0]:
+                res = residual[b, ch, ty * m + i]
+                for xx in range(uint64(wo)):
+                    line[xx] += res[xx]
+            activate_inplace(line, code, slope)
+
+
+@njit(inline="always")
+def _products4(mt, row, t, ch, two, four, eight):
+    """M A for one row of a tile's 6 x 6 products (rows ``row`` .. row+5 of M)."""
+    return _at4(mt[row, t, ch], mt[row + 1, t, ch], mt[row + 2, t, ch], mt[row + 3, t, ch],
+                mt[row + 4, t, ch], mt[row + 5, t, ch], two, four, eight)
