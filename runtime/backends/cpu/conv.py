@@ -48,6 +48,8 @@ from runtime.backends.cpu.conv_direct import (
 from runtime.backends.cpu.conv_pointwise import (
     pointwise_kernel,
     pointwise_weight_grad_kernel,
+    subsample_kernel,
+    upsample_kernel,
 )
 from runtime.backends.cpu.conv_grid import (
     from_grid,
@@ -84,8 +86,9 @@ def _geometry(op):
 
 
 def _pointwise_input(op, x):
+    """What a 1x1 conv's GEMM reads: the input, every stride-th row and column of it."""
     sh, sw = op.attrs["stride"]
-    return np.ascontiguousarray(x[:, :, ::sh, ::sw]) if (sh, sw) != (1, 1) else x
+    return subsample_kernel(x, sh, sw) if (sh, sw) != (1, 1) else x
 
 
 class _Grid:
@@ -307,6 +310,13 @@ WINOGRAD_GEMM_ROWS = 512  # tiles per GEMM job
 WINOGRAD_PASS_BYTES = 2 << 20
 WINOGRAD_BLOCK_BYTES = 512 << 10
 WINOGRAD_FUSED_FILTER_BYTES = 1 << 20
+# In training the filters change at every step, and a step transforms them twice (U for
+# the forward pass, U of the flipped filters for the input gradient): Winograd runs where
+# F(4x4)'s U takes at most this many bytes. Measured (ResNet-18, batch 8, forward and both
+# gradients, against the rules' register tiles or im2col): 64x56x56 22.4 ms against 24.9,
+# 128x28x28 19.5 against 24.7, their transforms 0.1 and 0.5 ms a step; 256x14x14 22.8
+# against 24.3, but its transforms take 2.6 ms; 512x7x7 34.3 against 26.4.
+WINOGRAD_TRAIN_FILTER_BYTES = 3 << 20
 # the batch's transformed input tiles ((m+2)^2 x tiles x C floats) at most this big where
 # the conv cannot run fused: past it they and the products outgrow the cache, and the
 # register tiles win (before the fused blocks: 64 channels 56x56 at batch 8: 14 MB of
@@ -356,9 +366,11 @@ def _winograd_tile(op, batch: int, forced: bool = False) -> int:
 # grid at 16 channels 32x32 batch 128, 1.45x at 32x16x16; 1.23x at 64x56x56 and 1.08x at
 # 128x28x28 batch 8 (with the grid's weight gradient), 1.1-1.5x slower than the grid or
 # im2col from 256 channels; strided, 1.3x faster than im2col at 16 channels, even at 64,
-# 1.08x slower at 32 and at the 3-channel 7x7/2 stem at batch 8 (within the noise).
+# 1.08x slower at 32 and at the 3-channel 7x7/2 stem at batch 8 (within the noise);
+# with the weight gradient vectorised over output channels, 1.17x faster at 32 (ResNet-20's
+# 32->64 at batch 128, 8.0 against 9.3 ms), as fast at 64 (ResNet-18's 64->128, batch 8).
 DIRECT_MAX_CHANNELS = {(False, False): 256, (False, True): 64, (True, False): 128,
-                       (True, True): 16}
+                       (True, True): 32}
 
 # ... and whatever the channels in inference at stride 1 where the batch has fewer output
 # positions than this and the filters at most 3x3: a 7x7 map at batch 1 (3x3, 512
@@ -392,9 +404,12 @@ def _is_pointwise(op) -> bool:
 
 
 def _winograd_fits(op, train: bool) -> bool:
-    """A dense 3x3 stride-1 conv, in inference: what F(m x m, 3x3) computes."""
+    """A dense 3x3 stride-1 conv: what F(m x m, 3x3) computes; in training, only where its
+    filters are few enough to transform again at every step (WINOGRAD_TRAIN_FILTER_BYTES)."""
     a = op.attrs
-    return not train and tuple(a["kernel_size"]) == (3, 3) and tuple(a["stride"]) == (1, 1) \
+    if train and 36 * op.in_shapes[0][0] * op.out_shape[0] * 4 > WINOGRAD_TRAIN_FILTER_BYTES:
+        return False
+    return tuple(a["kernel_size"]) == (3, 3) and tuple(a["stride"]) == (1, 1) \
         and tuple(a["dilation"]) == (1, 1) and a["groups"] == 1
 
 
@@ -442,10 +457,9 @@ def rule(op, batch: int = 1, train: bool = False) -> tuple[str, str]:
     and why: ``depthwise``, ``pointwise``, ``winograd``, ``direct``, ``grid`` or ``im2col``
     (see the module docstring). Decided from the op's shapes and attributes, the batch and the
     mode alone, so the choice is known before the first image (``archc bench`` prints it
-    per layer). Winograd is for inference: its filters are transformed once per model,
-    where a training step would transform them again after every update (4-15 ms for
-    one 512x512 conv; tried where the batch has 4096+ positions, a ResNet-20 step at
-    batch 128 measured 4% faster and a ResNet-18 step at batch 8 no faster: left out)."""
+    per layer). Winograd's filters are transformed once per model in inference, but again
+    after every update in training: there it runs only where they are few
+    (WINOGRAD_TRAIN_FILTER_BYTES)."""
     a = op.attrs
     c, h, w = op.in_shapes[0]
     groups = a["groups"]
@@ -631,20 +645,9 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
                                 code, slope, False, False).reshape(n, c, ho, wo)
         if (sh, sw) == (1, 1):
             return [gsub], grads
-        gx = np.zeros_like(x)
-        gx[:, :, ::sh, ::sw] = gsub
-        return [gx], grads
+        return [upsample_kernel(gsub, sh, sw, x.shape[2], x.shape[3])], grads
     if algorithm == "direct":
-        if w.shape[1] <= DIRECT_WEIGHT_GRAD_MAX_CHANNELS:
-            band = weight_grad_band(w.shape[1], w.shape[0] // groups, ho,
-                                    wo + (kw - 1) * dw // sw, (kh - 1) * dh // sh, sh * sw)
-            grads["weight"] = direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw,
-                                                        pt, pl, band, numba.get_num_threads(),
-                                                        vector.weight_grad_lanes())
-        elif (sh, sw) == (1, 1):
-            grads["weight"] = _grid_backward(op, x, w, None, gy, input_grad=False)[1]
-        else:
-            grads["weight"] = _im2col_weight_grad(op, x, w, to_grid(gy, 0, 0, ho, wo, 0))
+        grads["weight"] = _tiles_weight_grad(op, x, w, gy)
         if not need:
             return [None], grads
         if (sh, sw) != (1, 1):
@@ -654,18 +657,36 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
             gx = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), gy,
                                 weight_grad=False)[0]
         return [gx], grads
+    if algorithm == "winograd" and max(max(pair) for pair in op.attrs["pads"]) <= 2:
+        # the input gradient is Winograd again where the flipped conv's padding (2 - the
+        # forward's) is a padding; the weight gradient the register tiles' or the grid's
+        grads["weight"] = _tiles_weight_grad(op, x, w, gy)
+        gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0], forced=True),
+                                  ctx) if need else None
+        return [gx], grads
     if algorithm in ("grid", "winograd"):
-        # Winograd's input gradient is Winograd again where the flipped conv's padding (2 -
-        # the forward's) is a padding; the weight gradient is the grid's (a GEMM per tap)
-        winograd = algorithm == "winograd" and max(max(pair) for pair in op.attrs["pads"]) <= 2
         gx, grads["weight"] = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps),
-                                             gy, input_grad=need and not winograd)
-        if winograd and need:
-            gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0], forced=True), ctx)
+                                             gy, input_grad=need)
         return [gx], grads
     gy_grid = to_grid(gy, 0, 0, ho, wo, 0)
     grads["weight"] = _im2col_weight_grad(op, x, w, gy_grid)
     return [_im2col_input_grad(op, x, w, gy, gy_grid) if need else None], grads
+
+
+def _tiles_weight_grad(op, x, w, gy):
+    """A conv's weight gradient in register tiles (conv_direct.py) up to
+    DIRECT_WEIGHT_GRAD_MAX_CHANNELS input channels per group, else the grid's GEMM per tap
+    (stride 1) or im2col's."""
+    kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
+    groups = op.attrs["groups"]
+    if w.shape[1] <= DIRECT_WEIGHT_GRAD_MAX_CHANNELS:
+        band = weight_grad_band(w.shape[1], w.shape[0] // groups, ho, wo + (kw - 1) * dw // sw,
+                                (kh - 1) * dh // sh, sh * sw)
+        return direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, band,
+                                         numba.get_num_threads(), vector.weight_grad_lanes())
+    if (sh, sw) == (1, 1):
+        return _grid_backward(op, x, w, None, gy, input_grad=False)[1]
+    return _im2col_weight_grad(op, x, w, to_grid(gy, 0, 0, ho, wo, 0))
 
 
 # im2col of the whole batch (one GEMM each way: the forward pass's and both gradients')

@@ -112,3 +112,37 @@ def pointwise_weight_grad_kernel(x, gy, groups, splits):
             gemm(gy[b, g * og:(g + 1) * og], x[b, g * cg:(g + 1) * cg],
                  partial[k, g * og:(g + 1) * og], 1.0, False, True)
     return partial.sum(axis=0)
+
+
+@njit(cache=True, **PARALLEL)
+def subsample_kernel(x, sh, sw):
+    """x[:, :, ::sh, ::sw] as a new contiguous array, a plane per job: what a strided 1x1
+    conv's GEMM reads (NumPy's copy of the view ran on one thread)."""
+    n, c, h, w = x.shape
+    ho, wo = (h + sh - 1) // sh, (w + sw - 1) // sw
+    out = np.empty((n, c, ho, wo), dtype=x.dtype)
+    for job in prange(n * c):
+        b, ch = job // c, job % c
+        for i in range(ho):
+            src, dst = x[b, ch, i * sh], out[b, ch, i]
+            for j in range(wo):
+                dst[j] = src[j * sw]
+    return out
+
+
+@njit(cache=True, **PARALLEL)
+def upsample_kernel(g, sh, sw, h, w):
+    """The (N, C, h, w) array that is ``g`` at every sh-th row and sw-th column and zero
+    elsewhere, a plane per job (zeroed by the thread that fills it): a strided 1x1 conv's
+    input gradient from its GEMM's."""
+    n, c, ho, wo = g.shape
+    out = np.empty((n, c, h, w), dtype=g.dtype)
+    for job in prange(n * c):
+        b, ch = job // c, job % c
+        plane = out[b, ch]
+        plane[:] = 0.0
+        for i in range(ho):
+            src, dst = g[b, ch, i], plane[i * sh]
+            for j in range(wo):
+                dst[j * sw] = src[j]
+    return out
