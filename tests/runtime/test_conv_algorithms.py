@@ -78,7 +78,9 @@ SETTINGS = {
                               "WINOGRAD_MIN_TILES": 1, "WINOGRAD_MIN_CHANNELS": 1,
                               "WINOGRAD_PASS_BYTES": draw(st.sampled_from([0, 1 << 40])),
                               "WINOGRAD_FUSED_FILTER_BYTES": 1 << 40,
-                              "WINOGRAD_BLOCK_BYTES": draw(st.integers(0, 1 << 16))},
+                              "WINOGRAD_BLOCK_BYTES": draw(st.integers(0, 1 << 16)),
+                              # the weight gradient's blocks of tile rows, 1 to all
+                              "WINOGRAD_GRAD_TILES": draw(st.integers(1, 12))},
     # direct and grid take the same convs: the rule picks by channel count
     "direct": lambda draw: {"WINOGRAD_TILE": None,
                             "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 10**6),

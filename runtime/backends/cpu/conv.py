@@ -65,6 +65,7 @@ from runtime.backends.cpu.conv_im2col import (
     im2col_weight_grad_kernel,
 )
 from runtime.backends.cpu.conv_winograd import (
+    weight_gradient,
     fused_tiles,
     input_tiles,
     output_tiles,
@@ -317,6 +318,13 @@ WINOGRAD_FUSED_FILTER_BYTES = 1 << 20
 # 128x28x28 19.5 against 24.7, their transforms 0.1 and 0.5 ms a step; 256x14x14 22.8
 # against 24.3, but its transforms take 2.6 ms; 512x7x7 34.3 against 26.4.
 WINOGRAD_TRAIN_FILTER_BYTES = 3 << 20
+# Winograd's weight gradient (F(3x3, 2x2), conv_winograd.weight_gradient) sums about this
+# many tiles per GEMM, their transforms in the thread's cache: measured (2 threads, batch
+# 8) 64x56x56 6.9 ms with 28 tiles against 14.0 with 448 (the register tiles' 9.7);
+# 128x28x28 6.2 against 9.0 (the grid's 9.1); 64x8x8 at batch 128 2.5 against the
+# register tiles' 3.7. (At 16-32 channels the register tiles stayed faster, from 256
+# im2col's GEMM: Winograd does not train there.)
+WINOGRAD_GRAD_TILES = 32
 # the batch's transformed input tiles ((m+2)^2 x tiles x C floats) at most this big where
 # the conv cannot run fused: past it they and the products outgrow the cache, and the
 # register tiles win (before the fused blocks: 64 channels 56x56 at batch 8: 14 MB of
@@ -657,14 +665,20 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
             gx = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), gy,
                                 weight_grad=False)[0]
         return [gx], grads
-    if algorithm == "winograd" and max(max(pair) for pair in op.attrs["pads"]) <= 2:
-        # the input gradient is Winograd again where the flipped conv's padding (2 - the
-        # forward's) is a padding; the weight gradient the register tiles' or the grid's
-        grads["weight"] = _tiles_weight_grad(op, x, w, gy)
-        gx = _winograd_input_grad(op, gy, w, _winograd_tile(op, x.shape[0], forced=True),
-                                  ctx) if need else None
-        return [gx], grads
-    if algorithm in ("grid", "winograd"):
+    if algorithm == "winograd":
+        # the weight gradient is F(3x3, 2x2); the input gradient Winograd again where the
+        # flipped conv's padding (2 - the forward's) is a padding, else the grid's adjoint
+        th, tw = -(-ho // 2), -(-wo // 2)
+        grads["weight"] = weight_gradient(x, gy, pt, pl, max(1, WINOGRAD_GRAD_TILES // tw),
+                                          numba.get_num_threads())
+        if not need:
+            return [None], grads
+        if max(max(pair) for pair in op.attrs["pads"]) <= 2:
+            m = _winograd_tile(op, x.shape[0], forced=True)
+            return [_winograd_input_grad(op, gy, w, m, ctx)], grads
+        return [_grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps), gy,
+                               weight_grad=False)[0]], grads
+    if algorithm == "grid":
         gx, grads["weight"] = _grid_backward(op, x, w, ctx.packs.get((op.name, "taps"), w, _taps),
                                              gy, input_grad=need)
         return [gx], grads

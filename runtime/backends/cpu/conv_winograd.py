@@ -388,3 +388,94 @@ def _products4(mt, row, t, ch, two, four, eight):
     """M A for one row of a tile's 6 x 6 products (rows ``row`` .. row+5 of M)."""
     return _at4(mt[row, t, ch], mt[row + 1, t, ch], mt[row + 2, t, ch], mt[row + 3, t, ch],
                 mt[row + 4, t, ch], mt[row + 5, t, ch], two, four, eight)
+
+
+# The weight gradient of a 3x3 stride-1 conv is F(3x3, 2x2): over every 2x2 tile t of the
+# output gradient g and the 4x4 input block d under it,
+#
+#     dW = G^T [ sum_t (A g_t A^T) * (B^T d_t B) ] G
+#
+# with F(2x2, 3x3)'s own matrices (A = AT2.T), so the sums are 16 GEMMs, ``M[k] (C, O) =
+# V[k].T (C, T) @ E[k] (T, O)``, over all the tiles of the batch: 2.25x fewer
+# multiplications than summing 9 taps over every position.
+
+@njit(inline="always")
+def _a2(g0, g1):
+    """A g for a column (or row) of a 2x2 tile of the output gradient (A = AT2.T)."""
+    return g0, g0 + g1, g0 - g1, -g1
+
+
+@njit(cache=True)
+def gradient_row(gy, b, ty, tw, strip, e, t0):
+    """E (16, T, O)[:, t0 .. t0+tw] = A g A^T for the 2x2 tiles of the output gradient in
+    row ``ty`` of sample ``b`` (zeros past the map), channels innermost: its two rows turned
+    channels-last into ``strip`` (2, tw*2, O) first."""
+    o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    buf = stack_buffer(256, gy.dtype)  # 16 values x LANES channels
+    for r in range(2):
+        yy = ty * 2 + r
+        if yy >= ho:
+            strip[r] = 0.0
+            continue
+        for col in range(wo, tw * 2):
+            strip[r, col] = 0.0
+        for ch in range(o):
+            src = gy[b, ch, yy]
+            for xx in range(wo):
+                strip[r, xx, ch] = src[xx]
+    for tx in range(tw):
+        t = t0 + tx
+        x0 = tx * 2
+        for ch0 in range(0, o, LANES):
+            width = min(LANES, o - ch0)
+            for lane in range(uint64(width)):  # vectorises: strip -> stack
+                ch = uint64(ch0) + lane
+                e0 = _a2(strip[0, x0, ch], strip[0, x0 + 1, ch])
+                e1 = _a2(strip[1, x0, ch], strip[1, x0 + 1, ch])
+                _put4(buf, 0, lane, _a2(e0[0], e1[0]))
+                _put4(buf, 1, lane, _a2(e0[1], e1[1]))
+                _put4(buf, 2, lane, _a2(e0[2], e1[2]))
+                _put4(buf, 3, lane, _a2(e0[3], e1[3]))
+            for kk in range(16):
+                dst = e[kk, t]
+                for lane in range(uint64(width)):
+                    dst[uint64(ch0) + lane] = buf[kk * LANES + lane]
+
+
+@njit(cache=True, **PARALLEL)
+def weight_grad_sums(x, gy, pt, pl, th, tw, rows_per_job, splits, k):
+    """M (16, C, O) = sum over the batch's 2x2 output tiles of V[k].T @ E[k] (F(3x3, 2x2):
+    the block comment above): ``splits`` partial sums, each over every splits-th block of
+    ``rows_per_job`` rows of tiles, transformed and multiplied while in the thread's cache."""
+    n, c = x.shape[0], x.shape[1]
+    o = gy.shape[1]
+    blocks = (th + rows_per_job - 1) // rows_per_job
+    partial = np.zeros((splits, 16, c, o), dtype=x.dtype)
+    for s in prange(splits):
+        v = np.empty((16, rows_per_job * tw, c), dtype=x.dtype)
+        e = np.empty((16, rows_per_job * tw, o), dtype=x.dtype)
+        strip = np.empty((4, tw * 2 + 2, c), dtype=x.dtype)
+        gstrip = np.empty((2, tw * 2, o), dtype=x.dtype)
+        for job in range(s, n * blocks, splits):
+            b, ty0 = job // blocks, (job % blocks) * rows_per_job
+            ty1 = min(th, ty0 + rows_per_job)
+            for ty in range(ty0, ty1):
+                input_row(x, b, ty, 2, pt, pl, tw, k, strip, v, (ty - ty0) * tw)
+                gradient_row(gy, b, ty, tw, gstrip, e, (ty - ty0) * tw)
+            tiles = (ty1 - ty0) * tw
+            for kk in range(16):
+                gemm(v[kk, :tiles], e[kk, :tiles], partial[s, kk], 1.0, True, False)
+    return partial.sum(axis=0)
+
+
+def weight_gradient(x, gy, pt, pl, rows_per_job, splits):
+    """A 3x3 stride-1 conv's weight gradient (O, C, 3, 3) by F(3x3, 2x2): x (N, C, H, W)
+    its input, gy (N, O, ho, wo) its output gradient, (pt, pl) its padding at the top and
+    left."""
+    ho, wo = gy.shape[2:]
+    th, tw = -(-ho // 2), -(-wo // 2)
+    k = np.array([2, 4, 5, 8], dtype=x.dtype)
+    sums = weight_grad_sums(x, gy, pt, pl, th, tw, min(rows_per_job, th), splits, k)
+    g = G2.astype(x.dtype)
+    sums = sums.reshape(4, 4, *sums.shape[1:])  # (i, j, C, O)
+    return np.ascontiguousarray(np.einsum("ia,ijco,jb->ocab", g, sums, g, optimize=True))
