@@ -80,7 +80,9 @@ SETTINGS = {
                               "WINOGRAD_FUSED_FILTER_BYTES": 1 << 40,
                               "WINOGRAD_BLOCK_BYTES": draw(st.integers(0, 1 << 16)),
                               # the weight gradient's blocks of tile rows, 1 to all
-                              "WINOGRAD_GRAD_TILES": draw(st.integers(1, 12))},
+                              "WINOGRAD_GRAD_TILES": draw(st.integers(1, 12)),
+                              # ... or im2col's, as from 256 channels
+                              "WINOGRAD_GRAD_MAX_CHANNELS": draw(st.sampled_from([0, 128]))},
     # direct and grid take the same convs: the rule picks by channel count
     "direct": lambda draw: {"WINOGRAD_TILE": None,
                             "DIRECT_MAX_CHANNELS": dict.fromkeys(_MODES, 10**6),
@@ -238,7 +240,8 @@ def test_winograd_float32_error_is_measured_and_bounded(m, bound):
     ((32, 16, 16), 1, 128, "direct"),
     ((64, 8, 8), 1, 128, "winograd"),  # its filters transformed at each step: few
     ((128, 28, 28), 1, 8, "winograd"),  # ResNet-18's layer2
-    ((256, 14, 14), 1, 8, "im2col"),  # the whole batch's matrix
+    ((256, 14, 14), 1, 8, "winograd"),
+    ((256, 28, 28), 1, 8, "im2col"),  # the whole batch's matrix
     ((512, 7, 7), 1, 8, "im2col"),
     ((256, 14, 14), 1, 512, "grid"),  # a matrix over WHOLE_BATCH_IM2COL_BYTES
     ((16, 32, 32), 2, 128, "direct"),
@@ -252,10 +255,11 @@ def test_training_gets_the_measured_algorithm(shape, stride, batch, algorithm):
     assert conv.choose(op, batch, train=True)[0] == algorithm
 
 
-@pytest.mark.parametrize("channels, trains", [(64, True), (128, True), (256, False)])
+@pytest.mark.parametrize("channels, trains", [(64, True), (128, True), (256, True),
+                                             (512, False)])
 def test_winograd_trains_only_where_its_filters_are_few(channels, trains):
     """A training step transforms the filters again after every update, twice (for the
-    forward pass and the input gradient): worth it up to 128 channels."""
+    forward pass and the input gradient): worth it up to 256 channels."""
     op, _ = one_op("conv2d", {"out_channels": channels, "kernel_size": 3, "padding": 1,
                               "in_channels": None}, [(channels, 14, 14)])
     assert conv.choose(op, 8)[0] == "winograd"

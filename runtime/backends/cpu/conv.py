@@ -316,15 +316,18 @@ WINOGRAD_FUSED_FILTER_BYTES = 1 << 20
 # F(4x4)'s U takes at most this many bytes. Measured (ResNet-18, batch 8, forward and both
 # gradients, against the rules' register tiles or im2col): 64x56x56 22.4 ms against 24.9,
 # 128x28x28 19.5 against 24.7, their transforms 0.1 and 0.5 ms a step; 256x14x14 22.8
-# against 24.3, but its transforms take 2.6 ms; 512x7x7 34.3 against 26.4.
-WINOGRAD_TRAIN_FILTER_BYTES = 3 << 20
+# against 24.3 (its transforms 2.6 ms a step, but the whole step 446 -> 418 ms with its
+# weight gradient from im2col); 512x7x7 34.3 against 26.4.
+WINOGRAD_TRAIN_FILTER_BYTES = 10 << 20
 # Winograd's weight gradient (F(3x3, 2x2), conv_winograd.weight_gradient) sums about this
 # many tiles per GEMM, their transforms in the thread's cache: measured (2 threads, batch
 # 8) 64x56x56 6.9 ms with 28 tiles against 14.0 with 448 (the register tiles' 9.7);
 # 128x28x28 6.2 against 9.0 (the grid's 9.1); 64x8x8 at batch 128 2.5 against the
-# register tiles' 3.7. (At 16-32 channels the register tiles stayed faster, from 256
-# im2col's GEMM: Winograd does not train there.)
+# register tiles' 3.7. At 16-32 channels the register tiles stayed faster (Winograd does
+# not train there); from 256 channels im2col's one GEMM (6.4 ms at 256x14x14, batch 8,
+# against 8.1), which convs that train with Winograd take above this many input channels.
 WINOGRAD_GRAD_TILES = 32
+WINOGRAD_GRAD_MAX_CHANNELS = 128
 # the batch's transformed input tiles ((m+2)^2 x tiles x C floats) at most this big where
 # the conv cannot run fused: past it they and the products outgrow the cache, and the
 # register tiles win (before the fused blocks: 64 channels 56x56 at batch 8: 14 MB of
@@ -669,8 +672,11 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         # the weight gradient is F(3x3, 2x2); the input gradient Winograd again where the
         # flipped conv's padding (2 - the forward's) is a padding, else the grid's adjoint
         th, tw = -(-ho // 2), -(-wo // 2)
-        grads["weight"] = weight_gradient(x, gy, pt, pl, max(1, WINOGRAD_GRAD_TILES // tw),
-                                          numba.get_num_threads())
+        if w.shape[1] <= WINOGRAD_GRAD_MAX_CHANNELS:
+            grads["weight"] = weight_gradient(x, gy, pt, pl, max(1, WINOGRAD_GRAD_TILES // tw),
+                                              numba.get_num_threads())
+        else:
+            grads["weight"] = _im2col_weight_grad(op, x, w, to_grid(gy, 0, 0, ho, wo, 0))
         if not need:
             return [None], grads
         if max(max(pair) for pair in op.attrs["pads"]) <= 2:
