@@ -87,7 +87,8 @@ def test_the_geometry_follows_the_lanes():
     with patch.object(vector, "LANES", 16):
         assert (vector.tile_width(), vector.registers(), vector.weight_grad_lanes()) == \
             (32, 32, 16)
-        assert conv_direct.tile_rows(64) == 8 and conv_direct.tile_rows(16) == 4
+        assert conv_direct.tile_rows(64) == 8 and conv_direct.tile_rows(16) == 8
+        assert conv_direct.tile_rows(8) == 4  # under WIDE_FROM
     for lanes in (8, 4):
         with patch.object(vector, "LANES", lanes):
             assert (vector.tile_width(), vector.registers(), vector.weight_grad_lanes()) == \

@@ -10,7 +10,7 @@ of ``R`` output channels the tile's ``R x T`` sums are accumulated over every (t
 input channel) in a stack buffer, which LLVM keeps in vector registers: one vector load
 of the panel feeds ``R`` fused multiply-adds with broadcast weights, and the output is
 written once. The tile fits the machine's vector registers (vector.py): with AVX-512, T =
-32 and R = 8 where a group has 32 output channels or more, else 4 (tile_rows); with AVX2,
+32 and R = 8 where a group has 16 output channels or more, else 4 (tile_rows); with AVX2,
 4 x 16. (A GEMM per tap, the grid's way, has an inner dimension of C/g:
 16-64 for the small-channel convs of CIFAR ResNets, where BLAS runs at a fraction of its
 peak, and it reads and writes the whole output once per tap.) Positions past the output's
@@ -41,14 +41,15 @@ ROWS = 4  # output channels per register tile where a group has few (8 vector re
 WIDE_ROWS = 8  # ... and from WIDE_FROM output channels per group (16 of AVX-512's 32)
 # Measured (forward, 2 threads, AVX-512): 8 rows 1.33x faster than 4 at 64 channels 56x56
 # batch 8, 1.2x at 128x28x28, 1.14x at 32x16x16 batch 128, 1.84x on ResNet-18's stem (64
-# filters of 3 channels, 7x7/2), even at 64x8x8 batch 128; 4 rows 1.25x faster at 16
-# channels 32x32 batch 128 (half as many blocks to share out).
-WIDE_FROM = 32
+# filters of 3 channels, 7x7/2), even at 64x8x8 batch 128. At 16 channels 32x32 batch 128
+# 4 rows were 1.25x faster while LLVM filled 256-bit vectors; with 512-bit ones 8 rows are
+# 1.13x faster forward, 1.08x backward (ResNet-20's training step 267 -> 260 ms).
+WIDE_FROM = 16
 
 
 def tile_rows(og: int) -> int:
     """Output channels per register tile for a group of ``og``: 8 only where the machine
-    has 32 vector registers (AVX-512) and the group 32 channels or more."""
+    has 32 vector registers (AVX-512) and the group WIDE_FROM channels or more."""
     return WIDE_ROWS if vector.registers() >= 32 and og >= WIDE_FROM else ROWS
 
 
