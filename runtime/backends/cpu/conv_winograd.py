@@ -180,31 +180,39 @@ def input_tiles(x, m, pt, pl, th, tw, k):
 
 
 @njit(cache=True)
+def channels_last_rows(x, b, y0, left, strip):
+    """strip (rows, width, C) = rows y0 .. y0+rows of sample ``b`` of x (N, C, H, W),
+    channels innermost, column j of the strip from the map's column j - ``left``; zeros
+    where that falls outside the map."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    width = strip.shape[1]
+    lo, hi = max(0, -left), min(w, width - left)  # the map's columns inside the strip
+    for r in range(strip.shape[0]):
+        yy = y0 + r
+        if yy < 0 or yy >= h or hi <= lo:
+            strip[r] = 0.0
+            continue
+        for col in range(lo + left):
+            strip[r, col] = 0.0
+        for col in range(hi + left, width):
+            strip[r, col] = 0.0
+        for ch in range(c):
+            src = x[b, ch, yy]
+            for xx in range(lo, hi):
+                strip[r, xx + left, ch] = src[xx]
+
+
+@njit(cache=True)
 def input_row(x, b, ty, m, pt, pl, tw, k, strip, v, t0):
     """The transformed input of the tiles in row ``ty`` of sample ``b`` into V[:, t0 ..
     t0+tw]: its a input rows turned channels-last into ``strip`` (a, tw*m + 2, C) first
     (the padding zeros), then each tile's transform straight-line code (_bt2/_bt4) over a
     vector of channels, every value in registers or on the stack."""
-    c, h, w = x.shape[1], x.shape[2], x.shape[3]
-    a = m + 2
-    wp = tw * m + 2
+    c = x.shape[1]
     two, four, five = k[0], k[1], k[2]
-    lo, hi = max(0, -pl), min(w, wp - pl)  # the input columns inside the strip
     buf2 = stack_buffer(256, x.dtype)  # 16 transformed values x LANES channels
     buf4 = stack_buffer(576, x.dtype)  # 36 x LANES
-    for r in range(a):
-        yy = ty * m + r - pt
-        if yy < 0 or yy >= h or hi <= lo:
-            strip[r] = 0.0
-            continue
-        for col in range(lo + pl):
-            strip[r, col] = 0.0
-        for col in range(hi + pl, wp):
-            strip[r, col] = 0.0
-        for ch in range(c):
-            src = x[b, ch, yy]
-            for xx in range(lo, hi):
-                strip[r, xx + pl, ch] = src[xx]
+    channels_last_rows(x, b, ty * m - pt, pl, strip)
     for tx in range(tw):
         t = t0 + tx
         x0 = tx * m
@@ -410,19 +418,9 @@ def gradient_row(gy, b, ty, tw, strip, e, t0):
     """E (16, T, O)[:, t0 .. t0+tw] = A g A^T for the 2x2 tiles of the output gradient in
     row ``ty`` of sample ``b`` (zeros past the map), channels innermost: its two rows turned
     channels-last into ``strip`` (2, tw*2, O) first."""
-    o, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    o = gy.shape[1]
     buf = stack_buffer(256, gy.dtype)  # 16 values x LANES channels
-    for r in range(2):
-        yy = ty * 2 + r
-        if yy >= ho:
-            strip[r] = 0.0
-            continue
-        for col in range(wo, tw * 2):
-            strip[r, col] = 0.0
-        for ch in range(o):
-            src = gy[b, ch, yy]
-            for xx in range(wo):
-                strip[r, xx, ch] = src[xx]
+    channels_last_rows(gy, b, ty * 2, 0, strip)
     for tx in range(tw):
         t = t0 + tx
         x0 = tx * 2
