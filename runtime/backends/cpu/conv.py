@@ -65,12 +65,12 @@ from runtime.backends.cpu.conv_im2col import (
     im2col_weight_grad_kernel,
 )
 from runtime.backends.cpu.conv_winograd import (
-    weight_gradient,
     fused_tiles,
     input_tiles,
     output_tiles,
     tile_products,
     transform_filters,
+    weight_gradient,
 )
 from runtime.backends.cpu.elementwise import NO_ACTIVATION, fused_forward
 from runtime.backends.cpu.linear import linear_epilogue_kernel
@@ -671,7 +671,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
     if algorithm == "winograd":
         # the weight gradient is F(3x3, 2x2); the input gradient Winograd again where the
         # flipped conv's padding (2 - the forward's) is a padding, else the grid's adjoint
-        th, tw = -(-ho // 2), -(-wo // 2)
+        tw = -(-wo // 2)  # 2x2 tiles of gy in a row
         if w.shape[1] <= WINOGRAD_GRAD_MAX_CHANNELS:
             grads["weight"] = weight_gradient(x, gy, pt, pl, max(1, WINOGRAD_GRAD_TILES // tw),
                                               numba.get_num_threads())
