@@ -215,6 +215,28 @@ def test_each_conv_gets_the_measured_algorithm(shape, stride, kernel, groups, ba
     assert f"{name} {why}".startswith(algorithm) and why
 
 
+def _resnet_layer(rng, c, h):
+    """A ResNet 3x3 layer of c channels on an h x h map, batch 2: (op, x, w) in float64,
+    unit-variance activations and filters scaled to keep them so."""
+    op, _ = one_op("conv2d", {"out_channels": c, "kernel_size": 3, "padding": 1,
+                              "in_channels": None}, [(c, h, h)])
+    return op, rng.standard_normal((2, c, h, h)), rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)
+
+
+def test_winograd_straight_line_transforms_are_the_matrices():
+    """_bt2/_bt4/_at2/_at4/_a2 (the transforms written out, fewest operations) apply
+    exactly B^T, A^T and A of F(2x2, 3x3) and F(4x4, 3x3)."""
+    from runtime.backends.cpu import conv_winograd as cw
+    two, four, five, eight = 2.0, 4.0, 5.0, 8.0
+    cases = [(cw._bt2, cw.BT2, ()), (cw._bt4, cw.BT4, (two, four, five)),
+             (cw._at2, cw.AT2, ()), (cw._at4, cw.AT4, (two, four, eight)),
+             (cw._a2, cw.AT2.T, ())]
+    for fn, matrix, constants in cases:
+        for j in range(matrix.shape[1]):
+            unit = np.eye(matrix.shape[1])[j]
+            np.testing.assert_array_equal(np.array(fn(*unit, *constants)), matrix[:, j])
+
+
 @pytest.mark.parametrize("m, bound", [(2, 2e-6), (4, 3e-5)])
 def test_winograd_float32_error_is_measured_and_bounded(m, bound):
     """Winograd's float32 error against the float64 result, relative to the output's
@@ -223,10 +245,7 @@ def test_winograd_float32_error_is_measured_and_bounded(m, bound):
     multiply by up to 8 and divide by 24), direct summation 2-4e-7 (docs/performance.md)."""
     rng = np.random.default_rng(0)
     for c, h in [(64, 56), (256, 14)]:
-        op, _ = one_op("conv2d", {"out_channels": c, "kernel_size": 3, "padding": 1,
-                                  "in_channels": None}, [(c, h, h)])
-        x = rng.standard_normal((2, c, h, h))
-        w = rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)
+        op, x, w = _resnet_layer(rng, c, h)
         expected = REF["conv2d"](op, [x], {"weight": w}, KernelContext())
         with patch.multiple(conv, WINOGRAD_TILE=m, WINOGRAD_MIN_TILES=1):
             assert conv.choose(op, 2)[0] == "winograd"
@@ -241,10 +260,7 @@ def test_winograd_weight_gradient_error_is_measured_and_bounded():
     transforms only add, subtract and halve)."""
     rng = np.random.default_rng(0)
     for c, h in [(64, 28), (128, 14)]:
-        op, _ = one_op("conv2d", {"out_channels": c, "kernel_size": 3, "padding": 1,
-                                  "in_channels": None}, [(c, h, h)])
-        x = rng.standard_normal((2, c, h, h))
-        w = rng.standard_normal((c, c, 3, 3)) / np.sqrt(9 * c)
+        op, x, w = _resnet_layer(rng, c, h)
         gy = rng.standard_normal((2, c, h, h))
         _, expected = REF_BACKWARD["conv2d"](op, [x], None, gy, {"weight": w}, KernelContext())
         with patch.multiple(conv, WINOGRAD_MIN_TILES=1):

@@ -105,13 +105,13 @@ def filter_transform_kernel(wt, g):
     return u
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _bt2(d0, d1, d2, d3):
     """B^T d for F(2x2, 3x3), d a column (or row) of an input block."""
     return d0 - d2, d1 + d2, d2 - d1, d1 - d3
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _bt4(d0, d1, d2, d3, d4, d5, two, four, five):
     """B^T d for F(4x4, 3x3) (the rows of BT4), with the fewest operations."""
     return (four * d0 - five * d2 + d4, d3 + d4 - four * (d1 + d2),
@@ -119,20 +119,20 @@ def _bt4(d0, d1, d2, d3, d4, d5, two, four, five):
             two * (d1 - d3) + d4 - d2, four * d1 - five * d3 + d5)
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _row2(row, x0, ch):
     """d B for one row of a 4 x 4 input block (a strip row (columns, channels))."""
     return _bt2(row[x0, ch], row[x0 + 1, ch], row[x0 + 2, ch], row[x0 + 3, ch])
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _put2(buf, j, lane, col):
     """Column ``j`` of a 2 x 2 block, rows 0, 1: into buf[(j*2 + i) * LANES + lane]."""
     buf[(j * 2) * LANES + lane] = col[0]
     buf[(j * 2 + 1) * LANES + lane] = col[1]
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _put4(buf, j, lane, col):
     """Column ``j`` of a 4 x 4 block: its row i into buf[(i*4 + j) * LANES + lane]."""
     buf[j * LANES + lane] = col[0]
@@ -141,7 +141,7 @@ def _put4(buf, j, lane, col):
     buf[(12 + j) * LANES + lane] = col[3]
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _put6(buf, j, lane, col):
     """Column ``j`` of a 6 x 6 block: its row i into buf[(i*6 + j) * LANES + lane]."""
     buf[j * LANES + lane] = col[0]
@@ -152,13 +152,13 @@ def _put6(buf, j, lane, col):
     buf[(30 + j) * LANES + lane] = col[5]
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _at2(m0, m1, m2, m3):
     """A^T m for F(2x2, 3x3)."""
     return m0 + m1 + m2, m1 - m2 - m3
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _at4(m0, m1, m2, m3, m4, m5, two, four, eight):
     """A^T m for F(4x4, 3x3) (the rows of AT4)."""
     s12, d12, s34, d34 = m1 + m2, m1 - m2, m3 + m4, m3 - m4
@@ -260,7 +260,7 @@ def input_row(x, b, ty, m, pt, pl, tw, k, strip, v, t0):
                         dst[uint64(ch0) + lane] = buf4[kk * LANES + lane]
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _row4(row, x0, ch, two, four, five):
     """d B for one row of a 6 x 6 input block (a strip row (columns, channels))."""
     return _bt4(row[x0, ch], row[x0 + 1, ch], row[x0 + 2, ch], row[x0 + 3, ch],
@@ -391,7 +391,7 @@ def output_row(mt, t0, m, tw, b, ty, y, rows, bias, residual, code, slope, k):
             activate_inplace(line, code, slope)
 
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _products4(mt, row, t, ch, two, four, eight):
     """M A for one row of a tile's 6 x 6 products (rows ``row`` .. row+5 of M)."""
     return _at4(mt[row, t, ch], mt[row + 1, t, ch], mt[row + 2, t, ch], mt[row + 3, t, ch],
@@ -407,7 +407,7 @@ def _products4(mt, row, t, ch, two, four, eight):
 # V[k].T (C, T) @ E[k] (T, O)``, over all the tiles of the batch: 2.25x fewer
 # multiplications than summing 9 taps over every position.
 
-@njit(inline="always")
+@njit(cache=True, inline="always")
 def _a2(g0, g1):
     """A g for a column (or row) of a 2x2 tile of the output gradient (A = AT2.T)."""
     return g0, g0 + g1, g0 - g1, -g1
