@@ -161,12 +161,12 @@ def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes
     state["sums"] = world.sum(sums).tolist()  # every rank takes part in these two
     if world.size > 1 and not config.sync_bn:
         distributed.average_buffers(world, model)
-    if writes is None:
-        return
-    state["rng"] = model.rng.bit_generator.state
-    state["history"] = history
-    checkpoint.point(run, "last.json", checkpoint.save(run, model, opt, state))
-    checkpoint.prune(run)
+    if writes is not None:
+        state["rng"] = model.rng.bit_generator.state
+        state["history"] = history
+        checkpoint.point(run, "last.json", checkpoint.save(run, model, opt, state))
+        checkpoint.prune(run)
+    world.barrier()  # no rank fails on, and stops the job, before the checkpoint is whole
 
 
 def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int,
@@ -332,6 +332,7 @@ def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, r
         done.history.append(row)
         if writes is not None:
             _checkpoint_epoch(run, model, opt, done, epoch, key)
+        world.barrier()  # the epoch's checkpoint is whole before any rank goes on
         train_acc = f"train acc {row['train_accuracy']:.3f}  " if "train_accuracy" in row \
             else ""
         report(f"epoch {epoch + 1}/{config.epochs}  loss {row['train_loss']:.4f}  "

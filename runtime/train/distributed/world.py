@@ -88,6 +88,11 @@ class World:
         self.comm.Allreduce(values, out)
         return out
 
+    def barrier(self) -> None:
+        """Wait until every rank reaches this point (nothing to wait for alone)."""
+        if self.comm is not None:
+            self.comm.Barrier()
+
     def gather(self, values: np.ndarray) -> np.ndarray:
         """Every rank's ``values`` stacked in rank order (every rank gets them)."""
         values = np.ascontiguousarray(values)

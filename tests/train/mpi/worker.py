@@ -4,16 +4,18 @@
         and write the sample indices this rank read (one list per step) to OUT.json.RANK
         and its final weights to OUT.json.weights.RANK.npz
     python tests/train/mpi/worker.py fail STEP -- TRAIN_ARGS...          archc train --distributed,
-        with rank 1's training step raising at global step STEP (a rank that fails)
+        with rank 1's training step raising at global step STEP (a rank that fails) and
+        rank 0's checkpoints written slowly (a failure while one is being written)
 """
 
 import json
 import sys
+import time
 
 import numpy as np
 
 from archc import cli
-from runtime.train import tasks, loop as train
+from runtime.train import checkpoint, tasks, loop as train
 
 read: list[list[int]] = []
 
@@ -59,7 +61,14 @@ def main(mode: str, arg: str, args: list[str]) -> int:
                 raise RuntimeError(f"injected failure at step {step}")
             return original(self, *a, **k)
 
+        save = checkpoint.save
+
+        def slow_save(*a, **k):  # rank 1 fails on while rank 0 still writes, unless it waits
+            time.sleep(0.5)
+            return save(*a, **k)
+
         tasks.Classification.step = failing
+        checkpoint.save = slow_save
         return cli.main(args)
     raise SystemExit(f"unknown mode {mode}")
 
