@@ -110,9 +110,10 @@ def openvino_engine(path: str, threads: int):
 def archc_train_step(graph, labels: np.ndarray):
     """One SGD step of archc's CPU backend: forward, loss and its gradient, backward,
     update (momentum 0.9), as ``archc train`` takes it."""
+    from archc.passes import for_training
     from runtime.train import optim
 
-    model = archc.compile(graph, backend="cpu", seed=0).train()
+    model = archc.compile(for_training(graph), backend="cpu", seed=0).train()
     learnable = [k for k, spec in model.program.params.items() if spec.trainable
                  and not spec.buffer]
     params = model.device_params()

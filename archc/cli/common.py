@@ -117,11 +117,12 @@ def write_atomically(path: str, data: bytes) -> None:
 
 def compile_for_data(graph, args, seed: int):
     from archc import compile as compile_graph
+    from archc.passes import for_training
 
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise UsageError(f"training needs a network with one input and one output; "
                         f"{graph.name} has {len(graph.inputs)} and {len(graph.outputs)}")
-    return compile_graph(graph, backend=args.backend, seed=seed)
+    return compile_graph(for_training(graph), backend=args.backend, seed=seed)
 
 
 def settings_of(args, graph):

@@ -10,6 +10,7 @@ from archc.cli import scaling
 from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
                               add_weights_options, load_graph, load_weights, positive)
 from archc.errors import InputError
+from archc.passes import for_training
 from runtime.train import distributed
 
 
@@ -106,6 +107,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.distributed:
         return _bench_distributed(args)
     graph = load_graph(args)
+    if args.train:  # what archc train runs
+        graph = for_training(graph)
     model = compile_graph(graph, backend=args.backend, seed=args.seed)
     name = args.device
     if name is None:  # the profile of what runs the kernels
@@ -216,6 +219,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from runtime.backends.cpu import conv, scope
 
     graph = load_graph(args)
+    if args.train:  # the layers archc train runs
+        graph = for_training(graph)
     model = compile_graph(graph, backend="cpu", seed=args.seed)
     model.check_batch(args.batch, keep=args.train)
     cache = tuning.Tuning(tuning.cache_path())

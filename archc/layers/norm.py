@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from archc.layers.costs import (
     FLOAT_BYTES,
+    IDENTITY_STEP,
     Cost,
     numel,
     per_output,
@@ -20,6 +21,13 @@ from archc.layers.base import (
     Optional,
     check_declared,
     need_rank,
+)
+from archc.layers.epilogue import (
+    ACTIVATION_ATTR,
+    check_residual,
+    epilogue_flops,
+    epilogue_label,
+    epilogue_saved,
 )
 
 
@@ -51,8 +59,25 @@ def _bn_buffers(attrs: dict, inputs: list) -> dict:
     return {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
 
 
+def _bn_shape(op: str, rank: int):
+    """The input's shape; a residual (the fused epilogue's second input) must match it."""
+    same = _same_shape_rank(op, rank, "num_features")
+
+    def rule(attrs: dict, inputs: list) -> tuple[int, ...]:
+        out = same(attrs, inputs[:1])
+        check_residual(inputs, out, op)
+        return out
+
+    return rule
+
+
 def _bn_saved(attrs: dict, inputs: list, out: tuple) -> int:
-    return FLOAT_BYTES * (numel(inputs[0]) + 2 * inputs[0][0])  # input, mean and 1/std
+    # input, mean and 1/std; and the value before a fused activation
+    return FLOAT_BYTES * (numel(inputs[0]) + 2 * inputs[0][0]) + epilogue_saved(attrs, inputs, out)
+
+
+def _bn_rf(attrs: dict, inputs: list):
+    return [IDENTITY_STEP, IDENTITY_STEP] if len(inputs) > 1 else IDENTITY_STEP
 
 
 def _ln_saved(attrs: dict, inputs: list, out: tuple) -> int:
@@ -65,12 +90,14 @@ def _ln_flops(attrs: dict, inputs: list, out: tuple) -> int:
 
 
 _BN_COST = Cost(
-    flops=lambda a, i, o: (2 if a["affine"] or a["track_running_stats"] else 5) * numel(o),
+    flops=lambda a, i, o: (2 if a["affine"] or a["track_running_stats"] else 5) * numel(o)
+    + epilogue_flops(a, i, o),
     saved=_bn_saved,
     doc="Inference: a multiply and an add per element (scale and shift precomputed per "
     "channel from the running statistics); without running statistics, 5 per element "
-    "(mean, variance and normalisation from the batch). Saves its input and the per-channel "
-    "mean and 1/std.",
+    "(mean, variance and normalisation from the batch); plus a fused residual's add and "
+    "activation. Saves its input and the per-channel mean and 1/std (and the value before a "
+    "fused activation).",
 )
 _LN_COST = Cost(
     flops=_ln_flops,
@@ -86,21 +113,26 @@ _BN_ATTRS = (
     Attr("affine", Bool(), True, "learn a per-channel scale (weight) and shift (bias)"),
     Attr("track_running_stats", Bool(), True, "keep running mean/variance for inference"),
     Attr("num_features", Optional(Int(minimum=1)), None, "optional check of the channel count"),
+    ACTIVATION_ATTR,
 )
 
 def _batchnorm(op: str, rank: int, doc: str) -> LayerType:
     return LayerType(
         op=op,
-        label=lambda a: "batchnorm",
+        label=lambda a: "batchnorm" + epilogue_label(a),
         family="norm",
-        doc=doc,
+        doc=doc + " Fused epilogue, as conv2d's: an optional second input added to the "
+        "result (a residual) and `activation` applied to it in the same pass: "
+        "`activation(bn(x) + residual)`; `archc train` and -O2 fuse these where the graph "
+        "allows, a spec may write them too.",
         attrs=_BN_ATTRS,
-        infer_shape=_same_shape_rank(op, rank, "num_features"),
+        infer_shape=_bn_shape(op, rank),
         example=f"- {op}",
+        arity=(1, 2),
         parameters=_affine_params("affine"),
         buffers=_bn_buffers,
         cost=_BN_COST,
-        receptive_field=pointwise_rf,
+        receptive_field=_bn_rf,
     )
 
 

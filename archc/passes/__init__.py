@@ -13,11 +13,14 @@ from archc.passes.manager import (
     Pass,
     PassReport,
     PassResult,
+    for_training,
     parse_pipeline,
     preset,
     run_pass,
     run_passes,
+    training_preset,
 )
 
-__all__ = ["OPT_LEVELS", "PASSES", "Pass", "PassReport", "PassResult", "parse_pipeline",
-           "preset", "run_pass", "run_passes"]
+__all__ = ["OPT_LEVELS", "PASSES", "Pass", "PassReport", "PassResult", "for_training",
+           "parse_pipeline",
+           "preset", "run_pass", "run_passes", "training_preset"]

@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from archc.ir import Graph
+from archc.layers import get_layer
 from archc.passes.manager import Params, Pass, PassResult, register
-from archc.passes.rewrite import absorb, sole_user
+from archc.passes.rewrite import absorb, set_inputs, sole_user
 
 FOLDS_INTO = {"batchnorm2d": ("conv2d", "conv_transpose2d"), "batchnorm1d": ("linear",)}
 BN_ROLES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -48,9 +49,19 @@ def fold_weights(op: str, groups: int, weight: np.ndarray, bias: np.ndarray | No
     return w.astype(weight.dtype), ((b - mean) * scale + beta).astype(weight.dtype)
 
 
+def _takes_epilogue(op: str, bn) -> bool:
+    """Whether a layer of type ``op`` can carry the batch norm's fused residual and
+    activation, if it has any (a transposed conv has no epilogue, a linear layer no
+    residual)."""
+    has = {attr.name for attr in get_layer(op).attrs}
+    return (bn.attrs.get("activation") is None or "activation" in has) \
+        and (len(bn.inputs) == 1 or get_layer(op).arity[1] != 1)
+
+
 def fold_bn(graph: Graph, params: Params | None, options: dict) -> PassResult:
     """Fold each inference-mode batch norm into the conv, transposed conv or linear layer
-    before it (when that layer feeds nothing else and has no fused epilogue yet)."""
+    before it (when that layer feeds nothing else and has no fused epilogue yet); a fused
+    residual and activation of the batch norm move to that layer."""
     out = graph.copy()
     params = dict(params) if params is not None else None
     result = PassResult(out, params)
@@ -60,7 +71,8 @@ def fold_bn(graph: Graph, params: Params | None, options: dict) -> PassResult:
         layer = out[bn.inputs[0]]
         if (layer.op not in FOLDS_INTO[bn.op] or len(layer.inputs) != 1
                 or layer.attrs.get("activation") is not None
-                or sole_user(out, layer.name) != bn.name):
+                or sole_user(out, layer.name) != bn.name
+                or not _takes_epilogue(layer.op, bn)):
             continue
         if params is not None:
             stats = {role: params.pop(f"{bn.name}.{role}") for role in BN_ROLES
@@ -70,6 +82,10 @@ def fold_bn(graph: Graph, params: Params | None, options: dict) -> PassResult:
                 params[f"{layer.name}.weight"], params.get(f"{layer.name}.bias"), stats,
                 bn.attrs["eps"])
         layer.attrs = {**layer.attrs, "bias": True}
+        if bn.attrs.get("activation") is not None:
+            layer.attrs["activation"] = bn.attrs["activation"]
+        if len(bn.inputs) > 1:
+            set_inputs(out, layer.name, [layer.inputs[0], bn.inputs[1]])
         absorb(out, layer.name, [bn.name])
         result.changes.append(f"folded {bn.name} into {layer.name}")
         result.groups.append((layer.name, bn.name))

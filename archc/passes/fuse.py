@@ -1,6 +1,9 @@
 """Fusion passes: an activation, and a residual add, carried out in the epilogue of the
-conv or linear layer before them (``archc/layers/epilogue.py``) instead of in passes of
-their own over memory. Exact: the fused kernel computes the same sums in the same order."""
+conv, linear or batch-norm layer before them (``archc/layers/epilogue.py``) instead of in
+passes of their own over memory. Exact: the fused kernel computes the same sums in the
+same order, in training as in inference (``archc train`` runs them: a batch norm that
+cannot fold into its conv, in training always, normalises, adds and activates in one
+pass)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,8 @@ from archc.layers import FUSABLE_ACTIVATIONS
 from archc.passes.manager import Params, Pass, PassResult, register
 from archc.passes.rewrite import absorb, set_inputs, sole_user
 
-CARRIERS = ("conv2d", "linear")  # layer types with an epilogue
+CARRIERS = ("conv2d", "linear", "batchnorm2d", "batchnorm1d")  # layer types with an epilogue
+RESIDUAL_CARRIERS = ("conv2d", "batchnorm2d", "batchnorm1d")  # ... that take a residual
 
 
 def _free_epilogue(graph: Graph, name: str, ops: tuple[str, ...]) -> bool:
@@ -26,9 +30,12 @@ def _fusable_activation(graph: Graph, name: str) -> str | None:
 
 
 def _macs(graph: Graph, name: str) -> int:
+    """The MACs of ``name``, or of what feeds it when it has none of its own (a batch norm
+    after the conv of its branch)."""
     node = graph[name]
-    return get_layer(node.op).cost.macs(node.attrs, [graph[i].shape for i in node.inputs],
+    macs = get_layer(node.op).cost.macs(node.attrs, [graph[i].shape for i in node.inputs],
                                         node.shape)
+    return macs if macs or node.op not in RESIDUAL_CARRIERS[1:] else _macs(graph, node.inputs[0])
 
 
 def _activation_value(node) -> tuple:
@@ -36,10 +43,11 @@ def _activation_value(node) -> tuple:
 
 
 def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
-    """Fuse ``add(conv(x), r)`` (and an activation right after it) into the conv: the conv
-    takes ``r`` as its residual input. Both operands must have the same shape, and the conv
-    must feed nothing else. When both operands qualify, the one with more MACs (a residual
-    block's main branch, not its 1x1 shortcut) takes the other as its residual."""
+    """Fuse ``add(conv(x), r)`` (and an activation right after it) into the conv, or into a
+    batch norm in its place: it takes ``r`` as its residual input. Both operands must have
+    the same shape, and the carrier must feed nothing else. When both operands qualify, the
+    one with more MACs (a residual block's main branch, not its 1x1 shortcut) takes the
+    other as its residual."""
     out = graph.copy()
     result = PassResult(out, params)
     for add in list(out):
@@ -47,7 +55,7 @@ def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
                 or len(set(add.inputs)) != 2 \
                 or any(out[i].shape != add.shape for i in add.inputs):
             continue
-        candidates = [i for i in add.inputs if _free_epilogue(out, i, ("conv2d",))
+        candidates = [i for i in add.inputs if _free_epilogue(out, i, RESIDUAL_CARRIERS)
                       and sole_user(out, i) == add.name]
         if not candidates:
             continue
@@ -68,7 +76,8 @@ def fuse_add(graph: Graph, params: Params | None, options: dict) -> PassResult:
 
 def fuse_activation(graph: Graph, params: Params | None, options: dict) -> PassResult:
     """Fuse an element-wise activation (any of ``FUSABLE_ACTIVATIONS``: relu, gelu, ...)
-    into the conv or linear layer before it, when that layer feeds nothing else."""
+    into the conv, linear or batch-norm layer before it, when that layer feeds nothing
+    else."""
     out = graph.copy()
     result = PassResult(out, params)
     for act in list(out):
@@ -86,5 +95,6 @@ def fuse_activation(graph: Graph, params: Params | None, options: dict) -> PassR
     return result
 
 
-register(Pass("fuse_add", fuse_add, fuse_add.__doc__, 2, True))
-register(Pass("fuse_activation", fuse_activation, fuse_activation.__doc__, 2, True))
+register(Pass("fuse_add", fuse_add, fuse_add.__doc__, 2, True, training=True))
+register(Pass("fuse_activation", fuse_activation, fuse_activation.__doc__, 2, True,
+              training=True))

@@ -55,7 +55,9 @@ class Pass:
 
     ``level``: the lowest ``-O`` level that runs it (None: only when named); ``exact``: it
     computes the same function (up to float rounding); ``needs_params``: it cannot run
-    without weights (weight-level approximations).
+    without weights (weight-level approximations); ``training``: it is exact in training
+    mode too (batch statistics, dropout) and keeps every parameter's name and shape, so
+    ``archc train`` runs it.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Pass:
     exact: bool
     options: dict[str, Option] = field(default_factory=dict)
     needs_params: bool = False
+    training: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,17 @@ def preset(level: int) -> list[tuple[str, dict]]:
     """
     return [(name, {}) for name in PIPELINE_ORDER
             if PASSES[name].level is not None and PASSES[name].level <= level]
+
+
+def training_preset() -> list[tuple[str, dict]]:
+    """The passes a network is trained with (those exact in training mode), in order.
+
+    Examples
+    --------
+    >>> [name for name, _ in training_preset()]
+    ['fuse_add', 'fuse_activation']
+    """
+    return [(name, {}) for name in PIPELINE_ORDER if PASSES[name].training]
 
 
 def parse_pipeline(text: str) -> list[tuple[str, dict]]:
@@ -223,6 +237,21 @@ def run_passes(graph: Graph, params: Params | None, pipeline: list[tuple[str, di
             raise GraphInvalid(f"{exc} (after: {', '.join(done) or 'nothing'})") from exc
         reports.append(report)
     return graph, params, reports
+
+
+def for_training(graph: Graph) -> Graph:
+    """The graph a network trains as (``archc train``): :func:`training_preset`'s passes,
+    which keep every parameter's name and shape (a batch norm's residual add and
+    activation fused into its own pass, for one).
+
+    Examples
+    --------
+    >>> import archc
+    >>> g = archc.load("specs/resnet20.yaml")
+    >>> len(g), len(for_training(g))
+    (74, 46)
+    """
+    return run_passes(graph, None, training_preset())[0]
 
 
 def matches(name: str, pattern: str | None) -> bool:

@@ -23,9 +23,24 @@ def activation_of(op) -> tuple[str, dict] | None:
     return None if value is None else (value[0], dict(value[1]))
 
 
+FROM_OUTPUT = ("relu",)
+"""Fused activations whose derivative the backward pass reads off the output (relu's:
+y > 0 exactly where x > 0), so that nothing before them is kept and the kernel applies
+them in training too."""
+
+
+def needs_pre_activation(act: tuple[str, dict] | None, ctx: KernelContext) -> bool:
+    """Whether a kernel must keep the value before its fused activation ``act`` (and so
+    apply the activation after it, not in its own loops): a tape is kept and the
+    activation's derivative needs its input."""
+    return act is not None and ctx.keep and act[0] not in FROM_OUTPUT
+
+
 def keep_pre_activation(op, pre: np.ndarray, ctx: KernelContext) -> None:
-    """Save the value before a fused activation when the forward pass keeps a tape."""
-    if ctx.keep:
+    """Save the value before a fused activation when the forward pass keeps a tape (and
+    the backward pass needs it: not for FROM_OUTPUT activations)."""
+    act = activation_of(op)
+    if ctx.keep and (act is None or act[0] not in FROM_OUTPUT):
         ctx.pre_activation[op.output] = pre
 
 
@@ -44,7 +59,8 @@ def fused_backward(core: Callable, activation_grad: Callable) -> Callable:
     def backward(op, xs, y, gy, p, ctx):
         act = activation_of(op)
         if act is not None:
-            gy = activation_grad(act[0], act[1], pre_activation(op, ctx), y, gy)
+            pre = y if act[0] in FROM_OUTPUT else pre_activation(op, ctx)
+            gy = activation_grad(act[0], act[1], pre, y, gy)
         gxs, grads = core(op, xs[:1], y, gy, p, ctx)
         return (list(gxs) + [gy] if len(xs) > 1 else gxs), grads
 

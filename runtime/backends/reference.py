@@ -237,7 +237,7 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 @kernel("batchnorm2d", "batchnorm1d")
 def batchnorm(op, xs, p, ctx):
-    (x,), a = xs, op.attrs
+    x, a = xs[0], op.attrs
     axes = (0,) + tuple(range(2, x.ndim))
     if ctx.train or not a["track_running_stats"]:
         mean, var = x.mean(axis=axes), x.var(axis=axes)
@@ -256,7 +256,7 @@ def batchnorm(op, xs, p, ctx):
     y = (x - _per_channel(mean, x.ndim)) / np.sqrt(_per_channel(var, x.ndim) + a["eps"])
     if a["affine"]:
         y = y * _per_channel(p["weight"], x.ndim) + _per_channel(p["bias"], x.ndim)
-    return y.astype(x.dtype)
+    return _epilogue(op, y.astype(x.dtype), xs, ctx)
 
 
 @kernel("layernorm2d", "layernorm")

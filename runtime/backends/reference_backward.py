@@ -329,9 +329,9 @@ def concat(op, xs, y, gy, p, ctx):
 
 
 def activation_grad(name: str, attrs: dict, pre, y, gy):
-    """The gradient before a fused activation (conv and linear epilogues)."""
+    """The gradient before a fused activation (conv, linear and batch-norm epilogues)."""
     return gy * reference_derivative(name, attrs, pre, y).astype(gy.dtype)
 
 
-for _kind in ("conv2d", "linear"):
+for _kind in ("conv2d", "linear", "batchnorm2d", "batchnorm1d"):
     BACKWARD[_kind] = fused_backward(BACKWARD[_kind], activation_grad)

@@ -207,6 +207,10 @@ def _affine(e: Emitter, channels: int) -> tuple[str, str]:
 
 
 def _batchnorm(e: Emitter, xs: list[str]) -> str:
+    return _epilogue(e, _normalise(e, xs), xs)
+
+
+def _normalise(e: Emitter, xs: list[str]) -> str:
     a, channels = e.node.attrs, e.in_shapes[0][0]
     scale, bias = _affine(e, channels)
     if a["track_running_stats"]:

@@ -43,7 +43,8 @@ KERNELS["softmax"], BACKWARD["softmax"] = tensor.softmax_forward, tensor.softmax
 for _kind in ("dropout", "stochastic_depth"):
     KERNELS[_kind], BACKWARD[_kind] = tensor.dropout_forward, tensor.dropout_backward
 for _kind in ("batchnorm2d", "batchnorm1d"):
-    KERNELS[_kind], BACKWARD[_kind] = norm.batchnorm_forward, norm.batchnorm_backward
+    KERNELS[_kind] = norm.batchnorm_forward
+    BACKWARD[_kind] = fused_backward(norm.batchnorm_backward, elementwise.activation_grad)
 for _kind in ("layernorm", "layernorm2d"):
     KERNELS[_kind], BACKWARD[_kind] = norm.layernorm_forward, norm.layernorm_backward
 KERNELS["local_response_norm"] = norm.lrn_forward

@@ -21,7 +21,7 @@ from runtime.backends.activations import (
 from runtime.backends.cpu.activation_dispatch import activate, derivative
 from runtime.backends.cpu.activation_scalars import FAST32
 from runtime.backends.cpu.lowlevel import unit_stride
-from runtime.backends.epilogue import activation_of, keep_pre_activation
+from runtime.backends.epilogue import activation_of, keep_pre_activation, needs_pre_activation
 from runtime.config import PARALLEL
 
 
@@ -127,8 +127,9 @@ def fused_forward(core):
     """The forward kernel of a conv or linear op with a fused epilogue, from ``core(op, xs,
     p, code, slope)``, which applies the residual and activation ``code`` in its own loops
     (NUMPY_FORWARD activations right after it, with NumPy). When the pass keeps a tape for
-    backward, the value before the activation is kept too (the activation then runs as a
-    pass of its own; the fused path is for inference)."""
+    backward and the activation's derivative needs its input, that value is kept too (the
+    activation then runs as a pass of its own); relu's derivative comes from the output,
+    so it stays in the kernel's loops in training too."""
 
     def forward(op, xs, p, ctx):
         act = activation_of(op)
@@ -136,7 +137,7 @@ def fused_forward(core):
             return core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
         dtype = xs[0].dtype
         code, slope = cpu_activation_code(*act, dtype)
-        if ctx.keep:
+        if needs_pre_activation(act, ctx):
             pre = core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
             keep_pre_activation(op, pre, ctx)
             if numpy_forward(act[0], dtype):

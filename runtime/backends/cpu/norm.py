@@ -8,22 +8,69 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange, uint64
 
+from runtime.backends.activations import NO_ACTIVATION
+from runtime.backends.cpu.elementwise import (
+    activate_inplace,
+    activation_forward_kernel,
+    cpu_activation_code,
+    numpy_activation,
+    numpy_forward,
+)
 from runtime.backends.cpu.lowlevel import unit_stride
+from runtime.backends.epilogue import activation_of, keep_pre_activation, needs_pre_activation
 from runtime.config import PARALLEL
 
 
+@njit(cache=True)
+def _scale_shift_row(x, out, residual, s, t, add, code, slope):
+    """out = x * s + t (+ residual where ``add``), then activation ``code``, over rows of
+    unit stride (a function of its own: its stride checks inside the prange loop would
+    keep that loop serial)."""
+    row, out = unit_stride(x), unit_stride(out)
+    if add:
+        r = unit_stride(residual)
+        for i in range(uint64(row.shape[0])):
+            out[i] = row[i] * s + t + r[i]
+    else:
+        for i in range(uint64(row.shape[0])):
+            out[i] = row[i] * s + t
+    activate_inplace(out, code, slope)
+
+
 @njit(cache=True, **PARALLEL)
-def scale_shift_kernel(x, scale, shift):
+def scale_shift_kernel(x, scale, shift, residual, code, slope):
+    """y = x * scale[c] + shift[c], plus ``residual`` (when it is not empty) and activation
+    ``code``: each (sample, channel) plane in one pass while it is in cache (the fused
+    epilogue of a batch norm)."""
     n, c = x.shape[0], x.shape[1]
     flat = x.reshape(n, c, -1)
+    add = residual.size > 0
+    res = residual.reshape(n, c, -1) if add else flat
     y = np.empty_like(flat)
     for job in prange(n * c):
         b = job // c
         ch = job % c
-        s, t = scale[ch], shift[ch]
-        for i in range(flat.shape[2]):
-            y[b, ch, i] = flat[b, ch, i] * s + t
+        _scale_shift_row(flat[b, ch], y[b, ch], res[b, ch], scale[ch], shift[ch], add, code,
+                         slope)
     return y.reshape(x.shape)
+
+
+def _normalise(op, xs, ctx, scale, shift):
+    """The batch norm's affine map per channel with its fused epilogue (residual and
+    activation: runtime/backends/epilogue.py), in one pass where it can."""
+    x = xs[0]
+    scale, shift = scale.astype(x.dtype), shift.astype(x.dtype)
+    residual = np.ascontiguousarray(xs[1]) if len(xs) > 1 else x[:0]
+    act = activation_of(op)
+    if act is None:
+        return scale_shift_kernel(x, scale, shift, residual, NO_ACTIVATION, 0.0)
+    if needs_pre_activation(act, ctx) or numpy_forward(act[0], x.dtype):
+        pre = scale_shift_kernel(x, scale, shift, residual, NO_ACTIVATION, 0.0)
+        keep_pre_activation(op, pre, ctx)
+        if numpy_forward(act[0], x.dtype):
+            return numpy_activation(pre, act)
+        return activation_forward_kernel(pre, *cpu_activation_code(*act, x.dtype))
+    return scale_shift_kernel(x, scale, shift, residual, *cpu_activation_code(*act, x.dtype))
 
 
 def batchnorm_forward(op, xs, p, ctx):
@@ -35,7 +82,7 @@ def batchnorm_forward(op, xs, p, ctx):
     shift = -p["running_mean"] * scale
     if a["affine"]:
         scale, shift = scale * p["weight"], shift * p["weight"] + p["bias"]
-    return scale_shift_kernel(x, scale.astype(x.dtype), shift.astype(x.dtype))
+    return _normalise(op, [x] + list(xs[1:]), ctx, scale, shift)
 
 
 FLUSH = 4096  # elements summed in the values' dtype (vector lanes of partial sums, each
@@ -180,7 +227,7 @@ def batchnorm_train_forward(op, xs, p, ctx):
     shift = -mean * scale
     if a["affine"]:
         scale, shift = scale * p["weight"], shift * p["weight"] + p["bias"]
-    return scale_shift_kernel(x, scale.astype(x.dtype), shift.astype(x.dtype))
+    return _normalise(op, [x] + list(xs[1:]), ctx, scale, shift)
 
 
 def batchnorm_backward(op, xs, y, gy, p, ctx):
@@ -190,7 +237,8 @@ def batchnorm_backward(op, xs, y, gy, p, ctx):
         invstd = 1.0 / np.sqrt(p["running_var"].astype(np.float64) + a["eps"])
         weight = p["weight"].astype(np.float64) if a["affine"] else np.ones_like(invstd)
         gy = np.ascontiguousarray(gy)
-        gx = scale_shift_kernel(gy, (weight * invstd).astype(x.dtype), np.zeros(x.shape[1], x.dtype))
+        gx = scale_shift_kernel(gy, (weight * invstd).astype(x.dtype),
+                                np.zeros(x.shape[1], x.dtype), gy[:0], NO_ACTIVATION, 0.0)
         gw, gb = channel_sums_kernel(x, gy, p["running_mean"].astype(np.float64), invstd)
         grads = {"weight": gw.astype(x.dtype), "bias": gb.astype(x.dtype)} if a["affine"] else {}
         return [gx], grads
@@ -234,7 +282,7 @@ def channel_sums_kernel(x, gy, center, scale):
 def layer_scale_forward(op, xs, p, ctx):
     x = np.ascontiguousarray(xs[0])
     w = p["weight"].reshape(-1).astype(x.dtype)
-    return scale_shift_kernel(x, w, np.zeros_like(w))
+    return scale_shift_kernel(x, w, np.zeros_like(w), x[:0], NO_ACTIVATION, 0.0)
 
 
 def layer_scale_backward(op, xs, y, gy, p, ctx):
@@ -242,7 +290,7 @@ def layer_scale_backward(op, xs, y, gy, p, ctx):
     w = p["weight"].reshape(-1).astype(x.dtype)
     zero = np.zeros(x.shape[1], dtype=np.float64)
     gw, _ = channel_sums_kernel(x, gy, zero, np.ones_like(zero))
-    return [scale_shift_kernel(gy, w, np.zeros_like(w))], \
+    return [scale_shift_kernel(gy, w, np.zeros_like(w), gy[:0], NO_ACTIVATION, 0.0)], \
         {"weight": gw.astype(x.dtype).reshape(p["weight"].shape)}
 
 

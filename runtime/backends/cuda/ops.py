@@ -14,7 +14,12 @@ from runtime.backends.cuda import resample as R
 from runtime.backends.cuda import tensor as T
 from runtime.backends.cuda import training
 from runtime.backends.cuda.kernels import to_device
-from runtime.backends.epilogue import activation_of, fused_backward, keep_pre_activation
+from runtime.backends.epilogue import (
+    activation_of,
+    fused_backward,
+    keep_pre_activation,
+    needs_pre_activation,
+)
 
 DEVICE_KERNELS: dict = {}
 DEVICE_BACKWARD: dict = {}
@@ -36,7 +41,7 @@ def _epilogue_forward(op, xs, ctx, core):
     the value before it is kept for backward."""
     act = activation_of(op)
     residual = xs[1] if len(xs) > 1 else None
-    if act is None or not ctx.keep:
+    if not needs_pre_activation(act, ctx):
         return core(act, residual)
     with K.aside():  # the value before the activation is kept; the output takes the room
         pre = core(None, residual)
@@ -283,10 +288,20 @@ def batchnorm_forward(op, xs, p, ctx):
         ctx.batch_stats[op.output] = (mean, var)
     else:
         mean, var = p["running_mean"], p["running_var"]
-    return L.batchnorm(xs[0], mean, var, p.get("weight"), p.get("bias"), a["eps"])
+    return _epilogue_forward(op, xs, ctx, lambda activation, residual: _after(
+        L.batchnorm(xs[0], mean, var, p.get("weight"), p.get("bias"), a["eps"]),
+        activation, residual))
 
 
-def batchnorm_backward(op, xs, y, gy, p, ctx):
+def _after(y, activation, residual):
+    """A fused epilogue applied in passes of its own after a kernel that has none (batch
+    norm's): the residual added in place, then the activation in place."""
+    if residual is not None:
+        y = K.add(y, residual, out=y)
+    return y if activation is None else K.activation_forward(y, *activation, out=y)
+
+
+def _batchnorm_core_backward(op, xs, y, gy, p, ctx):
     if ctx.saved.get(op.output) == "batch":
         mean, var = ctx.batch_stats[op.output]
         gx, g_weight, g_bias = training.batchnorm_train_backward(
@@ -420,7 +435,8 @@ DEVICE_KERNELS.update(max_pool2d=max_pool_forward, avg_pool2d=avg_pool_forward,
 
 
 DEVICE_BACKWARD.update(max_pool2d=max_pool_backward, avg_pool2d=avg_pool_backward,
-                batchnorm2d=batchnorm_backward, batchnorm1d=batchnorm_backward)
+                batchnorm2d=fused_backward(_batchnorm_core_backward, _activation_grad),
+                batchnorm1d=fused_backward(_batchnorm_core_backward, _activation_grad))
 
 
 DEVICE_KERNELS.update(conv2d=conv2d_forward, linear=linear_forward, add=add_forward,
