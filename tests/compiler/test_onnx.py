@@ -333,3 +333,20 @@ def test_wrong_weights_for_an_export_get_one_line(tmp_path, capsys):
     err = _one_line_error(capsys, ["export", str(SPECS / "lenet5.yaml"), "--format", "onnx",
                                    "--weights", str(weights), "-o", str(tmp_path / "m.onnx")])
     assert "c1.weight" in err
+
+
+def test_a_batch_norm_with_a_fused_epilogue_exports_as_separate_operators():
+    """The graph archc train runs (batch norms carrying the add and relu after them)
+    exports to BatchNormalization, Add and Relu, with the same outputs in ONNX Runtime."""
+    from archc.passes import for_training
+
+    graph = for_training(archc.load(SPECS / "resnet20.yaml"))
+    assert graph["layer1.0.bn2"].attrs["activation"] == ("relu", ())
+    params = initial_params(graph, None, seed=1)
+    model = to_onnx(graph, params)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("BatchNormalization") == 21 and ops.count("Relu") == 19
+    assert ops.count("Add") == 9
+    x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    for got, want in zip(_onnxruntime(model, x), _archc(graph, params, x), strict=True):
+        assert _relative(got, want) < TOLERANCE

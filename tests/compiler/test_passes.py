@@ -13,7 +13,15 @@ from archc.errors import UsageError
 from archc.ir import GraphInvalid
 from archc.lower import evaluator
 from archc.optimize import initial_params, optimize
-from archc.passes import PASSES, parse_pipeline, preset, run_pass, run_passes
+from archc.passes import (
+    PASSES,
+    for_training,
+    parse_pipeline,
+    preset,
+    run_pass,
+    run_passes,
+    training_preset,
+)
 from archc.passes.check import EXACT_TOLERANCE, compare, randomize_batchnorm
 from archc.passes.fold_bn import fold_weights
 from archc.passes.separable import (
@@ -21,7 +29,7 @@ from archc.passes.separable import (
     depthwise_separable_weights,
     spatial_factors,
 )
-from conftest import LIBRARY, LIBRARY_SMALL
+from conftest import LIBRARY, LIBRARY_SMALL, SPECS
 from graphs import assert_same_graph
 
 EXACT = [name for name, p in PASSES.items() if p.exact]
@@ -354,3 +362,53 @@ def test_low_rank_without_data_measures_the_weights():
         approx = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
         measured = np.linalg.norm(approx - w.reshape(w.shape[0], -1)) / np.linalg.norm(w)
         assert measured == pytest.approx(row["error"], abs=1e-5)
+
+
+def test_training_passes_fuse_batch_norm_epilogues_and_keep_every_parameter():
+    """archc train's graph: each batch norm takes the add and relu after it (the main
+    branch's, not the 1x1 shortcut's, takes the residual); parameters keep their names, and
+    training (batch statistics) computes the same outputs and gradients."""
+    graph = archc.load(SPECS / "resnet20.yaml")
+    fused = for_training(graph)
+    assert [name for name, _ in training_preset()] == ["fuse_add", "fuse_activation"]
+    assert {n.op for n in fused} == {"input", "conv2d", "batchnorm2d", "adaptive_avg_pool2d",
+                                     "flatten", "linear"}
+    block = fused["layer2.0.bn2"]
+    assert block.inputs == ["layer2.0.conv2", "layer2.0.downsample.1"]
+    assert block.attrs["activation"] == ("relu", ())
+    assert fused["layer2.0.bn1"].attrs["activation"] == ("relu", ())
+    assert fused["layer2.0.downsample.1"].attrs.get("activation") is None
+    plain, fast = (archc.compile(g, backend="cpu", seed=4).train() for g in (graph, fused))
+    assert plain.program.params.keys() == fast.program.params.keys()
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(plain(x), fast(x))  # the same sums in the same order
+    gy = np.random.default_rng(1).standard_normal((4, 10)).astype(np.float32)
+    want, got = plain.backward(gy), fast.backward(gy)
+    np.testing.assert_array_equal(got.input, want.input)
+    for name, value in want.params.items():
+        np.testing.assert_array_equal(got.params[name], value, err_msg=name)
+
+
+def test_fold_bn_moves_a_fused_batch_norm_epilogue_to_its_conv():
+    graph = load(CONV_BN_RELU)
+    params = params_for(graph)
+    fused, fused_params, _ = run_passes(graph, params, training_preset())
+    assert fused["batchnorm2d_1"].inputs == ["conv2d_1", "skip"]
+    folded, new_params, report = run_pass(fused, fused_params, "fold_bn")
+    conv = folded["conv2d_1"]
+    assert conv.inputs[1] == "skip"
+    assert conv.attrs["activation"] == ("relu6", ()) and "batchnorm2d_1" not in folded.nx
+    assert folded["conv2d"].attrs["activation"] == ("relu", ())
+    assert outputs_match(graph, params, folded, new_params) < EXACT_TOLERANCE
+
+
+def test_fold_bn_leaves_a_batch_norm_whose_epilogue_its_layer_cannot_carry():
+    graph = load("""
+input: {channels: 4, height: 5, width: 5}
+layers:
+  - conv_transpose2d: {out_channels: 6, kernel_size: 2, stride: 2}
+  - batchnorm2d: {activation: relu}
+""")
+    params = params_for(graph)
+    optimised, _, report = run_pass(graph, params, "fold_bn")
+    assert report.changes == () and len(optimised) == len(graph)

@@ -424,3 +424,48 @@ layers:
     np.testing.assert_array_equal(model(x), want.numpy())  # a pass kept for backward
     np.testing.assert_array_equal(model._tape[1].indices["pool"], positions.numpy())
     np.testing.assert_array_equal(model.eval().predict(x), want.numpy())  # positions unkept
+
+
+@pytest.mark.parametrize("kind, shape", [("batchnorm2d", (5, 4, 3)), ("batchnorm1d", (6,))])
+@pytest.mark.parametrize("activation", [None, "relu", {"leaky_relu": 0.2}, "silu", "mish"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_fused_batchnorm_epilogue_matches_reference(kind, shape, activation, residual, train):
+    """activation(bn(x) + residual) in the batch norm's pass: batch or running
+    statistics, forward and backward (relu's derivative from the output, the others' from
+    the value kept before them), against the float64 reference."""
+    graph = archc.Graph(name="probe")
+    graph.add(archc.Node("input", "input", {"shape": shape}, []))
+    graph.add(archc.Node("skip", "input", {"shape": shape}, []))
+    attrs = archc.layers.get_layer(kind).normalize({"activation": activation})
+    graph.add(archc.Node("bn", kind, attrs, ["input", "skip"] if residual else ["input"]))
+    graph.inputs, graph.outputs = ["input", "skip"], {"bn": "bn"}
+    for n, source in enumerate(graph["bn"].inputs):
+        graph.nx.add_edge(source, "bn", key=n)
+    archc.infer_shapes(graph)
+    archc.verify(graph, require_shapes=True)
+    ref = archc.compile(graph, backend="reference", seed=3, dtype="float64")
+    fast = archc.compile(graph, backend="cpu", seed=3)
+    rng = np.random.default_rng(6)
+    for model in (ref, fast):
+        model.params["bn.running_mean"][...] = 0.3
+        model.params["bn.running_var"][...] = 2.0
+        model.params["bn.weight"][...] = np.linspace(-1.5, 2, shape[0])
+        model.params["bn.bias"][...] = np.linspace(0.5, -0.5, shape[0])
+        model.train() if train else model.eval()
+    x = {"input": rng.standard_normal((3,) + shape) * 2 + 1,
+         "skip": rng.standard_normal((3,) + shape)}
+    x32 = {k: v.astype(np.float32) for k, v in x.items()}
+    expected = ref(x)
+    if not train:
+        np.testing.assert_allclose(fast.predict(x32), expected, rtol=1e-4, atol=1e-5)
+    got = fast(x32)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    gy = rng.standard_normal(expected.shape)
+    ga, gb = ref.backward(gy), fast.backward(gy.astype(np.float32))
+    for name in ("input", "skip") if residual else ("input",):
+        np.testing.assert_allclose(gb.inputs[name], ga.inputs[name], rtol=1e-4,
+                                   atol=1e-4 * np.abs(ga.inputs[name]).max(), err_msg=name)
+    for name, value in ga.params.items():
+        np.testing.assert_allclose(gb.params[name], value, rtol=1e-4,
+                                   atol=1e-4 * np.abs(value).max(), err_msg=name)
