@@ -178,7 +178,9 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
                    help="timed passes after two warm-up passes; times are their mean (default "
                    "3; --distributed: timed training steps, default 10)")
     p.add_argument("--train", action="store_true",
-                   help="time a training step: forward in training mode and the backward pass")
+                   help="time a training step: forward in training mode and the backward pass, "
+                   "of the graph archc train runs (batch norms carrying the add and "
+                   "activation after them)")
     p.add_argument("--device", metavar="NAME",
                    help="the roofline profile to compare with: cpu (measured here once, "
                    "cached), h100 or h200 (default: cpu, or the GPU's own for --backend cuda)")
@@ -262,7 +264,8 @@ def _setup_tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive, default=1, metavar="N",
                    help="batch size to tune for (default 1)")
     p.add_argument("--train", action="store_true",
-                   help="tune training steps (forward + backward) instead of inference")
+                   help="tune training steps (forward + backward) instead of inference, on "
+                   "the graph archc train runs")
     p.add_argument("--repeat", type=positive, default=5, metavar="R",
                    help="timed runs of each algorithm per layer after a warm-up; the best "
                    "counts (default 5)")

@@ -582,6 +582,41 @@ def test_fused_residual_and_activation_epilogues_on_the_device(mode):
     agree(gpu, host, x)
 
 
+BN_BLOCK = """
+input: {channels: 2, height: 5, width: 5}
+layers:
+  - name: c1
+    conv2d: {out_channels: 3, kernel_size: 3, padding: 1}
+  - batchnorm2d
+  - relu
+  - conv2d: {out_channels: 3, kernel_size: 3, padding: 1}
+  - batchnorm2d
+  - add: [-1, c1]
+  - silu
+  - flatten
+  - linear: 3
+"""
+
+
+@pytest.mark.parametrize("mode", ["predict", "train"])
+def test_batch_norm_epilogues_on_the_device(mode):
+    """The graph archc train runs (batch norm+relu, batch norm+add+silu) on the device:
+    the same outputs and gradients as the CPU's, with batch statistics and without."""
+    import archc
+    from archc.passes import for_training
+
+    graph = for_training(archc.load("bn.yaml", text=BN_BLOCK))
+    assert {op.attrs.get("activation", (None,))[0] for op in archc.compile(graph).program.ops
+            if op.kind == "batchnorm2d"} == {"relu", "silu"}
+    gpu, host = archc.compile(graph, backend="cuda", seed=2), archc.compile(graph, "cpu", seed=2)
+    x = np.random.default_rng(0).standard_normal((3, 2, 5, 5)).astype(np.float32)
+    if mode == "predict":
+        np.testing.assert_allclose(gpu.predict(x), host.predict(x), rtol=1e-5, atol=1e-6)
+        return
+    gpu.train(), host.train()
+    agree(gpu, host, x)
+
+
 SPEC_DIR = Path(__file__).resolve().parents[2] / "specs"
 LIBRARY = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
 
