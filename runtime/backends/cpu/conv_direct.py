@@ -147,7 +147,7 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
         acc4 = stack_buffer(128, x.dtype)  # 4 x 32
         acc4n = stack_buffer(64, x.dtype)  # 4 x 16
         for ph in range(sh * sw):
-            _fill_panel(x[b], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt, rows_in, sh,
+            _fill_panel(x, b, panel, ph, g * cg, cg, y0 * sh + ph // sw - pt, rows_in, sh,
                         ph % sw - pl, sw, wp, 0, length)
         out = np.empty(((ob1 - ob0) * rows_t, npos), dtype=x.dtype)
         for ob in range(ob0, ob1):
@@ -164,21 +164,37 @@ def direct_conv_kernel(x, wt, og, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, band, 
                 else:
                     _sums(acc4n, wb, panel, phase, shift, taps, cg, p0, 4, 16)
                     _store(acc4n, out, row0, 4, p0, 16)
-        for o in range(ob0 * rows_t, min(og, ob1 * rows_t)):
-            channel = g * og + o
-            add = bias[channel] if bias.size else 0.0
-            src = out[o - ob0 * rows_t]
-            for r in range(rows):
-                dest = y[b, channel, y0 + r]
-                start = uint64(r * wp)
-                for xx in range(uint64(wo)):
-                    dest[xx] = src[start + xx] + add
-                if residual.shape[0]:
-                    res = residual[b, channel, y0 + r]
-                    for xx in range(uint64(wo)):
-                        dest[xx] += res[xx]
-                activate_inplace(dest, code, slope)
+        _epilogue(out, ob0 * rows_t, min(og, ob1 * rows_t), g * og, b, y0, rows, wp, y, bias,
+                  residual, code, slope)
     return y
+
+
+@njit(cache=True)
+def _epilogue(out, o0, o1, c0, b, y0, rows, wp, y, bias, residual, code, slope):
+    """y[b, c0 + o, y0 + r, :] = out[o - o0, r * wp:r * wp + wo] + bias, + residual, then
+    the activation, for o0 <= o < o1 and r < rows: every array indexed whole and the
+    activation run once per channel over its rows (contiguous), not per row (a view per
+    row costs two atomic reference counts, and the call its own: a fifth of a 16-channel
+    conv's time went to them)."""
+    wo = y.shape[3]
+    flat = y.reshape(-1)
+    bu = uint64(b)
+    for o in range(o0, o1):
+        channel = uint64(c0 + o)
+        add = bias[channel] if bias.size else y.dtype.type(0.0)
+        row = uint64(o - o0)
+        for r in range(uint64(rows)):
+            start, yy = r * uint64(wp), uint64(y0) + r
+            if residual.shape[0]:
+                for xx in range(uint64(wo)):
+                    y[bu, channel, yy, xx] = out[row, start + xx] + add + \
+                        residual[bu, channel, yy, xx]
+            else:
+                for xx in range(uint64(wo)):
+                    y[bu, channel, yy, xx] = out[row, start + xx] + add
+        if code >= 0:
+            first = ((b * y.shape[1] + c0 + o) * y.shape[2] + y0) * wo
+            activate_inplace(flat[first:first + rows * wo], code, slope)
 
 
 @njit(cache=True, inline="always")
@@ -227,40 +243,41 @@ def tap_phases(kh, kw, sh, sw, dh, dw, wp):
 
 
 @njit(cache=True)
-def _fill_panel(xb, panel, c0, channels, iy0, rows_in, sh, ix0, sw, wp, base, end):
-    """panel[ch, base + r*wp + col] = xb[c0 + ch, iy0 + r*sh, ix0 + col*sw] for the first
-    ``channels`` rows of the panel (any further rows are left as they are), zero outside
-    the input, and zeros from past the last row to column ``end`` (the tiles read up to
-    the filter's reach beyond it). At stride 1 a row is one contiguous copy between
-    zeros."""
-    h, w = xb.shape[1], xb.shape[2]
+def _fill_panel(x, b, panel, ph, c0, channels, iy0, rows_in, sh, ix0, sw, wp, base, end):
+    """panel[ph, ch, base + r*wp + col] = x[b, c0 + ch, iy0 + r*sh, ix0 + col*sw] for the
+    first ``channels`` rows of the panel (any further rows are left as they are), zero
+    outside the input, and zeros from past the last row to column ``end`` (the tiles
+    read up to the filter's reach beyond it). At stride 1 a row is one contiguous copy
+    between zeros. Every array is indexed whole, unsigned: a view per row costs two
+    atomic reference counts, and a signed index a check for negative values."""
+    h, w = x.shape[2], x.shape[3]
     # the panel columns that fall inside the input: ix0 + col*sw in [0, w)
     lo = min(wp, max(0, (sw - 1 - ix0) // sw))
     hi = max(lo, min(wp, (w - ix0 + sw - 1) // sw))
-    for ch in range(channels):
-        dest = panel[ch]
-        for r in range(rows_in):
-            iy = iy0 + r * sh
-            row = uint64(base + r * wp)
+    p, bu, pitch = uint64(ph), uint64(b), uint64(wp)
+    for ch in range(uint64(channels)):
+        src_c = uint64(c0) + ch
+        for r in range(uint64(rows_in)):
+            iy = iy0 + np.int64(r) * sh
+            row = uint64(base) + r * pitch
             if iy < 0 or iy >= h:
-                for xx in range(uint64(wp)):
-                    dest[row + xx] = 0.0
+                for xx in range(pitch):
+                    panel[p, ch, row + xx] = 0.0
                 continue
-            src = xb[c0 + ch, iy]
+            yy = uint64(iy)
             for xx in range(uint64(lo)):
-                dest[row + xx] = 0.0
+                panel[p, ch, row + xx] = 0.0
             if sw == 1:
-                at = row + uint64(lo)
-                first = uint64(ix0 + lo)
+                at, first = row + uint64(lo), uint64(ix0 + lo)
                 for xx in range(uint64(hi - lo)):
-                    dest[at + xx] = src[first + xx]
+                    panel[p, ch, at + xx] = x[bu, src_c, yy, first + xx]
             else:
-                for col in range(lo, hi):
-                    dest[row + uint64(col)] = src[ix0 + col * sw]
-            for xx in range(uint64(hi), uint64(wp)):
-                dest[row + xx] = 0.0
+                for col in range(uint64(lo), uint64(hi)):
+                    panel[p, ch, row + col] = x[bu, src_c, yy, uint64(ix0 + np.int64(col) * sw)]
+            for xx in range(uint64(hi), pitch):
+                panel[p, ch, row + xx] = 0.0
         for q in range(uint64(base + rows_in * wp), uint64(end)):
-            dest[q] = 0.0
+            panel[p, ch, q] = 0.0
 
 
 WEIGHT_GRAD_FLOATS = 131072  # a weight-gradient job's panels: 512 KB of float32, in L2
@@ -341,13 +358,15 @@ def direct_weight_grad_kernel(x, gy, groups, kh, kw, sh, sw, dh, dw, pt, pl, ban
             for s in range(count):
                 base = s * stride
                 for ph in range(sh * sw):
-                    _fill_panel(x[b0 + s], panel[ph], g * cg, cg, y0 * sh + ph // sw - pt,
+                    _fill_panel(x, b0 + s, panel, ph, g * cg, cg, y0 * sh + ph // sw - pt,
                                 rows + reach_y, sh, ph % sw - pl, sw, wp, base, 0)
-                for r in range(rows):
-                    for xx in range(wo):
-                        dest = gt[base + r * wp + xx]
-                        for oo in range(og):
-                            dest[oo] = gy[b0 + s, g * og + oo, y0 + r, xx]
+                # gy's rows channels-last, indexed whole (no view per position)
+                bs, c1 = uint64(b0 + s), uint64(g * og)
+                for r in range(uint64(rows)):
+                    yy, q0 = uint64(y0) + r, uint64(base) + r * uint64(wp)
+                    for xx in range(uint64(wo)):
+                        for oo in range(uint64(og)):
+                            gt[q0 + xx, oo] = gy[bs, c1 + oo, yy, xx]
             flat = panel.reshape(-1)
             step = 2 * GRAD_VECTOR if lanes == 16 else GRAD_VECTOR
             for q0 in range(0, npos, GRAD_CHUNK):
