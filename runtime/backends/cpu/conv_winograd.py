@@ -126,6 +126,22 @@ def _row2(row, x0, ch):
 
 
 @njit(cache=True, inline="always")
+def _copy_out(buf, count, v, t, ch0, width):
+    """v[k, t, ch0 + lane] = buf[k * LANES + lane] for k < count, lane < width: a whole
+    vector's copy where width is LANES (a copy of a length LLVM cannot know became a call
+    to memcpy per row, and a view per row two atomic reference counts), the rest apart."""
+    tu, first = uint64(t), uint64(ch0)
+    if width == LANES:
+        for k in range(uint64(count)):
+            for lane in range(uint64(LANES)):
+                v[k, tu, first + lane] = buf[k * uint64(LANES) + lane]
+        return
+    for k in range(uint64(count)):
+        for lane in range(uint64(width)):
+            v[k, tu, first + lane] = buf[k * uint64(LANES) + lane]
+
+
+@njit(cache=True, inline="always")
 def _put2(buf, j, lane, col):
     """Column ``j`` of a 2 x 2 block, rows 0, 1: into buf[(j*2 + i) * LANES + lane]."""
     buf[(j * 2) * LANES + lane] = col[0]
@@ -196,10 +212,11 @@ def channels_last_rows(x, b, y0, left, strip):
             strip[r, col] = 0.0
         for col in range(hi + left, width):
             strip[r, col] = 0.0
-        for ch in range(c):
-            src = x[b, ch, yy]
-            for xx in range(lo, hi):
-                strip[r, xx + left, ch] = src[xx]
+        # indexed whole: a view per (row, channel) costs two atomic reference counts
+        bu, ru, shift = uint64(b), uint64(r), uint64(lo + left)
+        for ch in range(uint64(c)):
+            for xx in range(uint64(hi - lo)):
+                strip[ru, shift + xx, ch] = x[bu, ch, uint64(yy), uint64(lo) + xx]
 
 
 @njit(cache=True)
@@ -229,10 +246,7 @@ def input_row(x, b, ty, m, pt, pl, tw, k, strip, v, t0):
                     _put4(buf2, 1, lane, _bt2(e0[1], e1[1], e2[1], e3[1]))
                     _put4(buf2, 2, lane, _bt2(e0[2], e1[2], e2[2], e3[2]))
                     _put4(buf2, 3, lane, _bt2(e0[3], e1[3], e2[3], e3[3]))
-                for kk in range(16):
-                    dst = v[kk, t]
-                    for lane in range(uint64(width)):
-                        dst[uint64(ch0) + lane] = buf2[kk * LANES + lane]
+                _copy_out(buf2, 16, v, t, ch0, width)
             else:
                 for lane in range(uint64(width)):
                     ch = uint64(ch0) + lane
@@ -254,10 +268,7 @@ def input_row(x, b, ty, m, pt, pl, tw, k, strip, v, t0):
                                               two, four, five))
                     _put6(buf4, 5, lane, _bt4(e0[5], e1[5], e2[5], e3[5], e4[5], e5[5],
                                               two, four, five))
-                for kk in range(36):
-                    dst = v[kk, t]
-                    for lane in range(uint64(width)):
-                        dst[uint64(ch0) + lane] = buf4[kk * LANES + lane]
+                _copy_out(buf4, 36, v, t, ch0, width)
 
 
 @njit(cache=True, inline="always")
@@ -353,9 +364,7 @@ def output_row(mt, t0, m, tw, b, ty, y, rows, bias, residual, code, slope, k):
                     _put2(out2, 1, lane, _at2(g0[1], g1[1], g2[1], g3[1]))
                 for i in range(2):
                     for jj in range(2):
-                        dst = rows[i, x0 + jj]
-                        for lane in range(uint64(width)):
-                            dst[uint64(ch0) + lane] = out2[(jj * 2 + i) * LANES + lane]
+                        _copy_row(out2, jj * 2 + i, rows, i, x0 + jj, ch0, width)
             else:
                 for lane in range(uint64(width)):
                     ch = uint64(ch0) + lane
@@ -375,20 +384,38 @@ def output_row(mt, t0, m, tw, b, ty, y, rows, bias, residual, code, slope, k):
                                               two, four, eight))
                 for i in range(4):
                     for jj in range(4):
-                        dst = rows[i, x0 + jj]
-                        for lane in range(uint64(width)):
-                            dst[uint64(ch0) + lane] = out4[(i * 4 + jj) * LANES + lane]
-    for ch in range(o):
+                        _copy_row(out4, i * 4 + jj, rows, i, x0 + jj, ch0, width)
+    # planes again, indexed whole (a view per row costs two atomic reference counts), the
+    # activation once over a channel's m rows (contiguous)
+    count = min(m, ho - ty * m)
+    flat = y.reshape(-1)
+    bu = uint64(b)
+    for ch in range(uint64(o)):
         add = bias[ch] if bias.size else two - two
-        for i in range(min(m, ho - ty * m)):
-            line = y[b, ch, ty * m + i]
-            for xx in range(wo):
-                line[xx] = rows[i, xx, ch] + add
+        for i in range(uint64(count)):
+            yy = uint64(ty * m) + i
             if residual.shape[0]:
-                res = residual[b, ch, ty * m + i]
                 for xx in range(uint64(wo)):
-                    line[xx] += res[xx]
-            activate_inplace(line, code, slope)
+                    y[bu, ch, yy, xx] = rows[i, xx, ch] + add + residual[bu, ch, yy, xx]
+            else:
+                for xx in range(uint64(wo)):
+                    y[bu, ch, yy, xx] = rows[i, xx, ch] + add
+        if code >= 0:
+            first = ((b * o + np.int64(ch)) * ho + ty * m) * wo
+            activate_inplace(flat[first:first + count * wo], code, slope)
+
+
+@njit(cache=True, inline="always")
+def _copy_row(buf, k, rows, i, col, ch0, width):
+    """rows[i, col, ch0 + lane] = buf[k * LANES + lane] for lane < width (_copy_out's
+    whole vectors where it can)."""
+    iu, cu, first, at = uint64(i), uint64(col), uint64(ch0), uint64(k * LANES)
+    if width == LANES:
+        for lane in range(uint64(LANES)):
+            rows[iu, cu, first + lane] = buf[at + lane]
+        return
+    for lane in range(uint64(width)):
+        rows[iu, cu, first + lane] = buf[at + lane]
 
 
 @njit(cache=True, inline="always")
@@ -434,10 +461,7 @@ def gradient_row(gy, b, ty, tw, strip, e, t0):
                 _put4(buf, 1, lane, _a2(e0[1], e1[1]))
                 _put4(buf, 2, lane, _a2(e0[2], e1[2]))
                 _put4(buf, 3, lane, _a2(e0[3], e1[3]))
-            for kk in range(16):
-                dst = e[kk, t]
-                for lane in range(uint64(width)):
-                    dst[uint64(ch0) + lane] = buf[kk * LANES + lane]
+            _copy_out(buf, 16, e, t, ch0, width)
 
 
 @njit(cache=True, **PARALLEL)
