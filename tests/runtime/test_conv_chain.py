@@ -80,8 +80,9 @@ def test_networks_run_their_chains(spec, variables, chained):
 @pytest.mark.parametrize("spec, batch, chained, last", [
     ("specs/mobilenet_v2.yaml", 8, 17, 15),  # every block: the samples keep the threads busy
     # one sample: the channels-last blocks (their rows split between the threads), not the
-    # first block (no expansion: planes) nor the 56x56 stride-1 one (planes are faster)
-    ("specs/mobilenet_v2.yaml", 1, 15, 15),
+    # first block (no expansion: planes) nor the 56x56 stride-1 one (planes are faster),
+    # nor the four 7x7 ones (a few rows per thread: their GEMMs too small)
+    ("specs/mobilenet_v2.yaml", 1, 11, 11),
     ("specs/mobilenet_v2.yaml", 2, 17, 15),
     # no projection in the chains (squeeze-excitation reads the depthwise): left to the
     # layout plan (layout.py), which keeps the same maps channels-last

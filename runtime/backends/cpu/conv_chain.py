@@ -292,6 +292,12 @@ def find_chains(program, batch: int, dtype, choose=None, threads: int | None = N
 # thread busy, and the batch's maps they keep from memory outgrow the cache (under about
 # 1 MB they stay in L2 anyway).
 CHAIN_MIN_BYTES = 1 << 20
+# ... and a channels-last chain whose rows are split among the threads (fewer samples
+# than threads) only where its output map has this many positions: on a 7x7 map each
+# job's GEMMs are then three or four rows (MobileNetV2 at batch 1, its four 7x7 blocks
+# one op at a time, the 1x1 convs' channels split among the threads instead: 7.45
+# against 7.69 ms, interleaved; at 14x14 the chains stay faster, 7.74 without them)
+CHAIN_SPLIT_POSITIONS = 64
 
 
 def _geometry(chain: Chain):
@@ -310,7 +316,9 @@ def _chunks(batch: int, ho: int, threads: int) -> int:
 def worth(chain: Chain, batch: int, itemsize: int, threads: int) -> bool:
     """Whether running the chain as one kernel pays at this batch size (see above)."""
     if channels_last(chain):  # without a projection, the layout plan does better
-        return chain.project is not None
+        _, _, _, _, _, ho, wo = _geometry(chain)
+        split = batch < threads  # each sample's rows dealt out among the threads
+        return chain.project is not None and not (split and ho * wo < CHAIN_SPLIT_POSITIONS)
     kh, sh, c, h, w, ho, wo = _geometry(chain)
     if chain.project is None or batch < threads:
         return False
