@@ -347,3 +347,29 @@ def test_pointwise_jobs_share_the_work_evenly(rows, columns, outer):
     shares = [sum(work[t * jobs // 2:(t + 1) * jobs // 2]) for t in range(2)]
     assert sum(work) == outer * rows * columns
     assert max(shares) * 2 <= 1.15 * sum(shares), (block, row_blocks, shares)
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 40), p=st.integers(1, 30), o=st.integers(1, 150), data=st.data())
+def test_pointwise_register_tiles_match_a_matrix_product(k, p, o, data):
+    """conv_pointwise.pointwise_last_tiles (a 1x1 conv's GEMM from planes to channels-last
+    rows) over any block of positions and channels: whole tiles of 6 positions x 64
+    channels, vectors of 16, the rest one by one."""
+    from runtime.backends.cpu.conv_pointwise import pack_last, pointwise_last_tiles
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((k, p)).astype(np.float32)
+    w = rng.standard_normal((o, k, 1, 1)).astype(np.float32)
+    p_lo = data.draw(st.integers(0, p - 1))
+    p_hi = data.draw(st.integers(p_lo + 1, p))
+    o_lo = data.draw(st.integers(0, o - 1))
+    o_hi = data.draw(st.integers(o_lo + 1, o))
+    row0 = data.draw(st.integers(0, 3))
+    out = np.full((row0 + p_hi - p_lo + 2, o), 7.0, dtype=np.float32)
+    pointwise_last_tiles(x, pack_last(w), out, p_lo, p_hi, o_lo, o_hi, row0)
+    expected = x[:, p_lo:p_hi].T.astype(np.float64) @ w[o_lo:o_hi, :, 0, 0].T.astype(np.float64)
+    np.testing.assert_allclose(out[row0:row0 + p_hi - p_lo, o_lo:o_hi], expected, rtol=1e-4,
+                               atol=1e-4 * max(1.0, np.abs(expected).max()))
+    untouched = np.ones(out.shape, bool)
+    untouched[row0:row0 + p_hi - p_lo, o_lo:o_hi] = False
+    assert np.all(out[untouched] == 7.0)  # nothing written outside the block

@@ -20,11 +20,13 @@ from runtime.backends.cpu import conv_chain
 from runtime.model import Model
 from runtime.program import Program
 
-@pytest.mark.parametrize("last", [False, True], ids=["planes", "channels-last"])
+@pytest.mark.parametrize("last, tiles", [(False, True), (True, True), (True, False)],
+                         ids=["planes", "channels-last", "channels-last-blas"])
 @settings(max_examples=60, deadline=None)
 @given(case=chains(), data=st.data())
-def test_chain_matches_reference(last, case, data):
-    """Either layout of the expanded rows (channels-last only with an expansion)."""
+def test_chain_matches_reference(last, tiles, case, data):
+    """Either layout of the expanded rows (channels-last only with an expansion), its
+    expansion in register tiles or by BLAS."""
     program, batch = case
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
     params = {name: rng.standard_normal(spec.shape) for name, spec in program.params.items()}
@@ -41,7 +43,8 @@ def test_chain_matches_reference(last, case, data):
     ho = chain.depthwise.out_shape[1]
     split = (data.draw(st.integers(1, ho + 1)), data.draw(st.integers(1, ho + 1)))
     with patch.object(conv_chain, "plan", lambda *args: split), \
-            patch.object(conv_chain, "CHANNELS_LAST", last):
+            patch.object(conv_chain, "CHANNELS_LAST", last), \
+            patch.object(conv_chain.conv_pointwise, "LAST_TILES", tiles):
         assert conv_chain.channels_last(chain) == (last and chain.expand is not None)
         got = model.predict(x.astype(np.float32))
     scale = max(np.abs(expected).max(), 1e-6)

@@ -45,7 +45,9 @@ from runtime.backends.cpu.conv_direct import (
     tile_rows,
     weight_grad_band,
 )
+from runtime.backends.cpu import conv_pointwise
 from runtime.backends.cpu.conv_pointwise import (
+    pack_last,
     pointwise_kernel,
     pointwise_weight_grad_kernel,
     subsample_kernel,
@@ -551,6 +553,9 @@ def _no_epilogue(x, rank: int = 4):
     return np.empty(0, dtype=x.dtype), _no_residual(x, rank), NO_ACTIVATION, 0.0
 
 
+_NO_PACK = np.empty((0, 0), dtype=np.float32)  # no filters packed for a kernel's other path
+
+
 def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
     """The conv and its epilogue: bias, residual (a second input), activation ``code``."""
     x = np.ascontiguousarray(xs[0])
@@ -588,8 +593,10 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
         if last_out and rows > 1 and w.nbytes <= LAST_SPLIT_WEIGHT_BYTES:
             # channels-last rows split by channels are strided blocks: split the positions
             block, rows = -(-positions // -(-numba.get_num_threads() // n)), 1
+        tiles = last_out and not last_in and groups == 1 and conv_pointwise.LAST_TILES
+        wt = ctx.packs.get((op.name, "last"), w, pack_last) if tiles else _NO_PACK
         y = pointwise_kernel(x3, _flat_filters(w), groups, False, _bias(p, x), block, rows, res3,
-                             code, slope, last_in, last_out)
+                             code, slope, last_in, last_out, wt.astype(x.dtype, copy=False))
         return y.reshape((n, ho, wo, -1) if last_out else (n, -1, ho, wo))
     if algorithm == "winograd":
         m = _winograd_tile(op, x.shape[0], forced=True)
@@ -653,7 +660,8 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         bias, residual, code, slope = _no_epilogue(x, rank=3)
         block, rows = _split(c // groups, ho * wo, n * groups)
         gsub = pointwise_kernel(gy3, _flat_filters(w), groups, True, bias, block, rows, residual,
-                                code, slope, False, False).reshape(n, c, ho, wo)
+                                code, slope, False, False, _NO_PACK.astype(x.dtype)
+                                ).reshape(n, c, ho, wo)
         if (sh, sw) == (1, 1):
             return [gsub], grads
         return [upsample_kernel(gsub, sh, sw, x.shape[2], x.shape[3])], grads

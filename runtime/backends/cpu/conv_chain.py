@@ -47,17 +47,22 @@ from runtime.backends.cpu.blas import gemm
 from runtime.backends.cpu.conv import _flat_filters, last_filters
 from runtime.backends.cpu.conv_depthwise import (_accumulate, _rows_to_phases, depthwise_rows_last,
                                                  favours_channels_last, phase_geometry)
-from runtime.backends.cpu.conv_pointwise import _finish_rows, finish_block
+from runtime.backends.cpu import conv_pointwise
+from runtime.backends.cpu.conv_pointwise import (_finish_rows, finish_block, pack_last,
+                                                 pointwise_last_tiles)
 from runtime.backends.cpu.elementwise import activate_inplace, cpu_activation_code, numpy_forward
 from runtime.backends.activations import NO_ACTIVATION
 from runtime.backends.epilogue import activation_of
 from runtime.config import PARALLEL
 
 @njit(cache=True, **PARALLEL)
-def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho, wo, code_d,
-                 slope_d, wp, bp, residual, code_p, slope_p, chunks, band, channels_last):
+def chain_kernel(x, we, wet, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho, wo,
+                 code_d, slope_d, wp, bp, residual, code_p, slope_p, chunks, band,
+                 channels_last):
     """y = project(depthwise(expand(x))) for x (N, C, H, W): ``we`` (Ce, C) the expansion
-    (shape (0, 0): none, Ce = C), ``wd`` the depthwise filters, (Ce, kh*kw) or, with
+    (shape (0, 0): none, Ce = C), ``wet`` the same packed (C, Ce) for
+    conv_pointwise.pointwise_last_tiles (the channels-last expansion), ``wd`` the depthwise
+    filters, (Ce, kh*kw) or, with
     ``channels_last``, (kh*kw, Ce) (stride (sh, sw), padding top ``pt``, left ``pl``,
     output ho x wo, dilation 1), ``wp`` (Co, Ce) the projection (shape (0, 0): none, the
     depthwise's output is the result); each stage with its bias (empty: none) and
@@ -119,7 +124,11 @@ def chain_kernel(x, we, be, code_e, slope_e, wd, bd, kh, kw, sh, sw, pt, pl, ho,
                     # GEMM transposed where the rows are channels-last (no copy)
                     span = slice(keep * w, (r_hi - r_lo) * w)
                     rows_x = xf[b, :, first * w:r_hi * w]
-                    if last:
+                    if last and wet.shape[0]:  # register tiles (conv_pointwise)
+                        pointwise_last_tiles(xf[b], wet, e, first * w, r_hi * w, 0, ce,
+                                             keep * w)
+                        _finish_rows(e[span], 0, ce, be, code_e, slope_e)
+                    elif last:
                         gemm(rows_x, we, e[span], 0.0, True, True)
                         _finish_rows(e[span], 0, ce, be, code_e, slope_e)
                     else:
@@ -384,8 +393,11 @@ def chain_forward(chain: Chain, xs: list, params: list[dict], ctx) -> np.ndarray
         residual = np.empty((0, 0, 0), dtype=dtype)
     last = channels_last(chain)
     wd = last_filters(dw, pd["weight"], ctx) if last else _flat_filters(pd["weight"])
+    wet = ctx.packs.get((chain.expand.name, "last"), pe["weight"], pack_last) \
+        if pe and last and conv_pointwise.LAST_TILES else none2
     return chain_kernel(
-        x, _flat_filters(pe["weight"]) if pe else none2, pe.get("bias", empty) if pe else empty,
+        x, _flat_filters(pe["weight"]) if pe else none2, wet.astype(dtype, copy=False),
+        pe.get("bias", empty) if pe else empty,
         *_codes(chain.expand, dtype), wd, pd.get("bias", empty), kh, kw, sh,
         sw, pt, pl, ho, wo, *_codes(dw, dtype),
         _flat_filters(pp["weight"]) if pp else none2,
