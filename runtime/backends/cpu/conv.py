@@ -32,7 +32,7 @@ import time
 import numba
 import numpy as np
 
-from runtime.backends.cpu import vector
+from runtime.backends.cpu import conv_pointwise, vector
 from runtime.backends.cpu.blas import parallel_gemm
 from runtime.backends.cpu.conv_depthwise import (depthwise_backward_kernel,
                                                  depthwise_forward_kernel, depthwise_last_kernel)
@@ -45,7 +45,6 @@ from runtime.backends.cpu.conv_direct import (
     tile_rows,
     weight_grad_band,
 )
-from runtime.backends.cpu import conv_pointwise
 from runtime.backends.cpu.conv_pointwise import (
     pack_last,
     pointwise_kernel,

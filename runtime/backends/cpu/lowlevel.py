@@ -58,4 +58,3 @@ def stack_buffer(typingctx, size, dtype):
         return cgutils.alloca_once(builder, context.get_value_type(element), size=count)
 
     return types.CPointer(element)(size, dtype), codegen
-
