@@ -373,3 +373,35 @@ def test_pointwise_register_tiles_match_a_matrix_product(k, p, o, data):
     untouched = np.ones(out.shape, bool)
     untouched[row0:row0 + p_hi - p_lo, o_lo:o_hi] = False
     assert np.all(out[untouched] == 7.0)  # nothing written outside the block
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.integers(1, 150), kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       padding=st.tuples(st.integers(0, 2), st.integers(0, 2)), data=st.data())
+def test_depthwise_channels_last_register_tiles(c, kernel, stride, padding, data):
+    """conv_depthwise.depthwise_last_kernel (channels-last in and out) against a float64
+    sum over the taps, over any number of channels (blocks of 64, vectors of 16, the rest
+    one by one) and maps wide enough for the tiles of positions whose taps lie inside the
+    map, and too narrow for any; bias or none, bands of any height."""
+    from runtime.backends.cpu.conv_depthwise import depthwise_last_kernel
+
+    (kh, kw), (sh, sw), (pt, pl) = kernel, stride, padding
+    h = max(1, kh - 2 * pt) + data.draw(st.integers(0, 12))
+    w = max(1, kw - 2 * pl) + data.draw(st.integers(0, 30))
+    n = data.draw(st.integers(1, 2))
+    ho, wo = (h + 2 * pt - kh) // sh + 1, (w + 2 * pl - kw) // sw + 1
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    wd = rng.standard_normal((kh * kw, c)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32) if data.draw(st.booleans()) \
+        else np.empty(0, np.float32)
+    band = data.draw(st.integers(1, ho))
+    got = depthwise_last_kernel(x, wd, kh, kw, sh, sw, pt, pl, ho, wo, bias, -1, 0.0, band)
+    padded = np.pad(x.astype(np.float64), ((0, 0), (pt, pt), (pl, pl), (0, 0)))
+    expected = np.zeros((n, ho, wo, c)) + (bias if bias.size else 0.0)
+    for i in range(kh):
+        for j in range(kw):
+            expected += wd[i * kw + j] * padded[:, i:i + (ho - 1) * sh + 1:sh,
+                                                j:j + (wo - 1) * sw + 1:sw]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)

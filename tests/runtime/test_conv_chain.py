@@ -48,7 +48,9 @@ def test_chain_matches_reference(last, tiles, case, data):
         assert conv_chain.channels_last(chain) == (last and chain.expand is not None)
         got = model.predict(x.astype(np.float32))
     scale = max(np.abs(expected).max(), 1e-6)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+    # plus the float32 activations' own absolute error (activation_scalars.py: the
+    # sigmoid's 6e-8, times the input for SiLU), which tiny outputs do not scale
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale + 1e-6)
 
 
 @pytest.mark.parametrize("spec, variables, chained", [
@@ -81,12 +83,13 @@ def test_networks_run_their_chains(spec, variables, chained):
 
 
 @pytest.mark.parametrize("spec, batch, chained, last", [
-    ("specs/mobilenet_v2.yaml", 8, 17, 15),  # every block: the samples keep the threads busy
+    # every block: the samples keep the threads busy; channels-last but the first (no
+    # expansion: planes)
+    ("specs/mobilenet_v2.yaml", 8, 17, 16),
     # one sample: the channels-last blocks (their rows split between the threads), not the
-    # first block (no expansion: planes) nor the 56x56 stride-1 one (planes are faster),
-    # nor the four 7x7 ones (a few rows per thread: their GEMMs too small)
-    ("specs/mobilenet_v2.yaml", 1, 11, 11),
-    ("specs/mobilenet_v2.yaml", 2, 17, 15),
+    # first block nor the four 7x7 ones (a few rows per thread: their GEMMs too small)
+    ("specs/mobilenet_v2.yaml", 1, 12, 12),
+    ("specs/mobilenet_v2.yaml", 2, 17, 16),
     # no projection in the chains (squeeze-excitation reads the depthwise): left to the
     # layout plan (layout.py), which keeps the same maps channels-last
     ("specs/efficientnet.yaml", 8, 0, 0),

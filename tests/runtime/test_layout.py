@@ -83,7 +83,9 @@ def test_channels_last_matches_reference(case, data):
     if expected_plan:
         assert "e" in planned and program.outputs["y"] not in planned
     scale = max(np.abs(expected).max(), 1e-6)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
+    # plus the float32 activations' own absolute error (activation_scalars.py: the
+    # sigmoid's 6e-8, times the input for SiLU), which tiny outputs do not scale
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale + 1e-6)
 
 
 @pytest.mark.parametrize("spec, batch, planned", [

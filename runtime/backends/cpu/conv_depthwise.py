@@ -24,26 +24,30 @@ from numba import njit, prange, uint64
 
 from runtime.backends.cpu.conv_direct import tap_phases
 from runtime.backends.cpu.elementwise import activate_inplace
-from runtime.backends.cpu.lowlevel import unit_stride
+from runtime.backends.cpu.lowlevel import stack_buffer, unit_stride
 from runtime.config import PARALLEL
 
 
-# Depthwise convs run channels-last (depthwise_rows_last) where their map is strided or,
-# with 3x3 filters, at most this wide (wider filters: in proportion narrower), where a
-# chain (conv_chain.py) or the layout plan (layout.py) can give them their input so at no
-# cost. Measured (one thread, the conv alone): channels-last 1.3-6.7x faster on strided
-# maps and at 28x28 and smaller; the planes 1.4x faster at 144 channels of 56x56, stride
-# 1 (a map's long rows vectorise along the row, few channels do not). Two threads, the
-# whole kernels: 5x5 filters at 28x28 1.24-1.33x slower channels-last, at 14x14
-# 0.64-0.79x the time.
-CHANNELS_LAST_MAX_WIDTH = 28
+# Depthwise convs run channels-last (depthwise_rows_last), where a chain (conv_chain.py)
+# or the layout plan (layout.py) can give them their input so at no cost, whenever their
+# channels are whole 16-lane vectors: measured (two threads, the conv and its SiLU alone,
+# batch 1 and 8) 1.0-1.1x the planes' speed at 16-32 channels of 56x56 and 1.2-2.5x on
+# every shape of MobileNetV2 and EfficientNet-B0 (96-1152 channels, 112x112 to 7x7, 3x3
+# and 5x5, strided or not). Other channel counts run half vectors or one value at a time
+# (8 channels of 56x56: 2.7x slower than the planes, whose loops run along the rows),
+# and go channels-last only where their map is strided or at most this wide (wider
+# filters: in proportion narrower).
+CHANNELS_LAST_MAX_WIDTH = 14
+
+BAND_INPUT_BYTES = 1 << 18  # input rows per sub-band of depthwise_rows_last: in L2
 
 
 def favours_channels_last(op) -> bool:
     """Whether a depthwise conv (dilation 1) runs faster channels-last than on planes."""
     kw = op.attrs["kernel_size"][1]
     return tuple(op.attrs["dilation"]) == (1, 1) and (
-        max(op.attrs["stride"]) > 1 or op.out_shape[2] * kw <= 3 * CHANNELS_LAST_MAX_WIDTH)
+        op.out_shape[0] % 16 == 0 or max(op.attrs["stride"]) > 1
+        or op.out_shape[2] * kw <= 3 * CHANNELS_LAST_MAX_WIDTH)
 
 
 @njit(cache=True)
@@ -173,38 +177,149 @@ def depthwise_forward_kernel(x, w, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, mult,
     return y
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _inside_tile(acc, e, wd, bias, c0, width, count, kh, kw, sh, sw, pt, pl, e_lo, e_hi, w, oy,
+                 ox, out, o):
+    """out[o + p, c0 + l] for ``count`` output positions ox + p of row oy and ``width``
+    channels (both literals: acc (count * width) stays in registers), every position's
+    horizontal taps inside the map: no test per tap, and each filter vector loaded once
+    for all the positions."""
+    uc = uint64(c0)
+    for p in range(count):
+        for l in range(width):
+            acc[p * width + l] = bias[uc + uint64(l)] if bias.size else 0.0
+    for i in range(kh):
+        sy = oy * sh + i - pt
+        if sy < e_lo or sy >= e_hi:
+            continue  # a row of the padding
+        base = (sy - e_lo) * w + ox * sw - pl
+        for j in range(kw):
+            tap, src = uint64(i * kw + j), uint64(base + j)
+            for l in range(width):
+                wv = wd[tap, uc + uint64(l)]
+                for p in range(count):
+                    acc[p * width + l] += wv * e[src + uint64(p * sw), uc + uint64(l)]
+    for p in range(count):
+        for l in range(width):
+            out[uint64(o + p), uc + uint64(l)] = acc[p * width + l]
+
+
+@njit(cache=True, inline="always")
+def _edge_position(acc, e, wd, bias, c0, width, kh, kw, sh, sw, pt, pl, e_lo, e_hi, w, oy, ox,
+                   out, o):
+    """out[o, c0 + l] for output position (oy, ox) and ``width`` channels (a literal),
+    the taps that fall in the padding skipped."""
+    uc = uint64(c0)
+    for l in range(width):
+        acc[l] = bias[uc + uint64(l)] if bias.size else 0.0
+    for i in range(kh):
+        sy = oy * sh + i - pt
+        if sy < e_lo or sy >= e_hi:
+            continue
+        base = (sy - e_lo) * w
+        for j in range(kw):
+            sx = ox * sw + j - pl
+            if sx < 0 or sx >= w:
+                continue
+            tap, src = uint64(i * kw + j), uint64(base + sx)
+            for l in range(width):
+                acc[l] += wd[tap, uc + uint64(l)] * e[src, uc + uint64(l)]
+    for l in range(width):
+        out[uint64(o), uc + uint64(l)] = acc[l]
+
+
+@njit(cache=True, inline="always")
+def _row_blocks(tile, one, e, wd, bias, c0, width, count, kh, kw, sh, sw, pt, pl, e_lo, e_hi,
+                w, s0, rows, wo, x_lo, x_hi, out):
+    """Output rows s0.. of channels c0..c0+width: tiles of ``count`` positions where their
+    taps lie inside the map (columns x_lo..x_hi), one position at a time elsewhere."""
+    for r in range(rows):
+        oy = s0 + r
+        for ox in range(x_lo):
+            _edge_position(one, e, wd, bias, c0, width, kh, kw, sh, sw, pt, pl, e_lo, e_hi, w,
+                           oy, ox, out, r * wo + ox)
+        ox = x_lo
+        while ox + count <= x_hi:
+            _inside_tile(tile, e, wd, bias, c0, width, count, kh, kw, sh, sw, pt, pl, e_lo,
+                         e_hi, w, oy, ox, out, r * wo + ox)
+            ox += count
+        for ox in range(ox, wo):
+            _edge_position(one, e, wd, bias, c0, width, kh, kw, sh, sw, pt, pl, e_lo, e_hi, w,
+                           oy, ox, out, r * wo + ox)
+
+
+@njit(cache=True, fastmath={"contract"})
 def depthwise_rows_last(e, e_lo, e_hi, w, wd, bias, kh, kw, sh, sw, pt, pl, s0, rows, wo, out):
     """The depthwise conv (dilation 1) of output rows s0.. (``rows`` of them) channels-last,
     with its bias (empty: none): ``e`` holds input rows e_lo..e_hi as (rows*w, C), ``wd``
-    the filters (kh*kw, C); ``out`` (rows*wo, C). Every tap is one multiply-add over the
-    channels of a position, a loop as long as the channels whatever the map's size (the
-    planes' loops run along rows: short at 7x7 or 14x14, and strided maps go through
-    phase copies). conv_chain.py runs it on a band of expanded rows."""
-    ce = uint64(out.shape[1])
+    the filters (kh*kw, C); ``out`` (rows*wo, C). conv_chain.py runs it on a band of
+    expanded rows.
+
+    Every tap is a multiply-add over a block of channels of a position: a loop as long as
+    the channels whatever the map's size (the planes' loops run along rows: short at 7x7
+    or 14x14, and strided maps go through phase copies). Blocks of 64 channels (16 lanes
+    for the rest), taken one after the other over all the rows so that a block's inputs
+    and filters stay in L1 across the taps; the sums of 4 positions x 64 channels (8 x 16)
+    in registers over all the taps. Against a pass over all the channels per tap (the
+    sums loaded and stored per tap, inputs and filters from L2), two threads,
+    EfficientNet-B0's shapes at batch 1: 1.2x (96 channels of 112x112, stride 2) to 2x
+    (672 of 14x14, 5x5). ``fastmath`` allows only contraction into fused multiply-adds."""
+    c = out.shape[1]
+    tile = stack_buffer(256, e.dtype)  # 4 positions x 64 channels
+    mid = stack_buffer(128, e.dtype)  # 8 positions x 16 channels
+    one = stack_buffer(64, e.dtype)
+    wide, vec = c // 64 * 64, c // 16 * 16
+    half = vec + 8 <= c
+    # the output columns whose horizontal taps all lie inside the map
+    x_lo = min(wo, (pl + sw - 1) // sw)
+    x_hi = max(x_lo, min(wo, (w - kw + pl) // sw + 1))
+    # sub-bands of output rows whose input rows stay in L2 while their channel blocks run
+    per = max(1, (BAND_INPUT_BYTES // max(1, w * c * e.itemsize) - kh) // sh + 1)
+    for r0 in range(0, rows, per):
+        n = min(rows, r0 + per) - r0
+        dest = out[r0 * wo:(r0 + n) * wo]
+        for c0 in range(0, wide, 64):
+            _row_blocks(tile, one, e, wd, bias, c0, 64, 4, kh, kw, sh, sw, pt, pl, e_lo, e_hi,
+                        w, s0 + r0, n, wo, x_lo, x_hi, dest)
+        for c0 in range(wide, vec, 16):
+            _row_blocks(mid, one, e, wd, bias, c0, 16, 8, kh, kw, sh, sw, pt, pl, e_lo, e_hi,
+                        w, s0 + r0, n, wo, x_lo, x_hi, dest)
+        if half:  # half a vector
+            _row_blocks(mid, one, e, wd, bias, vec, 8, 8, kh, kw, sh, sw, pt, pl, e_lo, e_hi,
+                        w, s0 + r0, n, wo, x_lo, x_hi, dest)
+        if vec + 8 * half < c:  # the last channels, fewer than 8: a position at a time
+            _rest(one, e, wd, bias, vec + 8 * half, c, kh, kw, sh, sw, pt, pl, e_lo, e_hi, w,
+                  s0 + r0, n, wo, dest)
+
+
+@njit(cache=True, inline="always")
+def _rest(acc, e, wd, bias, c_lo, c_hi, kh, kw, sh, sw, pt, pl, e_lo, e_hi, w, s0, rows, wo,
+          out):
+    """Channels c_lo..c_hi (fewer than 16) of output rows s0..: per position, a loop over
+    these channels per tap (contiguous; a pass per channel over the map reads a cache line
+    per value)."""
+    count = uint64(c_hi - c_lo)
+    first = uint64(c_lo)
     for r in range(rows):
         oy = s0 + r
         for ox in range(wo):
-            acc = unit_stride(out[r * wo + ox])
-            if bias.size:
-                for q in range(ce):
-                    acc[q] = bias[q]
-            else:
-                for q in range(ce):
-                    acc[q] = 0.0
+            for l in range(count):
+                acc[l] = bias[first + l] if bias.size else 0.0
             for i in range(kh):
                 sy = oy * sh + i - pt
                 if sy < e_lo or sy >= e_hi:
-                    continue  # a row of the padding
+                    continue
                 base = (sy - e_lo) * w
                 for j in range(kw):
                     sx = ox * sw + j - pl
                     if sx < 0 or sx >= w:
                         continue
-                    src = unit_stride(e[base + sx])
-                    tap = unit_stride(wd[i * kw + j])
-                    for q in range(ce):
-                        acc[q] += tap[q] * src[q]
+                    tap, src = uint64(i * kw + j), uint64(base + sx)
+                    for l in range(count):
+                        acc[l] += wd[tap, first + l] * e[src, first + l]
+            o = uint64(r * wo + ox)
+            for l in range(count):
+                out[o, first + l] = acc[l]
 
 
 @njit(cache=True, **PARALLEL)
