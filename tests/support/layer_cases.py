@@ -140,7 +140,7 @@ def draw_case(draw, op: str, valid: bool = False) -> tuple[dict, list]:
             s = list(base)
             if op == "concat":  # different sizes along the joined dim only
                 s[dim - 1] = draw(st.integers(1, base[dim - 1] + 1))
-            else:
+            elif op == "multiply":  # add takes equal shapes only: no broadcast
                 change = draw(st.sampled_from(["none", "axis", "gate"]))
                 if change == "axis":  # broadcast along one axis
                     s[draw(st.integers(0, 2))] = 1
