@@ -48,6 +48,7 @@ from runtime.backends.cpu.conv_direct import (
 from runtime.backends.cpu.conv_pointwise import (
     pack_last,
     pointwise_kernel,
+    pointwise_vector_kernel,
     pointwise_weight_grad_kernel,
     subsample_kernel,
     upsample_kernel,
@@ -74,7 +75,6 @@ from runtime.backends.cpu.conv_winograd import (
     weight_gradient,
 )
 from runtime.backends.cpu.elementwise import NO_ACTIVATION, fused_forward
-from runtime.backends.cpu.linear import linear_epilogue_kernel
 from runtime.context import KernelContext
 from runtime.tuning import forget, tuned
 
@@ -575,12 +575,11 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
     if algorithm == "pointwise" and tuple(x.shape[2:]) == (1, 1) and groups == 1 \
             and not (last_in or last_out):
         # on a 1x1 map (squeeze-excitation's convs, heads after a global pool): a matrix
-        # product; a parallel kernel's start took longer than the work (17.7 against 6.6
-        # us for EfficientNet-B0's 1152 -> 48 at batch 1)
-        y = x.reshape(x.shape[0], -1) @ _flat_filters(w).T
-        if residual.size:
-            y += residual.reshape(y.shape)
-        linear_epilogue_kernel(y, _bias(p, x), code, slope)
+        # product and its epilogue on this thread (conv_pointwise.pointwise_vector_kernel)
+        n = x.shape[0]
+        y = pointwise_vector_kernel(x.reshape(n, -1), _flat_filters(w), _bias(p, x),
+                                    residual.reshape(n, -1) if residual.size
+                                    else _no_residual(x, 2), code, slope)
         return y.reshape(y.shape + (1, 1))
     if algorithm == "pointwise":  # either side channels-last where layout.py says
         n, positions = x.shape[0], ho * wo
