@@ -51,6 +51,9 @@ class KernelContext:
         is correct, in memory of its own; the tests hold this list empty).
     packs : weights repacked for the kernels (``runtime.packing.Packs``): the model's own,
         kept from pass to pass while the parameters do not change.
+    plans : decisions a kernel made once for an op and keeps for the passes after it (the
+        CPU's depthwise and 1x1 convs: ``conv._plan``), keyed by the kernel: the model's
+        own, as ``packs``.
     input_grads : whether the backward kernel now running must compute its inputs'
         gradients: False for an op fed only by the network's inputs when the caller
         asked for no input gradients (a training step), so that it may return None for
@@ -73,4 +76,5 @@ class KernelContext:
     unplanned: set[str] = field(default_factory=set)
     unplaced: list[str] = field(default_factory=list)
     packs: Packs = field(default_factory=Packs)
+    plans: dict = field(default_factory=dict)
     input_grads: bool = True

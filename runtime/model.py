@@ -57,12 +57,13 @@ class _Alive:
 
     def __init__(self, arrays):
         self.blocks: dict[int, list] = {}  # id -> [root, arrays alive on it]
+        self.roots: dict[int, np.ndarray] = {}  # id of an array alive -> its root
         self.bytes = self.peak = 0
         for array in arrays:
             self.add(array)
 
     def add(self, array) -> None:
-        root = _root(array)
+        root = self.roots[id(array)] = _root(array)
         block = self.blocks.get(id(root))
         if block is None:
             self.blocks[id(root)] = [root, 1]
@@ -72,7 +73,9 @@ class _Alive:
             block[1] += 1
 
     def drop(self, array) -> None:
-        root = _root(array)
+        root = self.roots.pop(id(array), None)
+        if root is None:
+            root = _root(array)
         block = self.blocks[id(root)]
         block[1] -= 1
         if not block[1]:
@@ -113,6 +116,7 @@ class Model:
         self.dtype = np.dtype(dtype)
         self._host_stale = False
         self._packs = Packs()  # weights repacked for the kernels (runtime.packing)
+        self._kernel_plans: dict = {}  # what kernels decided once per op (KernelContext.plans)
         given = init_params(program, seed) if params is None else fitted_params(
             params, program, "the dict of parameters")
         self.params = self._typed(given)
@@ -273,7 +277,8 @@ class Model:
     def _context(self, keep: bool) -> KernelContext:
         return KernelContext(train=self.training, rng=self.rng, keep=keep,
                              sync_bn=self.sync_bn if self.training else None,
-                             packs=self._packs, positions=self._positions)
+                             packs=self._packs, plans=self._kernel_plans,
+                             positions=self._positions)
 
     def _outputs(self, values: dict, host: bool = True):
         move = self.backend.to_host if host else (lambda v: v)

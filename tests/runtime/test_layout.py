@@ -111,3 +111,33 @@ def test_networks_keep_planes_results(spec, batch, planned):
         np.testing.assert_allclose(got, planes.predict(x), rtol=1e-4, atol=1e-5)
     reference = archc.compile(graph, backend="reference", params=params).eval()
     np.testing.assert_allclose(got, reference.predict(x), rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(case=blocks(), data=st.data())
+def test_kernel_plans_follow_weights_batch_and_layout(case, data):
+    """The decisions the depthwise and 1x1 convs make once per op and keep in the model
+    (KernelContext.plans, conv._plan) give the results a fresh model gives: at another
+    batch size, in the pass that keeps planes (``model(x)``) after the channels-last one,
+    and after the weights are replaced (the plans hold no weights)."""
+    program, batch = case
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    params = {name: rng.standard_normal(spec.shape).astype(np.float32)
+              for name, spec in program.params.items()}
+    x1, x3 = (rng.standard_normal((n,) + program.inputs["x"]).astype(np.float32)
+              for n in (batch, batch + 2))
+    with patch.object(cpu, "CHAINS", False), \
+            patch.object(conv_depthwise, "CHANNELS_LAST_MAX_WIDTH", 1 << 20):
+        model = Model(program, "cpu", dtype=np.float32, params=params).eval()
+        first = model.predict(x1)
+        assert any(isinstance(key[0], int) for key in model._kernel_plans)  # conv plans
+        assert np.array_equal(model.predict(x1), first)
+        fresh = Model(program, "cpu", dtype=np.float32, params=params).eval()
+        np.testing.assert_array_equal(model.predict(x3), fresh.predict(x3))
+        np.testing.assert_allclose(model(x1), first, rtol=1e-4,
+                                   atol=1e-5 * max(np.abs(first).max(), 1.0))
+        changed = {k: (v * rng.uniform(0.5, 1.5, v.shape)).astype(np.float32)
+                   for k, v in params.items()}
+        model.params = changed
+        again = Model(program, "cpu", dtype=np.float32, params=changed).eval()
+        np.testing.assert_array_equal(model.predict(x1), again.predict(x1))

@@ -555,47 +555,94 @@ def _no_epilogue(x, rank: int = 4):
 _NO_PACK = np.empty((0, 0), dtype=np.float32)  # no filters packed for a kernel's other path
 
 
+def _plan(op, n, dtype, residual, train, last_in, last_out, code, slope, algorithm):
+    """The depthwise and 1x1 convs' forward as a function of (x, residual, params, ctx),
+    every decision that depends on the op, the batch size, the mode, the layout and the
+    epilogue alone made here, once: a pass keeps these functions in ``ctx.plans`` (the
+    model's own, from pass to pass), so that an inference pass at batch 1 spends little
+    Python between its kernels (EfficientNet-B0 makes 81 conv calls a pass, most of them
+    on 14x14 and 7x7 maps). None for the other algorithms: their kernels run long enough
+    that their decisions, made at every call, cost nothing that shows."""
+    kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
+    groups = op.attrs["groups"]
+    algorithm = algorithm or choose(op, n, train)[0]
+    nothing = np.empty(0, dtype=dtype)
+    if algorithm == "depthwise" and last_in:  # (N, H, W, C) in and out: layout.py
+        band = -(-ho // _jobs_per_sample(n, ho))
+
+        def run(x, residual, p, ctx):
+            return depthwise_last_kernel(x, last_filters(op, p["weight"], ctx), kh, kw, sh, sw,
+                                         pt, pl, ho, wo, p.get("bias", nothing), code, slope,
+                                         band)
+        return run
+    if algorithm == "depthwise":
+        mult = op.out_shape[0] // op.in_shapes[0][0]
+
+        def run(x, residual, p, ctx):
+            return depthwise_forward_kernel(x, _flat_filters(p["weight"]), kh, kw, sh, sw, dh,
+                                            dw, pt, pl, ho, wo, mult, p.get("bias", nothing),
+                                            residual, code, slope)
+        return run
+    if algorithm != "pointwise":
+        return None
+    o, c = op.out_shape[0], op.in_shapes[0][0]
+    if tuple(op.in_shapes[0][1:]) == (1, 1) and groups == 1 and not (last_in or last_out):
+        # on a 1x1 map (squeeze-excitation's convs, heads after a global pool): a matrix
+        # product and its epilogue on this thread (conv_pointwise.pointwise_vector_kernel)
+        none2 = np.empty((0, 0), dtype=dtype)
+
+        def run(x, residual, p, ctx):
+            y = pointwise_vector_kernel(x.reshape(n, c), _flat_filters(p["weight"]),
+                                        p.get("bias", nothing),
+                                        residual.reshape(n, o) if residual.size else none2,
+                                        code, slope)
+            return y.reshape(n, o, 1, 1)
+        return run
+    # either side channels-last where layout.py says
+    positions = ho * wo
+    block, rows = _split(o // groups, positions, n * groups)
+    if last_out and rows > 1 and o * (c // groups) * np.dtype(dtype).itemsize \
+            <= LAST_SPLIT_WEIGHT_BYTES:
+        # channels-last rows split by channels are strided blocks: split the positions
+        block, rows = -(-positions // -(-numba.get_num_threads() // n)), 1
+    tiles = last_out and not last_in and groups == 1 and conv_pointwise.LAST_TILES
+    none3 = np.empty((0, 0, 0), dtype=dtype)
+    no_pack = _NO_PACK.astype(dtype)
+    shape = (n, ho, wo, o) if last_out else (n, o, ho, wo)
+
+    def run(x, residual, p, ctx):
+        w = p["weight"]
+        x3 = x.reshape(n, positions, c) if last_in else \
+            _pointwise_input(op, x).reshape(n, c, positions)
+        wt = ctx.packs.get((op.name, "last"), w, pack_last) if tiles else no_pack
+        y = pointwise_kernel(x3, _flat_filters(w), groups, False, p.get("bias", nothing),
+                             block, rows, residual.reshape(n, o, positions) if residual.size
+                             else none3, code, slope, last_in, last_out,
+                             wt.astype(dtype, copy=False))
+        return y.reshape(shape)
+    return run
+
+
 def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
     """The conv and its epilogue: bias, residual (a second input), activation ``code``."""
     x = np.ascontiguousarray(xs[0])
     residual = np.ascontiguousarray(xs[1]) if len(xs) > 1 else _no_residual(x)
+    last_in, last_out = op.inputs[0] in ctx.channels_last, op.output in ctx.channels_last
+    key = (id(op), x.shape[0], x.dtype, residual.size > 0, ctx.train, last_in, last_out, code,
+           slope, algorithm, numba.get_num_threads())
+    hit = ctx.plans.get(key)
+    if hit is None or hit[0] is not op:
+        if len(ctx.plans) > 10000:  # many batch sizes: start again
+            ctx.plans.clear()
+        hit = ctx.plans[key] = (op, _plan(op, x.shape[0], x.dtype, residual.size > 0,
+                                          ctx.train, last_in, last_out, code, slope,
+                                          algorithm))
+    if hit[1] is not None:
+        return hit[1](x, residual, p, ctx)
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     groups = op.attrs["groups"]
     algorithm = algorithm or choose(op, x.shape[0], ctx.train)[0]
-    last_in, last_out = op.inputs[0] in ctx.channels_last, op.output in ctx.channels_last
-    if algorithm == "depthwise" and last_in:  # (N, H, W, C) in and out: layout.py
-        return depthwise_last_kernel(x, last_filters(op, w, ctx), kh, kw, sh, sw, pt, pl, ho,
-                                     wo, _bias(p, x), code, slope,
-                                     -(-ho // _jobs_per_sample(x.shape[0], ho)))
-    if algorithm == "depthwise":
-        return depthwise_forward_kernel(x, _flat_filters(w), kh, kw, sh, sw, dh, dw, pt, pl,
-                                        ho, wo, w.shape[0] // x.shape[1], _bias(p, x),
-                                        residual, code, slope)
-    if algorithm == "pointwise" and tuple(x.shape[2:]) == (1, 1) and groups == 1 \
-            and not (last_in or last_out):
-        # on a 1x1 map (squeeze-excitation's convs, heads after a global pool): a matrix
-        # product and its epilogue on this thread (conv_pointwise.pointwise_vector_kernel)
-        n = x.shape[0]
-        y = pointwise_vector_kernel(x.reshape(n, -1), _flat_filters(w), _bias(p, x),
-                                    residual.reshape(n, -1) if residual.size
-                                    else _no_residual(x, 2), code, slope)
-        return y.reshape(y.shape + (1, 1))
-    if algorithm == "pointwise":  # either side channels-last where layout.py says
-        n, positions = x.shape[0], ho * wo
-        x3 = x.reshape(n, positions, -1) if last_in else \
-            _pointwise_input(op, x).reshape(n, -1, positions)
-        res3 = residual.reshape(n, w.shape[0], positions) if residual.size else \
-            _no_residual(x, 3)
-        block, rows = _split(w.shape[0] // groups, positions, n * groups)
-        if last_out and rows > 1 and w.nbytes <= LAST_SPLIT_WEIGHT_BYTES:
-            # channels-last rows split by channels are strided blocks: split the positions
-            block, rows = -(-positions // -(-numba.get_num_threads() // n)), 1
-        tiles = last_out and not last_in and groups == 1 and conv_pointwise.LAST_TILES
-        wt = ctx.packs.get((op.name, "last"), w, pack_last) if tiles else _NO_PACK
-        y = pointwise_kernel(x3, _flat_filters(w), groups, False, _bias(p, x), block, rows, res3,
-                             code, slope, last_in, last_out, wt.astype(x.dtype, copy=False))
-        return y.reshape((n, ho, wo, -1) if last_out else (n, -1, ho, wo))
     if algorithm == "winograd":
         m = _winograd_tile(op, x.shape[0], forced=True)
         u = ctx.packs.get((op.name, f"winograd{m}"), w, lambda w: transform_filters(w, m))
