@@ -146,10 +146,13 @@ def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
     if not math.isfinite(loss):
         raise TrainingError(f"the loss became {loss} at {where}: training stopped; the last "
                             f"good checkpoint is kept" + (f" in {run}" if run else ""))
-    grads = _gradients(model, grad, reducer, weight)
-    if config.clip:
-        optim.clip_grad_norm(grads, config.clip, opt.kernels)
-    opt.step({k: g for k, g in grads.items() if k in trainable})
+    # a step that overflows shows as a loss that is not finite at the next step (above):
+    # NumPy's warnings about it on the way would only print before that error
+    with np.errstate(over="ignore", invalid="ignore"):
+        grads = _gradients(model, grad, reducer, weight)
+        if config.clip:
+            optim.clip_grad_norm(grads, config.clip, opt.kernels)
+        opt.step({k: g for k, g in grads.items() if k in trainable})
     return loss, hits, count
 
 
