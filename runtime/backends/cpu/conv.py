@@ -48,6 +48,7 @@ from runtime.backends.cpu.conv_direct import (
 from runtime.backends.cpu.conv_pointwise import (
     pack_last,
     pointwise_kernel,
+    pointwise_last_kernel,
     pointwise_vector_kernel,
     pointwise_weight_grad_kernel,
     subsample_kernel,
@@ -552,7 +553,6 @@ def _no_epilogue(x, rank: int = 4):
     return np.empty(0, dtype=x.dtype), _no_residual(x, rank), NO_ACTIVATION, 0.0
 
 
-_NO_PACK = np.empty((0, 0), dtype=np.float32)  # no filters packed for a kernel's other path
 
 
 def _plan(op, n, dtype, residual, train, last_in, last_out, code, slope, algorithm):
@@ -607,7 +607,7 @@ def _plan(op, n, dtype, residual, train, last_in, last_out, code, slope, algorit
         block, rows = -(-positions // -(-numba.get_num_threads() // n)), 1
     tiles = last_out and not last_in and groups == 1 and conv_pointwise.LAST_TILES
     none3 = np.empty((0, 0, 0), dtype=dtype)
-    no_pack = _NO_PACK.astype(dtype)
+    no_pack = np.empty((0, 0), dtype=dtype)  # no filters packed for the tiles
     shape = (n, ho, wo, o) if last_out else (n, o, ho, wo)
 
     def run(x, residual, p, ctx):
@@ -615,10 +615,14 @@ def _plan(op, n, dtype, residual, train, last_in, last_out, code, slope, algorit
         x3 = x.reshape(n, positions, c) if last_in else \
             _pointwise_input(op, x).reshape(n, c, positions)
         wt = ctx.packs.get((op.name, "last"), w, pack_last) if tiles else no_pack
-        y = pointwise_kernel(x3, _flat_filters(w), groups, False, p.get("bias", nothing),
-                             block, rows, residual.reshape(n, o, positions) if residual.size
-                             else none3, code, slope, last_in, last_out,
-                             wt.astype(dtype, copy=False))
+        res3 = residual.reshape(n, o, positions) if residual.size else none3
+        if last_in or last_out:
+            y = pointwise_last_kernel(x3, _flat_filters(w), p.get("bias", nothing), block,
+                                      rows, res3, code, slope, last_in, last_out,
+                                      wt.astype(dtype, copy=False))
+        else:
+            y = pointwise_kernel(x3, _flat_filters(w), groups, False, p.get("bias", nothing),
+                                 block, rows, res3, code, slope)
         return y.reshape(shape)
     return run
 
@@ -705,8 +709,7 @@ def conv2d_backward(op, xs, y, gy, p, ctx, algorithm: str | None = None):
         bias, residual, code, slope = _no_epilogue(x, rank=3)
         block, rows = _split(c // groups, ho * wo, n * groups)
         gsub = pointwise_kernel(gy3, _flat_filters(w), groups, True, bias, block, rows, residual,
-                                code, slope, False, False, _NO_PACK.astype(x.dtype)
-                                ).reshape(n, c, ho, wo)
+                                code, slope).reshape(n, c, ho, wo)
         if (sh, sw) == (1, 1):
             return [gsub], grads
         return [upsample_kernel(gsub, sh, sw, x.shape[2], x.shape[3])], grads

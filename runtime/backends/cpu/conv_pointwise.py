@@ -30,40 +30,64 @@ def finish_block(out, b, row0, s, e, bias, residual, code, slope):
         activate_inplace(row, code, slope)
 
 
+@njit(cache=True, inline="always")
+def _job(job, groups, row_blocks, blocks, step, rows_out, block, hw):
+    """The (sample, group, rows r0..r1, columns s..e) of a 1x1 conv's thread job."""
+    b = job // (groups * row_blocks * blocks)
+    g = (job // (row_blocks * blocks)) % groups
+    r0 = ((job // blocks) % row_blocks) * step
+    s = (job % blocks) * block
+    return b, g, r0, min(rows_out, r0 + step), s, min(hw, s + block)
+
+
 @njit(cache=True, **PARALLEL)
-def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope,
-                     in_last, out_last, wt):
+def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual, code, slope):
     """A 1x1 conv per sample on the map as it lies: y[b] = W_g @ x[b] per group (x (N, C,
     HW), w (O, C/g)), or W_g.T @ x[b] when ``transpose`` (the input gradient); threads take
     (sample, group, row block, column block) jobs (``row_blocks`` > 1 where the columns
     alone are too few to share: a 7x7 map is one block). The epilogue (bias, residual (N,
     O, HW), activation ``code``) runs on each block right after its GEMM; empty arrays and
-    a negative code add nothing. One group, no ``transpose``: either side may be
-    channels-last (the layout plan, layout.py): x (N, HW, C) with ``in_last``, y (N, HW,
-    O) with ``out_last`` (no residual then), the same GEMM with its operands read
-    transposed (no copy); from planes to channels-last in register tiles
-    (:func:`pointwise_last_tiles`) where the filters packed for them are given, ``wt`` (C,
-    O) (shape (0, 0): not)."""
-    n = x.shape[0]
-    hw = x.shape[1] if in_last else x.shape[2]
+    a negative code add nothing. Planes in and out: :func:`pointwise_last_kernel` takes a
+    channels-last side (kept apart so that a network without one never compiles it)."""
+    n, hw = x.shape[0], x.shape[2]
     og, cg = w.shape[0] // groups, w.shape[1]
     rows_in, rows_out = (og, cg) if transpose else (cg, og)
-    y = np.empty((n, hw, rows_out) if out_last else (n, rows_out * groups, hw), dtype=x.dtype)
+    y = np.empty((n, rows_out * groups, hw), dtype=x.dtype)
     blocks = (hw + block - 1) // block
     step = (rows_out + row_blocks - 1) // row_blocks
     for job in prange(n * groups * row_blocks * blocks):
-        b = job // (groups * row_blocks * blocks)
-        g = (job // (row_blocks * blocks)) % groups
-        r0 = ((job // blocks) % row_blocks) * step
-        r1 = min(rows_out, r0 + step)
-        s = (job % blocks) * block
-        e = min(hw, s + block)
+        b, g, r0, r1, s, e = _job(job, groups, row_blocks, blocks, step, rows_out, block, hw)
         if r0 >= r1:
             continue
         if transpose:
             a = w[g * og:(g + 1) * og, r0:r1]
         else:
             a = w[g * og + r0:g * og + r1]
+        out = y[b, g * rows_out + r0:g * rows_out + r1, s:e]
+        gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
+        finish_block(out, b, g * rows_out + r0, s, e, bias, residual, code, slope)
+    return y
+
+
+@njit(cache=True, **PARALLEL)
+def pointwise_last_kernel(x, w, bias, block, row_blocks, residual, code, slope, in_last,
+                          out_last, wt):
+    """:func:`pointwise_kernel` (one group, no transpose) with either side channels-last
+    (the layout plan, layout.py): x (N, HW, C) with ``in_last``, y (N, HW, O) with
+    ``out_last`` (no residual then), the same GEMM with its operands read transposed (no
+    copy); from planes to channels-last in register tiles (:func:`pointwise_last_tiles`)
+    where the filters packed for them are given, ``wt`` (C, O) (shape (0, 0): not)."""
+    n = x.shape[0]
+    hw = x.shape[1] if in_last else x.shape[2]
+    rows_out = w.shape[0]
+    y = np.empty((n, hw, rows_out) if out_last else (n, rows_out, hw), dtype=x.dtype)
+    blocks = (hw + block - 1) // block
+    step = (rows_out + row_blocks - 1) // row_blocks
+    for job in prange(n * row_blocks * blocks):
+        b, _, r0, r1, s, e = _job(job, 1, row_blocks, blocks, step, rows_out, block, hw)
+        if r0 >= r1:
+            continue
+        a = w[r0:r1]
         if out_last:  # (positions, channels) = x.T @ a.T
             out = y[b, s:e, r0:r1]
             if in_last:
@@ -74,12 +98,9 @@ def pointwise_kernel(x, w, groups, transpose, bias, block, row_blocks, residual,
                 gemm(x[b, :, s:e], a, out, 0.0, True, True)
             _finish_rows(y[b, s:e], r0, r1, bias, code, slope)
         else:
-            out = y[b, g * rows_out + r0:g * rows_out + r1, s:e]
-            if in_last:
-                gemm(a, x[b, s:e], out, 0.0, False, True)
-            else:
-                gemm(a, x[b, g * rows_in:(g + 1) * rows_in, s:e], out, 0.0, transpose, False)
-            finish_block(out, b, g * rows_out + r0, s, e, bias, residual, code, slope)
+            out = y[b, r0:r1, s:e]
+            gemm(a, x[b, s:e], out, 0.0, False, True)
+            finish_block(out, b, r0, s, e, bias, residual, code, slope)
     return y
 
 
