@@ -742,3 +742,28 @@ def test_detection_and_embedding_train_on_the_device(task, extra, tmp_path):
     want, got = weights(runs["cpu"]), weights(runs["cuda"])
     for name in want:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_reductions_that_cancel_keep_float32_honest():
+    """Bias gradients, broadcast operands' gradients and channel sums whose terms cancel:
+    half the threads' partial sums near +2e4, half near -2e4, the total near 1. Summed in
+    float32 shared memory these were 1e-3 to 1e-1 off on an H100; the partial sums are
+    float64 now, as the CPU's, and the totals match float64 to float32's own rounding."""
+    from runtime.backends.cuda import layers, tensor
+
+    block = kernels.ELEMENTWISE_BLOCK
+    rng = np.random.default_rng(0)
+    rows, count = 3, 2 * block
+    # thread t sums elements t and t + block: both +1e4 for even t, both -1e4 for odd t
+    sign = np.where(np.arange(count) % block % 2 == 0, 1.0, -1.0)
+    a = (sign * 1e4 + rng.uniform(0, 0.01, (rows, count))).astype(np.float32)
+    exact = a.astype(np.float64).sum(axis=1)
+    out = cuda.device_array(rows, np.float32)
+    cuda_conv.row_sum_kernel[rows, block](kernels.to_device(a), out)
+    np.testing.assert_allclose(out.copy_to_host(), exact, rtol=1e-6)
+    # (N, C, 1): channel sums over the samples (a linear layer's bias gradient)
+    sums = layers.channel_sums(kernels.to_device(np.ascontiguousarray(a.T)[:, :, None]))
+    np.testing.assert_allclose(sums.copy_to_host(), exact, rtol=1e-6)
+    # the gradient of an operand broadcast along the samples
+    reduced = tensor.reduce_to(kernels.to_device(np.ascontiguousarray(a.T)), (1, rows))
+    np.testing.assert_allclose(reduced.copy_to_host().ravel(), exact, rtol=1e-6)

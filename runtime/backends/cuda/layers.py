@@ -151,7 +151,7 @@ def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, ep
     weight_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
     inv = 1.0 / math.sqrt(var[ch] + eps)
     scale = inv * (weight[ch] if weight.size else 1.0)
-    s0, s1 = 0.0, 0.0
+    s0, s1 = float64(0.0), float64(0.0)
     for e in range(t, n * hw, ELEMENTWISE_BLOCK):
         b, p = e // hw, e % hw
         g = gy[b, ch, p]
@@ -220,8 +220,8 @@ def depthwise_filter_grad_kernel(x, gy, gw, sh, sw, dh, dw, pt, pl):
     tap, t = cuda.blockIdx.x, cuda.threadIdx.x
     oc, i, j = tap // (kh * kw), (tap // kw) % kh, tap % kw
     ch = oc // (o // c)
-    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
-    total = 0.0
+    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float64)  # sums that cancel: float64
+    total = float64(0.0)
     for e in range(t, n * ho * wo, ELEMENTWISE_BLOCK):
         b, oy, ox = e // (ho * wo), (e // wo) % ho, e % wo
         r, q = oy * sh - pt + i * dh, ox * sw - pl + j * dw
@@ -234,11 +234,12 @@ def depthwise_filter_grad_kernel(x, gy, gw, sh, sw, dh, dw, pt, pl):
 
 @cuda.jit(cache=True)
 def channel_sum_kernel(a, out):
-    """out[c] = the sum of a[:, c, :] (an (N, C, H*W) view): one block per channel."""
+    """out[c] = the sum of a[:, c, :] (an (N, C, H*W) view): one block per channel, the
+    partial sums in float64 (conv.row_sum_kernel)."""
     n, c, hw = a.shape
     ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
-    total = 0.0
+    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
+    total = float64(0.0)
     for e in range(t, n * hw, ELEMENTWISE_BLOCK):
         total += a[e // hw, ch, e % hw]
     total = block_sum(partial, t, total)
@@ -260,6 +261,14 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None, re
     return y
 
 
+def channel_sums(a):
+    """The sum of an (N, C, M) device array over its first and last axes, (C,), in
+    float64 partial sums (bias gradients)."""
+    out = empty(a.shape[1])
+    channel_sum_kernel[a.shape[1], ELEMENTWISE_BLOCK](a, out)
+    return out
+
+
 def depthwise_backward(x, w, gy, *, stride, dilation, pads):
     """(gx, gw, gbias) of a depthwise conv."""
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
@@ -267,10 +276,7 @@ def depthwise_backward(x, w, gy, *, stride, dilation, pads):
     _launch(depthwise_input_grad_kernel, gx.size, gy, w, gx, sh, sw, dh, dw, pt, pl)
     gw = empty(w.shape)
     depthwise_filter_grad_kernel[w.size, ELEMENTWISE_BLOCK](x, gy, gw, sh, sw, dh, dw, pt, pl)
-    n, o = gy.shape[:2]
-    gbias = empty(o)
-    channel_sum_kernel[o, ELEMENTWISE_BLOCK](axis_view(gy), gbias)
-    return gx, gw, gbias
+    return gx, gw, channel_sums(axis_view(gy))
 
 def max_pool(x, kernel, stride, dilation, top, left, out_hw):
     n, c = x.shape[:2]
@@ -415,12 +421,7 @@ def layernorm_backward(x, gy, weight, eps: float):
     gy_xhat = empty(view.shape)
     _launch(layernorm_backward_kernel, view.shape[0] * view.shape[2], view, axis_view(gy),
             absent() if weight is None else weight, eps, gx, gy_xhat)
-    c = view.shape[1]
-    g_weight = empty(c)
-    g_bias = empty(c)
-    channel_sum_kernel[c, ELEMENTWISE_BLOCK](gy_xhat, g_weight)
-    channel_sum_kernel[c, ELEMENTWISE_BLOCK](axis_view(gy), g_bias)
-    return gx.reshape(x.shape), g_weight, g_bias
+    return gx.reshape(x.shape), channel_sums(gy_xhat), channel_sums(axis_view(gy))
 
 
 # --------------------------------------------------------------------------- LRN

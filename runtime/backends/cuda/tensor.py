@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import float32
+from numba import float32, float64
 
 from runtime.backends import lines
 from runtime.backends.cuda.kernels import (
@@ -73,10 +73,10 @@ def reduce_kernel(src, dst, kept_dims, reduced_dims, kept_strides, reduced_strid
     """dst[k] = the sum of src over the broadcast axes: one block per element k of dst;
     ``kept_*``/``reduced_*`` split src's axes (dims 1 where an axis is in the other)."""
     k, t = cuda.blockIdx.x, cuda.threadIdx.x
-    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float64)  # sums that cancel: float64
     base = _offset(k, kept_dims, kept_strides)
     count = reduced_dims[0] * reduced_dims[1] * reduced_dims[2] * reduced_dims[3]
-    total = 0.0
+    total = float64(0.0)
     for j in range(t, count, ELEMENTWISE_BLOCK):
         total += src[base + _offset(j, reduced_dims, reduced_strides)]
     total = block_sum(partial, t, total)

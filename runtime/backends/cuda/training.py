@@ -58,11 +58,11 @@ def batch_stats_kernel(x, mean, var, running_mean, running_var, tracked, momentu
     sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)  # float64 sums, as the CPU's
     squares = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
     count = n * hw
-    total = 0.0
+    total = float64(0.0)  # float64 in the simulator too (NumPy keeps float32 + 0.0 float32)
     for e in range(t, count, ELEMENTWISE_BLOCK):
         total += x[e // hw, ch, e % hw]
     mu = block_sum(sums, t, total) / count
-    total = 0.0
+    total = float64(0.0)
     for e in range(t, count, ELEMENTWISE_BLOCK):
         d = x[e // hw, ch, e % hw] - mu
         total += d * d
@@ -90,7 +90,7 @@ def batchnorm_train_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weig
     count = n * hw
     inv = 1.0 / math.sqrt(var[ch] + eps)
     mu = mean[ch]
-    s0, s1 = 0.0, 0.0
+    s0, s1 = float64(0.0), float64(0.0)
     for e in range(t, count, ELEMENTWISE_BLOCK):
         b, p = e // hw, e % hw
         g = gy[b, ch, p]
@@ -194,14 +194,14 @@ def cross_entropy_kernel(z, labels, soft, smoothing, losses, hits, grad):
     n, c = z.shape
     r, t = cuda.blockIdx.x, cuda.threadIdx.x
     maxima = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
-    exps = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
-    masses = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
-    dots = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    exps = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
+    masses = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
+    dots = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
     best = -math.inf
     for q in range(t, c, ELEMENTWISE_BLOCK):
         best = max(best, z[r, q])
     best = _block_max(maxima, t, best)
-    s, mass, dot = 0.0, 0.0, 0.0
+    s, mass, dot = float64(0.0), float64(0.0), float64(0.0)
     for q in range(t, c, ELEMENTWISE_BLOCK):
         s += math.exp(z[r, q] - best)
         w = _target(labels, soft, r, q, smoothing, c)
@@ -314,9 +314,9 @@ def adam_kernel(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, c1, 
 def sum_kernel(a, partial, square):
     """partial[block] = the sum (of squares, with ``square``) of the block's grid-stride
     share of ``a``; the host adds the few partial sums."""
-    sums = cuda.shared.array(ELEMENTWISE_BLOCK, float32)
+    sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
     t = cuda.threadIdx.x
-    total = 0.0
+    total = float64(0.0)
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
         total += a[i] * a[i] if square else a[i]
     total = block_sum(sums, t, total)
