@@ -130,3 +130,28 @@ def test_bench_cuda_quick_runs_under_the_simulator():
     assert set(rows) == {"forward with copies (ms)", "kernels only (TFLOP/s)", "inference",
                          "training step"}
     assert all(float(cells[0]) > 0 for label, cells in rows.items() if "TFLOP" not in label)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_gpu_check_script_runs_every_step_into_one_folder(tmp_path, fails):
+    """scripts/gpu_check.sh (the real-GPU check, issue 25) with a stand-in Python that
+    records what it is asked to run: every step runs on the real device
+    (ARCHC_CUDA=real), each into its own file of the folder, and a failing step neither
+    stops the others nor goes unreported in the exit status."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho \"ran with ARCHC_CUDA=$ARCHC_CUDA: $*\"\n"
+                    f"exit {1 if fails else 0}\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    done = subprocess.run(["bash", "scripts/gpu_check.sh", str(out)], cwd=ROOT,
+                          env={**env, "PYTHON": str(fake)}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == (1 if fails else 0), done.stdout + done.stderr
+    wanted = {"tests": "-m pytest -m cuda", "bench_cuda": "bench/bench_cuda.py",
+              "train_resnet18": "bench specs/resnet18.yaml --backend cuda --batch 64 --train"}
+    for name, command in wanted.items():
+        text = (out / f"{name}.txt").read_text()
+        assert "ran with ARCHC_CUDA=real:" in text and command in text, text
+        assert f"== {name}: exit {1 if fails else 0}" in text
+    assert (out / "device.txt").exists()

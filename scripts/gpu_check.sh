@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole real-GPU check of the CUDA backend in one go (issue 25), for a machine with an
+# NVIDIA GPU: every CUDA test on the real device, the conv / ResNet-18 benchmark against
+# PyTorch on the same GPU, and a training benchmark; each step's output in one folder.
+#
+#   bash scripts/gpu_check.sh [OUT_DIR]      (default: $OUT, else ./gpu_check)
+#
+# Python packages: the environment's own, or wheels in .whl/ (installed into /tmp/site
+# first, for a machine that reaches no package index). Each step has a time limit so that
+# the whole check ends well inside 10 minutes; a failing step does not stop the others,
+# and the exit status says whether any failed.
+set -u
+cd "$(dirname "$0")/.."
+out="${1:-${OUT:-gpu_check}}"
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1 ARCHC_CUDA=real
+python=${PYTHON:-python3}
+status=0
+step() {  # step NAME SECONDS COMMAND...: run it, its output in $out/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*" | tee "$out/$name.txt"
+    local start=$SECONDS
+    timeout "$limit" "$@" >> "$out/$name.txt" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc in $((SECONDS - start)) s" | tee -a "$out/$name.txt"
+    [ "$rc" -eq 0 ] || status=1
+}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; "$python" -c \
+    "import numba, numpy; print('numba', numba.__version__, 'numpy', numpy.__version__)"; } \
+    > "$out/device.txt" 2>&1
+step tests 300 "$python" -m pytest -m cuda -q -p no:cacheprovider --durations=10
+step bench_cuda 150 "$python" bench/bench_cuda.py --repeat 5
+step train_resnet18 120 "$python" -c \
+    "import sys; from archc.cli import main; sys.argv[0] = 'archc'; sys.exit(main())" \
+    bench specs/resnet18.yaml --backend cuda --batch 64 --train --repeat 3
+exit $status
