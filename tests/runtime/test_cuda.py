@@ -749,7 +749,7 @@ def test_reductions_that_cancel_keep_float32_honest():
     half the threads' partial sums near +2e4, half near -2e4, the total near 1. Summed in
     float32 shared memory these were 1e-3 to 1e-1 off on an H100; the partial sums are
     float64 now, as the CPU's, and the totals match float64 to float32's own rounding."""
-    from runtime.backends.cuda import layers, tensor
+    from runtime.backends.cuda import tensor
 
     block = kernels.ELEMENTWISE_BLOCK
     rng = np.random.default_rng(0)
@@ -758,11 +758,11 @@ def test_reductions_that_cancel_keep_float32_honest():
     sign = np.where(np.arange(count) % block % 2 == 0, 1.0, -1.0)
     a = (sign * 1e4 + rng.uniform(0, 0.01, (rows, count))).astype(np.float32)
     exact = a.astype(np.float64).sum(axis=1)
-    out = cuda.device_array(rows, np.float32)
-    cuda_conv.row_sum_kernel[rows, block](kernels.to_device(a), out)
-    np.testing.assert_allclose(out.copy_to_host(), exact, rtol=1e-6)
+    # (1, C, M): sums along the rows (a map's planes)
+    sums = cuda_conv.channel_sums(kernels.to_device(a[None]))
+    np.testing.assert_allclose(sums.copy_to_host(), exact, rtol=1e-6)
     # (N, C, 1): channel sums over the samples (a linear layer's bias gradient)
-    sums = layers.channel_sums(kernels.to_device(np.ascontiguousarray(a.T)[:, :, None]))
+    sums = cuda_conv.channel_sums(kernels.to_device(np.ascontiguousarray(a.T)[:, :, None]))
     np.testing.assert_allclose(sums.copy_to_host(), exact, rtol=1e-6)
     # the gradient of an operand broadcast along the samples
     reduced = tensor.reduce_to(kernels.to_device(np.ascontiguousarray(a.T)), (1, rows))

@@ -11,8 +11,8 @@ from numba import float32, float64
 from runtime.backends.cuda.kernels import (ELEMENTWISE_BLOCK, PER_THREAD, THREADS, TILE,
                                            TILE_K, TILE_K_PADDED, TILE_PADDED, _codes, _launch,
                                            _panel_product, absent, activate,
-                                           activation_forward, add, block_sum, cuda, empty,
-                                           gemm, result)
+                                           activation_forward, add, axis_view, block_sum, cuda,
+                                           empty, gemm, result)
 
 # --------------------------------------------------------------------------- convolution
 @cuda.jit(cache=True)
@@ -74,18 +74,27 @@ def nchw_to_rows_kernel(x, rows):
 
 
 @cuda.jit(cache=True)
-def row_sum_kernel(a, out):
-    """out[r] = sum of row r: one block per row, a shared-memory tree reduction, in
-    float64 as the CPU's sums (a bias gradient's terms cancel: float32 partial sums left
-    it 1e-3 to 1e-1 off on an H100)."""
+def channel_sum_kernel(a, out):
+    """out[c] = the sum of a[:, c, :] (an (N, C, M) view): one block per channel, a
+    shared-memory tree reduction in float64 as the CPU's sums (a bias gradient's terms
+    cancel: float32 partial sums left it 1e-3 to 1e-1 off on an H100)."""
+    n, c, hw = a.shape
+    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
     partial = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
-    r, t = cuda.blockIdx.x, cuda.threadIdx.x
     total = float64(0.0)
-    for q in range(t, a.shape[1], ELEMENTWISE_BLOCK):
-        total += a[r, q]
+    for e in range(t, n * hw, ELEMENTWISE_BLOCK):
+        total += a[e // hw, ch, e % hw]
     total = block_sum(partial, t, total)
     if t == 0:
-        out[r] = total
+        out[ch] = total
+
+
+def channel_sums(a):
+    """The sum of an (N, C, M) device array over its first and last axes, (C,): bias
+    gradients (axis_view of the output gradient), a map's plane sums ((1, N*C, H*W))."""
+    out = empty(a.shape[1])
+    channel_sum_kernel[a.shape[1], ELEMENTWISE_BLOCK](a, out)
+    return out
 
 
 @cuda.jit(cache=True)
@@ -215,9 +224,7 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
         gemm(wg, rows, trans_a=True, out=gcols[g * k:(g + 1) * k])
     gx = empty((n, c, h, wd))
     _launch(col2im_kernel, gx.size, gcols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    gbias = empty(o)
-    row_sum_kernel[o, ELEMENTWISE_BLOCK](gy_rows, gbias)
-    return gx, gw.reshape(w.shape), gbias
+    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
 
 
 @cuda.jit(cache=True)
@@ -278,6 +285,4 @@ def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1):
              out=gw[g * cin_g:(g + 1) * cin_g])
     gx = empty(x.shape)
     _launch(rows_to_nchw_kernel, gx.size, gx_rows, gx)
-    gbias = empty(cout)
-    row_sum_kernel[cout, ELEMENTWISE_BLOCK](_rows(gy), gbias)
-    return gx, gw.reshape(w.shape), gbias
+    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))

@@ -33,7 +33,7 @@ from runtime.backends.cuda.kernels import (
     empty,
     result,
 )
-from runtime.backends.cuda.conv import no_residual, row_sum_kernel
+from runtime.backends.cuda.conv import channel_sums, no_residual
 
 
 @cuda.jit(cache=True)
@@ -232,21 +232,6 @@ def depthwise_filter_grad_kernel(x, gy, gw, sh, sw, dh, dw, pt, pl):
         gw[oc, 0, i, j] = total
 
 
-@cuda.jit(cache=True)
-def channel_sum_kernel(a, out):
-    """out[c] = the sum of a[:, c, :] (an (N, C, H*W) view): one block per channel, the
-    partial sums in float64 (conv.row_sum_kernel)."""
-    n, c, hw = a.shape
-    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
-    total = float64(0.0)
-    for e in range(t, n * hw, ELEMENTWISE_BLOCK):
-        total += a[e // hw, ch, e % hw]
-    total = block_sum(partial, t, total)
-    if t == 0:
-        out[ch] = total
-
-
 # --------------------------------------------------------------------------- launches
 def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None, residual=None):
     """A depthwise conv with the epilogue act(conv + bias + residual) in its kernel."""
@@ -259,14 +244,6 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None, re
             no_residual() if residual is None else residual, y, sh, sw, dh, dw, pt, pl, code,
             slope)
     return y
-
-
-def channel_sums(a):
-    """The sum of an (N, C, M) device array over its first and last axes, (C,), in
-    float64 partial sums (bias gradients)."""
-    out = empty(a.shape[1])
-    channel_sum_kernel[a.shape[1], ELEMENTWISE_BLOCK](a, out)
-    return out
 
 
 def depthwise_backward(x, w, gy, *, stride, dilation, pads):
@@ -308,8 +285,7 @@ def avg_pool_backward(gy, x_shape, kernel, stride, top, left, padding, include_p
 
 def global_avg_pool(x):
     n, c, h, w = x.shape
-    sums = empty(n * c)
-    row_sum_kernel[n * c, ELEMENTWISE_BLOCK](x.reshape(n * c, h * w), sums)
+    sums = channel_sums(x.reshape(1, n * c, h * w))
     return _scaled(sums, 1.0 / (h * w)).reshape(n, c, 1, 1)
 
 

@@ -79,8 +79,8 @@ def linear_forward(op, xs, p, ctx):
 
 def _linear_core_backward(op, xs, y, gy, p, ctx):
     grads = {"weight": K.gemm(gy, xs[0], trans_a=True)}
-    if "bias" in p:  # float64 partial sums: a GEMM with a row of ones summed in float32
-        grads["bias"] = L.channel_sums(gy.reshape(gy.shape[0], gy.shape[1], 1))
+    if "bias" in p:  # in float64 partial sums (a GEMM with a row of ones: float32)
+        grads["bias"] = C.channel_sums(gy.reshape(gy.shape[0], gy.shape[1], 1))
     return [K.gemm(gy, p["weight"])], grads
 
 
