@@ -77,4 +77,14 @@ class KernelContext:
     unplaced: list[str] = field(default_factory=list)
     packs: Packs = field(default_factory=Packs)
     plans: dict = field(default_factory=dict)
+
+    def planned(self, op, key, make):
+        """``make()``, made for ``op`` the first time this ``key`` (which holds ``id(op)``)
+        is asked for and kept in ``plans`` for the passes after."""
+        hit = self.plans.get(key)
+        if hit is None or hit[0] is not op:
+            if len(self.plans) > 10000:  # many batch sizes: start again
+                self.plans.clear()
+            hit = self.plans[key] = (op, make())
+        return hit[1]
     input_grads: bool = True

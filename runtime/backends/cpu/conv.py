@@ -553,8 +553,6 @@ def _no_epilogue(x, rank: int = 4):
     return np.empty(0, dtype=x.dtype), _no_residual(x, rank), NO_ACTIVATION, 0.0
 
 
-
-
 def _plan(op, n, dtype, residual, train, last_in, last_out, code, slope, algorithm):
     """The depthwise and 1x1 convs' forward as a function of (x, residual, params, ctx),
     every decision that depends on the op, the batch size, the mode, the layout and the
@@ -634,15 +632,11 @@ def _conv2d(op, xs, p, ctx, code, slope, algorithm: str | None = None):
     last_in, last_out = op.inputs[0] in ctx.channels_last, op.output in ctx.channels_last
     key = (id(op), x.shape[0], x.dtype, residual.size > 0, ctx.train, last_in, last_out, code,
            slope, algorithm, numba.get_num_threads())
-    hit = ctx.plans.get(key)
-    if hit is None or hit[0] is not op:
-        if len(ctx.plans) > 10000:  # many batch sizes: start again
-            ctx.plans.clear()
-        hit = ctx.plans[key] = (op, _plan(op, x.shape[0], x.dtype, residual.size > 0,
-                                          ctx.train, last_in, last_out, code, slope,
-                                          algorithm))
-    if hit[1] is not None:
-        return hit[1](x, residual, p, ctx)
+    run = ctx.planned(op, key, lambda: _plan(op, x.shape[0], x.dtype, residual.size > 0,
+                                             ctx.train, last_in, last_out, code, slope,
+                                             algorithm))
+    if run is not None:
+        return run(x, residual, p, ctx)
     w = p["weight"]
     kh, kw, sh, sw, dh, dw, pt, pl, ho, wo = _geometry(op)
     groups = op.attrs["groups"]

@@ -261,10 +261,10 @@ def depthwise_rows_last(e, e_lo, e_hi, w, wd, bias, kh, kw, sh, sw, pt, pl, s0, 
     vectors of 16, a half vector, the rest), taken one after the other over sub-bands of
     rows whose input stays in L2, so that a block's inputs and filters stay close across
     the taps; the sums of 4 positions x 64 channels (8 x 16, 8 x 8) in registers over all
-    the taps. Against a pass over all the channels per tap (the
-    sums loaded and stored per tap, inputs and filters from L2), two threads,
-    EfficientNet-B0's shapes at batch 1: 1.2x (96 channels of 112x112, stride 2) to 2x
-    (672 of 14x14, 5x5). ``fastmath`` allows only contraction into fused multiply-adds."""
+    the taps. Against a pass over all the channels per tap (the sums loaded and stored per
+    tap, inputs and filters from L2), two threads, EfficientNet-B0's shapes at batch 1:
+    1.2x (96 channels of 112x112, stride 2) to 2x (672 of 14x14, 5x5). ``fastmath``
+    allows only contraction into fused multiply-adds."""
     c = out.shape[1]
     tile = stack_buffer(256, e.dtype)  # 4 positions x 64 channels
     mid = stack_buffer(128, e.dtype)  # 8 positions x 16 channels

@@ -136,11 +136,8 @@ def fused_forward(core):
         if act is None:
             return core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
         dtype = xs[0].dtype
-        key = ("activation", id(op), dtype)  # looked up once per op (KernelContext.plans)
-        hit = ctx.plans.get(key)
-        if hit is None or hit[0] is not op:
-            hit = ctx.plans[key] = (op, cpu_activation_code(*act, dtype))
-        code, slope = hit[1]
+        code, slope = ctx.planned(op, ("activation", id(op), dtype),
+                                  lambda: cpu_activation_code(*act, dtype))
         if needs_pre_activation(act, ctx):
             pre = core(op, xs, p, ctx, NO_ACTIVATION, 0.0)
             keep_pre_activation(op, pre, ctx)
