@@ -34,6 +34,8 @@ class Node:
     shape : output shape without the batch dimension, once inferred.
     trace : notes on how it was reached (block instantiations), for error messages.
     fused : the layers an optimisation pass merged into this one, as ``name (op)``.
+    items : outputs per image, once inferred: 1, or a region layer's boxes per image
+        (they join the batch: the runtime holds ``N * items`` of ``shape``).
     """
 
     name: str
@@ -46,9 +48,10 @@ class Node:
     shape: Shape | None = None
     trace: tuple[str, ...] = ()
     fused: tuple[str, ...] = ()
+    items: int = 1
 
     def describe(self) -> str:
-        shape = fmt_shape(self.shape) if self.shape is not None else "?"
+        shape = fmt_shape(self.shape, self.items) if self.shape is not None else "?"
         return f"{self.name} ({self.op}) -> {shape}"
 
 

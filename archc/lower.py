@@ -60,7 +60,7 @@ def lower(graph: Graph) -> Program:
         ops.append(Op(node.name, node.op, resolved_attrs(node.op, node.attrs, in_shapes, node.shape),
                       tuple(node.inputs), node.name, roles.get(node.name, {}),
                       tuple(tuple(s) for s in in_shapes), tuple(node.shape),
-                      get_layer(node.op).view))
+                      get_layer(node.op).view, node.items))
     return Program(graph.name, {n: tuple(graph[n].shape) for n in graph.inputs}, tuple(ops),
                    dict(graph.outputs), params, torch_names(graph), dict(graph.training))
 

@@ -41,7 +41,22 @@ def infer_shapes(graph: Graph) -> Graph:
                 ShapeError(f"output shape would be {fmt_shape(shape)}: a dimension below 1"),
             )
         node.shape = shape
+        node.items = _items(graph, node, layer, in_shapes)
     return graph
+
+
+def _items(graph: Graph, node, layer, in_shapes: list) -> int:
+    """Outputs per image: the layer's own rule, or the count its inputs share (a value
+    per box cannot meet a value per image)."""
+    if layer.items is not None:
+        return layer.items(node.attrs, in_shapes)
+    counts = {graph[name].items for name in node.inputs} or {1}
+    if len(counts) > 1:
+        per = ", ".join(f"'{name}' {graph[name].items}" for name in node.inputs)
+        raise SpecError(f"layer '{node.name}' ({node.op}) joins values with different "
+                        f"numbers of items per image ({per}): a region layer's output has "
+                        "one per box", node.loc, notes=list(node.trace))
+    return counts.pop()
 
 
 def _shape_error(graph: Graph, node, exc: ShapeError) -> SpecError:

@@ -59,10 +59,12 @@ def plan_memory(program: Program, batch: int = 1, keep_all: bool = False) -> Mem
     step = {name: i for i, name in enumerate(order)}
     owner = {name: name for name in program.inputs}
     shapes = dict(program.inputs)
+    items = dict.fromkeys(program.inputs, 1)
     for op in program.ops:
-        shapes[op.output] = op.out_shape
+        shapes[op.output], items[op.output] = op.out_shape, op.items
         owner[op.output] = owner[op.inputs[0]] if op.view and op.inputs else op.output
-    sizes = {n: FLOAT_BYTES * batch * math.prod(shapes[n]) for n in order if owner[n] == n}
+    sizes = {n: FLOAT_BYTES * batch * items[n] * math.prod(shapes[n]) for n in order
+             if owner[n] == n}
     first = {n: step[n] for n in sizes}
     last = dict(first)
     for op in program.ops:
@@ -89,4 +91,4 @@ def plan_memory(program: Program, batch: int = 1, keep_all: bool = False) -> Mem
         placed.append(buf)
     arena = max((offsets[b] + sizes[b] for b in sizes), default=0)
     return MemoryPlan({n: offsets[owner[n]] for n in order}, sizes, owner, arena, peak,
-                      sum(FLOAT_BYTES * batch * math.prod(shapes[n]) for n in order))
+                      sum(FLOAT_BYTES * batch * items[n] * math.prod(shapes[n]) for n in order))

@@ -282,8 +282,15 @@ class Model:
 
     def _outputs(self, values: dict, host: bool = True):
         move = self.backend.to_host if host else (lambda v: v)
-        outs = {key: move(values[name]) for key, name in self.program.outputs.items()}
+        outs = {key: self._per_image(move(values[name]), name)
+                for key, name in self.program.outputs.items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
+
+    def _per_image(self, value, name: str):
+        """A value with several rows per image (one per box, after a region layer) as
+        (N, items, ...); others as they are."""
+        items = self.program.items(name)
+        return value if items == 1 else value.reshape((-1, items) + tuple(value.shape[1:]))
 
     def __call__(self, x, *, host: bool = True):
         """Forward pass: one array in (or a dict for several inputs), one array out (or a
@@ -542,6 +549,8 @@ class Model:
                                  f"(outputs: {', '.join(outputs)})")
             on_device = hasattr(g, "__cuda_array_interface__")  # e.g. a device loss's
             g = self.backend.to_device(g if on_device else np.asarray(g, dtype=self.dtype))
+            if self.program.items(name) > 1:  # given as (N, items, ...), held as rows
+                g = g.reshape((-1,) + tuple(values[name].shape[1:]))
             grads[name] = add(grads[name], g) if name in grads else g
         param_grads: dict = {}
         batch = len(next(iter(values[name] for name in self.program.inputs)))

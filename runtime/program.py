@@ -30,6 +30,7 @@ class Op:
     in_shapes: tuple[tuple[int, ...], ...]
     out_shape: tuple[int, ...]
     view: bool = False  # the output may share its input's memory (flatten, reshape, ...)
+    items: int = 1  # outputs per image: a region layer's boxes join the batch (N * items rows)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class Program:
     torch_names: dict[str, str] = field(default_factory=dict)
     # the spec's training: section (archc train's settings), for runtime.train.config
     training: dict[str, Any] = field(default_factory=dict)
+
+    def items(self, value: str) -> int:
+        """Rows per image of a value: 1, or the boxes per image after a region layer."""
+        return next((op.items for op in self.ops if op.output == value), 1)
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         """Output name -> its shape (without the batch dimension)."""

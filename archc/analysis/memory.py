@@ -50,7 +50,8 @@ def inference_peak(graph: Graph, batch: int = 1) -> tuple[int, list[int]]:
             last_use[buf] = max(last_use[buf], step[node.name])
     for out in graph.outputs.values():
         last_use[owner[out]] = len(order)
-    size = {name: FLOAT_BYTES * batch * math.prod(graph[name].shape) for name in order}
+    size = {name: FLOAT_BYTES * batch * graph[name].items * math.prod(graph[name].shape)
+            for name in order}
     live, peak, trace = 0, 0, []
     frees: dict[int, list[str]] = {}
     for buf in set(owner.values()):
@@ -70,5 +71,5 @@ def saved_for_backward(graph: Graph, batch: int = 1) -> dict[str, int]:
     for node in graph:
         layer = get_layer(node.op)
         in_shapes = [graph[i].shape for i in node.inputs]
-        saved[node.name] = batch * layer.cost.saved(node.attrs, in_shapes, node.shape)
+        saved[node.name] = batch * node.items * layer.cost.saved(node.attrs, in_shapes, node.shape)
     return saved

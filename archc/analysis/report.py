@@ -49,6 +49,7 @@ class NodeReport:
     latency_s: float | None = None
     bound: str | None = None
     fused: tuple[str, ...] = ()  # the layers an optimisation pass merged into this one
+    items: int = 1  # outputs per image (a region layer's boxes join the batch)
     epilogue: str = ""  # what its kernel does after the product: "+add +relu"
 
     @property
@@ -67,7 +68,8 @@ class NodeReport:
     def to_dict(self) -> dict:
         return {
             "name": self.name, "op": self.op, "scope": list(self.scope),
-            "output_shape": list(self.output_shape), "params": self.params,
+            "output_shape": list(self.output_shape), "items": self.items,
+            "params": self.params,
             "trainable_params": self.trainable_params, "param_bytes": FLOAT_BYTES * self.params,
             "macs": self.macs, "flops": self.flops,
             "elementwise_flops": self.elementwise_flops,
@@ -163,17 +165,20 @@ def analyse(graph: Graph, batch: int = 1, device: Device | None = None) -> Repor
         in_shapes = [graph[i].shape for i in node.inputs]
         params = _count(layer.parameters(node.attrs, in_shapes))
         buffers = layer.buffers(node.attrs, in_shapes)
-        out_bytes = FLOAT_BYTES * batch * math.prod(node.shape)
+        per = batch * node.items  # a region layer's boxes join the batch
+        out_bytes = FLOAT_BYTES * per * math.prod(node.shape)
         is_view = owner[node.name] != node.name
         moved = 0 if is_view or not node.inputs else (
-            FLOAT_BYTES * batch * sum(math.prod(s) for s in in_shapes) + out_bytes
+            FLOAT_BYTES * batch * sum(graph[i].items * math.prod(graph[i].shape)
+                                      for i in node.inputs) + out_bytes
             + FLOAT_BYTES * params)
         nodes.append(NodeReport(
             name=node.name, op=node.op, scope=node.scope, output_shape=node.shape,
+            items=node.items,
             params=params, trainable_params=params if node.trainable else 0,
             buffer_elements=_count(buffers),
-            macs=batch * layer.cost.macs(node.attrs, in_shapes, node.shape),
-            elementwise_flops=batch * layer.cost.flops(node.attrs, in_shapes, node.shape),
+            macs=per * layer.cost.macs(node.attrs, in_shapes, node.shape),
+            elementwise_flops=per * layer.cost.flops(node.attrs, in_shapes, node.shape),
             activation_bytes=out_bytes, saved_bytes=saved[node.name], bytes_moved=moved,
             receptive_field=fields[node.name], view=is_view, fused=node.fused,
             epilogue=(" +add" if len(node.inputs) > 1 and "activation" in node.attrs else "")

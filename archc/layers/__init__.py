@@ -19,7 +19,8 @@ Examples
 
 from __future__ import annotations
 
-from archc.layers import activation, conv, graph_io, linear, merge, norm, pool, resample, reshape
+from archc.layers import (activation, conv, graph_io, linear, merge, norm, pool, resample,
+                          reshape, roi)
 from archc.layers.activation import FUSABLE_ACTIVATIONS
 from archc.layers.base import (
     Attr,
@@ -30,7 +31,7 @@ from archc.layers.base import (
     fmt_shape,
 )
 
-_MODULES = (graph_io, conv, pool, resample, norm, activation, linear, merge, reshape)
+_MODULES = (graph_io, conv, pool, roi, resample, norm, activation, linear, merge, reshape)
 
 REGISTRY: dict[str, LayerType] = {}
 ALIASES: dict[str, str] = {}

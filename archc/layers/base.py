@@ -219,6 +219,22 @@ class Ints(AttrType):
 
 
 @dataclass(frozen=True)
+class Scales(AttrType):
+    """One positive number or a list of them (one per input: a pyramid's scales)."""
+
+    name = "number > 0 or a list of them"
+
+    def coerce(self, value: Any) -> tuple[float, ...]:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not items:
+            raise AttrError("expected a number or a non-empty list of numbers, got []")
+        out = tuple(Float(minimum=0.0).coerce(v) for v in items)
+        if min(out) <= 0:
+            raise AttrError(f"each value must be positive, got {list(out)}")
+        return out
+
+
+@dataclass(frozen=True)
 class Optional(AttrType):
     """``null`` or a value of the inner type."""
 
@@ -287,9 +303,12 @@ def _fmt_pair(pair: tuple[int, int]) -> str:
     return str(pair[0]) if pair[0] == pair[1] else f"[{pair[0]}, {pair[1]}]"
 
 
-def fmt_shape(shape: Shape) -> str:
-    """Format a shape as torchinfo does, without the batch: ``64x56x56``."""
-    return "x".join(str(d) for d in shape)
+def fmt_shape(shape: Shape, items: int = 1) -> str:
+    """Format a shape as torchinfo does, without the batch: ``64x56x56``; a value with
+    several items per image (a region layer's, one per box) leads with their count:
+    ``512 x 256x7x7``."""
+    text = "x".join(str(d) for d in shape)
+    return f"{items} x {text}" if items > 1 else text
 
 
 ShapeRule = Callable[[dict, list], Shape]
@@ -338,6 +357,9 @@ class LayerType:
         output size), added to the attributes when the graph is lowered.
     init : ``(role, attrs, parameter_shapes) -> Init``: how a fresh parameter starts
         (PyTorch's ``reset_parameters``); None: scales and variances 1, the rest 0.
+    items : ``(attrs, input_shapes) -> int``: how many outputs per image the layer makes
+        (a region layer: one per box, the boxes joining the batch); None: as many as its
+        inputs have (1 for a graph input).
     """
 
     op: str
@@ -363,6 +385,7 @@ class LayerType:
     onnx: OnnxOp | None = None
     lower: Callable[[dict, list, Shape], dict] | None = None
     init: Callable[[str, dict, dict], Init] | None = None
+    items: Callable[[dict, list], int] | None = None
 
     def short_label(self, attrs: dict) -> str:
         return self.label(attrs) if self.label is not None else self.op

@@ -8,8 +8,9 @@ from archc.layers.costs import Cost, pointwise_rf, zero
 
 def _input_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
     shape = attrs["shape"]
-    if len(shape) not in (1, 3):
-        raise ShapeError(f"an input is [channels, height, width] or [features], got {list(shape)}")
+    if len(shape) not in (1, 2, 3):
+        raise ShapeError("an input is [channels, height, width], [features] or [rows, "
+                         f"columns] (boxes: [R, 4]), got {list(shape)}")
     return shape
 
 
@@ -18,7 +19,8 @@ INPUT = LayerType(
     label=lambda a: "input " + "x".join(map(str, a["shape"])),
     family="io",
     doc="A graph input (batch dimension implicit). Declared under `input:` or `inputs:`.",
-    attrs=(Attr("shape", Ints(minimum=1), doc="[channels, height, width] or [features]"),),
+    attrs=(Attr("shape", Ints(minimum=1), doc="[channels, height, width], [features] or "
+                              "[rows, columns] (a region layer's boxes: [R, 4])"),),
     infer_shape=_input_shape,
     example="input: {channels: 3, height: 224, width: 224}",
     arity=(0, 0),

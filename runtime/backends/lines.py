@@ -45,3 +45,34 @@ def unpool_grad_cell(gy, gx, b, ch, r, q, kh, kw, nearest):
         gx[b, ch, r, q] = total
     else:
         gx[b, ch, r, q] = gy[b, ch, r * kh, q * kw]
+
+
+def roi_align_cell(x, b, c, ylo, yhi, wylo, wyhi, xlo, xhi, wxlo, wxhi, k, p, q):
+    """The sum of RoI Align's samples in bin (p, q) of region k over channel c of image b,
+    from the row and column tables of ``runtime.backends.roi`` (in float64)."""
+    total = 0.0
+    for i in range(ylo.shape[2]):
+        a0, a1 = wylo[k, p, i], wyhi[k, p, i]
+        if a0 == 0.0 and a1 == 0.0:
+            continue
+        r0, r1 = ylo[k, p, i], yhi[k, p, i]
+        for j in range(xlo.shape[2]):
+            b0, b1 = wxlo[k, q, j], wxhi[k, q, j]
+            if b0 == 0.0 and b1 == 0.0:
+                continue
+            s0, s1 = xlo[k, q, j], xhi[k, q, j]
+            total += (a0 * (b0 * x[b, c, r0, s0] + b1 * x[b, c, r0, s1])
+                      + a1 * (b0 * x[b, c, r1, s0] + b1 * x[b, c, r1, s1]))
+    return total
+
+
+def roi_pool_cell(x, b, c, r0, r1, s0, s1):
+    """(maximum, its position row * W + column) of channel c of image b over rows r0..r1
+    and columns s0..s1 (the first maximum; position -1 for an empty bin)."""
+    best, at = -math.inf, -1
+    for r in range(r0, r1):
+        for s in range(s0, s1):
+            v = x[b, c, r, s]
+            if at < 0 or v > best:
+                best, at = v, r * x.shape[3] + s
+    return best, at

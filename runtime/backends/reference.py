@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from runtime.backends import roi
 from runtime.backends.activations import ACTIVATIONS, reference_forward
 from runtime.backends.epilogue import activation_of, keep_pre_activation
 from runtime.context import KernelContext
@@ -368,3 +369,13 @@ def multiply(op, xs, p, ctx):
 @kernel("concat")
 def concat(op, xs, p, ctx):
     return np.concatenate(xs, axis=op.attrs["dim"])
+
+
+@kernel("roi_align")
+def roi_align(op, xs, p, ctx):
+    return roi.align_layer(op, xs, roi.NUMPY)
+
+
+@kernel("roi_pool")
+def roi_pool(op, xs, p, ctx):
+    return roi.pool_layer(op, xs, roi.NUMPY, ctx.indices)

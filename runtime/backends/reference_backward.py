@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from runtime.backends import roi
 from runtime.backends.activations import ACTIVATIONS, reference_derivative
 from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import (
@@ -335,3 +336,13 @@ def activation_grad(name: str, attrs: dict, pre, y, gy):
 
 for _kind in ("conv2d", "linear", "batchnorm2d", "batchnorm1d"):
     BACKWARD[_kind] = fused_backward(BACKWARD[_kind], activation_grad)
+
+
+@backward("roi_align")
+def roi_align(op, xs, y, gy, p, ctx):
+    return roi.align_layer_backward(op, xs, gy, roi.NUMPY), {}
+
+
+@backward("roi_pool")
+def roi_pool(op, xs, y, gy, p, ctx):
+    return roi.pool_layer_backward(op, xs, gy, roi.NUMPY, ctx.indices), {}

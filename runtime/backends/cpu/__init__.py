@@ -8,7 +8,7 @@ from __future__ import annotations
 from runtime.backends.activations import ACTIVATIONS
 from runtime.backends.cpu.allocator import keep_freed_memory
 from runtime.backends.cpu import (conv, conv_chain, elementwise, layout, linear, norm, pool,
-                                  resample, tensor)
+                                  resample, roi, tensor)
 from runtime.backends.cpu.blas import single_threaded_blas as scope  # noqa: F401 (Model runs kernels in it)
 from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import KERNELS as REFERENCE_FORWARD
@@ -33,6 +33,8 @@ for _kind in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
 KERNELS["unpool2d"], BACKWARD["unpool2d"] = pool.unpool_forward, pool.unpool_backward
 KERNELS["max_unpool2d"] = pool.max_unpool_forward
 BACKWARD["max_unpool2d"] = pool.max_unpool_backward
+KERNELS["roi_align"], BACKWARD["roi_align"] = roi.roi_align_forward, roi.roi_align_backward
+KERNELS["roi_pool"], BACKWARD["roi_pool"] = roi.roi_pool_forward, roi.roi_pool_backward
 KERNELS["upsample"], BACKWARD["upsample"] = resample.upsample_forward, resample.upsample_backward
 KERNELS["add"] = tensor.add_forward
 KERNELS["multiply"], BACKWARD["multiply"] = tensor.multiply_forward, tensor.multiply_backward

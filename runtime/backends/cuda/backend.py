@@ -79,7 +79,7 @@ def _planned(kernel):
         if plan is None or op.view or op.output in ctx.unplanned:
             return kernel(op, xs, p, ctx)
         arena = K.reserve(*ctx.arena, plan.arena_bytes)
-        shape = (ctx.batch,) + tuple(op.out_shape)
+        shape = (ctx.batch * op.items,) + tuple(op.out_shape)
         start = plan.offsets[op.output] // 4
         room = arena[start:start + math.prod(shape)]
         with K.placing(shape, room):

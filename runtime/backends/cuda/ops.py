@@ -11,6 +11,7 @@ from runtime.backends.cuda import conv as C
 from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import layers as L
 from runtime.backends.cuda import resample as R
+from runtime.backends.cuda import roi as R_roi
 from runtime.backends.cuda import tensor as T
 from runtime.backends.cuda import training
 from runtime.backends.cuda.kernels import to_device
@@ -454,3 +455,7 @@ for _kind in ACTIVATIONS:
 
 for _kind in ("dropout", "stochastic_depth"):
     DEVICE_KERNELS[_kind], DEVICE_BACKWARD[_kind] = dropout_forward, dropout_backward
+
+
+DEVICE_KERNELS.update(roi_align=R_roi.roi_align_forward, roi_pool=R_roi.roi_pool_forward)
+DEVICE_BACKWARD.update(roi_align=R_roi.roi_align_backward, roi_pool=R_roi.roi_pool_backward)
