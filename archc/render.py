@@ -31,6 +31,7 @@ FAMILY_COLOURS = {
     "io": "#d9d9d9",
     "conv": "#9ecae1",
     "pool": "#fdd49e",
+    "roi": "#fec44f",
     "resample": "#fdae6b",
     "norm": "#c7e9c0",
     "activation": "#fcbba1",
@@ -41,7 +42,8 @@ FAMILY_COLOURS = {
     "block": "#deebf7",
 }
 FAMILY_NAMES = {
-    "io": "input", "conv": "convolution", "pool": "pooling", "resample": "up/unpooling",
+    "io": "input", "conv": "convolution", "pool": "pooling", "roi": "region pooling",
+    "resample": "up/unpooling",
     "norm": "normalisation", "activation": "activation", "linear": "fully connected",
     "regularize": "dropout", "reshape": "reshape", "merge": "merge (+, \u00d7, concat)",
     "block": "collapsed block",
@@ -212,7 +214,7 @@ class _Drawing:
         layer = get_layer(node.op)
         self.families.add(layer.family)
         attrs = {"fillcolor": FAMILY_COLOURS.get(layer.family, "#ffffff"),
-                 "tooltip": f"{node.name} ({node.op}): {fmt_shape(node.shape)}"}
+                 "tooltip": f"{node.name} ({node.op}): {fmt_shape(node.shape, node.items)}"}
         lines = _node_lines(node, self.detail, self.annotate, self.stats[node.name])
         if node.op in MERGE_SHAPES:
             attrs.update(shape=MERGE_SHAPES[node.op], style="filled,bold", penwidth="1.4")
@@ -234,7 +236,7 @@ class _Drawing:
                        for p in (item.paths[0], item.paths[-1]))
         name = first if len(item.paths) == 1 else f"{first} .. {last}"
         title = item.block + (f" x{item.count}" if item.count > 1 else "")
-        shape = fmt_shape(self.graph[item.output].shape)
+        shape = fmt_shape(self.graph[item.output].shape, self.graph[item.output].items)
         lines = [f"<b>{_escape(name)}</b>", _escape(title),
                  f'<font point-size="8">{shape}  |  {params:,} params  |  {human(macs)} MACs</font>']
         if item.output in self.outputs:
@@ -252,7 +254,7 @@ class _Drawing:
                 if u == v or (self.heads and (u, v) in seen):
                     continue
                 seen.add((u, v))
-                dot.edge(u, v, label=fmt_shape(self.graph[source].shape))
+                dot.edge(u, v, label=fmt_shape(self.graph[source].shape, self.graph[source].items))
 
 
 def _scope_of(graph: Graph, path: str) -> tuple[str, ...]:
@@ -279,7 +281,7 @@ def _node_lines(node: Node, detail: str, annotate, stats) -> list[str]:
         merged = ", ".join(_local(f, node.scope) for f in node.fused)
         lines.append(f'<font point-size="8" color="#7a4b00">{_escape("fused: " + merged)}</font>')
     if detail == "high" and node.op != "input":
-        extra = fmt_shape(node.shape)
+        extra = fmt_shape(node.shape, node.items)
         if stats.params:
             extra += f"  |  {stats.params:,} params"
         if not node.trainable:

@@ -27,7 +27,8 @@ from archc.layers import ALIASES, REGISTRY  # noqa: E402
 from archc.layers.base import REQUIRED  # noqa: E402
 
 FAMILIES = {
-    "conv": "Convolutions", "pool": "Pooling", "resample": "Unpooling and upsampling",
+    "conv": "Convolutions", "pool": "Pooling", "roi": "Regions (two-stage detectors)",
+    "resample": "Unpooling and upsampling",
     "norm": "Normalisation", "activation": "Activations", "linear": "Fully connected",
     "regularize": "Regularisation", "reshape": "Reshaping", "merge": "Merging",
 }

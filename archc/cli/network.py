@@ -24,7 +24,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         }))
         return EXIT_OK
     in_text = ", ".join(f"{k} {fmt_shape(v)}" for k, v in ins.items())
-    out_text = ", ".join(f"{k} {fmt_shape(v)}" for k, v in outs.items())
+    out_text = ", ".join(f"{k} {fmt_shape(v, graph[graph.outputs[k]].items)}"
+                         for k, v in outs.items())
     print(f"{args.spec}: ok: {graph.name}, {len(graph)} nodes, {in_text} -> {out_text}")
     return EXIT_OK
 

@@ -140,7 +140,8 @@ def test_every_kind_of_layer_through_onnxruntime_and_back():
     assert {n.op for n in graph} | {"input"} >= set(REGISTRY) - {
         "avg_pool2d", "adaptive_avg_pool2d", "global_avg_pool2d", "conv2d", "relu",
         "silu", "sigmoid", "tanh", "dropout", "identity", "add", "concat", "layer_scale",
-        "leaky_relu", "relu6"}  # (these two here as fused activations)
+        "leaky_relu", "relu6",  # (these two here as fused activations)
+        "roi_align", "roi_pool"}  # need a boxes input: tests/runtime/test_roi.py
     params = initial_params(graph, None, seed=2)
     model = to_onnx(graph, params)
     onnx.checker.check_model(model, full_check=True)

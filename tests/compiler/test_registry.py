@@ -48,6 +48,8 @@ def test_documented_example_builds(op):
     layer = get_layer(op)
     rank1 = op in ("linear", "batchnorm1d", "layernorm")
     head = ("input: {features: 32}\n" if rank1 else "input: {channels: 8, height: 16, width: 16}\n")
+    if op in ("roi_align", "roi_pool"):  # feature maps and the boxes, [R, 4] per image
+        head = "inputs: {features: {channels: 8, height: 16, width: 16}, boxes: {shape: [5, 4]}}\n"
     prelude = {
         "max_unpool2d": "  - max_pool2d: 2\n    name: pool1\n  - relu\n",  # -3 is the input
         "add": "  - identity:\n    name: shortcut\n",

@@ -767,3 +767,66 @@ def test_reductions_that_cancel_keep_float32_honest():
     # the gradient of an operand broadcast along the samples
     reduced = tensor.reduce_to(kernels.to_device(np.ascontiguousarray(a.T)), (1, rows))
     np.testing.assert_allclose(reduced.copy_to_host().ravel(), exact, rtol=1e-6)
+
+
+@pytest.mark.parametrize("aligned, sampling", [(False, 0), (True, 2)])
+def test_region_kernels_match_the_cpu(aligned, sampling):
+    from runtime.backends.cpu import roi as cpu_roi
+    from runtime.backends.cuda import roi as cuda_roi
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 5, 6)).astype(np.float32)
+    boxes = np.array([[-1.0, 0.5, 7.0, 4.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 11.0, 9.5]])
+    batch = np.array([0, 1, 1])
+    y = cpu_roi.align_forward(x, boxes, batch, 0.5, (2, 3), sampling, aligned)
+    got = cuda_roi.align_forward(device(x), boxes, batch, 0.5, (2, 3), sampling, aligned)
+    np.testing.assert_allclose(got.copy_to_host(), y, rtol=1e-5, atol=1e-6)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    np.testing.assert_allclose(
+        cuda_roi.align_backward(device(gy), boxes, batch, 0.5, sampling, aligned,
+                                x.shape).copy_to_host(),
+        cpu_roi.align_backward(gy, boxes, batch, 0.5, sampling, aligned, x.shape),
+        rtol=1e-5, atol=1e-6)
+    y, where = cpu_roi.pool_forward(x, boxes, batch, 0.5, (2, 3))
+    got, got_where = cuda_roi.pool_forward(device(x), boxes, batch, 0.5, (2, 3))
+    np.testing.assert_array_equal(got.copy_to_host(), y)
+    np.testing.assert_array_equal(got_where.copy_to_host(), where)
+    np.testing.assert_allclose(
+        cuda_roi.pool_backward(device(gy), got_where, batch, x.shape).copy_to_host(),
+        cpu_roi.pool_backward(gy, where, batch, x.shape), atol=1e-6)
+
+
+def test_a_pyramid_of_region_maps_runs_on_the_device():
+    """roi_align over two levels (boxes split between them, rows put back in place) and its
+    backward, through a whole network, as on the CPU."""
+    import archc
+    from archc.lower import lower
+    from runtime.model import Model
+
+    text = """
+inputs: {image: {channels: 2, height: 8, width: 8}, boxes: {shape: [3, 4]}}
+layers:
+  - conv2d: [2, 3, 1, 1]
+    input: image
+    name: fine
+  - max_pool2d: 2
+    name: coarse
+  - roi_align: {output_size: 2, spatial_scale: [1, 1/2], sampling_ratio: 1, canonical_size: 4,
+               canonical_level: 1}
+    inputs: [fine, coarse, boxes]
+  - flatten
+  - linear: 3
+"""
+    program = lower(archc.load("p.yaml", text=text))
+    boxes = np.array([[[0, 0, 2, 2], [1, 1, 7, 7], [0, 0, 8, 8]],
+                      [[2, 2, 3, 3], [0, 1, 6, 5], [4, 4, 5, 6]]], np.float32)
+    x = {"image": np.random.default_rng(6).standard_normal((2, 2, 8, 8)).astype(np.float32),
+         "boxes": boxes}
+    host, gpu = Model(program, "cpu", seed=2).train(), Model(program, "cuda", seed=2).train()
+    expected = host(x)
+    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
+    gy = np.random.default_rng(7).standard_normal(expected.shape).astype(np.float32)
+    a, b = host.backward(gy), gpu.backward(gy)
+    np.testing.assert_allclose(b.inputs["image"], a.inputs["image"], rtol=1e-4, atol=1e-6)
+    for name in a.params:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6)

@@ -269,6 +269,62 @@ def _nothing_at_inference(e: Emitter, xs: list[str]) -> str:
     return e.emit("Identity", xs)
 
 
+def _regions(e: Emitter, boxes: str) -> tuple[str, str]:
+    """A region layer's boxes (N, R, 4) as ONNX's lists: rois (N R, 4) and the image of
+    each (int64, row // R)."""
+    rois = e.emit("Reshape", [boxes, e.ints("rois_shape", [-1, 4])])
+    count = e.emit("Shape", [rois], start=0, end=1)
+    rows = e.emit("Range", [e.const("zero", 0, np.int64), e.emit("Squeeze", [count]),
+                            e.const("one", 1, np.int64)])
+    return rois, e.emit("Div", [rows, e.const("per_image", e.model.graph[boxes].shape[0],
+                                              np.int64)])
+
+
+def _roi_align(e: Emitter, xs: list[str]) -> str:
+    """RoiAlign per map; with a pyramid, every box through every level and each kept from
+    the level FPN assigns it (floor(k0 + log2(sqrt(area) / size + 1e-6)), clamped)."""
+    a = e.node.attrs
+    *maps, boxes = xs
+    rois, images = _regions(e, boxes)
+    (ph, pw), grid = a["output_size"], max(a["sampling_ratio"], 0)
+    mode = "half_pixel" if a["aligned"] else "output_half_pixel"
+
+    def align(x, scale):
+        return e.emit("RoiAlign", [x, rois, images], mode="avg", output_height=ph,
+                      output_width=pw, sampling_ratio=grid, spatial_scale=scale,
+                      coordinate_transformation_mode=mode)
+
+    if len(maps) == 1:
+        return align(maps[0], a["spatial_scale"][0])
+    first_out = e.emit("Split", [rois, e.ints("split", [1, 1, 1, 1])], outputs=4, axis=1)
+    x1, y1, x2, y2 = [first_out] + [f"{first_out}:{k}" for k in range(1, 4)]
+    area = e.emit("Relu", [e.emit("Mul", [e.emit("Sub", [x2, x1]), e.emit("Sub", [y2, y1])])])
+    ratio = e.emit("Add", [e.emit("Div", [e.emit("Sqrt", [area]),
+                                          e.scalar(float(a["canonical_size"]))]),
+                           e.scalar(1e-6)])
+    first = round(-math.log2(a["spatial_scale"][0]))
+    k = e.emit("Floor", [e.emit("Add", [e.emit("Div", [e.emit("Log", [ratio]),
+                                                         e.scalar(math.log(2.0))]),
+                                        e.scalar(float(a["canonical_level"] - first))])])
+    level = e.emit("Clip", [k, e.scalar(0.0), e.scalar(float(len(maps) - 1))])
+    level = e.emit("Reshape", [level, e.ints("level_shape", [-1, 1, 1, 1])])
+    y = None
+    for i, (x, scale) in enumerate(zip(maps, a["spatial_scale"])):
+        part = align(x, scale)
+        y = part if y is None else e.emit(
+            "Where", [e.emit("Equal", [level, e.scalar(float(i))]), part, y])
+    return y
+
+
+def _roi_pool(e: Emitter, xs: list[str]) -> str:
+    a = e.node.attrs
+    rois, images = _regions(e, xs[1])
+    listed = e.emit("Concat", [e.emit("Unsqueeze", [e.emit("Cast", [images], to=1),
+                                                     e.ints("axis", [1])]), rois], axis=1)
+    return e.emit("MaxRoiPool", [xs[0], listed], pooled_shape=list(a["output_size"]),
+                  spatial_scale=a["spatial_scale"][0])
+
+
 def _reshape(e: Emitter, xs: list[str]) -> str:
     if e.node.op == "flatten":  # keep the leading axes, merge the rest
         shape = [0] * e.node.attrs["start_dim"] + [-1]
@@ -319,6 +375,8 @@ EMITTERS: dict[str, Callable[[Emitter, list[str]], str]] = {
     "unpool2d": _unpool2d,
     "upsample": _upsample,
     "center_crop": _center_crop,
+    "roi_align": _roi_align,
+    "roi_pool": _roi_pool,
     "batchnorm2d": _batchnorm,
     "batchnorm1d": _batchnorm,
     "layernorm2d": _layernorm,

@@ -435,6 +435,10 @@ NOT_READ: dict[str, str] = {
     "unpool2d": "written as a nearest Resize or a scatter composition, which import as those",
     "center_crop": "written as two slices, which import as slices",
     "stochastic_depth": "nothing at inference: ONNX has no operator for it",
+    "roi_align": "written as RoiAlign after a reshape of the boxes and their image indices "
+                 "(and a level choice for a pyramid), which import does not gather back",
+    "roi_pool": "written as MaxRoiPool after a reshape of the boxes and their image indices, "
+                "which import does not gather back",
 }
 
 

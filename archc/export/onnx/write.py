@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from archc.errors import OnnxError
 from archc.export.onnx.emitter import (
     NAMES_KEY,
@@ -41,6 +43,16 @@ def _rename_output(builder: Builder, emitted: str, name: str) -> None:
         if emitted in proto.output:
             proto.output[list(proto.output).index(emitted)] = name
             return
+
+
+def _renamed(builder: Builder, old: str, new: str) -> str:
+    """Call tensor ``old`` ``new`` wherever the operators write or read it."""
+    for proto in builder.nodes:
+        for names in (proto.input, proto.output):
+            for i, tensor in enumerate(names):
+                if tensor == old:
+                    names[i] = new
+    return new
 
 
 def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
@@ -76,9 +88,17 @@ def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
 
     outputs = []
     for key, name in graph.outputs.items():
-        if key != name:  # an output named apart from its layer
+        items, shape = graph[name].items, graph[name].shape
+        if items > 1:  # one row per box inside; (N, R, ...) out, as the runtime gives it
+            rows = _renamed(builder, name, f"{name}/rows") if key == name else name
+            builder.nodes.append(helper.make_node(
+                "Reshape", [rows, builder.constant(f"output/{key}/shape",
+                                                    np.array([-1, items, *shape], np.int64))],
+                [key], name=f"output/{key}"))
+            shape = (items, *shape)
+        elif key != name:  # an output named apart from its layer
             builder.nodes.append(helper.make_node("Identity", [name], [key], name=f"output/{key}"))
-        outputs.append(value(key, graph[name].shape))
+        outputs.append(value(key, shape))
     model = onnx.ModelProto(ir_version=8,  # what opset 17 needs; onnxruntime >= 1.12 reads it
                             producer_name="archc", doc_string=doc)
     model.opset_import.append(helper.make_opsetid("", OPSET))
