@@ -371,11 +371,5 @@ def concat(op, xs, p, ctx):
     return np.concatenate(xs, axis=op.attrs["dim"])
 
 
-@kernel("roi_align")
-def roi_align(op, xs, p, ctx):
-    return roi.align_layer(op, xs, roi.NUMPY)
-
-
-@kernel("roi_pool")
-def roi_pool(op, xs, p, ctx):
-    return roi.pool_layer(op, xs, roi.NUMPY, ctx.indices)
+for _kind, (_forward, _) in roi.layer_kernels(roi.NUMPY).items():
+    KERNELS[_kind] = _forward  # RoI Align and Pool: runtime/backends/roi.py

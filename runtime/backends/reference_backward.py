@@ -338,11 +338,5 @@ for _kind in ("conv2d", "linear", "batchnorm2d", "batchnorm1d"):
     BACKWARD[_kind] = fused_backward(BACKWARD[_kind], activation_grad)
 
 
-@backward("roi_align")
-def roi_align(op, xs, y, gy, p, ctx):
-    return roi.align_layer_backward(op, xs, gy, roi.NUMPY), {}
-
-
-@backward("roi_pool")
-def roi_pool(op, xs, y, gy, p, ctx):
-    return roi.pool_layer_backward(op, xs, gy, roi.NUMPY, ctx.indices), {}
+for _kind, (_, _backward) in roi.layer_kernels(roi.NUMPY).items():
+    BACKWARD[_kind] = _backward  # RoI Align and Pool: runtime/backends/roi.py

@@ -309,3 +309,14 @@ def pool_layer(op, xs: list, impl: Kernels, indices: dict):
 def pool_layer_backward(op, xs: list, gy, impl: Kernels, indices: dict) -> list:
     maps, b, batch = _boxes(xs, impl)
     return [impl.pool_backward(gy, indices[op.output], batch, maps[0].shape), None]
+
+
+def layer_kernels(impl: Kernels) -> dict:
+    """A backend's op-table entries for the region layers: kind -> (forward, backward)."""
+    return {
+        "roi_align": (lambda op, xs, p, ctx: align_layer(op, xs, impl),
+                      lambda op, xs, y, gy, p, ctx: (align_layer_backward(op, xs, gy, impl), {})),
+        "roi_pool": (lambda op, xs, p, ctx: pool_layer(op, xs, impl, ctx.indices),
+                     lambda op, xs, y, gy, p, ctx: (
+                         pool_layer_backward(op, xs, gy, impl, ctx.indices), {})),
+    }

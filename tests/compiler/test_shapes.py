@@ -14,11 +14,7 @@ import torch_twins
 from layer_cases import archc_shape, draw_case, pair
 from archc.layers import REGISTRY, get_layer
 
-# torchvision's ops (RoI Align and Pool), which the torch oracle lacks: their shape rule is
-# held to the kernels' outputs and to torchvision's definition in tests/runtime/test_roi.py
-TORCHVISION_OPS = {"roi_align", "roi_pool"}
-SHAPED_OPS = sorted(op for op, layer in REGISTRY.items()
-                    if not layer.internal and op not in TORCHVISION_OPS)
+SHAPED_OPS = sorted(op for op, layer in REGISTRY.items() if not layer.internal)
 
 def torch_shape(op: str, attrs: dict, in_shapes: list):
     try:
@@ -78,7 +74,7 @@ def test_every_user_layer_has_a_shape_strategy():
                "adaptive_max_pool2d", "max_unpool2d", "unpool2d", "upsample", "batchnorm2d",
                "batchnorm1d", "layernorm2d", "layernorm", "local_response_norm", "layer_scale",
                "linear", "flatten", "reshape", "permute", "channel_shuffle", "add", "multiply",
-               "slice", "center_crop",
+               "slice", "center_crop", "roi_align", "roi_pool",
                "concat", "softmax", "global_avg_pool2d", "global_max_pool2d"}
     for op in SHAPED_OPS:
         if op not in special:

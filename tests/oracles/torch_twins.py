@@ -164,7 +164,28 @@ def apply(op: str, attrs: dict, mod, xs: list):
     if op == "upsample":
         kw = {"align_corners": attrs["align_corners"]} if attrs["mode"] == "bilinear" else {}
         return F.interpolate(xs[0], size=tuple(xs[1].shape[2:]), mode=attrs["mode"], **kw)
+    if op in ("roi_align", "roi_pool"):
+        return _regions(op, attrs, *xs)
     raise KeyError(op)
+
+
+def _regions(op: str, attrs: dict, x, boxes):
+    """torchvision's roi_align / roi_pool (not installable beside torch here), as its
+    definition written out point by point (tests/support/roi_naive.py) on torch tensors:
+    autograd gives its gradients. The boxes (N, R, 4) join the batch, as in archc."""
+    import roi_naive
+
+    n, r = boxes.shape[:2]
+    flat = boxes.detach().reshape(n * r, 4).tolist()
+    batch = [i // r for i in range(n * r)]
+    scale, pooled = attrs["spatial_scale"][0], tuple(attrs["output_size"])
+    if op == "roi_pool":
+        rows = roi_naive.roi_pool(x, flat, batch, scale, pooled)
+    else:
+        rows = roi_naive.roi_align(x, flat, batch, scale, pooled, attrs["sampling_ratio"],
+                                   attrs["aligned"])
+    y = roi_naive.stack(rows, torch).to(x.dtype)
+    return y if y.requires_grad or not x.requires_grad else y + 0 * x.sum()
 
 
 def run(op: str, attrs: dict, in_shapes: list, batch: int = 2) -> tuple[int, ...]:

@@ -90,6 +90,14 @@ def draw_case(draw, op: str, valid: bool = False) -> tuple[dict, list]:
                 [shape])
     if op == "center_crop":
         return {}, [fmap(draw), fmap(draw)]
+    if op in ("roi_align", "roi_pool"):  # small: the torch twin samples point by point
+        attrs = {"output_size": draw(st.tuples(st.integers(1, 3), st.integers(1, 3))),
+                 "spatial_scale": (draw(st.sampled_from([1.0, 0.5, 0.25])),)}
+        if op == "roi_align":
+            attrs.update(sampling_ratio=draw(st.sampled_from([-1, 0, 1, 2])),
+                         aligned=draw(st.booleans()), canonical_level=4, canonical_size=224)
+        channels, size = draw(st.integers(1, 2)), st.integers(1, 6)
+        return attrs, [(channels, draw(size), draw(size)), (draw(st.integers(1, 2)), 4)]
     if op == "upsample" and draw(st.booleans()):
         mode = draw(st.sampled_from(["nearest", "bilinear"]))
         return ({"scale_factor": None, "size": None, "mode": mode,

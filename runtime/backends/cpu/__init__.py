@@ -33,8 +33,8 @@ for _kind in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
 KERNELS["unpool2d"], BACKWARD["unpool2d"] = pool.unpool_forward, pool.unpool_backward
 KERNELS["max_unpool2d"] = pool.max_unpool_forward
 BACKWARD["max_unpool2d"] = pool.max_unpool_backward
-KERNELS["roi_align"], BACKWARD["roi_align"] = roi.roi_align_forward, roi.roi_align_backward
-KERNELS["roi_pool"], BACKWARD["roi_pool"] = roi.roi_pool_forward, roi.roi_pool_backward
+for _kind, (_forward, _backward) in roi.LAYERS.items():
+    KERNELS[_kind], BACKWARD[_kind] = _forward, _backward
 KERNELS["upsample"], BACKWARD["upsample"] = resample.upsample_forward, resample.upsample_backward
 KERNELS["add"] = tensor.add_forward
 KERNELS["multiply"], BACKWARD["multiply"] = tensor.multiply_forward, tensor.multiply_backward

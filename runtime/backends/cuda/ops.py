@@ -457,5 +457,5 @@ for _kind in ("dropout", "stochastic_depth"):
     DEVICE_KERNELS[_kind], DEVICE_BACKWARD[_kind] = dropout_forward, dropout_backward
 
 
-DEVICE_KERNELS.update(roi_align=R_roi.roi_align_forward, roi_pool=R_roi.roi_pool_forward)
-DEVICE_BACKWARD.update(roi_align=R_roi.roi_align_backward, roi_pool=R_roi.roi_pool_backward)
+for _kind, (_forward, _backward) in R_roi.LAYERS.items():
+    DEVICE_KERNELS[_kind], DEVICE_BACKWARD[_kind] = _forward, _backward

@@ -156,17 +156,5 @@ KERNELS = roi.Kernels(align_forward, align_backward, pool_forward, pool_backward
                       _take, _host)
 
 
-def roi_align_forward(op, xs, p, ctx):
-    return roi.align_layer(op, xs, KERNELS)
-
-
-def roi_align_backward(op, xs, y, gy, p, ctx):
-    return roi.align_layer_backward(op, xs, gy, KERNELS), {}
-
-
-def roi_pool_forward(op, xs, p, ctx):
-    return roi.pool_layer(op, xs, KERNELS, ctx.indices)
-
-
-def roi_pool_backward(op, xs, y, gy, p, ctx):
-    return roi.pool_layer_backward(op, xs, gy, KERNELS, ctx.indices), {}
+LAYERS = roi.layer_kernels(KERNELS)
+"""roi_align and roi_pool: (forward, backward) over these kernels."""
