@@ -14,6 +14,7 @@ from archc.layers.costs import (
 from archc.layers.base import (
     Init,
     Attr,
+    AttrError,
     Bool,
     Float,
     Int,
@@ -52,11 +53,25 @@ def _affine_params(key: str):
     return rule
 
 
+def _bn_params(attrs: dict, inputs: list) -> dict:
+    """A frozen batch norm's scale and shift are buffers (torchvision's FrozenBatchNorm2d)."""
+    return {} if attrs.get("frozen") else _affine_params("affine")(attrs, inputs)
+
+
 def _bn_buffers(attrs: dict, inputs: list) -> dict:
     if not attrs["track_running_stats"]:
         return {}
     c = inputs[0][0]
+    if attrs.get("frozen"):  # FrozenBatchNorm2d's state: no counter
+        scale = _affine_params("affine")(attrs, inputs)
+        return {**scale, "running_mean": (c,), "running_var": (c,)}
     return {"running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+
+
+def _validate_bn(attrs: dict) -> None:
+    if attrs.get("frozen") and not attrs["track_running_stats"]:
+        raise AttrError("a frozen batch norm normalises with its running statistics: it "
+                        "needs track_running_stats: true", attr="frozen")
 
 
 def _bn_shape(op: str, rank: int):
@@ -114,6 +129,8 @@ _BN_ATTRS = (
     Attr("track_running_stats", Bool(), True, "keep running mean/variance for inference"),
     Attr("num_features", Optional(Int(minimum=1)), None, "optional check of the channel count"),
     ACTIVATION_ATTR,
+    Attr("frozen", Bool(), False, "normalise with the running statistics in training too, "
+         "scale and shift fixed (torchvision's FrozenBatchNorm2d: all four are buffers)"),
 )
 
 def _batchnorm(op: str, rank: int, doc: str) -> LayerType:
@@ -129,7 +146,8 @@ def _batchnorm(op: str, rank: int, doc: str) -> LayerType:
         infer_shape=_bn_shape(op, rank),
         example=f"- {op}",
         arity=(1, 2),
-        parameters=_affine_params("affine"),
+        validate=_validate_bn,
+        parameters=_bn_params,
         buffers=_bn_buffers,
         cost=_BN_COST,
         receptive_field=_bn_rf,

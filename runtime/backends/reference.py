@@ -236,11 +236,17 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
+def batch_statistics(attrs: dict, train: bool) -> bool:
+    """Whether a batch norm normalises with the batch's statistics (training, unless frozen;
+    always without running statistics) rather than its running ones."""
+    return (train and not attrs.get("frozen", False)) or not attrs["track_running_stats"]
+
+
 @kernel("batchnorm2d", "batchnorm1d")
 def batchnorm(op, xs, p, ctx):
     x, a = xs[0], op.attrs
     axes = (0,) + tuple(range(2, x.ndim))
-    if ctx.train or not a["track_running_stats"]:
+    if batch_statistics(a, ctx.train):
         mean, var = x.mean(axis=axes), x.var(axis=axes)
         count = x.size // x.shape[1]
         if ctx.sync_bn is not None:  # the statistics of every process's batch

@@ -830,3 +830,27 @@ layers:
     np.testing.assert_allclose(b.inputs["image"], a.inputs["image"], rtol=1e-4, atol=1e-6)
     for name in a.params:
         np.testing.assert_allclose(b.params[name], a.params[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_frozen_batch_norm_trains_with_its_running_statistics():
+    import archc
+
+    text = """
+input: {channels: 2, height: 4, width: 4}
+layers:
+  - conv2d: {out_channels: 3, kernel_size: 3, padding: 1, bias: false}
+  - batchnorm2d: {frozen: true}
+  - relu
+"""
+    graph = archc.load("f.yaml", text=text)
+    host, gpu = archc.compile(graph, "cpu", seed=4), archc.compile(graph, "cuda", seed=4)
+    params = host.params
+    params["batchnorm2d.running_mean"] = np.array([0.5, -1.0, 0.2], np.float32)
+    params["batchnorm2d.running_var"] = np.array([2.0, 0.5, 1.5], np.float32)
+    host.params = gpu.params = params
+    x = np.random.default_rng(8).standard_normal((3, 2, 4, 4)).astype(np.float32)
+    expected = host.eval().predict(x)
+    agree(gpu.train(), host.train(), x)
+    np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gpu.params["batchnorm2d.running_mean"],
+                                  params["batchnorm2d.running_mean"])

@@ -18,6 +18,7 @@ from runtime.backends.cpu.elementwise import (
 )
 from runtime.backends.cpu.lowlevel import unit_stride
 from runtime.backends.epilogue import activation_of, keep_pre_activation, needs_pre_activation
+from runtime.backends.reference import batch_statistics
 from runtime.config import PARALLEL
 
 
@@ -75,7 +76,7 @@ def _normalise(op, xs, ctx, scale, shift):
 
 def batchnorm_forward(op, xs, p, ctx):
     a = op.attrs
-    if ctx.train or not a["track_running_stats"]:
+    if batch_statistics(a, ctx.train):
         return batchnorm_train_forward(op, xs, p, ctx)
     x = np.ascontiguousarray(xs[0])
     scale = 1.0 / np.sqrt(p["running_var"] + a["eps"])

@@ -15,6 +15,7 @@ from runtime.backends.cuda import roi as R_roi
 from runtime.backends.cuda import tensor as T
 from runtime.backends.cuda import training
 from runtime.backends.cuda.kernels import to_device
+from runtime.backends.reference import batch_statistics
 from runtime.backends.epilogue import (
     activation_of,
     fused_backward,
@@ -280,7 +281,7 @@ DEVICE_BACKWARD.update(upsample=upsample_backward, unpool2d=unpool_backward,
 
 def batchnorm_forward(op, xs, p, ctx):
     a = op.attrs
-    if ctx.train or not a["track_running_stats"]:  # the batch's statistics
+    if batch_statistics(a, ctx.train):  # the batch's statistics
         running = ((p["running_mean"], p["running_var"], p["num_batches_tracked"],
                     a["momentum"]) if ctx.train and a["track_running_stats"] else ())
         mean, var = training.batch_stats(xs[0], *running)
