@@ -36,6 +36,8 @@ class Node:
     fused : the layers an optimisation pass merged into this one, as ``name (op)``.
     items : outputs per image, once inferred: 1, or a region layer's boxes per image
         (they join the batch: the runtime holds ``N * items`` of ``shape``).
+    shares : the node whose parameters and buffers this one uses (a spec's ``shares:``:
+        one head applied to every level of a pyramid), or None: its own.
     """
 
     name: str
@@ -49,6 +51,7 @@ class Node:
     trace: tuple[str, ...] = ()
     fused: tuple[str, ...] = ()
     items: int = 1
+    shares: str | None = None
 
     def describe(self) -> str:
         shape = fmt_shape(self.shape, self.items) if self.shape is not None else "?"

@@ -52,6 +52,9 @@ def lower(graph: Graph) -> Program:
         params[full] = ParamSpec(shape, buffer=buffer, trainable=node.trainable and not buffer,
                                  dtype="int64" if role == "num_batches_tracked" else "float32",
                                  init=_init(node, role, shapes[node.name]))
+    for node in graph:  # a sharer reads its owner's parameters under their names
+        if node.shares is not None:
+            roles[node.name] = dict(roles.get(node.shares, {}))
     ops = []
     for node in graph:
         if node.op == "input":

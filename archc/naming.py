@@ -93,9 +93,10 @@ def read_rules(raw: Any, loc_of) -> list[NameRule]:
 
 
 def parameter_roles(graph: Graph):
-    """(layer, role, shape, is_buffer) of every parameter and buffer, in graph order."""
+    """(layer, role, shape, is_buffer) of every parameter and buffer, in graph order (a
+    layer that shares another's weights has none)."""
     for node in graph:
-        if node.op == "input":
+        if node.op == "input" or node.shares is not None:  # a sharer holds none of its own
             continue
         layer = get_layer(node.op)
         in_shapes = [graph[i].shape for i in node.inputs]

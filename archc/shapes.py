@@ -42,7 +42,32 @@ def infer_shapes(graph: Graph) -> Graph:
             )
         node.shape = shape
         node.items = _items(graph, node, layer, in_shapes)
+    for node in graph:
+        if node.shares is not None:
+            _check_shared(graph, node)
     return graph
+
+
+def _tables(graph: Graph, node) -> dict:
+    layer, in_shapes = get_layer(node.op), [graph[i].shape for i in node.inputs]
+    return {**layer.parameters(node.attrs, in_shapes), **layer.buffers(node.attrs, in_shapes)}
+
+
+def _check_shared(graph: Graph, node) -> None:
+    """A node that uses another's weights must be the same layer with the same shapes."""
+    owner = graph[node.shares]
+    mine, theirs = _tables(graph, node), _tables(graph, owner)
+    if not mine and not theirs and owner.op == node.op:  # nothing to share (an activation)
+        node.shares = None
+        return
+    if owner.op != node.op or mine != theirs:
+        what = (f"is {node.op}, '{owner.name}' is {owner.op}" if owner.op != node.op else
+                "needs parameters " + ", ".join(f"{k} {fmt_shape(v)}" for k, v in mine.items())
+                + f" but '{owner.name}' holds "
+                + ", ".join(f"{k} {fmt_shape(v)}" for k, v in theirs.items()))
+        raise SpecError(f"layer '{node.name}' cannot share the weights of '{owner.name}': it "
+                        f"{what}", node.loc, "a shared layer must see inputs of the same "
+                        "channels as the one it shares with", notes=list(node.trace))
 
 
 def _items(graph: Graph, node, layer, in_shapes: list) -> int:

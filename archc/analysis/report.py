@@ -50,6 +50,7 @@ class NodeReport:
     bound: str | None = None
     fused: tuple[str, ...] = ()  # the layers an optimisation pass merged into this one
     items: int = 1  # outputs per image (a region layer's boxes join the batch)
+    shares: str | None = None  # the layer whose weights it uses (counted there)
     epilogue: str = ""  # what its kernel does after the product: "+add +relu"
 
     @property
@@ -68,7 +69,7 @@ class NodeReport:
     def to_dict(self) -> dict:
         return {
             "name": self.name, "op": self.op, "scope": list(self.scope),
-            "output_shape": list(self.output_shape), "items": self.items,
+            "output_shape": list(self.output_shape), "items": self.items, "shares": self.shares,
             "params": self.params,
             "trainable_params": self.trainable_params, "param_bytes": FLOAT_BYTES * self.params,
             "macs": self.macs, "flops": self.flops,
@@ -163,8 +164,9 @@ def analyse(graph: Graph, batch: int = 1, device: Device | None = None) -> Repor
     for node in graph:
         layer = get_layer(node.op)
         in_shapes = [graph[i].shape for i in node.inputs]
-        params = _count(layer.parameters(node.attrs, in_shapes))
-        buffers = layer.buffers(node.attrs, in_shapes)
+        own = node.shares is None  # a sharer's weights are counted once, at their owner
+        params = _count(layer.parameters(node.attrs, in_shapes)) if own else 0
+        buffers = layer.buffers(node.attrs, in_shapes) if own else {}
         per = batch * node.items  # a region layer's boxes join the batch
         out_bytes = FLOAT_BYTES * per * math.prod(node.shape)
         is_view = owner[node.name] != node.name
@@ -174,7 +176,7 @@ def analyse(graph: Graph, batch: int = 1, device: Device | None = None) -> Repor
             + FLOAT_BYTES * params)
         nodes.append(NodeReport(
             name=node.name, op=node.op, scope=node.scope, output_shape=node.shape,
-            items=node.items,
+            items=node.items, shares=node.shares,
             params=params, trainable_params=params if node.trainable else 0,
             buffer_elements=_count(buffers),
             macs=per * layer.cost.macs(node.attrs, in_shapes, node.shape),

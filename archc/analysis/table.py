@@ -81,7 +81,8 @@ def _block_row(block: BlockReport, parent: str | None) -> str:
 def _node_row(node: NodeReport) -> str:
     parent = node.scope[-1] if node.scope else None
     name = "  " * len(node.scope) + _local(node.name, parent)
-    return _row([name, node.kind, fmt_shape(node.output_shape, node.items), f"{node.params:,}" if node.params else "-",
+    params = f"{node.params:,}" if node.params else "shared" if node.shares else "-"
+    return _row([name, node.kind, fmt_shape(node.output_shape, node.items), params,
                  human(node.macs) if node.macs else "-", node.receptive_field.describe()])
 
 

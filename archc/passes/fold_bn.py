@@ -16,7 +16,7 @@ import numpy as np
 from archc.ir import Graph
 from archc.layers import get_layer
 from archc.passes.manager import Params, Pass, PassResult, register
-from archc.passes.rewrite import absorb, set_inputs, sole_user
+from archc.passes.rewrite import absorb, set_inputs, shares_weights, sole_user
 
 FOLDS_INTO = {"batchnorm2d": ("conv2d", "conv_transpose2d"), "batchnorm1d": ("linear",)}
 BN_ROLES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -70,6 +70,7 @@ def fold_bn(graph: Graph, params: Params | None, options: dict) -> PassResult:
             continue
         layer = out[bn.inputs[0]]
         if (layer.op not in FOLDS_INTO[bn.op] or len(layer.inputs) != 1
+                or shares_weights(out, layer) or shares_weights(out, bn)
                 or layer.attrs.get("activation") is not None
                 or sole_user(out, layer.name) != bn.name
                 or not _takes_epilogue(layer.op, bn)):

@@ -41,6 +41,12 @@ def remove(graph: Graph, name: str) -> None:
     graph.nx.remove_node(name)
 
 
+def shares_weights(graph: Graph, node) -> bool:
+    """Whether ``node``'s parameters are also another node's (``shares:``, either way): a
+    pass that rewrites weights leaves such a layer alone."""
+    return node.shares is not None or any(n.shares == node.name for n in graph)
+
+
 def sole_user(graph: Graph, name: str) -> str | None:
     """The one node that reads ``name``, when exactly one does (through one input) and the
     value is not also a graph output; otherwise None (the value is needed elsewhere)."""

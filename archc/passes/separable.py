@@ -30,7 +30,7 @@ from archc.ir import Graph, Node
 from archc.layers import get_layer
 from archc.layers.conv import resolve_padding
 from archc.passes.manager import Option, Params, Pass, PassResult, matches, register
-from archc.passes.rewrite import fresh_name, set_inputs
+from archc.passes.rewrite import fresh_name, set_inputs, shares_weights
 from archc.shapes import infer_shapes
 
 
@@ -113,7 +113,8 @@ def separable(graph: Graph, params: Params | None, options: dict) -> PassResult:
     result = PassResult(out, params)
     for node in list(out):
         if node.op != "conv2d" or node.attrs["groups"] != 1 or \
-                tuple(node.attrs["kernel_size"]) == (1, 1) or not matches(node.name, options["match"]):
+                tuple(node.attrs["kernel_size"]) == (1, 1) or not matches(node.name, options["match"]) \
+                or shares_weights(out, node):
             continue
         c, o = out[node.inputs[0]].shape[0], node.attrs["out_channels"]
         kh, kw = node.attrs["kernel_size"]
@@ -300,7 +301,8 @@ def low_rank(graph: Graph, params: Params | None, options: dict) -> PassResult:
         result.notes.append("no evaluator given to run the network: errors are measured on "
                             "the weights, not outputs")
     for node in list(out):
-        if not _eligible(node, mode) or not matches(node.name, options["match"]):
+        if not _eligible(node, mode) or not matches(node.name, options["match"]) \
+                or shares_weights(out, node):
             continue
         macs, count = _macs(out, node), _params_of(out, node)
         layer = _Layer(out, node, params, mode, values.get(node.inputs[0]), evaluate)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from archc.errors import Loc, SpecError, did_you_mean
 from archc.spec.loader import SpecList, SpecMap
 
-ENTRY_KEYS = ("name", "input", "inputs", "repeat", "trainable", "when")
+ENTRY_KEYS = ("name", "input", "inputs", "repeat", "trainable", "when", "shares")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 # A layer's name may be a dotted path (``layer1.0.conv1``): specs archc writes keep each
 # layer's full name, so that its parameters keep theirs.
@@ -72,6 +72,8 @@ class Entry:
     when: Any = _UNSET
     when_loc: Loc | None = None
     trainable: bool | None = None
+    shares: str | None = None
+    shares_loc: Loc | None = None
 
     @property
     def has_when(self) -> bool:
@@ -147,6 +149,12 @@ def parse_entry(item: Any, loc: Loc, is_op: Callable[[str], bool]) -> Entry:
         if not isinstance(item["trainable"], bool):
             raise SpecError("'trainable' must be true or false", item.value_loc("trainable"))
         entry.trainable = item["trainable"]
+    if "shares" in item:
+        if not isinstance(item["shares"], str) or not LAYER_NAME_PATTERN.match(item["shares"]):
+            raise SpecError("'shares' names an earlier layer or block whose weights this entry "
+                            f"uses, got {item['shares']!r}", item.value_loc("shares"),
+                            "e.g. shares: rpn_p2")
+        entry.shares, entry.shares_loc = item["shares"], item.value_loc("shares")
     return entry
 
 

@@ -147,6 +147,36 @@ class _Expander:
 
     def _expand_entry(self, entry: Entry, kind: str, what: Any, frame: Frame,
                       inputs: list[str]) -> str:
+        if entry.shares is None:
+            return self._expand_entry_body(entry, kind, what, frame, inputs)
+        first = len(self.graph)
+        output = self._expand_entry_body(entry, kind, what, frame, inputs)
+        self._share(entry, frame, list(self.graph)[first:])
+        return output
+
+    def _share(self, entry: Entry, frame: Frame, made: list) -> None:
+        """Point each node an entry made at its counterpart (same place in the block, or
+        the layer itself) under the entry ``shares`` names; archc.shapes checks that the
+        two hold parameters of the same shapes."""
+        here = frame.full(entry.name)
+        there = frame.full(entry.shares)
+        known = there in self.graph or there in self.graph.blocks
+        if not known or there == here:
+            raise SpecError(f"'shares: {entry.shares}' names no earlier layer or block", entry.shares_loc,
+                            did_you_mean(entry.shares, frame.visible_names())
+                            or "name an entry above this one, in the same list")
+        for node in made:
+            rest = node.name[len(here):]
+            partner = there + rest
+            if partner not in self.graph or partner == node.name:
+                raise SpecError(f"'{node.name}' has no counterpart '{partner}' in "
+                                f"'{entry.shares}' to share weights with", entry.shares_loc,
+                                "the two entries must be the same layer or block, built alike")
+            owner = self.graph[partner]
+            node.shares = owner.shares or owner.name
+
+    def _expand_entry_body(self, entry: Entry, kind: str, what: Any, frame: Frame,
+                           inputs: list[str]) -> str:
         trainable = frame.trainable if entry.trainable is None else entry.trainable
         repeat = self._repeat(entry, frame)
         if repeat is None:

@@ -58,7 +58,7 @@ class Emitter:
 
     def param(self, role: str) -> str:
         """The initializer of one of the layer's parameters (``weight``, ``running_mean``)."""
-        return self.model.initializer(f"{self.node.name}.{role}")
+        return self.model.initializer(f"{self.node.shares or self.node.name}.{role}")
 
     def const(self, tag: str, value, dtype=np.float32) -> str:
         """A constant tensor of this layer (a shape, a scale), as an initializer."""
