@@ -237,8 +237,13 @@ class _Drawing:
         name = first if len(item.paths) == 1 else f"{first} .. {last}"
         title = item.block + (f" x{item.count}" if item.count > 1 else "")
         shape = fmt_shape(self.graph[item.output].shape, self.graph[item.output].items)
+        shared = {n.shares[:len(n.shares) - len(n.name) + len(p)] for p in item.paths
+                  for n in self.graph if n.shares and n.name.startswith(p + ".")
+                  and n.shares.endswith(n.name[len(p):])}  # the block it shares with
+        weights = (f"weights of {', '.join(sorted(shared))}" if shared and not params
+                   else f"{params:,} params")
         lines = [f"<b>{_escape(name)}</b>", _escape(title),
-                 f'<font point-size="8">{shape}  |  {params:,} params  |  {human(macs)} MACs</font>']
+                 f'<font point-size="8">{shape}  |  {_escape(weights)}  |  {human(macs)} MACs</font>']
         if item.output in self.outputs:
             lines.append("<i>output</i>")
         container.node(item.id, "<" + "<br/>".join(lines) + ">", shape="box3d",

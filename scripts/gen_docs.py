@@ -331,7 +331,9 @@ def architectures_markdown() -> str:
         header = path.read_text().split("\n", 1)[0].lstrip("# ")
         network = header.split(" (")[0].split(",")[0]
         inputs = ", ".join(fmt_shape(report.inputs[k]) for k in report.inputs)
-        outputs = ", ".join(fmt_shape(tuple(o["shape"])) for o in report.outputs.values())
+        shapes = [fmt_shape(tuple(o["shape"]), o["items"]) for o in report.outputs.values()]
+        outputs = ", ".join(shapes if len(shapes) <= 4 else  # a detector's many heads
+                            shapes[:2] + [f"... ({len(shapes)} outputs)"])
         fields = []
         gated = any(n.op == "multiply" and n.receptive_field.whole for n in report.nodes)
         for out in report.outputs.values():
@@ -344,14 +346,17 @@ def architectures_markdown() -> str:
         lines.append(
             f"| [`{path.stem}`](../specs/{path.name}) | {network} | "
             f"{report.totals['params']:,} | {human(report.totals['macs'])} | {inputs} | "
-            f"{outputs} | {', '.join(fields)} | [svg](images/library/{path.stem}.svg) |")
+            f"{outputs} | {', '.join(dict.fromkeys(fields))} | "
+            f"[svg](images/library/{path.stem}.svg) |")
     lines += ["", "Variants by variables: `archc summary specs/efficientnet.yaml --set variant=b4`,",
               "`--set width_mult=0.5` for MobileNetV2, `--set alpha=0.5` for MobileNet v1,",
               "`--set \"blocks=[3, 8, 36, 3]\"` for ResNet-152 from `resnet50.yaml`,",
               "`--set depth=110` for the CIFAR ResNet-110 from `resnet20.yaml`,",
               "`--set padding=1 --set resolution=256` for the 'same' U-Net,",
               "`--set upsampling=transposed` for FCN with learned upsampling,",
-              "`--set S=13 --set B=3 --set C=80` for a 13x13 YOLO grid.", ""]
+              "`--set S=13 --set B=3 --set C=80` for a 13x13 YOLO grid,",
+              "`--set frozen_bn=true` for the detectors as torchvision builds them (frozen batch",
+              "norms: 41,755,286 parameters for Faster R-CNN).", ""]
     return "\n".join(lines)
 
 

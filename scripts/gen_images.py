@@ -20,6 +20,7 @@ IMAGES = {
     "googlenet_inception.png": ("googlenet", {"collapse": ["basic_conv"]}),
     "unet_collapsed.png": ("unet", {"collapse": 1}),
     "unet.png": ("unet", {"rankdir": "LR"}),
+    "faster_rcnn_fpn.png": ("faster_rcnn", {"collapse": ["resnet_body", "rpn_head"]}),
 }
 
 

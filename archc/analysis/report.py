@@ -199,7 +199,7 @@ def analyse(graph: Graph, batch: int = 1, device: Device | None = None) -> Repor
 
 
 def _output_record(graph: Graph, name: str, fields: dict) -> dict:
-    record = {"node": name, "shape": list(graph[name].shape),
+    record = {"node": name, "shape": list(graph[name].shape), "items": graph[name].items,
               "receptive_field": fields[name].to_dict()}
     if fields[name].whole:
         # What a reader wants next: the widest field the network had before it went global.

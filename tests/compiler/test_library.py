@@ -40,6 +40,14 @@ TORCHVISION = [
     ("shufflenet_v2", {}, 2_278_604, 0.14),
     ("fcn", {}, 32_957_013, None),
     ("deeplab", {}, 39_638_869, None),
+    # detectors: torchvision's documented counts hold its frozen batch norms as buffers;
+    # built with batch norms that train (its norm_layer=BatchNorm2d) they count 53,120 more
+    ("faster_rcnn", {"frozen_bn": True}, 41_755_286, None),
+    ("faster_rcnn", {}, 41_808_406, None),
+    ("mask_rcnn", {"frozen_bn": True}, 44_401_393, None),
+    ("mask_rcnn", {}, 44_454_513, None),
+    ("retinanet", {"frozen_bn": True}, 34_014_999, None),
+    ("retinanet", {}, 34_068_119, None),
 ]
 
 
@@ -59,7 +67,8 @@ def test_every_spec_checks_analyses_and_draws(spec, tmp_path):
 
 
 @pytest.mark.parametrize("spec, variables, params, gmacs", TORCHVISION,
-                         ids=[f"{s}-{v.get('variant', '')}" for s, v, _, _ in TORCHVISION])
+                         ids=[s + "".join(f"-{k}={v}" for k, v in v.items())
+                              for s, v, _, _ in TORCHVISION])
 def test_torchvision_numbers(spec, variables, params, gmacs):
     totals = analyse(archc.load(SPECS / f"{spec}.yaml", **variables)).totals
     assert totals["params"] == params
@@ -146,5 +155,33 @@ def test_variants_are_not_copies():
     """Variants extend the spec they vary instead of repeating it."""
     for variant, base in (("resnet34", "resnet18"), ("vgg16_bn", "vgg16"),
                           ("squeezenet1_1", "squeezenet1_0"), ("fcn", "resnet50"),
-                          ("deeplab", "fcn")):
+                          ("deeplab", "fcn"), ("mask_rcnn", "faster_rcnn"),
+                          ("retinanet", "faster_rcnn")):
         assert f"extends: {base}.yaml" in (SPECS / f"{variant}.yaml").read_text()
+
+
+def test_detectors_use_torchvisions_state_dict_names():
+    from archc.lower import lower
+
+    def names(spec, **variables):
+        program = lower(archc.load(SPECS / f"{spec}.yaml", **variables))
+        return {program.torch_names.get(k, k) for k in program.params}
+
+    faster = names("faster_rcnn", frozen_bn=True)
+    assert {"backbone.body.conv1.weight", "backbone.body.bn1.running_var",
+            "backbone.body.layer4.2.conv3.weight", "backbone.body.layer1.0.downsample.1.weight",
+            "backbone.fpn.inner_blocks.0.0.weight", "backbone.fpn.layer_blocks.3.0.bias",
+            "rpn.head.conv.0.0.weight", "rpn.head.cls_logits.weight", "rpn.head.bbox_pred.bias",
+            "roi_heads.box_head.fc6.weight", "roi_heads.box_head.fc7.bias",
+            "roi_heads.box_predictor.cls_score.weight",
+            "roi_heads.box_predictor.bbox_pred.bias"} <= faster
+    assert not any("num_batches_tracked" in k or k.startswith("rpn_p") for k in faster)
+    masks = names("mask_rcnn") - names("faster_rcnn")
+    assert masks == {f"roi_heads.mask_head.{i}.0.{r}" for i in range(4) for r in ("weight", "bias")} | {
+        f"roi_heads.mask_predictor.{m}.{r}" for m in ("conv5_mask", "mask_fcn_logits")
+        for r in ("weight", "bias")}
+    retina = names("retinanet", frozen_bn=True)
+    assert {"backbone.fpn.extra_blocks.p6.weight", "backbone.fpn.extra_blocks.p7.bias",
+            "head.classification_head.conv.3.0.weight", "head.classification_head.cls_logits.bias",
+            "head.regression_head.conv.0.0.bias", "head.regression_head.bbox_reg.weight"} <= retina
+    assert not any(k.startswith("head_p") for k in retina)

@@ -294,3 +294,49 @@ def test_shape_rule_is_what_the_kernels_give(c, h, w, r, out, op):
     for bad in ([(c, h, w), (r, 5)], [(c, h, w), (c, h, w)], [(h * w,), (r, 4)]):
         with pytest.raises(Exception, match="boxes|feature map|expects"):
             layer.infer_shape(attrs, bad)
+
+
+SMALL_DETECTOR = {"resolution": 64, "width": 8, "blocks": [1, 1, 1, 1], "fpn_channels": 16,
+                  "representation": 32, "proposals": 6, "num_classes": 4, "frozen_bn": True}
+
+
+def test_a_small_faster_rcnn_runs_learns_and_exports():
+    """specs/faster_rcnn.yaml thinned: the RPN head shared over five levels, a frozen
+    backbone norm, the box head over a four-level RoI Align; a gradient step lowers the
+    box head's loss, and ONNX Runtime computes what archc does."""
+    from conftest import SPECS
+
+    graph = archc.load(SPECS / "faster_rcnn.yaml", **SMALL_DETECTOR)
+    model = archc.compile(graph, backend="cpu", seed=0).train()
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 40, (2, 6, 4)).astype(np.float32)
+    boxes[..., 2:] = boxes[..., :2] + rng.uniform(4, 24, (2, 6, 2))
+    x = {"image": rng.standard_normal((2, 3, 64, 64)).astype(np.float32), "proposals": boxes}
+    target = rng.standard_normal((2, 6, 16)).astype(np.float32)
+
+    def loss_and_grads():
+        y = model(x)
+        diff = y["box_regression"] - target
+        objectness = {f"objectness_p{k}": np.full_like(y[f"objectness_p{k}"], 1e-3)
+                      for k in range(2, 7)}  # the RPN head learns from every level
+        grads = model.backward({"box_regression": diff / diff.size, **objectness})
+        return float((diff ** 2).mean() / 2), grads
+
+    before, grads = loss_and_grads()
+    assert np.abs(grads.params["rpn_p2.conv.weight"]).sum() > 0
+    assert not any(k.startswith("backbone.body.bn1") for k in grads.params)  # frozen
+    params = model.params
+    for name, g in grads.params.items():
+        params[name] = params[name] - 0.5 * g
+    model.params = params
+    after, _ = loss_and_grads()
+    assert after < before
+    ort = pytest.importorskip("onnxruntime")
+    from archc.export.onnx import to_onnx
+
+    model.eval()
+    expected = model.predict(x)
+    session = ort.InferenceSession(to_onnx(graph, model.params).SerializeToString())
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, x)))
+    for key in expected:
+        np.testing.assert_allclose(got[key], expected[key], rtol=1e-3, atol=1e-4, err_msg=key)
