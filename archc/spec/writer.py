@@ -33,6 +33,8 @@ def _input_text(attrs: dict) -> str:
     shape = list(attrs["shape"])
     if len(shape) == 3:
         return _flow({"channels": shape[0], "height": shape[1], "width": shape[2]})
+    if len(shape) == 2:  # a region layer's boxes, [R, 4]
+        return _flow({"shape": shape})
     return _flow({"features": shape[0]})
 
 
@@ -81,6 +83,8 @@ def write_spec(graph: Graph, header: str = "") -> str:
             lines.append(f"    inputs: {_flow(node.inputs)}")
         if not node.trainable:
             lines.append("    trainable: false")
+        if node.shares is not None:
+            lines.append(f"    shares: {_flow(node.shares)}")
         previous = last = node.name
     outputs = graph.outputs
     if any(key != value for key, value in outputs.items()):
