@@ -7,6 +7,7 @@ the parameters and buffers the ops use, with PyTorch names and layouts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 
@@ -61,9 +62,14 @@ class Program:
     # the spec's training: section (archc train's settings), for runtime.train.config
     training: dict[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def _items(self) -> dict[str, int]:
+        return {op.output: op.items for op in self.ops if op.items > 1}
+
     def items(self, value: str) -> int:
-        """Rows per image of a value: 1, or the boxes per image after a region layer."""
-        return next((op.items for op in self.ops if op.output == value), 1)
+        """Rows per image of a value: 1, or the boxes per image after a region layer (a
+        table made once: every forward pass asks for each output)."""
+        return self._items.get(value, 1)
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
         """Output name -> its shape (without the batch dimension)."""

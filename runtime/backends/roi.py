@@ -69,7 +69,7 @@ def _axis(start: np.ndarray, length: np.ndarray, bins: int, grid: np.ndarray,
     """Sample positions ``start + p * bin + (g + 0.5) * bin / grid`` of each region along
     one axis, as interpolation rows and weights over a map ``extent`` pixels long."""
     side = max(int(grid.max(initial=0)), 1)
-    k, p, g = len(start), np.arange(bins)[None, :, None], np.arange(side)[None, None, :]
+    p, g = np.arange(bins)[None, :, None], np.arange(side)[None, None, :]
     step = (length / bins)[:, None, None]
     grid3 = np.maximum(grid, 1)[:, None, None]
     pos = start[:, None, None] + p * step + (g + 0.5) * step / grid3
@@ -79,10 +79,8 @@ def _axis(start: np.ndarray, length: np.ndarray, bins: int, grid: np.ndarray,
     edge = lo >= extent - 1
     lo = np.where(edge, extent - 1, lo)
     hi = np.where(edge, extent - 1, lo + 1)
-    frac = np.where(edge, 0.0, pos - lo)
-    shape = (k, bins, side)
-    return AxisTable(np.broadcast_to(lo, shape).copy(), np.broadcast_to(hi, shape).copy(),
-                     np.where(used, 1.0 - frac, 0.0), np.where(used, frac, 0.0))
+    frac = np.where(edge, 0.0, pos - lo)  # pos is (K, P, G) already: so are these
+    return AxisTable(lo, hi, np.where(used, 1.0 - frac, 0.0), np.where(used, frac, 0.0))
 
 
 def align_tables(boxes: np.ndarray, scale: float, out_hw: tuple[int, int], sampling_ratio: int,
