@@ -257,22 +257,51 @@ class Model:
     def save(self, path: str | Path) -> Path:
         return save_params(path, self.params)
 
-    def _inputs(self, x) -> dict[str, np.ndarray]:
+    def _inputs(self, x) -> tuple[dict[str, np.ndarray], dict]:
+        """The arrays given, checked and on the device, and the late inputs: those given as
+        a function, called in the pass when the first op that reads them is reached
+        (:meth:`_late`)."""
         names = list(self.program.inputs)
         given = x if isinstance(x, dict) else {names[0]: x} if len(names) == 1 else None
         if given is None:
             raise InputError(f"this network has inputs {names}: pass a dict of arrays")
-        out = {}
+        out, late = {}, {}
         for name in names:
             if name not in given:
                 raise InputError(f"input '{name}' is missing")
-            arr = np.asarray(given[name], dtype=self.dtype)
-            want = self.program.inputs[name]
-            if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
-                raise InputError(f"input '{name}' must have shape (N, {', '.join(map(str, want))}),"
-                                 f" got {arr.shape}")
-            out[name] = self.backend.to_device(arr)
-        return out
+            if callable(given[name]):
+                late[name] = given[name]
+            else:
+                out[name] = self._checked_input(name, given[name])
+        if not out:
+            raise InputError(f"input '{names[0]}' must be an array (only inputs that a "
+                             f"layer reads after others may be given as a function)")
+        return out, late
+
+    def _checked_input(self, name: str, value) -> np.ndarray:
+        arr = np.asarray(value, dtype=self.dtype)
+        want = self.program.inputs[name]
+        if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+            raise InputError(f"input '{name}' must have shape (N, {', '.join(map(str, want))}),"
+                             f" got {arr.shape}")
+        return self.backend.to_device(arr)
+
+    def _late(self, late: dict, values: dict, needed) -> None:
+        """Compute the late inputs among ``needed`` that are not yet in ``values``: each
+        function is called with the outputs computed so far (on the host, per image, keyed
+        as the model's outputs are), and must give the input's array for the whole batch.
+        A detector's proposals come from its region proposal network's outputs this way,
+        in the middle of the pass that uses them."""
+        for name in needed:
+            if name in late and name not in values:
+                ready = {key: self._per_image(self.backend.to_host(values[value]), value)
+                         for key, value in self.program.outputs.items() if value in values}
+                array = self._checked_input(name, late[name](ready))
+                batch = len(next(iter(values.values())))
+                if len(array) != batch:
+                    raise InputError(f"input '{name}' was computed for {len(array)} images; "
+                                     f"the batch has {batch}")
+                values[name] = array
 
     def _context(self, keep: bool) -> KernelContext:
         return KernelContext(train=self.training, rng=self.rng, keep=keep,
@@ -294,10 +323,13 @@ class Model:
 
     def __call__(self, x, *, host: bool = True):
         """Forward pass: one array in (or a dict for several inputs), one array out (or a
-        dict keyed by output name for several outputs). ``host=False`` leaves the outputs
+        dict keyed by output name for several outputs). In a dict, an input may be a
+        function of the outputs computed before the first layer that reads it (a dict keyed
+        by output name, on the host, per image): it is called then (a detector's proposals
+        from its RPN's outputs, :mod:`runtime.train.rcnn`). ``host=False`` leaves the outputs
         where they were computed (a device array on a GPU backend: the training loop's
         loss runs there too). ``last_unplaced``: as for :meth:`predict`."""
-        values = self._inputs(x)
+        values, late = self._inputs(x)
         self.check_batch(len(next(iter(values.values()))), keep=True)
         ctx = self._context(keep=True)  # keep: what backward() needs
         self._planned(ctx, values, keep=True)
@@ -308,6 +340,8 @@ class Model:
             for step, op in enumerate(self.program.ops):
                 if watch is not None:
                     watch.before(step)
+                if late:
+                    self._late(late, values, op.inputs)
                 params = {role: device[full] for role, full in op.params.items()}
                 values[op.output] = self.kernels[op.kind](op, [values[i] for i in op.inputs],
                                                           params, ctx)
@@ -328,7 +362,7 @@ class Model:
         that was alive at once, measured on the arrays themselves (inputs included);
         ``last_unplaced`` the outputs a device backend left outside its memory plan's
         buffer (none, unless a kernel does not ask for its result where the plan puts it)."""
-        values = self._inputs(x)
+        values, late = self._inputs(x)
         batch = len(next(iter(values.values())))
         self.check_batch(batch)
         ctx = self._context(keep=False)
@@ -342,6 +376,11 @@ class Model:
             for step, op, chain, output, drops in self._steps(batch):
                 if watch is not None:
                     watch.before(step)
+                if late:
+                    known = set(values)
+                    self._late(late, values, chain.inputs if chain is not None else op.inputs)
+                    for name in set(values) - known:
+                        alive.add(values[name])
                 if chain is not None:  # its ops as one kernel (Backend.chains)
                     params = [{role: device[full] for role, full in member.params.items()}
                               for member in chain.ops]

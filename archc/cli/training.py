@@ -124,7 +124,8 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
                    help="what to train for (default: what the data is for; embed with an "
                    "embedding loss)")
     p.add_argument("--loss", help="segment: ce (default), dice, ce+dice; embed: "
-                   "triplet-hard (default), triplet-all, contrastive; detect: yolo")
+                   "triplet-hard (default), triplet-all, contrastive; detect: yolo (rcnn for a "
+                   "network with a proposals input)")
     p.add_argument("--margin", type=float, help="embedding losses' margin (default 1.0)")
     p.add_argument("--class-weights", type=_weights_list, metavar="W0,W1,...",
                    help="segment: the cross-entropy's weight of each class, e.g. 0.2,1,1,1 "
@@ -133,6 +134,10 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
                    help="detect: the box coordinates' loss (default mse)")
     p.add_argument("--objectness", choices=["bce", "focal"],
                    help="detect: the objectness loss (default bce)")
+    p.add_argument("--anchor-scale", type=float, metavar="K",
+                   help="two-stage detectors: each pyramid level's anchors are K times its "
+                   "stride on a side (default 8, torchvision's 32 px on P2; smaller for "
+                   "objects that are small next to the image)")
     p.add_argument("--patience", type=positive, metavar="EPOCHS",
                    help="stop early after this many epochs without a better test accuracy")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",

@@ -59,7 +59,8 @@ class TrainConfig:
 
 CONFIG_KEYS = tuple(f.name for f in fields(TrainConfig))
 """The settings :class:`TrainConfig` takes (``archc train``'s flags, dashes aside)."""
-TASK_KEYS = ("task", "loss", "margin", "box_loss", "objectness", "class_weights")
+TASK_KEYS = ("task", "loss", "margin", "box_loss", "objectness", "class_weights",
+             "anchor_scale")
 """The settings of the task (``runtime/train/tasks.py``): its kind, then its options."""
 KEYS = CONFIG_KEYS + TASK_KEYS + ("data",)
 """Every setting a spec's ``training:`` section or a caller may give."""

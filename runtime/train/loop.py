@@ -141,7 +141,7 @@ def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
           weight: float, where: str, run: Path | None) -> tuple[float, float, float]:
     """One optimiser step on the batch (x, y): (loss, correct predictions, judged). The
     output, loss gradient and parameter gradients stay on the backend's device."""
-    out = model(x, host=False)
+    out = model(task.feed(x, y), host=False)
     loss, grad, hits, count = task.step(model, out, y)
     if not math.isfinite(loss):
         raise TrainingError(f"the loss became {loss} at {where}: training stopped; the last "

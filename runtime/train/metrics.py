@@ -60,13 +60,28 @@ def per_class(confusion: np.ndarray) -> dict[str, np.ndarray]:
 COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 
 
-def _match(detections, truths, cls: int, threshold: float):
+def mask_iou(a, b) -> np.ndarray:
+    """IoU of every mask of ``a`` (n, H, W) with every mask of ``b`` (m, H, W): (n, m)
+    (0 where both are empty)."""
+    a = np.asarray(a, bool).reshape(len(a), -1).astype(np.float64)
+    b = np.asarray(b, bool).reshape(len(b), -1).astype(np.float64)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def _box_overlap(det, truth) -> np.ndarray:
+    from runtime.train.boxes import box_iou
+
+    return box_iou(np.asarray(det, np.float64).reshape(-1, 4),
+                   np.asarray(truth, np.float64).reshape(-1, 4))
+
+
+def _match(detections, truths, cls: int, threshold: float, overlap=_box_overlap):
     """Detections of class ``cls`` over all images, by decreasing score (ties: image, then
     input order), each matched as COCO does to the unmatched ground-truth box of its
     image and class with the highest IoU, if that IoU is at least ``threshold``.
     Returns (true-positive flags in score order, number of ground-truth boxes)."""
-    from runtime.train.boxes import box_iou
-
     rows, positives = [], 0
     for image, ((boxes, scores, classes), (gt_boxes, gt_classes)) in enumerate(
             zip(detections, truths)):
@@ -80,10 +95,8 @@ def _match(detections, truths, cls: int, threshold: float):
     for k, (_, image, index) in enumerate(rows):
         if image not in ious:
             gt_boxes, gt_classes = truths[image]
-            mine = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)[
-                np.asarray(gt_classes) == cls]
-            det = np.asarray(detections[image][0], dtype=np.float64).reshape(-1, 4)
-            ious[image] = box_iou(det, mine)
+            ious[image] = overlap(detections[image][0],
+                                  np.asarray(gt_boxes)[np.asarray(gt_classes) == cls])
         row = np.where(taken[image], -1.0, ious[image][index])
         if row.size and row.max() >= threshold:
             best = int(row.argmax())
@@ -109,12 +122,14 @@ def interpolated_ap(hits: np.ndarray, positives: int, points: int = 101) -> floa
 
 
 def mean_average_precision(detections, truths, num_classes: int,
-                           thresholds=(0.5,) + COCO_THRESHOLDS) -> dict:
+                           thresholds=(0.5,) + COCO_THRESHOLDS, overlap=_box_overlap) -> dict:
     """Detection quality over a data set. ``detections``: per image (boxes (n, 4), scores
     (n,), classes (n,)); ``truths``: per image (boxes (m, 4), classes (m,)). For each IoU
     threshold, the AP (101-point interpolation) of each class that has ground truth,
     averaged: ``map50`` at IoU 0.5, ``map`` over 0.5:0.95 in steps of 0.05 (COCO's
     primary metric), ``per_class`` AP at 0.5 (NaN: no ground truth of that class).
+    ``overlap`` measures a detection against the ground truth: box IoU, or
+    :func:`mask_iou` with masks (n, H, W) in place of boxes (COCO's segm evaluation).
 
     >>> boxes = np.array([[0, 0, 10, 10.]])
     >>> r = mean_average_precision([(boxes, np.array([0.9]), np.array([0]))],
@@ -127,7 +142,7 @@ def mean_average_precision(detections, truths, num_classes: int,
                          f"{len(truths)}")
     table = {}
     for t in sorted(set(float(t) for t in thresholds)):
-        table[t] = np.array([interpolated_ap(*_match(detections, truths, c, t))
+        table[t] = np.array([interpolated_ap(*_match(detections, truths, c, t, overlap))
                              for c in range(num_classes)])
 
     def mean(values):

@@ -35,6 +35,11 @@ class Task:
     def __init__(self, classes: list[str]):
         self.classes = list(classes)
 
+    def feed(self, x, y=None):
+        """What the model is given for images ``x`` (in training with their targets ``y``):
+        the images, or a dict of inputs where the task computes some of them."""
+        return x
+
     def step(self, model, out, y):
         """(loss, gradient of the output, hits, judged): hits / judged is the training
         accuracy where the task has one (judged 0 where it has none)."""
@@ -52,7 +57,7 @@ class Task:
         model.eval()
         try:
             for x, y in batches(dataset, batch_size, shuffle=False):
-                yield model.predict(x), y
+                yield model.predict(self.feed(x)), y
         finally:
             if was_training:
                 model.train()
@@ -179,12 +184,13 @@ class Detection(Task):
         self.head = head
 
     def step(self, model, out, y):
-        loss, grad, _ = self.head.loss(_host(model, out), y)
+        loss, grad, _ = self.head.loss(_host(model, out), _boxes_of(y))
         return loss, grad, 0, 0
 
     def evaluate(self, model, dataset, batch_size=256):
         total, found, truths = 0.0, [], []
         for out, y in self._outputs(model, dataset, batch_size):
+            y = _boxes_of(y)
             total += self.head.loss(out, y)[0] * len(y)
             found += self.head.detections(out)
             truths += [(rows[:, :4], rows[:, 4].astype(np.int64)) for rows in y]
@@ -193,6 +199,90 @@ class Detection(Task):
 
     def describe(self):
         return {**super().describe(), "head": self.head.describe()}
+
+
+def _boxes_of(y) -> list[np.ndarray]:
+    """Per image, the (k, 5) boxes and classes of detection targets (instance targets'
+    masks left out)."""
+    return [np.asarray(rows)[:, :5] for rows in y]
+
+
+class TwoStageDetection(Task):
+    """Faster R-CNN and Mask R-CNN (:mod:`runtime.train.rcnn`): the proposals (and the mask
+    branch's boxes) are computed in the pass from the RPN's outputs; the loss is the
+    RPN's, the box head's and the mask branch's. Evaluated by box mAP (COCO matching) and,
+    with instance data and a mask branch, mask mAP."""
+
+    kind, primary, label, name = "detect", "map50", "test mAP@0.5", "mAP@0.5"
+
+    def __init__(self, classes, rcnn, seed: int = 0):
+        super().__init__(classes)
+        self.rcnn = rcnn
+        self.rng = np.random.default_rng([seed, 5])
+        self._state: dict = {}
+
+    def _truth(self, y):
+        boxes = _boxes_of(y)
+        masks = None
+        if self.rcnn.mask_boxes:
+            from runtime.train.data.synth import split_instances
+
+            masks = [split_instances(rows, self.rcnn.size)[1] if np.asarray(rows).shape[1] > 5
+                     else None for rows in y]
+            if any(m is None for m in masks):
+                raise DataError("the network has a mask branch but the data has no instance "
+                                "masks: use shapes-inst or coco:FILE.json with segmentations")
+        return boxes, masks
+
+    def feed(self, x, y=None):
+        truth = None if y is None else self._truth(y)[0]
+        inputs, self._state = self.rcnn.feed(x, truth, rng=self.rng)
+        return inputs
+
+    def step(self, model, out, y):
+        boxes, masks = self._truth(y)
+        host = {k: _host(model, v) for k, v in out.items()}
+        loss, grads, _ = self.rcnn.loss(host, boxes, self._state, masks, self.rng)
+        return loss, grads, 0, 0
+
+    def predictions(self, model, x):
+        """Per image (boxes, scores, data classes, masks (k, H, W) or None)."""
+        out = model.predict(self.feed(x))
+        state = self._state
+        found = state.get("detections") or self.rcnn.detections(out, state)
+        masks = (self.rcnn.instance_masks(out, state) if self.rcnn.mask_boxes
+                 else [None] * len(found))
+        return [(*d, m) for d, m in zip(found, masks)]
+
+    def evaluate(self, model, dataset, batch_size=256):
+        was_training = model.training
+        model.eval()
+        found, truths, mask_found, mask_truths = [], [], [], []
+        try:
+            for x, y in batches(dataset, batch_size, shuffle=False):
+                for (boxes, scores, classes, masks), rows in zip(self.predictions(model, x), y):
+                    rows = np.asarray(rows)
+                    found.append((boxes, scores, classes))
+                    truths.append((rows[:, :4], rows[:, 4].astype(np.int64)))
+                    if masks is not None and rows.shape[1] > 5:
+                        from runtime.train.data.synth import split_instances
+
+                        mask_found.append((masks, scores, classes))
+                        mask_truths.append((split_instances(rows, self.rcnn.size)[1],
+                                            rows[:, 4].astype(np.int64)))
+        finally:
+            if was_training:
+                model.train()
+        result = metrics.mean_average_precision(found, truths, len(self.classes))
+        row = {"map50": result["map50"], "map": result["map"]}
+        if mask_found:
+            masked = metrics.mean_average_precision(mask_found, mask_truths, len(self.classes),
+                                                    overlap=metrics.mask_iou)
+            row.update(mask_map50=masked["map50"], mask_map=masked["map"])
+        return row
+
+    def describe(self):
+        return {**super().describe(), "rcnn": self.rcnn.describe()}
 
 
 class Embedding(Task):
@@ -252,15 +342,17 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
     ``label_smoothing``, ``box_loss``, ``objectness``, ``class_weights``)."""
     loss = options.get("loss")
     if kind is None:
-        kind = "embed" if loss in EMBED_LOSSES else split.task
+        kind = "embed" if loss in EMBED_LOSSES else (
+            "detect" if split.task == "instance" else split.task)
     if kind not in KINDS:
         raise DataError(f"unknown task '{kind}' ({', '.join(KINDS)})")
     if kind in ("classify", "embed") and split.task != "classify":
         raise DataError(f"{kind} needs data with a class label per image; this data is "
                         f"for {split.task}")
-    if kind in ("segment", "detect") and split.task != kind:
+    data_kind = "detect" if split.task == "instance" else split.task
+    if kind in ("segment", "detect") and data_kind != kind:
         sources = {"segment": "shapes-seg, mosaic-seg or masks:DIR",
-                   "detect": "shapes-det, mosaic-det or coco:FILE"}[kind]
+                   "detect": "shapes-det, shapes-inst, mosaic-det or coco:FILE"}[kind]
         raise DataError(f"the task is {kind} but the data is for {split.task}: use {sources}")
     output = next(iter(program.output_shapes().values()))
     input_shape = next(iter(program.inputs.values()))
@@ -277,6 +369,17 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
     if kind == "embed":
         return Embedding(classes, loss or "triplet-hard", options.get("margin", 1.0),
                          gallery=split.train)
+    if "proposals" in program.inputs:  # a two-stage detector
+        from runtime.train.rcnn import RCNN
+
+        if loss not in (None, "rcnn"):
+            raise DataError(f"unknown loss '{loss}' for a two-stage detector (rcnn)")
+        try:
+            rcnn = RCNN.from_program(program, len(classes) + 1,
+                                     anchor_scale=options.get("anchor_scale", 8.0))
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        return TwoStageDetection(classes, rcnn, seed)
     from runtime.train.boxes import kmeans_anchors
     from runtime.train.detection import YoloHead
 
@@ -284,7 +387,7 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
         raise DataError(f"unknown detection loss '{loss}' (yolo; --box-loss and "
                         f"--objectness choose its parts)")
     _, h, w = input_shape
-    boxes = np.concatenate([rows for rows in split.train.y if len(rows)] or
+    boxes = np.concatenate([rows for rows in _boxes_of(split.train.y) if len(rows)] or
                            [np.zeros((0, 5))])
     depth = output[-1] if len(output) == 3 else 0
     per_cell = (depth - len(classes)) // 5 if depth > len(classes) else 1
@@ -321,6 +424,13 @@ def _restore(description: dict, split, program) -> Task:
         return Embedding(classes, description.get("loss", "triplet-hard"),
                          description.get("margin", 1.0),
                          gallery=split.train if split is not None else None)
+    if "rcnn" in description:
+        from runtime.train.rcnn import RCNN
+
+        spec = dict(description["rcnn"])
+        return TwoStageDetection(classes, RCNN(spec.pop("size"), spec.pop("levels"),
+                                               spec.pop("ratios"), spec.pop("classes"),
+                                               spec.pop("proposals"), **spec))
     from runtime.train.detection import YoloHead
 
     spec = dict(description["head"])

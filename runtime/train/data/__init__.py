@@ -43,7 +43,8 @@ __all__ = ["IGNORE", "SOURCES", "TASKS", "DataError", "Dataset", "Split", "batch
            "mnist", "npz", "read_idx", "read_image", "read_mask", "resize", "standardize"]
 
 
-SOURCES = ("digits, shapes-seg[:N], shapes-det[:N], mosaic-seg[:N], mosaic-det[:N], "
+SOURCES = ("digits, shapes-seg[:N], shapes-det[:N], shapes-inst[:N], mosaic-seg[:N], "
+           "mosaic-det[:N], "
            "mnist:DIR, fashion-mnist:DIR, cifar10:DIR, folder:DIR, masks:DIR, coco:FILE.json "
            "or npz:FILE")
 
