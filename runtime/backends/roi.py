@@ -185,7 +185,7 @@ def align_forward(x: np.ndarray, boxes: np.ndarray, batch: np.ndarray, scale: fl
     y = np.zeros((len(boxes), x.shape[1]) + tuple(out_hw), dtype=x.dtype)
     for k in range(len(boxes)):
         ay, ax = interpolation_matrix(rows, k, in_hw[0]), interpolation_matrix(cols, k, in_hw[1])
-        y[k] = np.einsum("pr,crs,qs->cpq", ay, x[batch[k]], ax) * inv[k]
+        y[k] = (ay @ x[batch[k]] @ ax.T) * inv[k]  # per channel: rows, then columns
     return y
 
 
@@ -197,7 +197,7 @@ def align_backward(gy: np.ndarray, boxes: np.ndarray, batch: np.ndarray, scale: 
     gx = np.zeros(in_shape, dtype=np.float64)
     for k in range(len(boxes)):
         ay, ax = interpolation_matrix(rows, k, in_hw[0]), interpolation_matrix(cols, k, in_hw[1])
-        gx[batch[k]] += np.einsum("pr,cpq,qs->crs", ay, gy[k], ax) * inv[k]
+        gx[batch[k]] += (ay.T @ gy[k] @ ax) * inv[k]
     return gx.astype(gy.dtype)
 
 

@@ -63,6 +63,8 @@ COCO_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2))
 def mask_iou(a, b) -> np.ndarray:
     """IoU of every mask of ``a`` (n, H, W) with every mask of ``b`` (m, H, W): (n, m)
     (0 where both are empty)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
     a = np.asarray(a, bool).reshape(len(a), -1).astype(np.float64)
     b = np.asarray(b, bool).reshape(len(b), -1).astype(np.float64)
     inter = a @ b.T

@@ -267,7 +267,8 @@ class TwoStageDetection(Task):
                     if masks is not None and rows.shape[1] > 5:
                         from runtime.train.data.synth import split_instances
 
-                        mask_found.append((masks, scores, classes))
+                        k = len(masks)  # the mask branch's boxes: the best detections
+                        mask_found.append((masks, scores[:k], classes[:k]))
                         mask_truths.append((split_instances(rows, self.rcnn.size)[1],
                                             rows[:, 4].astype(np.int64)))
         finally:
