@@ -119,9 +119,11 @@ def compile_for_data(graph, args, seed: int):
     from archc import compile as compile_graph
     from archc.passes import for_training
 
-    if len(graph.inputs) != 1 or len(graph.outputs) != 1:
-        raise UsageError(f"training needs a network with one input and one output; "
-                        f"{graph.name} has {len(graph.inputs)} and {len(graph.outputs)}")
+    two_stage = "proposals" in graph.inputs  # the task computes the boxes (runtime.train.rcnn)
+    if not two_stage and (len(graph.inputs) != 1 or len(graph.outputs) != 1):
+        raise UsageError(f"training needs a network with one input and one output, or a "
+                         f"two-stage detector (an input 'proposals' [R, 4]); {graph.name} "
+                         f"has {len(graph.inputs)} and {len(graph.outputs)}")
     return compile_graph(for_training(graph), backend=args.backend, seed=seed)
 
 

@@ -60,7 +60,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         described = tasks.make(None, split, model.program, {}).describe()
     task = tasks.restore(described, split, model.program)
     model.eval()
-    out = model.predict(x)
+    if task.kind == "detect":  # (boxes, scores, classes, instance masks or None) per image
+        out = (task.predictions(model, x) if hasattr(task, "predictions") else
+               [(*task.head.detections(model.predict(x)[k:k + 1],
+                                       score_threshold=args.score)[0], None)
+                for k in range(len(x))])
+    else:
+        out = model.predict(x)
     out_dir = Path(args.out)
     if task.kind == "classify":
         for name, top in zip(names, task.top_classes(out)):
@@ -83,9 +89,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             found = ", ".join(f"{task.classes[c]} {int((mask == c).sum())} px"
                               for c in np.unique(mask) if c > 0)
         else:
-            boxes, scores, classes = task.head.detections(out[k:k + 1],
-                                                          score_threshold=args.score)[0]
+            boxes, scores, classes, masks = out[k]
+            shown = scores >= args.score
+            boxes, scores, classes = boxes[shown], scores[shown], classes[shown]
             colours = pictures.palette(len(task.classes), background=False)
+            if masks is not None:  # instance masks: the best on top
+                masks = masks[shown[:len(masks)]]
+                labelled = np.zeros(pixels.shape[:2], np.int64)
+                for mask, c in reversed(list(zip(masks, classes))):
+                    labelled[mask] = c + 1
+                big = pictures.enlarge(pictures.overlay(
+                    pixels, labelled, pictures.palette(len(task.classes) + 1)))
             labels = [f"{task.classes[c]} {s:.2f}" for c, s in zip(classes, scores)]
             picture = pictures.draw_boxes(big, boxes, labels, colours[classes], factor)
             found = ", ".join(labels)

@@ -56,7 +56,13 @@ def _train(args, graph, settings, world, run) -> int:
         say(f"data parallel on {world.size} ranks: global batch {config.batch_size}, "
             f"{hi - lo}{'' if config.batch_size % world.size == 0 else ' or fewer'} per "
             f"rank; batch norm {'synchronised' if config.sync_bn else 'per rank'}")
-    if task.kind == "detect":
+    if task.kind == "detect" and hasattr(task, "rcnn"):
+        rcnn = task.rcnn
+        say(f"two-stage detector: anchors of {rcnn.anchor_scale:g} x the stride over "
+            f"{len(rcnn.levels)} levels ({', '.join(n for n, _, _ in rcnn.levels)}), "
+            f"{rcnn.proposals} boxes per image for the box head"
+            + (f", {rcnn.mask_boxes} for the mask branch" if rcnn.mask_boxes else ""))
+    elif task.kind == "detect":
         head = task.head
         say(f"grid {head.grid}x{head.grid}, {head.boxes} anchors per cell (k-means on the "
               f"training boxes, width x height in pixels): " + ", ".join(
@@ -174,6 +180,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     result = task.evaluate(model, split.test)
     shown = {"accuracy": "test accuracy", "top5": "top-5", "miou": "mean IoU",
              "pixel_accuracy": "pixel accuracy", "map50": "mAP@0.5", "map": "mAP@[.5:.95]",
+             "mask_map50": "mask mAP@0.5", "mask_map": "mask mAP@[.5:.95]",
              "retrieval": "retrieval accuracy", "roc_auc": "ROC-AUC",
              "verification": "verification accuracy", "loss": "loss"}
     print(f"{model.program.name} on {settings.data} ({len(split.test)} held-out images): "

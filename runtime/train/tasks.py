@@ -425,13 +425,12 @@ def _restore(description: dict, split, program) -> Task:
         return Embedding(classes, description.get("loss", "triplet-hard"),
                          description.get("margin", 1.0),
                          gallery=split.train if split is not None else None)
-    if "rcnn" in description:
+    if "rcnn" in description:  # the geometry is the program's; the settings the run's
         from runtime.train.rcnn import RCNN
 
-        spec = dict(description["rcnn"])
-        return TwoStageDetection(classes, RCNN(spec.pop("size"), spec.pop("levels"),
-                                               spec.pop("ratios"), spec.pop("classes"),
-                                               spec.pop("proposals"), **spec))
+        settings = {key: description["rcnn"][key] for key, _, _ in RCNN_SETTINGS}
+        return TwoStageDetection(classes, RCNN.from_program(program, len(classes) + 1,
+                                                            **settings))
     from runtime.train.detection import YoloHead
 
     spec = dict(description["head"])
@@ -449,6 +448,12 @@ def find_description(weights: str | Path) -> dict | None:
         if candidate.exists():
             return check_description(read_json(candidate, "task file", DataError), candidate)
     return None
+
+
+RCNN_SETTINGS = (("anchor_scale", 0.01, 1000), ("rpn_batch", 1, 100_000),
+                 ("roi_positive", 0, 1), ("score_threshold", 0, 1),
+                 ("detections", 1, 100_000))
+"""A two-stage detector's settings a task.json gives, and their bounds."""
 
 
 def check_description(described: dict, path) -> dict:
@@ -471,7 +476,15 @@ def check_description(described: dict, path) -> dict:
         need(isinstance(value, list) and value and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             for v in value), f"'{key}' must be a list of numbers")
-    if kind == "detect":
+    if kind == "detect" and "rcnn" in described:
+        rcnn = described["rcnn"]
+        need(isinstance(rcnn, dict), "'rcnn' must describe the detector's settings")
+        for key, low, high in RCNN_SETTINGS:
+            value = rcnn.get(key)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool)
+                 and math.isfinite(value) and low <= value <= high,
+                 f"rcnn's '{key}' must be a number from {low} to {high}")
+    elif kind == "detect":
         head = described.get("head")
         need(isinstance(head, dict) and {"grid", "boxes", "classes", "anchors", "size"} <=
              set(head), "'head' must describe the detector (grid, boxes, classes, anchors, "
