@@ -380,6 +380,9 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
                                      anchor_scale=options.get("anchor_scale", 8.0))
         except ValueError as exc:
             raise DataError(str(exc)) from None
+        if rcnn.mask_boxes and split.task != "instance":
+            raise DataError("the network has a mask branch but the data has no instance "
+                            "masks: use shapes-inst or coco:FILE.json with segmentations")
         return TwoStageDetection(classes, rcnn, seed)
     from runtime.train.boxes import kmeans_anchors
     from runtime.train.detection import YoloHead
