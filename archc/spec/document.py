@@ -23,7 +23,7 @@ TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str
                  "sync_bn": bool, "bucket_mb": float, "checkpoint_every": int,
                  # what is trained (runtime/train/tasks.py); runtime/train/config.py has the same keys
                  "task": str, "loss": str, "margin": float, "box_loss": str,
-                 "objectness": str, "class_weights": list}
+                 "objectness": str, "class_weights": list, "anchor_scale": float}
 MAX_EXTENDS = 8
 BLOCK_KEYS = ("args", "inputs", "layers", "output", "description")
 INPUT_KEYS = ("channels", "height", "width", "features", "shape")
