@@ -26,6 +26,9 @@ UNET = ("--set in_channels=3 --set num_classes=4 --set padding=1 --set resolutio
         "--set base=8 --set batch_norm=true")
 YOLO = "--set S=4 --set C=3 --set width=0.125 --set head=conv --set batch_norm=true"
 SIAMESE = "--set resolution=65 --set width=0.25 --set embedding=32"
+RCNN = ("--set resolution=64 --set width=8 --set blocks=[1,1,1,1] --set fpn_channels=16 "
+        "--set representation=64 --set proposals=32 --set num_classes=4")
+MASK = RCNN + " --set mask_boxes=8 --set mask_layers=[16,16,16,16] --set mask_dim=16"
 
 STEPS = {
     "seg-train": f"archc train specs/unet.yaml {UNET} --data shapes-seg:768 --epochs 12 "
@@ -36,6 +39,19 @@ STEPS = {
                  f"--optimizer adam --lr 0.002 --batch-size 16 --out out/tasks/yolo",
     "det-predict": f"archc predict specs/yolo.yaml {YOLO} --data shapes-det:768 "
                    f"--weights out/tasks/yolo --count 3 -o docs/images/tasks/yolo",
+    "rcnn-train": f"archc train specs/faster_rcnn.yaml {RCNN} --data shapes-det:768 "
+                  f"--epochs 12 --optimizer sgd --lr 0.02 --batch-size 8 --anchor-scale 4 "
+                  f"--out out/tasks/faster_rcnn",
+    "rcnn-predict": f"archc predict specs/faster_rcnn.yaml {RCNN} --data shapes-det:768 "
+                    f"--weights out/tasks/faster_rcnn --count 3 "
+                    f"-o docs/images/tasks/faster_rcnn",
+    "mask-train": f"archc train specs/mask_rcnn.yaml {MASK} --data shapes-inst:768 "
+                  f"--epochs 12 --optimizer sgd --lr 0.02 --batch-size 8 --anchor-scale 4 "
+                  f"--out out/tasks/mask_rcnn",
+    "mask-eval": f"archc eval specs/mask_rcnn.yaml {MASK} --data shapes-inst:768 "
+                 f"--weights out/tasks/mask_rcnn",
+    "mask-predict": f"archc predict specs/mask_rcnn.yaml {MASK} --data shapes-inst:768 "
+                    f"--weights out/tasks/mask_rcnn --count 3 -o docs/images/tasks/mask_rcnn",
     "embed-train": f"archc train specs/siamese.yaml {SIAMESE} --data digits --loss "
                    f"triplet-hard --margin 0.5 --epochs 5 --optimizer adam --lr 0.0002 "
                    f"--batch-size 64 --out out/tasks/siamese",
@@ -116,6 +132,11 @@ def main() -> None:
         print(f"({seconds:.0f} s)", file=sys.stderr)
     seg_pictures = sorted(p.name for p in (IMAGES / "unet").glob("*.png"))
     det_pictures = sorted(p.name for p in (IMAGES / "yolo").glob("*.png"))
+
+    def pictures_of(folder: str, what: str) -> str:
+        return "\n".join(f"![{what}](images/tasks/{folder}/{p.name})"
+                         for p in sorted((IMAGES / folder).glob("*.png")))
+
     page = TEMPLATE.format(
         seg_train=block("seg-train", out["seg-train"], 3),
         seg_predict=block("seg-predict", out["seg-predict"]),
@@ -123,6 +144,13 @@ def main() -> None:
         det_train=block("det-train", out["det-train"], 3),
         det_predict=block("det-predict", out["det-predict"]),
         det_images="\n".join(f"![detection](images/tasks/yolo/{p})" for p in det_pictures),
+        rcnn_train=block("rcnn-train", out["rcnn-train"], 3),
+        rcnn_predict=block("rcnn-predict", out["rcnn-predict"]),
+        rcnn_images=pictures_of("faster_rcnn", "two-stage detection"),
+        mask_train=block("mask-train", out["mask-train"], 3),
+        mask_eval=block("mask-eval", out["mask-eval"]),
+        mask_predict=block("mask-predict", out["mask-predict"]),
+        mask_images=pictures_of("mask_rcnn", "instance segmentation"),
         embed_train=block("embed-train", out["embed-train"], 3),
         embed_eval=block("embed-eval", out["embed-eval"]),
         lenet_train=block("lenet-train", out["lenet-train"], 1),
@@ -144,7 +172,9 @@ TEMPLATE = """# Segmentation, detection, embeddings, and seeing inside a network
 machine and printed what is shown; the pictures are theirs. Do not edit by hand. -->
 
 One training loop serves four tasks. `archc train` picks the task from the data (`--task`
-overrides it): class labels train a classifier, masks a segmenter, boxes a detector, and an
+overrides it): class labels train a classifier, masks a segmenter, boxes a detector (a
+single-stage one, or a two-stage one where the network has a `proposals` input; with
+instance masks a Mask R-CNN), and an
 embedding loss (`--loss triplet-hard`, `triplet-all`, `contrastive`) an embedding network.
 The best checkpoint is the one with the best held-out value of the task's main metric
 (accuracy, mean IoU, mAP@0.5, retrieval accuracy); the run directory's `task.json` keeps
@@ -160,13 +190,15 @@ Generated on the fly, seeded, at the size of the network's input, any number of 
 |---|---|---|
 | `shapes-seg[:N]` | circles, squares and triangles of random size, colour and position on a noisy tinted background | a class per pixel: background, circle, square, triangle |
 | `shapes-det[:N]` | the same | a box and a class per shape (boxes overlap by IoU 0.2 at most) |
+| `shapes-inst[:N]` | the same, up to four shapes overlapping (box IoU up to 0.5), later ones in front | per shape its visible pixels (an instance mask), their tight box and the class |
 | `mosaic-seg[:N]` | 2 to 4 of scikit-learn's handwritten digits, scaled and pasted apart | digit + 1 on the ink, 0 elsewhere |
 | `mosaic-det[:N]` | the same | a tight box around each digit's ink, class = the digit |
 
 Your own data: `masks:DIR` reads `DIR/images/*.png|jpg` with `DIR/masks/NAME.png` of class
 indices (palette PNGs as PASCAL VOC's; 255 = ignore; optional `DIR/classes.txt`), and
-`coco:FILE.json` reads COCO's `images` / `annotations` (`bbox` as x, y, width, height) /
-`categories`, images beside the JSON file or in its `images/` folder.
+`coco:FILE.json` reads COCO's `images` / `annotations` (`bbox` as x, y, width, height;
+with `segmentation`, polygons or RLE, instance masks) / `categories`, images beside the
+JSON file or in its `images/` folder.
 
 ## Segmentation: U-Net on shapes
 
@@ -203,6 +235,45 @@ per-class non-maximum suppression.
 {det_predict}
 
 {det_images}
+
+## Two-stage detection: Faster R-CNN on shapes
+
+`specs/faster_rcnn.yaml` (torchvision's `fasterrcnn_resnet50_fpn`) thinned to 64 x 64
+images: a ResNet body of one bottleneck per stage and width 8, an FPN of 16 channels, a box
+head of 64 and 32 proposals per image. The network computes the region proposal network's
+objectness and box deltas on P2-P6 and, for the boxes of its `proposals` input, class
+scores and per-class box deltas; the rest is archc's runtime
+(`runtime/train/rcnn.py`), in the middle of the pass: anchors over the levels (three aspect
+ratios; `--anchor-scale 4` makes them 4 strides on a side, 16 px on P2, for objects this
+small next to the image: torchvision's 8 strides are 32 px), the RPN's targets (IoU 0.7 /
+0.3, 256 anchors drawn per image, half positive), its proposals (the best per level, NMS at
+0.7 within each level), and for the box head the proposals with the ground truth matched at
+IoU 0.5 and drawn a quarter positive. The loss adds the RPN's objectness BCE and smooth L1
+(beta 1/9) to the box head's cross-entropy and smooth L1; detections are decoded per
+class, kept above 0.05 after NMS at 0.5 within each class.
+
+{rcnn_train}
+
+{rcnn_predict}
+
+{rcnn_images}
+
+## Instance segmentation: Mask R-CNN on shapes-inst
+
+`specs/mask_rcnn.yaml` thinned the same way, with a mask branch of four 16-channel convs
+over 8 boxes per image. In training it sees the positive proposals and learns each one's
+ground-truth mask, cut to the box and resampled to 28 x 28 (binary cross-entropy on the
+mask of the box's class); at inference the best detections are its boxes and their masks
+are pasted back into the image. `archc eval` scores boxes and masks by COCO's matching
+(mask IoU for masks):
+
+{mask_train}
+
+{mask_eval}
+
+{mask_predict}
+
+{mask_images}
 
 ## Embeddings: a siamese network on digits
 

@@ -108,3 +108,78 @@ def test_coco_boxes(tmp_path):
     path.write_text("[1]")
     with pytest.raises(data.DataError, match="JSON object"):
         data.load(f"coco:{path}", (3, 10, 20))
+
+
+def test_coco_rle_strings_decode_as_pycocotools_encodes_them():
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    from runtime.train.data.readers import rle_counts, rle_decode
+
+    rng = np.random.default_rng(0)
+    for h, w in ((7, 5), (30, 41), (64, 64)):
+        for density in (0.0, 0.1, 0.5, 1.0):
+            m = rng.uniform(size=(h, w)) < density
+            m[h // 3:h // 2, w // 4:] = density > 0.3  # long runs: multi-group counts
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            counts = rle_counts(rle["counts"].decode())
+            np.testing.assert_array_equal(rle_decode(counts, h, w), m)
+            np.testing.assert_array_equal(mask_utils.decode(rle).astype(bool), m)
+
+
+def test_coco_instance_masks_from_polygons_and_rle(tmp_path):
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    for k in range(2):
+        Image.new("RGB", (40, 20)).save(tmp_path / f"{k}.png")
+    square = np.zeros((20, 40), np.uint8)
+    square[4:12, 20:36] = 1
+    rle = mask_utils.encode(np.asfortranarray(square))
+    doc = {"images": [{"id": k, "file_name": f"{k}.png"} for k in range(2)],
+           "annotations": [
+               {"image_id": 0, "bbox": [2, 2, 10, 10], "category_id": 1,
+                "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]},
+               {"image_id": 0, "bbox": [20, 4, 16, 8], "category_id": 2,
+                "segmentation": {"size": [20, 40], "counts": rle["counts"].decode()}},
+               {"image_id": 1, "bbox": [0, 0, 4, 4], "category_id": 2,
+                "segmentation": {"size": [20, 40],
+                                 "counts": [int(c) for c in [0, 4, 16, 4, 16, 4, 16, 4, 736]]}}],
+           "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps(doc))
+    split = data.coco(path, (3, 20, 40), test_fraction=0.0)
+    assert split.task == "instance"
+    rows = sorted(split.train.y, key=len)
+    boxes, masks = synth.split_instances(rows[1], (20, 40))
+    polygon = np.zeros((20, 40), bool)
+    polygon[2:12, 2:12] = True  # pixel centres inside, as pycocotools rasterises
+    np.testing.assert_array_equal(masks[0], polygon)
+    np.testing.assert_array_equal(masks[1], square > 0)
+    np.testing.assert_array_equal(synth.split_instances(rows[0], (20, 40))[1][0],
+                                  np.pad(np.ones((4, 4), bool), ((0, 16), (0, 36))))
+    # at another input size the masks are resampled with the image
+    small = data.coco(path, (3, 10, 20), test_fraction=0.0)
+    half = synth.split_instances(sorted(small.train.y, key=len)[1], (10, 20))[1]
+    np.testing.assert_array_equal(half[1], square[::2, ::2] > 0)
+    for bad, message in (
+            ({"size": [20, 40], "counts": [5, 5]}, "cover 10 pixels"),
+            ({"size": [21, 40], "counts": [800]}, "not the image's"),
+            ({"size": [20, 40], "counts": "\x7f"}, "RLE alphabet"),
+            ({"size": [20, 40], "counts": "P"}, "ends in the middle"),
+            ([[1, 2, 3]], "even number"),
+            ({"counts": [1]}, "list of polygons or an RLE")):
+        doc["annotations"][0]["segmentation"] = bad
+        path.write_text(json.dumps(doc))
+        with pytest.raises(data.DataError, match=r"annotations\[0\]\.segmentation: .*"
+                           + message):
+            data.coco(path, (3, 20, 40))
+
+
+def test_polygons_fill_as_pycocotools_rasterises_them():
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    from runtime.train.data.readers import instance_mask
+
+    rng = np.random.default_rng(0)
+    for k in (3, 5, 8, 12, 30):
+        poly = [list(rng.uniform(0, 40, 2 * k))]
+        ours = instance_mask(poly, 30, 40, (30, 40))
+        theirs = mask_utils.decode(mask_utils.frPyObjects(poly, 30, 40))[:, :, 0] > 0
+        # the two rasterisers may differ on pixels the outline crosses
+        assert (ours ^ theirs).sum() <= max(0.1 * theirs.sum(), 6), k

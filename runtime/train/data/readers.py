@@ -317,6 +317,111 @@ def mask_folder(directory: str | Path, shape, test_fraction: float = 0.2,
 
 
 MAX_COCO_BYTES = 1 << 30
+MAX_POLYGON_NUMBERS = 1 << 16  # coordinates in one annotation's polygons
+
+
+def rle_counts(text: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (pycocotools' rleFrString): each
+    count in 5-bit groups (character - 48, bit 5: more groups follow, bit 4 of the last
+    group: negative), and from the third count on, the difference from the count two
+    before."""
+    counts: list[int] = []
+    p = 0
+    while p < len(text):
+        x = k = 0
+        more = True
+        while more:
+            if p >= len(text):
+                raise ValueError("the string ends in the middle of a count")
+            c = ord(text[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {text[p]!r} is not part of COCO's RLE alphabet")
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+    return counts
+
+
+def rle_decode(counts, height: int, width: int) -> np.ndarray:
+    """A (height, width) bool mask from run lengths of 0s and 1s alternately, starting with
+    0s, down the columns (COCO's RLE)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if (counts < 0).any():
+        raise ValueError("a run length is negative")
+    if int(counts.sum()) != height * width:
+        raise ValueError(f"the runs cover {int(counts.sum())} pixels, not {height} x {width}")
+    values = np.arange(len(counts)) % 2 == 1
+    return np.repeat(values, counts).reshape(width, height).T
+
+
+def fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The pixels (h, w) whose centres lie inside a polygon (k, 2) of x, y in pixels
+    (even-odd rule), row by row: pixel (i, j) spans [j, j + 1) x [i, i + 1), so a
+    rectangle from 2 to 12 covers pixels 2 to 11, as pycocotools rasterises it."""
+    h, w = shape
+    x0, y0 = xy[:, 0], xy[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    out = np.zeros((h, w), bool)
+    lo, hi = max(int(np.floor(y0.min())), 0), min(int(np.ceil(y0.max())), h)
+    for i in range(lo, hi):
+        yc = i + 0.5
+        crossing = (y0 <= yc) != (y1 <= yc)
+        if not crossing.any():
+            continue
+        a, b, c, d = x0[crossing], y0[crossing], x1[crossing], y1[crossing]
+        xs = np.sort(a + (yc - b) * (c - a) / (d - b))
+        for left, right in zip(xs[0::2], xs[1::2]):
+            start = min(max(int(np.ceil(left - 0.5)), 0), w)
+            stop = min(max(int(np.ceil(right - 0.5)), 0), w)
+            out[i, start:stop] = True
+    return out
+
+
+def instance_mask(segmentation, height: int, width: int, shape: tuple[int, int]) -> np.ndarray:
+    """An annotation's ``segmentation`` (polygons [[x1, y1, x2, y2, ...], ...] in image
+    pixels, their union; or RLE {"size": [height, width], "counts": [...] or "..."}) as a
+    bool mask of ``shape`` (h, w), the network's input. ValueError says what is wrong."""
+    from PIL import Image
+
+    h, w = shape
+    if isinstance(segmentation, list):
+        numbers = sum(len(poly) if isinstance(poly, list) else 0 for poly in segmentation)
+        if not segmentation or numbers > MAX_POLYGON_NUMBERS:
+            raise ValueError(f"polygons must be 1 to {MAX_POLYGON_NUMBERS} coordinates in "
+                             f"lists")
+        mask = np.zeros((h, w), bool)
+        for poly in segmentation:
+            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in poly)):
+                raise ValueError("a polygon must be an even number (at least 6) of finite "
+                                 "coordinates x1, y1, x2, y2, ...")
+            xy = np.asarray(poly, np.float64).reshape(-1, 2) * [w / width, h / height]
+            mask |= fill_polygon(xy, (h, w))
+        return mask
+    if not isinstance(segmentation, dict) or not {"size", "counts"} <= set(segmentation):
+        raise ValueError("must be a list of polygons or an RLE object {size, counts}")
+    size, counts = segmentation["size"], segmentation["counts"]
+    if size != [height, width]:
+        raise ValueError(f"RLE size {shorten(json.dumps(size), 40)} is not the image's "
+                         f"[{height}, {width}]")
+    if isinstance(counts, str):
+        if len(counts) > 8 * height * width + 64:
+            raise ValueError("the RLE string is longer than any mask of the image needs")
+        counts = rle_counts(counts)
+    elif not (isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool)
+                                               for c in counts)):
+        raise ValueError("RLE counts must be a string or a list of whole numbers")
+    mask = rle_decode(counts, height, width)
+    if (height, width) == (h, w):
+        return mask
+    return np.asarray(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST)) > 0
 
 
 def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> Split:
@@ -324,8 +429,11 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
     (image_id, bbox [x, y, width, height] in pixels, category_id) and ``categories`` (id,
     name). Image files are found next to the JSON file or in its ``images/`` folder (never
     outside that folder); boxes are scaled with the images to the network's input;
-    category ids, in increasing order, become classes 0, 1, ... Every field is checked,
-    and errors name it (``annotations[3].bbox``)."""
+    category ids, in increasing order, become classes 0, 1, ... Where every annotation
+    has a ``segmentation`` (polygons or RLE, :func:`instance_mask`), the data is for
+    instance segmentation: each row carries its mask at the network's input size (task
+    ``instance``, rows (k, 5 + H * W)). Every field is checked, and errors name it
+    (``annotations[3].bbox``)."""
     path = Path(path)
     doc = read_json(path, "COCO annotation file", DataError, dict, MAX_COCO_BYTES)
     missing = [k for k in ("images", "annotations", "categories") if k not in doc]
@@ -340,7 +448,10 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
     index = {_key(cat["id"]): k for k, cat in enumerate(categories)}
     _, h, w = shape
     _image_mode(shape)  # before reading a file
-    check_bytes(len(images) * 4 * 4 * math.prod(shape), f"reading the images of {path}")
+    instances = bool(annotations) and all("segmentation" in a for a in annotations)
+    check_bytes(len(images) * 4 * 4 * math.prod(shape)
+                + (len(annotations) * 4 * h * w if instances else 0),
+                f"reading the images of {path}")
     boxes_of: dict = {}
     for k, image in enumerate(images):
         if not isinstance(image["file_name"], str) or not image["file_name"]:
@@ -372,8 +483,16 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
             if bx < -1 or by < -1 or bx + bw > width + 1 or by + bh > height + 1:
                 raise DataError(f"{path}: annotations[{a}].bbox {[bx, by, bw, bh]} lies "
                                 f"outside image {image['file_name']} ({width}x{height})")
-            rows.append([bx, by, bx + bw, by + bh, cls])
-        rows = np.array(rows, np.float32).reshape(-1, 5)
+            row = [bx, by, bx + bw, by + bh, cls]
+            if instances:
+                try:
+                    mask = instance_mask(annotations[a]["segmentation"], height, width, (h, w))
+                except ValueError as exc:
+                    raise DataError(f"{path}: annotations[{a}].segmentation: {exc}") from None
+                row = np.r_[row, mask.ravel()]
+            rows.append(np.asarray(row, np.float32))
+        rows = (np.stack(rows) if rows else np.zeros((0, 5))).astype(np.float32).reshape(
+            -1, 5 + h * w if instances else 5)
         rows[:, [0, 2]] *= w / width
         rows[:, [1, 3]] *= h / height
         ys.append(rows)
@@ -383,7 +502,7 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
     y[:] = ys
     return holdout(np.stack(xs).astype(np.float32) / 255.0, y,
                    [shorten(cat.get("name", cat["id"]), 60) for cat in categories],
-                   test_fraction, seed, "detect")
+                   test_fraction, seed, "instance" if instances else "detect")
 
 
 def _key(value):
