@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from archc.layers.base import Attr, Int, LayerType, ShapeError, fmt_shape
+from archc.layers.base import (Attr, Float, Int, Ints, LayerType, Optional, ShapeError,
+                               fmt_shape)
 from archc.layers.costs import Cost, numel, pointwise_rf, saves_inputs, zero
 
 
@@ -122,4 +123,54 @@ CONCAT = LayerType(
     receptive_field=pointwise_rf,
 )
 
-LAYERS = (ADD, MULTIPLY, CONCAT)
+def _join_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+    shape = tuple(inputs[0])
+    for i, other in enumerate(inputs[1:], start=1):
+        if tuple(other) != shape:
+            raise ShapeError(
+                f"expected {fmt_shape(shape)} (the shape of input 1), got {fmt_shape(other)}",
+                input_index=i,
+                hint="join takes the mean of columns of one shape: give every column the "
+                "same channels and pool them alike")
+    columns = attrs.get("columns")
+    if columns is not None and len(columns) != len(inputs):
+        raise ShapeError(f"{len(columns)} columns named for {len(inputs)} inputs",
+                         hint="columns gives each input's column (0 = the shallowest), one "
+                         "per input, for global drop-path")
+    count = attrs.get("column_count")
+    if columns is not None and count is not None and max(columns) >= count:
+        raise ShapeError(f"column {max(columns)} of a network of {count} columns",
+                         hint="column_count is the number of columns of the whole network")
+    return shape
+
+
+JOIN = LayerType(
+    op="join",
+    label=lambda a: "join" + (f" drop {a['drop_path']:g}" if a["drop_path"] else ""),
+    family="merge",
+    doc="FractalNet's join: the element-wise mean of its inputs (columns of a fractal "
+    "block). In training, drop-path: each input is dropped with probability `drop_path` "
+    "(local; one is always kept) and the mean taken over those left, per sample; a "
+    "`global_drop` fraction of the samples instead keeps one column of the whole network, "
+    "drawn once per pass among `column_count`, each join keeping its input from that column "
+    "(`columns` names each input's column). The mean of all inputs in inference.",
+    attrs=(
+        Attr("drop_path", Float(minimum=0.0, maximum=1.0, below_maximum=True), 0.0,
+             "local drop-path: the probability of dropping each input"),
+        Attr("global_drop", Float(minimum=0.0, maximum=1.0), 0.0,
+             "the fraction of samples that keep a single column of the network"),
+        Attr("columns", Optional(Ints(minimum=0)), None,
+             "each input's column (default 0, 1, ...)"),
+        Attr("column_count", Optional(Int(minimum=1)), None,
+             "columns of the whole network, for global drop-path (default: this join's)"),
+    ),
+    infer_shape=_join_shape,
+    example="- join: {drop_path: 0.15}\n  inputs: [deep, shallow]",
+    arity=(2, None),
+    cost=Cost(lambda a, i, o: len(i) * numel(o), zero,
+              "inputs - 1 adds and one multiply per output element (inputs x weights in "
+              "training). Saves its per-sample weights (a few bytes)."),
+    receptive_field=pointwise_rf,
+)
+
+LAYERS = (ADD, MULTIPLY, CONCAT, JOIN)

@@ -372,6 +372,49 @@ def multiply(op, xs, p, ctx):
     return y
 
 
+GLOBAL_DROP_PATH = ("join", "global drop-path")
+"""ctx.saved's key for a pass's global drop-path draw (which samples keep one column, and
+which): made by the first join that needs it, read by the others."""
+
+
+def join_weights(op, n: int, ctx) -> np.ndarray:
+    """A join's weight of each input for each sample (n, inputs), float64, rows summing to
+    one: the mean in inference; in training the mean of the inputs drop-path keeps. One
+    rule for every backend (the same draws from the same generator)."""
+    k, a = len(op.inputs), op.attrs
+    if not ctx.train or (a["drop_path"] == 0 and a["global_drop"] == 0):
+        return np.full((n, k), 1.0 / k)
+    keep = ctx.rng.random((n, k)) >= a["drop_path"]
+    lost = np.nonzero(~keep.any(axis=1))[0]
+    keep[lost, ctx.rng.integers(0, k, len(lost))] = True  # one input always survives
+    if a["global_drop"] > 0:
+        columns = np.array(a["columns"] if a["columns"] is not None else range(k))
+        count = a["column_count"] or int(columns.max()) + 1
+        draw = ctx.saved.get(GLOBAL_DROP_PATH)
+        if draw is None or len(draw[0]) != n:
+            draw = (ctx.rng.random(n) < a["global_drop"], ctx.rng.integers(0, count, n))
+            ctx.saved[GLOBAL_DROP_PATH] = draw
+        chosen, column = draw
+        mine = columns[None, :] == column[:, None]
+        # a sample on one column keeps this join's input from it (a join without that
+        # column feeds nothing the sample's path reads: its local draw stands)
+        single = chosen & mine.any(axis=1)
+        keep[single] = mine[single]
+    return keep / keep.sum(axis=1, keepdims=True)
+
+
+def _per_sample(w: np.ndarray, ndim: int) -> np.ndarray:
+    return w.reshape((-1,) + (1,) * (ndim - 1))
+
+
+@kernel("join")
+def join(op, xs, p, ctx):
+    w = join_weights(op, len(xs[0]), ctx).astype(xs[0].dtype)
+    ctx.saved[op.output] = w
+    return sum((x * _per_sample(w[:, i], x.ndim) for i, x in enumerate(xs[1:], 1)),
+               xs[0] * _per_sample(w[:, 0], xs[0].ndim))
+
+
 @kernel("concat")
 def concat(op, xs, p, ctx):
     return np.concatenate(xs, axis=op.attrs["dim"])

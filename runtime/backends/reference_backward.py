@@ -310,6 +310,12 @@ def add(op, xs, y, gy, p, ctx):
     return [gy for _ in xs], {}
 
 
+@backward("join")
+def join(op, xs, y, gy, p, ctx):
+    w = ctx.saved[op.output]
+    return [gy * w[:, i].reshape((-1,) + (1,) * (gy.ndim - 1)) for i in range(len(xs))], {}
+
+
 @backward("multiply")
 def multiply(op, xs, y, gy, p, ctx):
     grads = []

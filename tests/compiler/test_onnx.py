@@ -118,6 +118,8 @@ layers:
   - {name: sh, channel_shuffle: 2, inputs: [crop]}
   - {name: hs, hardswish}
   - {name: sp, softplus: 2.0}
+  - {name: j, join: {drop_path: 0.2, global_drop: 0.5, columns: [2, 0], column_count: 3},
+     inputs: [hs, sp]}
   - {name: mi, mish}
   - {name: hsig, hardsigmoid}
   - {name: sq, multiply: [hsig, hsig]}
@@ -321,6 +323,22 @@ def test_asymmetric_padding_is_refused_with_the_reason(tmp_path):
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     with pytest.raises(OnnxError, match="padding .* is not the same on both sides"):
         from_onnx(model.SerializeToString())
+
+
+def test_a_foreign_mean_reads_as_a_join():
+    info = onnx.helper.make_tensor_value_info
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["a"], name="a"),
+             onnx.helper.make_node("Sigmoid", ["x"], ["b"], name="b"),
+             onnx.helper.make_node("Mean", ["a", "b", "x"], ["m"], name="m")]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [info("x", onnx.TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [info("m", onnx.TensorProto.FLOAT, ["N", 2, 3, 3])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    back, _ = from_onnx(model.SerializeToString())
+    assert back["m"].op == "join" and back["m"].attrs["drop_path"] == 0
+    x = np.random.default_rng(0).standard_normal((2, 2, 3, 3)).astype(np.float32)
+    want = (np.maximum(x, 0) + 1 / (1 + np.exp(-x)) + x) / 3
+    np.testing.assert_allclose(archc.compile(back).predict(x), want, rtol=1e-6, atol=1e-6)
 
 
 def test_a_layer_without_an_onnx_form_is_named(monkeypatch, tmp_path, capsys):

@@ -53,6 +53,7 @@ def test_documented_example_builds(op):
     prelude = {
         "max_unpool2d": "  - max_pool2d: 2\n    name: pool1\n  - relu\n",  # -3 is the input
         "add": "  - identity:\n    name: shortcut\n",
+        "join": "  - identity:\n    name: shallow\n  - conv2d: [8, 3, 1, 1]\n    name: deep\n",
         "multiply": "  - identity:\n    name: features\n  - global_avg_pool2d:\n    name: gate\n",
         "concat": "".join(f"  - identity:\n    name: branch{i}\n" for i in (1, 2, 3)),
         "reshape": "  - flatten\n",

@@ -31,7 +31,7 @@ def test_numba_op_matches_reference(op, data):
     params = {k: v.astype(np.float32) if v.dtype != np.int64 else v
               for k, v in init_params(program, seed=2).items()}
     xs = [(4 * rng.standard_normal((3,) + tuple(s))).astype(np.float32) for s in in_shapes]
-    train = op in ("batchnorm2d", "batchnorm1d", "dropout", "stochastic_depth") and \
+    train = op in ("batchnorm2d", "batchnorm1d", "dropout", "stochastic_depth", "join") and \
         data.draw(st.booleans())
     seed = data.draw(st.integers(0, 2**16))  # one random stream each, the same numbers
     ctx_ref = KernelContext(train=train, rng=np.random.default_rng(seed))

@@ -389,6 +389,30 @@ def test_dropout_masks_are_drawn_on_the_device(kind, attrs, shape):
     assert not np.array_equal(run(2)[0], y)
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_join_draws_what_the_host_draws(train):
+    """FractalNet's join: the weights of drop-path come from the model's generator on the
+    host (the same draws as the CPU's), the weighted sum runs on the device."""
+    from runtime.backends import cpu as host
+    from runtime.backends.cuda.backend import BACKEND
+    from runtime.program import Op
+
+    shape = (5, 2, 3, 3)
+    attrs = {"drop_path": 0.3, "global_drop": 0.4, "columns": None, "column_count": None}
+    op = Op("j", "join", attrs, ("a", "b", "c"), "j", {}, (shape[1:],) * 3, shape[1:])
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
+    gy = rng.standard_normal(shape).astype(np.float32)
+    ctx_h = KernelContext(train=train, rng=np.random.default_rng(3), keep=True)
+    ctx_d = KernelContext(train=train, rng=np.random.default_rng(3), keep=True)
+    want = host.KERNELS["join"](op, xs, {}, ctx_h)
+    y = BACKEND.kernels["join"](op, [device(x) for x in xs], {}, ctx_d)
+    np.testing.assert_allclose(y.copy_to_host(), want, rtol=1e-6, atol=1e-6)
+    grads, _ = BACKEND.backward["join"](op, [device(x) for x in xs], y, device(gy), {}, ctx_d)
+    for got, expected in zip(grads, host.BACKWARD["join"](op, xs, want, gy, {}, ctx_h)[0]):
+        np.testing.assert_allclose(got.copy_to_host(), expected, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("shape, target, smoothing", [
     ((4, 5), np.array([0, 4, 2, 2]), 0.0),
     ((3, 40), np.array([39, 0, 7]), 0.1),   # more classes than threads of a simulated block

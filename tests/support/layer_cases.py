@@ -138,6 +138,21 @@ def draw_case(draw, op: str, valid: bool = False) -> tuple[dict, list]:
         return {"dims": (0, *rest)}, [fmap(draw)]
     if op == "channel_shuffle":
         return {"groups": draw(st.integers(1, 4))}, [fmap(draw)]
+    if op == "join" and valid:  # columns of one shape; drop-path drawn (training only)
+        base = fmap(draw)
+        k = draw(st.integers(2, 3))
+        attrs = {"drop_path": draw(st.sampled_from([0.0, 0.15, 0.5])),
+                 "global_drop": draw(st.sampled_from([0.0, 0.5])), "columns": None,
+                 "column_count": None}
+        if draw(st.booleans()):  # the network's columns this join reads
+            attrs["columns"] = tuple(draw(st.permutations(range(k + 1))))[:k]
+            attrs["column_count"] = k + 1
+        return attrs, [tuple(base)] * k
+    if op == "join":  # sizes that may not go together
+        base = fmap(draw)
+        return {"drop_path": 0.0, "global_drop": 0.0, "columns": None, "column_count": None}, \
+            [base] + [base if draw(st.booleans()) else fmap(draw)
+                      for _ in range(draw(st.integers(1, 2)))]
     if op in ("add", "multiply", "concat") and valid:
         # inputs that go together, drawn as such (drawing any sizes and filtering out the
         # ones archc refuses threw away most cases: a failed health check)

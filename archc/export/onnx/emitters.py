@@ -391,6 +391,7 @@ EMITTERS: dict[str, Callable[[Emitter, list[str]], str]] = {
     "identity": _nothing_at_inference,
     "add": _chain("Add"),
     "multiply": _chain("Mul"),
+    "join": lambda e, xs: e.emit("Mean", xs),  # drop-path: training only
     "concat": lambda e, xs: e.emit("Concat", xs, axis=e.node.attrs["dim"]),
     "flatten": _reshape,
     "reshape": _reshape,

@@ -214,6 +214,12 @@ def _merge(r: Reader, n) -> None:
     r.add(n, op, {}, list(n.input), n.output[0])
 
 
+def _mean(r: Reader, n) -> None:
+    if any(t in r.consts for t in n.input) or len(n.input) < 2:
+        raise r.error(n, "Mean imports as a join of two or more tensors computed by layers")
+    r.add(n, "join", {}, list(n.input), n.output[0])
+
+
 def _concat(r: Reader, n) -> None:
     rank = len(r.shape(n.input[0])) + 1
     r.add(n, "concat", {"dim": r.axis(n, attr(n, "axis"), rank)}, list(n.input), n.output[0])
@@ -397,7 +403,7 @@ RULES: dict[str, Callable[[Reader, object], None]] = {
     "Gelu": _activation("gelu", approximate=lambda n: attr(n, "approximate", "none")),
     "Div": _gelu_by_erf, "Sigmoid": _sigmoid, "Softplus": _softplus,
     "HardSigmoid": _hardsigmoid, "Softmax": _softmax,
-    "Add": _merge, "Sum": _merge, "Mul": _merge, "Concat": _concat,
+    "Add": _merge, "Sum": _merge, "Mul": _merge, "Mean": _mean, "Concat": _concat,
     "Flatten": _flatten, "Reshape": _reshape, "Transpose": _transpose,
     "Slice": _slice, "Split": _split, "Resize": _resize,
     "Dropout": _dropout, "Identity": _identity,
@@ -415,7 +421,7 @@ READ_FROM: dict[str, tuple[str, ...]] = {
     "local_response_norm": ("LRN",), "layer_scale": ("Mul",),
     "relu": ("Clip",), "relu6": ("Clip",), "gelu": ("Gelu", "Div"), "silu": ("Sigmoid",),
     "hardsigmoid": ("HardSigmoid",), "softmax": ("Softmax",),
-    "add": ("Add", "Sum"), "multiply": ("Mul",), "concat": ("Concat",),
+    "add": ("Add", "Sum"), "multiply": ("Mul",), "join": ("Mean",), "concat": ("Concat",),
     "flatten": ("Flatten", "Reshape"), "reshape": ("Reshape",), "permute": ("Transpose",),
     "channel_shuffle": ("Reshape",), "slice": ("Slice", "Split"), "upsample": ("Resize",),
     "dropout": ("Dropout",), "identity": ("Identity",),

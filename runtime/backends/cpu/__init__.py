@@ -39,6 +39,7 @@ KERNELS["upsample"], BACKWARD["upsample"] = resample.upsample_forward, resample.
 KERNELS["add"] = tensor.add_forward
 KERNELS["multiply"], BACKWARD["multiply"] = tensor.multiply_forward, tensor.multiply_backward
 KERNELS["concat"] = tensor.concat_forward
+KERNELS["join"], BACKWARD["join"] = tensor.join_forward, tensor.join_backward
 KERNELS["channel_shuffle"] = tensor.channel_shuffle_forward
 BACKWARD["channel_shuffle"] = tensor.channel_shuffle_backward
 KERNELS["softmax"], BACKWARD["softmax"] = tensor.softmax_forward, tensor.softmax_backward

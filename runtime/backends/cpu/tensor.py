@@ -1,4 +1,5 @@
-"""Merges, channel shuffles, softmax and dropout on the CPU, one parallel pass each.
+"""Merges (FractalNet's join too), channel shuffles, softmax and dropout on the CPU, one
+parallel pass each.
 
 Element-wise merges broadcast as NumPy does (squeeze-excitation multiplies a map by a
 (N, C, 1, 1) gate): operands are viewed as 4-d arrays broadcast to the output's shape
@@ -14,6 +15,7 @@ import math
 import numpy as np
 from numba import njit, prange, uint64
 
+from runtime.backends.reference import join_weights
 from runtime.backends.reference_backward import _unbroadcast
 from runtime.backends import lines
 from runtime.config import PARALLEL
@@ -133,6 +135,45 @@ def multiply_backward(op, xs, y, gy, p, ctx):
         others = [gy] + [other for j, other in enumerate(xs) if j != i]
         grads.append(_unbroadcast(_combine(others, multiply=True), x.shape))
     return grads, {}
+
+
+# ------------------------------------------------------------------------------ join
+@njit(cache=True, **PARALLEL)
+def weighted_rows_kernel(y, x, w, first):
+    """y[n, :] (+)= x[n, :] * w[n] for 2-d (samples, elements) arrays: one input's share of
+    a join (``first``: y is written, not added to)."""
+    n, m = x.shape
+    chunks = (m + 4095) // 4096
+    for job in prange(n * chunks):
+        b, start = job // chunks, (job % chunks) * 4096
+        weight = w[b]
+        if first:
+            for i in range(uint64(start), uint64(min(m, start + 4096))):
+                y[b, i] = x[b, i] * weight
+        else:
+            for i in range(uint64(start), uint64(min(m, start + 4096))):
+                y[b, i] += x[b, i] * weight
+    return y
+
+
+def join_forward(op, xs, p, ctx):
+    """The reference draws the weights (same generator, same stream); the sum runs here."""
+    weights = join_weights(op, len(xs[0]), ctx).astype(xs[0].dtype)
+    ctx.saved[op.output] = weights
+    n = len(xs[0])
+    y = np.empty((n, xs[0][0].size), dtype=xs[0].dtype)
+    for i, x in enumerate(xs):
+        weighted_rows_kernel(y, np.ascontiguousarray(x).reshape(n, -1),
+                             np.ascontiguousarray(weights[:, i]), i == 0)
+    return y.reshape(xs[0].shape)
+
+
+def join_backward(op, xs, y, gy, p, ctx):
+    weights, n = ctx.saved[op.output], len(gy)
+    rows = np.ascontiguousarray(gy).reshape(n, -1)
+    return [weighted_rows_kernel(np.empty_like(rows), rows,
+                                 np.ascontiguousarray(weights[:, i]), True).reshape(gy.shape)
+            for i in range(len(xs))], {}
 
 
 # ---------------------------------------------------------------------- concat, shuffle

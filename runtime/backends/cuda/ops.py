@@ -15,7 +15,7 @@ from runtime.backends.cuda import roi as R_roi
 from runtime.backends.cuda import tensor as T
 from runtime.backends.cuda import training
 from runtime.backends.cuda.kernels import to_device
-from runtime.backends.reference import batch_statistics
+from runtime.backends.reference import batch_statistics, join_weights
 from runtime.backends.epilogue import (
     activation_of,
     fused_backward,
@@ -103,6 +103,28 @@ def add_forward(op, xs, p, ctx):
 
 def add_backward(op, xs, y, gy, p, ctx):
     return [gy for _ in xs], {}
+
+
+def _join_columns(weights, ndim: int) -> list:
+    """Each input's weights (n, 1, ...) on the device."""
+    return [to_device(np.ascontiguousarray(weights[:, i]).reshape((-1,) + (1,) * (ndim - 1)))
+            for i in range(weights.shape[1])]
+
+
+def join_forward(op, xs, p, ctx):
+    """FractalNet's join: the per-sample weights (the mean of the inputs drop-path keeps)
+    drawn on the host by the reference's rule, the weighted sum on the device."""
+    weights = join_weights(op, xs[0].shape[0], ctx).astype(np.float32)
+    columns = _join_columns(weights, len(xs[0].shape))
+    ctx.saved[op.output] = columns
+    y = T.multiply(xs[0], columns[0])
+    for x, w in zip(xs[1:], columns[1:]):
+        y = K.add(y, T.multiply(x, w), out=y)
+    return y
+
+
+def join_backward(op, xs, y, gy, p, ctx):
+    return [T.multiply(gy, w) for w in ctx.saved[op.output]], {}
 
 
 def view_forward(op, xs, p, ctx):
@@ -441,12 +463,13 @@ DEVICE_BACKWARD.update(max_pool2d=max_pool_backward, avg_pool2d=avg_pool_backwar
 
 
 DEVICE_KERNELS.update(conv2d=conv2d_forward, linear=linear_forward, add=add_forward,
+               join=join_forward,
                flatten=view_forward, reshape=view_forward, identity=identity_forward)
 
 
 DEVICE_BACKWARD.update(conv2d=fused_backward(_conv2d_core_backward, _activation_grad),
                 linear=fused_backward(_linear_core_backward, _activation_grad),
-                add=add_backward, flatten=view_backward, reshape=view_backward,
+                add=add_backward, join=join_backward, flatten=view_backward, reshape=view_backward,
                 identity=identity_backward)
 
 
