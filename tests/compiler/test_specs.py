@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,6 +72,8 @@ def test_every_spec_checks(path):
     ("vgg16", torch_models.VGG16, 224, 138_357_544, {}),
     ("googlenet", torch_models.GoogLeNet, 224, 6_624_904, {}),
     ("unet", torch_models.UNet, 64, 31_030_658, {"resolution": 64, "padding": 1}),
+    # pytorchcv's fractalnet_cifar10 counts the same 33,724,618 (conv without bias, BN)
+    ("fractalnet", torch_models.FractalNet, 32, 33_724_618, {}),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_spec_equals_its_pytorch_twin(spec, twin, size, params, variables):
     graph = archc.load(SPECS / f"{spec}.yaml", **variables)
@@ -87,6 +90,29 @@ def test_spec_equals_its_pytorch_twin(spec, twin, size, params, variables):
             assert graph[name].shape == shape, name
             compared += 1
     assert compared >= len(torch_shapes) * 0.6
+
+
+def test_fractalnet_computes_what_the_generators_wiring_computes(tmp_path):
+    """The spec's hand-expanded fractal against the authors' generator loop (the twin),
+    weights shared by name, inference (joins are means): same outputs."""
+    variables = {"num_blocks": 2, "width": 0.125, "resolution": 8, "channels": 1}
+    graph = archc.load(SPECS / "fractalnet.yaml", **variables)
+    torch.manual_seed(0)
+    twin = torch_models.FractalNet(filters=(8, 16), dropouts=(0.0, 0.1), channels=1).eval()
+    for module in twin.modules():  # statistics and affine parameters that are not 0 or 1
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    weights = tmp_path / "w.npz"
+    np.savez(weights, **{k: v.double().numpy() for k, v in twin.state_dict().items()})
+    model = archc.compile(graph, dtype="float64")
+    model.load(weights)
+    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8))
+    with torch.no_grad():
+        want = twin.double()(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(model.predict(x), want, rtol=1e-10, atol=1e-10)
 
 
 def test_resnet18_check_and_set_on_the_command_line():

@@ -3,6 +3,8 @@ torch 2.13 here), with torchvision's module names so state_dict keys line up."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import nn
 
@@ -324,3 +326,49 @@ class MobileNetV2(nn.Module):
     def forward(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
+
+
+class FractalNet(nn.Module):
+    """FractalNet for CIFAR as the authors' generator wires it (github.com/gustavla/
+    fractalnet, generation/fractalnet.py): its loop over the steps of a block, for any
+    number of columns, written out here without archc's expansion; conv units are conv
+    (no bias) -> dropout -> batch norm -> ReLU; joins are means (inference)."""
+
+    def __init__(self, columns: int = 3, filters=(64, 128, 256, 512, 512),
+                 dropouts=(0.0, 0.1, 0.2, 0.3, 0.4), num_classes: int = 10, channels: int = 3):
+        super().__init__()
+        self.columns = columns
+        self.block = nn.ModuleList()
+        for out, rate in zip(filters, dropouts):
+            units, made = nn.ModuleDict(), [0] * columns
+            for step in range(2 ** (columns - 1)):
+                for c in reversed(range(columns)):
+                    if (step + 1) % 2 ** (columns - c - 1) == 0:
+                        parts = [("conv", nn.Conv2d(channels if made[c] == 0 else out, out, 3,
+                                                    padding=1, bias=False))]
+                        parts += [("drop", nn.Dropout(rate))] if rate > 0 else []
+                        parts += [("bn", nn.BatchNorm2d(out)), ("relu", nn.ReLU())]
+                        units[f"col{c}_{made[c]}"] = nn.Sequential(OrderedDict(parts))
+                        made[c] += 1
+            self.block.append(units)
+            channels = out
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        c_all, steps = self.columns, 2 ** (self.columns - 1)
+        for units in self.block:
+            lasts, made = [x] * c_all, [0] * c_all
+            for step in range(steps):
+                for c in reversed(range(c_all)):
+                    if (step + 1) % 2 ** (c_all - c - 1) == 0:
+                        lasts[c] = units[f"col{c}_{made[c]}"](lasts[c])
+                        made[c] += 1
+                if step == steps - 1:
+                    lasts = [nn.functional.max_pool2d(t, 2) for t in lasts]
+                for c in range(c_all):
+                    if step % 2 ** (2 + c) == 2 ** (1 + c) - 1:
+                        joined = torch.stack(lasts[-(2 + c):]).mean(dim=0)
+                        lasts[c_all - 2 - c:] = [joined] * (2 + c)
+                        break
+            x = lasts[0]
+        return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))

@@ -353,3 +353,20 @@ def test_the_spec_language_and_the_runtime_know_the_same_training_settings():
     from runtime.train.config import KEYS
 
     assert sorted(TRAINING_KEYS) == sorted(KEYS)
+
+
+def test_fractalnet_with_drop_path_learns_the_digits(tmp_path):
+    """A small FractalNet (three blocks of three columns, 8x8 digits), local and global
+    drop-path and the paper's dropout on: it learns, and the inference pass (joins as
+    means) is what is evaluated."""
+    graph = archc.load(SPECS / "fractalnet.yaml", num_blocks=3, width=0.25, resolution=8,
+                       channels=1)
+    joins = [n for n in graph if n.op == "join"]
+    assert len(joins) == 6 and all(n.attrs["drop_path"] == 0.15 for n in joins)
+    digits = data.load("digits", (1, 8, 8), seed=0)
+    model = archc.compile(graph, backend="cpu", seed=0)
+    untrained = evaluate(model, digits.test)["accuracy"]
+    history = fit(model, digits, TrainConfig(epochs=8, batch_size=32, lr=0.05), tmp_path,
+                  report=lambda line: None)
+    assert untrained < 0.3 and history[-1]["test_accuracy"] > 0.85
+    assert history[-1]["train_loss"] < history[0]["train_loss"] / 2
