@@ -135,6 +135,33 @@ def test_unet_paper_tile_and_same_variant():
     assert same.output_shapes() == {"head": (2, 256, 256)}
 
 
+def test_unet_plus_plus_matches_the_paper():
+    """Zhou et al. 2018, Table 2: U-Net 7.76M and UNet++ 9.04M parameters (32 base
+    channels; with or without deep supervision, whose heads add 99)."""
+    nested = archc.load(SPECS / "unet_plus_plus.yaml")
+    plain = archc.load(SPECS / "unet.yaml", base=32, in_channels=3, num_classes=1, padding=1,
+                       resolution=96)
+    assert round(analyse(nested).totals["params"] / 1e6, 2) == 9.04
+    assert round(analyse(plain).totals["params"] / 1e6, 2) == 7.76
+    deep = archc.load(SPECS / "unet_plus_plus.yaml", deep_supervision=True)
+    assert analyse(deep).totals["params"] - analyse(nested).totals["params"] == 99
+    assert nested.output_shapes() == {"final4": (1, 96, 96)}  # X(0,4)'s head
+    assert deep.output_shapes() == {"final": (1, 96, 96)}  # the mean of four
+
+
+def test_fractalnet_is_twenty_layers_deep_with_drop_path_at_every_join():
+    """Larsson et al. 2017: B = 5 blocks of C = 3 columns, 5 x 2^(C-1) = 20 convs on the
+    deepest path, 7 convs and 2 joins per block; drop-path 15% local, half the batch
+    global."""
+    graph = archc.load(SPECS / "fractalnet.yaml")
+    assert sum(n.op == "conv2d" for n in graph) == 35
+    joins = [n for n in graph if n.op == "join"]
+    assert len(joins) == 10 and {n.attrs["drop_path"] for n in joins} == {0.15}
+    assert {n.attrs["global_drop"] for n in joins} == {0.5}
+    deepest = sum(n.op == "conv2d" and ".col2_" in n.name for n in graph)
+    assert deepest == 20
+
+
 def test_segmentation_outputs_have_the_input_size():
     for spec in ("fcn", "deeplab"):
         graph = archc.load(SPECS / f"{spec}.yaml", resolution=224)
@@ -156,7 +183,7 @@ def test_variants_are_not_copies():
     for variant, base in (("resnet34", "resnet18"), ("vgg16_bn", "vgg16"),
                           ("squeezenet1_1", "squeezenet1_0"), ("fcn", "resnet50"),
                           ("deeplab", "fcn"), ("mask_rcnn", "faster_rcnn"),
-                          ("retinanet", "faster_rcnn")):
+                          ("retinanet", "faster_rcnn"), ("attention_unet", "unet")):
         assert f"extends: {base}.yaml" in (SPECS / f"{variant}.yaml").read_text()
 
 

@@ -74,6 +74,10 @@ def test_every_spec_checks(path):
     ("unet", torch_models.UNet, 64, 31_030_658, {"resolution": 64, "padding": 1}),
     # pytorchcv's fractalnet_cifar10 counts the same 33,724,618 (conv without bias, BN)
     ("fractalnet", torch_models.FractalNet, 32, 33_724_618, {}),
+    ("unet_plus_plus", torch_models.UNetPlusPlus, 96, 9_042_177, {}),  # the paper's 9.04M
+    ("unet_plus_plus", lambda: torch_models.UNetPlusPlus(deep_supervision=True), 96,
+     9_042_276, {"deep_supervision": True}),
+    ("attention_unet", torch_models.AttentionUNet, 64, 32_433_030, {"resolution": 64}),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_spec_equals_its_pytorch_twin(spec, twin, size, params, variables):
     graph = archc.load(SPECS / f"{spec}.yaml", **variables)
@@ -92,27 +96,38 @@ def test_spec_equals_its_pytorch_twin(spec, twin, size, params, variables):
     assert compared >= len(torch_shapes) * 0.6
 
 
-def test_fractalnet_computes_what_the_generators_wiring_computes(tmp_path):
-    """The spec's hand-expanded fractal against the authors' generator loop (the twin),
-    weights shared by name, inference (joins are means): same outputs."""
-    variables = {"num_blocks": 2, "width": 0.125, "resolution": 8, "channels": 1}
-    graph = archc.load(SPECS / "fractalnet.yaml", **variables)
+@pytest.mark.parametrize("spec, variables, twin", [
+    # the hand-expanded fractal against the authors' generator loop
+    ("fractalnet", {"num_blocks": 2, "width": 0.125, "resolution": 8, "channels": 1},
+     lambda: torch_models.FractalNet(filters=(8, 16), dropouts=(0.0, 0.1), channels=1)),
+    # the nested grid written node by node against the authors' loop over it
+    ("unet_plus_plus", {"base": 4, "resolution": 32, "deep_supervision": True},
+     lambda: torch_models.UNetPlusPlus(base=4, deep_supervision=True)),
+    ("unet_plus_plus", {"base": 4, "resolution": 16, "in_channels": 1, "num_classes": 3},
+     lambda: torch_models.UNetPlusPlus(cin=1, classes=3, base=4)),
+    ("attention_unet", {"base": 4, "resolution": 32},
+     lambda: torch_models.AttentionUNet(base=4)),
+], ids=["fractalnet", "unet_plus_plus-deep", "unet_plus_plus", "attention_unet"])
+def test_spec_computes_what_its_twin_computes(spec, variables, twin, tmp_path):
+    """Inference with the twin's weights, shared by name (joins are means, dropout off,
+    batch norms with statistics and affine parameters that are not 0 or 1)."""
+    graph = archc.load(SPECS / f"{spec}.yaml", **variables)
     torch.manual_seed(0)
-    twin = torch_models.FractalNet(filters=(8, 16), dropouts=(0.0, 0.1), channels=1).eval()
-    for module in twin.modules():  # statistics and affine parameters that are not 0 or 1
+    model = twin().eval()
+    for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.5, 0.5)
     weights = tmp_path / "w.npz"
-    np.savez(weights, **{k: v.double().numpy() for k, v in twin.state_dict().items()})
-    model = archc.compile(graph, dtype="float64")
-    model.load(weights)
-    x = np.random.default_rng(0).standard_normal((3, 1, 8, 8))
+    np.savez(weights, **{k: v.double().numpy() for k, v in model.state_dict().items()})
+    ours = archc.compile(graph, dtype="float64")
+    ours.load(weights)
+    x = np.random.default_rng(0).standard_normal((2,) + graph[graph.inputs[0]].shape)
     with torch.no_grad():
-        want = twin.double()(torch.as_tensor(x)).numpy()
-    np.testing.assert_allclose(model.predict(x), want, rtol=1e-10, atol=1e-10)
+        want = model.double()(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(ours.predict(x), want, rtol=1e-9, atol=1e-10)
 
 
 def test_resnet18_check_and_set_on_the_command_line():

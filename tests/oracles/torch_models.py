@@ -372,3 +372,107 @@ class FractalNet(nn.Module):
                         break
             x = lasts[0]
         return self.fc(nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class UNetPlusPlus(nn.Module):
+    """UNet++ as its authors' Keras code builds it (github.com/MrGiovanni/UNetPlusPlus):
+    the grid of nodes X(i, j) made by a loop over j (the spec writes each node out), with
+    the names of specs/unet_plus_plus.yaml; dropout left out (inference)."""
+
+    def __init__(self, cin=3, classes=1, base=32, deep_supervision=False):
+        super().__init__()
+        self.deep = deep_supervision
+        widths = [base * 2 ** i for i in range(5)]
+
+        def unit(a, b):
+            return nn.Sequential(OrderedDict([("conv1", nn.Conv2d(a, b, 3, padding=1)),
+                                              ("relu1", nn.ReLU()),
+                                              ("conv2", nn.Conv2d(b, b, 3, padding=1)),
+                                              ("relu2", nn.ReLU())]))
+
+        for i, w in enumerate(widths):
+            setattr(self, f"conv{i}_0", unit(cin if i == 0 else widths[i - 1], w))
+        for j in range(1, 5):
+            for i in range(5 - j):
+                setattr(self, f"up{i}_{j}", nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2))
+                setattr(self, f"conv{i}_{j}", unit(widths[i] * (j + 1), widths[i]))
+        for j in (range(1, 5) if deep_supervision else [4]):
+            setattr(self, f"final{j}", nn.Conv2d(base, classes, 1))
+
+    def forward(self, x):
+        nodes = {}
+        for i in range(5):
+            x = getattr(self, f"conv{i}_0")(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            nodes[i, 0] = x
+        for j in range(1, 5):
+            for i in range(5 - j):
+                up = getattr(self, f"up{i}_{j}")(nodes[i + 1, j - 1])
+                earlier = [nodes[i, k] for k in range(j)]
+                nodes[i, j] = getattr(self, f"conv{i}_{j}")(torch.cat([up] + earlier, 1))
+        heads = [getattr(self, f"final{j}")(nodes[0, j]) for j in
+                 (range(1, 5) if self.deep else [4])]
+        return torch.stack(heads).mean(dim=0)
+
+
+class GridAttention(nn.Module):
+    """Attention U-Net's gate (the authors' GridAttentionBlock2D, sub-sampling 2)."""
+
+    def __init__(self, channels, gating):
+        super().__init__()
+        inter = channels // 2
+        self.theta = nn.Conv2d(channels, inter, 2, 2, bias=False)
+        self.phi = nn.Conv2d(gating, inter, 1)
+        self.psi = nn.Conv2d(inter, 1, 1)
+        self.W = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.BatchNorm2d(channels))
+
+    def forward(self, x, g):
+        alpha = torch.sigmoid(self.psi(torch.relu(self.theta(x) + self.phi(g))))
+        alpha = nn.functional.interpolate(alpha, size=x.shape[2:], mode="bilinear",
+                                          align_corners=False)
+        return self.W(x * alpha)
+
+
+class DoubleConvBN(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        return torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class AttentionUp(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.gate = GridAttention(cout, cin)
+        self.upconv = nn.ConvTranspose2d(cin, cout, 2, 2)
+        self.conv = DoubleConvBN(2 * cout, cout)
+
+    def forward(self, x, skip):
+        return self.conv(torch.cat([self.gate(skip, x), self.upconv(x)], 1))
+
+
+class AttentionUNet(nn.Module):
+    """specs/attention_unet.yaml: U-Net with batch norm whose skips pass attention gates."""
+
+    def __init__(self, cin=1, classes=2, base=64):
+        super().__init__()
+        w = [base * 2 ** i for i in range(5)]
+        self.enc1, self.enc2 = DoubleConvBN(cin, w[0]), DoubleConvBN(w[0], w[1])
+        self.enc3, self.enc4 = DoubleConvBN(w[1], w[2]), DoubleConvBN(w[2], w[3])
+        self.bottleneck = DoubleConvBN(w[3], w[4])
+        self.dec4, self.dec3 = AttentionUp(w[4], w[3]), AttentionUp(w[3], w[2])
+        self.dec2, self.dec1 = AttentionUp(w[2], w[1]), AttentionUp(w[1], w[0])
+        self.head = nn.Conv2d(base, classes, 1)
+
+    def forward(self, x):
+        pool = nn.functional.max_pool2d
+        e1 = self.enc1(x)
+        e2 = self.enc2(pool(e1, 2))
+        e3 = self.enc3(pool(e2, 2))
+        e4 = self.enc4(pool(e3, 2))
+        b = self.bottleneck(pool(e4, 2))
+        return self.head(self.dec1(self.dec2(self.dec3(self.dec4(b, e4), e3), e2), e1))
