@@ -46,6 +46,8 @@ TORCHVISION = [
     ("faster_rcnn", {}, 41_808_406, None),
     ("mask_rcnn", {"frozen_bn": True}, 44_401_393, None),
     ("mask_rcnn", {}, 44_454_513, None),
+    ("faster_rcnn_mobilenet", {"frozen_bn": True}, 19_386_354, None),
+    ("faster_rcnn_mobilenet", {}, 19_410_754, None),
     ("retinanet", {"frozen_bn": True}, 34_014_999, None),
     ("retinanet", {}, 34_068_119, None),
 ]
@@ -183,7 +185,8 @@ def test_variants_are_not_copies():
     for variant, base in (("resnet34", "resnet18"), ("vgg16_bn", "vgg16"),
                           ("squeezenet1_1", "squeezenet1_0"), ("fcn", "resnet50"),
                           ("deeplab", "fcn"), ("mask_rcnn", "faster_rcnn"),
-                          ("retinanet", "faster_rcnn"), ("attention_unet", "unet")):
+                          ("retinanet", "faster_rcnn"), ("attention_unet", "unet"),
+                          ("faster_rcnn_mobilenet", "faster_rcnn")):
         assert f"extends: {base}.yaml" in (SPECS / f"{variant}.yaml").read_text()
 
 

@@ -136,3 +136,42 @@ def test_resnet18_check_and_set_on_the_command_line():
     small = archc.load(SPECS / "resnet18.yaml", num_classes=10, resolution=64)
     assert small.output_shapes() == {"fc": (10,)}
     assert small["layer4.1.relu_1"].shape == (512, 2, 2)
+
+
+def test_faster_rcnn_mobilenet_is_torchvisions_layer_for_layer(tmp_path):
+    """specs/faster_rcnn_mobilenet.yaml against a torch build of torchvision's
+    fasterrcnn_mobilenet_v3_large_fpn (tests/oracles/torch_models.py): every parameter and
+    buffer by torchvision's name and shape, and the same RPN outputs on every level
+    (MobileNetV3's blocks, squeeze-excitation and hard swish included) in inference."""
+    from archc.lower import lower
+
+    graph = archc.load(SPECS / "faster_rcnn_mobilenet.yaml", resolution=64, proposals=3)
+    program = lower(graph)
+    torch.manual_seed(0)
+    twin = torch_models.MobileNetV3LargeFPN().eval()
+    state = {k: v for k, v in twin.state_dict().items() if "num_batches_tracked" not in k}
+    ours = {program.torch_names.get(k, k): tuple(v.shape) for k, v in program.params.items()
+            if "num_batches_tracked" not in k}
+    assert ours == {k: tuple(v.shape) for k, v in state.items()}
+    for module in twin.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    weights = tmp_path / "w.npz"
+    np.savez(weights, **{k: v.double().numpy() for k, v in twin.state_dict().items()})
+    model = archc.compile(graph, dtype="float64")
+    model.load(weights)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64))
+    boxes = np.tile(np.array([[0, 0, 32, 32], [8, 8, 60, 40], [1, 2, 3, 4]], float), (2, 1, 1))
+    got = model.predict({"image": x, "proposals": boxes})
+    with torch.no_grad():
+        levels = twin.double()(torch.as_tensor(x))
+        head = twin.rpn.head
+        for name, level in zip(("p0", "p1", "pool"), levels):
+            features = torch.relu(head.conv(level))
+            np.testing.assert_allclose(got[f"objectness_{name}"],
+                                       head.cls_logits(features).numpy(), rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(got[f"deltas_{name}"],
+                                       head.bbox_pred(features).numpy(), rtol=1e-9, atol=1e-9)

@@ -476,3 +476,92 @@ class AttentionUNet(nn.Module):
         e4 = self.enc4(pool(e3, 2))
         b = self.bottleneck(pool(e4, 2))
         return self.head(self.dec1(self.dec2(self.dec3(self.dec4(b, e4), e3), e2), e1))
+
+
+def _conv_norm_act(cin, cout, k=1, stride=1, groups=1, act=nn.Hardswish):
+    """torchvision's Conv2dNormActivation (eps 0.001 as MobileNetV3 builds it)."""
+    layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout, eps=0.001)]
+    return nn.Sequential(*layers, *([act()] if act is not None else []))
+
+
+class SqueezeExcitation(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        squeeze = _make_divisible(channels // 4, 8)
+        self.fc1, self.fc2 = nn.Conv2d(channels, squeeze, 1), nn.Conv2d(squeeze, channels, 1)
+
+    def forward(self, x):
+        s = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+
+class MobileNetV3Block(nn.Module):
+    """torchvision's InvertedResidual for MobileNetV3."""
+
+    def __init__(self, cin, k, expanded, cout, se, act, stride):
+        super().__init__()
+        act = nn.Hardswish if act == "hardswish" else nn.ReLU
+        layers = [_conv_norm_act(cin, expanded, act=act)] if expanded != cin else []
+        layers.append(_conv_norm_act(expanded, expanded, k, stride, expanded, act=act))
+        layers += [SqueezeExcitation(expanded)] if se else []
+        layers.append(_conv_norm_act(expanded, cout, act=None))
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.block(x)
+        return y + x if self.residual else y
+
+
+MOBILENET_V3_LARGE = [  # torchvision's inverted_residual_setting for mobilenet_v3_large
+    (16, 3, 16, 16, False, "relu", 1), (16, 3, 64, 24, False, "relu", 2),
+    (24, 3, 72, 24, False, "relu", 1), (24, 5, 72, 40, True, "relu", 2),
+    (40, 5, 120, 40, True, "relu", 1), (40, 5, 120, 40, True, "relu", 1),
+    (40, 3, 240, 80, False, "hardswish", 2), (80, 3, 200, 80, False, "hardswish", 1),
+    (80, 3, 184, 80, False, "hardswish", 1), (80, 3, 184, 80, False, "hardswish", 1),
+    (80, 3, 480, 112, True, "hardswish", 1), (112, 3, 672, 112, True, "hardswish", 1),
+    (112, 5, 672, 160, True, "hardswish", 2), (160, 5, 960, 160, True, "hardswish", 1),
+    (160, 5, 960, 160, True, "hardswish", 1)]
+
+
+class MobileNetV3LargeFPN(nn.Module):
+    """fasterrcnn_mobilenet_v3_large_fpn's backbone (BackboneWithFPN over features.13 and
+    features.16, LastLevelMaxPool), the RPN head and the box head, with torchvision's
+    names; forward returns the three FPN levels."""
+
+    def __init__(self, classes: int = 91, anchors: int = 15):
+        super().__init__()
+        features = [_conv_norm_act(3, 16, 3, 2)]
+        features += [MobileNetV3Block(*row) for row in MOBILENET_V3_LARGE]
+        features.append(_conv_norm_act(160, 960))
+        self.backbone = nn.Module()
+        self.backbone.body = nn.Module()
+        self.backbone.body.features = nn.Sequential(*features)
+        self.backbone.fpn = nn.Module()
+        self.backbone.fpn.inner_blocks = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(c, 256, 1)) for c in (160, 960)])
+        self.backbone.fpn.layer_blocks = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(256, 256, 3, padding=1)) for _ in range(2)])
+        self.rpn = nn.Module()
+        self.rpn.head = nn.Module()
+        self.rpn.head.conv = nn.Sequential(nn.Sequential(nn.Conv2d(256, 256, 3, padding=1)))
+        self.rpn.head.cls_logits = nn.Conv2d(256, anchors, 1)
+        self.rpn.head.bbox_pred = nn.Conv2d(256, 4 * anchors, 1)
+        self.roi_heads = nn.Module()
+        self.roi_heads.box_head = nn.Module()
+        self.roi_heads.box_head.fc6 = nn.Linear(256 * 7 * 7, 1024)
+        self.roi_heads.box_head.fc7 = nn.Linear(1024, 1024)
+        self.roi_heads.box_predictor = nn.Module()
+        self.roi_heads.box_predictor.cls_score = nn.Linear(1024, classes)
+        self.roi_heads.box_predictor.bbox_pred = nn.Linear(1024, 4 * classes)
+
+    def forward(self, x):
+        feats, fpn = self.backbone.body.features, self.backbone.fpn
+        c4 = feats[:14](x)
+        c5 = feats[14:](c4)
+        top = fpn.inner_blocks[1](c5)
+        p1 = fpn.layer_blocks[1](top)
+        lateral = fpn.inner_blocks[0](c4)
+        p0 = fpn.layer_blocks[0](lateral + nn.functional.interpolate(top, size=lateral.shape[-2:]))
+        return p0, p1, nn.functional.max_pool2d(p1, 1, 2)
