@@ -115,7 +115,10 @@ def write_atomically(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def compile_for_data(graph, args, seed: int):
+def compile_for_data(graph, args, seed: int, every_node: bool = False):
+    """The model a data command runs: fused for training (exact passes), or with
+    ``every_node`` as the spec wrote it, each layer an op of its own that the command may
+    name (visualize, stylize)."""
     from archc import compile as compile_graph
     from archc.passes import for_training
 
@@ -124,7 +127,8 @@ def compile_for_data(graph, args, seed: int):
         raise UsageError(f"training needs a network with one input and one output, or a "
                          f"two-stage detector (an input 'proposals' [R, 4]); {graph.name} "
                          f"has {len(graph.inputs)} and {len(graph.outputs)}")
-    return compile_graph(for_training(graph), backend=args.backend, seed=seed)
+    return compile_graph(graph if every_node else for_training(graph), backend=args.backend,
+                         seed=seed)
 
 
 def settings_of(args, graph):

@@ -135,7 +135,7 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     from runtime.train import pictures, tasks, visualize
 
     graph = load_graph(args)
-    model = compile_for_data(graph, args, args.seed or 0)
+    model = compile_for_data(graph, args, args.seed or 0, every_node=True)
     if args.weights:
         load_weights(model, args.weights, args)
     described = tasks.find_description(args.weights) if args.weights else None
@@ -237,7 +237,7 @@ def _cmd_stylize(args: argparse.Namespace) -> int:
     from runtime.train import pictures, visualize
 
     graph = load_graph(args)
-    model = compile_for_data(graph, args, args.seed)
+    model = compile_for_data(graph, args, args.seed, every_node=True)
     if args.weights:
         load_weights(model, args.weights, args)
     shape = next(iter(model.program.inputs.values()))

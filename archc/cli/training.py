@@ -58,7 +58,9 @@ def _train(args, graph, settings, world, run) -> int:
             f"rank; batch norm {'synchronised' if config.sync_bn else 'per rank'}")
     if task.kind == "detect" and hasattr(task, "rcnn"):
         rcnn = task.rcnn
-        say(f"two-stage detector: anchors of {rcnn.anchor_scale:g} x the stride over "
+        sizes = (f"{rcnn.anchor_scale:g} x the stride" if rcnn.octaves == 1 else
+                 "/".join(f"{s:g}" for s in rcnn.sizes((1, 1))) + " px")
+        say(f"two-stage detector: anchors of {sizes} over "
             f"{len(rcnn.levels)} levels ({', '.join(n for n, _, _ in rcnn.levels)}), "
             f"{rcnn.proposals} boxes per image for the box head"
             + (f", {rcnn.mask_boxes} for the mask branch" if rcnn.mask_boxes else ""))

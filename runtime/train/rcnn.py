@@ -38,21 +38,22 @@ BELOW, BETWEEN = -1, -2  # a matcher's verdicts for boxes it does not assign
 
 
 # ----------------------------------------------------------------------------- anchors
-def cell_anchors(size: float, ratios) -> np.ndarray:
-    """The anchors of one position (A, 4), centred on 0: for each aspect ratio h/w, a box
-    of area ``size ** 2``, corners rounded to whole pixels (torchvision's
-    AnchorGenerator)."""
+def cell_anchors(sizes, ratios) -> np.ndarray:
+    """The anchors of one position (A, 4), centred on 0: for each aspect ratio h/w and
+    each size (one number or several), a box of area ``size ** 2``, corners rounded to
+    whole pixels; ratio by ratio, the sizes inside (torchvision's AnchorGenerator)."""
     ratios = np.asarray(ratios, np.float64)
     h = np.sqrt(ratios)
     w = 1.0 / h
-    ws, hs = w * size, h * size
+    sizes = np.atleast_1d(np.asarray(sizes, np.float64))
+    ws, hs = (w[:, None] * sizes[None]).reshape(-1), (h[:, None] * sizes[None]).reshape(-1)
     return np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2)
 
 
-def grid_anchors(size: float, ratios, stride: tuple[int, int], grid: tuple[int, int]):
+def grid_anchors(sizes, ratios, stride: tuple[int, int], grid: tuple[int, int]):
     """Every anchor of a level (H * W * A, 4): positions row by row, the A anchors of a
     position together (the order the RPN's outputs are read in)."""
-    base = cell_anchors(size, ratios)
+    base = cell_anchors(sizes, ratios)
     ys = np.arange(grid[0], dtype=np.float64) * stride[0]
     xs = np.arange(grid[1], dtype=np.float64) * stride[1]
     sy, sx = np.meshgrid(ys, xs, indexing="ij")
@@ -229,8 +230,10 @@ class RCNN:
     heads are trained towards, and what their outputs mean.
 
     ``levels``: per pyramid level (its name as in ``objectness_<name>``, stride (sy, sx),
-    grid (H, W)); anchors of size ``anchor_scale * stride`` (torchvision: 8, i.e. 32 px on
-    P2 up to 512 px on P6) at each aspect ratio of ``ratios``. The settings are
+    grid (H, W)); at each aspect ratio of ``ratios``, anchors of size ``anchor_scale *
+    stride`` (torchvision: 8, i.e. 32 px on P2 up to 512 px on P6), or with ``octaves``
+    sizes per position, ``anchor_scale * 4 * 2**j`` for j < octaves on every level
+    (``fasterrcnn_mobilenet_v3_large_fpn``: 5, 32 to 512 px). The settings are
     torchvision's defaults (``fasterrcnn_resnet50_fpn``)."""
 
     def __init__(self, size, levels, ratios, classes: int, proposals: int,
@@ -238,7 +241,8 @@ class RCNN:
                  rpn_batch: int = 256, roi_positive: float = 0.25,
                  score_threshold: float = 0.05, detections: int = 100,
                  pre_nms: tuple[int, int] = (2000, 1000),
-                 post_nms: tuple[int, int] = (2000, 1000), image: str = "image"):
+                 post_nms: tuple[int, int] = (2000, 1000), image: str = "image",
+                 octaves: int = 1):
         self.size = tuple(int(v) for v in size)
         self.image = str(image)
         self.levels = [(str(name), tuple(stride), tuple(grid)) for name, stride, grid in levels]
@@ -249,9 +253,20 @@ class RCNN:
         self.rpn_batch, self.roi_positive = int(rpn_batch), float(roi_positive)
         self.score_threshold, self.detections_per_image = float(score_threshold), int(detections)
         self.pre_nms, self.post_nms = tuple(pre_nms), tuple(post_nms)
-        self.anchors = [grid_anchors(self.anchor_scale * max(stride), self.ratios, stride, grid)
+        self.octaves = int(octaves)
+        self.anchors = [grid_anchors(self.sizes(stride), self.ratios, stride, grid)
                         for _, stride, grid in self.levels]
         self.all_anchors = np.concatenate(self.anchors)
+
+    def sizes(self, stride) -> list[float]:
+        """The anchor sizes of a level of this stride, in pixels."""
+        if self.octaves == 1:
+            return [self.anchor_scale * max(stride)]
+        return [self.anchor_scale * 4 * 2 ** j for j in range(self.octaves)]
+
+    @property
+    def per_position(self) -> int:
+        return len(self.ratios) * self.octaves
 
     @classmethod
     def from_program(cls, program, classes: int | None = None, **settings) -> "RCNN":
@@ -263,6 +278,7 @@ class RCNN:
         _, h, w = inputs[names[0]]
         levels = []
         ratios = settings.pop("ratios", (0.5, 1.0, 2.0))
+        octaves = set()
         for key, shape in shapes.items():
             if not key.startswith("objectness_"):
                 continue
@@ -271,15 +287,20 @@ class RCNN:
             if deltas is None or len(shape) != 3 or deltas != (4 * shape[0],) + shape[1:]:
                 raise ValueError(f"output objectness_{level} {shape} needs a deltas_{level} "
                                  f"output with four times its channels")
-            if shape[0] != len(ratios):
+            if len(shape) == 3 and shape[0] % len(ratios):
                 raise ValueError(f"objectness_{level} scores {shape[0]} anchors per "
-                                 f"position; the anchors have {len(ratios)} aspect ratios")
+                                 f"position; the anchors have {len(ratios)} aspect ratios "
+                                 f"(and one or more sizes each)")
+            octaves.add(shape[0] // len(ratios))
             levels.append((level, (h // shape[1], w // shape[2]), shape[1:]))
         for need in ("class_logits", "box_regression"):
             if need not in shapes:
                 raise ValueError(f"a two-stage detector has outputs objectness_<level>, "
                                  f"deltas_<level>, class_logits and box_regression; this "
                                  f"network has no '{need}'")
+        if len(octaves) > 1:
+            raise ValueError(f"the objectness outputs score {sorted(o * len(ratios) for o in octaves)} "
+                             f"anchors per position: every level needs the same number")
         if not levels or "proposals" not in inputs:
             raise ValueError("a two-stage detector has outputs objectness_<level> and "
                              "deltas_<level> and an input 'proposals' [R, 4]")
@@ -301,7 +322,8 @@ class RCNN:
                 raise ValueError(f"mask_logits ({m} boxes of {mask}) needs an input "
                                  f"mask_boxes [{m}, 4] and one mask per class")
             settings.update(mask_boxes=m, mask_size=mask[-1])
-        return cls((h, w), levels, ratios, c, r, image=names[0], **settings)
+        return cls((h, w), levels, ratios, c, r, image=names[0], octaves=octaves.pop(),
+                   **settings)
 
     def describe(self) -> dict:
         return {"size": list(self.size), "levels": [[n, list(s), list(g)]
@@ -313,7 +335,7 @@ class RCNN:
                 "score_threshold": self.score_threshold,
                 "detections": self.detections_per_image,
                 "pre_nms": list(self.pre_nms), "post_nms": list(self.post_nms),
-                "image": self.image}
+                "image": self.image, "octaves": self.octaves}
 
     # ------------------------------------------------------------------ RPN
     def _rpn(self, out, i: int):
@@ -332,7 +354,7 @@ class RCNN:
         """Gradients (N, total anchors) and (N, total anchors, 4) in the outputs' layouts."""
         grads, start = {}, 0
         for (name, _, (h, w)), anchors in zip(self.levels, self.anchors):
-            n, a = len(g_scores), len(self.ratios)
+            n, a = len(g_scores), self.per_position
             stop = start + len(anchors)
             grads[f"objectness_{name}"] = g_scores[:, start:stop].reshape(n, h, w, a).transpose(
                 0, 3, 1, 2).astype(like)

@@ -31,6 +31,22 @@ def test_cell_anchors_are_torchvisions():
                                   [[-23, -11, 23, 11], [-16, -16, 16, 16], [-11, -23, 11, 23]])
 
 
+def test_several_sizes_per_position_are_torchvisions():
+    """AnchorGenerator.generate_anchors with five sizes (fasterrcnn_mobilenet_v3_large_fpn's
+    32-512 on every level), written out: ratio by ratio, the sizes inside."""
+    sizes, ratios = np.array([32.0, 64, 128, 256, 512]), np.array([0.5, 1.0, 2.0])
+    h = np.sqrt(ratios)
+    ws, hs = (1 / h[:, None] * sizes[None]).ravel(), (h[:, None] * sizes[None]).ravel()
+    want = np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2)
+    np.testing.assert_array_equal(rcnn.cell_anchors(sizes, ratios), want)
+    graph = archc.load(SPECS / "faster_rcnn_mobilenet.yaml", resolution=64, proposals=8,
+                       num_classes=4, representation=32)
+    head = rcnn.RCNN.from_program(archc.compile(graph, backend="cpu").program)
+    assert head.octaves == 5 and head.per_position == 15
+    assert [n for n, _, _ in head.levels] == ["p0", "p1", "pool"]
+    np.testing.assert_array_equal(head.anchors[2][:15], want + [0, 0, 0, 0])  # stride 64, (0, 0)
+
+
 def test_grid_anchors_run_over_positions_then_ratios():
     a = rcnn.grid_anchors(8, (0.5, 1.0, 2.0), (4, 4), (2, 3))
     assert a.shape == (2 * 3 * 3, 4)

@@ -181,6 +181,8 @@ def test_segmentation_predict_and_visualize_commands(tmp_path, capsys):
     lenet = str(SPECS / "lenet5.yaml")
     for what, extra in [("saliency", []), ("smoothgrad", ["--samples", "3"]),
                         ("features", ["--node", "c1"]), ("filters", []),
+                        # an activation training's fusion would fold into its conv
+                        ("features", ["--node", "tanh"]),
                         ("class-model", ["--class", "3", "--steps", "2"]),
                         ("invert", ["--node", "c3", "--steps", "2"])]:
         target = tmp_path / f"{what}.png"
@@ -194,7 +196,7 @@ def test_segmentation_predict_and_visualize_commands(tmp_path, capsys):
     for name in ("content", "style"):
         Image.new("L", (32, 32), 90 if name == "content" else 200).save(tmp_path / f"{name}.png")
     assert main(["stylize", lenet, "--content", str(tmp_path / "content.png"), "--style",
-                 str(tmp_path / "style.png"), "--content-node", "c3", "--style-nodes", "c1",
+                 str(tmp_path / "style.png"), "--content-node", "tanh_1", "--style-nodes", "c1,tanh",
                  "--steps", "2", "-o", str(tmp_path / "styled.png")]) == 0
     assert "(random weights)" in capsys.readouterr().out
 
