@@ -123,9 +123,12 @@ def compile_for_data(graph, args, seed: int, every_node: bool = False):
     from archc.passes import for_training
 
     two_stage = "proposals" in graph.inputs  # the task computes the boxes (runtime.train.rcnn)
-    if not two_stage and (len(graph.inputs) != 1 or len(graph.outputs) != 1):
-        raise UsageError(f"training needs a network with one input and one output, or a "
-                         f"two-stage detector (an input 'proposals' [R, 4]); {graph.name} "
+    pyramid = len(graph.inputs) == 1 and any(  # a RetinaNet: outputs per level
+        str(name).startswith("class_logits_") for name in graph.outputs)
+    if not (two_stage or pyramid) and (len(graph.inputs) != 1 or len(graph.outputs) != 1):
+        raise UsageError(f"training needs a network with one input and one output, a "
+                         f"two-stage detector (an input 'proposals' [R, 4]) or a RetinaNet "
+                         f"(outputs class_logits_<level>, box_regression_<level>); {graph.name} "
                          f"has {len(graph.inputs)} and {len(graph.outputs)}")
     return compile_graph(graph if every_node else for_training(graph), backend=args.backend,
                          seed=seed)

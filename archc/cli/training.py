@@ -64,6 +64,12 @@ def _train(args, graph, settings, world, run) -> int:
             f"{len(rcnn.levels)} levels ({', '.join(n for n, _, _ in rcnn.levels)}), "
             f"{rcnn.proposals} boxes per image for the box head"
             + (f", {rcnn.mask_boxes} for the mask branch" if rcnn.mask_boxes else ""))
+    elif task.kind == "detect" and hasattr(task, "retina"):
+        retina = task.retina
+        say(f"RetinaNet: {retina.per_position} anchors per position over {len(retina.levels)} "
+            f"levels ({', '.join(n for n, _, _ in retina.levels)}), sizes from "
+            f"{'/'.join(f'{v:g}' for v in retina.sizes(0))} px doubling by level; "
+            f"focal loss (alpha {retina.alpha:g}, gamma {retina.gamma:g})")
     elif task.kind == "detect":
         head = task.head
         say(f"grid {head.grid}x{head.grid}, {head.boxes} anchors per cell (k-means on the "
@@ -133,7 +139,7 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
                    "embedding loss)")
     p.add_argument("--loss", help="segment: ce (default), dice, ce+dice; embed: "
                    "triplet-hard (default), triplet-all, contrastive; detect: yolo (rcnn for a "
-                   "network with a proposals input)")
+                   "network with a proposals input, focal for a RetinaNet)")
     p.add_argument("--margin", type=float, help="embedding losses' margin (default 1.0)")
     p.add_argument("--class-weights", type=_weights_list, metavar="W0,W1,...",
                    help="segment: the cross-entropy's weight of each class, e.g. 0.2,1,1,1 "
@@ -143,9 +149,10 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--objectness", choices=["bce", "focal"],
                    help="detect: the objectness loss (default bce)")
     p.add_argument("--anchor-scale", type=float, metavar="K",
-                   help="two-stage detectors: each pyramid level's anchors are K times its "
-                   "stride on a side (default 8, torchvision's 32 px on P2; smaller for "
-                   "objects that are small next to the image)")
+                   help="two-stage detectors and RetinaNet: each pyramid level's anchors are "
+                   "K times its stride on a side (default 8 for two-stage, torchvision's 32 px "
+                   "on P2; 4 for RetinaNet, 32 px on P3; smaller for objects that are small "
+                   "next to the image)")
     p.add_argument("--patience", type=positive, metavar="EPOCHS",
                    help="stop early after this many epochs without a better test accuracy")
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",

@@ -25,6 +25,8 @@ from archc.layers.epilogue import (
 from archc.layers.labels import conv_label
 from archc.layers.base import (
     fan_in_uniform,
+    Float,
+    Init,
     Attr,
     AttrError,
     Bool,
@@ -193,6 +195,12 @@ _CONV_TAIL = (
 
 _CONV_LABEL = conv_label("conv")
 
+
+def _conv2d_init(role: str, attrs: dict, shapes: dict) -> Init:
+    if role == "bias" and attrs.get("bias_init") is not None:
+        return Init(value=float(attrs["bias_init"]))
+    return fan_in_uniform(role, attrs, shapes)
+
 CONV2D = LayerType(
     op="conv2d",
     label=lambda a: _CONV_LABEL(a) + epilogue_label(a),
@@ -206,7 +214,10 @@ CONV2D = LayerType(
     "optimisation passes write these, a spec may too.",
     attrs=_CONV_HEAD
     + (Attr("padding", Padding(), (0, 0), "zeros added on each side, or valid | same | full"),)
-    + _CONV_TAIL + (ACTIVATION_ATTR,),
+    + _CONV_TAIL + (ACTIVATION_ATTR,
+                    Attr("bias_init", Optional(Float()), None,
+                         "the bias's starting value (default PyTorch's uniform draw), e.g. "
+                         "RetinaNet's focal-loss prior -log(99)")),
     infer_shape=_conv2d_shape,
     example="- conv2d: {out_channels: 64, kernel_size: 3, stride: 1, padding: same}",
     positional=("out_channels", "kernel_size", "stride", "padding"),
@@ -225,7 +236,7 @@ CONV2D = LayerType(
     receptive_field=_conv2d_rf,
     lower=lambda a, i, o: {"pads": resolve_padding(a["padding"], a["kernel_size"], a["stride"],
                                                    a["dilation"], tuple(i[0][1:]))},
-    init=fan_in_uniform,
+    init=_conv2d_init,
 )
 
 

@@ -66,6 +66,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "int": int,
     "float": float,
     "sqrt": math.sqrt,
+    "log": math.log,
     "make_divisible": make_divisible,
 }
 

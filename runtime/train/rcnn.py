@@ -81,6 +81,8 @@ def decode(deltas, reference, weights) -> np.ndarray:
     with log sizes clamped at ``DELTA_CLAMP``."""
     deltas = np.asarray(deltas, np.float64)
     reference = np.asarray(reference, np.float64)
+    if not deltas.size:
+        return deltas.copy()
     d = deltas.reshape(len(deltas), -1, 4) / np.asarray(weights, np.float64)
     rw = (reference[:, 2] - reference[:, 0])[:, None]
     rh = (reference[:, 3] - reference[:, 1])[:, None]

@@ -207,17 +207,72 @@ def _boxes_of(y) -> list[np.ndarray]:
     return [np.asarray(rows)[:, :5] for rows in y]
 
 
-class TwoStageDetection(Task):
+class BoxDetection(Task):
+    """A detector whose boxes come out of :meth:`predictions` (per image boxes, scores,
+    data classes and instance masks or None): evaluated by box mAP (COCO matching) and,
+    where it gives masks and the data has them, mask mAP."""
+
+    kind, primary, label, name = "detect", "map50", "test mAP@0.5", "mAP@0.5"
+    size: tuple[int, int] = (0, 0)
+
+    def evaluate(self, model, dataset, batch_size=256):
+        was_training = model.training
+        model.eval()
+        found, truths, mask_found, mask_truths = [], [], [], []
+        try:
+            for x, y in batches(dataset, batch_size, shuffle=False):
+                for (boxes, scores, classes, masks), rows in zip(self.predictions(model, x), y):
+                    rows = np.asarray(rows)
+                    found.append((boxes, scores, classes))
+                    truths.append((rows[:, :4], rows[:, 4].astype(np.int64)))
+                    if masks is not None and rows.shape[1] > 5:
+                        from runtime.train.data.synth import split_instances
+
+                        k = len(masks)  # the mask branch's boxes: the best detections
+                        mask_found.append((masks, scores[:k], classes[:k]))
+                        mask_truths.append((split_instances(rows, self.size)[1],
+                                            rows[:, 4].astype(np.int64)))
+        finally:
+            if was_training:
+                model.train()
+        result = metrics.mean_average_precision(found, truths, len(self.classes))
+        row = {"map50": result["map50"], "map": result["map"]}
+        if mask_found:
+            masked = metrics.mean_average_precision(mask_found, mask_truths, len(self.classes),
+                                                    overlap=metrics.mask_iou)
+            row.update(mask_map50=masked["map50"], mask_map=masked["map"])
+        return row
+
+
+class RetinaNetDetection(BoxDetection):
+    """RetinaNet (:mod:`runtime.train.retinanet`): the focal loss over every anchor of
+    every level and the L1 loss of the foreground anchors' deltas."""
+
+    def __init__(self, classes, retina):
+        super().__init__(classes)
+        self.retina, self.size = retina, retina.size
+
+    def step(self, model, out, y):
+        host = {k: _host(model, v) for k, v in out.items()}
+        loss, grads, _ = self.retina.loss(host, _boxes_of(y))
+        return loss, grads, 0, 0
+
+    def predictions(self, model, x):
+        return [(*d, None) for d in self.retina.detections(model.predict(x))]
+
+    def describe(self):
+        return {**super().describe(), "retinanet": self.retina.describe()}
+
+
+class TwoStageDetection(BoxDetection):
     """Faster R-CNN and Mask R-CNN (:mod:`runtime.train.rcnn`): the proposals (and the mask
     branch's boxes) are computed in the pass from the RPN's outputs; the loss is the
     RPN's, the box head's and the mask branch's. Evaluated by box mAP (COCO matching) and,
     with instance data and a mask branch, mask mAP."""
 
-    kind, primary, label, name = "detect", "map50", "test mAP@0.5", "mAP@0.5"
-
     def __init__(self, classes, rcnn, seed: int = 0):
         super().__init__(classes)
-        self.rcnn = rcnn
+        self.rcnn, self.size = rcnn, rcnn.size
         self.rng = np.random.default_rng([seed, 5])
         self._state: dict = {}
 
@@ -253,34 +308,6 @@ class TwoStageDetection(Task):
         masks = (self.rcnn.instance_masks(out, state) if self.rcnn.mask_boxes
                  else [None] * len(found))
         return [(*d, m) for d, m in zip(found, masks)]
-
-    def evaluate(self, model, dataset, batch_size=256):
-        was_training = model.training
-        model.eval()
-        found, truths, mask_found, mask_truths = [], [], [], []
-        try:
-            for x, y in batches(dataset, batch_size, shuffle=False):
-                for (boxes, scores, classes, masks), rows in zip(self.predictions(model, x), y):
-                    rows = np.asarray(rows)
-                    found.append((boxes, scores, classes))
-                    truths.append((rows[:, :4], rows[:, 4].astype(np.int64)))
-                    if masks is not None and rows.shape[1] > 5:
-                        from runtime.train.data.synth import split_instances
-
-                        k = len(masks)  # the mask branch's boxes: the best detections
-                        mask_found.append((masks, scores[:k], classes[:k]))
-                        mask_truths.append((split_instances(rows, self.rcnn.size)[1],
-                                            rows[:, 4].astype(np.int64)))
-        finally:
-            if was_training:
-                model.train()
-        result = metrics.mean_average_precision(found, truths, len(self.classes))
-        row = {"map50": result["map50"], "map": result["map"]}
-        if mask_found:
-            masked = metrics.mean_average_precision(mask_found, mask_truths, len(self.classes),
-                                                    overlap=metrics.mask_iou)
-            row.update(mask_map50=masked["map50"], mask_map=masked["map"])
-        return row
 
     def describe(self):
         return {**super().describe(), "rcnn": self.rcnn.describe()}
@@ -384,6 +411,17 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
             raise DataError("the network has a mask branch but the data has no instance "
                             "masks: use shapes-inst or coco:FILE.json with segmentations")
         return TwoStageDetection(classes, rcnn, seed)
+    if any(key.startswith("class_logits_") for key in program.outputs):  # RetinaNet
+        from runtime.train.retinanet import RetinaNet
+
+        if loss not in (None, "focal"):
+            raise DataError(f"unknown loss '{loss}' for a RetinaNet (focal)")
+        try:
+            retina = RetinaNet.from_program(program, len(classes) + 1,
+                                            anchor_scale=options.get("anchor_scale", 4.0))
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
+        return RetinaNetDetection(classes, retina)
     from runtime.train.boxes import kmeans_anchors
     from runtime.train.detection import YoloHead
 
@@ -434,6 +472,12 @@ def _restore(description: dict, split, program) -> Task:
         settings = {key: description["rcnn"][key] for key, _, _ in RCNN_SETTINGS}
         return TwoStageDetection(classes, RCNN.from_program(program, len(classes) + 1,
                                                             **settings))
+    if "retinanet" in description:
+        from runtime.train.retinanet import RetinaNet
+
+        settings = {key: description["retinanet"][key] for key, _, _ in RETINANET_SETTINGS}
+        return RetinaNetDetection(classes, RetinaNet.from_program(program, len(classes) + 1,
+                                                                  **settings))
     from runtime.train.detection import YoloHead
 
     spec = dict(description["head"])
@@ -458,6 +502,10 @@ RCNN_SETTINGS = (("anchor_scale", 0.01, 1000), ("rpn_batch", 1, 100_000),
                  ("detections", 1, 100_000))
 """A two-stage detector's settings a task.json gives, and their bounds."""
 
+RETINANET_SETTINGS = (("anchor_scale", 0.01, 1000), ("alpha", 0, 1), ("gamma", 0, 10),
+                      ("score_threshold", 0, 1), ("detections", 1, 100_000))
+"""A RetinaNet's settings a task.json gives, and their bounds."""
+
 
 def check_description(described: dict, path) -> dict:
     """A task.json as :meth:`Task.describe` writes it, or a DataError naming what is
@@ -479,14 +527,18 @@ def check_description(described: dict, path) -> dict:
         need(isinstance(value, list) and value and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             for v in value), f"'{key}' must be a list of numbers")
-    if kind == "detect" and "rcnn" in described:
-        rcnn = described["rcnn"]
-        need(isinstance(rcnn, dict), "'rcnn' must describe the detector's settings")
-        for key, low, high in RCNN_SETTINGS:
-            value = rcnn.get(key)
+    dense = [(name, settings) for name, settings in (("rcnn", RCNN_SETTINGS),
+                                                     ("retinanet", RETINANET_SETTINGS))
+             if name in described]
+    if kind == "detect" and dense:
+        name, settings = dense[0]
+        block = described[name]
+        need(isinstance(block, dict), f"'{name}' must describe the detector's settings")
+        for key, low, high in settings:
+            value = block.get(key)
             need(isinstance(value, (int, float)) and not isinstance(value, bool)
                  and math.isfinite(value) and low <= value <= high,
-                 f"rcnn's '{key}' must be a number from {low} to {high}")
+                 f"{name}'s '{key}' must be a number from {low} to {high}")
     elif kind == "detect":
         head = described.get("head")
         need(isinstance(head, dict) and {"grid", "boxes", "classes", "anchors", "size"} <=

@@ -74,7 +74,7 @@ def test_every_user_layer_has_a_shape_strategy():
                "adaptive_max_pool2d", "max_unpool2d", "unpool2d", "upsample", "batchnorm2d",
                "batchnorm1d", "layernorm2d", "layernorm", "local_response_norm", "layer_scale",
                "linear", "flatten", "reshape", "permute", "channel_shuffle", "add", "multiply",
-               "slice", "center_crop", "roi_align", "roi_pool",
+               "slice", "center_crop", "roi_align", "roi_pool", "join",
                "concat", "softmax", "global_avg_pool2d", "global_max_pool2d"}
     for op in SHAPED_OPS:
         if op not in special:
