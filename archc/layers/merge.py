@@ -11,17 +11,19 @@ def _merge_flops(attrs: dict, inputs: list, out: tuple) -> int:
     return (len(inputs) - 1) * numel(out)
 
 
-def _add_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+def _equal_shapes(inputs: list, hint: str) -> tuple[int, ...]:
     first = tuple(inputs[0])
     for i, shape in enumerate(inputs[1:], start=1):
         if tuple(shape) != first:
             raise ShapeError(
                 f"expected {fmt_shape(first)} (the shape of input 1), got {fmt_shape(shape)}",
-                input_index=i,
-                hint="add needs equal shapes; a residual shortcut that changes channels or "
-                "size needs a 1x1 conv (stride 2 when the size halves)",
-            )
+                input_index=i, hint=hint)
     return first
+
+
+def _add_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
+    return _equal_shapes(inputs, "add needs equal shapes; a residual shortcut that changes "
+                         "channels or size needs a 1x1 conv (stride 2 when the size halves)")
 
 
 def broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -124,14 +126,8 @@ CONCAT = LayerType(
 )
 
 def _join_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
-    shape = tuple(inputs[0])
-    for i, other in enumerate(inputs[1:], start=1):
-        if tuple(other) != shape:
-            raise ShapeError(
-                f"expected {fmt_shape(shape)} (the shape of input 1), got {fmt_shape(other)}",
-                input_index=i,
-                hint="join takes the mean of columns of one shape: give every column the "
-                "same channels and pool them alike")
+    shape = _equal_shapes(inputs, "join takes the mean of columns of one shape: give every "
+                          "column the same channels and pool them alike")
     columns = attrs.get("columns")
     if columns is not None and len(columns) != len(inputs):
         raise ShapeError(f"{len(columns)} columns named for {len(inputs)} inputs",

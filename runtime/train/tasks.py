@@ -400,13 +400,8 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
     if "proposals" in program.inputs:  # a two-stage detector
         from runtime.train.rcnn import RCNN
 
-        if loss not in (None, "rcnn"):
-            raise DataError(f"unknown loss '{loss}' for a two-stage detector (rcnn)")
-        try:
-            rcnn = RCNN.from_program(program, len(classes) + 1,
-                                     anchor_scale=options.get("anchor_scale", 8.0))
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
+        rcnn = _pyramid_detector(RCNN, "a two-stage detector", "rcnn", 8.0, program,
+                                 classes, options)
         if rcnn.mask_boxes and split.task != "instance":
             raise DataError("the network has a mask branch but the data has no instance "
                             "masks: use shapes-inst or coco:FILE.json with segmentations")
@@ -414,14 +409,8 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
     if any(key.startswith("class_logits_") for key in program.outputs):  # RetinaNet
         from runtime.train.retinanet import RetinaNet
 
-        if loss not in (None, "focal"):
-            raise DataError(f"unknown loss '{loss}' for a RetinaNet (focal)")
-        try:
-            retina = RetinaNet.from_program(program, len(classes) + 1,
-                                            anchor_scale=options.get("anchor_scale", 4.0))
-        except ValueError as exc:
-            raise DataError(str(exc)) from None
-        return RetinaNetDetection(classes, retina)
+        return RetinaNetDetection(classes, _pyramid_detector(
+            RetinaNet, "a RetinaNet", "focal", 4.0, program, classes, options))
     from runtime.train.boxes import kmeans_anchors
     from runtime.train.detection import YoloHead
 
@@ -442,6 +431,19 @@ def make(kind: str | None, split, program, options: dict, seed: int = 0) -> Task
     except ValueError as exc:
         raise DataError(str(exc)) from None
     return Detection(classes, head)
+
+
+def _pyramid_detector(kind, what: str, loss: str, anchor_scale: float, program, classes,
+                      options: dict):
+    """A pyramid detector's targets and decoding (``kind``: RCNN or RetinaNet) for the
+    program, or a DataError saying why the network or the options do not fit."""
+    if options.get("loss") not in (None, loss):
+        raise DataError(f"unknown loss '{options.get('loss')}' for {what} ({loss})")
+    try:
+        return kind.from_program(program, len(classes) + 1,
+                                 anchor_scale=options.get("anchor_scale", anchor_scale))
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
 
 
 def restore(description: dict, split, program) -> Task:

@@ -96,6 +96,20 @@ def test_spec_equals_its_pytorch_twin(spec, twin, size, params, variables):
     assert compared >= len(torch_shapes) * 0.6
 
 
+def _twin_weights(model, folder, shift: float):
+    """A twin's state_dict as an .npz, its batch norms given statistics and affine
+    parameters that are not 0 or 1 first (means and shifts within +-shift)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-shift, shift)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-shift, shift)
+    path = folder / "w.npz"
+    np.savez(path, **{k: v.double().numpy() for k, v in model.state_dict().items()})
+    return path
+
+
 @pytest.mark.parametrize("spec, variables, twin", [
     # the hand-expanded fractal against the authors' generator loop
     ("fractalnet", {"num_blocks": 2, "width": 0.125, "resolution": 8, "channels": 1},
@@ -114,16 +128,8 @@ def test_spec_computes_what_its_twin_computes(spec, variables, twin, tmp_path):
     graph = archc.load(SPECS / f"{spec}.yaml", **variables)
     torch.manual_seed(0)
     model = twin().eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    weights = tmp_path / "w.npz"
-    np.savez(weights, **{k: v.double().numpy() for k, v in model.state_dict().items()})
     ours = archc.compile(graph, dtype="float64")
-    ours.load(weights)
+    ours.load(_twin_weights(model, tmp_path, 0.5))
     x = np.random.default_rng(0).standard_normal((2,) + graph[graph.inputs[0]].shape)
     with torch.no_grad():
         want = model.double()(torch.as_tensor(x)).numpy()
@@ -153,16 +159,8 @@ def test_faster_rcnn_mobilenet_is_torchvisions_layer_for_layer(tmp_path):
     ours = {program.torch_names.get(k, k): tuple(v.shape) for k, v in program.params.items()
             if "num_batches_tracked" not in k}
     assert ours == {k: tuple(v.shape) for k, v in state.items()}
-    for module in twin.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    weights = tmp_path / "w.npz"
-    np.savez(weights, **{k: v.double().numpy() for k, v in twin.state_dict().items()})
     model = archc.compile(graph, dtype="float64")
-    model.load(weights)
+    model.load(_twin_weights(twin, tmp_path, 0.2))
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64))
     boxes = np.tile(np.array([[0, 0, 32, 32], [8, 8, 60, 40], [1, 2, 3, 4]], float), (2, 1, 1))
     got = model.predict({"image": x, "proposals": boxes})

@@ -255,15 +255,16 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """The 'same'-padding U-Net of specs/unet.yaml, with its names."""
+    """The 'same'-padding U-Net of specs/unet.yaml, with its names (``conv`` and ``up``:
+    the encoder's and decoder's blocks)."""
 
-    def __init__(self, cin=1, classes=2, base=64):
+    def __init__(self, cin=1, classes=2, base=64, conv=DoubleConv, up=Up):
         super().__init__()
-        self.enc1, self.enc2 = DoubleConv(cin, base), DoubleConv(base, 2 * base)
-        self.enc3, self.enc4 = DoubleConv(2 * base, 4 * base), DoubleConv(4 * base, 8 * base)
-        self.bottleneck = DoubleConv(8 * base, 16 * base)
-        self.dec4, self.dec3 = Up(16 * base, 8 * base), Up(8 * base, 4 * base)
-        self.dec2, self.dec1 = Up(4 * base, 2 * base), Up(2 * base, base)
+        self.enc1, self.enc2 = conv(cin, base), conv(base, 2 * base)
+        self.enc3, self.enc4 = conv(2 * base, 4 * base), conv(4 * base, 8 * base)
+        self.bottleneck = conv(8 * base, 16 * base)
+        self.dec4, self.dec3 = up(16 * base, 8 * base), up(8 * base, 4 * base)
+        self.dec2, self.dec1 = up(4 * base, 2 * base), up(2 * base, base)
         self.head = nn.Conv2d(base, classes, 1)
 
     def forward(self, x):
@@ -455,27 +456,12 @@ class AttentionUp(nn.Module):
         return self.conv(torch.cat([self.gate(skip, x), self.upconv(x)], 1))
 
 
-class AttentionUNet(nn.Module):
+class AttentionUNet(UNet):
     """specs/attention_unet.yaml: U-Net with batch norm whose skips pass attention gates."""
 
     def __init__(self, cin=1, classes=2, base=64):
-        super().__init__()
-        w = [base * 2 ** i for i in range(5)]
-        self.enc1, self.enc2 = DoubleConvBN(cin, w[0]), DoubleConvBN(w[0], w[1])
-        self.enc3, self.enc4 = DoubleConvBN(w[1], w[2]), DoubleConvBN(w[2], w[3])
-        self.bottleneck = DoubleConvBN(w[3], w[4])
-        self.dec4, self.dec3 = AttentionUp(w[4], w[3]), AttentionUp(w[3], w[2])
-        self.dec2, self.dec1 = AttentionUp(w[2], w[1]), AttentionUp(w[1], w[0])
-        self.head = nn.Conv2d(base, classes, 1)
+        super().__init__(cin, classes, base, conv=DoubleConvBN, up=AttentionUp)
 
-    def forward(self, x):
-        pool = nn.functional.max_pool2d
-        e1 = self.enc1(x)
-        e2 = self.enc2(pool(e1, 2))
-        e3 = self.enc3(pool(e2, 2))
-        e4 = self.enc4(pool(e3, 2))
-        b = self.bottleneck(pool(e4, 2))
-        return self.head(self.dec1(self.dec2(self.dec3(self.dec4(b, e4), e3), e2), e1))
 
 
 def _conv_norm_act(cin, cout, k=1, stride=1, groups=1, act=nn.Hardswish):
