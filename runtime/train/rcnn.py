@@ -61,6 +61,24 @@ def grid_anchors(sizes, ratios, stride: tuple[int, int], grid: tuple[int, int]):
     return (shifts + base[None]).reshape(-1, 4)
 
 
+# ------------------------------------------------------------------ output layouts
+def anchor_rows(x, per_position: int) -> np.ndarray:
+    """A level's output for one image, (A * D, H, W) with each anchor's D values together
+    (torchvision's heads), as rows (H * W * A, D): positions row by row, a position's A
+    anchors together (the order of :func:`grid_anchors`)."""
+    x = np.asarray(x, np.float64)
+    depth = x.shape[0] // per_position
+    return x.reshape(per_position, depth, *x.shape[1:]).transpose(2, 3, 0, 1).reshape(-1, depth)
+
+
+def anchor_maps(rows, per_position: int, grid: tuple[int, int]) -> np.ndarray:
+    """:func:`anchor_rows` undone for a batch: (N, H * W * A, D) -> (N, A * D, H, W)."""
+    n, _, depth = rows.shape
+    h, w = grid
+    return rows.reshape(n, h, w, per_position, depth).transpose(0, 3, 4, 1, 2).reshape(
+        n, per_position * depth, h, w)
+
+
 # ----------------------------------------------------------------------------- box coder
 def encode(boxes, reference, weights) -> np.ndarray:
     """Deltas (dx, dy, dw, dh) that move ``reference`` boxes (n, 4) onto ``boxes`` (n, 4):
@@ -344,25 +362,19 @@ class RCNN:
         """Image i's objectness (total anchors,) and deltas (total anchors, 4), levels in
         order, each position's anchors together."""
         scores, deltas = [], []
-        for (name, _, _), anchors in zip(self.levels, self.anchors):
-            o = np.asarray(out[f"objectness_{name}"][i], np.float64)  # (A, H, W)
-            d = np.asarray(out[f"deltas_{name}"][i], np.float64)  # (4A, H, W)
-            a = o.shape[0]
-            scores.append(o.transpose(1, 2, 0).reshape(-1))
-            deltas.append(d.reshape(a, 4, *d.shape[1:]).transpose(2, 3, 0, 1).reshape(-1, 4))
+        for name, _, _ in self.levels:
+            scores.append(anchor_rows(out[f"objectness_{name}"][i], self.per_position)[:, 0])
+            deltas.append(anchor_rows(out[f"deltas_{name}"][i], self.per_position))
         return np.concatenate(scores), np.concatenate(deltas)
 
     def _rpn_grads(self, g_scores, g_deltas, like) -> dict:
         """Gradients (N, total anchors) and (N, total anchors, 4) in the outputs' layouts."""
-        grads, start = {}, 0
-        for (name, _, (h, w)), anchors in zip(self.levels, self.anchors):
-            n, a = len(g_scores), self.per_position
-            stop = start + len(anchors)
-            grads[f"objectness_{name}"] = g_scores[:, start:stop].reshape(n, h, w, a).transpose(
-                0, 3, 1, 2).astype(like)
-            grads[f"deltas_{name}"] = g_deltas[:, start:stop].reshape(n, h, w, a, 4).transpose(
-                0, 3, 4, 1, 2).reshape(n, 4 * a, h, w).astype(like)
-            start = stop
+        grads, start, a = {}, 0, self.per_position
+        for (name, _, grid), anchors in zip(self.levels, self.anchors):
+            part = slice(start, start + len(anchors))
+            start += len(anchors)
+            grads[f"objectness_{name}"] = anchor_maps(g_scores[:, part, None], a, grid).astype(like)
+            grads[f"deltas_{name}"] = anchor_maps(g_deltas[:, part], a, grid).astype(like)
         return grads
 
     def proposals_of(self, out, training: bool) -> list[np.ndarray]:

@@ -26,7 +26,8 @@ import numpy as np
 
 from runtime.train import losses
 from runtime.train.boxes import box_iou, nms
-from runtime.train.rcnn import BETWEEN, clip, decode, encode, grid_anchors, match
+from runtime.train.rcnn import (BETWEEN, anchor_maps, anchor_rows, clip, decode, encode,
+                                grid_anchors, match)
 
 WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
@@ -103,26 +104,18 @@ class RetinaNet:
         order, each position's anchors together (torchvision's layout)."""
         logits, deltas = [], []
         for name, _, _ in self.levels:
-            c = np.asarray(out[f"class_logits_{name}"][i], np.float64)  # (A K, H, W)
-            d = np.asarray(out[f"box_regression_{name}"][i], np.float64)  # (4 A, H, W)
-            a, hw = self.per_position, c.shape[1:]
-            logits.append(c.reshape(a, self.classes, *hw).transpose(2, 3, 0, 1)
-                          .reshape(-1, self.classes))
-            deltas.append(d.reshape(a, 4, *hw).transpose(2, 3, 0, 1).reshape(-1, 4))
+            logits.append(anchor_rows(out[f"class_logits_{name}"][i], self.per_position))
+            deltas.append(anchor_rows(out[f"box_regression_{name}"][i], self.per_position))
         return np.concatenate(logits), np.concatenate(deltas)
 
     def _grads(self, g_logits, g_deltas, like) -> dict:
         """Gradients (N, anchors, K) and (N, anchors, 4) in the outputs' layouts."""
         grads, start, a = {}, 0, self.per_position
-        n = len(g_logits)
-        for (name, _, (h, w)), anchors in zip(self.levels, self.anchors):
-            stop = start + len(anchors)
-            grads[f"class_logits_{name}"] = g_logits[:, start:stop].reshape(
-                n, h, w, a, self.classes).transpose(0, 3, 4, 1, 2).reshape(
-                n, a * self.classes, h, w).astype(like)
-            grads[f"box_regression_{name}"] = g_deltas[:, start:stop].reshape(
-                n, h, w, a, 4).transpose(0, 3, 4, 1, 2).reshape(n, 4 * a, h, w).astype(like)
-            start = stop
+        for (name, _, grid), anchors in zip(self.levels, self.anchors):
+            part = slice(start, start + len(anchors))
+            start += len(anchors)
+            grads[f"class_logits_{name}"] = anchor_maps(g_logits[:, part], a, grid).astype(like)
+            grads[f"box_regression_{name}"] = anchor_maps(g_deltas[:, part], a, grid).astype(like)
         return grads
 
     # ------------------------------------------------------------------ training
