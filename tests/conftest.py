@@ -16,6 +16,16 @@ os.environ["ARCHC_TUNE_CACHE"] = os.path.join(
 # of every model that meets a new kernel; tests/runtime/test_warmup.py turns them on
 os.environ["ARCHC_COMPILE_JOBS"] = "1"
 
+# `make test` runs two pytest-xdist workers on two cores, each with Numba's and BLAS's two
+# threads. GNU OpenMP's threads spin for a while after each parallel region (300,000 turns
+# by default); with two processes the spinning threads take the cores from those doing the
+# work, and a Mask R-CNN training test ran 12-25x slower beside another than alone (370 s
+# against 24 s). 1,000 turns keeps a pair within 20% of one alone (measured; see
+# docs/performance.md, "Several processes on the same cores"). Set before numba or torch
+# loads libgomp, which reads it once.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
 import pytest
 from hypothesis import HealthCheck, settings
 
