@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 UNET_SMALL := --set in_channels=3 --set num_classes=4 --set padding=1 --set resolution=48 \
   --set base=8 --set batch_norm=true
 
-.PHONY: demo test check graphviz clean docs images tasks
+.PHONY: demo test check graphviz browser clean docs images tasks
 
 # Graphviz's `dot` renders diagrams; install Debian's package when it is missing.
 graphviz:
@@ -17,6 +17,15 @@ graphviz:
 	  echo "installing graphviz (for 'dot')"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq graphviz >/dev/null; }
+
+# The tests open `archc report`'s page in Debian's headless Chromium, driven by its
+# chromedriver; install both when missing (tests skip, saying why, where they cannot be).
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium and chromium-driver (for the report's browser tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null \
+	    || echo "could not install chromium: the browser tests will be skipped"; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,7 +63,7 @@ demo: graphviz $(STAMP)
 	@echo "optimised specs: out/resnet18-O2.yaml, out/lenet5-lowrank.yaml (+ .npz weights);"
 	@echo "a U-Net segmenting generated shapes: out/unet-shapes/pictures/*.png (docs/tasks.md)."
 
-test: graphviz $(TEST_STAMP)
+test: graphviz browser $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 docs: $(STAMP)

@@ -116,3 +116,35 @@ COMMANDS["render"] = (
     _setup_render,
     _cmd_render,
 )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from archc.analysis import get_device
+    from archc.page import write_report
+
+    graph = load_graph(args)
+    device = get_device(args.device) if args.device else None
+    path = write_report(graph, args.output, batch=args.batch, device=device)
+    size = path.stat().st_size
+    print(f"wrote {path} ({len(graph)} layers, {size / 2**20:.1f} MiB): open it in a browser")
+    return EXIT_OK
+
+
+def _setup_report(p: argparse.ArgumentParser) -> None:
+    add_spec_arguments(p)
+    add_pass_arguments(p, "default: -O0, the network as written")
+    p.set_defaults(view_passes=True)
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="where to write the page (.html): self-contained, it opens offline")
+    p.add_argument("--batch", type=positive, default=1, metavar="N",
+                   help="batch size for memory, FLOPs and latency (default 1)")
+    p.add_argument("--device", metavar="NAME",
+                   help="draw the roofline of this device and estimate each layer's latency: "
+                   "cpu (measured here once, cached), h100 or h200")
+
+
+COMMANDS["report"] = (
+    "write an interactive HTML page about a spec: diagram, per-layer table, plots, memory",
+    _setup_report,
+    _cmd_report,
+)

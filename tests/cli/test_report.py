@@ -1,0 +1,223 @@
+"""`archc report`: the self-contained HTML page, its data (the same analysis `archc summary`
+prints), and the page itself in a real headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import archc
+from archc.analysis import analyse, get_device
+from archc.cli import main
+from archc.layers import fmt_shape
+from archc.page import OPEN_LIMIT, report_page
+
+ROOT = Path(__file__).resolve().parents[2]
+SPECS = ROOT / "specs"
+
+
+def page_json(text: str) -> dict:
+    raw = re.search(r'<script type="application/json" id="archc-data">(.*?)</script>', text, re.S)
+    return json.loads(raw.group(1))
+
+
+def test_report_holds_what_summary_prints(tmp_path, capsys):
+    out = tmp_path / "r.html"
+    assert main(["report", str(SPECS / "resnet18.yaml"), "--batch", "4", "-o", str(out)]) == 0
+    assert f"wrote {out} (" in capsys.readouterr().out
+    data = page_json(out.read_text())
+    assert main(["summary", str(SPECS / "resnet18.yaml"), "--batch", "4", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert data["totals"] == summary["totals"] and data["blocks"] == summary["blocks"]
+    assert len(data["layers"]) == len(summary["nodes"])
+    for layer, node in zip(data["layers"], summary["nodes"]):
+        assert {k: layer[k] for k in node} == node  # every number of the summary, unchanged
+    assert max(data["live_bytes"]) == summary["totals"]["inference_peak_bytes"]
+
+
+def test_report_is_self_contained(tmp_path):
+    text = report_page(archc.load(SPECS / "googlenet.yaml"))
+    # nothing fetched when opened: no external scripts, styles, images or fonts
+    assert not re.search(r'<(script|link|img|iframe)[^>]+(src|href)="(?!data:)', text)
+    assert "@import" not in text and "url(http" not in text
+    assert text.count("<script") == 2  # the data and the page's own script, both inline
+
+
+def test_views_collapse_blocks_and_the_deepest_draws_every_layer():
+    graph = archc.load(SPECS / "resnet18.yaml")
+    data = page_json(report_page(graph))
+    views = data["views"]
+    assert [v["depth"] for v in views] == [1, 2, 3, None]  # stages, blocks, downsample
+    assert views[-1]["nodes"] == len(graph) and not views[-1]["collapsed"]
+    assert views[0]["nodes"] < views[1]["nodes"] < views[2]["nodes"] < views[3]["nodes"]
+    # depth 1: the four stages; runs of identical blocks inside them at depth 2
+    assert sorted(views[0]["collapsed"]) == ["b_layer1", "b_layer2", "b_layer3", "b_layer4"]
+    assert views[1]["collapsed"]["b_layer2.0"] == ["layer2.0"]
+    assert views[2]["collapsed"]["b_layer2.0.downsample"] == ["layer2.0.downsample"]
+    assert data["first_view"] == 3  # 70 layers: everything open
+    for view in views:  # every collapsed id is a node of its own drawing
+        for cid in view["collapsed"]:
+            assert f"<title>{cid}</title>" in view["svg"]
+
+
+def test_a_large_network_opens_collapsed_and_stays_small(tmp_path, capsys):
+    # DenseNet-201's blocks (6, 12, 48, 32): 708 layers
+    out = tmp_path / "d.html"
+    assert main(["report", str(SPECS / "densenet121.yaml"), "--set", "block_config=[6,12,48,32]",
+                 "-o", str(out)]) == 0
+    data = page_json(out.read_text())
+    assert len(data["layers"]) > 500
+    first = data["views"][data["first_view"]]
+    assert first["nodes"] <= OPEN_LIMIT and first["depth"] is not None
+    assert out.stat().st_size < 4 * 2**20
+    for spec in ("resnet50", "densenet121"):
+        assert main(["report", str(SPECS / f"{spec}.yaml"), "-o", str(out)]) == 0
+        assert out.stat().st_size < 3 * 2**20, spec
+
+
+def test_report_refuses_what_it_cannot_write(tmp_path, capsys):
+    assert main(["report", str(SPECS / "lenet5.yaml"), "-o", str(tmp_path / "r.svg")]) == 2
+    assert "the report is an HTML page: name it .html" in capsys.readouterr().err
+    assert main(["report", str(SPECS / "lenet5.yaml"), "-o", str(tmp_path / "no/r.html")]) == 2
+    assert main(["report", str(SPECS / "lenet5.yaml"), "-o", str(tmp_path / "r.html"),
+                 "--device", "tpu"]) == 2
+    assert "unknown device 'tpu'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- in Chromium
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed "
+                                    "(make test installs it with the test extras)")
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (make test "
+                    "installs them; apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def open_page(browser, path: Path) -> None:
+    browser.get(path.as_uri())
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == [], errors
+
+
+def js(browser, script: str, *args):
+    return browser.execute_script(script, *args)
+
+
+def diagram_titles(browser) -> list[str]:
+    return js(browser, "return [...document.querySelectorAll('#canvas svg g.node > title')]"
+                       ".map(t => t.textContent)")
+
+
+def click_node(browser, title: str) -> None:
+    """Click the diagram node Graphviz titled ``title`` (its layer's or block's id)."""
+    browser.find_element("xpath", "//*[name()='g'][contains(@class,'node')]"
+                                  f"[*[name()='title'][text()='{title}']]").click()
+
+
+def test_the_page_in_chromium(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    graph = archc.load(SPECS / "resnet18.yaml")
+    report = analyse(graph)
+    path = tmp_path / "resnet18.html"
+    path.write_text(report_page(graph, report=report))
+    open_page(browser, path)
+    assert browser.title == "resnet18: archc report"
+    # the first view draws every layer: a node per layer of the spec
+    assert sorted(diagram_titles(browser)) == sorted("n_" + node.name for node in graph)
+
+    # a click on a node shows its details, with the analysis' numbers
+    node = report.node("layer3.0.conv1")
+    click_node(browser, "n_layer3.0.conv1")
+    details = browser.find_element(By.ID, "details").text
+    assert details.startswith("layer3.0.conv1") and "conv2d" in details
+    assert f"{node.params:,}" in details and f"{node.macs:,}" in details
+    conv = graph["layer3.0.conv1"]
+    assert f"output {fmt_shape(conv.shape)}" in details  # 256x14x14
+    source = conv.inputs[0]
+    assert f"inputs {source} {fmt_shape(graph[source].shape)}" in details
+
+    # collapsing its block (the button in the details) changes the diagram's node count
+    before = len(diagram_titles(browser))
+    browser.find_element(By.XPATH, "//div[@id='details']//button[text()='collapse layer3.0']").click()
+    titles = diagram_titles(browser)
+    assert len(titles) < before and "b_layer3.0" in titles and "n_layer3.0.conv1" not in titles
+    assert browser.find_element(By.ID, "details").text.startswith("layer3.0")
+    # a click on a collapsed block opens it again
+    click_node(browser, "b_layer3.0")
+    browser.find_element(By.XPATH, "//div[@id='details']//button[text()='open layer3.0']").click()
+    assert "n_layer3.0.conv1" in diagram_titles(browser)
+
+    # the search box finds layers by name
+    js(browser, "const s = document.getElementById('search'); s.value = 'downsample.0';"
+                "s.dispatchEvent(new Event('input'))")
+    assert browser.find_element(By.ID, "found").text == "3 layers"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#canvas g.node.found")) == 3
+
+    # the table sorted by MACs puts the largest layer first
+    browser.find_element(By.XPATH, "//nav/button[text()='Layers']").click()
+    browser.find_element(By.CSS_SELECTOR, "#layer-table th[data-key='macs']").click()
+    first = browser.find_element(By.CSS_SELECTOR, "#layer-table tbody tr").get_attribute("data-layer")
+    largest = max(report.nodes, key=lambda n: (n.macs, -report.nodes.index(n)))
+    assert first == largest.name
+    # and the filter keeps the matching rows
+    js(browser, "const f = document.getElementById('filter'); f.value = 'layer4.1';"
+                "f.dispatchEvent(new Event('input'))")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#layer-table tbody tr[data-layer]")
+    assert rows and all(r.get_attribute("data-layer").startswith("layer4.1.") for r in rows)
+
+    # the plots draw, and still no error in the console
+    browser.find_element(By.XPATH, "//nav/button[text()='Plots']").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tab-plots .plot svg")) == 4
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tab-plots polyline")) >= 3
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_a_screenshot_is_not_blank(browser, tmp_path):
+    path = tmp_path / "googlenet.html"
+    path.write_text(report_page(archc.load(SPECS / "googlenet.yaml"),
+                                device=get_device("h100")))
+    open_page(browser, path)
+    png = browser.get_screenshot_as_png()
+    assert png.startswith(b"\x89PNG")
+    # the browser decodes its own screenshot: many pixels that are not the background
+    shot = "data:image/png;base64," + base64.b64encode(png).decode()
+    inked = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1], img = new Image();
+        img.onload = () => {
+          const c = document.createElement('canvas'); c.width = img.width; c.height = img.height;
+          const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+          const px = g.getImageData(0, 0, c.width, c.height).data;
+          let n = 0, colours = new Set();
+          for (let i = 0; i < px.length; i += 4 * 7) {
+            if (px[i] < 235 || px[i + 1] < 235 || px[i + 2] < 235) n++;
+            colours.add(px[i] >> 4 << 8 | px[i + 1] >> 4 << 4 | px[i + 2] >> 4);
+          }
+          done([n, colours.size]);
+        };
+        img.src = arguments[0];""", shot)
+    assert inked[0] > 2000 and inked[1] > 20, inked
+    # the roofline of the chosen device is drawn, one point per layer that moves bytes
+    browser.find_element("xpath", "//nav/button[text()='Plots']").click()
+    assert len(browser.find_elements("css selector", "#tab-plots circle")) > 50
