@@ -124,7 +124,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     graph = load_graph(args)
     device = get_device(args.device) if args.device else None
-    path = write_report(graph, args.output, batch=args.batch, device=device)
+    path = write_report(graph, args.output, batch=args.batch, device=device, run=args.run)
     size = path.stat().st_size
     print(f"wrote {path} ({len(graph)} layers, {size / 2**20:.1f} MiB): open it in a browser")
     return EXIT_OK
@@ -141,6 +141,9 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="NAME",
                    help="draw the roofline of this device and estimate each layer's latency: "
                    "cpu (measured here once, cached), h100 or h200")
+    p.add_argument("--run", metavar="RUN_DIR",
+                   help="add a training run of this network (archc train --out RUN_DIR): "
+                   "loss per step and epoch, the task's metrics, learning rate, speed, settings")
 
 
 COMMANDS["report"] = (

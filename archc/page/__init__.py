@@ -67,8 +67,9 @@ def views(graph: Graph, report: Report) -> list[dict]:
     return out
 
 
-def page_data(graph: Graph, report: Report) -> dict:
-    """Everything the page shows, as one JSON-ready dictionary."""
+def page_data(graph: Graph, report: Report, run: str | Path | None = None) -> dict:
+    """Everything the page shows, as one JSON-ready dictionary (with ``run``: that training
+    run folder's curves and settings too)."""
     levels = _levels(graph)
     layers = []
     for node, stats in zip(graph, report.nodes):
@@ -87,9 +88,47 @@ def page_data(graph: Graph, report: Report) -> dict:
         "version": __version__, "layers": layers, "live_bytes": live, "views": shown,
         "first_view": first, "block_levels": levels,
         "variables": _jsonable(report.variables),
+        "run": None if run is None else run_data(run),
     })
     del data["nodes"]  # `layers` holds each record and more
     return data
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def run_data(run: str | Path) -> dict:
+    """A training run folder's log, settings and task, checked: every epoch's numbers (and
+    its per-step losses), the settings of ``config.json``, ``task.json``'s task and
+    classes. A damaged file is refused with a :class:`RunFolderError` that names it."""
+    from runtime.errors import RunFolderError
+    from runtime.files import json_lines, read_json
+
+    run = Path(run)
+    if not run.is_dir():
+        raise RunFolderError(f"{run} is not a run folder (archc train --out writes one)")
+    rows = []
+    for number, row in enumerate(json_lines(run / "log.jsonl", "training log",
+                                            RunFolderError), 1):
+        if not (isinstance(row.get("epoch"), int) and not isinstance(row["epoch"], bool)):
+            raise RunFolderError(f"training log {run / 'log.jsonl'}, line {number}, has no "
+                                 "epoch number")
+        steps = row.get("loss_steps", [])
+        if not (isinstance(steps, list) and all(
+                isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p)
+                for p in steps)):
+            raise RunFolderError(f"training log {run / 'log.jsonl'}, line {number}: "
+                                 "loss_steps is not a list of [step, loss] pairs")
+        rows.append({**{k: v for k, v in row.items() if _number(v)}, "loss_steps": steps})
+    config = read_json(run / "config.json", "run settings", RunFolderError)
+    task = read_json(run / "task.json", "run task", RunFolderError)
+    classes = task.get("classes")
+    return {"folder": str(run), "epochs": rows,
+            "settings": {str(k): _jsonable(v) for k, v in config.items()},
+            "task": str(task.get("task", "classify")),
+            "classes": [str(c) for c in classes] if isinstance(classes, list) else []}
 
 
 def _inline(text: str) -> str:
@@ -99,9 +138,9 @@ def _inline(text: str) -> str:
 
 
 def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
-                report: Report | None = None) -> str:
+                report: Report | None = None, run: str | Path | None = None) -> str:
     """The HTML text of the report on ``graph`` (analysed at ``batch``, with a roofline of
-    ``device`` when given).
+    ``device`` when given, and the training run folder ``run``'s curves).
 
     Examples
     --------
@@ -111,7 +150,7 @@ def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
     True
     """
     report = report or analyse(graph, batch=batch, device=device)
-    data = page_data(graph, report)
+    data = page_data(graph, report, run)
     title = f"{graph.name}: archc report"
     t = report.totals
     # a first line readable before (or without) the script: the totals
@@ -130,13 +169,13 @@ def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
 
 
 def write_report(graph: Graph, path: str | Path, *, batch: int = 1,
-                 device: Device | None = None) -> Path:
+                 device: Device | None = None, run: str | Path | None = None) -> Path:
     """Write the report page to ``path`` (an .html file)."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"the report is an HTML page: name it .html, not '{path.name}'")
     if path.parent and not path.parent.exists():
         raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
-    path.write_text(report_page(graph, batch=batch, device=device), encoding="utf-8")
+    path.write_text(report_page(graph, batch=batch, device=device, run=run), encoding="utf-8")
     return path
 

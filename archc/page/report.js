@@ -17,7 +17,7 @@
         return v.toFixed(v < 10 ? 2 : v < 100 ? 1 : 0) + p;
       }
     }
-    return String(n);
+    return String(+Number(n).toPrecision(4));
   }
   function bytes(n) {
     for (const [f, u] of [[2 ** 30, "GiB"], [2 ** 20, "MiB"], [2 ** 10, "KiB"]]) {
@@ -72,6 +72,7 @@
     return el("div", { class: "card", "data-total": key || "" }, el("b", {}, value), el("span", {}, label));
   }
   const tabs = [["diagram", "Diagram"], ["layers", "Layers"], ["plots", "Plots"], ["memory", "Memory"]];
+  if (data.run) tabs.push(["run", "Run"]);
   const nav = el("nav", {});
   const sections = {};
   for (const [key, title] of tabs) {
@@ -79,11 +80,12 @@
     sections[key] = el("section", { id: "tab-" + key });
   }
   app.append(nav, ...Object.values(sections));
-  let plotted = false;
+  let plotted = false, ranDrawn = false;
   function show(key) {
     for (const b of nav.children) b.classList.toggle("on", b.dataset.tab === key);
     for (const [k, s] of Object.entries(sections)) s.classList.toggle("on", k === key);
     if (key === "plots" && !plotted) { plotted = true; drawPlots(); }
+    if (key === "run" && !ranDrawn) { ranDrawn = true; drawRun(); }
   }
 
   // ------------------------------------------------------------------ diagram
@@ -372,7 +374,7 @@
     const step = 10 ** Math.floor(Math.log10((hi - lo) / 4 || 1));
     const n = Math.ceil((hi - lo) / step / 5) * step || 1;
     const out = [];
-    for (let v = Math.ceil(lo / n) * n; v <= hi; v += n) out.push(v);
+    for (let i = Math.ceil(lo / n); i * n <= hi + 1e-9 * n; i++) out.push(+(i * n).toPrecision(12));
     return out;
   }
   function plot(title, legend) {
@@ -457,6 +459,66 @@
         }
       }
     }
+  }
+
+  // ------------------------------------------------------------------ a training run
+  const COLOURS = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#d53f8c", "#319795", "#718096"];
+  function lineChart(title, series, xlabel, ylabel, note) {
+    const legend = el("div", { class: "legend" }, ...series.map((s, i) =>
+      el("span", { style: "color:" + COLOURS[i % COLOURS.length] + ";margin-right:12px" }, "■ " + s.name)),
+      note ? " " + note : "");
+    const [box, svg] = plot(title);
+    box.append(legend);
+    const all = series.flatMap((s) => s.points);
+    if (!all.length) { svg.append(svgEl("text", { x: 280, y: 130, "text-anchor": "middle" }, "nothing logged")); return box; }
+    const xs = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
+    const ys = [Math.min(0, ...all.map((p) => p[1])), Math.max(...all.map((p) => p[1])) || 1];
+    const [sx, sy] = axes(svg, 560, 260, { l: 60, r: 14, t: 10, b: 34 }, xs, ys, xlabel, ylabel);
+    series.forEach((s, i) => {
+      const colour = COLOURS[i % COLOURS.length];
+      const g = svgEl("g", { "data-series": s.name });
+      if (s.points.length > 1) polyline(g, s.points.map(([x, y]) => [sx(x), sy(y)]), colour);
+      for (const [x, y] of s.points.length <= 60 ? s.points : []) {
+        const dot = svgEl("circle", { cx: sx(x), cy: sy(y), r: 2.6, fill: colour });
+        dot.append(svgEl("title", {}, s.name + " " + (+y.toPrecision(4)) + " at " + xlabel + " " + x));
+        g.append(dot);
+      }
+      svg.append(g);
+    });
+    return box;
+  }
+  function drawRun() {
+    const run = data.run, rows = run.epochs;
+    const key = (k) => rows.filter((r) => typeof r[k] === "number").map((r) => [r.epoch, r[k]]);
+    const metricKeys = [...new Set(rows.flatMap((r) => Object.keys(r)))].filter((k) =>
+      (k.startsWith("test_") && k !== "test_loss") || k === "train_accuracy");
+    const primary = metricKeys.find((k) => k.startsWith("test_")) || null;
+    const best = primary && rows.length ? rows.reduce((a, b) => (b[primary] > a[primary] ? b : a)) : null;
+    const seconds = rows.reduce((s, r) => s + (r.seconds || 0), 0);
+    const speed = rows.length ? rows.reduce((s, r) => s + (r.images_per_s || 0), 0) / rows.length : 0;
+    sections.run.append(el("p", {}, "Run folder " + run.folder + " (task: " + run.task +
+      (run.classes.length ? ", classes: " + run.classes.join(", ") : "") + ")"),
+      el("div", { class: "cards", id: "run-cards" },
+        card(String(rows.length), "epochs"),
+        card(best ? (+best[primary].toFixed(4)).toString() : "—", best ? "best " + primary.replace("test_", "test ") + " (epoch " + best.epoch + ")" : "no test metric"),
+        card(seconds >= 120 ? (seconds / 60).toFixed(1) + " min" : seconds.toFixed(1) + " s", "training time"),
+        card(Math.round(speed) + " img/s", "mean training speed")));
+    const grid = el("div", { class: "plots" });
+    sections.run.append(grid);
+    const steps = rows.flatMap((r) => r.loss_steps || []);
+    const perStep = steps.length > rows.length;
+    // the epoch's mean training loss sits at the epoch's last step when steps are known
+    const at = (r) => (perStep && typeof r.steps === "number" ? r.steps : r.epoch);
+    grid.append(lineChart("Loss", [
+      ...(perStep ? [{ name: "training loss per step", points: steps }] : []),
+      { name: "training loss (epoch mean)", points: rows.filter((r) => typeof r.train_loss === "number").map((r) => [at(r), r.train_loss]) },
+      { name: "test loss", points: rows.filter((r) => typeof r.test_loss === "number").map((r) => [at(r), r.test_loss]) }],
+      perStep ? "step" : "epoch", "loss"));
+    grid.append(lineChart("Metrics per epoch", metricKeys.map((k) => ({ name: k.replace("_", " "), points: key(k) })), "epoch", "value"));
+    grid.append(lineChart("Learning rate per epoch", [{ name: "lr", points: key("lr") }], "epoch", "learning rate"));
+    grid.append(lineChart("Training speed per epoch", [{ name: "images/s", points: key("images_per_s") }], "epoch", "images/s"));
+    sections.run.append(el("h3", {}, "Settings"), el("table", { class: "memory", id: "run-settings" },
+      ...Object.entries(run.settings).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, JSON.stringify(v))))));
   }
 
   // ------------------------------------------------------------------ memory

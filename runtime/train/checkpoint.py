@@ -257,6 +257,13 @@ def _check_state(state: dict, path: Path) -> None:
     if "step" in state and not (isinstance(state["step"], int) and "sums" in state
                                 and "aug_rng" in state):
         raise TrainingError(f"checkpoint state {path} is within an epoch but lacks where")
+    curve = state.get("curve", [])
+    if not (isinstance(curve, list) and all(
+            isinstance(p, list) and len(p) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+            for p in curve)):
+        raise TrainingError(f"checkpoint state {path}: its loss curve is not a list of "
+                            "[step, loss] pairs")
 
 
 def _check_optimizer(saved: dict, optimizer, program, path: Path) -> None:

@@ -181,10 +181,12 @@ def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int
     # augmentation draws from its own stream, fixed by (seed, epoch) like the batches
     aug_rng = np.random.default_rng([config.seed, epoch, 1])
     skip, sums = 0, np.zeros(4)  # images, loss, correct, judged
+    curve: list[list[float]] = []  # [optimizer step, this process's batch loss]
     partial = progress.partial
     if partial.get("epoch") == epoch:  # resuming within this epoch
         skip, aug_rng.bit_generator.state = partial["step"], partial["aug_rng"]
         sums = np.array(partial["sums"]) if world.lead else sums
+        curve = [list(point) for point in partial.get("curve", [])]
     reducer = None
     if world.size > 1:
         order = distributed.readiness_order(model, trainable)
@@ -212,6 +214,7 @@ def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int
                                   run)
         # soft targets (mixup, cutmix) count their top class; segmentation, pixels
         sums += (len(y), loss * len(y), hits, count)
+        curve.append([opt.steps, float(loss)])
         bar.update(len(index))
         bar.set_postfix(refresh=False, loss=f"{sums[1] / sums[0]:.4f}",
                         **({"acc": f"{sums[2] / sums[3]:.3f}"} if sums[3] else {}))
@@ -219,14 +222,35 @@ def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int
                 and opt.steps % config.checkpoint_every == 0:
             _checkpoint_within(run, model, opt, world, config, writes, {
                 "epoch": epoch, "step": step + 1, "best": progress.best,
-                "aug_rng": aug_rng.bit_generator.state}, sums, progress.history)
+                "aug_rng": aug_rng.bit_generator.state, "curve": curve}, sums,
+                progress.history)
     bar.refresh()  # the epoch's final loss and rate, drawn even if it took under tqdm's interval
     bar.close()
-    return np.append(sums, sums[0] - before), time.perf_counter() - began, reducer
+    return np.append(sums, sums[0] - before), time.perf_counter() - began, reducer, curve
+
+
+# the most points of the loss curve an epoch's line of the log keeps
+CURVE_POINTS = 64
+
+
+def loss_curve(points: list[list[float]], most: int = CURVE_POINTS) -> list[list[float]]:
+    """The per-step losses of an epoch as at most ``most`` points: consecutive steps
+    averaged, each point at its last step (a bounded log however long the epoch).
+
+    Examples
+    --------
+    >>> loss_curve([[1, 4.0], [2, 2.0], [3, 1.0], [4, 1.0]], most=2)
+    [[2, 3.0], [4, 1.0]]
+    """
+    if len(points) <= most:
+        return [[int(s), round(v, 6)] for s, v in points]
+    edges = np.linspace(0, len(points), most + 1).round().astype(int)
+    return [[int(points[b - 1][0]), round(float(np.mean([v for _, v in points[a:b]])), 6)]
+            for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _epoch_row(model, split: Split, task, opt, config: TrainConfig, epoch: int, world,
-               sums: np.ndarray, elapsed: float, reducer) -> dict:
+               sums: np.ndarray, elapsed: float, reducer, curve: list) -> dict:
     """The epoch's line of the log: its sums over every rank and rank 0's evaluation."""
     seen, total, correct, judged, images = world.sum(sums)
     if world.size > 1 and not config.sync_bn:
@@ -236,7 +260,8 @@ def _epoch_row(model, split: Split, task, opt, config: TrainConfig, epoch: int, 
     row = {"epoch": epoch + 1, "steps": opt.steps, "lr": opt.lr, "train_loss": total / seen,
            **({"train_accuracy": correct / judged} if judged else {}),
            **{f"test_{k}": v for k, v in (test or {}).items()},
-           "images_per_s": images / elapsed, "seconds": elapsed}
+           "images_per_s": images / elapsed, "seconds": elapsed,
+           "loss_steps": loss_curve(curve)}  # rank 0's batches in a data-parallel run
     if world.size > 1:
         row = world.broadcast(row)  # rank 0's evaluation, for early stopping everywhere
         row.update(ranks=world.size, **({"communication_s": reducer.comm_s,
@@ -327,11 +352,11 @@ def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, r
         opt.lr = config.lr * optim.schedule_factor(
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         trainable = opt.params = schedule.trainable_at(epoch)
-        sums, elapsed, reducer = _train_epoch(model, split, task, opt, config, epoch,
-                                              trainable, done, world, run, writes, progress,
-                                              augment)
+        sums, elapsed, reducer, curve = _train_epoch(model, split, task, opt, config, epoch,
+                                                     trainable, done, world, run, writes,
+                                                     progress, augment)
         row = _epoch_row(model, split, task, opt, config, epoch, world, sums, elapsed,
-                         reducer)
+                         reducer, curve)
         done.history.append(row)
         if writes is not None:
             _checkpoint_epoch(run, model, opt, done, epoch, key)

@@ -89,6 +89,56 @@ def test_report_refuses_what_it_cannot_write(tmp_path, capsys):
     assert "unknown device 'tpu'" in capsys.readouterr().err
 
 
+def write_run(folder: Path, epochs: int = 3) -> Path:
+    """A run folder as archc train writes it: 10 steps an epoch, loss falling."""
+    folder.mkdir()
+    rows = [{"epoch": e, "steps": 10 * e, "lr": 0.1 / e, "train_loss": 2.0 / e,
+             "train_accuracy": 0.5 + 0.1 * e, "test_loss": 2.2 / e,
+             "test_accuracy": 0.45 + 0.1 * e, "images_per_s": 300.0 + e, "seconds": 2.0,
+             "loss_steps": [[10 * (e - 1) + k, 2.0 / e + 0.01 * (5 - k)] for k in range(1, 11)]}
+            for e in range(1, epochs + 1)]
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.json").write_text(json.dumps({"epochs": epochs, "optimizer": "sgd",
+                                                    "lr": 0.1, "batch_size": 32}))
+    (folder / "task.json").write_text(json.dumps({"task": "classify",
+                                                  "classes": [str(c) for c in range(10)]}))
+    return folder
+
+
+def test_report_with_a_training_run(tmp_path, capsys):
+    run = write_run(tmp_path / "run")
+    out = tmp_path / "r.html"
+    assert main(["report", str(SPECS / "lenet5.yaml"), "--run", str(run), "-o", str(out)]) == 0
+    data = page_json(out.read_text())["run"]
+    assert [r["epoch"] for r in data["epochs"]] == [1, 2, 3]
+    assert data["epochs"][2]["test_accuracy"] == pytest.approx(0.75)
+    assert len(data["epochs"][0]["loss_steps"]) == 10 and data["settings"]["optimizer"] == "sgd"
+    assert data["task"] == "classify" and data["classes"][9] == "9"
+    assert page_json(report_page(archc.load(SPECS / "lenet5.yaml")))["run"] is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda run: (run / "log.jsonl").write_text("{\"epoch\": 1}\n{not json"),
+     "line 2, is not valid JSON"),
+    (lambda run: (run / "log.jsonl").write_text('{"steps": 3}\n'), "line 1, has no epoch number"),
+    (lambda run: (run / "log.jsonl").write_text('{"epoch": 1, "loss_steps": [[1, "x"]]}\n'),
+     "loss_steps is not a list of [step, loss] pairs"),
+    (lambda run: (run / "config.json").unlink(), "config.json"),
+    (lambda run: (run / "task.json").write_bytes(b"\xff\xfe"), "task.json"),
+])
+def test_a_damaged_run_folder_is_refused_with_its_name(tmp_path, capsys, damage, message):
+    run = write_run(tmp_path / "run")
+    damage(run)
+    assert main(["report", str(SPECS / "lenet5.yaml"), "--run", str(run),
+                 "-o", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(run) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()
+    assert main(["report", str(SPECS / "lenet5.yaml"), "--run", str(tmp_path / "nothing"),
+                 "-o", str(tmp_path / "r.html")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- in Chromium
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -191,6 +241,26 @@ def test_the_page_in_chromium(browser, tmp_path):
     browser.find_element(By.XPATH, "//nav/button[text()='Plots']").click()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#tab-plots .plot svg")) == 4
     assert len(browser.find_elements(By.CSS_SELECTOR, "#tab-plots polyline")) >= 3
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_the_run_tab_in_chromium(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    path = tmp_path / "lenet5.html"
+    path.write_text(report_page(archc.load(SPECS / "lenet5.yaml"), run=write_run(tmp_path / "run")))
+    open_page(browser, path)
+    browser.find_element(By.XPATH, "//nav/button[text()='Run']").click()
+    cards = browser.find_element(By.ID, "run-cards").text
+    assert "0.75" in cards and "best test accuracy (epoch 3)" in cards and "303 img/s" not in cards
+    assert "302 img/s" in cards  # the mean of 301, 302 and 303
+    charts = browser.find_elements(By.CSS_SELECTOR, "#tab-run .plot")
+    assert [c.find_element(By.TAG_NAME, "h3").text for c in charts] == [
+        "Loss", "Metrics per epoch", "Learning rate per epoch", "Training speed per epoch"]
+    series = [g.get_attribute("data-series") for g in
+              charts[0].find_elements(By.CSS_SELECTOR, "g[data-series]")]
+    assert series == ["training loss per step", "training loss (epoch mean)", "test loss"]
+    assert "optimizer" in browser.find_element(By.ID, "run-settings").text
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 

@@ -32,6 +32,12 @@ def test_lenet5_learns_the_digits(digits, tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 5
     logged = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in logged] == list(range(1, 9))
+    # every step's loss (45 steps an epoch: under the 64 points a line keeps)
+    for row in logged:
+        steps = [step for step, _ in row["loss_steps"]]
+        assert steps == list(range(row["steps"] - 44, row["steps"] + 1))
+        mean = np.mean([loss for _, loss in row["loss_steps"]])
+        assert mean == pytest.approx(row["train_loss"], rel=0.05)  # the last batch is smaller
     best = json.loads((tmp_path / "best.json").read_text())["checkpoint"]
     pointer = json.loads((tmp_path / "last.json").read_text())
     last = pointer["checkpoint"]
@@ -102,7 +108,9 @@ def test_a_run_stopped_within_an_epoch_resumes_from_the_next_step(digits, tmp_pa
     rows = [[json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
             for path in (run, tmp_path / "straight")]
     for mine, theirs in zip(*rows):
-        for key in ("epoch", "steps", "train_loss", "train_accuracy", "test_accuracy"):
+        # the loss curve too: the steps before the stop come back from the checkpoint
+        for key in ("epoch", "steps", "train_loss", "train_accuracy", "test_accuracy",
+                    "loss_steps"):
             assert mine[key] == theirs[key], key
 
 
