@@ -75,8 +75,19 @@ def _train(args, graph, settings, world, run) -> int:
         say(f"grid {head.grid}x{head.grid}, {head.boxes} anchors per cell (k-means on the "
               f"training boxes, width x height in pixels): " + ", ".join(
                   f"{w * head.size[1]:.1f}x{h * head.size[0]:.1f}" for w, h in head.anchors))
-    history = fit(model, split, config, run, task=task, resume=bool(args.resume),
-                  progress=sys.stderr.isatty(), world=world)
+    observers = []
+    if args.tensorboard and world.lead:
+        from runtime.train.curves import TensorBoard
+
+        observers.append(TensorBoard(args.tensorboard, model.program))
+        say(f"TensorBoard events in {args.tensorboard} (tensorboard --logdir "
+            f"{args.tensorboard})")
+    try:
+        history = fit(model, split, config, run, task=task, resume=bool(args.resume),
+                      progress=sys.stderr.isatty(), world=world, observers=tuple(observers))
+    finally:
+        for observer in observers:
+            observer.close()
     if history and world.lead:  # the run directory is rank 0's
         best = max(h[f"test_{task.primary}"] for h in history)
         print(f"done: best test {task.name} {best:.4f}; weights: {best_weights(run)} "
@@ -158,6 +169,9 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
                    help="run directory: log and checkpoints (default runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write TensorBoard events to DIR: the log's numbers, histograms "
+                   "of the weights and gradients, and the graph (needs archc[plots])")
     p.add_argument("--checkpoint-every", type=positive, metavar="STEPS",
                    help="also checkpoint every STEPS optimiser steps, within epochs (a "
                    "resumed run goes on from the next step; default: at the end of each "

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.errors import TrainingError
-from runtime.train import checkpoint, distributed, optim
+from runtime.train import checkpoint, curves, distributed, optim
 from runtime.train.augment import pipeline
 from runtime.train.checkpoint import best_weights  # noqa: F401 (archc.train.best_weights)
 from runtime.train.config import TrainConfig, settings  # noqa: F401 (the loop's interface)
@@ -138,9 +138,10 @@ def _gradients(model, grad, reducer, weight: float) -> dict:
 
 
 def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
-          weight: float, where: str, run: Path | None) -> tuple[float, float, float]:
-    """One optimiser step on the batch (x, y): (loss, correct predictions, judged). The
-    output, loss gradient and parameter gradients stay on the backend's device."""
+          weight: float, where: str, run: Path | None) -> tuple[float, float, float, dict]:
+    """One optimiser step on the batch (x, y): (loss, correct predictions, judged, the
+    parameters' gradients). The output, loss gradient and parameter gradients stay on the
+    backend's device."""
     out = model(task.feed(x, y), host=False)
     loss, grad, hits, count = task.step(model, out, y)
     if not math.isfinite(loss):
@@ -153,7 +154,7 @@ def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
         if config.clip:
             optim.clip_grad_norm(grads, config.clip, opt.kernels)
         opt.step({k: g for k, g in grads.items() if k in trainable})
-    return loss, hits, count
+    return loss, hits, count, grads
 
 
 def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes,
@@ -174,14 +175,16 @@ def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes
 
 def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int,
                  trainable: dict, progress: _Progress, world, run, writes,
-                 show: bool, augment) -> tuple[np.ndarray, float, object]:
+                 show: bool, augment) -> tuple[np.ndarray, float, object, list, dict]:
     """One epoch's steps: (this process's sums of images, loss, correct and judged,
-    images seen since it began here, seconds, the gradient reducer or None)."""
+    images seen since it began here, seconds, the gradient reducer or None, the per-step
+    losses, the last step's gradients)."""
     data = split.train
     # augmentation draws from its own stream, fixed by (seed, epoch) like the batches
     aug_rng = np.random.default_rng([config.seed, epoch, 1])
     skip, sums = 0, np.zeros(4)  # images, loss, correct, judged
     curve: list[list[float]] = []  # [optimizer step, this process's batch loss]
+    grads: dict = {}  # the last step's gradients, for --tensorboard
     partial = progress.partial
     if partial.get("epoch") == epoch:  # resuming within this epoch
         skip, aug_rng.bit_generator.state = partial["step"], partial["aug_rng"]
@@ -209,7 +212,7 @@ def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int
             x, y = x[lo:hi], y[lo:hi]
         else:
             x, y = data.x[index[lo:hi]], data.y[index[lo:hi]]
-        loss, hits, count = _step(model, task, opt, config, trainable, x, y, reducer,
+        loss, hits, count, grads = _step(model, task, opt, config, trainable, x, y, reducer,
                                   (hi - lo) / len(index), f"epoch {epoch + 1}, step {step + 1}",
                                   run)
         # soft targets (mixup, cutmix) count their top class; segmentation, pixels
@@ -226,7 +229,7 @@ def _train_epoch(model, split: Split, task, opt, config: TrainConfig, epoch: int
                 progress.history)
     bar.refresh()  # the epoch's final loss and rate, drawn even if it took under tqdm's interval
     bar.close()
-    return np.append(sums, sums[0] - before), time.perf_counter() - began, reducer, curve
+    return np.append(sums, sums[0] - before), time.perf_counter() - began, reducer, curve, grads
 
 
 # the most points of the loss curve an epoch's line of the log keeps
@@ -299,7 +302,8 @@ def _early_stop(history: list[dict], key: str, patience: int | None, task) -> st
 
 def fit(model, split: Split, config: TrainConfig | None = None, run: Path | None = None, *,
         task=None, resume: bool = False, report=print, progress: bool = False,
-        world: distributed.World = distributed.ALONE, **given) -> list[dict]:
+        world: distributed.World = distributed.ALONE, observers: tuple = (),
+        **given) -> list[dict]:
     """Train ``model`` (a compiled archc model) on ``split.train`` for ``task`` (a
     :mod:`runtime.train.tasks` task; default: classification); after every epoch, evaluate
     on ``split.test``, log, and checkpoint into ``run`` (if given); the best checkpoint is
@@ -313,7 +317,11 @@ def fit(model, split: Split, config: TrainConfig | None = None, run: Path | None
 
     ``world``: the ranks of a data-parallel job (:mod:`runtime.train.distributed`); each
     trains on its slice of every global batch of ``config.batch_size``, the gradients are
-    averaged over the ranks, and rank 0 alone reports, evaluates and writes ``run``."""
+    averaged over the ranks, and rank 0 alone reports, evaluates and writes ``run``.
+
+    ``observers``: objects whose ``epoch(row, model, grads)`` rank 0 calls after each
+    epoch with its log row, the model and the last step's gradients
+    (:class:`runtime.train.curves.TensorBoard`)."""
     from runtime.train.tasks import Classification
 
     if config is None:
@@ -337,29 +345,34 @@ def fit(model, split: Split, config: TrainConfig | None = None, run: Path | None
     model.check_batch(-(-config.batch_size // world.size), keep=True)  # before any work
     with checkpoint.RunLock(run) if writes is not None else contextlib.nullcontext():
         return _epochs(model, split, config, run, task, resume, report, progress, world,
-                       schedule, opt, writes, key)
+                       schedule, opt, writes, key, observers)
 
 
 def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, report,
-            progress: bool, world, schedule: FreezeSchedule, opt, writes, key: str
-            ) -> list[dict]:
+            progress: bool, world, schedule: FreezeSchedule, opt, writes, key: str,
+            observers: tuple = ()) -> list[dict]:
     """:func:`fit`'s loop, run folder locked: resume, then train epoch by epoch."""
     done = _resume(run, model, opt, world, resume)
     if writes is not None:
         _describe_run(run, config, task, split)
+        plotter = curves.Plotter(run, model.program.name)
     augment = pipeline(config.augment, len(split.train.classes))
     for epoch in range(done.start, config.epochs):
         opt.lr = config.lr * optim.schedule_factor(
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         trainable = opt.params = schedule.trainable_at(epoch)
-        sums, elapsed, reducer, curve = _train_epoch(model, split, task, opt, config, epoch,
-                                                     trainable, done, world, run, writes,
-                                                     progress, augment)
+        sums, elapsed, reducer, curve, grads = _train_epoch(
+            model, split, task, opt, config, epoch, trainable, done, world, run, writes,
+            progress, augment)
         row = _epoch_row(model, split, task, opt, config, epoch, world, sums, elapsed,
                          reducer, curve)
         done.history.append(row)
         if writes is not None:
             _checkpoint_epoch(run, model, opt, done, epoch, key)
+            plotter.epoch(done.history, last=epoch + 1 == config.epochs)
+        if world.lead:
+            for observer in observers:
+                observer.epoch(row, model, grads)
         world.barrier()  # the epoch's checkpoint is whole before any rank goes on
         train_acc = f"train acc {row['train_accuracy']:.3f}  " if "train_accuracy" in row \
             else ""
@@ -368,5 +381,7 @@ def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, r
         stop = _early_stop(done.history, key, config.patience, task)
         if stop:
             report(stop)
+            if writes is not None:
+                plotter.epoch(done.history, last=True)
             break
     return done.history
