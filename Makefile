@@ -32,7 +32,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[plots]'
 	@touch $@
 
 $(TEST_STAMP): pyproject.toml | $(BIN)/python
@@ -49,6 +49,7 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc render specs/lenet5.yaml -o out/lenet5.svg --rankdir LR
 	$(BIN)/archc train specs/lenet5.yaml --data digits --epochs 12 --out out/lenet5-digits
 	$(BIN)/archc eval specs/lenet5.yaml --data digits --weights out/lenet5-digits
+	$(BIN)/archc report specs/lenet5.yaml --run out/lenet5-digits -o out/lenet5-report.html
 	$(BIN)/archc optimize specs/resnet18.yaml -O2 --verify -o out/resnet18-O2.yaml
 	$(BIN)/archc optimize specs/lenet5.yaml --weights out/lenet5-digits \
 	  --passes low_rank:mode=channel:budget=0.1 --verify \
@@ -59,7 +60,8 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc predict specs/unet.yaml $(UNET_SMALL) --data shapes-seg:512 \
 	  --weights out/unet-shapes --count 4 -o out/unet-shapes/pictures
 	@echo "The LeNet-5 diagram is in out/lenet5.svg (open it in a browser);"
-	@echo "its training run (log, checkpoints) is in out/lenet5-digits/;"
+	@echo "its training run (log, checkpoints, curves.png) is in out/lenet5-digits/,"
+	@echo "and both in one page: out/lenet5-report.html (archc report);"
 	@echo "optimised specs: out/resnet18-O2.yaml, out/lenet5-lowrank.yaml (+ .npz weights);"
 	@echo "a U-Net segmenting generated shapes: out/unet-shapes/pictures/*.png (docs/tasks.md)."
 

@@ -196,6 +196,12 @@ class Model:
         self.training = False
         return self
 
+    def _repr_html_(self) -> str:
+        """In a notebook: what is compiled, for which backend, in which mode."""
+        from runtime.notebook import model_html
+
+        return model_html(self)
+
     def parameters(self) -> dict[str, np.ndarray]:
         """Name -> array, PyTorch names and layouts (buffers included, as in a state_dict)."""
         return self.params

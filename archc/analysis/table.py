@@ -54,9 +54,17 @@ def _local(name: str, parent: str | None) -> str:
 
 def table_rows(report: Report, depth: int | None = None) -> list[str]:
     """One line per shown node or block; ``depth`` hides what is nested deeper than it."""
+    return [_row(["  " * level + cells[0], *cells[1:]])
+            for level, cells in table_cells(report, depth)]
+
+
+def table_cells(report: Report, depth: int | None = None) -> list[tuple[int, list[str]]]:
+    """The summary table's rows as (nesting level, cells: name, type, output, params, MACs,
+    receptive field), one per shown node or block (``archc summary`` and the notebook's
+    table both print these)."""
     blocks = {b.path: b for b in report.blocks}
     shown_blocks: set[str] = set()
-    lines = []
+    rows = []
     for node in report.nodes:
         if node.op == "input":
             continue
@@ -65,25 +73,24 @@ def table_rows(report: Report, depth: int | None = None) -> list[str]:
                 break
             if path not in shown_blocks:
                 shown_blocks.add(path)
-                lines.append(_block_row(blocks[path], node.scope[level - 1] if level else None))
+                rows.append((level, _block_cells(blocks[path],
+                                                 node.scope[level - 1] if level else None)))
         if depth is not None and len(node.scope) >= depth:
             continue
-        lines.append(_node_row(node))
-    return lines
+        rows.append((len(node.scope), _node_cells(node)))
+    return rows
 
 
-def _block_row(block: BlockReport, parent: str | None) -> str:
-    name = "  " * block.level + _local(block.path, parent)
-    return _row([name, block.label, fmt_shape(block.output_shape), f"{block.params:,}",
-                 human(block.macs), block.receptive_field.describe()])
+def _block_cells(block: BlockReport, parent: str | None) -> list[str]:
+    return [_local(block.path, parent), block.label, fmt_shape(block.output_shape),
+            f"{block.params:,}", human(block.macs), block.receptive_field.describe()]
 
 
-def _node_row(node: NodeReport) -> str:
+def _node_cells(node: NodeReport) -> list[str]:
     parent = node.scope[-1] if node.scope else None
-    name = "  " * len(node.scope) + _local(node.name, parent)
     params = f"{node.params:,}" if node.params else "shared" if node.shares else "-"
-    return _row([name, node.kind, fmt_shape(node.output_shape, node.items), params,
-                 human(node.macs) if node.macs else "-", node.receptive_field.describe()])
+    return [_local(node.name, parent), node.kind, fmt_shape(node.output_shape, node.items),
+            params, human(node.macs) if node.macs else "-", node.receptive_field.describe()]
 
 
 def format_summary(report: Report, depth: int | None = None) -> str:

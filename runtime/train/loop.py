@@ -384,4 +384,17 @@ def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, r
             if writes is not None:
                 plotter.epoch(done.history, last=True)
             break
-    return done.history
+    return History(done.history)
+
+
+class History(list):
+    """:func:`fit`'s result: the log's rows, one dict per epoch; in a notebook, its curves."""
+
+    def _repr_html_(self) -> str:
+        from runtime.notebook import history_html
+
+        return history_html(self)
+
+    def plot(self, title: str = ""):
+        """The curves as a matplotlib figure (loss, metrics, learning rate, speed)."""
+        return curves.figure(list(self), title)
