@@ -124,7 +124,25 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     graph = load_graph(args)
     device = get_device(args.device) if args.device else None
-    path = write_report(graph, args.output, batch=args.batch, device=device, run=args.run)
+    other = None
+    if args.compare:
+        from archc import build
+        from archc.spec import parse_overrides
+
+        from pathlib import Path
+
+        # a variant of the same spec keeps its --set values; another spec has its own
+        same = Path(args.compare).resolve() == Path(args.spec).resolve()
+        other = build(args.compare, parse_overrides(
+            (args.overrides if same else []) + args.compare_set))
+    elif args.compare_set:
+        from archc.errors import UsageError
+
+        raise UsageError("--compare-set changes the network given by --compare",
+                         f"to compare with a variant of {args.spec}: --compare {args.spec} "
+                         f"--compare-set {args.compare_set[0]}")
+    path = write_report(graph, args.output, batch=args.batch, device=device, run=args.run,
+                        compare=other)
     size = path.stat().st_size
     print(f"wrote {path} ({len(graph)} layers, {size / 2**20:.1f} MiB): open it in a browser")
     return EXIT_OK
@@ -144,6 +162,12 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="RUN_DIR",
                    help="add a training run of this network (archc train --out RUN_DIR): "
                    "loss per step and epoch, the task's metrics, learning rate, speed, settings")
+    p.add_argument("--compare", metavar="OTHER.yaml",
+                   help="put another network (or the same spec with --compare-set) beside this "
+                   "one: what changed in parameters, MACs, memory, per block and per layer")
+    p.add_argument("--compare-set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a variable of the --compare network (repeatable); a "
+                   "variant of the same spec starts from the --set values")
 
 
 COMMANDS["report"] = (

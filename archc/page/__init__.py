@@ -67,9 +67,22 @@ def views(graph: Graph, report: Report) -> list[dict]:
     return out
 
 
-def page_data(graph: Graph, report: Report, run: str | Path | None = None) -> dict:
+def compared(graph: Graph, report: Report) -> dict:
+    """The other network of a comparison: its totals, blocks and layers (name, kind,
+    output shape, parameters, MACs)."""
+    return {"name": report.name, "spec": report.source, "layers_count": len(graph),
+            "variables": _jsonable(report.variables), "totals": report.totals,
+            "blocks": [b.to_dict() for b in report.blocks],
+            "outputs": report.outputs,
+            "layers": [{"name": n.name, "kind": n.kind, "shape": fmt_shape(n.output_shape, n.items),
+                        "params": n.params, "macs": n.macs} for n in report.nodes]}
+
+
+def page_data(graph: Graph, report: Report, run: str | Path | None = None,
+              other: tuple[Graph, Report] | None = None) -> dict:
     """Everything the page shows, as one JSON-ready dictionary (with ``run``: that training
-    run folder's curves and settings too)."""
+    run folder's curves and settings too; with ``other``: a second network to compare
+    with)."""
     levels = _levels(graph)
     layers = []
     for node, stats in zip(graph, report.nodes):
@@ -89,6 +102,7 @@ def page_data(graph: Graph, report: Report, run: str | Path | None = None) -> di
         "first_view": first, "block_levels": levels,
         "variables": _jsonable(report.variables),
         "run": None if run is None else run_data(run),
+        "compare": None if other is None else compared(*other),
     })
     del data["nodes"]  # `layers` holds each record and more
     return data
@@ -138,9 +152,11 @@ def _inline(text: str) -> str:
 
 
 def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
-                report: Report | None = None, run: str | Path | None = None) -> str:
+                report: Report | None = None, run: str | Path | None = None,
+                compare: Graph | None = None) -> str:
     """The HTML text of the report on ``graph`` (analysed at ``batch``, with a roofline of
-    ``device`` when given, and the training run folder ``run``'s curves).
+    ``device`` when given, the training run folder ``run``'s curves, and ``compare``, a
+    second network, side by side).
 
     Examples
     --------
@@ -150,7 +166,8 @@ def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
     True
     """
     report = report or analyse(graph, batch=batch, device=device)
-    data = page_data(graph, report, run)
+    other = None if compare is None else (compare, analyse(compare, batch=batch, device=device))
+    data = page_data(graph, report, run, other)
     title = f"{graph.name}: archc report"
     t = report.totals
     # a first line readable before (or without) the script: the totals
@@ -169,13 +186,15 @@ def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
 
 
 def write_report(graph: Graph, path: str | Path, *, batch: int = 1,
-                 device: Device | None = None, run: str | Path | None = None) -> Path:
+                 device: Device | None = None, run: str | Path | None = None,
+                 compare: Graph | None = None) -> Path:
     """Write the report page to ``path`` (an .html file)."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"the report is an HTML page: name it .html, not '{path.name}'")
     if path.parent and not path.parent.exists():
         raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
-    path.write_text(report_page(graph, batch=batch, device=device, run=run), encoding="utf-8")
+    path.write_text(report_page(graph, batch=batch, device=device, run=run, compare=compare),
+                    encoding="utf-8")
     return path
 

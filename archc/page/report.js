@@ -73,6 +73,7 @@
   }
   const tabs = [["diagram", "Diagram"], ["layers", "Layers"], ["plots", "Plots"], ["memory", "Memory"]];
   if (data.run) tabs.push(["run", "Run"]);
+  if (data.compare) tabs.push(["compare", "Compare"]);
   const nav = el("nav", {});
   const sections = {};
   for (const [key, title] of tabs) {
@@ -80,12 +81,13 @@
     sections[key] = el("section", { id: "tab-" + key });
   }
   app.append(nav, ...Object.values(sections));
-  let plotted = false, ranDrawn = false;
+  let plotted = false, ranDrawn = false, compareDrawn = false;
   function show(key) {
     for (const b of nav.children) b.classList.toggle("on", b.dataset.tab === key);
     for (const [k, s] of Object.entries(sections)) s.classList.toggle("on", k === key);
     if (key === "plots" && !plotted) { plotted = true; drawPlots(); }
     if (key === "run" && !ranDrawn) { ranDrawn = true; drawRun(); }
+    if (key === "compare" && !compareDrawn) { compareDrawn = true; drawCompare(); }
   }
 
   // ------------------------------------------------------------------ diagram
@@ -519,6 +521,54 @@
     grid.append(lineChart("Training speed per epoch", [{ name: "images/s", points: key("images_per_s") }], "epoch", "images/s"));
     sections.run.append(el("h3", {}, "Settings"), el("table", { class: "memory", id: "run-settings" },
       ...Object.entries(run.settings).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, JSON.stringify(v))))));
+  }
+
+  // ------------------------------------------------------------------ two networks side by side
+  function change(a, b, fmt) {
+    if (a === b) return "same";
+    const d = b - a, sign = d > 0 ? "+" : "\u2212";
+    return sign + fmt(Math.abs(d)) + (a ? " (" + (d > 0 ? "+" : "\u2212") + Math.abs(100 * d / a).toFixed(1) + "%)" : "");
+  }
+  function comparison(id, head, rows) {
+    return el("table", { class: "layers", id },
+      el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i ? "num" : "" }, h)))),
+      el("tbody", {}, ...rows.map((r) => el("tr", { "data-key": r[0] }, ...r.map((c, i) => el("td", { class: i ? "num" : "" }, c))))));
+  }
+  function drawCompare() {
+    const o = data.compare, u = o.totals;
+    const label = (d) => d.name + " (" + (d.spec || "") + ")";
+    sections.compare.append(el("p", {}, "A: " + label(data) + " \u2014 B: " + label(o)));
+    const metrics = [["parameters", "params", exact], ["trainable parameters", "trainable_params", exact],
+      ["MACs", "macs", exact], ["FLOPs", "flops", exact], ["weights", "param_bytes", bytes],
+      ["activations at the inference peak", "inference_peak_bytes", bytes],
+      ["saved for backward (training)", "training_saved_bytes", bytes]];
+    const rows = metrics.map(([title, k, fmt]) => [title, fmt(t[k]), fmt(u[k]), change(t[k], u[k], fmt)]);
+    rows.push(["layers", String(layers.length), String(o.layers_count), change(layers.length, o.layers_count, String)]);
+    const outs = (d) => Object.values(d.outputs).map((v) => v.shape.join("x")).join(", ");
+    rows.push(["outputs", outs(data), outs(o), outs(data) === outs(o) ? "same" : "changed"]);
+    sections.compare.append(el("h3", {}, "Totals"), comparison("compare-totals", ["", "A", "B", "B \u2212 A"], rows));
+    // blocks by path: the top levels, where variants usually differ
+    const ours = new Map(data.blocks.filter((b) => data.block_levels[b.path] <= 1).map((b) => [b.path, b]));
+    const theirs = new Map(o.blocks.map((b) => [b.path, b]));
+    const paths = [...new Set([...ours.keys(), ...[...theirs.keys()].filter((p) => p.split(".").length <= 2)])];
+    const blockRows = paths.map((p) => {
+      const a = ours.get(p), b = theirs.get(p);
+      return [p, a ? human(a.macs) + " / " + exact(a.params) : "\u2014", b ? human(b.macs) + " / " + exact(b.params) : "\u2014",
+        a && b ? change(a.macs, b.macs, human) : a ? "only in A" : "only in B"];
+    });
+    if (blockRows.length) sections.compare.append(el("h3", {}, "Blocks (MACs / parameters)"), comparison("compare-blocks", ["block", "A", "B", "MACs change"], blockRows));
+    // layers by name: what differs
+    const other = new Map(o.layers.map((l) => [l.name, l]));
+    const diff = [];
+    for (const l of layers) {
+      const m = other.get(l.name);
+      if (!m) diff.push([l.name, l.kind + " " + l.shape + ", " + exact(l.params), "\u2014", "only in A"]);
+      else if (m.kind !== l.kind || m.shape !== l.shape || m.params !== l.params || m.macs !== l.macs)
+        diff.push([l.name, l.kind + " " + l.shape + ", " + exact(l.params), m.kind + " " + m.shape + ", " + exact(m.params), change(l.macs, m.macs, human) + " MACs"]);
+    }
+    for (const m of o.layers) if (!byName.has(m.name)) diff.push([m.name, "\u2014", m.kind + " " + m.shape + ", " + exact(m.params), "only in B"]);
+    sections.compare.append(el("h3", {}, "Layers that differ (" + diff.length + " of " + new Set([...byName.keys(), ...other.keys()]).size + ")"),
+      comparison("compare-layers", ["layer", "A: type, output, params", "B: type, output, params", "change"], diff));
   }
 
   // ------------------------------------------------------------------ memory

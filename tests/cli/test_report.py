@@ -139,6 +139,25 @@ def test_a_damaged_run_folder_is_refused_with_its_name(tmp_path, capsys, damage,
     assert "is not a run folder" in capsys.readouterr().err
 
 
+def test_report_compares_two_networks(tmp_path, capsys):
+    out = tmp_path / "c.html"
+    spec = str(SPECS / "resnet18.yaml")
+    assert main(["report", spec, "--set", "num_classes=10", "--compare", spec,
+                 "--compare-set", "width=32", "-o", str(out)]) == 0
+    data = page_json(out.read_text())
+    other = data["compare"]
+    narrow = analyse(archc.load(SPECS / "resnet18.yaml", num_classes=10, width=32))
+    assert other["totals"] == narrow.totals  # the variant keeps --set num_classes=10
+    assert other["variables"]["width"] == 32 and other["variables"]["num_classes"] == 10
+    assert len(other["layers"]) == len(data["layers"])
+    # another spec does not take this one's --set values
+    assert main(["report", spec, "--set", "width=32", "--compare", str(SPECS / "lenet5.yaml"),
+                 "-o", str(out)]) == 0
+    assert page_json(out.read_text())["compare"]["name"] == "lenet5"
+    assert main(["report", spec, "--compare-set", "width=32", "-o", str(out)]) == 2
+    assert "--compare-set changes the network given by --compare" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- in Chromium
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -261,6 +280,29 @@ def test_the_run_tab_in_chromium(browser, tmp_path):
               charts[0].find_elements(By.CSS_SELECTOR, "g[data-series]")]
     assert series == ["training loss per step", "training loss (epoch mean)", "test loss"]
     assert "optimizer" in browser.find_element(By.ID, "run-settings").text
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_the_compare_tab_in_chromium(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    wide = archc.load(SPECS / "resnet18.yaml")
+    narrow = archc.load(SPECS / "resnet18.yaml", width=32)
+    path = tmp_path / "compare.html"
+    path.write_text(report_page(wide, compare=narrow))
+    open_page(browser, path)
+    browser.find_element(By.XPATH, "//nav/button[text()='Compare']").click()
+    row = browser.find_element(By.CSS_SELECTOR, "#compare-totals tr[data-key='parameters']")
+    cells = [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+    a, b = analyse(wide).totals["params"], analyse(narrow).totals["params"]
+    assert cells[1:3] == [f"{a:,}", f"{b:,}"]
+    assert cells[3] == f"\u2212{a - b:,} (\u2212{100 * (a - b) / a:.1f}%)"
+    layers = browser.find_element(By.ID, "compare-layers").text
+    assert "layer1.0.conv1" in layers and "fc" in layers  # narrower convs, a smaller fc
+    title = browser.find_element(By.XPATH, "//h3[starts-with(text(), 'Layers that differ')]").text
+    changed = sum(1 for n, m in zip(analyse(wide).nodes, analyse(narrow).nodes)
+                  if (n.params, n.macs, n.output_shape) != (m.params, m.macs, m.output_shape))
+    assert title == f"Layers that differ ({changed} of {len(wide)})"
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 
