@@ -48,17 +48,27 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _setup_summary(p: argparse.ArgumentParser) -> None:
+def _add_view_arguments(p: argparse.ArgumentParser, passes_help: str) -> None:
+    """The spec, its variables and the passes whose result summary, render and report
+    show (structure only: no weights are needed to see what the passes do)."""
     add_spec_arguments(p)
-    add_pass_arguments(p, "default: -O0, the network as written")
+    add_pass_arguments(p, passes_help)
     p.set_defaults(view_passes=True)
+
+
+def _add_analysis_arguments(p: argparse.ArgumentParser, device_help: str) -> None:
+    """--batch and --device, as summary and report take them."""
     p.add_argument("--batch", type=positive, default=1, metavar="N",
                    help="batch size for memory, FLOPs and latency (default 1)")
+    p.add_argument("--device", metavar="NAME",
+                   help=f"{device_help}: cpu (measured here once, cached), h100 or h200")
+
+
+def _setup_summary(p: argparse.ArgumentParser) -> None:
+    _add_view_arguments(p, "default: -O0, the network as written")
+    _add_analysis_arguments(p, "add a roofline latency estimate")
     p.add_argument("--depth", type=positive, default=None, metavar="D",
                    help="show blocks nested deeper than D as one row (default: all)")
-    p.add_argument("--device", metavar="NAME",
-                   help="add a roofline latency estimate: cpu (measured here once, cached), "
-                   "h100 or h200")
     p.add_argument("--json", action="store_true", help="print the analysis as one JSON object")
 
 
@@ -92,9 +102,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 
 def _setup_render(p: argparse.ArgumentParser) -> None:
-    add_spec_arguments(p)
-    add_pass_arguments(p, "default: -O0; fused layers show as one node listing what they hold")
-    p.set_defaults(view_passes=True)
+    _add_view_arguments(p, "default: -O0; fused layers show as one node listing what they hold")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="where to write the diagram; the extension picks the format")
     p.add_argument("--format", choices=["svg", "png", "pdf", "dot"],
@@ -149,16 +157,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _setup_report(p: argparse.ArgumentParser) -> None:
-    add_spec_arguments(p)
-    add_pass_arguments(p, "default: -O0, the network as written")
-    p.set_defaults(view_passes=True)
+    _add_view_arguments(p, "default: -O0, the network as written")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="where to write the page (.html): self-contained, it opens offline")
-    p.add_argument("--batch", type=positive, default=1, metavar="N",
-                   help="batch size for memory, FLOPs and latency (default 1)")
-    p.add_argument("--device", metavar="NAME",
-                   help="draw the roofline of this device and estimate each layer's latency: "
-                   "cpu (measured here once, cached), h100 or h200")
+    _add_analysis_arguments(p, "draw the roofline of this device and estimate each layer's "
+                            "latency")
     p.add_argument("--run", metavar="RUN_DIR",
                    help="add a training run of this network (archc train --out RUN_DIR): "
                    "loss per step and epoch, the task's metrics, learning rate, speed, settings")
