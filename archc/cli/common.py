@@ -159,9 +159,11 @@ def task_for(settings, split, model, weights=None):
                       seed=settings.config.seed)
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """The spec, the data set, the backend and the seed: shared by train and eval."""
-    add_spec_arguments(p)
+def add_data_arguments(p: argparse.ArgumentParser, spec: bool = True) -> None:
+    """The spec (unless ``spec`` is False: the caller adds it), the data set, the backend
+    and the seed: shared by train, eval and report."""
+    if spec:
+        add_spec_arguments(p)
     p.add_argument("--data", metavar="SOURCE",
                    help=f"{SOURCES} (default: the spec's training section)")
     p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",

@@ -43,8 +43,6 @@ def _images(args, graph, shape, described: dict, count: int):
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from runtime.train import pictures, tasks
 
     graph = load_graph(args)
@@ -59,15 +57,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                             f"of archc train has one): give --data to say what it predicts")
         described = tasks.make(None, split, model.program, {}).describe()
     task = tasks.restore(described, split, model.program)
-    model.eval()
-    if task.kind == "detect":  # (boxes, scores, classes, instance masks or None) per image
-        out = (task.predictions(model, x) if hasattr(task, "predictions") else
-               [(*task.head.detections(model.predict(x)[k:k + 1],
-                                       score_threshold=args.score)[0], None)
-                for k in range(len(x))])
-    else:
-        out = model.predict(x)
-    out_dir = Path(args.out)
+    out = predictions(task, model, x, args.score)
     if task.kind == "classify":
         for name, top in zip(names, task.top_classes(out)):
             print(f"{name}: " + ", ".join(f"{label} {p:.3f}" for label, p in top))
@@ -76,11 +66,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise DataError("predict draws segmentation masks and detection boxes and names "
                         "classes; for an embedding network use archc eval (retrieval and "
                         "verification)")
-    written = []
+    out_dir = Path(args.out)
+    for name, picture, found in prediction_pictures(task, x, out, show, names, args.score):
+        path = pictures.save(picture, out_dir / f"{name}.png")
+        print(f"{path}: {found or 'nothing found'}")
+    return EXIT_OK
+
+
+def predictions(task, model, x, score: float):
+    """The model's outputs for the batch ``x`` in inference mode: class scores or
+    segmentation maps, or for a detector per image (boxes, scores, classes, instance
+    masks or None)."""
+    model.eval()
+    if task.kind != "detect":
+        return model.predict(x)
+    if hasattr(task, "predictions"):
+        return task.predictions(model, x)
+    return [(*task.head.detections(model.predict(x)[k:k + 1], score_threshold=score)[0], None)
+            for k in range(len(x))]
+
+
+def prediction_pictures(task, x, out, show, names: list[str], score: float):
+    """Per image, (name, picture, what was found): the image with the predicted
+    segmentation beside it, or with the boxes (and instance masks) drawn, or for a
+    classifier the image enlarged and its top classes."""
+    import numpy as np
+
+    from runtime.train import pictures
+
     for k, name in enumerate(names):
         pixels = pictures.to_uint8(show(x[k]), (0.0, 1.0))
         big = pictures.enlarge(pixels)
         factor = big.shape[0] / pixels.shape[0]
+        if task.kind == "classify":
+            top = task.top_classes(out[k:k + 1])[0]
+            yield name, big, ", ".join(f"{label} {p:.3f}" for label, p in top)
+            continue
         if task.kind == "segment":
             colours = pictures.palette(len(task.classes))
             mask = out[k].argmax(axis=0)
@@ -90,7 +111,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                               for c in np.unique(mask) if c > 0)
         else:
             boxes, scores, classes, masks = out[k]
-            shown = scores >= args.score
+            shown = scores >= score
             boxes, scores, classes = boxes[shown], scores[shown], classes[shown]
             colours = pictures.palette(len(task.classes), background=False)
             if masks is not None:  # instance masks: the best on top
@@ -103,9 +124,68 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             labels = [f"{task.classes[c]} {s:.2f}" for c, s in zip(classes, scores)]
             picture = pictures.draw_boxes(big, boxes, labels, colours[classes], factor)
             found = ", ".join(labels)
-        written.append(pictures.save(picture, out_dir / f"{name}.png"))
-        print(f"{written[-1]}: {found or 'nothing found'}")
-    return EXIT_OK
+        yield name, picture, found
+
+
+# the held-out images a report shows with their predictions; a confusion matrix of more
+# classes than this is left out of the page (its per-class numbers stay)
+REPORT_PICTURES, REPORT_CONFUSION = 8, 40
+
+
+def run_evaluation(args, graph) -> dict:
+    """``archc report --run``: the run's best weights on the held-out images of ``--data``
+    (or the spec's training data), split with the run's seed: the task's metrics, the
+    confusion matrix and per-class precision, recall and IoU (classification,
+    segmentation), and the first images with what the network predicts, as PNG bytes."""
+    import io
+    from pathlib import Path
+
+    import numpy as np
+
+    from runtime.errors import RunFolderError
+    from runtime.files import read_json
+    from runtime.train import data, metrics, tasks
+
+    if args.seed is None:  # the split the run held out
+        seed = read_json(Path(args.run) / "config.json", "run settings", RunFolderError).get("seed")
+        args.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    settings = settings_of(args, graph)
+    model = compile_for_data(graph, args, 0)
+    load_weights(model, args.run, args)
+    split = data.load(settings.data, next(iter(model.program.inputs.values())),
+                      seed=settings.config.seed)
+    described = tasks.find_description(args.run)
+    task = (tasks.restore(described, split, model.program) if described else
+            tasks.make(None, split, model.program, {}))
+    result = task.evaluate(model, split.test)
+    finite = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+              and np.isfinite(v))
+    out = {"data": settings.data, "images": len(split.test), "task": task.kind,
+           "classes": [str(c) for c in task.classes],
+           "metrics": {k: float(v) for k, v in result.items() if finite(v)}}
+    if hasattr(task, "confusion"):
+        confusion, _ = task.confusion(model, split.test)
+        table = metrics.per_class(confusion)
+        out["per_class"] = {k: [float(v) if np.isfinite(v) else None for v in table[k]]
+                            for k in ("precision", "recall", "iou")}
+        out["support"] = confusion.sum(axis=1).tolist()
+        if len(confusion) <= REPORT_CONFUSION:
+            out["confusion"] = confusion.tolist()
+    out["pictures"] = []
+    if task.kind != "embed":
+        x = split.test.x[:REPORT_PICTURES]
+        names = [f"test-{k:04d}" for k in range(len(x))]
+        shown = prediction_pictures(task, x, predictions(task, model, x, 0.3), split.pixels,
+                                    names, 0.3)
+        for k, (name, picture, found) in enumerate(shown):
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
+            truth = (task.classes[int(split.test.y[k])] if task.kind == "classify" else None)
+            out["pictures"].append({"name": name, "found": found or "nothing found",
+                                    "truth": truth, "png": buffer.getvalue()})
+    return out
 
 
 def _setup_predict(p: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
-                              load_graph, positive)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, add_pass_arguments,
+                              add_spec_arguments, load_graph, positive)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -149,8 +149,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UsageError("--compare-set changes the network given by --compare",
                          f"to compare with a variant of {args.spec}: --compare {args.spec} "
                          f"--compare-set {args.compare_set[0]}")
+    evaluation = None
+    if args.run and (args.data or graph.training.get("data")):
+        from archc.cli.looking import run_evaluation
+
+        evaluation = run_evaluation(args, graph)
     path = write_report(graph, args.output, batch=args.batch, device=device, run=args.run,
-                        compare=other)
+                        compare=other, evaluation=evaluation)
     size = path.stat().st_size
     print(f"wrote {path} ({len(graph)} layers, {size / 2**20:.1f} MiB): open it in a browser")
     return EXIT_OK
@@ -164,7 +169,10 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
                             "latency")
     p.add_argument("--run", metavar="RUN_DIR",
                    help="add a training run of this network (archc train --out RUN_DIR): "
-                   "loss per step and epoch, the task's metrics, learning rate, speed, settings")
+                   "loss per step and epoch, the task's metrics, learning rate, speed, settings; "
+                   "with --data (or the spec's training data), its best weights on the held-out "
+                   "images: confusion matrix, per-class numbers, pictures of its predictions")
+    add_data_arguments(p, spec=False)
     p.add_argument("--compare", metavar="OTHER.yaml",
                    help="put another network (or the same spec with --compare-set) beside this "
                    "one: what changed in parameters, MACs, memory, per block and per layer")

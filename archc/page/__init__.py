@@ -9,6 +9,7 @@ disk with no network, it needs nothing else.
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -79,7 +80,8 @@ def compared(graph: Graph, report: Report) -> dict:
 
 
 def page_data(graph: Graph, report: Report, run: str | Path | None = None,
-              other: tuple[Graph, Report] | None = None) -> dict:
+              other: tuple[Graph, Report] | None = None, evaluation: dict | None = None
+              ) -> dict:
     """Everything the page shows, as one JSON-ready dictionary (with ``run``: that training
     run folder's curves and settings too; with ``other``: a second network to compare
     with)."""
@@ -101,7 +103,7 @@ def page_data(graph: Graph, report: Report, run: str | Path | None = None,
         "version": __version__, "layers": layers, "live_bytes": live, "views": shown,
         "first_view": first, "block_levels": levels,
         "variables": _jsonable(report.variables),
-        "run": None if run is None else run_data(run),
+        "run": None if run is None else run_data(run, evaluation),
         "compare": None if other is None else compared(*other),
     })
     del data["nodes"]  # `layers` holds each record and more
@@ -113,7 +115,7 @@ def _number(value) -> bool:
         math.isfinite(value)
 
 
-def run_data(run: str | Path) -> dict:
+def run_data(run: str | Path, evaluation: dict | None = None) -> dict:
     """A training run folder's log, settings and task, checked: every epoch's numbers (and
     its per-step losses), the settings of ``config.json``, ``task.json``'s task and
     classes. A damaged file is refused with a :class:`RunFolderError` that names it."""
@@ -139,7 +141,11 @@ def run_data(run: str | Path) -> dict:
     config = read_json(run / "config.json", "run settings", RunFolderError)
     task = read_json(run / "task.json", "run task", RunFolderError)
     classes = task.get("classes")
-    return {"folder": str(run), "epochs": rows,
+    if evaluation is not None:
+        evaluation = {**evaluation, "pictures": [
+            {**p, "png": "data:image/png;base64," + base64.b64encode(p["png"]).decode()}
+            for p in evaluation["pictures"]]}
+    return {"folder": str(run), "epochs": rows, "evaluation": evaluation,
             "settings": {str(k): _jsonable(v) for k, v in config.items()},
             "task": str(task.get("task", "classify")),
             "classes": [str(c) for c in classes] if isinstance(classes, list) else []}
@@ -153,10 +159,11 @@ def _inline(text: str) -> str:
 
 def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
                 report: Report | None = None, run: str | Path | None = None,
-                compare: Graph | None = None) -> str:
+                compare: Graph | None = None, evaluation: dict | None = None) -> str:
     """The HTML text of the report on ``graph`` (analysed at ``batch``, with a roofline of
-    ``device`` when given, the training run folder ``run``'s curves, and ``compare``, a
-    second network, side by side).
+    ``device`` when given, the training run folder ``run``'s curves with ``evaluation``,
+    its best weights on held-out data (:func:`archc.cli.looking.run_evaluation`), and
+    ``compare``, a second network, side by side).
 
     Examples
     --------
@@ -167,7 +174,7 @@ def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
     """
     report = report or analyse(graph, batch=batch, device=device)
     other = None if compare is None else (compare, analyse(compare, batch=batch, device=device))
-    data = page_data(graph, report, run, other)
+    data = page_data(graph, report, run, other, evaluation)
     title = f"{graph.name}: archc report"
     t = report.totals
     # a first line readable before (or without) the script: the totals
@@ -187,14 +194,14 @@ def report_page(graph: Graph, *, batch: int = 1, device: Device | None = None,
 
 def write_report(graph: Graph, path: str | Path, *, batch: int = 1,
                  device: Device | None = None, run: str | Path | None = None,
-                 compare: Graph | None = None) -> Path:
+                 compare: Graph | None = None, evaluation: dict | None = None) -> Path:
     """Write the report page to ``path`` (an .html file)."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"the report is an HTML page: name it .html, not '{path.name}'")
     if path.parent and not path.parent.exists():
         raise UsageError(f"cannot write {path}: the folder {path.parent} does not exist")
-    path.write_text(report_page(graph, batch=batch, device=device, run=run, compare=compare),
-                    encoding="utf-8")
+    path.write_text(report_page(graph, batch=batch, device=device, run=run, compare=compare,
+                                evaluation=evaluation), encoding="utf-8")
     return path
 

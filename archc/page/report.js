@@ -519,8 +519,43 @@
     grid.append(lineChart("Metrics per epoch", metricKeys.map((k) => ({ name: k.replace("_", " "), points: key(k) })), "epoch", "value"));
     grid.append(lineChart("Learning rate per epoch", [{ name: "lr", points: key("lr") }], "epoch", "learning rate"));
     grid.append(lineChart("Training speed per epoch", [{ name: "images/s", points: key("images_per_s") }], "epoch", "images/s"));
+    if (run.evaluation) drawEvaluation(run.evaluation);
+    else sections.run.append(el("p", { class: "empty" }, "No held-out evaluation: archc report --run RUN_DIR --data SOURCE adds the confusion matrix, per-class numbers and pictures of the predictions."));
     sections.run.append(el("h3", {}, "Settings"), el("table", { class: "memory", id: "run-settings" },
       ...Object.entries(run.settings).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, JSON.stringify(v))))));
+  }
+
+  function drawEvaluation(ev) {
+    const box = el("div", { id: "evaluation" });
+    sections.run.append(box);
+    box.append(el("h3", {}, "The best weights on " + ev.images + " held-out images of " + ev.data),
+      el("table", { class: "memory", id: "eval-metrics" }, ...Object.entries(ev.metrics).map(([k, v]) =>
+        el("tr", { "data-key": k }, el("td", {}, k.replace("_", " ")), el("td", {}, String(+v.toFixed(4)))))));
+    const pct = (v) => (v === null || v === undefined ? "\u2014" : (100 * v).toFixed(1) + "%");
+    if (ev.per_class) {
+      const head = ["class", "precision", "recall", "IoU", ev.task === "segment" ? "pixels" : "images"];
+      box.append(el("h3", {}, "Per class"), el("table", { class: "layers", id: "per-class" },
+        el("thead", {}, el("tr", {}, ...head.map((h, i) => el("th", { class: i ? "num" : "" }, h)))),
+        el("tbody", {}, ...ev.classes.map((c, i) => el("tr", { "data-class": c }, el("td", {}, c),
+          el("td", { class: "num" }, pct(ev.per_class.precision[i])), el("td", { class: "num" }, pct(ev.per_class.recall[i])),
+          el("td", { class: "num" }, pct(ev.per_class.iou[i])), el("td", { class: "num" }, exact(ev.support[i])))))));
+    }
+    if (ev.confusion) {
+      const peak = Math.max(1, ...ev.confusion.flat());
+      const cell = (v, diag) => el("td", { class: "num", style: "background:rgba(" + (diag ? "43,108,176," : "229,62,62,") +
+        (v ? 0.15 + 0.75 * v / peak : 0).toFixed(2) + ")" }, String(v));
+      box.append(el("h3", {}, "Confusion matrix (rows: truth, columns: predicted)"),
+        el("table", { class: "layers", id: "confusion" },
+          el("thead", {}, el("tr", {}, el("th", {}, ""), ...ev.classes.map((c) => el("th", { class: "num" }, c)))),
+          el("tbody", {}, ...ev.confusion.map((row, i) => el("tr", {}, el("th", {}, ev.classes[i]),
+            ...row.map((v, j) => cell(v, i === j)))))));
+    }
+    if (ev.pictures.length) {
+      box.append(el("h3", {}, "Predictions on the first held-out images"),
+        el("div", { class: "pictures", id: "pictures" }, ...ev.pictures.map((p) => el("figure", {},
+          el("img", { src: p.png, alt: p.name }),
+          el("figcaption", {}, p.name + ": " + p.found + (p.truth !== null && p.truth !== undefined ? " (truth: " + p.truth + ")" : ""))))));
+    }
   }
 
   // ------------------------------------------------------------------ two networks side by side

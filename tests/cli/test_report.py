@@ -9,6 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import archc
@@ -303,6 +304,43 @@ def test_the_compare_tab_in_chromium(browser, tmp_path):
     changed = sum(1 for n, m in zip(analyse(wide).nodes, analyse(narrow).nodes)
                   if (n.params, n.macs, n.output_shape) != (m.params, m.macs, m.output_shape))
     assert title == f"Layers that differ ({changed} of {len(wide)})"
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_the_held_out_evaluation_in_chromium(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from runtime.train import pictures
+
+    picture = pictures.enlarge(np.full((8, 8, 3), 200, np.uint8))
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    evaluation = {"data": "digits", "images": 12, "task": "classify", "classes": ["a", "b", "c"],
+                  "metrics": {"accuracy": 0.75, "loss": 0.5},
+                  "per_class": {"precision": [1.0, 0.5, None], "recall": [0.8, 1.0, 0.0],
+                                "iou": [0.8, 0.5, None]},
+                  "support": [5, 4, 3], "confusion": [[4, 1, 0], [0, 4, 0], [0, 3, 0]],
+                  "pictures": [{"name": "test-0000", "found": "a 0.900", "truth": "a",
+                                "png": buffer.getvalue()}]}
+    path = tmp_path / "lenet5.html"
+    path.write_text(report_page(archc.load(SPECS / "lenet5.yaml"), run=write_run(tmp_path / "run"),
+                                evaluation=evaluation))
+    open_page(browser, path)
+    browser.find_element(By.XPATH, "//nav/button[text()='Run']").click()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#per-class tbody tr")
+    assert [r.text.split() for r in rows] == [["a", "100.0%", "80.0%", "80.0%", "5"],
+                                              ["b", "50.0%", "100.0%", "50.0%", "4"],
+                                              ["c", "\u2014", "0.0%", "\u2014", "3"]]
+    cells = browser.find_elements(By.CSS_SELECTOR, "#confusion tbody td")
+    assert [c.text for c in cells] == ["4", "1", "0", "0", "4", "0", "0", "3", "0"]
+    image = browser.find_element(By.CSS_SELECTOR, "#pictures img")
+    assert js(browser, "return arguments[0].complete && arguments[0].naturalWidth", image) == \
+        picture.shape[1]
+    assert "test-0000: a 0.900 (truth: a)" in browser.find_element(By.ID, "pictures").text
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
 

@@ -4,6 +4,7 @@ events read back by TensorBoard's own reader."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -66,6 +67,23 @@ def test_train_draws_curves_and_writes_tensorboard_events(tmp_path, capsys):
     ops = {node.name: node.op for node in graph.node}
     assert ops["c1"] == "conv2d" and ops["s2"] == "avg_pool2d" and ops["input"] == "input"
     assert all(i in ops for node in graph.node for i in node.input)
+
+    # the report of the run: its best weights on the same held-out images
+    page = tmp_path / "report.html"
+    assert main(["report", str(SPECS / "lenet5.yaml"), "--run", str(run), "--data", "digits",
+                 "-o", str(page)]) == 0
+    data = re.search(r'id="archc-data">(.*?)</script>', page.read_text(), re.S).group(1)
+    evaluation = json.loads(data)["run"]["evaluation"]
+    best = max(row["test_accuracy"] for row in log)
+    assert evaluation["metrics"]["accuracy"] == pytest.approx(best, abs=1e-9)
+    confusion = np.array(evaluation["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == evaluation["images"]
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(best)
+    recall = np.diag(confusion) / confusion.sum(axis=1)
+    np.testing.assert_allclose(evaluation["per_class"]["recall"], recall)
+    assert len(evaluation["pictures"]) == 8
+    assert all(p["png"].startswith("data:image/png;base64,") and p["truth"] in "0123456789"
+               for p in evaluation["pictures"])
     fc3 = next(node for node in graph.node if node.name == "fc3")
     assert [d.size for d in fc3.attr["_output_shapes"].list.shape[0].dim] == [-1, 10]
 
