@@ -61,5 +61,18 @@ def build(spec: str | Path, variables: dict[str, Any], text: str | None = None) 
     return graph
 
 
+def _notebook_views() -> None:
+    """What a notebook shows for a graph and its analysis (archc.page.notebook), attached
+    here, above the IR, the analysis and the diagrams it draws with, so that none of them
+    imports the page."""
+    from archc.analysis.report import Report
+    from archc.page.notebook import graph_html, report_html
+
+    Graph._repr_html_ = graph_html
+    Report._repr_html_ = report_html
+
+
+_notebook_views()
+
 __all__ = ["ArchcError", "Graph", "Loc", "Node", "SpecError", "build", "compile", "diagram",
            "infer_shapes", "load", "load_spec", "verify"]

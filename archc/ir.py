@@ -144,12 +144,6 @@ class Graph:
 
         return analyse(self, batch, get_device(device) if device else None)
 
-    def _repr_html_(self) -> str:
-        """In a notebook: the totals and the diagram."""
-        from archc.page.notebook import graph_html
-
-        return graph_html(self)
-
     def copy(self) -> "Graph":
         """A deep copy: passes return new graphs and never mutate their input."""
         return copy.deepcopy(self)

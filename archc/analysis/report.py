@@ -122,12 +122,6 @@ class Report:
     outputs: dict[str, dict]
     variables: dict[str, Any] = field(default_factory=dict)
 
-    def _repr_html_(self) -> str:
-        """In a notebook: the summary table."""
-        from archc.page.notebook import report_html
-
-        return report_html(self)
-
     def node(self, name: str) -> NodeReport:
         return next(n for n in self.nodes if n.name == name)
 

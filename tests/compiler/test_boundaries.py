@@ -97,8 +97,9 @@ def test_the_cycle_check_sees_imports_inside_functions(tmp_path, monkeypatch):
 
 
 # the compiler modules that may import the runtime: the lowering stage, the error root's
-# re-export, and the compositions (the CLI, optimize as a library call)
-RUNTIME_USERS = ("archc.lower", "archc.errors", "archc.optimize", "archc.cli")
+# re-export, and the compositions (the CLI, optimize as a library call, the report page
+# with a training run's folder)
+RUNTIME_USERS = ("archc.lower", "archc.errors", "archc.optimize", "archc.cli", "archc.page")
 
 
 def test_only_the_lowering_stage_and_the_compositions_import_the_runtime():
