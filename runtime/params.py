@@ -103,8 +103,7 @@ def _read(path: str | Path, program: Program, strict: bool, finite: bool
     shapes = {k: h.shape for k, h in headers.items()}
     names = _name_map(shapes, program)
 
-    renamed = {names[k]: _as_param(shapes[k], names[k], program) if names[k] != k
-               else shapes[k] for k in shapes}
+    renamed = {names[k]: _as_param(shapes[k], names[k], program) for k in shapes}
 
     def chosen(_headers) -> list[str]:
         if strict:
@@ -129,8 +128,9 @@ def _name_map(shapes: dict[str, tuple], program: Program) -> dict[str, str]:
 
 
 def _as_param(shape: tuple, name: str, program: Program) -> tuple:
-    """The shape an array takes as parameter ``name``: a Linear's (out, in) read under
-    torch's name for a 1x1 conv's (out, in, 1, 1) takes the conv's."""
+    """The shape an array takes as parameter ``name``: a Linear's (out, in) read for a 1x1
+    conv's (out, in, 1, 1) takes the conv's (under the conv's own name or torch's), and
+    the other way round."""
     want = program.params[name].shape if name in program.params else None
     if want is not None and _strip_ones(shape) == _strip_ones(want):
         return tuple(want)
@@ -140,7 +140,7 @@ def _as_param(shape: tuple, name: str, program: Program) -> tuple:
 def _archc_names(arrays: dict, program: Program) -> dict:
     """``arrays`` keyed by archc's names (:func:`_name_map`), reshaped where renamed."""
     names = _name_map({k: np.shape(v) for k, v in arrays.items()}, program)
-    return {names[k]: v.reshape(_as_param(v.shape, names[k], program)) if names[k] != k else v
+    return {names[k]: v.reshape(_as_param(v.shape, names[k], program))
             for k, v in arrays.items()}
 
 

@@ -9,7 +9,7 @@ import json
 from archc.cli import scaling
 from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
                               add_weights_options, load_graph, load_weights, positive)
-from archc.errors import InputError
+from archc.errors import InputError, UsageError
 from archc.passes import for_training
 from runtime.train import distributed
 
@@ -23,6 +23,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from archc.layers import fmt_shape
 
     graph = load_graph(args)
+    if args.output and len(graph.outputs) > 1 and not args.output.endswith(".npz"):
+        raise UsageError(f"{graph.name} has {len(graph.outputs)} outputs "
+                         f"({', '.join(graph.outputs)}): -o {args.output} would be one array",
+                         f"name the file .npz (one array per output, by name)")
     model = compile_graph(graph, backend=args.backend, seed=args.seed)
     if args.weights:
         load_weights(model, args.weights, args)
@@ -59,10 +63,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"{model.last_peak_bytes / 2**20:.1f} MiB alive at most in this run")
     if args.output:
         if len(outputs) == 1:
-            np.save(args.output, next(iter(outputs.values())), allow_pickle=False)
+            with open(args.output, "wb") as f:  # the name given: numpy would add .npy
+                np.save(f, next(iter(outputs.values())), allow_pickle=False)
         else:
             np.savez(args.output, **outputs)
-        print(f"wrote {args.output}")
+        print(f"wrote {args.output}" + ("" if len(outputs) == 1 else
+                                         f" ({len(outputs)} outputs: {', '.join(outputs)})"))
     return EXIT_OK
 
 

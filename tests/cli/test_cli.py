@@ -115,6 +115,17 @@ def test_every_library_spec_through_check_summary_and_render(spec, tmp_path, cap
 def test_run_random_input_weights_and_output(tmp_path):
     import numpy as np
 
+    # several outputs: an .npz of one array per output, under the name given
+    two = tmp_path / "two.yaml"
+    two.write_text("name: two\ninput: {features: 4}\nlayers:\n  - linear: 3\n    name: a\n"
+                   "  - linear: 2\n    name: b\noutputs: [a, b]\n")
+    out = run("run", str(two), "--batch", "2", "-o", str(tmp_path / "y.npy"))
+    assert out.returncode == 2 and "two has 2 outputs (a, b)" in out.stderr
+    assert "name the file .npz" in out.stderr and not (tmp_path / "y.npy").exists()
+    out = run("run", str(two), "--batch", "2", "-o", str(tmp_path / "y.npz"))
+    assert out.returncode == 0 and f"wrote {tmp_path / 'y.npz'} (2 outputs: a, b)" in out.stdout
+    with np.load(tmp_path / "y.npz") as saved:
+        assert {k: saved[k].shape for k in saved} == {"a": (2, 3), "b": (2, 2)}
     out = run("run", "specs/lenet5.yaml", "--batch", "3", "-o", str(tmp_path / "y.npy"))
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("fc3: 3 x 10\nforward pass on cpu:")

@@ -103,6 +103,37 @@ def test_a_linear_weight_loads_into_a_1x1_conv(tmp_path):
     assert np.array_equal(other(x), model(x))
 
 
+def test_a_linear_weight_loads_into_a_same_named_1x1_conv(tmp_path):
+    """Without a torch_names rule too: archc's own name with a Linear's (out, in) array,
+    and a 1x1 conv's (out, in, 1, 1) into a linear layer; other shapes stay refused."""
+    graph = archc.load("net.yaml", text="""
+name: net
+input: {channels: 4, height: 3, width: 3}
+layers:
+  - conv2d: {out_channels: 5, kernel_size: 1}
+    name: pw
+  - conv2d: {out_channels: 2, kernel_size: 3}
+    name: k3
+  - flatten
+  - linear: 3
+    name: fc
+""")
+    model = archc.compile(graph, seed=1)
+    state = model.parameters()
+    flat = {**state, "pw.weight": state["pw.weight"][:, :, 0, 0],
+            "fc.weight": state["fc.weight"][:, :, None, None]}
+    np.savez(tmp_path / "w.npz", **flat)
+    other = archc.compile(graph, seed=2)
+    other.load(tmp_path / "w.npz")
+    for name, value in state.items():
+        assert np.array_equal(other.parameters()[name], value), name
+    bad = {**state, "k3.weight": state["k3.weight"][:, :, 0, 0]}
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(Exception, match=r"wrong shape: k3.weight \(2, 5\) \(expected "
+                                        r"\(2, 5, 3, 3\)\)"):
+        other.load(tmp_path / "bad.npz")
+
+
 def test_a_state_dict_under_pytorch_names_fails_by_those_names(tmp_path):
     model = archc.compile(archc.load(SPECS / "mobilenet_v2.yaml", resolution=32))
     state = model.state_dict()
