@@ -2,9 +2,11 @@
 
 Expressions are parsed with :mod:`ast` and walked over a whitelist: numbers, strings,
 names (variables and block arguments), ``+ - * / // % **``, comparisons, ``and or not``,
-``a if cond else b``, subscripts ``table[key]``, list literals and the functions in
-:data:`FUNCTIONS`. Sizes are bounded: the text, the number of syntax nodes, and every
-integer result (so ``10 ** 10 ** 10`` is refused instead of hanging).
+``a if cond else b``, subscripts ``table[key]``, list literals, list comprehensions
+(``[w * 2 for w in widths if w > 8]``) and the functions in :data:`FUNCTIONS`. Sizes are
+bounded: the text, the number of syntax nodes, every integer result (so ``10 ** 10 ** 10``
+is refused instead of hanging), and every list (``range`` and comprehensions included) at
+:data:`MAX_LIST` items, so no spec can loop or allocate without limit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from archc.errors import ArchcError, did_you_mean
 MAX_EXPR_CHARS = 1000
 MAX_EXPR_NODES = 400
 MAX_INT = 2**63
+MAX_LIST = 10_000  # items of a list an expression makes (range, comprehensions)
 
 
 class ExprError(ArchcError):
@@ -56,6 +59,29 @@ def _round(x: float, ndigits: int | None = None) -> float:
     return round(x) if ndigits is None else round(x, ndigits)
 
 
+def _range(*args: int) -> list[int]:
+    """``range`` as a list, of at most :data:`MAX_LIST` integers."""
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in args):
+        raise ExprError(f"range takes whole numbers, got {', '.join(map(repr, args))}")
+    items = range(*args)
+    if len(items) > MAX_LIST:
+        raise ExprError(f"range({', '.join(map(str, args))}) has {len(items):,} items; a spec "
+                        f"list holds at most {MAX_LIST:,}")
+    return list(items)
+
+
+def _sum(values: list, start: Any = 0) -> Any:
+    if not isinstance(values, (list, tuple)):
+        raise ExprError(f"sum takes a list, got {values!r}")
+    return sum(values, start)
+
+
+def _len(value: Any) -> int:
+    if not isinstance(value, (list, tuple, str, dict)):
+        raise ExprError(f"len takes a list, got {value!r}")
+    return len(value)
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
@@ -67,6 +93,10 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "float": float,
     "sqrt": math.sqrt,
     "log": math.log,
+    "exp": math.exp,
+    "sum": _sum,
+    "len": _len,
+    "range": _range,
     "make_divisible": make_divisible,
 }
 
@@ -142,17 +172,31 @@ def _power(base: Any, exp: Any, text: str) -> Any:
 
 
 class _Evaluator:
-    def __init__(self, text: str, scope: Mapping[str, Any]):
+    def __init__(self, text: str, scope: Mapping[str, Any], budget: list[int] | None = None):
         self.text = text
         self.scope = scope
+        # list items one evaluation may make (comprehension steps, range items), shared
+        # with the evaluators of its comprehensions: nesting cannot multiply it
+        self.budget = budget if budget is not None else [MAX_LIST]
+
+    def _spend(self, items: int) -> None:
+        self.budget[0] -= items
+        if self.budget[0] < 0:
+            raise ExprError(f"'{self.text}' makes more than {MAX_LIST:,} list items",
+                            hint="a spec expression may build lists of up to "
+                            f"{MAX_LIST:,} items in all")
+
+    def _child(self, scope: Mapping[str, Any]) -> "_Evaluator":
+        return _Evaluator(self.text, scope, self.budget)
 
     def visit(self, node: ast.expr) -> Any:
         method = getattr(self, "_" + type(node).__name__, None)
         if method is None:
             raise ExprError(
                 f"'{ast.unparse(node)}' is not allowed in a spec expression",
-                hint="expressions may use numbers, variables, + - * / // % **, comparisons, "
-                "'a if c else b', table[key] and the functions " + ", ".join(FUNCTIONS),
+                hint="expressions may use numbers, 'quoted text', variables, + - * / // % **, "
+                "comparisons, 'a if c else b', table[key], [x for x in list] and the "
+                "functions " + ", ".join(FUNCTIONS),
             )
         return method(node)
 
@@ -172,6 +216,32 @@ class _Evaluator:
         return [self.visit(e) for e in node.elts]
 
     _Tuple = _List
+
+    def _ListComp(self, node: ast.ListComp) -> list:
+        """``[expr for name in list if cond ...]``: each ``for`` over a list (``range(...)``
+        makes one), at most :data:`MAX_LIST` steps in all, names local to it."""
+        out: list = []
+
+        def walk(generators: list[ast.comprehension], scope: Mapping[str, Any]) -> None:
+            if not generators:
+                out.append(self._child(scope).visit(node.elt))
+                return
+            first, rest = generators[0], generators[1:]
+            if first.is_async:
+                raise ExprError(f"'async for' is not allowed in '{self.text}'")
+            items = self._child(scope).visit(first.iter)
+            if not isinstance(items, (list, tuple)):
+                raise ExprError(f"'{ast.unparse(first.iter)}' is {items!r}, not a list to go "
+                                f"through, in '{self.text}'",
+                                hint="go through a list or range(n)")
+            for item in items:
+                self._spend(1)
+                inner = {**scope, **_bind(first.target, item, self.text)}
+                if all(self._child(inner).visit(c) for c in first.ifs):
+                    walk(rest, inner)
+
+        walk(node.generators, self.scope)
+        return out
 
     def _UnaryOp(self, node: ast.UnaryOp) -> Any:
         value = self.visit(node.operand)
@@ -213,10 +283,22 @@ class _Evaluator:
                 return result
         return result
 
+    def _operand(self, node: ast.expr) -> Any:
+        """A comparison's side: an undefined bare word there is most likely text."""
+        try:
+            return self.visit(node)
+        except ExprError as exc:
+            if isinstance(node, ast.Name) and exc.name == node.id:
+                raise ExprError(exc.message, name=exc.name,
+                                hint=f"for the text {node.id!r}, quote it inside the "
+                                f"expression: '{node.id}' (a bare word is a string only when "
+                                f"it is the whole value)") from None
+            raise
+
     def _Compare(self, node: ast.Compare) -> Any:
-        left = self.visit(node.left)
+        left = self._operand(node.left)
         for op, comp in zip(node.ops, node.comparators):
-            right = self.visit(comp)
+            right = self._operand(comp)
             try:
                 ok = _COMPARE[type(op)](left, right)
             except TypeError:
@@ -261,6 +343,9 @@ class _Evaluator:
             if kw.arg is None:
                 raise ExprError(f"'**' is not allowed in '{self.text}'")
             kwargs[kw.arg] = self.visit(kw.value)
+        if node.func.id == "range" and all(isinstance(a, int) for a in args):
+            self._spend(len(range(*args)) if args and len(args) <= 3 and args[-1:] != [0]
+                        else 0)
         try:
             result = FUNCTIONS[node.func.id](*args, **kwargs)
         except ExprError:
@@ -268,6 +353,19 @@ class _Evaluator:
         except (TypeError, ValueError, OverflowError) as exc:
             raise ExprError(f"{node.func.id}(...) failed in '{self.text}': {exc}") from None
         return _check_number(result, self.text)
+
+
+def _bind(target: ast.expr, value: Any, text: str) -> dict[str, Any]:
+    """The names a comprehension's ``for`` target takes: ``w``, or ``(i, w)`` from a pair."""
+    if isinstance(target, ast.Name):
+        return {target.id: value}
+    if isinstance(target, (ast.Tuple, ast.List)) and all(
+            isinstance(e, ast.Name) for e in target.elts):
+        if not isinstance(value, (list, tuple)) or len(value) != len(target.elts):
+            raise ExprError(f"cannot unpack {value!r} into {ast.unparse(target)} in '{text}'")
+        return {e.id: v for e, v in zip(target.elts, value)}
+    raise ExprError(f"'for {ast.unparse(target)}' is not allowed in '{text}': name the item",
+                    hint="for example [2 * w for w in widths]")
 
 
 def evaluate(text: str, scope: Mapping[str, Any]) -> Any:

@@ -44,11 +44,50 @@ def test_functions_and_conditionals():
     assert evaluate("pi", {}) == math.pi
 
 
+def test_comprehensions_and_list_functions():
+    # RegNet's widths, as the paper's design space states them
+    scope = {"w0": 24, "wm": 2.5, "ks": [0, 1, 2], "widths": [8, 16, 32]}
+    assert evaluate("[round(w0 * wm ** k / 8) * 8 for k in ks]", scope) == [24, 64, 152]
+    assert evaluate("[2 * w for w in widths if w > 8]", scope) == [32, 64]
+    assert evaluate("[i * w for i, w in [[1, 8], [2, 16]]]", scope) == [8, 32]
+    assert evaluate("[[i, j] for i in range(2) for j in range(i)]", {}) == [[1, 0]]
+    assert evaluate("sum([d * 2 for d in range(4)])", {}) == 12
+    assert evaluate("len(widths) + max(widths) + min(range(3, 7))", scope) == 3 + 32 + 3
+    assert evaluate("range(2, 10, 3)", {}) == [2, 5, 8]
+    assert evaluate("exp(log(5))", {}) == pytest.approx(5)
+    assert evaluate("7 // 2 + 7 % 2 + abs(-1)", {}) == 5
+    assert evaluate("[w for w in widths][k]", {**scope, "k": -1}) == 32
+    # the names a comprehension binds stay inside it
+    assert evaluate("[k for k in range(2)][1] + k", {"k": 9}) == 10
+
+
+def test_quoted_text_in_expressions():
+    assert evaluate("act != 'identity'", {"act": "relu"}) is True
+    assert evaluate('"a" if x else "b"', {"x": 0}) == "b"
+    with pytest.raises(ExprError) as info:
+        evaluate("act != identity", {"act": "relu"})
+    assert info.value.hint.startswith("for the text 'identity', quote it inside the expression")
+
+
 @pytest.mark.parametrize("text, message", [
     ("__import__('os')", "unknown function '__import__'"),
     ("().__class__", "is not allowed"),
     ("open('x')", "unknown function 'open'"),
-    ("[x for x in [1]]", "is not allowed"),
+    ("[x for x.y in [1]]", "is not allowed"),
+    ("[x async for x in [1]]", "is not allowed"),
+    ("{x for x in [1]}", "is not allowed"),
+    ("(x for x in [1])", "is not allowed"),
+    ("[x for x in 3]", "not a list to go through"),
+    ("[a for a, b in [1, 2]]", "cannot unpack 1"),
+    ("range(10 ** 6)", "more than 10,000 list items"),
+    ("[i for i in range(200) for j in range(200)]", "more than 10,000 list items"),
+    ("[[j for j in range(100)] for i in range(200)]", "more than 10,000 list items"),
+    ("[range(6000) for i in range(2)]", "more than 10,000 list items"),
+    ("range(2.5)", "range takes whole numbers"),
+    ("range(1, 9, 0)", "failed"),
+    ("sum(3)", "sum takes a list"),
+    ("len(3)", "len takes a list"),
+    ("exp(1000)", "failed"),
     ("lambda: 1", "is not allowed"),
     ("'a' * 1000000", "arithmetic needs numbers"),
     ("10 ** 10 ** 10", "too large"),

@@ -280,3 +280,46 @@ layers:
 """)
     assert (g["relu"].loc.line, g["relu"].loc.column) == (3, 5)
     assert (g["s"].loc.line, g["s"].loc.column) == (4, 5)
+
+
+def test_computed_widths_and_their_bounds():
+    """A design space's widths computed in the spec (list comprehensions, range, sum); a
+    list too long to build is refused where it is written."""
+    g = load("""
+variables:
+  w0: 8
+  widths: "[w0 * 2 ** k for k in range(3)]"
+  act: relu
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - conv2d: ["widths[0]", 3]
+  - conv2d: ["widths[-1]", 3]
+  - conv2d:
+      out_channels: "sum([w for w in widths if w > 8])"
+      kernel_size: 1
+      activation: "act if act != 'identity' else null"
+""")
+    assert [g[n].shape[0] for n in ("conv2d", "conv2d_1", "conv2d_2")] == [8, 32, 48]
+    assert g["conv2d_2"].attrs["activation"][0] == "relu"
+    with pytest.raises(SpecError) as info:
+        load("""
+variables:
+  widths: "[k for k in range(20000)]"
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - conv2d: ["widths[0]", 3]
+""")
+    assert "more than 10,000 list items" in info.value.message and info.value.loc.line == 3
+
+
+def test_an_unquoted_word_in_a_comparison_is_blamed_with_the_fix():
+    with pytest.raises(SpecError) as info:
+        load("""
+variables:
+  act: relu
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 1, activation: "act if act != identity else null"}
+""")
+    assert "undefined name 'identity'" in info.value.message and info.value.loc.line == 6
+    assert "quote it inside the expression: 'identity'" in info.value.hint
