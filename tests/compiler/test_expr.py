@@ -44,6 +44,16 @@ def test_functions_and_conditionals():
     assert evaluate("pi", {}) == math.pi
 
 
+@given(xs=st.lists(st.integers(-50, 50), max_size=30), k=st.integers(-5, 5),
+       n=st.integers(0, 40))
+def test_comprehensions_match_python(xs, k, n):
+    scope = {"xs": xs, "k": k, "n": n}
+    assert evaluate("[x * k for x in xs if x > k]", scope) == [x * k for x in xs if x > k]
+    assert evaluate("[[i, x] for i in range(n) for x in xs if i % 3 == 0]", scope) == \
+        [[i, x] for i in range(n) for x in xs if i % 3 == 0]
+    assert evaluate("sum([x for x in xs]) + len(xs)", scope) == sum(xs) + len(xs)
+
+
 def test_comprehensions_and_list_functions():
     # RegNet's widths, as the paper's design space states them
     scope = {"w0": 24, "wm": 2.5, "ks": [0, 1, 2], "widths": [8, 16, 32]}
