@@ -13,8 +13,9 @@ them, one rule per line, first match wins::
 
 A pattern matches a whole parameter name, or a whole layer name (the parameter's role,
 ``weight``, ``running_mean``..., is then appended to the result). ``{x}`` in a pattern
-matches one part of a dotted name (a number becomes an integer); ``{...}`` in the result
-is an expression of those parts and the spec's variables.
+matches one part of a dotted name (a number becomes an integer), ``{x...}`` one or more
+parts (``{rest...}`` in ``"trunk.{s}.{rest...}"`` takes ``0.conv.a`` whole); ``{...}`` in
+the result is an expression of those parts and the spec's variables.
 """
 
 from __future__ import annotations
@@ -43,12 +44,16 @@ class NameRule:
         parts, last, seen = [], 0, set()
         for m in _PLACEHOLDER.finditer(self.pattern):
             name = m.group(1)
+            several = name.endswith("...")  # {rest...}: one or more dotted parts
+            name = name[:-3] if several else name
             if not _IDENTIFIER.match(name) or name in seen:
-                raise SpecError(f"torch_names: '{{{name}}}' in '{self.pattern}' must be a new "
-                                "name, as {s} or {block}", self.loc,
-                                "a pattern's {x} matches one part of a dotted layer name")
+                raise SpecError(f"torch_names: '{m.group(0)}' in '{self.pattern}' must be a new "
+                                "name, as {s}, {block} or {rest...}", self.loc,
+                                "a pattern's {x} matches one part of a dotted layer name, "
+                                "{x...} one or more")
             seen.add(name)
-            parts += [re.escape(self.pattern[last:m.start()]), f"(?P<{name}>[A-Za-z0-9_]+)"]
+            part = r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*" if several else r"[A-Za-z0-9_]+"
+            parts += [re.escape(self.pattern[last:m.start()]), f"(?P<{name}>{part})"]
             last = m.end()
         if "{" in self.pattern[last:] or "}" in self.pattern[last:]:
             raise SpecError(f"torch_names: unbalanced braces in '{self.pattern}'", self.loc)

@@ -169,12 +169,24 @@ def test_rules_rename_layers_and_single_parameters():
                                   "a.1.bias": "features.3.bias", "fc.bias": "head.b"}
 
 
+def test_a_rule_part_of_several_dotted_parts():
+    """{rest...} takes one or more parts whole: torchvision's RegNet names its blocks
+    trunk_output.block2.block2-0...; one rule covers every layer under a stage."""
+    graph = archc.load("net.yaml", text=NET % '  "a.{i}.{rest...}": "trunk.block{i}-{i}.{rest}"\n'
+                       '  "{x...}": "head.{x}"')
+    names = torch_names(graph)
+    assert names["a.1.weight"] == "trunk.block1-1.weight"
+    assert names["fc.bias"] == "head.fc.bias"  # the whole parameter name, dots and all
+
+
 @pytest.mark.parametrize("rules, line, message", [
     ('  "a.{i}": "features.{j}"', 12, "'features.{j}' for 'a.0': undefined name 'j'"),
     ('  "a.{i}": features.0', 12, "'a.0.weight' and 'a.1.weight' would both be named "
                                   "'features.0.weight'"),
     ('  "a.{i}.{i}": x', 12, "'{i}' in 'a.{i}.{i}' must be a new name"),
     ('  "a.{1x}": x', 12, "'{1x}' in 'a.{1x}' must be a new name"),
+    ('  "a.{r...}.{r}": x', 12, "'{r}' in 'a.{r...}.{r}' must be a new name"),
+    ('  "a.{....}": x', 12, "'{....}' in 'a.{....}' must be a new name"),
     ('  "a.{i": x', 12, "unbalanced braces in 'a.{i'"),
     ('  fc: 3', 12, "'fc' must map to a name (text)"),
     ('  - a', 12, "'torch_names' must be a mapping"),
