@@ -364,7 +364,13 @@ class _Expander:
                 raise SpecError(f"block '{block}' argument '{key}' is not a name",
                                 declared.key_loc(key), COMMA_HINT)
         names = list(declared)
-        given, locs, key_locs = call_values(entry, names, f"block '{block}'")
+        if len(names) == 1 and entry.form == "list" and len(entry.value) == 1:
+            # `my_block: [32]` passes 32, as `max_pool2d: [2]` does for a layer (a list of
+            # one item for a list argument: `my_block: {widths: [32]}`)
+            where = entry.value.item_locs[0]
+            given, locs, key_locs = {names[0]: entry.value[0]}, {names[0]: where}, {}
+        else:
+            given, locs, key_locs = call_values(entry, names, f"block '{block}'")
         for key in given:
             if key not in declared:
                 raise SpecError(
@@ -403,8 +409,17 @@ class _Expander:
             if exc.attr in given and not NAME_PATTERN.match(str(exc.attr)):
                 hint = COMMA_HINT
             if hint is None and isinstance(given.get(exc.attr), str):
-                near = did_you_mean(given[exc.attr], list(env))
-                hint = near and near.replace("did you mean", "did you mean the variable")
+                text = given[exc.attr]
+                if text in env:  # the variable was found: its value is what is wrong
+                    shown = repr(env[text])
+                    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+                    hint = (f"'{text}' is {shown} here"
+                            + (": a block called with a list passes it whole to a block of "
+                               "one argument; give one value" if isinstance(env[text], list)
+                               else ""))
+                else:
+                    near = did_you_mean(text, list(env))
+                    hint = near and near.replace("did you mean", "did you mean the variable")
             raise SpecError(exc.message, where, hint) from None
 
     def _make_node(self, frame: Frame, local: str, op: str, attrs: dict, inputs: list[str],

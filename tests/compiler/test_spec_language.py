@@ -323,3 +323,24 @@ layers:
 """)
     assert "undefined name 'identity'" in info.value.message and info.value.loc.line == 6
     assert "quote it inside the expression: 'identity'" in info.value.hint
+
+
+def test_a_one_item_list_calls_a_one_argument_block():
+    text = """
+blocks:
+  widen:
+    args: [out]
+    layers:
+      - conv2d: [out, 3, 1, 1]
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - widen: [32]
+  - widen: %s
+"""
+    g = load(text % "16")
+    assert [n.shape for n in g][-2:] == [(32, 8, 8), (16, 8, 8)]
+    with pytest.raises(SpecError) as info:
+        load(text % "[16, 24]")
+    assert "expected an integer, got list [16, 24]" in info.value.message
+    assert info.value.hint.startswith("'out' is [16, 24] here: a block called with a list")
+    assert "did you mean" not in info.value.hint
