@@ -38,6 +38,14 @@ TORCHVISION = [
     ("efficientnet", {"variant": "b7"}, 66_347_960, 37.75),
     ("convnext_tiny", {}, 28_589_128, 4.46),
     ("shufflenet_v2", {}, 2_278_604, 0.14),
+    # RegNet: the design space computed in the spec, the named models as presets
+    ("regnet", {"model": "x_400mf"}, 5_495_976, 0.414),
+    ("regnet", {"model": "x_800mf"}, 7_259_656, 0.80),
+    ("regnet", {"model": "x_1_6gf"}, 9_190_136, 1.603),
+    ("regnet", {"model": "y_400mf"}, 4_344_144, 0.40),
+    ("regnet", {"model": "y_800mf"}, 6_432_512, 0.834),
+    ("regnet", {"model": "y_1_6gf"}, 11_202_430, 1.612),
+    ("regnet", {"model": "y_8gf"}, 39_381_472, 8.473),
     ("fcn", {}, 32_957_013, None),
     ("deeplab", {}, 39_638_869, None),
     # detectors: torchvision's documented counts hold its frozen batch norms as buffers;

@@ -74,9 +74,24 @@ def shufflenet_v2() -> list[str]:
     return keys + _conv_bn("conv5") + ["fc.weight", "fc.bias"]
 
 
+def regnet_y_800mf() -> list[str]:
+    # torchvision: stem, trunk_output.block{s}.block{s}-{j} (ResBottleneckBlock: proj when
+    # the shape changes, f = BottleneckTransform a, b, se, c), fc; stages of 1, 3, 8, 2
+    keys = _conv_bn("stem")
+    for s, n in enumerate([1, 3, 8, 2], 1):
+        for j in range(n):
+            p = f"trunk_output.block{s}.block{s}-{j}"
+            keys += _conv_bn(f"{p}.proj") if j == 0 else []
+            keys += _conv_bn(f"{p}.f.a") + _conv_bn(f"{p}.f.b")
+            keys += [f"{p}.f.se.{fc}.{w}" for fc in ("fc1", "fc2") for w in ("weight", "bias")]
+            keys += _conv_bn(f"{p}.f.c")
+    return keys + ["fc.weight", "fc.bias"]
+
+
 @pytest.mark.parametrize("spec, torchvision", [
     ("densenet121", densenet121), ("efficientnet", efficientnet_b0),
     ("convnext_tiny", convnext_tiny), ("shufflenet_v2", shufflenet_v2),
+    ("regnet", regnet_y_800mf),
 ])
 def test_library_specs_carry_torchvisions_names(spec, torchvision):
     graph = archc.load(SPECS / f"{spec}.yaml", resolution=64)
