@@ -377,7 +377,8 @@ class _Expander:
                     f"block '{block}' has no argument '{key}' (its arguments: "
                     f"{', '.join(names) or 'none'})",
                     key_locs.get(key, entry.loc),
-                    did_you_mean(key, names),
+                    # `{out: max(a, b)}`: YAML split the value at its comma
+                    COMMA_HINT if not NAME_PATTERN.match(str(key)) else did_you_mean(key, names),
                 )
         values: dict[str, Any] = {}
         defaults_env = Env(values, _globals(env))  # defaults see globals and earlier arguments
