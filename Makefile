@@ -49,7 +49,8 @@ demo: graphviz $(STAMP)
 	$(BIN)/archc render specs/lenet5.yaml -o out/lenet5.svg --rankdir LR
 	$(BIN)/archc train specs/lenet5.yaml --data digits --epochs 12 --out out/lenet5-digits
 	$(BIN)/archc eval specs/lenet5.yaml --data digits --weights out/lenet5-digits
-	$(BIN)/archc report specs/lenet5.yaml --run out/lenet5-digits -o out/lenet5-report.html
+	$(BIN)/archc report specs/lenet5.yaml --run out/lenet5-digits --data digits \
+	  -o out/lenet5-report.html
 	$(BIN)/archc optimize specs/resnet18.yaml -O2 --verify -o out/resnet18-O2.yaml
 	$(BIN)/archc optimize specs/lenet5.yaml --weights out/lenet5-digits \
 	  --passes low_rank:mode=channel:budget=0.1 --verify \
