@@ -24,6 +24,7 @@ from archc.cli import running  # noqa: F401
 from archc.cli import interop  # noqa: F401
 from archc.cli import training  # noqa: F401
 from archc.cli import looking  # noqa: F401
+from archc.cli import sweeping  # noqa: F401
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,6 +76,12 @@ def _sum(values: list, start: Any = 0) -> Any:
     return sum(values, start)
 
 
+def _fail(message: Any) -> Any:
+    """``fail('...')``: refuse the spec with this message, where the expression is (a
+    spec's own check on its variables: ``fail('...') if stages > 6 else 0``)."""
+    raise ExprError(str(message)[:300])
+
+
 def _len(value: Any) -> int:
     if not isinstance(value, (list, tuple, str, dict)):
         raise ExprError(f"len takes a list, got {value!r}")
@@ -98,6 +104,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "len": _len,
     "range": _range,
     "make_divisible": make_divisible,
+    "fail": _fail,
 }
 
 CONSTANTS: dict[str, Any] = {"true": True, "false": False, "null": None, "pi": math.pi}

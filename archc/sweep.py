@@ -1,0 +1,152 @@
+"""Design-space sweeps: the cost of many variants of a spec, before any training.
+
+A sweep is a set of points (values for some of the spec's variables): a grid (every
+combination of listed values) times random samples of ranges. Each point is built and
+analysed (parameters, MACs, FLOPs, activation memory, and a roofline latency for a
+device); a point whose variables make no valid network is kept with its error. A
+constraint (``macs < 600e6 and params < 5e6``, archc's expression language over those
+numbers) marks the feasible points, and the Pareto front of the feasible ones is the set
+that no other point beats on every objective.
+
+``archc sweep`` appends the records to ``points.jsonl`` as points finish, so a sweep
+stopped part-way and run again analyses only the points it has not done.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from typing import Any, Callable, Iterable
+
+from archc.errors import ArchcError, UsageError
+from archc.spec.expr import ExprError, evaluate, parse_expression
+
+# the numbers of a point that --where and --objectives may name
+METRICS = ("params", "macs", "flops", "peak_bytes", "latency_s", "layers")
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+MAX_POINTS = 1_000_000
+
+
+def grid_values(text: str) -> tuple[str, list]:
+    """``--grid NAME=[v1, v2, ...]``: the name and its values."""
+    import yaml
+
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    try:
+        parsed = yaml.safe_load(values) if sep else None
+    except yaml.YAMLError:
+        parsed = None
+    if not name or not isinstance(parsed, list) or not parsed:
+        raise UsageError(f"--grid expects NAME=[v1, v2, ...], got '{text}'",
+                         "e.g. --grid \"width_mult=[0.5, 0.75, 1.0]\"")
+    return name, parsed
+
+
+def sampler(text: str) -> tuple[str, Callable[[random.Random], Any]]:
+    """``--sample NAME=uniform(a, b)`` (or loguniform, randint, choice([...])): the name
+    and a function drawing one value."""
+    name, sep, call = text.partition("=")
+    name, call = name.strip(), call.strip()
+    kind, _, rest = call.partition("(")
+    if not (name and sep and kind in DISTRIBUTIONS and rest.endswith(")")):
+        raise UsageError(f"--sample expects NAME=DISTRIBUTION(...), got '{text}'",
+                         "distributions: uniform(a, b), loguniform(a, b), randint(a, b), "
+                         "choice([v1, v2, ...])")
+    try:
+        args = evaluate(f"[{rest[:-1]}]", {})
+    except ExprError as exc:
+        raise UsageError(f"--sample {name}: {exc.message}") from None
+    if kind == "choice":
+        if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
+            raise UsageError(f"--sample {name}: choice takes one non-empty list")
+        values = args[0]
+        return name, lambda rng: rng.choice(values)
+    if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] > args[1]:
+        raise UsageError(f"--sample {name}: {kind} takes two numbers, low <= high")
+    low, high = args
+    if kind == "randint":
+        return name, lambda rng: rng.randint(int(low), int(high))
+    if kind == "loguniform":
+        if low <= 0:
+            raise UsageError(f"--sample {name}: loguniform needs a low end above 0")
+        return name, lambda rng: math.exp(rng.uniform(math.log(low), math.log(high)))
+    return name, lambda rng: rng.uniform(low, high)
+
+
+def points(grid: list[tuple[str, list]], samples: list[tuple[str, Callable]],
+           count: int, seed: int) -> list[dict]:
+    """Every grid combination, each with ``count`` random draws of the sampled names
+    (one point per combination without samples); the same list for the same seed."""
+    combos = list(itertools.product(*[values for _, values in grid])) if grid else [()]
+    draws = count if samples else 1
+    if len(combos) * draws > MAX_POINTS:
+        raise UsageError(f"the sweep has {len(combos) * draws:,} points; at most "
+                         f"{MAX_POINTS:,}", "fewer grid values or a smaller --count")
+    rng = random.Random(seed)
+    out = []
+    for combo in combos:
+        for _ in range(draws):
+            point = {name: value for (name, _), value in zip(grid, combo)}
+            point.update({name: draw(rng) for name, draw in samples})
+            out.append(point)
+    return out
+
+
+def key(point: dict) -> str:
+    """A point's identity in points.jsonl."""
+    return json.dumps(point, sort_keys=True)
+
+
+def analyse_point(spec: str, fixed: dict, point: dict, device_name: str | None) -> dict:
+    """One point's record: its numbers, or the error that makes it no network."""
+    from archc import build
+    from archc.analysis import analyse, get_device
+
+    try:
+        graph = build(spec, {**fixed, **point})
+        totals = analyse(graph, device=get_device(device_name) if device_name else None).totals
+    except ArchcError as exc:
+        return {"point": point, "error": exc.message}
+    record = {"point": point, "params": totals["params"], "macs": totals["macs"],
+              "flops": totals["flops"], "peak_bytes": totals["inference_peak_bytes"],
+              "layers": len(graph)}
+    if "latency_s" in totals:
+        record["latency_s"] = totals["latency_s"]
+    return record
+
+
+def check_where(where: str | None) -> None:
+    """Refuse a constraint that does not parse, before any point is analysed."""
+    if where:
+        try:
+            parse_expression(where)
+            evaluate(where, {m: 1.0 for m in METRICS})
+        except ExprError as exc:
+            raise UsageError(f"--where: {exc.message}",
+                             f"a condition over {', '.join(METRICS)}, e.g. "
+                             "\"macs < 600e6 and params < 5e6\"") from None
+
+
+def feasible(record: dict, where: str | None) -> bool:
+    if "error" in record:
+        return False
+    if not where:
+        return True
+    return bool(evaluate(where, {m: record.get(m, math.nan) for m in METRICS}))
+
+
+def pareto_front(records: list[dict], objectives: Iterable[str]) -> list[dict]:
+    """The records no other record beats: at most as large on every objective and
+    smaller on one (all objectives are minimised), in the order given."""
+    objectives = list(objectives)
+    values = [tuple(r[o] for o in objectives) for r in records]
+    front = []
+    for i, mine in enumerate(values):
+        beaten = any(all(t <= m for t, m in zip(theirs, mine)) and theirs != mine
+                     for theirs in values)
+        if not beaten:
+            front.append(records[i])
+    return front
