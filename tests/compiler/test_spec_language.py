@@ -347,8 +347,7 @@ layers:
 
 
 def test_a_comma_inside_braces_in_a_blocks_arguments_gets_the_quoting_hint():
-    with pytest.raises(SpecError) as info:
-        load("""
+    text = """
 variables: {a: 8, b: 16}
 blocks:
   widen:
@@ -357,18 +356,10 @@ blocks:
       - conv2d: [out, 3, 1, 1]
 input: {channels: 3, height: 8, width: 8}
 layers:
-  - widen: {out: max(a, b)}
-""")
+  - widen: {out: %s}
+"""
+    with pytest.raises(SpecError) as info:
+        load(text % "max(a, b)")
     assert "block 'widen' has no argument 'b)'" in info.value.message
     assert info.value.hint.startswith("inside { }, a comma ends a value: quote")
-    assert load("""
-variables: {a: 8, b: 16}
-blocks:
-  widen:
-    args: [out]
-    layers:
-      - conv2d: [out, 3, 1, 1]
-input: {channels: 3, height: 8, width: 8}
-layers:
-  - widen: {out: "max(a, b)"}
-""")["widen.conv2d"].shape == (16, 8, 8)
+    assert load(text % '"max(a, b)"')["widen.conv2d"].shape == (16, 8, 8)
