@@ -325,8 +325,9 @@ layers:
     assert "quote it inside the expression: 'identity'" in info.value.hint
 
 
-def test_a_one_item_list_calls_a_one_argument_block():
-    text = """
+# a block of one argument, and a caller's entry (%s)
+WIDEN = """
+variables: {a: 8, b: 16}
 blocks:
   widen:
     args: [out]
@@ -334,9 +335,12 @@ blocks:
       - conv2d: [out, 3, 1, 1]
 input: {channels: 3, height: 8, width: 8}
 layers:
-  - widen: [32]
-  - widen: %s
+%s
 """
+
+
+def test_a_one_item_list_calls_a_one_argument_block():
+    text = WIDEN % "  - widen: [32]\n  - widen: %s"
     g = load(text % "16")
     assert [n.shape for n in g][-2:] == [(32, 8, 8), (16, 8, 8)]
     with pytest.raises(SpecError) as info:
@@ -347,17 +351,7 @@ layers:
 
 
 def test_a_comma_inside_braces_in_a_blocks_arguments_gets_the_quoting_hint():
-    text = """
-variables: {a: 8, b: 16}
-blocks:
-  widen:
-    args: [out]
-    layers:
-      - conv2d: [out, 3, 1, 1]
-input: {channels: 3, height: 8, width: 8}
-layers:
-  - widen: {out: %s}
-"""
+    text = WIDEN % "  - widen: {out: %s}"
     with pytest.raises(SpecError) as info:
         load(text % "max(a, b)")
     assert "block 'widen' has no argument 'b)'" in info.value.message
