@@ -150,3 +150,26 @@ def pareto_front(records: list[dict], objectives: Iterable[str]) -> list[dict]:
         if not beaten:
             front.append(records[i])
     return front
+
+
+def front_figure(records: list[dict], front: list[dict], objectives: list[str], title: str = ""):
+    """The feasible points and their Pareto front on the first two objectives (a
+    matplotlib figure; None without matplotlib or with one objective)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    if len(objectives) < 2:
+        return None
+    x, y = objectives[:2]
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    ax.scatter([r[x] for r in records], [r[y] for r in records], s=10, alpha=0.4,
+               label=f"feasible points ({len(records)})")
+    ordered = sorted(front, key=lambda r: (r[x], r[y]))
+    ax.plot([r[x] for r in ordered], [r[y] for r in ordered], "o-", color="#d62728",
+            label=f"Pareto front ({len(front)})")
+    ax.set(xlabel=x, ylabel=y, xscale="log", yscale="log", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

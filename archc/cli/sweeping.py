@@ -85,6 +85,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     ok = [r for r in records if sweep.feasible(r, args.where)]
     front = sweep.pareto_front(ok, objectives)
     (out / "front.json").write_text(json.dumps(front, indent=1))
+    figure = sweep.front_figure(ok, front, objectives, Path(args.spec).stem)
+    if figure is not None:
+        figure.savefig(out / "front.png", dpi=90)
     print(f"{len(ok)} feasible" + (f" ({args.where})" if args.where else "")
           + (f", {invalid} no valid network" if invalid else "")
           + f"; Pareto front on {', '.join(objectives)}: {len(front)} points")
@@ -95,7 +98,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  {numbers}  {json.dumps(r['point'])}")
     if len(shown) > args.show:
         print(f"  ... {len(shown) - args.show} more in {out / 'front.json'}")
-    print(f"wrote {results} and {out / 'front.json'}")
+    print(f"wrote {results}, {out / 'front.json'}"
+          + (f" and {out / 'front.png'}" if figure is not None else ""))
     return EXIT_OK
 
 

@@ -86,6 +86,10 @@ def test_sweep_analyses_constrains_and_resumes(space, tmp_path, capsys):
     front = json.loads((out / "front.json").read_text())
     assert front == sweep.pareto_front(ok, ["params", "macs"]) and front
     assert f"{len(ok)} feasible (params < 20000), {len(bad)} no valid network" in printed
+    assert (out / "front.png").read_bytes().startswith(b"\x89PNG")
+    figure = sweep.front_figure(ok, front, ["params", "macs"])
+    scatter, line = figure.axes[0].collections[0], figure.axes[0].get_lines()[0]
+    assert len(scatter.get_offsets()) == len(ok) and len(line.get_xdata()) == len(front)
     # stopped half-way: the rerun analyses only what is missing, and finds the same front
     lines = (out / "points.jsonl").read_text().splitlines()
     (out / "points.jsonl").write_text("\n".join(lines[:20]) + "\n")
