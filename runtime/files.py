@@ -224,7 +224,7 @@ def array_headers(path: str | Path, what: str = "weights file",
                 headers = {"": Header(shape, dtype, None)}
                 _check_dtype(f"{what} {path}", "", dtype, error)
                 if headers[""].nbytes != size - offset:
-                    raise error(f"{what} {path} declares {_fmt_shape(shape)} {dtype} values "
+                    raise error(f"{what} {path} declares {fmt_shape(shape)} {dtype} values "
                                 f"({headers[''].nbytes:,} bytes) but holds {size - offset:,}: "
                                 f"it is cut short or padded")
                 return _within(headers, path, what, error, limit)
@@ -249,7 +249,7 @@ def array_headers(path: str | Path, what: str = "weights file",
                 headers[name] = Header(shape, dtype, info.filename)
                 if headers[name].nbytes != info.file_size - offset:
                     raise error(f"{what} {path}: array '{shorten(name, 60)}' declares "
-                                f"{_fmt_shape(shape)} {dtype} values "
+                                f"{fmt_shape(shape)} {dtype} values "
                                 f"({headers[name].nbytes:,} bytes) but its entry holds "
                                 f"{max(info.file_size - offset, 0):,}")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError,
@@ -266,8 +266,16 @@ def array_headers(path: str | Path, what: str = "weights file",
     return _within(headers, path, what, error, limit)
 
 
-def _fmt_shape(shape) -> str:
+def fmt_shape(shape) -> str:
+    """``(3, 32, 32)`` as ``3x32x32``."""
     return "x".join(map(str, shape)) or "scalar"
+
+
+def finite_number(value: Any) -> bool:
+    """A real number a file may hold where one is expected: an int or float, finite, and
+    not a bool (JSON's true is no count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
 
 
 def _within(headers: dict, path, what: str, error, limit: int | None) -> dict[str, Header]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import html
 import io
+from collections import Counter
+
+from runtime.files import fmt_shape
 
 STYLE = ("<style>.archc-nb table{border-collapse:collapse;font-size:12px}"
          ".archc-nb td,.archc-nb th{padding:2px 8px;text-align:right;white-space:nowrap}"
@@ -21,21 +24,14 @@ def _facts(rows: list[tuple[str, str]]) -> str:
                                for k, v in rows) + "</table>"
 
 
-def _shape(shape) -> str:
-    return "x".join(str(d) for d in shape)
-
-
 def model_html(model) -> str:
     """A compiled model: what runs, on which backend, in which mode."""
     program = model.program
-    params = sum(int(v.size) for k, v in model.params.items()
-                 if not program.params[k].buffer) if hasattr(model, "params") else 0
-    ins = ", ".join(f"{k} {_shape(v)}" for k, v in program.inputs.items())
-    outs = ", ".join(f"{k} {_shape(v)}" for k, v in program.output_shapes().items())
-    kinds: dict[str, int] = {}
-    for op in program.ops:
-        kinds[op.kind] = kinds.get(op.kind, 0) + 1
-    ops = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    params = sum(int(v.size) for k, v in model.params.items() if not program.params[k].buffer)
+    ins = ", ".join(f"{k} {fmt_shape(v)}" for k, v in program.inputs.items())
+    outs = ", ".join(f"{k} {fmt_shape(v)}" for k, v in program.output_shapes().items())
+    kinds = Counter(op.kind for op in program.ops)
+    ops = ", ".join(f"{n} {k}" for k, n in kinds.most_common())
     return (f"<div class='archc-nb'>{STYLE}<b>{escape(program.name)}</b>, compiled" + _facts([
         ("backend", model.backend.name), ("dtype", str(model.dtype)),
         ("mode", "training" if model.training else "inference"),

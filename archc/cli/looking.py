@@ -143,7 +143,7 @@ def run_evaluation(args, graph) -> dict:
     import numpy as np
 
     from runtime.errors import RunFolderError
-    from runtime.files import read_json
+    from runtime.files import finite_number, read_json
     from runtime.train import data, metrics, tasks
 
     if args.seed is None:  # the split the run held out
@@ -158,11 +158,9 @@ def run_evaluation(args, graph) -> dict:
     task = (tasks.restore(described, split, model.program) if described else
             tasks.make(None, split, model.program, {}))
     result = task.evaluate(model, split.test)
-    finite = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-              and np.isfinite(v))
     out = {"data": settings.data, "images": len(split.test), "task": task.kind,
            "classes": [str(c) for c in task.classes],
-           "metrics": {k: float(v) for k, v in result.items() if finite(v)}}
+           "metrics": {k: float(v) for k, v in result.items() if finite_number(v)}}
     if hasattr(task, "confusion"):
         confusion, _ = task.confusion(model, split.test)
         table = metrics.per_class(confusion)

@@ -110,17 +110,13 @@ def page_data(graph: Graph, report: Report, run: str | Path | None = None,
     return data
 
 
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
-        math.isfinite(value)
-
-
 def run_data(run: str | Path, evaluation: dict | None = None) -> dict:
     """A training run folder's log, settings and task, checked: every epoch's numbers (and
     its per-step losses), the settings of ``config.json``, ``task.json``'s task and
     classes. A damaged file is refused with a :class:`RunFolderError` that names it."""
     from runtime.errors import RunFolderError
-    from runtime.files import json_lines, read_json
+    from runtime.files import finite_number, json_lines, read_json
+    from runtime.train.checkpoint import is_loss_curve
 
     run = Path(run)
     if not run.is_dir():
@@ -132,12 +128,10 @@ def run_data(run: str | Path, evaluation: dict | None = None) -> dict:
             raise RunFolderError(f"training log {run / 'log.jsonl'}, line {number}, has no "
                                  "epoch number")
         steps = row.get("loss_steps", [])
-        if not (isinstance(steps, list) and all(
-                isinstance(p, list) and len(p) == 2 and all(_number(v) for v in p)
-                for p in steps)):
+        if not is_loss_curve(steps):
             raise RunFolderError(f"training log {run / 'log.jsonl'}, line {number}: "
                                  "loss_steps is not a list of [step, loss] pairs")
-        rows.append({**{k: v for k, v in row.items() if _number(v)}, "loss_steps": steps})
+        rows.append({**{k: v for k, v in row.items() if finite_number(v)}, "loss_steps": steps})
     config = read_json(run / "config.json", "run settings", RunFolderError)
     task = read_json(run / "task.json", "run task", RunFolderError)
     classes = task.get("classes")

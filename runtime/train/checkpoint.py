@@ -32,12 +32,13 @@ import shutil
 import socket
 import time
 import warnings
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import ArchcWarning, RunFolderError, TrainingError
-from runtime.files import json_lines, read_arrays, read_json
+from runtime.files import finite_number, json_lines, read_arrays, read_json
 
 FILES = ("weights.npz", "optimizer.npz", "state.json")
 _NAME = re.compile(r"ckpt-(\d+)(?:-(\d+))?")
@@ -257,13 +258,16 @@ def _check_state(state: dict, path: Path) -> None:
     if "step" in state and not (isinstance(state["step"], int) and "sums" in state
                                 and "aug_rng" in state):
         raise TrainingError(f"checkpoint state {path} is within an epoch but lacks where")
-    curve = state.get("curve", [])
-    if not (isinstance(curve, list) and all(
-            isinstance(p, list) and len(p) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
-            for p in curve)):
+    if not is_loss_curve(state.get("curve", [])):
         raise TrainingError(f"checkpoint state {path}: its loss curve is not a list of "
                             "[step, loss] pairs")
+
+
+def is_loss_curve(points: Any) -> bool:
+    """A loss curve as the log and a mid-epoch checkpoint hold it: [step, loss] pairs of
+    finite numbers."""
+    return isinstance(points, list) and all(
+        isinstance(p, list) and len(p) == 2 and all(map(finite_number, p)) for p in points)
 
 
 def _check_optimizer(saved: dict, optimizer, program, path: Path) -> None:

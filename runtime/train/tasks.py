@@ -12,12 +12,11 @@ training did.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
-from runtime.files import read_json
+from runtime.files import finite_number, read_json
 from runtime.train.data import IGNORE, DataError, Dataset, batches
 from runtime.train import losses, metrics
 
@@ -540,9 +539,8 @@ def check_description(described: dict, path) -> dict:
          "'classes' must be a list of class names")
     for key in ("mean", "std"):
         value = described.get(key, [0.0])
-        need(isinstance(value, list) and value and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in value), f"'{key}' must be a list of numbers")
+        need(isinstance(value, list) and value and all(map(finite_number, value)),
+             f"'{key}' must be a list of numbers")
     dense = [(name, settings) for name, settings in (("rcnn", RCNN_SETTINGS),
                                                      ("retinanet", RETINANET_SETTINGS))
              if name in described]
@@ -552,8 +550,7 @@ def check_description(described: dict, path) -> dict:
         need(isinstance(block, dict), f"'{name}' must describe the detector's settings")
         for key, low, high in settings:
             value = block.get(key)
-            need(isinstance(value, (int, float)) and not isinstance(value, bool)
-                 and math.isfinite(value) and low <= value <= high,
+            need(finite_number(value) and low <= value <= high,
                  f"{name}'s '{key}' must be a number from {low} to {high}")
     elif kind == "detect":
         head = described.get("head")

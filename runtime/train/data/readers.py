@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import DataError
-from runtime.files import (json_type, read_arrays, read_bytes, read_json, regular_file,
-                           shorten)
+from runtime.files import (finite_number, json_type, read_arrays, read_bytes, read_json,
+                           regular_file, shorten)
 from runtime.limits import check_bytes
 from runtime.train.data.sets import IGNORE, Dataset, Split, holdout, fit
 
@@ -397,9 +397,8 @@ def instance_mask(segmentation, height: int, width: int, shape: tuple[int, int])
                              f"lists")
         mask = np.zeros((h, w), bool)
         for poly in segmentation:
-            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0 and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in poly)):
+            if not (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+                    and all(finite_number(v) for v in poly)):
                 raise ValueError("a polygon must be an even number (at least 6) of finite "
                                  "coordinates x1, y1, x2, y2, ...")
             xy = np.asarray(poly, np.float64).reshape(-1, 2) * [w / width, h / height]
@@ -463,9 +462,7 @@ def coco(path: str | Path, shape, test_fraction: float = 0.2, seed: int = 0) -> 
                             f"{shorten(ann['image_id'], 40)} or category "
                             f"{shorten(ann['category_id'], 40)}, which the file does not list")
         box = ann["bbox"]
-        if not (isinstance(box, list) and len(box) == 4 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                for v in box)):
+        if not (isinstance(box, list) and len(box) == 4 and all(map(finite_number, box))):
             raise DataError(f"{path}: annotations[{k}].bbox must be 4 finite numbers [x, y, "
                             f"width, height], got {shorten(json.dumps(box), 60)}")
         if box[2] < 0 or box[3] < 0:
