@@ -157,12 +157,13 @@ def run_evaluation(args, graph) -> dict:
     described = tasks.find_description(args.run)
     task = (tasks.restore(described, split, model.program) if described else
             tasks.make(None, split, model.program, {}))
-    result = task.evaluate(model, split.test)
+    # the metrics archc eval prints, and the confusion matrix from the same pass
+    result, confusion = (task.evaluated(model, split.test) if hasattr(task, "evaluated")
+                         else (task.evaluate(model, split.test), None))
     out = {"data": settings.data, "images": len(split.test), "task": task.kind,
            "classes": [str(c) for c in task.classes],
            "metrics": {k: float(v) for k, v in result.items() if finite_number(v)}}
-    if hasattr(task, "confusion"):
-        confusion, _ = task.confusion(model, split.test)
+    if confusion is not None:
         table = metrics.per_class(confusion)
         out["per_class"] = {k: [float(v) if np.isfinite(v) else None for v in table[k]]
                             for k in ("precision", "recall", "iou")}

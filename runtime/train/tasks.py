@@ -79,23 +79,19 @@ class Classification(Task):
         judged = len(y) if np.issubdtype(y.dtype, np.floating) else y.size
         return loss, grad, hits, judged
 
-    def _scores(self, model, dataset, batch_size: int) -> tuple[np.ndarray, float]:
-        """The class scores of a data set in inference mode, and the mean loss."""
+    def evaluate(self, model, dataset, batch_size=256):
+        return self.evaluated(model, dataset, batch_size)[0]
+
+    def evaluated(self, model, dataset, batch_size=256) -> tuple[dict, np.ndarray]:
+        """:meth:`evaluate`'s metrics and counts[true, predicted], from one pass."""
         total, scores = 0.0, []
         for out, y in self._outputs(model, dataset, batch_size):
             total += losses.cross_entropy(out, y)[0] * len(y)
             scores.append(out)
-        return np.concatenate(scores), total / len(dataset)
-
-    def evaluate(self, model, dataset, batch_size=256):
-        scores, loss = self._scores(model, dataset, batch_size)
-        return {"loss": loss, "accuracy": metrics.accuracy(scores, dataset.y),
-                "top5": metrics.top_k_accuracy(scores, dataset.y, 5)}
-
-    def confusion(self, model, dataset, batch_size=256) -> tuple[np.ndarray, float]:
-        """counts[true, predicted] over the data set, and the mean loss."""
-        scores, loss = self._scores(model, dataset, batch_size)
-        return metrics.confusion_matrix(scores, dataset.y), loss
+        scores = np.concatenate(scores)
+        return ({"loss": total / len(dataset), "accuracy": metrics.accuracy(scores, dataset.y),
+                 "top5": metrics.top_k_accuracy(scores, dataset.y, 5)},
+                metrics.confusion_matrix(scores, dataset.y))
 
     def top_classes(self, out: np.ndarray, k: int = 3) -> list[list[tuple[str, float]]]:
         """Per image, its ``k`` most probable classes and their softmax probabilities."""
@@ -163,8 +159,12 @@ class Segmentation(Task):
         hits = int(((host.argmax(axis=1) == y) & keep).sum())
         return loss, grad, hits, int(keep.sum())
 
-    def confusion(self, model, dataset, batch_size=256) -> tuple[np.ndarray, float]:
-        """counts[true, predicted] over every judged pixel, and the mean loss."""
+    def evaluate(self, model, dataset, batch_size=256):
+        return self.evaluated(model, dataset, batch_size)[0]
+
+    def evaluated(self, model, dataset, batch_size=256) -> tuple[dict, np.ndarray]:
+        """:meth:`evaluate`'s metrics and counts[true, predicted] over every judged pixel,
+        from one pass."""
         c = len(self.classes)
         confusion = np.zeros((c, c), np.int64)
         total = 0.0
@@ -172,16 +172,12 @@ class Segmentation(Task):
             y = _crop_to(y, out.shape[2:])
             total += self._loss(out, y)[0] * len(y)
             confusion += metrics.confusion_matrix(out, y, ignore_index=IGNORE)
-        return confusion, total / len(dataset)
-
-    def evaluate(self, model, dataset, batch_size=256):
-        confusion, loss = self.confusion(model, dataset, batch_size)
         table = metrics.per_class(confusion)
         judged = confusion.sum()
-        return {"loss": loss, "miou": table["mean_iou"],
-                "pixel_accuracy": float(np.trace(confusion) / judged) if judged else
-                float("nan"),
-                "iou": [None if np.isnan(v) else float(v) for v in table["iou"]]}
+        return ({"loss": total / len(dataset), "miou": table["mean_iou"],
+                 "pixel_accuracy": float(np.trace(confusion) / judged) if judged else
+                 float("nan"),
+                 "iou": [None if np.isnan(v) else float(v) for v in table["iou"]]}, confusion)
 
     def describe(self):
         return {**super().describe(), "loss": self.loss_name,
