@@ -137,14 +137,13 @@ def run_evaluation(args, graph) -> dict:
     (or the spec's training data), split with the run's seed: the task's metrics, the
     confusion matrix and per-class precision, recall and IoU (classification,
     segmentation), and the first images with what the network predicts, as PNG bytes."""
-    import io
     from pathlib import Path
 
     import numpy as np
 
     from runtime.errors import RunFolderError
     from runtime.files import finite_number, read_json
-    from runtime.train import data, metrics, tasks
+    from runtime.train import data, metrics, pictures, tasks
 
     if args.seed is None:  # the split the run held out
         seed = read_json(Path(args.run) / "config.json", "run settings", RunFolderError).get("seed")
@@ -177,13 +176,9 @@ def run_evaluation(args, graph) -> dict:
         shown = prediction_pictures(task, x, predictions(task, model, x, 0.3), split.pixels,
                                     names, 0.3)
         for k, (name, picture, found) in enumerate(shown):
-            from PIL import Image
-
-            buffer = io.BytesIO()
-            Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
             truth = (task.classes[int(split.test.y[k])] if task.kind == "classify" else None)
             out["pictures"].append({"name": name, "found": found or "nothing found",
-                                    "truth": truth, "png": buffer.getvalue()})
+                                    "truth": truth, "png": pictures.png_bytes(picture)})
     return out
 
 

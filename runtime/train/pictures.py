@@ -8,6 +8,7 @@ neighbour, so pixels stay visible) to at least ``MIN_SIDE`` pixels.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -126,13 +127,20 @@ def draw_boxes(pixels: np.ndarray, boxes, labels: list[str], colours: np.ndarray
     return np.asarray(image)
 
 
-def save(pixels: np.ndarray, path: str | Path) -> Path:
-    """Write (H, W, 3) uint8 as a PNG (folders made as needed)."""
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 as the bytes of a PNG file."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save(pixels: np.ndarray, path: str | Path) -> Path:
+    """Write (H, W, 3) uint8 as a PNG (folders made as needed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+    path.write_bytes(png_bytes(pixels))
     return path
 
 
