@@ -134,10 +134,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     device = get_device(args.device) if args.device else None
     other = None
     if args.compare:
+        from pathlib import Path
+
         from archc import build
         from archc.spec import parse_overrides
-
-        from pathlib import Path
 
         # a variant of the same spec keeps its --set values; another spec has its own
         same = Path(args.compare).resolve() == Path(args.spec).resolve()

@@ -4,6 +4,8 @@ Pareto front (:mod:`archc.sweep`), on this machine's cores."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 from pathlib import Path
@@ -69,9 +71,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{len(todo)} points, {len(todo) - len(missing)} done before; analysing "
           f"{len(missing)} on {args.jobs} process{'es' if args.jobs > 1 else ''}")
     batch: list[dict] = []
-    with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else _Inline() as pool:
-        work = pool.map(sweep.analyse_point, [args.spec] * len(missing), [fixed] * len(missing),
-                        missing, [args.device] * len(missing), chunksize=16)
+    job = functools.partial(sweep.analyse_point, args.spec, fixed, device_name=args.device)
+    with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
+        work = pool.map(job, missing, chunksize=16) if pool else map(job, missing)
         for record in work:
             done[sweep.key(record["point"])] = record
             batch.append(record)
@@ -101,20 +103,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"wrote {results}, {out / 'front.json'}"
           + (f" and {out / 'front.png'}" if figure is not None else ""))
     return EXIT_OK
-
-
-class _Inline:
-    """One process: map in this one (no pool to start)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    @staticmethod
-    def map(fn, *iterables, chunksize: int = 1):
-        return map(fn, *iterables)
 
 
 def _setup_sweep(p: argparse.ArgumentParser) -> None:

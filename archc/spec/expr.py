@@ -350,9 +350,11 @@ class _Evaluator:
             if kw.arg is None:
                 raise ExprError(f"'**' is not allowed in '{self.text}'")
             kwargs[kw.arg] = self.visit(kw.value)
-        if node.func.id == "range" and all(isinstance(a, int) for a in args):
-            self._spend(len(range(*args)) if args and len(args) <= 3 and args[-1:] != [0]
-                        else 0)
+        if node.func.id == "range":  # counted before the list is made
+            try:
+                self._spend(len(range(*args)))
+            except (TypeError, ValueError):
+                pass  # arguments range refuses: _range says what is wrong
         try:
             result = FUNCTIONS[node.func.id](*args, **kwargs)
         except ExprError:
