@@ -10,6 +10,12 @@ that no other point beats on every objective.
 
 ``archc sweep`` appends the records to ``points.jsonl`` as points finish, so a sweep
 stopped part-way and run again analyses only the points it has not done.
+
+With ``--train``, points of the front are trained, as trials, under asynchronous
+successive halving (:class:`Asha`): every trial first trains to the lowest rung of
+epochs, and only the best ``1/eta`` of those that reached a rung go on to the next, so
+bad trials stop early; each trial's score is its best held-out value of the task's
+primary metric, a further objective of the trained front (maximised).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from archc.spec.expr import ExprError, evaluate
 
 # the numbers of a point that --where and --objectives may name
 METRICS = ("params", "macs", "flops", "peak_bytes", "latency_s", "layers")
+# what training adds: the best held-out value of the task's primary metric, maximised
+MAXIMISED = ("score",)
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 MAX_POINTS = 1_000_000
 
@@ -100,13 +108,15 @@ def key(point: dict) -> str:
     return json.dumps(point, sort_keys=True)
 
 
-def analyse_point(spec: str, fixed: dict, point: dict, device_name: str | None) -> dict:
-    """One point's record: its numbers, or the error that makes it no network."""
+def analyse_point(spec: str, fixed: dict, point: dict, device_name: str | None,
+                  text: str | bytes | None = None) -> dict:
+    """One point's record: its numbers, or the error that makes it no network (the spec
+    read from ``spec``, or given as ``text`` with ``spec`` its name)."""
     from archc import build
     from archc.analysis import analyse, get_device
 
     try:
-        graph = build(spec, {**fixed, **point})
+        graph = build(spec, {**fixed, **point}, text)
         totals = analyse(graph, device=get_device(device_name) if device_name else None).totals
     except ArchcError as exc:
         return {"point": point, "error": exc.message}
@@ -138,10 +148,11 @@ def feasible(record: dict, where: str | None) -> bool:
 
 
 def pareto_front(records: list[dict], objectives: Iterable[str]) -> list[dict]:
-    """The records no other record beats: at most as large on every objective and
-    smaller on one (all objectives are minimised), in the order given."""
+    """The records no other record beats: at least as good on every objective and
+    better on one (each objective minimised, but those of ``MAXIMISED``), in the order
+    given."""
     objectives = list(objectives)
-    values = [tuple(r[o] for o in objectives) for r in records]
+    values = [tuple(-r[o] if o in MAXIMISED else r[o] for o in objectives) for r in records]
     front = []
     for i, mine in enumerate(values):
         beaten = any(all(t <= m for t, m in zip(theirs, mine)) and theirs != mine
@@ -149,6 +160,86 @@ def pareto_front(records: list[dict], objectives: Iterable[str]) -> list[dict]:
         if not beaten:
             front.append(records[i])
     return front
+
+
+def spread(records: list[dict], k: int, objective: str) -> list[dict]:
+    """``k`` of the records, evenly spaced along ``objective`` (all of them when there are
+    at most ``k``): the trials of ``--train K``, from the smallest network to the largest."""
+    ordered = sorted(records, key=lambda r: r[objective])
+    if len(ordered) <= k:
+        return ordered
+    if k == 1:
+        return [ordered[-1]]
+    return [ordered[round(i * (len(ordered) - 1) / (k - 1))] for i in range(k)]
+
+
+def rungs(min_epochs: int, max_epochs: int, eta: int) -> list[int]:
+    """The epochs at which successive halving compares trials: min_epochs * eta^k below
+    max_epochs, then max_epochs."""
+    out, epochs = [], min_epochs
+    while epochs < max_epochs:
+        out.append(epochs)
+        epochs *= eta
+    return out + [max_epochs]
+
+
+class Asha:
+    """Asynchronous successive halving (Li et al., "A System for Massively Parallel
+    Hyperparameter Tuning", 2020) over a fixed list of trials.
+
+    Whenever a worker is free, :meth:`next` gives it work: the best trial of the highest
+    rung that may be promoted (a trial among the best ``1/eta`` of those that finished
+    the rung, not promoted before; the best one once no other trial can reach the rung)
+    goes on to the next rung; otherwise a new trial starts at the lowest. A trial never promoted is stopped early. :meth:`done` records a result;
+    results replayed from an earlier run rebuild the same state."""
+
+    def __init__(self, trials: list[str], rungs: list[int], eta: int):
+        self.rungs, self.eta = list(rungs), eta
+        self.pending = list(trials)
+        self.scores: list[dict[str, float]] = [{} for _ in self.rungs]
+        self.promoted: list[set[str]] = [set() for _ in self.rungs]
+        self.running: dict[str, int] = {}
+
+    def _choose(self) -> tuple[str, int] | None:
+        for k in range(len(self.rungs) - 2, -1, -1):
+            scores = self.scores[k]
+            count = len(scores) // self.eta
+            if not count and scores and not self.pending and \
+                    all(r > k for r in self.running.values()):
+                count = 1  # every trial that will reach the rung has: its best goes on
+            top = sorted(scores, key=lambda t: -scores[t])[:count]
+            for trial in top:
+                if trial not in self.promoted[k] and trial not in self.running:
+                    return trial, k + 1
+        return (self.pending[0], 0) if self.pending else None
+
+    def next(self) -> tuple[str, int] | None:
+        """(trial, rung) to train next, or None until a result comes in (or at the end)."""
+        chosen = self._choose()
+        if chosen is not None:
+            trial, rung = chosen
+            if rung == 0:
+                self.pending.remove(trial)
+            else:
+                self.promoted[rung - 1].add(trial)
+            self.running[trial] = rung
+        return chosen
+
+    def done(self, trial: str, rung: int, score: float) -> None:
+        """``trial`` trained to ``rungs[rung]`` epochs with ``score``."""
+        self.running.pop(trial, None)
+        if trial in self.pending:  # replayed from an earlier run
+            self.pending.remove(trial)
+        for k in range(rung):
+            self.promoted[k].add(trial)
+        self.scores[rung][trial] = score
+
+    def finished(self) -> bool:
+        return not self.running and self._choose() is None
+
+    def reached(self, trial: str) -> int:
+        """The highest rung ``trial`` finished (-1: none)."""
+        return max((k for k, s in enumerate(self.scores) if trial in s), default=-1)
 
 
 def front_figure(records: list[dict], front: list[dict], objectives: list[str], title: str = ""):
@@ -168,7 +259,8 @@ def front_figure(records: list[dict], front: list[dict], objectives: list[str], 
     ordered = sorted(front, key=lambda r: (r[x], r[y]))
     ax.plot([r[x] for r in ordered], [r[y] for r in ordered], "o-", color="#d62728",
             label=f"Pareto front ({len(front)})")
-    ax.set(xlabel=x, ylabel=y, xscale="log", yscale="log", title=title)
+    ax.set(xlabel=x, ylabel=y, xscale="log", yscale="linear" if y in MAXIMISED else "log",
+           title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

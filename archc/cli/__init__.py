@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-from archc.cli.common import COMMANDS, EXIT_INTERNAL, EXIT_OK, EXIT_USER, Parser
+from archc.cli.common import COMMANDS, EXIT_INTERNAL, EXIT_OK, EXIT_USER, TRAILING, Parser
 from archc.errors import ArchcError
 from runtime.errors import ArchcWarning
 from runtime.train import distributed
@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trailing: list[str] = []
+    if argv[:1] and argv[0] in TRAILING and "--" in argv:
+        argv, trailing = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    if argv[:1] and argv[0] in TRAILING:
+        setattr(args, TRAILING[argv[0]], trailing)
     code = _dispatch(args)
     if code != EXIT_OK and getattr(args, "distributed", False):
         distributed.stop_job(code)  # the other ranks must not wait for this one forever

@@ -18,6 +18,11 @@ from runtime.train.data import SOURCES
 EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
 
 
+# commands that take another command's flags after "--" (archc sweep ... -- --data digits):
+# the attribute of their arguments that gets them
+TRAILING: dict[str, str] = {}
+
+
 class Parser(argparse.ArgumentParser):
     """argparse that exits 2 with a one-line reason (plus usage) on bad flags."""
 

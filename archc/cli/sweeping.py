@@ -4,13 +4,12 @@ Pareto front (:mod:`archc.sweep`), on this machine's cores."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
+import math
 import os
 from pathlib import Path
 
-from archc.cli.common import COMMANDS, EXIT_OK, add_spec_arguments, positive
+from archc.cli.common import COMMANDS, EXIT_OK, TRAILING, add_spec_arguments, positive
 from archc.errors import UsageError
 
 
@@ -40,17 +39,17 @@ def _append(path: Path, records: list[dict]) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-
     from archc import sweep
-    from archc.analysis.table import human
+    from archc.cli import sweep_engines
     from archc.spec import parse_overrides
+    from archc.spec.loader import read_spec
 
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     for name in objectives:
         if name not in sweep.METRICS:
             raise UsageError(f"--objectives: unknown '{name}'",
-                             f"choose from {', '.join(sweep.METRICS)}")
+                             f"choose from {', '.join(sweep.METRICS)} (score, the trained "
+                             "accuracy, is added by --train)")
     if "latency_s" in objectives and not args.device:
         raise UsageError("--objectives latency_s needs --device (cpu, h100 or h200)")
     sweep.check_where(args.where)
@@ -59,7 +58,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if not grid and not samples:
         raise UsageError("a sweep needs --grid or --sample",
                          "e.g. --grid \"width_mult=[0.5, 1.0]\" --sample \"w_a=uniform(8, 64)\"")
+    if args.train_flags and not args.train:
+        raise UsageError("training flags after '--' need --train K (or --train front)")
     fixed = parse_overrides(args.overrides)
+    training = _training(args, fixed) if args.train else None
+    spec = str(Path(args.spec).resolve())
+    text = read_spec(spec)  # sent to the workers: no copy of the file needed there
     # a discrete draw may repeat a point: each is analysed once
     todo = list({sweep.key(p): p for p in sweep.points(grid, samples, args.count,
                                                           args.seed)}.values())
@@ -68,21 +72,38 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     results = out / "points.jsonl"
     done = _read_done(results)
     missing = [p for p in todo if sweep.key(p) not in done]
-    print(f"{len(todo)} points, {len(todo) - len(missing)} done before; analysing "
-          f"{len(missing)} on {args.jobs} process{'es' if args.jobs > 1 else ''}")
-    batch: list[dict] = []
-    job = functools.partial(sweep.analyse_point, args.spec, fixed, device_name=args.device)
-    with ProcessPoolExecutor(args.jobs) if args.jobs > 1 else contextlib.nullcontext() as pool:
-        work = pool.map(job, missing, chunksize=16) if pool else map(job, missing)
-        for record in work:
+    engine = sweep_engines.make(args.engine, args.address, args.jobs,
+                                args.trial_cpus or (os.cpu_count() or 1 if args.engine == "local"
+                                                    else 1))
+    try:
+        print(f"{len(todo)} points, {len(todo) - len(missing)} done before; analysing "
+              f"{len(missing)} on {engine.describe()}")
+        batch: list[dict] = []
+        for record in engine.analyse(spec, text, fixed, args.device, missing):
             done[sweep.key(record["point"])] = record
             batch.append(record)
             if len(batch) >= 64:
                 _append(results, batch)
                 batch = []
-    if batch:
-        _append(results, batch)
-    records = [done[sweep.key(p)] for p in todo]
+        if batch:
+            _append(results, batch)
+        records = [done[sweep.key(p)] for p in todo]
+        feasible, front = _front(args, records, objectives, out)
+        if training is not None:
+            chosen = front if args.train == "front" else sweep.spread(
+                feasible, int(args.train), objectives[0])
+            _train(args, engine, training, chosen, objectives, fixed, out)
+    finally:
+        engine.close()
+    return EXIT_OK
+
+
+def _front(args, records: list[dict], objectives: list[str],
+           out: Path) -> tuple[list[dict], list[dict]]:
+    """The feasible points and their Pareto front, printed and written (front.json,
+    front.png)."""
+    from archc import sweep
+
     invalid = sum(1 for r in records if "error" in r)
     ok = [r for r in records if sweep.feasible(r, args.where)]
     front = sweep.pareto_front(ok, objectives)
@@ -93,16 +114,142 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"{len(ok)} feasible" + (f" ({args.where})" if args.where else "")
           + (f", {invalid} no valid network" if invalid else "")
           + f"; Pareto front on {', '.join(objectives)}: {len(front)} points")
+    _show(front, objectives, args.show, out / "front.json")
+    print(f"wrote {out / 'points.jsonl'}, {out / 'front.json'}"
+          + (f" and {out / 'front.png'}" if figure is not None else ""))
+    return ok, front
+
+
+def _show(front: list[dict], objectives: list[str], limit: int, path: Path) -> None:
+    from archc.analysis.table import human
+
+    def number(record: dict, name: str) -> str:
+        if name == "latency_s":
+            return f"{record[name] * 1e3:.3f} ms"
+        if name == "score":
+            return f"{record['metric']} {record[name]:.4f} ({record['epochs']} epochs)"
+        return human(record[name])
+
     shown = sorted(front, key=lambda r: tuple(r[o] for o in objectives))
-    for r in shown[:args.show]:
-        numbers = "  ".join(f"{o} {human(r[o]) if o != 'latency_s' else f'{r[o] * 1e3:.3f} ms'}"
+    for r in shown[:limit]:
+        numbers = "  ".join(f"{o} {number(r, o)}" if o != "score" else number(r, o)
                             for o in objectives)
         print(f"  {numbers}  {json.dumps(r['point'])}")
-    if len(shown) > args.show:
-        print(f"  ... {len(shown) - args.show} more in {out / 'front.json'}")
-    print(f"wrote {results}, {out / 'front.json'}"
-          + (f" and {out / 'front.png'}" if figure is not None else ""))
-    return EXIT_OK
+    if len(shown) > limit:
+        print(f"  ... {len(shown) - limit} more in {path}")
+
+
+# flags of archc train that the sweep sets for each trial itself
+_SWEEP_OWNS = ("--out", "--resume", "--until", "--set", "--distributed", "--tensorboard")
+
+
+def _training(args, fixed: dict) -> dict:
+    """The trials' settings, checked before any work: the training flags (as archc train
+    reads them), the epochs of each rung, and the sweep's earlier settings if it trained
+    before (a rerun must train its trials the same way to go on with them)."""
+    from archc import build, sweep
+    from archc.cli import build_parser
+    from archc.cli.common import settings_of
+
+    flags = list(args.train_flags)
+    for flag in flags:
+        if flag.split("=")[0] in _SWEEP_OWNS:
+            raise UsageError(f"training flag {flag.split('=')[0]}: the sweep sets it for "
+                             "each trial itself", "leave it out after '--'")
+    if args.train != "front" and not (args.train.isdigit() and int(args.train) > 0):
+        raise UsageError(f"--train takes a number of points or 'front', got '{args.train}'")
+    train_args = build_parser().parse_args(["train", args.spec, *flags])
+    epochs = settings_of(train_args, build(args.spec, fixed)).config.epochs
+    plan = {"flags": flags, "rungs": sweep.rungs(min(args.min_epochs, epochs), epochs, args.eta),
+            "eta": args.eta}
+    saved = Path(args.out) / "trials.json"
+    if saved.exists():
+        from runtime.errors import RunFolderError
+        from runtime.files import read_json
+
+        before = read_json(saved, "sweep training settings", RunFolderError)
+        if before != plan:
+            raise UsageError(f"the trials in {args.out} were trained with other settings "
+                             f"({before.get('flags')}, rungs {before.get('rungs')})",
+                             "give the same training flags, --eta and --min-epochs, or "
+                             "another --out")
+    return plan
+
+
+def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
+           fixed: dict, out: Path) -> None:
+    """Train the chosen points as trials under successive halving
+    (:class:`archc.sweep.Asha`), each in its own run folder, results appended to
+    trials.jsonl as they come (a rerun goes on from them); then the Pareto front of the
+    trained points on the objectives and their score."""
+    import hashlib
+
+    from archc import sweep
+    from archc.cli.sweep_engines import train_trial
+
+    trials = {hashlib.sha1(sweep.key(r["point"]).encode()).hexdigest()[:10]: r for r in chosen}
+    folders = out / "trials"
+    folders.mkdir(exist_ok=True)
+    (out / "trials.json").write_text(json.dumps(plan, indent=1))
+    rungs = plan["rungs"]
+    asha = sweep.Asha(list(trials), rungs, plan["eta"])
+    log = out / "trials.jsonl"
+    results = {}
+    for row in (_read_trials(log) if log.exists() else []):
+        if row.get("trial") in trials and row.get("rung") in range(len(rungs)):
+            asha.done(row["trial"], row["rung"], row.get("score", -math.inf))
+            results[row["trial"]] = row
+    threads = engine.threads
+    print(f"training {len(trials)} point{'s' if len(trials) > 1 else ''} (rungs at {', '.join(map(str, rungs))} "
+          f"epochs, the best 1/{plan['eta']} go on), {engine.trial_slots()} at a time, "
+          f"{threads} core{'s' if threads > 1 else ''} each; {len(results)} rung results "
+          "from before")
+    running: dict[int, tuple[str, int]] = {}
+    while not asha.finished():
+        while len(running) < engine.trial_slots() and (job := asha.next()) is not None:
+            trial, rung = job
+            folder = str((folders / trial).resolve())
+            handle = engine.submit(train_trial, str(Path(args.spec).resolve()), fixed,
+                                   trials[trial]["point"], plan["flags"], folder, rungs[rung],
+                                   threads)
+            running[handle] = job
+        if not running:
+            break
+        handle, result = engine.wait_one()
+        trial, rung = running.pop(handle)
+        row = {"trial": trial, "rung": rung, "point": trials[trial]["point"], **result}
+        asha.done(trial, rung, result.get("score", -math.inf))
+        _append(log, [row])
+        results[trial] = row
+        what = (f"error: {result['error']}" if "error" in result else
+                f"{result['epochs']} epochs, {result['metric']} {result['score']:.4f}")
+        print(f"  trial {trial} {json.dumps(trials[trial]['point'])}: {what}")
+    trained = [{**trials[t], "score": r["score"], "metric": r["metric"], "epochs": r["epochs"],
+                "stopped_early": r["rung"] < len(rungs) - 1, "run": str(folders / t)}
+               for t, r in results.items() if "error" not in r]
+    failed = len(results) - len(trained)
+    goals = objectives + ["score"]
+    best = sweep.pareto_front(trained, goals)
+    (out / "trained.json").write_text(json.dumps(best, indent=1))
+    figure = sweep.front_figure(trained, best, [objectives[0], "score"],
+                                f"{Path(args.spec).stem}: trained")
+    if figure is not None:
+        figure.savefig(out / "trained.png", dpi=90)
+    stopped = sum(1 for r in trained if r["stopped_early"])
+    print(f"trained {len(trained)}" + (f" ({stopped} stopped early)" if stopped else "")
+          + (f", {failed} failed" if failed else "")
+          + f"; Pareto front on {', '.join(goals)}: {len(best)} points")
+    _show(best, goals, args.show, out / "trained.json")
+    print(f"wrote {log}, {out / 'trained.json'}"
+          + (f" and {out / 'trained.png'}" if figure is not None else "")
+          + f"; each trial's run folder is in {folders}")
+
+
+def _read_trials(path: Path) -> list[dict]:
+    from runtime.errors import RunFolderError
+    from runtime.files import json_lines
+
+    return json_lines(path, "sweep trials", RunFolderError)
 
 
 def _setup_sweep(p: argparse.ArgumentParser) -> None:
@@ -128,8 +275,37 @@ def _setup_sweep(p: argparse.ArgumentParser) -> None:
                    help="where points.jsonl (every point, appended as they finish) and "
                    "front.json go; a rerun skips the points already there")
     p.add_argument("--show", type=positive, default=20, help="front points printed (20)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: processes on this machine (default); ray: Ray tasks on a "
+                   "Ray cluster (needs archc[sweep])")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="--engine ray: the cluster's head ('ray start --head' prints it; "
+                   "default: a Ray instance on this machine's cores)")
+    p.add_argument("--train", metavar="K|front",
+                   help="train K feasible points spread from the smallest to the largest "
+                   "(by the first objective), or the points of the front, with the training "
+                   "flags given after '--' (archc train's); bad ones stop early")
+    p.add_argument("--eta", type=_above_one, default=3,
+                   help="--train: the best 1/ETA of the trials at a rung go on (default 3)")
+    p.add_argument("--min-epochs", type=positive, default=1, metavar="EPOCHS",
+                   help="--train: the first rung; the next ones ETA times as many epochs, "
+                   "the last --epochs (default 1)")
+    p.add_argument("--trial-cpus", type=positive, metavar="N",
+                   help="--train: cores per trial (default: every core of this machine "
+                   "locally, one trial at a time; 1 on Ray)")
+    p.set_defaults(train_flags=[])
+    p.epilog = ("Training flags for --train go after '--', as archc train takes them: "
+                "archc sweep SPEC --grid ... --train 4 -- --data digits --epochs 9")
 
 
+def _above_one(text: str) -> int:
+    value = positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be 2 or more, got {text}")
+    return value
+
+
+TRAILING["sweep"] = "train_flags"
 COMMANDS["sweep"] = (
     "analyse every point of a design space (grid, random samples) and print its Pareto front",
     _setup_sweep,

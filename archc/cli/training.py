@@ -84,7 +84,8 @@ def _train(args, graph, settings, world, run) -> int:
             f"{args.tensorboard})")
     try:
         history = fit(model, split, config, run, task=task, resume=bool(args.resume),
-                      progress=sys.stderr.isatty(), world=world, observers=tuple(observers))
+                      progress=sys.stderr.isatty(), world=world, observers=tuple(observers),
+                      until=args.until)
     finally:
         for observer in observers:
             observer.close()
@@ -92,6 +93,9 @@ def _train(args, graph, settings, world, run) -> int:
         best = max(h[f"test_{task.primary}"] for h in history)
         print(f"done: best test {task.name} {best:.4f}; weights: {best_weights(run)} "
               f"(log: {run / 'log.jsonl'})")
+        if len(history) < settings.config.epochs and args.until == len(history):
+            print(f"stopped after epoch {len(history)} of {settings.config.epochs} (--until); "
+                  f"go on with: archc train ... --resume {run}")
     return EXIT_OK
 
 
@@ -169,6 +173,9 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/latest", metavar="RUN_DIR",
                    help="run directory: log and checkpoints (default runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--until", type=positive, metavar="EPOCH",
+                   help="stop after this epoch, the schedule still spanning --epochs; "
+                   "--resume goes on from there (train in pieces)")
     p.add_argument("--tensorboard", metavar="DIR",
                    help="also write TensorBoard events to DIR: the log's numbers, histograms "
                    "of the weights and gradients, and the graph (needs archc[plots])")

@@ -294,7 +294,12 @@ def load_yaml(source: str | bytes, file: str = "<spec>") -> Any:
 
 
 def load_yaml_file(path: str | Path) -> Any:
-    """Read and parse a spec file; errors name the file. Only a regular file of at most
+    """Read and parse a spec file; errors name the file."""
+    return load_yaml(read_spec(path), str(path))
+
+
+def read_spec(path: str | Path) -> bytes:
+    """A spec file's bytes; errors name the file. Only a regular file of at most
     ``MAX_FILE_BYTES`` is opened (``/dev/zero`` would never end, a FIFO never answer)."""
     path = Path(path)
     try:
@@ -320,4 +325,4 @@ def load_yaml_file(path: str | Path) -> Any:
     if len(data) > MAX_FILE_BYTES:
         raise SpecError(f"file grew past {MAX_FILE_BYTES:,} bytes while read; specs are "
                         f"limited to {MAX_FILE_BYTES:,} bytes", Loc(str(path)))
-    return load_yaml(data, str(path))
+    return data

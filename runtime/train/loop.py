@@ -303,7 +303,7 @@ def _early_stop(history: list[dict], key: str, patience: int | None, task) -> st
 def fit(model, split: Split, config: TrainConfig | None = None, run: Path | None = None, *,
         task=None, resume: bool = False, report=print, progress: bool = False,
         world: distributed.World = distributed.ALONE, observers: tuple = (),
-        **given) -> list[dict]:
+        until: int | None = None, **given) -> list[dict]:
     """Train ``model`` (a compiled archc model) on ``split.train`` for ``task`` (a
     :mod:`runtime.train.tasks` task; default: classification); after every epoch, evaluate
     on ``split.test``, log, and checkpoint into ``run`` (if given); the best checkpoint is
@@ -321,7 +321,11 @@ def fit(model, split: Split, config: TrainConfig | None = None, run: Path | None
 
     ``observers``: objects whose ``epoch(row, model, grads)`` rank 0 calls after each
     epoch with its log row, the model and the last step's gradients
-    (:class:`runtime.train.curves.TensorBoard`)."""
+    (:class:`runtime.train.curves.TensorBoard`).
+
+    ``until``: stop after this many epochs (counted from the first, resumed ones included)
+    although the schedule spans ``config.epochs``; a later call with ``resume`` goes on
+    from there as if the run had not stopped (a sweep trains its trials so, rung by rung)."""
     from runtime.train.tasks import Classification
 
     if config is None:
@@ -345,19 +349,20 @@ def fit(model, split: Split, config: TrainConfig | None = None, run: Path | None
     model.check_batch(-(-config.batch_size // world.size), keep=True)  # before any work
     with checkpoint.RunLock(run) if writes is not None else contextlib.nullcontext():
         return _epochs(model, split, config, run, task, resume, report, progress, world,
-                       schedule, opt, writes, key, observers)
+                       schedule, opt, writes, key, observers, until)
 
 
 def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, report,
             progress: bool, world, schedule: FreezeSchedule, opt, writes, key: str,
-            observers: tuple = ()) -> list[dict]:
+            observers: tuple = (), until: int | None = None) -> list[dict]:
     """:func:`fit`'s loop, run folder locked: resume, then train epoch by epoch."""
     done = _resume(run, model, opt, world, resume)
     if writes is not None:
         _describe_run(run, config, task, split)
         plotter = curves.Plotter(run, model.program.name)
     augment = pipeline(config.augment, len(split.train.classes))
-    for epoch in range(done.start, config.epochs):
+    end = config.epochs if until is None else min(until, config.epochs)
+    for epoch in range(done.start, end):
         opt.lr = config.lr * optim.schedule_factor(
             config.schedule, epoch, total=config.epochs, warmup=config.warmup)
         trainable = opt.params = schedule.trainable_at(epoch)
@@ -369,7 +374,7 @@ def _epochs(model, split: Split, config: TrainConfig, run, task, resume: bool, r
         done.history.append(row)
         if writes is not None:
             _checkpoint_epoch(run, model, opt, done, epoch, key)
-            plotter.epoch(done.history, last=epoch + 1 == config.epochs)
+            plotter.epoch(done.history, last=epoch + 1 == end)
         if world.lead:
             for observer in observers:
                 observer.epoch(row, model, grads)

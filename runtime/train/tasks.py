@@ -554,3 +554,11 @@ def check_description(described: dict, path) -> dict:
              set(head), "'head' must describe the detector (grid, boxes, classes, anchors, "
              "size)")
     return described
+
+
+def primary_metric(kind: str) -> tuple[str, str]:
+    """The log key and the name of the metric that picks a ``kind`` run's best epoch."""
+    task = {t.kind: t for t in (Classification, Segmentation, Detection, Embedding)}.get(kind)
+    if task is None:
+        raise DataError(f"'{kind}' is not a task archc trains ({', '.join(KINDS)})")
+    return f"test_{task.primary}", task.name
