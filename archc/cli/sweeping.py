@@ -9,7 +9,8 @@ import math
 import os
 from pathlib import Path
 
-from archc.cli.common import COMMANDS, EXIT_OK, TRAILING, add_spec_arguments, positive
+from archc.cli.common import (COMMANDS, EXIT_OK, TRAILING, Parser, add_spec_arguments,
+                              positive)
 from archc.errors import UsageError
 
 
@@ -139,6 +140,13 @@ def _show(front: list[dict], objectives: list[str], limit: int, path: Path) -> N
         print(f"  ... {len(shown) - limit} more in {path}")
 
 
+class _FlagsParser(Parser):
+    """archc train's flags, refused with one line that says where they came from."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"training flags after '--': {message}")
+
+
 # flags of archc train that the sweep sets for each trial itself
 _SWEEP_OWNS = ("--out", "--resume", "--until", "--set", "--distributed", "--tensorboard")
 
@@ -148,7 +156,6 @@ def _training(args, fixed: dict) -> dict:
     reads them), the epochs of each rung, and the sweep's earlier settings if it trained
     before (a rerun must train its trials the same way to go on with them)."""
     from archc import build, sweep
-    from archc.cli import build_parser
     from archc.cli.common import settings_of
 
     flags = list(args.train_flags)
@@ -158,7 +165,9 @@ def _training(args, fixed: dict) -> dict:
                              "each trial itself", "leave it out after '--'")
     if args.train != "front" and not (args.train.isdigit() and int(args.train) > 0):
         raise UsageError(f"--train takes a number of points or 'front', got '{args.train}'")
-    train_args = build_parser().parse_args(["train", args.spec, *flags])
+    parser = _FlagsParser(prog="archc train")
+    COMMANDS["train"][1](parser)
+    train_args = parser.parse_args([args.spec, *flags])
     epochs = settings_of(train_args, build(args.spec, fixed)).config.epochs
     plan = {"flags": flags, "rungs": sweep.rungs(min(args.min_epochs, epochs), epochs, args.eta),
             "eta": args.eta}
@@ -194,15 +203,16 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
     rungs = plan["rungs"]
     asha = sweep.Asha(list(trials), rungs, plan["eta"])
     log = out / "trials.jsonl"
-    results = {}
+    results, replayed = {}, 0
     for row in (_read_trials(log) if log.exists() else []):
         if row.get("trial") in trials and row.get("rung") in range(len(rungs)):
             asha.done(row["trial"], row["rung"], row.get("score", -math.inf))
             results[row["trial"]] = row
+            replayed += 1
     threads = engine.threads
     print(f"training {len(trials)} point{'s' if len(trials) > 1 else ''} (rungs at {', '.join(map(str, rungs))} "
           f"epochs, the best 1/{plan['eta']} go on), {engine.trial_slots()} at a time, "
-          f"{threads} core{'s' if threads > 1 else ''} each; {len(results)} rung results "
+          f"{threads} core{'s' if threads > 1 else ''} each; {replayed} rung results "
           "from before")
     running: dict[int, tuple[str, int]] = {}
     while not asha.finished():

@@ -4,7 +4,16 @@ resumed after a stop without redoing finished points."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +131,194 @@ def test_damaged_results_are_refused_with_their_name(space, tmp_path, capsys):
     assert main(["sweep", str(space), "--grid", "width=[8]", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "points.jsonl, line 2, is not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
+def test_successive_halving_promotes_only_the_best_and_replays_to_the_same_state():
+    rungs = sweep.rungs(1, 9, 3)
+    assert rungs == [1, 3, 9] and sweep.rungs(1, 10, 3) == [1, 3, 9, 10]
+    assert sweep.rungs(2, 2, 3) == [2]
+    score = {f"t{i}": (i * 7) % 10 / 10 for i in range(9)}  # a trial's quality, by rung too
+    for slots in (1, 3):
+        asha = sweep.Asha(list(score), rungs, eta=3)
+        running, finished = [], []
+        while not asha.finished():
+            while len(running) < slots and (job := asha.next()) is not None:
+                trial, rung = job
+                if rung:  # promoted: among the best third of those that finished the rung
+                    below = asha.scores[rung - 1]
+                    ranked = sorted(below, key=lambda t: -below[t])
+                    assert trial in ranked[:max(1, len(below) // 3)]
+                running.append(job)
+            trial, rung = running.pop(0)
+            asha.done(trial, rung, score[trial] + rung / 100)
+            finished.append((trial, rung, score[trial] + rung / 100))
+        reached = {t: asha.reached(t) for t in score}
+        best = max(score, key=score.get)
+        assert reached[best] == 2  # the best trial trains to the end
+        assert sum(r >= 1 for r in reached.values()) < 9  # and the bad ones stop early
+        again = sweep.Asha(list(score), rungs, eta=3)  # an interrupted sweep, rerun
+        for trial, rung, value in finished:
+            again.done(trial, rung, value)
+        assert again.finished() and again.scores == asha.scores
+    picked = sweep.spread([{"macs": m} for m in (5, 1, 4, 2, 3)], 3, "macs")
+    assert [r["macs"] for r in picked] == [1, 3, 5]
+
+
+DIGITS = """
+name: tiny
+variables:
+  width: 8
+input: {channels: 1, height: 8, width: 8}
+layers:
+  - conv2d: {out_channels: width, kernel_size: 3, padding: 1}
+  - relu
+  - max_pool2d: 2
+  - flatten
+  - linear: 10
+"""
+TRAIN = ["--", "--data", "digits", "--epochs", "3", "--batch-size", "64", "--lr", "0.1"]
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sweep_trains_the_points_stops_bad_ones_and_a_rerun_goes_on(tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(DIGITS)
+    out = tmp_path / "s"
+    args = ["sweep", str(spec), "--grid", "width=[1, 2, 4, 8, 16]", "--objectives", "macs",
+            "--out", str(out), "--jobs", "1", "--train", "4", *TRAIN]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "training 4 points (rungs at 1, 3 epochs, the best 1/3 go on)" in printed
+    rows = _rows(out / "trials.jsonl")
+    trained = {r["point"]["width"] for r in rows}
+    assert trained == {1, 2, 8, 16}  # spread from the smallest network to the largest
+    final = [r for r in rows if r["rung"] == 1]
+    assert final and all(r["epochs"] == 3 for r in final) and len(final) < 4
+    for r in rows:  # each row is the trial's own log's best
+        log = _rows(out / "trials" / r["trial"] / "log.jsonl")
+        assert r["score"] == max(row["test_accuracy"] for row in log[:r["epochs"]])
+    best = max(rows, key=lambda r: r["score"])
+    assert best["rung"] == 1  # the best trial trained to the last epoch
+    front = json.loads((out / "trained.json").read_text())
+    assert front and all(r["metric"] == "accuracy" for r in front)
+    assert (out / "trained.png").read_bytes().startswith(b"\x89PNG")
+    # a rerun trains nothing again; other training flags are refused for the same folder
+    attempts = {t.name: (t / "attempts.jsonl").read_text() for t in (out / "trials").iterdir()}
+    assert main(args) == 0
+    assert f"{len(rows)} rung results from before" in capsys.readouterr().out
+    assert {t.name: (t / "attempts.jsonl").read_text()
+            for t in (out / "trials").iterdir()} == attempts
+    assert main([*args[:-1], "4"]) == 2
+    assert "were trained with other settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--train", "3", "--", "--out", "x"], "training flag --out: the sweep sets it"),
+    (["--train", "some"], "--train takes a number of points or 'front'"),
+    (["--", "--epochs", "2"], "need --train K"),
+    (["--train", "2", "--", "--epochs", "two"], "argument --epochs"),
+    (["--address", "h:1"], "--address is a Ray cluster's"),
+])
+def test_training_mistakes_are_refused_before_any_work(space, tmp_path, capsys, extra, message):
+    assert main(["sweep", str(space), "--grid", "width=[8]", "--out", str(tmp_path / "s"),
+                 *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s" / "points.jsonl").exists()
+
+
+def _kill_a_trial_worker_halfway(command, trial_folder, cwd):
+    """Run a sweep that trains one trial; SIGKILL the process training it once two of its
+    epochs are checkpointed; the sweep's output, the attempts and the log."""
+    sweep_run = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+    deadline, killed = time.monotonic() + 240, False
+    try:
+        while sweep_run.poll() is None and time.monotonic() < deadline and not killed:
+            log, attempts = trial_folder / "log.jsonl", trial_folder / "attempts.jsonl"
+            if log.exists() and len(log.read_text().splitlines()) >= 2:
+                os.kill(_rows(attempts)[0]["pid"], signal.SIGKILL)
+                killed = True
+            time.sleep(0.02)
+        output = sweep_run.communicate(timeout=max(1, deadline - time.monotonic()))[0]
+    finally:
+        sweep_run.kill()
+    assert killed and sweep_run.returncode == 0, output
+    return output, _rows(trial_folder / "attempts.jsonl"), _rows(trial_folder / "log.jsonl")
+
+
+def _trial_folder(out, point):
+    import hashlib
+
+    return out / "trials" / hashlib.sha1(sweep.key(point).encode()).hexdigest()[:10]
+
+
+LONG = ["--min-epochs", "40", "--", "--data", "digits", "--epochs", "40", "--batch-size", "32"]
+
+
+def test_a_trial_whose_worker_dies_goes_on_from_its_checkpoint_locally(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(DIGITS)
+    out = tmp_path / "s"
+    output, attempts, log = _kill_a_trial_worker_halfway(
+        [sys.executable, "-m", "archc", "sweep", str(spec), "--grid", "width=[16]",
+         "--out", str(out), "--jobs", "1", "--train", "1", *LONG],
+        _trial_folder(out, {"width": 16}), tmp_path)
+    assert len(attempts) == 2 and attempts[1]["pid"] != attempts[0]["pid"]
+    assert 2 <= attempts[1]["from_epoch"] < 40  # not from the start
+    assert [row["epoch"] for row in log] == list(range(1, 41))  # every epoch once
+    assert "40 epochs, accuracy" in output
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A Ray cluster of this machine with 2 CPUs, as 'ray start --head' makes one; its
+    address. Killed, with every process it started, at the end."""
+    pytest.importorskip("ray", reason="Ray is archc[sweep]'s (pip install 'archc[sweep]')")
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # its socket paths must stay short
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--port",
+         str(port), "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
+         "--temp-dir", temp], start_new_session=True, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_gives_the_local_front_and_resumes_a_trial_whose_worker_dies(ray_cluster, space,
+                                                                          tmp_path, capsys):
+    """One test for both, so that one Ray cluster runs at a time under xdist."""
+    base = ["sweep", str(space), "--grid", "width=[4, 8, 16, 32]", "--sample",
+            "depth=randint(1, 3)", "--sample", "k=choice([1, 3])", "--count", "4"]
+    assert main([*base, "--out", str(tmp_path / "local"), "--jobs", "2"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--out", str(tmp_path / "ray"), "--engine", "ray", "--address",
+                 ray_cluster]) == 0
+    assert "on Ray, 2 CPUs on 1 machine" in capsys.readouterr().out
+    for name in ("front.json", "points.jsonl"):
+        local, ray = (sorted(_rows(tmp_path / engine / name) if name.endswith("l")
+                             else json.loads((tmp_path / engine / name).read_text()),
+                             key=lambda r: sweep.key(r["point"])) for engine in ("local", "ray"))
+        assert ray == local and ray, name
+    # a trial's Ray worker killed: Ray runs the task again, and it goes on from the checkpoint
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(DIGITS)
+    out = tmp_path / "trained"
+    output, attempts, log = _kill_a_trial_worker_halfway(
+        [sys.executable, "-m", "archc", "sweep", str(spec), "--grid", "width=[16]",
+         "--out", str(out), "--engine", "ray", "--address", ray_cluster, "--train", "1",
+         "--trial-cpus", "2", *LONG], _trial_folder(out, {"width": 16}), tmp_path)
+    assert len(attempts) == 2 and attempts[1]["pid"] != attempts[0]["pid"]
+    assert 2 <= attempts[1]["from_epoch"] < 40
+    assert [row["epoch"] for row in log] == list(range(1, 41))
+    assert "40 epochs, accuracy" in output

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import archc
-from runtime.train import data
+from runtime.train import checkpoint, data
 from archc.cli import main
 from runtime.train.loop import TrainConfig, TrainingError, evaluate, fit
 from conftest import SPECS
@@ -68,6 +68,28 @@ def test_a_resumed_run_ends_with_the_same_weights(digits, tmp_path):
         np.testing.assert_array_equal(resumed.parameters()[name], value, err_msg=name)
     log = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2, 3, 4]
+
+
+def test_a_run_trained_in_pieces_with_until_ends_as_one_trained_at_once(tmp_path, capsys):
+    """--until stops a run at an epoch with the schedule still spanning --epochs (the
+    cosine's learning rates of a 4-epoch run), and --resume goes on: a sweep's rungs."""
+    flags = [str(SPECS / "lenet5.yaml"), "--data", "digits", "--epochs", "4",
+             "--batch-size", "64"]
+    assert main(["train", *flags, "--out", str(tmp_path / "once")]) == 0
+    assert main(["train", *flags, "--until", "1", "--out", str(tmp_path / "pieces")]) == 0
+    assert "stopped after epoch 1 of 4 (--until)" in capsys.readouterr().out
+    assert main(["train", *flags, "--until", "3", "--resume", str(tmp_path / "pieces")]) == 0
+    assert main(["train", *flags, "--until", "3", "--resume", str(tmp_path / "pieces")]) == 0
+    assert main(["train", *flags, "--resume", str(tmp_path / "pieces")]) == 0
+    logs = {run: [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text()
+                  .splitlines()] for run in ("once", "pieces")}
+    assert [row["epoch"] for row in logs["pieces"]] == [1, 2, 3, 4]
+    assert [row["lr"] for row in logs["pieces"]] == [row["lr"] for row in logs["once"]]
+    assert [row["test_accuracy"] for row in logs["pieces"]] == \
+        [row["test_accuracy"] for row in logs["once"]]
+    once, pieces = (np.load(checkpoint.best_weights(tmp_path / run)) for run in ("once", "pieces"))
+    for name in once.files:
+        np.testing.assert_array_equal(pieces[name], once[name], err_msg=name)
 
 
 def test_a_run_stopped_within_an_epoch_resumes_from_the_next_step(digits, tmp_path):
