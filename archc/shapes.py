@@ -29,23 +29,29 @@ def infer_shapes(graph: Graph) -> Graph:
     (10, 32, 32)
     """
     for node in graph:
-        layer = get_layer(node.op)
-        in_shapes = [graph[name].shape for name in node.inputs]
-        try:
-            shape = tuple(layer.infer_shape(node.attrs, in_shapes))
-        except ShapeError as exc:
-            raise _shape_error(graph, node, exc) from None
-        if any(d < 1 for d in shape):
-            raise _shape_error(
-                graph, node,
-                ShapeError(f"output shape would be {fmt_shape(shape)}: a dimension below 1"),
-            )
-        node.shape = shape
-        node.items = _items(graph, node, layer, in_shapes)
+        infer_node(graph, node)
     for node in graph:
         if node.shares is not None:
             _check_shared(graph, node)
     return graph
+
+
+def infer_node(graph: Graph, node) -> None:
+    """Fill in one node's shape (and items per image), its inputs' being known: the
+    expander asks so for what a block receives, while the graph is still being built."""
+    layer = get_layer(node.op)
+    in_shapes = [graph[name].shape for name in node.inputs]
+    try:
+        shape = tuple(layer.infer_shape(node.attrs, in_shapes))
+    except ShapeError as exc:
+        raise _shape_error(graph, node, exc) from None
+    if any(d < 1 for d in shape):
+        raise _shape_error(
+            graph, node,
+            ShapeError(f"output shape would be {fmt_shape(shape)}: a dimension below 1"),
+        )
+    node.shape = shape
+    node.items = _items(graph, node, layer, in_shapes)
 
 
 def _tables(graph: Graph, node) -> dict:

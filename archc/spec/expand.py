@@ -24,6 +24,11 @@ MAX_NODES = 100_000
 COMMA_HINT = ("inside { }, a comma ends a value: quote an expression that contains one "
               "(\"make_divisible(c * 1.5, 8)\") or write the mapping one key per line")
 MAX_BLOCK_DEPTH = 32
+# the names of the received shape a block sees only for some inputs (archc.spec.expand
+# _received), with what they need
+SHAPE_NAMES = {"in_height": "an image (channels x height x width)",
+               "in_width": "an image (channels x height x width)",
+               "in_features": "a vector"}
 
 
 class _Expander:
@@ -33,6 +38,7 @@ class _Expander:
         self.blocks: dict[str, SpecMap] = {}
         self.file = file
         self.overrides = overrides
+        self._inferred = 0  # nodes whose shapes are known, in the order they were added
 
     def run(self) -> Graph:
         doc = self.doc
@@ -322,7 +328,7 @@ class _Expander:
                             "a block cannot contain itself, directly or through other blocks")
         if len(frame.block_stack) >= MAX_BLOCK_DEPTH:
             raise SpecError(f"blocks are nested more than {MAX_BLOCK_DEPTH} deep", entry.loc)
-        args = self._block_args(entry, block, body, env)
+        args = self._block_args(entry, block, body, env, inputs)
         ports = body.get("inputs", ["input"])
         ports = [ports] if isinstance(ports, str) else ports
         expect(ports, list, body.value_loc("inputs"), f"block '{block}' inputs", "inputs: [x, skip]")
@@ -337,7 +343,8 @@ class _Expander:
         if not layers:
             raise SpecError(f"block '{block}' has an empty 'layers' list", body.value_loc("layers"))
         note = f"in block '{block}' used as '{path}' at {entry.loc}"
-        child = Frame(prefix=path + ".", env=Env(args, _globals(env)), scope=frame.scope + (path,),
+        child = Frame(prefix=path + ".", env=Env(args, self._received(inputs, env)),
+                      scope=frame.scope + (path,),
                       trace=(note,) + frame.trace, block_stack=frame.block_stack + (block,),
                       trainable=trainable, items=[inputs[0]],
                       ports=dict(zip(map(str, ports), inputs)))
@@ -353,7 +360,28 @@ class _Expander:
         self.graph.blocks[path] = BlockInstance(path, block, entry.loc, tuple(args.items()), output)
         return output
 
-    def _block_args(self, entry: Entry, block: str, body: SpecMap, env: Env) -> dict[str, Any]:
+    def _received(self, inputs: list[str], env: Env) -> Env:
+        """What a block's body and argument defaults see besides its arguments: the global
+        variables and the shapes of what it receives (``in_shape``, ``in_shapes``,
+        ``in_channels``, and ``in_height``/``in_width`` of an image or ``in_features``
+        of a vector), the shapes inferred now, as far as the graph is built."""
+        from archc.shapes import infer_node
+
+        names = list(self.graph.nx)
+        for name in names[self._inferred:]:
+            infer_node(self.graph, self.graph[name])
+        self._inferred = len(names)
+        shapes = [list(self.graph[name].shape) for name in inputs]
+        first = shapes[0]
+        values: dict[str, Any] = {"in_shape": first, "in_shapes": shapes, "in_channels": first[0]}
+        if len(first) == 3:
+            values.update(in_height=first[1], in_width=first[2])
+        if len(first) == 1:
+            values["in_features"] = first[0]
+        return Env(values, _globals(env))
+
+    def _block_args(self, entry: Entry, block: str, body: SpecMap, env: Env,
+                    inputs: list[str]) -> dict[str, Any]:
         declared = body.get("args", {}) or {}
         if isinstance(declared, list):
             declared = make_map({k: None for k in declared}, body.value_loc("args"))
@@ -381,7 +409,8 @@ class _Expander:
                     COMMA_HINT if not NAME_PATTERN.match(str(key)) else did_you_mean(key, names),
                 )
         values: dict[str, Any] = {}
-        defaults_env = Env(values, _globals(env))  # defaults see globals and earlier arguments
+        # defaults see globals, the input's shape and earlier arguments
+        defaults_env = Env(values, self._received(inputs, env))
         for key in names:
             if key in given:
                 values[key] = evaluate_value(given[key], env, locs.get(key, entry.loc),
@@ -418,6 +447,10 @@ class _Expander:
                             + (": a block called with a list passes it whole to a block of "
                                "one argument; give one value" if isinstance(env[text], list)
                                else ""))
+                elif text in SHAPE_NAMES and "in_shape" in env:
+                    received = "x".join(map(str, env["in_shape"]))
+                    hint = (f"{text} is known in a block that receives {SHAPE_NAMES[text]}; "
+                            f"this one receives {received}: use in_shape (a list)")
                 else:
                     near = did_you_mean(text, list(env))
                     hint = near and near.replace("did you mean", "did you mean the variable")

@@ -357,3 +357,58 @@ def test_a_comma_inside_braces_in_a_blocks_arguments_gets_the_quoting_hint():
     assert "block 'widen' has no argument 'b)'" in info.value.message
     assert info.value.hint.startswith("inside { }, a comma ends a value: quote")
     assert load(text % '"max(a, b)"')["widen.conv2d"].shape == (16, 8, 8)
+
+
+def test_a_block_reads_the_shape_of_what_it_receives():
+    g = load("""
+input: {channels: 3, height: 32, width: 24}
+blocks:
+  expand:                      # MBConv's expansion, without in_channels passed by hand
+    args: {out: ~, t: 4, hidden: in_channels * t}
+    layers:
+      - conv2d: [hidden, 1]
+      - conv2d: [out, 1]
+        name: project
+      - add: [project, input]
+        when: in_channels == out
+  probe:
+    inputs: [x, skip]
+    layers:
+      - conv2d: ["in_height + in_width + in_shapes[1][0] + in_shape[0]", 1]
+  own:
+    args: [in_channels]        # an argument of that name wins
+    layers:
+      - conv2d: [in_channels, 1]
+layers:
+  - conv2d: [8, 1]
+    name: c
+  - expand: {out: 8}
+    name: e1
+  - expand: {out: 16, t: 2}
+    name: e2
+  - probe:
+    inputs: [e2, c]
+  - own: 5
+""")
+    assert g["e1.conv2d"].shape == (32, 32, 24) and "e1.add" in g
+    assert g["e2.conv2d"].shape == (16, 32, 24) and "e2.add" not in g
+    assert g["probe.conv2d"].shape == (32 + 24 + 8 + 16, 32, 24)
+    assert g["own.conv2d"].shape == (5, 32, 24)
+    vector = """
+input: {features: 12}
+blocks:
+  wide:
+    layers:
+      - linear: %s
+layers:
+  - wide:
+"""
+    assert load(vector % "in_features * 2")["wide.linear"].shape == (24,)
+    with pytest.raises(SpecError) as info:  # a vector has no height: said where it is used
+        load(vector % "in_height")
+    assert "got the text 'in_height'" in info.value.message and info.value.loc.line == 6
+    assert info.value.hint == ("in_height is known in a block that receives an image (channels "
+                               "x height x width); this one receives 12: use in_shape (a list)")
+    with pytest.raises(SpecError) as info:  # in an expression, the name is undefined
+        load(vector % "in_height * 2")
+    assert "undefined name 'in_height'" in info.value.message and info.value.loc.line == 6
