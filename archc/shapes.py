@@ -42,6 +42,13 @@ def infer_node(graph: Graph, node) -> None:
     layer = get_layer(node.op)
     in_shapes = [graph[name].shape for name in node.inputs]
     try:
+        if layer.last_axis and len(in_shapes[0]) == 3 and not channels_last(graph, node.inputs[0]):
+            raise ShapeError(
+                f"'{node.op}' expects a flat vector of features or a channels-last map, got "
+                f"the map {fmt_shape(in_shapes[0])} (channels first)", input_index=0,
+                hint="add a 'flatten' (or global pooling + flatten) before it; to apply it to "
+                "the channels at each position, make the map channels-last first (permute: "
+                "[0, 2, 3, 1], and back with [0, 3, 1, 2])")
         shape = tuple(layer.infer_shape(node.attrs, in_shapes))
     except ShapeError as exc:
         raise _shape_error(graph, node, exc) from None
@@ -52,6 +59,21 @@ def infer_node(graph: Graph, node) -> None:
         )
     node.shape = shape
     node.items = _items(graph, node, layer, in_shapes)
+
+
+def channels_last(graph: Graph, name: str) -> bool:
+    """Whether the map ``name`` was permuted (channels-last) on its way here: through
+    layers that keep the layout (activations, dropout, adds and multiplies, and the layers
+    over the last axis themselves) back to a ``permute``."""
+    while True:
+        node = graph[name]
+        if node.op == "permute":
+            return True
+        layer = get_layer(node.op)
+        if not (layer.elementwise or layer.last_axis or layer.family == "regularize"
+                or node.op in ("add", "multiply", "identity")):
+            return False
+        name = node.inputs[0]
 
 
 def _tables(graph: Graph, node) -> dict:

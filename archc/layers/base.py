@@ -360,6 +360,10 @@ class LayerType:
     items : ``(attrs, input_shapes) -> int``: how many outputs per image the layer makes
         (a region layer: one per box, the boxes joining the batch); None: as many as its
         inputs have (1 for a graph input).
+    last_axis : works over the last axis (linear, layernorm): a flat vector, or a map
+        (CxHxW) only when it is channels-last, i.e. comes from a ``permute`` through layers
+        that keep the layout (archc.shapes checks it: a map straight from a conv is the
+        usual missing ``flatten``).
     """
 
     op: str
@@ -386,6 +390,7 @@ class LayerType:
     lower: Callable[[dict, list, Shape], dict] | None = None
     init: Callable[[str, dict, dict], Init] | None = None
     items: Callable[[dict, list], int] | None = None
+    last_axis: bool = False
 
     def short_label(self, attrs: dict) -> str:
         return self.label(attrs) if self.label is not None else self.op

@@ -15,28 +15,34 @@ from archc.layers.base import (
     LayerType,
     Optional,
     check_declared,
-    need_rank,
     weight_and_bias,
 )
 
 
-def _linear_shape(attrs: dict, inputs: list) -> tuple[int]:
+def _linear_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
     (x,) = inputs
-    need_rank(x, 1, "linear", hint="add a 'flatten' (or global pooling + flatten) before it")
-    check_declared(attrs, "in_features", x[0], "features")
-    return (attrs["out_features"],)
+    check_declared(attrs, "in_features", x[-1], "features")
+    return tuple(x[:-1]) + (attrs["out_features"],)
 
 
 def _linear_params(attrs: dict, inputs: list) -> dict:
     out = attrs["out_features"]
-    return weight_and_bias((out, inputs[0][0]), out, attrs["bias"])
+    return weight_and_bias((out, inputs[0][-1]), out, attrs["bias"])
+
+
+def _linear_rf(attrs: dict, inputs: list):
+    """A vector's outputs see all of it; over the last axis of a map (channels-last),
+    each position's outputs see that position."""
+    return whole_input_rf(attrs, inputs) if len(inputs[0]) == 1 else pointwise_rf(attrs, inputs)
 
 
 LINEAR = LayerType(
     op="linear",
     label=lambda a: f"linear {a['out_features']}" + epilogue_label(a),
     family="linear",
-    doc="Fully connected layer: `y = W x + b` on a flat feature vector; weight laid out "
+    doc="Fully connected layer: `y = W x + b` over the last axis, as PyTorch's Linear: a "
+    "flat feature vector, or the channels of each position of a channels-last map (after "
+    "`permute: [0, 2, 3, 1]`, as ConvNeXt's blocks are written); weight laid out "
     "(out_features, in_features) as in PyTorch. `activation` applies an activation to the "
     "output in the same kernel (fused).",
     attrs=(
@@ -50,15 +56,16 @@ LINEAR = LayerType(
     positional=("out_features",),
     parameters=_linear_params,
     cost=Cost(
-        macs=lambda a, i, o: i[0][0] * a["out_features"],
-        flops=lambda a, i, o: (a["out_features"] if a["bias"] else 0) + epilogue_flops(a, i, o),
+        macs=lambda a, i, o: numel(i[0]) * a["out_features"],
+        flops=lambda a, i, o: (numel(o) if a["bias"] else 0) + epilogue_flops(a, i, o),
         saved=lambda a, i, o: saves_inputs(0)(a, i, o) + epilogue_saved(a, i, o),
-        doc="MACs: in_features x out_features. Element-wise: one add per output for the "
-        "bias, plus a fused activation's own count. Saves its input (and, with a fused "
-        "activation, the value before it).",
+        doc="MACs: in_features x out_features (per position over a map). Element-wise: one "
+        "add per output for the bias, plus a fused activation's own count. Saves its input "
+        "(and, with a fused activation, the value before it).",
     ),
-    receptive_field=whole_input_rf,
+    receptive_field=_linear_rf,
     init=fan_in_uniform,
+    last_axis=True,
 )
 
 DROPOUT = LayerType(

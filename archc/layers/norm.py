@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from archc.layers.activation import same_shape
 from archc.layers.costs import (
     FLOAT_BYTES,
     IDENTITY_STEP,
@@ -43,11 +44,13 @@ def _same_shape_rank(op: str, rank: int, count_key: str | None = None):
     return rule
 
 
-def _affine_params(key: str):
+def _affine_params(key: str, axis: int = 0):
+    """A learned scale and shift per entry of the normalised axis (the channels; the last
+    axis for layernorm)."""
     def rule(attrs: dict, inputs: list) -> dict:
         if not attrs[key]:
             return {}
-        c = inputs[0][0]
+        c = inputs[0][axis]
         return {"weight": (c,), "bias": (c,)}
 
     return rule
@@ -95,9 +98,12 @@ def _bn_rf(attrs: dict, inputs: list):
     return [IDENTITY_STEP, IDENTITY_STEP] if len(inputs) > 1 else IDENTITY_STEP
 
 
-def _ln_saved(attrs: dict, inputs: list, out: tuple) -> int:
-    positions = numel(inputs[0]) // inputs[0][0]
-    return FLOAT_BYTES * (numel(inputs[0]) + 2 * positions)
+def _ln_saved(axis: int):
+    def rule(attrs: dict, inputs: list, out: tuple) -> int:
+        positions = numel(inputs[0]) // inputs[0][axis]  # one mean and 1/std for each
+        return FLOAT_BYTES * (numel(inputs[0]) + 2 * positions)
+
+    return rule
 
 
 def _ln_flops(attrs: dict, inputs: list, out: tuple) -> int:
@@ -114,13 +120,9 @@ _BN_COST = Cost(
     "activation. Saves its input and the per-channel mean and 1/std (and the value before a "
     "fused activation).",
 )
-_LN_COST = Cost(
-    flops=_ln_flops,
-    saved=_ln_saved,
-    doc="Per element: 1 add for the mean, 3 for the variance, 2 to normalise, 2 for the "
-    "affine scale and shift (6 without). Saves its input and the mean and 1/std of each "
-    "normalised vector.",
-)
+_LN_DOC = ("Per element: 1 add for the mean, 3 for the variance, 2 to normalise, 2 for the "
+           "affine scale and shift (6 without). Saves its input and the mean and 1/std of "
+           "each normalised vector.")
 
 _BN_ATTRS = (
     Attr("eps", Float(minimum=0.0), 1e-5, "added to the variance for stability"),
@@ -154,18 +156,22 @@ def _batchnorm(op: str, rank: int, doc: str) -> LayerType:
     )
 
 
-def _layernorm(op: str, rank: int, doc: str, example: str) -> LayerType:
+def _layernorm(op: str, rank: int | None, doc: str, example: str) -> LayerType:
+    """Layer norm over the channels of a map (rank 3: axis 0), or over the last axis of
+    any input (rank None)."""
+    axis = 0 if rank else -1
     return LayerType(
         op=op,
         label=lambda a: "layernorm",
         family="norm",
         doc=doc,
         attrs=_LN_ATTRS,
-        infer_shape=_same_shape_rank(op, rank),
+        infer_shape=_same_shape_rank(op, rank) if rank else same_shape,
         example=example,
-        parameters=_affine_params("elementwise_affine"),
-        cost=_LN_COST,
+        parameters=_affine_params("elementwise_affine", axis),
+        cost=Cost(flops=_ln_flops, saved=_ln_saved(axis), doc=_LN_DOC),
         receptive_field=pointwise_rf,
+        last_axis=not rank,
     )
 
 
@@ -186,8 +192,10 @@ LAYERNORM2D = _layernorm(
     "LayerNorm2d, i.e. LayerNorm(C) applied channels-last).",
     "- layernorm2d: {eps: 1.0e-6}")
 LAYERNORM = _layernorm(
-    "layernorm", 1,
-    "Layer normalisation of a flat feature vector (PyTorch LayerNorm over the features).",
+    "layernorm", None,
+    "Layer normalisation over the last axis (PyTorch's LayerNorm(C)): a flat vector's "
+    "features, or the channels of each position of a channels-last map (after `permute: "
+    "[0, 2, 3, 1]`, as ConvNeXt's blocks are written).",
     "- layernorm")
 
 LOCAL_RESPONSE_NORM = LayerType(

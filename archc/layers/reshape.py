@@ -115,19 +115,32 @@ def _permute_shape(attrs: dict, inputs: list) -> tuple[int, ...]:
     return tuple(full[d] for d in dims[1:])
 
 
+# the permutes of a map that only move its channels (to the end, and back): each position
+# stays one position, so its receptive field is kept
+_CHANNEL_MOVES = ((0, 2, 3, 1), (0, 3, 1, 2))
+
+
+def _permute_rf(attrs: dict, inputs: list):
+    if len(inputs[0]) == 3 and tuple(attrs["dims"]) in _CHANNEL_MOVES:
+        return pointwise_rf(attrs, inputs)
+    return whole_input_rf(attrs, inputs)
+
+
 PERMUTE = LayerType(
     op="permute",
     label=lambda a: "permute " + ",".join(map(str, a["dims"])),
     family="reshape",
     doc="Reorder dimensions, PyTorch style with the batch as dim 0 (which must stay first), "
-    "e.g. `[0, 2, 3, 1]` for channels-last.",
+    "e.g. `[0, 2, 3, 1]` for channels-last (where `linear` and `layernorm` act on the "
+    "channels of each position) and `[0, 3, 1, 2]` back. Those two keep each position's "
+    "receptive field; other orders count as mixing every position.",
     attrs=(Attr("dims", Ints(minimum=0), doc="new order of the dimensions, batch included"),),
     infer_shape=_permute_shape,
     example="- permute: [0, 2, 3, 1]",
     positional=("dims",),
     validate=_validate_permute,
     cost=Cost(zero, zero, "Moves data: 0 FLOPs, one copy. Saves nothing."),
-    receptive_field=whole_input_rf,
+    receptive_field=_permute_rf,
 )
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.backends import roi
+from runtime.backends import roi, rows
 from runtime.backends.activations import ACTIVATIONS, reference_forward
 from runtime.backends.epilogue import activation_of, keep_pre_activation
 from runtime.context import KernelContext
@@ -422,3 +422,6 @@ def concat(op, xs, p, ctx):
 
 for _kind, (_forward, _) in roi.layer_kernels(roi.NUMPY).items():
     KERNELS[_kind] = _forward  # RoI Align and Pool: runtime/backends/roi.py
+
+for _kind in ("linear", "layernorm"):  # over the last axis of any rank: runtime/backends/rows.py
+    KERNELS[_kind] = rows.forward(KERNELS[_kind])

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.backends import roi
+from runtime.backends import roi, rows
 from runtime.backends.activations import ACTIVATIONS, reference_derivative
 from runtime.backends.epilogue import fused_backward
 from runtime.backends.reference import (
@@ -346,3 +346,6 @@ for _kind in ("conv2d", "linear", "batchnorm2d", "batchnorm1d"):
 
 for _kind, (_, _backward) in roi.layer_kernels(roi.NUMPY).items():
     BACKWARD[_kind] = _backward  # RoI Align and Pool: runtime/backends/roi.py
+
+for _kind in ("linear", "layernorm"):  # over the last axis of any rank: runtime/backends/rows.py
+    BACKWARD[_kind] = rows.backward(BACKWARD[_kind])

@@ -133,7 +133,11 @@ layers:
   - {name: fc, linear: {out_features: 6, bias: false, activation: relu6}}
   - {name: sd, stochastic_depth: {p: 0.2, mode: batch}}
   - {name: r, reshape: [2, 3], trainable: false}
-outputs: {probs: sm, rows: r, pooled: amax}
+  - {name: last, permute: [0, 2, 3, 1], inputs: [a]}
+  - {name: lnl, layernorm: {eps: 1.0e-6}}
+  - {name: fcl, linear: {out_features: 5, activation: gelu}}
+  - {name: first, permute: [0, 3, 1, 2]}
+outputs: {probs: sm, rows: r, pooled: amax, channels_last: first}
 """
 
 
@@ -150,7 +154,7 @@ def test_every_kind_of_layer_through_onnxruntime_and_back():
     params = initial_params(graph, None, seed=2)
     model = to_onnx(graph, params)
     onnx.checker.check_model(model, full_check=True)
-    assert [o.name for o in model.graph.output] == ["probs", "rows", "pooled"]
+    assert [o.name for o in model.graph.output] == ["probs", "rows", "pooled", "channels_last"]
     x = np.random.default_rng(1).standard_normal((2, 4, 12, 10)).astype(np.float32)
     for got, want in zip(_onnxruntime(model, x), _archc(graph, params, x), strict=True):
         assert _relative(got, want) < TOLERANCE

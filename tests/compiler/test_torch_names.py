@@ -102,18 +102,25 @@ def test_library_specs_carry_torchvisions_names(spec, torchvision):
     assert all(np.array_equal(back[k], v) for k, v in model.params.items())
 
 
-def test_a_linear_weight_loads_into_a_1x1_conv(tmp_path):
-    """torchvision's ConvNeXt has Linear layers where the spec has 1x1 convs: the (out, in)
-    weights load as (out, in, 1, 1)."""
+def test_convnext_weights_have_torchvisions_shapes(tmp_path):
+    """ConvNeXt's blocks are written channels-last as torchvision writes them, so every
+    tensor has the shape of torchvision's (its load_state_dict(strict=True) takes them):
+    Linear weights (out, in), the layer scale (C, 1, 1). An earlier export of 1x1 convs,
+    (out, in, 1, 1), still loads."""
     graph = archc.load(SPECS / "convnext_tiny.yaml", resolution=32)
     model = archc.compile(graph, seed=2)
     state = model.state_dict()
-    for key in [k for k in state if ".block.3.weight" in k or ".block.5.weight" in k]:
-        state[key] = state[key][:, :, 0, 0]
-    assert state["features.1.0.block.3.weight"].shape == (384, 96)
-    np.savez(tmp_path / "tv.npz", **state)
+    for s, c in enumerate([96, 192, 384, 768]):
+        p = f"features.{2 * s + 1}.0"
+        assert {k[len(p) + 1:]: state[k].shape for k in state if k.startswith(p + ".")} == {
+            "block.0.weight": (c, 1, 7, 7), "block.0.bias": (c,), "block.2.weight": (c,),
+            "block.2.bias": (c,), "block.3.weight": (4 * c, c), "block.3.bias": (4 * c,),
+            "block.5.weight": (c, 4 * c), "block.5.bias": (c,), "layer_scale": (c, 1, 1)}
+    older = {k: v[:, :, None, None] if ".block.3.weight" in k or ".block.5.weight" in k else v
+             for k, v in state.items()}
+    np.savez(tmp_path / "old.npz", **older)
     other = archc.compile(graph)
-    other.load(tmp_path / "tv.npz")
+    other.load(tmp_path / "old.npz")
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     assert np.array_equal(other(x), model(x))
 

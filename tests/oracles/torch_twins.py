@@ -110,14 +110,14 @@ def module(op: str, attrs: dict, in_shapes: list) -> nn.Module | None:
                    attrs["track_running_stats"])
     if op == "layernorm2d":
         return LayerNorm2d(c, attrs["eps"], attrs["elementwise_affine"])
-    if op == "layernorm":
-        return nn.LayerNorm(c, attrs["eps"], attrs["elementwise_affine"])
+    if op == "layernorm":  # over the last axis
+        return nn.LayerNorm(in_shapes[0][-1], attrs["eps"], attrs["elementwise_affine"])
     if op == "local_response_norm":
         return nn.LocalResponseNorm(attrs["size"], attrs["alpha"], attrs["beta"], attrs["k"])
     if op == "layer_scale":
         return LayerScale(c, attrs["init_value"])
-    if op == "linear":
-        return nn.Linear(c, attrs["out_features"], attrs["bias"])
+    if op == "linear":  # over the last axis
+        return nn.Linear(in_shapes[0][-1], attrs["out_features"], attrs["bias"])
     if op == "flatten":
         return nn.Flatten(attrs["start_dim"])
     if op == "channel_shuffle":

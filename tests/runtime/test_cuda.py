@@ -336,6 +336,33 @@ def test_every_op_of_a_mixed_network_runs_on_the_device(mode):
     assert gpu.params["batchnorm2d.num_batches_tracked"] == (mode == "train")
 
 
+CHANNELS_LAST = """
+input: {channels: 4, height: 3, width: 5}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, groups: 4}
+  - permute: [0, 2, 3, 1]
+  - layernorm: {eps: 1.0e-6}
+  - linear: {out_features: 8, activation: gelu}
+  - linear: 4
+  - permute: [0, 3, 1, 2]
+  - add: [-1, input]
+"""
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_a_channels_last_block_runs_on_the_device(mode):
+    """ConvNeXt's block as torchvision writes it: layer norm and linear layers over the
+    channels of a permuted map, forward and backward as on the CPU."""
+    import archc
+
+    graph = archc.load("cl.yaml", text=CHANNELS_LAST)
+    gpu, host = archc.compile(graph, backend="cuda", seed=3), archc.compile(graph, "cpu", seed=3)
+    assert all(gpu.backend.on_device(op) for op in gpu.program.ops)
+    getattr(gpu, mode)(), getattr(host, mode)()
+    agree(gpu, host, np.random.default_rng(6).standard_normal((2, 4, 3, 5)).astype(np.float32),
+          rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("text, passes", [(MIXED, 0), (MIXED, 2), (None, 2)],
                          ids=["mixed", "mixed-O2", "tiny-O2"])
 def test_every_output_lands_where_the_memory_plan_puts_it(text, passes):

@@ -144,6 +144,67 @@ def test_network_matches_a_pytorch_twin_of_its_graph(spec, variables):
     np.testing.assert_allclose(model(x), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
+CONVNEXT_BLOCK = """
+input: {channels: 6, height: 5, width: 4}
+layers:
+  - conv2d: {out_channels: 6, kernel_size: 7, padding: 3, groups: 6}
+    name: dwconv
+  - permute: [0, 2, 3, 1]
+  - layernorm: {eps: 1.0e-6}
+    name: norm
+  - linear: 24
+    name: pwconv1
+  - gelu
+  - linear: 6
+    name: pwconv2
+  - permute: [0, 3, 1, 2]
+  - add: [-1, input]
+"""
+
+
+class TorchConvNeXtBlock(torch.nn.Module):
+    """torchvision's CNBlock without layer scale and stochastic depth, as it is written."""
+
+    def __init__(self, dim):
+        super().__init__()
+        nn = torch.nn
+        self.dwconv = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1, self.pwconv2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.pwconv2(torch.nn.functional.gelu(self.pwconv1(self.norm(y))))
+        return y.permute(0, 3, 1, 2) + x
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_channels_last_block_matches_torchvisions_way_of_writing_it(backend):
+    """layernorm and linear over the last axis of a permuted map: PyTorch's LayerNorm and
+    Linear there, forward and backward, with the same (out, in) weights."""
+    model = archc.compile(archc.load("cn.yaml", text=CONVNEXT_BLOCK), backend=backend, seed=4)
+    twin = TorchConvNeXtBlock(6).double()
+    assert {k: tuple(v.shape) for k, v in twin.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in model.params.items()}
+    with torch.no_grad():
+        for key, value in twin.state_dict().items():
+            value.copy_(torch.as_tensor(model.params[key]))
+    x = np.random.default_rng(0).standard_normal((2, 6, 5, 4))
+    xt = torch.tensor(x, requires_grad=True)
+    expected = twin(xt)
+    model.train()
+    ours = model(x.astype(model.dtype))
+    tol = 1e-9 if model.dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(ours, expected.detach().numpy(), rtol=tol, atol=tol)
+    gy = np.random.default_rng(1).standard_normal(ours.shape)
+    expected.backward(torch.as_tensor(gy))
+    grads = model.backward(gy.astype(model.dtype))
+    np.testing.assert_allclose(grads.input, xt.grad.numpy(), rtol=tol * 10, atol=tol * 10)
+    for name, param in twin.named_parameters():
+        np.testing.assert_allclose(grads.params[name], param.grad.numpy(), rtol=tol * 10,
+                                   atol=tol * 10, err_msg=name)
+
+
 def test_weights_round_trip_and_errors(tmp_path):
     model = archc.compile(archc.load(SPECS / "lenet5.yaml"), seed=5)
     path = model.save(tmp_path / "w.npz")

@@ -18,6 +18,13 @@ pair = st.tuples(st.integers(1, 4), st.integers(1, 4))
 hw = st.tuples(st.integers(1, 18), st.integers(1, 18))
 
 
+def last_axis(draw):
+    """The input of a layer over the last axis: a vector, a sequence of vectors, or a
+    channels-last map (H, W, C)."""
+    leading = draw(st.lists(st.integers(1, 5), max_size=2))
+    return tuple(leading) + (draw(st.integers(1, 9)),)
+
+
 def fmap(draw, channels=None):
     c = channels if channels is not None else draw(st.integers(1, 6))
     h, w = draw(hw)
@@ -114,7 +121,7 @@ def draw_case(draw, op: str, valid: bool = False) -> tuple[dict, list]:
         return ({"eps": 1e-5, "momentum": 0.1, "affine": draw(st.booleans()),
                  "track_running_stats": draw(st.booleans()), "num_features": None}, [shape])
     if op in ("layernorm2d", "layernorm"):
-        shape = fmap(draw) if op == "layernorm2d" else (draw(st.integers(1, 9)),)
+        shape = fmap(draw) if op == "layernorm2d" else last_axis(draw)
         return {"eps": 1e-5, "elementwise_affine": draw(st.booleans())}, [shape]
     if op == "local_response_norm":
         return {"size": draw(st.integers(1, 5)), "alpha": 1e-4, "beta": 0.75, "k": 1.0}, [fmap(draw)]
@@ -122,7 +129,7 @@ def draw_case(draw, op: str, valid: bool = False) -> tuple[dict, list]:
         return {"init_value": 1e-6}, [fmap(draw)]
     if op == "linear":
         return ({"out_features": draw(st.integers(1, 9)), "bias": draw(st.booleans()),
-                 "in_features": None}, [(draw(st.integers(1, 9)),)])
+                 "in_features": None}, [last_axis(draw)])
     if op == "flatten":
         shape = fmap(draw)
         return {"start_dim": draw(st.integers(1, 3))}, [shape]

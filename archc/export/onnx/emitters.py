@@ -231,11 +231,12 @@ def _normalise(e: Emitter, xs: list[str]) -> str:
 
 
 def _layernorm(e: Emitter, xs: list[str]) -> str:
-    """Normalises over the channels (axis 1); ONNX normalises trailing axes, so the
-    channels move last and back."""
+    """layernorm normalises the last axis, as ONNX does; layernorm2d the channels (axis
+    1), which move last and back."""
     rank = len(e.in_shapes[0]) + 1
-    scale, bias = _affine(e, e.in_shapes[0][0])
-    if rank == 2:
+    last_axis = e.node.op == "layernorm"
+    scale, bias = _affine(e, e.in_shapes[0][-1 if last_axis else 0])
+    if rank == 2 or last_axis:
         return e.emit("LayerNormalization", [xs[0], scale, bias], axis=-1,
                       epsilon=e.node.attrs["eps"])
     last = [0] + list(range(2, rank)) + [1]
@@ -261,8 +262,15 @@ def _local_response_norm(e: Emitter, xs: list[str]) -> str:
 
 
 def _linear(e: Emitter, xs: list[str]) -> str:
-    inputs = [xs[0], e.param("weight")] + ([e.param("bias")] if e.node.attrs["bias"] else [])
-    return _epilogue(e, e.emit("Gemm", inputs, transB=1), xs)
+    """Gemm on a vector; over the last axis of a channels-last map, MatMul by the weight
+    transposed (kept (out, in), as PyTorch stores it) and Add the bias."""
+    if len(e.in_shapes[0]) == 1:
+        inputs = [xs[0], e.param("weight")] + ([e.param("bias")] if e.node.attrs["bias"] else [])
+        return _epilogue(e, e.emit("Gemm", inputs, transB=1), xs)
+    y = e.emit("MatMul", [xs[0], e.emit("Transpose", [e.param("weight")], perm=[1, 0])])
+    if e.node.attrs["bias"]:
+        y = e.emit("Add", [y, e.param("bias")])
+    return _epilogue(e, y, xs)
 
 
 def _nothing_at_inference(e: Emitter, xs: list[str]) -> str:

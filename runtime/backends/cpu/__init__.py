@@ -5,6 +5,7 @@ kernel in either direction; tests hold every one of them to the reference backen
 
 from __future__ import annotations
 
+from runtime.backends import rows
 from runtime.backends.activations import ACTIVATIONS
 from runtime.backends.cpu.allocator import keep_freed_memory
 from runtime.backends.cpu import (conv, conv_chain, elementwise, layout, linear, norm, pool,
@@ -23,8 +24,9 @@ KERNELS["conv2d"] = conv.conv2d_forward
 BACKWARD["conv2d"] = fused_backward(conv.conv2d_backward, elementwise.activation_grad)
 KERNELS["conv_transpose2d"] = conv.conv_transpose2d_forward
 BACKWARD["conv_transpose2d"] = conv.conv_transpose2d_backward
-KERNELS["linear"] = linear.linear_forward
-BACKWARD["linear"] = fused_backward(linear.linear_backward, elementwise.activation_grad)
+KERNELS["linear"] = rows.forward(linear.linear_forward)  # over the last axis of any rank
+BACKWARD["linear"] = rows.backward(fused_backward(linear.linear_backward,
+                                                  elementwise.activation_grad))
 KERNELS["max_pool2d"], BACKWARD["max_pool2d"] = pool.max_pool_forward, pool.max_pool_backward
 KERNELS["avg_pool2d"], BACKWARD["avg_pool2d"] = pool.avg_pool_forward, pool.avg_pool_backward
 for _kind in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",
@@ -48,8 +50,9 @@ for _kind in ("dropout", "stochastic_depth"):
 for _kind in ("batchnorm2d", "batchnorm1d"):
     KERNELS[_kind] = norm.batchnorm_forward
     BACKWARD[_kind] = fused_backward(norm.batchnorm_backward, elementwise.activation_grad)
-for _kind in ("layernorm", "layernorm2d"):
-    KERNELS[_kind], BACKWARD[_kind] = norm.layernorm_forward, norm.layernorm_backward
+KERNELS["layernorm2d"], BACKWARD["layernorm2d"] = norm.layernorm_forward, norm.layernorm_backward
+KERNELS["layernorm"] = rows.forward(norm.layernorm_forward)
+BACKWARD["layernorm"] = rows.backward(norm.layernorm_backward)
 KERNELS["local_response_norm"] = norm.lrn_forward
 BACKWARD["local_response_norm"] = norm.lrn_backward
 KERNELS["layer_scale"], BACKWARD["layer_scale"] = norm.layer_scale_forward, norm.layer_scale_backward

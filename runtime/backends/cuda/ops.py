@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.backends import rows
 from runtime.backends.activations import ACTIVATIONS
 from runtime.backends.cuda import conv as C
 from runtime.backends.cuda import kernels as K
@@ -283,8 +284,10 @@ for _kind in POOLS:
     DEVICE_KERNELS[_kind], DEVICE_BACKWARD[_kind] = adaptive_pool_forward, adaptive_pool_backward
 
 
-for _kind in ("layernorm", "layernorm2d"):
-    DEVICE_KERNELS[_kind], DEVICE_BACKWARD[_kind] = layernorm_forward, layernorm_backward
+DEVICE_KERNELS["layernorm2d"], DEVICE_BACKWARD["layernorm2d"] = layernorm_forward, layernorm_backward
+# over the last axis of any rank: runtime/backends/rows.py
+DEVICE_KERNELS["layernorm"] = rows.forward(layernorm_forward)
+DEVICE_BACKWARD["layernorm"] = rows.backward(layernorm_backward)
 
 
 DEVICE_KERNELS["local_response_norm"], DEVICE_BACKWARD["local_response_norm"] = lrn_forward, lrn_backward
@@ -462,13 +465,13 @@ DEVICE_BACKWARD.update(max_pool2d=max_pool_backward, avg_pool2d=avg_pool_backwar
                 batchnorm1d=fused_backward(_batchnorm_core_backward, _activation_grad))
 
 
-DEVICE_KERNELS.update(conv2d=conv2d_forward, linear=linear_forward, add=add_forward,
+DEVICE_KERNELS.update(conv2d=conv2d_forward, linear=rows.forward(linear_forward), add=add_forward,
                join=join_forward,
                flatten=view_forward, reshape=view_forward, identity=identity_forward)
 
 
 DEVICE_BACKWARD.update(conv2d=fused_backward(_conv2d_core_backward, _activation_grad),
-                linear=fused_backward(_linear_core_backward, _activation_grad),
+                linear=rows.backward(fused_backward(_linear_core_backward, _activation_grad)),
                 add=add_backward, join=join_backward, flatten=view_backward, reshape=view_backward,
                 identity=identity_backward)
 
