@@ -92,6 +92,11 @@ class Graph:
     source: str = "<spec>"
     inputs: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
+    # outputs computed in training only (GoogLeNet's auxiliary classifiers), key -> node,
+    # each adding its loss times its weight to the training loss; the nodes that only they
+    # need are left out of inference (cost, eval outputs, exports): training_only()
+    train_outputs: dict[str, str] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
     blocks: dict[str, BlockInstance] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)  # the spec's training: section
@@ -134,6 +139,19 @@ class Graph:
 
     def output_shapes(self) -> dict[str, Shape | None]:
         return {key: self[name].shape for key, name in self.outputs.items()}
+
+    def training_only(self) -> set[str]:
+        """The nodes only training outputs need: computed in training, left out of
+        inference (its cost, outputs and exports)."""
+        if not self.train_outputs:
+            return set()
+        needed = set(self.outputs.values()) | set(self.inputs)
+        for name in list(needed):
+            needed |= nx.ancestors(self.nx, name)
+        extra = set(self.train_outputs.values())
+        for name in list(extra):
+            extra |= nx.ancestors(self.nx, name)
+        return extra - needed
 
     def summary(self, batch: int = 1, device: str | None = None):
         """The analysis of this graph (:func:`archc.analysis.analyse`) as plain data.
@@ -185,7 +203,7 @@ def verify(graph: Graph, require_shapes: bool = False) -> None:
     for name in graph.inputs:
         if name not in graph or graph[name].op != "input":
             problems.append(f"input '{name}' is not an input node")
-    for key, name in graph.outputs.items():
+    for key, name in {**graph.outputs, **graph.train_outputs}.items():
         if name not in graph:
             problems.append(f"output '{key}' names missing node '{name}'")
     if problems:

@@ -65,7 +65,8 @@ def lower(graph: Graph) -> Program:
                       tuple(tuple(s) for s in in_shapes), tuple(node.shape),
                       get_layer(node.op).view, node.items))
     return Program(graph.name, {n: tuple(graph[n].shape) for n in graph.inputs}, tuple(ops),
-                   dict(graph.outputs), params, torch_names(graph), dict(graph.training))
+                   dict(graph.outputs), params, torch_names(graph), dict(graph.training),
+                   dict(graph.train_outputs), dict(graph.loss_weights))
 
 
 def compile(graph: Graph, backend: str = "reference", seed: int = 0, dtype: str = "float32",

@@ -167,6 +167,7 @@ class _Drawing:
         self.stats = {n.name: n for n in report.nodes}
         self.block_stats = {b.path: b for b in report.blocks}
         self.outputs = set(graph.outputs.values())
+        self.train_outputs = set(graph.train_outputs.values())
         self.families: set[str] = set()
         self.collapsed = _collapsed_blocks(graph, heads)
         self.rep = {}  # layer name -> id of the diagram node that stands for it
@@ -226,6 +227,10 @@ class _Drawing:
         if node.name in self.outputs:
             attrs.update(peripheries="2", penwidth="1.4")
             lines.append("<i>output</i>")
+        if self.stats[node.name].training_only:  # drawn dashed: not run in inference
+            attrs.update(style=attrs.get("style", "rounded,filled") + ",dashed")
+        if node.name in self.train_outputs:
+            lines.append("<i>training output</i>")
         container.node(_node_id(node.name), "<" + "<br/>".join(lines) + ">", **attrs)
 
     def block_node(self, container, item: _Collapsed, parent: str | None) -> None:
@@ -246,8 +251,12 @@ class _Drawing:
                  f'<font point-size="8">{shape}  |  {_escape(weights)}  |  {human(macs)} MACs</font>']
         if item.output in self.outputs:
             lines.append("<i>output</i>")
+        if item.output in self.train_outputs:
+            lines.append("<i>training output</i>")
+        training = all(self.block_stats[p].training_only for p in item.paths)
         container.node(item.id, "<" + "<br/>".join(lines) + ">", shape="box3d",
-                       style="filled", fillcolor=FAMILY_COLOURS["block"], margin="0.15,0.1",
+                       style="filled,dashed" if training else "filled",
+                       fillcolor=FAMILY_COLOURS["block"], margin="0.15,0.1",
                        tooltip=f"{name}: {title}, {shape}")
 
     def edges(self, dot) -> None:

@@ -232,7 +232,7 @@ class Model:
         batch = next(iter(values.values())).shape[0]
         ctx.plan, ctx.batch = self.memory_plan(batch, keep_all=keep), batch
         ctx.arena = (self._arenas, "tape" if keep else "predict")
-        ctx.unplanned = set(self.program.outputs.values()) if keep else set()
+        ctx.unplanned = set(self.program.outputs_of(self.training).values()) if keep else set()
 
     def load(self, path: str | Path, allow_nonfinite: bool = False) -> None:
         """Take the parameters of a weights file (``.npz``; ``.pt``), which must fit
@@ -318,7 +318,7 @@ class Model:
     def _outputs(self, values: dict, host: bool = True):
         move = self.backend.to_host if host else (lambda v: v)
         outs = {key: self._per_image(move(values[name]), name)
-                for key, name in self.program.outputs.items()}
+                for key, name in self.program.outputs_of(self.training).items()}
         return next(iter(outs.values())) if len(outs) == 1 else outs
 
     def _per_image(self, value, name: str):
@@ -343,7 +343,10 @@ class Model:
         device = self.device_params() if self.training else self._params_on_device()
         with self._scope(), self._first_pass(len(next(iter(values.values()))),
                                              backward=False) as watch:
+            skip = () if self.training else self.program.training_only
             for step, op in enumerate(self.program.ops):
+                if step in skip:  # only training outputs need it
+                    continue
                 if watch is not None:
                     watch.before(step)
                 if late:
@@ -416,7 +419,10 @@ class Model:
                 drops.setdefault(step, []).append(name)
             made = set(self.program.inputs)  # what the calls compute (not chains' insides)
             steps: list[list] = []
+            skip = () if self.training else self.program.training_only
             for step, op in enumerate(self.program.ops):
+                if step in skip:  # only training outputs need it
+                    continue
                 if step not in inside:
                     chain = heads.get(step)
                     output = op.output if chain is None else chain.output
@@ -559,11 +565,14 @@ class Model:
     def _last_uses(self) -> dict[str, int]:
         """Value name -> the step of the last op that reads it (outputs: never freed)."""
         last: dict[str, int] = {}
+        skip = () if self.training else self.program.training_only
         for step, op in enumerate(self.program.ops):
+            if step in skip:
+                continue
             last.setdefault(op.output, step)  # read by nothing: dropped at once
             for name in op.inputs:
                 last[name] = step
-        for name in self.program.outputs.values():
+        for name in self.program.outputs_of(self.training).values():
             last.pop(name, None)
         return last
 
@@ -584,7 +593,7 @@ class Model:
             raise RuntimeError("backward() needs a forward pass first: call model(x) "
                                "(predict() keeps nothing for it)")
         values, ctx = self._tape
-        outputs, add = self.program.outputs, self.backend.add
+        outputs, add = self.program.outputs_of(self.training), self.backend.add
         given = grad_output if isinstance(grad_output, dict) else {next(iter(outputs)): grad_output}
         grads: dict = {}
         for key, g in given.items():

@@ -61,6 +61,29 @@ class Program:
     torch_names: dict[str, str] = field(default_factory=dict)
     # the spec's training: section (archc train's settings), for runtime.train.config
     training: dict[str, Any] = field(default_factory=dict)
+    # outputs a training pass also gives (key -> value), each loss times its weight added
+    # to the training loss; the ops only they need are skipped in inference
+    train_outputs: dict[str, str] = field(default_factory=dict)
+    loss_weights: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def training_only(self) -> frozenset[int]:
+        """The steps (op indices) only the training outputs need."""
+        if not self.train_outputs:
+            return frozenset()
+        needed = set(self.outputs.values())
+        skipped = set()
+        for step in reversed(range(len(self.ops))):
+            op = self.ops[step]
+            if op.output in needed:
+                needed.update(op.inputs)
+            else:
+                skipped.add(step)
+        return frozenset(skipped)
+
+    def outputs_of(self, training: bool) -> dict[str, str]:
+        """The outputs a pass gives: in training, the training outputs too."""
+        return {**self.outputs, **self.train_outputs} if training else self.outputs
 
     @cached_property
     def _items(self) -> dict[str, int]:

@@ -41,10 +41,13 @@ def inference_peak(graph: Graph, batch: int = 1) -> tuple[int, list[int]]:
     160
     """
     owner = buffer_owners(graph)
-    order = [node.name for node in graph]
+    skipped = graph.training_only()  # not run in inference
+    order = [node.name for node in graph if node.name not in skipped]
     step = {name: i for i, name in enumerate(order)}
     last_use = {name: step[name] for name in order}
     for node in graph:
+        if node.name in skipped:
+            continue
         for source in node.inputs:
             buf = owner[source]
             last_use[buf] = max(last_use[buf], step[node.name])
@@ -54,7 +57,7 @@ def inference_peak(graph: Graph, batch: int = 1) -> tuple[int, list[int]]:
             for name in order}
     live, peak, trace = 0, 0, []
     frees: dict[int, list[str]] = {}
-    for buf in set(owner.values()):
+    for buf in set(owner.values()) - skipped:
         frees.setdefault(last_use[buf], []).append(buf)
     for i, name in enumerate(order):
         if owner[name] == name:

@@ -8,7 +8,9 @@ Conventions (docs/analysis.md):
   bias adds), each counted by its layer type's stated rule.
 - Parameters are counted once each (the spec language has no way to tie two layers'
   weights); buffers (batch-norm running statistics) are not parameters.
-- Numbers are for the forward pass in inference, for the given batch size.
+- Numbers are for the forward pass in inference, for the given batch size: the layers
+  only training outputs need (auxiliary classifiers) are left out of MACs, FLOPs, memory
+  and latency, and their parameters are counted apart (``inference_params``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class NodeReport:
     items: int = 1  # outputs per image (a region layer's boxes join the batch)
     shares: str | None = None  # the layer whose weights it uses (counted there)
     epilogue: str = ""  # what its kernel does after the product: "+add +relu"
+    training_only: bool = False  # only training outputs need it: not in inference's totals
 
     @property
     def kind(self) -> str:
@@ -80,6 +83,7 @@ class NodeReport:
             "receptive_field": self.receptive_field.to_dict(),
             "latency_s": self.latency_s, "bound": self.bound,
             "fused": list(self.fused), "epilogue": self.epilogue,
+            "training_only": self.training_only,
         }
 
 
@@ -95,6 +99,7 @@ class BlockReport:
     macs: int
     flops: int
     receptive_field: ReceptiveField
+    training_only: bool = False
 
     @property
     def label(self) -> str:
@@ -104,7 +109,8 @@ class BlockReport:
         return {"path": self.path, "block": self.block, "count": self.count,
                 "output": self.output, "output_shape": list(self.output_shape),
                 "params": self.params, "macs": self.macs, "flops": self.flops,
-                "receptive_field": self.receptive_field.to_dict()}
+                "receptive_field": self.receptive_field.to_dict(),
+                "training_only": self.training_only}
 
 
 @dataclass
@@ -160,6 +166,7 @@ def analyse(graph: Graph, batch: int = 1, device: Device | None = None) -> Repor
     fields = receptive_fields(graph)
     saved = saved_for_backward(graph, batch)
     owner = buffer_owners(graph)
+    training_only = graph.training_only()
     nodes: list[NodeReport] = []
     for node in graph:
         layer = get_layer(node.op)
@@ -184,13 +191,15 @@ def analyse(graph: Graph, batch: int = 1, device: Device | None = None) -> Repor
             activation_bytes=out_bytes, saved_bytes=saved[node.name], bytes_moved=moved,
             receptive_field=fields[node.name], view=is_view, fused=node.fused,
             epilogue=(" +add" if len(node.inputs) > 1 and "activation" in node.attrs else "")
-            + epilogue_label(node.attrs),
+            + epilogue_label(node.attrs), training_only=node.name in training_only,
         ))
     if device is not None:
         for n in nodes:
             n.latency_s, n.bound = device.time(n.flops, n.bytes_moved) if n.bytes_moved else (0.0, None)
     peak, _ = inference_peak(graph, batch)
     totals = _totals(nodes, peak, device)
+    if graph.train_outputs:
+        totals["training_outputs"] = list(graph.train_outputs)
     blocks = _blocks(graph, nodes, fields)
     outputs = {key: _output_record(graph, name, fields) for key, name in graph.outputs.items()}
     inputs = {name: graph[name].shape for name in graph.inputs}
@@ -212,23 +221,28 @@ def _output_record(graph: Graph, name: str, fields: dict) -> dict:
 
 
 def _totals(nodes: list[NodeReport], peak: int, device: Device | None) -> dict[str, Any]:
+    """Parameters, gradients and what training saves: every node's; what inference
+    computes, moves and takes: the nodes inference runs (not the training-only ones)."""
     params = sum(n.params for n in nodes)
     trainable = sum(n.trainable_params for n in nodes)
-    macs = sum(n.macs for n in nodes)
-    elementwise = sum(n.elementwise_flops for n in nodes)
-    moved = sum(n.bytes_moved for n in nodes)
+    run = [n for n in nodes if not n.training_only]
+    macs = sum(n.macs for n in run)
+    elementwise = sum(n.elementwise_flops for n in run)
+    moved = sum(n.bytes_moved for n in run)
+    inference_params = sum(n.params for n in run)
     totals: dict[str, Any] = {
         "params": params,
+        "inference_params": inference_params,
         "trainable_params": trainable,
         "frozen_params": params - trainable,
         "buffer_elements": sum(n.buffer_elements for n in nodes),
         "macs": macs,
         "flops": 2 * macs + elementwise,
         "elementwise_flops": elementwise,
-        "activation_bytes": sum(n.activation_bytes for n in nodes if not n.view),
+        "activation_bytes": sum(n.activation_bytes for n in run if not n.view),
         "inference_peak_bytes": peak,
         "training_saved_bytes": sum(n.saved_bytes for n in nodes),
-        "param_bytes": FLOAT_BYTES * params,
+        "param_bytes": FLOAT_BYTES * inference_params,
         "gradient_bytes": FLOAT_BYTES * trainable,
         "optimizer_state_bytes": {"sgd": 0, "sgd_momentum": FLOAT_BYTES * trainable,
                                   "adam": 2 * FLOAT_BYTES * trainable},
@@ -236,9 +250,9 @@ def _totals(nodes: list[NodeReport], peak: int, device: Device | None) -> dict[s
         "arithmetic_intensity": round((2 * macs + elementwise) / moved, 4) if moved else None,
     }
     if device is not None:
-        totals["latency_s"] = sum(n.latency_s or 0.0 for n in nodes)
-        totals["compute_bound_nodes"] = sum(1 for n in nodes if n.bound == "compute")
-        totals["memory_bound_nodes"] = sum(1 for n in nodes if n.bound == "memory")
+        totals["latency_s"] = sum(n.latency_s or 0.0 for n in run)
+        totals["compute_bound_nodes"] = sum(1 for n in run if n.bound == "compute")
+        totals["memory_bound_nodes"] = sum(1 for n in run if n.bound == "memory")
     return totals
 
 
@@ -252,5 +266,6 @@ def _blocks(graph: Graph, nodes: list[NodeReport], fields: dict) -> list[BlockRe
             output_shape=graph[inst.output].shape, params=sum(n.params for n in members),
             macs=sum(n.macs for n in members), flops=sum(n.flops for n in members),
             receptive_field=fields[inst.output],
+            training_only=bool(members) and all(n.training_only for n in members),
         ))
     return out

@@ -82,14 +82,16 @@ def table_cells(report: Report, depth: int | None = None) -> list[tuple[int, lis
 
 
 def _block_cells(block: BlockReport, parent: str | None) -> list[str]:
-    return [_local(block.path, parent), block.label, fmt_shape(block.output_shape),
+    name = _local(block.path, parent) + (" (training)" if block.training_only else "")
+    return [name, block.label, fmt_shape(block.output_shape),
             f"{block.params:,}", human(block.macs), block.receptive_field.describe()]
 
 
 def _node_cells(node: NodeReport) -> list[str]:
     parent = node.scope[-1] if node.scope else None
     params = f"{node.params:,}" if node.params else "shared" if node.shares else "-"
-    return [_local(node.name, parent), node.kind, fmt_shape(node.output_shape, node.items),
+    name = _local(node.name, parent) + (" (training)" if node.training_only else "")
+    return [name, node.kind, fmt_shape(node.output_shape, node.items),
             params, human(node.macs) if node.macs else "-", node.receptive_field.describe()]
 
 
@@ -104,6 +106,11 @@ def format_summary(report: Report, depth: int | None = None) -> str:
     frozen = f", {t['frozen_params']:,} frozen" if t["frozen_params"] else ""
     lines.append(f"Parameters: {t['params']:,} ({t['trainable_params']:,} trainable{frozen}); "
                  f"buffers: {t['buffer_elements']:,} values")
+    if t.get("training_outputs"):
+        lines.append(f"Training outputs {', '.join(t['training_outputs'])}: "
+                     f"{t['params'] - t['inference_params']:,} parameters of training-only "
+                     f"layers; inference: {t['inference_params']:,} parameters, and the "
+                     "numbers below leave those layers out")
     lines.append(f"MACs: {human(t['macs'])} (multiply-accumulates of conv and linear layers)")
     lines.append(f"FLOPs: {human(t['flops'])} = 2 x MACs + {human(t['elementwise_flops'])} "
                  "element-wise (activations, norms, pools, adds, biases)")

@@ -18,7 +18,8 @@ def _bypass(graph: Graph, name: str) -> bool:
     output that would become a graph input is left alone."""
     node = graph[name]
     source = node.inputs[0]
-    if name in graph.outputs.values() and source in graph.inputs:
+    if (name in graph.outputs.values() or name in graph.train_outputs.values()) \
+            and source in graph.inputs:
         return False
     redirect(graph, name, source)
     remove(graph, name)
@@ -71,9 +72,10 @@ def simplify_reshape(graph: Graph, params: Params | None, options: dict) -> Pass
 
 
 def eliminate_dead(graph: Graph, params: Params | None, options: dict) -> PassResult:
-    """Drop every node no graph output depends on (and its parameters)."""
+    """Drop every node no graph output (training outputs included) depends on (and its
+    parameters)."""
     out = graph.copy()
-    live = set(out.outputs.values()) | set(out.inputs)
+    live = set(out.outputs.values()) | set(out.train_outputs.values()) | set(out.inputs)
     for name in list(live):
         live |= nx.ancestors(out.nx, name)
     changes = []

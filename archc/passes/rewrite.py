@@ -24,6 +24,8 @@ def redirect(graph: Graph, old: str, new: str) -> None:
     for user in graph.users(old):
         set_inputs(graph, user, [new if i == old else i for i in graph[user].inputs])
     graph.outputs = {key: new if value == old else value for key, value in graph.outputs.items()}
+    graph.train_outputs = {key: new if value == old else value
+                           for key, value in graph.train_outputs.items()}
     graph.blocks = {path: dataclasses.replace(inst, output=new) if inst.output == old else inst
                     for path, inst in graph.blocks.items()}
 
@@ -37,7 +39,8 @@ def prune_blocks(graph: Graph) -> None:
 
 def remove(graph: Graph, name: str) -> None:
     """Remove a node nothing uses any more."""
-    assert not graph.users(name) and name not in graph.outputs.values(), name
+    assert not graph.users(name) and name not in graph.outputs.values() \
+        and name not in graph.train_outputs.values(), name
     graph.nx.remove_node(name)
 
 
@@ -50,7 +53,7 @@ def shares_weights(graph: Graph, node) -> bool:
 def sole_user(graph: Graph, name: str) -> str | None:
     """The one node that reads ``name``, when exactly one does (through one input) and the
     value is not also a graph output; otherwise None (the value is needed elsewhere)."""
-    if name in graph.outputs.values():
+    if name in graph.outputs.values() or name in graph.train_outputs.values():
         return None
     users = graph.users(name)
     if len(users) != 1 or graph[users[0]].inputs.count(name) != 1:

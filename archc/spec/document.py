@@ -13,7 +13,7 @@ from archc.spec.loader import SpecList, SpecMap, load_yaml_file, make_map
 from archc.spec.scope import Env, evaluate_value
 
 TOP_KEYS = ("name", "description", "extends", "variables", "input", "inputs", "blocks",
-            "layers", "output", "outputs", "training", "torch_names")
+            "layers", "output", "outputs", "training_outputs", "training", "torch_names")
 # the settings a spec's ``training:`` section may give (archc train's flags) and their types
 TRAINING_KEYS = {"data": str, "epochs": int, "batch_size": int, "optimizer": str, "lr": float,
                  "momentum": float, "nesterov": bool, "weight_decay": float, "schedule": str,
@@ -221,29 +221,46 @@ def read_inputs(doc: SpecMap, env: Env) -> list[tuple[str, dict, Loc]]:
     return out
 
 
-def read_outputs(doc: SpecMap) -> list[tuple[str | None, Any, Loc]] | None:
-    """(key, reference, location) of each output, or None for 'the last entry'. A list
-    names outputs by their references; a mapping gives each a key of its own
-    (``outputs: {boxes: head.box, classes: head.cls}``)."""
-    if "output" in doc and "outputs" in doc:
-        raise SpecError("give either 'output' or 'outputs', not both", doc.key_loc("outputs"))
-    key = "outputs" if "outputs" in doc else "output" if "output" in doc else None
+def read_outputs(doc: SpecMap, key: str | None = None
+                 ) -> list[tuple[str | None, Any, Loc, dict]] | None:
+    """(key, reference, location, options) of each output, or None for 'the last
+    entry'. A list names outputs by their references; a mapping gives each a key of its
+    own (``outputs: {boxes: head.box, classes: head.cls}``) and may give one as
+    ``{output: REF, when: CONDITION}`` (and, among ``training_outputs``, ``loss_weight``):
+    options a caller evaluates. ``key``: read that section (``training_outputs``)."""
     if key is None:
+        if "output" in doc and "outputs" in doc:
+            raise SpecError("give either 'output' or 'outputs', not both", doc.key_loc("outputs"))
+        key = "outputs" if "outputs" in doc else "output" if "output" in doc else None
+    if key is None or key not in doc:
         return None
+    allowed = ("output", "when", "loss_weight") if key == "training_outputs" else ("output", "when")
     raw = doc[key]
     if isinstance(raw, SpecMap):
         if not raw:
             raise SpecError(f"'{key}' is empty", doc.value_loc(key))
+        found = []
         for name in raw:
             if not NAME_PATTERN.match(str(name)):
                 raise SpecError(f"'{name}' is not a valid output name", raw.key_loc(name),
                                 "output names use letters, digits, _ and -")
-        return [(str(name), raw[name], raw.value_loc(name)) for name in raw]
+            value, options = raw[name], {}
+            if isinstance(value, SpecMap):
+                check_keys(value, allowed, f"output '{name}'")
+                if "output" not in value:
+                    raise SpecError(f"output '{name}' needs 'output:', the layer it is",
+                                    raw.value_loc(name), f"e.g. {name}: {{output: aux.fc, "
+                                    "when: aux_logits}")
+                options = {k: (value[k], value.value_loc(k)) for k in value if k != "output"}
+                found.append((str(name), value["output"], value.value_loc("output"), options))
+            else:
+                found.append((str(name), value, raw.value_loc(name), options))
+        return found
     if isinstance(raw, SpecList):
         if not raw:
             raise SpecError(f"'{key}' is empty", doc.value_loc(key))
-        return [(None, ref, loc) for ref, loc in zip(raw, raw.item_locs)]
-    return [(None, raw, doc.value_loc(key))]
+        return [(None, ref, loc, {}) for ref, loc in zip(raw, raw.item_locs)]
+    return [(None, raw, doc.value_loc(key), {})]
 
 
 def read_layers(doc: SpecMap) -> SpecList:

@@ -59,10 +59,41 @@ class _Expander:
         outputs = document.read_outputs(doc)
         if outputs is None:
             self.graph.outputs = {top.items[-1]: top.items[-1]}
-        for key, ref, loc in outputs or ():
-            target = self._resolve_ref(ref, top, loc, None)
-            self.graph.outputs[key or (ref if isinstance(ref, str) else target)] = target
+        self._outputs(outputs or (), top, env, self.graph.outputs)
+        self._outputs(document.read_outputs(doc, "training_outputs") or (), top, env,
+                      self.graph.train_outputs)
+        clash = set(self.graph.outputs) & set(self.graph.train_outputs)
+        if clash:
+            name = sorted(clash)[0]
+            raise SpecError(f"'{name}' is both an output and a training output",
+                            doc.value_loc("training_outputs"), "give them different names")
+        if self.graph.train_outputs and not self.graph.outputs:
+            raise SpecError("every output is left out by its 'when'", doc.loc)
         return self.graph
+
+    def _outputs(self, outputs, top: Frame, env: Env, into: dict) -> None:
+        """Resolve the outputs read by document.read_outputs into ``into`` (key -> node),
+        leaving out those whose ``when`` is false; a training output's loss weight goes
+        to the graph's loss_weights."""
+        for key, ref, loc, options in outputs:
+            if "when" in options:
+                keep = evaluate_value(options["when"][0], env, options["when"][1], "when")
+                if not isinstance(keep, bool):
+                    raise SpecError(f"'when' must be true or false, got {keep!r}",
+                                    options["when"][1], "e.g. when: aux_logits")
+                if not keep:
+                    continue
+            target = self._resolve_ref(ref, top, loc, None)
+            key = key or (ref if isinstance(ref, str) else target)
+            into[key] = target
+            if into is self.graph.train_outputs:
+                weight, where = options.get("loss_weight", (1.0, loc))
+                weight = evaluate_value(weight, env, where, "loss_weight")
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                        or not weight >= 0 or weight == float("inf"):
+                    raise SpecError(f"loss_weight must be a number of 0 or more, got {weight!r}",
+                                    where, "e.g. loss_weight: 0.3")
+                self.graph.loss_weights[key] = float(weight)
 
     # ------------------------------------------------------------------ lists of entries
     def _is_op(self, key: str) -> bool:

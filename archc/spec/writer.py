@@ -91,6 +91,10 @@ def write_spec(graph: Graph, header: str = "") -> str:
         lines.append(f"outputs: {_flow(outputs)}")
     elif list(outputs) != [last]:
         lines.append(f"outputs: {_flow(list(outputs))}")
+    if graph.train_outputs:
+        lines.append("training_outputs: " + _flow({
+            key: {"output": name, "loss_weight": graph.loss_weights.get(key, 1.0)}
+            for key, name in graph.train_outputs.items()}))
     if graph.training:
         lines.append(f"training: {_flow(graph.training)}")
     names = torch_names(graph)

@@ -143,7 +143,10 @@ def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
     parameters' gradients). The output, loss gradient and parameter gradients stay on the
     backend's device."""
     out = model(task.feed(x, y), host=False)
+    out, auxiliary = _auxiliary(model, out)
     loss, grad, hits, count = task.step(model, out, y)
+    if auxiliary:
+        loss, grad = _with_auxiliary(model, task, auxiliary, y, loss, grad)
     if not math.isfinite(loss):
         raise TrainingError(f"the loss became {loss} at {where}: training stopped; the last "
                             f"good checkpoint is kept" + (f" in {run}" if run else ""))
@@ -155,6 +158,30 @@ def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
             optim.clip_grad_norm(grads, config.clip, opt.kernels)
         opt.step({k: g for k, g in grads.items() if k in trainable})
     return loss, hits, count, grads
+
+
+def _auxiliary(model, out) -> tuple:
+    """A training pass's outputs split into the network's own (one array, or a dict of
+    several) and its training outputs (GoogLeNet's auxiliary classifiers), by key."""
+    keys = model.program.train_outputs
+    if not keys:
+        return out, {}
+    out = dict(out)
+    auxiliary = {key: out.pop(key) for key in keys}
+    return (next(iter(out.values())) if len(out) == 1 else out), auxiliary
+
+
+def _with_auxiliary(model, task, auxiliary: dict, y, loss: float, grad) -> tuple:
+    """The loss with each training output's loss (the task's, on the same targets) times
+    its weight added, and the gradients of every output, keyed by output."""
+    grads = dict(grad) if isinstance(grad, dict) else {next(iter(model.program.outputs)): grad}
+    backend = model.backend
+    for key, value in auxiliary.items():
+        weight = model.program.loss_weights.get(key, 1.0)
+        extra, extra_grad, _, _ = task.step(model, value, y)
+        loss += weight * extra
+        grads[key] = backend.to_device(np.asarray(backend.to_host(extra_grad)) * weight)
+    return loss, grads
 
 
 def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes,

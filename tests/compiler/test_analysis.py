@@ -333,3 +333,27 @@ def test_json_schema():
     assert node["receptive_field"] == {"size": [14, 14], "stride": [2, 2], "start": [0, 0],
                                        "centre": [6.5, 6.5], "aligned": True}
     assert data["outputs"]["fc3"]["receptive_field"] == {"whole": True}
+
+
+def test_training_outputs_are_left_out_of_inference_but_not_of_training():
+    """GoogLeNet with its auxiliary classifiers: torchvision's googlenet(aux_logits=True)
+    has 13,004,888 parameters; inference runs 6,624,904 of them, at the cost of the
+    network without the classifiers."""
+    plain = analyse(archc.load(SPECS / "googlenet.yaml"), device=get_device("cpu"))
+    aux = analyse(archc.load(SPECS / "googlenet.yaml", aux_logits=True), device=get_device("cpu"))
+    t, p = aux.totals, plain.totals
+    assert (t["params"], t["inference_params"]) == (13_004_888, 6_624_904)
+    assert p["params"] == p["inference_params"] == 6_624_904
+    for key in ("macs", "flops", "inference_peak_bytes", "param_bytes", "activation_bytes",
+                "bytes_moved", "latency_s"):
+        assert t[key] == p[key], key
+    assert t["gradient_bytes"] == 4 * 13_004_888  # training trains them all
+    assert t["training_saved_bytes"] > p["training_saved_bytes"]
+    assert t["training_outputs"] == ["aux2", "aux1"] and "training_outputs" not in p
+    flagged = {n.name for n in aux.nodes if n.training_only}
+    assert flagged and all(name.startswith(("aux1.", "aux2.")) for name in flagged)
+    assert {b.path for b in aux.blocks if b.training_only} == {"aux1", "aux1.conv", "aux2",
+                                                               "aux2.conv"}
+    text = format_summary(aux)
+    assert "Training outputs aux2, aux1: 6,379,984 parameters of training-only layers" in text
+    assert "aux1 (training)" in text

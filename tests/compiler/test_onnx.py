@@ -376,3 +376,20 @@ def test_a_batch_norm_with_a_fused_epilogue_exports_as_separate_operators():
     x = np.random.default_rng(2).standard_normal((2, 3, 32, 32)).astype(np.float32)
     for got, want in zip(_onnxruntime(model, x), _archc(graph, params, x), strict=True):
         assert _relative(got, want) < TOLERANCE
+
+
+def test_training_outputs_are_left_out_of_the_export():
+    """GoogLeNet's auxiliary classifiers train only: the ONNX file computes the network's
+    output, without their layers or weights, and reads back as the network without them."""
+    graph = archc.load(SPECS / "googlenet.yaml", aux_logits=True, resolution=64)
+    params = initial_params(graph, None, seed=1)
+    model = to_onnx(graph, params)
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.name for o in model.graph.output] == ["fc"]
+    assert not [i.name for i in model.graph.initializer if i.name.startswith("aux")]
+    x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    (got,) = _onnxruntime(model, x)
+    assert _relative(got, _archc(graph, params, x)[0]) < TOLERANCE
+    back, _ = from_onnx(model.SerializeToString())
+    assert not [n.name for n in back if n.name.startswith("aux")]
+    assert len(back) == len(archc.load(SPECS / "googlenet.yaml", resolution=64))

@@ -53,6 +53,16 @@ def test_merge_nodes_and_inputs_are_distinct():
     assert re.search(r"n_inception3a.concat.*shape=invtrapezium", concat)
 
 
+def test_training_only_layers_are_drawn_dashed():
+    graph = archc.load(SPECS / "googlenet.yaml", aux_logits=True)
+    nodes, _ = nodes_and_edges(diagram(graph))
+    dashed = {name[2:] for name, line in nodes.items() if "dashed" in line}
+    assert dashed == graph.training_only()
+    assert "training output" in nodes["n_aux1.fc2"]
+    collapsed, _ = nodes_and_edges(diagram(graph, collapse=1))
+    assert "dashed" in collapsed["b_aux1"] and "dashed" not in collapsed["b_inception4a"]
+
+
 def test_collapse_counts():
     graph = archc.load(SPECS / "resnet18.yaml")
     nodes, edges = nodes_and_edges(diagram(graph, collapse=1))

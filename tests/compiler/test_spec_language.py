@@ -412,3 +412,47 @@ layers:
     with pytest.raises(SpecError) as info:  # in an expression, the name is undefined
         load(vector % "in_height * 2")
     assert "undefined name 'in_height'" in info.value.message and info.value.loc.line == 6
+
+
+AUX = """
+variables: {aux: true, w: 0.3}
+input: {channels: 3, height: 8, width: 8}
+layers:
+  - conv2d: [4, 3, 1, 1]
+    name: trunk
+  - sequential: [global_avg_pool2d, flatten, {linear: 5}]
+    name: side
+    when: aux
+  - global_avg_pool2d:
+    %s
+  - flatten
+  - linear: 5
+    name: fc
+output: fc
+training_outputs:
+  side: %s
+"""
+
+
+def test_training_outputs_are_conditional_weighted_and_located():
+    g = load(AUX % ("input: trunk", "{output: side, loss_weight: w, when: aux}"))
+    assert g.outputs == {"fc": "fc"} and g.train_outputs == {"side": "side.2"}
+    assert g.loss_weights == {"side": 0.3}
+    assert g.training_only() == {"side.0", "side.1", "side.2"}
+    without = load(AUX % ("input: trunk", "{output: side, loss_weight: w, when: aux}"), aux=False)
+    assert without.train_outputs == {} and "side.0" not in without
+    assert load(AUX % ("input: trunk", "side")).loss_weights == {"side": 1.0}
+    for value, message, line in [
+        ("{output: side, loss_weight: -1}", "loss_weight must be a number of 0 or more", 17),
+        ("{output: side, when: 3}", "'when' must be true or false, got 3", 17),
+        ("{loss_weight: 0.5}", "output 'side' needs 'output:'", 17),
+        ("{output: side, weight: 0.5}", "unknown key 'weight'", 17),
+        ("{output: nowhere}", "input 'nowhere' is not defined", 17),
+    ]:
+        with pytest.raises(SpecError) as info:
+            load(AUX % ("input: trunk", value))
+        assert message in info.value.message, value
+        assert info.value.loc.line == line, value
+    with pytest.raises(SpecError) as info:
+        load((AUX % ("input: trunk", "side")).replace("  side: side", "  fc: side"))
+    assert "'fc' is both an output and a training output" in info.value.message

@@ -23,6 +23,13 @@ def test_round_trip(spec, level):
     assert_same_graph(graph, archc.load(f"{spec.stem}-O{level}.yaml", text=text))
 
 
+def test_training_outputs_are_written_with_their_loss_weights():
+    graph = archc.load("specs/googlenet.yaml", aux_logits=True, resolution=64)
+    text = write_spec(graph, "googlenet with its auxiliary classifiers")
+    assert "training_outputs: {aux2: {output: aux2.fc2, loss_weight: 0.3}, " in text
+    assert_same_graph(graph, archc.load("g.yaml", text=text))
+
+
 def test_written_spec_is_readable():
     graph, _, _ = run_passes(archc.load("specs/resnet18.yaml"), None, preset(2))
     text = write_spec(graph, "resnet18 at -O2")

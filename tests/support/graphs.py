@@ -10,3 +10,4 @@ def assert_same_graph(a, b) -> None:
             (y.op, y.attrs, y.inputs, y.shape, y.trainable), x.name
     assert a.inputs == b.inputs and a.outputs == b.outputs and a.name == b.name
     assert a.training == b.training
+    assert (a.train_outputs, a.loss_weights) == (b.train_outputs, b.loss_weights)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import archc
 from runtime.train import checkpoint, data
@@ -400,3 +401,70 @@ def test_fractalnet_with_drop_path_learns_the_digits(tmp_path):
                   report=lambda line: None)
     assert untrained < 0.3 and history[-1]["test_accuracy"] > 0.85
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 2
+
+
+AUXILIARY = """
+name: aux
+input: {channels: 1, height: 8, width: 8}
+layers:
+  - conv2d: [6, 3, 1, 1]
+    name: trunk
+  - relu
+  - sequential: [global_avg_pool2d, flatten, {linear: 10}]
+    name: side
+  - max_pool2d: 2
+    input: relu
+  - flatten
+  - linear: 10
+    name: fc
+output: fc
+training_outputs:
+  side: {output: side, loss_weight: 0.3}
+"""
+
+
+def test_a_training_output_adds_its_weighted_loss_and_is_left_out_of_inference(digits,
+                                                                               tmp_path):
+    """GoogLeNet's scheme: the loss of each training output on the same targets, times
+    its weight, added to the network's; PyTorch's autograd of that sum gives the same
+    gradients. Evaluation and predictions see the network's output alone."""
+    from runtime.train.loop import _auxiliary, _with_auxiliary
+    from runtime.train.tasks import Classification
+
+    model = archc.compile(archc.load("aux.yaml", text=AUXILIARY), backend="reference",
+                          seed=3, dtype="float64")
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8))
+    y = np.array([1, 7, 3, 3])
+    assert model(x).shape == (4, 10)  # inference: one output
+    model.train()
+    out, aux = _auxiliary(model, model(x))
+    assert out.shape == (4, 10) and set(aux) == {"side"}
+    task = Classification([str(c) for c in range(10)])
+    loss, grad, _, _ = task.step(model, out, y)
+    loss, grads = _with_auxiliary(model, task, aux, y, loss, grad)
+    ours = model.backward(grads)
+    twin = torch.nn.ModuleDict({"trunk": torch.nn.Conv2d(1, 6, 3, 1, 1),
+                                "side": torch.nn.Linear(6, 10), "fc": torch.nn.Linear(96, 10)})
+    twin = twin.double()
+    names = {"trunk": "trunk", "side": "side.2", "fc": "fc"}
+    with torch.no_grad():
+        for mod, name in names.items():
+            twin[mod].weight.copy_(torch.as_tensor(model.params[f"{name}.weight"]))
+            twin[mod].bias.copy_(torch.as_tensor(model.params[f"{name}.bias"]))
+    h = torch.relu(twin["trunk"](torch.as_tensor(x)))
+    main = twin["fc"](torch.nn.functional.max_pool2d(h, 2).flatten(1))
+    side = twin["side"](h.mean(dim=(2, 3)))
+    target = torch.as_tensor(y)
+    total = torch.nn.functional.cross_entropy(main, target) + \
+        0.3 * torch.nn.functional.cross_entropy(side, target)
+    total.backward()
+    assert loss == pytest.approx(total.item(), rel=1e-12)
+    for mod, name in names.items():
+        np.testing.assert_allclose(ours.params[f"{name}.weight"], twin[mod].weight.grad.numpy(),
+                                   rtol=1e-9, atol=1e-12)
+    # the whole loop: it trains, and evaluates on the network's output alone
+    small = data.load("digits", (1, 8, 8), seed=0)
+    history = fit(archc.compile(archc.load("aux.yaml", text=AUXILIARY), backend="cpu"), small,
+                  TrainConfig(epochs=2, batch_size=64, lr=0.1), tmp_path,
+                  report=lambda line: None)
+    assert history[-1]["test_accuracy"] > 0.3

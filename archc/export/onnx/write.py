@@ -56,7 +56,8 @@ def _renamed(builder: Builder, old: str, new: str) -> str:
 
 
 def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
-    """An ``onnx.ModelProto`` computing ``graph`` in inference mode with ``params``.
+    """An ``onnx.ModelProto`` computing ``graph`` in inference mode with ``params`` (the
+    layers only training outputs need are left out, with their weights).
 
     Raises OnnxError naming the layer when one cannot be written (an op without an emitter).
 
@@ -71,8 +72,9 @@ def to_onnx(graph: Graph, params: dict, *, doc: str = ""):
     builder = Builder(graph, params)
     onnx = builder.onnx
     helper, float_type = onnx.helper, onnx.TensorProto.FLOAT
+    training_only = graph.training_only()  # inference only: no auxiliary classifiers
     for node in graph:
-        if node.op == "input":
+        if node.op == "input" or node.name in training_only:
             continue
         emitter = EMITTERS.get(node.op)
         if emitter is None:
