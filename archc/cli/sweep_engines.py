@@ -58,6 +58,8 @@ def train_trial(spec: str, fixed: dict, point: dict, flags: list[str], run: str,
     with open(folder / "attempts.jsonl", "a", encoding="utf-8") as f:  # who trains it, from where
         f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                             "from_epoch": started, "until": until}) + "\n")
+    # the flags after the point's variables: a --set among them wins (training at another
+    # resolution than the one analysed)
     argv = ["train", spec, *[f"--set={k}={json.dumps(v)}" for k, v in {**fixed, **point}.items()],
             *flags, "--until", str(until), "--resume" if resume else "--out", str(folder)]
     with open(folder / "train.out", "a", encoding="utf-8") as out, \

@@ -148,7 +148,8 @@ class _FlagsParser(Parser):
 
 
 # flags of archc train that the sweep sets for each trial itself
-_SWEEP_OWNS = ("--out", "--resume", "--until", "--set", "--distributed", "--tensorboard")
+# (a --set among them changes a variable for training only: a smaller resolution)
+_SWEEP_OWNS = ("--out", "--resume", "--until", "--distributed", "--tensorboard")
 
 
 def _training(args, fixed: dict) -> dict:
@@ -157,6 +158,7 @@ def _training(args, fixed: dict) -> dict:
     before (a rerun must train its trials the same way to go on with them)."""
     from archc import build, sweep
     from archc.cli.common import settings_of
+    from archc.spec import parse_overrides
 
     flags = list(args.train_flags)
     for flag in flags:
@@ -168,7 +170,8 @@ def _training(args, fixed: dict) -> dict:
     parser = _FlagsParser(prog="archc train")
     COMMANDS["train"][1](parser)
     train_args = parser.parse_args([args.spec, *flags])
-    epochs = settings_of(train_args, build(args.spec, fixed)).config.epochs
+    variables = {**fixed, **parse_overrides(train_args.overrides)}
+    epochs = settings_of(train_args, build(args.spec, variables)).config.epochs
     plan = {"flags": flags, "rungs": sweep.rungs(min(args.min_epochs, epochs), epochs, args.eta),
             "eta": args.eta}
     saved = Path(args.out) / "trials.json"

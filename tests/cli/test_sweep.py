@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from archc import sweep
@@ -213,6 +214,20 @@ def test_sweep_trains_the_points_stops_bad_ones_and_a_rerun_goes_on(tmp_path, ca
             for t in (out / "trials").iterdir()} == attempts
     assert main([*args[:-1], "4"]) == 2
     assert "were trained with other settings" in capsys.readouterr().err
+
+
+def test_a_set_among_the_training_flags_changes_a_variable_for_training_only(tmp_path):
+    """The point is analysed as swept (width 4) and trained with width 8."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(DIGITS)
+    out = tmp_path / "s"
+    assert main(["sweep", str(spec), "--grid", "width=[4]", "--out", str(out), "--jobs", "1",
+                 "--train", "1", "--min-epochs", "1", "--", "--data", "digits", "--epochs",
+                 "1", "--set", "width=8"]) == 0
+    assert _rows(out / "points.jsonl")[0]["params"] == 4 * 9 + 4 + 4 * 16 * 10 + 10
+    (trial,) = (out / "trials").iterdir()
+    weights = np.load(next(trial.glob("ckpt-*/weights.npz")))
+    assert weights["conv2d.weight"].shape == (8, 1, 3, 3)
 
 
 @pytest.mark.parametrize("extra, message", [
