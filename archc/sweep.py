@@ -53,9 +53,36 @@ def grid_values(text: str) -> tuple[str, list]:
     return name, parsed
 
 
-def sampler(text: str) -> tuple[str, Callable[[random.Random], Any]]:
+class Draw:
+    """One sampled variable's distribution: ``draw(rng)`` a value; ``distribution()`` the
+    same as an Optuna distribution (for ``--search optuna``)."""
+
+    def __init__(self, kind: str, low=None, high=None, values: list | None = None):
+        self.kind, self.low, self.high, self.values = kind, low, high, values
+
+    def __call__(self, rng: random.Random) -> Any:
+        if self.kind == "choice":
+            return rng.choice(self.values)
+        if self.kind == "randint":
+            return rng.randint(int(self.low), int(self.high))
+        if self.kind == "loguniform":
+            return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
+        return rng.uniform(self.low, self.high)
+
+    def distribution(self):
+        from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                          IntDistribution)
+
+        if self.kind == "choice":
+            return CategoricalDistribution(self.values)
+        if self.kind == "randint":
+            return IntDistribution(int(self.low), int(self.high))
+        return FloatDistribution(self.low, self.high, log=self.kind == "loguniform")
+
+
+def sampler(text: str) -> tuple[str, Draw]:
     """``--sample NAME=uniform(a, b)`` (or loguniform, randint, choice([...])): the name
-    and a function drawing one value."""
+    and its :class:`Draw`."""
     name, sep, call = text.partition("=")
     name, call = name.strip(), call.strip()
     kind, _, rest = call.partition("(")
@@ -70,18 +97,13 @@ def sampler(text: str) -> tuple[str, Callable[[random.Random], Any]]:
     if kind == "choice":
         if len(args) != 1 or not isinstance(args[0], list) or not args[0]:
             raise UsageError(f"--sample {name}: choice takes one non-empty list")
-        values = args[0]
-        return name, lambda rng: rng.choice(values)
+        return name, Draw("choice", values=args[0])
     if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or args[0] > args[1]:
         raise UsageError(f"--sample {name}: {kind} takes two numbers, low <= high")
     low, high = args
-    if kind == "randint":
-        return name, lambda rng: rng.randint(int(low), int(high))
-    if kind == "loguniform":
-        if low <= 0:
-            raise UsageError(f"--sample {name}: loguniform needs a low end above 0")
-        return name, lambda rng: math.exp(rng.uniform(math.log(low), math.log(high)))
-    return name, lambda rng: rng.uniform(low, high)
+    if kind == "loguniform" and low <= 0:
+        raise UsageError(f"--sample {name}: loguniform needs a low end above 0")
+    return name, Draw(kind, low, high)
 
 
 def points(grid: list[tuple[str, list]], samples: list[tuple[str, Callable]],
@@ -199,12 +221,13 @@ class Asha:
         self.scores: list[dict[str, float]] = [{} for _ in self.rungs]
         self.promoted: list[set[str]] = [set() for _ in self.rungs]
         self.running: dict[str, int] = {}
+        self.more_coming = False  # a search will still add trials (add())
 
     def _choose(self) -> tuple[str, int] | None:
         for k in range(len(self.rungs) - 2, -1, -1):
             scores = self.scores[k]
             count = len(scores) // self.eta
-            if not count and scores and not self.pending and \
+            if not count and scores and not self.pending and not self.more_coming and \
                     all(r > k for r in self.running.values()):
                 count = 1  # every trial that will reach the rung has: its best goes on
             top = sorted(scores, key=lambda t: -scores[t])[:count]
@@ -225,6 +248,10 @@ class Asha:
             self.running[trial] = rung
         return chosen
 
+    def add(self, trial: str) -> None:
+        """A new trial (proposed by a search while the others train), started last."""
+        self.pending.append(trial)
+
     def done(self, trial: str, rung: int, score: float) -> None:
         """``trial`` trained to ``rungs[rung]`` epochs with ``score``."""
         self.running.pop(trial, None)
@@ -242,14 +269,91 @@ class Asha:
         return max((k for k, s in enumerate(self.scores) if trial in s), default=-1)
 
 
+MAX_TRIES = 200  # proposals in a row that make no feasible network before a search gives up
+
+
+class OptunaSearch:
+    """Points to train proposed by Optuna's TPE sampler (seeded), seeking the best score
+    under the constraint. Each proposal is analysed first: one that makes no network or
+    fails ``where`` is told to Optuna as infeasible (a constraint above 0) and never
+    trained. A trained trial is told its score at the first rung (successive halving's
+    premise: the early score ranks the trials), so that later proposals learn from it.
+    ``analyse(point)`` gives a point's record; ``space`` maps each variable to its
+    :class:`Draw` (a grid's values as a choice)."""
+
+    def __init__(self, space: dict[str, Draw], seed: int, where: str | None,
+                 analyse: Callable[[dict], dict]):
+        try:
+            import optuna
+        except ImportError:
+            raise UsageError("--search optuna needs Optuna",
+                             "pip install 'archc[sweep]', or leave --search out") from None
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.optuna, self.where, self.analyse = optuna, where, analyse
+        self.space = {name: draw.distribution() for name, draw in space.items()}
+        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
+            seed=seed, constraints_func=lambda trial: trial.user_attrs.get("constraint", (0.0,))))
+        self.open: dict[str, Any] = {}  # point's key -> the Optuna trial awaiting its score
+        self.seen: set[str] = set()  # the points proposed (trained or analysed infeasible)
+
+    def propose(self, on_record: Callable[[dict], None]) -> dict | None:
+        """The next feasible point's record (its key in ``open``), or None after
+        ``MAX_TRIES`` proposals in a row that were not (or had been proposed before);
+        every analysed proposal goes to ``on_record``."""
+        for _ in range(MAX_TRIES):
+            trial = self.study.ask(self.space)
+            if key(trial.params) in self.seen:  # proposed before: nothing new to learn
+                self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                continue
+            self.seen.add(key(trial.params))
+            record = self.analyse(dict(trial.params))
+            on_record(record)
+            if feasible(record, self.where):
+                self.open[key(record["point"])] = trial
+                return record
+            trial.set_user_attr("constraint", (1.0,))
+            self.study.tell(trial, 0.0)
+        return None
+
+    def tell(self, point: dict, score: float | None) -> None:
+        """A trial's score at its first rung (None: its training failed)."""
+        trial = self.open.pop(key(point), None)
+        if trial is None:
+            return
+        if score is None:
+            self.study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(trial, score)
+
+    def _inside(self, point: dict) -> bool:
+        if set(point) != set(self.space):
+            return False
+        try:
+            return all(self.space[k]._contains(self.space[k].to_internal_repr(v))
+                       for k, v in point.items())
+        except (ValueError, TypeError):
+            return False
+
+    def known(self, record: dict, score: float | None) -> None:
+        """A point of an earlier run of the sweep: trained to ``score``, or analysed and
+        infeasible (None), told to the study so that it goes on from there."""
+        point = record["point"]
+        if not self._inside(point) or key(point) in self.seen:
+            return  # a point of another search space, or told already
+        self.seen.add(key(point))
+        self.study.add_trial(self.optuna.trial.create_trial(
+            params=point, distributions=self.space, value=0.0 if score is None else score,
+            user_attrs={"constraint": (1.0,) if score is None else (0.0,)}))
+
+
 def front_figure(records: list[dict], front: list[dict], objectives: list[str], title: str = ""):
     """The feasible points and their Pareto front on the first two objectives (a
-    matplotlib figure; None without matplotlib or with one objective)."""
+    matplotlib figure; None without matplotlib, with one objective or no point)."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    if len(objectives) < 2:
+    if len(objectives) < 2 or not records:
         return None
     x, y = objectives[:2]
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")

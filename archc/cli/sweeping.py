@@ -61,22 +61,30 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                          "e.g. --grid \"width_mult=[0.5, 1.0]\" --sample \"w_a=uniform(8, 64)\"")
     if args.train_flags and not args.train:
         raise UsageError("training flags after '--' need --train K (or --train front)")
+    if args.search == "optuna" and not (args.train or "").isdigit():
+        raise UsageError("--search optuna proposes points to train: give --train K, the "
+                         "number of points to train", "e.g. --search optuna --train 20 -- "
+                         "--data digits --epochs 9")
     fixed = parse_overrides(args.overrides)
     training = _training(args, fixed) if args.train else None
     spec = str(Path(args.spec).resolve())
     text = read_spec(spec)  # sent to the workers: no copy of the file needed there
-    # a discrete draw may repeat a point: each is analysed once
-    todo = list({sweep.key(p): p for p in sweep.points(grid, samples, args.count,
-                                                          args.seed)}.values())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "points.jsonl"
     done = _read_done(results)
-    missing = [p for p in todo if sweep.key(p) not in done]
     engine = sweep_engines.make(args.engine, args.address, args.jobs,
                                 args.trial_cpus or (os.cpu_count() or 1 if args.engine == "local"
                                                     else 1))
     try:
+        if args.search == "optuna":
+            _search(args, engine, training, grid, samples, objectives, fixed, spec, text, done)
+            _front(args, list(done.values()), objectives, out)
+            return EXIT_OK
+        # a discrete draw may repeat a point: each is analysed once
+        todo = list({sweep.key(p): p for p in sweep.points(grid, samples, args.count,
+                                                              args.seed)}.values())
+        missing = [p for p in todo if sweep.key(p) not in done]
         print(f"{len(todo)} points, {len(todo) - len(missing)} done before; analysing "
               f"{len(missing)} on {engine.describe()}")
         batch: list[dict] = []
@@ -97,6 +105,34 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     return EXIT_OK
+
+
+def _search(args, engine, training: dict, grid, samples, objectives: list[str], fixed: dict,
+            spec: str, text: bytes, done: dict) -> None:
+    """--search optuna: Optuna proposes the points (analysed here, each appended to
+    points.jsonl), successive halving trains the feasible ones; a rerun tells Optuna what
+    the earlier run found and goes on to --train K trained points."""
+    import functools
+
+    from archc import sweep
+
+    search = sweep.OptunaSearch(
+        {**{name: sweep.Draw("choice", values=values) for name, values in grid}, **dict(samples)},
+        args.seed, args.where,
+        functools.partial(sweep.analyse_point, spec, fixed, device_name=args.device, text=text))
+    for record in done.values():
+        if not sweep.feasible(record, args.where):
+            search.known(record, None)
+    results = Path(args.out) / "points.jsonl"
+
+    def analysed(record: dict) -> None:
+        done[sweep.key(record["point"])] = record
+        _append(results, [record])
+
+    print(f"Optuna's TPE sampler (seed {args.seed}) proposes points under "
+          f"{args.where or 'no constraint'}; {len(done)} analysed before")
+    _train(args, engine, training, [], objectives, fixed, Path(args.out),
+           search=(search, analysed, done))
 
 
 def _front(args, records: list[dict], objectives: list[str],
@@ -189,7 +225,7 @@ def _training(args, fixed: dict) -> dict:
 
 
 def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
-           fixed: dict, out: Path) -> None:
+           fixed: dict, out: Path, search: tuple | None = None) -> None:
     """Train the chosen points as trials under successive halving
     (:class:`archc.sweep.Asha`), each in its own run folder, results appended to
     trials.jsonl as they come (a rerun goes on from them); then the Pareto front of the
@@ -199,7 +235,18 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
     from archc import sweep
     from archc.cli.sweep_engines import train_trial
 
-    trials = {hashlib.sha1(sweep.key(r["point"]).encode()).hexdigest()[:10]: r for r in chosen}
+    def trial_id(point: dict) -> str:
+        return hashlib.sha1(sweep.key(point).encode()).hexdigest()[:10]
+
+    trials = {trial_id(r["point"]): r for r in chosen}
+    earlier = _read_trials(out / "trials.jsonl") if (out / "trials.jsonl").exists() else []
+    if search is not None:  # the points trained before are this search's trials
+        optuna, analysed, done = search
+        for row in earlier:
+            if isinstance(row.get("point"), dict) and sweep.key(row["point"]) in done:
+                trials.setdefault(row.get("trial"), done[sweep.key(row["point"])])
+                if row.get("rung") == 0:
+                    optuna.known(row, row.get("score"))
     folders = out / "trials"
     folders.mkdir(exist_ok=True)
     (out / "trials.json").write_text(json.dumps(plan, indent=1))
@@ -207,19 +254,34 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
     asha = sweep.Asha(list(trials), rungs, plan["eta"])
     log = out / "trials.jsonl"
     results, replayed = {}, 0
-    for row in (_read_trials(log) if log.exists() else []):
+    for row in earlier:
         if row.get("trial") in trials and row.get("rung") in range(len(rungs)):
             asha.done(row["trial"], row["rung"], row.get("score", -math.inf))
             results[row["trial"]] = row
             replayed += 1
     threads = engine.threads
-    print(f"training {len(trials)} point{'s' if len(trials) > 1 else ''} (rungs at {', '.join(map(str, rungs))} "
+    wanted = int(args.train) if search is not None else len(trials)
+    print(f"training {wanted} point{'s' if wanted > 1 else ''} (rungs at {', '.join(map(str, rungs))} "
           f"epochs, the best 1/{plan['eta']} go on), {engine.trial_slots()} at a time, "
           f"{threads} core{'s' if threads > 1 else ''} each; {replayed} rung results "
           "from before")
     running: dict[int, tuple[str, int]] = {}
-    while not asha.finished():
-        while len(running) < engine.trial_slots() and (job := asha.next()) is not None:
+    while True:
+        while len(running) < engine.trial_slots():
+            asha.more_coming = search is not None and len(trials) < wanted
+            job = asha.next()
+            if job is None and search is not None and len(trials) < wanted:
+                record = search[0].propose(search[1])
+                if record is None:
+                    print(f"  no feasible point in {sweep.MAX_TRIES} proposals: the search "
+                          "stops")
+                    wanted = len(trials)
+                else:
+                    trials[trial_id(record["point"])] = record
+                    asha.add(trial_id(record["point"]))
+                    job = asha.next()
+            if job is None:
+                break
             trial, rung = job
             folder = str((folders / trial).resolve())
             handle = engine.submit(train_trial, str(Path(args.spec).resolve()), fixed,
@@ -232,6 +294,8 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
         trial, rung = running.pop(handle)
         row = {"trial": trial, "rung": rung, "point": trials[trial]["point"], **result}
         asha.done(trial, rung, result.get("score", -math.inf))
+        if search is not None and rung == 0:
+            search[0].tell(trials[trial]["point"], result.get("score"))
         _append(log, [row])
         results[trial] = row
         what = (f"error: {result['error']}" if "error" in result else
@@ -272,6 +336,10 @@ def _setup_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", action="append", default=[], metavar="NAME=DIST(...)",
                    help="random values of a variable: uniform(a, b), loguniform(a, b), "
                    "randint(a, b), choice([v, ...]) (repeatable)")
+    p.add_argument("--search", choices=["grid", "optuna"], default="grid",
+                   help="grid: every grid combination times --count random samples (default); "
+                   "optuna: Optuna's TPE sampler proposes points to --train, learning from the "
+                   "scores (needs archc[sweep])")
     p.add_argument("--count", type=positive, default=100,
                    help="random points per grid combination with --sample (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random points (default 0)")

@@ -270,7 +270,7 @@ def _trial_folder(out, point):
     return out / "trials" / hashlib.sha1(sweep.key(point).encode()).hexdigest()[:10]
 
 
-LONG = ["--min-epochs", "40", "--", "--data", "digits", "--epochs", "40", "--batch-size", "32"]
+LONG = ["--min-epochs", "12", "--", "--data", "digits", "--epochs", "12", "--batch-size", "32"]
 
 
 def test_a_trial_whose_worker_dies_goes_on_from_its_checkpoint_locally(tmp_path):
@@ -282,9 +282,9 @@ def test_a_trial_whose_worker_dies_goes_on_from_its_checkpoint_locally(tmp_path)
          "--out", str(out), "--jobs", "1", "--train", "1", *LONG],
         _trial_folder(out, {"width": 16}), tmp_path)
     assert len(attempts) == 2 and attempts[1]["pid"] != attempts[0]["pid"]
-    assert 2 <= attempts[1]["from_epoch"] < 40  # not from the start
-    assert [row["epoch"] for row in log] == list(range(1, 41))  # every epoch once
-    assert "40 epochs, accuracy" in output
+    assert 2 <= attempts[1]["from_epoch"] < 12  # not from the start
+    assert [row["epoch"] for row in log] == list(range(1, 13))  # every epoch once
+    assert "12 epochs, accuracy" in output
 
 
 @pytest.fixture
@@ -334,6 +334,54 @@ def test_ray_gives_the_local_front_and_resumes_a_trial_whose_worker_dies(ray_clu
          "--out", str(out), "--engine", "ray", "--address", ray_cluster, "--train", "1",
          "--trial-cpus", "2", *LONG], _trial_folder(out, {"width": 16}), tmp_path)
     assert len(attempts) == 2 and attempts[1]["pid"] != attempts[0]["pid"]
-    assert 2 <= attempts[1]["from_epoch"] < 40
-    assert [row["epoch"] for row in log] == list(range(1, 41))
-    assert "40 epochs, accuracy" in output
+    assert 2 <= attempts[1]["from_epoch"] < 12
+    assert [row["epoch"] for row in log] == list(range(1, 13))
+    assert "12 epochs, accuracy" in output
+
+
+def test_an_optuna_search_trains_feasible_proposals_and_a_rerun_goes_on(tmp_path, capsys):
+    """Optuna proposes, archc analyses: proposals that break --where are told to Optuna as
+    infeasible and never trained; K feasible points are trained; the same seed proposes
+    the same points; a rerun with a larger K trains only the new ones."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(DIGITS)
+
+    def run(out, k):
+        return main(["sweep", str(spec), "--search", "optuna", "--sample",
+                     "width=randint(1, 40)", "--where", "params < 3000", "--out", str(out),
+                     "--jobs", "1", "--train", str(k), "--seed", "3", "--", "--data",
+                     "digits", "--epochs", "1", "--batch-size", "128"])
+
+    assert run(tmp_path / "a", 4) == 0
+    assert "Optuna's TPE sampler (seed 3) proposes points under params < 3000" in \
+        capsys.readouterr().out
+    analysed = _rows(tmp_path / "a" / "points.jsonl")
+    trained = {r["trial"]: r["point"]["width"] for r in _rows(tmp_path / "a" / "trials.jsonl")}
+    assert len(trained) == 4
+    params = {r["point"]["width"]: r["params"] for r in analysed}
+    assert all(params[w] < 3000 for w in trained.values())  # width 17 at most
+    assert len({sweep.key(r["point"]) for r in analysed}) == len(analysed)  # none twice
+    assert run(tmp_path / "b", 4) == 0  # the same seed, the same proposals
+    capsys.readouterr()
+    assert {r["trial"] for r in _rows(tmp_path / "b" / "trials.jsonl")} == set(trained)
+    attempts = {t: (tmp_path / "a" / "trials" / t / "attempts.jsonl").read_text() for t in trained}
+    assert run(tmp_path / "a", 6) == 0
+    more = {r["trial"] for r in _rows(tmp_path / "a" / "trials.jsonl")}
+    assert len(more) == 6 and set(trained) < more
+    assert {t: (tmp_path / "a" / "trials" / t / "attempts.jsonl").read_text()
+            for t in trained} == attempts  # the first four not trained again
+    assert main(["sweep", str(spec), "--search", "optuna", "--sample", "width=randint(1, 9)",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "--search optuna proposes points to train: give --train K" in capsys.readouterr().err
+
+
+def test_a_search_that_finds_no_feasible_point_stops_with_the_reason(tmp_path, capsys):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(DIGITS)
+    assert main(["sweep", str(spec), "--search", "optuna", "--sample", "width=randint(1, 3)",
+                 "--where", "params < 10", "--out", str(tmp_path / "s"), "--jobs", "1",
+                 "--train", "2", "--", "--data", "digits", "--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert f"no feasible point in {sweep.MAX_TRIES} proposals: the search stops" in printed
+    assert len(_rows(tmp_path / "s" / "points.jsonl")) == 3  # each width analysed once
+    assert not (tmp_path / "s" / "trials.jsonl").exists()
