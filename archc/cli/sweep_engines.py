@@ -26,6 +26,10 @@ from archc.errors import UsageError
 
 CHUNK = 32  # points per Ray task: a task costs about a millisecond, a point about ten
 RETRIES = 3  # a trial's worker may die this many times before the sweep gives up on it
+# several trials on the same cores: OpenMP threads that spin after each parallel region
+# take the cores from the other trials' work (docs/performance.md, "Several processes on
+# the same cores"); a user's own setting is kept
+SHARING = {"GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT", "1000")}
 
 
 def analyse_chunk(spec: str, text: bytes, fixed: dict, chunk: list[dict],
@@ -106,7 +110,10 @@ class LocalEngine:
         if self._pool is None:
             import multiprocessing
 
-            # a fresh interpreter per worker: no Numba threads inherited from a fork
+            # a fresh interpreter per worker: no Numba threads inherited from a fork, and
+            # the environment read when OpenMP starts
+            if self.trial_slots() > 1:
+                os.environ.update(SHARING)
             self._pool = futures.ProcessPoolExecutor(
                 self.trial_slots(), mp_context=multiprocessing.get_context("spawn"))
         return self._pool
@@ -198,8 +205,10 @@ class RayEngine:
 
     def submit(self, fn: Callable, *args: Any) -> int:
         handle = next(self._handles)
-        self._work[handle] = self.ray.remote(num_cpus=self.threads, max_retries=RETRIES)(
-            fn).remote(*args)
+        options: dict = {"num_cpus": self.threads, "max_retries": RETRIES}
+        if self.trial_slots() > 1:
+            options["runtime_env"] = {"env_vars": SHARING}
+        self._work[handle] = self.ray.remote(**options)(fn).remote(*args)
         return handle
 
     def wait_one(self) -> tuple[int, Any]:

@@ -1,5 +1,6 @@
 """``archc sweep``: the cost of every point of a design space, its constraint and its
-Pareto front (:mod:`archc.sweep`), on this machine's cores."""
+Pareto front (:mod:`archc.sweep`); points trained under successive halving, or proposed
+by Optuna; on this machine's cores or a Ray cluster (:mod:`archc.cli.sweep_engines`)."""
 
 from __future__ import annotations
 
@@ -323,10 +324,23 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
 
 
 def _read_trials(path: Path) -> list[dict]:
+    """The rung results an earlier run of the sweep wrote, each checked: a damaged file is
+    refused with its name and line."""
     from runtime.errors import RunFolderError
-    from runtime.files import json_lines
+    from runtime.files import finite_number, json_lines
 
-    return json_lines(path, "sweep trials", RunFolderError)
+    rows = json_lines(path, "sweep trials", RunFolderError)
+    for number, row in enumerate(rows, 1):
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        fine = (isinstance(row.get("trial"), str) and whole(row.get("rung"))
+                and isinstance(row.get("point"), dict))
+        if fine and "error" not in row:
+            fine = (finite_number(row.get("score")) and whole(row.get("epochs"))
+                    and isinstance(row.get("metric"), str))
+        if not fine:
+            raise RunFolderError(f"sweep trials {path}, line {number}, is not a trial's "
+                                 "result (trial, rung, point, and epochs, score, metric)")
+    return rows
 
 
 def _setup_sweep(p: argparse.ArgumentParser) -> None:
@@ -388,7 +402,8 @@ def _above_one(text: str) -> int:
 
 TRAILING["sweep"] = "train_flags"
 COMMANDS["sweep"] = (
-    "analyse every point of a design space (grid, random samples) and print its Pareto front",
+    "analyse every point of a design space (grid, random samples) and print its Pareto "
+    "front; train points of it, bad ones stopped early, here or on a Ray cluster",
     _setup_sweep,
     _cmd_sweep,
 )

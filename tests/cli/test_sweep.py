@@ -214,6 +214,13 @@ def test_sweep_trains_the_points_stops_bad_ones_and_a_rerun_goes_on(tmp_path, ca
             for t in (out / "trials").iterdir()} == attempts
     assert main([*args[:-1], "4"]) == 2
     assert "were trained with other settings" in capsys.readouterr().err
+    lines = (out / "trials.jsonl").read_text().splitlines()
+    damaged = json.loads(lines[1])
+    damaged["score"] = "high"
+    (out / "trials.jsonl").write_text("\n".join([lines[0], json.dumps(damaged)]) + "\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "trials.jsonl, line 2, is not a trial's result" in err and len(err.splitlines()) == 1
 
 
 def test_a_set_among_the_training_flags_changes_a_variable_for_training_only(tmp_path):
