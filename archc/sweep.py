@@ -346,7 +346,8 @@ class OptunaSearch:
             user_attrs={"constraint": (1.0,) if score is None else (0.0,)}))
 
 
-def front_figure(records: list[dict], front: list[dict], objectives: list[str], title: str = ""):
+def front_figure(records: list[dict], front: list[dict], objectives: list[str], title: str = "",
+                 points: str = "feasible points"):
     """The feasible points and their Pareto front on the first two objectives (a
     matplotlib figure; None without matplotlib, with one objective or no point)."""
     try:
@@ -359,12 +360,13 @@ def front_figure(records: list[dict], front: list[dict], objectives: list[str], 
     fig = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
     ax.scatter([r[x] for r in records], [r[y] for r in records], s=10, alpha=0.4,
-               label=f"feasible points ({len(records)})")
+               label=f"{points} ({len(records)})")
     ordered = sorted(front, key=lambda r: (r[x], r[y]))
     ax.plot([r[x] for r in ordered], [r[y] for r in ordered], "o-", color="#d62728",
             label=f"Pareto front ({len(front)})")
-    ax.set(xlabel=x, ylabel=y, xscale="log", yscale="linear" if y in MAXIMISED else "log",
-           title=title)
+    ylabel = f"best held-out {records[0]['metric']}" if y in MAXIMISED else y
+    ax.set(xlabel=x, ylabel=ylabel, xscale="log",
+           yscale="linear" if y in MAXIMISED else "log", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig

@@ -158,6 +158,12 @@ def _front(args, records: list[dict], objectives: list[str],
     return ok, front
 
 
+def _shown(point: dict) -> str:
+    """A point as printed: floats to 4 significant digits (the files keep every digit)."""
+    return json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
+                       for k, v in point.items()})
+
+
 def _show(front: list[dict], objectives: list[str], limit: int, path: Path) -> None:
     from archc.analysis.table import human
 
@@ -172,7 +178,7 @@ def _show(front: list[dict], objectives: list[str], limit: int, path: Path) -> N
     for r in shown[:limit]:
         numbers = "  ".join(f"{o} {number(r, o)}" if o != "score" else number(r, o)
                             for o in objectives)
-        print(f"  {numbers}  {json.dumps(r['point'])}")
+        print(f"  {numbers}  {_shown(r['point'])}")
     if len(shown) > limit:
         print(f"  ... {len(shown) - limit} more in {path}")
 
@@ -301,7 +307,7 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
         results[trial] = row
         what = (f"error: {result['error']}" if "error" in result else
                 f"{result['epochs']} epochs, {result['metric']} {result['score']:.4f}")
-        print(f"  trial {trial} {json.dumps(trials[trial]['point'])}: {what}")
+        print(f"  trial {trial} {_shown(trials[trial]['point'])}: {what}")
     trained = [{**trials[t], "score": r["score"], "metric": r["metric"], "epochs": r["epochs"],
                 "stopped_early": r["rung"] < len(rungs) - 1, "run": str(folders / t)}
                for t, r in results.items() if "error" not in r]
@@ -310,7 +316,7 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
     best = sweep.pareto_front(trained, goals)
     (out / "trained.json").write_text(json.dumps(best, indent=1))
     figure = sweep.front_figure(trained, best, [objectives[0], "score"],
-                                f"{Path(args.spec).stem}: trained")
+                                f"{Path(args.spec).stem}: trained", "trained points")
     if figure is not None:
         figure.savefig(out / "trained.png", dpi=90)
     stopped = sum(1 for r in trained if r["stopped_early"])
