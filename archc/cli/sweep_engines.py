@@ -48,7 +48,8 @@ def train_trial(spec: str, fixed: dict, point: dict, flags: list[str], run: str,
     that stopped it. The command's output goes to ``run``/train.out."""
     import numba
 
-    from archc.cli import main
+    from archc.cli import training  # noqa: F401 (registers archc train)
+    from archc.cli.dispatch import run as run_command
     from runtime.errors import RunFolderError
     from runtime.files import json_lines, read_json
     from runtime.train.tasks import primary_metric
@@ -64,11 +65,11 @@ def train_trial(spec: str, fixed: dict, point: dict, flags: list[str], run: str,
                             "from_epoch": started, "until": until}) + "\n")
     # the flags after the point's variables: a --set among them wins (training at another
     # resolution than the one analysed)
-    argv = ["train", spec, *[f"--set={k}={json.dumps(v)}" for k, v in {**fixed, **point}.items()],
+    argv = [spec, *[f"--set={k}={json.dumps(v)}" for k, v in {**fixed, **point}.items()],
             *flags, "--until", str(until), "--resume" if resume else "--out", str(folder)]
     with open(folder / "train.out", "a", encoding="utf-8") as out, \
             contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        code = main(argv)
+        code = run_command("train", argv)
     if code != 0:
         lines = (folder / "train.out").read_text(encoding="utf-8").strip().splitlines()
         return {"error": lines[-1] if lines else f"archc train exited with {code}"}
