@@ -21,6 +21,8 @@ TORCHVISION = [
     ("vgg16", {}, 138_357_544, 15.47),
     ("vgg16_bn", {}, 138_365_992, 15.47),
     ("googlenet", {}, 6_624_904, 1.50),
+    # with its auxiliary classifiers (training outputs): torchvision's aux_logits=True
+    ("googlenet", {"aux_logits": True}, 13_004_888, 1.50),
     ("resnet18", {}, 11_689_512, 1.81),
     ("resnet34", {}, 21_797_672, 3.66),
     ("resnet50", {}, 25_557_032, 4.09),
@@ -48,6 +50,9 @@ TORCHVISION = [
     ("regnet", {"model": "y_8gf"}, 39_381_472, 8.473),
     ("fcn", {}, 32_957_013, None),
     ("deeplab", {}, 39_638_869, None),
+    # with the auxiliary FCN head (a training output): torchvision's documented counts
+    ("fcn", {"aux_loss": True}, 35_322_218, None),
+    ("deeplab", {"aux_loss": True}, 42_004_074, None),
     # detectors: torchvision's documented counts hold its frozen batch norms as buffers;
     # built with batch norms that train (its norm_layer=BatchNorm2d) they count 53,120 more
     ("faster_rcnn", {"frozen_bn": True}, 41_755_286, None),

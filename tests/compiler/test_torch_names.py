@@ -218,3 +218,17 @@ def test_mistakes_in_rules_are_located(rules, line, message):
         archc.load("net.yaml", text=NET % rules)
     assert message in info.value.message
     assert info.value.loc.line == line
+
+
+@pytest.mark.parametrize("spec", ["fcn", "deeplab"])
+def test_the_auxiliary_segmentation_head_carries_torchvisions_names(spec):
+    """aux_loss=True: torchvision's aux_classifier (an FCNHead on layer3), a training
+    output whose weights are part of the state_dict."""
+    model = archc.compile(archc.load(SPECS / f"{spec}.yaml", aux_loss=True, resolution=64))
+    state = model.state_dict()
+    aux = sorted(k for k in state if k.startswith("aux_classifier."))
+    assert aux == sorted(["aux_classifier.0.weight", *_bn("aux_classifier.1"),
+                          "aux_classifier.4.weight", "aux_classifier.4.bias"])
+    assert state["aux_classifier.0.weight"].shape == (256, 1024, 3, 3)
+    assert state["aux_classifier.4.weight"].shape == (21, 256, 1, 1)
+    assert model.program.train_outputs == {"aux": "aux"}
