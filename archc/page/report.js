@@ -245,6 +245,7 @@
         : rf(l.receptive_field) + " px, stride " + l.receptive_field.stride.join("x")));
     if (l.latency_s !== null && l.latency_s !== undefined) table.append(row("roofline latency", (l.latency_s * 1e6).toFixed(2) + " \u00b5s (" + l.bound + "-bound)"));
     if (l.fused.length) table.append(row("fused", l.fused.join(", ")));
+    if (l.training_only) table.append(row("runs", "in training only (for the training outputs); left out of inference and its totals"));
     const actions = el("div", { class: "actions" });
     if (l.scope.length) {
       const path = l.scope[l.scope.length - 1];

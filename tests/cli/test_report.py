@@ -41,6 +41,16 @@ def test_report_holds_what_summary_prints(tmp_path, capsys):
     assert max(data["live_bytes"]) == summary["totals"]["inference_peak_bytes"]
 
 
+def test_training_only_layers_are_marked_and_left_out_of_the_inference_plots():
+    graph = archc.load(SPECS / "googlenet.yaml", aux_logits=True, resolution=96)
+    data = page_json(report_page(graph))
+    marked = {layer["name"] for layer in data["layers"] if layer["training_only"]}
+    assert marked == graph.training_only()
+    assert len(data["live_bytes"]) == len(graph) - len(marked)  # inference's order
+    assert max(data["live_bytes"]) == data["totals"]["inference_peak_bytes"]
+    assert data["totals"]["inference_params"] == 6_624_904
+
+
 def test_report_is_self_contained(tmp_path):
     text = report_page(archc.load(SPECS / "googlenet.yaml"))
     # nothing fetched when opened: no external scripts, styles, images or fonts
