@@ -18,9 +18,9 @@ from archc.errors import UsageError
 def _read_done(path: Path) -> dict[str, dict]:
     """The records an earlier run of the sweep wrote, by point; a damaged file is refused
     with its name."""
-    from archc.sweep import key
+    from archc.sweep import METRICS, key
     from runtime.errors import RunFolderError
-    from runtime.files import json_lines
+    from runtime.files import finite_number, json_lines
 
     if not path.exists():
         return {}
@@ -28,6 +28,12 @@ def _read_done(path: Path) -> dict[str, dict]:
     for number, row in enumerate(json_lines(path, "sweep results", RunFolderError), 1):
         if not isinstance(row.get("point"), dict):
             raise RunFolderError(f"sweep results {path}, line {number}, has no point")
+        numbers = [m for m in METRICS if m != "latency_s"] + (
+            ["latency_s"] if "latency_s" in row else [])
+        if not (isinstance(row.get("error"), str)
+                or all(finite_number(row.get(m)) for m in numbers)):
+            raise RunFolderError(f"sweep results {path}, line {number}, has neither the "
+                                 f"point's numbers ({', '.join(numbers)}) nor its error")
         done[key(row["point"])] = row
     return done
 

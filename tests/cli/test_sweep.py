@@ -128,10 +128,15 @@ def test_mistakes_are_refused_before_any_work(space, tmp_path, capsys, extra, me
 def test_damaged_results_are_refused_with_their_name(space, tmp_path, capsys):
     out = tmp_path / "s"
     out.mkdir()
-    (out / "points.jsonl").write_text('{"point": {"width": 8}, "params": 1}\n{oops\n')
+    (out / "points.jsonl").write_text('{"point": {"width": 8}, "error": "x"}\n{oops\n')
     assert main(["sweep", str(space), "--grid", "width=[8]", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "points.jsonl, line 2, is not valid JSON" in err and len(err.strip().splitlines()) == 1
+    (out / "points.jsonl").write_text('{"point": {"width": 8}, "params": "many", "macs": 1}\n')
+    assert main(["sweep", str(space), "--grid", "width=[8]", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "points.jsonl, line 1, has neither the point's numbers" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_successive_halving_promotes_only_the_best_and_replays_to_the_same_state():
