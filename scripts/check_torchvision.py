@@ -31,6 +31,12 @@ NETWORKS = {
     "vgg16": ("vgg16", {}, {}),
     "vgg16_bn": ("vgg16_bn", {}, {}),
     "googlenet": ("googlenet", {"aux_logits": False, "init_weights": True}, {}),
+    # the auxiliary classifiers are training outputs: their weights load and come back,
+    # eval mode computes the main output alone, as torchvision's
+    "googlenet+aux": ("googlenet", {"aux_logits": True, "init_weights": True},
+                      {"aux_logits": True}),
+    "inception_v3": ("inception_v3", {"aux_logits": True, "init_weights": True},
+                     {"resolution": 299}),
     "resnet18": ("resnet18", {}, {}),
     "resnet34": ("resnet34", {}, {}),
     "resnet50": ("resnet50", {}, {}),
@@ -45,6 +51,11 @@ NETWORKS = {
                                           "weights_backbone": None}, {}),
     "deeplab": ("segmentation.deeplabv3_resnet50", {"num_classes": 21, "aux_loss": False,
                                                     "weights_backbone": None}, {}),
+    "fcn+aux": ("segmentation.fcn_resnet50", {"num_classes": 21, "aux_loss": True,
+                                              "weights_backbone": None}, {"aux_loss": True}),
+    "deeplab+aux": ("segmentation.deeplabv3_resnet50", {"num_classes": 21, "aux_loss": True,
+                                                        "weights_backbone": None},
+                    {"aux_loss": True}),
 }
 
 
@@ -74,8 +85,10 @@ def main() -> int:
         if args.only and spec not in args.only:
             continue
         twin = build(name, kwargs)
-        res = args.resolution if spec not in ("alexnet",) else max(args.resolution, 64)
-        graph = archc.load(ROOT / "specs" / f"{spec}.yaml", resolution=res, **variables)
+        res = variables.get("resolution", max(args.resolution, 64 if spec == "alexnet" else 0))
+        variables = {k: v for k, v in variables.items() if k != "resolution"}
+        graph = archc.load(ROOT / "specs" / f"{spec.split('+')[0]}.yaml", resolution=res,
+                           **variables)
         model = archc.compile(graph, backend=args.backend)
         state = {k: v.detach().numpy() for k, v in twin.state_dict().items()}
         with tempfile.TemporaryDirectory() as tmp:

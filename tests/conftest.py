@@ -49,7 +49,9 @@ SMALL_NETWORKS = [
 LIBRARY = sorted(p.stem for p in SPECS.glob("*.yaml"))
 LIBRARY_SMALL = {"alexnet": {"resolution": 96}, "vgg16": {"resolution": 64},
                  "vgg16_bn": {"resolution": 64}, "fcn": {"resolution": 96},
-                 "deeplab": {"resolution": 96}, "unet": {"resolution": 188}, "yolo": {"S": 2}}
+                 "deeplab": {"resolution": 96}, "unet": {"resolution": 188}, "yolo": {"S": 2},
+                 # the auxiliary classifier needs the 299x299 input's 17x17 grid
+                 "inception_v3": {"resolution": 75, "aux_logits": False}}
 
 settings.register_profile(
     "archc", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]

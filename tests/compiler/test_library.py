@@ -23,6 +23,9 @@ TORCHVISION = [
     ("googlenet", {}, 6_624_904, 1.50),
     # with its auxiliary classifiers (training outputs): torchvision's aux_logits=True
     ("googlenet", {"aux_logits": True}, 13_004_888, 1.50),
+    # Inception v3: its documented count holds the auxiliary classifier (a training output)
+    ("inception_v3", {}, 27_161_264, 5.71),
+    ("inception_v3", {"aux_logits": False}, 23_834_568, 5.71),
     ("resnet18", {}, 11_689_512, 1.81),
     ("resnet34", {}, 21_797_672, 3.66),
     ("resnet50", {}, 25_557_032, 4.09),

@@ -88,13 +88,40 @@ def regnet_y_800mf() -> list[str]:
     return keys + ["fc.weight", "fc.bias"]
 
 
+def inception_v3() -> list[str]:
+    def conv(prefix: str) -> list[str]:  # BasicConv2d
+        return [f"{prefix}.conv.weight"] + _bn(f"{prefix}.bn")
+
+    branches = {
+        "a": ["branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2",
+              "branch3x3dbl_3", "branch_pool"],
+        "b": ["branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"],
+        "c": ["branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3"]
+        + [f"branch7x7dbl_{i}" for i in range(1, 6)] + ["branch_pool"],
+        "d": ["branch3x3_1", "branch3x3_2"] + [f"branch7x7x3_{i}" for i in range(1, 5)],
+        "e": ["branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1",
+              "branch3x3dbl_2", "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"],
+    }
+    keys = []
+    for stem in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1",
+                 "Conv2d_4a_3x3"):
+        keys += conv(stem)
+    for mixed, kind in (("5b", "a"), ("5c", "a"), ("5d", "a"), ("6a", "b"), ("6b", "c"),
+                        ("6c", "c"), ("6d", "c"), ("6e", "c"), ("7a", "d"), ("7b", "e"),
+                        ("7c", "e")):
+        for branch in branches[kind]:
+            keys += conv(f"Mixed_{mixed}.{branch}")
+    keys += conv("AuxLogits.conv0") + conv("AuxLogits.conv1")
+    return keys + ["AuxLogits.fc.weight", "AuxLogits.fc.bias", "fc.weight", "fc.bias"]
+
+
 @pytest.mark.parametrize("spec, torchvision", [
     ("densenet121", densenet121), ("efficientnet", efficientnet_b0),
     ("convnext_tiny", convnext_tiny), ("shufflenet_v2", shufflenet_v2),
-    ("regnet", regnet_y_800mf),
+    ("regnet", regnet_y_800mf), ("inception_v3", inception_v3),
 ])
 def test_library_specs_carry_torchvisions_names(spec, torchvision):
-    graph = archc.load(SPECS / f"{spec}.yaml", resolution=64)
+    graph = archc.load(SPECS / f"{spec}.yaml", resolution=299 if spec == "inception_v3" else 64)
     model = archc.compile(graph)
     assert sorted(model.state_dict()) == sorted(torchvision())
     # weights under those names come back to archc's, array for array
