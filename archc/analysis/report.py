@@ -257,9 +257,13 @@ def _totals(nodes: list[NodeReport], peak: int, device: Device | None) -> dict[s
 
 
 def _blocks(graph: Graph, nodes: list[NodeReport], fields: dict) -> list[BlockReport]:
+    inside: dict[str, list[NodeReport]] = {}  # block path -> its nodes, in order
+    for n in nodes:
+        for path in n.scope:
+            inside.setdefault(path, []).append(n)
     out = []
     for path, inst in graph.blocks.items():
-        members = [n for n in nodes if path in n.scope]
+        members = inside.get(path, [])
         level = next(n.scope.index(path) for n in members) if members else 0
         out.append(BlockReport(
             path=path, block=inst.block, count=inst.count, level=level, output=inst.output,

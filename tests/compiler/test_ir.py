@@ -70,3 +70,48 @@ def test_block_instances_are_recorded():
     assert dict(g.blocks["layer2.0"].args) == {"out": 128, "stride": 2, "project": True}
     assert g.blocks["layer2.0.downsample"].block == "sequential"
     assert g["layer2.0.downsample.0"].scope == ("layer2", "layer2.0", "layer2.0.downsample")
+
+
+def _networkx_order(graph) -> list[str]:
+    import networkx as nx
+
+    order = nx.get_node_attributes(graph.nx, "order")
+    return list(nx.lexicographical_topological_sort(graph.nx, key=order.__getitem__))
+
+
+@pytest.mark.parametrize("spec", ["googlenet", "densenet121", "unet_plus_plus", "mask_rcnn",
+                                  "mobilenet_v2"])
+def test_iteration_is_networkxs_lexicographic_topological_order(spec):
+    """Graph iteration computes networkx's order itself (faster): the same order on
+    library networks as written and after -O2, whose rewrites reuse and split orders."""
+    from archc.passes import preset, run_passes
+
+    graph = archc.load(SPECS / f"{spec}.yaml")
+    assert [n.name for n in graph] == _networkx_order(graph)
+    optimised = run_passes(graph, None, preset(2))[0]
+    assert [n.name for n in optimised] == _networkx_order(optimised)
+
+
+def test_iteration_breaks_ties_as_networkx_does_and_refuses_a_cycle():
+    import networkx as nx
+    from hypothesis import given, settings, strategies as st
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.data())
+    def check(data):
+        count = data.draw(st.integers(1, 12))
+        g = Graph(name="random")
+        for i in range(count):
+            inputs = data.draw(st.lists(st.sampled_from([f"n{j}" for j in range(i)]),
+                                        max_size=3)) if i else []
+            g.add(Node(f"n{i}", "add" if len(inputs) > 1 else "relu", {}, inputs))
+            g.nx.nodes[f"n{i}"]["order"] = data.draw(st.integers(0, 3))  # ties on purpose
+        assert [n.name for n in g] == _networkx_order(g)
+
+    check()
+    g = Graph(name="cycle")
+    g.add(Node("a", "relu", {}, []))
+    g.add(Node("b", "relu", {}, ["a"]))
+    g.nx.add_edge("b", "a", key=0)
+    with pytest.raises(nx.NetworkXUnfeasible):
+        list(g)
