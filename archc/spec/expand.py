@@ -38,7 +38,7 @@ class _Expander:
         self.blocks: dict[str, SpecMap] = {}
         self.file = file
         self.overrides = overrides
-        self._inferred = 0  # nodes whose shapes are known, in the order they were added
+        self._unshaped: list[Node] = []  # nodes added since shapes were last inferred
 
     def run(self) -> Graph:
         doc = self.doc
@@ -359,7 +359,7 @@ class _Expander:
                             "a block cannot contain itself, directly or through other blocks")
         if len(frame.block_stack) >= MAX_BLOCK_DEPTH:
             raise SpecError(f"blocks are nested more than {MAX_BLOCK_DEPTH} deep", entry.loc)
-        args = self._block_args(entry, block, body, env, inputs)
+        args, received = self._block_args(entry, block, body, env, inputs)
         ports = body.get("inputs", ["input"])
         ports = [ports] if isinstance(ports, str) else ports
         expect(ports, list, body.value_loc("inputs"), f"block '{block}' inputs", "inputs: [x, skip]")
@@ -374,7 +374,7 @@ class _Expander:
         if not layers:
             raise SpecError(f"block '{block}' has an empty 'layers' list", body.value_loc("layers"))
         note = f"in block '{block}' used as '{path}' at {entry.loc}"
-        child = Frame(prefix=path + ".", env=Env(args, self._received(inputs, env)),
+        child = Frame(prefix=path + ".", env=Env(args, received),
                       scope=frame.scope + (path,),
                       trace=(note,) + frame.trace, block_stack=frame.block_stack + (block,),
                       trainable=trainable, items=[inputs[0]],
@@ -398,10 +398,9 @@ class _Expander:
         of a vector), the shapes inferred now, as far as the graph is built."""
         from archc.shapes import infer_node
 
-        names = list(self.graph.nx)
-        for name in names[self._inferred:]:
-            infer_node(self.graph, self.graph[name])
-        self._inferred = len(names)
+        for node in self._unshaped:  # in the order added: inputs first
+            infer_node(self.graph, node)
+        self._unshaped.clear()
         shapes = [list(self.graph[name].shape) for name in inputs]
         first = shapes[0]
         values: dict[str, Any] = {"in_shape": first, "in_shapes": shapes, "in_channels": first[0]}
@@ -412,7 +411,8 @@ class _Expander:
         return Env(values, _globals(env))
 
     def _block_args(self, entry: Entry, block: str, body: SpecMap, env: Env,
-                    inputs: list[str]) -> dict[str, Any]:
+                    inputs: list[str]) -> tuple[dict[str, Any], Env]:
+        """The block's arguments, and what its body sees besides them (:meth:`_received`)."""
         declared = body.get("args", {}) or {}
         if isinstance(declared, list):
             declared = make_map({k: None for k in declared}, body.value_loc("args"))
@@ -441,7 +441,8 @@ class _Expander:
                 )
         values: dict[str, Any] = {}
         # defaults see globals, the input's shape and earlier arguments
-        defaults_env = Env(values, self._received(inputs, env))
+        received = self._received(inputs, env)
+        defaults_env = Env(values, received)
         for key in names:
             if key in given:
                 values[key] = evaluate_value(given[key], env, locs.get(key, entry.loc),
@@ -452,7 +453,7 @@ class _Expander:
             else:
                 values[key] = evaluate_value(declared[key], defaults_env, declared.value_loc(key),
                                              f"default of argument '{key}' of block '{block}'")
-        return values
+        return values, received
 
     def _layer_attrs(self, entry: Entry, layer: LayerType, env: Env) -> dict[str, Any]:
         given, locs, key_locs = call_values(entry, list(layer.positional), f"'{layer.op}'")
@@ -513,6 +514,7 @@ class _Expander:
         if node.name in self.graph:
             raise SpecError(f"two layers are both named '{node.name}'", loc, "rename one of them")
         self.graph.add(node)
+        self._unshaped.append(node)
         return node
 
 
