@@ -196,6 +196,11 @@ class Model:
         self.training = False
         return self
 
+    def _skipped(self) -> frozenset[int]:
+        """The steps this mode's passes leave out: in inference, those only training
+        outputs need."""
+        return frozenset() if self.training else self.program.training_only
+
     def _repr_html_(self) -> str:
         """In a notebook: what is compiled, for which backend, in which mode."""
         from runtime.notebook import model_html
@@ -343,7 +348,7 @@ class Model:
         device = self.device_params() if self.training else self._params_on_device()
         with self._scope(), self._first_pass(len(next(iter(values.values()))),
                                              backward=False) as watch:
-            skip = () if self.training else self.program.training_only
+            skip = self._skipped()
             for step, op in enumerate(self.program.ops):
                 if step in skip:  # only training outputs need it
                     continue
@@ -419,7 +424,7 @@ class Model:
                 drops.setdefault(step, []).append(name)
             made = set(self.program.inputs)  # what the calls compute (not chains' insides)
             steps: list[list] = []
-            skip = () if self.training else self.program.training_only
+            skip = self._skipped()
             for step, op in enumerate(self.program.ops):
                 if step in skip:  # only training outputs need it
                     continue
@@ -565,7 +570,7 @@ class Model:
     def _last_uses(self) -> dict[str, int]:
         """Value name -> the step of the last op that reads it (outputs: never freed)."""
         last: dict[str, int] = {}
-        skip = () if self.training else self.program.training_only
+        skip = self._skipped()
         for step, op in enumerate(self.program.ops):
             if step in skip:
                 continue
