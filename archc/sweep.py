@@ -221,13 +221,12 @@ class Asha:
         self.scores: list[dict[str, float]] = [{} for _ in self.rungs]
         self.promoted: list[set[str]] = [set() for _ in self.rungs]
         self.running: dict[str, int] = {}
-        self.more_coming = False  # a search will still add trials (add())
 
-    def _choose(self) -> tuple[str, int] | None:
+    def _choose(self, more_coming: bool) -> tuple[str, int] | None:
         for k in range(len(self.rungs) - 2, -1, -1):
             scores = self.scores[k]
             count = len(scores) // self.eta
-            if not count and scores and not self.pending and not self.more_coming and \
+            if not count and scores and not self.pending and not more_coming and \
                     all(r > k for r in self.running.values()):
                 count = 1  # every trial that will reach the rung has: its best goes on
             top = sorted(scores, key=lambda t: -scores[t])[:count]
@@ -236,9 +235,11 @@ class Asha:
                     return trial, k + 1
         return (self.pending[0], 0) if self.pending else None
 
-    def next(self) -> tuple[str, int] | None:
-        """(trial, rung) to train next, or None until a result comes in (or at the end)."""
-        chosen = self._choose()
+    def next(self, more_coming: bool = False) -> tuple[str, int] | None:
+        """(trial, rung) to train next, or None until a result comes in (or at the end).
+        ``more_coming``: a search will still add trials (:meth:`add`), so no rung is
+        complete yet."""
+        chosen = self._choose(more_coming)
         if chosen is not None:
             trial, rung = chosen
             if rung == 0:
@@ -262,7 +263,7 @@ class Asha:
         self.scores[rung][trial] = score
 
     def finished(self) -> bool:
-        return not self.running and self._choose() is None
+        return not self.running and self._choose(False) is None
 
     def reached(self, trial: str) -> int:
         """The highest rung ``trial`` finished (-1: none)."""
@@ -278,28 +279,29 @@ class OptunaSearch:
     fails ``where`` is told to Optuna as infeasible (a constraint above 0) and never
     trained. A trained trial is told its score at the first rung (successive halving's
     premise: the early score ranks the trials), so that later proposals learn from it.
-    ``analyse(point)`` gives a point's record; ``space`` maps each variable to its
-    :class:`Draw` (a grid's values as a choice)."""
+    ``analyse(point)`` gives a point's record, and every analysed proposal goes to
+    ``on_record``; ``space`` maps each variable to its :class:`Draw` (a grid's values as
+    a choice)."""
 
     def __init__(self, space: dict[str, Draw], seed: int, where: str | None,
-                 analyse: Callable[[dict], dict]):
+                 analyse: Callable[[dict], dict], on_record: Callable[[dict], None]):
         try:
             import optuna
         except ImportError:
             raise UsageError("--search optuna needs Optuna",
                              "pip install 'archc[sweep]', or leave --search out") from None
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.optuna, self.where, self.analyse = optuna, where, analyse
+        self.optuna, self.where = optuna, where
+        self.analyse, self.on_record = analyse, on_record
         self.space = {name: draw.distribution() for name, draw in space.items()}
         self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(
             seed=seed, constraints_func=lambda trial: trial.user_attrs.get("constraint", (0.0,))))
         self.open: dict[str, Any] = {}  # point's key -> the Optuna trial awaiting its score
         self.seen: set[str] = set()  # the points proposed (trained or analysed infeasible)
 
-    def propose(self, on_record: Callable[[dict], None]) -> dict | None:
+    def propose(self) -> dict | None:
         """The next feasible point's record (its key in ``open``), or None after
-        ``MAX_TRIES`` proposals in a row that were not (or had been proposed before);
-        every analysed proposal goes to ``on_record``."""
+        ``MAX_TRIES`` proposals in a row that were not (or had been proposed before)."""
         for _ in range(MAX_TRIES):
             trial = self.study.ask(self.space)
             if key(trial.params) in self.seen:  # proposed before: nothing new to learn
@@ -307,7 +309,7 @@ class OptunaSearch:
                 continue
             self.seen.add(key(trial.params))
             record = self.analyse(dict(trial.params))
-            on_record(record)
+            self.on_record(record)
             if feasible(record, self.where):
                 self.open[key(record["point"])] = trial
                 return record

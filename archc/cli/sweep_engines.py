@@ -81,13 +81,14 @@ def train_trial(spec: str, fixed: dict, point: dict, flags: list[str], run: str,
 
 class LocalEngine:
     """Processes on this machine: ``jobs`` analysing points (none: in this process), and
-    trials ``threads`` cores each, as many at a time as the cores allow."""
+    trials ``threads`` cores each (None: every core, one trial at a time), as many at a
+    time as the cores allow."""
 
     name = "local"
 
-    def __init__(self, jobs: int, threads: int):
-        self.jobs, self.threads = jobs, threads
+    def __init__(self, jobs: int, threads: int | None):
         self.cores = os.cpu_count() or 1
+        self.jobs, self.threads = jobs, threads or self.cores
         self._pool: futures.ProcessPoolExecutor | None = None
         self._work: dict[int, tuple] = {}  # trial handle: (future, fn, args, restarts)
         self._handles = itertools.count()
@@ -157,17 +158,17 @@ class LocalEngine:
 class RayEngine:
     """Ray tasks on the cluster at ``address`` (or on a Ray instance of this machine's
     cores when there is none): analyses in chunks of points, trials ``threads`` CPUs
-    each, retried on another worker when theirs dies."""
+    each (None: 1), retried on another worker when theirs dies."""
 
     name = "ray"
 
-    def __init__(self, address: str | None, threads: int, jobs: int):
+    def __init__(self, address: str | None, threads: int | None, jobs: int):
         try:
             import ray
         except ImportError:
             raise UsageError("--engine ray needs Ray", "pip install 'archc[sweep]' (on every "
                              "machine of the cluster), or use --engine local") from None
-        self.ray, self.threads = ray, threads
+        self.ray, self.threads = ray, threads or 1
         self._work: dict[int, Any] = {}
         self._handles = itertools.count()
         quiet: dict = {"include_dashboard": False, "log_to_driver": False,
@@ -191,14 +192,16 @@ class RayEngine:
 
     def analyse(self, spec: str, text: bytes, fixed: dict, device: str | None,
                 points: list[dict]) -> Iterator[dict]:
-        chunks = [points[i:i + CHUNK] for i in range(0, len(points), CHUNK)]
-        chunks.reverse()
-        waiting: list = []
-        limit = 4 * self.cpus  # tasks in flight: bounded memory for a million points
-        while chunks or waiting:
-            while chunks and len(waiting) < limit:
-                waiting.append(self._analyse.remote(spec, text, fixed, chunks.pop(), device))
+        chunks = (points[i:i + CHUNK] for i in range(0, len(points), CHUNK))
+
+        def submit(count: int) -> list:
+            return [self._analyse.remote(spec, text, fixed, chunk, device)
+                    for chunk in itertools.islice(chunks, count)]
+
+        waiting = submit(4 * self.cpus)  # tasks in flight: bounded memory for a million points
+        while waiting:
             done, waiting = self.ray.wait(waiting, num_returns=1)
+            waiting += submit(1)
             yield from self.ray.get(done[0])
 
     def trial_slots(self) -> int:
@@ -227,7 +230,7 @@ class RayEngine:
         self.ray.shutdown()
 
 
-def make(name: str, address: str | None, jobs: int, threads: int):
+def make(name: str, address: str | None, jobs: int, threads: int | None):
     """The engine ``--engine NAME [--address A]`` names."""
     if address and name != "ray":
         raise UsageError("--address is a Ray cluster's: give it with --engine ray")

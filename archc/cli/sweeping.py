@@ -80,9 +80,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = out / "points.jsonl"
     done = _read_done(results)
-    engine = sweep_engines.make(args.engine, args.address, args.jobs,
-                                args.trial_cpus or (os.cpu_count() or 1 if args.engine == "local"
-                                                    else 1))
+    engine = sweep_engines.make(args.engine, args.address, args.jobs, args.trial_cpus)
     try:
         if args.search == "optuna":
             _search(args, engine, training, grid, samples, objectives, fixed, spec, text, done)
@@ -123,23 +121,23 @@ def _search(args, engine, training: dict, grid, samples, objectives: list[str], 
 
     from archc import sweep
 
-    search = sweep.OptunaSearch(
-        {**{name: sweep.Draw("choice", values=values) for name, values in grid}, **dict(samples)},
-        args.seed, args.where,
-        functools.partial(sweep.analyse_point, spec, fixed, device_name=args.device, text=text))
-    for record in done.values():
-        if not sweep.feasible(record, args.where):
-            search.known(record, None)
     results = Path(args.out) / "points.jsonl"
 
     def analysed(record: dict) -> None:
         done[sweep.key(record["point"])] = record
         _append(results, [record])
 
+    search = sweep.OptunaSearch(
+        {**{name: sweep.Draw("choice", values=values) for name, values in grid}, **dict(samples)},
+        args.seed, args.where,
+        functools.partial(sweep.analyse_point, spec, fixed, device_name=args.device, text=text),
+        analysed)
+    for record in done.values():
+        if not sweep.feasible(record, args.where):
+            search.known(record, None)
     print(f"Optuna's TPE sampler (seed {args.seed}) proposes points under "
           f"{args.where or 'no constraint'}; {len(done)} analysed before")
-    _train(args, engine, training, [], objectives, fixed, Path(args.out),
-           search=(search, analysed, done))
+    _train(args, engine, training, [], objectives, fixed, Path(args.out), search, done)
 
 
 def _front(args, records: list[dict], objectives: list[str],
@@ -238,11 +236,13 @@ def _training(args, fixed: dict) -> dict:
 
 
 def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
-           fixed: dict, out: Path, search: tuple | None = None) -> None:
+           fixed: dict, out: Path, search=None, analysed: dict | None = None) -> None:
     """Train the chosen points as trials under successive halving
     (:class:`archc.sweep.Asha`), each in its own run folder, results appended to
     trials.jsonl as they come (a rerun goes on from them); then the Pareto front of the
-    trained points on the objectives and their score."""
+    trained points on the objectives and their score. With ``search`` (an
+    :class:`archc.sweep.OptunaSearch`), the trials are its proposals, up to --train K;
+    ``analysed``: every point's record by key, those of earlier runs included."""
     import hashlib
 
     from archc import sweep
@@ -254,12 +254,11 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
     trials = {trial_id(r["point"]): r for r in chosen}
     earlier = _read_trials(out / "trials.jsonl") if (out / "trials.jsonl").exists() else []
     if search is not None:  # the points trained before are this search's trials
-        optuna, analysed, done = search
         for row in earlier:
-            if isinstance(row.get("point"), dict) and sweep.key(row["point"]) in done:
-                trials.setdefault(row.get("trial"), done[sweep.key(row["point"])])
-                if row.get("rung") == 0:
-                    optuna.known(row, row.get("score"))
+            if sweep.key(row["point"]) in analysed:
+                trials.setdefault(row["trial"], analysed[sweep.key(row["point"])])
+                if row["rung"] == 0:
+                    search.known(row, row.get("score"))
     folders = out / "trials"
     folders.mkdir(exist_ok=True)
     (out / "trials.json").write_text(json.dumps(plan, indent=1))
@@ -268,7 +267,7 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
     log = out / "trials.jsonl"
     results, replayed = {}, 0
     for row in earlier:
-        if row.get("trial") in trials and row.get("rung") in range(len(rungs)):
+        if row["trial"] in trials and row["rung"] in range(len(rungs)):
             asha.done(row["trial"], row["rung"], row.get("score", -math.inf))
             results[row["trial"]] = row
             replayed += 1
@@ -281,10 +280,10 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
     running: dict[int, tuple[str, int]] = {}
     while True:
         while len(running) < engine.trial_slots():
-            asha.more_coming = search is not None and len(trials) < wanted
-            job = asha.next()
-            if job is None and search is not None and len(trials) < wanted:
-                record = search[0].propose(search[1])
+            more = search is not None and len(trials) < wanted
+            job = asha.next(more)
+            if job is None and more:
+                record = search.propose()
                 if record is None:
                     print(f"  no feasible point in {sweep.MAX_TRIES} proposals: the search "
                           "stops")
@@ -292,7 +291,7 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
                 else:
                     trials[trial_id(record["point"])] = record
                     asha.add(trial_id(record["point"]))
-                    job = asha.next()
+                    job = asha.next(more)
             if job is None:
                 break
             trial, rung = job
@@ -308,7 +307,7 @@ def _train(args, engine, plan: dict, chosen: list[dict], objectives: list[str],
         row = {"trial": trial, "rung": rung, "point": trials[trial]["point"], **result}
         asha.done(trial, rung, result.get("score", -math.inf))
         if search is not None and rung == 0:
-            search[0].tell(trials[trial]["point"], result.get("score"))
+            search.tell(trials[trial]["point"], result.get("score"))
         _append(log, [row])
         results[trial] = row
         what = (f"error: {result['error']}" if "error" in result else
