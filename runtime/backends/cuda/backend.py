@@ -120,7 +120,8 @@ def device_name() -> str:
     if K.SIMULATED:
         return "the CUDA simulator"
     name = cuda.get_current_device().name
-    return name.decode() if isinstance(name, bytes) else str(name)
+    name = name.decode() if isinstance(name, bytes) else str(name)
+    return f"{name}; GEMMs: {K.gemm_library()[1]}"
 
 
 BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add,

@@ -12,7 +12,7 @@ from runtime.backends.cuda.kernels import (ELEMENTWISE_BLOCK, PER_THREAD, THREAD
                                            TILE_K, TILE_K_PADDED, TILE_PADDED, _codes, _launch,
                                            _panel_product, absent, activate,
                                            activation_forward, add, axis_view, block_sum, cuda,
-                                           empty, gemm, result)
+                                           empty, gemm, gemm_library, result)
 
 # --------------------------------------------------------------------------- convolution
 @cuda.jit(cache=True)
@@ -167,14 +167,14 @@ def no_residual():
 def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None,
                    residual=None):
     """A dense or grouped conv on the device, with the epilogue ``activation(conv + bias +
-    residual)`` in the kernel. Dense: the implicit GEMM (``conv_gemm_kernel``); grouped:
-    im2col, a GEMM per group into that group's rows, the rows back to NCHW, the residual
-    added after."""
+    residual)`` in the kernel. Dense: the implicit GEMM (``conv_gemm_kernel``); grouped, or
+    dense where the GEMMs go to a library (cuBLAS): im2col, a GEMM per group into that
+    group's rows, the rows back to NCHW, the residual added after."""
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
     y = result((n, o, ho, wo))
-    if groups == 1:
+    if groups == 1 and gemm_library()[0] is None:  # with a GEMM library: im2col + GEMM
         code, slope = _codes(activation)
         grid = ((n * ho * wo + TILE - 1) // TILE, (o + TILE - 1) // TILE)
         conv_gemm_kernel[grid, (THREADS, THREADS)](

@@ -26,7 +26,7 @@ import os
 import numpy as np
 from numba import float32
 
-from runtime.backends.cuda import numba_cuda
+from runtime.backends.cuda import allocator, blas, numba_cuda
 from runtime.backends.activations import NO_ACTIVATION, activation_code, dispatch_chain
 
 cuda = numba_cuda()
@@ -34,6 +34,10 @@ cuda = numba_cuda()
 # The simulator runs every GPU thread as a Python thread, so simulated tests use small
 # blocks: the same kernels, fewer threads per block (and so more blocks).
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+
+# device memory from archc's caching pool (allocator.py) on a GPU, before any allocation
+ALLOCATOR = "the simulator's (host memory)" if SIMULATED else allocator.install()
 
 
 # threads per block of the element-wise kernels and reductions (a power of two), and the
@@ -301,12 +305,55 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_
         raise ValueError(f"gemm: inner dimensions differ ({k_a} and {k_b})")
     c = result((m, n)) if out is None else out
     if bias is None:
-        bias, bias_mode = empty(1), 0
+        bias, bias_mode = absent(), 0
     code, slope = _codes(activation)
+    library = gemm_library()[0]
+    if library is not None:  # cuBLAS, then the epilogue as one pass over C
+        library.gemm(a, b, c, trans_a, trans_b)
+        if bias_mode or code != NO_ACTIVATION:
+            _launch(gemm_epilogue_kernel, c.size, c, bias, bias_mode, code, slope)
+        return c
     grid = ((n + TILE - 1) // TILE, (m + TILE - 1) // TILE)
     gemm_kernel[grid, (THREADS, THREADS)](a, b, c, trans_a, trans_b, bias, bias_mode, code,
                                           slope)
     return c
+
+
+_GEMM: list = []  # (library or None, the line saying which GEMM runs), chosen on first use
+
+
+def gemm_library() -> tuple:
+    """(the GEMM library or None for archc's kernel, a line saying which runs): cuBLAS
+    when it can run here (``blas.choose``, ``ARCHC_CUDA_GEMM``), chosen once."""
+    if not _GEMM:
+        _GEMM.append(blas.choose(SIMULATED))
+    return _GEMM[-1]
+
+
+@contextlib.contextmanager
+def using_gemm(library, line: str):
+    """While the block runs, GEMMs go to ``library`` (None: archc's kernel)."""
+    gemm_library()
+    _GEMM.append((library, line))
+    try:
+        yield
+    finally:
+        _GEMM.pop()
+
+
+@cuda.jit(cache=True)
+def gemm_epilogue_kernel(c, bias, bias_mode, code, slope):
+    """The GEMM kernel's epilogue on a C a library computed: bias per row (mode 1) or per
+    column (mode 2), then activation ``code``, in place."""
+    m, n = c.shape
+    for e in range(cuda.grid(1), m * n, cuda.gridsize(1)):
+        r, q = e // n, e % n
+        v = c[r, q]
+        if bias_mode == 1:
+            v += bias[r]
+        elif bias_mode == 2:
+            v += bias[q]
+        c[r, q] = activate(v, code, slope)
 
 
 def activation_forward(x, name: str, attrs: dict, out=None):

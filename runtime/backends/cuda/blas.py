@@ -1,0 +1,127 @@
+"""Which GEMM the CUDA backend runs: cuBLAS, through nvmath-python's bindings
+(``nvmath.bindings.cublas``), when they load and a GPU is there; otherwise archc's own
+numba-cuda kernel (``kernels.gemm_kernel``), so a machine without the binding runs every
+CUDA path. ``ARCHC_CUDA_GEMM`` chooses: ``auto`` (the default: cuBLAS when it can run),
+``cublas`` (cuBLAS or an error saying why not) or ``numba`` (archc's kernel).
+
+archc's arrays are row-major and cuBLAS is column-major: a row-major (r, c) matrix with
+row stride ``ld`` is, to cuBLAS, the column-major (c, r) matrix with leading dimension
+``ld``, its transpose. So ``C = op(A) @ op(B)`` (row-major) is computed as the
+column-major ``C^T = op(B)^T @ op(A)^T``: B first, then A, each with its own transpose
+flag, no data moved (:func:`sgemm_arguments`).
+
+cuBLAS gets the raw device addresses and runs in the legacy default stream, as archc's
+kernels do, so its GEMMs are ordered with them without a synchronisation. Its default math
+mode computes float32 products in float32 (no TF32).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from runtime.backends.cuda import CudaUnavailable
+
+CHOICES = ("auto", "cublas", "numba")
+
+# cuBLAS's cublasOperation_t: CUBLAS_OP_N, CUBLAS_OP_T
+OP_N, OP_T = 0, 1
+
+
+def address(array) -> int:
+    """The device address of an array's first element (the host address of a simulated
+    one: the simulator's device arrays are NumPy's)."""
+    interface = getattr(array, "__cuda_array_interface__", None)
+    if interface is None:
+        interface = array.__array_interface__
+    return interface["data"][0]
+
+
+def _leading(array, name: str) -> int:
+    """The row stride, in elements, of a row-major matrix whose rows are contiguous (what
+    cuBLAS calls the leading dimension of its transpose)."""
+    rows, cols = array.shape
+    row_stride, col_stride = (s // array.dtype.itemsize for s in array.strides)
+    if cols > 1 and col_stride != 1:
+        raise ValueError(f"gemm: {name}'s rows are not contiguous (strides {array.strides})")
+    return max(row_stride if rows > 1 else cols, cols, 1)
+
+
+def sgemm_arguments(a, b, c, trans_a: bool, trans_b: bool) -> tuple:
+    """cublasSgemm's (transa, transb, m, n, k, A, lda, B, ldb, C, ldc) for the row-major
+    ``c = op(a) @ op(b)``: the column-major ``c^T = op(b)^T @ op(a)^T``."""
+    m, n = c.shape
+    k = a.shape[0] if trans_a else a.shape[1]
+    return (OP_T if trans_b else OP_N, OP_T if trans_a else OP_N, n, m, k,
+            address(b), _leading(b, "B"), address(a), _leading(a, "A"),
+            address(c), _leading(c, "C"))
+
+
+class Cublas:
+    """cuBLAS's float32 GEMM through a binding with cublasSgemm's signature
+    (``nvmath.bindings.cublas``, or a stand-in with the same calls in the tests)."""
+
+    def __init__(self, binding, name: str):
+        self.binding, self.name = binding, name
+        self.handle = binding.create()
+        # alpha and beta are read from host memory (cuBLAS's default pointer mode)
+        self._one = np.ones(1, np.float32)
+        self._zero = np.zeros(1, np.float32)
+
+    def gemm(self, a, b, c, trans_a: bool = False, trans_b: bool = False) -> None:
+        """c = op(a) @ op(b), every operand a 2-d float32 device array with contiguous
+        rows (row slices of larger matrices included)."""
+        transa, transb, m, n, k, pa, lda, pb, ldb, pc, ldc = sgemm_arguments(
+            a, b, c, trans_a, trans_b)
+        if m == 0 or n == 0:
+            return
+        self.binding.sgemm(self.handle, transa, transb, m, n, k, self._one.ctypes.data,
+                           pa, lda, pb, ldb, self._zero.ctypes.data, pc, ldc)
+
+
+def _binding():
+    """nvmath-python's cuBLAS bindings (imported on first use)."""
+    from nvmath.bindings import cublas
+    return cublas
+
+
+def _nvmath() -> Cublas:
+    """cuBLAS through nvmath-python, or CudaUnavailable saying why it cannot run here."""
+    try:
+        binding = _binding()
+    except ImportError as exc:
+        raise CudaUnavailable(f"cuBLAS needs the nvmath-python package ({exc}); "
+                              "pip install nvmath-python") from None
+    try:
+        library = Cublas(binding, "cuBLAS")
+        version = binding.get_version(library.handle)
+    except Exception as exc:  # no driver, no libcublas, no device: nvmath says which
+        raise CudaUnavailable(f"cuBLAS cannot run here ({type(exc).__name__}: "
+                              f"{exc})") from None
+    library.name = f"cuBLAS {version // 10000}.{version // 100 % 100} (nvmath-python)"
+    return library
+
+
+def choose(simulated: bool, choice: str | None = None):
+    """(the GEMM library or None for archc's kernel, a line saying which GEMM runs and why)
+    for ``ARCHC_CUDA_GEMM`` (or ``choice``)."""
+    choice = (choice or os.environ.get("ARCHC_CUDA_GEMM") or "auto").strip().lower()
+    if choice not in CHOICES:
+        raise CudaUnavailable(f"ARCHC_CUDA_GEMM={choice!r} is not one of "
+                              f"{', '.join(CHOICES)}")
+    own = "archc's numba-cuda GEMM"
+    if choice == "numba":
+        return None, f"{own} (ARCHC_CUDA_GEMM=numba)"
+    if simulated:
+        if choice == "cublas":
+            raise CudaUnavailable("ARCHC_CUDA_GEMM=cublas: cuBLAS does not run under the "
+                                  "CUDA simulator")
+        return None, f"{own} (the simulator has no cuBLAS)"
+    try:
+        library = _nvmath()
+    except CudaUnavailable as exc:
+        if choice == "cublas":
+            raise
+        return None, f"{own} ({exc})"
+    return library, library.name

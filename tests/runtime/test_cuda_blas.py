@@ -1,0 +1,210 @@
+"""The CUDA backend's GEMMs through a library (cuBLAS, via nvmath-python's bindings):
+under the simulator, cuBLAS's calls are emulated on the simulated arrays' addresses
+(tests/support/emulated_cublas.py), so the row-major to column-major mapping, the leading
+dimensions of row slices and the epilogue after the library's GEMM are checked against
+NumPy and against archc's own GEMM kernel without a GPU. On a GPU (ARCHC_CUDA=real) the
+last test checks the real cuBLAS against archc's kernel."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.cuda
+
+kernels = pytest.importorskip("runtime.backends.cuda.kernels")
+from runtime.backends import cuda as cuda_backend  # noqa: E402
+from runtime.backends.cpu import elementwise as cpu  # noqa: E402
+from runtime.backends.cuda import blas  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+import emulated_cublas  # noqa: E402
+
+cuda = kernels.cuda
+SIMULATED = kernels.SIMULATED
+
+
+@pytest.fixture
+def emulated():
+    """GEMMs go to the emulated cuBLAS while the test runs (simulator only)."""
+    if not SIMULATED:
+        pytest.skip("the emulated cuBLAS reads simulated (host) arrays")
+    emulated_cublas.calls.clear()
+    with kernels.using_gemm(blas.Cublas(emulated_cublas, "emulated cuBLAS"),
+                            "emulated cuBLAS"):
+        yield emulated_cublas.calls
+
+
+def device(x):
+    return cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_the_emulator_is_cublas_column_major_gemm(trans_a, trans_b):
+    """The stand-in itself: column-major operands with leading dimensions larger than
+    their rows, alpha and beta, against NumPy; and cuBLAS's refusal of a short one."""
+    rng = np.random.default_rng(3)
+    m, n, k, pad = 3, 4, 5, 2
+    a_rows, a_cols = (m, k) if not trans_a else (k, m)
+    b_rows, b_cols = (k, n) if not trans_b else (n, k)
+    a = rng.standard_normal((a_cols, a_rows + pad)).astype(np.float32)  # column-major, ld
+    b = rng.standard_normal((b_cols, b_rows + pad)).astype(np.float32)
+    c = rng.standard_normal((n, m + pad)).astype(np.float32)
+    alpha, beta = np.array([2.0], np.float32), np.array([0.5], np.float32)
+    op_a, op_b = a[:, :a_rows].T, b[:, :b_rows].T
+    op_a, op_b = (op_a.T if trans_a else op_a), (op_b.T if trans_b else op_b)
+    expected = 2.0 * op_a.astype(np.float64) @ op_b + 0.5 * c[:, :m].T
+    emulated_cublas.sgemm(1, int(trans_a), int(trans_b), m, n, k, alpha.ctypes.data,
+                          a.ctypes.data, a_rows + pad, b.ctypes.data, b_rows + pad,
+                          beta.ctypes.data, c.ctypes.data, m + pad)
+    np.testing.assert_allclose(c[:, :m].T, expected, rtol=1e-5)
+    with pytest.raises(emulated_cublas.InvalidValue, match="leading dimensions"):
+        emulated_cublas.sgemm(1, int(trans_a), int(trans_b), m, n, k, alpha.ctypes.data,
+                              a.ctypes.data, a_rows - 1, b.ctypes.data, b_rows,
+                              beta.ctypes.data, c.ctypes.data, m)
+
+
+@pytest.mark.parametrize("m, n, k, trans_a, trans_b, bias_mode, activation", [
+    (5, 7, 3, False, False, 0, None),
+    (70, 66, 20, True, False, 1, ("relu", {})),
+    (9, 70, 17, False, True, 2, ("gelu", {"approximate": "tanh"})),
+    (3, 4, 40, True, True, 1, ("leaky_relu", {"negative_slope": 0.2})),
+    (1, 6, 4, False, True, 2, None),  # one row: y = x @ W.T for a single image
+])
+def test_library_gemm_with_epilogue_matches_numpy(emulated, m, n, k, trans_a, trans_b,
+                                                  bias_mode, activation):
+    rng = np.random.default_rng(m * n + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    bias = rng.standard_normal(m if bias_mode == 1 else n).astype(np.float32)
+    expected = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    expected += bias[:, None] if bias_mode == 1 else bias[None, :] if bias_mode == 2 else 0
+    if activation is not None:
+        expected = cpu.activation_forward_kernel(expected, *cpu.activation_code(*activation))
+    got = kernels.gemm(device(a), device(b), trans_a=trans_a, trans_b=trans_b,
+                       bias=device(bias) if bias_mode else None, bias_mode=bias_mode,
+                       activation=activation).copy_to_host()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    # C (m, n) row-major is C^T column-major: B's flag first, then A's; n and m swapped
+    assert emulated == [(int(trans_b), int(trans_a), n, m, k, b.shape[1], a.shape[1], n)]
+
+
+def test_library_gemm_into_row_slices_of_a_larger_matrix(emulated):
+    """A grouped conv's GEMMs read and write row ranges of larger matrices: the addresses
+    move by whole rows and the leading dimensions stay the parent's row length."""
+    rng = np.random.default_rng(0)
+    w, cols = rng.standard_normal((6, 4)), rng.standard_normal((8, 5))
+    out = device(np.full((6, 5), np.nan))
+    wd, cd = device(w), device(cols)
+    for g in range(2):
+        kernels.gemm(wd[3 * g:3 * g + 3], cd[4 * g:4 * g + 4], out=out[3 * g:3 * g + 3])
+    expected = np.concatenate([w[:3] @ cols[:4], w[3:] @ cols[4:]])
+    np.testing.assert_allclose(out.copy_to_host(), expected, rtol=1e-5)
+    assert [call[5:] for call in emulated] == [(5, 4, 5)] * 2
+
+
+def test_a_transposed_view_is_refused_rather_than_misread():
+    x = np.zeros((3, 4), np.float32).T  # columns not contiguous
+    with pytest.raises(ValueError, match="rows are not contiguous"):
+        blas.sgemm_arguments(x, np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32),
+                             False, False)
+
+
+NETWORK = """
+input: {channels: 3, height: 6, width: 6}
+layers:
+  - name: c1
+    conv2d: {out_channels: 4, kernel_size: 3, padding: 1, activation: relu}
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1}
+  - add: [-1, c1]
+  - relu
+  - conv2d: {out_channels: 6, kernel_size: 3, stride: 2, padding: 1, groups: 2}
+  - conv_transpose2d: {out_channels: 4, kernel_size: 2, stride: 2}
+  - global_avg_pool2d: {}
+  - flatten
+  - linear: {out_features: 5, activation: gelu}
+  - linear: 3
+"""
+
+
+@pytest.mark.parametrize("passes", [0, 2])
+def test_a_network_through_the_library_matches_archcs_own_gemm(emulated, passes):
+    """Dense convs take im2col + the library's GEMM instead of the implicit GEMM kernel,
+    with the bias, residual and activation after; grouped and transposed convs and
+    linear layers call it per group: forward and every gradient agree with archc's
+    kernel (and fused or not: -O2 fuses the residual and activations into the convs)."""
+    import archc
+    from archc.passes import preset, run_passes
+
+    graph = archc.load("n.yaml", text=NETWORK)
+    if passes:
+        graph, _, _ = run_passes(graph, None, preset(passes))
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    gy = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
+    library = archc.compile(graph, backend="cuda", seed=4).train()
+    y = library(x)
+    assert library.last_unplaced == []  # outputs still where the memory plan puts them
+    grads = library.backward(gy)
+    assert len(emulated) >= 6  # every conv and linear, forward and backward
+    with kernels.using_gemm(None, "archc's kernel"):
+        own = archc.compile(graph, backend="cuda", seed=4).train()
+        np.testing.assert_allclose(y, own(x), rtol=1e-4, atol=1e-5)
+        expected = own.backward(gy)
+    np.testing.assert_allclose(grads.input, expected.input, rtol=1e-4, atol=1e-5)
+    for name, value in expected.params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+
+
+def test_choosing_the_gemm(monkeypatch):
+    """ARCHC_CUDA_GEMM: numba is archc's kernel anywhere; cublas is refused where it
+    cannot run, saying why; auto falls back with the reason; a typo is named."""
+    library, line = blas.choose(True, "numba")
+    assert library is None and "ARCHC_CUDA_GEMM=numba" in line
+    assert blas.choose(True, "auto") == (None, "archc's numba-cuda GEMM (the simulator has "
+                                               "no cuBLAS)")
+    with pytest.raises(cuda_backend.CudaUnavailable, match="does not run under the CUDA "
+                                                           "simulator"):
+        blas.choose(True, "cublas")
+    with pytest.raises(cuda_backend.CudaUnavailable,
+                       match="ARCHC_CUDA_GEMM='cublass' is not one of auto, cublas, numba"):
+        blas.choose(False, "cuBLASs")
+    monkeypatch.setitem(sys.modules, "nvmath.bindings", None)  # nvmath-python missing
+    with pytest.raises(cuda_backend.CudaUnavailable, match="pip install nvmath-python"):
+        blas.choose(False, "cublas")
+    library, line = blas.choose(False, "auto")
+    assert library is None and "needs the nvmath-python package" in line
+
+
+def test_cublas_that_cannot_start_says_why(monkeypatch):
+    """Where nvmath-python imports but cuBLAS cannot start (no driver, no libcublas), the
+    reason travels into the line; the error is archc's one-line CUDA error."""
+    class Broken:
+        @staticmethod
+        def create():
+            raise RuntimeError("libcuda.so.1: cannot open shared object file")
+
+    monkeypatch.setattr(blas, "_binding", lambda: Broken)
+    library, line = blas.choose(False, "auto")
+    assert library is None
+    assert line.startswith("archc's numba-cuda GEMM (cuBLAS cannot run here (RuntimeError: "
+                           "libcuda.so.1")
+
+
+@pytest.mark.skipif(SIMULATED, reason="cuBLAS needs a real GPU (ARCHC_CUDA=real)")
+def test_cublas_on_the_gpu_matches_archcs_kernel():
+    library, line = kernels.gemm_library()
+    assert library is not None, line
+    rng = np.random.default_rng(0)
+    for m, n, k, ta, tb in [(64, 3136, 576, False, False), (576, 3136, 64, True, False),
+                            (64, 576, 3136, False, True), (1, 1000, 512, False, True)]:
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+        got = kernels.gemm(device(a), device(b), trans_a=ta, trans_b=tb).copy_to_host()
+        with kernels.using_gemm(None, "archc's kernel"):
+            own = kernels.gemm(device(a), device(b), trans_a=ta, trans_b=tb).copy_to_host()
+        np.testing.assert_allclose(got, own, rtol=1e-4, atol=1e-3)

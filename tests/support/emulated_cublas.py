@@ -1,0 +1,69 @@
+"""cuBLAS's cublasSgemm, emulated with NumPy on raw addresses, for tests under the CUDA
+simulator (whose device arrays live in host memory): the same calls as
+``nvmath.bindings.cublas`` (``create``, ``sgemm``, ``get_version``), column-major operands
+read through their addresses and leading dimensions, and cuBLAS's checks of its arguments.
+archc's cuBLAS path (``runtime.backends.cuda.blas``) runs on it unchanged, so the mapping
+of row-major arrays onto column-major calls is tested without a GPU."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+OP_N, OP_T = 0, 1
+
+
+class InvalidValue(RuntimeError):
+    """CUBLAS_STATUS_INVALID_VALUE."""
+
+
+calls: list[tuple] = []  # every sgemm's (transa, transb, m, n, k, lda, ldb, ldc)
+
+
+def create() -> int:
+    return 1
+
+
+def get_version(handle: int) -> int:
+    return 120903
+
+
+def _scalar(pointer: int) -> float:
+    return float(ctypes.c_float.from_address(pointer).value)
+
+
+def _column_major(pointer: int, rows: int, cols: int, ld: int) -> np.ndarray:
+    """The column-major (rows, cols) matrix at ``pointer`` with leading dimension ld, as a
+    writable NumPy view of that memory."""
+    count = ld * (cols - 1) + rows
+    buffer = (ctypes.c_float * count).from_address(pointer)
+    flat = np.ctypeslib.as_array(buffer)
+    return np.lib.stride_tricks.as_strided(flat, shape=(rows, cols), strides=(4, 4 * ld))
+
+
+def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> None:
+    """C (m, n) = alpha op(A) @ op(B) + beta C, all column-major, as cuBLAS defines it."""
+    if handle != 1:
+        raise InvalidValue("not a handle from create()")
+    if transa not in (OP_N, OP_T) or transb not in (OP_N, OP_T) or min(m, n, k) < 0:
+        raise InvalidValue(f"sgemm({transa}, {transb}, {m}, {n}, {k})")
+    a_rows, b_rows = (m if transa == OP_N else k), (k if transb == OP_N else n)
+    if lda < max(1, a_rows) or ldb < max(1, b_rows) or ldc < max(1, m):
+        raise InvalidValue(f"leading dimensions {lda}, {ldb}, {ldc} for m={m} n={n} k={k} "
+                           f"(transa {transa}, transb {transb})")
+    calls.append((transa, transb, m, n, k, lda, ldb, ldc))
+    if m == 0 or n == 0:
+        return
+    out = _column_major(c, m, n, ldc)
+    total = np.zeros((m, n), np.float64)
+    if k:
+        op_a = _column_major(a, a_rows, (k if transa == OP_N else m), lda)
+        op_b = _column_major(b, b_rows, (n if transb == OP_N else k), ldb)
+        op_a = op_a if transa == OP_N else op_a.T
+        op_b = op_b if transb == OP_N else op_b.T
+        total = _scalar(alpha) * (op_a.astype(np.float64) @ op_b.astype(np.float64))
+    beta = _scalar(beta)
+    if beta:
+        total += beta * out
+    out[...] = total.astype(np.float32)
