@@ -606,7 +606,8 @@ class Model:
             if name not in values:
                 raise InputError(f"no output or node '{key}' to start backward() from "
                                  f"(outputs: {', '.join(outputs)})")
-            on_device = hasattr(g, "__cuda_array_interface__")  # e.g. a device loss's
+            # a device array (a device loss's gradient; the CUDA simulator's stand-in too)
+            on_device = hasattr(g, "__cuda_array_interface__") or hasattr(g, "copy_to_host")
             g = self.backend.to_device(g if on_device else np.asarray(g, dtype=self.dtype))
             if self.program.items(name) > 1:  # given as (N, items, ...), held as rows
                 g = g.reshape((-1,) + tuple(values[name].shape[1:]))

@@ -46,7 +46,10 @@ class Backend:
     the host (a layer type without device kernels yet); ``optim``: the optimiser kernels
     for its arrays (``runtime.train.optim.UpdateKernels``; None: the host's);
     ``classify(logits, labels, label_smoothing=)``: a training step's loss, gradient and
-    count of correct predictions (``runtime.train.losses.classification_step`` on the host);
+    count of correct predictions (``runtime.train.losses.classification_step`` on the host;
+    a device backend's loss and count may be numbers still on the device, which ``float``
+    and ``int`` read); ``stage_targets(labels)``: send a batch's labels to the device
+    before its forward pass, for ``classify`` (nothing on the host);
     ``clock()``: a :class:`HostClock`-like timer for profiles; ``device_name()``: what
     runs the kernels; ``algorithm(op, batch, train)``: the algorithm the backend runs an op
     with at that batch size and mode, and why, as ``(name, reason)`` (None where an op has
@@ -68,6 +71,7 @@ class Backend:
     add: Callable[[Any, Any], Any] = operator.add
     optim: Any = None
     classify: Callable = classification_step
+    stage_targets: Callable[[np.ndarray], None] = field(default=lambda target: None)
     clock: Callable[[], Any] = HostClock
     device_name: Callable[[], str] = field(default=lambda: "the CPU")
     algorithm: Callable[[Any, int, bool], tuple[str, str] | None] = field(

@@ -141,22 +141,25 @@ def _step(model, task, opt, config: TrainConfig, trainable: dict, x, y, reducer,
           weight: float, where: str, run: Path | None) -> tuple[float, float, float, dict]:
     """One optimiser step on the batch (x, y): (loss, correct predictions, judged, the
     parameters' gradients). The output, loss gradient and parameter gradients stay on the
-    backend's device."""
+    backend's device; on a GPU the whole step is queued before the loss and hits are read
+    back, the step's one wait for the device (with --clip, the gradient norm is another)."""
+    task.stage(model, y)
     out = model(task.feed(x, y), host=False)
     out, auxiliary = _auxiliary(model, out)
     loss, grad, hits, count = task.step(model, out, y)
     if auxiliary:
         loss, grad = _with_auxiliary(model, task, auxiliary, y, loss, grad)
-    if not math.isfinite(loss):
-        raise TrainingError(f"the loss became {loss} at {where}: training stopped; the last "
-                            f"good checkpoint is kept" + (f" in {run}" if run else ""))
-    # a step that overflows shows as a loss that is not finite at the next step (above):
-    # NumPy's warnings about it on the way would only print before that error
+    # a step that overflows shows as a loss that is not finite (below): NumPy's warnings
+    # about it on the way would only print before that error
     with np.errstate(over="ignore", invalid="ignore"):
         grads = _gradients(model, grad, reducer, weight)
         if config.clip:
             optim.clip_grad_norm(grads, config.clip, opt.kernels)
         opt.step({k: g for k, g in grads.items() if k in trainable})
+    loss, hits = float(loss), int(hits)  # a device backend's numbers come back here
+    if not math.isfinite(loss):  # this step's update is spoilt too: nothing is saved
+        raise TrainingError(f"the loss became {loss} at {where}: training stopped; the last "
+                            f"good checkpoint is kept" + (f" in {run}" if run else ""))
     return loss, hits, count, grads
 
 
@@ -176,11 +179,14 @@ def _with_auxiliary(model, task, auxiliary: dict, y, loss: float, grad) -> tuple
     its weight added, and the gradients of every output, keyed by output."""
     grads = dict(grad) if isinstance(grad, dict) else {next(iter(model.program.outputs)): grad}
     backend = model.backend
+    loss = float(loss)
     for key, value in auxiliary.items():
         weight = model.program.loss_weights.get(key, 1.0)
         extra, extra_grad, _, _ = task.step(model, value, y)
-        loss += weight * extra
-        grads[key] = backend.to_device(np.asarray(backend.to_host(extra_grad)) * weight)
+        loss += weight * float(extra)
+        extra_grad = backend.to_device(extra_grad)  # a loss the host ran: sent over
+        (backend.optim or optim.HOST).scale(extra_grad, weight)  # its own array: in place
+        grads[key] = extra_grad
     return loss, grads
 
 

@@ -39,9 +39,15 @@ class Task:
         the images, or a dict of inputs where the task computes some of them."""
         return x
 
+    def stage(self, model, y) -> None:
+        """Before a training step's forward pass: send what :meth:`step` will need of the
+        targets to the model's device (nothing, unless the task's loss runs there)."""
+
     def step(self, model, out, y):
         """(loss, gradient of the output, hits, judged): hits / judged is the training
-        accuracy where the task has one (judged 0 where it has none)."""
+        accuracy where the task has one (judged 0 where it has none). On a device
+        backend the loss and hits may still be on the device: ``float`` and ``int`` read
+        them (the training loop does, once the step's update is queued)."""
         raise NotImplementedError
 
     def evaluate(self, model, dataset: Dataset, batch_size: int = 256) -> dict:
@@ -73,8 +79,11 @@ class Classification(Task):
         super().__init__(classes)
         self.label_smoothing = label_smoothing
 
+    def stage(self, model, y) -> None:
+        model.backend.stage_targets(y)
+
     def step(self, model, out, y):
-        # on a device backend the loss runs there; two numbers come back
+        # on a device backend the loss runs there; two numbers come back when read
         loss, grad, hits = model.backend.classify(out, y, label_smoothing=self.label_smoothing)
         judged = len(y) if np.issubdtype(y.dtype, np.floating) else y.size
         return loss, grad, hits, judged

@@ -456,11 +456,81 @@ def test_the_training_loss_runs_on_the_device(shape, target, smoothing):
     z[0, 1] = z[0, 2] = z[0].max() + 1  # a tie: the first maximum is the prediction
     loss, grad, hits = training.classify(device(z), target, label_smoothing=smoothing)
     want_loss, want_grad, want_hits = classification_step(z, target, label_smoothing=smoothing)
-    assert loss == pytest.approx(want_loss, rel=1e-5)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-5)
     np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-4, atol=1e-7)
-    assert hits == want_hits
+    assert int(hits) == want_hits
     with pytest.raises(ValueError, match="class labels must lie in"):
         training.classify(device(z), np.full((shape[0],) + shape[2:], shape[1]))
+
+
+STEP_NET = """
+input: {channels: 3, height: 6, width: 6}
+layers:
+  - name: stem
+    conv2d: {out_channels: 4, kernel_size: 3, padding: 1}
+  - batchnorm2d
+  - relu
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, groups: 2}
+  - add: [-1, stem]
+  - concat: [-1, stem]
+  - max_pool2d: 2
+  - global_avg_pool2d: {}
+  - flatten
+  - dropout: 0.25
+  - linear: 3
+"""
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_training_step_waits_for_the_device_once(monkeypatch, soft):
+    """The training loop's step queues its work and reads the loss and hits back once, at
+    the end: the images and labels go to the device before the first kernel, nothing
+    comes back before the last one, and no kernel is handed a host array (which numba
+    would copy over and back, waiting each time)."""
+    import archc
+    from numba.cuda.simulator import kernel as simulated
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    from runtime.train import loop
+    from runtime.train.config import TrainConfig
+    from runtime.train.tasks import Classification
+
+    model = archc.compile(archc.load("s.yaml", text=STEP_NET), backend="cuda", seed=0).train()
+    config = TrainConfig(batch_size=4, optimizer="adam", lr=1e-3)
+    trainable = {k: v for k, v in model.device_params().items()
+                 if model.program.params[k].trainable and not model.program.params[k].buffer}
+    opt = config.make_optimizer(trainable, model.backend.optim)
+    task = Classification(["a", "b", "c"])
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
+    y = rng.dirichlet(np.ones(3), 4).astype(np.float32) if soft else np.array([0, 2, 1, 2])
+    step = lambda: loop._step(model, task, opt, config, trainable, x, y, None, 1.0,  # noqa
+                              "epoch 1, step 1", None)
+    step()  # the first step makes the optimiser's state
+    events = []
+    launch, to_device = simulated.FakeCUDAKernel.__call__, cuda.to_device
+    copy_to_host = FakeCUDAArray.copy_to_host
+
+    def launched(self, *args):
+        if not self._device and not simulated._kernel_context:
+            events.append("launch")
+            if any(isinstance(a, np.ndarray) and a.ndim for a in args):
+                events.append(f"host array to {self.fn.__name__}")
+        return launch(self, *args)
+
+    monkeypatch.setattr(simulated.FakeCUDAKernel, "__call__", launched)
+    monkeypatch.setattr(cuda, "to_device", lambda *a, **k: events.append("up") or
+                        to_device(*a, **k))
+    monkeypatch.setattr(FakeCUDAArray, "copy_to_host", lambda *a, **k: events.append("down")
+                        or copy_to_host(*a, **k))
+    monkeypatch.setattr(cuda, "synchronize", lambda: events.append("sync"))
+    loss, hits, judged, _ = step()
+    first = events.index("launch")
+    # the labels (and a soft target's probabilities), then the images
+    assert events[:first] == ["up"] * (3 if soft else 2)
+    assert events[first:-1] == ["launch"] * (len(events) - first - 1)
+    assert events[-1] == "down"  # the loss and hits, together
+    assert isinstance(loss, float) and isinstance(hits, int) and judged == 4
 
 
 @pytest.mark.parametrize("name, kwargs", [

@@ -126,4 +126,5 @@ def device_name() -> str:
 
 BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add,
                   optim=training.UPDATE, classify=training.classify,
+                  stage_targets=training.stage,
                   clock=EventClock, device_name=device_name)

@@ -120,11 +120,30 @@ def result(shape):
     return cuda.device_array(shape, dtype=np.float32)
 
 
+def is_device(array) -> bool:
+    """Whether an array is a device array (numba's, or the simulator's stand-in)."""
+    return not isinstance(array, np.ndarray) and hasattr(array, "copy_to_host")
+
+
 def to_device(array):
     """A host array on the device (a device array as it is; 0-d arrays stay 0-d)."""
-    if hasattr(array, "__cuda_array_interface__"):  # there already
+    if is_device(array):  # there already
         return array
     return cuda.to_device(np.require(array, requirements="C"))
+
+
+@cuda.jit(cache=True)
+def fill_kernel(a, value):
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] = value
+
+
+def zeros(shape, dtype=np.float32):
+    """A device array of zeros, filled on the device (a copy of host zeros would wait for
+    the work queued before it)."""
+    out = empty(shape, dtype)
+    _launch(fill_kernel, out.size, out.reshape(out.size), 0)
+    return out
 
 
 def to_host(array) -> np.ndarray:

@@ -32,6 +32,7 @@ from runtime.backends.cuda.kernels import (
     cuda,
     empty,
     result,
+    zeros,
 )
 from runtime.backends.cuda.conv import channel_sums, no_residual
 
@@ -264,7 +265,7 @@ def max_pool(x, kernel, stride, dilation, top, left, out_hw):
 
 
 def max_pool_backward(gy, idx, x_shape):
-    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    gx = zeros(x_shape)
     _launch(max_pool_backward_kernel, gy.size, gy, idx, gx)
     return gx
 
@@ -277,7 +278,7 @@ def avg_pool(x, kernel, stride, top, left, padding, include_pad, out_hw):
 
 
 def avg_pool_backward(gy, x_shape, kernel, stride, top, left, padding, include_pad):
-    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    gx = zeros(x_shape)
     _launch(avg_pool_backward_kernel, gy.size, gy, gx, *kernel, *stride, top, left, *padding,
             include_pad)
     return gx

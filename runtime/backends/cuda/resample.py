@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from runtime.backends import lines
-from runtime.backends.cuda.kernels import _launch, cuda, empty, result
+from runtime.backends.cuda.kernels import _launch, cuda, empty, result, zeros
 from runtime.backends.cuda.layers import max_pool_backward
 
 _MATRICES: dict = {}
@@ -229,7 +229,7 @@ def adaptive_pool(x, out_hw, is_max: bool):
 def adaptive_pool_backward(gy, x_shape, idx):
     if idx is not None:
         return max_pool_backward(gy, idx, x_shape)
-    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    gx = zeros(x_shape)
     _launch(adaptive_avg_backward_kernel, gy.size, gy, gx)
     return gx
 

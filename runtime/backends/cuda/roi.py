@@ -9,7 +9,7 @@ import numpy as np
 from numba import float32
 
 from runtime.backends import lines, roi
-from runtime.backends.cuda.kernels import _launch, cuda, result, to_device
+from runtime.backends.cuda.kernels import _launch, cuda, result, to_device, zeros
 
 _align_cell = cuda.jit(device=True, inline=True)(lines.roi_align_cell)
 _pool_cell = cuda.jit(device=True, inline=True)(lines.roi_pool_cell)
@@ -88,7 +88,7 @@ def align_forward(x, boxes: np.ndarray, batch: np.ndarray, scale: float, out_hw,
 
 def align_backward(gy, boxes: np.ndarray, batch: np.ndarray, scale: float, sampling_ratio: int,
                    aligned: bool, in_shape: tuple):
-    gx = cuda.to_device(np.zeros(in_shape, np.float32))
+    gx = zeros(in_shape, np.float32)
     if gy.size:
         _launch(align_backward_kernel, gy.size, gy, to_device(batch.astype(np.int64)),
                 *_tables(boxes, scale, gy.shape[2:], sampling_ratio, aligned, in_shape[2:]), gx)
@@ -108,7 +108,7 @@ def pool_forward(x, boxes: np.ndarray, batch: np.ndarray, scale: float, out_hw):
 
 
 def pool_backward(gy, where, batch: np.ndarray, in_shape: tuple):
-    gx = cuda.to_device(np.zeros(in_shape, np.float32))
+    gx = zeros(in_shape, np.float32)
     if gy.size:
         _launch(pool_backward_kernel, gy.size, gy, where, to_device(batch.astype(np.int64)), gx)
     return gx
@@ -132,10 +132,6 @@ def take_rows_kernel(g, rows, part):
         flat_p[e // inner, e % inner] = flat_g[rows[e // inner], e % inner]
 
 
-def _zeros(shape, dtype=np.float32):
-    return cuda.to_device(np.zeros(shape, np.float32))
-
-
 def _put(y, rows, part):
     if part.size:
         _launch(put_rows_kernel, part.size, y, to_device(rows.astype(np.int64)), part)
@@ -152,7 +148,7 @@ def _host(array):
     return array.copy_to_host() if hasattr(array, "copy_to_host") else np.asarray(array)
 
 
-KERNELS = roi.Kernels(align_forward, align_backward, pool_forward, pool_backward, _zeros, _put,
+KERNELS = roi.Kernels(align_forward, align_backward, pool_forward, pool_backward, zeros, _put,
                       _take, _host)
 
 

@@ -24,6 +24,7 @@ from runtime.backends.cuda.kernels import (
     cuda,
     empty,
     result,
+    zeros,
 )
 
 RANK = 4
@@ -185,7 +186,7 @@ def slice_axis(x, start: int, stop: int, axis: int = 1):
 
 def slice_backward(gy, x_shape, start: int, axis: int = 1):
     """A slice's gradient: gy in its range, zeros elsewhere."""
-    gx = cuda.to_device(np.zeros(x_shape, np.float32))
+    gx = zeros(x_shape)
     _launch(copy_range_kernel, gy.size, axis_view(gy, axis), axis_view(gx, axis), start,
             True)
     return gx

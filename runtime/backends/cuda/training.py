@@ -18,7 +18,10 @@ a training step, and the optimisers' updates (``UPDATE``, the backend's
   loss, its gradient ``(softmax * sum(t) - t) / N`` and whether its top class is the
   label. Targets are class indices (with label smoothing) or class probabilities (mixup,
   cutmix); per-pixel logits take one thread per pixel. The losses and hits are summed on
-  the device: two numbers come back.
+  the device and come back together, when the loop first reads one, after it has queued
+  the backward pass and the update (:class:`DeviceSums`): a training step waits for the
+  device once. The labels go up before the forward pass (:func:`stage`), so their copy
+  does not wait for it either.
 - SGD (momentum, dampening, Nesterov, weight decay) and Adam/AdamW: one thread per
   element, running the same per-element functions as the CPU kernels
   (``runtime.train.optim.sgd_update``, ``adam_update``), compiled for the device.
@@ -40,6 +43,8 @@ from runtime.backends.cuda.kernels import (
     block_sum,
     cuda,
     empty,
+    is_device,
+    zeros,
 )
 from runtime.train.losses import classification_step
 from runtime.train import optim
@@ -249,12 +254,89 @@ def pixel_cross_entropy_kernel(z, labels, smoothing, losses, hits, grad):
             grad[b, q, p] = (math.exp(z[b, q, p] - lse) - t) * scale
 
 
+class DeviceSums:
+    """Sums reduced on the device, read back together the first time one is asked for:
+    one copy to the host (and so one wait for the device) for all of them."""
+
+    def __init__(self, partials, count: int):
+        self._partials, self._count, self._values = partials, count, None
+
+    def value(self, index: int) -> float:
+        if self._values is None:
+            host = self._partials.copy_to_host().astype(np.float64)
+            self._values = host.reshape(self._count, -1).sum(axis=1)
+        return float(self._values[index])
+
+
+class DeviceNumber:
+    """One of :class:`DeviceSums`' sums times ``scale``, still on the device: ``float()``
+    (or ``int()``, rounded) reads it, waiting for the work queued before."""
+
+    __slots__ = ("_sums", "_index", "_scale")
+
+    def __init__(self, sums: DeviceSums, index: int, scale: float = 1.0):
+        self._sums, self._index, self._scale = sums, index, scale
+
+    def __float__(self) -> float:
+        return self._sums.value(self._index) * self._scale
+
+    def __int__(self) -> int:
+        return int(round(float(self)))
+
+    def __repr__(self) -> str:
+        return f"DeviceNumber({float(self)!r})"
+
+
+def device_sums(*arrays, square: bool = False) -> DeviceSums:
+    """The sums (of squares) of device arrays, reduced on the device, each into its own
+    row of partial sums (float64) of one buffer, read back together."""
+    blocks = max(_blocks(a.size) for a in arrays)
+    partials = cuda.device_array((len(arrays), blocks), dtype=np.float64)
+    for row, a in enumerate(arrays):
+        sum_kernel[blocks, ELEMENTWISE_BLOCK](a.reshape(a.size), partials[row], square)
+    return DeviceSums(partials, len(arrays))
+
+
+def _labels(target: np.ndarray, soft: bool) -> np.ndarray:
+    """The class index per row or pixel that the loss kernels take (a soft target's most
+    likely class, for the hits)."""
+    return (target.argmax(axis=1) if soft else target).astype(np.int64).reshape(-1)
+
+
+_STAGED: list = []  # [(target, soft, labels, probabilities)] on the device: the last batch
+
+
+def _upload(target: np.ndarray, soft: bool) -> tuple:
+    """A batch's targets as the loss kernels take them on the device: the class index
+    per row or pixel, and a soft target's probabilities (None for class indices)."""
+    return (cuda.to_device(_labels(target, soft)),
+            cuda.to_device(target.astype(np.float32)) if soft else None)
+
+
+def stage(target) -> None:
+    """Send a batch's targets to the device now, before its forward pass is queued: a
+    copy from the host waits for the work queued before it, so made after the forward
+    pass it would wait for that pass. :func:`classify` takes them when it is given the
+    same target array (class probabilities: one row per image)."""
+    target = np.asarray(target)
+    soft = target.ndim == 2 and np.issubdtype(target.dtype, np.floating)
+    _STAGED[:] = [(target, soft, *_upload(target, soft))]
+
+
+def _targets(target: np.ndarray, soft: bool) -> tuple:
+    for staged, staged_soft, labels, probs in _STAGED:
+        if staged is target and staged_soft == soft:
+            return labels, probs
+    return _upload(target, soft)
+
+
 def classify(logits, target, *, label_smoothing: float = 0.0):
     """``runtime.train.losses.classification_step`` on the device, for (N, C) logits with class
     indices or probabilities and per-pixel (N, C, H, W) logits with class indices: the
-    gradient stays on the device, the mean loss and the number of hits come back (two
-    sums reduced on the device). Anything else (an ignore index, per-pixel
-    probabilities) goes through the host's."""
+    gradient stays on the device; the mean loss and the number of hits are two sums
+    reduced on the device (:class:`DeviceNumber`), read back together when first asked
+    for. Anything else (an ignore index, per-pixel probabilities) goes through the
+    host's, whose numbers are plain."""
     target = np.asarray(target)
     shape = tuple(logits.shape)
     n, c = shape[:2]
@@ -272,8 +354,7 @@ def classify(logits, target, *, label_smoothing: float = 0.0):
     if not soft and target.size and target.max() >= c:
         raise ValueError(f"class labels must lie in 0..{c - 1}; got "
                          f"{target.min()}..{target.max()}")
-    labels = cuda.to_device((target.argmax(axis=1) if soft else target).astype(np.int64)
-                            .reshape(-1))
+    labels, probs = _targets(target, soft)
     rows = labels.size
     losses, hits = empty(rows), empty(rows)
     grad = empty(shape)
@@ -282,10 +363,11 @@ def classify(logits, target, *, label_smoothing: float = 0.0):
         _launch(pixel_cross_entropy_kernel, rows, logits.reshape(view), labels,
                 label_smoothing, losses, hits, grad.reshape(view))
     else:
-        probs = cuda.to_device(target.astype(np.float32)) if soft else absent().reshape(0, 1)
+        probs = probs if soft else absent().reshape(0, 1)
         cross_entropy_kernel[n, ELEMENTWISE_BLOCK](logits, labels, probs, label_smoothing,
                                                    losses, hits, grad)
-    return _sum(losses) / rows, grad, int(round(_sum(hits)))
+    totals = device_sums(losses, hits)
+    return DeviceNumber(totals, 0, 1.0 / rows), grad, DeviceNumber(totals, 1)
 
 
 # --------------------------------------------------------------------------- optimisers
@@ -342,26 +424,17 @@ def _adam(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, step):
 
 
 def _zeros_like(a):
-    return cuda.to_device(np.zeros(a.shape, a.dtype))
+    return zeros(a.shape, a.dtype)
 
 
 def _flat(a, dtype):
-    if not hasattr(a, "__cuda_array_interface__"):
+    if not is_device(a):
         a = cuda.to_device(np.require(a, dtype=dtype, requirements="C"))
     return a.reshape(a.size)
 
 
-def _sum(a, square: bool = False) -> float:
-    """The sum (of squares) of a device array, reduced on the device."""
-    flat = a.reshape(a.size)
-    blocks = _blocks(a.size)
-    partial = cuda.device_array(blocks, dtype=np.float32)
-    sum_kernel[blocks, ELEMENTWISE_BLOCK](flat, partial, square)
-    return float(partial.copy_to_host().astype(np.float64).sum())
-
-
 def _sum_squares(g) -> float:
-    return _sum(g, square=True)
+    return device_sums(g, square=True).value(0)
 
 
 def _scale(g, coef: float) -> None:
