@@ -290,8 +290,19 @@ class Model:
         return out, late
 
     def _checked_input(self, name: str, value) -> np.ndarray:
-        arr = np.asarray(value, dtype=self.dtype)
         want = self.program.inputs[name]
+        if hasattr(value, "copy_to_host") and not isinstance(value, np.ndarray):
+            # a device array (the data already on the GPU): taken as it is on the device
+            # backend, brought over on a host one; its shape and dtype checked the same
+            if np.dtype(value.dtype) != self.dtype:
+                raise InputError(f"input '{name}' is a device array of {value.dtype}; the "
+                                 f"model computes in {self.dtype}: convert it first")
+            value = value.copy_to_host() if self._on_host() else value
+            if len(value.shape) != len(want) + 1 or tuple(value.shape[1:]) != want:
+                raise InputError(f"input '{name}' must have shape (N, "
+                                 f"{', '.join(map(str, want))}), got {tuple(value.shape)}")
+            return self.backend.to_device(value)
+        arr = np.asarray(value, dtype=self.dtype)
         if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
             raise InputError(f"input '{name}' must have shape (N, {', '.join(map(str, want))}),"
                              f" got {arr.shape}")

@@ -6,9 +6,11 @@
 #   bash scripts/gpu_check.sh [OUT_DIR]      (default: $OUT, else ./gpu_check)
 #
 # Python packages: the environment's own, or wheels in .whl/ (installed into /tmp/site
-# first, for a machine that reaches no package index). Each step has a time limit so that
-# the whole check ends well inside 10 minutes; a failing step does not stop the others,
-# and the exit status says whether any failed.
+# first, for a machine that reaches no package index: `bash scripts/gpu_wheels.sh` fetches
+# the ones a GPU image may lack, nvmath-python for cuBLAS). Each step has a time limit so
+# that the whole check ends well inside 10 minutes; a failing step does not stop the
+# others, and the exit status says whether any failed. bench_cuda runs twice: with the
+# GEMMs archc picks (cuBLAS where it runs) and with its own kernel (ARCHC_CUDA_GEMM=numba).
 set -u
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check}}"
@@ -31,11 +33,14 @@ step() {  # step NAME SECONDS COMMAND...: run it, its output in $out/NAME.txt
     [ "$rc" -eq 0 ] || status=1
 }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; "$python" -c \
-    "import numba, numpy; print('numba', numba.__version__, 'numpy', numpy.__version__)"; } \
+    "import numba, numpy; print('numba', numba.__version__, 'numpy', numpy.__version__)"
+  "$python" -c "from runtime.backends.cuda import kernels as k
+print('GEMMs:', k.gemm_library()[1]); print('allocator:', k.ALLOCATOR)"; } \
     > "$out/device.txt" 2>&1
-step tests 300 "$python" -m pytest -m cuda -q -p no:cacheprovider --durations=10
-step bench_cuda 150 "$python" bench/bench_cuda.py --repeat 5
-step train_resnet18 120 "$python" -c \
+step tests 270 "$python" -m pytest -m cuda -q -p no:cacheprovider --durations=10
+step bench_cuda 120 "$python" bench/bench_cuda.py --repeat 5
+step bench_cuda_numba 90 env ARCHC_CUDA_GEMM=numba "$python" bench/bench_cuda.py --repeat 3
+step train_resnet18 90 "$python" -c \
     "import sys; from archc.cli import main; sys.argv[0] = 'archc'; sys.exit(main())" \
     bench specs/resnet18.yaml --backend cuda --batch 64 --train --repeat 3
 exit $status

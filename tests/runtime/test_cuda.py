@@ -975,3 +975,21 @@ layers:
     np.testing.assert_allclose(gpu(x), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(gpu.params["batchnorm2d.running_mean"],
                                   params["batchnorm2d.running_mean"])
+
+
+def test_inputs_already_on_the_device_stay_there():
+    """A device array is taken as it is (no copy to the host and back), checked like a
+    host one; the CPU backend brings it over."""
+    import archc
+    from runtime.errors import InputError
+
+    graph = archc.load("n.yaml", text=TINY)
+    gpu, host = archc.compile(graph, backend="cuda", seed=1), archc.compile(graph, seed=1)
+    x = np.random.default_rng(0).standard_normal((2,) + graph[graph.inputs[0]].shape)
+    x = x.astype(np.float32)
+    np.testing.assert_allclose(gpu.predict(device(x)), host.predict(x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(host.predict(device(x)), host.predict(x))
+    with pytest.raises(InputError, match=r"must have shape \(N, "):
+        gpu.predict(device(x[:, :1]))
+    with pytest.raises(InputError, match="device array of float64"):
+        gpu.predict(cuda.to_device(x.astype(np.float64)))

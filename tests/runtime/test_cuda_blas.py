@@ -195,6 +195,17 @@ def test_cublas_that_cannot_start_says_why(monkeypatch):
                            "libcuda.so.1")
 
 
+def test_the_real_binding_without_a_gpu_falls_back_saying_why():
+    """nvmath-python itself (a test dependency) on a machine with no GPU driver: it
+    imports, cuBLAS cannot start, and archc's kernel runs with the reason given."""
+    pytest.importorskip("nvmath.bindings.cublas")
+    if not SIMULATED:
+        pytest.skip("a real GPU is here: cuBLAS may well start")
+    library, line = blas.choose(False, "auto")
+    assert library is None
+    assert line.startswith("archc's numba-cuda GEMM (cuBLAS cannot run here (")
+
+
 @pytest.mark.skipif(SIMULATED, reason="cuBLAS needs a real GPU (ARCHC_CUDA=real)")
 def test_cublas_on_the_gpu_matches_archcs_kernel():
     library, line = kernels.gemm_library()

@@ -182,5 +182,6 @@ def install(choice: str | None = None) -> str:
 def stats() -> dict | None:
     """The pool's counters in the current context, or None where it does not allocate."""
     from numba import cuda
-    pool = getattr(cuda.current_context().memory_manager, "pool", None)
+    manager = getattr(cuda.current_context(), "memory_manager", None)  # none: simulated
+    pool = getattr(manager, "pool", None)
     return pool.stats() if isinstance(pool, Pool) else None

@@ -10,9 +10,8 @@ from numba import float32, float64
 
 from runtime.backends.cuda.kernels import (ELEMENTWISE_BLOCK, PER_THREAD, THREADS, TILE,
                                            TILE_K, TILE_K_PADDED, TILE_PADDED, _codes, _launch,
-                                           _panel_product, absent, activate,
-                                           activation_forward, add, axis_view, block_sum, cuda,
-                                           empty, gemm, gemm_library, result)
+                                           _panel_product, absent, activate, axis_view,
+                                           block_sum, cuda, empty, gemm, gemm_library, result)
 
 # --------------------------------------------------------------------------- convolution
 @cuda.jit(cache=True)
@@ -62,6 +61,21 @@ def rows_to_nchw_kernel(rows, out):
     for e in range(start, out.size, stride):
         b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
         out[b, ch, p // w, p % w] = rows[ch, b * h * w + p]
+
+
+@cuda.jit(cache=True)
+def rows_epilogue_kernel(rows, out, bias, residual, code, slope):
+    """out (N, C, H, W) = activation(rows (C, N*HW) + bias[c] + residual): a GEMM's
+    result put back in NCHW with the conv's epilogue, in one pass."""
+    n, c, h, w = out.shape
+    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
+        v = rows[ch, b * h * w + p]
+        if bias.size:
+            v += bias[ch]
+        if residual.size:
+            v += residual[b, ch, p // w, p % w]
+        out[b, ch, p // w, p % w] = activate(v, code, slope)
 
 
 @cuda.jit(cache=True)
@@ -169,7 +183,7 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
     """A dense or grouped conv on the device, with the epilogue ``activation(conv + bias +
     residual)`` in the kernel. Dense: the implicit GEMM (``conv_gemm_kernel``); grouped, or
     dense where the GEMMs go to a library (cuBLAS): im2col, a GEMM per group into that
-    group's rows, the rows back to NCHW, the residual added after."""
+    group's rows, then one pass puts the rows back in NCHW with the epilogue."""
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
@@ -188,17 +202,11 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
     rows = empty((o, n * ho * wo))
     og, k = o // groups, cg * kh * kw
     wmat = w.reshape(o, k)
-    after = activation if residual is None else None
     for g in range(groups):
-        gemm(wmat[g * og:(g + 1) * og], cols[g * k:(g + 1) * k],
-             bias=None if bias is None else bias[g * og:(g + 1) * og],
-             bias_mode=0 if bias is None else 1, activation=after,
-             out=rows[g * og:(g + 1) * og])
-    _launch(rows_to_nchw_kernel, y.size, rows, y)
-    if residual is not None:  # in place: y is this op's own result
-        y = add(y, residual, out=y)
-        if activation is not None:
-            y = activation_forward(y, *activation, out=y)
+        gemm(wmat[g * og:(g + 1) * og], cols[g * k:(g + 1) * k], out=rows[g * og:(g + 1) * og])
+    code, slope = _codes(activation)
+    _launch(rows_epilogue_kernel, y.size, rows, y, bias if bias is not None else absent(),
+            residual if residual is not None else no_residual(), code, slope)
     return y
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import float32, float64
+from numba import float64
 
 from runtime.backends.cuda.kernels import (
     ELEMENTWISE_BLOCK,

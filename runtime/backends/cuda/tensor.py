@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import float32, float64
+from numba import float64
 
 from runtime.backends import lines
 from runtime.backends.cuda.kernels import (
