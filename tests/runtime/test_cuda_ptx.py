@@ -21,7 +21,7 @@ pytest.importorskip("nvidia.cuda_nvcc", reason="NVIDIA's compiler wheel is not i
 KERNELS = '''
 from numba import cuda, float32, int64, float64, types
 from runtime.backends.cuda import conv as C, kernels as K, layers as L, resample as R
-from runtime.backends.cuda import tensor as T
+from runtime.backends.cuda import tensor as T, training as G
 A1, A2, A3, A4 = float32[::1], float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]
 I = (int64,)
 cases = {
@@ -35,7 +35,10 @@ cases = {
     "softmax_kernel": (T.softmax_kernel, (A3, A3)),
     "softmax_backward_kernel": (T.softmax_backward_kernel, (A3, A3, A3)),
     "unpool_backward_kernel": (R.unpool_backward_kernel, (A4, A4, int64, int64, types.boolean)),
-    "zero_kernel": (R.zero_kernel, (A1,)),
+    "fill_kernel": (K.fill_kernel, (A1, float64)),
+    "gemm_epilogue_kernel": (K.gemm_epilogue_kernel, (A2, A1, int64, int64, float64)),
+    "rows_epilogue_kernel": (C.rows_epilogue_kernel, (A2, A4, A1, A4, int64, float64)),
+    "sum_kernel": (G.sum_kernel, (A1, float64[::1], types.boolean)),
 }
 for name, (kernel, sig) in cases.items():
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
@@ -49,4 +52,4 @@ def test_the_kernels_compile_to_ptx_for_hopper():
     done = subprocess.run([sys.executable, "-c", KERNELS], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 10
+    assert len(done.stdout.splitlines()) == 13

@@ -142,7 +142,7 @@ def zeros(shape, dtype=np.float32):
     """A device array of zeros, filled on the device (a copy of host zeros would wait for
     the work queued before it)."""
     out = empty(shape, dtype)
-    _launch(fill_kernel, out.size, out.reshape(out.size), 0)
+    _launch(fill_kernel, out.size, out.reshape(out.size), 0.0)
     return out
 
 
@@ -218,6 +218,16 @@ def _panel_product(sa, sb, acc, av, bv, tx, ty):
                 acc[i, j] += av[i] * bv[j]
 
 
+@cuda.jit(device=True, inline=True)
+def _epilogue(v, bias, bias_mode, r, q, code, slope):
+    """C[r, q]'s value plus the bias of its row (mode 1) or column (mode 2), activated."""
+    if bias_mode == 1:
+        v += bias[r]
+    elif bias_mode == 2:
+        v += bias[q]
+    return activate(v, code, slope)
+
+
 @cuda.jit(cache=True)
 def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
     """c (M, N) = op(a) @ op(b), plus bias (mode 1: per row, 2: per column, 0: none), then
@@ -272,12 +282,7 @@ def gemm_kernel(a, b, c, trans_a, trans_b, bias, bias_mode, code, slope):
         for j in range(PER_THREAD):
             q = col0 + tx + THREADS * j
             if q < n:
-                v = acc[i, j]
-                if bias_mode == 1:
-                    v += bias[r]
-                elif bias_mode == 2:
-                    v += bias[q]
-                c[r, q] = activate(v, code, slope)
+                c[r, q] = _epilogue(acc[i, j], bias, bias_mode, r, q, code, slope)
 
 
 @cuda.jit(cache=True)
@@ -367,12 +372,7 @@ def gemm_epilogue_kernel(c, bias, bias_mode, code, slope):
     m, n = c.shape
     for e in range(cuda.grid(1), m * n, cuda.gridsize(1)):
         r, q = e // n, e % n
-        v = c[r, q]
-        if bias_mode == 1:
-            v += bias[r]
-        elif bias_mode == 2:
-            v += bias[q]
-        c[r, q] = activate(v, code, slope)
+        c[r, q] = _epilogue(c[r, q], bias, bias_mode, r, q, code, slope)
 
 
 def activation_forward(x, name: str, attrs: dict, out=None):

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from runtime.backends import lines
-from runtime.backends.cuda.kernels import _launch, cuda, empty, result, zeros
+from runtime.backends.cuda.kernels import _launch, cuda, empty, fill_kernel, result, zeros
 from runtime.backends.cuda.layers import max_pool_backward
 
 _MATRICES: dict = {}
@@ -152,16 +152,10 @@ def max_unpool_backward_kernel(gy, idx, gx):
         gx[b, ch, r, q] = gy[b, ch, at // wo, at % wo] if at >= 0 else 0.0
 
 
-@cuda.jit(cache=True)
-def zero_kernel(y):
-    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        y[i] = 0.0
-
-
 def max_unpool(x, idx, out_hw):
     n, c = x.shape[:2]
     y = result((n, c) + tuple(out_hw))
-    _launch(zero_kernel, y.size, y.reshape(y.size))
+    _launch(fill_kernel, y.size, y.reshape(y.size), 0.0)  # the planned room, zeroed
     _launch(max_unpool_kernel, x.size, x, idx, y)
     return y
 
