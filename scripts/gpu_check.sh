@@ -33,7 +33,8 @@ step() {  # step NAME SECONDS COMMAND...: run it, its output in $out/NAME.txt
     [ "$rc" -eq 0 ] || status=1
 }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; "$python" -c \
-    "import numba, numpy; print('numba', numba.__version__, 'numpy', numpy.__version__)"
+    "import numba, numba_cuda, numpy; print('numba', numba.__version__, 'numba-cuda',
+numba_cuda.__version__, 'numpy', numpy.__version__)"
   "$python" -c "from runtime.backends.cuda import kernels as k
 print('GEMMs:', k.gemm_library()[1]); print('allocator:', k.ALLOCATOR)"; } \
     > "$out/device.txt" 2>&1

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The wheels scripts/gpu_check.sh installs on a GPU machine that reaches no package index:
-# the packages archc's CUDA backend uses that such a machine's image may lack (today
-# nvmath-python, archc's binding to cuBLAS; the image brings numba-cuda, cuda-bindings and
-# cuBLAS itself), built for its Python (3.12 unless PYVER says otherwise), into .whl/.
+# the packages archc's CUDA backend uses that such a machine's image may lack or hold in
+# another version: nvmath-python (archc's binding to cuBLAS) and numba-cuda at the version
+# the tests pin (the image brings numba, cuda-bindings and cuBLAS itself), built for its
+# Python (3.12 unless PYVER says otherwise), into .whl/.
 #
 #   bash scripts/gpu_wheels.sh        (then carry .whl to the machine with the checkout)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip download --no-deps --only-binary=:all: --python-version "${PYVER:-3.12}" \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl "nvmath-python==1.0.0"
+    --platform manylinux2014_x86_64 -d .whl "nvmath-python==1.0.0" \
+    "numba-cuda==0.30.4"
 ls -l .whl

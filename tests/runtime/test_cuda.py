@@ -993,3 +993,46 @@ def test_inputs_already_on_the_device_stay_there():
         gpu.predict(device(x[:, :1]))
     with pytest.raises(InputError, match="device array of float64"):
         gpu.predict(cuda.to_device(x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 7), (1, 1, 50), (2, 5, 1)])
+def test_per_channel_reductions_split_among_blocks_add_up(shape):
+    """Channels shared by several blocks (uneven slices included): the batch statistics,
+    the batch-norm gradients with batch and with running statistics, and channel sums
+    agree with float64 NumPy, and the running statistics move as PyTorch's do."""
+    from runtime.backends.cuda import layers, training
+
+    n, c, m = shape
+    chunks = kernels.reduction_chunks(c, n * m)
+    assert chunks == {(3, 2, 7): 2, (1, 1, 50): 6, (2, 5, 1): 1}[shape]
+    rng = np.random.default_rng(n * c * m)
+    x = (rng.standard_normal(shape) * 3 + 5).astype(np.float32)
+    gy = rng.standard_normal(shape).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    x64, gy64 = x.astype(np.float64), gy.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 2)), x64.var(axis=(0, 2))
+    rm, rv, tracked = device(np.zeros(c)), device(np.ones(c)), cuda.to_device(np.zeros(1, np.int64))
+    got_mean, got_var = training.batch_stats(device(x), rm, rv, tracked, momentum=0.1)
+    np.testing.assert_allclose(got_mean.copy_to_host(), mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got_var.copy_to_host(), var, rtol=1e-5)
+    np.testing.assert_allclose(rm.copy_to_host(), 0.1 * mean, rtol=1e-6, atol=1e-7)
+    unbiased = var * (n * m) / max(n * m - 1, 1)
+    np.testing.assert_allclose(rv.copy_to_host(), 0.9 + 0.1 * unbiased, rtol=1e-6)
+    assert tracked.copy_to_host()[0] == 1
+    inv = 1 / np.sqrt(var + 1e-5)[None, :, None]
+    xhat = (x64 - mean[None, :, None]) * inv
+    s0, s1 = gy64.sum(axis=(0, 2)), (gy64 * xhat).sum(axis=(0, 2))
+    gx, g_weight, g_bias = training.batchnorm_train_backward(
+        device(x), device(gy), device(mean), device(var), device(w), 1e-5)
+    expected = w[None, :, None] * inv / (n * m) * (n * m * gy64 - s0[None, :, None]
+                                                    - xhat * s1[None, :, None])
+    np.testing.assert_allclose(gx.copy_to_host(), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g_bias.copy_to_host(), s0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_weight.copy_to_host(), s1, rtol=1e-5, atol=1e-5)
+    gx, g_weight, g_bias = layers.batchnorm_backward(
+        device(x), device(gy), device(mean), device(var), device(w), 1e-5)
+    np.testing.assert_allclose(gx.copy_to_host(), gy64 * w[None, :, None] * inv, rtol=1e-5)
+    np.testing.assert_allclose(g_bias.copy_to_host(), s0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_weight.copy_to_host(), s1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.channel_sums(device(gy)).copy_to_host(), s0,
+                               rtol=1e-5, atol=1e-5)

@@ -23,6 +23,7 @@ from numba import cuda, float32, int64, float64, types
 from runtime.backends.cuda import conv as C, kernels as K, layers as L, resample as R
 from runtime.backends.cuda import tensor as T, training as G
 A1, A2, A3, A4 = float32[::1], float32[:, ::1], float32[:, :, ::1], float32[:, :, :, ::1]
+D1, D2 = float64[::1], float64[:, ::1]
 I = (int64,)
 cases = {
     "activation_forward_kernel": (K.activation_forward_kernel, (A1, A1, int64, float64)),
@@ -39,6 +40,15 @@ cases = {
     "gemm_epilogue_kernel": (K.gemm_epilogue_kernel, (A2, A1, int64, int64, float64)),
     "rows_epilogue_kernel": (C.rows_epilogue_kernel, (A2, A4, A1, A4, int64, float64)),
     "sum_kernel": (G.sum_kernel, (A1, float64[::1], types.boolean)),
+    "channel_partials_kernel": (K.channel_partials_kernel, (A3, D1, D2)),
+    "sum_rows_kernel": (K.sum_rows_kernel, (D2, A1, float64)),
+    "finish_stats_kernel": (G.finish_stats_kernel, (D2, D1, A1, A1, A1, A1, int64[::1],
+                                                    float64, types.boolean, int64)),
+    "batchnorm_grad_partials_kernel": (L.batchnorm_grad_partials_kernel,
+                                       (A3, A3, A1, A1, A1, float64, D2, D2, A3)),
+    "batchnorm_grad_finish_kernel": (L.batchnorm_grad_finish_kernel, (D2, D2, A1, A1, D1, D1)),
+    "batchnorm_train_gx_kernel": (G.batchnorm_train_gx_kernel,
+                                  (A3, A3, A3, D1, D1, A1, A1, A1, float64)),
 }
 for name, (kernel, sig) in cases.items():
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
@@ -52,4 +62,4 @@ def test_the_kernels_compile_to_ptx_for_hopper():
     done = subprocess.run([sys.executable, "-c", KERNELS], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 13
+    assert len(done.stdout.splitlines()) == 19

@@ -6,12 +6,12 @@ convs as the adjoint."""
 from __future__ import annotations
 
 import numpy as np
-from numba import float32, float64
+from numba import float32
 
-from runtime.backends.cuda.kernels import (ELEMENTWISE_BLOCK, PER_THREAD, THREADS, TILE,
-                                           TILE_K, TILE_K_PADDED, TILE_PADDED, _codes, _launch,
-                                           _panel_product, absent, activate, axis_view,
-                                           block_sum, cuda, empty, gemm, gemm_library, result)
+from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
+                                           TILE_PADDED, _codes, _launch, _panel_product,
+                                           absent, activate, axis_view, channel_sums, cuda,
+                                           empty, gemm, gemm_library, result)
 
 # --------------------------------------------------------------------------- convolution
 @cuda.jit(cache=True)
@@ -85,30 +85,6 @@ def nchw_to_rows_kernel(x, rows):
     for e in range(start, x.size, stride):
         b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
         rows[ch, b * h * w + p] = x[b, ch, p // w, p % w]
-
-
-@cuda.jit(cache=True)
-def channel_sum_kernel(a, out):
-    """out[c] = the sum of a[:, c, :] (an (N, C, M) view): one block per channel, a
-    shared-memory tree reduction in float64 as the CPU's sums (a bias gradient's terms
-    cancel: float32 partial sums left it 1e-3 to 1e-1 off on an H100)."""
-    n, c, hw = a.shape
-    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-    partial = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
-    total = float64(0.0)
-    for e in range(t, n * hw, ELEMENTWISE_BLOCK):
-        total += a[e // hw, ch, e % hw]
-    total = block_sum(partial, t, total)
-    if t == 0:
-        out[ch] = total
-
-
-def channel_sums(a):
-    """The sum of an (N, C, M) device array over its first and last axes, (C,): bias
-    gradients (axis_view of the output gradient), a map's plane sums ((1, N*C, H*W))."""
-    out = empty(a.shape[1])
-    channel_sum_kernel[a.shape[1], ELEMENTWISE_BLOCK](a, out)
-    return out
 
 
 @cuda.jit(cache=True)

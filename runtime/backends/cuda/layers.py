@@ -29,12 +29,15 @@ from runtime.backends.cuda.kernels import (
     block_sum,
     absent,
     axis_view,
+    channel_sums,
+    chunk_bounds,
     cuda,
+    reduction_chunks,
     empty,
     result,
     zeros,
 )
-from runtime.backends.cuda.conv import channel_sums, no_residual
+from runtime.backends.cuda.conv import no_residual
 
 
 @cuda.jit(cache=True)
@@ -143,26 +146,64 @@ def batchnorm_kernel(x, y, mean, var, weight, bias, eps):
 
 
 @cuda.jit(cache=True)
-def batchnorm_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, eps):
-    """One block per channel: gx = gy * weight / std, and the per-channel sums of gy
-    (bias gradient) and gy * x_hat (weight gradient) by a shared-memory tree reduction."""
-    n, c, hw = x.shape
-    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
+def batchnorm_grad_partials_kernel(x, gy, mean, var, weight, eps, p0, p1, gx):
+    """Grid (C, chunks): the float64 partial sums, over block k's slice of channel ch of
+    (N, C, M) views, of gy (the bias gradient's) and gy * x_hat (the weight gradient's)
+    into p0[ch, k] and p1[ch, k]; with running statistics (``gx`` not empty) also
+    gx = gy * weight / std, which needs no sum."""
+    n, c, m = x.shape
+    ch, k, t = cuda.blockIdx.x, cuda.blockIdx.y, cuda.threadIdx.x
     bias_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)  # float64 sums, as the CPU's
     weight_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
+    lo, hi = chunk_bounds(n * m, k, p0.shape[1])
     inv = 1.0 / math.sqrt(var[ch] + eps)
     scale = inv * (weight[ch] if weight.size else 1.0)
+    mu = mean[ch]
     s0, s1 = float64(0.0), float64(0.0)
-    for e in range(t, n * hw, ELEMENTWISE_BLOCK):
-        b, p = e // hw, e % hw
+    for e in range(lo + t, hi, ELEMENTWISE_BLOCK):
+        b, p = e // m, e % m
         g = gy[b, ch, p]
-        gx[b, ch, p] = g * scale
+        if gx.size:
+            gx[b, ch, p] = g * scale
         s0 += g
-        s1 += g * (x[b, ch, p] - mean[ch]) * inv
+        s1 += g * (x[b, ch, p] - mu) * inv
     s0 = block_sum(bias_sums, t, s0)
     s1 = block_sum(weight_sums, t, s1)
     if t == 0:
-        g_bias[ch], g_weight[ch] = s0, s1
+        p0[ch, k], p1[ch, k] = s0, s1
+
+
+@cuda.jit(cache=True)
+def batchnorm_grad_finish_kernel(p0, p1, g_bias, g_weight, s0, s1):
+    """Per channel: the bias and weight gradients from their partial sums, and (s0 and s1
+    not empty) the float64 sums themselves, for the gradient of the input."""
+    for ch in range(cuda.grid(1), g_bias.size, cuda.gridsize(1)):
+        b, w = float64(0.0), float64(0.0)
+        for k in range(p0.shape[1]):
+            b += p0[ch, k]
+            w += p1[ch, k]
+        g_bias[ch], g_weight[ch] = b, w
+        if s0.size:
+            s0[ch], s1[ch] = b, w
+
+
+def batchnorm_grad_sums(view, gy_view, mean, var, weight, eps: float, gx=None,
+                        keep: bool = False):
+    """(g_weight, g_bias, s0, s1): batch norm's parameter gradients, from the channel sums
+    of gy and gy * x_hat split among blocks per channel, and with ``keep`` the sums in
+    float64 (else None); with ``gx``, gx = gy * weight / std is written on the way (the
+    backward pass with running statistics)."""
+    n, c, m = view.shape
+    chunks = reduction_chunks(c, n * m)
+    p0, p1 = empty((c, chunks), np.float64), empty((c, chunks), np.float64)
+    batchnorm_grad_partials_kernel[(c, chunks), ELEMENTWISE_BLOCK](
+        view, gy_view, mean, var, absent() if weight is None else weight, eps, p0, p1,
+        absent().reshape(0, 0, 0) if gx is None else gx)
+    g_weight, g_bias = empty(c), empty(c)
+    s0, s1 = (empty(c, np.float64), empty(c, np.float64)) if keep else (None, None)
+    _launch(batchnorm_grad_finish_kernel, c, p0, p1, g_bias, g_weight,
+            absent(np.float64) if s0 is None else s0, absent(np.float64) if s1 is None else s1)
+    return g_weight, g_bias, s0, s1
 
 
 @cuda.jit(cache=True)
@@ -319,14 +360,11 @@ def batchnorm(x, mean, var, weight, bias, eps: float):
 
 
 def batchnorm_backward(x, gy, mean, var, weight, eps: float):
+    """(gx, g_weight, g_bias) with running statistics (inference-mode batch norm)."""
     shape = axis_view(x).shape
-    c = shape[1]
     gx = empty(shape)
-    g_weight = empty(c)
-    g_bias = empty(c)
-    batchnorm_backward_kernel[c, ELEMENTWISE_BLOCK](
-        x.reshape(shape), gy.reshape(shape), gx, g_weight, g_bias, mean, var,
-        absent() if weight is None else weight, eps)
+    g_weight, g_bias, _, _ = batchnorm_grad_sums(x.reshape(shape), gy.reshape(shape), mean,
+                                                 var, weight, eps, gx)
     return gx.reshape(x.shape), g_weight, g_bias
 
 

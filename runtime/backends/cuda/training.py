@@ -3,12 +3,15 @@ and their backward pass, dropout masks drawn on the device, the softmax cross-en
 a training step, and the optimisers' updates (``UPDATE``, the backend's
 ``runtime.train.optim.UpdateKernels``).
 
-- batch statistics: one block per channel, two sweeps (the mean, then the mean squared
-  deviation from it: no cancellation), each a shared-memory tree reduction; thread 0
-  updates the running statistics in place (PyTorch's momentum rule, the unbiased
-  variance) and counts the batch in ``num_batches_tracked``.
-- batch-norm backward with batch statistics: one block per channel reduces ``gy`` and
-  ``gy * x_hat``, then writes ``gx = w / std / m * (m gy - sum gy - x_hat sum gy x_hat)``.
+- batch statistics: two sweeps (the mean, then the mean squared deviation from it: no
+  cancellation), each a shared-memory tree reduction in float64 split among several
+  blocks per channel where channels are few and large (``kernels.channel_partials``),
+  then one thread per channel adds its blocks' partial sums and updates the running
+  statistics in place (PyTorch's momentum rule, the unbiased variance) and counts the
+  batch in ``num_batches_tracked``.
+- batch-norm backward with batch statistics: the channel sums of ``gy`` and
+  ``gy * x_hat`` the same way, then ``gx = w / std / m * (m gy - sum gy - x_hat sum gy
+  x_hat)`` element by element.
 - dropout masks: a counter-based hash of (seed, element index) gives each element its
   uniform number (Wellons' ``lowbias32``), so a mask needs no generator state on the
   device; the seed comes from the model's NumPy generator, so runs are reproducible and
@@ -41,11 +44,14 @@ from runtime.backends.cuda.kernels import (
     absent,
     axis_view,
     block_sum,
+    channel_partials,
+    channel_sums,
     cuda,
     empty,
     is_device,
     zeros,
 )
+from runtime.backends.cuda.layers import batchnorm_grad_sums
 from runtime.train.losses import classification_step
 from runtime.train import optim
 from runtime.train.optim import UpdateKernels
@@ -55,24 +61,16 @@ _MASK32 = 0xFFFFFFFF
 
 # --------------------------------------------------------------------------- batch norm
 @cuda.jit(cache=True)
-def batch_stats_kernel(x, mean, var, running_mean, running_var, tracked, momentum, update):
-    """Per-channel mean and biased variance of an (N, C, HW) view: one block per channel;
-    with ``update``, the running statistics move towards them (unbiased variance)."""
-    n, c, hw = x.shape
-    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-    sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)  # float64 sums, as the CPU's
-    squares = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
-    count = n * hw
-    total = float64(0.0)  # float64 in the simulator too (NumPy keeps float32 + 0.0 float32)
-    for e in range(t, count, ELEMENTWISE_BLOCK):
-        total += x[e // hw, ch, e % hw]
-    mu = block_sum(sums, t, total) / count
-    total = float64(0.0)
-    for e in range(t, count, ELEMENTWISE_BLOCK):
-        d = x[e // hw, ch, e % hw] - mu
-        total += d * d
-    v = block_sum(squares, t, total) / count
-    if t == 0:
+def finish_stats_kernel(partial, centre, mean, var, running_mean, running_var, tracked,
+                        momentum, update, count):
+    """Per channel: the biased variance from the partial sums of squared distances to the
+    mean ``centre`` (float64); with ``update``, the running statistics move towards them
+    (unbiased variance) and the batch is counted."""
+    for ch in range(cuda.grid(1), mean.size, cuda.gridsize(1)):
+        total = float64(0.0)
+        for k in range(partial.shape[1]):
+            total += partial[ch, k]
+        mu, v = centre[ch], total / count
         mean[ch], var[ch] = mu, v
         if update:
             running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mu
@@ -83,59 +81,50 @@ def batch_stats_kernel(x, mean, var, running_mean, running_var, tracked, momentu
 
 
 @cuda.jit(cache=True)
-def batchnorm_train_backward_kernel(x, gy, gx, g_weight, g_bias, mean, var, weight, eps):
-    """One block per channel: the sums of gy and gy * x_hat, then gx from both. The sums
-    stay float64: gx = k (count gy - s0 - x_hat s1) cancels, and a float32 s0 would shift
-    every gx of the channel by the same error, which the layers before amplify (ResNet-18's
-    first stage at 224x224: 1e-2 off in training where float64 sums give 1e-5)."""
-    n, c, hw = x.shape
-    ch, t = cuda.blockIdx.x, cuda.threadIdx.x
-    bias_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
-    weight_sums = cuda.shared.array(ELEMENTWISE_BLOCK, float64)
-    count = n * hw
-    inv = 1.0 / math.sqrt(var[ch] + eps)
-    mu = mean[ch]
-    s0, s1 = float64(0.0), float64(0.0)
-    for e in range(t, count, ELEMENTWISE_BLOCK):
-        b, p = e // hw, e % hw
-        g = gy[b, ch, p]
-        s0 += g
-        s1 += g * (x[b, ch, p] - mu) * inv
-    s0 = block_sum(bias_sums, t, s0)
-    s1 = block_sum(weight_sums, t, s1)
-    k = (weight[ch] if weight.size else 1.0) * inv / count
-    for e in range(t, count, ELEMENTWISE_BLOCK):
-        b, p = e // hw, e % hw
-        xhat = (x[b, ch, p] - mu) * inv
-        gx[b, ch, p] = k * (count * gy[b, ch, p] - s0 - xhat * s1)
-    if t == 0:
-        g_bias[ch], g_weight[ch] = s0, s1
+def batchnorm_train_gx_kernel(x, gy, gx, s0, s1, mean, var, weight, eps):
+    """gx = k (count gy - s0 - x_hat s1), k = weight / std / count, element by element
+    over (N, C, M) views, from the channel sums s0 (of gy) and s1 (of gy * x_hat). The
+    sums stay float64: the difference cancels, and a float32 s0 would shift every gx of
+    the channel by the same error, which the layers before amplify (ResNet-18's first
+    stage at 224x224: 1e-2 off in training where float64 sums give 1e-5)."""
+    n, c, m = x.shape
+    count = n * m
+    for e in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        b, ch, p = e // (c * m), (e // m) % c, e % m
+        inv = 1.0 / math.sqrt(var[ch] + eps)
+        k = (weight[ch] if weight.size else 1.0) * inv / count
+        xhat = (x[b, ch, p] - mean[ch]) * inv
+        gx[b, ch, p] = k * (count * gy[b, ch, p] - s0[ch] - xhat * s1[ch])
 
 
 def batch_stats(x, running_mean=None, running_var=None, tracked=None, momentum: float = 0.1):
     """(mean, biased var) per channel on the device; given the running buffers, they are
-    updated in place (and ``tracked``, the 0-d batch count, incremented)."""
-    c = x.shape[1]
-    mean = empty(c)
-    var = empty(c)
+    updated in place (and ``tracked``, the 0-d batch count, incremented). Two sweeps (the
+    mean, then the mean squared distance from it: no cancellation), each split among
+    blocks per channel (``kernels.channel_partials``), float64 throughout."""
+    view = axis_view(x)
+    n, c, m = view.shape
+    centre = channel_sums(view, 1.0 / (n * m), np.float64)
+    partial = channel_partials(view, centre)
+    mean, var = empty(c), empty(c)
     update = running_mean is not None
-    batch_stats_kernel[c, ELEMENTWISE_BLOCK](
-        axis_view(x), mean, var, running_mean if update else absent(),
-        running_var if update else absent(),
-        tracked.reshape(1) if update else cuda.device_array(1, dtype=np.int64),
-        momentum, update)
+    _launch(finish_stats_kernel, c, partial, centre, mean, var,
+            running_mean if update else absent(), running_var if update else absent(),
+            tracked.reshape(1) if update else cuda.device_array(1, dtype=np.int64),
+            momentum, update, n * m)
     return mean, var
 
 
 def batchnorm_train_backward(x, gy, mean, var, weight, eps: float):
-    view = axis_view(x)
-    c = view.shape[1]
+    """(gx, g_weight, g_bias) of batch norm with batch statistics: the channel sums of gy
+    and gy * x_hat split among blocks per channel (``layers.batchnorm_grad_sums``), then
+    gx element by element."""
+    view, gy_view = axis_view(x), axis_view(gy)
+    g_weight, g_bias, s0, s1 = batchnorm_grad_sums(view, gy_view, mean, var, weight, eps,
+                                                   keep=True)
     gx = empty(view.shape)
-    g_weight = empty(c)
-    g_bias = empty(c)
-    batchnorm_train_backward_kernel[c, ELEMENTWISE_BLOCK](
-        view, axis_view(gy), gx, g_weight, g_bias, mean, var,
-        absent() if weight is None else weight, eps)
+    _launch(batchnorm_train_gx_kernel, gx.size, view, gy_view, gx, s0, s1, mean, var,
+            absent() if weight is None else weight, eps)
     return gx.reshape(x.shape), g_weight, g_bias
 
 
