@@ -68,6 +68,8 @@ demo: graphviz $(STAMP)
 
 test: graphviz browser $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=15
+	@echo "The CUDA kernel tests again, every GEMM through the emulated cuBLAS:"
+	$(BIN)/python -m pytest -q -n 2 --emulated-cublas tests/runtime/test_cuda.py
 
 docs: $(STAMP)
 	$(BIN)/python scripts/gen_docs.py

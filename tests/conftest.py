@@ -72,3 +72,21 @@ def write_spec(tmp_path):
         return path
 
     return write
+
+
+def pytest_addoption(parser):
+    parser.addoption("--emulated-cublas", action="store_true",
+                     help="under the CUDA simulator, run every GEMM through the emulated "
+                     "cuBLAS (tests/support/emulated_cublas.py) instead of archc's kernel: "
+                     "the library path through every CUDA test")
+
+
+def pytest_configure(config):
+    if config.getoption("--emulated-cublas"):
+        import emulated_cublas
+        from runtime.backends.cuda import blas, kernels
+
+        if not kernels.SIMULATED:
+            raise pytest.UsageError("--emulated-cublas runs under the CUDA simulator only")
+        kernels._GEMM[:] = [(blas.Cublas(emulated_cublas, "emulated cuBLAS"),
+                             "emulated cuBLAS (--emulated-cublas)")]

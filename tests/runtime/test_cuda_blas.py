@@ -131,19 +131,38 @@ layers:
 """
 
 
-@pytest.mark.parametrize("passes", [0, 2])
-def test_a_network_through_the_library_matches_archcs_own_gemm(emulated, passes):
+CHANNELS_LAST = """
+input: {channels: 4, height: 3, width: 5}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, groups: 4}
+  - permute: [0, 2, 3, 1]
+  - layernorm: {eps: 1.0e-6}
+  - linear: {out_features: 8, activation: gelu}
+  - linear: 4
+  - permute: [0, 3, 1, 2]
+  - add: [-1, input]
+  - global_avg_pool2d: {}
+  - flatten
+  - linear: 3
+"""
+
+
+@pytest.mark.parametrize("text, passes", [(NETWORK, 0), (NETWORK, 2), (CHANNELS_LAST, 0)],
+                         ids=["convs", "convs-O2", "channels-last"])
+def test_a_network_through_the_library_matches_archcs_own_gemm(emulated, text, passes):
     """Dense convs take im2col + the library's GEMM instead of the implicit GEMM kernel,
     with the bias, residual and activation after; grouped and transposed convs and
-    linear layers call it per group: forward and every gradient agree with archc's
-    kernel (and fused or not: -O2 fuses the residual and activations into the convs)."""
+    linear layers call it per group, channels-last linear layers over rows folded from
+    the leading axes: forward and every gradient agree with archc's kernel (and fused or
+    not: -O2 fuses the residual and activations into the convs)."""
     import archc
     from archc.passes import preset, run_passes
 
-    graph = archc.load("n.yaml", text=NETWORK)
+    graph = archc.load("n.yaml", text=text)
     if passes:
         graph, _, _ = run_passes(graph, None, preset(passes))
-    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    shape = graph[graph.inputs[0]].shape
+    x = np.random.default_rng(1).standard_normal((2,) + shape).astype(np.float32)
     gy = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
     library = archc.compile(graph, backend="cuda", seed=4).train()
     y = library(x)
