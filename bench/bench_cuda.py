@@ -7,7 +7,11 @@ back (PyTorch's ``loss.item()``, archc's one read per step). The first line says
 GEMM archc ran (cuBLAS or its own kernel: ``ARCHC_CUDA_GEMM``) and its allocator; the
 last, how many device allocations the timed training steps asked of the driver.
 
-    .venv/bin/python bench/bench_cuda.py [--repeat N] [--quick]
+    .venv/bin/python bench/bench_cuda.py [--repeat N] [--quick] [--precision tf32]
+
+--precision tf32 runs both sides' matrix products on the tensor cores in TF32 (archc's
+cuBLAS math mode, PyTorch's allow_tf32 for cuBLAS and cuDNN): reported apart from the
+float32 table the targets are about.
 
 --quick runs tiny shapes; it also runs under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1),
 where the times mean nothing (a smoke test of the script). Without a CUDA build of
@@ -57,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
+    parser.add_argument("--precision", choices=["float32", "tf32"], default="float32")
     args = parser.parse_args()
     from runtime.backends.cuda import allocator, kernels
     from runtime.backends.cuda.backend import BACKEND
@@ -69,9 +74,11 @@ def main() -> None:
                                   f"{torch.cuda.get_device_name()}" if gpu else
                                   f"; PyTorch {torch.__version__} has no CUDA here: its "
                                   "columns stay empty"))
+    tf32 = args.precision == "tf32"
+    print(f"precision: {args.precision}; GEMMs: {kernels.set_precision(args.precision)}")
     if gpu:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
 
     def timed(fn) -> float:

@@ -9,8 +9,9 @@
 # first, for a machine that reaches no package index: `bash scripts/gpu_wheels.sh` fetches
 # the ones a GPU image may lack, nvmath-python for cuBLAS). Each step has a time limit so
 # that the whole check ends well inside 10 minutes; a failing step does not stop the
-# others, and the exit status says whether any failed. bench_cuda runs twice: with the
-# GEMMs archc picks (cuBLAS where it runs) and with its own kernel (ARCHC_CUDA_GEMM=numba).
+# others, and the exit status says whether any failed. bench_cuda runs three times: with
+# the GEMMs archc picks (cuBLAS where it runs), with its own kernel (ARCHC_CUDA_GEMM=numba),
+# and last, both sides in TF32.
 set -u
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check}}"
@@ -44,4 +45,6 @@ step bench_cuda_numba 90 env ARCHC_CUDA_GEMM=numba "$python" bench/bench_cuda.py
 step train_resnet18 90 "$python" -c \
     "import sys; from archc.cli import main; sys.argv[0] = 'archc'; sys.exit(main())" \
     bench specs/resnet18.yaml --backend cuda --batch 64 --train --repeat 3
+# last, as it is optional: both sides in TF32 (reported apart from the float32 targets)
+step bench_cuda_tf32 60 "$python" bench/bench_cuda.py --repeat 3 --precision tf32
 exit $status

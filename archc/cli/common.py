@@ -120,6 +120,26 @@ def write_atomically(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["float32", "tf32"], default="float32",
+                   help="float32 arithmetic (default); tf32: the matrix products on an NVIDIA "
+                   "GPU's tensor cores (--backend cuda, with cuBLAS), operands rounded to "
+                   "TF32's 10-bit mantissa as PyTorch's allow_tf32 does, sums in float32")
+
+
+def apply_precision(args: argparse.Namespace) -> None:
+    """Set the GEMMs' arithmetic that ``--precision`` asks for (nothing for float32)."""
+    precision = getattr(args, "precision", "float32")
+    if precision == "float32":
+        return
+    if args.backend != "cuda":
+        raise UsageError(f"--precision {precision} is the GPU's tensor-core format: it needs "
+                         f"--backend cuda (this run is on {args.backend})")
+    from runtime.backends.cuda import kernels
+
+    kernels.set_precision(precision)
+
+
 def compile_for_data(graph, args, seed: int, every_node: bool = False):
     """The model a data command runs: fused for training (exact passes), or with
     ``every_node`` as the spec wrote it, each layer an op of its own that the command may
@@ -135,8 +155,10 @@ def compile_for_data(graph, args, seed: int, every_node: bool = False):
                          f"two-stage detector (an input 'proposals' [R, 4]) or a RetinaNet "
                          f"(outputs class_logits_<level>, box_regression_<level>); {graph.name} "
                          f"has {len(graph.inputs)} and {len(graph.outputs)}")
-    return compile_graph(graph if every_node else for_training(graph), backend=args.backend,
-                         seed=seed)
+    model = compile_graph(graph if every_node else for_training(graph), backend=args.backend,
+                          seed=seed)
+    apply_precision(args)
+    return model
 
 
 def settings_of(args, graph):

@@ -7,7 +7,8 @@ import json
 
 
 from archc.cli import scaling
-from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_spec_arguments,
+from archc.cli.common import (COMMANDS, EXIT_OK, add_pass_arguments, add_precision_argument,
+                              add_spec_arguments, apply_precision,
                               add_weights_options, load_graph, load_weights, positive)
 from archc.errors import InputError, UsageError
 from archc.passes import for_training
@@ -26,7 +27,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.output and len(graph.outputs) > 1 and not args.output.endswith(".npz"):
         raise UsageError(f"{graph.name} has {len(graph.outputs)} outputs "
                          f"({', '.join(graph.outputs)}): -o {args.output} would be one array",
-                         f"name the file .npz (one array per output, by name)")
+                         "name the file .npz (one array per output, by name)")
     model = compile_graph(graph, backend=args.backend, seed=args.seed)
     if args.weights:
         load_weights(model, args.weights, args)
@@ -116,6 +117,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.train:  # what archc train runs
         graph = for_training(graph)
     model = compile_graph(graph, backend=args.backend, seed=args.seed)
+    apply_precision(args)
     name = args.device
     if name is None:  # the profile of what runs the kernels
         gpu = model.backend.device_name().upper()
@@ -178,6 +180,7 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.set_defaults(view_passes=True)
     p.add_argument("--backend", choices=["cpu", "reference", "cuda"], default="cpu",
                    help="where the kernels run (default cpu); cuda times them with CUDA events")
+    add_precision_argument(p)
     p.add_argument("--batch", type=positive, metavar="N",
                    help="batch size (default 1; --distributed: per rank, default 32)")
     p.add_argument("--repeat", type=positive, metavar="R",

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, add_weights_options,
-                              compile_for_data, load_graph, load_weights, positive, settings_of,
-                              task_for)
+from archc.cli.common import (COMMANDS, EXIT_OK, add_data_arguments, add_precision_argument,
+                              add_weights_options, compile_for_data, load_graph, load_weights,
+                              positive, settings_of, task_for)
 from archc.errors import UsageError
 from runtime.train import distributed
 
@@ -121,6 +121,7 @@ def _epoch_pattern(text: str) -> tuple[int, str]:
 
 def _setup_train(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
+    add_precision_argument(p)
     p.add_argument("--epochs", type=positive, help="default 10")
     p.add_argument("--batch-size", type=positive, help="default 32")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd")

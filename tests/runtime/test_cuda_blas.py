@@ -238,3 +238,51 @@ def test_cublas_on_the_gpu_matches_archcs_kernel():
         with kernels.using_gemm(None, "archc's kernel"):
             own = kernels.gemm(device(a), device(b), trans_a=ta, trans_b=tb).copy_to_host()
         np.testing.assert_allclose(got, own, rtol=1e-4, atol=1e-3)
+
+
+def test_tf32_rounds_the_operands_as_the_tensor_cores_do(emulated):
+    """--precision tf32: cuBLAS's TF32 math mode is set on the handle, and the products
+    are those of TF32-rounded operands (float32 sums): within TF32's 2^-11 relative
+    rounding of the float32 result, not equal to it; float32 again gives float32's."""
+    rng = np.random.default_rng(7)
+    a, b = rng.standard_normal((20, 30)), rng.standard_normal((30, 10))
+    exact = a @ b
+    assert kernels.set_precision("tf32") == "emulated cuBLAS, tf32"
+    assert emulated_cublas.math_mode == [3]
+    got = kernels.gemm(device(a), device(b)).copy_to_host()
+    rounded = (emulated_cublas.tf32(a.astype(np.float32)).astype(np.float64)
+               @ emulated_cublas.tf32(b.astype(np.float32)))
+    np.testing.assert_allclose(got, rounded, rtol=1e-5, atol=1e-5)
+    error = np.abs(got - exact).max() / np.abs(exact).max()
+    assert 1e-5 < error < 5e-3
+    kernels.set_precision("float32")
+    assert emulated_cublas.math_mode == [0]
+    got = kernels.gemm(device(a), device(b)).copy_to_host()
+    assert np.abs(got - exact).max() / np.abs(exact).max() < 1e-6
+
+
+def test_tf32_without_cublas_is_refused_saying_why():
+    if not SIMULATED:
+        pytest.skip("a real GPU may run cuBLAS")
+    assert kernels.set_precision("float32").startswith("archc's numba-cuda GEMM")
+    with pytest.raises(cuda_backend.CudaUnavailable,
+                       match="--precision tf32 runs the matrix products on cuBLAS's TF32 "
+                             r"tensor cores; here they run on archc's numba-cuda GEMM \(the "
+                             "simulator has no cuBLAS\\)"):
+        kernels.set_precision("tf32")
+
+
+@pytest.mark.parametrize("backend, message", [
+    ("cpu", "error: --precision tf32 is the GPU's tensor-core format: it needs --backend cuda "
+            "(this run is on cpu)"),
+    ("cuda", "error: --precision tf32 runs the matrix products on cuBLAS's TF32 tensor cores; "
+             "here they run on archc's numba-cuda GEMM (the simulator has no cuBLAS)"),
+])
+def test_the_precision_flag_says_what_it_needs(capsys, backend, message):
+    from archc.cli import main
+
+    if not SIMULATED:
+        pytest.skip("a real GPU may run cuBLAS")
+    spec = str(Path(__file__).resolve().parents[2] / "specs" / "lenet5.yaml")
+    assert main(["bench", spec, "--backend", backend, "--precision", "tf32"]) == 2
+    assert capsys.readouterr().err.strip() == message

@@ -19,10 +19,25 @@ class InvalidValue(RuntimeError):
 
 
 calls: list[tuple] = []  # every sgemm's (transa, transb, m, n, k, lda, ldb, ldc)
+math_mode = [0]  # CUBLAS_DEFAULT_MATH; 3: CUBLAS_TF32_TENSOR_OP_MATH
 
 
 def create() -> int:
+    math_mode[0] = 0
     return 1
+
+
+def set_math_mode(handle, mode: int) -> None:
+    if handle != 1 or mode not in (0, 3):
+        raise InvalidValue(f"set_math_mode({handle}, {mode})")
+    math_mode[0] = mode
+
+
+def tf32(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to TF32 as the tensor cores take them: the 13 low mantissa
+    bits dropped, to nearest with ties away from zero (cvt.rna.tf32.f32)."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
 
 
 def get_version(handle: int) -> int:
@@ -62,6 +77,8 @@ def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) 
         op_b = _column_major(b, b_rows, (n if transb == OP_N else k), ldb)
         op_a = op_a if transa == OP_N else op_a.T
         op_b = op_b if transb == OP_N else op_b.T
+        if math_mode[0] == 3:  # the operands as the tensor cores see them
+            op_a, op_b = tf32(op_a), tf32(op_b)
         total = _scalar(alpha) * (op_a.astype(np.float64) @ op_b.astype(np.float64))
     beta = _scalar(beta)
     if beta:

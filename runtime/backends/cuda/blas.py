@@ -28,6 +28,11 @@ CHOICES = ("auto", "cublas", "numba")
 # cuBLAS's cublasOperation_t: CUBLAS_OP_N, CUBLAS_OP_T
 OP_N, OP_T = 0, 1
 
+# cuBLAS's cublasMath_t for each precision: CUBLAS_DEFAULT_MATH (float32 products in
+# float32), CUBLAS_TF32_TENSOR_OP_MATH (operands rounded to TF32, a 10-bit mantissa, for
+# the tensor cores; float32 accumulation)
+MATH_MODES = {"float32": 0, "tf32": 3}
+
 
 def address(array) -> int:
     """The device address of an array's first element (the host address of a simulated
@@ -65,9 +70,15 @@ class Cublas:
     def __init__(self, binding, name: str):
         self.binding, self.name = binding, name
         self.handle = binding.create()
+        self.precision = "float32"
         # alpha and beta are read from host memory (cuBLAS's default pointer mode)
         self._one = np.ones(1, np.float32)
         self._zero = np.zeros(1, np.float32)
+
+    def set_precision(self, precision: str) -> None:
+        """float32 (cuBLAS's default math) or tf32 (its TF32 tensor-core math)."""
+        self.binding.set_math_mode(self.handle, MATH_MODES[precision])
+        self.precision = precision
 
     def gemm(self, a, b, c, trans_a: bool = False, trans_b: bool = False) -> None:
         """c = op(a) @ op(b), every operand a 2-d float32 device array with contiguous

@@ -355,6 +355,27 @@ def gemm_library() -> tuple:
     return _GEMM[-1]
 
 
+PRECISIONS = ("float32", "tf32")
+
+
+def set_precision(precision: str) -> str:
+    """The arithmetic of every GEMM from now on, in this process: float32 (the default) or
+    tf32, cuBLAS's TF32 tensor-core math (operands rounded to a 10-bit mantissa, float32
+    sums; PyTorch's ``allow_tf32``). TF32 needs cuBLAS: where archc's own GEMM runs it is
+    refused, saying why. Returns the line saying which GEMM runs, in which precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    library, line = gemm_library()
+    if library is None:
+        if precision == "float32":
+            return line
+        from runtime.backends.cuda import CudaUnavailable
+        raise CudaUnavailable(f"--precision {precision} runs the matrix products on cuBLAS's "
+                              f"TF32 tensor cores; here they run on {line}")
+    library.set_precision(precision)
+    return f"{line}, {precision}"
+
+
 @contextlib.contextmanager
 def using_gemm(library, line: str):
     """While the block runs, GEMMs go to ``library`` (None: archc's kernel)."""
