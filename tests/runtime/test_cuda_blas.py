@@ -22,6 +22,7 @@ from runtime.backends.cuda import blas  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import emulated_cublas  # noqa: E402
+import test_cuda  # noqa: E402  (tests/runtime, beside this file)
 
 cuda = kernels.cuda
 SIMULATED = kernels.SIMULATED
@@ -131,17 +132,8 @@ layers:
 """
 
 
-CHANNELS_LAST = """
-input: {channels: 4, height: 3, width: 5}
-layers:
-  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, groups: 4}
-  - permute: [0, 2, 3, 1]
-  - layernorm: {eps: 1.0e-6}
-  - linear: {out_features: 8, activation: gelu}
-  - linear: 4
-  - permute: [0, 3, 1, 2]
-  - add: [-1, input]
-  - global_avg_pool2d: {}
+# test_cuda.py's channels-last ConvNeXt-style block, with a classifier after it
+CHANNELS_LAST = test_cuda.CHANNELS_LAST + """  - global_avg_pool2d: {}
   - flatten
   - linear: 3
 """
