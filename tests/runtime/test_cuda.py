@@ -18,6 +18,8 @@ from runtime.backends.activations import FORMULAS, attributes_of
 from runtime.backends.epilogue import FROM_OUTPUT
 from runtime.context import KernelContext
 
+from cuda_networks import CHANNELS_LAST
+
 pytestmark = pytest.mark.cuda
 
 kernels = pytest.importorskip("runtime.backends.cuda.kernels")
@@ -334,19 +336,6 @@ def test_every_op_of_a_mixed_network_runs_on_the_device(mode):
     for name, value in host.params.items():  # running statistics, num_batches_tracked
         np.testing.assert_allclose(gpu.params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     assert gpu.params["batchnorm2d.num_batches_tracked"] == (mode == "train")
-
-
-CHANNELS_LAST = """
-input: {channels: 4, height: 3, width: 5}
-layers:
-  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, groups: 4}
-  - permute: [0, 2, 3, 1]
-  - layernorm: {eps: 1.0e-6}
-  - linear: {out_features: 8, activation: gelu}
-  - linear: 4
-  - permute: [0, 3, 1, 2]
-  - add: [-1, input]
-"""
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])

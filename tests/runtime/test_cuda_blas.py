@@ -22,7 +22,7 @@ from runtime.backends.cuda import blas  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import emulated_cublas  # noqa: E402
-import test_cuda  # noqa: E402  (tests/runtime, beside this file)
+from cuda_networks import CHANNELS_LAST as BLOCK  # noqa: E402
 
 cuda = kernels.cuda
 SIMULATED = kernels.SIMULATED
@@ -132,8 +132,8 @@ layers:
 """
 
 
-# test_cuda.py's channels-last ConvNeXt-style block, with a classifier after it
-CHANNELS_LAST = test_cuda.CHANNELS_LAST + """  - global_avg_pool2d: {}
+# the channels-last ConvNeXt-style block, with a classifier after it
+CHANNELS_LAST = BLOCK + """  - global_avg_pool2d: {}
   - flatten
   - linear: 3
 """
