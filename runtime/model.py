@@ -83,6 +83,13 @@ class _Alive:
             self.bytes -= root.nbytes
 
 
+def _on_a_device(value) -> bool:
+    """Whether ``value`` is a device array (numba's; the CUDA simulator's stand-in too):
+    a device loss's gradient, inputs already on the GPU."""
+    return not isinstance(value, np.ndarray) and (
+        hasattr(value, "__cuda_array_interface__") or hasattr(value, "copy_to_host"))
+
+
 class Gradients:
     """``params``: name -> gradient of every trainable parameter; ``inputs``: name ->
     gradient of every network input."""
@@ -291,21 +298,18 @@ class Model:
 
     def _checked_input(self, name: str, value) -> np.ndarray:
         want = self.program.inputs[name]
-        if hasattr(value, "copy_to_host") and not isinstance(value, np.ndarray):
+        if _on_a_device(value):
             # a device array (the data already on the GPU): taken as it is on the device
-            # backend, brought over on a host one; its shape and dtype checked the same
+            # backend, brought over on a host one; its shape checked as a host array's
             if np.dtype(value.dtype) != self.dtype:
                 raise InputError(f"input '{name}' is a device array of {value.dtype}; the "
                                  f"model computes in {self.dtype}: convert it first")
-            value = value.copy_to_host() if self._on_host() else value
-            if len(value.shape) != len(want) + 1 or tuple(value.shape[1:]) != want:
-                raise InputError(f"input '{name}' must have shape (N, "
-                                 f"{', '.join(map(str, want))}), got {tuple(value.shape)}")
-            return self.backend.to_device(value)
-        arr = np.asarray(value, dtype=self.dtype)
-        if arr.ndim != len(want) + 1 or tuple(arr.shape[1:]) != want:
+            arr = value.copy_to_host() if self._on_host() else value
+        else:
+            arr = np.asarray(value, dtype=self.dtype)
+        if len(arr.shape) != len(want) + 1 or tuple(arr.shape[1:]) != want:
             raise InputError(f"input '{name}' must have shape (N, {', '.join(map(str, want))}),"
-                             f" got {arr.shape}")
+                             f" got {tuple(arr.shape)}")
         return self.backend.to_device(arr)
 
     def _late(self, late: dict, values: dict, needed) -> None:
@@ -617,9 +621,8 @@ class Model:
             if name not in values:
                 raise InputError(f"no output or node '{key}' to start backward() from "
                                  f"(outputs: {', '.join(outputs)})")
-            # a device array (a device loss's gradient; the CUDA simulator's stand-in too)
-            on_device = hasattr(g, "__cuda_array_interface__") or hasattr(g, "copy_to_host")
-            g = self.backend.to_device(g if on_device else np.asarray(g, dtype=self.dtype))
+            g = g if _on_a_device(g) else np.asarray(g, dtype=self.dtype)
+            g = self.backend.to_device(g)
             if self.program.items(name) > 1:  # given as (N, items, ...), held as rows
                 g = g.reshape((-1,) + tuple(values[name].shape[1:]))
             grads[name] = add(grads[name], g) if name in grads else g

@@ -15,6 +15,7 @@ import time
 
 from runtime.backends import cpu
 from runtime.backends.base import Backend
+from runtime.backends.cuda import blas
 from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import training
 from runtime.backends.cuda.kernels import to_device, to_host  # noqa: F401 (the backend's)
@@ -61,13 +62,6 @@ def on_device(op) -> bool:
     return op.kind in DEVICE_OPS
 
 
-def _address(array) -> int:
-    interface = getattr(array, "__cuda_array_interface__", None)
-    if interface is None:  # the simulator's arrays are NumPy's
-        interface = array.__array_interface__
-    return interface["data"][0]
-
-
 def _planned(kernel):
     """Run an op's kernel with its result placed where the memory plan puts it
     (``ctx.plan``, from the model): one device buffer per model and kind of pass holds
@@ -84,7 +78,7 @@ def _planned(kernel):
         room = arena[start:start + math.prod(shape)]
         with K.placing(shape, room):
             y = kernel(op, xs, p, ctx)
-        if _address(y) != _address(room):
+        if blas.address(y) != blas.address(room):
             ctx.unplaced.append(op.output)
         return y
     return run

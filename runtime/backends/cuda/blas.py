@@ -36,7 +36,8 @@ MATH_MODES = {"float32": 0, "tf32": 3}
 
 def address(array) -> int:
     """The device address of an array's first element (the host address of a simulated
-    one: the simulator's device arrays are NumPy's)."""
+    one: the simulator's device arrays are NumPy's); where the memory plan checks that an
+    output landed in its room, too."""
     interface = getattr(array, "__cuda_array_interface__", None)
     if interface is None:
         interface = array.__array_interface__
@@ -70,7 +71,6 @@ class Cublas:
     def __init__(self, binding, name: str):
         self.binding, self.name = binding, name
         self.handle = binding.create()
-        self.precision = "float32"
         # alpha and beta are read from host memory (cuBLAS's default pointer mode)
         self._one = np.ones(1, np.float32)
         self._zero = np.zeros(1, np.float32)
@@ -78,7 +78,6 @@ class Cublas:
     def set_precision(self, precision: str) -> None:
         """float32 (cuBLAS's default math) or tf32 (its TF32 tensor-core math)."""
         self.binding.set_math_mode(self.handle, MATH_MODES[precision])
-        self.precision = precision
 
     def gemm(self, a, b, c, trans_a: bool = False, trans_b: bool = False) -> None:
         """c = op(a) @ op(b), every operand a 2-d float32 device array with contiguous

@@ -487,14 +487,20 @@ def channel_partials_kernel(a, centre, partial):
         partial[ch, k] = total
 
 
+@cuda.jit(device=True, inline=True)
+def row_sum(partial, ch):
+    """The float64 sum of channel ch's partial sums, partial[ch, :]."""
+    total = float64(0.0)
+    for k in range(partial.shape[1]):
+        total += partial[ch, k]
+    return total
+
+
 @cuda.jit(cache=True)
 def sum_rows_kernel(partial, out, scale):
     """out[ch] = scale * the sum of partial[ch, :] (a channel's partial sums)."""
     for ch in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        total = float64(0.0)
-        for k in range(partial.shape[1]):
-            total += partial[ch, k]
-        out[ch] = total * scale
+        out[ch] = row_sum(partial, ch) * scale
 
 
 def channel_partials(a, centre=None):

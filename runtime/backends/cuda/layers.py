@@ -33,6 +33,7 @@ from runtime.backends.cuda.kernels import (
     chunk_bounds,
     cuda,
     reduction_chunks,
+    row_sum,
     empty,
     result,
     zeros,
@@ -178,10 +179,7 @@ def batchnorm_grad_finish_kernel(p0, p1, g_bias, g_weight, s0, s1):
     """Per channel: the bias and weight gradients from their partial sums, and (s0 and s1
     not empty) the float64 sums themselves, for the gradient of the input."""
     for ch in range(cuda.grid(1), g_bias.size, cuda.gridsize(1)):
-        b, w = float64(0.0), float64(0.0)
-        for k in range(p0.shape[1]):
-            b += p0[ch, k]
-            w += p1[ch, k]
+        b, w = row_sum(p0, ch), row_sum(p1, ch)
         g_bias[ch], g_weight[ch] = b, w
         if s0.size:
             s0[ch], s1[ch] = b, w

@@ -49,6 +49,7 @@ from runtime.backends.cuda.kernels import (
     cuda,
     empty,
     is_device,
+    row_sum,
     zeros,
 )
 from runtime.backends.cuda.layers import batchnorm_grad_sums
@@ -67,10 +68,7 @@ def finish_stats_kernel(partial, centre, mean, var, running_mean, running_var, t
     mean ``centre`` (float64); with ``update``, the running statistics move towards them
     (unbiased variance) and the batch is counted."""
     for ch in range(cuda.grid(1), mean.size, cuda.gridsize(1)):
-        total = float64(0.0)
-        for k in range(partial.shape[1]):
-            total += partial[ch, k]
-        mu, v = centre[ch], total / count
+        mu, v = centre[ch], row_sum(partial, ch) / count
         mean[ch], var[ch] = mu, v
         if update:
             running_mean[ch] = (1.0 - momentum) * running_mean[ch] + momentum * mu
