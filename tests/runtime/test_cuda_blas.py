@@ -108,6 +108,109 @@ def test_library_gemm_into_row_slices_of_a_larger_matrix(emulated):
     assert [call[5:] for call in emulated] == [(5, 4, 5)] * 2
 
 
+def test_the_emulated_strided_batch_reads_each_product_at_its_stride():
+    """cublasSgemmStridedBatched as emulated: product i at A + i stride_a (0: one A for
+    all), B + i stride_b, C + i stride_c, against NumPy; outputs that overlap are refused
+    (cuBLAS leaves them undefined)."""
+    rng = np.random.default_rng(5)
+    m, n, k, count = 3, 4, 2, 3
+    a = rng.standard_normal((k, m)).astype(np.float32)  # column-major (m, k), shared
+    b = rng.standard_normal((count, n, k)).astype(np.float32)  # column-major (k, n) each
+    c = np.zeros((count, n, m), np.float32)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    emulated_cublas.sgemm_strided_batched(1, 0, 0, m, n, k, one.ctypes.data, a.ctypes.data,
+                                          m, 0, b.ctypes.data, k, n * k, zero.ctypes.data,
+                                          c.ctypes.data, m, n * m, count)
+    for i in range(count):
+        np.testing.assert_allclose(c[i].T, a.T @ b[i].T, rtol=1e-5)
+    with pytest.raises(emulated_cublas.InvalidValue, match="overlap"):
+        emulated_cublas.sgemm_strided_batched(1, 0, 0, m, n, k, one.ctypes.data,
+                                              a.ctypes.data, m, 0, b.ctypes.data, k, n * k,
+                                              zero.ctypes.data, c.ctypes.data, m, m, count)
+
+
+@pytest.mark.parametrize("library", [True, False], ids=["emulated-cublas", "archc-kernel"])
+@pytest.mark.parametrize("shared, trans_a, trans_b", [
+    ("a", False, False),  # a conv's weights times each image's columns
+    ("a", True, False),   # a 1x1 conv's input gradient: W.T times each image's gradient
+    ("b", False, True),
+    (None, True, True),   # a grouped conv's per-group products
+])
+def test_a_batch_of_products_matches_numpy(request, library, shared, trans_a, trans_b):
+    """gemm with a 3-d ``out``: op(a[i]) @ op(b[i]) for each i, a 2-d operand shared by
+    all; one strided-batched library call (its strides those of the arrays, 0 for the
+    shared one), or archc's kernel once per product."""
+    calls = request.getfixturevalue("emulated") if library else None
+    rng = np.random.default_rng(7)
+    count, m, n, k = 3, 5, 70, 6
+    a = rng.standard_normal(((k, m) if trans_a else (m, k)) if shared == "a" else
+                            (count,) + ((k, m) if trans_a else (m, k)))
+    b = rng.standard_normal(((n, k) if trans_b else (k, n)) if shared == "b" else
+                            (count,) + ((n, k) if trans_b else (k, n)))
+    out = device(np.full((count, m, n), np.nan))
+    kernels.gemm(device(a), device(b), trans_a=trans_a, trans_b=trans_b, out=out)
+    for i in range(count):
+        ai = a if shared == "a" else a[i]
+        bi = b if shared == "b" else b[i]
+        expected = (ai.T if trans_a else ai) @ (bi.T if trans_b else bi)
+        np.testing.assert_allclose(out.copy_to_host()[i], expected, rtol=1e-5, atol=1e-5)
+    if library:
+        strides = (0 if shared == "b" else b[0].size, 0 if shared == "a" else a[0].size,
+                   m * n, count)
+        assert [call[8:] for call in calls] == [strides]
+
+
+def test_a_batch_takes_no_epilogue_and_one_count():
+    a, b = device(np.ones((2, 3))), device(np.ones((3, 3, 4)))
+    for kwargs in ({"bias": device(np.ones(2)), "bias_mode": 1}, {}):
+        out = device(np.zeros((3 if kwargs else 4, 2, 4)))  # the bias; 4 for 3
+        with pytest.raises(ValueError, match="takes operands of that many matrices"):
+            kernels.gemm(a, b, out=out, **kwargs)
+
+
+def test_dense_convs_go_image_by_image_and_1x1_convs_skip_im2col(emulated, monkeypatch):
+    """With a GEMM library, a dense conv is one strided batch over the images written
+    straight into NCHW: the 3x3 conv gathers each image's columns first, the 1x1 conv of
+    stride 1 multiplies its input as it is, forward and for its input gradient (no
+    im2col, no col2im); the epilogue (bias, activation) in place after."""
+    import archc
+    from runtime.backends.cuda import conv
+
+    launched = []
+    original = conv._launch
+    monkeypatch.setattr(conv, "_launch", lambda kernel, *rest: (
+        launched.append(kernel), original(kernel, *rest))[1])
+    graph = archc.load("n.yaml", text="""
+input: {channels: 3, height: 5, width: 5}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1}
+  - conv2d: {out_channels: 6, kernel_size: 1, activation: relu}
+  - global_avg_pool2d: {}
+  - flatten
+  - linear: 2
+""")
+    x = np.random.default_rng(1).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    gy = np.random.default_rng(2).standard_normal((2, 2)).astype(np.float32)
+    model = archc.compile(graph, backend="cuda", seed=3).train()
+    y = model(x)
+    assert launched.count(conv.im2col_images_kernel) == 1  # the 3x3 conv only
+    assert launched.count(conv.epilogue_kernel) == 2  # both convs' bias, the 1x1's relu
+    batches = [call for call in emulated if len(call) > 8]
+    assert [(call[2], call[3], call[4], call[-1]) for call in batches] == [
+        (25, 4, 27, 2), (25, 6, 4, 2)]  # C^T (HW, O) per image, K = C*kh*kw, 2 images
+    launched.clear()
+    grads = model.backward(gy)
+    assert launched.count(conv.col2im_kernel) == 1  # the 3x3 conv only
+    with kernels.using_gemm(None, "archc's kernel"):
+        own = archc.compile(graph, backend="cuda", seed=3).train()
+        np.testing.assert_allclose(y, own(x), rtol=1e-4, atol=1e-5)
+        expected = own.backward(gy)
+    np.testing.assert_allclose(grads.input, expected.input, rtol=1e-4, atol=1e-5)
+    for name, value in expected.params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+
+
 def test_a_transposed_view_is_refused_rather_than_misread():
     x = np.zeros((3, 4), np.float32).T  # columns not contiguous
     with pytest.raises(ValueError, match="rows are not contiguous"):

@@ -8,6 +8,7 @@ per formula) compiles as real device code."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -32,6 +33,8 @@ cases = {
                                     float64)),
     "conv_gemm_kernel": (C.conv_gemm_kernel, (A4, A2, A4, A1, A4, int64, float64) + I * 8),
     "im2col_kernel": (C.im2col_kernel, (A4, A2) + I * 10),
+    "im2col_images_kernel": (C.im2col_images_kernel, (A4, A3) + I * 9),
+    "epilogue_kernel": (C.epilogue_kernel, (A4, A1, A4, int64, float64)),
     "depthwise_kernel": (L.depthwise_kernel, (A4, A4, A1, A4, A4) + I * 6 + (int64, float64)),
     "softmax_kernel": (T.softmax_kernel, (A3, A3)),
     "softmax_backward_kernel": (T.softmax_backward_kernel, (A3, A3, A3)),
@@ -62,4 +65,6 @@ def test_the_kernels_compile_to_ptx_for_hopper():
     done = subprocess.run([sys.executable, "-c", KERNELS], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 19
+    compiled = [line.split()[0] for line in done.stdout.splitlines()]
+    assert compiled == re.findall(r'^    "(\w+)": \(', KERNELS, re.M)  # every case, once
+    assert len(compiled) == 21

@@ -1,6 +1,7 @@
 """cuBLAS's cublasSgemm, emulated with NumPy on raw addresses, for tests under the CUDA
 simulator (whose device arrays live in host memory): the same calls as
-``nvmath.bindings.cublas`` (``create``, ``sgemm``, ``get_version``), column-major operands
+``nvmath.bindings.cublas`` (``create``, ``sgemm``, ``sgemm_strided_batched``,
+``set_math_mode``, ``get_version``), column-major operands
 read through their addresses and leading dimensions, and cuBLAS's checks of its arguments.
 archc's cuBLAS path (``runtime.backends.cuda.blas``) runs on it unchanged, so the mapping
 of row-major arrays onto column-major calls is tested without a GPU."""
@@ -18,7 +19,9 @@ class InvalidValue(RuntimeError):
     """CUBLAS_STATUS_INVALID_VALUE."""
 
 
-calls: list[tuple] = []  # every sgemm's (transa, transb, m, n, k, lda, ldb, ldc)
+# every call's (transa, transb, m, n, k, lda, ldb, ldc); a strided batch's adds its
+# (stride_a, stride_b, stride_c, batch_count)
+calls: list[tuple] = []
 math_mode = [0]  # CUBLAS_DEFAULT_MATH; 3: CUBLAS_TF32_TENSOR_OP_MATH
 
 
@@ -57,8 +60,8 @@ def _column_major(pointer: int, rows: int, cols: int, ld: int) -> np.ndarray:
     return np.lib.stride_tricks.as_strided(flat, shape=(rows, cols), strides=(4, 4 * ld))
 
 
-def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> None:
-    """C (m, n) = alpha op(A) @ op(B) + beta C, all column-major, as cuBLAS defines it."""
+def _check(handle, transa, transb, m, n, k, lda, ldb, ldc) -> tuple[int, int]:
+    """cuBLAS's checks of a GEMM's arguments; the row counts of A and B as stored."""
     if handle != 1:
         raise InvalidValue("not a handle from create()")
     if transa not in (OP_N, OP_T) or transb not in (OP_N, OP_T) or min(m, n, k) < 0:
@@ -67,9 +70,15 @@ def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) 
     if lda < max(1, a_rows) or ldb < max(1, b_rows) or ldc < max(1, m):
         raise InvalidValue(f"leading dimensions {lda}, {ldb}, {ldc} for m={m} n={n} k={k} "
                            f"(transa {transa}, transb {transb})")
-    calls.append((transa, transb, m, n, k, lda, ldb, ldc))
+    return a_rows, b_rows
+
+
+def _product(rows, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> None:
+    """C (m, n) = alpha op(A) @ op(B) + beta C, all column-major, as cuBLAS defines it
+    (``rows``: A's and B's stored row counts, from :func:`_check`)."""
     if m == 0 or n == 0:
         return
+    a_rows, b_rows = rows
     out = _column_major(c, m, n, ldc)
     total = np.zeros((m, n), np.float64)
     if k:
@@ -84,3 +93,29 @@ def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) 
     if beta:
         total += beta * out
     out[...] = total.astype(np.float32)
+
+
+def sgemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> None:
+    """cublasSgemm: one product."""
+    rows = _check(handle, transa, transb, m, n, k, lda, ldb, ldc)
+    calls.append((transa, transb, m, n, k, lda, ldb, ldc))
+    _product(rows, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+
+def sgemm_strided_batched(handle, transa, transb, m, n, k, alpha, a, lda, stride_a, b, ldb,
+                          stride_b, beta, c, ldc, stride_c, batch_count) -> None:
+    """cublasSgemmStridedBatched: product i reads A + i stride_a and B + i stride_b and
+    writes C + i stride_c (strides in elements; 0 shares an operand). cuBLAS leaves
+    overlapping outputs undefined: refused here, as a test should catch them."""
+    rows = _check(handle, transa, transb, m, n, k, lda, ldb, ldc)
+    if batch_count < 0 or min(stride_a, stride_b, stride_c) < 0:
+        raise InvalidValue(f"batch of {batch_count}, strides {stride_a}, {stride_b}, "
+                           f"{stride_c}")
+    if batch_count > 1 and m and n and stride_c < ldc * (n - 1) + m:
+        raise InvalidValue(f"the products' outputs overlap (stride_c {stride_c} for a "
+                           f"{m} x {n} C with ldc {ldc})")
+    calls.append((transa, transb, m, n, k, lda, ldb, ldc, stride_a, stride_b, stride_c,
+                  batch_count))
+    for i in range(batch_count):
+        _product(rows, transa, transb, m, n, k, alpha, a + 4 * i * stride_a, lda,
+                 b + 4 * i * stride_b, ldb, beta, c + 4 * i * stride_c, ldc)

@@ -44,24 +44,31 @@ def address(array) -> int:
     return interface["data"][0]
 
 
-def _leading(array, name: str) -> int:
-    """The row stride, in elements, of a row-major matrix whose rows are contiguous (what
-    cuBLAS calls the leading dimension of its transpose)."""
-    rows, cols = array.shape
-    row_stride, col_stride = (s // array.dtype.itemsize for s in array.strides)
+def _layout(array, name: str) -> tuple[int, int]:
+    """(leading dimension, batch stride), in elements, of a row-major matrix whose rows are
+    contiguous, or of a stack of them (3-d: the first axis numbers the matrices; a 2-d
+    matrix shared by every product of a batch has batch stride 0). The row stride is what
+    cuBLAS calls the leading dimension of the column-major transpose."""
+    size = array.dtype.itemsize
+    rows, cols = tuple(array.shape)[-2:]  # (the simulator's shapes take no negative index)
+    row_stride, col_stride = (s // size for s in tuple(array.strides)[-2:])
     if cols > 1 and col_stride != 1:
         raise ValueError(f"gemm: {name}'s rows are not contiguous (strides {array.strides})")
-    return max(row_stride if rows > 1 else cols, cols, 1)
+    batch = array.strides[0] // size if array.ndim == 3 else 0
+    return max(row_stride if rows > 1 else cols, cols, 1), batch
 
 
 def sgemm_arguments(a, b, c, trans_a: bool, trans_b: bool) -> tuple:
-    """cublasSgemm's (transa, transb, m, n, k, A, lda, B, ldb, C, ldc) for the row-major
-    ``c = op(a) @ op(b)``: the column-major ``c^T = op(b)^T @ op(a)^T``."""
-    m, n = c.shape
-    k = a.shape[0] if trans_a else a.shape[1]
+    """cublasSgemmStridedBatched's (transa, transb, m, n, k, A, lda, strideA, B, ldb,
+    strideB, C, ldc, strideC, count) for the row-major ``c[i] = op(a[i]) @ op(b[i])``: the
+    column-major ``c^T = op(b)^T @ op(a)^T``, for 2-d operands (one product, count 1) or
+    stacks (3-d, the batch first; a 2-d ``a`` or ``b`` is shared by every product)."""
+    m, n = tuple(c.shape)[-2:]
+    k = tuple(a.shape)[-2 if trans_a else -1]
+    (lda, sa), (ldb, sb), (ldc, sc) = _layout(a, "A"), _layout(b, "B"), _layout(c, "C")
+    count = c.shape[0] if c.ndim == 3 else 1
     return (OP_T if trans_b else OP_N, OP_T if trans_a else OP_N, n, m, k,
-            address(b), _leading(b, "B"), address(a), _leading(a, "A"),
-            address(c), _leading(c, "C"))
+            address(b), ldb, sb, address(a), lda, sa, address(c), ldc, sc, count)
 
 
 class Cublas:
@@ -80,14 +87,20 @@ class Cublas:
         self.binding.set_math_mode(self.handle, MATH_MODES[precision])
 
     def gemm(self, a, b, c, trans_a: bool = False, trans_b: bool = False) -> None:
-        """c = op(a) @ op(b), every operand a 2-d float32 device array with contiguous
-        rows (row slices of larger matrices included)."""
-        transa, transb, m, n, k, pa, lda, pb, ldb, pc, ldc = sgemm_arguments(
-            a, b, c, trans_a, trans_b)
-        if m == 0 or n == 0:
+        """c = op(a) @ op(b), every operand a float32 device array with contiguous rows (row
+        slices of larger matrices included): 2-d, one cublasSgemm; or a batch (3-d ``c``,
+        its products one cublasSgemmStridedBatched, a 2-d operand shared by all)."""
+        (transa, transb, m, n, k, pb, ldb, sb, pa, lda, sa, pc, ldc, sc,
+         count) = sgemm_arguments(a, b, c, trans_a, trans_b)
+        if m == 0 or n == 0 or count == 0:
             return
-        self.binding.sgemm(self.handle, transa, transb, m, n, k, self._one.ctypes.data,
-                           pa, lda, pb, ldb, self._zero.ctypes.data, pc, ldc)
+        one, zero = self._one.ctypes.data, self._zero.ctypes.data
+        if c.ndim == 2:
+            self.binding.sgemm(self.handle, transa, transb, m, n, k, one, pb, ldb, pa, lda,
+                               zero, pc, ldc)
+        else:
+            self.binding.sgemm_strided_batched(self.handle, transa, transb, m, n, k, one, pb,
+                                               ldb, sb, pa, lda, sa, zero, pc, ldc, sc, count)
 
 
 def _binding():

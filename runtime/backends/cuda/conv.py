@@ -1,7 +1,10 @@
-"""Convolutions on the device: the implicit GEMM for dense convs (``conv_gemm_kernel``,
-the epilogue ``activation(conv + bias + residual)`` applied before each value is written),
-im2col and a GEMM per group for grouped ones, col2im for input gradients, and transposed
-convs as the adjoint."""
+"""Convolutions on the device. Dense convs: with a GEMM library (cuBLAS), image by image
+(one strided-batched call: the weights times each image's im2col matrix, written straight
+into that image's NCHW output; a 1x1 conv of stride 1 multiplies the input itself, no
+im2col), then the epilogue ``activation(conv + bias + residual)`` in place when there is
+one; with archc's own kernel, the implicit GEMM (``conv_gemm_kernel``, the epilogue applied
+before each value is written). Grouped convs: im2col and one batch of per-group GEMMs;
+col2im for input gradients; transposed convs as the adjoint."""
 
 from __future__ import annotations
 
@@ -10,24 +13,43 @@ from numba import float32
 
 from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
                                            TILE_PADDED, _codes, _launch, _panel_product,
-                                           absent, activate, axis_view, channel_sums, cuda,
-                                           empty, gemm, gemm_library, result)
+                                           _device, absent, activate, axis_view,
+                                           channel_sums, cuda, empty, gemm, gemm_library,
+                                           result)
 
 # --------------------------------------------------------------------------- convolution
+@_device
+def _gathered(x, b, ch, tap, p, kw, sh, sw, dh, dw, pt, pl, wo):
+    """What an im2col matrix holds for image b, channel ch, kernel tap (i * kw + j) and
+    output pixel p: x[b, ch, y*sh + i*dh - pt, x*sw + j*dw - pl], 0 outside."""
+    sy = (p // wo) * sh + (tap // kw) * dh - pt
+    sx = (p % wo) * sw + (tap % kw) * dw - pl
+    if 0 <= sy < x.shape[2] and 0 <= sx < x.shape[3]:
+        return x[b, ch, sy, sx]
+    return 0.0
+
+
 @cuda.jit(cache=True)
 def im2col_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """cols[(c, i, j), (n, y, x)] = x[n, c, y*sh + i*dh - pt, x*sw + j*dw - pl] (0 outside):
     one thread per element of cols, consecutive threads along a row (coalesced writes)."""
-    n, c, h, w = x.shape
-    width = n * ho * wo
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for e in range(start, cols.shape[0] * width, stride):
+    width = x.shape[0] * ho * wo
+    for e in range(cuda.grid(1), cols.shape[0] * width, cuda.gridsize(1)):
         row, col = e // width, e % width
-        ch, i, j = row // (kh * kw), (row // kw) % kh, row % kw
-        b, rest = col // (ho * wo), col % (ho * wo)
-        sy = (rest // wo) * sh + i * dh - pt
-        sx = (rest % wo) * sw + j * dw - pl
-        cols[row, col] = x[b, ch, sy, sx] if 0 <= sy < h and 0 <= sx < w else 0.0
+        cols[row, col] = _gathered(x, col // (ho * wo), row // (kh * kw), row % (kh * kw),
+                                   col % (ho * wo), kw, sh, sw, dh, dw, pt, pl, wo)
+
+
+@cuda.jit(cache=True)
+def im2col_images_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, wo):
+    """Each image's own im2col matrix: cols[n, (c, i, j), (y, x)], the same values as
+    :func:`im2col_kernel` with the image first, so that image n's product with the
+    weights is one item of a strided batch."""
+    rows, width = cols.shape[1], cols.shape[2]
+    for e in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
+        b, row, p = e // (rows * width), (e // width) % rows, e % width
+        cols[b, row, p] = _gathered(x, b, row // (kh * kw), row % (kh * kw), p, kw, sh, sw,
+                                    dh, dw, pt, pl, wo)
 
 
 @cuda.jit(cache=True)
@@ -63,6 +85,17 @@ def rows_to_nchw_kernel(rows, out):
         out[b, ch, p // w, p % w] = rows[ch, b * h * w + p]
 
 
+@_device
+def _conv_epilogue(v, bias, residual, b, ch, y, x, code, slope):
+    """A conv's output value at (b, ch, y, x) with its epilogue: activation(v + bias[ch] +
+    residual[b, ch, y, x]), each term only where given (a 0-size array where not)."""
+    if bias.size:
+        v += bias[ch]
+    if residual.size:
+        v += residual[b, ch, y, x]
+    return activate(v, code, slope)
+
+
 @cuda.jit(cache=True)
 def rows_epilogue_kernel(rows, out, bias, residual, code, slope):
     """out (N, C, H, W) = activation(rows (C, N*HW) + bias[c] + residual): a GEMM's
@@ -70,12 +103,19 @@ def rows_epilogue_kernel(rows, out, bias, residual, code, slope):
     n, c, h, w = out.shape
     for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
         b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
-        v = rows[ch, b * h * w + p]
-        if bias.size:
-            v += bias[ch]
-        if residual.size:
-            v += residual[b, ch, p // w, p % w]
-        out[b, ch, p // w, p % w] = activate(v, code, slope)
+        out[b, ch, p // w, p % w] = _conv_epilogue(rows[ch, b * h * w + p], bias, residual,
+                                                   b, ch, p // w, p % w, code, slope)
+
+
+@cuda.jit(cache=True)
+def epilogue_kernel(y, bias, residual, code, slope):
+    """y (N, C, H, W) = activation(y + bias[c] + residual), in place: the epilogue of a
+    conv the library wrote straight into NCHW."""
+    n, c, h, w = y.shape
+    for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
+        y[b, ch, p // w, p % w] = _conv_epilogue(y[b, ch, p // w, p % w], bias, residual, b,
+                                                 ch, p // w, p % w, code, slope)
 
 
 @cuda.jit(cache=True)
@@ -141,12 +181,8 @@ def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, d
         for i in range(PER_THREAD):
             r = row0 + ty + THREADS * i
             if r < m:
-                v = acc[i, j]
-                if bias.size:
-                    v += bias[r]
-                if residual.size:
-                    v += residual[bj, r, oy, ox]
-                y[bj, r, oy, ox] = activate(v, code, slope)
+                y[bj, r, oy, ox] = _conv_epilogue(acc[i, j], bias, residual, bj, r, oy, ox,
+                                                  code, slope)
 
 
 def no_residual():
@@ -154,69 +190,88 @@ def no_residual():
     return cuda.device_array((0, 0, 0, 0), dtype=np.float32)
 
 
+def _pointwise(x, kernel: tuple, stride: tuple, pads) -> bool:
+    """Whether a conv's im2col matrix is its input as it is: a 1x1 kernel, stride 1, no
+    padding, over a contiguous NCHW array (image n's matrix is x[n] as (C, H*W))."""
+    return (kernel == (1, 1) and tuple(stride) == (1, 1)
+            and all(p == 0 for side in pads for p in side) and x.is_c_contiguous())
+
+
+def _epilogue_args(bias, residual, activation) -> tuple:
+    return (bias if bias is not None else absent(),
+            residual if residual is not None else no_residual(), *_codes(activation))
+
+
 def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None,
                    residual=None):
     """A dense or grouped conv on the device, with the epilogue ``activation(conv + bias +
-    residual)`` in the kernel. Dense: the implicit GEMM (``conv_gemm_kernel``); grouped, or
-    dense where the GEMMs go to a library (cuBLAS): im2col, a GEMM per group into that
-    group's rows, then one pass puts the rows back in NCHW with the epilogue."""
+    residual)``. Dense with a GEMM library (cuBLAS): each image's product with the weights
+    written straight into its NCHW output, one strided batch (the image's im2col matrix,
+    or a 1x1 conv's input itself), the epilogue in place after; dense with archc's kernel:
+    the implicit GEMM, the epilogue inside; grouped: im2col, a batch of one GEMM per group
+    into that group's rows, then one pass puts the rows back in NCHW with the epilogue."""
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
     y = result((n, o, ho, wo))
-    if groups == 1 and gemm_library()[0] is None:  # with a GEMM library: im2col + GEMM
-        code, slope = _codes(activation)
+    k = cg * kh * kw
+    if groups == 1 and gemm_library()[0] is None:
         grid = ((n * ho * wo + TILE - 1) // TILE, (o + TILE - 1) // TILE)
         conv_gemm_kernel[grid, (THREADS, THREADS)](
-            x, w.reshape(o, cg * kh * kw), y,
-            bias if bias is not None else absent(),
-            residual if residual is not None else no_residual(), code, slope, kh, kw, sh, sw,
-            dh, dw, pt, pl)
+            x, w.reshape(o, k), y, *_epilogue_args(bias, residual, activation), kh, kw, sh,
+            sw, dh, dw, pt, pl)
+        return y
+    if groups == 1:  # the library: image by image, into NCHW
+        if _pointwise(x, (kh, kw), stride, pads):
+            cols = x.reshape(n, c, ho * wo)
+        else:
+            cols = empty((n, k, ho * wo))
+            _launch(im2col_images_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt,
+                    pl, wo)
+        gemm(w.reshape(o, k), cols, out=y.reshape(n, o, ho * wo))
+        if bias is not None or residual is not None or activation is not None:
+            _launch(epilogue_kernel, y.size, y, *_epilogue_args(bias, residual, activation))
         return y
     cols = empty((c * kh * kw, n * ho * wo))
     _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
     rows = empty((o, n * ho * wo))
-    og, k = o // groups, cg * kh * kw
-    wmat = w.reshape(o, k)
-    for g in range(groups):
-        gemm(wmat[g * og:(g + 1) * og], cols[g * k:(g + 1) * k], out=rows[g * og:(g + 1) * og])
-    code, slope = _codes(activation)
-    _launch(rows_epilogue_kernel, y.size, rows, y, bias if bias is not None else absent(),
-            residual if residual is not None else no_residual(), code, slope)
+    og = o // groups
+    gemm(w.reshape(groups, og, k), cols.reshape(groups, k, n * ho * wo),
+         out=rows.reshape(groups, og, n * ho * wo))
+    _launch(rows_epilogue_kernel, y.size, rows, y,
+            *_epilogue_args(bias, residual, activation))
     return y
 
 
 def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
-    """(gx, gw, gbias) of a dense or grouped conv from its input and output gradient, per
-    group: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx = col2im(gcols); cols (x's
-    im2col matrix) is built here, for the pass, not kept from the forward."""
+    """(gx, gw, gbias) of a dense or grouped conv from its input and output gradient, one
+    batch of per-group GEMMs each: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx =
+    col2im(gcols); cols (x's im2col matrix) is built here, for the pass, not kept from the
+    forward. A 1x1 conv of stride 1 with a GEMM library: gx image by image, W.T @ gy[n],
+    straight into NCHW (no gcols, no col2im)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
-    cols = empty((c * kh * kw, n * ho * wo))
+    width = n * ho * wo
+    cols = empty((c * kh * kw, width))
     _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    gy_rows = empty((o, n * ho * wo))
+    gy_rows = empty((o, width))
     _launch(nchw_to_rows_kernel, gy.size, gy, gy_rows)
     og, k = o // groups, cg * kh * kw
-    wmat = w.reshape(o, k)
-    gw = empty((o, k))
-    gcols = empty((c * kh * kw, n * ho * wo))
-    for g in range(groups):
-        rows, wg = gy_rows[g * og:(g + 1) * og], wmat[g * og:(g + 1) * og]
-        gemm(rows, cols[g * k:(g + 1) * k], trans_b=True, out=gw[g * og:(g + 1) * og])
-        gemm(wg, rows, trans_a=True, out=gcols[g * k:(g + 1) * k])
+    wmat, rows = w.reshape(groups, og, k), gy_rows.reshape(groups, og, width)
+    gw = empty((groups, og, k))
+    gemm(rows, cols.reshape(groups, k, width), trans_b=True, out=gw)
     gx = empty((n, c, h, wd))
-    _launch(col2im_kernel, gx.size, gcols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
+    if (groups == 1 and gemm_library()[0] is not None and gy.is_c_contiguous()
+            and _pointwise(x, (kh, kw), stride, pads)):
+        gemm(w.reshape(o, c), gy.reshape(n, o, ho * wo), trans_a=True,
+             out=gx.reshape(n, c, h * wd))
+    else:
+        gcols = empty((c * kh * kw, width))
+        gemm(wmat, rows, trans_a=True, out=gcols.reshape(groups, k, width))
+        _launch(col2im_kernel, gx.size, gcols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
     return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
-
-
-@cuda.jit(cache=True)
-def add_bias_kernel(y, bias):
-    """y[b, c, p] += bias[c] on an (N, C, HW) view."""
-    n, c, hw = y.shape
-    for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        y[e // (c * hw), (e // hw) % c, e % hw] += bias[(e // hw) % c]
 
 
 def _rows(x):
@@ -227,46 +282,39 @@ def _rows(x):
 
 
 def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, groups=1):
-    """The adjoint of a conv: per group, cols = W_g^T @ x_g's rows (a GEMM into that
-    group's rows of cols), then col2im adds every input pixel's column onto the output;
-    the bias after."""
+    """The adjoint of a conv: cols = W_g^T @ x_g's rows, one batch of a GEMM per group
+    (into that group's rows of cols), then col2im adds every input pixel's column onto the
+    output; the bias after."""
     n, c, h, wd = x.shape
     cin, cout_g, kh, kw = w.shape
     cout = cout_g * groups
     (sh, sw), (dh, dw), (ph, pw), (ho, wo) = stride, dilation, padding, out_hw
     y = result((n, cout, ho, wo))
-    rows = _rows(x)
-    cin_g, k = cin // groups, cout_g * kh * kw
-    wmat = w.reshape(cin, k)
-    cols = empty((cout * kh * kw, n * h * wd))
-    for g in range(groups):
-        gemm(wmat[g * cin_g:(g + 1) * cin_g], rows[g * cin_g:(g + 1) * cin_g], trans_a=True,
-             out=cols[g * k:(g + 1) * k])
+    cin_g, k, width = cin // groups, cout_g * kh * kw, n * h * wd
+    cols = empty((cout * kh * kw, width))
+    gemm(w.reshape(groups, cin_g, k), _rows(x).reshape(groups, cin_g, width), trans_a=True,
+         out=cols.reshape(groups, k, width))
     _launch(col2im_kernel, y.size, cols, y, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
     if bias is not None:
-        _launch(add_bias_kernel, y.size, y.reshape(n, cout, ho * wo), bias)
+        _launch(epilogue_kernel, y.size, y, *_epilogue_args(bias, None, None))
     return y
 
 
 def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1):
-    """(gx, gw, gbias): gy's im2col matrix (a conv's input); per group, gx_g = W_g @ its
-    rows and gw_g = x_g's rows @ their transpose."""
+    """(gx, gw, gbias): gy's im2col matrix (a conv's input); one batch of a GEMM per group
+    each, gx_g = W_g @ its rows and gw_g = x_g's rows @ their transpose."""
     n, c, h, wd = x.shape
     cin, cout_g, kh, kw = w.shape
     cout = cout_g * groups
     (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding
-    cols = empty((cout * kh * kw, n * h * wd))
+    cin_g, k, width = cin // groups, cout_g * kh * kw, n * h * wd
+    cols = empty((cout * kh * kw, width))
     _launch(im2col_kernel, cols.size, gy, cols, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
-    cin_g, k = cin // groups, cout_g * kh * kw
-    wmat = w.reshape(cin, k)
-    rows = _rows(x)
-    gx_rows = empty((cin, n * h * wd))
-    gw = empty((cin, k))
-    for g in range(groups):
-        part = cols[g * k:(g + 1) * k]
-        gemm(wmat[g * cin_g:(g + 1) * cin_g], part, out=gx_rows[g * cin_g:(g + 1) * cin_g])
-        gemm(rows[g * cin_g:(g + 1) * cin_g], part, trans_b=True,
-             out=gw[g * cin_g:(g + 1) * cin_g])
+    parts = cols.reshape(groups, k, width)
+    gx_rows = empty((cin, width))
+    gw = empty((groups, cin_g, k))
+    gemm(w.reshape(groups, cin_g, k), parts, out=gx_rows.reshape(groups, cin_g, width))
+    gemm(_rows(x).reshape(groups, cin_g, width), parts, trans_b=True, out=gw)
     gx = empty(x.shape)
     _launch(rows_to_nchw_kernel, gx.size, gx_rows, gx)
     return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))

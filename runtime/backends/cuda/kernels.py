@@ -321,13 +321,22 @@ def _codes(activation) -> tuple[int, float]:
 def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_mode: int = 0,
          activation: tuple[str, dict] | None = None, out=None):
     """op(a) @ op(b) on the device, with the epilogue; a, b (and bias) device arrays;
-    written into ``out`` (e.g. one group's rows of a larger result) when given."""
-    m = a.shape[1] if trans_a else a.shape[0]
-    n = b.shape[0] if trans_b else b.shape[1]
-    k_a = a.shape[0] if trans_a else a.shape[1]
-    k_b = b.shape[1] if trans_b else b.shape[0]
+    written into ``out`` (e.g. one group's rows of a larger result) when given.
+
+    A batch of products: a 3-d ``out`` (count, M, N) gets ``op(a[i]) @ op(b[i])`` for each
+    i, where a 2-d ``a`` or ``b`` is the same matrix for every product (the weights of a
+    conv applied image by image); one strided-batched call to the library, or a launch per
+    product of archc's kernel. A batch takes no epilogue."""
+    batched = out is not None and out.ndim == 3
+    (a_rows, a_cols), (b_rows, b_cols) = tuple(a.shape)[-2:], tuple(b.shape)[-2:]
+    m, k_a = (a_cols, a_rows) if trans_a else (a_rows, a_cols)
+    k_b, n = (b_cols, b_rows) if trans_b else (b_rows, b_cols)
     if k_a != k_b:
         raise ValueError(f"gemm: inner dimensions differ ({k_a} and {k_b})")
+    if batched and (bias is not None or activation is not None
+                    or any(x.ndim == 3 and x.shape[0] != out.shape[0] for x in (a, b))):
+        raise ValueError(f"gemm: a batch of {out.shape[0]} products takes operands of that "
+                         f"many matrices (or one shared) and no epilogue")
     c = result((m, n)) if out is None else out
     if bias is None:
         bias, bias_mode = absent(), 0
@@ -339,8 +348,10 @@ def gemm(a, b, *, trans_a: bool = False, trans_b: bool = False, bias=None, bias_
             _launch(gemm_epilogue_kernel, c.size, c, bias, bias_mode, code, slope)
         return c
     grid = ((n + TILE - 1) // TILE, (m + TILE - 1) // TILE)
-    gemm_kernel[grid, (THREADS, THREADS)](a, b, c, trans_a, trans_b, bias, bias_mode, code,
-                                          slope)
+    for i in range(c.shape[0] if batched else 1):
+        gemm_kernel[grid, (THREADS, THREADS)](
+            a[i] if a.ndim == 3 else a, b[i] if b.ndim == 3 else b, c[i] if batched else c,
+            trans_a, trans_b, bias, bias_mode, code, slope)
     return c
 
 
