@@ -157,10 +157,25 @@ class Segmentation(Task):
             parts.append(losses.dice_loss(out, y))
         return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
+    def stage(self, model, y) -> None:
+        """The masks cut to the network's output size, kept for :meth:`step`, and sent to
+        the device where the loss runs there (cross-entropy without class weights)."""
+        shape = next(iter(model.program.output_shapes().values()))[1:]
+        self._cropped = (y, _crop_to(y, shape))
+        if self._on_device:
+            model.backend.stage_targets(self._cropped[1])
+
+    @property
+    def _on_device(self) -> bool:
+        """Whether the backend's own classification loss serves (the device's, on a GPU)."""
+        return self.loss_name == "ce" and self.class_weights is None
+
     def step(self, model, out, y):
-        y = _crop_to(y, out.shape[2:])
+        held, cropped = getattr(self, "_cropped", (None, None))
+        y = cropped if held is y and cropped.shape[1:] == out.shape[2:] else \
+            _crop_to(y, out.shape[2:])
         keep = y != IGNORE
-        if self.loss_name == "ce" and self.class_weights is None:
+        if self._on_device:
             loss, grad, hits = model.backend.classify(out, y)
             return loss, grad, hits, int(keep.sum())
         host = _host(model, out)

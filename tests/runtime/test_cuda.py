@@ -470,29 +470,42 @@ layers:
 """
 
 
-@pytest.mark.parametrize("soft", [False, True])
-def test_a_training_step_waits_for_the_device_once(monkeypatch, soft):
+SEGMENT_NET = """
+input: {channels: 3, height: 6, width: 6}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3}
+  - batchnorm2d
+  - relu
+  - conv2d: {out_channels: 3, kernel_size: 1}
+"""
+
+
+@pytest.mark.parametrize("kind", ["labels", "soft", "segment"])
+def test_a_training_step_waits_for_the_device_once(monkeypatch, kind):
     """The training loop's step queues its work and reads the loss and hits back once, at
-    the end: the images and labels go to the device before the first kernel, nothing
-    comes back before the last one, and no kernel is handed a host array (which numba
-    would copy over and back, waiting each time)."""
+    the end: the images and targets go to the device before the first kernel (class
+    labels, a soft target's probabilities too, or masks cut to an unpadded network's
+    output), nothing comes back before the last one, and no kernel is handed a host array
+    (which numba would copy over and back, waiting each time)."""
     import archc
     from numba.cuda.simulator import kernel as simulated
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
 
     from runtime.train import loop
     from runtime.train.config import TrainConfig
-    from runtime.train.tasks import Classification
+    from runtime.train.tasks import Classification, Segmentation
 
-    model = archc.compile(archc.load("s.yaml", text=STEP_NET), backend="cuda", seed=0).train()
+    text = SEGMENT_NET if kind == "segment" else STEP_NET
+    model = archc.compile(archc.load("s.yaml", text=text), backend="cuda", seed=0).train()
     config = TrainConfig(batch_size=4, optimizer="adam", lr=1e-3)
     trainable = {k: v for k, v in model.device_params().items()
                  if model.program.params[k].trainable and not model.program.params[k].buffer}
     opt = config.make_optimizer(trainable, model.backend.optim)
-    task = Classification(["a", "b", "c"])
+    task = (Segmentation if kind == "segment" else Classification)(["a", "b", "c"])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
-    y = rng.dirichlet(np.ones(3), 4).astype(np.float32) if soft else np.array([0, 2, 1, 2])
+    y = {"labels": np.array([0, 2, 1, 2]), "soft": rng.dirichlet(np.ones(3), 4).astype(
+        np.float32), "segment": rng.integers(0, 3, (4, 6, 6))}[kind]
     step = lambda: loop._step(model, task, opt, config, trainable, x, y, None, 1.0,  # noqa
                               "epoch 1, step 1", None)
     step()  # the first step makes the optimiser's state
@@ -515,11 +528,22 @@ def test_a_training_step_waits_for_the_device_once(monkeypatch, soft):
     monkeypatch.setattr(cuda, "synchronize", lambda: events.append("sync"))
     loss, hits, judged, _ = step()
     first = events.index("launch")
-    # the labels (and a soft target's probabilities), then the images
-    assert events[:first] == ["up"] * (3 if soft else 2)
+    # the targets (and a soft target's probabilities), then the images
+    assert events[:first] == ["up"] * (3 if kind == "soft" else 2)
     assert events[first:-1] == ["launch"] * (len(events) - first - 1)
     assert events[-1] == "down"  # the loss and hits, together
-    assert isinstance(loss, float) and isinstance(hits, int) and judged == 4
+    assert isinstance(loss, float) and isinstance(hits, int)
+    assert judged == (4 * 4 * 4 if kind == "segment" else 4)  # the masks' 4 x 4 middles
+    if kind == "segment":  # the staged masks are the middles the host loss would take
+        from runtime.train.losses import classification_step
+
+        z = rng.standard_normal((4, 3, 4, 4)).astype(np.float32)
+        task.stage(model, y)
+        loss, grad, hits, judged = task.step(model, device(z), y)
+        want_loss, want_grad, want_hits = classification_step(z, y[:, 1:5, 1:5])
+        assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+        np.testing.assert_allclose(grad.copy_to_host(), want_grad, rtol=1e-4, atol=1e-7)
+        assert (int(hits), judged) == (want_hits, 64)
 
 
 @pytest.mark.parametrize("name, kwargs", [
