@@ -406,9 +406,10 @@ def test_dropout_masks_are_drawn_on_the_device(kind, attrs, shape):
 
 
 @pytest.mark.parametrize("train", [False, True])
-def test_join_draws_what_the_host_draws(train):
+def test_join_draws_what_the_host_draws(monkeypatch, train):
     """FractalNet's join: the weights of drop-path come from the model's generator on the
-    host (the same draws as the CPU's), the weighted sum runs on the device."""
+    host (the same draws as the CPU's), go to the device in one copy (each copy waits for
+    the work queued before it), and the weighted sum runs on the device."""
     from runtime.backends import cpu as host
     from runtime.backends.cuda.backend import BACKEND
     from runtime.program import Op
@@ -422,7 +423,12 @@ def test_join_draws_what_the_host_draws(train):
     ctx_h = KernelContext(train=train, rng=np.random.default_rng(3), keep=True)
     ctx_d = KernelContext(train=train, rng=np.random.default_rng(3), keep=True)
     want = host.KERNELS["join"](op, xs, {}, ctx_h)
-    y = BACKEND.kernels["join"](op, [device(x) for x in xs], {}, ctx_d)
+    inputs, uploads, to_device = [device(x) for x in xs], [], cuda.to_device
+    monkeypatch.setattr(cuda, "to_device", lambda *a, **k: uploads.append(a[0].shape) or
+                        to_device(*a, **k))
+    y = BACKEND.kernels["join"](op, inputs, {}, ctx_d)
+    monkeypatch.undo()
+    assert uploads == [(3, 5)]  # every input's weight for every sample
     np.testing.assert_allclose(y.copy_to_host(), want, rtol=1e-6, atol=1e-6)
     grads, _ = BACKEND.backward["join"](op, [device(x) for x in xs], y, device(gy), {}, ctx_d)
     for got, expected in zip(grads, host.BACKWARD["join"](op, xs, want, gy, {}, ctx_h)[0]):

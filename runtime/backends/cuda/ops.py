@@ -107,9 +107,10 @@ def add_backward(op, xs, y, gy, p, ctx):
 
 
 def _join_columns(weights, ndim: int) -> list:
-    """Each input's weights (n, 1, ...) on the device."""
-    return [to_device(np.ascontiguousarray(weights[:, i]).reshape((-1,) + (1,) * (ndim - 1)))
-            for i in range(weights.shape[1])]
+    """Each input's weights (n, 1, ...) on the device, views of one upload (a copy from
+    the host waits for the work queued before it: one wait per join, not per input)."""
+    table = to_device(np.ascontiguousarray(weights.T))
+    return [table[i].reshape((-1,) + (1,) * (ndim - 1)) for i in range(weights.shape[1])]
 
 
 def join_forward(op, xs, p, ctx):
