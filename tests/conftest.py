@@ -78,15 +78,17 @@ def pytest_addoption(parser):
     parser.addoption("--emulated-cublas", action="store_true",
                      help="under the CUDA simulator, run every GEMM through the emulated "
                      "cuBLAS (tests/support/emulated_cublas.py) instead of archc's kernel: "
-                     "the library path through every CUDA test")
+                     "the library path through every CUDA test, every dense conv image by "
+                     "image (the tests' images are smaller than the GPU's threshold)")
 
 
 def pytest_configure(config):
     if config.getoption("--emulated-cublas"):
         import emulated_cublas
-        from runtime.backends.cuda import blas, kernels
+        from runtime.backends.cuda import blas, conv, kernels
 
         if not kernels.SIMULATED:
             raise pytest.UsageError("--emulated-cublas runs under the CUDA simulator only")
         kernels._GEMM[:] = [(blas.Cublas(emulated_cublas, "emulated cuBLAS"),
                              "emulated cuBLAS (--emulated-cublas)")]
+        conv.IMAGE_BATCH_MIN_PIXELS = 1

@@ -168,14 +168,19 @@ def test_a_batch_takes_no_epilogue_and_one_count():
             kernels.gemm(a, b, out=out, **kwargs)
 
 
-def test_dense_convs_go_image_by_image_and_1x1_convs_skip_im2col(emulated, monkeypatch):
-    """With a GEMM library, a dense conv is one strided batch over the images written
-    straight into NCHW: the 3x3 conv gathers each image's columns first, the 1x1 conv of
-    stride 1 multiplies its input as it is, forward and for its input gradient (no
-    im2col, no col2im); the epilogue (bias, activation) in place after."""
+@pytest.mark.parametrize("by_image", [True, False], ids=["by-image", "small-images"])
+def test_dense_convs_go_image_by_image_and_1x1_convs_skip_im2col(emulated, monkeypatch,
+                                                                 by_image):
+    """With a GEMM library, a dense conv on images of enough pixels is one strided batch
+    over the images written straight into NCHW: the 3x3 conv gathers each image's columns
+    first, the 1x1 conv of stride 1 multiplies its input as it is, forward and for its
+    input gradient (no im2col, no col2im); the epilogue (bias, activation) in place
+    after. On small images: one GEMM over the batch's columns, then the rows go back to
+    NCHW with the epilogue. Both agree with archc's kernel."""
     import archc
     from runtime.backends.cuda import conv
 
+    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 25 if by_image else 26)
     launched = []
     original = conv._launch
     monkeypatch.setattr(conv, "_launch", lambda kernel, *rest: (
@@ -193,14 +198,20 @@ layers:
     gy = np.random.default_rng(2).standard_normal((2, 2)).astype(np.float32)
     model = archc.compile(graph, backend="cuda", seed=3).train()
     y = model(x)
-    assert launched.count(conv.im2col_images_kernel) == 1  # the 3x3 conv only
-    assert launched.count(conv.epilogue_kernel) == 2  # both convs' bias, the 1x1's relu
-    batches = [call for call in emulated if len(call) > 8]
-    assert [(call[2], call[3], call[4], call[-1]) for call in batches] == [
-        (25, 4, 27, 2), (25, 6, 4, 2)]  # C^T (HW, O) per image, K = C*kh*kw, 2 images
+    convs = [call for call in emulated if call[4] in (27, 4)]  # K = C*kh*kw
+    if by_image:
+        assert launched.count(conv.im2col_images_kernel) == 1  # the 3x3 conv only
+        assert launched.count(conv.im2col_kernel) == 0
+        assert launched.count(conv.epilogue_kernel) == 2  # the biases, the 1x1's relu
+        # C^T (HW, O) per image, K, 2 images
+        assert [(c[2], c[3], c[4], c[-1]) for c in convs] == [(25, 4, 27, 2), (25, 6, 4, 2)]
+    else:
+        assert launched.count(conv.im2col_kernel) == 2
+        assert launched.count(conv.rows_epilogue_kernel) == 2
+        assert [c[2:5] for c in convs] == [(50, 4, 27), (50, 6, 4)]  # one GEMM each
     launched.clear()
     grads = model.backward(gy)
-    assert launched.count(conv.col2im_kernel) == 1  # the 3x3 conv only
+    assert launched.count(conv.col2im_kernel) == (1 if by_image else 2)
     with kernels.using_gemm(None, "archc's kernel"):
         own = archc.compile(graph, backend="cuda", seed=3).train()
         np.testing.assert_allclose(y, own(x), rtol=1e-4, atol=1e-5)

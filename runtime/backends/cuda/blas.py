@@ -89,13 +89,14 @@ class Cublas:
     def gemm(self, a, b, c, trans_a: bool = False, trans_b: bool = False) -> None:
         """c = op(a) @ op(b), every operand a float32 device array with contiguous rows (row
         slices of larger matrices included): 2-d, one cublasSgemm; or a batch (3-d ``c``,
-        its products one cublasSgemmStridedBatched, a 2-d operand shared by all)."""
+        its products one cublasSgemmStridedBatched, a 2-d operand shared by all; a batch
+        of one is one cublasSgemm)."""
         (transa, transb, m, n, k, pb, ldb, sb, pa, lda, sa, pc, ldc, sc,
          count) = sgemm_arguments(a, b, c, trans_a, trans_b)
         if m == 0 or n == 0 or count == 0:
             return
         one, zero = self._one.ctypes.data, self._zero.ctypes.data
-        if c.ndim == 2:
+        if count == 1:
             self.binding.sgemm(self.handle, transa, transb, m, n, k, one, pb, ldb, pa, lda,
                                zero, pc, ldc)
         else:

@@ -1,10 +1,12 @@
 """Convolutions on the device. Dense convs: with a GEMM library (cuBLAS), image by image
-(one strided-batched call: the weights times each image's im2col matrix, written straight
-into that image's NCHW output; a 1x1 conv of stride 1 multiplies the input itself, no
-im2col), then the epilogue ``activation(conv + bias + residual)`` in place when there is
-one; with archc's own kernel, the implicit GEMM (``conv_gemm_kernel``, the epilogue applied
-before each value is written). Grouped convs: im2col and one batch of per-group GEMMs;
-col2im for input gradients; transposed convs as the adjoint."""
+where the images are not small (one strided-batched call: the weights times each image's
+im2col matrix, written straight into that image's NCHW output; a 1x1 conv of stride 1
+multiplies the input itself, no im2col), then the epilogue ``activation(conv + bias +
+residual)`` in place when there is one; with archc's own kernel, the implicit GEMM
+(``conv_gemm_kernel``, the epilogue applied before each value is written). Grouped convs,
+and dense ones on small images: im2col and one batch of per-group GEMMs into rows put back
+in NCHW with the epilogue; col2im for input gradients; transposed convs as the
+adjoint."""
 
 from __future__ import annotations
 
@@ -190,6 +192,21 @@ def no_residual():
     return cuda.device_array((0, 0, 0, 0), dtype=np.float32)
 
 
+# A dense conv goes image by image (a strided batch straight into NCHW) where an image has
+# at least this many output pixels; below, each image's product is narrower than the
+# library's tiles (ResNet's last stage: 7 x 7 = 49 columns), and one GEMM over the whole
+# batch's columns then a pass back to NCHW (of a small output) costs less. A first guess,
+# to be set from a GPU's profile.
+IMAGE_BATCH_MIN_PIXELS = 256
+
+
+def _by_image(ho: int, wo: int, groups: int) -> bool:
+    """Whether a conv's GEMMs go image by image (see IMAGE_BATCH_MIN_PIXELS): a dense conv
+    whose GEMMs a library runs."""
+    return (groups == 1 and ho * wo >= IMAGE_BATCH_MIN_PIXELS
+            and gemm_library()[0] is not None)
+
+
 def _pointwise(x, kernel: tuple, stride: tuple, pads) -> bool:
     """Whether a conv's im2col matrix is its input as it is: a 1x1 kernel, stride 1, no
     padding, over a contiguous NCHW array (image n's matrix is x[n] as (C, H*W))."""
@@ -205,11 +222,12 @@ def _epilogue_args(bias, residual, activation) -> tuple:
 def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None,
                    residual=None):
     """A dense or grouped conv on the device, with the epilogue ``activation(conv + bias +
-    residual)``. Dense with a GEMM library (cuBLAS): each image's product with the weights
-    written straight into its NCHW output, one strided batch (the image's im2col matrix,
-    or a 1x1 conv's input itself), the epilogue in place after; dense with archc's kernel:
-    the implicit GEMM, the epilogue inside; grouped: im2col, a batch of one GEMM per group
-    into that group's rows, then one pass puts the rows back in NCHW with the epilogue."""
+    residual)``. Dense with a GEMM library (cuBLAS) on images of 256+ output pixels: each
+    image's product with the weights written straight into its NCHW output, one strided
+    batch (the image's im2col matrix, or a 1x1 conv's input itself), the epilogue in place
+    after; dense with archc's kernel: the implicit GEMM, the epilogue inside; otherwise
+    (grouped, or small images): im2col, a batch of one GEMM per group into that group's
+    rows, then one pass puts the rows back in NCHW with the epilogue."""
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
@@ -221,7 +239,7 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
             x, w.reshape(o, k), y, *_epilogue_args(bias, residual, activation), kh, kw, sh,
             sw, dh, dw, pt, pl)
         return y
-    if groups == 1:  # the library: image by image, into NCHW
+    if _by_image(ho, wo, groups):  # the library, image by image, into NCHW
         if _pointwise(x, (kh, kw), stride, pads):
             cols = x.reshape(n, c, ho * wo)
         else:
@@ -247,8 +265,8 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     """(gx, gw, gbias) of a dense or grouped conv from its input and output gradient, one
     batch of per-group GEMMs each: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx =
     col2im(gcols); cols (x's im2col matrix) is built here, for the pass, not kept from the
-    forward. A 1x1 conv of stride 1 with a GEMM library: gx image by image, W.T @ gy[n],
-    straight into NCHW (no gcols, no col2im)."""
+    forward. A 1x1 conv of stride 1 that runs image by image (:func:`_by_image`): gx is
+    W.T @ gy[n] for each image, straight into NCHW (no gcols, no col2im)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
@@ -263,7 +281,7 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     gw = empty((groups, og, k))
     gemm(rows, cols.reshape(groups, k, width), trans_b=True, out=gw)
     gx = empty((n, c, h, wd))
-    if (groups == 1 and gemm_library()[0] is not None and gy.is_c_contiguous()
+    if (_by_image(ho, wo, groups) and gy.is_c_contiguous()
             and _pointwise(x, (kh, kw), stride, pads)):
         gemm(w.reshape(o, c), gy.reshape(n, o, ho * wo), trans_a=True,
              out=gx.reshape(n, c, h * wd))
