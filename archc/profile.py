@@ -43,6 +43,9 @@ class Profile:
     repeat: int
     profile: str | None  # the roofline's device profile
     layers: list[LayerProfile]
+    # each kernel and library GEMM on its own (``Model.profile_kernels``): (kernel, calls
+    # per pass, seconds per pass), the most time first; None where not asked for
+    kernels: list[tuple[str, float, float]] | None = None
 
     @property
     def forward_s(self) -> float:
@@ -76,8 +79,9 @@ class Profile:
 
 
 def build_profile(model, report: Report, times: dict, *, repeat: int,
-                  profile: str | None) -> Profile:
-    """Join ``Model.profile``'s times with the analysis ``report`` of the same graph."""
+                  profile: str | None, kernels: list | None = None) -> Profile:
+    """Join ``Model.profile``'s times with the analysis ``report`` of the same graph (and
+    ``Model.profile_kernels``'s rows, where given)."""
     nodes = {node.name: node for node in report.nodes}
     layers = []
     for op in model.program.ops:
@@ -90,7 +94,8 @@ def build_profile(model, report: Report, times: dict, *, repeat: int,
             node.latency_s if node else None, node.bound if node else None,
             model.backend.on_device(op), *how))
     return Profile(model.program.name, model.backend.name, model.backend.device_name(),
-                   model.backend.clock.name, report.batch, repeat, profile, layers)
+                   model.backend.clock.name, report.batch, repeat, profile, layers,
+                   kernels)
 
 
 def _rate(flops_per_s: float | None) -> str:
@@ -163,4 +168,25 @@ def format_profile(p: Profile, top: int | None = None) -> str:
         lines.append(f"{len(host)} of {len(p.layers)} layers ran through the host "
                      f"(no device kernel yet): {', '.join(host[:6])}"
                      + (" ..." if len(host) > 6 else ""))
+    if p.kernels is not None:
+        lines += ["", *_kernel_table(p, top)]
     return "\n".join(lines).rstrip()
+
+
+def _kernel_table(p: Profile, top: int | None) -> list[str]:
+    """The kernels' own times (``--kernels``), the most time first."""
+    total = sum(spent for _, _, spent in p.kernels)
+    shown = p.kernels[:top] if top else p.kernels
+    rows = [["kernel", "calls", "time", "share", "mean"]]
+    for name, calls, spent in shown:
+        rows.append([name, f"{calls:g}", seconds(spent),
+                     f"{100 * spent / total:.1f}%" if total else "-",
+                     seconds(spent / calls) if calls else "-"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    what = "training step" if p.backward_s is not None else "forward pass"
+    lines = [f"kernels, each launch and library GEMM on its own, per {what}: "
+             f"{seconds(total)} in all, {sum(c for _, c, _ in p.kernels):g} launches"]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    if top and len(p.kernels) > top:
+        lines.append(f"... {len(p.kernels) - top} more kernels (--top 0 shows all)")
+    return lines

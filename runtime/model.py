@@ -535,13 +535,7 @@ class Model:
         try:
             for rep in range(repeat + WARMUP_PASSES):
                 marks.clear()
-                if not backward:  # inference: the pass predict() runs (fused epilogues)
-                    self.predict(x)
-                else:
-                    y = self(x, host=False)
-                    outs = y if isinstance(y, dict) else {next(iter(self.program.outputs)): y}
-                    self.backward({k: np.ones(v.shape, self.dtype) for k, v in outs.items()},
-                                  host=False, inputs=False)  # as a training step runs
+                self._profiled_pass(x, backward)
                 clock.sync()
                 if rep < WARMUP_PASSES:
                     continue
@@ -552,6 +546,35 @@ class Model:
         finally:
             self.kernels, self.backward_kernels, self.chain_kernel = tables
         return times
+
+    def _profiled_pass(self, x, backward: bool) -> None:
+        """The pass a profile times: predict()'s (inference, fused epilogues), or a
+        training step's forward and backward passes (gradients left on the device)."""
+        if not backward:
+            self.predict(x)
+            return
+        y = self(x, host=False)
+        outs = y if isinstance(y, dict) else {next(iter(self.program.outputs)): y}
+        self.backward({k: np.ones(v.shape, self.dtype) for k, v in outs.items()},
+                      host=False, inputs=False)
+
+    def profile_kernels(self, x, *, repeat: int = 3,
+                        backward: bool = False) -> list[tuple[str, float, float]]:
+        """(kernel, calls per pass, seconds per pass), the most time first: each kernel
+        and library GEMM of :meth:`profile`'s passes on its own (the mean over ``repeat``
+        passes after WARMUP_PASSES), for a backend that tells its kernels apart (CUDA:
+        ``Backend.kernel_times``; ValueError elsewhere)."""
+        if self.backend.kernel_times is None:
+            raise ValueError(f"the {self.backend.name} backend does not time its kernels "
+                             f"one by one (the CUDA backend does)")
+        clock = self.backend.clock()
+        for _ in range(WARMUP_PASSES):
+            self._profiled_pass(x, backward)
+        clock.sync()
+        with self.backend.kernel_times(clock) as times:
+            for _ in range(repeat):
+                self._profiled_pass(x, backward)
+        return times.rows(passes=repeat)
 
     @contextmanager
     def _first_pass(self, batch: int, backward: bool):

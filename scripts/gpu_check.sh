@@ -11,7 +11,8 @@
 # that the whole check ends well inside 10 minutes; a failing step does not stop the
 # others, and the exit status says whether any failed. bench_cuda runs three times: with
 # the GEMMs archc picks (cuBLAS where it runs), with its own kernel (ARCHC_CUDA_GEMM=numba),
-# and last, both sides in TF32.
+# and last, both sides in TF32; between them archc bench profiles ResNet-18's training
+# step and inference pass layer by layer and kernel by kernel. The limits add up to 600 s.
 set -u
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check}}"
@@ -39,12 +40,16 @@ numba_cuda.__version__, 'numpy', numpy.__version__)"
   "$python" -c "from runtime.backends.cuda import kernels as k
 print('GEMMs:', k.gemm_library()[1]); print('allocator:', k.ALLOCATOR)"; } \
     > "$out/device.txt" 2>&1
-step tests 270 "$python" -m pytest -m cuda -q -p no:cacheprovider --durations=10
-step bench_cuda 120 "$python" bench/bench_cuda.py --repeat 5
-step bench_cuda_numba 90 env ARCHC_CUDA_GEMM=numba "$python" bench/bench_cuda.py --repeat 3
-step train_resnet18 90 "$python" -c \
-    "import sys; from archc.cli import main; sys.argv[0] = 'archc'; sys.exit(main())" \
-    bench specs/resnet18.yaml --backend cuda --batch 64 --train --repeat 3
+step tests 240 "$python" -m pytest -m cuda -q -p no:cacheprovider --durations=10
+step bench_cuda 110 "$python" bench/bench_cuda.py --repeat 5
+# the layers' times and each kernel's (--kernels): which kernels to tune
+archc=("$python" -c "import sys; from archc.cli import main; sys.argv[0] = 'archc'
+sys.exit(main())")
+step train_resnet18 90 "${archc[@]}" bench specs/resnet18.yaml --backend cuda --batch 64 --train \
+    --repeat 3 --kernels --top 25
+step infer_resnet18 45 "${archc[@]}" bench specs/resnet18.yaml --backend cuda --batch 64 --repeat 3 \
+    --kernels --top 25
+step bench_cuda_numba 70 env ARCHC_CUDA_GEMM=numba "$python" bench/bench_cuda.py --repeat 3
 # last, as it is optional: both sides in TF32 (reported apart from the float32 targets)
-step bench_cuda_tf32 60 "$python" bench/bench_cuda.py --repeat 3 --precision tf32
+step bench_cuda_tf32 45 "$python" bench/bench_cuda.py --repeat 3 --precision tf32
 exit $status

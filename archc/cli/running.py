@@ -116,6 +116,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     graph = load_graph(args)
     if args.train:  # what archc train runs
         graph = for_training(graph)
+    if args.kernels and args.backend != "cuda":
+        raise UsageError(f"--kernels times each GPU kernel on its own: it needs --backend "
+                         f"cuda (this run is on {args.backend}; its layers are timed "
+                         f"without it)")
     model = compile_graph(graph, backend=args.backend, seed=args.seed)
     apply_precision(args)
     name = args.device
@@ -131,7 +135,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.train:
         model.train()
     times = model.profile(x, repeat=args.repeat, backward=args.train)
-    profile = build_profile(model, report, times, repeat=args.repeat, profile=name)
+    kernels = (model.profile_kernels(x, repeat=args.repeat, backward=args.train)
+               if args.kernels else None)
+    profile = build_profile(model, report, times, repeat=args.repeat, profile=name,
+                            kernels=kernels)
     if args.json:
         print(json.dumps(profile.to_dict()))
     else:
@@ -193,8 +200,12 @@ def _setup_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", metavar="NAME",
                    help="the roofline profile to compare with: cpu (measured here once, "
                    "cached), h100 or h200 (default: cpu, or the GPU's own for --backend cuda)")
+    p.add_argument("--kernels", action="store_true",
+                   help="--backend cuda: also time each kernel and cuBLAS GEMM on its own "
+                   "(separate passes, CUDA events around every launch): which kernels a "
+                   "layer's time goes to")
     p.add_argument("--top", type=int, default=15, metavar="K",
-                   help="show the K slowest layers (0: all; default 15)")
+                   help="show the K slowest layers and kernels (0: all; default 15)")
     p.add_argument("--seed", type=int, default=0, help="seed for the weights and the input")
     p.add_argument("--json", action="store_true", help="print the profile as one JSON object")
     p.add_argument("--distributed", action="store_true",

@@ -50,11 +50,13 @@ class Backend:
     a device backend's loss and count may be numbers still on the device, which ``float``
     and ``int`` read); ``stage_targets(labels)``: send a batch's labels to the device
     before its forward pass, for ``classify`` (nothing on the host);
-    ``clock()``: a :class:`HostClock`-like timer for profiles; ``device_name()``: what
-    runs the kernels; ``algorithm(op, batch, train)``: the algorithm the backend runs an op
-    with at that batch size and mode, and why, as ``(name, reason)`` (None where an op has
-    one way); ``chains(program, batch, dtype)``: groups of consecutive ops that an
-    inference pass runs as one kernel, ``chain_kernel(chain, xs, params, ctx)``, at the
+    ``clock()``: a :class:`HostClock`-like timer for profiles; ``kernel_times(clock)``: a
+    context manager timing each kernel the backend launches meanwhile (the CUDA
+    backend's, ``cuda/timing.py``; None where kernels are not told apart);
+    ``device_name()``: what runs the kernels; ``algorithm(op, batch, train)``: the
+    algorithm the backend runs an op with at that batch size and mode, and why, as
+    ``(name, reason)`` (None where an op has one way); ``chains(program, batch, dtype)``:
+    groups of consecutive ops that an inference pass runs as one kernel, ``chain_kernel(chain, xs, params, ctx)``, at the
     step of the group's first op (each group has ``ops``, ``inputs``, ``output`` and
     ``name``: the CPU's inverted-residual chains, conv_chain.py);
     ``channels_last(program, batch, skip)``: the values an inference pass at that batch
@@ -73,6 +75,7 @@ class Backend:
     classify: Callable = classification_step
     stage_targets: Callable[[np.ndarray], None] = field(default=lambda target: None)
     clock: Callable[[], Any] = HostClock
+    kernel_times: Callable[[Any], Any] | None = None
     device_name: Callable[[], str] = field(default=lambda: "the CPU")
     algorithm: Callable[[Any, int, bool], tuple[str, str] | None] = field(
         default=lambda op, batch, train=False: None)

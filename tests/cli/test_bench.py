@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -151,9 +152,16 @@ def test_gpu_check_script_runs_every_step_into_one_folder(tmp_path, fails):
     wanted = {"tests": "-m pytest -m cuda", "bench_cuda": "bench/bench_cuda.py",
               "bench_cuda_numba": "bench/bench_cuda.py --repeat 3",
               "bench_cuda_tf32": "bench/bench_cuda.py --repeat 3 --precision tf32",
-              "train_resnet18": "bench specs/resnet18.yaml --backend cuda --batch 64 --train"}
+              "train_resnet18": "bench specs/resnet18.yaml --backend cuda --batch 64 --train "
+              "--repeat 3 --kernels",
+              "infer_resnet18": "bench specs/resnet18.yaml --backend cuda --batch 64 --repeat 3 "
+              "--kernels"}
     for name, command in wanted.items():
         text = (out / f"{name}.txt").read_text()
         assert "ran with ARCHC_CUDA=real:" in text and command in text, text
         assert f"== {name}: exit {1 if fails else 0}" in text
     assert (out / "device.txt").exists()
+    # the steps' time limits fit one device call (600 s)
+    script = (ROOT / "scripts/gpu_check.sh").read_text()
+    limits = [int(limit) for limit in re.findall(r"^step \w+ (\d+) ", script, re.M)]
+    assert len(limits) == len(wanted) and sum(limits) <= 600

@@ -94,8 +94,26 @@ def test_bench_on_the_cuda_backend(tmp_path, capsys):
                     "  - softmax: {dim: 2}\n"
                     "  - flatten\n  - linear: 2\n")
     assert main(["bench", str(spec), "--backend", "cuda", "--batch", "2", "--repeat", "1",
-                 "--train"]) == 0
+                 "--train", "--kernels", "--top", "0"]) == 0
     out = capsys.readouterr().out
     assert "t on cuda (the CUDA simulator), batch 2: mean of 1 pass" in out
     assert "roofline (h100)" in out and "backward" in out
     assert "ran through the host" not in out  # every layer has its device kernels
+    # --kernels: each kernel of a training step on its own, calls per step
+    head, *rows = out.split("kernels, each launch and library GEMM on its own, per "
+                            "training step: ")[1].splitlines()
+    calls = {row.split()[0]: float(row.split()[1]) for row in rows[1:]}
+    assert calls["conv_gemm_kernel"] == 1 and calls["softmax_kernel"] == 1
+    assert calls["softmax_backward_kernel"] == 1 and calls["col2im_kernel"] == 1
+    assert f"{sum(calls.values()):g} launches" in head
+    shares = [float(row.split()[-3][:-1]) for row in rows[1:]]
+    assert sum(shares) == pytest.approx(100, abs=0.1 * len(shares))
+
+
+def test_kernel_times_need_a_backend_that_tells_kernels_apart(capsys):
+    model = archc.compile(archc.load(f"{SPECS}/lenet5.yaml"), backend="cpu")
+    with pytest.raises(ValueError, match="the cpu backend does not time its kernels"):
+        model.profile_kernels(np.zeros((1, 1, 32, 32), np.float32))
+    assert main(["bench", f"{SPECS}/lenet5.yaml", "--kernels"]) == 2
+    assert "--kernels times each GPU kernel on its own: it needs --backend cuda (this run " \
+           "is on cpu" in capsys.readouterr().err

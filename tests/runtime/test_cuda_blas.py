@@ -285,6 +285,25 @@ def test_a_network_through_the_library_matches_archcs_own_gemm(emulated, text, p
                                    err_msg=name)
 
 
+def test_kernel_times_tell_each_gemm_by_its_shape(emulated):
+    """Model.profile_kernels with the library: each GEMM is a row named by its shape (C's
+    rows x columns x the inner dimension), calls counted per pass, beside archc's own
+    kernels; the launch entry and the library's GEMM are themselves again after."""
+    import archc
+    from numba.cuda.simulator import kernel as simulated
+
+    launch, gemm = simulated.FakeCUDAKernel.__call__, blas.Cublas.gemm
+    model = archc.compile(archc.load("n.yaml", text=NETWORK), backend="cuda", seed=4)
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    rows = {name: (calls, spent) for name, calls, spent in model.profile_kernels(x, repeat=2)}
+    # the two linear layers: (2 x 4) @ W.T (4 x 5), then (2 x 5) @ W.T (5 x 3)
+    assert rows["cuBLAS sgemm 2x5x4"][0] == 1 and rows["cuBLAS sgemm 2x3x5"][0] == 1
+    assert rows["cuBLAS sgemm 4x72x27"][0] == 1  # the first conv: one GEMM, 2 x 36 pixels
+    assert rows["im2col_kernel"][0] == 3  # the dense and grouped convs
+    assert all(spent >= 0 for _, spent in rows.values())
+    assert simulated.FakeCUDAKernel.__call__ is launch and blas.Cublas.gemm is gemm
+
+
 def test_choosing_the_gemm(monkeypatch):
     """ARCHC_CUDA_GEMM: numba is archc's kernel anywhere; cublas is refused where it
     cannot run, saying why; auto falls back with the reason; a typo is named."""
