@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -165,3 +166,21 @@ def test_gpu_check_script_runs_every_step_into_one_folder(tmp_path, fails):
     script = (ROOT / "scripts/gpu_check.sh").read_text()
     limits = [int(limit) for limit in re.findall(r"^step \w+ (\d+) ", script, re.M)]
     assert len(limits) == len(wanted) and sum(limits) <= 600
+
+
+def test_bench_sums_measures_each_accumulator_against_the_exact_sum():
+    """bench/bench_sums.py (issue 25's "measure which"): the GPU reduction's order emulated
+    for each accumulator. Its own checks: the emulation is exact where it must be (one
+    value a thread, float64 throughout), float64 accumulators are at least as close as
+    the CPU backend's order in every case, and float32 ones are not (the large sums)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_sums
+
+    values = np.arange(1, 2 * bench_sums.THREADS + 1, dtype=np.float32)
+    assert bench_sums.gpu_sum(values, np.float64, 2) == values.sum(dtype=np.float64)
+    results = bench_sums.measure(trials=4)  # seeded: the same channels every run
+    assert set(results) == set(bench_sums.CASES)
+    for rows in results.values():
+        assert rows["float64 accumulators (archc)"][1] <= rows["CPU backend's order"][1]
+    mean = results["batch-norm mean, 64ch 112x112 b64 (offset 3)"]
+    assert mean["float32, split among blocks"][1] > 3 * mean["CPU backend's order"][1]
