@@ -212,14 +212,7 @@ layers:
     launched.clear()
     grads = model.backward(gy)
     assert launched.count(conv.col2im_kernel) == (1 if by_image else 2)
-    with kernels.using_gemm(None, "archc's kernel"):
-        own = archc.compile(graph, backend="cuda", seed=3).train()
-        np.testing.assert_allclose(y, own(x), rtol=1e-4, atol=1e-5)
-        expected = own.backward(gy)
-    np.testing.assert_allclose(grads.input, expected.input, rtol=1e-4, atol=1e-5)
-    for name, value in expected.params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+    _agrees_with_archcs_kernel(graph, 3, x, gy, y, grads)
 
 
 def test_a_transposed_view_is_refused_rather_than_misread():
@@ -227,6 +220,21 @@ def test_a_transposed_view_is_refused_rather_than_misread():
     with pytest.raises(ValueError, match="rows are not contiguous"):
         blas.sgemm_arguments(x, np.zeros((3, 2), np.float32), np.zeros((4, 2), np.float32),
                              False, False)
+
+
+def _agrees_with_archcs_kernel(graph, seed: int, x, gy, y, grads) -> None:
+    """The output y and the gradients (for output gradient gy) a library's GEMMs gave
+    are those of the same model with archc's own GEMM kernel."""
+    import archc
+
+    with kernels.using_gemm(None, "archc's kernel"):
+        own = archc.compile(graph, backend="cuda", seed=seed).train()
+        np.testing.assert_allclose(y, own(x), rtol=1e-4, atol=1e-5)
+        expected = own.backward(gy)
+    np.testing.assert_allclose(grads.input, expected.input, rtol=1e-4, atol=1e-5)
+    for name, value in expected.params.items():
+        np.testing.assert_allclose(grads.params[name], value, rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
 
 
 NETWORK = """
@@ -275,14 +283,7 @@ def test_a_network_through_the_library_matches_archcs_own_gemm(emulated, text, p
     assert library.last_unplaced == []  # outputs still where the memory plan puts them
     grads = library.backward(gy)
     assert len(emulated) >= 6  # every conv and linear, forward and backward
-    with kernels.using_gemm(None, "archc's kernel"):
-        own = archc.compile(graph, backend="cuda", seed=4).train()
-        np.testing.assert_allclose(y, own(x), rtol=1e-4, atol=1e-5)
-        expected = own.backward(gy)
-    np.testing.assert_allclose(grads.input, expected.input, rtol=1e-4, atol=1e-5)
-    for name, value in expected.params.items():
-        np.testing.assert_allclose(grads.params[name], value, rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+    _agrees_with_archcs_kernel(graph, 4, x, gy, y, grads)
 
 
 def test_kernel_times_tell_each_gemm_by_its_shape(emulated):
