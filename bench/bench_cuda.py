@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,15 @@ def main() -> None:
 
     x_gpu = kernels.to_device(x)
 
+    queued: list[float] = []  # the host's time to queue each step, before its one wait
+
     def archc_step():  # as the training loop runs one
+        start = time.perf_counter()
         model.backend.stage_targets(y)
         out = model(x_gpu, host=False)
         loss, grad, _ = model.backend.classify(out, y)
         opt.step(model.backward(grad, host=False, inputs=False).params)
+        queued.append(time.perf_counter() - start)
         float(loss)
 
     infer = timed(lambda: model.predict(x_gpu))
@@ -166,6 +171,10 @@ def main() -> None:
     for label, a, b in (("inference", infer, t_infer), ("training step", step, t_step)):
         print(f"{label:<28} {batch / a:>10.1f} {fmt(b and batch / b, '.1f'):>10} "
               f"{fmt(b and b / a * 100, '.0f', '%'):>14}")
+    host = float(np.median(queued[-args.repeat:]))
+    print(f"\nhost time queuing a training step: {host * 1e3:.1f} ms of the step's "
+          f"{step * 1e3:.1f} ms (Python and kernel launches; the step is host-bound where "
+          f"the two are close)")
     if before is not None:
         print(f"\ndevice allocations from the driver in the timed training steps: "
               f"{after['driver_allocations'] - before['driver_allocations']} "

@@ -132,6 +132,7 @@ def test_bench_cuda_quick_runs_under_the_simulator():
     assert set(rows) == {"forward with copies (ms)", "kernels only (TFLOP/s)", "inference",
                          "training step"}
     assert all(float(cells[0]) > 0 for label, cells in rows.items() if "TFLOP" not in label)
+    assert re.search(r"^host time queuing a training step: [\d.]+ ms of the step's", out, re.M)
 
 
 @pytest.mark.parametrize("fails", [False, True])
