@@ -182,8 +182,8 @@ def test_dense_convs_go_image_by_image_and_1x1_convs_skip_im2col(emulated, monke
 
     monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 25 if by_image else 26)
     launched = []
-    original = conv._launch
-    monkeypatch.setattr(conv, "_launch", lambda kernel, *rest: (
+    original = conv._launch_planes
+    monkeypatch.setattr(conv, "_launch_planes", lambda kernel, *rest: (
         launched.append(kernel), original(kernel, *rest))[1])
     graph = archc.load("n.yaml", text="""
 input: {channels: 3, height: 5, width: 5}

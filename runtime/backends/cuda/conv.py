@@ -14,18 +14,18 @@ import numpy as np
 from numba import float32
 
 from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
-                                           TILE_PADDED, _codes, _launch, _panel_product,
-                                           _device, absent, activate, axis_view,
+                                           TILE_PADDED, _codes, _device, _launch_planes,
+                                           _panel_product, absent, activate, axis_view,
                                            channel_sums, cuda, empty, gemm, gemm_library,
-                                           result)
+                                           plane_range, result)
 
 # --------------------------------------------------------------------------- convolution
 @_device
-def _gathered(x, b, ch, tap, p, kw, sh, sw, dh, dw, pt, pl, wo):
-    """What an im2col matrix holds for image b, channel ch, kernel tap (i * kw + j) and
-    output pixel p: x[b, ch, y*sh + i*dh - pt, x*sw + j*dw - pl], 0 outside."""
-    sy = (p // wo) * sh + (tap // kw) * dh - pt
-    sx = (p % wo) * sw + (tap % kw) * dw - pl
+def _gathered(x, b, ch, i, j, p, sh, sw, dh, dw, pt, pl, wo):
+    """What an im2col matrix holds for image b, channel ch, kernel tap (i, j) and output
+    pixel p: x[b, ch, y*sh + i*dh - pt, x*sw + j*dw - pl], 0 outside."""
+    sy = (p // wo) * sh + i * dh - pt
+    sx = (p % wo) * sw + j * dw - pl
     if 0 <= sy < x.shape[2] and 0 <= sx < x.shape[3]:
         return x[b, ch, sy, sx]
     return 0.0
@@ -34,99 +34,125 @@ def _gathered(x, b, ch, tap, p, kw, sh, sw, dh, dw, pt, pl, wo):
 @cuda.jit(cache=True)
 def im2col_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """cols[(c, i, j), (n, y, x)] = x[n, c, y*sh + i*dh - pt, x*sw + j*dw - pl] (0 outside):
-    one thread per element of cols, consecutive threads along a row (coalesced writes)."""
-    width = x.shape[0] * ho * wo
-    for e in range(cuda.grid(1), cols.shape[0] * width, cuda.gridsize(1)):
-        row, col = e // width, e % width
-        cols[row, col] = _gathered(x, col // (ho * wo), row // (kh * kw), row % (kh * kw),
-                                   col % (ho * wo), kw, sh, sw, dh, dw, pt, pl, wo)
+    a plane kernel, one plane per (row of cols, image), consecutive threads along the
+    image's pixels (coalesced writes)."""
+    n, hw = x.shape[0], ho * wo
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, cols.shape[0] * n, planes):
+        row, b = plane // n, plane % n
+        ch, tap = row // (kh * kw), row % (kh * kw)
+        i, j = tap // kw, tap % kw
+        for p in range(first, hw, step):
+            cols[row, b * hw + p] = _gathered(x, b, ch, i, j, p, sh, sw, dh, dw, pt, pl, wo)
 
 
 @cuda.jit(cache=True)
 def im2col_images_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, wo):
     """Each image's own im2col matrix: cols[n, (c, i, j), (y, x)], the same values as
     :func:`im2col_kernel` with the image first, so that image n's product with the
-    weights is one item of a strided batch."""
-    rows, width = cols.shape[1], cols.shape[2]
-    for e in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
-        b, row, p = e // (rows * width), (e // width) % rows, e % width
-        cols[b, row, p] = _gathered(x, b, row // (kh * kw), row % (kh * kw), p, kw, sh, sw,
-                                    dh, dw, pt, pl, wo)
+    weights is one item of a strided batch. One plane per (image, row)."""
+    rows, hw = cols.shape[1], cols.shape[2]
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, cols.shape[0] * rows, planes):
+        b, row = plane // rows, plane % rows
+        ch, tap = row // (kh * kw), row % (kh * kw)
+        i, j = tap // kw, tap % kw
+        for p in range(first, hw, step):
+            cols[b, row, p] = _gathered(x, b, ch, i, j, p, sh, sw, dh, dw, pt, pl, wo)
+
+
+@_device
+def _source(t, pad, dilated, stride, size):
+    """The output coordinate whose kernel tap at offset ``dilated`` reads input coordinate
+    t (t + pad - dilated = out * stride), or -1 where none does."""
+    t = t + pad - dilated
+    if t < 0:
+        return -1
+    if stride != 1:  # (a stride-1 conv, most of them, divides nothing)
+        if t % stride != 0:
+            return -1
+        t = t // stride
+    return t if t < size else -1
 
 
 @cuda.jit(cache=True)
 def col2im_kernel(cols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """The adjoint of im2col: each input pixel gathers the column entries that read it
-    (one thread per pixel: no atomics)."""
+    (one thread per pixel: no atomics); a plane kernel over gx's (image, channel)."""
     n, c, h, w = gx.shape
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for e in range(start, gx.size, stride):
-        b, ch = e // (c * h * w), (e // (h * w)) % c
-        y, x = (e // w) % h, e % w
-        total = 0.0
-        for i in range(kh):
-            ty = y + pt - i * dh
-            if ty < 0 or ty % sh != 0 or ty // sh >= ho:
-                continue
-            for j in range(kw):
-                tx = x + pl - j * dw
-                if tx < 0 or tx % sw != 0 or tx // sw >= wo:
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, n * c, planes):
+        b, ch = plane // c, plane % c
+        for p in range(first, h * w, step):
+            y, x = p // w, p % w
+            total = 0.0
+            for i in range(kh):
+                oy = _source(y, pt, i * dh, sh, ho)
+                if oy < 0:
                     continue
-                total += cols[(ch * kh + i) * kw + j, (b * ho + ty // sh) * wo + tx // sw]
-        gx[b, ch, y, x] = total
+                for j in range(kw):
+                    ox = _source(x, pl, j * dw, sw, wo)
+                    if ox >= 0:
+                        total += cols[(ch * kh + i) * kw + j, (b * ho + oy) * wo + ox]
+            gx[b, ch, y, x] = total
 
 
 @cuda.jit(cache=True)
 def rows_to_nchw_kernel(rows, out):
-    """rows (C, N*HW) -> out (N, C, H, W), and its inverse when ``out`` is given as rows'
-    shape by the caller (see nchw_to_rows)."""
-    n, c, h, w = out.shape
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for e in range(start, out.size, stride):
-        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
-        out[b, ch, p // w, p % w] = rows[ch, b * h * w + p]
+    """rows (C, N*HW) -> out (N, C, HW): a plane kernel over out's (image, channel)."""
+    n, c, hw = out.shape
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, n * c, planes):
+        b, ch = plane // c, plane % c
+        for p in range(first, hw, step):
+            out[b, ch, p] = rows[ch, b * hw + p]
 
 
 @_device
-def _conv_epilogue(v, bias, residual, b, ch, y, x, code, slope):
-    """A conv's output value at (b, ch, y, x) with its epilogue: activation(v + bias[ch] +
-    residual[b, ch, y, x]), each term only where given (a 0-size array where not)."""
+def _conv_epilogue(v, bias, ch, added, code, slope):
+    """A conv's output value in channel ch with its epilogue: activation(v + bias[ch] +
+    added), the bias only where given (a 0-size array where not); ``added``: the
+    residual's value there, or 0."""
     if bias.size:
         v += bias[ch]
-    if residual.size:
-        v += residual[b, ch, y, x]
-    return activate(v, code, slope)
+    return activate(v + added, code, slope)
 
 
 @cuda.jit(cache=True)
 def rows_epilogue_kernel(rows, out, bias, residual, code, slope):
-    """out (N, C, H, W) = activation(rows (C, N*HW) + bias[c] + residual): a GEMM's
-    result put back in NCHW with the conv's epilogue, in one pass."""
-    n, c, h, w = out.shape
-    for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
-        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
-        out[b, ch, p // w, p % w] = _conv_epilogue(rows[ch, b * h * w + p], bias, residual,
-                                                   b, ch, p // w, p % w, code, slope)
+    """out (N, C, HW) = activation(rows (C, N*HW) + bias[c] + residual (N, C, HW)): a
+    GEMM's result put back in NCHW with the conv's epilogue, in one pass."""
+    n, c, hw = out.shape
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, n * c, planes):
+        b, ch = plane // c, plane % c
+        for p in range(first, hw, step):
+            added = residual[b, ch, p] if residual.size else 0.0
+            out[b, ch, p] = _conv_epilogue(rows[ch, b * hw + p], bias, ch, added, code, slope)
 
 
 @cuda.jit(cache=True)
 def epilogue_kernel(y, bias, residual, code, slope):
-    """y (N, C, H, W) = activation(y + bias[c] + residual), in place: the epilogue of a
+    """y (N, C, HW) = activation(y + bias[c] + residual), in place: the epilogue of a
     conv the library wrote straight into NCHW."""
-    n, c, h, w = y.shape
-    for e in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
-        y[b, ch, p // w, p % w] = _conv_epilogue(y[b, ch, p // w, p % w], bias, residual, b,
-                                                 ch, p // w, p % w, code, slope)
+    n, c, hw = y.shape
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, n * c, planes):
+        b, ch = plane // c, plane % c
+        for p in range(first, hw, step):
+            added = residual[b, ch, p] if residual.size else 0.0
+            y[b, ch, p] = _conv_epilogue(y[b, ch, p], bias, ch, added, code, slope)
 
 
 @cuda.jit(cache=True)
 def nchw_to_rows_kernel(x, rows):
-    n, c, h, w = x.shape
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for e in range(start, x.size, stride):
-        b, ch, p = e // (c * h * w), (e // (h * w)) % c, e % (h * w)
-        rows[ch, b * h * w + p] = x[b, ch, p // w, p % w]
+    """x (N, C, HW) -> rows (C, N*HW): a plane kernel over x's (image, channel)."""
+    n, c, hw = x.shape
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, n * c, planes):
+        b, ch = plane // c, plane % c
+        for p in range(first, hw, step):
+            rows[ch, b * hw + p] = x[b, ch, p]
 
 
 @cuda.jit(cache=True)
@@ -183,8 +209,8 @@ def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, d
         for i in range(PER_THREAD):
             r = row0 + ty + THREADS * i
             if r < m:
-                y[bj, r, oy, ox] = _conv_epilogue(acc[i, j], bias, residual, bj, r, oy, ox,
-                                                  code, slope)
+                added = residual[bj, r, oy, ox] if residual.size else 0.0
+                y[bj, r, oy, ox] = _conv_epilogue(acc[i, j], bias, r, added, code, slope)
 
 
 def no_residual():
@@ -214,9 +240,15 @@ def _pointwise(x, kernel: tuple, stride: tuple, pads) -> bool:
             and all(p == 0 for side in pads for p in side) and x.is_c_contiguous())
 
 
-def _epilogue_args(bias, residual, activation) -> tuple:
-    return (bias if bias is not None else absent(),
-            residual if residual is not None else no_residual(), *_codes(activation))
+def _epilogue_args(bias, residual, activation, planes: bool = True) -> tuple:
+    """(bias, residual, code, slope) as a conv's epilogue takes them, an absent bias or
+    residual as a 0-size array: the residual (N, C, H*W) for the plane kernels, NCHW for
+    the implicit GEMM."""
+    if residual is None:
+        residual = cuda.device_array((0,) * (3 if planes else 4), dtype=np.float32)
+    elif planes:
+        residual = axis_view(residual)
+    return (bias if bias is not None else absent(), residual, *_codes(activation))
 
 
 def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None,
@@ -236,28 +268,28 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
     if groups == 1 and gemm_library()[0] is None:
         grid = ((n * ho * wo + TILE - 1) // TILE, (o + TILE - 1) // TILE)
         conv_gemm_kernel[grid, (THREADS, THREADS)](
-            x, w.reshape(o, k), y, *_epilogue_args(bias, residual, activation), kh, kw, sh,
-            sw, dh, dw, pt, pl)
+            x, w.reshape(o, k), y, *_epilogue_args(bias, residual, activation, False), kh, kw,
+            sh, sw, dh, dw, pt, pl)
         return y
     if _by_image(ho, wo, groups):  # the library, image by image, into NCHW
         if _pointwise(x, (kh, kw), stride, pads):
             cols = x.reshape(n, c, ho * wo)
         else:
             cols = empty((n, k, ho * wo))
-            _launch(im2col_images_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt,
-                    pl, wo)
+            _launch_planes(im2col_images_kernel, n * k, ho * wo, x, cols, kh, kw, sh, sw, dh,
+                           dw, pt, pl, wo)
         gemm(w.reshape(o, k), cols, out=y.reshape(n, o, ho * wo))
         if bias is not None or residual is not None or activation is not None:
-            _launch(epilogue_kernel, y.size, y, *_epilogue_args(bias, residual, activation))
+            _launch_planes(epilogue_kernel, n * o, ho * wo, axis_view(y),
+                           *_epilogue_args(bias, residual, activation))
         return y
-    cols = empty((c * kh * kw, n * ho * wo))
-    _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
+    cols = _im2col(x, kh, kw, stride, dilation, pt, pl, ho, wo)
     rows = empty((o, n * ho * wo))
     og = o // groups
     gemm(w.reshape(groups, og, k), cols.reshape(groups, k, n * ho * wo),
          out=rows.reshape(groups, og, n * ho * wo))
-    _launch(rows_epilogue_kernel, y.size, rows, y,
-            *_epilogue_args(bias, residual, activation))
+    _launch_planes(rows_epilogue_kernel, n * o, ho * wo, rows, axis_view(y),
+                   *_epilogue_args(bias, residual, activation))
     return y
 
 
@@ -270,12 +302,10 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
-    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
+    (pt, _), (pl, _) = pads
     width = n * ho * wo
-    cols = empty((c * kh * kw, width))
-    _launch(im2col_kernel, cols.size, x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
-    gy_rows = empty((o, width))
-    _launch(nchw_to_rows_kernel, gy.size, gy, gy_rows)
+    cols = _im2col(x, kh, kw, stride, dilation, pt, pl, ho, wo)
+    gy_rows = _rows(gy)
     og, k = o // groups, cg * kh * kw
     wmat, rows = w.reshape(groups, og, k), gy_rows.reshape(groups, og, width)
     gw = empty((groups, og, k))
@@ -288,14 +318,33 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     else:
         gcols = empty((c * kh * kw, width))
         gemm(wmat, rows, trans_a=True, out=gcols.reshape(groups, k, width))
-        _launch(col2im_kernel, gx.size, gcols, gx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo)
+        _col2im(gcols, gx, kh, kw, stride, dilation, pt, pl, ho, wo)
     return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
+
+
+def _im2col(x, kh, kw, stride, dilation, pt, pl, ho, wo):
+    """x's im2col matrix (C*kh*kw, N*ho*wo), rows (c, i, j), columns (image, pixel)."""
+    (sh, sw), (dh, dw) = stride, dilation
+    n, c = x.shape[:2]
+    cols = empty((c * kh * kw, n * ho * wo))
+    _launch_planes(im2col_kernel, c * kh * kw * n, ho * wo, x, cols, kh, kw, sh, sw, dh, dw,
+                   pt, pl, ho, wo)
+    return cols
+
+
+def _col2im(cols, out, kh, kw, stride, dilation, pt, pl, ho, wo) -> None:
+    """out (N, C, H, W) = the adjoint of im2col applied to cols (its columns (image,
+    pixel) of an ho x wo map)."""
+    (sh, sw), (dh, dw) = stride, dilation
+    n, c, h, w = out.shape
+    _launch_planes(col2im_kernel, n * c, h * w, cols, out, kh, kw, sh, sw, dh, dw, pt, pl,
+                   ho, wo)
 
 
 def _rows(x):
     n, c, h, w = x.shape
     rows = empty((c, n * h * w))
-    _launch(nchw_to_rows_kernel, x.size, x, rows)
+    _launch_planes(nchw_to_rows_kernel, n * c, h * w, axis_view(x), rows)
     return rows
 
 
@@ -306,15 +355,16 @@ def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, g
     n, c, h, wd = x.shape
     cin, cout_g, kh, kw = w.shape
     cout = cout_g * groups
-    (sh, sw), (dh, dw), (ph, pw), (ho, wo) = stride, dilation, padding, out_hw
+    (ph, pw), (ho, wo) = padding, out_hw
     y = result((n, cout, ho, wo))
     cin_g, k, width = cin // groups, cout_g * kh * kw, n * h * wd
     cols = empty((cout * kh * kw, width))
     gemm(w.reshape(groups, cin_g, k), _rows(x).reshape(groups, cin_g, width), trans_a=True,
          out=cols.reshape(groups, k, width))
-    _launch(col2im_kernel, y.size, cols, y, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
+    _col2im(cols, y, kh, kw, stride, dilation, ph, pw, h, wd)
     if bias is not None:
-        _launch(epilogue_kernel, y.size, y, *_epilogue_args(bias, None, None))
+        _launch_planes(epilogue_kernel, n * cout, ho * wo, axis_view(y),
+                       *_epilogue_args(bias, None, None))
     return y
 
 
@@ -323,16 +373,14 @@ def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1):
     each, gx_g = W_g @ its rows and gw_g = x_g's rows @ their transpose."""
     n, c, h, wd = x.shape
     cin, cout_g, kh, kw = w.shape
-    cout = cout_g * groups
-    (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding
+    ph, pw = padding
     cin_g, k, width = cin // groups, cout_g * kh * kw, n * h * wd
-    cols = empty((cout * kh * kw, width))
-    _launch(im2col_kernel, cols.size, gy, cols, kh, kw, sh, sw, dh, dw, ph, pw, h, wd)
+    cols = _im2col(gy, kh, kw, stride, dilation, ph, pw, h, wd)
     parts = cols.reshape(groups, k, width)
     gx_rows = empty((cin, width))
     gw = empty((groups, cin_g, k))
     gemm(w.reshape(groups, cin_g, k), parts, out=gx_rows.reshape(groups, cin_g, width))
     gemm(_rows(x).reshape(groups, cin_g, width), parts, trans_b=True, out=gw)
     gx = empty(x.shape)
-    _launch(rows_to_nchw_kernel, gx.size, gx_rows, gx)
+    _launch_planes(rows_to_nchw_kernel, n * c, h * wd, gx_rows, axis_view(gx))
     return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))

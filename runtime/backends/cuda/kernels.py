@@ -454,6 +454,32 @@ def _launch(kernel, size: int, *args) -> None:
     kernel[_blocks(size), ELEMENTWISE_BLOCK](*args)
 
 
+# A plane kernel works on ``planes`` rows of ``width`` values (an image's channel, a
+# row of an im2col matrix): grid y over the planes, grid x and the threads over a plane's
+# values, both loops striding. What is per plane (image, channel, kernel tap) is worked
+# out once per plane, not once per value: a GPU divides integers in software, and the
+# flat one-thread-per-value kernels spent most of their instructions undoing a flat index.
+MAX_PLANES = 2 if SIMULATED else 65535  # CUDA's limit on grid y
+PLANE_BLOCKS = 1 if SIMULATED else 1024  # blocks along a plane, at most
+
+
+def _launch_planes(kernel, planes: int, width: int, *args) -> None:
+    """Launch a plane kernel: blocks of a warp-multiple of threads no wider than a plane
+    needs (at most ELEMENTWISE_BLOCK; 7 x 7 maps take 64), enough of them along x to
+    cover a plane, one per plane along y up to CUDA's limit."""
+    threads = min(ELEMENTWISE_BLOCK, 32 * max(1, -(-width // 32)))
+    along = max(1, min(PLANE_BLOCKS, -(-width // threads)))
+    kernel[(along, max(1, min(MAX_PLANES, planes))), threads](*args)
+
+
+@cuda.jit(device=True, inline=True)
+def plane_range():
+    """(first, step) of this thread's values within a plane, and (first, step) of its
+    planes: the loops of a plane kernel."""
+    return (cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x,
+            cuda.gridDim.x * cuda.blockDim.x, cuda.blockIdx.y, cuda.gridDim.y)
+
+
 # --------------------------------------------------------------------------- per channel
 # A per-channel reduction (batch-norm statistics and gradients, bias gradients) splits
 # each channel's values among several blocks when channels are few and large: one block
