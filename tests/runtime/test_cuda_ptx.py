@@ -53,6 +53,8 @@ cases = {
     "batchnorm_grad_finish_kernel": (L.batchnorm_grad_finish_kernel, (D2, D2, A1, A1, D1, D1)),
     "batchnorm_train_gx_kernel": (G.batchnorm_train_gx_kernel,
                                   (A3, A3, A3, D1, D1, A1, A1, A1, float64)),
+    "batchnorm_kernel": (L.batchnorm_kernel, (A3, A3, A1, A1, A1, A1, A3, int64, float64,
+                                              float64)),
 }
 for name, (kernel, sig) in cases.items():
     ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
@@ -68,4 +70,4 @@ def test_the_kernels_compile_to_ptx_for_hopper():
     assert done.returncode == 0, done.stderr[-3000:]
     compiled = [line.split()[0] for line in done.stdout.splitlines()]
     assert compiled == re.findall(r'^    "(\w+)": \(', KERNELS, re.M)  # every case, once
-    assert len(compiled) == 22
+    assert len(compiled) == 23

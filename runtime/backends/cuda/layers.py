@@ -10,8 +10,11 @@
 - depthwise conv (one filter per channel, or ``mult`` per channel): one thread per output
   element, bias, residual and activation in the same thread (the fused epilogue); the input
   gradient gathered per input pixel (no atomics), the filter gradient reduced per tap.
-- batch norm in inference: ``(x - running_mean) / sqrt(running_var + eps) * weight +
-  bias`` per element; its backward reduces ``gy`` and ``gy * x_hat`` per channel.
+- batch norm: ``(x - mean) / sqrt(var + eps) * weight + bias`` with the given statistics
+  (running, or the batch's in training), plus the residual and then the activation a
+  fused batch norm carries, in one pass (a plane kernel: 1/std once per channel and
+  image); its backward with running statistics reduces ``gy`` and ``gy * x_hat`` per
+  channel.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from runtime.backends.cuda.kernels import (
     ELEMENTWISE_BLOCK,
     _codes,
     _launch,
+    _launch_planes,
     activate,
     block_sum,
     absent,
@@ -35,6 +39,7 @@ from runtime.backends.cuda.kernels import (
     reduction_chunks,
     row_sum,
     empty,
+    plane_range,
     result,
     zeros,
 )
@@ -134,16 +139,22 @@ def broadcast_plane_kernel(g, gx, scale):
 
 
 @cuda.jit(cache=True)
-def batchnorm_kernel(x, y, mean, var, weight, bias, eps):
-    """Inference batch norm of an (N, C, H*W) view; empty weight/bias: not affine."""
+def batchnorm_kernel(x, y, mean, var, weight, bias, residual, code, slope, eps):
+    """y = activation(batch norm of x + residual) over (N, C, H*W) views, with the given
+    statistics: a plane kernel, each channel's 1/std worked out once per plane. Empty
+    weight and bias: not affine; an empty residual: none."""
     n, c, hw = x.shape
-    start, stride = cuda.grid(1), cuda.gridsize(1)
-    for e in range(start, x.size, stride):
-        b, ch, p = e // (c * hw), (e // hw) % c, e % hw
-        v = (x[b, ch, p] - mean[ch]) / math.sqrt(var[ch] + eps)
-        if weight.size:
-            v = v * weight[ch] + bias[ch]
-        y[b, ch, p] = v
+    first, step, plane0, planes = plane_range()
+    for plane in range(plane0, n * c, planes):
+        b, ch = plane // c, plane % c
+        inv, mu = 1.0 / math.sqrt(var[ch] + eps), mean[ch]
+        scale = weight[ch] * inv if weight.size else inv
+        shift = bias[ch] if bias.size else 0.0
+        for p in range(first, hw, step):
+            v = (x[b, ch, p] - mu) * scale + shift
+            if residual.size:
+                v += residual[b, ch, p]
+            y[b, ch, p] = activate(v, code, slope)
 
 
 @cuda.jit(cache=True)
@@ -349,11 +360,15 @@ def _scaled(a, scale: float):
     return out
 
 
-def batchnorm(x, mean, var, weight, bias, eps: float):
+def batchnorm(x, mean, var, weight, bias, eps: float, activation=None, residual=None):
+    """activation(batch norm of x with these statistics + residual), in one pass."""
     view = axis_view(x)
+    n, c, hw = view.shape
     y = result(view.shape)
-    _launch(batchnorm_kernel, y.size, view, y, mean, var,
-            absent() if weight is None else weight, absent() if bias is None else bias, eps)
+    _launch_planes(batchnorm_kernel, n * c, hw, view, y, mean, var,
+                   absent() if weight is None else weight, absent() if bias is None else bias,
+                   cuda.device_array((0, 0, 0), dtype=np.float32) if residual is None else
+                   axis_view(residual), *_codes(activation), eps)
     return y.reshape(x.shape)
 
 

@@ -315,17 +315,8 @@ def batchnorm_forward(op, xs, p, ctx):
         ctx.batch_stats[op.output] = (mean, var)
     else:
         mean, var = p["running_mean"], p["running_var"]
-    return _epilogue_forward(op, xs, ctx, lambda activation, residual: _after(
-        L.batchnorm(xs[0], mean, var, p.get("weight"), p.get("bias"), a["eps"]),
-        activation, residual))
-
-
-def _after(y, activation, residual):
-    """A fused epilogue applied in passes of its own after a kernel that has none (batch
-    norm's): the residual added in place, then the activation in place."""
-    if residual is not None:
-        y = K.add(y, residual, out=y)
-    return y if activation is None else K.activation_forward(y, *activation, out=y)
+    return _epilogue_forward(op, xs, ctx, lambda activation, residual: L.batchnorm(
+        xs[0], mean, var, p.get("weight"), p.get("bias"), a["eps"], activation, residual))
 
 
 def _batchnorm_core_backward(op, xs, y, gy, p, ctx):
