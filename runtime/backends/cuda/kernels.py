@@ -504,6 +504,27 @@ def chunk_bounds(count, k, chunks):
     return k * count // chunks, (k + 1) * count // chunks
 
 
+@cuda.jit(device=True, inline=True)
+def chunk_walk(lo, t, m):
+    """Where thread t of a reduction block starts in its slice of a channel's values,
+    (image, position) for flat index lo + t of an (N, M) walk, and its stride as (images,
+    positions): :func:`chunk_step` then moves it with no division (a GPU divides in
+    software)."""
+    e = lo + t
+    return e // m, e % m, ELEMENTWISE_BLOCK // m, ELEMENTWISE_BLOCK % m
+
+
+@cuda.jit(device=True, inline=True)
+def chunk_step(b, p, step_b, step_p, m):
+    """The next (image, position) of a reduction thread's walk, ELEMENTWISE_BLOCK on."""
+    p += step_p
+    b += step_b
+    if p >= m:
+        p -= m
+        b += 1
+    return b, p
+
+
 @cuda.jit(cache=True)
 def channel_partials_kernel(a, centre, partial):
     """partial[ch, k] = the float64 sum of the k-th of partial.shape[1] slices of channel
@@ -516,9 +537,11 @@ def channel_partials_kernel(a, centre, partial):
     square = centre.size > 0
     mu = centre[ch] if square else 0.0
     total = float64(0.0)
-    for e in range(lo + t, hi, ELEMENTWISE_BLOCK):
-        d = a[e // m, ch, e % m] - mu
+    b, q, step_b, step_q = chunk_walk(lo, t, m)
+    for _ in range(lo + t, hi, ELEMENTWISE_BLOCK):
+        d = a[b, ch, q] - mu
         total += d * d if square else d
+        b, q = chunk_step(b, q, step_b, step_q, m)
     total = block_sum(sums, t, total)
     if t == 0:
         partial[ch, k] = total

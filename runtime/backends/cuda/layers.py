@@ -35,6 +35,8 @@ from runtime.backends.cuda.kernels import (
     axis_view,
     channel_sums,
     chunk_bounds,
+    chunk_step,
+    chunk_walk,
     cuda,
     reduction_chunks,
     row_sum,
@@ -172,13 +174,14 @@ def batchnorm_grad_partials_kernel(x, gy, mean, var, weight, eps, p0, p1, gx):
     scale = inv * (weight[ch] if weight.size else 1.0)
     mu = mean[ch]
     s0, s1 = float64(0.0), float64(0.0)
-    for e in range(lo + t, hi, ELEMENTWISE_BLOCK):
-        b, p = e // m, e % m
+    b, p, step_b, step_p = chunk_walk(lo, t, m)
+    for _ in range(lo + t, hi, ELEMENTWISE_BLOCK):
         g = gy[b, ch, p]
         if gx.size:
             gx[b, ch, p] = g * scale
         s0 += g
         s1 += g * (x[b, ch, p] - mu) * inv
+        b, p = chunk_step(b, p, step_b, step_p, m)
     s0 = block_sum(bias_sums, t, s0)
     s1 = block_sum(weight_sums, t, s1)
     if t == 0:
