@@ -130,6 +130,7 @@ class Segmentation(Task):
         self.loss_name = loss
         self.class_weights = None if class_weights is None else np.asarray(class_weights,
                                                                           np.float64)
+        self._cropped = (None, None)  # the last staged masks, and them cut to the output
 
     def check(self, output_shape, input_shape) -> None:
         if len(output_shape) != 3:
@@ -171,7 +172,7 @@ class Segmentation(Task):
         return self.loss_name == "ce" and self.class_weights is None
 
     def step(self, model, out, y):
-        held, cropped = getattr(self, "_cropped", (None, None))
+        held, cropped = self._cropped
         y = cropped if held is y and cropped.shape[1:] == out.shape[2:] else \
             _crop_to(y, out.shape[2:])
         keep = y != IGNORE
