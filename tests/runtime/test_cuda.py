@@ -910,7 +910,9 @@ def test_reductions_that_cancel_keep_float32_honest():
 
 
 @pytest.mark.parametrize("aligned, sampling", [(False, 0), (True, 2)])
-def test_region_kernels_match_the_cpu(aligned, sampling):
+def test_region_kernels_match_the_cpu(monkeypatch, aligned, sampling):
+    """RoI Align and RoI Pool against the CPU's, forward and backward; each pass sends its
+    boxes' tables in one copy per dtype (each copy waits for the work queued before it)."""
     from runtime.backends.cpu import roi as cpu_roi
     from runtime.backends.cuda import roi as cuda_roi
 
@@ -919,7 +921,15 @@ def test_region_kernels_match_the_cpu(aligned, sampling):
     boxes = np.array([[-1.0, 0.5, 7.0, 4.0], [2.0, 2.0, 2.0, 2.0], [0.0, 0.0, 11.0, 9.5]])
     batch = np.array([0, 1, 1])
     y = cpu_roi.align_forward(x, boxes, batch, 0.5, (2, 3), sampling, aligned)
-    got = cuda_roi.align_forward(device(x), boxes, batch, 0.5, (2, 3), sampling, aligned)
+    x_device, uploads, to_device = device(x), [], cuda.to_device
+    monkeypatch.setattr(cuda, "to_device", lambda *a, **k: uploads.append(a[0].dtype) or
+                        to_device(*a, **k))
+    got = cuda_roi.align_forward(x_device, boxes, batch, 0.5, (2, 3), sampling, aligned)
+    assert sorted(map(str, uploads)) == ["float64", "int64"]  # images and rows; weights
+    uploads.clear()
+    cuda_roi.pool_forward(x_device, boxes, batch, 0.5, (2, 3))
+    assert uploads == [np.int64]  # images and bins
+    monkeypatch.undo()
     np.testing.assert_allclose(got.copy_to_host(), y, rtol=1e-5, atol=1e-6)
     gy = rng.standard_normal(y.shape).astype(np.float32)
     np.testing.assert_allclose(

@@ -132,6 +132,23 @@ def to_device(array):
     return cuda.to_device(np.require(array, requirements="C"))
 
 
+def to_device_together(*arrays) -> tuple:
+    """Host arrays on the device in one copy per dtype, each a view of its copy: a copy
+    from the host waits for the work queued before it, so a kernel's several small tables
+    (RoI Align's rows, columns and weights) cost one wait, not one each."""
+    arrays = [np.asarray(a) for a in arrays]
+    out: list = [None] * len(arrays)
+    for dtype in dict.fromkeys(a.dtype for a in arrays):
+        which = [i for i, a in enumerate(arrays) if a.dtype == dtype]
+        flat = to_device(np.concatenate([arrays[i].ravel() for i in which]))
+        start = 0
+        for i in which:
+            size = arrays[i].size
+            out[i] = flat[start:start + size].reshape(arrays[i].shape)
+            start += size
+    return tuple(out)
+
+
 @cuda.jit(cache=True)
 def fill_kernel(a, value):
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):

@@ -9,7 +9,8 @@ import numpy as np
 from numba import float32
 
 from runtime.backends import lines, roi
-from runtime.backends.cuda.kernels import _launch, cuda, result, to_device, zeros
+from runtime.backends.cuda.kernels import (_launch, cuda, result, to_device,
+                                           to_device_together, zeros)
 
 _align_cell = cuda.jit(device=True, inline=True)(lines.roi_align_cell)
 _pool_cell = cuda.jit(device=True, inline=True)(lines.roi_pool_cell)
@@ -69,10 +70,12 @@ def pool_backward_kernel(gy, where, batch, gx):
             cuda.atomic.add(gx, (batch[k], c, at // w, at % w), gy[k, c, p, q])
 
 
-def _tables(boxes, scale, out_hw, sampling_ratio, aligned, in_hw):
+def _tables(batch, boxes, scale, out_hw, sampling_ratio, aligned, in_hw):
+    """RoI Align's image of each box and its sampling tables, on the device in one copy
+    per dtype."""
     rows, cols, inv = roi.align_tables(boxes, scale, out_hw, sampling_ratio, aligned, in_hw)
-    return tuple(to_device(a) for a in (rows.lo, rows.hi, rows.w_lo, rows.w_hi, cols.lo,
-                                        cols.hi, cols.w_lo, cols.w_hi, inv))
+    return to_device_together(batch.astype(np.int64), rows.lo, rows.hi, rows.w_lo,
+                              rows.w_hi, cols.lo, cols.hi, cols.w_lo, cols.w_hi, inv)
 
 
 def align_forward(x, boxes: np.ndarray, batch: np.ndarray, scale: float, out_hw, sampling_ratio: int,
@@ -81,8 +84,9 @@ def align_forward(x, boxes: np.ndarray, batch: np.ndarray, scale: float, out_hw,
     roi.check_boxes(boxes, batch, x.shape[0])
     y = result((len(boxes), x.shape[1]) + tuple(out_hw))
     if y.size:
-        _launch(align_forward_kernel, y.size, x, to_device(batch.astype(np.int64)),
-                *_tables(boxes, scale, out_hw, sampling_ratio, aligned, x.shape[2:]), y)
+        _launch(align_forward_kernel, y.size, x,
+                *_tables(batch, boxes, scale, out_hw, sampling_ratio, aligned, x.shape[2:]),
+                y)
     return y
 
 
@@ -90,8 +94,9 @@ def align_backward(gy, boxes: np.ndarray, batch: np.ndarray, scale: float, sampl
                    aligned: bool, in_shape: tuple):
     gx = zeros(in_shape, np.float32)
     if gy.size:
-        _launch(align_backward_kernel, gy.size, gy, to_device(batch.astype(np.int64)),
-                *_tables(boxes, scale, gy.shape[2:], sampling_ratio, aligned, in_shape[2:]), gx)
+        _launch(align_backward_kernel, gy.size, gy,
+                *_tables(batch, boxes, scale, gy.shape[2:], sampling_ratio, aligned,
+                         in_shape[2:]), gx)
     return gx
 
 
@@ -102,8 +107,8 @@ def pool_forward(x, boxes: np.ndarray, batch: np.ndarray, scale: float, out_hw):
     y = result((len(boxes), x.shape[1]) + tuple(out_hw))
     where = cuda.device_array(y.shape, dtype=np.int64)
     if y.size:
-        _launch(pool_forward_kernel, y.size, x, to_device(batch.astype(np.int64)),
-                *(to_device(a) for a in (rs, re, cs, ce)), y, where)
+        _launch(pool_forward_kernel, y.size, x,
+                *to_device_together(batch.astype(np.int64), rs, re, cs, ce), y, where)
     return y, where
 
 
