@@ -174,20 +174,36 @@ def _auxiliary(model, out) -> tuple:
     return (next(iter(out.values())) if len(out) == 1 else out), auxiliary
 
 
-def _with_auxiliary(model, task, auxiliary: dict, y, loss: float, grad) -> tuple:
+class WeightedLoss:
+    """A step's loss made of weighted parts (the network's, then each training output's),
+    summed when ``float()`` reads it: a device backend's parts are numbers still on the
+    device, read once the whole step is queued (the step's one wait), not one by one
+    before its backward pass."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[tuple[float, object]]):
+        self.parts = parts
+
+    def __float__(self) -> float:
+        return float(sum(weight * float(part) for weight, part in self.parts))
+
+
+def _with_auxiliary(model, task, auxiliary: dict, y, loss, grad) -> tuple:
     """The loss with each training output's loss (the task's, on the same targets) times
-    its weight added, and the gradients of every output, keyed by output."""
+    its weight added (a :class:`WeightedLoss`), and the gradients of every output, keyed
+    by output."""
     grads = dict(grad) if isinstance(grad, dict) else {next(iter(model.program.outputs)): grad}
     backend = model.backend
-    loss = float(loss)
+    parts = [(1.0, loss)]
     for key, value in auxiliary.items():
         weight = model.program.loss_weights.get(key, 1.0)
         extra, extra_grad, _, _ = task.step(model, value, y)
-        loss += weight * float(extra)
+        parts.append((weight, extra))
         extra_grad = backend.to_device(extra_grad)  # a loss the host ran: sent over
         (backend.optim or optim.HOST).scale(extra_grad, weight)  # its own array: in place
         grads[key] = extra_grad
-    return loss, grads
+    return WeightedLoss(parts), grads
 
 
 def _checkpoint_within(run: Path, model, opt, world, config: TrainConfig, writes,

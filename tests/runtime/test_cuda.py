@@ -486,13 +486,33 @@ layers:
 """
 
 
-@pytest.mark.parametrize("kind", ["labels", "soft", "segment"])
+AUXILIARY_NET = """
+input: {channels: 3, height: 6, width: 6}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1}
+    name: trunk
+  - relu
+  - sequential: [global_avg_pool2d, flatten, {linear: 3}]
+    name: side
+  - global_avg_pool2d: {}
+    input: relu
+  - flatten
+  - linear: 3
+    name: fc
+output: fc
+training_outputs:
+  side: {output: side, loss_weight: 0.3}
+"""
+
+
+@pytest.mark.parametrize("kind", ["labels", "soft", "segment", "auxiliary"])
 def test_a_training_step_waits_for_the_device_once(monkeypatch, kind):
-    """The training loop's step queues its work and reads the loss and hits back once, at
-    the end: the images and targets go to the device before the first kernel (class
-    labels, a soft target's probabilities too, or masks cut to an unpadded network's
-    output), nothing comes back before the last one, and no kernel is handed a host array
-    (which numba would copy over and back, waiting each time)."""
+    """The training loop's step queues its work and reads the loss and hits back at the
+    end: the images and targets go to the device before the first kernel (class labels,
+    a soft target's probabilities too, or masks cut to an unpadded network's output),
+    nothing comes back before the last kernel, and no kernel is handed a host array
+    (which numba would copy over and back, waiting each time). A training output's loss
+    (GoogLeNet's auxiliary classifiers) is read with the network's, at the end."""
     import archc
     from numba.cuda.simulator import kernel as simulated
     from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
@@ -501,7 +521,7 @@ def test_a_training_step_waits_for_the_device_once(monkeypatch, kind):
     from runtime.train.config import TrainConfig
     from runtime.train.tasks import Classification, Segmentation
 
-    text = SEGMENT_NET if kind == "segment" else STEP_NET
+    text = {"segment": SEGMENT_NET, "auxiliary": AUXILIARY_NET}.get(kind, STEP_NET)
     model = archc.compile(archc.load("s.yaml", text=text), backend="cuda", seed=0).train()
     config = TrainConfig(batch_size=4, optimizer="adam", lr=1e-3)
     trainable = {k: v for k, v in model.device_params().items()
@@ -511,7 +531,8 @@ def test_a_training_step_waits_for_the_device_once(monkeypatch, kind):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3, 6, 6)).astype(np.float32)
     y = {"labels": np.array([0, 2, 1, 2]), "soft": rng.dirichlet(np.ones(3), 4).astype(
-        np.float32), "segment": rng.integers(0, 3, (4, 6, 6))}[kind]
+        np.float32), "segment": rng.integers(0, 3, (4, 6, 6)),
+         "auxiliary": np.array([0, 2, 1, 2])}[kind]
     step = lambda: loop._step(model, task, opt, config, trainable, x, y, None, 1.0,  # noqa
                               "epoch 1, step 1", None)
     step()  # the first step makes the optimiser's state
@@ -536,8 +557,9 @@ def test_a_training_step_waits_for_the_device_once(monkeypatch, kind):
     first = events.index("launch")
     # the targets (and a soft target's probabilities), then the images
     assert events[:first] == ["up"] * (3 if kind == "soft" else 2)
-    assert events[first:-1] == ["launch"] * (len(events) - first - 1)
-    assert events[-1] == "down"  # the loss and hits, together
+    reads = 2 if kind == "auxiliary" else 1  # the network's loss and hits; the side's
+    assert events[first:-reads] == ["launch"] * (len(events) - first - reads)
+    assert events[-reads:] == ["down"] * reads  # the loss and hits together (each loss's)
     assert isinstance(loss, float) and isinstance(hits, int)
     assert judged == (4 * 4 * 4 if kind == "segment" else 4)  # the masks' 4 x 4 middles
     if kind == "segment":  # the staged masks are the middles the host loss would take

@@ -458,7 +458,7 @@ def test_a_training_output_adds_its_weighted_loss_and_is_left_out_of_inference(d
     total = torch.nn.functional.cross_entropy(main, target) + \
         0.3 * torch.nn.functional.cross_entropy(side, target)
     total.backward()
-    assert loss == pytest.approx(total.item(), rel=1e-12)
+    assert float(loss) == pytest.approx(total.item(), rel=1e-12)  # read when asked for
     for mod, name in names.items():
         np.testing.assert_allclose(ours.params[f"{name}.weight"], twin[mod].weight.grad.numpy(),
                                    rtol=1e-9, atol=1e-12)
