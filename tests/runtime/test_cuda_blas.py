@@ -286,6 +286,40 @@ def test_a_network_through_the_library_matches_archcs_own_gemm(emulated, text, p
     _agrees_with_archcs_kernel(graph, 4, x, gy, y, grads)
 
 
+@pytest.mark.parametrize("by_image", [True, False], ids=["by-image", "rows"])
+def test_convs_go_through_in_chunks_of_images_that_fit_the_workspace(emulated, monkeypatch,
+                                                                      by_image):
+    """A workspace of one image's columns: every dense and grouped conv goes image by image
+    through im2col (forward and backward), the residual and the output taken per chunk,
+    the weight gradient summed over the chunks; the same outputs and gradients as archc's
+    own kernel (which needs no workspace), fused (-O2) or not."""
+    import archc
+    from archc.passes import preset, run_passes
+    from runtime.backends.cuda import conv
+
+    monkeypatch.setattr(conv, "WORKSPACE_BYTES", 1)
+    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 1 if by_image else 10 ** 6)
+    graph, _, _ = run_passes(archc.load("n.yaml", text=NETWORK), None, preset(2))
+    x = np.random.default_rng(1).standard_normal((3, 3, 6, 6)).astype(np.float32)
+    gy = np.random.default_rng(2).standard_normal((3, 3)).astype(np.float32)
+    launched = []
+    original = conv._launch_planes
+    monkeypatch.setattr(conv, "_launch_planes", lambda kernel, *rest: (
+        launched.append(kernel), original(kernel, *rest))[1])
+    model = archc.compile(graph, backend="cuda", seed=4).train()
+    y = model(x)
+    # two dense convs and a grouped one, 3 images: an im2col per conv and image
+    assert launched.count(conv.im2col_images_kernel) == (6 if by_image else 0)
+    assert launched.count(conv.im2col_kernel) == (3 if by_image else 9)
+    launched.clear()
+    grads = model.backward(gy)
+    assert launched.count(conv.im2col_kernel) == 9 + 1  # and the transposed conv's, whole
+    assert launched.count(conv.col2im_kernel) == 9
+    # a GEMM batch is only ever the grouped conv's 2 groups: one image a chunk
+    assert all(len(call) == 8 or call[-1] == 2 for call in emulated)
+    _agrees_with_archcs_kernel(graph, 4, x, gy, y, grads)
+
+
 def test_kernel_times_tell_each_gemm_by_its_shape(emulated):
     """Model.profile_kernels with the library: each GEMM is a row named by its shape (C's
     rows x columns x the inner dimension), calls counted per pass, beside archc's own

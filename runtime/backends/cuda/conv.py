@@ -15,9 +15,9 @@ from numba import float32
 
 from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
                                            TILE_PADDED, _codes, _device, _launch_planes,
-                                           _panel_product, absent, activate, axis_view,
-                                           channel_sums, cuda, empty, gemm, gemm_library,
-                                           plane_range, result)
+                                           _panel_product, absent, activate, add,
+                                           axis_view, channel_sums, cuda, empty, gemm,
+                                           gemm_library, plane_range, result)
 
 # --------------------------------------------------------------------------- convolution
 @_device
@@ -251,6 +251,19 @@ def _epilogue_args(bias, residual, activation, planes: bool = True) -> tuple:
     return (bias if bias is not None else absent(), residual, *_codes(activation))
 
 
+# The most bytes an im2col matrix takes (and its gradient, in the backward pass): a batch
+# whose matrix would be larger goes through in chunks of images, each conv's workspace
+# bounded whatever the batch (ResNet's stem at batch 512: 3.8 GB of columns in one piece).
+WORKSPACE_BYTES = 256 << 20
+
+
+def _chunks(n: int, per_image: int):
+    """(start, stop) of the image ranges a batch of ``n`` goes through in, each one's
+    columns at most WORKSPACE_BYTES (one image at least)."""
+    step = max(1, min(n, WORKSPACE_BYTES // max(per_image, 1)))
+    return [(b0, min(n, b0 + step)) for b0 in range(0, n, step)]
+
+
 def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, activation=None,
                    residual=None):
     """A dense or grouped conv on the device, with the epilogue ``activation(conv + bias +
@@ -259,20 +272,38 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
     batch (the image's im2col matrix, or a 1x1 conv's input itself), the epilogue in place
     after; dense with archc's kernel: the implicit GEMM, the epilogue inside; otherwise
     (grouped, or small images): im2col, a batch of one GEMM per group into that group's
-    rows, then one pass puts the rows back in NCHW with the epilogue."""
+    rows, then one pass puts the rows back in NCHW with the epilogue. Through im2col, in
+    chunks of images whose columns fit WORKSPACE_BYTES."""
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)), (ho, wo) = stride, dilation, pads, out_hw
     y = result((n, o, ho, wo))
-    k = cg * kh * kw
     if groups == 1 and gemm_library()[0] is None:
+        k = cg * kh * kw
         grid = ((n * ho * wo + TILE - 1) // TILE, (o + TILE - 1) // TILE)
         conv_gemm_kernel[grid, (THREADS, THREADS)](
             x, w.reshape(o, k), y, *_epilogue_args(bias, residual, activation, False), kh, kw,
             sh, sw, dh, dw, pt, pl)
         return y
+    pointwise = _by_image(ho, wo, groups) and _pointwise(x, (kh, kw), stride, pads)
+    per_image = 0 if pointwise else c * kh * kw * ho * wo * 4
+    for b0, b1 in _chunks(n, per_image):
+        _conv_images(x[b0:b1], w, bias, y[b0:b1], None if residual is None else
+                     residual[b0:b1], activation, stride, dilation, pads, groups, pointwise)
+    return y
+
+
+def _conv_images(x, w, bias, y, residual, activation, stride, dilation, pads, groups: int,
+                 pointwise: bool) -> None:
+    """:func:`conv2d_forward` through im2col (or a 1x1 conv's input) and the library's
+    GEMMs, for the images of x into y."""
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
+    ho, wo = y.shape[2:]
+    k = cg * kh * kw
     if _by_image(ho, wo, groups):  # the library, image by image, into NCHW
-        if _pointwise(x, (kh, kw), stride, pads):
+        if pointwise:
             cols = x.reshape(n, c, ho * wo)
         else:
             cols = empty((n, k, ho * wo))
@@ -282,7 +313,7 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
         if bias is not None or residual is not None or activation is not None:
             _launch_planes(epilogue_kernel, n * o, ho * wo, axis_view(y),
                            *_epilogue_args(bias, residual, activation))
-        return y
+        return
     cols = _im2col(x, kh, kw, stride, dilation, pt, pl, ho, wo)
     rows = empty((o, n * ho * wo))
     og = o // groups
@@ -290,15 +321,30 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
          out=rows.reshape(groups, og, n * ho * wo))
     _launch_planes(rows_epilogue_kernel, n * o, ho * wo, rows, axis_view(y),
                    *_epilogue_args(bias, residual, activation))
-    return y
 
 
 def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     """(gx, gw, gbias) of a dense or grouped conv from its input and output gradient, one
     batch of per-group GEMMs each: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx =
     col2im(gcols); cols (x's im2col matrix) is built here, for the pass, not kept from the
-    forward. A 1x1 conv of stride 1 that runs image by image (:func:`_by_image`): gx is
-    W.T @ gy[n] for each image, straight into NCHW (no gcols, no col2im)."""
+    forward; in chunks of images whose columns fit WORKSPACE_BYTES, the weight gradient
+    summed over them. A 1x1 conv of stride 1 that runs image by image (:func:`_by_image`):
+    gx is W.T @ gy[n] for each image, straight into NCHW (no gcols, no col2im)."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    ho, wo = gy.shape[2:]
+    gx = empty((n, c, h, wd))
+    gw = None
+    for b0, b1 in _chunks(n, c * kh * kw * ho * wo * 4):
+        part = _conv_images_backward(x[b0:b1], w, gy[b0:b1], gx[b0:b1], stride, dilation,
+                                     pads, groups)
+        gw = part if gw is None else add(gw, part, out=gw)
+    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
+
+
+def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int):
+    """:func:`conv2d_backward` for the images of x: their input gradient into gx, and
+    their share of the weight gradient (groups, O / groups, K), returned."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
@@ -310,7 +356,6 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     wmat, rows = w.reshape(groups, og, k), gy_rows.reshape(groups, og, width)
     gw = empty((groups, og, k))
     gemm(rows, cols.reshape(groups, k, width), trans_b=True, out=gw)
-    gx = empty((n, c, h, wd))
     if (_by_image(ho, wo, groups) and gy.is_c_contiguous()
             and _pointwise(x, (kh, kw), stride, pads)):
         gemm(w.reshape(o, c), gy.reshape(n, o, ho * wo), trans_a=True,
@@ -319,7 +364,7 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
         gcols = empty((c * kh * kw, width))
         gemm(wmat, rows, trans_a=True, out=gcols.reshape(groups, k, width))
         _col2im(gcols, gx, kh, kw, stride, dilation, pt, pl, ho, wo)
-    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
+    return gw
 
 
 def _im2col(x, kh, kw, stride, dilation, pt, pl, ho, wo):
