@@ -207,7 +207,7 @@ layers:
         assert [(c[2], c[3], c[4], c[-1]) for c in convs] == [(25, 4, 27, 2), (25, 6, 4, 2)]
     else:
         assert launched.count(conv.im2col_kernel) == 2
-        assert launched.count(conv.rows_epilogue_kernel) == 2
+        assert launched.count(conv.epilogue_kernel) == 2  # from the rows, back to NCHW
         assert [c[2:5] for c in convs] == [(50, 4, 27), (50, 6, 4)]  # one GEMM each
     launched.clear()
     grads = model.backward(gy)

@@ -31,6 +31,13 @@ def _gathered(x, b, ch, i, j, p, sh, sw, dh, dw, pt, pl, wo):
     return 0.0
 
 
+@_device
+def _row_of(row, kh, kw):
+    """The (channel, tap row i, tap column j) of an im2col matrix's row (c, i, j)."""
+    tap = row % (kh * kw)
+    return row // (kh * kw), tap // kw, tap % kw
+
+
 @cuda.jit(cache=True)
 def im2col_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     """cols[(c, i, j), (n, y, x)] = x[n, c, y*sh + i*dh - pt, x*sw + j*dw - pl] (0 outside):
@@ -40,8 +47,7 @@ def im2col_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo):
     first, step, plane0, planes = plane_range()
     for plane in range(plane0, cols.shape[0] * n, planes):
         row, b = plane // n, plane % n
-        ch, tap = row // (kh * kw), row % (kh * kw)
-        i, j = tap // kw, tap % kw
+        ch, i, j = _row_of(row, kh, kw)
         for p in range(first, hw, step):
             cols[row, b * hw + p] = _gathered(x, b, ch, i, j, p, sh, sw, dh, dw, pt, pl, wo)
 
@@ -55,8 +61,7 @@ def im2col_images_kernel(x, cols, kh, kw, sh, sw, dh, dw, pt, pl, wo):
     first, step, plane0, planes = plane_range()
     for plane in range(plane0, cols.shape[0] * rows, planes):
         b, row = plane // rows, plane % rows
-        ch, tap = row // (kh * kw), row % (kh * kw)
-        i, j = tap // kw, tap % kw
+        ch, i, j = _row_of(row, kh, kw)
         for p in range(first, hw, step):
             cols[b, row, p] = _gathered(x, b, ch, i, j, p, sh, sw, dh, dw, pt, pl, wo)
 
@@ -119,29 +124,23 @@ def _conv_epilogue(v, bias, ch, added, code, slope):
 
 
 @cuda.jit(cache=True)
-def rows_epilogue_kernel(rows, out, bias, residual, code, slope):
+def epilogue_kernel(rows, out, bias, residual, code, slope):
     """out (N, C, HW) = activation(rows (C, N*HW) + bias[c] + residual (N, C, HW)): a
-    GEMM's result put back in NCHW with the conv's epilogue, in one pass."""
+    GEMM's result put back in NCHW with the conv's epilogue, in one pass; with ``rows``
+    empty, in place on out (a conv the library wrote straight into NCHW)."""
     n, c, hw = out.shape
     first, step, plane0, planes = plane_range()
     for plane in range(plane0, n * c, planes):
         b, ch = plane // c, plane % c
         for p in range(first, hw, step):
+            v = rows[ch, b * hw + p] if rows.size else out[b, ch, p]
             added = residual[b, ch, p] if residual.size else 0.0
-            out[b, ch, p] = _conv_epilogue(rows[ch, b * hw + p], bias, ch, added, code, slope)
+            out[b, ch, p] = _conv_epilogue(v, bias, ch, added, code, slope)
 
 
-@cuda.jit(cache=True)
-def epilogue_kernel(y, bias, residual, code, slope):
-    """y (N, C, HW) = activation(y + bias[c] + residual), in place: the epilogue of a
-    conv the library wrote straight into NCHW."""
-    n, c, hw = y.shape
-    first, step, plane0, planes = plane_range()
-    for plane in range(plane0, n * c, planes):
-        b, ch = plane // c, plane % c
-        for p in range(first, hw, step):
-            added = residual[b, ch, p] if residual.size else 0.0
-            y[b, ch, p] = _conv_epilogue(y[b, ch, p], bias, ch, added, code, slope)
+def _in_place():
+    """What :func:`epilogue_kernel` gets as ``rows`` to work on its output in place."""
+    return cuda.device_array((0, 0), dtype=np.float32)
 
 
 @cuda.jit(cache=True)
@@ -311,7 +310,7 @@ def _conv_images(x, w, bias, y, residual, activation, stride, dilation, pads, gr
                            dw, pt, pl, wo)
         gemm(w.reshape(o, k), cols, out=y.reshape(n, o, ho * wo))
         if bias is not None or residual is not None or activation is not None:
-            _launch_planes(epilogue_kernel, n * o, ho * wo, axis_view(y),
+            _launch_planes(epilogue_kernel, n * o, ho * wo, _in_place(), axis_view(y),
                            *_epilogue_args(bias, residual, activation))
         return
     cols = _im2col(x, kh, kw, stride, dilation, pt, pl, ho, wo)
@@ -319,7 +318,7 @@ def _conv_images(x, w, bias, y, residual, activation, stride, dilation, pads, gr
     og = o // groups
     gemm(w.reshape(groups, og, k), cols.reshape(groups, k, n * ho * wo),
          out=rows.reshape(groups, og, n * ho * wo))
-    _launch_planes(rows_epilogue_kernel, n * o, ho * wo, rows, axis_view(y),
+    _launch_planes(epilogue_kernel, n * o, ho * wo, rows, axis_view(y),
                    *_epilogue_args(bias, residual, activation))
 
 
@@ -408,7 +407,7 @@ def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, g
          out=cols.reshape(groups, k, width))
     _col2im(cols, y, kh, kw, stride, dilation, ph, pw, h, wd)
     if bias is not None:
-        _launch_planes(epilogue_kernel, n * cout, ho * wo, axis_view(y),
+        _launch_planes(epilogue_kernel, n * cout, ho * wo, _in_place(), axis_view(y),
                        *_epilogue_args(bias, None, None))
     return y
 
