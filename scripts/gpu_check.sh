@@ -40,7 +40,9 @@ numba_cuda.__version__, 'numpy', numpy.__version__)"
   "$python" -c "from runtime.backends.cuda import kernels as k
 print('GEMMs:', k.gemm_library()[1]); print('allocator:', k.ALLOCATOR)"; } \
     > "$out/device.txt" 2>&1
-step tests 240 "$python" -m pytest -m cuda -q -p no:cacheprovider --durations=10
+# four workers: a fresh machine compiles every kernel first (numba's cache is cold), and
+# they compile side by side on its 16 cores; the tests share the one GPU
+step tests 240 "$python" -m pytest -m cuda -q -n 4 -p no:cacheprovider --durations=10
 step bench_cuda 110 "$python" bench/bench_cuda.py --repeat 5
 # the layers' times and each kernel's (--kernels): which kernels to tune
 archc=("$python" -c "import sys; from archc.cli import main; sys.argv[0] = 'archc'
