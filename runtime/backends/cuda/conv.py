@@ -10,7 +10,6 @@ adjoint."""
 
 from __future__ import annotations
 
-import numpy as np
 from numba import float32
 
 from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
@@ -138,11 +137,6 @@ def epilogue_kernel(rows, out, bias, residual, code, slope):
             out[b, ch, p] = _conv_epilogue(v, bias, ch, added, code, slope)
 
 
-def _in_place():
-    """What :func:`epilogue_kernel` gets as ``rows`` to work on its output in place."""
-    return cuda.device_array((0, 0), dtype=np.float32)
-
-
 @cuda.jit(cache=True)
 def nchw_to_rows_kernel(x, rows):
     """x (N, C, HW) -> rows (C, N*HW): a plane kernel over x's (image, channel)."""
@@ -212,11 +206,6 @@ def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, d
                 y[bj, r, oy, ox] = _conv_epilogue(acc[i, j], bias, r, added, code, slope)
 
 
-def no_residual():
-    """What an epilogue kernel gets when there is no residual to add."""
-    return cuda.device_array((0, 0, 0, 0), dtype=np.float32)
-
-
 # A dense conv goes image by image (a strided batch straight into NCHW) where an image has
 # at least this many output pixels; below, each image's product is narrower than the
 # library's tiles (ResNet's last stage: 7 x 7 = 49 columns), and one GEMM over the whole
@@ -244,7 +233,7 @@ def _epilogue_args(bias, residual, activation, planes: bool = True) -> tuple:
     residual as a 0-size array: the residual (N, C, H*W) for the plane kernels, NCHW for
     the implicit GEMM."""
     if residual is None:
-        residual = cuda.device_array((0,) * (3 if planes else 4), dtype=np.float32)
+        residual = absent(ndim=3 if planes else 4)
     elif planes:
         residual = axis_view(residual)
     return (bias if bias is not None else absent(), residual, *_codes(activation))
@@ -310,7 +299,7 @@ def _conv_images(x, w, bias, y, residual, activation, stride, dilation, pads, gr
                            dw, pt, pl, wo)
         gemm(w.reshape(o, k), cols, out=y.reshape(n, o, ho * wo))
         if bias is not None or residual is not None or activation is not None:
-            _launch_planes(epilogue_kernel, n * o, ho * wo, _in_place(), axis_view(y),
+            _launch_planes(epilogue_kernel, n * o, ho * wo, absent(ndim=2), axis_view(y),
                            *_epilogue_args(bias, residual, activation))
         return
     cols = _im2col(x, kh, kw, stride, dilation, pt, pl, ho, wo)
@@ -407,7 +396,7 @@ def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, g
          out=cols.reshape(groups, k, width))
     _col2im(cols, y, kh, kw, stride, dilation, ph, pw, h, wd)
     if bias is not None:
-        _launch_planes(epilogue_kernel, n * cout, ho * wo, _in_place(), axis_view(y),
+        _launch_planes(epilogue_kernel, n * cout, ho * wo, absent(ndim=2), axis_view(y),
                        *_epilogue_args(bias, None, None))
     return y
 

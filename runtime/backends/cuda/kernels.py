@@ -167,11 +167,11 @@ def to_host(array) -> np.ndarray:
     return array if isinstance(array, np.ndarray) else array.copy_to_host()
 
 
-def absent(dtype=np.float32):
-    """An empty device array (float32 unless said): what a kernel gets for an optional
-    argument that is not there (the weight of a norm without affine parameters, a
-    missing bias)."""
-    return cuda.device_array(0, dtype=dtype)
+def absent(dtype=np.float32, ndim: int = 1):
+    """An empty device array (float32 and 1-d unless said): what a kernel gets for an
+    optional argument that is not there (the weight of a norm without affine parameters,
+    a missing bias; a missing residual, ``ndim`` as the one it stands for)."""
+    return cuda.device_array((0,) * ndim, dtype=dtype)
 
 
 def axis_view(x, axis: int = 1):

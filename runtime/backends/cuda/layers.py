@@ -45,7 +45,6 @@ from runtime.backends.cuda.kernels import (
     result,
     zeros,
 )
-from runtime.backends.cuda.conv import no_residual
 
 
 @cuda.jit(cache=True)
@@ -295,7 +294,7 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None, re
     y = result((n, o) + tuple(out_hw))
     code, slope = _codes(activation)
     _launch(depthwise_kernel, y.size, x, w, absent() if bias is None else bias,
-            no_residual() if residual is None else residual, y, sh, sw, dh, dw, pt, pl, code,
+            absent(ndim=4) if residual is None else residual, y, sh, sw, dh, dw, pt, pl, code,
             slope)
     return y
 
@@ -370,8 +369,8 @@ def batchnorm(x, mean, var, weight, bias, eps: float, activation=None, residual=
     y = result(view.shape)
     _launch_planes(batchnorm_kernel, n * c, hw, view, y, mean, var,
                    absent() if weight is None else weight, absent() if bias is None else bias,
-                   cuda.device_array((0, 0, 0), dtype=np.float32) if residual is None else
-                   axis_view(residual), *_codes(activation), eps)
+                   absent(ndim=3) if residual is None else axis_view(residual),
+                   *_codes(activation), eps)
     return y.reshape(x.shape)
 
 
