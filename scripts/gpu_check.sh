@@ -17,12 +17,26 @@ set -u
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-gpu_check}}"
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 export PYTHONUNBUFFERED=1 ARCHC_CUDA=real
 python=${PYTHON:-python3}
+install() {  # install WHEELS... into /tmp/site, ahead of the image's own packages
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site "$@" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+}
+probe() {  # do numba-cuda and nvmath-python's cuBLAS load, and does the GPU answer?
+    "$python" -c "import numba_cuda, nvmath.bindings.cublas as b; from numba import cuda
+print('probe:', cuda.get_current_device().name, 'cuBLAS', b.get_version(b.create()))"
+}
+if compgen -G ".whl/*.whl" > /dev/null; then
+    install .whl/*.whl
+    # the newer cuda-core and cuda-pathfinder that numba-cuda and nvmath-python need, only
+    # where the image's own do not load them (replacing them could break what does)
+    if ! probe > "$out/probe.txt" 2>&1 && compgen -G ".whl/needs/*.whl" > /dev/null; then
+        echo "== installing .whl/needs/ too" >> "$out/probe.txt"
+        install .whl/needs/*.whl
+        probe >> "$out/probe.txt" 2>&1
+    fi
+fi
 status=0
 step() {  # step NAME SECONDS COMMAND...: run it, its output in $out/NAME.txt
     local name=$1 limit=$2
