@@ -7,11 +7,14 @@ back (PyTorch's ``loss.item()``, archc's one read per step). The first line says
 GEMM archc ran (cuBLAS or its own kernel: ``ARCHC_CUDA_GEMM``) and its allocator; the
 last, how many device allocations the timed training steps asked of the driver.
 
-    .venv/bin/python bench/bench_cuda.py [--repeat N] [--quick] [--precision tf32]
+    .venv/bin/python bench/bench_cuda.py [--repeat N] [--quick] [--precision tf32|bf16]
 
 --precision tf32 runs both sides' matrix products on the tensor cores in TF32 (archc's
-cuBLAS math mode, PyTorch's allow_tf32 for cuBLAS and cuDNN): reported apart from the
-float32 table the targets are about.
+cuBLAS math mode, PyTorch's allow_tf32 for cuBLAS and cuDNN); --precision bf16 runs
+archc's on them in bfloat16 (cuBLAS's bf16 compute type on float32 matrices) beside
+PyTorch's mixed precision (torch.autocast with bfloat16, float32 master weights; it also
+keeps activations in bfloat16). Both are reported apart from the float32 table the
+targets are about.
 
 --quick runs tiny shapes; it also runs under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1),
 where the times mean nothing (a smoke test of the script). Without a CUDA build of
@@ -36,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import archc  # noqa: E402
 import torch_twins  # noqa: E402
 from archc.analysis import analyse  # noqa: E402
+from runtime.backends.cuda import PRECISIONS  # noqa: E402
 from runtime.train import optim  # noqa: E402
 from timing import median_time  # noqa: E402
 
@@ -62,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
-    parser.add_argument("--precision", choices=["float32", "tf32"], default="float32")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="float32")
     args = parser.parse_args()
     from runtime.backends.cuda import allocator, kernels
     from runtime.backends.cuda.backend import BACKEND
@@ -75,12 +79,16 @@ def main() -> None:
                                   f"{torch.cuda.get_device_name()}" if gpu else
                                   f"; PyTorch {torch.__version__} has no CUDA here: its "
                                   "columns stay empty"))
-    tf32 = args.precision == "tf32"
-    print(f"precision: {args.precision}; GEMMs: {kernels.set_precision(args.precision)}")
+    tf32, bf16 = args.precision == "tf32", args.precision == "bf16"
+    print(f"precision: {args.precision}; GEMMs: {kernels.set_precision(args.precision)}"
+          + ("; PyTorch: torch.autocast(bfloat16)" if bf16 else ""))
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
+
+    def autocast():  # PyTorch's mixed precision, for bf16
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
 
     def timed(fn) -> float:
         return median_time(lambda: (fn(), sync()), args.repeat)
@@ -101,7 +109,7 @@ def main() -> None:
     if gpu:
         twin = torch_twins.TorchGraph(graph).cuda().eval()
         tx = torch.as_tensor(x).cuda()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             theirs = torch_timed(lambda: twin(tx))
     print(f"\nconv 3x3 {c}->{c}, batch {batch}, {hw}x{hw}: {flops / 1e9:.2f} GFLOP")
     print(f"{'':<28} {'archc':>10} {'PyTorch':>10} {'archc/PyTorch':>14}")
@@ -153,13 +161,14 @@ def main() -> None:
         topt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
         (out_name,) = graph.outputs.values()
         twin.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             t_infer = torch_timed(lambda: twin(tx))
         twin.train()
 
         def torch_step():
             topt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(twin(tx)[out_name], ty)
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(twin(tx)[out_name], ty)
             loss.backward()
             topt.step()
             loss.item()

@@ -9,9 +9,9 @@
 # first, for a machine that reaches no package index: `bash scripts/gpu_wheels.sh` fetches
 # the ones a GPU image may lack, nvmath-python for cuBLAS). Each step has a time limit so
 # that the whole check ends well inside 10 minutes; a failing step does not stop the
-# others, and the exit status says whether any failed. bench_cuda runs three times: with
+# others, and the exit status says whether any failed. bench_cuda runs four times: with
 # the GEMMs archc picks (cuBLAS where it runs), with its own kernel (ARCHC_CUDA_GEMM=numba),
-# and last, both sides in TF32; between them archc bench profiles ResNet-18's training
+# and last on the tensor cores, in TF32 and in bf16; between them archc bench profiles ResNet-18's training
 # step and inference pass layer by layer and kernel by kernel. The limits add up to 600 s.
 set -u
 cd "$(dirname "$0")/.."
@@ -57,15 +57,18 @@ print('GEMMs:', k.gemm_library()[1]); print('allocator:', k.ALLOCATOR)"; } \
 # four workers: a fresh machine compiles every kernel first (numba's cache is cold), and
 # they compile side by side on its 16 cores; the tests share the one GPU
 step tests 240 "$python" -m pytest -m cuda -q -n 4 -p no:cacheprovider --durations=10
-step bench_cuda 110 "$python" bench/bench_cuda.py --repeat 5
+step bench_cuda 105 "$python" bench/bench_cuda.py --repeat 5
 # the layers' times and each kernel's (--kernels): which kernels to tune
 archc=("$python" -c "import sys; from archc.cli import main; sys.argv[0] = 'archc'
 sys.exit(main())")
-step train_resnet18 90 "${archc[@]}" bench specs/resnet18.yaml --backend cuda --batch 64 --train \
+step train_resnet18 85 "${archc[@]}" bench specs/resnet18.yaml --backend cuda --batch 64 --train \
     --repeat 3 --kernels --top 25
 step infer_resnet18 45 "${archc[@]}" bench specs/resnet18.yaml --backend cuda --batch 64 --repeat 3 \
     --kernels --top 25
-step bench_cuda_numba 70 env ARCHC_CUDA_GEMM=numba "$python" bench/bench_cuda.py --repeat 3
-# last, as it is optional: both sides in TF32 (reported apart from the float32 targets)
-step bench_cuda_tf32 45 "$python" bench/bench_cuda.py --repeat 3 --precision tf32
+step bench_cuda_numba 50 env ARCHC_CUDA_GEMM=numba "$python" bench/bench_cuda.py --repeat 2
+# last, as they are optional: both sides on the tensor cores, in TF32, then archc's
+# products in bfloat16 beside PyTorch's bf16 autocast (reported apart from the float32
+# targets)
+step bench_cuda_tf32 35 "$python" bench/bench_cuda.py --repeat 2 --precision tf32
+step bench_cuda_bf16 40 "$python" bench/bench_cuda.py --repeat 2 --precision bf16
 exit $status

@@ -121,10 +121,11 @@ def write_atomically(path: str, data: bytes) -> None:
 
 
 def add_precision_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=["float32", "tf32"], default="float32",
-                   help="float32 arithmetic (default); tf32: the matrix products on an NVIDIA "
-                   "GPU's tensor cores (--backend cuda, with cuBLAS), operands rounded to "
-                   "TF32's 10-bit mantissa as PyTorch's allow_tf32 does, sums in float32")
+    from runtime.backends.cuda import PRECISIONS
+
+    p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                   help="; ".join(f"{name}: {meaning}" for name, meaning in PRECISIONS.items())
+                   + " (the tensor-core formats need --backend cuda and cuBLAS)")
 
 
 def apply_precision(args: argparse.Namespace) -> None:

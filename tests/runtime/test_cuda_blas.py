@@ -400,49 +400,166 @@ def test_cublas_on_the_gpu_matches_archcs_kernel():
         np.testing.assert_allclose(got, own, rtol=1e-4, atol=1e-3)
 
 
-def test_tf32_rounds_the_operands_as_the_tensor_cores_do(emulated):
-    """--precision tf32: cuBLAS's TF32 math mode is set on the handle, and the products
-    are those of TF32-rounded operands (float32 sums): within TF32's 2^-11 relative
-    rounding of the float32 result, not equal to it; float32 again gives float32's."""
+# each tensor-core precision: the emulated rounding of its operands, the math mode it sets
+# on the handle, whether it calls the Ex GEMMs, and its error bounds relative to the
+# largest exact entry (TF32 rounds to 2^-11, bfloat16 to 2^-8)
+TENSOR_CORES = {"tf32": (emulated_cublas.tf32, 3, False, (1e-5, 5e-3)),
+                "bf16": (emulated_cublas.bf16, 0, True, (1e-4, 4e-2))}
+
+
+@pytest.mark.parametrize("precision", sorted(TENSOR_CORES))
+@pytest.mark.parametrize("batch", [None, 3])
+def test_tensor_core_precisions_round_the_operands_as_the_tensor_cores_do(
+        emulated, monkeypatch, precision, batch):
+    """--precision tf32 / bf16: tf32 sets cuBLAS's TF32 math mode on the handle, bf16
+    calls cublasGemmEx / cublasGemmStridedBatchedEx with the bfloat16 compute type; the
+    products are those of the rounded operands (float32 sums): within the format's
+    rounding of the float32 result, not equal to it; float32 again gives float32's, through
+    cublasSgemm."""
+    rounding, mode, ex, (low, high) = TENSOR_CORES[precision]
+    used = []
+    for name in ("sgemm", "sgemm_strided_batched", "gemm_ex", "gemm_strided_batched_ex"):
+        original = getattr(emulated_cublas, name)
+        monkeypatch.setattr(emulated_cublas, name, lambda *args, _name=name, _f=original: (
+            used.append(_name), _f(*args))[1])
     rng = np.random.default_rng(7)
-    a, b = rng.standard_normal((20, 30)), rng.standard_normal((30, 10))
+    shape = (batch,) if batch else ()
+    a, b = rng.standard_normal(shape + (20, 30)), rng.standard_normal((30, 10))
     exact = a @ b
-    assert kernels.set_precision("tf32") == "emulated cuBLAS, tf32"
-    assert emulated_cublas.math_mode == [3]
-    got = kernels.gemm(device(a), device(b)).copy_to_host()
-    rounded = (emulated_cublas.tf32(a.astype(np.float32)).astype(np.float64)
-               @ emulated_cublas.tf32(b.astype(np.float32)))
+    assert kernels.set_precision(precision) == f"emulated cuBLAS, {precision}"
+    assert emulated_cublas.math_mode == [mode]
+
+    def product():
+        out = cuda.device_array(shape + (20, 10), np.float32) if batch else None
+        return kernels.gemm(device(a), device(b), out=out).copy_to_host()
+
+    got = product()
+    rounded = (rounding(a.astype(np.float32)).astype(np.float64)
+               @ rounding(b.astype(np.float32)))
     np.testing.assert_allclose(got, rounded, rtol=1e-5, atol=1e-5)
     error = np.abs(got - exact).max() / np.abs(exact).max()
-    assert 1e-5 < error < 5e-3
+    assert low < error < high
+    call = ("gemm_strided_batched" if batch else "gemm") + ("_ex" if ex else "")
+    assert used == [call if ex else "s" + call]
     kernels.set_precision("float32")
     assert emulated_cublas.math_mode == [0]
-    got = kernels.gemm(device(a), device(b)).copy_to_host()
+    got = product()
     assert np.abs(got - exact).max() / np.abs(exact).max() < 1e-6
+    assert used[-1] == "s" + call.removesuffix("_ex")
 
 
-def test_tf32_without_cublas_is_refused_saying_why():
+@pytest.mark.skipif(SIMULATED, reason="cuBLAS needs a real GPU (ARCHC_CUDA=real)")
+@pytest.mark.parametrize("precision", sorted(TENSOR_CORES))
+def test_tensor_core_precisions_on_the_gpu(precision):
+    """The real cuBLAS in each tensor-core precision, one product and a strided batch (a
+    conv's shapes): within the format's rounding of the exact product and not equal to it
+    (how the hardware rounds, to nearest or toward zero, is left open)."""
+    _, _, _, (low, high) = TENSOR_CORES[precision]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((64, 576)).astype(np.float32)
+    b = rng.standard_normal((4, 576, 784)).astype(np.float32)
+    exact = a.astype(np.float64) @ b
+    try:
+        kernels.set_precision(precision)
+        single = kernels.gemm(device(a), device(b[0])).copy_to_host()
+        out = cuda.device_array(b.shape[:1] + (64, 784), np.float32)
+        batch = kernels.gemm(device(a), device(b), out=out).copy_to_host()
+    finally:
+        kernels.set_precision("float32")
+    for got, want in ((single, exact[0]), (batch, exact)):
+        error = np.abs(got - want).max() / np.abs(want).max()
+        assert low < error < high, error
+
+
+def test_the_emulated_bf16_rounds_to_nearest_even():
+    """The stand-in's bfloat16 (the tests' oracle): 7 mantissa bits kept, ties to even,
+    signs and powers of two exact."""
+    ulp = 2.0 ** -7  # bfloat16's spacing in [1, 2)
+    values = np.array([1.0, 1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 2 ** -20, -3.0,
+                       1 + ulp / 4, 2.0 ** -30], np.float32)
+    expected = [1.0, 1.0, 1 + 2 * ulp, 1 + ulp, -3.0, 1.0, 2.0 ** -30]
+    assert emulated_cublas.bf16(values).tolist() == expected
+
+
+def test_a_network_trains_through_bf16_products(emulated, monkeypatch):
+    """--precision bf16 on a whole network (dense convs image by image, grouped and
+    transposed convs, linear layers; forward and backward): every GEMM goes through the Ex
+    calls, and the output and every gradient are within bfloat16's rounding of archc's
+    float32 kernel, and not equal to them (the rounding happened)."""
+    import archc
+    from runtime.backends.cuda import conv
+
+    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 1)
+    used = []
+    monkeypatch.setattr(emulated_cublas, "sgemm", lambda *a: used.append("sgemm"))
+    monkeypatch.setattr(emulated_cublas, "sgemm_strided_batched",
+                        lambda *a: used.append("sgemm_strided_batched"))
+    graph = archc.load("n.yaml", text=NETWORK)
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    gy = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
+    kernels.set_precision("bf16")
+    model = archc.compile(graph, backend="cuda", seed=4).train()
+    y = model(x)
+    grads = model.backward(gy)
+    assert used == [] and len(emulated) >= 6
+    with kernels.using_gemm(None, "archc's kernel"):
+        own = archc.compile(graph, backend="cuda", seed=4).train()
+        expected_y = own(x)
+        expected = own.backward(gy)
+    pairs = [("output", y, expected_y), ("input", grads.input, expected.input)] + [
+        (name, grads.params[name], value) for name, value in expected.params.items()]
+    errors = {}
+    for name, got, want in pairs:
+        errors[name] = np.abs(got - want).max() / max(np.abs(want).max(), 1e-30)
+        assert errors[name] < 2e-2, (name, errors[name])
+    assert max(errors.values()) > 5e-4, errors
+
+
+def test_the_gemm_constants_are_cublas_own():
+    """The enumerations archc passes to cuBLAS are nvmath-python's values for them."""
+    nvmath = pytest.importorskip("nvmath")
+    from nvmath.bindings import cublas
+
+    assert blas.MATH_MODES == {"float32": int(cublas.Math.DEFAULT_MATH),
+                               "tf32": int(cublas.Math.TF32_TENSOR_OP_MATH),
+                               "bf16": int(cublas.Math.DEFAULT_MATH)}
+    assert blas.COMPUTE_TYPES == {"bf16": int(cublas.ComputeType.COMPUTE_32F_FAST_16BF)}
+    assert blas.CUDA_R_32F == int(nvmath.CudaDataType.CUDA_R_32F)
+    assert blas.GEMM_DEFAULT == int(cublas.GemmAlgo.DFALT)
+    assert (blas.OP_N, blas.OP_T) == (int(cublas.Operation.N), int(cublas.Operation.T))
+    assert (emulated_cublas.COMPUTE_32F, emulated_cublas.COMPUTE_32F_FAST_16BF,
+            emulated_cublas.COMPUTE_32F_FAST_TF32) == tuple(int(getattr(
+                cublas.ComputeType, name)) for name in ("COMPUTE_32F", "COMPUTE_32F_FAST_16BF",
+                                                       "COMPUTE_32F_FAST_TF32"))
+
+
+@pytest.mark.parametrize("precision, name", [("tf32", "TF32"), ("bf16", "bfloat16")])
+def test_tensor_core_precisions_without_cublas_are_refused_saying_why(precision, name):
     if not SIMULATED:
         pytest.skip("a real GPU may run cuBLAS")
     assert kernels.set_precision("float32").startswith("archc's numba-cuda GEMM")
     with pytest.raises(cuda_backend.CudaUnavailable,
-                       match="--precision tf32 runs the matrix products on cuBLAS's TF32 "
-                             r"tensor cores; here they run on archc's numba-cuda GEMM \(the "
-                             "simulator has no cuBLAS\\)"):
-        kernels.set_precision("tf32")
+                       match=f"--precision {precision} runs the matrix products on cuBLAS's "
+                             f"{name} tensor cores; here they run on archc's numba-cuda GEMM "
+                             r"\(the simulator has no cuBLAS\)"):
+        kernels.set_precision(precision)
 
 
-@pytest.mark.parametrize("backend, message", [
-    ("cpu", "error: --precision tf32 is the GPU's tensor-core format: it needs --backend cuda "
-            "(this run is on cpu)"),
-    ("cuda", "error: --precision tf32 runs the matrix products on cuBLAS's TF32 tensor cores; "
-             "here they run on archc's numba-cuda GEMM (the simulator has no cuBLAS)"),
+@pytest.mark.parametrize("precision, backend, message", [
+    ("tf32", "cpu", "error: --precision tf32 is the GPU's tensor-core format: it needs "
+                    "--backend cuda (this run is on cpu)"),
+    ("tf32", "cuda", "error: --precision tf32 runs the matrix products on cuBLAS's TF32 tensor "
+                     "cores; here they run on archc's numba-cuda GEMM (the simulator has no "
+                     "cuBLAS)"),
+    ("bf16", "cuda", "error: --precision bf16 runs the matrix products on cuBLAS's bfloat16 "
+                     "tensor cores; here they run on archc's numba-cuda GEMM (the simulator "
+                     "has no cuBLAS)"),
 ])
-def test_the_precision_flag_says_what_it_needs(capsys, backend, message):
+def test_the_precision_flag_says_what_it_needs(capsys, precision, backend, message):
     from archc.cli import main
 
     if not SIMULATED:
         pytest.skip("a real GPU may run cuBLAS")
     spec = str(Path(__file__).resolve().parents[2] / "specs" / "lenet5.yaml")
-    assert main(["bench", spec, "--backend", backend, "--precision", "tf32"]) == 2
+    assert main(["bench", spec, "--backend", backend, "--precision", precision]) == 2
     assert capsys.readouterr().err.strip() == message

@@ -34,6 +34,20 @@ def numba_cuda():
                               "pip install numba-cuda") from None
 
 
+# The arithmetic of the GEMMs (``--precision``), each with what it means. Both tensor-core
+# formats keep every stored tensor, weight and sum in float32: only the products'
+# operands are rounded, inside cuBLAS, as PyTorch's allow_tf32 (tf32) and as the products of
+# its bf16 autocast (bf16; autocast also stores activations in bf16, archc does not).
+PRECISIONS = {
+    "float32": "float32 arithmetic (the default)",
+    "tf32": "the matrix products on an NVIDIA GPU's tensor cores, operands rounded to TF32's "
+            "10-bit mantissa as PyTorch's allow_tf32 does, sums in float32",
+    "bf16": "the matrix products on an NVIDIA GPU's tensor cores, operands rounded to "
+            "bfloat16's 7-bit mantissa as under PyTorch's bf16 autocast, sums, activations "
+            "and weights in float32",
+}
+
+
 class CudaUnavailable(DeviceError):
     """No CUDA device (or no numba-cuda) on this machine: one line says which."""
 

@@ -12,7 +12,10 @@ flag, no data moved (:func:`sgemm_arguments`).
 
 cuBLAS gets the raw device addresses and runs in the legacy default stream, as archc's
 kernels do, so its GEMMs are ordered with them without a synchronisation. Its default math
-mode computes float32 products in float32 (no TF32).
+mode computes float32 products in float32 (no TF32). The tensor-core precisions keep every
+matrix in float32: tf32 through the handle's math mode (cublasSgemm unchanged), bf16
+through cublasGemmEx with the compute type that rounds float32 operands to bfloat16 inside
+the library (CUBLAS_COMPUTE_32F_FAST_16BF), so no kernel of archc's converts anything.
 """
 
 from __future__ import annotations
@@ -31,7 +34,17 @@ OP_N, OP_T = 0, 1
 # cuBLAS's cublasMath_t for each precision: CUBLAS_DEFAULT_MATH (float32 products in
 # float32), CUBLAS_TF32_TENSOR_OP_MATH (operands rounded to TF32, a 10-bit mantissa, for
 # the tensor cores; float32 accumulation)
-MATH_MODES = {"float32": 0, "tf32": 3}
+MATH_MODES = {"float32": 0, "tf32": 3, "bf16": 0}
+
+# the precisions that go through cublasGemmEx, with their cublasComputeType_t:
+# CUBLAS_COMPUTE_32F_FAST_16BF (float32 matrices, operands down-converted to bfloat16 for
+# the tensor cores, float32 accumulation)
+COMPUTE_TYPES = {"bf16": 75}
+CUDA_R_32F = 0  # cudaDataType_t of every matrix
+GEMM_DEFAULT = -1  # cublasGemmAlgo_t: the library's heuristic
+
+# how an error message names each tensor-core format
+TENSOR_CORE_FORMATS = {"tf32": "TF32", "bf16": "bfloat16"}
 
 
 def address(array) -> int:
@@ -81,22 +94,33 @@ class Cublas:
         # alpha and beta are read from host memory (cuBLAS's default pointer mode)
         self._one = np.ones(1, np.float32)
         self._zero = np.zeros(1, np.float32)
+        self.compute_type = None  # cublasGemmEx's, for a precision that needs it
 
     def set_precision(self, precision: str) -> None:
-        """float32 (cuBLAS's default math) or tf32 (its TF32 tensor-core math)."""
+        """float32 (cuBLAS's default math), tf32 (its TF32 tensor-core math mode) or bf16
+        (cublasGemmEx computing in bfloat16 on float32 matrices)."""
         self.binding.set_math_mode(self.handle, MATH_MODES[precision])
+        self.compute_type = COMPUTE_TYPES.get(precision)
 
     def gemm(self, a, b, c, trans_a: bool = False, trans_b: bool = False) -> None:
         """c = op(a) @ op(b), every operand a float32 device array with contiguous rows (row
         slices of larger matrices included): 2-d, one cublasSgemm; or a batch (3-d ``c``,
         its products one cublasSgemmStridedBatched, a 2-d operand shared by all; a batch
-        of one is one cublasSgemm)."""
+        of one is one cublasSgemm). In bf16, their Ex forms with its compute type."""
         (transa, transb, m, n, k, pb, ldb, sb, pa, lda, sa, pc, ldc, sc,
          count) = sgemm_arguments(a, b, c, trans_a, trans_b)
         if m == 0 or n == 0 or count == 0:
             return
         one, zero = self._one.ctypes.data, self._zero.ctypes.data
-        if count == 1:
+        compute, f32 = self.compute_type, CUDA_R_32F
+        if compute is not None and count == 1:
+            self.binding.gemm_ex(self.handle, transa, transb, m, n, k, one, pb, f32, ldb, pa,
+                                 f32, lda, zero, pc, f32, ldc, compute, GEMM_DEFAULT)
+        elif compute is not None:
+            self.binding.gemm_strided_batched_ex(
+                self.handle, transa, transb, m, n, k, one, pb, f32, ldb, sb, pa, f32, lda, sa,
+                zero, pc, f32, ldc, sc, count, compute, GEMM_DEFAULT)
+        elif count == 1:
             self.binding.sgemm(self.handle, transa, transb, m, n, k, one, pb, ldb, pa, lda,
                                zero, pc, ldc)
         else:

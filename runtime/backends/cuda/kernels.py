@@ -26,7 +26,7 @@ import os
 import numpy as np
 from numba import float32, float64
 
-from runtime.backends.cuda import allocator, blas, numba_cuda
+from runtime.backends.cuda import PRECISIONS, CudaUnavailable, allocator, blas, numba_cuda
 from runtime.backends.activations import NO_ACTIVATION, activation_code, dispatch_chain
 
 cuda = numba_cuda()
@@ -383,23 +383,21 @@ def gemm_library() -> tuple:
     return _GEMM[-1]
 
 
-PRECISIONS = ("float32", "tf32")
-
-
 def set_precision(precision: str) -> str:
-    """The arithmetic of every GEMM from now on, in this process: float32 (the default) or
-    tf32, cuBLAS's TF32 tensor-core math (operands rounded to a 10-bit mantissa, float32
-    sums; PyTorch's ``allow_tf32``). TF32 needs cuBLAS: where archc's own GEMM runs it is
-    refused, saying why. Returns the line saying which GEMM runs, in which precision."""
+    """The arithmetic of every GEMM from now on, in this process: one of
+    :data:`runtime.backends.cuda.PRECISIONS`, float32 (the default), or a tensor-core
+    format of cuBLAS (tf32, bf16: operands rounded, float32 sums). The tensor-core formats
+    need cuBLAS: where archc's own GEMM runs they are refused, saying why. Returns the
+    line saying which GEMM runs, in which precision."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     library, line = gemm_library()
     if library is None:
         if precision == "float32":
             return line
-        from runtime.backends.cuda import CudaUnavailable
         raise CudaUnavailable(f"--precision {precision} runs the matrix products on cuBLAS's "
-                              f"TF32 tensor cores; here they run on {line}")
+                              f"{blas.TENSOR_CORE_FORMATS[precision]} tensor cores; here they "
+                              f"run on {line}")
     library.set_precision(precision)
     return f"{line}, {precision}"
 
