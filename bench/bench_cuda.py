@@ -5,7 +5,9 @@ one 3x3 conv's achieved TFLOP/s, and ResNet-18's inference and training throughp
 PyTorch). Both sides start from data already on the GPU; a training step reads its loss
 back (PyTorch's ``loss.item()``, archc's one read per step). The first line says which
 GEMM archc ran (cuBLAS or its own kernel: ``ARCHC_CUDA_GEMM``) and its allocator; the
-last, how many device allocations the timed training steps asked of the driver.
+last, how many device allocations the timed training steps asked of the driver, and the
+strategy archc's benchmark mode kept for each conv shape (on here as PyTorch's
+cudnn.benchmark is: each side times its choices on the first pass, in the warm-up).
 
     .venv/bin/python bench/bench_cuda.py [--repeat N] [--quick] [--precision tf32|bf16]
 
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="float32")
     args = parser.parse_args()
-    from runtime.backends.cuda import allocator, kernels
+    from runtime.backends.cuda import allocator, conv, kernels
     from runtime.backends.cuda.backend import BACKEND
 
     sync = kernels.cuda.synchronize
@@ -86,6 +88,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
+
+    conv.benchmark(True)
 
     def autocast():  # PyTorch's mixed precision, for bf16
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
@@ -189,6 +193,13 @@ def main() -> None:
               f"{after['driver_allocations'] - before['driver_allocations']} "
               f"({after['reused'] - before['reused']:,} from the pool; pool peak "
               f"{after['peak_bytes'] / 2 ** 30:.2f} GiB)")
+
+    chosen = conv.measured()
+    if chosen:
+        print("\nconv strategies archc's benchmark mode kept (each way's time, ms):")
+        for direction, shapes, times, kept in chosen:
+            ways = ", ".join(f"{way} {t * 1e3:.3f}" for way, t in times.items())
+            print(f"  {direction:<8} {shapes}: {ways} -> {kept}")
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ print('GEMMs:', k.gemm_library()[1]); print('allocator:', k.ALLOCATOR)"; } \
 # they compile side by side on its 16 cores; the tests share the one GPU
 step tests 240 "$python" -m pytest -m cuda -q -n 4 -p no:cacheprovider --durations=10
 step bench_cuda 105 "$python" bench/bench_cuda.py --repeat 5
-# the layers' times and each kernel's (--kernels): which kernels to tune
-archc=("$python" -c "import sys; from archc.cli import main; sys.argv[0] = 'archc'
-sys.exit(main())")
+# the layers' times and each kernel's (--kernels): which kernels to tune; each conv in the
+# strategy benchmark mode measured faster (bench_cuda prints both ways' times)
+archc=(env ARCHC_CUDA_BENCHMARK=1 "$python" -c "import sys; from archc.cli import main
+sys.argv[0] = 'archc'; sys.exit(main())")
 step train_resnet18 85 "${archc[@]}" bench specs/resnet18.yaml --backend cuda --batch 64 --train \
     --repeat 3 --kernels --top 25
 step infer_resnet18 45 "${archc[@]}" bench specs/resnet18.yaml --backend cuda --batch 64 --repeat 3 \

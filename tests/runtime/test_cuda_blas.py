@@ -563,3 +563,86 @@ def test_the_precision_flag_says_what_it_needs(capsys, precision, backend, messa
     spec = str(Path(__file__).resolve().parents[2] / "specs" / "lenet5.yaml")
     assert main(["bench", spec, "--backend", backend, "--precision", precision]) == 2
     assert capsys.readouterr().err.strip() == message
+
+
+POINTWISE = """
+input: {channels: 3, height: 6, width: 6}
+layers:
+  - conv2d: {out_channels: 4, kernel_size: 3, padding: 1, activation: relu}
+  - conv2d: {out_channels: 5, kernel_size: 1, bias: false}
+  - global_avg_pool2d: {}
+  - flatten
+  - linear: 3
+"""
+
+
+class _FakeClock:
+    """A device clock that the strategies' stand-in costs advance (see below)."""
+
+    now = [0.0]
+
+    def mark(self):
+        return self.now[0]
+
+    def sync(self) -> None:
+        pass
+
+    def seconds(self, start, end) -> float:
+        return end - start
+
+
+@pytest.mark.parametrize("faster", ["rows", "by image"])
+def test_benchmark_mode_times_both_strategies_once_per_shape(emulated, monkeypatch, faster):
+    """ARCHC_CUDA_BENCHMARK (cuDNN's benchmark, for archc's choice per dense conv): the
+    first pass times each conv shape both ways, image by image and over the batch's
+    rows (forward; and backward for the 1x1 conv, whose input gradient differs), after a
+    warm-up of each, keeps the faster whatever the rule says, and never times that shape
+    again; the outputs and gradients are archc's own kernel's either way. Off, the rule
+    decides and nothing is timed."""
+    import archc
+    from runtime.backends.cuda import conv
+
+    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 1 if faster == "rows" else 10 ** 6)
+    monkeypatch.setattr(conv, "EventClock", _FakeClock)
+    monkeypatch.setattr(conv, "_MEASURED", {})
+    cost = {True: 2.0, False: 1.0} if faster == "rows" else {True: 1.0, False: 2.0}
+    ran = []
+    for name in ("_conv_images", "_conv_images_backward"):
+        original = getattr(conv, name)
+
+        def counted(*args, _f=original):
+            way = args[-2 if _f.__name__ == "_conv_images" else -1]
+            ran.append(way)
+            _FakeClock.now[0] += cost[way]
+            return _f(*args)
+        monkeypatch.setattr(conv, name, counted)
+    graph = archc.load("n.yaml", text=POINTWISE)
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    gy = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
+    conv.benchmark(False)
+    model = archc.compile(graph, backend="cuda", seed=4).train()
+    model(x)
+    model.backward(gy)
+    assert conv.measured() == [] and len(ran) == 2 + 2  # the rule, once each
+    conv.benchmark(True)
+    try:
+        ran.clear()
+        model = archc.compile(graph, backend="cuda", seed=4).train()
+        y = model(x)
+        grads = model.backward(gy)
+        assert len(ran) == 5 * 3 + 1  # 3 timed: 2 warm-ups, 2 timed, 1 kept; the 3x3 backward
+        ran.clear()
+        y = model(x)
+        grads = model.backward(gy)
+        chosen = faster == "by image"
+        assert ran == [chosen, chosen, chosen, False]  # (the 3x3's backward has no choice)
+    finally:
+        conv.benchmark(False)
+    rows = conv.measured()
+    assert [(direction, shapes) for direction, shapes, _, _ in rows] == [
+        ("forward", "x (2, 3, 6, 6) w (4, 3, 3, 3) stride (1, 1) +epilogue"),
+        ("forward", "x (2, 4, 6, 6) w (5, 4, 1, 1) stride (1, 1)"),
+        ("backward", "x (2, 4, 6, 6) w (5, 4, 1, 1) stride (1, 1)")]
+    for _, _, times, kept in rows:
+        assert times == {"by image": cost[True], "rows": cost[False]} and kept == faster
+    _agrees_with_archcs_kernel(graph, 4, x, gy, y, grads)

@@ -11,14 +11,13 @@ and the optimiser updates are kernels (``BACKEND.optim``, ``BACKEND.classify``).
 from __future__ import annotations
 
 import math
-import time
 
 from runtime.backends import cpu
 from runtime.backends.base import Backend
 from runtime.backends.cuda import blas
 from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import training
-from runtime.backends.cuda.timing import kernel_times
+from runtime.backends.cuda.timing import EventClock, kernel_times
 from runtime.backends.cuda.kernels import to_device, to_host  # noqa: F401 (the backend's)
 from runtime.backends.cuda.ops import DEVICE_BACKWARD, DEVICE_KERNELS
 
@@ -86,29 +85,6 @@ def _planned(kernel):
 
 
 KERNELS = {kind: _planned(kernel) for kind, kernel in KERNELS.items()}
-
-
-class EventClock:
-    """Profiling marks as CUDA events in the default stream: the time between two is the
-    GPU's, whatever the host did meanwhile. The simulator's events carry no time, so
-    there the host's clock stands in (after waiting for the simulated device)."""
-
-    name = "host clock (simulated GPU)" if K.SIMULATED else "CUDA events"
-
-    def mark(self):
-        if K.SIMULATED:
-            return time.perf_counter()
-        event = cuda.event()
-        event.record()
-        return event
-
-    def sync(self) -> None:
-        cuda.synchronize()
-
-    def seconds(self, start, end) -> float:
-        if K.SIMULATED:
-            return end - start
-        return cuda.event_elapsed_time(start, end) / 1e3
 
 
 def device_name() -> str:

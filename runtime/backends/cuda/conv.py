@@ -10,6 +10,8 @@ adjoint."""
 
 from __future__ import annotations
 
+import os
+
 from numba import float32
 
 from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
@@ -17,6 +19,7 @@ from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TI
                                            _panel_product, absent, activate, add,
                                            axis_view, channel_sums, cuda, empty, gemm,
                                            gemm_library, plane_range, result)
+from runtime.backends.cuda.timing import EventClock
 
 # --------------------------------------------------------------------------- convolution
 @_device
@@ -210,15 +213,61 @@ def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, d
 # at least this many output pixels; below, each image's product is narrower than the
 # library's tiles (ResNet's last stage: 7 x 7 = 49 columns), and one GEMM over the whole
 # batch's columns then a pass back to NCHW (of a small output) costs less. A first guess,
-# to be set from a GPU's profile.
+# to be set from a GPU's profile; benchmark mode (below) measures instead.
 IMAGE_BATCH_MIN_PIXELS = 256
 
 
 def _by_image(ho: int, wo: int, groups: int) -> bool:
-    """Whether a conv's GEMMs go image by image (see IMAGE_BATCH_MIN_PIXELS): a dense conv
-    whose GEMMs a library runs."""
+    """The rule for whether a conv's GEMMs go image by image (see IMAGE_BATCH_MIN_PIXELS):
+    a dense conv whose GEMMs a library runs."""
     return (groups == 1 and ho * wo >= IMAGE_BATCH_MIN_PIXELS
             and gemm_library()[0] is not None)
+
+
+# Benchmark mode (cuDNN's benchmark, for archc's one choice per conv): the first time a
+# dense conv of a shape runs with a GEMM library, forward or (for a 1x1 conv of stride 1,
+# the one whose backward pass differs) backward, both strategies run and are timed on the
+# device, and the faster is kept for the rest of the process; off, the rule above decides
+# (the same choice every run, so the same rounding). ARCHC_CUDA_BENCHMARK=1 turns it on.
+BENCHMARK = [os.environ.get("ARCHC_CUDA_BENCHMARK", "").strip() == "1"]
+_MEASURED: dict = {}  # key -> (image by image?, {image by image?: seconds})
+
+
+def benchmark(on: bool = True) -> None:
+    """Turn benchmark mode on or off (the measured choices are kept)."""
+    BENCHMARK[0] = bool(on)
+
+
+def measured() -> list[tuple[str, str, dict, str]]:
+    """What benchmark mode measured: (pass, the conv's shapes, {strategy: seconds}, the
+    strategy kept), in the order the convs first ran."""
+    name = {True: "by image", False: "rows"}
+    return [(key[0], f"x {key[1]} w {key[2]} stride {key[3]}" + (" +epilogue" if key[-1]
+             else ""), {name[b]: t for b, t in times.items()}, name[chosen])
+            for key, (chosen, times) in _MEASURED.items()]
+
+
+def _strategy(key: tuple, rule: bool, run) -> bool:
+    """Whether the conv ``key`` goes image by image: the rule's answer, unless benchmark
+    mode is on, when ``run(by_image)`` (which computes the whole result either way) is
+    timed both ways the first time a key is seen, after a warm-up of each (kernels
+    compile, the pool grows), and the faster is remembered (a tie keeps the rule)."""
+    if not BENCHMARK[0]:
+        return rule
+    if key not in _MEASURED:
+        clock = EventClock()
+        ways = (not rule, rule)
+        for way in ways:
+            run(way)
+        marks = {}
+        for way in ways:
+            start = clock.mark()
+            run(way)
+            marks[way] = (start, clock.mark())
+        clock.sync()
+        times = {way: clock.seconds(*marks[way]) for way in ways}
+        _MEASURED[key] = (min(ways, key=lambda way: (times[way], way != rule)), times)
+    return _MEASURED[key][0]
 
 
 def _pointwise(x, kernel: tuple, stride: tuple, pads) -> bool:
@@ -273,24 +322,35 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
             x, w.reshape(o, k), y, *_epilogue_args(bias, residual, activation, False), kh, kw,
             sh, sw, dh, dw, pt, pl)
         return y
-    pointwise = _by_image(ho, wo, groups) and _pointwise(x, (kh, kw), stride, pads)
-    per_image = 0 if pointwise else c * kh * kw * ho * wo * 4
-    for b0, b1 in _chunks(n, per_image):
-        _conv_images(x[b0:b1], w, bias, y[b0:b1], None if residual is None else
-                     residual[b0:b1], activation, stride, dilation, pads, groups, pointwise)
+
+    def run(by_image: bool) -> None:
+        pointwise = by_image and _pointwise(x, (kh, kw), stride, pads)
+        per_image = 0 if pointwise else c * kh * kw * ho * wo * 4
+        for b0, b1 in _chunks(n, per_image):
+            _conv_images(x[b0:b1], w, bias, y[b0:b1], None if residual is None else
+                         residual[b0:b1], activation, stride, dilation, pads, groups,
+                         by_image, pointwise)
+
+    rule = _by_image(ho, wo, groups)
+    if groups == 1:
+        epilogue = bias is not None or residual is not None or activation is not None
+        rule = _strategy(("forward", tuple(x.shape), tuple(w.shape), tuple(stride),
+                          tuple(dilation), tuple(map(tuple, pads)), epilogue), rule, run)
+    run(rule)
     return y
 
 
 def _conv_images(x, w, bias, y, residual, activation, stride, dilation, pads, groups: int,
-                 pointwise: bool) -> None:
+                 by_image: bool, pointwise: bool) -> None:
     """:func:`conv2d_forward` through im2col (or a 1x1 conv's input) and the library's
-    GEMMs, for the images of x into y."""
+    GEMMs, for the images of x into y: image by image into NCHW, or over the batch's
+    rows."""
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
     ho, wo = y.shape[2:]
     k = cg * kh * kw
-    if _by_image(ho, wo, groups):  # the library, image by image, into NCHW
+    if by_image:  # the library, image by image, into NCHW
         if pointwise:
             cols = x.reshape(n, c, ho * wo)
         else:
@@ -322,17 +382,30 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
     gx = empty((n, c, h, wd))
-    gw = None
-    for b0, b1 in _chunks(n, c * kh * kw * ho * wo * 4):
-        part = _conv_images_backward(x[b0:b1], w, gy[b0:b1], gx[b0:b1], stride, dilation,
-                                     pads, groups)
-        gw = part if gw is None else add(gw, part, out=gw)
-    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
+    out = []
+
+    def run(direct: bool) -> None:
+        gw = None
+        for b0, b1 in _chunks(n, c * kh * kw * ho * wo * 4):
+            part = _conv_images_backward(x[b0:b1], w, gy[b0:b1], gx[b0:b1], stride,
+                                         dilation, pads, groups, direct)
+            gw = part if gw is None else add(gw, part, out=gw)
+        out[:] = [gw]
+
+    # the input gradient of a 1x1 conv of stride 1 can skip gcols and col2im
+    can = gy.is_c_contiguous() and _pointwise(x, (kh, kw), stride, pads) and groups == 1
+    direct = can and _by_image(ho, wo, groups)
+    if can and gemm_library()[0] is not None:
+        direct = _strategy(("backward", tuple(x.shape), tuple(w.shape), tuple(stride),
+                            tuple(dilation), tuple(map(tuple, pads)), False), direct, run)
+    run(direct)
+    return gx, out[0].reshape(w.shape), channel_sums(axis_view(gy))
 
 
-def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int):
-    """:func:`conv2d_backward` for the images of x: their input gradient into gx, and
-    their share of the weight gradient (groups, O / groups, K), returned."""
+def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int, direct: bool):
+    """:func:`conv2d_backward` for the images of x: their input gradient into gx (with
+    ``direct``, a 1x1 conv of stride 1's, W.T @ gy[n] straight into NCHW), and their share
+    of the weight gradient (groups, O / groups, K), returned."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
@@ -344,8 +417,7 @@ def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int):
     wmat, rows = w.reshape(groups, og, k), gy_rows.reshape(groups, og, width)
     gw = empty((groups, og, k))
     gemm(rows, cols.reshape(groups, k, width), trans_b=True, out=gw)
-    if (_by_image(ho, wo, groups) and gy.is_c_contiguous()
-            and _pointwise(x, (kh, kw), stride, pads)):
+    if direct:
         gemm(w.reshape(o, c), gy.reshape(n, o, ho * wo), trans_a=True,
              out=gx.reshape(n, c, h * wd))
     else:

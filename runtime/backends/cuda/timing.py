@@ -4,7 +4,7 @@ GEMM, the epilogue, a reduction) and so which to tune.
 
 While :func:`kernel_times` is active, every kernel launch (numba-cuda's launch entry, so
 every kernel of the backend, whatever module launches it) and every cuBLAS GEMM is
-bracketed by two marks of the backend's clock (:class:`backend.EventClock`: CUDA events
+bracketed by two marks of the backend's clock (:class:`EventClock`: CUDA events
 in the default stream on a GPU, so a kernel's time is its own and not its launch's; the
 host's clock under the simulator, which runs kernels synchronously). The launch entry is
 put back on leaving. GEMMs are told apart by shape: ``cuBLAS sgemm 64x3136x576`` is C
@@ -14,12 +14,36 @@ put back on leaving. GEMMs are told apart by shape: ``cuBLAS sgemm 64x3136x576``
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 from runtime.backends.cuda import blas
 from runtime.backends.cuda import kernels as K
 
 cuda = K.cuda
+
+
+class EventClock:
+    """Profiling marks as CUDA events in the default stream: the time between two is the
+    GPU's, whatever the host did meanwhile. The simulator's events carry no time, so
+    there the host's clock stands in (after waiting for the simulated device)."""
+
+    name = "host clock (simulated GPU)" if K.SIMULATED else "CUDA events"
+
+    def mark(self):
+        if K.SIMULATED:
+            return time.perf_counter()
+        event = cuda.event()
+        event.record()
+        return event
+
+    def sync(self) -> None:
+        cuda.synchronize()
+
+    def seconds(self, start, end) -> float:
+        if K.SIMULATED:
+            return end - start
+        return cuda.event_elapsed_time(start, end) / 1e3
 
 
 @dataclass
