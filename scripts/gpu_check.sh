@@ -23,8 +23,8 @@ install() {  # install WHEELS... into /tmp/site, ahead of the image's own packag
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$@" && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 }
-probe() {  # do numba-cuda and nvmath-python's cuBLAS load, and does the GPU answer?
-    "$python" -c "import numba_cuda, nvmath.bindings.cublas as b; from numba import cuda
+probe() {  # do archc, numba-cuda and nvmath-python's cuBLAS load; does the GPU answer?
+    "$python" -c "import archc, numba_cuda, nvmath.bindings.cublas as b; from numba import cuda
 print('probe:', cuda.get_current_device().name, 'cuBLAS', b.get_version(b.create()))"
 }
 if compgen -G ".whl/*.whl" > /dev/null; then

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The wheels scripts/gpu_check.sh installs on a GPU machine that reaches no package index:
 # the packages archc's CUDA backend uses that such a machine's image may lack or hold in
-# another version: nvmath-python (archc's binding to cuBLAS) and numba-cuda at the version
-# the tests pin (the image brings numba, cuda-bindings and cuBLAS itself), built for its
+# another version: graphviz, nvmath-python (archc's binding to cuBLAS) and numba-cuda at
+# the version the tests pin (the image brings numba, cuda-bindings and cuBLAS), built for its
 # Python (3.12 unless PYVER says otherwise), into .whl/; and into .whl/needs/ the
 # cuda-core and cuda-pathfinder both need at least, which gpu_check.sh installs only where
 # the image's own versions fail to load them.
@@ -17,6 +17,8 @@ download() {  # download FOLDER REQUIREMENTS...
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux2014_x86_64 -d "$folder" "$@"
 }
-download .whl "nvmath-python==1.0.0" "numba-cuda==0.30.4"
+# graphviz (the Python package, a core dependency: `import archc` needs it) is not on the
+# GPU image; without it no test is even collected
+download .whl "nvmath-python==1.0.0" "numba-cuda==0.30.4" "graphviz==0.21"
 download .whl/needs "cuda-core==1.2.2" "cuda-pathfinder==1.9.1"
 ls -lR .whl

@@ -170,6 +170,50 @@ def test_gpu_check_script_runs_every_step_into_one_folder(tmp_path, fails):
     assert len(limits) == len(wanted) and sum(limits) <= 600
 
 
+# archc's dependencies and test extras that the GPU machines' image lacks (the device
+# tool's KINDS.md lists what it holds), by distribution and the module it imports as
+NOT_ON_THE_GPU_IMAGE = {"graphviz": "graphviz", "nvmath-python": "nvmath",
+                        "tensorboardX": "tensorboardX", "pycocotools": "pycocotools",
+                        "ray": "ray", "optuna": "optuna", "openvino": "openvino",
+                        "selenium": "selenium"}
+
+HIDE = """import sys
+
+
+class Hide:  # the modules the GPU image lacks, and scripts/gpu_wheels.sh does not carry
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {hidden!r}:
+            raise ImportError(f"No module named {{name!r}} (not on the GPU image)")
+
+
+sys.meta_path.insert(0, Hide())
+"""
+
+
+def test_the_cuda_tests_collect_with_only_what_the_gpu_image_and_the_wheels_hold(tmp_path):
+    """scripts/gpu_check.sh on a GPU machine (no package index: the image's packages and
+    the wheels gpu_wheels.sh carries) rehearsed here: with every other module hidden,
+    `pytest -m cuda` still collects (a module-level import of a missing package would
+    stop the whole run before its first test, the device minutes spent for nothing)."""
+    wheels = (ROOT / "scripts/gpu_wheels.sh").read_text()
+    carried = set(re.findall(r'"([\w.-]+)==', wheels))
+    assert {"nvmath-python", "numba-cuda", "graphviz"} <= carried
+    hidden = sorted(module for name, module in NOT_ON_THE_GPU_IMAGE.items()
+                    if name not in carried)
+    (tmp_path / "sitecustomize.py").write_text(HIDE.format(hidden=set(hidden)))
+    env = {k: v for k, v in os.environ.items() if k != "ARCHC_CUDA"}
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", "import tensorboardX"], env=env,
+                          capture_output=True, text=True)
+    assert "not on the GPU image" in done.stderr  # the hiding works
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m",
+                           "cuda", "-p", "no:cacheprovider"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    collected = int(re.search(r"^(\d+)/\d+ tests collected", done.stdout, re.M).group(1))
+    assert collected >= 150
+
+
 def test_bench_sums_measures_each_accumulator_against_the_exact_sum():
     """bench/bench_sums.py (issue 25's "measure which"): the GPU reduction's order emulated
     for each accumulator. Its own checks: the emulation is exact where it must be (one
