@@ -55,8 +55,10 @@ numba_cuda.__version__, 'numpy', numpy.__version__)"
 print('GEMMs:', k.gemm_library()[1]); print('allocator:', k.ALLOCATOR)"; } \
     > "$out/device.txt" 2>&1
 # four workers: a fresh machine compiles every kernel first (numba's cache is cold), and
-# they compile side by side on its 16 cores; the tests share the one GPU
-step tests 240 "$python" -m pytest -m cuda -q -n 4 -p no:cacheprovider --durations=10
+# they compile side by side on its 16 cores; the tests share the one GPU. -v: each test's
+# verdict as it ends, so a run cut off at its limit still says which passed and failed
+step tests 240 "$python" -m pytest -m cuda -v -n 4 -p no:cacheprovider --durations=10 \
+    --tb=short
 step bench_cuda 105 "$python" bench/bench_cuda.py --repeat 5
 # the layers' times and each kernel's (--kernels): which kernels to tune; each conv in the
 # strategy benchmark mode measured faster (bench_cuda prints both ways' times)
