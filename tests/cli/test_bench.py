@@ -152,7 +152,7 @@ def test_gpu_check_script_runs_every_step_into_one_folder(tmp_path, fails):
                           timeout=60)
     assert done.returncode == (1 if fails else 0), done.stdout + done.stderr
     wanted = {"tests": "-m pytest -m cuda", "bench_cuda": "bench/bench_cuda.py",
-              "bench_cuda_numba": "bench/bench_cuda.py --repeat 2",
+              "bench_cuda_numba": "bench/bench_cuda.py --repeat 1",
               "bench_cuda_tf32": "bench/bench_cuda.py --repeat 2 --precision tf32",
               "bench_cuda_bf16": "bench/bench_cuda.py --repeat 2 --precision bf16",
               "train_resnet18": "bench specs/resnet18.yaml --backend cuda --batch 64 --train "
