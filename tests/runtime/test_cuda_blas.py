@@ -646,3 +646,65 @@ def test_benchmark_mode_times_both_strategies_once_per_shape(emulated, monkeypat
     for _, _, times, kept in rows:
         assert times == {"by image": cost[True], "rows": cost[False]} and kept == faster
     _agrees_with_archcs_kernel(graph, 4, x, gy, y, grads)
+
+
+ALGORITHMS = """
+input: {channels: 4, height: 8, width: 8}
+layers:
+  - name: big
+    conv2d: {out_channels: 4, kernel_size: 3, padding: 1}
+  - name: grouped
+    conv2d: {out_channels: 4, kernel_size: 3, padding: 1, groups: 2}
+  - name: depthwise
+    conv2d: {out_channels: 4, kernel_size: 3, padding: 1, groups: 4}
+  - name: pointwise
+    conv2d: {out_channels: 4, kernel_size: 1}
+  - name: small
+    conv2d: {out_channels: 4, kernel_size: 3, stride: 2, padding: 1}
+"""
+
+
+def test_a_profile_says_which_way_each_conv_ran(request, monkeypatch):
+    """The CUDA backend's algorithm column (archc bench --backend cuda): archc's implicit
+    GEMM where no library runs; with one, grouped GEMMs, the depthwise kernel, and dense
+    convs image by image or over the rows as the rule (output pixels against
+    IMAGE_BATCH_MIN_PIXELS) or benchmark mode decided, with the times it measured."""
+    import archc
+    from runtime.backends.cuda import conv
+
+    model = archc.compile(archc.load("a.yaml", text=ALGORITHMS), backend="cuda")
+    ops = {op.name: op for op in model.program.ops}
+    names = {name: model.algorithm(op, 2)[0] for name, op in ops.items()}
+    assert names == {"big": "implicit GEMM", "grouped": "grouped GEMM",
+                     "depthwise": "depthwise", "small": "implicit GEMM",
+                     "pointwise": "implicit GEMM"}
+    request.getfixturevalue("emulated")
+    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 40)
+    monkeypatch.setattr(conv, "_MEASURED", {})
+    how = {name: model.algorithm(op, 2) for name, op in ops.items()}
+    assert {name: algorithm for name, (algorithm, _) in how.items()} == {
+        "big": "by image", "grouped": "grouped GEMM", "depthwise": "depthwise",
+        "small": "rows", "pointwise": "by image"}
+    assert how["big"][1] == ("one strided batch straight into NCHW: 64 output pixels >= 40 "
+                             "(conv.IMAGE_BATCH_MIN_PIXELS)")
+    assert how["small"][1].startswith("im2col over the batch, one GEMM, back to NCHW: 16 "
+                                      "output pixels < 40")
+    assert "the input itself (no im2col)" in how["pointwise"][1]
+    # what benchmark mode measured overrides the rule, and the profile says so
+    monkeypatch.setattr(conv, "EventClock", _FakeClock)
+    cost = {True: 2.0, False: 1.0}
+    original = conv._conv_images
+
+    def timed(*args):
+        _FakeClock.now[0] += cost[args[-2]]
+        return original(*args)
+    monkeypatch.setattr(conv, "_conv_images", timed)
+    conv.benchmark(True)
+    try:
+        model(np.zeros((2, 4, 8, 8), np.float32))
+    finally:
+        conv.benchmark(False)
+    assert model.algorithm(ops["big"], 2) == (
+        "rows", "im2col over the batch, one GEMM, back to NCHW: benchmark mode measured it: "
+        "2000.000 ms image by image, 1000.000 ms over the rows")
+    assert model.algorithm(ops["big"], 4)[0] == "by image"  # another batch: not measured

@@ -19,7 +19,7 @@ from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import training
 from runtime.backends.cuda.timing import EventClock, kernel_times
 from runtime.backends.cuda.kernels import to_device, to_host  # noqa: F401 (the backend's)
-from runtime.backends.cuda.ops import DEVICE_BACKWARD, DEVICE_KERNELS
+from runtime.backends.cuda.ops import DEVICE_BACKWARD, DEVICE_KERNELS, algorithm
 
 cuda = K.cuda
 
@@ -98,4 +98,5 @@ def device_name() -> str:
 BACKEND = Backend("cuda", KERNELS, BACKWARD, cpu.scope, to_device, to_host, on_device, K.add,
                   optim=training.UPDATE, classify=training.classify,
                   stage_targets=training.stage,
-                  clock=EventClock, kernel_times=kernel_times, device_name=device_name)
+                  clock=EventClock, kernel_times=kernel_times, device_name=device_name,
+                  algorithm=algorithm)

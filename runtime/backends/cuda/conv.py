@@ -247,6 +247,49 @@ def measured() -> list[tuple[str, str, dict, str]]:
             for key, (chosen, times) in _MEASURED.items()]
 
 
+def describe(x_shape: tuple, w_shape: tuple, *, stride, dilation, pads, groups: int,
+             train: bool) -> tuple[str, str]:
+    """(algorithm, why) a dense or grouped conv of these shapes runs with on the device
+    (a profile's algorithm column): archc's implicit GEMM, a grouped GEMM, or with a
+    library image by image or over the batch's rows, by the rule or as benchmark mode
+    measured it (its forward; and its backward in training, for a 1x1 conv of stride 1)."""
+    h, w = x_shape[2:]
+    kh, kw = w_shape[2:]
+    (sh, sw), (dh, dw), ((pt, pb), (pl, pr)) = stride, dilation, pads
+    pixels = ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1) * (
+        (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+    if gemm_library()[0] is None:
+        if groups > 1:
+            return ("grouped GEMM", f"{groups} groups: im2col, one GEMM per group (archc's "
+                    "kernel), back to NCHW with the epilogue")
+        return ("implicit GEMM", "archc's GEMM kernel (no cuBLAS here): im2col on the fly, "
+                "the epilogue inside")
+    if groups > 1:
+        return ("grouped GEMM", f"{groups} groups: im2col, one strided batch of the groups' "
+                "GEMMs into rows, back to NCHW with the epilogue")
+    geometry = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(dilation),
+                tuple(map(tuple, pads)))
+    found = {key[0]: (chosen, times) for key, (chosen, times) in _MEASURED.items()
+             if key[1:-1] == geometry}
+    one = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and not any((pt, pb, pl, pr))
+    if "forward" in found:
+        by_image, times = found["forward"]
+        why = (f"benchmark mode measured it: {times[True] * 1e3:.3f} ms image by image, "
+               f"{times[False] * 1e3:.3f} ms over the rows")
+    else:
+        by_image = pixels >= IMAGE_BATCH_MIN_PIXELS
+        why = (f"{pixels} output pixels {'>=' if by_image else '<'} "
+               f"{IMAGE_BATCH_MIN_PIXELS} (conv.IMAGE_BATCH_MIN_PIXELS)")
+    name = "by image" if by_image else "rows"
+    how = ("one strided batch straight into NCHW" + (", the input itself (no im2col)"
+           if one else "") if by_image else "im2col over the batch, one GEMM, back to NCHW")
+    if train and one and "backward" in found:
+        direct, times = found["backward"]
+        why += (f"; backward {'W.T @ gy per image' if direct else 'through col2im'} "
+                f"(measured: {times[True] * 1e3:.3f} ms against {times[False] * 1e3:.3f})")
+    return name, f"{how}: {why}"
+
+
 def _strategy(key: tuple, rule: bool, run) -> bool:
     """Whether the conv ``key`` goes image by image: the rule's answer, unless benchmark
     mode is on, when ``run(by_image)`` (which computes the whole result either way) is

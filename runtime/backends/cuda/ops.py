@@ -64,6 +64,20 @@ def conv2d_forward(op, xs, p, ctx):
         residual=residual, **extra, **_geometry(op)))
 
 
+def algorithm(op, batch: int, train: bool = False):
+    """(algorithm, why) a conv runs with on the device at a batch size (``Backend``'s
+    ``algorithm``; None for the other kinds, which have one way)."""
+    if op.kind != "conv2d":
+        return None
+    if _depthwise(op):
+        return ("depthwise", "archc's depthwise kernel, the epilogue inside (no GEMM)")
+    c, groups = op.in_shapes[0][0], op.attrs["groups"]
+    kh, kw = op.attrs["kernel_size"]
+    w_shape = (op.out_shape[0], c // groups, kh, kw)
+    return C.describe((batch,) + tuple(op.in_shapes[0]), w_shape, groups=groups, train=train,
+                      **_geometry(op))
+
+
 def _conv2d_core_backward(op, xs, y, gy, p, ctx):
     if _depthwise(op):
         gx, gw, gb = L.depthwise_backward(xs[0], p["weight"], gy, **_geometry(op))
