@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes (a smoke test)")
     parser.add_argument("--precision", choices=list(PRECISIONS), default="float32")
     args = parser.parse_args()
-    from runtime.backends.cuda import allocator, conv, kernels
+    from runtime.backends.cuda import allocator, kernels, strategy
     from runtime.backends.cuda.backend import BACKEND
 
     sync = kernels.cuda.synchronize
@@ -89,7 +89,7 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
 
-    conv.benchmark(True)
+    strategy.benchmark(True)
 
     def autocast():  # PyTorch's mixed precision, for bf16
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
@@ -194,7 +194,7 @@ def main() -> None:
               f"({after['reused'] - before['reused']:,} from the pool; pool peak "
               f"{after['peak_bytes'] / 2 ** 30:.2f} GiB)")
 
-    chosen = conv.measured()
+    chosen = strategy.measured()
     if chosen:
         print("\nconv strategies archc's benchmark mode kept (each way's time, ms):")
         for direction, shapes, times, kept in chosen:

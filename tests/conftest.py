@@ -85,10 +85,10 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if config.getoption("--emulated-cublas"):
         import emulated_cublas
-        from runtime.backends.cuda import blas, conv, kernels
+        from runtime.backends.cuda import blas, kernels, strategy
 
         if not kernels.SIMULATED:
             raise pytest.UsageError("--emulated-cublas runs under the CUDA simulator only")
         kernels._GEMM[:] = [(blas.Cublas(emulated_cublas, "emulated cuBLAS"),
                              "emulated cuBLAS (--emulated-cublas)")]
-        conv.IMAGE_BATCH_MIN_PIXELS = 1
+        strategy.IMAGE_BATCH_MIN_PIXELS = 1

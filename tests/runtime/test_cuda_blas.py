@@ -18,7 +18,7 @@ pytestmark = pytest.mark.cuda
 kernels = pytest.importorskip("runtime.backends.cuda.kernels")
 from runtime.backends import cuda as cuda_backend  # noqa: E402
 from runtime.backends.cpu import elementwise as cpu  # noqa: E402
-from runtime.backends.cuda import blas  # noqa: E402
+from runtime.backends.cuda import blas, strategy  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 import emulated_cublas  # noqa: E402
@@ -180,7 +180,7 @@ def test_dense_convs_go_image_by_image_and_1x1_convs_skip_im2col(emulated, monke
     import archc
     from runtime.backends.cuda import conv
 
-    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 25 if by_image else 26)
+    monkeypatch.setattr(strategy, "IMAGE_BATCH_MIN_PIXELS", 25 if by_image else 26)
     launched = []
     original = conv._launch_planes
     monkeypatch.setattr(conv, "_launch_planes", lambda kernel, *rest: (
@@ -298,7 +298,7 @@ def test_convs_go_through_in_chunks_of_images_that_fit_the_workspace(emulated, m
     from runtime.backends.cuda import conv
 
     monkeypatch.setattr(conv, "WORKSPACE_BYTES", 1)
-    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 1 if by_image else 10 ** 6)
+    monkeypatch.setattr(strategy, "IMAGE_BATCH_MIN_PIXELS", 1 if by_image else 10 ** 6)
     graph, _, _ = run_passes(archc.load("n.yaml", text=NETWORK), None, preset(2))
     x = np.random.default_rng(1).standard_normal((3, 3, 6, 6)).astype(np.float32)
     gy = np.random.default_rng(2).standard_normal((3, 3)).astype(np.float32)
@@ -487,9 +487,8 @@ def test_a_network_trains_through_bf16_products(emulated, monkeypatch):
     calls, and the output and every gradient are within bfloat16's rounding of archc's
     float32 kernel, and not equal to them (the rounding happened)."""
     import archc
-    from runtime.backends.cuda import conv
 
-    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 1)
+    monkeypatch.setattr(strategy, "IMAGE_BATCH_MIN_PIXELS", 1)
     used = []
     monkeypatch.setattr(emulated_cublas, "sgemm", lambda *a: used.append("sgemm"))
     monkeypatch.setattr(emulated_cublas, "sgemm_strided_batched",
@@ -602,9 +601,9 @@ def test_benchmark_mode_times_both_strategies_once_per_shape(emulated, monkeypat
     import archc
     from runtime.backends.cuda import conv
 
-    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 1 if faster == "rows" else 10 ** 6)
-    monkeypatch.setattr(conv, "EventClock", _FakeClock)
-    monkeypatch.setattr(conv, "_MEASURED", {})
+    monkeypatch.setattr(strategy, "IMAGE_BATCH_MIN_PIXELS", 1 if faster == "rows" else 10 ** 6)
+    monkeypatch.setattr(strategy, "EventClock", _FakeClock)
+    monkeypatch.setattr(strategy, "_MEASURED", {})
     cost = {True: 2.0, False: 1.0} if faster == "rows" else {True: 1.0, False: 2.0}
     ran = []
     for name in ("_conv_images", "_conv_images_backward"):
@@ -619,12 +618,12 @@ def test_benchmark_mode_times_both_strategies_once_per_shape(emulated, monkeypat
     graph = archc.load("n.yaml", text=POINTWISE)
     x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
     gy = np.random.default_rng(2).standard_normal((2, 3)).astype(np.float32)
-    conv.benchmark(False)
+    strategy.benchmark(False)
     model = archc.compile(graph, backend="cuda", seed=4).train()
     model(x)
     model.backward(gy)
-    assert conv.measured() == [] and len(ran) == 2 + 2  # the rule, once each
-    conv.benchmark(True)
+    assert strategy.measured() == [] and len(ran) == 2 + 2  # the rule, once each
+    strategy.benchmark(True)
     try:
         ran.clear()
         model = archc.compile(graph, backend="cuda", seed=4).train()
@@ -637,8 +636,8 @@ def test_benchmark_mode_times_both_strategies_once_per_shape(emulated, monkeypat
         chosen = faster == "by image"
         assert ran == [chosen, chosen, chosen, False]  # (the 3x3's backward has no choice)
     finally:
-        conv.benchmark(False)
-    rows = conv.measured()
+        strategy.benchmark(False)
+    rows = strategy.measured()
     assert [(direction, shapes) for direction, shapes, _, _ in rows] == [
         ("forward", "x (2, 3, 6, 6) w (4, 3, 3, 3) stride (1, 1) +epilogue"),
         ("forward", "x (2, 4, 6, 6) w (5, 4, 1, 1) stride (1, 1)"),
@@ -679,19 +678,19 @@ def test_a_profile_says_which_way_each_conv_ran(request, monkeypatch):
                      "depthwise": "depthwise", "small": "implicit GEMM",
                      "pointwise": "implicit GEMM"}
     request.getfixturevalue("emulated")
-    monkeypatch.setattr(conv, "IMAGE_BATCH_MIN_PIXELS", 40)
-    monkeypatch.setattr(conv, "_MEASURED", {})
+    monkeypatch.setattr(strategy, "IMAGE_BATCH_MIN_PIXELS", 40)
+    monkeypatch.setattr(strategy, "_MEASURED", {})
     how = {name: model.algorithm(op, 2) for name, op in ops.items()}
     assert {name: algorithm for name, (algorithm, _) in how.items()} == {
         "big": "by image", "grouped": "grouped GEMM", "depthwise": "depthwise",
         "small": "rows", "pointwise": "by image"}
     assert how["big"][1] == ("one strided batch straight into NCHW: 64 output pixels >= 40 "
-                             "(conv.IMAGE_BATCH_MIN_PIXELS)")
+                             "(strategy.IMAGE_BATCH_MIN_PIXELS)")
     assert how["small"][1].startswith("im2col over the batch, one GEMM, back to NCHW: 16 "
                                       "output pixels < 40")
     assert "the input itself (no im2col)" in how["pointwise"][1]
     # what benchmark mode measured overrides the rule, and the profile says so
-    monkeypatch.setattr(conv, "EventClock", _FakeClock)
+    monkeypatch.setattr(strategy, "EventClock", _FakeClock)
     cost = {True: 2.0, False: 1.0}
     original = conv._conv_images
 
@@ -699,11 +698,11 @@ def test_a_profile_says_which_way_each_conv_ran(request, monkeypatch):
         _FakeClock.now[0] += cost[args[-2]]
         return original(*args)
     monkeypatch.setattr(conv, "_conv_images", timed)
-    conv.benchmark(True)
+    strategy.benchmark(True)
     try:
         model(np.zeros((2, 4, 8, 8), np.float32))
     finally:
-        conv.benchmark(False)
+        strategy.benchmark(False)
     assert model.algorithm(ops["big"], 2) == (
         "rows", "im2col over the batch, one GEMM, back to NCHW: benchmark mode measured it: "
         "2000.000 ms image by image, 1000.000 ms over the rows")

@@ -4,12 +4,17 @@ Imported lazily: archc works on machines without a GPU or without the package, a
 nothing here is imported until a CUDA kernel is asked for. Tests run the kernels under
 Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba is first imported).
 
-Modules: ``kernels.py`` (the GEMM and the implicit-GEMM conv with their fused epilogue,
-im2col/col2im, activations, the memory plan's arena), ``layers.py`` (pooling, depthwise
-convs, batch and layer norm, LRN), ``tensor.py`` (broadcasting multiply, concat, slices,
-channel shuffle, softmax), ``resample.py`` (upsampling, unpooling, adaptive pooling,
-crops), ``training.py`` (batch statistics, dropout masks, the cross-entropy step, the
-optimisers' updates) and ``backend.py`` (the kernel tables behind ``runtime.Backend``).
+Modules: ``kernels.py`` (the GEMM and its fused epilogue, the plane kernels' launch,
+activations, reductions, the memory plan's arena), ``blas.py`` (cuBLAS through
+nvmath-python), ``conv.py`` (im2col/col2im, the implicit-GEMM conv, convs through the
+library), ``strategy.py`` (which way each dense conv runs, and benchmark mode),
+``layers.py`` (pooling, depthwise convs, batch and layer norm, LRN), ``tensor.py``
+(broadcasting multiply, concat, slices, channel shuffle, softmax), ``resample.py``
+(upsampling, unpooling, adaptive pooling, crops), ``roi.py`` (region pooling),
+``training.py`` (batch statistics, dropout masks, the cross-entropy step, the optimisers'
+updates), ``allocator.py`` (the caching pool), ``timing.py`` (CUDA-event clocks, each
+kernel's time), ``ops.py`` and ``backend.py`` (the kernel tables behind
+``runtime.Backend``).
 """
 
 from __future__ import annotations

@@ -10,8 +10,6 @@ adjoint."""
 
 from __future__ import annotations
 
-import os
-
 from numba import float32
 
 from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
@@ -19,7 +17,7 @@ from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TI
                                            _panel_product, absent, activate, add,
                                            axis_view, channel_sums, cuda, empty, gemm,
                                            gemm_library, plane_range, result)
-from runtime.backends.cuda.timing import EventClock
+from runtime.backends.cuda.strategy import by_image_rule, choose
 
 # --------------------------------------------------------------------------- convolution
 @_device
@@ -209,110 +207,6 @@ def conv_gemm_kernel(x, w, y, bias, residual, code, slope, kh, kw, sh, sw, dh, d
                 y[bj, r, oy, ox] = _conv_epilogue(acc[i, j], bias, r, added, code, slope)
 
 
-# A dense conv goes image by image (a strided batch straight into NCHW) where an image has
-# at least this many output pixels; below, each image's product is narrower than the
-# library's tiles (ResNet's last stage: 7 x 7 = 49 columns), and one GEMM over the whole
-# batch's columns then a pass back to NCHW (of a small output) costs less. A first guess,
-# to be set from a GPU's profile; benchmark mode (below) measures instead.
-IMAGE_BATCH_MIN_PIXELS = 256
-
-
-def _by_image(ho: int, wo: int, groups: int) -> bool:
-    """The rule for whether a conv's GEMMs go image by image (see IMAGE_BATCH_MIN_PIXELS):
-    a dense conv whose GEMMs a library runs."""
-    return (groups == 1 and ho * wo >= IMAGE_BATCH_MIN_PIXELS
-            and gemm_library()[0] is not None)
-
-
-# Benchmark mode (cuDNN's benchmark, for archc's one choice per conv): the first time a
-# dense conv of a shape runs with a GEMM library, forward or (for a 1x1 conv of stride 1,
-# the one whose backward pass differs) backward, both strategies run and are timed on the
-# device, and the faster is kept for the rest of the process; off, the rule above decides
-# (the same choice every run, so the same rounding). ARCHC_CUDA_BENCHMARK=1 turns it on.
-BENCHMARK = [os.environ.get("ARCHC_CUDA_BENCHMARK", "").strip() == "1"]
-_MEASURED: dict = {}  # key -> (image by image?, {image by image?: seconds})
-
-
-def benchmark(on: bool = True) -> None:
-    """Turn benchmark mode on or off (the measured choices are kept)."""
-    BENCHMARK[0] = bool(on)
-
-
-def measured() -> list[tuple[str, str, dict, str]]:
-    """What benchmark mode measured: (pass, the conv's shapes, {strategy: seconds}, the
-    strategy kept), in the order the convs first ran."""
-    name = {True: "by image", False: "rows"}
-    return [(key[0], f"x {key[1]} w {key[2]} stride {key[3]}" + (" +epilogue" if key[-1]
-             else ""), {name[b]: t for b, t in times.items()}, name[chosen])
-            for key, (chosen, times) in _MEASURED.items()]
-
-
-def describe(x_shape: tuple, w_shape: tuple, *, stride, dilation, pads, groups: int,
-             train: bool) -> tuple[str, str]:
-    """(algorithm, why) a dense or grouped conv of these shapes runs with on the device
-    (a profile's algorithm column): archc's implicit GEMM, a grouped GEMM, or with a
-    library image by image or over the batch's rows, by the rule or as benchmark mode
-    measured it (its forward; and its backward in training, for a 1x1 conv of stride 1)."""
-    h, w = x_shape[2:]
-    kh, kw = w_shape[2:]
-    (sh, sw), (dh, dw), ((pt, pb), (pl, pr)) = stride, dilation, pads
-    pixels = ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1) * (
-        (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
-    if gemm_library()[0] is None:
-        if groups > 1:
-            return ("grouped GEMM", f"{groups} groups: im2col, one GEMM per group (archc's "
-                    "kernel), back to NCHW with the epilogue")
-        return ("implicit GEMM", "archc's GEMM kernel (no cuBLAS here): im2col on the fly, "
-                "the epilogue inside")
-    if groups > 1:
-        return ("grouped GEMM", f"{groups} groups: im2col, one strided batch of the groups' "
-                "GEMMs into rows, back to NCHW with the epilogue")
-    geometry = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(dilation),
-                tuple(map(tuple, pads)))
-    found = {key[0]: (chosen, times) for key, (chosen, times) in _MEASURED.items()
-             if key[1:-1] == geometry}
-    one = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and not any((pt, pb, pl, pr))
-    if "forward" in found:
-        by_image, times = found["forward"]
-        why = (f"benchmark mode measured it: {times[True] * 1e3:.3f} ms image by image, "
-               f"{times[False] * 1e3:.3f} ms over the rows")
-    else:
-        by_image = pixels >= IMAGE_BATCH_MIN_PIXELS
-        why = (f"{pixels} output pixels {'>=' if by_image else '<'} "
-               f"{IMAGE_BATCH_MIN_PIXELS} (conv.IMAGE_BATCH_MIN_PIXELS)")
-    name = "by image" if by_image else "rows"
-    how = ("one strided batch straight into NCHW" + (", the input itself (no im2col)"
-           if one else "") if by_image else "im2col over the batch, one GEMM, back to NCHW")
-    if train and one and "backward" in found:
-        direct, times = found["backward"]
-        why += (f"; backward {'W.T @ gy per image' if direct else 'through col2im'} "
-                f"(measured: {times[True] * 1e3:.3f} ms against {times[False] * 1e3:.3f})")
-    return name, f"{how}: {why}"
-
-
-def _strategy(key: tuple, rule: bool, run) -> bool:
-    """Whether the conv ``key`` goes image by image: the rule's answer, unless benchmark
-    mode is on, when ``run(by_image)`` (which computes the whole result either way) is
-    timed both ways the first time a key is seen, after a warm-up of each (kernels
-    compile, the pool grows), and the faster is remembered (a tie keeps the rule)."""
-    if not BENCHMARK[0]:
-        return rule
-    if key not in _MEASURED:
-        clock = EventClock()
-        ways = (not rule, rule)
-        for way in ways:
-            run(way)
-        marks = {}
-        for way in ways:
-            start = clock.mark()
-            run(way)
-            marks[way] = (start, clock.mark())
-        clock.sync()
-        times = {way: clock.seconds(*marks[way]) for way in ways}
-        _MEASURED[key] = (min(ways, key=lambda way: (times[way], way != rule)), times)
-    return _MEASURED[key][0]
-
-
 def _pointwise(x, kernel: tuple, stride: tuple, pads) -> bool:
     """Whether a conv's im2col matrix is its input as it is: a 1x1 kernel, stride 1, no
     padding, over a contiguous NCHW array (image n's matrix is x[n] as (C, H*W))."""
@@ -374,10 +268,10 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
                          residual[b0:b1], activation, stride, dilation, pads, groups,
                          by_image, pointwise)
 
-    rule = _by_image(ho, wo, groups)
+    rule = by_image_rule(ho, wo, groups)
     if groups == 1:
         epilogue = bias is not None or residual is not None or activation is not None
-        rule = _strategy(("forward", tuple(x.shape), tuple(w.shape), tuple(stride),
+        rule = choose(("forward", tuple(x.shape), tuple(w.shape), tuple(stride),
                           tuple(dilation), tuple(map(tuple, pads)), epilogue), rule, run)
     run(rule)
     return y
@@ -419,7 +313,7 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     batch of per-group GEMMs each: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx =
     col2im(gcols); cols (x's im2col matrix) is built here, for the pass, not kept from the
     forward; in chunks of images whose columns fit WORKSPACE_BYTES, the weight gradient
-    summed over them. A 1x1 conv of stride 1 that runs image by image (:func:`_by_image`):
+    summed over them. A 1x1 conv of stride 1 that runs image by image (:func:`strategy.by_image_rule`):
     gx is W.T @ gy[n] for each image, straight into NCHW (no gcols, no col2im)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
@@ -437,9 +331,9 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
 
     # the input gradient of a 1x1 conv of stride 1 can skip gcols and col2im
     can = gy.is_c_contiguous() and _pointwise(x, (kh, kw), stride, pads) and groups == 1
-    direct = can and _by_image(ho, wo, groups)
+    direct = can and by_image_rule(ho, wo, groups)
     if can and gemm_library()[0] is not None:
-        direct = _strategy(("backward", tuple(x.shape), tuple(w.shape), tuple(stride),
+        direct = choose(("backward", tuple(x.shape), tuple(w.shape), tuple(stride),
                             tuple(dilation), tuple(map(tuple, pads)), False), direct, run)
     run(direct)
     return gx, out[0].reshape(w.shape), channel_sums(axis_view(gy))

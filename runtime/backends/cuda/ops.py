@@ -13,6 +13,7 @@ from runtime.backends.cuda import kernels as K
 from runtime.backends.cuda import layers as L
 from runtime.backends.cuda import resample as R
 from runtime.backends.cuda import roi as R_roi
+from runtime.backends.cuda import strategy
 from runtime.backends.cuda import tensor as T
 from runtime.backends.cuda import training
 from runtime.backends.cuda.kernels import to_device
@@ -74,7 +75,7 @@ def algorithm(op, batch: int, train: bool = False):
     c, groups = op.in_shapes[0][0], op.attrs["groups"]
     kh, kw = op.attrs["kernel_size"]
     w_shape = (op.out_shape[0], c // groups, kh, kw)
-    return C.describe((batch,) + tuple(op.in_shapes[0]), w_shape, groups=groups, train=train,
+    return strategy.describe((batch,) + tuple(op.in_shapes[0]), w_shape, groups=groups, train=train,
                       **_geometry(op))
 
 
