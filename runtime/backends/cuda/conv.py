@@ -17,7 +17,7 @@ from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TI
                                            _panel_product, absent, activate, add,
                                            axis_view, channel_sums, cuda, empty, gemm,
                                            gemm_library, plane_range, result)
-from runtime.backends.cuda.strategy import by_image_rule, choose
+from runtime.backends.cuda.strategy import by_image_rule, choose, key
 
 # --------------------------------------------------------------------------- convolution
 @_device
@@ -271,8 +271,8 @@ def conv2d_forward(x, w, bias, *, stride, dilation, pads, out_hw, groups=1, acti
     rule = by_image_rule(ho, wo, groups)
     if groups == 1:
         epilogue = bias is not None or residual is not None or activation is not None
-        rule = choose(("forward", tuple(x.shape), tuple(w.shape), tuple(stride),
-                          tuple(dilation), tuple(map(tuple, pads)), epilogue), rule, run)
+        rule = choose(key("forward", x.shape, w.shape, stride, dilation, pads, epilogue),
+                      rule, run)
     run(rule)
     return y
 
@@ -313,30 +313,30 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
     batch of per-group GEMMs each: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx =
     col2im(gcols); cols (x's im2col matrix) is built here, for the pass, not kept from the
     forward; in chunks of images whose columns fit WORKSPACE_BYTES, the weight gradient
-    summed over them. A 1x1 conv of stride 1 that runs image by image (:func:`strategy.by_image_rule`):
-    gx is W.T @ gy[n] for each image, straight into NCHW (no gcols, no col2im)."""
+    summed over them. A 1x1 conv of stride 1 that runs image by image (the rule or
+    benchmark mode, ``strategy.py``): gx is W.T @ gy[n] for each image, straight into NCHW
+    (no gcols, no col2im)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
     gx = empty((n, c, h, wd))
-    out = []
 
-    def run(direct: bool) -> None:
+    def run(direct: bool):  # gx filled, gw returned
         gw = None
         for b0, b1 in _chunks(n, c * kh * kw * ho * wo * 4):
             part = _conv_images_backward(x[b0:b1], w, gy[b0:b1], gx[b0:b1], stride,
                                          dilation, pads, groups, direct)
             gw = part if gw is None else add(gw, part, out=gw)
-        out[:] = [gw]
+        return gw
 
     # the input gradient of a 1x1 conv of stride 1 can skip gcols and col2im
     can = gy.is_c_contiguous() and _pointwise(x, (kh, kw), stride, pads) and groups == 1
     direct = can and by_image_rule(ho, wo, groups)
     if can and gemm_library()[0] is not None:
-        direct = choose(("backward", tuple(x.shape), tuple(w.shape), tuple(stride),
-                            tuple(dilation), tuple(map(tuple, pads)), False), direct, run)
-    run(direct)
-    return gx, out[0].reshape(w.shape), channel_sums(axis_view(gy))
+        direct = choose(key("backward", x.shape, w.shape, stride, dilation, pads), direct,
+                        run)
+    gw = run(direct)
+    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
 
 
 def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int, direct: bool):

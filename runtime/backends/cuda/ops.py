@@ -75,8 +75,8 @@ def algorithm(op, batch: int, train: bool = False):
     c, groups = op.in_shapes[0][0], op.attrs["groups"]
     kh, kw = op.attrs["kernel_size"]
     w_shape = (op.out_shape[0], c // groups, kh, kw)
-    return strategy.describe((batch,) + tuple(op.in_shapes[0]), w_shape, groups=groups, train=train,
-                      **_geometry(op))
+    return strategy.describe((batch,) + tuple(op.in_shapes[0]), w_shape, op.out_shape[1:],
+                             groups=groups, train=train, **_geometry(op))
 
 
 def _conv2d_core_backward(op, xs, y, gy, p, ctx):

@@ -49,17 +49,21 @@ def measured() -> list[tuple[str, str, dict, str]]:
             for key, (chosen, times) in _MEASURED.items()]
 
 
-def describe(x_shape: tuple, w_shape: tuple, *, stride, dilation, pads, groups: int,
-             train: bool) -> tuple[str, str]:
+def key(direction: str, x_shape, w_shape, stride, dilation, pads,
+        epilogue: bool = False) -> tuple:
+    """What benchmark mode measures a conv's pass by: the direction ("forward",
+    "backward"), its shapes and geometry, and whether an epilogue follows the GEMM."""
+    return (direction, tuple(x_shape), tuple(w_shape), tuple(stride), tuple(dilation),
+            tuple(map(tuple, pads)), epilogue)
+
+
+def describe(x_shape: tuple, w_shape: tuple, out_hw: tuple, *, stride, dilation, pads,
+             groups: int, train: bool) -> tuple[str, str]:
     """(algorithm, why) a dense or grouped conv of these shapes runs with on the device
     (a profile's algorithm column): archc's implicit GEMM, a grouped GEMM, or with a
     library image by image or over the batch's rows, by the rule or as benchmark mode
     measured it (its forward; and its backward in training, for a 1x1 conv of stride 1)."""
-    h, w = x_shape[2:]
-    kh, kw = w_shape[2:]
-    (sh, sw), (dh, dw), ((pt, pb), (pl, pr)) = stride, dilation, pads
-    pixels = ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1) * (
-        (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+    (ho, wo), (kh, kw) = out_hw, w_shape[2:]
     if gemm_library()[0] is None:
         if groups > 1:
             return ("grouped GEMM", f"{groups} groups: im2col, one GEMM per group (archc's "
@@ -69,18 +73,18 @@ def describe(x_shape: tuple, w_shape: tuple, *, stride, dilation, pads, groups: 
     if groups > 1:
         return ("grouped GEMM", f"{groups} groups: im2col, one strided batch of the groups' "
                 "GEMMs into rows, back to NCHW with the epilogue")
-    geometry = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(dilation),
-                tuple(map(tuple, pads)))
-    found = {key[0]: (chosen, times) for key, (chosen, times) in _MEASURED.items()
-             if key[1:-1] == geometry}
-    one = (kh, kw) == (1, 1) and (sh, sw) == (1, 1) and not any((pt, pb, pl, pr))
+    geometry = key("", x_shape, w_shape, stride, dilation, pads)[1:-1]
+    found = {k[0]: (chosen, times) for k, (chosen, times) in _MEASURED.items()
+             if k[1:-1] == geometry}
+    one = ((kh, kw) == (1, 1) and tuple(stride) == (1, 1)
+           and not any(p for side in pads for p in side))
     if "forward" in found:
         by_image, times = found["forward"]
         why = (f"benchmark mode measured it: {times[True] * 1e3:.3f} ms image by image, "
                f"{times[False] * 1e3:.3f} ms over the rows")
     else:
-        by_image = pixels >= IMAGE_BATCH_MIN_PIXELS
-        why = (f"{pixels} output pixels {'>=' if by_image else '<'} "
+        by_image = by_image_rule(ho, wo, groups)
+        why = (f"{ho * wo} output pixels {'>=' if by_image else '<'} "
                f"{IMAGE_BATCH_MIN_PIXELS} (strategy.IMAGE_BATCH_MIN_PIXELS)")
     name = "by image" if by_image else "rows"
     how = ("one strided batch straight into NCHW" + (", the input itself (no im2col)"
@@ -92,14 +96,15 @@ def describe(x_shape: tuple, w_shape: tuple, *, stride, dilation, pads, groups: 
     return name, f"{how}: {why}"
 
 
-def choose(key: tuple, rule: bool, run) -> bool:
-    """Whether the conv ``key`` goes image by image: the rule's answer, unless benchmark
-    mode is on, when ``run(by_image)`` (which computes the whole result either way) is
-    timed both ways the first time a key is seen, after a warm-up of each (kernels
-    compile, the pool grows), and the faster is remembered (a tie keeps the rule)."""
+def choose(conv: tuple, rule: bool, run) -> bool:
+    """Whether the conv pass ``conv`` (a :func:`key`) goes image by image: the rule's
+    answer, unless benchmark mode is on, when ``run(by_image)`` (which computes the whole
+    result either way) is timed both ways the first time that pass is seen, after a
+    warm-up of each (kernels compile, the pool grows), and the faster is remembered (a tie
+    keeps the rule)."""
     if not BENCHMARK[0]:
         return rule
-    if key not in _MEASURED:
+    if conv not in _MEASURED:
         clock = EventClock()
         ways = (not rule, rule)
         for way in ways:
@@ -111,5 +116,5 @@ def choose(key: tuple, rule: bool, run) -> bool:
             marks[way] = (start, clock.mark())
         clock.sync()
         times = {way: clock.seconds(*marks[way]) for way in ways}
-        _MEASURED[key] = (min(ways, key=lambda way: (times[way], way != rule)), times)
-    return _MEASURED[key][0]
+        _MEASURED[conv] = (min(ways, key=lambda way: (times[way], way != rule)), times)
+    return _MEASURED[conv][0]
