@@ -3,7 +3,10 @@ for PyTorch, so both do full fp32 arithmetic), median of repeated runs after a w
 one 3x3 conv's achieved TFLOP/s, and ResNet-18's inference and training throughput
 (issue 25's targets: the conv at >= 60% of cuDNN, inference >= 60% and training >= 50% of
 PyTorch). Both sides start from data already on the GPU; a training step reads its loss
-back (PyTorch's ``loss.item()``, archc's one read per step). The first line says which
+back (PyTorch's ``loss.item()``, archc's one read per step). archc runs what its commands
+run (bench/cuda_setup.py): inference on the graph as written and at -O2 (batch norms
+folded into the convs, as ``archc optimize`` makes it; PyTorch eager stays as written),
+training on ``archc train``'s graph. The first line says which
 GEMM archc ran (cuBLAS or its own kernel: ``ARCHC_CUDA_GEMM``) and its allocator; the
 last, how many device allocations the timed training steps asked of the driver, and the
 strategy archc's benchmark mode kept for each conv shape (on here as PyTorch's
@@ -41,8 +44,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import archc  # noqa: E402
 import torch_twins  # noqa: E402
 from archc.analysis import analyse  # noqa: E402
+from cuda_setup import inference_model, training_step  # noqa: E402
 from runtime.backends.cuda import PRECISIONS  # noqa: E402
-from runtime.train import optim  # noqa: E402
 from timing import median_time  # noqa: E402
 
 CONV = "input: {{channels: {c}, height: {hw}, width: {hw}}}\nlayers: [{{conv2d: " \
@@ -129,31 +132,23 @@ def main() -> None:
         graph, batch = archc.load("tiny.yaml", text=TINY_NET), 2
     else:
         graph, batch = archc.load(ROOT / "specs" / "resnet18.yaml"), 64
-    model = archc.compile(graph, backend="cuda")
-    shape = next(iter(model.program.inputs.values()))
+    plain = inference_model(graph, 0)
+    shape = next(iter(plain.program.inputs.values()))
     x = np.random.default_rng(0).standard_normal((batch,) + shape).astype(np.float32)
-    classes = model.program.ops[-1].out_shape[0]
+    classes = plain.program.ops[-1].out_shape[0]
     y = np.random.default_rng(1).integers(0, classes, batch)
-    params = model.device_params()
-    opt = optim.SGD({k: params[k] for k, s in model.program.params.items()
-                     if s.trainable and not s.buffer}, 0.01, momentum=0.9,
-                    kernels=model.backend.optim)
-
     x_gpu = kernels.to_device(x)
-
+    infer = {level: timed(lambda: model.predict(x_gpu))
+             for level, model in ((0, plain), (2, inference_model(graph, 2)))}
+    _, queue_step = training_step(graph, x_gpu, y)
     queued: list[float] = []  # the host's time to queue each step, before its one wait
 
-    def archc_step():  # as the training loop runs one
+    def archc_step():
         start = time.perf_counter()
-        model.backend.stage_targets(y)
-        out = model(x_gpu, host=False)
-        loss, grad, _ = model.backend.classify(out, y)
-        opt.step(model.backward(grad, host=False, inputs=False).params)
+        loss = queue_step()
         queued.append(time.perf_counter() - start)
         float(loss)
 
-    infer = timed(lambda: model.predict(x_gpu))
-    model.train()
     archc_step()  # the optimiser's state, and the pool's blocks
     before = allocator.stats()
     step = timed(archc_step)
@@ -181,7 +176,9 @@ def main() -> None:
     name = "tiny net" if args.quick else "resnet18"
     print(f"\n{name}, batch {batch}, {shape[1]}x{shape[2]} (images/s)")
     print(f"{'':<28} {'archc':>10} {'PyTorch':>10} {'archc/PyTorch':>14}")
-    for label, a, b in (("inference", infer, t_infer), ("training step", step, t_step)):
+    rows = (("inference", infer[0], t_infer), ("inference, -O2 (folded BN)", infer[2], t_infer),
+            ("training step", step, t_step))
+    for label, a, b in rows:
         print(f"{label:<28} {batch / a:>10.1f} {fmt(b and batch / b, '.1f'):>10} "
               f"{fmt(b and b / a * 100, '.0f', '%'):>14}")
     host = float(np.median(queued[-args.repeat:]))

@@ -130,9 +130,34 @@ def test_bench_cuda_quick_runs_under_the_simulator():
     rows = {line[:28].strip(): line[28:].split() for line in out.splitlines()
             if line.startswith(("forward", "kernels", "inference", "training"))}
     assert set(rows) == {"forward with copies (ms)", "kernels only (TFLOP/s)", "inference",
-                         "training step"}
+                         "inference, -O2 (folded BN)", "training step"}
     assert all(float(cells[0]) > 0 for label, cells in rows.items() if "TFLOP" not in label)
     assert re.search(r"^host time queuing a training step: [\d.]+ ms of the step's", out, re.M)
+
+
+@pytest.mark.cuda
+def test_bench_cuda_launches_counts_what_each_pass_queues():
+    """bench/bench_cuda_launches.py counts ResNet-18's launches without running them: the
+    graph as written runs its batch norms, -O2 folds them into the convs (fewer launches),
+    and a training step runs archc train's graph (no activation pass of its own: fused into
+    the batch norms) with one SGD update per trainable tensor."""
+    out = subprocess.run([sys.executable, "bench/bench_cuda_launches.py", "--batch", "4",
+                          "--top", "100"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=True).stdout
+    assert out.startswith("resnet18, batch 4: kernel launches per pass")
+    sections = {}
+    for block in out.split("\n\n")[1:]:
+        head, *rows = block.splitlines()
+        total = int(re.match(r"[^:]+: (\d+) launches", head).group(1))
+        counts = {name: int(n) for n, name in (row.split() for row in rows)}
+        assert sum(counts.values()) == total, head
+        sections[head.split(":")[0]] = counts
+    plain, folded = sections["inference -O0"], sections["inference -O2"]
+    step = sections["training step (archc train's graph)"]
+    assert plain["batchnorm_kernel"] == 20 and "batchnorm_kernel" not in folded
+    assert sum(folded.values()) < sum(plain.values())
+    assert plain["cuBLAS"] == folded["cuBLAS"] == 21  # a product per conv, and the classifier
+    assert step["sgd_kernel"] == 62 and "activation_forward_kernel" not in step
 
 
 @pytest.mark.parametrize("fails", [False, True])

@@ -1087,3 +1087,60 @@ def test_per_channel_reductions_split_among_blocks_add_up(shape):
     np.testing.assert_allclose(g_weight.copy_to_host(), s1, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(kernels.channel_sums(device(gy)).copy_to_host(), s0,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("first, source, skipped, gemms", [
+    ("{conv2d: {out_channels: 4, kernel_size: 3, padding: 1, bias: false}}",
+     "{channels: 3, height: 6, width: 6}", "col2im_kernel", 1),
+    ("{conv2d: {out_channels: 3, kernel_size: 3, padding: 1, groups: 3, bias: false}}",
+     "{channels: 3, height: 6, width: 6}", "depthwise_input_grad_kernel", 0),
+    ("{conv_transpose2d: {out_channels: 4, kernel_size: 2, stride: 2, bias: false}}",
+     "{channels: 3, height: 3, width: 3}", "rows_to_nchw_kernel", 1),
+    ("{linear: {out_features: 5, bias: false}}", "{features: 6}", None, 1),
+])
+def test_a_training_backward_computes_only_the_gradients_it_needs(first, source, skipped,
+                                                                   gemms):
+    """``backward(inputs=False)`` (a training step) skips the input gradient of a layer fed
+    by the network's input: a stem conv's gcols GEMM and col2im, a depthwise or
+    transposed conv's input-gradient kernels, a linear layer's GEMM; and a layer without a
+    bias sums no bias gradient (one pass over its output gradient each, for nothing). The
+    parameters' gradients still equal the CPU backend's. Counted with the profiler's
+    launch hook (``timing.kernel_times``): every kernel launch and library GEMM."""
+    import archc
+    from runtime.backends.cuda import timing
+
+    rest = ("relu, {linear: 3}" if "features" in source else
+            "relu, {conv2d: {out_channels: 4, kernel_size: 3, padding: 1, bias: false}}, "
+            "global_avg_pool2d, flatten, {linear: 3}")
+    graph = archc.load("s.yaml", text=f"input: {source}\nlayers: [{first}, {rest}]\n")
+    gpu = archc.compile(graph, backend="cuda", seed=4).train()
+    host = archc.compile(graph, backend="cpu", seed=4).train()
+    shape = (2,) + next(iter(gpu.program.inputs.values()))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    gy = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
+    host(x)
+    want = host.backward(gy).params
+
+    def launches(inputs: bool):
+        gpu(x)
+        with timing.kernel_times(timing.EventClock()) as times:
+            grads = gpu.backward(gy, inputs=inputs)
+        counts: dict = {}
+        for name, calls, _ in times.rows():
+            name = "GEMM" if name.startswith("cuBLAS") or name == "gemm_kernel" else name
+            counts[name] = counts.get(name, 0) + calls
+        return grads, counts
+
+    lean, fewer = launches(False)
+    full, counts = launches(True)
+    assert lean.inputs == {} and set(full.inputs) == set(gpu.program.inputs)
+    for grads in (lean, full):
+        assert set(grads.params) == set(want)
+        for name in want:
+            np.testing.assert_allclose(grads.params[name], want[name], rtol=1e-4, atol=1e-5,
+                                       err_msg=name)
+    if skipped:
+        assert fewer.get(skipped, 0) == counts[skipped] - 1
+    assert counts["GEMM"] - fewer["GEMM"] == gemms
+    # the only bias is the last linear layer's: one channel sum in the whole pass
+    assert (fewer["channel_partials_kernel"], counts["channel_partials_kernel"]) == (1, 1)

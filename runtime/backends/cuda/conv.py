@@ -308,41 +308,46 @@ def _conv_images(x, w, bias, y, residual, activation, stride, dilation, pads, gr
                    *_epilogue_args(bias, residual, activation))
 
 
-def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1):
+def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1, input_grad=True,
+                    bias_grad=True):
     """(gx, gw, gbias) of a dense or grouped conv from its input and output gradient, one
     batch of per-group GEMMs each: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx =
     col2im(gcols); cols (x's im2col matrix) is built here, for the pass, not kept from the
     forward; in chunks of images whose columns fit WORKSPACE_BYTES, the weight gradient
     summed over them. A 1x1 conv of stride 1 that runs image by image (the rule or
     benchmark mode, ``strategy.py``): gx is W.T @ gy[n] for each image, straight into NCHW
-    (no gcols, no col2im)."""
+    (no gcols, no col2im). gx is None without ``input_grad`` (a training step's first
+    conv: no gcols GEMM, no col2im), gbias None without ``bias_grad`` (a conv without a
+    bias: no pass over gy)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
-    gx = empty((n, c, h, wd))
+    gx = empty((n, c, h, wd)) if input_grad else None
 
     def run(direct: bool):  # gx filled, gw returned
         gw = None
         for b0, b1 in _chunks(n, c * kh * kw * ho * wo * 4):
-            part = _conv_images_backward(x[b0:b1], w, gy[b0:b1], gx[b0:b1], stride,
-                                         dilation, pads, groups, direct)
+            part = _conv_images_backward(x[b0:b1], w, gy[b0:b1],
+                                         None if gx is None else gx[b0:b1], stride, dilation,
+                                         pads, groups, direct)
             gw = part if gw is None else add(gw, part, out=gw)
         return gw
 
     # the input gradient of a 1x1 conv of stride 1 can skip gcols and col2im
-    can = gy.is_c_contiguous() and _pointwise(x, (kh, kw), stride, pads) and groups == 1
+    can = (input_grad and gy.is_c_contiguous() and _pointwise(x, (kh, kw), stride, pads)
+           and groups == 1)
     direct = can and by_image_rule(ho, wo, groups)
     if can and gemm_library()[0] is not None:
         direct = choose(key("backward", x.shape, w.shape, stride, dilation, pads), direct,
                         run)
     gw = run(direct)
-    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
+    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy)) if bias_grad else None
 
 
 def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int, direct: bool):
     """:func:`conv2d_backward` for the images of x: their input gradient into gx (with
-    ``direct``, a 1x1 conv of stride 1's, W.T @ gy[n] straight into NCHW), and their share
-    of the weight gradient (groups, O / groups, K), returned."""
+    ``direct``, a 1x1 conv of stride 1's, W.T @ gy[n] straight into NCHW; none where gx is
+    None), and their share of the weight gradient (groups, O / groups, K), returned."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
@@ -354,6 +359,8 @@ def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int, dir
     wmat, rows = w.reshape(groups, og, k), gy_rows.reshape(groups, og, width)
     gw = empty((groups, og, k))
     gemm(rows, cols.reshape(groups, k, width), trans_b=True, out=gw)
+    if gx is None:
+        return gw
     if direct:
         gemm(w.reshape(o, c), gy.reshape(n, o, ho * wo), trans_a=True,
              out=gx.reshape(n, c, h * wd))
@@ -410,19 +417,23 @@ def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, g
     return y
 
 
-def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1):
+def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1,
+                              input_grad=True, bias_grad=True):
     """(gx, gw, gbias): gy's im2col matrix (a conv's input); one batch of a GEMM per group
-    each, gx_g = W_g @ its rows and gw_g = x_g's rows @ their transpose."""
+    each, gx_g = W_g @ its rows and gw_g = x_g's rows @ their transpose. gx is None
+    without ``input_grad``, gbias None without ``bias_grad``."""
     n, c, h, wd = x.shape
     cin, cout_g, kh, kw = w.shape
     ph, pw = padding
     cin_g, k, width = cin // groups, cout_g * kh * kw, n * h * wd
     cols = _im2col(gy, kh, kw, stride, dilation, ph, pw, h, wd)
     parts = cols.reshape(groups, k, width)
-    gx_rows = empty((cin, width))
     gw = empty((groups, cin_g, k))
-    gemm(w.reshape(groups, cin_g, k), parts, out=gx_rows.reshape(groups, cin_g, width))
     gemm(_rows(x).reshape(groups, cin_g, width), parts, trans_b=True, out=gw)
-    gx = empty(x.shape)
-    _launch_planes(rows_to_nchw_kernel, n * c, h * wd, gx_rows, axis_view(gx))
-    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy))
+    gx = None
+    if input_grad:
+        gx_rows = empty((cin, width))
+        gemm(w.reshape(groups, cin_g, k), parts, out=gx_rows.reshape(groups, cin_g, width))
+        gx = empty(x.shape)
+        _launch_planes(rows_to_nchw_kernel, n * c, h * wd, gx_rows, axis_view(gx))
+    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy)) if bias_grad else None
