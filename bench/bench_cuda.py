@@ -140,7 +140,7 @@ def main() -> None:
     x_gpu = kernels.to_device(x)
     infer = {level: timed(lambda: model.predict(x_gpu))
              for level, model in ((0, plain), (2, inference_model(graph, 2)))}
-    _, queue_step = training_step(graph, x_gpu, y)
+    queue_step = training_step(graph, x_gpu, y)
     queued: list[float] = []  # the host's time to queue each step, before its one wait
 
     def archc_step():

@@ -27,9 +27,9 @@ def inference_model(graph, level: int, seed: int = 0):
 
 
 def training_step(graph, x, y, seed: int = 0):
-    """(model, step) for ``graph`` as ``archc train`` runs it on the CUDA backend: step()
-    queues one SGD step on the batch (x on the device, y the labels on the host) and
-    returns its loss, still on the device (reading it is the step's one wait)."""
+    """step() for ``graph`` as ``archc train`` runs it on the CUDA backend: it queues one
+    SGD step on the batch (x on the device, y the labels on the host) and returns its
+    loss, still on the device (reading it is the step's one wait)."""
     model = archc.compile(for_training(graph), backend="cuda", seed=seed).train()
     params = model.device_params()
     opt = optim.SGD({k: params[k] for k, s in model.program.params.items()
@@ -43,4 +43,4 @@ def training_step(graph, x, y, seed: int = 0):
         opt.step(model.backward(grad, host=False, inputs=False).params)
         return loss
 
-    return model, step
+    return step

@@ -155,9 +155,13 @@ def test_conv2d_forward_and_backward_match_the_reference(kernel_size, stride, pa
         pre = expected if act[0] in FROM_OUTPUT else ctx.pre_activation[op.output]
     g_pre = gy if act is None else cpu.activation_grad(
         activation[0], activation[1], pre, expected, gy)
-    gx, gw, gb = cuda_conv.conv2d_backward(device(x), device(p["weight"]), device(g_pre),
-                                         stride=a["stride"], dilation=a["dilation"],
-                                         pads=a["pads"])
+    # the op's backward kernel before its epilogue: the conv's gradients and its bias's
+    from runtime.backends.cuda import ops as cuda_ops
+
+    (gx,), got = cuda_ops._conv2d_core_backward(
+        op, [device(x)], None, device(g_pre), {k: device(v) for k, v in p.items()},
+        KernelContext())
+    gw, gb = got["weight"], got["bias"]
     np.testing.assert_allclose(gx.copy_to_host(), gx_ref, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(gw.copy_to_host(), grads["weight"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(gb.copy_to_host(), grads["bias"], rtol=1e-4, atol=1e-5)
@@ -921,10 +925,10 @@ def test_reductions_that_cancel_keep_float32_honest():
     a = (sign * 1e4 + rng.uniform(0, 0.01, (rows, count))).astype(np.float32)
     exact = a.astype(np.float64).sum(axis=1)
     # (1, C, M): sums along the rows (a map's planes)
-    sums = cuda_conv.channel_sums(kernels.to_device(a[None]))
+    sums = kernels.channel_sums(kernels.to_device(a[None]))
     np.testing.assert_allclose(sums.copy_to_host(), exact, rtol=1e-6)
     # (N, C, 1): channel sums over the samples (a linear layer's bias gradient)
-    sums = cuda_conv.channel_sums(kernels.to_device(np.ascontiguousarray(a.T)[:, :, None]))
+    sums = kernels.channel_sums(kernels.to_device(np.ascontiguousarray(a.T)[:, :, None]))
     np.testing.assert_allclose(sums.copy_to_host(), exact, rtol=1e-6)
     # the gradient of an operand broadcast along the samples
     reduced = tensor.reduce_to(kernels.to_device(np.ascontiguousarray(a.T)), (1, rows))

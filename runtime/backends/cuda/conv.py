@@ -15,7 +15,7 @@ from numba import float32
 from runtime.backends.cuda.kernels import (PER_THREAD, THREADS, TILE, TILE_K, TILE_K_PADDED,
                                            TILE_PADDED, _codes, _device, _launch_planes,
                                            _panel_product, absent, activate, add,
-                                           axis_view, channel_sums, cuda, empty, gemm,
+                                           axis_view, cuda, empty, gemm,
                                            gemm_library, plane_range, result)
 from runtime.backends.cuda.strategy import by_image_rule, choose, key
 
@@ -308,17 +308,16 @@ def _conv_images(x, w, bias, y, residual, activation, stride, dilation, pads, gr
                    *_epilogue_args(bias, residual, activation))
 
 
-def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1, input_grad=True,
-                    bias_grad=True):
-    """(gx, gw, gbias) of a dense or grouped conv from its input and output gradient, one
+def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1, input_grad=True):
+    """(gx, gw) of a dense or grouped conv from its input and output gradient, one
     batch of per-group GEMMs each: gw = gy_rows @ cols.T, gcols = W.T @ gy_rows, gx =
     col2im(gcols); cols (x's im2col matrix) is built here, for the pass, not kept from the
     forward; in chunks of images whose columns fit WORKSPACE_BYTES, the weight gradient
     summed over them. A 1x1 conv of stride 1 that runs image by image (the rule or
     benchmark mode, ``strategy.py``): gx is W.T @ gy[n] for each image, straight into NCHW
     (no gcols, no col2im). gx is None without ``input_grad`` (a training step's first
-    conv: no gcols GEMM, no col2im), gbias None without ``bias_grad`` (a conv without a
-    bias: no pass over gy)."""
+    conv: no gcols GEMM, no col2im). A bias's gradient is the op's to add
+    (``ops.py``)."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     ho, wo = gy.shape[2:]
@@ -341,7 +340,7 @@ def conv2d_backward(x, w, gy, *, stride, dilation, pads, groups=1, input_grad=Tr
         direct = choose(key("backward", x.shape, w.shape, stride, dilation, pads), direct,
                         run)
     gw = run(direct)
-    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy)) if bias_grad else None
+    return gx, gw.reshape(w.shape)
 
 
 def _conv_images_backward(x, w, gy, gx, stride, dilation, pads, groups: int, direct: bool):
@@ -418,10 +417,10 @@ def conv_transpose2d_forward(x, w, bias, *, stride, dilation, padding, out_hw, g
 
 
 def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1,
-                              input_grad=True, bias_grad=True):
-    """(gx, gw, gbias): gy's im2col matrix (a conv's input); one batch of a GEMM per group
+                              input_grad=True):
+    """(gx, gw): gy's im2col matrix (a conv's input); one batch of a GEMM per group
     each, gx_g = W_g @ its rows and gw_g = x_g's rows @ their transpose. gx is None
-    without ``input_grad``, gbias None without ``bias_grad``."""
+    without ``input_grad``."""
     n, c, h, wd = x.shape
     cin, cout_g, kh, kw = w.shape
     ph, pw = padding
@@ -436,4 +435,4 @@ def conv_transpose2d_backward(x, w, gy, *, stride, dilation, padding, groups=1,
         gemm(w.reshape(groups, cin_g, k), parts, out=gx_rows.reshape(groups, cin_g, width))
         gx = empty(x.shape)
         _launch_planes(rows_to_nchw_kernel, n * c, h * wd, gx_rows, axis_view(gx))
-    return gx, gw.reshape(w.shape), channel_sums(axis_view(gy)) if bias_grad else None
+    return gx, gw.reshape(w.shape)

@@ -299,10 +299,8 @@ def depthwise(x, w, bias, *, stride, dilation, pads, out_hw, activation=None, re
     return y
 
 
-def depthwise_backward(x, w, gy, *, stride, dilation, pads, input_grad=True,
-                       bias_grad=True):
-    """(gx, gw, gbias) of a depthwise conv; gx None without ``input_grad``, gbias None
-    without ``bias_grad``."""
+def depthwise_backward(x, w, gy, *, stride, dilation, pads, input_grad=True):
+    """(gx, gw) of a depthwise conv; gx None without ``input_grad``."""
     (sh, sw), (dh, dw), ((pt, _), (pl, _)) = stride, dilation, pads
     gx = None
     if input_grad:
@@ -310,7 +308,7 @@ def depthwise_backward(x, w, gy, *, stride, dilation, pads, input_grad=True,
         _launch(depthwise_input_grad_kernel, gx.size, gy, w, gx, sh, sw, dh, dw, pt, pl)
     gw = empty(w.shape)
     depthwise_filter_grad_kernel[w.size, ELEMENTWISE_BLOCK](x, gy, gw, sh, sw, dh, dw, pt, pl)
-    return gx, gw, channel_sums(axis_view(gy)) if bias_grad else None
+    return gx, gw
 
 
 def max_pool(x, kernel, stride, dilation, top, left, out_hw):

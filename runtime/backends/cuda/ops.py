@@ -79,22 +79,22 @@ def algorithm(op, batch: int, train: bool = False):
                              groups=groups, train=train, **_geometry(op))
 
 
-def _wanted(p, ctx) -> dict:
-    """The gradients a conv's backward pass is asked for: its input's unless the pass needs
-    none (``ctx.input_grads``: a training step's first conv), its bias's if it has one."""
-    return {"input_grad": ctx.input_grads, "bias_grad": "bias" in p}
-
-
-def _conv_grads(gx, gw, gb) -> tuple:
-    return [gx], ({"weight": gw} if gb is None else {"weight": gw, "bias": gb})
+def _conv_grads(gy, p, ctx, backward, *args, **kwargs) -> tuple:
+    """A conv's backward kernel's gradients, asked for what the pass needs: its input's
+    unless none is (``ctx.input_grads``: a training step's first conv); its bias's, the
+    channel sums of gy, only where it has a bias."""
+    gx, gw = backward(*args, **kwargs, input_grad=ctx.input_grads)
+    if "bias" not in p:
+        return [gx], {"weight": gw}
+    return [gx], {"weight": gw, "bias": K.channel_sums(K.axis_view(gy))}
 
 
 def _conv2d_core_backward(op, xs, y, gy, p, ctx):
     if _depthwise(op):
-        return _conv_grads(*L.depthwise_backward(xs[0], p["weight"], gy, **_geometry(op),
-                                                 **_wanted(p, ctx)))
-    return _conv_grads(*C.conv2d_backward(xs[0], p["weight"], gy, groups=op.attrs["groups"],
-                                          **_geometry(op), **_wanted(p, ctx)))
+        return _conv_grads(gy, p, ctx, L.depthwise_backward, xs[0], p["weight"], gy,
+                           **_geometry(op))
+    return _conv_grads(gy, p, ctx, C.conv2d_backward, xs[0], p["weight"], gy,
+                       groups=op.attrs["groups"], **_geometry(op))
 
 
 def linear_forward(op, xs, p, ctx):
@@ -107,7 +107,7 @@ def linear_forward(op, xs, p, ctx):
 def _linear_core_backward(op, xs, y, gy, p, ctx):
     grads = {"weight": K.gemm(gy, xs[0], trans_a=True)}
     if "bias" in p:  # in float64 partial sums (a GEMM with a row of ones: float32)
-        grads["bias"] = C.channel_sums(gy.reshape(gy.shape[0], gy.shape[1], 1))
+        grads["bias"] = K.channel_sums(gy.reshape(gy.shape[0], gy.shape[1], 1))
     return [K.gemm(gy, p["weight"]) if ctx.input_grads else None], grads
 
 
@@ -297,8 +297,8 @@ def conv_transpose2d_forward(op, xs, p, ctx):
 
 
 def conv_transpose2d_backward(op, xs, y, gy, p, ctx):
-    return _conv_grads(*C.conv_transpose2d_backward(xs[0], p["weight"], gy, **_transposed(op),
-                                                    **_wanted(p, ctx)))
+    return _conv_grads(gy, p, ctx, C.conv_transpose2d_backward, xs[0], p["weight"], gy,
+                       **_transposed(op))
 
 
 POOLS = ("adaptive_avg_pool2d", "adaptive_max_pool2d", "global_avg_pool2d",

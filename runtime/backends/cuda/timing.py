@@ -91,29 +91,41 @@ def _launch_entry():
 
 
 @contextlib.contextmanager
+def launches_hooked(hook):
+    """Until the block ends, every kernel launch and every cuBLAS GEMM goes through
+    ``hook(name, run)``: ``run()`` does the real launch or product, and a hook that never
+    calls it stubs it out (``bench/bench_cuda_launches.py`` counts launches that way). The
+    launch entry and the GEMM are put back on leaving."""
+    entry, name_of = _launch_entry()
+    launch, gemm = entry.__call__, blas.Cublas.gemm
+
+    def hooked_launch(self, *args):
+        name = name_of(self)
+        if name is None:
+            return launch(self, *args)
+        return hook(name, lambda: launch(self, *args))
+
+    def hooked_gemm(self, a, b, c, trans_a=False, trans_b=False):
+        hook(_gemm_name(a, b, c, trans_a), lambda: gemm(self, a, b, c, trans_a, trans_b))
+
+    entry.__call__, blas.Cublas.gemm = hooked_launch, hooked_gemm
+    try:
+        yield
+    finally:
+        entry.__call__, blas.Cublas.gemm = launch, gemm
+
+
+@contextlib.contextmanager
 def kernel_times(clock):
     """Time every kernel launch and cuBLAS GEMM until the block ends: yields the
     :class:`KernelTimes` that fills meanwhile."""
     times = KernelTimes(clock)
-    entry, name_of = _launch_entry()
-    launch, gemm = entry.__call__, blas.Cublas.gemm
 
-    def timed_launch(self, *args):
-        name = name_of(self)
-        if name is None:
-            return launch(self, *args)
+    def timed(name, run):
         start = clock.mark()
-        out = launch(self, *args)
+        out = run()
         times.marks.append((name, start, clock.mark()))
         return out
 
-    def timed_gemm(self, a, b, c, trans_a=False, trans_b=False):
-        start = clock.mark()
-        gemm(self, a, b, c, trans_a, trans_b)
-        times.marks.append((_gemm_name(a, b, c, trans_a), start, clock.mark()))
-
-    entry.__call__, blas.Cublas.gemm = timed_launch, timed_gemm
-    try:
+    with launches_hooked(timed):
         yield times
-    finally:
-        entry.__call__, blas.Cublas.gemm = launch, gemm
